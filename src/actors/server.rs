@@ -1,0 +1,411 @@
+//! The server: owns the global adapter and the round loop — sample clients with a seeded RNG,
+//! send `FitIns`, collect `FitRes` (failures are data), let the aggregator fold and close the
+//! round, evaluate on the held-out split, emit a `RoundSummary`. It supervises the client
+//! actors: a client that dies is recorded as a failed update and is not sampled again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::{call, Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::oneshot;
+
+use super::aggregator::AggregatorMsg;
+use super::client::{Client, ClientArgs, ClientMsg};
+use crate::messages::{
+    ClientId, EvaluateIns, EvaluateRes, FitConfig, FitIns, FitRes, FitStatus, RoundId, RoundSummary,
+};
+use crate::model::AdapterSet;
+use crate::rng::{purpose, rng_for};
+use crate::scenario::Sampling;
+use crate::slots::{Job, SlotHandle};
+use crate::train::{cosine_annealing, LocalTraining};
+
+/// Server actor.
+pub struct Server;
+
+/// Called with each finished round (progress display, run log).
+pub type RoundSink = Box<dyn FnMut(&RoundSummary) -> Result<(), String> + Send>;
+
+/// What the server needs to run.
+pub struct ServerArgs {
+    /// Rounds to run.
+    pub rounds: usize,
+    /// Master seed.
+    pub seed: u64,
+    /// Client sampling.
+    pub sampling: Sampling,
+    /// Local training plan.
+    pub local: LocalTraining,
+    /// LR schedule bounds.
+    pub lr_max: f64,
+    /// LR schedule bounds.
+    pub lr_min: f64,
+    /// Each client's shard.
+    pub shards: Vec<Arc<[u32]>>,
+    /// Slot pool.
+    pub slots: SlotHandle,
+    /// The aggregator.
+    pub aggregator: ActorRef<AggregatorMsg>,
+    /// The adapter before round 1.
+    pub initial: Arc<AdapterSet>,
+    /// Receives each round's summary.
+    pub sink: RoundSink,
+    /// Set by Ctrl-C: finish the current round, then stop.
+    pub shutdown: Arc<AtomicBool>,
+    /// Where the outcome goes.
+    pub done: oneshot::Sender<ServerOutcome>,
+}
+
+/// How the run ended.
+#[derive(Debug)]
+pub struct ServerOutcome {
+    /// Evaluation of the base model before training.
+    pub baseline: Option<EvaluateRes>,
+    /// One summary per completed round.
+    pub rounds: Vec<RoundSummary>,
+    /// The final global adapter.
+    pub global: Arc<AdapterSet>,
+    /// Stopped early by the shutdown signal.
+    pub interrupted: bool,
+    /// A fatal error (evaluation failed, no clients left), if any.
+    pub error: Option<String>,
+}
+
+/// Messages the server understands.
+pub enum ServerMsg {
+    /// Evaluate the base model, then start round 1.
+    Start,
+    /// Start the next round.
+    BeginRound,
+    /// A client's answer.
+    Fit(FitRes),
+}
+
+impl From<FitRes> for ServerMsg {
+    fn from(r: FitRes) -> Self {
+        ServerMsg::Fit(r)
+    }
+}
+
+impl TryFrom<ServerMsg> for FitRes {
+    type Error = ();
+    fn try_from(m: ServerMsg) -> Result<Self, ()> {
+        match m {
+            ServerMsg::Fit(r) => Ok(r),
+            _ => Err(()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct RoundState {
+    round: RoundId,
+    lr: f64,
+    started: Option<Instant>,
+    pending: HashSet<ClientId>,
+    sampled: usize,
+    completed: usize,
+    failed: usize,
+    loss_weighted: f64,
+    examples: usize,
+    bytes_down: u64,
+    bytes_up: u64,
+    tokens: usize,
+    norm_sum: f64,
+}
+
+/// Server state.
+pub struct ServerState {
+    args: ServerArgs,
+    clients: Vec<ActorRef<ClientMsg>>,
+    by_actor: HashMap<ActorId, ClientId>,
+    alive: Vec<bool>,
+    global: Arc<AdapterSet>,
+    baseline: Option<EvaluateRes>,
+    summaries: Vec<RoundSummary>,
+    current: RoundState,
+    done: Option<oneshot::Sender<ServerOutcome>>,
+}
+
+impl Actor for Server {
+    type Msg = ServerMsg;
+    type State = ServerState;
+    type Arguments = ServerArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<ServerMsg>,
+        mut args: ServerArgs,
+    ) -> Result<ServerState, ActorProcessingErr> {
+        let n = args.shards.len();
+        let mut clients = Vec::with_capacity(n);
+        let mut by_actor = HashMap::with_capacity(n);
+        for (id, shard) in args.shards.iter().enumerate() {
+            let cargs = ClientArgs {
+                id,
+                shard: shard.clone(),
+                slots: args.slots.clone(),
+                reply: me.get_derived(),
+            };
+            let (client, _) = Actor::spawn_linked(None, Client, cargs, me.get_cell()).await?;
+            by_actor.insert(client.get_id(), id);
+            clients.push(client);
+        }
+        let (tx, _rx) = oneshot::channel();
+        let done = Some(std::mem::replace(&mut args.done, tx));
+        let global = args.initial.clone();
+        Ok(ServerState {
+            args,
+            clients,
+            by_actor,
+            alive: vec![true; n],
+            global,
+            baseline: None,
+            summaries: Vec::new(),
+            current: RoundState::default(),
+            done,
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<ServerMsg>,
+        msg: ServerMsg,
+        st: &mut ServerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ServerMsg::Start => match evaluate(&st.args.slots, 0, None).await {
+                Ok(res) => {
+                    st.baseline = Some(res);
+                    me.send_message(ServerMsg::BeginRound)?;
+                }
+                Err(e) => finish(&me, st, Some(format!("baseline evaluation failed: {e}"))),
+            },
+            ServerMsg::BeginRound => begin_round(&me, st)?,
+            ServerMsg::Fit(res) => on_fit(&me, st, res).await?,
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<ServerMsg>,
+        evt: SupervisionEvent,
+        st: &mut ServerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (who, why) = match evt {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell.get_id(), reason.unwrap_or_else(|| "stopped".into()))
+            }
+            SupervisionEvent::ActorFailed(cell, err) => (cell.get_id(), err.to_string()),
+            _ => return Ok(()),
+        };
+        if st.done.is_none() {
+            return Ok(()); // shutting down: children stopping is expected
+        }
+        if let Some(&client) = st.by_actor.get(&who) {
+            st.alive[client] = false;
+            if st.current.pending.contains(&client) {
+                let res = FitRes {
+                    client,
+                    round: st.current.round,
+                    status: FitStatus::Failed {
+                        reason: format!("client actor died: {why}"),
+                    },
+                };
+                on_fit(&me, st, res).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn begin_round(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), ActorProcessingErr> {
+    let round = st.summaries.len() + 1;
+    if round > st.args.rounds || st.args.shutdown.load(Ordering::SeqCst) {
+        finish(me, st, None);
+        return Ok(());
+    }
+    let available: Vec<ClientId> = (0..st.alive.len()).filter(|&c| st.alive[c]).collect();
+    if available.len() < st.args.sampling.min_available_clients {
+        let msg = format!(
+            "round {round}: {} clients available, fewer than strategy.min_available_clients = {}",
+            available.len(),
+            st.args.sampling.min_available_clients
+        );
+        finish(me, st, Some(msg));
+        return Ok(());
+    }
+    let k = st.args.sampling.sample_size(available.len());
+    let mut rng = rng_for(st.args.seed, &[purpose::SAMPLE, round as u64]);
+    let mut chosen: Vec<ClientId> = rand::seq::index::sample(&mut rng, available.len(), k)
+        .into_iter()
+        .map(|i| available[i])
+        .collect();
+    chosen.sort_unstable();
+    let payload = Arc::new(st.global.to_safetensors()?);
+    let lr = cosine_annealing(round, st.args.rounds, st.args.lr_max, st.args.lr_min);
+    st.current = RoundState {
+        round,
+        lr,
+        started: Some(Instant::now()),
+        pending: chosen.iter().copied().collect(),
+        sampled: k,
+        bytes_down: payload.len() as u64 * k as u64,
+        ..Default::default()
+    };
+    st.args
+        .aggregator
+        .send_message(AggregatorMsg::Begin { round })?;
+    for &c in &chosen {
+        let ins = FitIns {
+            round,
+            payload: payload.clone(),
+            config: FitConfig {
+                lr,
+                local: st.args.local.clone(),
+            },
+        };
+        if st.clients[c].send_message(ClientMsg::Fit(ins)).is_err() {
+            // The actor is gone; its supervision event records the failure.
+            st.alive[c] = false;
+        }
+    }
+    Ok(())
+}
+
+async fn on_fit(
+    me: &ActorRef<ServerMsg>,
+    st: &mut ServerState,
+    res: FitRes,
+) -> Result<(), ActorProcessingErr> {
+    let cur = &mut st.current;
+    if res.round != cur.round || !cur.pending.remove(&res.client) {
+        return Ok(()); // late or duplicate answer
+    }
+    match res.status {
+        FitStatus::Completed(u) => {
+            cur.completed += 1;
+            cur.loss_weighted += u.train_loss * u.num_examples as f64;
+            cur.examples += u.num_examples;
+            cur.bytes_up += u.payload.len() as u64;
+            cur.tokens += u.tokens;
+            cur.norm_sum += u.update_norm;
+            st.args.aggregator.send_message(AggregatorMsg::Fold {
+                client: res.client,
+                payload: u.payload,
+                num_examples: u.num_examples,
+            })?;
+        }
+        FitStatus::Failed { reason } => {
+            cur.failed += 1;
+            eprintln!(
+                "round {}: client {} failed: {reason}",
+                cur.round, res.client
+            );
+        }
+    }
+    if cur.pending.is_empty() {
+        close_round(me, st).await?;
+    }
+    Ok(())
+}
+
+async fn close_round(
+    me: &ActorRef<ServerMsg>,
+    st: &mut ServerState,
+) -> Result<(), ActorProcessingErr> {
+    let global = st.global.clone();
+    let agg = call!(st.args.aggregator, |reply| AggregatorMsg::Finish {
+        global,
+        reply
+    })?;
+    for (client, why) in &agg.rejected {
+        eprintln!(
+            "round {}: update of client {client} rejected: {why}",
+            st.current.round
+        );
+    }
+    st.global = agg.global;
+    let round = st.current.round;
+    let eval = match evaluate(&st.args.slots, round, Some(st.global.clone())).await {
+        Ok(e) => e,
+        Err(e) => {
+            finish(
+                me,
+                st,
+                Some(format!("evaluation after round {round} failed: {e}")),
+            );
+            return Ok(());
+        }
+    };
+    let cur = &st.current;
+    let summary = RoundSummary {
+        round,
+        sampled: cur.sampled,
+        completed: agg.folded,
+        failed: cur.failed + agg.rejected.len(),
+        lr: cur.lr,
+        train_loss: if cur.examples > 0 {
+            cur.loss_weighted / cur.examples as f64
+        } else {
+            f64::NAN
+        },
+        eval_loss: eval.loss,
+        eval_perplexity: eval.perplexity,
+        bytes_down: cur.bytes_down,
+        bytes_up: cur.bytes_up,
+        examples: cur.examples,
+        tokens: cur.tokens,
+        mean_update_norm: if cur.completed > 0 {
+            cur.norm_sum / cur.completed as f64
+        } else {
+            0.0
+        },
+        wall_seconds: cur.started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+    };
+    if let Err(e) = (st.args.sink)(&summary) {
+        st.summaries.push(summary);
+        finish(me, st, Some(format!("cannot record round {round}: {e}")));
+        return Ok(());
+    }
+    st.summaries.push(summary);
+    me.send_message(ServerMsg::BeginRound)?;
+    Ok(())
+}
+
+async fn evaluate(
+    slots: &SlotHandle,
+    round: RoundId,
+    adapter: Option<Arc<AdapterSet>>,
+) -> Result<EvaluateRes, String> {
+    let (tx, rx) = oneshot::channel();
+    slots
+        .submit(Job::Evaluate {
+            ins: EvaluateIns { round, adapter },
+            reply: tx,
+        })
+        .map_err(|e| e.to_string())?;
+    rx.await
+        .map_err(|_| "the slot dropped the job".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+fn finish(me: &ActorRef<ServerMsg>, st: &mut ServerState, error: Option<String>) {
+    if let Some(done) = st.done.take() {
+        let interrupted = error.is_none() && st.summaries.len() < st.args.rounds;
+        let _ = done.send(ServerOutcome {
+            baseline: st.baseline,
+            rounds: std::mem::take(&mut st.summaries),
+            global: st.global.clone(),
+            interrupted,
+            error,
+        });
+    }
+    for c in &st.clients {
+        c.stop(None);
+    }
+    me.stop(None);
+}

@@ -1,0 +1,150 @@
+//! Private training data: the built-in synthetic generator with planted canaries, a loader for
+//! MedAlpaca/Alpaca JSON, the held-out split and the partitioners that give each client a shard.
+
+pub mod alpaca;
+pub mod canary;
+pub mod partition;
+pub mod record;
+pub mod synthetic;
+
+pub use canary::Canary;
+pub use partition::Partition;
+pub use record::Record;
+
+use std::path::PathBuf;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// Errors of the data layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A data file could not be read.
+    #[error("cannot read data file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A data file is not what its format promises.
+    #[error("data file {path} is not valid {format}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The expected format.
+        format: &'static str,
+        /// What is wrong and where.
+        message: String,
+    },
+    /// The data cannot be split as the scenario asks.
+    #[error("{0}")]
+    Split(String),
+}
+
+/// Where the records come from (scenario field `data.source`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DataSource {
+    /// The built-in generator of private patient Q/A records.
+    Synthetic {
+        /// Number of records to generate (before canaries).
+        records: usize,
+    },
+    /// MedAlpaca / Alpaca JSON: a list of `{instruction, input, output}`.
+    Alpaca {
+        /// Path of the JSON file.
+        path: PathBuf,
+        /// Use only the first `limit` records.
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+}
+
+/// The data of one run: training records, held-out records, per-client shards, canaries.
+#[derive(Debug, Clone)]
+pub struct FederatedData {
+    /// Training records, canary copies included.
+    pub train: Vec<Record>,
+    /// Held-out evaluation records (never in any shard; no canaries).
+    pub eval: Vec<Record>,
+    /// For each client, indices into `train`.
+    pub shards: Vec<Vec<usize>>,
+    /// The planted secrets and where they went.
+    pub canaries: Vec<Canary>,
+}
+
+/// How the data is prepared (validated scenario values).
+#[derive(Debug, Clone)]
+pub struct DataPlan {
+    /// Source of records.
+    pub source: DataSource,
+    /// Fraction of records held out for evaluation.
+    pub eval_fraction: f64,
+    /// Number of canaries to plant.
+    pub canaries: usize,
+    /// Copies of each canary in its client's shard.
+    pub canary_repeats: usize,
+    /// Partitioner.
+    pub partition: Partition,
+    /// Number of clients.
+    pub clients: usize,
+    /// Seed for generation, split, partition and canaries.
+    pub seed: u64,
+}
+
+impl DataPlan {
+    /// Load or generate the records, hold out the evaluation split, partition, plant canaries.
+    ///
+    /// The held-out split depends only on the source, `eval_fraction` and the seed, so runs
+    /// that differ in client count or partitioner (federated vs. centralised) share it.
+    ///
+    /// # Errors
+    /// A missing or malformed data file, or a partition that cannot be made.
+    pub fn prepare(&self) -> Result<FederatedData, DataError> {
+        let mut records = match &self.source {
+            DataSource::Synthetic { records } => synthetic::generate(*records, self.seed),
+            DataSource::Alpaca { path, limit } => {
+                let mut r = alpaca::load(path)?;
+                if let Some(l) = limit {
+                    r.truncate(*l);
+                }
+                r
+            }
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x5eed_da7a);
+        records.shuffle(&mut rng);
+        let n_eval = ((records.len() as f64) * self.eval_fraction).round() as usize;
+        if n_eval == 0 || n_eval >= records.len() {
+            return Err(DataError::Split(format!(
+                "{} records with eval_fraction {} leave {} for evaluation and {} for training; \
+                 both must be at least 1",
+                records.len(),
+                self.eval_fraction,
+                n_eval,
+                records.len().saturating_sub(n_eval)
+            )));
+        }
+        let train_part = records.split_off(n_eval);
+        let eval = records;
+        let mut train = train_part;
+        let mut prng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x9a27_1710);
+        let mut shards = self.partition.split(&train, self.clients, &mut prng)?;
+        let mut crng = ChaCha8Rng::seed_from_u64(self.seed ^ 0xca7a_7121);
+        let canaries = canary::plant(
+            self.canaries,
+            self.canary_repeats,
+            &mut train,
+            &mut shards,
+            &mut crng,
+        );
+        Ok(FederatedData {
+            train,
+            eval,
+            shards,
+            canaries,
+        })
+    }
+}

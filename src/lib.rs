@@ -1,0 +1,55 @@
+//! fedsim: an actor-based, in-process simulator for federated fine-tuning of LLMs (LoRA) on
+//! private data, with candle for the model and ractor for the actors.
+//!
+//! A scenario (RON) names a base model, a LoRA adapter, a data set and its partition over N
+//! clients, a sampling strategy and a local-training recipe. [`sim::run`] prepares the data
+//! and the tokenizer, starts compute slots and the actors, runs the rounds and writes a run
+//! directory ([`report`]).
+//!
+//! # Layout
+//! - [`scenario`]: RON file → `ScenarioFile` (syntax, defaults) → `--set` overrides →
+//!   validated [`Scenario`].
+//! - [`data`]: synthetic private records with planted canaries, Alpaca/MedAlpaca JSON, held-out
+//!   split, IID / Dirichlet / size-skew partitioners.
+//! - [`tokenizer`]: byte-level BPE trained on the corpus (the `tiny` model's tokenizer).
+//! - [`model`]: our Llama forward (all positions, differentiable), LoRA, flat adapters in
+//!   PEFT's format.
+//! - [`train`]: local SFT (response-only loss, AdamW, cosine LR per round) and evaluation.
+//! - [`slots`]: OS threads owning a device and a rayon pool; jobs over crossbeam channels.
+//! - [`messages`]: `FitIns`, `FitRes`, `EvaluateIns`/`EvaluateRes`, `RoundSummary`.
+//! - [`actors`]: server (round loop, sampling, supervision), client, aggregator.
+//! - [`strategy`]: FedAvg as an exact, order-independent streaming sum.
+//! - [`sim`]: wires it all and records the run; [`report`]: the run directory;
+//!   [`compare`]: side-by-side table of runs.
+//! - [`rng`]: seed derivation, so results never depend on slot count or timing.
+
+pub mod actors;
+pub mod compare;
+pub mod data;
+pub mod messages;
+pub mod model;
+pub mod report;
+pub mod rng;
+pub mod scenario;
+pub mod sim;
+pub mod slots;
+pub mod strategy;
+pub mod tokenizer;
+pub mod train;
+
+pub use scenario::{Scenario, ScenarioError};
+pub use sim::{run, RunOptions, RunReport, SimError};
+
+/// Every error fedsim's library can return.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Scenario reading or validation.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// A run.
+    #[error(transparent)]
+    Sim(#[from] SimError),
+    /// Run directories.
+    #[error(transparent)]
+    Report(#[from] report::ReportError),
+}

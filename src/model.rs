@@ -1,0 +1,104 @@
+//! The causal LM: our own Llama forward in candle and LoRA adapters on its projections.
+//!
+//! candle-transformers' `llama` returns only the last position and hides its layers, and
+//! candle's fused `rms_norm` / `softmax_last_dim` / `rope` have no backward, so training needs
+//! this forward, written with composed, differentiable ops and Hugging Face tensor names.
+
+pub mod adapter;
+pub mod config;
+pub mod llama;
+pub mod lora;
+
+pub use adapter::{AdapterLayout, AdapterSet};
+pub use config::LlamaConfig;
+pub use llama::{BaseModel, LossInput};
+pub use lora::{LoraConfig, LoraVars};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors of the model layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A candle operation failed (shape mismatch, device error).
+    #[error("tensor operation failed")]
+    Candle(#[from] candle_core::Error),
+    /// An adapter file could not be written or read.
+    #[error("adapter file {path}: {message}")]
+    AdapterFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A serialised adapter does not match the expected layout.
+    #[error("adapter does not match the model: {0}")]
+    Layout(String),
+}
+
+/// A linear projection of a decoder block that LoRA can adapt (PEFT's `target_modules` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetModule {
+    /// `self_attn.q_proj`
+    QProj,
+    /// `self_attn.k_proj`
+    KProj,
+    /// `self_attn.v_proj`
+    VProj,
+    /// `self_attn.o_proj`
+    OProj,
+    /// `mlp.gate_proj`
+    GateProj,
+    /// `mlp.up_proj`
+    UpProj,
+    /// `mlp.down_proj`
+    DownProj,
+}
+
+impl TargetModule {
+    /// Every projection, in the canonical order used for adapter layouts.
+    pub const ALL: [TargetModule; 7] = [
+        TargetModule::QProj,
+        TargetModule::KProj,
+        TargetModule::VProj,
+        TargetModule::OProj,
+        TargetModule::GateProj,
+        TargetModule::UpProj,
+        TargetModule::DownProj,
+    ];
+
+    /// PEFT's short name (`q_proj`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetModule::QProj => "q_proj",
+            TargetModule::KProj => "k_proj",
+            TargetModule::VProj => "v_proj",
+            TargetModule::OProj => "o_proj",
+            TargetModule::GateProj => "gate_proj",
+            TargetModule::UpProj => "up_proj",
+            TargetModule::DownProj => "down_proj",
+        }
+    }
+
+    /// Parse PEFT's short name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// Hugging Face path of the module inside layer `layer` (`model.layers.3.self_attn.q_proj`).
+    pub fn hf_path(self, layer: usize) -> String {
+        let block = match self {
+            TargetModule::QProj
+            | TargetModule::KProj
+            | TargetModule::VProj
+            | TargetModule::OProj => "self_attn",
+            _ => "mlp",
+        };
+        format!("model.layers.{layer}.{block}.{}", self.name())
+    }
+
+    /// Index into [`TargetModule::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}

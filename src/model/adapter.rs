@@ -1,0 +1,271 @@
+//! Flat LoRA adapters: what travels between server and clients, and what PEFT loads.
+//!
+//! An [`AdapterSet`] is one contiguous `f32` vector plus a shared [`AdapterLayout`] naming each
+//! tensor as PEFT does (`base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`).
+//! On the wire it is a safetensors buffer, so the bytes we count are the bytes a real deployment
+//! would send.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde_json::json;
+
+use super::{LlamaConfig, LoraConfig, ModelError, TargetModule};
+
+/// One A or B matrix inside the flat vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterTensor {
+    /// Decoder layer.
+    pub layer: usize,
+    /// Adapted projection.
+    pub module: TargetModule,
+    /// `true` for A (r × in), `false` for B (out × r).
+    pub is_a: bool,
+    /// (rows, cols).
+    pub shape: (usize, usize),
+    /// Start in the flat vector.
+    pub offset: usize,
+}
+
+impl AdapterTensor {
+    /// Number of values.
+    pub fn numel(&self) -> usize {
+        self.shape.0 * self.shape.1
+    }
+
+    /// PEFT's key for this tensor.
+    pub fn peft_name(&self) -> String {
+        format!(
+            "base_model.model.{}.lora_{}.weight",
+            self.module.hf_path(self.layer),
+            if self.is_a { "A" } else { "B" }
+        )
+    }
+}
+
+/// Names, shapes and offsets of every adapter tensor, in canonical order (layer, module, A, B).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterLayout {
+    tensors: Vec<AdapterTensor>,
+    len: usize,
+    num_layers: usize,
+}
+
+impl AdapterLayout {
+    /// Layout of a LoRA adapter `lora` on a model shaped like `cfg`.
+    pub fn new(cfg: &LlamaConfig, lora: &LoraConfig) -> Self {
+        let mut modules = lora.target_modules.clone();
+        modules.sort();
+        modules.dedup();
+        let mut tensors = Vec::new();
+        let mut offset = 0;
+        for layer in 0..cfg.num_hidden_layers {
+            for &module in &modules {
+                let (out, inp) = cfg.projection_shape(module);
+                for (is_a, shape) in [(true, (lora.r, inp)), (false, (out, lora.r))] {
+                    tensors.push(AdapterTensor {
+                        layer,
+                        module,
+                        is_a,
+                        shape,
+                        offset,
+                    });
+                    offset += shape.0 * shape.1;
+                }
+            }
+        }
+        Self {
+            tensors,
+            len: offset,
+            num_layers: cfg.num_hidden_layers,
+        }
+    }
+
+    /// Every tensor in order.
+    pub fn tensors(&self) -> &[AdapterTensor] {
+        &self.tensors
+    }
+
+    /// Total number of values.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the adapter has no values.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of decoder layers of the model it adapts.
+    pub fn num_layers(&self) -> usize {
+        self.num_layers
+    }
+}
+
+/// LoRA adapter values (or an update to them) as one flat vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterSet {
+    layout: Arc<AdapterLayout>,
+    data: Vec<f32>,
+}
+
+impl AdapterSet {
+    /// Wrap `data` laid out by `layout`.
+    ///
+    /// # Panics
+    /// When the lengths differ: a broken invariant, not an input error.
+    pub fn new(layout: Arc<AdapterLayout>, data: Vec<f32>) -> Self {
+        assert_eq!(
+            layout.len(),
+            data.len(),
+            "adapter data does not match its layout"
+        );
+        Self { layout, data }
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &Arc<AdapterLayout> {
+        &self.layout
+    }
+
+    /// The values.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Mutable values.
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
+
+    /// Element-wise `self − other` (an update relative to `other`).
+    pub fn delta_from(&self, other: &AdapterSet) -> AdapterSet {
+        let data = self
+            .data
+            .iter()
+            .zip(&other.data)
+            .map(|(a, b)| a - b)
+            .collect();
+        AdapterSet::new(self.layout.clone(), data)
+    }
+
+    /// L2 norm over all tensors as one vector.
+    pub fn l2_norm(&self) -> f64 {
+        self.data
+            .iter()
+            .map(|&v| (v as f64) * (v as f64))
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    /// Serialise as a safetensors buffer with PEFT key names (the bytes that go on the wire).
+    ///
+    /// # Errors
+    /// Fails only on an internal safetensors error.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, ModelError> {
+        let bytes: Vec<Vec<u8>> = self
+            .layout
+            .tensors()
+            .iter()
+            .map(|t| {
+                self.data[t.offset..t.offset + t.numel()]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect()
+            })
+            .collect();
+        let views = self
+            .layout
+            .tensors()
+            .iter()
+            .zip(&bytes)
+            .map(|(t, b)| {
+                TensorView::new(Dtype::F32, vec![t.shape.0, t.shape.1], b)
+                    .map(|v| (t.peft_name(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ModelError::Layout(e.to_string()))?;
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::tensor::serialize(views, Some(metadata))
+            .map_err(|e| ModelError::Layout(e.to_string()))
+    }
+
+    /// Parse a safetensors buffer written by [`AdapterSet::to_safetensors`] against `layout`.
+    ///
+    /// # Errors
+    /// A missing tensor, a wrong shape or dtype, or a corrupt buffer.
+    pub fn from_safetensors(layout: Arc<AdapterLayout>, bytes: &[u8]) -> Result<Self, ModelError> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Layout(e.to_string()))?;
+        let mut data = vec![0f32; layout.len()];
+        for t in layout.tensors() {
+            let name = t.peft_name();
+            let view = st
+                .tensor(&name)
+                .map_err(|_| ModelError::Layout(format!("tensor {name} is missing")))?;
+            if view.dtype() != Dtype::F32 || view.shape() != [t.shape.0, t.shape.1] {
+                return Err(ModelError::Layout(format!(
+                    "tensor {name} is {:?} {:?}, expected F32 {:?}",
+                    view.dtype(),
+                    view.shape(),
+                    t.shape
+                )));
+            }
+            for (dst, src) in data[t.offset..t.offset + t.numel()]
+                .iter_mut()
+                .zip(view.data().chunks_exact(4))
+            {
+                *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
+            }
+        }
+        Ok(Self { layout, data })
+    }
+
+    /// Write `adapter_model.safetensors` and `adapter_config.json` into `dir`, as PEFT's
+    /// `save_pretrained` does, so `PeftModel.from_pretrained(base, dir)` loads it.
+    ///
+    /// # Errors
+    /// An I/O error, reported with the path.
+    pub fn save_peft(
+        &self,
+        dir: &Path,
+        lora: &LoraConfig,
+        base_model: &str,
+    ) -> Result<(), ModelError> {
+        let io = |path: &Path, e: std::io::Error| ModelError::AdapterFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let weights = dir.join("adapter_model.safetensors");
+        std::fs::write(&weights, self.to_safetensors()?).map_err(|e| io(&weights, e))?;
+        let mut targets: Vec<&str> = lora.target_modules.iter().map(|m| m.name()).collect();
+        targets.sort();
+        targets.dedup();
+        let config = json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model,
+            "r": lora.r,
+            "lora_alpha": lora.alpha,
+            "lora_dropout": lora.dropout,
+            "target_modules": targets,
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "modules_to_save": null,
+            "layers_to_transform": null,
+            "layers_pattern": null,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+            "use_rslora": false,
+            "use_dora": false,
+            "revision": null
+        });
+        let path = dir.join("adapter_config.json");
+        let text = serde_json::to_string_pretty(&config).expect("json value serialises");
+        std::fs::write(&path, text).map_err(|e| io(&path, e))
+    }
+}

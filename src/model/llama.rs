@@ -1,0 +1,381 @@
+//! Llama-architecture forward over every position, written with differentiable candle ops.
+//!
+//! RMSNorm, rotate-half RoPE, grouped-query attention with a causal + padding mask, SwiGLU MLP,
+//! tied or untied LM head. Base weights are plain (frozen) tensors shared by every slot through
+//! an `Arc<BaseModel>`; LoRA A/B come in as [`LoraVars`] per call.
+
+use candle_core::{DType, Device, Tensor, D};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+use super::lora::DropoutRng;
+use super::{LlamaConfig, LoraVars, ModelError, TargetModule};
+
+/// One decoder block's frozen weights.
+struct Block {
+    input_layernorm: Tensor,
+    post_attention_layernorm: Tensor,
+    /// Projections indexed by [`TargetModule::index`], each (out, in).
+    proj: Vec<Tensor>,
+}
+
+/// The frozen base model.
+pub struct BaseModel {
+    cfg: LlamaConfig,
+    embed_tokens: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Option<Tensor>,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+/// A batch prepared for the loss: token ids, mask and the positions whose next token counts.
+pub struct LossInput {
+    /// (batch, seq) token ids, right-padded.
+    pub input_ids: Tensor,
+    /// (batch, 1, seq, seq) additive mask: 0 where attention is allowed, −1e9 elsewhere.
+    pub mask: Tensor,
+    /// Flat indices into batch·seq of the positions that predict a response token.
+    pub positions: Tensor,
+    /// The token each of those positions must predict.
+    pub targets: Tensor,
+}
+
+impl BaseModel {
+    /// Random base weights drawn from `seed` (N(0, 0.02²), norms at 1), as HF initialises Llama.
+    ///
+    /// # Errors
+    /// Fails on a candle error.
+    pub fn random(cfg: &LlamaConfig, seed: u64, device: &Device) -> Result<Self, ModelError> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let normal = Normal::new(0.0f32, 0.02).expect("valid normal");
+        let mut randn = |rows: usize, cols: usize| -> Result<Tensor, ModelError> {
+            let v: Vec<f32> = (0..rows * cols).map(|_| normal.sample(&mut rng)).collect();
+            Ok(Tensor::from_vec(v, (rows, cols), device)?)
+        };
+        let ones = || Tensor::ones(cfg.hidden_size, DType::F32, device);
+        let embed_tokens = randn(cfg.vocab_size, cfg.hidden_size)?;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for _ in 0..cfg.num_hidden_layers {
+            let mut proj = Vec::with_capacity(7);
+            for m in TargetModule::ALL {
+                let (o, i) = cfg.projection_shape(m);
+                proj.push(randn(o, i)?);
+            }
+            blocks.push(Block {
+                input_layernorm: ones()?,
+                post_attention_layernorm: ones()?,
+                proj,
+            });
+        }
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(randn(cfg.vocab_size, cfg.hidden_size)?)
+        };
+        Self::assemble(cfg.clone(), embed_tokens, blocks, ones()?, lm_head, device)
+    }
+
+    fn assemble(
+        cfg: LlamaConfig,
+        embed_tokens: Tensor,
+        blocks: Vec<Block>,
+        norm: Tensor,
+        lm_head: Option<Tensor>,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let hd = cfg.head_dim();
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64) as f32)
+            .collect();
+        let n = cfg.max_position_embeddings;
+        let inv = Tensor::from_vec(inv, (1, hd / 2), device)?;
+        let t = Tensor::arange(0u32, n as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((n, 1))?;
+        let freqs = t.matmul(&inv)?;
+        let freqs = Tensor::cat(&[&freqs, &freqs], 1)?;
+        Ok(Self {
+            cos: freqs.cos()?,
+            sin: freqs.sin()?,
+            cfg,
+            embed_tokens,
+            blocks,
+            norm,
+            lm_head,
+            device: device.clone(),
+        })
+    }
+
+    /// Hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// Device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// All base tensors under Hugging Face names (for export and parity tests).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.clone(),
+        )];
+        for (i, b) in self.blocks.iter().enumerate() {
+            out.push((
+                format!("model.layers.{i}.input_layernorm.weight"),
+                b.input_layernorm.clone(),
+            ));
+            out.push((
+                format!("model.layers.{i}.post_attention_layernorm.weight"),
+                b.post_attention_layernorm.clone(),
+            ));
+            for m in TargetModule::ALL {
+                out.push((
+                    format!("{}.weight", m.hf_path(i)),
+                    b.proj[m.index()].clone(),
+                ));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h.clone()));
+        }
+        out
+    }
+
+    /// The projection weight (out, in) of `module` in `layer`.
+    pub fn projection(&self, layer: usize, module: TargetModule) -> &Tensor {
+        &self.blocks[layer].proj[module.index()]
+    }
+
+    /// A copy of this model with `W + (α/r)·B·A` merged into every adapted projection.
+    ///
+    /// # Errors
+    /// Fails on a candle error.
+    pub fn merged(&self, lora: &LoraVars) -> Result<Self, ModelError> {
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for (i, b) in self.blocks.iter().enumerate() {
+            let mut proj = Vec::with_capacity(7);
+            for m in TargetModule::ALL {
+                let w = &b.proj[m.index()];
+                proj.push(match lora.get(i, m) {
+                    Some((a, bm)) => (w + (bm.matmul(a)? * lora.scale())?)?,
+                    None => w.clone(),
+                });
+            }
+            blocks.push(Block {
+                input_layernorm: b.input_layernorm.clone(),
+                post_attention_layernorm: b.post_attention_layernorm.clone(),
+                proj,
+            });
+        }
+        Self::assemble(
+            self.cfg.clone(),
+            self.embed_tokens.clone(),
+            blocks,
+            self.norm.clone(),
+            self.lm_head.clone(),
+            &self.device,
+        )
+    }
+
+    /// Final hidden states (batch·seq, hidden) after the last norm.
+    ///
+    /// # Errors
+    /// Fails on a candle error (e.g. a sequence longer than `max_position_embeddings`).
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        mask: &Tensor,
+        lora: Option<&LoraVars>,
+        mut dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor, ModelError> {
+        let (b, s) = input_ids.dims2()?;
+        let cfg = &self.cfg;
+        let cos = self.cos.narrow(0, 0, s)?;
+        let sin = self.sin.narrow(0, 0, s)?;
+        let mut x = self
+            .embed_tokens
+            .index_select(&input_ids.flatten_all()?, 0)?;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let h = rms_norm(&x, &block.input_layernorm, cfg.rms_norm_eps)?;
+            let mut lin = |m: TargetModule, input: &Tensor| {
+                self.linear(layer, m, input, lora, dropout.as_deref_mut())
+            };
+            let q = lin(TargetModule::QProj, &h)?;
+            let k = lin(TargetModule::KProj, &h)?;
+            let v = lin(TargetModule::VProj, &h)?;
+            let attn = self.attention(&q, &k, &v, mask, &cos, &sin, b, s)?;
+            let o = lin(TargetModule::OProj, &attn)?;
+            x = (x + o)?;
+            let h = rms_norm(&x, &block.post_attention_layernorm, cfg.rms_norm_eps)?;
+            let gate = lin(TargetModule::GateProj, &h)?;
+            let up = lin(TargetModule::UpProj, &h)?;
+            let act = (silu(&gate)? * up)?;
+            let down = lin(TargetModule::DownProj, &act)?;
+            x = (x + down)?;
+        }
+        rms_norm(&x, &self.norm, cfg.rms_norm_eps)
+    }
+
+    /// Logits (rows, vocab) for hidden states (rows, hidden).
+    ///
+    /// # Errors
+    /// Fails on a candle error.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        Ok(hidden.matmul(&head.t()?)?)
+    }
+
+    /// Logits for every position: (batch, seq, vocab).
+    ///
+    /// # Errors
+    /// Fails on a candle error.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        mask: &Tensor,
+        lora: Option<&LoraVars>,
+    ) -> Result<Tensor, ModelError> {
+        let (b, s) = input_ids.dims2()?;
+        let hidden = self.hidden_states(input_ids, mask, lora, None)?;
+        Ok(self.logits(&hidden)?.reshape((b, s, self.cfg.vocab_size))?)
+    }
+
+    /// Summed next-token negative log-likelihood over the response positions, and their count.
+    ///
+    /// Logits are computed only where the loss mask is on (the vocabulary dominates small
+    /// models).
+    ///
+    /// # Errors
+    /// Fails on a candle error.
+    pub fn loss_sum(
+        &self,
+        batch: &LossInput,
+        lora: Option<&LoraVars>,
+        dropout: Option<&mut DropoutRng>,
+    ) -> Result<(Tensor, usize), ModelError> {
+        let hidden = self.hidden_states(&batch.input_ids, &batch.mask, lora, dropout)?;
+        let picked = hidden.index_select(&batch.positions, 0)?;
+        let logits = self.logits(&picked)?;
+        let logp = log_softmax(&logits)?;
+        let nll = logp
+            .gather(&batch.targets.unsqueeze(1)?, 1)?
+            .neg()?
+            .sum_all()?;
+        Ok((nll, batch.targets.dims1()?))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        b: usize,
+        s: usize,
+    ) -> Result<Tensor, ModelError> {
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim(),
+        );
+        let heads = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
+            t.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let q = rope(&heads(q, nh)?, cos, sin)?;
+        let k = rope(&heads(k, nkv)?, cos, sin)?;
+        let v = heads(v, nkv)?;
+        let (k, v) = if nh == nkv {
+            (k, v)
+        } else {
+            let rep = nh / nkv;
+            let expand = |t: &Tensor| -> candle_core::Result<Tensor> {
+                t.unsqueeze(2)?
+                    .broadcast_as((b, nkv, rep, s, hd))?
+                    .contiguous()?
+                    .reshape((b, nh, s, hd))
+            };
+            (expand(&k)?, expand(&v)?)
+        };
+        let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let probs = softmax(&scores.broadcast_add(mask)?)?;
+        let out = probs.matmul(&v)?;
+        Ok(out
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * s, nh * hd))?)
+    }
+
+    fn linear(
+        &self,
+        layer: usize,
+        module: TargetModule,
+        x: &Tensor,
+        lora: Option<&LoraVars>,
+        dropout: Option<&mut DropoutRng>,
+    ) -> candle_core::Result<Tensor> {
+        let w = &self.blocks[layer].proj[module.index()];
+        let y = x.matmul(&w.t()?)?;
+        match lora.and_then(|l| l.get(layer, module).map(|ab| (l, ab))) {
+            None => Ok(y),
+            Some((l, (a, bm))) => {
+                let xin = match dropout {
+                    Some(d) => d.apply(x, l.dropout()).map_err(|e| match e {
+                        ModelError::Candle(c) => c,
+                        other => candle_core::Error::Msg(other.to_string()),
+                    })?,
+                    None => x.clone(),
+                };
+                let delta = xin.matmul(&a.t()?)?.matmul(&bm.t()?)?;
+                y + (delta * l.scale())?
+            }
+        }
+    }
+}
+
+/// RMSNorm over the last dimension, composed so it has a backward.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, ModelError> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
+    Ok(normed.broadcast_mul(w)?)
+}
+
+/// Rotate-half RoPE (Hugging Face layout) on (b, heads, seq, head_dim).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+}
+
+/// Softmax over the last dimension with the max detached (it cancels in the gradient).
+fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// Log-softmax over the last dimension, composed.
+fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// SiLU, composed: x · σ(x).
+fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
+    x * (x.neg()?.exp()? + 1.0)?.recip()?
+}

@@ -1,0 +1,163 @@
+//! LoRA (Hu et al. 2021) on the projections of a frozen base: `y = x Wᵀ + (α/r) · drop(x) Aᵀ Bᵀ`.
+//!
+//! A is Kaiming-uniform initialised as PEFT does (`kaiming_uniform_(a = √5)`, i.e. U(±1/√in)),
+//! B starts at zero so an untrained adapter leaves the base model unchanged. Only A and B are
+//! trainable, and only they travel between server and clients.
+
+use candle_core::{Device, Tensor, Var};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{AdapterLayout, AdapterSet, LlamaConfig, ModelError, TargetModule};
+
+/// LoRA hyper-parameters (PEFT's `LoraConfig` names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// Rank r of the update B·A.
+    pub r: usize,
+    /// Scale numerator: the update is multiplied by `alpha / r`.
+    pub alpha: f64,
+    /// Dropout probability on the adapter's input during training.
+    pub dropout: f64,
+    /// Projections that get an adapter, in canonical order.
+    pub target_modules: Vec<TargetModule>,
+}
+
+impl LoraConfig {
+    /// `alpha / r`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.r as f64
+    }
+
+    /// Number of trainable parameters for `cfg`.
+    pub fn trainable_parameters(&self, cfg: &LlamaConfig) -> usize {
+        AdapterLayout::new(cfg, self).len()
+    }
+
+    /// The global adapter before round 1: A Kaiming-uniform from `rng`, B zero.
+    pub fn init_adapter(&self, cfg: &LlamaConfig, rng: &mut ChaCha8Rng) -> AdapterSet {
+        let layout = std::sync::Arc::new(AdapterLayout::new(cfg, self));
+        let mut data = vec![0f32; layout.len()];
+        for t in layout.tensors() {
+            if t.is_a {
+                let bound = 1.0 / (t.shape.1 as f32).sqrt();
+                for v in &mut data[t.offset..t.offset + t.numel()] {
+                    *v = rng.random_range(-bound..bound);
+                }
+            }
+        }
+        AdapterSet::new(layout, data)
+    }
+}
+
+/// The trainable A/B variables of one adapter on one device, in layout order.
+pub struct LoraVars {
+    layout: std::sync::Arc<AdapterLayout>,
+    vars: Vec<Var>,
+    /// Per layer, per [`TargetModule::index`]: position of A in `vars` (B follows it).
+    index: Vec<[Option<usize>; 7]>,
+    scale: f64,
+    dropout: f64,
+}
+
+impl LoraVars {
+    /// Upload `adapter` to `device` as trainable variables.
+    ///
+    /// # Errors
+    /// Fails when a tensor cannot be created on the device.
+    pub fn from_adapter(
+        adapter: &AdapterSet,
+        lora: &LoraConfig,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let layout = adapter.layout().clone();
+        let mut vars = Vec::with_capacity(layout.tensors().len());
+        let mut index = vec![[None; 7]; layout.num_layers()];
+        for (i, t) in layout.tensors().iter().enumerate() {
+            let slice = &adapter.data()[t.offset..t.offset + t.numel()];
+            let tensor = Tensor::from_slice(slice, t.shape, device)?;
+            vars.push(Var::from_tensor(&tensor)?);
+            if t.is_a {
+                index[t.layer][t.module.index()] = Some(i);
+            }
+        }
+        Ok(Self {
+            layout,
+            vars,
+            index,
+            scale: lora.scale(),
+            dropout: lora.dropout,
+        })
+    }
+
+    /// The variables the optimiser updates.
+    pub fn vars(&self) -> &[Var] {
+        &self.vars
+    }
+
+    /// `alpha / r`.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// Dropout probability on the adapter input.
+    pub fn dropout(&self) -> f64 {
+        self.dropout
+    }
+
+    /// A and B for `module` of `layer`, if adapted.
+    pub fn get(&self, layer: usize, module: TargetModule) -> Option<(&Tensor, &Tensor)> {
+        self.index
+            .get(layer)
+            .and_then(|l| l[module.index()])
+            .map(|i| (self.vars[i].as_tensor(), self.vars[i + 1].as_tensor()))
+    }
+
+    /// Copy the current values back into a flat adapter.
+    ///
+    /// # Errors
+    /// Fails when a tensor cannot be read back from the device.
+    pub fn to_adapter(&self) -> Result<AdapterSet, ModelError> {
+        let mut data = Vec::with_capacity(self.layout.len());
+        for v in &self.vars {
+            data.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(AdapterSet::new(self.layout.clone(), data))
+    }
+}
+
+/// Source of dropout masks: seeded, so training is reproducible (candle's own dropout draws
+/// from an unseeded thread RNG on CPU).
+pub struct DropoutRng {
+    rng: ChaCha8Rng,
+}
+
+impl DropoutRng {
+    /// Masks drawn from `rng`.
+    pub fn new(rng: ChaCha8Rng) -> Self {
+        Self { rng }
+    }
+
+    /// Inverted dropout of `x` with probability `p`.
+    ///
+    /// # Errors
+    /// Fails on a candle error.
+    pub fn apply(&mut self, x: &Tensor, p: f64) -> Result<Tensor, ModelError> {
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = (1.0 / (1.0 - p)) as f32;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if self.rng.random::<f64>() < p {
+                    0.0
+                } else {
+                    keep
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+        Ok(x.mul(&mask)?)
+    }
+}

@@ -1,0 +1,156 @@
+//! Scenarios: RON file → [`ScenarioFile`] (syntax, defaults) → `--set` overrides →
+//! [`Scenario`] (validated, derived, impossible to hold in a bad state).
+
+pub mod file;
+mod overrides;
+mod validate;
+
+pub use file::ScenarioFile;
+
+use std::path::{Path, PathBuf};
+
+use crate::data::DataPlan;
+use crate::model::{LlamaConfig, LoraConfig};
+use crate::train::LocalTraining;
+
+/// Errors of reading and validating a scenario.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file cannot be read.
+    #[error("cannot read scenario {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// RON syntax or type error.
+    #[error("{path}:{line}:{col}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        col: usize,
+        /// What the parser says.
+        message: String,
+    },
+    /// A value outside its allowed range, or an inconsistent combination.
+    #[error("{path}: `{field}` {message}")]
+    Invalid {
+        /// The file (or `--set`).
+        path: PathBuf,
+        /// Dotted path of the field.
+        field: String,
+        /// What is wrong, the allowed range, and how to fix it.
+        message: String,
+    },
+    /// A `--set path=value` that cannot be applied.
+    #[error("--set {arg}: {message}")]
+    Override {
+        /// The argument as given.
+        arg: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A validated scenario: every field in range and consistent.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// The effective file (overrides applied): what the run directory records.
+    pub file: ScenarioFile,
+    /// Where it was read from.
+    pub source_path: PathBuf,
+    /// Run name.
+    pub name: String,
+    /// Master seed.
+    pub seed: u64,
+    /// Federated rounds.
+    pub rounds: usize,
+    /// Model shape.
+    pub model: LlamaConfig,
+    /// Human name of the base model.
+    pub model_name: String,
+    /// LoRA adapter.
+    pub lora: LoraConfig,
+    /// Data preparation.
+    pub data: DataPlan,
+    /// Longest tokenised example.
+    pub max_seq_len: usize,
+    /// Client sampling.
+    pub sampling: Sampling,
+    /// Local training.
+    pub local: LocalTraining,
+    /// Learning rate of round 1.
+    pub lr_max: f64,
+    /// Learning rate of the last round.
+    pub lr_min: f64,
+    /// Server-side evaluation batch size.
+    pub eval_batch_size: usize,
+    /// Number of compute slots.
+    pub slots: usize,
+    /// Threads per slot.
+    pub threads_per_slot: usize,
+}
+
+/// Flower's client-sampling parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Fraction of clients sampled per round.
+    pub fraction_fit: f64,
+    /// Lower bound on the sample.
+    pub min_fit_clients: usize,
+    /// Rounds need at least this many available clients.
+    pub min_available_clients: usize,
+}
+
+impl Sampling {
+    /// Clients to sample out of `available` (Flower: `max(⌊fraction·n⌋, min_fit)`, capped at n).
+    pub fn sample_size(&self, available: usize) -> usize {
+        ((self.fraction_fit * available as f64) as usize)
+            .max(self.min_fit_clients)
+            .min(available)
+    }
+}
+
+impl Scenario {
+    /// Read, override and validate `path`.
+    ///
+    /// # Errors
+    /// Any [`ScenarioError`]: unreadable file, RON error with line and column, bad override,
+    /// or a field out of range.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_ron(&text, path, overrides)
+    }
+
+    /// Parse RON `text` (reported as `path`), apply overrides, validate.
+    ///
+    /// # Errors
+    /// As [`Scenario::load`].
+    pub fn from_ron(text: &str, path: &Path, overrides: &[String]) -> Result<Self, ScenarioError> {
+        let file: ScenarioFile =
+            ron::Options::default()
+                .from_str(text)
+                .map_err(|e: ron::error::SpannedError| ScenarioError::Syntax {
+                    path: path.to_path_buf(),
+                    line: e.span.start.line,
+                    col: e.span.start.col,
+                    message: e.code.to_string(),
+                })?;
+        let file = overrides::apply(file, overrides)?;
+        validate::validate(file, path)
+    }
+
+    /// The effective scenario as pretty RON.
+    pub fn to_ron(&self) -> String {
+        ron::ser::to_string_pretty(&self.file, ron::ser::PrettyConfig::default())
+            .expect("a scenario always serialises")
+    }
+}

@@ -1,0 +1,243 @@
+//! `ScenarioFile`: the RON text as written, with defaults; nothing is checked here but syntax.
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{DataSource, Partition};
+use crate::model::LlamaConfig;
+
+/// A scenario file as written (`scenarios/*.ron`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    /// Name used for the run directory.
+    pub name: String,
+    /// Master seed: every random draw derives from it.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Federated rounds.
+    pub rounds: usize,
+    /// Base model.
+    #[serde(default)]
+    pub model: ModelSection,
+    /// LoRA adapter.
+    #[serde(default)]
+    pub lora: LoraSection,
+    /// Data set and how it is prepared.
+    pub data: DataSection,
+    /// How training records are split over clients.
+    #[serde(default = "default_partition")]
+    pub partition: Partition,
+    /// The client population.
+    pub clients: ClientsSection,
+    /// Aggregation strategy and client sampling.
+    #[serde(default)]
+    pub strategy: StrategySection,
+    /// Local training.
+    #[serde(default)]
+    pub train: TrainSection,
+    /// Compute slots.
+    #[serde(default)]
+    pub slots: SlotsSection,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+fn default_partition() -> Partition {
+    Partition::Iid
+}
+
+/// The base model (`model: (preset: Tiny(vocab_size: 1024))`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Which model.
+    pub preset: ModelPreset,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            preset: ModelPreset::Tiny { vocab_size: 1024 },
+        }
+    }
+}
+
+/// Built-in models (random weights from the scenario seed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ModelPreset {
+    /// Hidden 128, 4 layers, 4 heads (2 KV), a BPE vocabulary trained on the corpus.
+    Tiny {
+        /// Tokens in the trained vocabulary (and rows of the embedding).
+        vocab_size: usize,
+    },
+    /// Any Llama shape, with Hugging Face `config.json` field names.
+    Custom(LlamaConfig),
+}
+
+/// LoRA hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    /// Rank.
+    pub r: usize,
+    /// Scale numerator (`lora_alpha`).
+    pub alpha: f64,
+    /// Dropout on the adapter input.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Adapted projections by PEFT name: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
+    /// down_proj.
+    pub target_modules: Vec<String>,
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        Self {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            target_modules: vec!["q_proj".into(), "v_proj".into()],
+        }
+    }
+}
+
+/// Data set, held-out split, canaries, sequence length.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Records to train and evaluate on.
+    pub source: DataSource,
+    /// Fraction held out for server-side evaluation.
+    #[serde(default = "default_eval_fraction")]
+    pub eval_fraction: f64,
+    /// Longest tokenised example; longer ones are truncated.
+    #[serde(default = "default_max_seq_len")]
+    pub max_seq_len: usize,
+    /// Planted secrets.
+    #[serde(default)]
+    pub canaries: usize,
+    /// Copies of each secret in its client's shard.
+    #[serde(default = "default_canary_repeats")]
+    pub canary_repeats: usize,
+}
+
+fn default_eval_fraction() -> f64 {
+    0.1
+}
+fn default_max_seq_len() -> usize {
+    128
+}
+fn default_canary_repeats() -> usize {
+    4
+}
+
+/// Client population.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientsSection {
+    /// Number of clients.
+    pub count: usize,
+}
+
+/// Strategy and sampling (Flower's names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrategySection {
+    /// Aggregation rule.
+    #[serde(default = "default_strategy")]
+    pub kind: StrategyKind,
+    /// Fraction of clients sampled each round.
+    pub fraction_fit: f64,
+    /// Never sample fewer than this.
+    pub min_fit_clients: usize,
+    /// Do not start a round with fewer clients available.
+    pub min_available_clients: usize,
+}
+
+fn default_strategy() -> StrategyKind {
+    StrategyKind::FedAvg
+}
+
+impl Default for StrategySection {
+    fn default() -> Self {
+        Self {
+            kind: StrategyKind::FedAvg,
+            fraction_fit: 1.0,
+            min_fit_clients: 1,
+            min_available_clients: 1,
+        }
+    }
+}
+
+/// Aggregation rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StrategyKind {
+    /// Example-weighted average of client updates (McMahan et al. 2017).
+    FedAvg,
+}
+
+/// Local training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Optimiser steps per round; when absent, `local_epochs` passes over the shard.
+    #[serde(default)]
+    pub local_steps: Option<usize>,
+    /// Passes over the shard per round when `local_steps` is absent.
+    #[serde(default = "one")]
+    pub local_epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Learning rate of round 1 (cosine-annealed towards `lr_min`).
+    pub lr_max: f64,
+    /// Learning rate of the last round.
+    pub lr_min: f64,
+    /// AdamW weight decay.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Examples per batch in server-side evaluation.
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_eval_batch() -> usize {
+    16
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            local_steps: Some(10),
+            local_epochs: 1,
+            batch_size: 4,
+            lr_max: 5e-5,
+            lr_min: 1e-6,
+            weight_decay: 0.0,
+            eval_batch_size: 16,
+        }
+    }
+}
+
+/// Compute slots: OS threads that each own a device and run training jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotsSection {
+    /// Number of slots.
+    pub count: usize,
+    /// Threads each slot's matmuls use; default: cores / slots (never oversubscribe).
+    #[serde(default)]
+    pub threads_per_slot: Option<usize>,
+}
+
+impl Default for SlotsSection {
+    fn default() -> Self {
+        Self {
+            count: 1,
+            threads_per_slot: None,
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Semantic checks: each failure names the field, the allowed range and the fix.
+
+use std::path::Path;
+
+use super::file::{ModelPreset, ScenarioFile};
+use super::{Sampling, Scenario, ScenarioError};
+use crate::data::{DataPlan, DataSource, Partition};
+use crate::model::{LlamaConfig, LoraConfig, TargetModule};
+use crate::train::LocalTraining;
+
+struct Check<'a> {
+    path: &'a Path,
+}
+
+impl Check<'_> {
+    fn fail(&self, field: &str, message: impl Into<String>) -> ScenarioError {
+        ScenarioError::Invalid {
+            path: self.path.to_path_buf(),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn ensure(
+        &self,
+        ok: bool,
+        field: &str,
+        message: impl Into<String>,
+    ) -> Result<(), ScenarioError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(self.fail(field, message))
+        }
+    }
+
+    fn finite_in(
+        &self,
+        v: f64,
+        lo: f64,
+        hi: f64,
+        lo_open: bool,
+        hi_open: bool,
+        field: &str,
+    ) -> Result<(), ScenarioError> {
+        let ok = v.is_finite()
+            && (if lo_open { v > lo } else { v >= lo })
+            && (if hi_open { v < hi } else { v <= hi });
+        let range = format!(
+            "{}{lo}, {hi}{}",
+            if lo_open { "(" } else { "[" },
+            if hi_open { ")" } else { "]" }
+        );
+        self.ensure(ok, field, format!("is {v}; it must lie in {range}"))
+    }
+}
+
+pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, ScenarioError> {
+    let c = Check { path };
+    c.ensure(
+        !file.name.trim().is_empty(),
+        "name",
+        "is empty; give the scenario a name",
+    )?;
+    c.ensure(
+        file.name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)),
+        "name",
+        format!(
+            "is {:?}; use letters, digits, '-', '_' or '.' (it names the run directory)",
+            file.name
+        ),
+    )?;
+    c.ensure(
+        (1..=100_000).contains(&file.rounds),
+        "rounds",
+        format!("is {}; it must be 1..=100000", file.rounds),
+    )?;
+
+    let (model, model_name) = match &file.model.preset {
+        ModelPreset::Tiny { vocab_size } => {
+            c.ensure(
+                (300..=65_536).contains(vocab_size),
+                "model.preset.Tiny.vocab_size",
+                format!(
+                    "is {vocab_size}; it must be 300..=65536 (256 byte tokens + specials + merges)"
+                ),
+            )?;
+            (LlamaConfig::tiny(*vocab_size), "fedsim/tiny".to_string())
+        }
+        ModelPreset::Custom(cfg) => {
+            check_llama(&c, cfg)?;
+            (cfg.clone(), "fedsim/custom".to_string())
+        }
+    };
+
+    let lora = check_lora(&c, &file, &model)?;
+
+    let d = &file.data;
+    match &d.source {
+        DataSource::Synthetic { records } => c.ensure(
+            (2..=10_000_000).contains(records),
+            "data.source.Synthetic.records",
+            format!("is {records}; it must be 2..=10000000"),
+        )?,
+        DataSource::Alpaca { path: p, limit } => {
+            c.ensure(
+                p.is_file(),
+                "data.source.Alpaca.path",
+                format!(
+                    "{} does not exist or is not a file; give the path of an Alpaca JSON file",
+                    p.display()
+                ),
+            )?;
+            if let Some(l) = limit {
+                c.ensure(
+                    *l >= 2,
+                    "data.source.Alpaca.limit",
+                    format!("is {l}; it must be at least 2"),
+                )?;
+            }
+        }
+    }
+    c.finite_in(d.eval_fraction, 0.0, 1.0, true, true, "data.eval_fraction")?;
+    c.ensure(
+        (8..=model.max_position_embeddings).contains(&d.max_seq_len),
+        "data.max_seq_len",
+        format!(
+            "is {}; it must be 8..={} (the model's max_position_embeddings)",
+            d.max_seq_len, model.max_position_embeddings
+        ),
+    )?;
+    c.ensure(
+        d.canaries <= 1000,
+        "data.canaries",
+        format!("is {}; it must be 0..=1000", d.canaries),
+    )?;
+    c.ensure(
+        d.canaries == 0 || (1..=1000).contains(&d.canary_repeats),
+        "data.canary_repeats",
+        format!(
+            "is {}; it must be 1..=1000 when canaries are planted",
+            d.canary_repeats
+        ),
+    )?;
+    match file.partition {
+        Partition::Iid => {}
+        Partition::Dirichlet { alpha } => {
+            c.finite_in(alpha, 0.0, 1e6, true, false, "partition.Dirichlet.alpha")?
+        }
+        Partition::SizeSkew { sigma } => {
+            c.finite_in(sigma, 0.0, 10.0, false, false, "partition.SizeSkew.sigma")?
+        }
+    }
+
+    let n = file.clients.count;
+    c.ensure(
+        (1..=10_000_000).contains(&n),
+        "clients.count",
+        format!("is {n}; it must be 1..=10000000"),
+    )?;
+    let s = &file.strategy;
+    c.finite_in(
+        s.fraction_fit,
+        0.0,
+        1.0,
+        true,
+        false,
+        "strategy.fraction_fit",
+    )?;
+    c.ensure(
+        (1..=n).contains(&s.min_fit_clients),
+        "strategy.min_fit_clients",
+        format!(
+            "is {}; it must be 1..={n} (clients.count)",
+            s.min_fit_clients
+        ),
+    )?;
+    c.ensure(
+        (1..=n).contains(&s.min_available_clients),
+        "strategy.min_available_clients",
+        format!(
+            "is {}; it must be 1..={n} (clients.count)",
+            s.min_available_clients
+        ),
+    )?;
+
+    let t = &file.train;
+    if let Some(steps) = t.local_steps {
+        c.ensure(
+            (1..=1_000_000).contains(&steps),
+            "train.local_steps",
+            format!("is {steps}; it must be 1..=1000000, or None to use local_epochs"),
+        )?;
+    }
+    c.ensure(
+        (1..=1000).contains(&t.local_epochs),
+        "train.local_epochs",
+        format!("is {}; it must be 1..=1000", t.local_epochs),
+    )?;
+    c.ensure(
+        (1..=4096).contains(&t.batch_size),
+        "train.batch_size",
+        format!("is {}; it must be 1..=4096", t.batch_size),
+    )?;
+    c.ensure(
+        (1..=4096).contains(&t.eval_batch_size),
+        "train.eval_batch_size",
+        format!("is {}; it must be 1..=4096", t.eval_batch_size),
+    )?;
+    c.finite_in(t.lr_max, 0.0, 10.0, true, false, "train.lr_max")?;
+    c.finite_in(t.lr_min, 0.0, t.lr_max, false, false, "train.lr_min")?;
+    c.finite_in(t.weight_decay, 0.0, 1.0, false, false, "train.weight_decay")?;
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let sl = &file.slots;
+    c.ensure(
+        (1..=256).contains(&sl.count),
+        "slots.count",
+        format!("is {}; it must be 1..=256", sl.count),
+    )?;
+    let threads = sl.threads_per_slot.unwrap_or((cores / sl.count).max(1));
+    c.ensure(
+        (1..=256).contains(&threads),
+        "slots.threads_per_slot",
+        format!("is {threads}; it must be 1..=256"),
+    )?;
+
+    Ok(Scenario {
+        name: file.name.clone(),
+        seed: file.seed,
+        rounds: file.rounds,
+        model,
+        model_name,
+        lora,
+        data: DataPlan {
+            source: d.source.clone(),
+            eval_fraction: d.eval_fraction,
+            canaries: d.canaries,
+            canary_repeats: d.canary_repeats,
+            partition: file.partition.clone(),
+            clients: n,
+            seed: file.seed,
+        },
+        max_seq_len: d.max_seq_len,
+        sampling: Sampling {
+            fraction_fit: s.fraction_fit,
+            min_fit_clients: s.min_fit_clients,
+            min_available_clients: s.min_available_clients,
+        },
+        local: LocalTraining {
+            steps: t.local_steps,
+            epochs: t.local_epochs,
+            batch_size: t.batch_size,
+            weight_decay: t.weight_decay,
+        },
+        lr_max: t.lr_max,
+        lr_min: t.lr_min,
+        eval_batch_size: t.eval_batch_size,
+        slots: sl.count,
+        threads_per_slot: threads,
+        source_path: path.to_path_buf(),
+        file,
+    })
+}
+
+fn check_llama(c: &Check<'_>, cfg: &LlamaConfig) -> Result<(), ScenarioError> {
+    let f = "model.preset.Custom";
+    for (name, v) in [
+        ("hidden_size", cfg.hidden_size),
+        ("intermediate_size", cfg.intermediate_size),
+        ("num_hidden_layers", cfg.num_hidden_layers),
+        ("num_attention_heads", cfg.num_attention_heads),
+        ("num_key_value_heads", cfg.num_key_value_heads),
+        ("vocab_size", cfg.vocab_size),
+        ("max_position_embeddings", cfg.max_position_embeddings),
+    ] {
+        c.ensure(
+            v >= 1,
+            &format!("{f}.{name}"),
+            "is 0; it must be at least 1",
+        )?;
+    }
+    c.ensure(
+        cfg.vocab_size >= 300,
+        &format!("{f}.vocab_size"),
+        format!("is {}; it must be at least 300", cfg.vocab_size),
+    )?;
+    c.ensure(
+        cfg.hidden_size % cfg.num_attention_heads == 0 && cfg.head_dim() % 2 == 0,
+        &format!("{f}.num_attention_heads"),
+        format!(
+            "is {}; hidden_size {} must split into heads of even width",
+            cfg.num_attention_heads, cfg.hidden_size
+        ),
+    )?;
+    c.ensure(
+        cfg.num_attention_heads % cfg.num_key_value_heads == 0,
+        &format!("{f}.num_key_value_heads"),
+        format!(
+            "is {}; it must divide num_attention_heads {}",
+            cfg.num_key_value_heads, cfg.num_attention_heads
+        ),
+    )?;
+    c.finite_in(
+        cfg.rms_norm_eps,
+        0.0,
+        1.0,
+        true,
+        false,
+        &format!("{f}.rms_norm_eps"),
+    )?;
+    c.finite_in(
+        cfg.rope_theta,
+        1.0,
+        1e9,
+        false,
+        false,
+        &format!("{f}.rope_theta"),
+    )
+}
+
+fn check_lora(
+    c: &Check<'_>,
+    file: &ScenarioFile,
+    model: &LlamaConfig,
+) -> Result<LoraConfig, ScenarioError> {
+    let l = &file.lora;
+    c.ensure(!l.target_modules.is_empty(), "lora.target_modules", "is empty; name at least one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj")?;
+    let mut targets = Vec::new();
+    for m in &l.target_modules {
+        let t = TargetModule::from_name(m).ok_or_else(|| {
+            c.fail(
+                "lora.target_modules",
+                format!("names unknown module {m:?}; allowed: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"),
+            )
+        })?;
+        c.ensure(
+            !targets.contains(&t),
+            "lora.target_modules",
+            format!("names {m:?} twice"),
+        )?;
+        targets.push(t);
+    }
+    targets.sort();
+    let max_r = targets
+        .iter()
+        .map(|&t| {
+            let (o, i) = model.projection_shape(t);
+            o.min(i)
+        })
+        .min()
+        .unwrap_or(1);
+    c.ensure(
+        (1..=max_r).contains(&l.r),
+        "lora.r",
+        format!(
+            "is {}; it must be 1..={max_r} (the smallest adapted projection's width)",
+            l.r
+        ),
+    )?;
+    c.finite_in(l.alpha, 0.0, 1e6, true, false, "lora.alpha")?;
+    c.finite_in(l.dropout, 0.0, 1.0, false, true, "lora.dropout")?;
+    Ok(LoraConfig {
+        r: l.r,
+        alpha: l.alpha,
+        dropout: l.dropout,
+        target_modules: targets,
+    })
+}

@@ -1,0 +1,261 @@
+//! Compute slots: dedicated OS threads that run candle training and evaluation jobs, never on
+//! the async executor. Each slot owns a device handle and a rayon pool of its own (so slots ×
+//! threads never oversubscribe the cores); all slots share one frozen base model per device.
+//! Jobs arrive over a crossbeam channel; results go back over tokio oneshot channels.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::oneshot;
+
+use crate::messages::{ClientId, EvaluateIns, EvaluateRes, FitIns, FitStatus, FitUpdate};
+use crate::model::{AdapterLayout, AdapterSet, BaseModel, LoraConfig};
+use crate::rng::{purpose, rng_for};
+use crate::tokenizer::TokenizedExample;
+use crate::train::{evaluate, local_fit, TrainError};
+
+/// Errors of the slot pool.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    /// A slot thread or its rayon pool could not be started.
+    #[error("cannot start slot {slot}: {message}")]
+    Start {
+        /// Slot index.
+        slot: usize,
+        /// Why.
+        message: String,
+    },
+    /// The pool has shut down.
+    #[error("the slot pool is closed")]
+    Closed,
+}
+
+/// What every slot needs: the shared base, the data, the adapter layout.
+pub struct SlotContext {
+    /// Frozen base weights, one copy per device.
+    pub model: Arc<BaseModel>,
+    /// LoRA hyper-parameters.
+    pub lora: LoraConfig,
+    /// Adapter layout.
+    pub layout: Arc<AdapterLayout>,
+    /// Tokenised training examples (clients' shards index into it).
+    pub train: Arc<Vec<TokenizedExample>>,
+    /// Tokenised held-out examples.
+    pub eval: Arc<Vec<TokenizedExample>>,
+    /// Evaluation batch size.
+    pub eval_batch_size: usize,
+    /// Padding id.
+    pub pad: u32,
+    /// Master seed.
+    pub seed: u64,
+}
+
+/// A unit of work for a slot.
+pub enum Job {
+    /// Local training of one client.
+    Fit {
+        /// The client.
+        client: ClientId,
+        /// Indices into [`SlotContext::train`].
+        shard: Arc<[u32]>,
+        /// Instructions.
+        ins: FitIns,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<FitStatus>,
+    },
+    /// Server-side evaluation on the held-out split.
+    Evaluate {
+        /// What to evaluate.
+        ins: EvaluateIns,
+        /// Where the result goes.
+        reply: oneshot::Sender<Result<EvaluateRes, TrainError>>,
+    },
+}
+
+/// Cheap, cloneable handle for submitting jobs.
+#[derive(Clone)]
+pub struct SlotHandle {
+    tx: Sender<Job>,
+}
+
+impl SlotHandle {
+    /// Queue a job.
+    ///
+    /// # Errors
+    /// [`SlotError::Closed`] when the pool has shut down.
+    pub fn submit(&self, job: Job) -> Result<(), SlotError> {
+        self.tx.send(job).map_err(|_| SlotError::Closed)
+    }
+}
+
+/// The running slots.
+pub struct SlotPool {
+    tx: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    busy_nanos: Arc<Vec<AtomicU64>>,
+}
+
+impl SlotPool {
+    /// Start `slots` slot threads with `threads_per_slot` matmul threads each.
+    ///
+    /// # Errors
+    /// When a thread or rayon pool cannot be created.
+    pub fn start(
+        ctx: Arc<SlotContext>,
+        slots: usize,
+        threads_per_slot: usize,
+    ) -> Result<Self, SlotError> {
+        // candle sizes its matmul parallelism from RAYON_NUM_THREADS on every call, whatever
+        // pool it runs in; left at the core count, two slots oversubscribe the cores and a
+        // step gets ~3x slower. Slots x threads must not exceed the cores.
+        std::env::set_var("RAYON_NUM_THREADS", threads_per_slot.to_string());
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let busy_nanos: Arc<Vec<AtomicU64>> =
+            Arc::new((0..slots).map(|_| AtomicU64::new(0)).collect());
+        let mut threads = Vec::with_capacity(slots);
+        for slot in 0..slots {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads_per_slot)
+                .thread_name(move |i| format!("slot{slot}-mm{i}"))
+                .build()
+                .map_err(|e| SlotError::Start {
+                    slot,
+                    message: e.to_string(),
+                })?;
+            let (rx, ctx, busy) = (rx.clone(), ctx.clone(), busy_nanos.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("slot{slot}"))
+                .spawn(move || worker(slot, &rx, &ctx, &pool, &busy[slot]))
+                .map_err(|e| SlotError::Start {
+                    slot,
+                    message: e.to_string(),
+                })?;
+            threads.push(handle);
+        }
+        Ok(Self {
+            tx: Some(tx),
+            threads,
+            busy_nanos,
+        })
+    }
+
+    /// A handle for submitting jobs.
+    pub fn handle(&self) -> SlotHandle {
+        SlotHandle {
+            tx: self.tx.clone().expect("pool is running"),
+        }
+    }
+
+    /// Seconds each slot has spent running jobs.
+    pub fn busy_seconds(&self) -> Vec<f64> {
+        self.busy_nanos
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed) as f64 * 1e-9)
+            .collect()
+    }
+
+    /// Stop accepting jobs and wait for the slots to finish theirs.
+    pub fn shutdown(mut self) {
+        self.tx.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn worker(
+    slot: usize,
+    rx: &Receiver<Job>,
+    ctx: &SlotContext,
+    pool: &rayon::ThreadPool,
+    busy: &AtomicU64,
+) {
+    while let Ok(job) = rx.recv() {
+        let start = Instant::now();
+        match job {
+            Job::Fit {
+                client,
+                shard,
+                ins,
+                reply,
+            } => {
+                let status = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    pool.install(|| fit(ctx, client, &shard, &ins))
+                }))
+                .unwrap_or_else(|p| FitStatus::Failed {
+                    reason: format!("slot {slot} panicked: {}", panic_message(&p)),
+                });
+                let _ = reply.send(status);
+            }
+            Job::Evaluate { ins, reply } => {
+                let res = pool.install(|| evaluate_job(ctx, &ins));
+                let _ = reply.send(res);
+            }
+        }
+        busy.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn fit(ctx: &SlotContext, client: ClientId, shard: &[u32], ins: &FitIns) -> FitStatus {
+    let start = Instant::now();
+    let run = || -> Result<FitUpdate, TrainError> {
+        let global = AdapterSet::from_safetensors(ctx.layout.clone(), &ins.payload)?;
+        let examples: Vec<&TokenizedExample> =
+            shard.iter().map(|&i| &ctx.train[i as usize]).collect();
+        let mut rng = rng_for(ctx.seed, &[purpose::TRAIN, ins.round as u64, client as u64]);
+        let out = local_fit(
+            &ctx.model,
+            &ctx.lora,
+            &global,
+            &examples,
+            &ins.config.local,
+            ins.config.lr,
+            ctx.pad,
+            &mut rng,
+        )?;
+        Ok(FitUpdate {
+            payload: out.update.to_safetensors()?,
+            num_examples: examples.len(),
+            train_loss: out.train_loss,
+            update_norm: out.update.l2_norm(),
+            steps: out.steps,
+            tokens: out.tokens,
+            compute_seconds: start.elapsed().as_secs_f64(),
+        })
+    };
+    match run() {
+        Ok(u) => FitStatus::Completed(Box::new(u)),
+        Err(e) => FitStatus::Failed {
+            reason: e.to_string(),
+        },
+    }
+}
+
+fn evaluate_job(ctx: &SlotContext, ins: &EvaluateIns) -> Result<EvaluateRes, TrainError> {
+    let examples: Vec<&TokenizedExample> = ctx.eval.iter().collect();
+    let (sum, tokens) = evaluate(
+        &ctx.model,
+        &ctx.lora,
+        ins.adapter.as_deref(),
+        &examples,
+        ctx.eval_batch_size,
+        ctx.pad,
+    )?;
+    let loss = sum / tokens.max(1) as f64;
+    Ok(EvaluateRes {
+        round: ins.round,
+        loss,
+        perplexity: loss.exp(),
+        tokens,
+    })
+}

@@ -1,0 +1,5 @@
+//! Aggregation strategies.
+
+pub mod fedavg;
+
+pub use fedavg::FedAvgAccumulator;

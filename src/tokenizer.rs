@@ -1,0 +1,169 @@
+//! Tokenizer for the `tiny` model: a byte-level BPE trained with the `tokenizers` crate's
+//! trainer on the training corpus (deterministic for a given corpus), saved as
+//! `tokenizer.json` in the run directory so any Hugging Face tokenizer can reload it.
+
+use std::path::Path;
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
+
+use crate::data::Record;
+
+/// Errors of tokenizer training, loading and encoding.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// The `tokenizers` crate failed.
+    #[error("tokenizer: {0}")]
+    Tokenizers(String),
+    /// The trained vocabulary is smaller than the model's.
+    #[error("the training corpus yields only {got} tokens but the model needs {want}")]
+    Vocabulary {
+        /// Tokens learned.
+        got: usize,
+        /// Tokens asked for.
+        want: usize,
+    },
+}
+
+fn tk(e: impl std::fmt::Display) -> TokenizerError {
+    TokenizerError::Tokenizers(e.to_string())
+}
+
+/// End of text; also the padding token (id 0, as in SmolLM2).
+pub const EOS: &str = "<|endoftext|>";
+
+/// A tokenizer and the ids the trainer needs.
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    eos_id: u32,
+}
+
+/// One tokenised record: prompt followed by response and EOS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenizedExample {
+    /// Token ids, at most `max_seq_len`.
+    pub ids: Vec<u32>,
+    /// Number of leading prompt tokens (no loss on them).
+    pub prompt_len: usize,
+}
+
+impl TokenizedExample {
+    /// Number of tokens the loss is computed on.
+    pub fn response_tokens(&self) -> usize {
+        self.ids.len().saturating_sub(self.prompt_len)
+    }
+}
+
+impl TextTokenizer {
+    /// Train a byte-level BPE with exactly `vocab_size` tokens on `corpus`.
+    ///
+    /// # Errors
+    /// When training fails or the corpus is too small to reach `vocab_size`.
+    pub fn train(corpus: &[Record], vocab_size: usize) -> Result<Self, TokenizerError> {
+        let specials = vec![
+            AddedToken::from(EOS, true),
+            AddedToken::from("<|im_start|>", true),
+            AddedToken::from("<|im_end|>", true),
+        ];
+        let mut trainer = BpeTrainerBuilder::new()
+            .show_progress(false)
+            .vocab_size(vocab_size)
+            .min_frequency(0)
+            .special_tokens(specials)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        let mut tokenizer = TokenizerBuilder::new()
+            .with_model(BPE::default())
+            .with_normalizer(None::<tokenizers::NormalizerWrapper>)
+            .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
+            .with_post_processor(None::<tokenizers::PostProcessorWrapper>)
+            .with_decoder(Some(ByteLevelDecoder::default()))
+            .build()
+            .map_err(tk)?;
+        let texts: Vec<String> = corpus.iter().map(Record::full_text).collect();
+        tokenizer.train(&mut trainer, texts.iter()).map_err(tk)?;
+        let inner: Tokenizer = tokenizer.into();
+        let got = inner.get_vocab_size(true);
+        if got < vocab_size {
+            return Err(TokenizerError::Vocabulary {
+                got,
+                want: vocab_size,
+            });
+        }
+        Self::from_tokenizer(inner)
+    }
+
+    /// Wrap an existing tokenizer (`tokenizer.json`).
+    ///
+    /// # Errors
+    /// When the file cannot be read or has no `<|endoftext|>` token.
+    pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
+        Self::from_tokenizer(Tokenizer::from_file(path).map_err(tk)?)
+    }
+
+    fn from_tokenizer(inner: Tokenizer) -> Result<Self, TokenizerError> {
+        let eos_id = inner
+            .token_to_id(EOS)
+            .ok_or_else(|| TokenizerError::Tokenizers(format!("no {EOS} token")))?;
+        Ok(Self { inner, eos_id })
+    }
+
+    /// The end-of-text (and padding) id.
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    /// Vocabulary size including special tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Encode text without adding special tokens.
+    ///
+    /// # Errors
+    /// On a tokenizer failure.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        Ok(self
+            .inner
+            .encode(text, false)
+            .map_err(tk)?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Decode ids to text.
+    ///
+    /// # Errors
+    /// On a tokenizer failure.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        self.inner.decode(ids, true).map_err(tk)
+    }
+
+    /// Tokenise a record as prompt + response + EOS, truncated to `max_seq_len` tokens.
+    /// Returns `None` when truncation leaves no response token to learn from.
+    ///
+    /// # Errors
+    /// On a tokenizer failure.
+    pub fn example(
+        &self,
+        record: &Record,
+        max_seq_len: usize,
+    ) -> Result<Option<TokenizedExample>, TokenizerError> {
+        let mut ids = self.encode(&record.prompt())?;
+        let prompt_len = ids.len();
+        ids.extend(self.encode(&record.response())?);
+        ids.push(self.eos_id);
+        ids.truncate(max_seq_len);
+        Ok((ids.len() > prompt_len).then_some(TokenizedExample { ids, prompt_len }))
+    }
+
+    /// Save as `tokenizer.json`.
+    ///
+    /// # Errors
+    /// On an I/O failure.
+    pub fn save(&self, path: &Path) -> Result<(), TokenizerError> {
+        self.inner.save(path, true).map_err(tk)
+    }
+}

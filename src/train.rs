@@ -1,0 +1,198 @@
+//! Local supervised fine-tuning of LoRA adapters, and evaluation.
+//!
+//! The course's recipe: Alpaca-style prompt, loss on response tokens only (completion-only
+//! collator), right padding with a causal + padding attention mask, AdamW on the LoRA
+//! variables, a learning rate per round from cosine annealing between `lr_max` and `lr_min`.
+
+use candle_core::{Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::model::lora::DropoutRng;
+use crate::model::{AdapterSet, BaseModel, LoraConfig, LoraVars, LossInput, ModelError};
+use crate::tokenizer::TokenizedExample;
+
+/// Errors of local training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A client had nothing to train on.
+    #[error("no training examples")]
+    NoExamples,
+    /// The loss stopped being a number.
+    #[error("training diverged: loss is {0} at step {1}; lower train.lr_max")]
+    Diverged(f32, usize),
+}
+
+impl From<candle_core::Error> for TrainError {
+    fn from(e: candle_core::Error) -> Self {
+        TrainError::Model(ModelError::Candle(e))
+    }
+}
+
+/// How long a client trains and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalTraining {
+    /// Optimiser steps per round; `None` means `epochs` passes over the shard.
+    pub steps: Option<usize>,
+    /// Passes over the shard when `steps` is `None`.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+}
+
+impl LocalTraining {
+    /// Steps a client with `n` examples takes.
+    pub fn steps_for(&self, n: usize) -> usize {
+        self.steps
+            .unwrap_or_else(|| self.epochs * n.div_ceil(self.batch_size))
+    }
+}
+
+/// The learning rate of round `round` (1-based) of `total`, as the course's
+/// `cosine_annealing(current_round, total_round, lr_max, lr_min)`.
+pub fn cosine_annealing(round: usize, total: usize, lr_max: f64, lr_min: f64) -> f64 {
+    let inner = std::f64::consts::PI * round as f64 / total.max(1) as f64;
+    lr_min + 0.5 * (lr_max - lr_min) * (1.0 + inner.cos())
+}
+
+/// What a client's local training produced.
+#[derive(Debug, Clone)]
+pub struct LocalResult {
+    /// `local − global` over every LoRA tensor.
+    pub update: AdapterSet,
+    /// Mean training loss over the local steps (nats per response token).
+    pub train_loss: f64,
+    /// Optimiser steps taken.
+    pub steps: usize,
+    /// Tokens processed (prompt and response, padding excluded).
+    pub tokens: usize,
+}
+
+/// Build the loss input for a batch of examples, right-padded with `pad`.
+///
+/// # Errors
+/// On a candle error.
+pub fn make_batch(
+    examples: &[&TokenizedExample],
+    pad: u32,
+    device: &Device,
+) -> Result<LossInput, ModelError> {
+    let b = examples.len();
+    let s = examples.iter().map(|e| e.ids.len()).max().unwrap_or(1);
+    let mut ids = vec![pad; b * s];
+    let mut mask = vec![-1e9f32; b * s * s];
+    let mut positions = Vec::new();
+    let mut targets = Vec::new();
+    for (bi, e) in examples.iter().enumerate() {
+        let len = e.ids.len();
+        ids[bi * s..bi * s + len].copy_from_slice(&e.ids);
+        for i in 0..s {
+            for j in 0..=i.min(len - 1) {
+                mask[(bi * s + i) * s + j] = 0.0;
+            }
+        }
+        for t in e.prompt_len.saturating_sub(1)..len - 1 {
+            positions.push((bi * s + t) as u32);
+            targets.push(e.ids[t + 1]);
+        }
+    }
+    let n = targets.len();
+    Ok(LossInput {
+        input_ids: Tensor::from_vec(ids, (b, s), device)?,
+        mask: Tensor::from_vec(mask, (b, 1, s, s), device)?,
+        positions: Tensor::from_vec(positions, n, device)?,
+        targets: Tensor::from_vec(targets, n, device)?,
+    })
+}
+
+/// Fine-tune `global` on `examples` for one round; `rng` drives shuffling and dropout.
+///
+/// # Errors
+/// No examples, a candle failure, or a diverging loss.
+pub fn local_fit(
+    model: &BaseModel,
+    lora: &LoraConfig,
+    global: &AdapterSet,
+    examples: &[&TokenizedExample],
+    plan: &LocalTraining,
+    lr: f64,
+    pad: u32,
+    rng: &mut ChaCha8Rng,
+) -> Result<LocalResult, TrainError> {
+    if examples.is_empty() {
+        return Err(TrainError::NoExamples);
+    }
+    let device = model.device();
+    let vars = LoraVars::from_adapter(global, lora, device)?;
+    let params = ParamsAdamW {
+        lr,
+        weight_decay: plan.weight_decay,
+        ..Default::default()
+    };
+    let mut opt = AdamW::new(vars.vars().to_vec(), params)?;
+    let mut dropout = DropoutRng::new(ChaCha8Rng::seed_from_u64(rand::Rng::random(rng)));
+    let steps = plan.steps_for(examples.len());
+    let mut order: Vec<usize> = Vec::new();
+    let (mut loss_sum, mut tokens) = (0.0f64, 0usize);
+    for step in 0..steps {
+        let mut batch = Vec::with_capacity(plan.batch_size);
+        while batch.len() < plan.batch_size.min(examples.len()) {
+            if order.is_empty() {
+                order = (0..examples.len()).collect();
+                order.shuffle(rng);
+                order.reverse();
+            }
+            batch.push(examples[order.pop().expect("refilled above")]);
+        }
+        tokens += batch.iter().map(|e| e.ids.len()).sum::<usize>();
+        let input = make_batch(&batch, pad, device)?;
+        let (nll, n) = model.loss_sum(&input, Some(&vars), Some(&mut dropout))?;
+        let loss = (nll / n as f64)?;
+        let value = loss.to_scalar::<f32>()?;
+        if !value.is_finite() {
+            return Err(TrainError::Diverged(value, step));
+        }
+        loss_sum += value as f64;
+        opt.backward_step(&loss)?;
+    }
+    let local = vars.to_adapter()?;
+    Ok(LocalResult {
+        update: local.delta_from(global),
+        train_loss: loss_sum / steps.max(1) as f64,
+        steps,
+        tokens,
+    })
+}
+
+/// Summed NLL and response-token count of `adapter` (or the bare base) on `examples`.
+///
+/// # Errors
+/// On a candle failure.
+pub fn evaluate(
+    model: &BaseModel,
+    lora: &LoraConfig,
+    adapter: Option<&AdapterSet>,
+    examples: &[&TokenizedExample],
+    batch_size: usize,
+    pad: u32,
+) -> Result<(f64, usize), TrainError> {
+    let device = model.device();
+    let vars = adapter
+        .map(|a| LoraVars::from_adapter(a, lora, device))
+        .transpose()?;
+    let (mut sum, mut count) = (0.0f64, 0usize);
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let input = make_batch(chunk, pad, device)?;
+        let (nll, n) = model.loss_sum(&input, vars.as_ref(), None)?;
+        sum += nll.to_scalar::<f32>()? as f64;
+        count += n;
+    }
+    Ok((sum, count))
+}
