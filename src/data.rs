@@ -138,6 +138,7 @@ impl DataPlan {
             self.canary_repeats,
             &mut train,
             &mut shards,
+            self.seed,
             &mut crng,
         );
         Ok(FederatedData {

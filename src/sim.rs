@@ -44,14 +44,6 @@ pub enum SimError {
     /// An actor could not start or answer.
     #[error("actor system: {0}")]
     Actor(String),
-    /// A client has no usable example.
-    #[error("client {client} has no example with a response token left after truncation to data.max_seq_len = {max_seq_len}; raise data.max_seq_len")]
-    EmptyShard {
-        /// The client.
-        client: usize,
-        /// The limit.
-        max_seq_len: usize,
-    },
     /// The run failed part-way; what it wrote is in `dir`.
     #[error("run failed (partial results in {dir}): {message}")]
     Failed {
@@ -102,8 +94,8 @@ pub struct Prepared {
     pub eval: Arc<Vec<TokenizedExample>>,
     /// Each client's example indices.
     pub shards: Vec<Vec<u32>>,
-    /// Training records dropped because truncation left no response token.
-    pub dropped: usize,
+    /// Examples (training and held-out) cut to fit `data.max_seq_len`.
+    pub truncated: usize,
     /// The frozen base (one copy, shared by every slot).
     pub model: Arc<BaseModel>,
 }
@@ -123,30 +115,24 @@ struct ClientPartition {
 pub fn prepare(s: &Scenario) -> Result<Prepared, SimError> {
     let data = s.data.prepare()?;
     let tokenizer = TextTokenizer::train(&data.train, s.model.vocab_size)?;
-    let mut map = vec![None; data.train.len()];
-    let mut train = Vec::with_capacity(data.train.len());
-    for (i, r) in data.train.iter().enumerate() {
-        if let Some(e) = tokenizer.example(r, s.max_seq_len)? {
-            map[i] = Some(train.len() as u32);
-            train.push(e);
-        }
-    }
-    let dropped = data.train.len() - train.len();
-    let mut eval = Vec::with_capacity(data.eval.len());
-    for r in &data.eval {
-        eval.extend(tokenizer.example(r, s.max_seq_len)?);
-    }
-    let mut shards = Vec::with_capacity(data.shards.len());
-    for (client, shard) in data.shards.iter().enumerate() {
-        let ex: Vec<u32> = shard.iter().filter_map(|&i| map[i]).collect();
-        if ex.is_empty() {
-            return Err(SimError::EmptyShard {
-                client,
-                max_seq_len: s.max_seq_len,
-            });
-        }
-        shards.push(ex);
-    }
+    let mut truncated = 0;
+    let mut tokenize = |records: &[crate::data::Record]| {
+        records
+            .iter()
+            .map(|r| {
+                let (e, cut) = tokenizer.example(r, s.max_seq_len)?;
+                truncated += usize::from(cut);
+                Ok(e)
+            })
+            .collect::<Result<Vec<TokenizedExample>, TokenizerError>>()
+    };
+    let train = tokenize(&data.train)?;
+    let eval = tokenize(&data.eval)?;
+    let shards: Vec<Vec<u32>> = data
+        .shards
+        .iter()
+        .map(|sh| sh.iter().map(|&i| i as u32).collect())
+        .collect();
     let model = BaseModel::random(
         &s.model,
         derive(s.seed, &[purpose::MODEL]),
@@ -158,7 +144,7 @@ pub fn prepare(s: &Scenario) -> Result<Prepared, SimError> {
         train: Arc::new(train),
         eval: Arc::new(eval),
         shards,
-        dropped,
+        truncated,
         model: Arc::new(model),
     })
 }
@@ -206,13 +192,14 @@ pub async fn run(
     ));
     let sizes: Vec<usize> = prep.shards.iter().map(Vec::len).collect();
     say(&format!(
-        "data: {} training examples over {} clients ({:?}), {} held out, {} canaries, {} dropped by truncation",
+        "data: {} training examples over {} clients ({:?}), {} held out, {} canaries, {} truncated to {} tokens",
         prep.train.len(),
         sizes.len(),
         s.data.partition,
         prep.eval.len(),
         prep.data.canaries.len(),
-        prep.dropped
+        prep.truncated,
+        s.max_seq_len
     ));
     say(&format!("partition sizes: {}", size_line(&sizes)));
 

@@ -141,8 +141,12 @@ impl TextTokenizer {
         self.inner.decode(ids, true).map_err(tk)
     }
 
-    /// Tokenise a record as prompt + response + EOS, truncated to `max_seq_len` tokens.
-    /// Returns `None` when truncation leaves no response token to learn from.
+    /// Tokenise a record as prompt + response + EOS in at most `max_seq_len` tokens.
+    ///
+    /// When it does not fit, the response keeps at least half the budget: the prompt is cut
+    /// from the left (its end, with the response marker, stays) and the response from the
+    /// right, so no example loses all its training signal. Returns the example and whether it
+    /// was truncated.
     ///
     /// # Errors
     /// On a tokenizer failure.
@@ -150,13 +154,25 @@ impl TextTokenizer {
         &self,
         record: &Record,
         max_seq_len: usize,
-    ) -> Result<Option<TokenizedExample>, TokenizerError> {
-        let mut ids = self.encode(&record.prompt())?;
-        let prompt_len = ids.len();
-        ids.extend(self.encode(&record.response())?);
-        ids.push(self.eos_id);
-        ids.truncate(max_seq_len);
-        Ok((ids.len() > prompt_len).then_some(TokenizedExample { ids, prompt_len }))
+    ) -> Result<(TokenizedExample, bool), TokenizerError> {
+        let prompt = self.encode(&record.prompt())?;
+        let mut response = self.encode(&record.response())?;
+        response.push(self.eos_id);
+        let fits = prompt.len() + response.len() <= max_seq_len;
+        let keep_response = response
+            .len()
+            .min((max_seq_len / 2).max(max_seq_len.saturating_sub(prompt.len())))
+            .max(1);
+        let keep_prompt = (max_seq_len.saturating_sub(keep_response)).min(prompt.len());
+        let mut ids = prompt[prompt.len() - keep_prompt..].to_vec();
+        ids.extend_from_slice(&response[..keep_response]);
+        Ok((
+            TokenizedExample {
+                ids,
+                prompt_len: keep_prompt,
+            },
+            !fits,
+        ))
     }
 
     /// Save as `tokenizer.json`.

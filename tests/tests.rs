@@ -1,1 +1,10 @@
+//! fedsim's integration tests: one binary (one link step with candle on two cores).
 
+mod util;
+
+mod cli;
+mod data;
+mod fedavg;
+mod model;
+mod run;
+mod scenario;

@@ -63,13 +63,15 @@ fn digits(rng: &mut ChaCha8Rng, n: usize) -> String {
 
 /// Plant `count` canaries with `repeats` copies each; returns what was planted.
 ///
-/// Each canary goes to one client drawn from `rng` (clients with data only); its records are
-/// appended to `train` and their indices to that client's shard.
+/// Secrets depend only on `seed` and the canary's index (so runs with different client counts
+/// plant the same text); each canary goes to one client drawn from `rng` (clients with data
+/// only); its records are appended to `train` and their indices to that client's shard.
 pub fn plant(
     count: usize,
     repeats: usize,
     train: &mut Vec<Record>,
     shards: &mut [Vec<usize>],
+    seed: u64,
     rng: &mut ChaCha8Rng,
 ) -> Vec<Canary> {
     let mut out = Vec::with_capacity(count);
@@ -80,7 +82,7 @@ pub fn plant(
         } else {
             format!("{first} {last} {}", id / NAMES.len() + 1)
         };
-        let mut srng = ChaCha8Rng::seed_from_u64(rng.random());
+        let mut srng = ChaCha8Rng::seed_from_u64(crate::rng::derive(seed, &[0xca7a, id as u64]));
         let kind = [
             CanaryKind::Email,
             CanaryKind::Phone,

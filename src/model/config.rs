@@ -42,7 +42,9 @@ impl LlamaConfig {
             rms_norm_eps: 1e-5,
             rope_theta: 10_000.0,
             max_position_embeddings: 512,
-            tie_word_embeddings: true,
+            // Untied: the input embedding keeps HF's small init while the head gets a scale
+            // whose logits can express a peaked distribution (see `BaseModel::random`).
+            tie_word_embeddings: false,
         }
     }
 

@@ -45,25 +45,40 @@ pub struct LossInput {
 }
 
 impl BaseModel {
-    /// Random base weights drawn from `seed` (N(0, 0.02²), norms at 1), as HF initialises Llama.
+    /// Random base weights drawn from `seed`: projections and input embeddings N(0, 0.02²) as
+    /// HF initialises Llama, norms at 1, and the LM head N(0, 1/hidden), so that a frozen
+    /// random model's logits can span a useful range (max logit ≈ √hidden). With HF's 0.02
+    /// the logits of a 128-wide model stay within ±2.6 whatever LoRA does, and fine-tuning
+    /// cannot get far below the uniform loss. Tied embeddings use the head's scale.
     ///
     /// # Errors
     /// Fails on a candle error.
     pub fn random(cfg: &LlamaConfig, seed: u64, device: &Device) -> Result<Self, ModelError> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let normal = Normal::new(0.0f32, 0.02).expect("valid normal");
-        let mut randn = |rows: usize, cols: usize| -> Result<Tensor, ModelError> {
-            let v: Vec<f32> = (0..rows * cols).map(|_| normal.sample(&mut rng)).collect();
+        let embed_scale = 1.0 / (cfg.hidden_size as f32).sqrt() / 0.02;
+        let mut randn = |rows: usize, cols: usize, scale: f32| -> Result<Tensor, ModelError> {
+            let v: Vec<f32> = (0..rows * cols)
+                .map(|_| scale * normal.sample(&mut rng))
+                .collect();
             Ok(Tensor::from_vec(v, (rows, cols), device)?)
         };
         let ones = || Tensor::ones(cfg.hidden_size, DType::F32, device);
-        let embed_tokens = randn(cfg.vocab_size, cfg.hidden_size)?;
+        let embed_tokens = randn(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            if cfg.tie_word_embeddings {
+                embed_scale
+            } else {
+                1.0
+            },
+        )?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for _ in 0..cfg.num_hidden_layers {
             let mut proj = Vec::with_capacity(7);
             for m in TargetModule::ALL {
                 let (o, i) = cfg.projection_shape(m);
-                proj.push(randn(o, i)?);
+                proj.push(randn(o, i, 1.0)?);
             }
             blocks.push(Block {
                 input_layernorm: ones()?,
@@ -74,7 +89,7 @@ impl BaseModel {
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(randn(cfg.vocab_size, cfg.hidden_size)?)
+            Some(randn(cfg.vocab_size, cfg.hidden_size, embed_scale)?)
         };
         Self::assemble(cfg.clone(), embed_tokens, blocks, ones()?, lm_head, device)
     }

@@ -1,0 +1,104 @@
+//! The `sim` binary: exit codes and messages a user sees.
+
+use std::process::Command;
+
+use crate::util::{root, SMALL};
+
+fn sim(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sim"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn validate_accepts_the_shipped_scenario() {
+    let (ok, out, err) = sim(&["validate", "scenarios/five_clients.ron"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("ok") && out.contains("5 clients"), "{out}");
+}
+
+#[test]
+fn validate_rejects_bad_input_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.ron");
+    std::fs::write(&broken, SMALL.replace("rounds: 4,", "rounds: 4,,")).unwrap();
+    let broken = broken.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["validate", broken], "broken.ron:"),
+        (
+            vec![
+                "validate",
+                "scenarios/five_clients.ron",
+                "--set",
+                "strategy.fraction_fit=2",
+            ],
+            "strategy.fraction_fit",
+        ),
+        (
+            vec![
+                "validate",
+                "scenarios/five_clients.ron",
+                "--set",
+                "lora.r=0",
+            ],
+            "lora.r",
+        ),
+        (vec!["validate", "no/such/file.ron"], "no/such/file.ron"),
+        (
+            vec![
+                "run",
+                "scenarios/five_clients.ron",
+                "--set",
+                "strategy.min_fit_clients=6",
+            ],
+            "min_fit_clients",
+        ),
+    ] {
+        let (ok, _, err) = sim(&args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn run_writes_a_complete_directory_and_compare_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let scen = dir.path().join("small.ron");
+    std::fs::write(&scen, SMALL).unwrap();
+    let out = dir.path().join("run");
+    let (ok, stdout, err) = sim(&[
+        "run",
+        scen.to_str().unwrap(),
+        "--set",
+        "rounds=1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("trainable params:") && err.contains("partition sizes:"),
+        "{err}"
+    );
+    assert!(err.contains("eval loss"), "per-round table missing: {err}");
+    assert!(stdout.contains("completed: 1 of 1 rounds"), "{stdout}");
+    assert!(out.join("summary.json").is_file());
+    let (ok, table, err) = sim(&["compare", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(table.contains("final loss"), "{table}");
+    // A finished directory is not overwritten.
+    let (ok, _, err) = sim(&[
+        "run",
+        scen.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("already holds a finished run"), "{err}");
+}

@@ -1,0 +1,155 @@
+//! End-to-end runs: training helps, runs are deterministic across repeats and slot counts,
+//! the run directory holds what it promises.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::util::{run, scenario, shared, SMALL};
+
+/// rounds.jsonl with the wall-clock fields removed.
+fn metrics(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("rounds.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("wall_seconds");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn federated_run_improves_and_is_deterministic_across_slot_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one = scenario(SMALL, &["slots.count=1"]).unwrap();
+    let two = scenario(SMALL, &["slots.count=2"]).unwrap();
+    let a = run(&one, &tmp.path().join("a"));
+    let b = run(&one, &tmp.path().join("b"));
+    let c = run(&two, &tmp.path().join("c"));
+
+    // Training makes the model better on the held-out split.
+    let s = &a.summary;
+    assert_eq!(s.status, "completed");
+    assert_eq!(s.rounds_completed, 4);
+    assert!(
+        s.final_eval_loss < s.pretrained_eval_loss - 0.3,
+        "held-out loss {} -> {}",
+        s.pretrained_eval_loss,
+        s.final_eval_loss
+    );
+    let losses: Vec<f64> = a.rounds.iter().map(|r| r.eval_loss).collect();
+    assert!(losses.windows(2).all(|w| w[1] < w[0] + 0.05), "{losses:?}");
+
+    // Same scenario and seed: identical metrics and byte-identical adapters, 1 slot or 2.
+    let adapter = |d: &Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(metrics(&a.dir), metrics(&b.dir));
+    assert_eq!(metrics(&a.dir), metrics(&c.dir));
+    assert_eq!(adapter(&a.dir), adapter(&b.dir));
+    assert_eq!(adapter(&a.dir), adapter(&c.dir));
+
+    // The run directory.
+    for f in [
+        "scenario.ron",
+        "tokenizer.json",
+        "canaries.json",
+        "partitions.json",
+        "summary.json",
+        "adapter_config.json",
+    ] {
+        assert!(a.dir.join(f).is_file(), "{f} missing");
+    }
+    let rounds = metrics(&a.dir);
+    assert_eq!(rounds.len(), 4);
+    for key in [
+        "round",
+        "sampled",
+        "completed",
+        "train_loss",
+        "eval_loss",
+        "eval_perplexity",
+        "bytes_down",
+        "bytes_up",
+    ] {
+        assert!(rounds[0].get(key).is_some(), "rounds.jsonl lacks {key}");
+    }
+    // 4 clients × fraction 0.5 = 2 sampled; bytes are the serialised adapter per client.
+    let adapter_bytes = adapter(&a.dir).len() as u64;
+    assert_eq!(rounds[0]["sampled"], 2);
+    assert_eq!(rounds[0]["bytes_down"].as_u64().unwrap(), 2 * adapter_bytes);
+    assert_eq!(rounds[0]["bytes_up"].as_u64().unwrap(), 2 * adapter_bytes);
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(a.dir.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["lora_alpha"], 8.0);
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["down_proj", "o_proj", "q_proj", "v_proj"])
+    );
+    let recorded = fedsim::Scenario::load(&a.dir.join("scenario.ron"), &[]).unwrap();
+    assert_eq!(recorded.file, one.file);
+    let canaries: Value =
+        serde_json::from_str(&std::fs::read_to_string(a.dir.join("canaries.json")).unwrap())
+            .unwrap();
+    assert_eq!(canaries.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn centralised_baseline_improves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = scenario(
+        SMALL,
+        &[
+            "name=small_centralized",
+            "clients.count=1",
+            "strategy.fraction_fit=1.0",
+            "strategy.min_fit_clients=1",
+            "strategy.min_available_clients=1",
+            "train.local_steps=16",
+        ],
+    )
+    .unwrap();
+    let r = run(&s, &tmp.path().join("central"));
+    assert!(
+        r.summary.final_eval_loss < r.summary.pretrained_eval_loss - 0.3,
+        "{:?}",
+        r.summary
+    );
+    let table = fedsim::compare::table(&[r.dir.clone()]).unwrap();
+    assert!(
+        table.contains("pretrained") && table.contains("central"),
+        "{table}"
+    );
+}
+
+#[test]
+fn medalpaca_dirichlet_run() {
+    let Some(path) = shared("data/medalpaca/medical_meadow_small.json") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let source = format!(
+        r#"data.source={{"Alpaca":{{"path":{:?},"limit":300}}}}"#,
+        path.display().to_string()
+    );
+    let s = scenario(
+        SMALL,
+        &[
+            &source,
+            r#"partition={"Dirichlet":{"alpha":0.5}}"#,
+            "rounds=2",
+            "data.canaries=0",
+        ],
+    )
+    .unwrap();
+    let r = run(&s, &tmp.path().join("med"));
+    assert_eq!(r.summary.rounds_completed, 2);
+    assert!(
+        r.summary.final_eval_loss < r.summary.pretrained_eval_loss,
+        "{:?}",
+        r.rounds
+    );
+}

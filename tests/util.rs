@@ -1,0 +1,72 @@
+//! Helpers shared by the test modules.
+
+use std::path::{Path, PathBuf};
+
+use fedsim::{RunOptions, RunReport, Scenario};
+
+/// A small scenario that trains in seconds: custom 2-layer model, 240 synthetic records.
+pub const SMALL: &str = r#"(
+    name: "small",
+    seed: 7,
+    rounds: 4,
+    model: (preset: Custom((
+        hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2,
+        num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 400,
+        rms_norm_eps: 1e-5, rope_theta: 10000.0, max_position_embeddings: 256,
+        tie_word_embeddings: false,
+    ))),
+    lora: (r: 4, alpha: 8.0, dropout: 0.05,
+           target_modules: ["q_proj", "v_proj", "o_proj", "down_proj"]),
+    data: (source: Synthetic(records: 240), eval_fraction: 0.15, max_seq_len: 128,
+           canaries: 2, canary_repeats: 3),
+    partition: Iid,
+    clients: (count: 4),
+    strategy: (kind: FedAvg, fraction_fit: 0.5, min_fit_clients: 2, min_available_clients: 2),
+    train: (local_steps: Some(8), batch_size: 4, lr_max: 5e-3, lr_min: 1e-3),
+    slots: (count: 1),
+)"#;
+
+/// The crate root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared` beside the crate, as CI lays it out.
+pub fn shared(rel: &str) -> Option<PathBuf> {
+    let p = root().join("..").join("shared").join(rel);
+    if p.exists() {
+        Some(p)
+    } else if std::env::var_os("CI").is_some() {
+        panic!(
+            "{} is missing: CI must have ../shared beside the clone",
+            p.display()
+        );
+    } else {
+        eprintln!("SKIPPED: {} not found (outside CI)", p.display());
+        None
+    }
+}
+
+/// Parse `text` with overrides.
+pub fn scenario(text: &str, set: &[&str]) -> Result<Scenario, fedsim::ScenarioError> {
+    let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+    Scenario::from_ron(text, Path::new("test.ron"), &set)
+}
+
+/// Run a scenario to the end into `out`.
+pub fn run(s: &Scenario, out: &Path) -> RunReport {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(fedsim::run(
+        s,
+        RunOptions {
+            out: Some(out.to_path_buf()),
+            progress: None,
+        },
+        std::future::pending(),
+    ))
+    .expect("run succeeds")
+}
