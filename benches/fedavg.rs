@@ -1,1 +1,60 @@
-fn main() {}
+//! FedAvg aggregation of K client updates of 460,800 f32 parameters (rank-8 LoRA on q_proj and
+//! v_proj of the SmolLM2-135M shape): the fold alone, and parse-the-upload + fold as the
+//! aggregator actor does it.
+//!
+//! Run with: cargo bench --bench fedavg
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use fedsim::model::{AdapterLayout, AdapterSet, LlamaConfig, LoraConfig, TargetModule};
+use fedsim::strategy::FedAvgAccumulator;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn fedavg(c: &mut Criterion) {
+    let lora = LoraConfig {
+        r: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        target_modules: vec![TargetModule::QProj, TargetModule::VProj],
+    };
+    let layout = Arc::new(AdapterLayout::new(&LlamaConfig::smollm2_135m(), &lora));
+    assert_eq!(layout.len(), 460_800);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let updates: Vec<AdapterSet> = (0..10)
+        .map(|_| {
+            let data = (0..layout.len()).map(|_| rng.random_range(-1e-2f32..1e-2)).collect();
+            AdapterSet::new(layout.clone(), data)
+        })
+        .collect();
+    let payloads: Vec<Vec<u8>> = updates.iter().map(|u| u.to_safetensors().unwrap()).collect();
+    let mut group = c.benchmark_group("fedavg_460800");
+    group.sample_size(10);
+    for k in [10usize, 100] {
+        group.throughput(Throughput::Bytes((k * layout.len() * 4) as u64));
+        group.bench_with_input(BenchmarkId::new("fold", k), &k, |b, &k| {
+            b.iter(|| {
+                let mut acc = FedAvgAccumulator::new(layout.len());
+                for i in 0..k {
+                    acc.fold(updates[i % updates.len()].data(), 100 + i as u64).unwrap();
+                }
+                acc.mean()
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("parse_and_fold", k), &k, |b, &k| {
+            b.iter(|| {
+                let mut acc = FedAvgAccumulator::new(layout.len());
+                for i in 0..k {
+                    let u = AdapterSet::from_safetensors(layout.clone(), &payloads[i % payloads.len()]).unwrap();
+                    acc.fold(u.data(), 100 + i as u64).unwrap();
+                }
+                acc.mean()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fedavg);
+criterion_main!(benches);

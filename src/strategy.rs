@@ -2,4 +2,4 @@
 
 pub mod fedavg;
 
-pub use fedavg::FedAvgAccumulator;
+pub use fedavg::{FedAvgAccumulator, FoldError};

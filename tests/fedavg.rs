@@ -8,9 +8,9 @@ use fedsim::strategy::FedAvgAccumulator;
 #[test]
 fn fedavg_equals_the_hand_computed_weighted_average() {
     let mut acc = FedAvgAccumulator::new(3);
-    acc.fold(&[1.0, -2.0, 0.5], 10);
-    acc.fold(&[3.0, 4.0, -0.5], 30);
-    acc.fold(&[0.0, 0.0, 1.0], 60);
+    acc.fold(&[1.0, -2.0, 0.5], 10).unwrap();
+    acc.fold(&[3.0, 4.0, -0.5], 30).unwrap();
+    acc.fold(&[0.0, 0.0, 1.0], 60).unwrap();
     // (10·1 + 30·3 + 60·0)/100 = 1.0; (−20 + 120 + 0)/100 = 1.0; (5 − 15 + 60)/100 = 0.5
     let mean = acc.mean().unwrap();
     assert_eq!(mean, vec![1.0, 1.0, 0.5]);
@@ -43,11 +43,11 @@ fn fedavg_matches_f64_reference_and_ignores_order() {
         .collect();
     let mut fwd = FedAvgAccumulator::new(n);
     for (u, w) in &updates {
-        fwd.fold(u, *w);
+        fwd.fold(u, *w).unwrap();
     }
     let mut rev = FedAvgAccumulator::new(n);
     for (u, w) in updates.iter().rev() {
-        rev.fold(u, *w);
+        rev.fold(u, *w).unwrap();
     }
     let (a, b) = (fwd.mean().unwrap(), rev.mean().unwrap());
     assert_eq!(a, b, "the average must be bit-identical whatever the order");
@@ -75,6 +75,10 @@ fn fedavg_applies_the_mean_update_to_the_global_adapter() {
     acc.fold(&vec![-0.25; layout.len()], 3);
     let next = acc.apply_to(&global);
     assert!(next.data().iter().all(|&v| v == 1.0 + (0.5 - 0.75) / 4.0));
+    let before = acc.clone();
+    assert!(acc.fold(&vec![f32::NAN; layout.len()], 5).is_err());
+    assert!(acc.fold(&vec![1e9; layout.len()], 5).is_err());
+    assert_eq!(acc.apply_to(&global), before.apply_to(&global), "a rejected update changes nothing");
     let empty = FedAvgAccumulator::new(layout.len());
     assert_eq!(
         empty.apply_to(&global),

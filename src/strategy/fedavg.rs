@@ -1,14 +1,26 @@
 //! FedAvg (McMahan et al. 2017) folded in as updates arrive, in O(model) memory.
 //!
-//! The running sum is kept in fixed point (`i128`, 2⁻⁴⁰ resolution): integer addition is
-//! associative, so the average is bit-identical whatever order updates arrive in — which is
-//! what makes runs deterministic across slot counts without holding K updates to sort them.
-//! Each term `x·n` is exact in f64 (24-bit mantissa × a weight below 2²⁹) before it is rounded
-//! to the grid, so the only error is that rounding (≤ 2⁻⁴¹ per term).
+//! The running sum is kept in fixed point: each value is truncated to a 2⁻⁴⁰ grid as an `i64`
+//! (exact for |x| ≥ 2⁻¹⁶, error < 2⁻⁴⁰ below), multiplied by its integer weight and added in
+//! `i128`. Integer addition is associative, so the average is bit-identical whatever order
+//! updates arrive in — which is what makes runs deterministic across slot counts without
+//! holding K updates to sort them. Values must be finite with |x| < 2²³; an update outside
+//! that is rejected whole (it would be a diverged client anyway).
 
 use crate::model::AdapterSet;
 
 const SCALE: f64 = (1u64 << 40) as f64;
+const LIMIT: f32 = (1u32 << 23) as f32;
+
+/// An update that cannot be averaged.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("update value {value} at index {index} is not finite or exceeds 2^23 in magnitude")]
+pub struct FoldError {
+    /// Position in the flat adapter.
+    pub index: usize,
+    /// The value.
+    pub value: f32,
+}
 
 /// Streaming, order-independent, example-weighted average of adapter updates.
 #[derive(Debug, Clone)]
@@ -30,16 +42,23 @@ impl FedAvgAccumulator {
 
     /// Add `update` with weight `num_examples`.
     ///
+    /// # Errors
+    /// [`FoldError`] when a value is not finite or |x| ≥ 2²³; nothing is folded then.
+    ///
     /// # Panics
     /// When the update's length differs from the accumulator's (a broken invariant).
-    pub fn fold(&mut self, update: &[f32], num_examples: u64) {
+    pub fn fold(&mut self, update: &[f32], num_examples: u64) -> Result<(), FoldError> {
         assert_eq!(update.len(), self.sum.len(), "update length mismatch");
-        let w = num_examples as f64 * SCALE;
+        if let Some(i) = update.iter().position(|x| !(x.abs() < LIMIT)) {
+            return Err(FoldError { index: i, value: update[i] });
+        }
+        let w = num_examples as i128;
         for (acc, &x) in self.sum.iter_mut().zip(update) {
-            *acc += (x as f64 * w).round() as i128;
+            *acc += ((x as f64 * SCALE) as i64) as i128 * w;
         }
         self.total_weight += num_examples;
         self.count += 1;
+        Ok(())
     }
 
     /// Updates folded so far.
