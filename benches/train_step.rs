@@ -2,6 +2,7 @@
 //! SmolLM2-135M-shaped model with random weights (hidden 576, 30 layers, vocab 49,152).
 //!
 //! Run with: cargo bench --bench train_step
+//! (FEDSIM_BENCH_SKIP_135M=1 skips the 135M-shaped model, ~2 minutes.)
 
 use candle_core::Device;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
@@ -13,7 +14,10 @@ use fedsim::train::make_batch;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn bench_config(c: &mut Criterion, name: &str, cfg: LlamaConfig, samples: usize) {
+fn bench_config(c: &mut Criterion, name: &str, cfg: LlamaConfig, samples: usize, threads: usize) {
+    // candle sizes matmul parallelism from this variable on every call (see src/slots.rs).
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let name = format!("{name}_{threads}thr");
     let device = Device::Cpu;
     let model = BaseModel::random(&cfg, 1, &device).expect("model");
     let lora = LoraConfig {
@@ -48,7 +52,7 @@ fn bench_config(c: &mut Criterion, name: &str, cfg: LlamaConfig, samples: usize)
     let mut group = c.benchmark_group("lora_train_step");
     group.sample_size(samples);
     group.throughput(Throughput::Elements((batch * seq) as u64));
-    group.bench_function(name, |b| {
+    group.bench_function(&name, |b| {
         b.iter(|| {
             let (nll, n) = model
                 .loss_sum(&input, Some(&vars), Some(&mut dropout))
@@ -61,14 +65,12 @@ fn bench_config(c: &mut Criterion, name: &str, cfg: LlamaConfig, samples: usize)
 }
 
 fn train_step(c: &mut Criterion) {
-    bench_config(c, "tiny_b4x128", LlamaConfig::tiny(1024), 20);
+    for threads in [1, 2] {
+        bench_config(c, "tiny_b4x128", LlamaConfig::tiny(1024), 20, threads);
+    }
     if std::env::var_os("FEDSIM_BENCH_SKIP_135M").is_none() {
-        bench_config(
-            c,
-            "smollm2_135m_shape_b4x128",
-            LlamaConfig::smollm2_135m(),
-            10,
-        );
+        let cfg = LlamaConfig::smollm2_135m();
+        bench_config(c, "smollm2_135m_shape_b4x128", cfg, 10, 2);
     }
 }
 

@@ -182,9 +182,9 @@ pub struct Summary {
     pub bytes_down_total: u64,
     /// Bytes received from clients over the run.
     pub bytes_up_total: u64,
-    /// Optimiser steps over all clients and rounds.
+    /// Tokens trained on over all clients and rounds (padding excluded).
     pub tokens_trained: usize,
-    /// Slots and threads per slot.
+    /// Compute slots.
     pub slots: usize,
     /// Threads per slot.
     pub threads_per_slot: usize,
