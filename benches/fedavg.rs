@@ -24,11 +24,16 @@ fn fedavg(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let updates: Vec<AdapterSet> = (0..10)
         .map(|_| {
-            let data = (0..layout.len()).map(|_| rng.random_range(-1e-2f32..1e-2)).collect();
+            let data = (0..layout.len())
+                .map(|_| rng.random_range(-1e-2f32..1e-2))
+                .collect();
             AdapterSet::new(layout.clone(), data)
         })
         .collect();
-    let payloads: Vec<Vec<u8>> = updates.iter().map(|u| u.to_safetensors().unwrap()).collect();
+    let payloads: Vec<Vec<u8>> = updates
+        .iter()
+        .map(|u| u.to_safetensors().unwrap())
+        .collect();
     let mut group = c.benchmark_group("fedavg_460800");
     group.sample_size(10);
     for k in [10usize, 100] {
@@ -37,7 +42,8 @@ fn fedavg(c: &mut Criterion) {
             b.iter(|| {
                 let mut acc = FedAvgAccumulator::new(layout.len());
                 for i in 0..k {
-                    acc.fold(updates[i % updates.len()].data(), 100 + i as u64).unwrap();
+                    acc.fold(updates[i % updates.len()].data(), 100 + i as u64)
+                        .unwrap();
                 }
                 acc.mean()
             })
@@ -46,7 +52,9 @@ fn fedavg(c: &mut Criterion) {
             b.iter(|| {
                 let mut acc = FedAvgAccumulator::new(layout.len());
                 for i in 0..k {
-                    let u = AdapterSet::from_safetensors(layout.clone(), &payloads[i % payloads.len()]).unwrap();
+                    let u =
+                        AdapterSet::from_safetensors(layout.clone(), &payloads[i % payloads.len()])
+                            .unwrap();
                     acc.fold(u.data(), 100 + i as u64).unwrap();
                 }
                 acc.mean()

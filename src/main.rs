@@ -1,6 +1,6 @@
 //! `sim`: the command-line front end of fedsim.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -85,7 +85,7 @@ fn real_main() -> anyhow::Result<()> {
     }
 }
 
-fn run(path: &PathBuf, set: &[String], out: Option<PathBuf>, quiet: bool) -> anyhow::Result<()> {
+fn run(path: &Path, set: &[String], out: Option<PathBuf>, quiet: bool) -> anyhow::Result<()> {
     let scenario = Scenario::load(path, set)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -60,14 +60,17 @@ pub struct RunOptions {
     /// Run directory; default `runs/<name>-<timestamp>`.
     pub out: Option<PathBuf>,
     /// Called with set-up lines and each round (the CLI prints them).
-    pub progress: Option<Box<dyn FnMut(Progress<'_>) + Send>>,
+    pub progress: Option<ProgressFn>,
 }
+
+/// Receives progress events.
+pub type ProgressFn = Box<dyn FnMut(Progress<'_>) + Send>;
 
 /// Progress events.
 pub enum Progress<'a> {
     /// A line about the set-up.
     Setup(&'a str),
-    /// Baseline evaluation and column header are due.
+    /// A round finished.
     Round(&'a RoundSummary),
 }
 
@@ -313,7 +316,7 @@ async fn run_actors(
     prep: &Prepared,
     layout: Arc<AdapterLayout>,
     dir: &RunDir,
-    mut progress: Option<Box<dyn FnMut(Progress<'_>) + Send>>,
+    mut progress: Option<ProgressFn>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(crate::actors::server::ServerOutcome, Vec<f64>), SimError> {
     let initial = Arc::new(

@@ -15,7 +15,7 @@ use crate::messages::{ClientId, EvaluateIns, EvaluateRes, FitIns, FitStatus, Fit
 use crate::model::{AdapterLayout, AdapterSet, BaseModel, LoraConfig};
 use crate::rng::{purpose, rng_for};
 use crate::tokenizer::TokenizedExample;
-use crate::train::{evaluate, local_fit, TrainError};
+use crate::train::{TrainError, Trainer};
 
 /// Errors of the slot pool.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,16 @@ pub struct SlotContext {
     pub pad: u32,
     /// Master seed.
     pub seed: u64,
+}
+
+impl SlotContext {
+    fn trainer(&self) -> Trainer<'_> {
+        Trainer {
+            model: &self.model,
+            lora: &self.lora,
+            pad: self.pad,
+        }
+    }
 }
 
 /// A unit of work for a slot.
@@ -213,14 +223,11 @@ fn fit(ctx: &SlotContext, client: ClientId, shard: &[u32], ins: &FitIns) -> FitS
         let examples: Vec<&TokenizedExample> =
             shard.iter().map(|&i| &ctx.train[i as usize]).collect();
         let mut rng = rng_for(ctx.seed, &[purpose::TRAIN, ins.round as u64, client as u64]);
-        let out = local_fit(
-            &ctx.model,
-            &ctx.lora,
+        let out = ctx.trainer().fit(
             &global,
             &examples,
             &ins.config.local,
             ins.config.lr,
-            ctx.pad,
             &mut rng,
         )?;
         Ok(FitUpdate {
@@ -243,14 +250,9 @@ fn fit(ctx: &SlotContext, client: ClientId, shard: &[u32], ins: &FitIns) -> FitS
 
 fn evaluate_job(ctx: &SlotContext, ins: &EvaluateIns) -> Result<EvaluateRes, TrainError> {
     let examples: Vec<&TokenizedExample> = ctx.eval.iter().collect();
-    let (sum, tokens) = evaluate(
-        &ctx.model,
-        &ctx.lora,
-        ins.adapter.as_deref(),
-        &examples,
-        ctx.eval_batch_size,
-        ctx.pad,
-    )?;
+    let (sum, tokens) =
+        ctx.trainer()
+            .evaluate(ins.adapter.as_deref(), &examples, ctx.eval_batch_size)?;
     let loss = sum / tokens.max(1) as f64;
     Ok(EvaluateRes {
         round: ins.round,

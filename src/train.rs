@@ -112,87 +112,97 @@ pub fn make_batch(
     })
 }
 
-/// Fine-tune `global` on `examples` for one round; `rng` drives shuffling and dropout.
-///
-/// # Errors
-/// No examples, a candle failure, or a diverging loss.
-pub fn local_fit(
-    model: &BaseModel,
-    lora: &LoraConfig,
-    global: &AdapterSet,
-    examples: &[&TokenizedExample],
-    plan: &LocalTraining,
-    lr: f64,
-    pad: u32,
-    rng: &mut ChaCha8Rng,
-) -> Result<LocalResult, TrainError> {
-    if examples.is_empty() {
-        return Err(TrainError::NoExamples);
-    }
-    let device = model.device();
-    let vars = LoraVars::from_adapter(global, lora, device)?;
-    let params = ParamsAdamW {
-        lr,
-        weight_decay: plan.weight_decay,
-        ..Default::default()
-    };
-    let mut opt = AdamW::new(vars.vars().to_vec(), params)?;
-    let mut dropout = DropoutRng::new(ChaCha8Rng::seed_from_u64(rand::Rng::random(rng)));
-    let steps = plan.steps_for(examples.len());
-    let mut order: Vec<usize> = Vec::new();
-    let (mut loss_sum, mut tokens) = (0.0f64, 0usize);
-    for step in 0..steps {
-        let mut batch = Vec::with_capacity(plan.batch_size);
-        while batch.len() < plan.batch_size.min(examples.len()) {
-            if order.is_empty() {
-                order = (0..examples.len()).collect();
-                order.shuffle(rng);
-                order.reverse();
-            }
-            batch.push(examples[order.pop().expect("refilled above")]);
-        }
-        tokens += batch.iter().map(|e| e.ids.len()).sum::<usize>();
-        let input = make_batch(&batch, pad, device)?;
-        let (nll, n) = model.loss_sum(&input, Some(&vars), Some(&mut dropout))?;
-        let loss = (nll / n as f64)?;
-        let value = loss.to_scalar::<f32>()?;
-        if !value.is_finite() {
-            return Err(TrainError::Diverged(value, step));
-        }
-        loss_sum += value as f64;
-        opt.backward_step(&loss)?;
-    }
-    let local = vars.to_adapter()?;
-    Ok(LocalResult {
-        update: local.delta_from(global),
-        train_loss: loss_sum / steps.max(1) as f64,
-        steps,
-        tokens,
-    })
+/// Trains and evaluates LoRA adapters on a frozen base.
+pub struct Trainer<'a> {
+    /// The frozen base.
+    pub model: &'a BaseModel,
+    /// LoRA hyper-parameters.
+    pub lora: &'a LoraConfig,
+    /// Padding token id.
+    pub pad: u32,
 }
 
-/// Summed NLL and response-token count of `adapter` (or the bare base) on `examples`.
-///
-/// # Errors
-/// On a candle failure.
-pub fn evaluate(
-    model: &BaseModel,
-    lora: &LoraConfig,
-    adapter: Option<&AdapterSet>,
-    examples: &[&TokenizedExample],
-    batch_size: usize,
-    pad: u32,
-) -> Result<(f64, usize), TrainError> {
-    let device = model.device();
-    let vars = adapter
-        .map(|a| LoraVars::from_adapter(a, lora, device))
-        .transpose()?;
-    let (mut sum, mut count) = (0.0f64, 0usize);
-    for chunk in examples.chunks(batch_size.max(1)) {
-        let input = make_batch(chunk, pad, device)?;
-        let (nll, n) = model.loss_sum(&input, vars.as_ref(), None)?;
-        sum += nll.to_scalar::<f32>()? as f64;
-        count += n;
+impl Trainer<'_> {
+    /// Fine-tune `global` on `examples` for one round; `rng` drives shuffling and dropout.
+    ///
+    /// # Errors
+    /// No examples, a candle failure, or a diverging loss.
+    pub fn fit(
+        &self,
+        global: &AdapterSet,
+        examples: &[&TokenizedExample],
+        plan: &LocalTraining,
+        lr: f64,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<LocalResult, TrainError> {
+        let (model, lora, pad) = (self.model, self.lora, self.pad);
+        if examples.is_empty() {
+            return Err(TrainError::NoExamples);
+        }
+        let device = model.device();
+        let vars = LoraVars::from_adapter(global, lora, device)?;
+        let params = ParamsAdamW {
+            lr,
+            weight_decay: plan.weight_decay,
+            ..Default::default()
+        };
+        let mut opt = AdamW::new(vars.vars().to_vec(), params)?;
+        let mut dropout = DropoutRng::new(ChaCha8Rng::seed_from_u64(rand::Rng::random(rng)));
+        let steps = plan.steps_for(examples.len());
+        let mut order: Vec<usize> = Vec::new();
+        let (mut loss_sum, mut tokens) = (0.0f64, 0usize);
+        for step in 0..steps {
+            let mut batch = Vec::with_capacity(plan.batch_size);
+            while batch.len() < plan.batch_size.min(examples.len()) {
+                if order.is_empty() {
+                    order = (0..examples.len()).collect();
+                    order.shuffle(rng);
+                    order.reverse();
+                }
+                batch.push(examples[order.pop().expect("refilled above")]);
+            }
+            tokens += batch.iter().map(|e| e.ids.len()).sum::<usize>();
+            let input = make_batch(&batch, pad, device)?;
+            let (nll, n) = model.loss_sum(&input, Some(&vars), Some(&mut dropout))?;
+            let loss = (nll / n as f64)?;
+            let value = loss.to_scalar::<f32>()?;
+            if !value.is_finite() {
+                return Err(TrainError::Diverged(value, step));
+            }
+            loss_sum += value as f64;
+            opt.backward_step(&loss)?;
+        }
+        let local = vars.to_adapter()?;
+        Ok(LocalResult {
+            update: local.delta_from(global),
+            train_loss: loss_sum / steps.max(1) as f64,
+            steps,
+            tokens,
+        })
     }
-    Ok((sum, count))
+
+    /// Summed NLL and response-token count of `adapter` (or the bare base) on `examples`.
+    ///
+    /// # Errors
+    /// On a candle failure.
+    pub fn evaluate(
+        &self,
+        adapter: Option<&AdapterSet>,
+        examples: &[&TokenizedExample],
+        batch_size: usize,
+    ) -> Result<(f64, usize), TrainError> {
+        let (model, lora, pad) = (self.model, self.lora, self.pad);
+        let device = model.device();
+        let vars = adapter
+            .map(|a| LoraVars::from_adapter(a, lora, device))
+            .transpose()?;
+        let (mut sum, mut count) = (0.0f64, 0usize);
+        for chunk in examples.chunks(batch_size.max(1)) {
+            let input = make_batch(chunk, pad, device)?;
+            let (nll, n) = model.loss_sum(&input, vars.as_ref(), None)?;
+            sum += nll.to_scalar::<f32>()? as f64;
+            count += n;
+        }
+        Ok((sum, count))
+    }
 }

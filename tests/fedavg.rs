@@ -71,14 +71,18 @@ fn fedavg_applies_the_mean_update_to_the_global_adapter() {
     let layout = Arc::new(AdapterLayout::new(&cfg, &lora));
     let global = AdapterSet::new(layout.clone(), vec![1.0; layout.len()]);
     let mut acc = FedAvgAccumulator::new(layout.len());
-    acc.fold(&vec![0.5; layout.len()], 1);
-    acc.fold(&vec![-0.25; layout.len()], 3);
+    acc.fold(&vec![0.5; layout.len()], 1).unwrap();
+    acc.fold(&vec![-0.25; layout.len()], 3).unwrap();
     let next = acc.apply_to(&global);
     assert!(next.data().iter().all(|&v| v == 1.0 + (0.5 - 0.75) / 4.0));
     let before = acc.clone();
     assert!(acc.fold(&vec![f32::NAN; layout.len()], 5).is_err());
     assert!(acc.fold(&vec![1e9; layout.len()], 5).is_err());
-    assert_eq!(acc.apply_to(&global), before.apply_to(&global), "a rejected update changes nothing");
+    assert_eq!(
+        acc.apply_to(&global),
+        before.apply_to(&global),
+        "a rejected update changes nothing"
+    );
     let empty = FedAvgAccumulator::new(layout.len());
     assert_eq!(
         empty.apply_to(&global),

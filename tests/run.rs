@@ -118,7 +118,7 @@ fn centralised_baseline_improves() {
         "{:?}",
         r.summary
     );
-    let table = fedsim::compare::table(&[r.dir.clone()]).unwrap();
+    let table = fedsim::compare::table(std::slice::from_ref(&r.dir)).unwrap();
     assert!(
         table.contains("pretrained") && table.contains("central"),
         "{table}"

@@ -95,10 +95,10 @@ impl Actor for Aggregator {
                 num_examples,
             } => match AdapterSet::from_safetensors(st.layout.clone(), &payload) {
                 Ok(update) => {
-                        if let Err(e) = st.acc.fold(update.data(), num_examples as u64) {
-                            st.rejected.push((client, e.to_string()));
-                        }
+                    if let Err(e) = st.acc.fold(update.data(), num_examples as u64) {
+                        st.rejected.push((client, e.to_string()));
                     }
+                }
                 Err(e) => st.rejected.push((client, e.to_string())),
             },
             AggregatorMsg::Finish { global, reply } => {

@@ -49,8 +49,14 @@ impl FedAvgAccumulator {
     /// When the update's length differs from the accumulator's (a broken invariant).
     pub fn fold(&mut self, update: &[f32], num_examples: u64) -> Result<(), FoldError> {
         assert_eq!(update.len(), self.sum.len(), "update length mismatch");
-        if let Some(i) = update.iter().position(|x| !(x.abs() < LIMIT)) {
-            return Err(FoldError { index: i, value: update[i] });
+        if let Some(i) = update
+            .iter()
+            .position(|x| !x.is_finite() || x.abs() >= LIMIT)
+        {
+            return Err(FoldError {
+                index: i,
+                value: update[i],
+            });
         }
         let w = num_examples as i128;
         for (acc, &x) in self.sum.iter_mut().zip(update) {
