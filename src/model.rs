@@ -8,6 +8,7 @@ pub mod adapter;
 pub mod config;
 pub mod llama;
 pub mod lora;
+pub mod reference;
 
 pub use adapter::{AdapterLayout, AdapterSet};
 pub use config::LlamaConfig;
@@ -22,9 +23,9 @@ pub enum ModelError {
     /// A candle operation failed (shape mismatch, device error).
     #[error("tensor operation failed")]
     Candle(#[from] candle_core::Error),
-    /// An adapter file could not be written or read.
-    #[error("adapter file {path}: {message}")]
-    AdapterFile {
+    /// A model or adapter file could not be written or read.
+    #[error("{path}: {message}")]
+    File {
         /// The file.
         path: std::path::PathBuf,
         /// What went wrong.

@@ -209,6 +209,9 @@ pub async fn run(
     let dir = RunDir::create(opts.out.as_deref(), &s.name)?;
     dir.write("scenario.ron", &s.to_ron())?;
     prep.tokenizer.save(&dir.path().join("tokenizer.json"))?;
+    let base_dir = dir.path().join("base_model");
+    prep.model.save_hf(&base_dir, prep.tokenizer.eos_id())?;
+    prep.tokenizer.save(&base_dir.join("tokenizer.json"))?;
     dir.write_json("canaries.json", &prep.data.canaries)?;
     let partitions: Vec<ClientPartition> = prep
         .data

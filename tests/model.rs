@@ -248,3 +248,70 @@ fn cosine_schedule_matches_the_course() {
     assert!((cosine_annealing(10, 10, 5e-5, 1e-6) - 1e-6).abs() < 1e-18);
     assert!((cosine_annealing(5, 10, 5e-5, 1e-6) - 2.55e-5).abs() < 1e-15);
 }
+
+/// Logits of our forward (base, and base + LoRA) against Hugging Face transformers + PEFT on
+/// the same exported weights (`tests/reference/make_peft_reference.py`).
+#[test]
+fn forward_matches_transformers_and_peft() {
+    use fedsim::model::reference::{Fixture, INPUT_IDS};
+    let text =
+        std::fs::read_to_string(crate::util::root().join("tests/reference/peft_reference.json"))
+            .unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let slice = reference["vocab_slice"].as_u64().unwrap() as usize;
+    let f = Fixture::build().unwrap();
+    let vars = LoraVars::from_adapter(&f.adapter, &f.lora, &Device::Cpu).unwrap();
+    let examples: Vec<TokenizedExample> = INPUT_IDS
+        .iter()
+        .map(|ids| TokenizedExample {
+            ids: ids.to_vec(),
+            prompt_len: 1,
+        })
+        .collect();
+    let refs: Vec<&TokenizedExample> = examples.iter().collect();
+    let input = make_batch(&refs, 0, &Device::Cpu).unwrap();
+    let compare = |ours: &candle_core::Tensor, theirs: &serde_json::Value, what: &str| {
+        let ours = ours.narrow(2, 0, slice).unwrap().to_vec3::<f32>().unwrap();
+        let mut worst = 0f32;
+        for (b, rows) in ours.iter().enumerate() {
+            for (t, row) in rows.iter().enumerate() {
+                for (v, &x) in row.iter().enumerate() {
+                    let y = theirs[b][t][v].as_f64().unwrap() as f32;
+                    worst = worst.max((x - y).abs());
+                }
+            }
+        }
+        eprintln!("{what}: max abs difference {worst:e}");
+        assert!(worst < 1e-5, "{what}: max abs difference {worst}");
+    };
+    let base = f
+        .model
+        .forward(&input.input_ids, &input.mask, None)
+        .unwrap();
+    compare(&base, &reference["base_logits"], "base");
+    let adapted = f
+        .model
+        .forward(&input.input_ids, &input.mask, Some(&vars))
+        .unwrap();
+    compare(&adapted, &reference["peft_logits"], "base + LoRA");
+    // Right padding with a mask: the short row's logits match PEFT's on its valid positions.
+    let short = TokenizedExample {
+        ids: INPUT_IDS[1][..7].to_vec(),
+        prompt_len: 1,
+    };
+    let long = TokenizedExample {
+        ids: INPUT_IDS[0].to_vec(),
+        prompt_len: 1,
+    };
+    let padded = make_batch(&[&long, &short], 0, &Device::Cpu).unwrap();
+    let logits = f
+        .model
+        .forward(&padded.input_ids, &padded.mask, Some(&vars))
+        .unwrap();
+    let row = logits.narrow(0, 1, 1).unwrap().narrow(1, 0, 7).unwrap();
+    compare(
+        &row,
+        &serde_json::json!([reference["padded_second_row_first7"]]),
+        "padded row",
+    );
+}

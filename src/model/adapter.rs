@@ -233,7 +233,7 @@ impl AdapterSet {
         lora: &LoraConfig,
         base_model: &str,
     ) -> Result<(), ModelError> {
-        let io = |path: &Path, e: std::io::Error| ModelError::AdapterFile {
+        let io = |path: &Path, e: std::io::Error| ModelError::File {
             path: path.to_path_buf(),
             message: e.to_string(),
         };

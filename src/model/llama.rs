@@ -164,6 +164,51 @@ impl BaseModel {
         out
     }
 
+    /// Write the base as a Hugging Face `LlamaForCausalLM` directory: `model.safetensors`
+    /// (HF tensor names) and `config.json`, so `AutoModelForCausalLM.from_pretrained(dir)` and
+    /// then `PeftModel.from_pretrained(base, run_dir)` can load what fedsim trained.
+    ///
+    /// # Errors
+    /// An I/O or serialisation failure, with the path.
+    pub fn save_hf(&self, dir: &std::path::Path, eos_id: u32) -> Result<(), ModelError> {
+        let err = |path: &std::path::Path, message: String| ModelError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(dir, e.to_string()))?;
+        let weights = dir.join("model.safetensors");
+        let tensors: std::collections::HashMap<String, Tensor> =
+            self.named_tensors().into_iter().collect();
+        candle_core::safetensors::save(&tensors, &weights)
+            .map_err(|e| err(&weights, e.to_string()))?;
+        let c = &self.cfg;
+        let config = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size,
+            "num_hidden_layers": c.num_hidden_layers,
+            "num_attention_heads": c.num_attention_heads,
+            "num_key_value_heads": c.num_key_value_heads,
+            "head_dim": c.head_dim(),
+            "vocab_size": c.vocab_size,
+            "rms_norm_eps": c.rms_norm_eps,
+            "rope_theta": c.rope_theta,
+            "max_position_embeddings": c.max_position_embeddings,
+            "tie_word_embeddings": c.tie_word_embeddings,
+            "hidden_act": "silu",
+            "attention_bias": false,
+            "mlp_bias": false,
+            "bos_token_id": eos_id,
+            "eos_token_id": eos_id,
+            "pad_token_id": eos_id,
+            "torch_dtype": "float32"
+        });
+        let path = dir.join("config.json");
+        let text = serde_json::to_string_pretty(&config).expect("json value serialises");
+        std::fs::write(&path, text).map_err(|e| err(&path, e.to_string()))
+    }
+
     /// The projection weight (out, in) of `module` in `layer`.
     pub fn projection(&self, layer: usize, module: TargetModule) -> &Tensor {
         &self.blocks[layer].proj[module.index()]
