@@ -146,10 +146,8 @@ impl RoundLog {
 pub struct Summary {
     /// Scenario name.
     pub scenario: String,
-    /// `completed`, `interrupted` or `failed`.
+    /// `completed`, or `interrupted` (stopped by Ctrl-C after a finished round).
     pub status: String,
-    /// The fatal error, if any.
-    pub error: Option<String>,
     /// Master seed.
     pub seed: u64,
     /// Base model.

@@ -245,24 +245,37 @@ pub async fn run(
             });
         }
     };
+    let failed = |message: String| SimError::Failed {
+        dir: dir.path().to_path_buf(),
+        message,
+    };
+    // The adapter is written even when the run failed part-way: results are never lost.
     outcome
         .global
         .save_peft(dir.path(), &s.lora, &s.model_name)
-        .map_err(|e| SimError::Failed {
-            dir: dir.path().to_path_buf(),
-            message: e.to_string(),
-        })?;
-    let last = outcome.rounds.last();
-    let baseline = outcome.baseline;
+        .map_err(|e| failed(e.to_string()))?;
+    if let Some(err) = &outcome.error {
+        let _ = dir.write("error.txt", &format!("{err}\n"));
+        return Err(failed(err.clone()));
+    }
+    let baseline = outcome
+        .baseline
+        .ok_or_else(|| failed("the server finished without a baseline evaluation".into()))?;
+    // With no round finished (interrupted at once) the final model is the untrained adapter.
+    let (final_loss, final_ppl) = outcome
+        .rounds
+        .last()
+        .map_or((baseline.loss, baseline.perplexity), |r| {
+            (r.eval_loss, r.eval_perplexity)
+        });
     let summary = Summary {
         scenario: s.name.clone(),
-        status: match (&outcome.error, outcome.interrupted) {
-            (Some(_), _) => "failed",
-            (None, true) => "interrupted",
-            (None, false) => "completed",
+        status: if outcome.interrupted {
+            "interrupted"
+        } else {
+            "completed"
         }
         .to_string(),
-        error: outcome.error.clone(),
         seed: s.seed,
         model: s.model_name.clone(),
         base_parameters: base_params,
@@ -273,10 +286,10 @@ pub async fn run(
         eval_examples: prep.eval.len(),
         rounds_planned: s.rounds,
         rounds_completed: outcome.rounds.len(),
-        pretrained_eval_loss: baseline.map_or(f64::NAN, |b| b.loss),
-        pretrained_eval_perplexity: baseline.map_or(f64::NAN, |b| b.perplexity),
-        final_eval_loss: last.map_or(f64::NAN, |r| r.eval_loss),
-        final_eval_perplexity: last.map_or(f64::NAN, |r| r.eval_perplexity),
+        pretrained_eval_loss: baseline.loss,
+        pretrained_eval_perplexity: baseline.perplexity,
+        final_eval_loss: final_loss,
+        final_eval_perplexity: final_ppl,
         bytes_down_total: outcome.rounds.iter().map(|r| r.bytes_down).sum(),
         bytes_up_total: outcome.rounds.iter().map(|r| r.bytes_up).sum(),
         tokens_trained: outcome.rounds.iter().map(|r| r.tokens).sum(),
@@ -285,13 +298,6 @@ pub async fn run(
         slot_busy_seconds: busy,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
-    if let Some(err) = &outcome.error {
-        let _ = dir.write("error.txt", &format!("{err}\n"));
-        return Err(SimError::Failed {
-            dir: dir.path().to_path_buf(),
-            message: err.clone(),
-        });
-    }
     dir.write_json("summary.json", &summary)?;
     Ok(RunReport {
         dir: dir.path().to_path_buf(),

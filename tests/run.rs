@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::util::{run, scenario, shared, SMALL};
+use crate::util::{run, run_until, scenario, shared, SMALL};
 
 /// rounds.jsonl with the wall-clock fields removed.
 fn metrics(dir: &Path) -> Vec<Value> {
@@ -152,4 +152,20 @@ fn medalpaca_dirichlet_run() {
         "{:?}",
         r.rounds
     );
+}
+
+#[test]
+fn shutdown_stops_between_rounds_and_keeps_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = scenario(SMALL, &["rounds=50"]).unwrap();
+    // The signal arrives at once: the run stops before its next round and still writes
+    // the adapter and a summary that says it was interrupted.
+    let r = run_until(&s, &tmp.path().join("stop"), async {});
+    assert_eq!(r.summary.status, "interrupted");
+    assert!(r.summary.rounds_completed < 50);
+    assert_eq!(r.summary.rounds_completed, r.rounds.len());
+    let back = fedsim::report::Summary::read(&r.dir).unwrap();
+    assert_eq!(back.status, "interrupted");
+    assert!(back.final_eval_loss.is_finite());
+    assert!(r.dir.join("adapter_model.safetensors").is_file());
 }

@@ -55,18 +55,24 @@ pub fn scenario(text: &str, set: &[&str]) -> Result<Scenario, fedsim::ScenarioEr
 
 /// Run a scenario to the end into `out`.
 pub fn run(s: &Scenario, out: &Path) -> RunReport {
+    run_until(s, out, std::future::pending())
+}
+
+/// Run a scenario into `out` until `shutdown` resolves.
+pub fn run_until(
+    s: &Scenario,
+    out: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> RunReport {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(fedsim::run(
-        s,
-        RunOptions {
-            out: Some(out.to_path_buf()),
-            progress: None,
-        },
-        std::future::pending(),
-    ))
-    .expect("run succeeds")
+    let opts = RunOptions {
+        out: Some(out.to_path_buf()),
+        progress: None,
+    };
+    rt.block_on(fedsim::run(s, opts, shutdown))
+        .expect("run succeeds")
 }
