@@ -8,6 +8,18 @@ use fedsim::train::make_batch;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// Largest absolute element-wise difference of two same-shaped tensors.
+fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn small_cfg() -> LlamaConfig {
     LlamaConfig {
         num_hidden_layers: 2,
@@ -102,14 +114,7 @@ fn untrained_adapter_gives_exactly_the_base_logits() {
     let with = model
         .forward(&input.input_ids, &input.mask, Some(&vars))
         .unwrap();
-    let diff = (base - with)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&base, &with);
     assert_eq!(diff, 0.0);
 }
 
@@ -127,14 +132,7 @@ fn lora_forward_equals_merged_weights() {
         + (b.matmul(a).unwrap() * 2.0).unwrap())
     .unwrap();
     let got = merged.projection(1, TargetModule::UpProj);
-    let d = (expect - got)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&expect, &got);
     assert!(d < 1e-7, "merge of up_proj differs by {d}");
     let ex = batch(&cfg, 8);
     let refs: Vec<&TokenizedExample> = ex.iter().collect();
@@ -144,23 +142,9 @@ fn lora_forward_equals_merged_weights() {
         .unwrap();
     let me = merged.forward(&input.input_ids, &input.mask, None).unwrap();
     let base = model.forward(&input.input_ids, &input.mask, None).unwrap();
-    let d = (&lo - &me)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&lo, &me);
     assert!(d < 1e-5, "LoRA vs merged logits differ by {d}");
-    let moved = (&lo - &base)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let moved = max_abs_diff(&lo, &base);
     assert!(
         moved > 1e-3,
         "the adapter must change the logits (moved {moved})"
