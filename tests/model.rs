@@ -132,7 +132,7 @@ fn lora_forward_equals_merged_weights() {
         + (b.matmul(a).unwrap() * 2.0).unwrap())
     .unwrap();
     let got = merged.projection(1, TargetModule::UpProj);
-    let d = max_abs_diff(&expect, &got);
+    let d = max_abs_diff(&expect, got);
     assert!(d < 1e-7, "merge of up_proj differs by {d}");
     let ex = batch(&cfg, 8);
     let refs: Vec<&TokenizedExample> = ex.iter().collect();
