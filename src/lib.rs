@@ -18,6 +18,8 @@
 //! - [`slots`]: OS threads owning a device and a rayon pool; jobs over crossbeam channels.
 //! - [`messages`]: `FitIns`, `FitRes`, `EvaluateIns`/`EvaluateRes`, `RoundSummary`.
 //! - [`actors`]: server (round loop, sampling, supervision), client, aggregator.
+//! - [`privacy`]: RDP accountant for the subsampled Gaussian (Poisson and fixed-size
+//!   sampling), ε ↔ noise calibration.
 //! - [`strategy`]: FedAvg as an exact, order-independent streaming sum.
 //! - [`sim`]: wires it all and records the run; [`report`]: the run directory;
 //!   [`compare`]: side-by-side table of runs.
@@ -28,6 +30,7 @@ pub mod compare;
 pub mod data;
 pub mod messages;
 pub mod model;
+pub mod privacy;
 pub mod report;
 pub mod rng;
 pub mod scenario;

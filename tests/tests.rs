@@ -6,5 +6,6 @@ mod cli;
 mod data;
 mod fedavg;
 mod model;
+mod privacy;
 mod run;
 mod scenario;

@@ -1,0 +1,29 @@
+//! Client-level differential privacy: accountants that turn noise and sampling into (ε, δ).
+
+pub mod accountant;
+pub mod rdp;
+pub mod special;
+
+pub use accountant::{epsilon_after, noise_for_epsilon, Guarantee, RdpAccountant};
+pub use rdp::{FracSeries, SamplingScheme};
+
+/// Errors of the privacy layer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PrivacyError {
+    /// A parameter outside its domain.
+    #[error("{name} is {value}; it must be {allowed}")]
+    Parameter {
+        /// Which parameter.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+        /// The allowed range.
+        allowed: &'static str,
+    },
+    /// No noise multiplier up to 10⁶ reaches the target.
+    #[error("no noise multiplier up to 1e6 reaches epsilon {target_epsilon}; raise the target or lower rounds/sampling rate")]
+    Unreachable {
+        /// The target.
+        target_epsilon: f64,
+    },
+}

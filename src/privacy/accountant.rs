@@ -1,0 +1,181 @@
+//! A composing RDP accountant and the inverse problem (noise for a target ε).
+
+use super::rdp::{
+    default_orders, epsilon_from_rdp, rdp_poisson, rdp_without_replacement, FracSeries,
+    SamplingScheme,
+};
+use super::PrivacyError;
+
+/// Accumulates RDP over rounds at a fixed set of orders.
+#[derive(Debug, Clone)]
+pub struct RdpAccountant {
+    orders: Vec<f64>,
+    rdp: Vec<f64>,
+    scheme: SamplingScheme,
+    series: FracSeries,
+}
+
+/// An (ε, δ) guarantee with the RDP order that achieved it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Guarantee {
+    /// ε.
+    pub epsilon: f64,
+    /// δ.
+    pub delta: f64,
+    /// The optimal RDP order.
+    pub order: f64,
+}
+
+impl RdpAccountant {
+    /// An empty accountant over dp_accounting's default orders.
+    pub fn new(scheme: SamplingScheme, series: FracSeries) -> Self {
+        let orders = default_orders();
+        let rdp = vec![0.0; orders.len()];
+        Self {
+            orders,
+            rdp,
+            scheme,
+            series,
+        }
+    }
+
+    /// The sampling scheme (and so the neighbouring relation) accounted for.
+    pub fn scheme(&self) -> SamplingScheme {
+        self.scheme
+    }
+
+    /// Compose `count` steps of the subsampled Gaussian with rate `q` and noise multiplier `z`.
+    ///
+    /// # Errors
+    /// `q ∉ [0, 1]` or `z < 0`.
+    pub fn compose(&mut self, q: f64, z: f64, count: usize) -> Result<(), PrivacyError> {
+        check_rate(q, true)?;
+        if !(z >= 0.0 && z.is_finite()) {
+            return Err(PrivacyError::Parameter {
+                name: "noise_multiplier",
+                value: z,
+                allowed: "≥ 0 and finite",
+            });
+        }
+        for (r, &a) in self.rdp.iter_mut().zip(&self.orders) {
+            let step = match self.scheme {
+                SamplingScheme::Poisson => rdp_poisson(q, z, a, self.series),
+                SamplingScheme::WithoutReplacement => rdp_without_replacement(q, z, a),
+            };
+            *r += count as f64 * step;
+        }
+        Ok(())
+    }
+
+    /// The tightest (ε, δ) over the orders.
+    ///
+    /// # Errors
+    /// `delta ∉ (0, 1)`.
+    pub fn epsilon(&self, delta: f64) -> Result<Guarantee, PrivacyError> {
+        check_delta(delta)?;
+        let (epsilon, order) = epsilon_from_rdp(&self.orders, &self.rdp, delta);
+        Ok(Guarantee {
+            epsilon,
+            delta,
+            order,
+        })
+    }
+}
+
+pub(super) fn check_rate(q: f64, allow_zero: bool) -> Result<(), PrivacyError> {
+    let ok = q.is_finite() && q <= 1.0 && (q > 0.0 || (allow_zero && q == 0.0));
+    if ok {
+        Ok(())
+    } else {
+        Err(PrivacyError::Parameter {
+            name: "sampling_rate",
+            value: q,
+            allowed: "in (0, 1]",
+        })
+    }
+}
+
+pub(super) fn check_delta(delta: f64) -> Result<(), PrivacyError> {
+    if delta > 0.0 && delta < 1.0 {
+        Ok(())
+    } else {
+        Err(PrivacyError::Parameter {
+            name: "delta",
+            value: delta,
+            allowed: "in (0, 1)",
+        })
+    }
+}
+
+/// ε after `rounds` rounds of the subsampled Gaussian (`z`, `q`) at `delta`.
+///
+/// # Errors
+/// Parameters out of range: `z ≤ 0`, `q ∉ (0, 1]`, `delta ∉ (0, 1)`, `rounds = 0`.
+pub fn epsilon_after(
+    z: f64,
+    q: f64,
+    rounds: usize,
+    delta: f64,
+    scheme: SamplingScheme,
+    series: FracSeries,
+) -> Result<Guarantee, PrivacyError> {
+    if !(z > 0.0 && z.is_finite()) {
+        return Err(PrivacyError::Parameter {
+            name: "noise_multiplier",
+            value: z,
+            allowed: "> 0 and finite",
+        });
+    }
+    check_rate(q, false)?;
+    check_delta(delta)?;
+    if rounds == 0 {
+        return Err(PrivacyError::Parameter {
+            name: "rounds",
+            value: 0.0,
+            allowed: "≥ 1",
+        });
+    }
+    let mut acc = RdpAccountant::new(scheme, series);
+    acc.compose(q, z, rounds)?;
+    acc.epsilon(delta)
+}
+
+/// The smallest noise multiplier (to relative precision 1e-6, rounded up) whose ε after
+/// `rounds` rounds at `delta` is at most `target_epsilon`.
+///
+/// # Errors
+/// Parameters out of range, or a target no noise below 10⁶ reaches.
+pub fn noise_for_epsilon(
+    target_epsilon: f64,
+    q: f64,
+    rounds: usize,
+    delta: f64,
+    scheme: SamplingScheme,
+    series: FracSeries,
+) -> Result<(f64, Guarantee), PrivacyError> {
+    if !(target_epsilon > 0.0 && target_epsilon.is_finite()) {
+        return Err(PrivacyError::Parameter {
+            name: "target_epsilon",
+            value: target_epsilon,
+            allowed: "> 0 and finite",
+        });
+    }
+    let eps = |z: f64| epsilon_after(z, q, rounds, delta, scheme, series);
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while eps(hi)?.epsilon > target_epsilon {
+        lo = hi;
+        hi *= 2.0;
+        if hi > 1e6 {
+            return Err(PrivacyError::Unreachable { target_epsilon });
+        }
+    }
+    while hi - lo > 1e-6 * hi {
+        let mid = 0.5 * (lo + hi);
+        if eps(mid)?.epsilon > target_epsilon {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok((hi, eps(hi)?))
+}

@@ -1,0 +1,198 @@
+//! The RDP accountant against Google's dp_accounting, closed forms, and monotonicity.
+
+use fedsim::privacy::{epsilon_after, noise_for_epsilon, FracSeries, PrivacyError, SamplingScheme};
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs()
+}
+
+/// (q, z, T, δ, ε, order) from dp_accounting 0.6.0 (Poisson, add/remove-one), the table.
+const POISSON: [(f64, f64, usize, f64, f64, f64); 4] = [
+    (0.01, 1.0, 100, 1e-5, 1.214145, 8.8),
+    (0.1, 1.0, 10, 1e-5, 3.441643, 4.6),
+    (1.0, 2.0, 10, 1e-5, 8.079406, 3.9),
+    (0.01, 0.8, 1000, 1e-6, 4.293457, 4.9),
+];
+
+#[test]
+fn rdp_matches_dp_accounting() {
+    for (q, z, t, delta, eps, order) in POISSON {
+        let g = epsilon_after(
+            z,
+            q,
+            t,
+            delta,
+            SamplingScheme::Poisson,
+            FracSeries::AbsoluteBound,
+        )
+        .unwrap();
+        assert!(
+            rel(g.epsilon, eps) < 1e-6,
+            "q={q} z={z} T={t}: {} vs {eps}",
+            g.epsilon
+        );
+        assert!(
+            (g.order - order).abs() < 1e-9,
+            "q={q} z={z} T={t}: order {} vs {order}",
+            g.order
+        );
+    }
+}
+
+#[test]
+fn exact_fractional_series_matches_its_reference() {
+    let g = epsilon_after(
+        1.0,
+        0.1,
+        10,
+        1e-5,
+        SamplingScheme::Poisson,
+        FracSeries::Exact,
+    )
+    .unwrap();
+    assert!(rel(g.epsilon, 3.441324) < 1e-6, "{}", g.epsilon);
+}
+
+/// More cases from `tests/reference/make_dp_reference.py` (dp_accounting 0.6.0), including
+/// fixed-size sampling without replacement under replace-one neighbours.
+#[test]
+fn rdp_matches_dp_accounting_reference_file() {
+    let text =
+        std::fs::read_to_string(crate::util::root().join("tests/reference/dp_reference.json"))
+            .unwrap();
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
+    for c in r["poisson"].as_array().unwrap() {
+        let g = epsilon_after(
+            f(c, "z"),
+            f(c, "q"),
+            f(c, "rounds") as usize,
+            f(c, "delta"),
+            SamplingScheme::Poisson,
+            FracSeries::AbsoluteBound,
+        )
+        .unwrap();
+        assert!(rel(g.epsilon, f(c, "epsilon")) < 1e-6, "{c}: {}", g.epsilon);
+        assert_eq!(g.order, f(c, "order"), "{c}");
+    }
+    for c in r["without_replacement"].as_array().unwrap() {
+        let q = f(c, "m") / f(c, "n");
+        let g = epsilon_after(
+            f(c, "z"),
+            q,
+            f(c, "rounds") as usize,
+            f(c, "delta"),
+            SamplingScheme::WithoutReplacement,
+            FracSeries::AbsoluteBound,
+        )
+        .unwrap();
+        assert!(rel(g.epsilon, f(c, "epsilon")) < 1e-6, "{c}: {}", g.epsilon);
+        assert_eq!(g.order, f(c, "order"), "{c}");
+    }
+}
+
+#[test]
+fn epsilon_is_monotone() {
+    let eps = |z: f64, q: f64, t: usize| {
+        epsilon_after(
+            z,
+            q,
+            t,
+            1e-5,
+            SamplingScheme::Poisson,
+            FracSeries::AbsoluteBound,
+        )
+        .unwrap()
+        .epsilon
+    };
+    let ts: Vec<f64> = [1, 10, 100, 1000]
+        .iter()
+        .map(|&t| eps(1.0, 0.05, t))
+        .collect();
+    assert!(ts.windows(2).all(|w| w[1] > w[0]), "in T: {ts:?}");
+    let qs: Vec<f64> = [0.001, 0.01, 0.1, 0.5, 1.0]
+        .iter()
+        .map(|&q| eps(1.0, q, 50))
+        .collect();
+    assert!(qs.windows(2).all(|w| w[1] > w[0]), "in q: {qs:?}");
+    let zs: Vec<f64> = [0.5, 0.8, 1.0, 2.0, 5.0]
+        .iter()
+        .map(|&z| eps(z, 0.1, 50))
+        .collect();
+    assert!(zs.windows(2).all(|w| w[1] < w[0]), "in z: {zs:?}");
+}
+
+#[test]
+fn noise_calibration_is_the_smallest_that_meets_the_budget() {
+    for (target, q, t) in [(8.0, 0.4, 10), (1.0, 0.01, 1000), (3.0, 1.0, 5)] {
+        let (z, g) = noise_for_epsilon(
+            target,
+            q,
+            t,
+            1e-5,
+            SamplingScheme::Poisson,
+            FracSeries::AbsoluteBound,
+        )
+        .unwrap();
+        assert!(g.epsilon <= target, "z={z}: {} > {target}", g.epsilon);
+        let less = epsilon_after(
+            z * (1.0 - 1e-5),
+            q,
+            t,
+            1e-5,
+            SamplingScheme::Poisson,
+            FracSeries::AbsoluteBound,
+        )
+        .unwrap();
+        assert!(
+            less.epsilon > target * (1.0 - 1e-4),
+            "z={z} is not minimal: {}",
+            less.epsilon
+        );
+    }
+}
+
+#[test]
+fn bad_parameters_are_rejected() {
+    let p = |z: f64, q: f64, d: f64| {
+        epsilon_after(
+            z,
+            q,
+            10,
+            d,
+            SamplingScheme::Poisson,
+            FracSeries::AbsoluteBound,
+        )
+    };
+    for (z, q, d, name) in [
+        (0.0, 0.1, 1e-5, "noise_multiplier"),
+        (-1.0, 0.1, 1e-5, "noise_multiplier"),
+        (1.0, 0.0, 1e-5, "sampling_rate"),
+        (1.0, 1.5, 1e-5, "sampling_rate"),
+        (1.0, 0.1, 0.0, "delta"),
+        (1.0, 0.1, 1.0, "delta"),
+    ] {
+        match p(z, q, d) {
+            Err(PrivacyError::Parameter { name: n, .. }) => assert_eq!(n, name),
+            other => panic!("z={z} q={q} d={d}: {other:?}"),
+        }
+    }
+    assert!(epsilon_after(
+        1.0,
+        0.1,
+        0,
+        1e-5,
+        SamplingScheme::Poisson,
+        FracSeries::AbsoluteBound
+    )
+    .is_err());
+    assert!(noise_for_epsilon(
+        -1.0,
+        0.1,
+        10,
+        1e-5,
+        SamplingScheme::Poisson,
+        FracSeries::AbsoluteBound
+    )
+    .is_err());
+}
