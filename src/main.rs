@@ -40,12 +40,159 @@ enum Command {
         #[arg(long = "set", value_name = "PATH=VALUE")]
         set: Vec<String>,
     },
+    /// Privacy calculator: ε for a noise level, or the noise for a target ε.
+    Privacy {
+        #[command(subcommand)]
+        what: PrivacyCommand,
+    },
     /// Compare finished runs side by side (pretrained vs. centralised vs. federated).
     Compare {
         /// Run directories.
         #[arg(required = true)]
         runs: Vec<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum PrivacyCommand {
+    /// ε after T rounds of the subsampled Gaussian mechanism.
+    Epsilon {
+        /// Noise multiplier z (noise std / clipping norm).
+        #[arg(long)]
+        noise_multiplier: f64,
+        #[command(flatten)]
+        common: PrivacyArgs,
+    },
+    /// The smallest noise multiplier whose ε after T rounds is at most the target.
+    Noise {
+        /// Target ε.
+        #[arg(long)]
+        target_epsilon: f64,
+        #[command(flatten)]
+        common: PrivacyArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct PrivacyArgs {
+    /// Fraction of clients sampled per round, q.
+    #[arg(long)]
+    sampling_rate: f64,
+    /// Rounds, T.
+    #[arg(long)]
+    rounds: usize,
+    /// Target δ.
+    #[arg(long)]
+    delta: f64,
+    /// Accountant.
+    #[arg(long, value_enum, default_value_t = Accountant::Rdp)]
+    accountant: Accountant,
+    /// Sampling: Poisson (add/remove-one neighbours) or fixed-size without replacement
+    /// (replace-one neighbours).
+    #[arg(long, value_enum, default_value_t = Sampling::Poisson)]
+    sampling: Sampling,
+    /// Fractional-order series: dp_accounting's absolute-value bound, or the exact signed sum.
+    #[arg(long, value_enum, default_value_t = Series::Bound)]
+    series: Series,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Accountant {
+    /// Rényi DP (Mironov et al. 2019; conversion of Balle et al. 2020).
+    Rdp,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Sampling {
+    Poisson,
+    Fixed,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Series {
+    Bound,
+    Exact,
+}
+
+fn privacy(what: PrivacyCommand) -> anyhow::Result<()> {
+    use fedsim::privacy::{epsilon_after, noise_for_epsilon, FracSeries, SamplingScheme};
+    let (c, result) = match what {
+        PrivacyCommand::Epsilon {
+            noise_multiplier,
+            common,
+        } => {
+            let (scheme, series) = privacy_modes(&common);
+            let g = epsilon_after(
+                noise_multiplier,
+                common.sampling_rate,
+                common.rounds,
+                common.delta,
+                scheme,
+                series,
+            )?;
+            (common, (noise_multiplier, g))
+        }
+        PrivacyCommand::Noise {
+            target_epsilon,
+            common,
+        } => {
+            let (scheme, series) = privacy_modes(&common);
+            let r = noise_for_epsilon(
+                target_epsilon,
+                common.sampling_rate,
+                common.rounds,
+                common.delta,
+                scheme,
+                series,
+            )?;
+            (common, r)
+        }
+    };
+    fn privacy_modes(c: &PrivacyArgs) -> (SamplingScheme, FracSeries) {
+        (
+            match c.sampling {
+                Sampling::Poisson => SamplingScheme::Poisson,
+                Sampling::Fixed => SamplingScheme::WithoutReplacement,
+            },
+            match c.series {
+                Series::Bound => FracSeries::AbsoluteBound,
+                Series::Exact => FracSeries::Exact,
+            },
+        )
+    }
+    let (z, g) = result;
+    let (sampling, neighbours) = match c.sampling {
+        Sampling::Poisson => ("poisson", "add-or-remove-one client"),
+        Sampling::Fixed => ("fixed-size without replacement", "replace-one client"),
+    };
+    let series = match c.series {
+        Series::Bound => "absolute-value bound (dp_accounting)",
+        Series::Exact => "exact",
+    };
+    if c.json {
+        let v = serde_json::json!({
+            "epsilon": g.epsilon,
+            "delta": g.delta,
+            "accountant": "rdp",
+            "order": g.order,
+            "noise_multiplier": z,
+            "sampling_rate": c.sampling_rate,
+            "rounds": c.rounds,
+            "sampling": sampling,
+            "neighbouring": neighbours,
+            "fractional_series": series,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "epsilon = {:.6} at delta = {:e} after {} rounds: noise multiplier {z:.6}, sampling rate {} ({sampling}, {neighbours}); RDP accountant, optimal order {}, fractional orders by {series}",
+            g.epsilon, g.delta, c.rounds, c.sampling_rate, g.order
+        );
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -72,6 +219,7 @@ fn real_main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Privacy { what } => privacy(what),
         Command::Compare { runs } => {
             print!("{}", fedsim::compare::table(&runs)?);
             Ok(())

@@ -102,3 +102,70 @@ fn run_writes_a_complete_directory_and_compare_reads_it() {
     ]);
     assert!(!ok && err.contains("already holds a finished run"), "{err}");
 }
+
+#[test]
+fn privacy_calculator_prints_json_and_rejects_bad_parameters() {
+    let (ok, out, err) = sim(&[
+        "privacy",
+        "epsilon",
+        "--noise-multiplier",
+        "1.0",
+        "--sampling-rate",
+        "0.01",
+        "--rounds",
+        "100",
+        "--delta",
+        "1e-5",
+        "--accountant",
+        "rdp",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        (v["epsilon"].as_f64().unwrap() - 1.214145).abs() < 1e-5,
+        "{v}"
+    );
+    assert_eq!(v["order"].as_f64().unwrap(), 8.8);
+    assert_eq!(v["accountant"], "rdp");
+    assert_eq!(v["delta"].as_f64().unwrap(), 1e-5);
+    let (ok, out, err) = sim(&[
+        "privacy",
+        "noise",
+        "--target-epsilon",
+        "8",
+        "--sampling-rate",
+        "0.4",
+        "--rounds",
+        "10",
+        "--delta",
+        "1e-5",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["epsilon"].as_f64().unwrap() <= 8.0);
+    assert!(v["noise_multiplier"].as_f64().unwrap() > 1.0);
+    for (flag, value, needle) in [
+        ("--noise-multiplier", "0", "noise_multiplier"),
+        ("--sampling-rate", "1.5", "sampling_rate"),
+        ("--delta", "1", "delta"),
+    ] {
+        let mut args = vec![
+            "privacy",
+            "epsilon",
+            "--noise-multiplier",
+            "1",
+            "--sampling-rate",
+            "0.1",
+            "--rounds",
+            "5",
+            "--delta",
+            "1e-5",
+        ];
+        let i = args.iter().position(|a| *a == flag).unwrap();
+        args[i + 1] = value;
+        let (ok, _, err) = sim(&args);
+        assert!(!ok && err.contains(needle), "{flag}={value}: {err}");
+    }
+}
