@@ -246,7 +246,7 @@ fn run(path: &Path, set: &[String], out: Option<PathBuf>, quiet: bool) -> anyhow
         Progress::Round(r) => {
             if !header {
                 eprintln!(
-                    "{:>5} {:>7} {:>9} {:>10} {:>10} {:>9} {:>11} {:>11} {:>8}",
+                    "{:>5} {:>7} {:>9} {:>10} {:>10} {:>9} {:>11} {:>11} {:>8}{}",
                     "round",
                     "sampled",
                     "completed",
@@ -255,12 +255,25 @@ fn run(path: &Path, set: &[String], out: Option<PathBuf>, quiet: bool) -> anyhow
                     "eval ppl",
                     "down (B)",
                     "up (B)",
-                    "wall (s)"
+                    "wall (s)",
+                    if r.dp.is_some() {
+                        format!(" {:>10} {:>8} {:>10}", "epsilon", "clipped", "noise std")
+                    } else {
+                        String::new()
+                    }
                 );
                 header = true;
             }
+            let dp = r.dp.as_ref().map_or(String::new(), |d| {
+                format!(
+                    " {:>10.4} {:>7.0}% {:>10.3e}",
+                    d.dp_epsilon,
+                    100.0 * d.dp_clipped_fraction,
+                    d.dp_noise_stddev
+                )
+            });
             eprintln!(
-                "{:>5} {:>7} {:>9} {:>10.4} {:>10.4} {:>9.2} {:>11} {:>11} {:>8.2}",
+                "{:>5} {:>7} {:>9} {:>10.4} {:>10.4} {:>9.2} {:>11} {:>11} {:>8.2}{dp}",
                 r.round,
                 r.sampled,
                 r.completed,
@@ -303,6 +316,15 @@ fn run(path: &Path, set: &[String], out: Option<PathBuf>, quiet: bool) -> anyhow
         s.bytes_up_total as f64 / 1e6,
         s.wall_seconds
     );
+    if let Some(dp) = &s.dp {
+        println!(
+            "privacy: (epsilon = {:.4}, delta = {:e}) after {} rounds ({}; {})",
+            dp.epsilon, dp.delta, s.rounds_completed, dp.mechanism, dp.accountant
+        );
+    }
+    if let Some(why) = &s.stop_reason {
+        println!("stopped early: {why}");
+    }
     println!("run directory: {}", report.dir.display());
     Ok(())
 }

@@ -19,6 +19,8 @@ pub struct FitConfig {
     pub lr: f64,
     /// Steps / epochs / batch size.
     pub local: LocalTraining,
+    /// Client-side DP clipping: clip the update to this L2 norm before upload.
+    pub clip_norm: Option<f64>,
 }
 
 /// Fit instructions: the global adapter as it goes over the wire, and the config.
@@ -64,8 +66,10 @@ pub struct FitUpdate {
     pub num_examples: usize,
     /// Mean local training loss.
     pub train_loss: f64,
-    /// L2 norm of the update.
+    /// L2 norm of the update before any clipping.
     pub update_norm: f64,
+    /// Whether the client clipped it (client-side DP).
+    pub clipped: bool,
     /// Optimiser steps taken.
     pub steps: usize,
     /// Tokens trained on.
@@ -123,8 +127,36 @@ pub struct RoundSummary {
     pub examples: usize,
     /// Tokens trained on, all clients.
     pub tokens: usize,
-    /// Mean L2 norm of the aggregated updates.
+    /// Mean L2 norm of the aggregated updates (before clipping).
     pub mean_update_norm: f64,
     /// Host wall-clock seconds of the round.
     pub wall_seconds: f64,
+    /// Differential-privacy metrics, when DP is on.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<DpRoundMetrics>,
+}
+
+/// Per-round DP metrics (flat keys `dp_*` in `rounds.jsonl`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DpRoundMetrics {
+    /// ε after this round (RDP accountant) at `dp_delta`.
+    pub dp_epsilon: f64,
+    /// δ.
+    pub dp_delta: f64,
+    /// Optimal RDP order.
+    pub dp_order: f64,
+    /// Sampling rate the accountant used for this round.
+    pub dp_sampling_rate: f64,
+    /// Std of the noise on the averaged update (z·C/m).
+    pub dp_noise_stddev: f64,
+    /// Clipping norm in force.
+    pub dp_clip_norm: f64,
+    /// Fraction of aggregated updates that were clipped.
+    pub dp_clipped_fraction: f64,
+    /// Pre-clip update norms: median.
+    pub dp_update_norm_p50: f64,
+    /// Pre-clip update norms: 90th percentile.
+    pub dp_update_norm_p90: f64,
+    /// Pre-clip update norms: maximum.
+    pub dp_update_norm_max: f64,
 }

@@ -1,10 +1,18 @@
 //! Client-level differential privacy: accountants that turn noise and sampling into (ε, δ).
 
 pub mod accountant;
+pub mod clip;
+pub mod ledger;
+pub mod mechanism;
+pub mod noise;
 pub mod rdp;
 pub mod special;
 
 pub use accountant::{epsilon_after, noise_for_epsilon, Guarantee, RdpAccountant};
+pub use clip::{clip_l2, Clipped};
+pub use ledger::PrivacyLedger;
+pub use mechanism::{DpPlan, DpSampling, Mechanism};
+pub use noise::NoiseSource;
 pub use rdp::{FracSeries, SamplingScheme};
 
 /// Errors of the privacy layer.

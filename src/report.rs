@@ -146,8 +146,15 @@ impl RoundLog {
 pub struct Summary {
     /// Scenario name.
     pub scenario: String,
-    /// `completed`, or `interrupted` (stopped by Ctrl-C after a finished round).
+    /// `completed`, `interrupted` (Ctrl-C after a finished round) or `budget_exhausted`
+    /// (`dp.max_epsilon` reached).
     pub status: String,
+    /// Why the run stopped early, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    /// The privacy guarantee, when DP is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<DpSummary>,
     /// Master seed.
     pub seed: u64,
     /// Base model.
@@ -190,6 +197,27 @@ pub struct Summary {
     pub slot_busy_seconds: Vec<f64>,
     /// Host wall-clock seconds of the run (set-up included).
     pub wall_seconds: f64,
+}
+
+/// What the run's privacy amounts to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DpSummary {
+    /// Clipping mechanism.
+    pub mechanism: String,
+    /// C.
+    pub clip_norm: f64,
+    /// z.
+    pub noise_multiplier: f64,
+    /// ε after the last round.
+    pub epsilon: f64,
+    /// δ.
+    pub delta: f64,
+    /// Optimal RDP order.
+    pub order: f64,
+    /// What the accountant assumes (sampling, neighbouring relation, series).
+    pub accountant: String,
+    /// How the noise was seeded.
+    pub noise_source: String,
 }
 
 impl Summary {

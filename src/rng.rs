@@ -32,4 +32,6 @@ pub mod purpose {
     pub const MODEL: u64 = 3;
     /// Initial adapter.
     pub const ADAPTER: u64 = 4;
+    /// DP noise on the aggregate.
+    pub const NOISE: u64 = 5;
 }

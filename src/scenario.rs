@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::data::DataPlan;
 use crate::model::{LlamaConfig, LoraConfig};
+use crate::privacy::DpPlan;
 use crate::train::LocalTraining;
 
 /// Errors of reading and validating a scenario.
@@ -94,6 +95,8 @@ pub struct Scenario {
     pub slots: usize,
     /// Threads per slot.
     pub threads_per_slot: usize,
+    /// Client-level DP, if on.
+    pub dp: Option<DpPlan>,
 }
 
 /// Flower's client-sampling parameters.

@@ -17,7 +17,7 @@ use crate::actors::server::{RoundSink, Server, ServerArgs, ServerMsg};
 use crate::data::{DataError, FederatedData};
 use crate::messages::RoundSummary;
 use crate::model::{AdapterLayout, BaseModel, ModelError};
-use crate::report::{ReportError, RunDir, Summary};
+use crate::report::{DpSummary, ReportError, RunDir, Summary};
 use crate::rng::{derive, purpose, rng_for};
 use crate::scenario::Scenario;
 use crate::slots::{SlotContext, SlotError, SlotPool};
@@ -205,6 +205,19 @@ pub async fn run(
         s.max_seq_len
     ));
     say(&format!("partition sizes: {}", size_line(&sizes)));
+    if let Some(dp) = &s.dp {
+        let c = dp.mechanism.clip_norm();
+        let z = dp.mechanism.noise_multiplier();
+        say(&format!(
+            "differential privacy: {} (C = {c}, z = {z}, noise std on the sum z*C = {}), delta = {:e}{}; {}; noise {}",
+            dp.mechanism.name(),
+            z * c,
+            dp.delta,
+            dp.max_epsilon.map_or(String::new(), |m| format!(", max epsilon {m}")),
+            dp.assumption(),
+            dp.noise.label()
+        ));
+    }
 
     let dir = RunDir::create(opts.out.as_deref(), &s.name)?;
     dir.write("scenario.ron", &s.to_ron())?;
@@ -270,12 +283,28 @@ pub async fn run(
         });
     let summary = Summary {
         scenario: s.name.clone(),
-        status: if outcome.interrupted {
+        status: if outcome.stop_reason.is_some() {
+            "budget_exhausted"
+        } else if outcome.interrupted {
             "interrupted"
         } else {
             "completed"
         }
         .to_string(),
+        stop_reason: outcome.stop_reason.clone(),
+        dp: s.dp.as_ref().map(|plan| {
+            let g = outcome.epsilon;
+            DpSummary {
+                mechanism: plan.mechanism.name().to_string(),
+                clip_norm: plan.mechanism.clip_norm(),
+                noise_multiplier: plan.mechanism.noise_multiplier(),
+                epsilon: g.map_or(0.0, |g| g.epsilon),
+                delta: plan.delta,
+                order: g.map_or(0.0, |g| g.order),
+                accountant: plan.assumption(),
+                noise_source: plan.noise.label().to_string(),
+            }
+        }),
         seed: s.seed,
         model: s.model_name.clone(),
         base_parameters: base_params,
@@ -378,6 +407,7 @@ async fn run_actors(
         aggregator: aggregator.clone(),
         initial,
         sink,
+        dp: s.dp.clone(),
         shutdown: stop,
         done: tx,
     };

@@ -223,18 +223,27 @@ fn fit(ctx: &SlotContext, client: ClientId, shard: &[u32], ins: &FitIns) -> FitS
         let examples: Vec<&TokenizedExample> =
             shard.iter().map(|&i| &ctx.train[i as usize]).collect();
         let mut rng = rng_for(ctx.seed, &[purpose::TRAIN, ins.round as u64, client as u64]);
-        let out = ctx.trainer().fit(
+        let mut out = ctx.trainer().fit(
             &global,
             &examples,
             &ins.config.local,
             ins.config.lr,
             &mut rng,
         )?;
+        // Client-side DP: clip before the update leaves the client.
+        let (update_norm, clipped) = match ins.config.clip_norm {
+            Some(c) => {
+                let r = crate::privacy::clip_l2(out.update.data_mut(), c);
+                (r.norm, r.clipped)
+            }
+            None => (out.update.l2_norm(), false),
+        };
         Ok(FitUpdate {
             payload: out.update.to_safetensors()?,
             num_examples: examples.len(),
             train_loss: out.train_loss,
-            update_norm: out.update.l2_norm(),
+            update_norm,
+            clipped,
             steps: out.steps,
             tokens: out.tokens,
             compute_seconds: start.elapsed().as_secs_f64(),

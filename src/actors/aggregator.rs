@@ -7,6 +7,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::messages::{ClientId, RoundId};
 use crate::model::{AdapterLayout, AdapterSet};
+use crate::privacy::{clip_l2, NoiseSource};
+use crate::strategy::fedavg::add;
 use crate::strategy::FedAvgAccumulator;
 
 /// Aggregator actor.
@@ -23,6 +25,23 @@ pub struct Aggregate {
     pub examples: u64,
     /// Updates rejected (corrupt payload), with the reason.
     pub rejected: Vec<(ClientId, String)>,
+    /// Std of the DP noise on the averaged update, when DP is on and noise was released.
+    pub noise_stddev: Option<f64>,
+}
+
+/// How a DP round is aggregated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpRound {
+    /// Server-side clipping norm (None when clients clip).
+    pub server_clip: Option<f64>,
+    /// Std of the noise added to the sum of clipped updates: z·C.
+    pub sum_stddev: f64,
+    /// Fixed denominator of the average (Poisson: q·N); None: the number aggregated.
+    pub denominator: Option<f64>,
+    /// Noise seeding.
+    pub noise: NoiseSource,
+    /// Master seed (for seeded noise).
+    pub seed: u64,
 }
 
 /// Messages the aggregator understands.
@@ -31,6 +50,8 @@ pub enum AggregatorMsg {
     Begin {
         /// The round.
         round: RoundId,
+        /// DP aggregation, if on: uniform weights, clipping, noise.
+        dp: Option<DpRound>,
     },
     /// Fold one uploaded update.
     Fold {
@@ -54,6 +75,7 @@ pub enum AggregatorMsg {
 pub struct AggregatorState {
     layout: Arc<AdapterLayout>,
     round: RoundId,
+    dp: Option<DpRound>,
     acc: FedAvgAccumulator,
     rejected: Vec<(ClientId, String)>,
 }
@@ -72,6 +94,7 @@ impl Actor for Aggregator {
         Ok(AggregatorState {
             layout,
             round: 0,
+            dp: None,
             acc,
             rejected: Vec::new(),
         })
@@ -84,8 +107,9 @@ impl Actor for Aggregator {
         st: &mut AggregatorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            AggregatorMsg::Begin { round } => {
+            AggregatorMsg::Begin { round, dp } => {
                 st.round = round;
+                st.dp = dp;
                 st.acc = FedAvgAccumulator::new(st.layout.len());
                 st.rejected.clear();
             }
@@ -94,8 +118,18 @@ impl Actor for Aggregator {
                 payload,
                 num_examples,
             } => match AdapterSet::from_safetensors(st.layout.clone(), &payload) {
-                Ok(update) => {
-                    if let Err(e) = st.acc.fold(update.data(), num_examples as u64) {
+                Ok(mut update) => {
+                    // Under DP every client weighs the same (sensitivity C per client).
+                    let weight = match st.dp {
+                        Some(dp) => {
+                            if let Some(c) = dp.server_clip {
+                                clip_l2(update.data_mut(), c);
+                            }
+                            1
+                        }
+                        None => num_examples as u64,
+                    };
+                    if let Err(e) = st.acc.fold(update.data(), weight) {
                         st.rejected.push((client, e.to_string()));
                     }
                 }
@@ -103,16 +137,26 @@ impl Actor for Aggregator {
             },
             AggregatorMsg::Finish { global, reply } => {
                 let folded = st.acc.count();
-                let next = if folded == 0 {
-                    global
-                } else {
-                    Arc::new(st.acc.apply_to(&global))
+                let (next, noise_stddev) = match st.dp {
+                    None if folded == 0 => (global, None),
+                    None => (Arc::new(st.acc.apply_to(&global)), None),
+                    Some(dp) => {
+                        let denom = dp.denominator.unwrap_or(folded as f64);
+                        if denom <= 0.0 {
+                            (global, None)
+                        } else {
+                            let mut noise = dp.noise.generator(dp.seed, st.round, dp.sum_stddev);
+                            let mean = st.acc.noised_mean(denom, &mut noise);
+                            (Arc::new(add(&global, &mean)), Some(dp.sum_stddev / denom))
+                        }
+                    }
                 };
                 let _ = reply.send(Aggregate {
                     global: next,
                     folded,
                     examples: st.acc.total_weight(),
                     rejected: std::mem::take(&mut st.rejected),
+                    noise_stddev,
                 });
             }
         }

@@ -11,16 +11,19 @@ use std::time::Instant;
 use ractor::{call, Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
-use super::aggregator::AggregatorMsg;
+use super::aggregator::{AggregatorMsg, DpRound};
 use super::client::{Client, ClientArgs, ClientMsg};
+use crate::messages::DpRoundMetrics;
 use crate::messages::{
     ClientId, EvaluateIns, EvaluateRes, FitConfig, FitIns, FitRes, FitStatus, RoundId, RoundSummary,
 };
 use crate::model::AdapterSet;
+use crate::privacy::{DpPlan, DpSampling, Guarantee, PrivacyLedger};
 use crate::rng::{purpose, rng_for};
 use crate::scenario::Sampling;
 use crate::slots::{Job, SlotHandle};
 use crate::train::{cosine_annealing, LocalTraining};
+use rand::Rng;
 
 /// Server actor.
 pub struct Server;
@@ -52,6 +55,8 @@ pub struct ServerArgs {
     pub initial: Arc<AdapterSet>,
     /// Receives each round's summary.
     pub sink: RoundSink,
+    /// Client-level DP, if on.
+    pub dp: Option<DpPlan>,
     /// Set by Ctrl-C: finish the current round, then stop.
     pub shutdown: Arc<AtomicBool>,
     /// Where the outcome goes.
@@ -71,6 +76,10 @@ pub struct ServerOutcome {
     pub interrupted: bool,
     /// A fatal error (evaluation failed, no clients left), if any.
     pub error: Option<String>,
+    /// Why training stopped before `rounds` without an error (the privacy budget).
+    pub stop_reason: Option<String>,
+    /// (ε, δ) after the last round, when DP is on.
+    pub epsilon: Option<Guarantee>,
 }
 
 /// Messages the server understands.
@@ -81,6 +90,8 @@ pub enum ServerMsg {
     BeginRound,
     /// A client's answer.
     Fit(FitRes),
+    /// Close a round nobody was sampled for.
+    CloseRound,
 }
 
 impl From<FitRes> for ServerMsg {
@@ -114,6 +125,10 @@ struct RoundState {
     bytes_up: u64,
     tokens: usize,
     norm_sum: f64,
+    /// Pre-clip norms of completed updates (DP metrics).
+    norms: Vec<f64>,
+    /// Sampling rate this round is accounted with (DP).
+    q: f64,
 }
 
 /// Server state.
@@ -126,6 +141,8 @@ pub struct ServerState {
     baseline: Option<EvaluateRes>,
     summaries: Vec<RoundSummary>,
     current: RoundState,
+    ledger: Option<PrivacyLedger>,
+    stop_reason: Option<String>,
     done: Option<oneshot::Sender<ServerOutcome>>,
 }
 
@@ -156,6 +173,7 @@ impl Actor for Server {
         let (tx, _rx) = oneshot::channel();
         let done = Some(std::mem::replace(&mut args.done, tx));
         let global = args.initial.clone();
+        let ledger = args.dp.clone().map(PrivacyLedger::new);
         Ok(ServerState {
             args,
             clients,
@@ -165,6 +183,8 @@ impl Actor for Server {
             baseline: None,
             summaries: Vec::new(),
             current: RoundState::default(),
+            ledger,
+            stop_reason: None,
             done,
         })
     }
@@ -185,6 +205,7 @@ impl Actor for Server {
             },
             ServerMsg::BeginRound => begin_round(&me, st)?,
             ServerMsg::Fit(res) => on_fit(&me, st, res).await?,
+            ServerMsg::CloseRound => close_round(&me, st).await?,
         }
         Ok(())
     }
@@ -238,13 +259,30 @@ fn begin_round(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), Act
         finish(me, st, Some(msg));
         return Ok(());
     }
-    let k = st.args.sampling.sample_size(available.len());
-    let mut rng = rng_for(st.args.seed, &[purpose::SAMPLE, round as u64]);
-    let mut chosen: Vec<ClientId> = rand::seq::index::sample(&mut rng, available.len(), k)
-        .into_iter()
-        .map(|i| available[i])
-        .collect();
-    chosen.sort_unstable();
+    let chosen = sample_clients(st, round, &available);
+    let k = chosen.len();
+    let q = match &st.ledger {
+        Some(ledger) => {
+            let fixed_k = st.args.sampling.sample_size(available.len());
+            let q = ledger.sampling_rate(st.args.sampling.fraction_fit, fixed_k, available.len());
+            if let Some(max) = ledger.plan().max_epsilon {
+                let next = ledger.peek(q);
+                if next.epsilon > max {
+                    st.stop_reason = Some(format!(
+                        "privacy budget: round {round} would reach epsilon {:.4} > dp.max_epsilon {max} \
+                         (delta {:e}); stopped after round {}",
+                        next.epsilon,
+                        next.delta,
+                        round - 1
+                    ));
+                    finish(me, st, None);
+                    return Ok(());
+                }
+            }
+            q
+        }
+        None => 0.0,
+    };
     let payload = Arc::new(st.global.to_safetensors()?);
     let lr = cosine_annealing(round, st.args.rounds, st.args.lr_max, st.args.lr_min);
     st.current = RoundState {
@@ -254,11 +292,30 @@ fn begin_round(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), Act
         pending: chosen.iter().copied().collect(),
         sampled: k,
         bytes_down: payload.len() as u64 * k as u64,
+        q,
         ..Default::default()
     };
+    let dp = st.ledger.as_ref().map(|l| {
+        let plan = l.plan();
+        let c = plan.mechanism.clip_norm();
+        DpRound {
+            server_clip: (!plan.mechanism.clips_on_client()).then_some(c),
+            sum_stddev: plan.mechanism.noise_multiplier() * c,
+            denominator: match plan.sampling {
+                DpSampling::Poisson => Some(q * available.len() as f64),
+                DpSampling::Fixed => None,
+            },
+            noise: plan.noise,
+            seed: st.args.seed,
+        }
+    });
     st.args
         .aggregator
-        .send_message(AggregatorMsg::Begin { round })?;
+        .send_message(AggregatorMsg::Begin { round, dp })?;
+    if chosen.is_empty() {
+        // Poisson sampling can pick nobody; the (noised) round still happens.
+        me.send_message(ServerMsg::CloseRound)?;
+    }
     for &c in &chosen {
         let ins = FitIns {
             round,
@@ -266,6 +323,11 @@ fn begin_round(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), Act
             config: FitConfig {
                 lr,
                 local: st.args.local.clone(),
+                clip_norm: st
+                    .ledger
+                    .as_ref()
+                    .filter(|l| l.plan().mechanism.clips_on_client())
+                    .map(|l| l.plan().mechanism.clip_norm()),
             },
         };
         if st.clients[c].send_message(ClientMsg::Fit(ins)).is_err() {
@@ -293,6 +355,7 @@ async fn on_fit(
             cur.bytes_up += u.payload.len() as u64;
             cur.tokens += u.tokens;
             cur.norm_sum += u.update_norm;
+            cur.norms.push(u.update_norm);
             st.args.aggregator.send_message(AggregatorMsg::Fold {
                 client: res.client,
                 payload: u.payload,
@@ -341,8 +404,20 @@ async fn close_round(
             return Ok(());
         }
     };
+    let dp = st.ledger.as_mut().map(|ledger| {
+        let g = ledger.record(st.current.q);
+        let c = ledger.plan().mechanism.clip_norm();
+        dp_metrics(
+            g,
+            st.current.q,
+            c,
+            agg.noise_stddev.unwrap_or(0.0),
+            &st.current.norms,
+        )
+    });
     let cur = &st.current;
     let summary = RoundSummary {
+        dp,
         round,
         sampled: cur.sampled,
         completed: agg.folded,
@@ -376,6 +451,59 @@ async fn close_round(
     Ok(())
 }
 
+fn dp_metrics(g: Guarantee, q: f64, clip: f64, noise_stddev: f64, norms: &[f64]) -> DpRoundMetrics {
+    let mut sorted = norms.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let pick = |p: f64| {
+        if sorted.is_empty() {
+            0.0
+        } else {
+            sorted[((p * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
+        }
+    };
+    DpRoundMetrics {
+        dp_epsilon: g.epsilon,
+        dp_delta: g.delta,
+        dp_order: g.order,
+        dp_sampling_rate: q,
+        dp_noise_stddev: noise_stddev,
+        dp_clip_norm: clip,
+        dp_clipped_fraction: if sorted.is_empty() {
+            0.0
+        } else {
+            sorted.iter().filter(|&&n| n > clip).count() as f64 / sorted.len() as f64
+        },
+        dp_update_norm_p50: pick(0.5),
+        dp_update_norm_p90: pick(0.9),
+        dp_update_norm_max: sorted.last().copied().unwrap_or(0.0),
+    }
+}
+
+/// Flower's fixed-size sample, or Poisson sampling under `dp.sampling: Poisson`; sorted.
+fn sample_clients(st: &ServerState, round: RoundId, available: &[ClientId]) -> Vec<ClientId> {
+    let mut rng = rng_for(st.args.seed, &[purpose::SAMPLE, round as u64]);
+    let poisson = st
+        .ledger
+        .as_ref()
+        .is_some_and(|l| l.plan().sampling == DpSampling::Poisson);
+    let mut chosen: Vec<ClientId> = if poisson {
+        let q = st.args.sampling.fraction_fit;
+        available
+            .iter()
+            .copied()
+            .filter(|_| rng.random::<f64>() < q)
+            .collect()
+    } else {
+        let k = st.args.sampling.sample_size(available.len());
+        rand::seq::index::sample(&mut rng, available.len(), k)
+            .into_iter()
+            .map(|i| available[i])
+            .collect()
+    };
+    chosen.sort_unstable();
+    chosen
+}
+
 async fn evaluate(
     slots: &SlotHandle,
     round: RoundId,
@@ -395,13 +523,16 @@ async fn evaluate(
 
 fn finish(me: &ActorRef<ServerMsg>, st: &mut ServerState, error: Option<String>) {
     if let Some(done) = st.done.take() {
-        let interrupted = error.is_none() && st.summaries.len() < st.args.rounds;
+        let interrupted =
+            error.is_none() && st.stop_reason.is_none() && st.summaries.len() < st.args.rounds;
         let _ = done.send(ServerOutcome {
             baseline: st.baseline,
             rounds: std::mem::take(&mut st.summaries),
             global: st.global.clone(),
             interrupted,
             error,
+            stop_reason: st.stop_reason.take(),
+            epsilon: st.ledger.as_ref().and_then(PrivacyLedger::last),
         });
     }
     for c in &st.clients {

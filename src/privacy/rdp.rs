@@ -13,6 +13,8 @@
 //! on A_α; [`FracSeries::AbsoluteBound`] reproduces its numbers (our default, conservative),
 //! [`FracSeries::Exact`] keeps the signs of the binomial coefficients.
 
+use serde::{Deserialize, Serialize};
+
 use super::special::{log_add, log_comb, log_erfc, SignedLog};
 
 /// dp_accounting's default orders: 1.1, 1.2, …, 10.9, 11, 12, …, 63, 128, 256, 512, 1024.
@@ -25,7 +27,7 @@ pub fn default_orders() -> Vec<f64> {
 }
 
 /// How the fractional-order series is summed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum FracSeries {
     /// Sum of absolute values (dp_accounting 0.6.0): an upper bound on A_α.
     #[default]

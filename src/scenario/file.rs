@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{DataSource, Partition};
 use crate::model::LlamaConfig;
+use crate::privacy::{DpSampling, FracSeries, Mechanism, NoiseSource};
 
 /// A scenario file as written (`scenarios/*.ron`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +39,36 @@ pub struct ScenarioFile {
     /// Compute slots.
     #[serde(default)]
     pub slots: SlotsSection,
+    /// Client-level differential privacy (`None`: off).
+    #[serde(default)]
+    pub dp: Option<DpSection>,
+}
+
+/// Client-level DP (`dp: Some((mechanism: ClientSideFixed(clip_norm: 0.5, noise_multiplier: 1.0)))`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpSection {
+    /// Clipping and noise.
+    pub mechanism: Mechanism,
+    /// Target δ of the reported (ε, δ).
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+    /// Stop before the round that would push ε above this.
+    #[serde(default)]
+    pub max_epsilon: Option<f64>,
+    /// Client sampling under DP.
+    #[serde(default)]
+    pub sampling: DpSampling,
+    /// Seeding of the noise generator.
+    #[serde(default)]
+    pub noise: NoiseSource,
+    /// Fractional-order RDP series.
+    #[serde(default)]
+    pub series: FracSeries,
+}
+
+fn default_delta() -> f64 {
+    1e-5
 }
 
 fn default_seed() -> u64 {

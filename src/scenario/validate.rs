@@ -6,6 +6,7 @@ use super::file::{ModelPreset, ScenarioFile};
 use super::{Sampling, Scenario, ScenarioError};
 use crate::data::{DataPlan, DataSource, Partition};
 use crate::model::{LlamaConfig, LoraConfig, TargetModule};
+use crate::privacy::{DpPlan, Mechanism};
 use crate::train::LocalTraining;
 
 struct Check<'a> {
@@ -227,7 +228,45 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         format!("is {threads}; it must be 1..=256"),
     )?;
 
+    let dp = match &file.dp {
+        None => None,
+        Some(d) => {
+            let (field, c_norm, z) = match d.mechanism {
+                Mechanism::ClientSideFixed {
+                    clip_norm,
+                    noise_multiplier,
+                } => ("dp.mechanism.ClientSideFixed", clip_norm, noise_multiplier),
+                Mechanism::ServerSideFixed {
+                    clip_norm,
+                    noise_multiplier,
+                } => ("dp.mechanism.ServerSideFixed", clip_norm, noise_multiplier),
+            };
+            c.finite_in(c_norm, 0.0, 1e6, true, false, &format!("{field}.clip_norm"))?;
+            c.finite_in(
+                z,
+                0.0,
+                1e6,
+                true,
+                false,
+                &format!("{field}.noise_multiplier"),
+            )?;
+            c.finite_in(d.delta, 0.0, 1.0, true, true, "dp.delta")?;
+            if let Some(m) = d.max_epsilon {
+                c.finite_in(m, 0.0, 1e6, true, false, "dp.max_epsilon")?;
+            }
+            Some(DpPlan {
+                mechanism: d.mechanism,
+                delta: d.delta,
+                max_epsilon: d.max_epsilon,
+                sampling: d.sampling,
+                noise: d.noise,
+                series: d.series,
+            })
+        }
+    };
+
     Ok(Scenario {
+        dp,
         name: file.name.clone(),
         seed: file.seed,
         rounds: file.rounds,

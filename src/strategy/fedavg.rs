@@ -8,6 +8,7 @@
 //! that is rejected whole (it would be a diverged client anyway).
 
 use crate::model::AdapterSet;
+use crate::privacy::noise::GaussianNoise;
 
 const SCALE: f64 = (1u64 << 40) as f64;
 const LIMIT: f32 = (1u32 << 23) as f32;
@@ -93,12 +94,27 @@ impl FedAvgAccumulator {
 
     /// `global + mean update` (the new global adapter); `global` unchanged if nothing arrived.
     pub fn apply_to(&self, global: &AdapterSet) -> AdapterSet {
-        let mut next = global.clone();
-        if let Some(mean) = self.mean() {
-            for (g, m) in next.data_mut().iter_mut().zip(mean) {
-                *g += m;
-            }
+        match self.mean() {
+            Some(mean) => add(global, &mean),
+            None => global.clone(),
         }
-        next
     }
+
+    /// `(Σ updates + N(0, std²) per coordinate) / denominator`, computed in f64: the DP-FedAvg
+    /// release (fold with weight 1 for a uniform average).
+    pub fn noised_mean(&self, denominator: f64, noise: &mut GaussianNoise) -> Vec<f32> {
+        self.sum
+            .iter()
+            .map(|&s| ((s as f64 / SCALE + noise.sample()) / denominator) as f32)
+            .collect()
+    }
+}
+
+/// `global + delta`.
+pub fn add(global: &AdapterSet, delta: &[f32]) -> AdapterSet {
+    let mut next = global.clone();
+    for (g, d) in next.data_mut().iter_mut().zip(delta) {
+        *g += d;
+    }
+    next
 }

@@ -1,0 +1,61 @@
+//! Gaussian noise for the aggregate, drawn in f64.
+//!
+//! `Seeded` (the default) derives the generator from the scenario seed and the round, so runs
+//! are reproducible — and anyone who knows the seed can subtract the noise: fine for a
+//! simulation, never for a deployment, and reports label it. `Os` seeds a ChaCha20 CSPRNG from
+//! the operating system each round.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
+
+use crate::rng::derive;
+
+/// Where the noise generator's seed comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum NoiseSource {
+    /// From the scenario seed and round: reproducible, not secret.
+    #[default]
+    Seeded,
+    /// From the operating system: not reproducible.
+    Os,
+}
+
+impl NoiseSource {
+    /// A generator of N(0, std²) for `round`.
+    pub fn generator(self, seed: u64, round: usize, std: f64) -> GaussianNoise {
+        let rng = match self {
+            NoiseSource::Seeded => ChaCha20Rng::seed_from_u64(derive(
+                seed,
+                &[crate::rng::purpose::NOISE, round as u64],
+            )),
+            NoiseSource::Os => ChaCha20Rng::from_os_rng(),
+        };
+        GaussianNoise {
+            rng,
+            normal: Normal::new(0.0, std.max(0.0)).expect("std >= 0 is valid"),
+        }
+    }
+
+    /// Label for reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            NoiseSource::Seeded => "seeded from the scenario (reproducible, not secret)",
+            NoiseSource::Os => "seeded from the operating system",
+        }
+    }
+}
+
+/// A stream of Gaussian draws.
+pub struct GaussianNoise {
+    rng: ChaCha20Rng,
+    normal: Normal<f64>,
+}
+
+impl GaussianNoise {
+    /// One draw.
+    pub fn sample(&mut self) -> f64 {
+        self.normal.sample(&mut self.rng)
+    }
+}
