@@ -196,3 +196,72 @@ fn bad_parameters_are_rejected() {
     )
     .is_err());
 }
+
+mod mechanism {
+    use fedsim::privacy::{clip_l2, NoiseSource};
+    use fedsim::strategy::FedAvgAccumulator;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn clipped_updates_are_within_the_norm(
+            values in proptest::collection::vec(-100.0f32..100.0, 1..300),
+            clip in 1e-3f64..50.0,
+        ) {
+            let mut v = values.clone();
+            let r = clip_l2(&mut v, clip);
+            let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+            prop_assert!(norm <= clip * (1.0 + 1e-6), "norm {} > {}", norm, clip);
+            if r.norm <= clip {
+                prop_assert!(!r.clipped);
+                prop_assert_eq!(v, values, "an update under C must be unchanged");
+            } else {
+                prop_assert!(r.clipped);
+                prop_assert!((norm - clip).abs() <= clip * 1e-5, "clipped to {} not {}", norm, clip);
+            }
+        }
+    }
+
+    #[test]
+    fn noise_has_the_configured_stddev_and_no_bias() {
+        // Three clients' clipped updates, uniform weights, noise N(0, (zC)^2) on the sum,
+        // divided by m: the residual against the exact mean is N(0, (zC/m)^2).
+        let n = 200_000;
+        let updates: Vec<Vec<f32>> = (0..3)
+            .map(|k| {
+                (0..n)
+                    .map(|i| ((i * 7 + k * 13) % 101) as f32 * 1e-3 - 0.05)
+                    .collect()
+            })
+            .collect();
+        let mut acc = FedAvgAccumulator::new(n);
+        for u in &updates {
+            acc.fold(u, 1).unwrap();
+        }
+        let exact = acc.mean().unwrap();
+        let (z, c, m) = (0.8, 0.5, 3.0);
+        let sigma = z * c / m;
+        let mut noise = NoiseSource::Seeded.generator(42, 1, z * c);
+        let noised = acc.noised_mean(m, &mut noise);
+        let resid: Vec<f64> = noised
+            .iter()
+            .zip(&exact)
+            .map(|(a, b)| f64::from(*a) - f64::from(*b))
+            .collect();
+        let mean = resid.iter().sum::<f64>() / n as f64;
+        let std =
+            (resid.iter().map(|r| (r - mean) * (r - mean)).sum::<f64>() / (n - 1) as f64).sqrt();
+        assert!(
+            (std / sigma - 1.0).abs() < 0.02,
+            "sample std {std} vs sigma {sigma}"
+        );
+        assert!(mean.abs() < 4.0 * sigma / (n as f64).sqrt(), "bias {mean}");
+        // The course's setting: z = 0.02, C = 0.5, m = 4 gives sigma = 0.0025 on the average.
+        assert!((0.02f64 * 0.5 / 4.0 - 0.0025).abs() < 1e-15);
+        // Seeded noise is reproducible; OS-seeded noise is not.
+        let again = acc.noised_mean(m, &mut NoiseSource::Seeded.generator(42, 1, z * c));
+        assert_eq!(noised, again);
+        let os = acc.noised_mean(m, &mut NoiseSource::Os.generator(42, 1, z * c));
+        assert_ne!(noised, os);
+    }
+}

@@ -169,3 +169,90 @@ fn shutdown_stops_between_rounds_and_keeps_results() {
     assert!(back.final_eval_loss.is_finite());
     assert!(r.dir.join("adapter_model.safetensors").is_file());
 }
+
+const DP: &str =
+    r#"dp={"mechanism":{"ClientSideFixed":{"clip_norm":0.5,"noise_multiplier":1.0}},"delta":1e-5}"#;
+
+#[test]
+fn dp_run_reports_epsilon_per_round_and_is_deterministic() {
+    use fedsim::privacy::{epsilon_after, FracSeries, SamplingScheme};
+    let tmp = tempfile::tempdir().unwrap();
+    let one = scenario(SMALL, &[DP, "rounds=3"]).unwrap();
+    let two = scenario(SMALL, &[DP, "rounds=3", "slots.count=2"]).unwrap();
+    let a = run(&one, &tmp.path().join("a"));
+    let b = run(&two, &tmp.path().join("b"));
+    assert_eq!(metrics(&a.dir), metrics(&b.dir));
+    let rounds = metrics(&a.dir);
+    for (i, r) in rounds.iter().enumerate() {
+        // Poisson sampling with q = fraction_fit = 0.5 over 4 clients, z = 1.
+        let want = epsilon_after(
+            1.0,
+            0.5,
+            i + 1,
+            1e-5,
+            SamplingScheme::Poisson,
+            FracSeries::AbsoluteBound,
+        )
+        .unwrap();
+        assert!(
+            (r["dp_epsilon"].as_f64().unwrap() - want.epsilon).abs() < 1e-9,
+            "{r}"
+        );
+        assert_eq!(r["dp_delta"].as_f64().unwrap(), 1e-5);
+        assert_eq!(r["dp_sampling_rate"].as_f64().unwrap(), 0.5);
+        // sigma = z*C / (q*N) = 1.0*0.5 / 2.
+        assert!(
+            (r["dp_noise_stddev"].as_f64().unwrap() - 0.25).abs() < 1e-12,
+            "{r}"
+        );
+        assert_eq!(r["dp_clip_norm"].as_f64().unwrap(), 0.5);
+        let frac = r["dp_clipped_fraction"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&frac));
+        assert!(
+            r["dp_update_norm_p50"].as_f64().unwrap() <= r["dp_update_norm_max"].as_f64().unwrap()
+        );
+    }
+    let s = &a.summary;
+    let dp = s.dp.as_ref().unwrap();
+    assert!((dp.epsilon - rounds[2]["dp_epsilon"].as_f64().unwrap()).abs() < 1e-12);
+    assert!(dp.accountant.contains("Poisson") && dp.noise_source.contains("seeded"));
+    // Non-DP runs carry no dp_* keys.
+    let plain = scenario(SMALL, &["rounds=1"]).unwrap();
+    let p = run(&plain, &tmp.path().join("plain"));
+    assert!(metrics(&p.dir)[0].get("dp_epsilon").is_none());
+    assert!(p.summary.dp.is_none());
+}
+
+#[test]
+fn max_epsilon_stops_before_the_round_that_would_exceed_it() {
+    use fedsim::privacy::{epsilon_after, FracSeries, SamplingScheme};
+    let eps = |t| {
+        epsilon_after(
+            1.0,
+            0.5,
+            t,
+            1e-5,
+            SamplingScheme::Poisson,
+            FracSeries::AbsoluteBound,
+        )
+        .unwrap()
+        .epsilon
+    };
+    let budget = 0.5 * (eps(2) + eps(3));
+    let tmp = tempfile::tempdir().unwrap();
+    let s = scenario(
+        SMALL,
+        &[DP, "rounds=10", &format!("dp.max_epsilon={budget}")],
+    )
+    .unwrap();
+    let r = run(&s, &tmp.path().join("budget"));
+    assert_eq!(r.summary.rounds_completed, 2);
+    assert_eq!(r.summary.status, "budget_exhausted");
+    let why = r.summary.stop_reason.as_deref().unwrap();
+    assert!(
+        why.contains("round 3") && why.contains("max_epsilon"),
+        "{why}"
+    );
+    assert!(r.summary.dp.as_ref().unwrap().epsilon <= budget);
+    assert!(fedsim::report::Summary::read(&r.dir).is_ok());
+}

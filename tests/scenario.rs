@@ -166,3 +166,33 @@ fn bad_overrides_are_rejected() {
         }
     }
 }
+
+#[test]
+fn dp_parameters_are_checked() {
+    let dp = |c: &str, z: &str, d: &str| {
+        format!(
+            r#"dp={{"mechanism":{{"ServerSideFixed":{{"clip_norm":{c},"noise_multiplier":{z}}}}},"delta":{d}}}"#
+        )
+    };
+    for (set, field) in [
+        (
+            dp("0.5", "0.0", "1e-5"),
+            "dp.mechanism.ServerSideFixed.noise_multiplier",
+        ),
+        (
+            dp("0.5", "-1.0", "1e-5"),
+            "dp.mechanism.ServerSideFixed.noise_multiplier",
+        ),
+        (
+            dp("0.0", "1.0", "1e-5"),
+            "dp.mechanism.ServerSideFixed.clip_norm",
+        ),
+        (dp("0.5", "1.0", "0.0"), "dp.delta"),
+        (dp("0.5", "1.0", "1.0"), "dp.delta"),
+    ] {
+        let (f, _) = invalid_field(scenario(SMALL, &[&set]));
+        assert_eq!(f, field, "{set}");
+    }
+    let ok = scenario(SMALL, &[&dp("0.5", "1.0", "1e-5")]).unwrap();
+    assert!(ok.dp.is_some());
+}

@@ -59,9 +59,11 @@ pub(super) fn apply(
             node = obj.get_mut(*key).expect("checked above");
         }
         *node = value;
-        if let Err(e) = serde_json::from_value::<ScenarioFile>(tree.clone()) {
-            return Err(err(format!("`{path}` cannot take this value: {e}")));
-        }
+        // Re-normalise through the typed file so defaults of a newly set section exist for
+        // the next override (`--set dp={...} --set dp.max_epsilon=8`).
+        let typed = serde_json::from_value::<ScenarioFile>(tree)
+            .map_err(|e| err(format!("`{path}` cannot take this value: {e}")))?;
+        tree = serde_json::to_value(&typed).expect("a scenario always serialises");
     }
     Ok(serde_json::from_value(tree).expect("checked after each override"))
 }
