@@ -188,7 +188,7 @@ fn privacy(what: PrivacyCommand) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
-            "epsilon = {:.6} at delta = {:e} after {} rounds: noise multiplier {z:.6}, sampling rate {} ({sampling}, {neighbours}); RDP accountant, optimal order {}, fractional orders by {series}",
+            "epsilon = {:.6} at delta = {:e} after {} rounds: noise multiplier {z}, sampling rate {} ({sampling}, {neighbours}); RDP accountant, optimal order {}, fractional orders by {series}",
             g.epsilon, g.delta, c.rounds, c.sampling_rate, g.order
         );
     }

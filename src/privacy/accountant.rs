@@ -140,8 +140,9 @@ pub fn epsilon_after(
     acc.epsilon(delta)
 }
 
-/// The smallest noise multiplier (to relative precision 1e-6, rounded up) whose ε after
-/// `rounds` rounds at `delta` is at most `target_epsilon`.
+/// The smallest noise multiplier whose ε after `rounds` rounds at `delta` is at most
+/// `target_epsilon`, found by bisection to relative precision 1e-7 and then rounded *up* to 6
+/// significant digits, so the printed value can be pasted into a scenario as is.
 ///
 /// # Errors
 /// Parameters out of range, or a target no noise below 10⁶ reaches.
@@ -169,7 +170,7 @@ pub fn noise_for_epsilon(
             return Err(PrivacyError::Unreachable { target_epsilon });
         }
     }
-    while hi - lo > 1e-6 * hi {
+    while hi - lo > 1e-7 * hi {
         let mid = 0.5 * (lo + hi);
         if eps(mid)?.epsilon > target_epsilon {
             lo = mid;
@@ -177,5 +178,7 @@ pub fn noise_for_epsilon(
             hi = mid;
         }
     }
-    Ok((hi, eps(hi)?))
+    let scale = 10f64.powi(5 - hi.log10().floor() as i32);
+    let z = (hi * scale).ceil() / scale;
+    Ok((z, eps(z)?))
 }
