@@ -272,12 +272,18 @@ fn run(path: &Path, set: &[String], out: Option<PathBuf>, quiet: bool) -> anyhow
                     d.dp_noise_stddev
                 )
             });
+            // No client finished (Poisson sampling picked nobody, all failed): no train loss.
+            let train = if r.train_loss.is_finite() {
+                format!("{:.4}", r.train_loss)
+            } else {
+                "-".to_string()
+            };
             eprintln!(
-                "{:>5} {:>7} {:>9} {:>10.4} {:>10.4} {:>9.2} {:>11} {:>11} {:>8.2}{dp}",
+                "{:>5} {:>7} {:>9} {:>10} {:>10.4} {:>9.2} {:>11} {:>11} {:>8.2}{dp}",
                 r.round,
                 r.sampled,
                 r.completed,
-                r.train_loss,
+                train,
                 r.eval_loss,
                 r.eval_perplexity,
                 r.bytes_down,
@@ -318,7 +324,7 @@ fn run(path: &Path, set: &[String], out: Option<PathBuf>, quiet: bool) -> anyhow
     );
     if let Some(dp) = &s.dp {
         println!(
-            "privacy: (epsilon = {:.4}, delta = {:e}) after {} rounds ({}; {})",
+            "privacy: (epsilon = {:.6}, delta = {:e}) after {} rounds ({}; {})",
             dp.epsilon, dp.delta, s.rounds_completed, dp.mechanism, dp.accountant
         );
     }
