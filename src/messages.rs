@@ -159,4 +159,8 @@ pub struct DpRoundMetrics {
     pub dp_update_norm_p90: f64,
     /// Pre-clip update norms: maximum.
     pub dp_update_norm_max: f64,
+    /// Adaptive clipping: the noised fraction of updates within the clip (what the server
+    /// may use; `dp_clipped_fraction` is the simulator's exact, non-private view).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dp_noised_unclipped_fraction: Option<f64>,
 }

@@ -204,7 +204,7 @@ pub struct Summary {
 pub struct DpSummary {
     /// Clipping mechanism.
     pub mechanism: String,
-    /// C.
+    /// Clip in force at the end (C for fixed clipping).
     pub clip_norm: f64,
     /// z.
     pub noise_multiplier: f64,

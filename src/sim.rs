@@ -206,12 +206,12 @@ pub async fn run(
     ));
     say(&format!("partition sizes: {}", size_line(&sizes)));
     if let Some(dp) = &s.dp {
-        let c = dp.mechanism.clip_norm();
+        let c = dp.mechanism.initial_clip();
         let z = dp.mechanism.noise_multiplier();
         say(&format!(
-            "differential privacy: {} (C = {c}, z = {z}, noise std on the sum z*C = {}), delta = {:e}{}; {}; noise {}",
+            "differential privacy: {} (C = {c}, z = {z}, noise std on the sum {}), delta = {:e}{}; {}; noise {}",
             dp.mechanism.name(),
-            z * c,
+            dp.mechanism.value_noise_multiplier() * c,
             dp.delta,
             dp.max_epsilon.map_or(String::new(), |m| format!(", max epsilon {m}")),
             dp.assumption(),
@@ -296,7 +296,7 @@ pub async fn run(
             let g = outcome.epsilon;
             DpSummary {
                 mechanism: plan.mechanism.name().to_string(),
-                clip_norm: plan.mechanism.clip_norm(),
+                clip_norm: outcome.final_clip.unwrap_or(plan.mechanism.initial_clip()),
                 noise_multiplier: plan.mechanism.noise_multiplier(),
                 epsilon: g.map_or(0.0, |g| g.epsilon),
                 delta: plan.delta,

@@ -241,7 +241,7 @@ mod mechanism {
         let exact = acc.mean().unwrap();
         let (z, c, m) = (0.8, 0.5, 3.0);
         let sigma = z * c / m;
-        let mut noise = NoiseSource::Seeded.generator(42, 1, z * c);
+        let mut noise = NoiseSource::Seeded.generator(42, 1, 0, z * c);
         let noised = acc.noised_mean(m, &mut noise);
         let resid: Vec<f64> = noised
             .iter()
@@ -259,9 +259,77 @@ mod mechanism {
         // The course's setting: z = 0.02, C = 0.5, m = 4 gives sigma = 0.0025 on the average.
         assert!((0.02f64 * 0.5 / 4.0 - 0.0025).abs() < 1e-15);
         // Seeded noise is reproducible; OS-seeded noise is not.
-        let again = acc.noised_mean(m, &mut NoiseSource::Seeded.generator(42, 1, z * c));
+        let again = acc.noised_mean(m, &mut NoiseSource::Seeded.generator(42, 1, 0, z * c));
         assert_eq!(noised, again);
-        let os = acc.noised_mean(m, &mut NoiseSource::Os.generator(42, 1, z * c));
+        let os = acc.noised_mean(m, &mut NoiseSource::Os.generator(42, 1, 0, z * c));
         assert_ne!(noised, os);
+    }
+}
+
+mod adaptive {
+    use fedsim::privacy::{DpPlan, DpSampling, FracSeries, Mechanism, NoiseSource, PrivacyLedger};
+
+    fn plan(z: f64, count_stddev: f64) -> DpPlan {
+        DpPlan {
+            mechanism: Mechanism::Adaptive {
+                initial_clip: 1.0,
+                target_quantile: 0.5,
+                clip_lr: 0.2,
+                noise_multiplier: z,
+                count_stddev,
+            },
+            delta: 1e-5,
+            max_epsilon: None,
+            sampling: DpSampling::Poisson,
+            noise: NoiseSource::Seeded,
+            series: FracSeries::AbsoluteBound,
+        }
+    }
+
+    #[test]
+    fn noise_is_split_between_update_and_count() {
+        // 1/z² = 1/z_update² + 1/(2σ_b)²  (Andrew et al. 2021, §3).
+        let m = plan(1.0, 5.0).mechanism;
+        let zu = m.value_noise_multiplier();
+        assert!(
+            (zu.powi(-2) + (2.0f64 * 5.0).powi(-2) - 1.0).abs() < 1e-12,
+            "{zu}"
+        );
+        assert!(zu > 1.0);
+        let fixed = Mechanism::ClientSideFixed {
+            clip_norm: 1.0,
+            noise_multiplier: 1.0,
+        };
+        assert_eq!(fixed.value_noise_multiplier(), 1.0);
+    }
+
+    #[test]
+    fn clip_moves_geometrically_towards_the_target_quantile() {
+        let mut ledger = PrivacyLedger::new(plan(1.0, 5.0));
+        let mut noise = NoiseSource::Seeded.generator(1, 1, 1, 1e-9);
+        // Every norm under the clip: b ≈ 1, so C ← C·exp(−0.2·(1 − 0.5)).
+        let b = ledger.adapt_clip(&[0.1; 1000], 1000.0, &mut noise).unwrap();
+        assert!((b - 1.0).abs() < 1e-9);
+        assert!(
+            (ledger.clip() - (-0.1f64).exp()).abs() < 1e-9,
+            "{}",
+            ledger.clip()
+        );
+        // Every norm over it: b ≈ 0, the clip grows by exp(0.1).
+        let c = ledger.clip();
+        ledger
+            .adapt_clip(&[10.0; 1000], 1000.0, &mut noise)
+            .unwrap();
+        assert!((ledger.clip() - c * 0.1f64.exp()).abs() < 1e-9);
+        // Fixed clipping never moves.
+        let mut fixed = PrivacyLedger::new(DpPlan {
+            mechanism: Mechanism::ServerSideFixed {
+                clip_norm: 2.0,
+                noise_multiplier: 1.0,
+            },
+            ..plan(1.0, 5.0)
+        });
+        assert!(fixed.adapt_clip(&[10.0; 10], 10.0, &mut noise).is_none());
+        assert_eq!(fixed.clip(), 2.0);
     }
 }

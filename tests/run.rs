@@ -256,3 +256,36 @@ fn max_epsilon_stops_before_the_round_that_would_exceed_it() {
     assert!(r.summary.dp.as_ref().unwrap().epsilon <= budget);
     assert!(fedsim::report::Summary::read(&r.dir).is_ok());
 }
+
+#[test]
+fn adaptive_clipping_run_raises_a_too_small_clip() {
+    use fedsim::privacy::{epsilon_after, FracSeries, SamplingScheme};
+    let tmp = tempfile::tempdir().unwrap();
+    let adaptive = r#"dp={"mechanism":{"Adaptive":{"initial_clip":0.001,"target_quantile":0.5,"clip_lr":0.2,"noise_multiplier":0.1,"count_stddev":0.1}}}"#;
+    let s = scenario(SMALL, &[adaptive, "rounds=3"]).unwrap();
+    let r = run(&s, &tmp.path().join("adaptive"));
+    let rounds = metrics(&r.dir);
+    let clips: Vec<f64> = rounds
+        .iter()
+        .map(|r| r["dp_clip_norm"].as_f64().unwrap())
+        .collect();
+    assert_eq!(clips[0], 0.001);
+    assert!(
+        clips.windows(2).all(|w| w[1] > w[0]),
+        "every update exceeds the clip, so it grows: {clips:?}"
+    );
+    for (i, r) in rounds.iter().enumerate() {
+        assert!(r["dp_noised_unclipped_fraction"].is_number(), "{r}");
+        let want = epsilon_after(
+            0.1,
+            0.5,
+            i + 1,
+            1e-5,
+            SamplingScheme::Poisson,
+            FracSeries::AbsoluteBound,
+        )
+        .unwrap();
+        assert!((r["dp_epsilon"].as_f64().unwrap() - want.epsilon).abs() < 1e-9);
+    }
+    assert!(r.summary.dp.as_ref().unwrap().clip_norm > clips[2]);
+}

@@ -193,6 +193,17 @@ fn dp_parameters_are_checked() {
         let (f, _) = invalid_field(scenario(SMALL, &[&set]));
         assert_eq!(f, field, "{set}");
     }
+    let adaptive = |z: &str, sb: &str, q: &str| {
+        format!(
+            r#"dp={{"mechanism":{{"Adaptive":{{"initial_clip":0.1,"target_quantile":{q},"clip_lr":0.2,"noise_multiplier":{z},"count_stddev":{sb}}}}}}}"#
+        )
+    };
+    let (f, msg) = invalid_field(scenario(SMALL, &[&adaptive("1.0", "0.5", "0.5")]));
+    assert_eq!(f, "dp.mechanism.Adaptive.count_stddev");
+    assert!(msg.contains("noise_multiplier / 2"), "{msg}");
+    let (f, _) = invalid_field(scenario(SMALL, &[&adaptive("1.0", "5.0", "1.0")]));
+    assert_eq!(f, "dp.mechanism.Adaptive.target_quantile");
+    assert!(scenario(SMALL, &[&adaptive("1.0", "5.0", "0.5")]).is_ok());
     let ok = scenario(SMALL, &[&dp("0.5", "1.0", "1e-5")]).unwrap();
     assert!(ok.dp.is_some());
 }

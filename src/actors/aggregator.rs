@@ -145,7 +145,7 @@ impl Actor for Aggregator {
                         if denom <= 0.0 {
                             (global, None)
                         } else {
-                            let mut noise = dp.noise.generator(dp.seed, st.round, dp.sum_stddev);
+                            let mut noise = dp.noise.generator(dp.seed, st.round, 0, dp.sum_stddev);
                             let mean = st.acc.noised_mean(denom, &mut noise);
                             (Arc::new(add(&global, &mean)), Some(dp.sum_stddev / denom))
                         }

@@ -80,6 +80,8 @@ pub struct ServerOutcome {
     pub stop_reason: Option<String>,
     /// (ε, δ) after the last round, when DP is on.
     pub epsilon: Option<Guarantee>,
+    /// The clipping norm in force at the end, when DP is on.
+    pub final_clip: Option<f64>,
 }
 
 /// Messages the server understands.
@@ -129,6 +131,8 @@ struct RoundState {
     norms: Vec<f64>,
     /// Sampling rate this round is accounted with (DP).
     q: f64,
+    /// Clients available when the round started.
+    available: usize,
 }
 
 /// Server state.
@@ -293,14 +297,14 @@ fn begin_round(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), Act
         sampled: k,
         bytes_down: payload.len() as u64 * k as u64,
         q,
+        available: available.len(),
         ..Default::default()
     };
     let dp = st.ledger.as_ref().map(|l| {
         let plan = l.plan();
-        let c = plan.mechanism.clip_norm();
         DpRound {
-            server_clip: (!plan.mechanism.clips_on_client()).then_some(c),
-            sum_stddev: plan.mechanism.noise_multiplier() * c,
+            server_clip: (!plan.mechanism.clips_on_client()).then_some(l.clip()),
+            sum_stddev: l.sum_stddev(),
             denominator: match plan.sampling {
                 DpSampling::Poisson => Some(q * available.len() as f64),
                 DpSampling::Fixed => None,
@@ -327,7 +331,7 @@ fn begin_round(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), Act
                     .ledger
                     .as_ref()
                     .filter(|l| l.plan().mechanism.clips_on_client())
-                    .map(|l| l.plan().mechanism.clip_norm()),
+                    .map(PrivacyLedger::clip),
             },
         };
         if st.clients[c].send_message(ClientMsg::Fit(ins)).is_err() {
@@ -404,16 +408,23 @@ async fn close_round(
             return Ok(());
         }
     };
+    let seed = st.args.seed;
     let dp = st.ledger.as_mut().map(|ledger| {
-        let g = ledger.record(st.current.q);
-        let c = ledger.plan().mechanism.clip_norm();
-        dp_metrics(
-            g,
-            st.current.q,
-            c,
-            agg.noise_stddev.unwrap_or(0.0),
-            &st.current.norms,
-        )
+        let cur = &st.current;
+        let g = ledger.record(cur.q);
+        let clip = ledger.clip();
+        let mut m = dp_metrics(g, cur.q, clip, agg.noise_stddev.unwrap_or(0.0), &cur.norms);
+        // Adaptive clipping: the same denominator as the update average.
+        let denom = match ledger.plan().sampling {
+            DpSampling::Poisson => cur.q * cur.available as f64,
+            DpSampling::Fixed => agg.folded as f64,
+        };
+        let mut noise = ledger
+            .plan()
+            .noise
+            .generator(seed, round, 1, ledger.count_stddev());
+        m.dp_noised_unclipped_fraction = ledger.adapt_clip(&cur.norms, denom, &mut noise);
+        m
     });
     let cur = &st.current;
     let summary = RoundSummary {
@@ -476,6 +487,7 @@ fn dp_metrics(g: Guarantee, q: f64, clip: f64, noise_stddev: f64, norms: &[f64])
         dp_update_norm_p50: pick(0.5),
         dp_update_norm_p90: pick(0.9),
         dp_update_norm_max: sorted.last().copied().unwrap_or(0.0),
+        dp_noised_unclipped_fraction: None,
     }
 }
 
@@ -533,6 +545,7 @@ fn finish(me: &ActorRef<ServerMsg>, st: &mut ServerState, error: Option<String>)
             error,
             stop_reason: st.stop_reason.take(),
             epsilon: st.ledger.as_ref().and_then(PrivacyLedger::last),
+            final_clip: st.ledger.as_ref().map(PrivacyLedger::clip),
         });
     }
     for c in &st.clients {

@@ -1,7 +1,9 @@
-//! The server's privacy ledger: which sampling rate each round used, the composed RDP, the
-//! (ε, δ) after each round, and whether the next round would exceed `max_epsilon`.
+//! The server's privacy ledger: the sampling rate each round is accounted with, the composed
+//! RDP, (ε, δ) after each round, whether the next round would exceed `max_epsilon`, and the
+//! clipping norm in force (which adaptive clipping moves).
 
-use super::{DpPlan, DpSampling, Guarantee, RdpAccountant};
+use super::noise::GaussianNoise;
+use super::{DpPlan, DpSampling, Guarantee, Mechanism, RdpAccountant};
 
 /// Privacy state of a running federation.
 #[derive(Debug, Clone)]
@@ -9,16 +11,19 @@ pub struct PrivacyLedger {
     plan: DpPlan,
     accountant: RdpAccountant,
     last: Option<Guarantee>,
+    clip: f64,
 }
 
 impl PrivacyLedger {
     /// A ledger with nothing spent.
     pub fn new(plan: DpPlan) -> Self {
         let accountant = RdpAccountant::new(plan.scheme(), plan.series);
+        let clip = plan.mechanism.initial_clip();
         Self {
             plan,
             accountant,
             last: None,
+            clip,
         }
     }
 
@@ -30,6 +35,24 @@ impl PrivacyLedger {
     /// ε after the rounds recorded so far.
     pub fn last(&self) -> Option<Guarantee> {
         self.last
+    }
+
+    /// The clipping norm in force.
+    pub fn clip(&self) -> f64 {
+        self.clip
+    }
+
+    /// Std of the noise on the sum of clipped updates this round: z_update · C.
+    pub fn sum_stddev(&self) -> f64 {
+        self.plan.mechanism.value_noise_multiplier() * self.clip
+    }
+
+    /// Std of the noise on the unclipped count (adaptive clipping), else 0.
+    pub fn count_stddev(&self) -> f64 {
+        match self.plan.mechanism {
+            Mechanism::Adaptive { count_stddev, .. } => count_stddev,
+            _ => 0.0,
+        }
     }
 
     /// The sampling rate a round is accounted with: `fraction_fit` under Poisson sampling,
@@ -60,5 +83,30 @@ impl PrivacyLedger {
             .expect("delta is validated");
         self.last = Some(g);
         g
+    }
+
+    /// Adaptive clipping after a round: from the pre-clip `norms` of the aggregated updates,
+    /// release the noised unclipped fraction b̃ = (Σ(1[‖Δ‖ ≤ C] − ½) + N(0, σ_b²))/m + ½ and
+    /// move the clip geometrically, C ← C·exp(−η(b̃ − γ)). Returns b̃, or `None` for fixed
+    /// clipping or m = 0.
+    pub fn adapt_clip(&mut self, norms: &[f64], m: f64, noise: &mut GaussianNoise) -> Option<f64> {
+        let Mechanism::Adaptive {
+            target_quantile,
+            clip_lr,
+            ..
+        } = self.plan.mechanism
+        else {
+            return None;
+        };
+        if m <= 0.0 {
+            return None;
+        }
+        let centred: f64 = norms
+            .iter()
+            .map(|&n| if n <= self.clip { 0.5 } else { -0.5 })
+            .sum();
+        let b = (centred + noise.sample()) / m + 0.5;
+        self.clip *= (-clip_lr * (b - target_quantile)).exp();
+        Some(b)
     }
 }

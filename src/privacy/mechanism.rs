@@ -28,18 +28,36 @@ pub enum Mechanism {
         /// z.
         noise_multiplier: f64,
     },
+    /// Adaptive clipping (Andrew et al. 2021): clients clip with the clip in force and report
+    /// whether their update was within it; the server adds noise to that count too and moves
+    /// the clip geometrically towards the `target_quantile` of update norms. The noise is
+    /// split so the pair (update sum, count) has overall noise multiplier z:
+    /// z_update = (z⁻² − (2·count_stddev)⁻²)^(−1/2).
+    Adaptive {
+        /// C₀.
+        initial_clip: f64,
+        /// γ: fraction of updates that should fall under the clip.
+        target_quantile: f64,
+        /// η: C ← C·exp(−η(b̃ − γ)) with b̃ the noised unclipped fraction.
+        clip_lr: f64,
+        /// z of the combined release (what the accountant uses).
+        noise_multiplier: f64,
+        /// σ_b: std of the noise on the count of unclipped updates (must exceed z/2).
+        count_stddev: f64,
+    },
 }
 
 impl Mechanism {
-    /// C.
-    pub fn clip_norm(&self) -> f64 {
+    /// The clip in force in round 1 (C for fixed clipping).
+    pub fn initial_clip(&self) -> f64 {
         match *self {
             Mechanism::ClientSideFixed { clip_norm, .. }
             | Mechanism::ServerSideFixed { clip_norm, .. } => clip_norm,
+            Mechanism::Adaptive { initial_clip, .. } => initial_clip,
         }
     }
 
-    /// z.
+    /// z of the whole release per round: what the accountant uses.
     pub fn noise_multiplier(&self) -> f64 {
         match *self {
             Mechanism::ClientSideFixed {
@@ -47,13 +65,29 @@ impl Mechanism {
             }
             | Mechanism::ServerSideFixed {
                 noise_multiplier, ..
+            }
+            | Mechanism::Adaptive {
+                noise_multiplier, ..
             } => noise_multiplier,
+        }
+    }
+
+    /// Noise multiplier of the update sum: z, or for adaptive clipping the share left after
+    /// the count's noise, (z⁻² − (2σ_b)⁻²)^(−1/2).
+    pub fn value_noise_multiplier(&self) -> f64 {
+        match *self {
+            Mechanism::Adaptive {
+                noise_multiplier: z,
+                count_stddev,
+                ..
+            } => (z.powi(-2) - (2.0 * count_stddev).powi(-2)).powf(-0.5),
+            _ => self.noise_multiplier(),
         }
     }
 
     /// Whether clients clip (else the server does).
     pub fn clips_on_client(&self) -> bool {
-        matches!(self, Mechanism::ClientSideFixed { .. })
+        !matches!(self, Mechanism::ServerSideFixed { .. })
     }
 
     /// Short name.
@@ -61,6 +95,7 @@ impl Mechanism {
         match self {
             Mechanism::ClientSideFixed { .. } => "client-side fixed clipping",
             Mechanism::ServerSideFixed { .. } => "server-side fixed clipping",
+            Mechanism::Adaptive { .. } => "adaptive clipping (Andrew et al. 2021)",
         }
     }
 }

@@ -23,12 +23,13 @@ pub enum NoiseSource {
 }
 
 impl NoiseSource {
-    /// A generator of N(0, std²) for `round`.
-    pub fn generator(self, seed: u64, round: usize, std: f64) -> GaussianNoise {
+    /// A generator of N(0, std²) for `round`; `stream` separates independent draws of one
+    /// round (0: the update sum, 1: the adaptive-clipping count).
+    pub fn generator(self, seed: u64, round: usize, stream: u64, std: f64) -> GaussianNoise {
         let rng = match self {
             NoiseSource::Seeded => ChaCha20Rng::seed_from_u64(derive(
                 seed,
-                &[crate::rng::purpose::NOISE, round as u64],
+                &[crate::rng::purpose::NOISE, round as u64, stream],
             )),
             NoiseSource::Os => ChaCha20Rng::from_os_rng(),
         };

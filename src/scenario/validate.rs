@@ -231,25 +231,7 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
     let dp = match &file.dp {
         None => None,
         Some(d) => {
-            let (field, c_norm, z) = match d.mechanism {
-                Mechanism::ClientSideFixed {
-                    clip_norm,
-                    noise_multiplier,
-                } => ("dp.mechanism.ClientSideFixed", clip_norm, noise_multiplier),
-                Mechanism::ServerSideFixed {
-                    clip_norm,
-                    noise_multiplier,
-                } => ("dp.mechanism.ServerSideFixed", clip_norm, noise_multiplier),
-            };
-            c.finite_in(c_norm, 0.0, 1e6, true, false, &format!("{field}.clip_norm"))?;
-            c.finite_in(
-                z,
-                0.0,
-                1e6,
-                true,
-                false,
-                &format!("{field}.noise_multiplier"),
-            )?;
+            check_mechanism(&c, &d.mechanism)?;
             c.finite_in(d.delta, 0.0, 1.0, true, true, "dp.delta")?;
             if let Some(m) = d.max_epsilon {
                 c.finite_in(m, 0.0, 1e6, true, false, "dp.max_epsilon")?;
@@ -302,6 +284,62 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         source_path: path.to_path_buf(),
         file,
     })
+}
+
+fn check_mechanism(c: &Check<'_>, m: &Mechanism) -> Result<(), ScenarioError> {
+    let positive = |v: f64, field: &str| c.finite_in(v, 0.0, 1e6, true, false, field);
+    match *m {
+        Mechanism::ClientSideFixed {
+            clip_norm,
+            noise_multiplier,
+        } => {
+            positive(clip_norm, "dp.mechanism.ClientSideFixed.clip_norm")?;
+            positive(
+                noise_multiplier,
+                "dp.mechanism.ClientSideFixed.noise_multiplier",
+            )
+        }
+        Mechanism::ServerSideFixed {
+            clip_norm,
+            noise_multiplier,
+        } => {
+            positive(clip_norm, "dp.mechanism.ServerSideFixed.clip_norm")?;
+            positive(
+                noise_multiplier,
+                "dp.mechanism.ServerSideFixed.noise_multiplier",
+            )
+        }
+        Mechanism::Adaptive {
+            initial_clip,
+            target_quantile,
+            clip_lr,
+            noise_multiplier,
+            count_stddev,
+        } => {
+            let f = "dp.mechanism.Adaptive";
+            positive(initial_clip, &format!("{f}.initial_clip"))?;
+            c.finite_in(
+                target_quantile,
+                0.0,
+                1.0,
+                true,
+                true,
+                &format!("{f}.target_quantile"),
+            )?;
+            c.finite_in(clip_lr, 0.0, 10.0, false, false, &format!("{f}.clip_lr"))?;
+            positive(noise_multiplier, &format!("{f}.noise_multiplier"))?;
+            positive(count_stddev, &format!("{f}.count_stddev"))?;
+            c.ensure(
+                2.0 * count_stddev > noise_multiplier,
+                &format!("{f}.count_stddev"),
+                format!(
+                    "is {count_stddev}; it must exceed noise_multiplier / 2 = {} so the update keeps \
+                     part of the noise budget (Andrew et al. suggest expected clients per round / 20)",
+                    noise_multiplier / 2.0
+                ),
+            )
+        }
+    }
 }
 
 fn check_llama(c: &Check<'_>, cfg: &LlamaConfig) -> Result<(), ScenarioError> {
