@@ -5,6 +5,7 @@ pub mod clip;
 pub mod ledger;
 pub mod mechanism;
 pub mod noise;
+pub mod pld;
 pub mod rdp;
 pub mod special;
 
@@ -13,6 +14,7 @@ pub use clip::{clip_l2, Clipped};
 pub use ledger::PrivacyLedger;
 pub use mechanism::{DpPlan, DpSampling, Mechanism};
 pub use noise::NoiseSource;
+pub use pld::{gaussian_epsilon_exact, pld_epsilon};
 pub use rdp::{FracSeries, SamplingScheme};
 
 /// Errors of the privacy layer.

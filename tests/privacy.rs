@@ -333,3 +333,35 @@ mod adaptive {
         assert_eq!(fixed.clip(), 2.0);
     }
 }
+
+mod pld {
+    use fedsim::privacy::{gaussian_epsilon_exact, pld_epsilon};
+
+    /// PLD ε from dp_accounting 0.6.0 (Poisson, add/remove-one, h = 1e-4), the table.
+    const REFERENCE: [(f64, f64, usize, f64, f64); 4] = [
+        (0.01, 1.0, 100, 1e-5, 0.718037),
+        (0.1, 1.0, 10, 1e-5, 2.854519),
+        (1.0, 2.0, 10, 1e-5, 7.511276),
+        (0.01, 0.8, 1000, 1e-6, 3.706190),
+    ];
+
+    #[test]
+    fn pld_matches_dp_accounting() {
+        for (q, z, t, d, want) in REFERENCE {
+            let got = pld_epsilon(z, q, t, d).unwrap().epsilon;
+            eprintln!("q={q} z={z} T={t}: {got} vs {want}");
+            assert!((got - want).abs() / want < 1e-3, "q={q} z={z} T={t}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn pld_agrees_with_the_exact_gaussian_for_q_one() {
+        for (z, t, d) in [(2.0, 10, 1e-5), (1.0, 5, 1e-6), (5.0, 100, 1e-5)] {
+            let exact = gaussian_epsilon_exact(z, t, d).unwrap();
+            let pld = pld_epsilon(z, 1.0, t, d).unwrap().epsilon;
+            eprintln!("z={z} T={t}: exact {exact} pld {pld}");
+            assert!(pld >= exact * (1.0 - 1e-9), "PLD must not undercut the exact value");
+            assert!((pld - exact) / exact < 1e-3, "z={z} T={t}: {pld} vs {exact}");
+        }
+    }
+}
