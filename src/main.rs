@@ -99,10 +99,12 @@ struct PrivacyArgs {
     json: bool,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Accountant {
     /// Rényi DP (Mironov et al. 2019; conversion of Balle et al. 2020).
     Rdp,
+    /// Privacy loss distributions (connect-the-dots, as dp_accounting): tighter; Poisson only.
+    Pld,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -118,78 +120,71 @@ enum Series {
 }
 
 fn privacy(what: PrivacyCommand) -> anyhow::Result<()> {
-    use fedsim::privacy::{epsilon_after, noise_for_epsilon, FracSeries, SamplingScheme};
-    let (c, result) = match what {
+    use fedsim::privacy::{
+        calibrate_noise, epsilon_after, pld_epsilon, FracSeries, SamplingScheme,
+    };
+    let c = match &what {
+        PrivacyCommand::Epsilon { common, .. } | PrivacyCommand::Noise { common, .. } => common,
+    };
+    let scheme = match c.sampling {
+        Sampling::Poisson => SamplingScheme::Poisson,
+        Sampling::Fixed => SamplingScheme::WithoutReplacement,
+    };
+    let series = match c.series {
+        Series::Bound => FracSeries::AbsoluteBound,
+        Series::Exact => FracSeries::Exact,
+    };
+    if c.accountant == Accountant::Pld && scheme != SamplingScheme::Poisson {
+        anyhow::bail!("--accountant pld supports --sampling poisson only; use --accountant rdp for fixed-size sampling");
+    }
+    let epsilon_of = |z: f64| match c.accountant {
+        Accountant::Rdp => epsilon_after(z, c.sampling_rate, c.rounds, c.delta, scheme, series),
+        Accountant::Pld => pld_epsilon(z, c.sampling_rate, c.rounds, c.delta),
+    };
+    let result = match &what {
         PrivacyCommand::Epsilon {
-            noise_multiplier,
-            common,
-        } => {
-            let (scheme, series) = privacy_modes(&common);
-            let g = epsilon_after(
-                noise_multiplier,
-                common.sampling_rate,
-                common.rounds,
-                common.delta,
-                scheme,
-                series,
-            )?;
-            (common, (noise_multiplier, g))
-        }
-        PrivacyCommand::Noise {
-            target_epsilon,
-            common,
-        } => {
-            let (scheme, series) = privacy_modes(&common);
-            let r = noise_for_epsilon(
-                target_epsilon,
-                common.sampling_rate,
-                common.rounds,
-                common.delta,
-                scheme,
-                series,
-            )?;
-            (common, r)
+            noise_multiplier, ..
+        } => (*noise_multiplier, epsilon_of(*noise_multiplier)?),
+        PrivacyCommand::Noise { target_epsilon, .. } => {
+            calibrate_noise(*target_epsilon, epsilon_of)?
         }
     };
-    fn privacy_modes(c: &PrivacyArgs) -> (SamplingScheme, FracSeries) {
-        (
-            match c.sampling {
-                Sampling::Poisson => SamplingScheme::Poisson,
-                Sampling::Fixed => SamplingScheme::WithoutReplacement,
-            },
-            match c.series {
-                Series::Bound => FracSeries::AbsoluteBound,
-                Series::Exact => FracSeries::Exact,
-            },
-        )
-    }
     let (z, g) = result;
     let (sampling, neighbours) = match c.sampling {
         Sampling::Poisson => ("poisson", "add-or-remove-one client"),
         Sampling::Fixed => ("fixed-size without replacement", "replace-one client"),
     };
-    let series = match c.series {
-        Series::Bound => "absolute-value bound (dp_accounting)",
-        Series::Exact => "exact",
+    let method = match (c.accountant, c.series) {
+        (Accountant::Pld, _) => {
+            "PLD accountant (connect-the-dots, discretisation 1e-4)".to_string()
+        }
+        (Accountant::Rdp, s) => format!(
+            "RDP accountant, optimal order {}, fractional orders by {}",
+            g.order,
+            match s {
+                Series::Bound => "absolute-value bound (dp_accounting)",
+                Series::Exact => "exact series",
+            }
+        ),
     };
     if c.json {
         let v = serde_json::json!({
             "epsilon": g.epsilon,
             "delta": g.delta,
-            "accountant": "rdp",
-            "order": g.order,
+            "accountant": match c.accountant { Accountant::Rdp => "rdp", Accountant::Pld => "pld" },
+            "order": if c.accountant == Accountant::Rdp { Some(g.order) } else { None },
             "noise_multiplier": z,
             "sampling_rate": c.sampling_rate,
             "rounds": c.rounds,
             "sampling": sampling,
             "neighbouring": neighbours,
-            "fractional_series": series,
+            "method": method,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
-            "epsilon = {:.6} at delta = {:e} after {} rounds: noise multiplier {z}, sampling rate {} ({sampling}, {neighbours}); RDP accountant, optimal order {}, fractional orders by {series}",
-            g.epsilon, g.delta, c.rounds, c.sampling_rate, g.order
+            "epsilon = {:.6} at delta = {:e} after {} rounds: noise multiplier {z}, sampling rate {} ({sampling}, {neighbours}); {method}",
+            g.epsilon, g.delta, c.rounds, c.sampling_rate
         );
     }
     Ok(())

@@ -141,6 +141,9 @@ pub struct RoundSummary {
 pub struct DpRoundMetrics {
     /// ε after this round (RDP accountant) at `dp_delta`.
     pub dp_epsilon: f64,
+    /// ε after this round by the PLD accountant, when `dp.pld` is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dp_epsilon_pld: Option<f64>,
     /// δ.
     pub dp_delta: f64,
     /// Optimal RDP order.

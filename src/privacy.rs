@@ -9,7 +9,7 @@ pub mod pld;
 pub mod rdp;
 pub mod special;
 
-pub use accountant::{epsilon_after, noise_for_epsilon, Guarantee, RdpAccountant};
+pub use accountant::{calibrate_noise, epsilon_after, noise_for_epsilon, Guarantee, RdpAccountant};
 pub use clip::{clip_l2, Clipped};
 pub use ledger::PrivacyLedger;
 pub use mechanism::{DpPlan, DpSampling, Mechanism};

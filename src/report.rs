@@ -208,8 +208,11 @@ pub struct DpSummary {
     pub clip_norm: f64,
     /// z.
     pub noise_multiplier: f64,
-    /// ε after the last round.
+    /// ε after the last round (RDP).
     pub epsilon: f64,
+    /// ε after the last round by PLD, when `dp.pld` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon_pld: Option<f64>,
     /// δ.
     pub delta: f64,
     /// Optimal RDP order.

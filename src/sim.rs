@@ -299,6 +299,7 @@ pub async fn run(
                 clip_norm: outcome.final_clip.unwrap_or(plan.mechanism.initial_clip()),
                 noise_multiplier: plan.mechanism.noise_multiplier(),
                 epsilon: g.map_or(0.0, |g| g.epsilon),
+                epsilon_pld: outcome.epsilon_pld,
                 delta: plan.delta,
                 order: g.map_or(0.0, |g| g.order),
                 accountant: plan.assumption(),

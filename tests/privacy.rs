@@ -283,6 +283,7 @@ mod adaptive {
             sampling: DpSampling::Poisson,
             noise: NoiseSource::Seeded,
             series: FracSeries::AbsoluteBound,
+            pld: false,
         }
     }
 
@@ -350,7 +351,10 @@ mod pld {
         for (q, z, t, d, want) in REFERENCE {
             let got = pld_epsilon(z, q, t, d).unwrap().epsilon;
             eprintln!("q={q} z={z} T={t}: {got} vs {want}");
-            assert!((got - want).abs() / want < 1e-3, "q={q} z={z} T={t}: {got} vs {want}");
+            assert!(
+                (got - want).abs() / want < 1e-3,
+                "q={q} z={z} T={t}: {got} vs {want}"
+            );
         }
     }
 
@@ -360,8 +364,14 @@ mod pld {
             let exact = gaussian_epsilon_exact(z, t, d).unwrap();
             let pld = pld_epsilon(z, 1.0, t, d).unwrap().epsilon;
             eprintln!("z={z} T={t}: exact {exact} pld {pld}");
-            assert!(pld >= exact * (1.0 - 1e-9), "PLD must not undercut the exact value");
-            assert!((pld - exact) / exact < 1e-3, "z={z} T={t}: {pld} vs {exact}");
+            assert!(
+                pld >= exact * (1.0 - 1e-9),
+                "PLD must not undercut the exact value"
+            );
+            assert!(
+                (pld - exact) / exact < 1e-3,
+                "z={z} T={t}: {pld} vs {exact}"
+            );
         }
     }
 }

@@ -177,8 +177,8 @@ const DP: &str =
 fn dp_run_reports_epsilon_per_round_and_is_deterministic() {
     use fedsim::privacy::{epsilon_after, FracSeries, SamplingScheme};
     let tmp = tempfile::tempdir().unwrap();
-    let one = scenario(SMALL, &[DP, "rounds=3"]).unwrap();
-    let two = scenario(SMALL, &[DP, "rounds=3", "slots.count=2"]).unwrap();
+    let one = scenario(SMALL, &[DP, "rounds=3", "dp.pld=true"]).unwrap();
+    let two = scenario(SMALL, &[DP, "rounds=3", "dp.pld=true", "slots.count=2"]).unwrap();
     let a = run(&one, &tmp.path().join("a"));
     let b = run(&two, &tmp.path().join("b"));
     assert_eq!(metrics(&a.dir), metrics(&b.dir));
@@ -215,6 +215,7 @@ fn dp_run_reports_epsilon_per_round_and_is_deterministic() {
     let s = &a.summary;
     let dp = s.dp.as_ref().unwrap();
     assert!((dp.epsilon - rounds[2]["dp_epsilon"].as_f64().unwrap()).abs() < 1e-12);
+    assert_eq!(dp.epsilon_pld, rounds[2]["dp_epsilon_pld"].as_f64());
     assert!(dp.accountant.contains("Poisson") && dp.noise_source.contains("seeded"));
     // Non-DP runs carry no dp_* keys.
     let plain = scenario(SMALL, &["rounds=1"]).unwrap();

@@ -204,6 +204,15 @@ fn dp_parameters_are_checked() {
     let (f, _) = invalid_field(scenario(SMALL, &[&adaptive("1.0", "5.0", "1.0")]));
     assert_eq!(f, "dp.mechanism.Adaptive.target_quantile");
     assert!(scenario(SMALL, &[&adaptive("1.0", "5.0", "0.5")]).is_ok());
+    let (f, _) = invalid_field(scenario(
+        SMALL,
+        &[
+            &dp("0.5", "1.0", "1e-5"),
+            "dp.pld=true",
+            "dp.sampling=Fixed",
+        ],
+    ));
+    assert_eq!(f, "dp.pld");
     let ok = scenario(SMALL, &[&dp("0.5", "1.0", "1e-5")]).unwrap();
     assert!(ok.dp.is_some());
 }

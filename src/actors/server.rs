@@ -82,6 +82,8 @@ pub struct ServerOutcome {
     pub epsilon: Option<Guarantee>,
     /// The clipping norm in force at the end, when DP is on.
     pub final_clip: Option<f64>,
+    /// ε by PLD after the last round, when `dp.pld` is on.
+    pub epsilon_pld: Option<f64>,
 }
 
 /// Messages the server understands.
@@ -424,6 +426,7 @@ async fn close_round(
             .noise
             .generator(seed, round, 1, ledger.count_stddev());
         m.dp_noised_unclipped_fraction = ledger.adapt_clip(&cur.norms, denom, &mut noise);
+        m.dp_epsilon_pld = ledger.pld_epsilon();
         m
     });
     let cur = &st.current;
@@ -474,6 +477,7 @@ fn dp_metrics(g: Guarantee, q: f64, clip: f64, noise_stddev: f64, norms: &[f64])
     };
     DpRoundMetrics {
         dp_epsilon: g.epsilon,
+        dp_epsilon_pld: None,
         dp_delta: g.delta,
         dp_order: g.order,
         dp_sampling_rate: q,
@@ -546,6 +550,7 @@ fn finish(me: &ActorRef<ServerMsg>, st: &mut ServerState, error: Option<String>)
             stop_reason: st.stop_reason.take(),
             epsilon: st.ledger.as_ref().and_then(PrivacyLedger::last),
             final_clip: st.ledger.as_ref().map(PrivacyLedger::clip),
+            epsilon_pld: st.ledger.as_ref().and_then(PrivacyLedger::pld_epsilon),
         });
     }
     for c in &st.clients {

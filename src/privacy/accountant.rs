@@ -141,8 +141,7 @@ pub fn epsilon_after(
 }
 
 /// The smallest noise multiplier whose ε after `rounds` rounds at `delta` is at most
-/// `target_epsilon`, found by bisection to relative precision 1e-7 and then rounded *up* to 6
-/// significant digits, so the printed value can be pasted into a scenario as is.
+/// `target_epsilon` under the RDP accountant (see [`calibrate_noise`]).
 ///
 /// # Errors
 /// Parameters out of range, or a target no noise below 10⁶ reaches.
@@ -154,6 +153,21 @@ pub fn noise_for_epsilon(
     scheme: SamplingScheme,
     series: FracSeries,
 ) -> Result<(f64, Guarantee), PrivacyError> {
+    calibrate_noise(target_epsilon, |z| {
+        epsilon_after(z, q, rounds, delta, scheme, series)
+    })
+}
+
+/// The smallest noise multiplier z with `epsilon_of(z) ≤ target_epsilon`, for any accountant
+/// whose ε decreases in z: bisection to relative precision 1e-7, then rounded *up* to 6
+/// significant digits, so the printed value can be pasted into a scenario as is.
+///
+/// # Errors
+/// A bad target, an error from `epsilon_of`, or a target no noise below 10⁶ reaches.
+pub fn calibrate_noise(
+    target_epsilon: f64,
+    epsilon_of: impl Fn(f64) -> Result<Guarantee, PrivacyError>,
+) -> Result<(f64, Guarantee), PrivacyError> {
     if !(target_epsilon > 0.0 && target_epsilon.is_finite()) {
         return Err(PrivacyError::Parameter {
             name: "target_epsilon",
@@ -161,9 +175,8 @@ pub fn noise_for_epsilon(
             allowed: "> 0 and finite",
         });
     }
-    let eps = |z: f64| epsilon_after(z, q, rounds, delta, scheme, series);
     let (mut lo, mut hi) = (0.0f64, 1.0f64);
-    while eps(hi)?.epsilon > target_epsilon {
+    while epsilon_of(hi)?.epsilon > target_epsilon {
         lo = hi;
         hi *= 2.0;
         if hi > 1e6 {
@@ -172,7 +185,7 @@ pub fn noise_for_epsilon(
     }
     while hi - lo > 1e-7 * hi {
         let mid = 0.5 * (lo + hi);
-        if eps(mid)?.epsilon > target_epsilon {
+        if epsilon_of(mid)?.epsilon > target_epsilon {
             lo = mid;
         } else {
             hi = mid;
@@ -180,5 +193,5 @@ pub fn noise_for_epsilon(
     }
     let scale = 10f64.powi(5 - hi.log10().floor() as i32);
     let z = (hi * scale).ceil() / scale;
-    Ok((z, eps(z)?))
+    Ok((z, epsilon_of(z)?))
 }

@@ -12,6 +12,8 @@ pub struct PrivacyLedger {
     accountant: RdpAccountant,
     last: Option<Guarantee>,
     clip: f64,
+    rounds: usize,
+    last_q: f64,
 }
 
 impl PrivacyLedger {
@@ -24,6 +26,8 @@ impl PrivacyLedger {
             accountant,
             last: None,
             clip,
+            rounds: 0,
+            last_q: 0.0,
         }
     }
 
@@ -82,7 +86,21 @@ impl PrivacyLedger {
             .epsilon(self.plan.delta)
             .expect("delta is validated");
         self.last = Some(g);
+        self.rounds += 1;
+        self.last_q = q;
         g
+    }
+
+    /// ε by the PLD accountant after the rounds recorded so far, when `dp.pld` is on
+    /// (Poisson sampling, so every round has the same q).
+    pub fn pld_epsilon(&self) -> Option<f64> {
+        if !self.plan.pld || self.rounds == 0 {
+            return None;
+        }
+        let z = self.plan.accounted_noise_multiplier();
+        super::pld_epsilon(z, self.last_q, self.rounds, self.plan.delta)
+            .ok()
+            .map(|g| g.epsilon)
     }
 
     /// Adaptive clipping after a round: from the pre-clip `norms` of the aggregated updates,

@@ -127,6 +127,8 @@ pub struct DpPlan {
     pub noise: NoiseSource,
     /// Fractional-order series.
     pub series: FracSeries,
+    /// Also account with PLD (Poisson sampling only).
+    pub pld: bool,
 }
 
 impl DpPlan {

@@ -103,7 +103,10 @@ impl GaussianLoss {
         let s = self.sigma;
         match self.dir {
             Direction::Remove => log_ndtr(x / s),
-            Direction::Add => log_add(self.log1mq() + log_ndtr(x / s), self.q.ln() + log_ndtr((x - 1.0) / s)),
+            Direction::Add => log_add(
+                self.log1mq() + log_ndtr(x / s),
+                self.q.ln() + log_ndtr((x - 1.0) / s),
+            ),
         }
     }
 
@@ -150,7 +153,11 @@ fn connect_dots(loss: &GaussianLoss, h: f64) -> Pmf {
     }
     let n = deltas.len();
     if n == 1 {
-        return Pmf { lower: lo, probs: vec![1.0 - deltas[0]], infinity: deltas[0] };
+        return Pmf {
+            lower: lo,
+            probs: vec![1.0 - deltas[0]],
+            infinity: deltas[0],
+        };
     }
     let diffs: Vec<f64> = deltas.windows(2).map(|w| w[1] - w[0]).collect();
     let mut probs = vec![0.0; n];
@@ -162,7 +169,11 @@ fn connect_dots(loss: &GaussianLoss, h: f64) -> Pmf {
     for p in &mut probs {
         *p = p.max(0.0);
     }
-    Pmf { lower: lo, probs, infinity: deltas[n - 1] }
+    Pmf {
+        lower: lo,
+        probs,
+        infinity: deltas[n - 1],
+    }
 }
 
 /// Chernoff bounds on the index range of the T-fold self-convolution outside which at most
@@ -195,7 +206,11 @@ fn convolve_bounds(probs: &[f64], times: usize, tail: f64) -> (i64, i64) {
 /// Compose `pmf` with itself `times` times.
 fn self_compose(pmf: &Pmf, times: usize) -> Pmf {
     if times == 1 {
-        return Pmf { lower: pmf.lower, probs: pmf.probs.clone(), infinity: pmf.infinity };
+        return Pmf {
+            lower: pmf.lower,
+            probs: pmf.probs.clone(),
+            infinity: pmf.infinity,
+        };
     }
     let (lo, hi) = convolve_bounds(&pmf.probs, times, TAIL_MASS_TRUNCATION);
     let out_len = (hi - lo + 1) as usize;
@@ -214,7 +229,11 @@ fn self_compose(pmf: &Pmf, times: usize) -> Pmf {
         .map(|i| buf[((lo as usize) + i) % fft_len].re * scale)
         .collect();
     let infinity = TAIL_MASS_TRUNCATION - (times as f64 * (-pmf.infinity).ln_1p()).exp_m1();
-    Pmf { lower: pmf.lower * times as i64 + lo, probs, infinity }
+    Pmf {
+        lower: pmf.lower * times as i64 + lo,
+        probs,
+        infinity,
+    }
 }
 
 /// Smallest ε ≥ 0 whose hockey-stick divergence is at most δ.
@@ -247,14 +266,26 @@ fn epsilon_for_delta(pmf: &Pmf, h: f64, delta: f64) -> f64 {
 /// Parameters out of range: `z ≤ 0`, `q ∉ (0, 1]`, `delta ∉ (0, 1)`, `rounds = 0`.
 pub fn pld_epsilon(z: f64, q: f64, rounds: usize, delta: f64) -> Result<Guarantee, PrivacyError> {
     if !(z > 0.0 && z.is_finite()) {
-        return Err(PrivacyError::Parameter { name: "noise_multiplier", value: z, allowed: "> 0 and finite" });
+        return Err(PrivacyError::Parameter {
+            name: "noise_multiplier",
+            value: z,
+            allowed: "> 0 and finite",
+        });
     }
     check_rate(q, false)?;
     check_delta(delta)?;
     if rounds == 0 {
-        return Err(PrivacyError::Parameter { name: "rounds", value: 0.0, allowed: "≥ 1" });
+        return Err(PrivacyError::Parameter {
+            name: "rounds",
+            value: 0.0,
+            allowed: "≥ 1",
+        });
     }
-    let dirs: &[Direction] = if q == 1.0 { &[Direction::Remove] } else { &[Direction::Remove, Direction::Add] };
+    let dirs: &[Direction] = if q == 1.0 {
+        &[Direction::Remove]
+    } else {
+        &[Direction::Remove, Direction::Add]
+    };
     let epsilon = dirs
         .iter()
         .map(|&dir| {
@@ -262,7 +293,11 @@ pub fn pld_epsilon(z: f64, q: f64, rounds: usize, delta: f64) -> Result<Guarante
             epsilon_for_delta(&self_compose(&single, rounds), DISCRETIZATION, delta)
         })
         .fold(0.0f64, f64::max);
-    Ok(Guarantee { epsilon, delta, order: f64::NAN })
+    Ok(Guarantee {
+        epsilon,
+        delta,
+        order: f64::NAN,
+    })
 }
 
 /// Exact ε of T compositions of the Gaussian mechanism without subsampling (Balle & Wang
@@ -273,14 +308,23 @@ pub fn pld_epsilon(z: f64, q: f64, rounds: usize, delta: f64) -> Result<Guarante
 /// `z ≤ 0`, `delta ∉ (0, 1)` or `rounds = 0`.
 pub fn gaussian_epsilon_exact(z: f64, rounds: usize, delta: f64) -> Result<f64, PrivacyError> {
     if !(z > 0.0 && z.is_finite()) {
-        return Err(PrivacyError::Parameter { name: "noise_multiplier", value: z, allowed: "> 0 and finite" });
+        return Err(PrivacyError::Parameter {
+            name: "noise_multiplier",
+            value: z,
+            allowed: "> 0 and finite",
+        });
     }
     check_delta(delta)?;
     if rounds == 0 {
-        return Err(PrivacyError::Parameter { name: "rounds", value: 0.0, allowed: "≥ 1" });
+        return Err(PrivacyError::Parameter {
+            name: "rounds",
+            value: 0.0,
+            allowed: "≥ 1",
+        });
     }
     let mu = (rounds as f64).sqrt() / z;
-    let delta_at = |eps: f64| ndtr(-eps / mu + mu / 2.0) - (eps + log_ndtr(-eps / mu - mu / 2.0)).exp();
+    let delta_at =
+        |eps: f64| ndtr(-eps / mu + mu / 2.0) - (eps + log_ndtr(-eps / mu - mu / 2.0)).exp();
     if delta_at(0.0) <= delta {
         return Ok(0.0);
     }

@@ -65,6 +65,9 @@ pub struct DpSection {
     /// Fractional-order RDP series.
     #[serde(default)]
     pub series: FracSeries,
+    /// Also report ε from the PLD accountant every round (Poisson sampling only).
+    #[serde(default)]
+    pub pld: bool,
 }
 
 fn default_delta() -> f64 {

@@ -6,7 +6,7 @@ use super::file::{ModelPreset, ScenarioFile};
 use super::{Sampling, Scenario, ScenarioError};
 use crate::data::{DataPlan, DataSource, Partition};
 use crate::model::{LlamaConfig, LoraConfig, TargetModule};
-use crate::privacy::{DpPlan, Mechanism};
+use crate::privacy::{DpPlan, DpSampling, Mechanism};
 use crate::train::LocalTraining;
 
 struct Check<'a> {
@@ -236,7 +236,14 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
             if let Some(m) = d.max_epsilon {
                 c.finite_in(m, 0.0, 1e6, true, false, "dp.max_epsilon")?;
             }
+            c.ensure(
+                !d.pld || d.sampling == DpSampling::Poisson,
+                "dp.pld",
+                "is true but dp.sampling is Fixed; the PLD accountant covers Poisson sampling only \
+                 (set dp.sampling: Poisson or dp.pld: false)",
+            )?;
             Some(DpPlan {
+                pld: d.pld,
                 mechanism: d.mechanism,
                 delta: d.delta,
                 max_epsilon: d.max_epsilon,
