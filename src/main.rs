@@ -204,12 +204,25 @@ fn real_main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Validate { scenario, set } => {
             let s = Scenario::load(&scenario, &set)?;
+            let poisson =
+                s.dp.as_ref()
+                    .is_some_and(|d| d.sampling == fedsim::privacy::DpSampling::Poisson);
+            let sampled = if poisson {
+                format!(
+                    "{:.1} sampled per round on average (Poisson)",
+                    s.sampling.fraction_fit * s.data.clients as f64
+                )
+            } else {
+                format!(
+                    "{} sampled per round",
+                    s.sampling.sample_size(s.data.clients)
+                )
+            };
             println!(
-                "{}: ok ({} clients, {} rounds, {} sampled per round, {} LoRA parameters)",
+                "{}: ok ({} clients, {} rounds, {sampled}, {} LoRA parameters)",
                 scenario.display(),
                 s.data.clients,
                 s.rounds,
-                s.sampling.sample_size(s.data.clients),
                 s.lora.trainable_parameters(&s.model)
             );
             Ok(())
@@ -251,17 +264,24 @@ fn run(path: &Path, set: &[String], out: Option<PathBuf>, quiet: bool) -> anyhow
                     "down (B)",
                     "up (B)",
                     "wall (s)",
-                    if r.dp.is_some() {
-                        format!(" {:>10} {:>8} {:>10}", "epsilon", "clipped", "noise std")
-                    } else {
-                        String::new()
+                    match &r.dp {
+                        Some(d) if d.dp_epsilon_pld.is_some() => format!(
+                            " {:>10} {:>10} {:>8} {:>10}",
+                            "epsilon", "eps (PLD)", "clipped", "noise std"
+                        ),
+                        Some(_) =>
+                            format!(" {:>10} {:>8} {:>10}", "epsilon", "clipped", "noise std"),
+                        None => String::new(),
                     }
                 );
                 header = true;
             }
             let dp = r.dp.as_ref().map_or(String::new(), |d| {
+                let pld = d
+                    .dp_epsilon_pld
+                    .map_or(String::new(), |e| format!(" {e:>10.4}"));
                 format!(
-                    " {:>10.4} {:>7.0}% {:>10.3e}",
+                    " {:>10.4}{pld} {:>7.0}% {:>10.3e}",
                     d.dp_epsilon,
                     100.0 * d.dp_clipped_fraction,
                     d.dp_noise_stddev
@@ -318,8 +338,11 @@ fn run(path: &Path, set: &[String], out: Option<PathBuf>, quiet: bool) -> anyhow
         s.wall_seconds
     );
     if let Some(dp) = &s.dp {
+        let pld = dp
+            .epsilon_pld
+            .map_or(String::new(), |e| format!(", PLD epsilon = {e:.6}"));
         println!(
-            "privacy: (epsilon = {:.6}, delta = {:e}) after {} rounds ({}; {})",
+            "privacy: (epsilon = {:.6}, delta = {:e}){pld} after {} rounds ({}; {})",
             dp.epsilon, dp.delta, s.rounds_completed, dp.mechanism, dp.accountant
         );
     }

@@ -30,6 +30,14 @@ pub enum PrivacyError {
         /// The allowed range.
         allowed: &'static str,
     },
+    /// The PLD grid would be too large (a very small noise multiplier).
+    #[error("the PLD accountant would need {points} grid points (limit {max}): the noise multiplier is too small for a 1e-4 grid; use the RDP accountant")]
+    PldTooLarge {
+        /// Points needed.
+        points: usize,
+        /// The limit.
+        max: usize,
+    },
     /// No noise multiplier up to 10⁶ reaches the target.
     #[error("no noise multiplier up to 1e6 reaches epsilon {target_epsilon}; raise the target or lower rounds/sampling rate")]
     Unreachable {

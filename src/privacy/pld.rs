@@ -23,6 +23,9 @@ pub const DISCRETIZATION: f64 = 1e-4;
 const TAIL_MASS_TRUNCATION: f64 = 1e-15;
 /// Log of the noise mass outside the truncated range of x.
 const LOG_MASS_TRUNCATION: f64 = -50.0;
+/// Largest grid (single-round PMF or composed FFT) the accountant builds: 2²⁴ points, ~270 MB
+/// of complex f64. Tiny noise multipliers spread the loss over thousands of nats and exceed it.
+const MAX_POINTS: usize = 1 << 24;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Direction {
@@ -142,22 +145,33 @@ struct Pmf {
     infinity: f64,
 }
 
+fn too_large(points: usize) -> PrivacyError {
+    PrivacyError::PldTooLarge {
+        points,
+        max: MAX_POINTS,
+    }
+}
+
 /// Pessimistic connect-the-dots PMF of one round.
-fn connect_dots(loss: &GaussianLoss, h: f64) -> Pmf {
+fn connect_dots(loss: &GaussianLoss, h: f64) -> Result<Pmf, PrivacyError> {
     let (eps_lo, eps_hi) = loss.bounds();
     let lo = (eps_lo / h).floor() as i64;
     let hi = (eps_hi / h).ceil() as i64;
+    let points = (hi - lo + 1).max(1) as usize;
+    if points > MAX_POINTS {
+        return Err(too_large(points));
+    }
     let mut deltas: Vec<f64> = (lo..=hi).map(|i| loss.delta(i as f64 * h)).collect();
     for i in 1..deltas.len() {
         deltas[i] = deltas[i].min(deltas[i - 1]);
     }
     let n = deltas.len();
     if n == 1 {
-        return Pmf {
+        return Ok(Pmf {
             lower: lo,
             probs: vec![1.0 - deltas[0]],
             infinity: deltas[0],
-        };
+        });
     }
     let diffs: Vec<f64> = deltas.windows(2).map(|w| w[1] - w[0]).collect();
     let mut probs = vec![0.0; n];
@@ -169,11 +183,11 @@ fn connect_dots(loss: &GaussianLoss, h: f64) -> Pmf {
     for p in &mut probs {
         *p = p.max(0.0);
     }
-    Pmf {
+    Ok(Pmf {
         lower: lo,
         probs,
         infinity: deltas[n - 1],
-    }
+    })
 }
 
 /// Chernoff bounds on the index range of the T-fold self-convolution outside which at most
@@ -204,17 +218,20 @@ fn convolve_bounds(probs: &[f64], times: usize, tail: f64) -> (i64, i64) {
 }
 
 /// Compose `pmf` with itself `times` times.
-fn self_compose(pmf: &Pmf, times: usize) -> Pmf {
+fn self_compose(pmf: &Pmf, times: usize) -> Result<Pmf, PrivacyError> {
     if times == 1 {
-        return Pmf {
+        return Ok(Pmf {
             lower: pmf.lower,
             probs: pmf.probs.clone(),
             infinity: pmf.infinity,
-        };
+        });
     }
     let (lo, hi) = convolve_bounds(&pmf.probs, times, TAIL_MASS_TRUNCATION);
     let out_len = (hi - lo + 1) as usize;
     let fft_len = out_len.max(pmf.probs.len()).next_power_of_two();
+    if fft_len > MAX_POINTS {
+        return Err(too_large(fft_len));
+    }
     let mut planner = FftPlanner::<f64>::new();
     let mut buf: Vec<Complex<f64>> = (0..fft_len)
         .map(|i| Complex::new(pmf.probs.get(i).copied().unwrap_or(0.0), 0.0))
@@ -229,11 +246,11 @@ fn self_compose(pmf: &Pmf, times: usize) -> Pmf {
         .map(|i| buf[((lo as usize) + i) % fft_len].re * scale)
         .collect();
     let infinity = TAIL_MASS_TRUNCATION - (times as f64 * (-pmf.infinity).ln_1p()).exp_m1();
-    Pmf {
+    Ok(Pmf {
         lower: pmf.lower * times as i64 + lo,
         probs,
         infinity,
-    }
+    })
 }
 
 /// Smallest ε ≥ 0 whose hockey-stick divergence is at most δ.
@@ -257,6 +274,22 @@ fn epsilon_for_delta(pmf: &Pmf, h: f64, delta: f64) -> f64 {
         return 0.0;
     }
     ((upper - delta) / lower).ln()
+}
+
+/// Whether the single-round PLD grid for (`z`, `q`) fits the accountant's limit (the
+/// composed grid is checked when composing).
+///
+/// # Errors
+/// [`PrivacyError::PldTooLarge`] when it does not.
+pub fn check_grid(z: f64, q: f64) -> Result<(), PrivacyError> {
+    for dir in [Direction::Remove, Direction::Add] {
+        let (lo, hi) = GaussianLoss { sigma: z, q, dir }.bounds();
+        let points = ((hi - lo) / DISCRETIZATION).ceil() as usize + 2;
+        if points > MAX_POINTS {
+            return Err(too_large(points));
+        }
+    }
+    Ok(())
 }
 
 /// ε after `rounds` rounds of the Poisson-subsampled Gaussian (`z`, `q`) at `delta`, by PLD
@@ -286,13 +319,12 @@ pub fn pld_epsilon(z: f64, q: f64, rounds: usize, delta: f64) -> Result<Guarante
     } else {
         &[Direction::Remove, Direction::Add]
     };
-    let epsilon = dirs
-        .iter()
-        .map(|&dir| {
-            let single = connect_dots(&GaussianLoss { sigma: z, q, dir }, DISCRETIZATION);
-            epsilon_for_delta(&self_compose(&single, rounds), DISCRETIZATION, delta)
-        })
-        .fold(0.0f64, f64::max);
+    let mut epsilon = 0.0f64;
+    for &dir in dirs {
+        let single = connect_dots(&GaussianLoss { sigma: z, q, dir }, DISCRETIZATION)?;
+        let composed = self_compose(&single, rounds)?;
+        epsilon = epsilon.max(epsilon_for_delta(&composed, DISCRETIZATION, delta));
+    }
     Ok(Guarantee {
         epsilon,
         delta,

@@ -242,6 +242,14 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
                 "is true but dp.sampling is Fixed; the PLD accountant covers Poisson sampling only \
                  (set dp.sampling: Poisson or dp.pld: false)",
             )?;
+            if d.pld {
+                if let Err(e) = crate::privacy::pld::check_grid(
+                    d.mechanism.noise_multiplier(),
+                    file.strategy.fraction_fit,
+                ) {
+                    return Err(c.fail("dp.pld", format!("is true but {e}; set dp.pld: false")));
+                }
+            }
             Some(DpPlan {
                 pld: d.pld,
                 mechanism: d.mechanism,
