@@ -23,6 +23,7 @@
 //! - [`strategy`]: FedAvg as an exact, order-independent streaming sum.
 //! - [`sim`]: wires it all and records the run; [`report`]: the run directory;
 //!   [`compare`]: side-by-side table of runs.
+//! - [`telemetry`]: Prometheus metric names, buckets and the per-run recorder.
 //! - [`rng`]: seed derivation, so results never depend on slot count or timing.
 
 pub mod actors;
@@ -37,6 +38,7 @@ pub mod scenario;
 pub mod sim;
 pub mod slots;
 pub mod strategy;
+pub mod telemetry;
 pub mod tokenizer;
 pub mod train;
 

@@ -31,6 +31,12 @@ enum Command {
         /// Print only the final summary.
         #[arg(long, short)]
         quiet: bool,
+        /// Serve Prometheus metrics here (HOST:PORT, loopback by default), or `none`.
+        #[arg(long, default_value = "127.0.0.1:9464", value_name = "HOST:PORT|none")]
+        metrics_addr: String,
+        /// Keep serving metrics this many seconds after the run, so the final values are scraped.
+        #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+        linger: f64,
     },
     /// Check a scenario (syntax, ranges, paths) without running it.
     Validate {
@@ -237,12 +243,30 @@ fn real_main() -> anyhow::Result<()> {
             set,
             out,
             quiet,
-        } => run(&scenario, &set, out, quiet),
+            metrics_addr,
+            linger,
+        } => run(&scenario, &set, out, quiet, &metrics_addr, linger),
     }
 }
 
-fn run(path: &Path, set: &[String], out: Option<PathBuf>, quiet: bool) -> anyhow::Result<()> {
+fn run(
+    path: &Path,
+    set: &[String],
+    out: Option<PathBuf>,
+    quiet: bool,
+    metrics_addr: &str,
+    linger: f64,
+) -> anyhow::Result<()> {
     let scenario = Scenario::load(path, set)?;
+    let metrics_addr: Option<std::net::SocketAddr> = match metrics_addr {
+        "none" => None,
+        a => Some(a.parse().with_context(|| {
+            format!("--metrics-addr {a:?} is not HOST:PORT (e.g. 127.0.0.1:9464) or none")
+        })?),
+    };
+    if !(linger >= 0.0 && linger.is_finite()) {
+        anyhow::bail!("--linger must be a number of seconds >= 0, got {linger}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -307,6 +331,21 @@ fn run(path: &Path, set: &[String], out: Option<PathBuf>, quiet: bool) -> anyhow
             );
         }
     };
+    // The exporter binds (and reports a taken address) before the simulation starts.
+    let telemetry = match metrics_addr {
+        None => None,
+        Some(addr) => {
+            let (t, server) =
+                runtime.block_on(async { fedsim::telemetry::Telemetry::served(addr) })?;
+            runtime.spawn(async move {
+                let _ = server.await;
+            });
+            if !quiet {
+                eprintln!("metrics: http://{addr}/metrics");
+            }
+            Some(t)
+        }
+    };
     let opts = RunOptions {
         out,
         progress: if quiet {
@@ -314,6 +353,7 @@ fn run(path: &Path, set: &[String], out: Option<PathBuf>, quiet: bool) -> anyhow
         } else {
             Some(Box::new(progress))
         },
+        telemetry,
     };
     let shutdown = async {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -350,5 +390,13 @@ fn run(path: &Path, set: &[String], out: Option<PathBuf>, quiet: bool) -> anyhow
         println!("stopped early: {why}");
     }
     println!("run directory: {}", report.dir.display());
+    if linger > 0.0 {
+        if let Some(addr) = metrics_addr {
+            eprintln!("serving the final metrics on http://{addr}/metrics for {linger} s");
+            runtime.block_on(async {
+                tokio::time::sleep(std::time::Duration::from_secs_f64(linger)).await
+            });
+        }
+    }
     Ok(())
 }

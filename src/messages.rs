@@ -131,6 +131,10 @@ pub struct RoundSummary {
     pub mean_update_norm: f64,
     /// Host wall-clock seconds of the round.
     pub wall_seconds: f64,
+    /// Pre-clip L2 norm of each completed update (for the metrics histogram; per-client
+    /// detail stays out of `rounds.jsonl`).
+    #[serde(skip)]
+    pub update_norms: Vec<f64>,
     /// Differential-privacy metrics, when DP is on.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub dp: Option<DpRoundMetrics>,

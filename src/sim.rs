@@ -21,6 +21,7 @@ use crate::report::{DpSummary, ReportError, RunDir, Summary};
 use crate::rng::{derive, purpose, rng_for};
 use crate::scenario::Scenario;
 use crate::slots::{SlotContext, SlotError, SlotPool};
+use crate::telemetry::{RunInfo, Telemetry};
 use crate::tokenizer::{TextTokenizer, TokenizedExample, TokenizerError};
 
 /// Errors that stop a run.
@@ -61,6 +62,8 @@ pub struct RunOptions {
     pub out: Option<PathBuf>,
     /// Called with set-up lines and each round (the CLI prints them).
     pub progress: Option<ProgressFn>,
+    /// Prometheus metrics of the run (the CLI serves them over HTTP).
+    pub telemetry: Option<Telemetry>,
 }
 
 /// Receives progress events.
@@ -246,7 +249,27 @@ pub async fn run(
     dir.write_json("partitions.json", &partitions)?;
     say(&format!("run directory: {}", dir.path().display()));
 
-    let result = run_actors(s, &prep, layout, &dir, opts.progress.take(), shutdown).await;
+    if let Some(t) = &opts.telemetry {
+        t.run_info(&RunInfo {
+            scenario: s.name.clone(),
+            strategy: format!("{:?}", s.file.strategy.kind),
+            model: s.model_name.clone(),
+            dp: s
+                .dp
+                .as_ref()
+                .map_or("none".to_string(), |d| d.mechanism.name().to_string()),
+        });
+    }
+    let result = run_actors(
+        s,
+        &prep,
+        layout,
+        &dir,
+        opts.progress.take(),
+        opts.telemetry.clone(),
+        shutdown,
+    )
+    .await;
     let (outcome, busy) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -356,6 +379,7 @@ async fn run_actors(
     layout: Arc<AdapterLayout>,
     dir: &RunDir,
     mut progress: Option<ProgressFn>,
+    telemetry: Option<Telemetry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(crate::actors::server::ServerOutcome, Vec<f64>), SimError> {
     let initial = Arc::new(
@@ -380,8 +404,12 @@ async fn run_actors(
         flag.store(true, Ordering::SeqCst);
     });
     let mut log = dir.round_log()?;
+    let busy = pool.busy();
     let sink: RoundSink = Box::new(move |r: &RoundSummary| {
         log.append(r).map_err(|e| e.to_string())?;
+        if let Some(t) = &telemetry {
+            t.round(r, &busy.seconds());
+        }
         if let Some(p) = progress.as_mut() {
             p(Progress::Round(r));
         }

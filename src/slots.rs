@@ -101,6 +101,20 @@ impl SlotHandle {
     }
 }
 
+/// Reads how long each slot has been busy.
+#[derive(Clone)]
+pub struct SlotBusy(Arc<Vec<AtomicU64>>);
+
+impl SlotBusy {
+    /// Seconds per slot.
+    pub fn seconds(&self) -> Vec<f64> {
+        self.0
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed) as f64 * 1e-9)
+            .collect()
+    }
+}
+
 /// The running slots.
 pub struct SlotPool {
     tx: Option<Sender<Job>>,
@@ -161,10 +175,12 @@ impl SlotPool {
 
     /// Seconds each slot has spent running jobs.
     pub fn busy_seconds(&self) -> Vec<f64> {
-        self.busy_nanos
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed) as f64 * 1e-9)
-            .collect()
+        self.busy().seconds()
+    }
+
+    /// A cheap handle that reads the slots' busy time (for metrics).
+    pub fn busy(&self) -> SlotBusy {
+        SlotBusy(self.busy_nanos.clone())
     }
 
     /// Stop accepting jobs and wait for the slots to finish theirs.

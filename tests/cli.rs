@@ -81,6 +81,8 @@ fn run_writes_a_complete_directory_and_compare_reads_it() {
         "rounds=1",
         "--out",
         out.to_str().unwrap(),
+        "--metrics-addr",
+        "none",
     ]);
     assert!(ok, "{err}");
     assert!(
@@ -99,6 +101,8 @@ fn run_writes_a_complete_directory_and_compare_reads_it() {
         scen.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
+        "--metrics-addr",
+        "none",
     ]);
     assert!(!ok && err.contains("already holds a finished run"), "{err}");
 }
@@ -168,4 +172,33 @@ fn privacy_calculator_prints_json_and_rejects_bad_parameters() {
         let (ok, _, err) = sim(&args);
         assert!(!ok && err.contains(needle), "{flag}={value}: {err}");
     }
+}
+
+#[test]
+fn metrics_address_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let scen = dir.path().join("small.ron");
+    std::fs::write(&scen, SMALL).unwrap();
+    let out = dir.path().join("run");
+    let (ok, _, err) = sim(&[
+        "run",
+        scen.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--metrics-addr",
+        &addr,
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains(&addr) && err.contains("--metrics-addr"),
+        "{err}"
+    );
+    assert!(
+        !out.exists(),
+        "nothing may start when the exporter cannot bind"
+    );
+    let (ok, _, err) = sim(&["run", scen.to_str().unwrap(), "--metrics-addr", "localhost"]);
+    assert!(!ok && err.contains("HOST:PORT"), "{err}");
 }

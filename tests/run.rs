@@ -290,3 +290,74 @@ fn adaptive_clipping_run_raises_a_too_small_clip() {
     }
     assert!(r.summary.dp.as_ref().unwrap().clip_norm > clips[2]);
 }
+
+#[test]
+fn metrics_exposition_matches_the_round_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let telemetry = fedsim::telemetry::Telemetry::unserved();
+    let s = scenario(SMALL, &[DP, "rounds=2", "dp.pld=true"]).unwrap();
+    let r = crate::util::run_full(
+        &s,
+        &tmp.path().join("m"),
+        std::future::pending(),
+        Some(telemetry.clone()),
+    );
+    let text = telemetry.render();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .unwrap_or_else(|| panic!("{series} missing in:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let rounds = metrics(&r.dir);
+    let sum = |k: &str| rounds.iter().map(|r| r[k].as_f64().unwrap()).sum::<f64>();
+    assert_eq!(value("fedsim_rounds_completed_total"), 2.0);
+    assert_eq!(value("fedsim_round"), 2.0);
+    assert_eq!(
+        value("fedsim_network_bytes_total{direction=\"down\"}"),
+        sum("bytes_down")
+    );
+    assert_eq!(
+        value("fedsim_network_bytes_total{direction=\"up\"}"),
+        sum("bytes_up")
+    );
+    assert_eq!(
+        value("fedsim_client_updates_total{outcome=\"completed\"}"),
+        sum("completed")
+    );
+    assert_eq!(
+        value("fedsim_eval_loss"),
+        rounds[1]["eval_loss"].as_f64().unwrap()
+    );
+    assert_eq!(
+        value("fedsim_dp_epsilon{accountant=\"rdp\"}"),
+        rounds[1]["dp_epsilon"].as_f64().unwrap()
+    );
+    assert_eq!(
+        value("fedsim_dp_epsilon{accountant=\"pld\"}"),
+        rounds[1]["dp_epsilon_pld"].as_f64().unwrap()
+    );
+    assert_eq!(
+        value("fedsim_dp_noise_stddev"),
+        rounds[1]["dp_noise_stddev"].as_f64().unwrap()
+    );
+    // Histograms carry explicit buckets (not summaries), so histogram_quantile works.
+    assert!(
+        text.contains("# TYPE fedsim_client_update_norm histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fedsim_round_wall_seconds_bucket{le=\"+Inf\"} 2"),
+        "{text}"
+    );
+    assert_eq!(value("fedsim_client_update_norm_count"), sum("completed"));
+    assert!(
+        text.contains("fedsim_run_info{scenario=\"small\",strategy=\"FedAvg\""),
+        "{text}"
+    );
+}

@@ -64,6 +64,16 @@ pub fn run_until(
     out: &Path,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> RunReport {
+    run_full(s, out, shutdown, None)
+}
+
+/// Run a scenario into `out`, feeding `telemetry`.
+pub fn run_full(
+    s: &Scenario,
+    out: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    telemetry: Option<fedsim::telemetry::Telemetry>,
+) -> RunReport {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -72,6 +82,7 @@ pub fn run_until(
     let opts = RunOptions {
         out: Some(out.to_path_buf()),
         progress: None,
+        telemetry,
     };
     rt.block_on(fedsim::run(s, opts, shutdown))
         .expect("run succeeds")

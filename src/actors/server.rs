@@ -432,6 +432,7 @@ async fn close_round(
     let cur = &st.current;
     let summary = RoundSummary {
         dp,
+        update_norms: cur.norms.clone(),
         round,
         sampled: cur.sampled,
         completed: agg.folded,
