@@ -135,6 +135,10 @@ pub struct RoundSummary {
     /// detail stays out of `rounds.jsonl`).
     #[serde(skip)]
     pub update_norms: Vec<f64>,
+    /// When the round closed (Unix seconds): the timestamp of its samples in `metrics.om`.
+    /// Kept out of `rounds.jsonl`, whose metrics are deterministic apart from `wall_seconds`.
+    #[serde(skip)]
+    pub finished_at: f64,
     /// Differential-privacy metrics, when DP is on.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub dp: Option<DpRoundMetrics>,

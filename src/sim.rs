@@ -249,16 +249,17 @@ pub async fn run(
     dir.write_json("partitions.json", &partitions)?;
     say(&format!("run directory: {}", dir.path().display()));
 
+    let info = RunInfo {
+        scenario: s.name.clone(),
+        strategy: format!("{:?}", s.file.strategy.kind),
+        model: s.model_name.clone(),
+        dp: s
+            .dp
+            .as_ref()
+            .map_or("none".to_string(), |d| d.mechanism.name().to_string()),
+    };
     if let Some(t) = &opts.telemetry {
-        t.run_info(&RunInfo {
-            scenario: s.name.clone(),
-            strategy: format!("{:?}", s.file.strategy.kind),
-            model: s.model_name.clone(),
-            dp: s
-                .dp
-                .as_ref()
-                .map_or("none".to_string(), |d| d.mechanism.name().to_string()),
-        });
+        t.run_info(&info);
     }
     let result = run_actors(
         s,
@@ -267,6 +268,7 @@ pub async fn run(
         &dir,
         opts.progress.take(),
         opts.telemetry.clone(),
+        info,
         shutdown,
     )
     .await;
@@ -380,6 +382,7 @@ async fn run_actors(
     dir: &RunDir,
     mut progress: Option<ProgressFn>,
     telemetry: Option<Telemetry>,
+    info: RunInfo,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(crate::actors::server::ServerOutcome, Vec<f64>), SimError> {
     let initial = Arc::new(
@@ -405,8 +408,18 @@ async fn run_actors(
     });
     let mut log = dir.round_log()?;
     let busy = pool.busy();
+    let om_dir = RunDir::at(dir.path());
+    let mut history: Vec<RoundSummary> = Vec::new();
     let sink: RoundSink = Box::new(move |r: &RoundSummary| {
         log.append(r).map_err(|e| e.to_string())?;
+        // Rewritten every round, so an interrupted or failed run keeps its timeline too.
+        history.push(r.clone());
+        om_dir
+            .write(
+                "metrics.om",
+                &crate::telemetry::openmetrics::render(&history, &info),
+            )
+            .map_err(|e| e.to_string())?;
         if let Some(t) = &telemetry {
             t.round(r, &busy.seconds());
         }

@@ -7,6 +7,8 @@
 //! base units, counters end in `_total`, bounded labels only (`outcome`, `direction`,
 //! `accountant`, `slot`), explicit buckets so histograms export as histograms.
 
+pub mod openmetrics;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

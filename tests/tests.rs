@@ -5,6 +5,7 @@ mod util;
 mod cli;
 mod data;
 mod fedavg;
+mod metrics;
 mod model;
 mod privacy;
 mod run;

@@ -455,6 +455,9 @@ async fn close_round(
             0.0
         },
         wall_seconds: cur.started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+        finished_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
     };
     if let Err(e) = (st.args.sink)(&summary) {
         st.summaries.push(summary);
