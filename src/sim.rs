@@ -261,17 +261,12 @@ pub async fn run(
     if let Some(t) = &opts.telemetry {
         t.run_info(&info);
     }
-    let result = run_actors(
-        s,
-        &prep,
-        layout,
-        &dir,
-        opts.progress.take(),
-        opts.telemetry.clone(),
+    let observers = Observers {
+        progress: opts.progress.take(),
+        telemetry: opts.telemetry.clone(),
         info,
-        shutdown,
-    )
-    .await;
+    };
+    let result = run_actors(s, &prep, layout, &dir, observers, shutdown).await;
     let (outcome, busy) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -375,16 +370,26 @@ fn size_line(sizes: &[usize]) -> String {
     )
 }
 
+/// Who hears about each round besides `rounds.jsonl`.
+struct Observers {
+    progress: Option<ProgressFn>,
+    telemetry: Option<Telemetry>,
+    info: RunInfo,
+}
+
 async fn run_actors(
     s: &Scenario,
     prep: &Prepared,
     layout: Arc<AdapterLayout>,
     dir: &RunDir,
-    mut progress: Option<ProgressFn>,
-    telemetry: Option<Telemetry>,
-    info: RunInfo,
+    observers: Observers,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(crate::actors::server::ServerOutcome, Vec<f64>), SimError> {
+    let Observers {
+        mut progress,
+        telemetry,
+        info,
+    } = observers;
     let initial = Arc::new(
         s.lora
             .init_adapter(&s.model, &mut rng_for(s.seed, &[purpose::ADAPTER])),
