@@ -100,3 +100,177 @@ fn openmetrics_file_has_every_round_and_imports_with_promtool() {
         assert_eq!(ts, (t * 1000.0).round() as i64);
     }
 }
+
+/// Kills a child process when dropped (a failing assertion must not leave servers running).
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+fn promql(prom: &str, expr: &str) -> (bool, String) {
+    let out = Command::new("promtool")
+        .args(["query", "instant", &format!("http://{prom}"), expr])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Start `sim run` with its exporter and a real Prometheus scraping it every second, then query
+/// every panel expression of `grafana/dashboards/fedsim.json`.
+#[test]
+fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        if std::env::var_os("CI").is_some() {
+            panic!("prometheus is missing under CI: .ci/run must install Debian's prometheus");
+        }
+        eprintln!("SKIPPED: prometheus not installed (apt-get install prometheus); the dashboard was not checked against a live Prometheus");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let sim_addr = format!("127.0.0.1:{}", free_port());
+    let prom_addr = format!("127.0.0.1:{}", free_port());
+    let cfg = tmp.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fedsim\n    static_configs:\n      - targets: [\"{sim_addr}\"]\n"),
+    )
+    .unwrap();
+    let _prom = Reaper(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                tmp.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let scen = tmp.path().join("small.ron");
+    std::fs::write(&scen, crate::util::SMALL).unwrap();
+    let _sim = Reaper(
+        Command::new(env!("CARGO_BIN_EXE_sim"))
+            .args([
+                "run",
+                scen.to_str().unwrap(),
+                "-q",
+                "--linger",
+                "60",
+                "--metrics-addr",
+                &sim_addr,
+            ])
+            .args(["--out", tmp.path().join("run").to_str().unwrap()])
+            .args(["--set", DP, "--set", "dp.pld=true", "--set", "rounds=3"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Wait for the run to finish and Prometheus to have scraped its final values twice.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (_, out) = promql(&prom_addr, "fedsim_rounds_completed_total");
+        if out.contains("=> 3 @") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus never saw round 3: {out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // At least two more scrapes (1 s apart) of the final values.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (_, out) = promql(
+        &prom_addr,
+        "count_over_time(fedsim_rounds_completed_total[5m])",
+    );
+    let scrapes: f64 = out
+        .split("=> ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(scrapes >= 2.0, "fewer than 2 scrapes: {out}");
+    // The exposition itself passes promtool's linter.
+    let scrape = http_get(&sim_addr, "/metrics");
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(scrape.as_bytes())
+            .unwrap();
+    }
+    let check = check.wait_with_output().unwrap();
+    assert!(
+        check.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // Every panel's every expression parses and returns data.
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::util::root().join("grafana/dashboards/fedsim.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            let (ok, out) = promql(&prom_addr, expr);
+            assert!(
+                ok && out.contains("=>"),
+                "panel {:?}: {expr} returned no data: {out}",
+                panel["title"]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 18, "only {checked} expressions");
+}
