@@ -37,6 +37,9 @@ enum Command {
         /// Keep serving metrics this many seconds after the run, so the final values are scraped.
         #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
         linger: f64,
+        /// Spend at least this many wall seconds per round (live dashboards); results are unchanged.
+        #[arg(long, value_name = "SECONDS_PER_ROUND")]
+        pace: Option<f64>,
     },
     /// Check a scenario (syntax, ranges, paths) without running it.
     Validate {
@@ -245,7 +248,8 @@ fn real_main() -> anyhow::Result<()> {
             quiet,
             metrics_addr,
             linger,
-        } => run(&scenario, &set, out, quiet, &metrics_addr, linger),
+            pace,
+        } => run(&scenario, &set, out, quiet, &metrics_addr, linger, pace),
     }
 }
 
@@ -256,6 +260,7 @@ fn run(
     quiet: bool,
     metrics_addr: &str,
     linger: f64,
+    pace: Option<f64>,
 ) -> anyhow::Result<()> {
     let scenario = Scenario::load(path, set)?;
     let metrics_addr: Option<std::net::SocketAddr> = match metrics_addr {
@@ -266,6 +271,11 @@ fn run(
     };
     if !(linger >= 0.0 && linger.is_finite()) {
         anyhow::bail!("--linger must be a number of seconds >= 0, got {linger}");
+    }
+    if let Some(p) = pace {
+        if !(p > 0.0 && p <= 86_400.0) {
+            anyhow::bail!("--pace must be seconds per round in (0, 86400], got {p}");
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -354,6 +364,7 @@ fn run(
             Some(Box::new(progress))
         },
         telemetry,
+        pace: pace.map(std::time::Duration::from_secs_f64),
     };
     let shutdown = async {
         if tokio::signal::ctrl_c().await.is_ok() {

@@ -64,6 +64,8 @@ pub struct RunOptions {
     pub progress: Option<ProgressFn>,
     /// Prometheus metrics of the run (the CLI serves them over HTTP).
     pub telemetry: Option<Telemetry>,
+    /// Minimum wall seconds per round (live demos); `None` runs flat out.
+    pub pace: Option<std::time::Duration>,
 }
 
 /// Receives progress events.
@@ -262,6 +264,7 @@ pub async fn run(
         t.run_info(&info);
     }
     let observers = Observers {
+        pace: opts.pace,
         progress: opts.progress.take(),
         telemetry: opts.telemetry.clone(),
         info,
@@ -372,6 +375,7 @@ fn size_line(sizes: &[usize]) -> String {
 
 /// Who hears about each round besides `rounds.jsonl`.
 struct Observers {
+    pace: Option<std::time::Duration>,
     progress: Option<ProgressFn>,
     telemetry: Option<Telemetry>,
     info: RunInfo,
@@ -386,6 +390,7 @@ async fn run_actors(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(crate::actors::server::ServerOutcome, Vec<f64>), SimError> {
     let Observers {
+        pace: observers_pace,
         mut progress,
         telemetry,
         info,
@@ -455,6 +460,7 @@ async fn run_actors(
         initial,
         sink,
         dp: s.dp.clone(),
+        pace: observers_pace,
         shutdown: stop,
         done: tx,
     };

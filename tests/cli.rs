@@ -202,3 +202,49 @@ fn metrics_address_in_use_is_a_clear_error() {
     let (ok, _, err) = sim(&["run", scen.to_str().unwrap(), "--metrics-addr", "localhost"]);
     assert!(!ok && err.contains("HOST:PORT"), "{err}");
 }
+
+#[test]
+fn pace_slows_rounds_without_changing_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let scen = dir.path().join("small.ron");
+    std::fs::write(&scen, SMALL).unwrap();
+    let base = [
+        "run",
+        scen.to_str().unwrap(),
+        "--set",
+        "rounds=2",
+        "--metrics-addr",
+        "none",
+        "-q",
+        "--out",
+    ];
+    let fast = dir.path().join("fast");
+    let (ok, _, err) = sim(&[&base[..], &[fast.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    let paced = dir.path().join("paced");
+    let start = std::time::Instant::now();
+    let (ok, _, err) = sim(&[&base[..], &[paced.to_str().unwrap(), "--pace", "2"]].concat());
+    assert!(ok, "{err}");
+    assert!(
+        start.elapsed() >= std::time::Duration::from_secs(4),
+        "2 rounds at 2 s each"
+    );
+    let strip = |d: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(d.join("rounds.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("wall_seconds");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(strip(&fast), strip(&paced));
+    let (ok, _, err) = sim(&[
+        &base[..],
+        &[dir.path().join("x").to_str().unwrap(), "--pace", "0"],
+    ]
+    .concat());
+    assert!(!ok && err.contains("--pace"), "{err}");
+}

@@ -83,6 +83,7 @@ pub fn run_full(
         out: Some(out.to_path_buf()),
         progress: None,
         telemetry,
+        pace: None,
     };
     rt.block_on(fedsim::run(s, opts, shutdown))
         .expect("run succeeds")

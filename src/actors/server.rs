@@ -59,6 +59,8 @@ pub struct ServerArgs {
     pub dp: Option<DpPlan>,
     /// Set by Ctrl-C: finish the current round, then stop.
     pub shutdown: Arc<AtomicBool>,
+    /// Minimum wall time per round (`--pace`), so live dashboards can follow.
+    pub pace: Option<std::time::Duration>,
     /// Where the outcome goes.
     pub done: oneshot::Sender<ServerOutcome>,
 }
@@ -465,6 +467,13 @@ async fn close_round(
         return Ok(());
     }
     st.summaries.push(summary);
+    if let (Some(pace), Some(started)) = (st.args.pace, st.current.started) {
+        // Play rounds at a watchable rate; the simulation itself is unchanged.
+        let elapsed = started.elapsed();
+        if elapsed < pace {
+            tokio::time::sleep(pace - elapsed).await;
+        }
+    }
     me.send_message(ServerMsg::BeginRound)?;
     Ok(())
 }
