@@ -95,6 +95,30 @@ pub(super) fn check_rate(q: f64, allow_zero: bool) -> Result<(), PrivacyError> {
     }
 }
 
+pub(super) fn check_noise(z: f64) -> Result<(), PrivacyError> {
+    if z > 0.0 && z.is_finite() {
+        Ok(())
+    } else {
+        Err(PrivacyError::Parameter {
+            name: "noise_multiplier",
+            value: z,
+            allowed: "> 0 and finite",
+        })
+    }
+}
+
+pub(super) fn check_rounds(rounds: usize) -> Result<(), PrivacyError> {
+    if rounds >= 1 {
+        Ok(())
+    } else {
+        Err(PrivacyError::Parameter {
+            name: "rounds",
+            value: 0.0,
+            allowed: "≥ 1",
+        })
+    }
+}
+
 pub(super) fn check_delta(delta: f64) -> Result<(), PrivacyError> {
     if delta > 0.0 && delta < 1.0 {
         Ok(())
@@ -119,22 +143,10 @@ pub fn epsilon_after(
     scheme: SamplingScheme,
     series: FracSeries,
 ) -> Result<Guarantee, PrivacyError> {
-    if !(z > 0.0 && z.is_finite()) {
-        return Err(PrivacyError::Parameter {
-            name: "noise_multiplier",
-            value: z,
-            allowed: "> 0 and finite",
-        });
-    }
+    check_noise(z)?;
     check_rate(q, false)?;
     check_delta(delta)?;
-    if rounds == 0 {
-        return Err(PrivacyError::Parameter {
-            name: "rounds",
-            value: 0.0,
-            allowed: "≥ 1",
-        });
-    }
+    check_rounds(rounds)?;
     let mut acc = RdpAccountant::new(scheme, series);
     acc.compose(q, z, rounds)?;
     acc.epsilon(delta)

@@ -13,7 +13,7 @@
 use rustfft::num_complex::Complex;
 use rustfft::FftPlanner;
 
-use super::accountant::{check_delta, check_rate};
+use super::accountant::{check_delta, check_noise, check_rate, check_rounds};
 use super::special::{log_add, log_erfc};
 use super::{Guarantee, PrivacyError};
 
@@ -298,22 +298,10 @@ pub fn check_grid(z: f64, q: f64) -> Result<(), PrivacyError> {
 /// # Errors
 /// Parameters out of range: `z ≤ 0`, `q ∉ (0, 1]`, `delta ∉ (0, 1)`, `rounds = 0`.
 pub fn pld_epsilon(z: f64, q: f64, rounds: usize, delta: f64) -> Result<Guarantee, PrivacyError> {
-    if !(z > 0.0 && z.is_finite()) {
-        return Err(PrivacyError::Parameter {
-            name: "noise_multiplier",
-            value: z,
-            allowed: "> 0 and finite",
-        });
-    }
+    check_noise(z)?;
     check_rate(q, false)?;
     check_delta(delta)?;
-    if rounds == 0 {
-        return Err(PrivacyError::Parameter {
-            name: "rounds",
-            value: 0.0,
-            allowed: "≥ 1",
-        });
-    }
+    check_rounds(rounds)?;
     let dirs: &[Direction] = if q == 1.0 {
         &[Direction::Remove]
     } else {
@@ -339,21 +327,9 @@ pub fn pld_epsilon(z: f64, q: f64, rounds: usize, delta: f64) -> Result<Guarante
 /// # Errors
 /// `z ≤ 0`, `delta ∉ (0, 1)` or `rounds = 0`.
 pub fn gaussian_epsilon_exact(z: f64, rounds: usize, delta: f64) -> Result<f64, PrivacyError> {
-    if !(z > 0.0 && z.is_finite()) {
-        return Err(PrivacyError::Parameter {
-            name: "noise_multiplier",
-            value: z,
-            allowed: "> 0 and finite",
-        });
-    }
+    check_noise(z)?;
     check_delta(delta)?;
-    if rounds == 0 {
-        return Err(PrivacyError::Parameter {
-            name: "rounds",
-            value: 0.0,
-            allowed: "≥ 1",
-        });
-    }
+    check_rounds(rounds)?;
     let mu = (rounds as f64).sqrt() / z;
     let delta_at =
         |eps: f64| ndtr(-eps / mu + mu / 2.0) - (eps + log_ndtr(-eps / mu - mu / 2.0)).exp();
