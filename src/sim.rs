@@ -267,7 +267,6 @@ pub async fn run(
         pace: opts.pace,
         progress: opts.progress.take(),
         telemetry: opts.telemetry.clone(),
-        info,
     };
     let result = run_actors(s, &prep, layout, &dir, observers, shutdown).await;
     let (outcome, busy) = match result {
@@ -285,6 +284,12 @@ pub async fn run(
         dir: dir.path().to_path_buf(),
         message,
     };
+    // Written once the rounds are over — completed, interrupted, out of budget or failed
+    // (rounds.jsonl already holds each round as it happened).
+    dir.write(
+        "metrics.om",
+        &crate::telemetry::openmetrics::render(&outcome.rounds, &info),
+    )?;
     // The adapter is written even when the run failed part-way: results are never lost.
     outcome
         .global
@@ -378,7 +383,6 @@ struct Observers {
     pace: Option<std::time::Duration>,
     progress: Option<ProgressFn>,
     telemetry: Option<Telemetry>,
-    info: RunInfo,
 }
 
 async fn run_actors(
@@ -393,7 +397,6 @@ async fn run_actors(
         pace: observers_pace,
         mut progress,
         telemetry,
-        info,
     } = observers;
     let initial = Arc::new(
         s.lora
@@ -418,18 +421,8 @@ async fn run_actors(
     });
     let mut log = dir.round_log()?;
     let busy = pool.busy();
-    let om_dir = RunDir::at(dir.path());
-    let mut history: Vec<RoundSummary> = Vec::new();
     let sink: RoundSink = Box::new(move |r: &RoundSummary| {
         log.append(r).map_err(|e| e.to_string())?;
-        // Rewritten every round, so an interrupted or failed run keeps its timeline too.
-        history.push(r.clone());
-        om_dir
-            .write(
-                "metrics.om",
-                &crate::telemetry::openmetrics::render(&history, &info),
-            )
-            .map_err(|e| e.to_string())?;
         if let Some(t) = &telemetry {
             t.round(r, &busy.seconds());
         }

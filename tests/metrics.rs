@@ -2,10 +2,7 @@
 
 use std::process::Command;
 
-use crate::util::{run, scenario, SMALL};
-
-const DP: &str =
-    r#"dp={"mechanism":{"ClientSideFixed":{"clip_norm":0.5,"noise_multiplier":1.0}},"delta":1e-5}"#;
+use crate::util::{run, scenario, DP, SMALL};
 
 /// The samples of `series` (exact name + labels) as (value, timestamp).
 fn samples(text: &str, series: &str) -> Vec<(f64, f64)> {

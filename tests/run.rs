@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::util::{run, run_until, scenario, shared, SMALL};
+use crate::util::{run, run_until, scenario, shared, DP, SMALL};
 
 /// rounds.jsonl with the wall-clock fields removed.
 fn metrics(dir: &Path) -> Vec<Value> {
@@ -169,9 +169,6 @@ fn shutdown_stops_between_rounds_and_keeps_results() {
     assert!(back.final_eval_loss.is_finite());
     assert!(r.dir.join("adapter_model.safetensors").is_file());
 }
-
-const DP: &str =
-    r#"dp={"mechanism":{"ClientSideFixed":{"clip_norm":0.5,"noise_multiplier":1.0}},"delta":1e-5}"#;
 
 #[test]
 fn dp_run_reports_epsilon_per_round_and_is_deterministic() {

@@ -26,6 +26,10 @@ pub const SMALL: &str = r#"(
     slots: (count: 1),
 )"#;
 
+/// Client-side DP with z = 1, C = 0.5, δ = 1e-5 (as a `--set` override).
+pub const DP: &str =
+    r#"dp={"mechanism":{"ClientSideFixed":{"clip_norm":0.5,"noise_multiplier":1.0}},"delta":1e-5}"#;
+
 /// The crate root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
