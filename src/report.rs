@@ -83,13 +83,6 @@ impl RunDir {
         Ok(Self { path })
     }
 
-    /// A handle on an existing run directory (for writers that outlive the first handle).
-    pub fn at(path: &Path) -> Self {
-        Self {
-            path: path.to_path_buf(),
-        }
-    }
-
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path

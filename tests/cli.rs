@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::util::{root, SMALL};
+use crate::util::{root, round_metrics, small_file, SMALL};
 
 fn sim(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_sim"))
@@ -71,8 +71,7 @@ fn validate_rejects_bad_input_without_panicking() {
 #[test]
 fn run_writes_a_complete_directory_and_compare_reads_it() {
     let dir = tempfile::tempdir().unwrap();
-    let scen = dir.path().join("small.ron");
-    std::fs::write(&scen, SMALL).unwrap();
+    let scen = small_file(dir.path());
     let out = dir.path().join("run");
     let (ok, stdout, err) = sim(&[
         "run",
@@ -179,8 +178,7 @@ fn metrics_address_in_use_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let scen = dir.path().join("small.ron");
-    std::fs::write(&scen, SMALL).unwrap();
+    let scen = small_file(dir.path());
     let out = dir.path().join("run");
     let (ok, _, err) = sim(&[
         "run",
@@ -206,8 +204,7 @@ fn metrics_address_in_use_is_a_clear_error() {
 #[test]
 fn pace_slows_rounds_without_changing_results() {
     let dir = tempfile::tempdir().unwrap();
-    let scen = dir.path().join("small.ron");
-    std::fs::write(&scen, SMALL).unwrap();
+    let scen = small_file(dir.path());
     let base = [
         "run",
         scen.to_str().unwrap(),
@@ -229,18 +226,7 @@ fn pace_slows_rounds_without_changing_results() {
         start.elapsed() >= std::time::Duration::from_secs(4),
         "2 rounds at 2 s each"
     );
-    let strip = |d: &std::path::Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(d.join("rounds.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v.as_object_mut().unwrap().remove("wall_seconds");
-                v
-            })
-            .collect()
-    };
-    assert_eq!(strip(&fast), strip(&paced));
+    assert_eq!(round_metrics(&fast), round_metrics(&paced));
     let (ok, _, err) = sim(&[
         &base[..],
         &[dir.path().join("x").to_str().unwrap(), "--pace", "0"],

@@ -5,20 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::util::{run, run_until, scenario, shared, DP, SMALL};
-
-/// rounds.jsonl with the wall-clock fields removed.
-fn metrics(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("rounds.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("wall_seconds");
-            v
-        })
-        .collect()
-}
+use crate::util::{round_metrics as metrics, run, run_until, scenario, shared, DP, SMALL};
 
 #[test]
 fn federated_run_improves_and_is_deterministic_across_slot_counts() {

@@ -30,6 +30,27 @@ pub const SMALL: &str = r#"(
 pub const DP: &str =
     r#"dp={"mechanism":{"ClientSideFixed":{"clip_norm":0.5,"noise_multiplier":1.0}},"delta":1e-5}"#;
 
+/// `rounds.jsonl` of a run directory with the wall-clock key removed (everything else is
+/// deterministic).
+pub fn round_metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("rounds.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("wall_seconds");
+            v
+        })
+        .collect()
+}
+
+/// Write the SMALL scenario into `dir` and return its path.
+pub fn small_file(dir: &Path) -> PathBuf {
+    let p = dir.join("small.ron");
+    std::fs::write(&p, SMALL).unwrap();
+    p
+}
+
 /// The crate root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
