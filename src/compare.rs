@@ -1,24 +1,56 @@
 //! `sim compare RUN_DIR...`: pretrained vs. centralised vs. federated, side by side.
+//!
+//! Every directory gets a row: finished runs with their numbers and status, incomplete ones
+//! (killed, still running, unreadable) with what is known and why. Warnings say when the runs
+//! are not comparable: different base models, tokenizers or held-out sets.
 
 use std::fmt::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::report::{ReportError, Summary};
+use crate::report::{ReportError, RunStatus, Summary};
+
+/// One directory as `compare` sees it.
+enum Entry {
+    Run(Box<Summary>),
+    Unreadable(String),
+}
 
 /// Render a table of the runs' summaries.
 ///
 /// # Errors
-/// A directory without a readable `summary.json` (unfinished or not a run).
+/// When no directory holds a readable `summary.json`.
 pub fn table(dirs: &[PathBuf]) -> Result<String, ReportError> {
-    let runs: Vec<(String, Summary)> = dirs
+    let entries: Vec<(String, Entry)> = dirs
         .iter()
-        .map(|d| Ok((d.display().to_string(), Summary::read(d)?)))
-        .collect::<Result<_, ReportError>>()?;
+        .map(|d| (short(&d.display().to_string()), read(d)))
+        .collect();
+    let runs: Vec<(&Path, &Summary)> = dirs
+        .iter()
+        .zip(&entries)
+        .filter_map(|(d, (_, e))| match e {
+            Entry::Run(s) => Some((d.as_path(), s.as_ref())),
+            Entry::Unreadable(_) => None,
+        })
+        .collect();
+    if runs.is_empty() {
+        let why: Vec<String> = entries
+            .iter()
+            .map(|(n, e)| match e {
+                Entry::Unreadable(w) => format!("{n}: {w}"),
+                Entry::Run(_) => String::new(),
+            })
+            .collect();
+        return Err(ReportError::Format {
+            path: dirs.first().cloned().unwrap_or_default(),
+            message: format!("no readable run among the directories ({})", why.join("; ")),
+        });
+    }
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<40} {:>7} {:>6} {:>10} {:>10} {:>10} {:>9} {:>11} {:>11}",
+        "{:<40} {:>16} {:>7} {:>6} {:>10} {:>10} {:>10} {:>9} {:>11} {:>11}",
         "run",
+        "status",
         "clients",
         "rounds",
         "pre loss",
@@ -28,11 +60,16 @@ pub fn table(dirs: &[PathBuf]) -> Result<String, ReportError> {
         "down (MB)",
         "up (MB)"
     );
-    if let Some((_, first)) = runs.first() {
+    if let Some(first) = runs
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.pretrained_eval_loss.is_finite())
+    {
         let _ = writeln!(
             out,
-            "{:<40} {:>7} {:>6} {:>10.4} {:>10.4} {:>10.2} {:>9} {:>11} {:>11}",
+            "{:<40} {:>16} {:>7} {:>6} {:>10.4} {:>10.4} {:>10.2} {:>9} {:>11} {:>11}",
             "pretrained (no fine-tuning)",
+            "-",
             "-",
             0,
             first.pretrained_eval_loss,
@@ -43,36 +80,141 @@ pub fn table(dirs: &[PathBuf]) -> Result<String, ReportError> {
             "0"
         );
     }
-    for (name, s) in &runs {
-        let name = if name.len() > 40 {
-            format!("…{}", &name[name.len() - 39..])
-        } else {
-            name.clone()
-        };
-        let _ = writeln!(
-            out,
-            "{:<40} {:>7} {:>6} {:>10.4} {:>10.4} {:>10.2} {:>+9.4} {:>11.3} {:>11.3}",
-            name,
-            s.clients,
-            s.rounds_completed,
-            s.pretrained_eval_loss,
-            s.final_eval_loss,
-            s.final_eval_perplexity,
-            s.final_eval_loss - s.pretrained_eval_loss,
-            s.bytes_down_total as f64 / 1e6,
-            s.bytes_up_total as f64 / 1e6
-        );
+    for (name, e) in &entries {
+        match e {
+            Entry::Run(s) => row(&mut out, name, s),
+            Entry::Unreadable(why) => {
+                let _ = writeln!(out, "{name:<40} {:>16}  {why}", "unreadable");
+            }
+        }
     }
-    let evals: Vec<usize> = runs.iter().map(|(_, s)| s.eval_examples).collect();
-    if evals.windows(2).any(|w| w[0] != w[1]) {
-        let _ = writeln!(
-            out,
-            "warning: the runs were evaluated on different held-out sets ({evals:?} examples)"
-        );
+    for w in warnings(&runs) {
+        let _ = writeln!(out, "warning: {w}");
     }
     let _ = writeln!(
         out,
-        "losses in nats per response token on the held-out split"
+        "losses in nats per response token on the held-out split; MB = 10^6 bytes"
     );
     Ok(out)
+}
+
+fn read(dir: &Path) -> Entry {
+    if !dir.is_dir() {
+        return Entry::Unreadable("no such directory".into());
+    }
+    match Summary::read(dir) {
+        Ok(s) => Entry::Run(Box::new(s)),
+        Err(_) if !dir.join("summary.json").exists() => Entry::Unreadable(
+            if dir.join("scenario.ron").exists() {
+                "incomplete: no summary.json (stopped before its first write)".into()
+            } else {
+                "not a fedsim run directory (no summary.json)".into()
+            },
+        ),
+        Err(e) => Entry::Unreadable(format!("summary.json cannot be read: {e}")),
+    }
+}
+
+fn row(out: &mut String, name: &str, s: &Summary) {
+    let status = match s.status {
+        RunStatus::Running => "incomplete".to_string(),
+        other => other.to_string(),
+    };
+    let num = |v: f64, prec: usize| {
+        if v.is_finite() {
+            format!("{v:.prec$}")
+        } else {
+            "-".into()
+        }
+    };
+    let delta = s.final_eval_loss - s.pretrained_eval_loss;
+    let _ = writeln!(
+        out,
+        "{:<40} {:>16} {:>7} {:>6} {:>10} {:>10} {:>10} {:>9} {:>11.3} {:>11.3}",
+        name,
+        status,
+        s.clients,
+        format!("{}/{}", s.rounds_completed, s.rounds_planned),
+        num(s.pretrained_eval_loss, 4),
+        num(s.final_eval_loss, 4),
+        num(s.final_eval_perplexity, 2),
+        if delta.is_finite() {
+            format!("{delta:+.4}")
+        } else {
+            "-".into()
+        },
+        s.bytes_down_total as f64 / 1e6,
+        s.bytes_up_total as f64 / 1e6
+    );
+    match s.status {
+        RunStatus::Running => {
+            let _ = writeln!(
+                out,
+                "{:<40}   incomplete: still running, or killed after round {} (numbers so far)",
+                "", s.rounds_completed
+            );
+        }
+        RunStatus::Failed => {
+            let _ = writeln!(
+                out,
+                "{:<40}   failed: {}",
+                "",
+                s.error.as_deref().unwrap_or("no reason recorded")
+            );
+        }
+        _ => {}
+    }
+}
+
+/// Why the runs may not be comparable.
+fn warnings(runs: &[(&Path, &Summary)]) -> Vec<String> {
+    let mut out = Vec::new();
+    let differ = |f: &dyn Fn(&Path, &Summary) -> Option<String>| {
+        let vals: Vec<Option<String>> = runs.iter().map(|(d, s)| f(d, s)).collect();
+        vals.windows(2).any(|w| w[0] != w[1])
+    };
+    if differ(&|_, s| Some(format!("{} {}", s.model, s.base_parameters))) {
+        let models: Vec<String> = runs.iter().map(|(_, s)| s.model.clone()).collect();
+        out.push(format!(
+            "the runs use different base models ({})",
+            models.join(", ")
+        ));
+    } else if differ(&|d, _| file_fingerprint(&d.join("base_model").join("model.safetensors"))) {
+        out.push(
+            "the runs' base weights differ (generated models depend on the seed); their \
+             losses start from different models"
+                .into(),
+        );
+    }
+    if differ(&|d, _| file_fingerprint(&d.join("tokenizer.json"))) {
+        out.push("the runs use different tokenizers; per-token losses are not comparable".into());
+    }
+    if differ(&|_, s| Some(format!("{} {}", s.eval_examples, s.eval_fingerprint))) {
+        let evals: Vec<String> = runs
+            .iter()
+            .map(|(_, s)| format!("{} examples", s.eval_examples))
+            .collect();
+        out.push(format!(
+            "the runs were evaluated on different held-out sets ({})",
+            evals.join(", ")
+        ));
+    }
+    out
+}
+
+/// FNV-1a of a file's bytes, or `None` when it cannot be read.
+fn file_fingerprint(path: &Path) -> Option<String> {
+    std::fs::read(path)
+        .ok()
+        .map(|b| format!("{:016x}", crate::report::fnv1a(&b)))
+}
+
+fn short(name: &str) -> String {
+    let n = name.chars().count();
+    if n > 40 {
+        let tail: String = name.chars().skip(n - 39).collect();
+        format!("…{tail}")
+    } else {
+        name.to_string()
+    }
 }

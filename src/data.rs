@@ -47,6 +47,7 @@ pub enum DataError {
 
 /// Where the records come from (scenario field `data.source`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum DataSource {
     /// The built-in generator of private patient Q/A records.
     Synthetic {
@@ -76,6 +77,9 @@ pub struct FederatedData {
     pub canaries: Vec<Canary>,
 }
 
+/// Receives `(stage, done, total)` while data is prepared.
+pub type StageFn<'a> = &'a mut dyn FnMut(&str, usize, usize);
+
 /// How the data is prepared (validated scenario values).
 #[derive(Debug, Clone)]
 pub struct DataPlan {
@@ -104,34 +108,25 @@ impl DataPlan {
     /// # Errors
     /// A missing or malformed data file, or a partition that cannot be made.
     pub fn prepare(&self) -> Result<FederatedData, DataError> {
-        let mut records = match &self.source {
-            DataSource::Synthetic { records } => synthetic::generate(*records, self.seed),
-            DataSource::Alpaca { path, limit } => {
-                let mut r = alpaca::load(path)?;
-                if let Some(l) = limit {
-                    r.truncate(*l);
-                }
-                r
-            }
-        };
+        self.prepare_with(&mut |_, _, _| {})
+    }
+
+    /// As [`DataPlan::prepare`], reporting `(stage, done, total)` as it goes.
+    ///
+    /// # Errors
+    /// As [`DataPlan::prepare`].
+    pub fn prepare_with(&self, progress: StageFn<'_>) -> Result<FederatedData, DataError> {
+        let mut records = self.records(progress)?;
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x5eed_da7a);
         records.shuffle(&mut rng);
-        let n_eval = ((records.len() as f64) * self.eval_fraction).round() as usize;
-        if n_eval == 0 || n_eval >= records.len() {
-            return Err(DataError::Split(format!(
-                "{} records with eval_fraction {} leave {} for evaluation and {} for training; \
-                 both must be at least 1",
-                records.len(),
-                self.eval_fraction,
-                n_eval,
-                records.len().saturating_sub(n_eval)
-            )));
-        }
+        let n_eval = self.eval_count(records.len())?;
         let train_part = records.split_off(n_eval);
         let eval = records;
         let mut train = train_part;
         let mut prng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x9a27_1710);
+        progress("partitioning", 0, 1);
         let mut shards = self.partition.split(&train, self.clients, &mut prng)?;
+        progress("partitioning", 1, 1);
         let mut crng = ChaCha8Rng::seed_from_u64(self.seed ^ 0xca7a_7121);
         let canaries = canary::plant(
             self.canaries,
@@ -147,5 +142,52 @@ impl DataPlan {
             shards,
             canaries,
         })
+    }
+
+    /// The records of the source, before the split (generated, or read and cut to `limit`).
+    ///
+    /// # Errors
+    /// A missing or malformed data file.
+    pub fn records(&self, progress: StageFn<'_>) -> Result<Vec<Record>, DataError> {
+        Ok(match &self.source {
+            DataSource::Synthetic { records } => {
+                synthetic::generate_with(*records, self.seed, progress)
+            }
+            DataSource::Alpaca { path, limit } => {
+                progress("reading data", 0, 1);
+                let mut r = alpaca::load(path)?;
+                if let Some(l) = limit {
+                    r.truncate(*l);
+                }
+                progress("reading data", 1, 1);
+                r
+            }
+        })
+    }
+
+    /// Held-out records out of `total`.
+    ///
+    /// # Errors
+    /// [`DataError::Split`] when either side of the split would be empty, or the training
+    /// side has fewer records than there are clients.
+    pub fn eval_count(&self, total: usize) -> Result<usize, DataError> {
+        let n_eval = ((total as f64) * self.eval_fraction).round() as usize;
+        if n_eval == 0 || n_eval >= total {
+            return Err(DataError::Split(format!(
+                "{total} records with eval_fraction {} leave {n_eval} for evaluation and {} for \
+                 training; both must be at least 1 (use more records or change data.eval_fraction)",
+                self.eval_fraction,
+                total.saturating_sub(n_eval)
+            )));
+        }
+        if total - n_eval < self.clients {
+            return Err(DataError::Split(format!(
+                "{total} records leave {} for training after holding out {n_eval}, fewer than \
+                 the {} clients (each needs at least one); lower clients.count or use more data",
+                total - n_eval,
+                self.clients
+            )));
+        }
+        Ok(n_eval)
     }
 }

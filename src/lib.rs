@@ -21,20 +21,24 @@
 //! - [`privacy`]: RDP accountant for the subsampled Gaussian (Poisson and fixed-size
 //!   sampling), ε ↔ noise calibration.
 //! - [`strategy`]: FedAvg as an exact, order-independent streaming sum.
+//! - [`shutdown`]: stop requests (finish the round, or abandon it) from signals or tests.
 //! - [`sim`]: wires it all and records the run; [`report`]: the run directory;
 //!   [`compare`]: side-by-side table of runs.
 //! - [`telemetry`]: Prometheus metric names, buckets and the per-run recorder.
 //! - [`rng`]: seed derivation, so results never depend on slot count or timing.
+//! - [`fmt`]: compact numbers and error chains for messages.
 
 pub mod actors;
 pub mod compare;
 pub mod data;
+pub mod fmt;
 pub mod messages;
 pub mod model;
 pub mod privacy;
 pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod shutdown;
 pub mod sim;
 pub mod slots;
 pub mod strategy;
@@ -43,6 +47,7 @@ pub mod tokenizer;
 pub mod train;
 
 pub use scenario::{Scenario, ScenarioError};
+pub use shutdown::{Shutdown, ShutdownTrigger, StopLevel};
 pub use sim::{run, RunOptions, RunReport, SimError};
 
 /// Every error fedsim's library can return.

@@ -1,6 +1,7 @@
 //! The run directory: effective scenario, tokenizer, partition sizes, canaries, `rounds.jsonl`
-//! (one line per round, flushed as it happens so nothing is lost), `summary.json` (written
-//! last: its presence marks a finished run) and the final adapter in PEFT's format.
+//! (one line per round, flushed as it happens so nothing is lost), `summary.json` (status
+//! `running` until the run ends, then its final status; every file is replaced atomically)
+//! and the final adapter in PEFT's format.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -40,6 +41,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
 }
 
 /// A run directory being written.
+#[derive(Debug, Clone)]
 pub struct RunDir {
     path: PathBuf,
 }
@@ -47,17 +49,17 @@ pub struct RunDir {
 impl RunDir {
     /// Create `out` if given, else `runs/<name>-<UTC timestamp>` (suffixed if it exists).
     ///
+    /// `out` may be new, empty, or a fedsim run directory whose run never finished (status
+    /// `running`, or `failed`): its fedsim files are removed first, so nothing stale stays
+    /// beside the new results.
+    ///
     /// # Errors
-    /// When the directory cannot be created, or `out` exists and already holds a finished run.
+    /// When `out` is not a directory, holds a finished run, holds files fedsim did not write,
+    /// or cannot be created.
     pub fn create(out: Option<&Path>, name: &str) -> Result<Self, ReportError> {
         let path = match out {
             Some(p) => {
-                if p.join("summary.json").exists() {
-                    return Err(ReportError::Format {
-                        path: p.to_path_buf(),
-                        message: "already holds a finished run; choose another --out".into(),
-                    });
-                }
+                reuse(p)?;
                 p.to_path_buf()
             }
             None => {
@@ -78,8 +80,6 @@ impl RunDir {
             }
         };
         std::fs::create_dir_all(&path).map_err(io(&path))?;
-        // A stale log from an unfinished run in the same --out would mix rounds.
-        let _ = std::fs::remove_file(path.join("rounds.jsonl"));
         Ok(Self { path })
     }
 
@@ -93,8 +93,11 @@ impl RunDir {
     /// # Errors
     /// On an I/O failure.
     pub fn write(&self, name: &str, text: &str) -> Result<(), ReportError> {
+        // Write beside, then rename: a reader (or a kill) never sees half a file.
         let p = self.path.join(name);
-        std::fs::write(&p, text).map_err(io(&p))
+        let tmp = self.path.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &p).map_err(io(&p))
     }
 
     /// Write `name` as pretty JSON.
@@ -122,6 +125,73 @@ impl RunDir {
     }
 }
 
+/// Every name fedsim writes into a run directory.
+pub const RUN_FILES: [&str; 11] = [
+    "scenario.ron",
+    "tokenizer.json",
+    "canaries.json",
+    "partitions.json",
+    "rounds.jsonl",
+    "summary.json",
+    "metrics.om",
+    "error.txt",
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "base_model",
+];
+
+/// Check that `p` may receive a new run, and clear an unfinished one.
+fn reuse(p: &Path) -> Result<(), ReportError> {
+    let refuse = |message: String| ReportError::Format {
+        path: p.to_path_buf(),
+        message,
+    };
+    if !p.exists() {
+        return Ok(());
+    }
+    if !p.is_dir() {
+        return Err(refuse(
+            "exists and is not a directory; choose another --out".into(),
+        ));
+    }
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(p).map_err(io(p))? {
+        let entry = entry.map_err(io(p))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    let foreign: Vec<&String> = names
+        .iter()
+        .filter(|n| !RUN_FILES.contains(&n.as_str()) && !n.ends_with(".tmp"))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(refuse(format!(
+            "is not empty and is not a fedsim run directory (it holds {}{}); choose a new or \
+             empty directory for --out",
+            foreign.iter().take(3).map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+            if foreign.len() > 3 { ", …" } else { "" }
+        )));
+    }
+    if let Ok(summary) = Summary::read(p) {
+        if summary.status.is_final() && summary.status != RunStatus::Failed {
+            return Err(refuse(format!(
+                "already holds a finished run (status {}); choose another --out",
+                summary.status
+            )));
+        }
+    }
+    for n in &names {
+        let q = p.join(n);
+        let removed = if q.is_dir() {
+            std::fs::remove_dir_all(&q)
+        } else {
+            std::fs::remove_file(&q)
+        };
+        removed.map_err(io(&q))?;
+    }
+    Ok(())
+}
+
 /// `rounds.jsonl`, one flushed line per round.
 pub struct RoundLog {
     path: PathBuf,
@@ -146,9 +216,11 @@ impl RoundLog {
 pub struct Summary {
     /// Scenario name.
     pub scenario: String,
-    /// `completed`, `interrupted` (Ctrl-C after a finished round) or `budget_exhausted`
-    /// (`dp.max_epsilon` reached).
-    pub status: String,
+    /// How the run ended (or `running` while it runs, or after it was killed).
+    pub status: RunStatus,
+    /// What stopped a failed run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Why the run stopped early, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
@@ -164,6 +236,7 @@ pub struct Summary {
     /// LoRA parameters (trained, communicated).
     pub trainable_parameters: usize,
     /// trainable / (base + trainable) × 100.
+    #[serde(deserialize_with = "nan_if_null")]
     pub trainable_percent: f64,
     /// Clients.
     pub clients: usize,
@@ -171,17 +244,24 @@ pub struct Summary {
     pub train_examples: usize,
     /// Held-out examples.
     pub eval_examples: usize,
+    /// FNV-1a of the held-out records' text: runs compare only on the same held-out set.
+    #[serde(default)]
+    pub eval_fingerprint: String,
     /// Rounds asked for.
     pub rounds_planned: usize,
     /// Rounds finished.
     pub rounds_completed: usize,
     /// Held-out loss of the base model before training (nats/token).
+    #[serde(deserialize_with = "nan_if_null")]
     pub pretrained_eval_loss: f64,
     /// Its perplexity.
+    #[serde(deserialize_with = "nan_if_null")]
     pub pretrained_eval_perplexity: f64,
     /// Held-out loss after the last round (nats/token).
+    #[serde(deserialize_with = "nan_if_null")]
     pub final_eval_loss: f64,
     /// Its perplexity.
+    #[serde(deserialize_with = "nan_if_null")]
     pub final_eval_perplexity: f64,
     /// Bytes sent to clients over the run.
     pub bytes_down_total: u64,
@@ -196,6 +276,7 @@ pub struct Summary {
     /// Seconds each slot was busy.
     pub slot_busy_seconds: Vec<f64>,
     /// Host wall-clock seconds of the run (set-up included).
+    #[serde(deserialize_with = "nan_if_null")]
     pub wall_seconds: f64,
 }
 
@@ -205,22 +286,74 @@ pub struct DpSummary {
     /// Clipping mechanism.
     pub mechanism: String,
     /// Clip in force at the end (C for fixed clipping).
+    #[serde(deserialize_with = "nan_if_null")]
     pub clip_norm: f64,
     /// z.
+    #[serde(deserialize_with = "nan_if_null")]
     pub noise_multiplier: f64,
     /// ε after the last round (RDP).
+    #[serde(deserialize_with = "nan_if_null")]
     pub epsilon: f64,
     /// ε after the last round by PLD, when `dp.pld` is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epsilon_pld: Option<f64>,
     /// δ.
+    #[serde(deserialize_with = "nan_if_null")]
     pub delta: f64,
     /// Optimal RDP order.
+    #[serde(deserialize_with = "nan_if_null")]
     pub order: f64,
     /// What the accountant assumes (sampling, neighbouring relation, series).
     pub accountant: String,
     /// How the noise was seeded.
     pub noise_source: String,
+}
+
+/// How a run ended; `Running` is what a run directory says while its run is in progress — or
+/// after the process was killed before it could say anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// In progress, or killed (SIGKILL, power loss): the directory is incomplete.
+    Running,
+    /// Every planned round finished.
+    Completed,
+    /// Stopped by a signal (Ctrl-C, SIGTERM, SIGHUP) after the last recorded round.
+    Interrupted,
+    /// `dp.max_epsilon` would have been exceeded by the next round.
+    BudgetExhausted,
+    /// An error stopped the run (see `error`); the adapter is the last good round's.
+    Failed,
+}
+
+impl RunStatus {
+    /// The word written in `summary.json` and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::BudgetExhausted => "budget_exhausted",
+            RunStatus::Failed => "failed",
+        }
+    }
+
+    /// Whether the run reached an end it recorded (anything but `Running`).
+    pub fn is_final(self) -> bool {
+        self != RunStatus::Running
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// serde_json writes non-finite floats as `null`; read them back as NaN so that every summary
+/// fedsim writes is readable.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 impl Summary {
@@ -236,4 +369,15 @@ impl Summary {
             message: e.to_string(),
         })
     }
+}
+
+/// 64-bit FNV-1a: a stable fingerprint (not a cryptographic hash) for telling files and data
+/// sets apart.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }

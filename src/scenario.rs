@@ -3,6 +3,8 @@
 
 pub mod file;
 mod overrides;
+pub mod resources;
+mod ron_value;
 mod validate;
 
 pub use file::ScenarioFile;
@@ -97,6 +99,10 @@ pub struct Scenario {
     pub threads_per_slot: usize,
     /// Client-level DP, if on.
     pub dp: Option<DpPlan>,
+    /// Estimated peak memory of a run.
+    pub memory: resources::MemoryEstimate,
+    /// Things that will work but not as well as they could (printed by `validate` and `run`).
+    pub warnings: Vec<String>,
 }
 
 /// Flower's client-sampling parameters.
@@ -155,5 +161,79 @@ impl Scenario {
     pub fn to_ron(&self) -> String {
         ron::ser::to_string_pretty(&self.file, ron::ser::PrettyConfig::default())
             .expect("a scenario always serialises")
+    }
+}
+
+/// What [`Scenario::check_data`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataCheck {
+    /// Records the source yields.
+    pub records: usize,
+    /// Records for training (before canaries).
+    pub train: usize,
+    /// Records held out.
+    pub eval: usize,
+    /// Tokens the trained tokenizer reaches, for the `Tiny` preset (on at most
+    /// [`TOKENIZER_SAMPLE`] training records).
+    pub vocab: Option<usize>,
+}
+
+/// Training records the vocabulary check trains a tokenizer on, at most. More records can only
+/// yield more tokens, so a sample that reaches the vocabulary proves the whole set does.
+pub const TOKENIZER_SAMPLE: usize = 200_000;
+
+impl Scenario {
+    /// Read or generate the data as a run would, and check what only the data can tell: that
+    /// the file parses, that the split leaves every client a record, and that a `Tiny`
+    /// vocabulary can be trained from the corpus. `sim validate` calls it; a run finds the same
+    /// errors while preparing.
+    ///
+    /// # Errors
+    /// [`ScenarioError::Invalid`] naming the field to change.
+    pub fn check_data(&self) -> Result<DataCheck, ScenarioError> {
+        let fail = |field: &str, e: &(dyn std::error::Error + 'static)| ScenarioError::Invalid {
+            path: self.source_path.clone(),
+            field: field.to_string(),
+            message: format!("cannot be used: {}", crate::fmt::chain(e)),
+        };
+        let source_field = match &self.data.source {
+            crate::data::DataSource::Synthetic { .. } => "data.source.Synthetic.records",
+            crate::data::DataSource::Alpaca { .. } => "data.source.Alpaca.path",
+        };
+        let records = self
+            .data
+            .records(&mut |_, _, _| {})
+            .map_err(|e| fail(source_field, &e))?
+            .len();
+        let eval = self
+            .data
+            .eval_count(records)
+            .map_err(|e| fail("clients.count", &e))?;
+        let mut check = DataCheck {
+            records,
+            train: records - eval,
+            eval,
+            vocab: None,
+        };
+        if let file::ModelPreset::Tiny { vocab_size } = self.file.model.preset {
+            let data = self.data.prepare().map_err(|e| fail("partition", &e))?;
+            let sample = &data.train[..data.train.len().min(TOKENIZER_SAMPLE)];
+            match crate::tokenizer::TextTokenizer::train(sample, vocab_size) {
+                Ok(t) => check.vocab = Some(t.vocab_size()),
+                Err(crate::tokenizer::TokenizerError::Vocabulary { got, want }) => {
+                    return Err(ScenarioError::Invalid {
+                        path: self.source_path.clone(),
+                        field: "model.preset.Tiny.vocab_size".into(),
+                        message: format!(
+                            "is {want} but the training corpus ({} records) yields only {got} \
+                             tokens; set it to at most {got}, or use more data",
+                            sample.len()
+                        ),
+                    })
+                }
+                Err(e) => return Err(fail("model.preset.Tiny.vocab_size", &e)),
+            }
+        }
+        Ok(check)
     }
 }

@@ -3,7 +3,7 @@
 //! threads never oversubscribe the cores); all slots share one frozen base model per device.
 //! Jobs arrive over a crossbeam channel; results go back over tokio oneshot channels.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -120,6 +120,8 @@ pub struct SlotPool {
     tx: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
     busy_nanos: Arc<Vec<AtomicU64>>,
+    /// Set by [`SlotPool::abandon`]: queued jobs are dropped unrun.
+    abandoned: Arc<AtomicBool>,
 }
 
 impl SlotPool {
@@ -139,6 +141,7 @@ impl SlotPool {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let busy_nanos: Arc<Vec<AtomicU64>> =
             Arc::new((0..slots).map(|_| AtomicU64::new(0)).collect());
+        let abandoned = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(slots);
         for slot in 0..slots {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -150,9 +153,10 @@ impl SlotPool {
                     message: e.to_string(),
                 })?;
             let (rx, ctx, busy) = (rx.clone(), ctx.clone(), busy_nanos.clone());
+            let stop = abandoned.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("slot{slot}"))
-                .spawn(move || worker(slot, &rx, &ctx, &pool, &busy[slot]))
+                .spawn(move || worker(slot, &rx, &ctx, &pool, &busy[slot], &stop))
                 .map_err(|e| SlotError::Start {
                     slot,
                     message: e.to_string(),
@@ -163,6 +167,7 @@ impl SlotPool {
             tx: Some(tx),
             threads,
             busy_nanos,
+            abandoned,
         })
     }
 
@@ -183,6 +188,14 @@ impl SlotPool {
         SlotBusy(self.busy_nanos.clone())
     }
 
+    /// Stop at once: queued jobs are dropped and the jobs in flight are not waited for (their
+    /// threads finish them, or end with the process).
+    pub fn abandon(mut self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+        self.tx.take();
+        self.threads.clear();
+    }
+
     /// Stop accepting jobs and wait for the slots to finish theirs.
     pub fn shutdown(mut self) {
         self.tx.take();
@@ -198,8 +211,12 @@ fn worker(
     ctx: &SlotContext,
     pool: &rayon::ThreadPool,
     busy: &AtomicU64,
+    abandoned: &AtomicBool,
 ) {
     while let Ok(job) = rx.recv() {
+        if abandoned.load(Ordering::SeqCst) {
+            continue; // dropping the job drops its reply channel
+        }
         let start = Instant::now();
         match job {
             Job::Fit {

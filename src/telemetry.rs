@@ -111,27 +111,26 @@ impl Telemetry {
     }
 
     /// A recorder served at `addr`; the returned future serves HTTP and must be spawned on a
-    /// tokio runtime. Must be called inside one.
+    /// tokio runtime. Must be called inside one. Returns the address actually bound (port 0
+    /// picks a free port).
     ///
     /// # Errors
     /// [`TelemetryError::Bind`] when the address is taken or not available.
-    pub fn served(addr: SocketAddr) -> Result<(Self, ExporterFuture), TelemetryError> {
-        // Bind first to report a taken address clearly (the exporter would say less).
-        drop(
-            std::net::TcpListener::bind(addr).map_err(|e| TelemetryError::Bind {
-                addr,
-                message: e.to_string(),
-            })?,
-        );
-        let (recorder, future) =
-            builder()
-                .with_http_listener(addr)
-                .build()
-                .map_err(|e| TelemetryError::Bind {
-                    addr,
-                    message: e.to_string(),
-                })?;
-        Ok((Self::from_recorder(recorder), future))
+    pub fn served(addr: SocketAddr) -> Result<(Self, ExporterFuture, SocketAddr), TelemetryError> {
+        let bind_err = |e: &dyn std::fmt::Display| TelemetryError::Bind {
+            addr,
+            message: e.to_string(),
+        };
+        // Bind first to report a taken address clearly (the exporter would say less), and to
+        // learn the port the OS picks for port 0; the exporter then binds that port.
+        let bound = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| bind_err(&e))?;
+        let (recorder, future) = builder()
+            .with_http_listener(bound)
+            .build()
+            .map_err(|e| bind_err(&e))?;
+        Ok((Self::from_recorder(recorder), future, bound))
     }
 
     fn from_recorder(recorder: PrometheusRecorder) -> Self {

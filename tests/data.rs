@@ -88,13 +88,60 @@ fn dirichlet_skews_topics_more_for_small_alpha() {
     );
 }
 
+/// Mean number of distinct topics per client, over a few seeds.
+fn topics_per_client(alpha: f64, clients: usize) -> f64 {
+    let mut total = 0.0;
+    for seed in 1..=4 {
+        let mut p = plan(Partition::Dirichlet { alpha }, clients);
+        p.seed = seed;
+        p.source = DataSource::Synthetic { records: 2000 };
+        p.canaries = 0;
+        let d = p.prepare().unwrap();
+        let topics: usize = d
+            .shards
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .map(|&i| d.train[i].topic.as_str())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len()
+            })
+            .sum();
+        total += topics as f64 / clients as f64;
+    }
+    total / 4.0
+}
+
 #[test]
-fn dirichlet_impossible_split_is_an_error() {
-    let e = plan(Partition::Dirichlet { alpha: 0.001 }, 400)
+fn dirichlet_skew_grows_monotonically_down_to_the_smallest_alpha() {
+    // Every α the validator accepts, down to the smallest positive f64: no draw underflows
+    // into a uniform split (the old fallback), and skew never decreases as α shrinks.
+    let alphas = [
+        1e6, 100.0, 10.0, 1.0, 0.3, 0.1, 0.03, 0.01, 1e-4, 1e-10, 1e-100, 1e-300, 5e-324,
+    ];
+    let t: Vec<f64> = alphas.iter().map(|&a| topics_per_client(a, 5)).collect();
+    for (w, a) in t.windows(2).zip(alphas.windows(2)) {
+        assert!(w[1] <= w[0] + 1e-9, "alpha {} -> {}: {t:?}", a[0], a[1]);
+    }
+    assert!(t[0] > 6.9, "near-IID at large alpha: {t:?}");
+    // 7 topics over 5 clients: in the limit each topic goes to exactly one client.
+    for (&a, &v) in alphas.iter().zip(&t) {
+        if a <= 1e-10 {
+            assert!((v - 7.0 / 5.0).abs() < 1e-9, "alpha {a}: {v} topics per client");
+        }
+    }
+}
+
+#[test]
+fn dirichlet_with_more_clients_than_topics_gives_every_client_data() {
+    let d = plan(Partition::Dirichlet { alpha: 0.001 }, 400)
         .prepare()
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("alpha"), "{e}");
+        .unwrap();
+    assert!(d.shards.iter().all(|s| !s.is_empty()));
+    let mut all: Vec<usize> = d.shards.concat();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), d.train.len(), "every record in exactly one shard");
 }
 
 #[test]

@@ -5,7 +5,11 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::util::{round_metrics as metrics, run, run_until, scenario, shared, DP, SMALL};
+use crate::util::{
+    round_metrics as metrics, run, run_full, scenario, shared, stop_after_round, DP, SMALL,
+};
+use fedsim::report::RunStatus;
+use fedsim::StopLevel;
 
 #[test]
 fn federated_run_improves_and_is_deterministic_across_slot_counts() {
@@ -18,7 +22,7 @@ fn federated_run_improves_and_is_deterministic_across_slot_counts() {
 
     // Training makes the model better on the held-out split.
     let s = &a.summary;
-    assert_eq!(s.status, "completed");
+    assert_eq!(s.status, RunStatus::Completed);
     assert_eq!(s.rounds_completed, 4);
     assert!(
         s.final_eval_loss < s.pretrained_eval_loss - 0.3,
@@ -145,14 +149,15 @@ fn medalpaca_dirichlet_run() {
 fn shutdown_stops_between_rounds_and_keeps_results() {
     let tmp = tempfile::tempdir().unwrap();
     let s = scenario(SMALL, &["rounds=50"]).unwrap();
-    // The signal arrives at once: the run stops before its next round and still writes
-    // the adapter and a summary that says it was interrupted.
-    let r = run_until(&s, &tmp.path().join("stop"), async {});
-    assert_eq!(r.summary.status, "interrupted");
-    assert!(r.summary.rounds_completed < 50);
+    // The stop request arrives after round 1: the run stops before its next round and still
+    // writes the adapter and a summary that says it was interrupted.
+    let (shutdown, progress) = stop_after_round(1, StopLevel::FinishRound);
+    let r = run_full(&s, &tmp.path().join("stop"), shutdown, None, Some(progress)).unwrap();
+    assert_eq!(r.summary.status, RunStatus::Interrupted);
+    assert_eq!(r.summary.rounds_completed, 1);
     assert_eq!(r.summary.rounds_completed, r.rounds.len());
     let back = fedsim::report::Summary::read(&r.dir).unwrap();
-    assert_eq!(back.status, "interrupted");
+    assert_eq!(back.status, RunStatus::Interrupted);
     assert!(back.final_eval_loss.is_finite());
     assert!(r.dir.join("adapter_model.safetensors").is_file());
 }
@@ -232,7 +237,7 @@ fn max_epsilon_stops_before_the_round_that_would_exceed_it() {
     .unwrap();
     let r = run(&s, &tmp.path().join("budget"));
     assert_eq!(r.summary.rounds_completed, 2);
-    assert_eq!(r.summary.status, "budget_exhausted");
+    assert_eq!(r.summary.status, RunStatus::BudgetExhausted);
     let why = r.summary.stop_reason.as_deref().unwrap();
     assert!(
         why.contains("round 3") && why.contains("max_epsilon"),
@@ -283,9 +288,11 @@ fn metrics_exposition_matches_the_round_log() {
     let r = crate::util::run_full(
         &s,
         &tmp.path().join("m"),
-        std::future::pending(),
+        fedsim::Shutdown::never(),
         Some(telemetry.clone()),
-    );
+        None,
+    )
+    .unwrap();
     let text = telemetry.render();
     let value = |series: &str| -> f64 {
         text.lines()

@@ -80,25 +80,22 @@ pub fn scenario(text: &str, set: &[&str]) -> Result<Scenario, fedsim::ScenarioEr
 
 /// Run a scenario to the end into `out`.
 pub fn run(s: &Scenario, out: &Path) -> RunReport {
-    run_until(s, out, std::future::pending())
+    run_until(s, out, fedsim::Shutdown::never())
 }
 
-/// Run a scenario into `out` until `shutdown` resolves.
-pub fn run_until(
-    s: &Scenario,
-    out: &Path,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> RunReport {
-    run_full(s, out, shutdown, None)
+/// Run a scenario into `out` until `shutdown` says stop.
+pub fn run_until(s: &Scenario, out: &Path, shutdown: fedsim::Shutdown) -> RunReport {
+    run_full(s, out, shutdown, None, None).expect("run succeeds")
 }
 
-/// Run a scenario into `out`, feeding `telemetry`.
+/// Run a scenario into `out`, feeding `telemetry` and `progress`.
 pub fn run_full(
     s: &Scenario,
     out: &Path,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: fedsim::Shutdown,
     telemetry: Option<fedsim::telemetry::Telemetry>,
-) -> RunReport {
+    progress: Option<fedsim::sim::ProgressFn>,
+) -> Result<RunReport, fedsim::SimError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -106,10 +103,26 @@ pub fn run_full(
         .unwrap();
     let opts = RunOptions {
         out: Some(out.to_path_buf()),
-        progress: None,
+        progress,
         telemetry,
         pace: None,
     };
     rt.block_on(fedsim::run(s, opts, shutdown))
-        .expect("run succeeds")
+}
+
+/// A shutdown that asks for `level` when round `round` has been recorded, and the progress
+/// callback that triggers it.
+pub fn stop_after_round(
+    round: usize,
+    level: fedsim::StopLevel,
+) -> (fedsim::Shutdown, fedsim::sim::ProgressFn) {
+    let (trigger, shutdown) = fedsim::Shutdown::channel();
+    let progress: fedsim::sim::ProgressFn = Box::new(move |p| {
+        if let fedsim::sim::Progress::Round(r) = p {
+            if r.round == round {
+                trigger.request(level);
+            }
+        }
+    });
+    (shutdown, progress)
 }

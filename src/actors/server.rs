@@ -4,7 +4,6 @@
 //! actors: a client that dies is recorded as a failed update and is not sampled again.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,6 +20,7 @@ use crate::model::AdapterSet;
 use crate::privacy::{DpPlan, DpSampling, Guarantee, PrivacyLedger};
 use crate::rng::{purpose, rng_for};
 use crate::scenario::Sampling;
+use crate::shutdown::{Shutdown, StopLevel};
 use crate::slots::{Job, SlotHandle};
 use crate::train::{cosine_annealing, LocalTraining};
 use rand::Rng;
@@ -57,8 +57,8 @@ pub struct ServerArgs {
     pub sink: RoundSink,
     /// Client-level DP, if on.
     pub dp: Option<DpPlan>,
-    /// Set by Ctrl-C: finish the current round, then stop.
-    pub shutdown: Arc<AtomicBool>,
+    /// Stop requests: at `FinishRound` no new round starts (and `--pace` waits end).
+    pub shutdown: Shutdown,
     /// Minimum wall time per round (`--pace`), so live dashboards can follow.
     pub pace: Option<std::time::Duration>,
     /// Where the outcome goes.
@@ -98,6 +98,8 @@ pub enum ServerMsg {
     Fit(FitRes),
     /// Close a round nobody was sampled for.
     CloseRound,
+    /// Stop now: abandon the round in progress (a second stop request).
+    Abandon,
 }
 
 impl From<FitRes> for ServerMsg {
@@ -214,6 +216,7 @@ impl Actor for Server {
             ServerMsg::BeginRound => begin_round(&me, st)?,
             ServerMsg::Fit(res) => on_fit(&me, st, res).await?,
             ServerMsg::CloseRound => close_round(&me, st).await?,
+            ServerMsg::Abandon => finish(&me, st, None),
         }
         Ok(())
     }
@@ -253,7 +256,7 @@ impl Actor for Server {
 
 fn begin_round(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), ActorProcessingErr> {
     let round = st.summaries.len() + 1;
-    if round > st.args.rounds || st.args.shutdown.load(Ordering::SeqCst) {
+    if round > st.args.rounds || st.args.shutdown.level() >= StopLevel::FinishRound {
         finish(me, st, None);
         return Ok(());
     }
@@ -372,10 +375,7 @@ async fn on_fit(
         }
         FitStatus::Failed { reason } => {
             cur.failed += 1;
-            eprintln!(
-                "round {}: client {} failed: {reason}",
-                cur.round, res.client
-            );
+            tracing::warn!("round {}: client {} failed: {reason}", cur.round, res.client);
         }
     }
     if cur.pending.is_empty() {
@@ -393,14 +393,16 @@ async fn close_round(
         global,
         reply
     })?;
+    let round = st.current.round;
     for (client, why) in &agg.rejected {
-        eprintln!(
-            "round {}: update of client {client} rejected: {why}",
-            st.current.round
-        );
+        tracing::warn!("round {round}: update of client {client} rejected: {why}");
+    }
+    if let Some(why) = non_finite(&agg) {
+        // Keep the last finite global adapter: it is what the run directory saves.
+        finish(me, st, Some(format!("round {round}: {why}")));
+        return Ok(());
     }
     st.global = agg.global;
-    let round = st.current.round;
     let eval = match evaluate(&st.args.slots, round, Some(st.global.clone())).await {
         Ok(e) => e,
         Err(e) => {
@@ -412,6 +414,17 @@ async fn close_round(
             return Ok(());
         }
     };
+    if !eval.loss.is_finite() {
+        finish(
+            me,
+            st,
+            Some(format!(
+                "round {round}: the held-out loss is {} (the model diverged; lower train.lr_max)",
+                eval.loss
+            )),
+        );
+        return Ok(());
+    }
     let seed = st.args.seed;
     let dp = st.ledger.as_mut().map(|ledger| {
         let cur = &st.current;
@@ -471,11 +484,36 @@ async fn close_round(
         // Play rounds at a watchable rate; the simulation itself is unchanged.
         let elapsed = started.elapsed();
         if elapsed < pace {
-            tokio::time::sleep(pace - elapsed).await;
+            let mut stop = st.args.shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(pace - elapsed) => {}
+                _ = stop.reached(StopLevel::FinishRound) => {}
+            }
         }
     }
     me.send_message(ServerMsg::BeginRound)?;
     Ok(())
+}
+
+/// Why the aggregated adapter cannot become the global one, if it cannot.
+fn non_finite(agg: &super::aggregator::Aggregate) -> Option<String> {
+    let bad = agg.global.data().iter().filter(|x| !x.is_finite()).count();
+    if bad == 0 {
+        return None;
+    }
+    let cause = match agg.noise_stddev {
+        Some(sd) => format!(
+            "DP noise of std {} per coordinate on the averaged update overflowed f32 (raise \
+             strategy.fraction_fit or clients.count, or lower the noise multiplier)",
+            crate::fmt::compact(sd)
+        ),
+        None => "the averaged update overflowed f32 (lower train.lr_max)".to_string(),
+    };
+    Some(format!(
+        "the aggregated global adapter has {bad} non-finite values of {}: {cause}; the adapter \
+         of the previous round is kept",
+        agg.global.data().len()
+    ))
 }
 
 fn dp_metrics(g: Guarantee, q: f64, clip: f64, noise_stddev: f64, norms: &[f64]) -> DpRoundMetrics {

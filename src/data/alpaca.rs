@@ -24,7 +24,9 @@ pub fn load(path: &Path) -> Result<Vec<Record>, DataError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let rows: Vec<AlpacaRow> = serde_json::from_str(&text).map_err(|e| DataError::Parse {
+    // Windows editors often start UTF-8 files with a byte-order mark; JSON does not allow it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let rows: Vec<AlpacaRow> = serde_json::from_str(text).map_err(|e| DataError::Parse {
         path: path.to_path_buf(),
         format: "Alpaca JSON (a list of {instruction, input, output})",
         message: e.to_string(),

@@ -2,12 +2,15 @@
 //!
 //! - `Iid`: a seeded shuffle dealt into equal shards (sizes differ by at most one).
 //! - `Dirichlet(alpha)`: per topic label, client proportions drawn from Dir(α) (Hsu et al. 2019);
-//!   small α gives each client few topics. Redrawn (up to 100 times) until every client has data.
+//!   small α gives each client few topics, down to one topic per client as α → 0 (sampled in
+//!   log space, so no α underflows). Redrawn (up to 100 times) until every client has data;
+//!   then each client still empty gets one record from the largest shard.
 //! - `SizeSkew(sigma)`: IID content, shard sizes proportional to LogNormal(0, σ) weights.
 
 use std::collections::BTreeMap;
 
 use rand::seq::SliceRandom;
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Gamma, LogNormal};
 use serde::{Deserialize, Serialize};
@@ -16,6 +19,7 @@ use super::{DataError, Record};
 
 /// A partitioner (scenario field `partition`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum Partition {
     /// Equal-sized random shards.
     Iid,
@@ -35,8 +39,7 @@ impl Partition {
     /// Split `records` over `clients`; every client gets at least one record.
     ///
     /// # Errors
-    /// [`DataError::Split`] when there are fewer records than clients, or a Dirichlet draw
-    /// keeps leaving a client empty.
+    /// [`DataError::Split`] when there are fewer records than clients.
     pub fn split(
         &self,
         records: &[Record],
@@ -110,20 +113,16 @@ fn dirichlet(
             .or_default()
             .push(i);
     }
-    let gamma = Gamma::new(alpha, 1.0).expect("alpha > 0 is validated");
-    for _attempt in 0..100 {
-        let mut shards = vec![Vec::new(); clients];
+    let sampler = DirichletSampler::new(alpha, clients);
+    let mut shards = Vec::new();
+    for _attempt in 0..REDRAWS {
+        shards = vec![Vec::new(); clients];
         for members in by_topic.values() {
-            let mut p: Vec<f64> = (0..clients).map(|_| gamma.sample(rng)).collect();
-            let sum: f64 = p.iter().sum();
-            if sum <= 0.0 {
-                p = vec![1.0; clients];
-            }
-            let sum: f64 = p.iter().sum();
+            let p = sampler.sample(rng);
             let mut start = 0usize;
             let mut acc = 0.0;
             for (c, pc) in p.iter().enumerate() {
-                acc += pc / sum;
+                acc += pc;
                 let end = if c + 1 == clients {
                     members.len()
                 } else {
@@ -137,10 +136,75 @@ fn dirichlet(
             return Ok(shards);
         }
     }
-    Err(DataError::Split(format!(
-        "Dirichlet(alpha = {alpha}) left a client without data in 100 draws ({} records, \
-         {} topics, {clients} clients); raise partition.alpha or lower clients.count",
-        records.len(),
+    let moved = fill_empty(&mut shards);
+    tracing::warn!(
+        "Dirichlet(alpha = {alpha}) left {moved} of {clients} clients without data in {REDRAWS} \
+         draws ({} topics); each was given one record from the largest shard",
         by_topic.len()
-    )))
+    );
+    Ok(shards)
+}
+
+/// Draws of the Dirichlet partition before empty clients are filled.
+const REDRAWS: usize = 100;
+
+/// Give each empty shard one record taken from the currently largest shard (lowest index on
+/// ties); returns how many shards were filled. Needs at least as many records as shards.
+fn fill_empty(shards: &mut [Vec<usize>]) -> usize {
+    let mut moved = 0;
+    for c in 0..shards.len() {
+        if shards[c].is_empty() {
+            let largest = (0..shards.len())
+                .max_by(|&a, &b| shards[a].len().cmp(&shards[b].len()).then(b.cmp(&a)))
+                .expect("at least one shard");
+            let r = shards[largest].pop().expect("more records than clients");
+            shards[c].push(r);
+            moved += 1;
+        }
+    }
+    moved
+}
+
+/// A symmetric Dirichlet(α) over `k` categories, sampled in log space so that no α > 0 — down
+/// to the smallest positive f64 — underflows to an all-zero draw.
+///
+/// With X ~ Gamma(α) written as X = Y·U^(1/α), Y ~ Gamma(α + 1), U ~ Uniform(0, 1) (Marsaglia
+/// & Tsang's small-shape trick, which rand_distr uses too), α·ln X = α·ln Y + ln U is finite
+/// for every α, and the weights are p_i ∝ exp((s_i − max s)/α): as α → 0 the draw tends to
+/// one category taking everything, which is what a tiny α means.
+pub struct DirichletSampler {
+    alpha: f64,
+    k: usize,
+    big: Gamma<f64>,
+}
+
+impl DirichletSampler {
+    /// Dir(α, …, α) over `k` categories; `alpha` must be finite and positive.
+    pub fn new(alpha: f64, k: usize) -> Self {
+        let shape = if alpha < 1.0 { alpha + 1.0 } else { alpha };
+        Self {
+            alpha,
+            k,
+            big: Gamma::new(shape, 1.0).expect("alpha > 0 is validated"),
+        }
+    }
+
+    /// One draw: `k` non-negative weights summing to 1.
+    pub fn sample(&self, rng: &mut ChaCha8Rng) -> Vec<f64> {
+        let a = self.alpha;
+        let scaled: Vec<f64> = (0..self.k)
+            .map(|_| {
+                if a < 1.0 {
+                    let u: f64 = rng.sample(rand_distr::Open01);
+                    a * self.big.sample(rng).ln() + u.ln()
+                } else {
+                    a * self.big.sample(rng).ln()
+                }
+            })
+            .collect();
+        let top = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = scaled.iter().map(|s| ((s - top) / a).exp()).collect();
+        let sum: f64 = w.iter().sum();
+        w.into_iter().map(|x| x / sum).collect()
+    }
 }

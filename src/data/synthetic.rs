@@ -246,8 +246,22 @@ const INSTRUCTION: &str = "Answer this question about the patient record truthfu
 
 /// Generate `n` records from `seed`.
 pub fn generate(n: usize, seed: u64) -> Vec<Record> {
+    generate_with(n, seed, &mut |_, _, _| {})
+}
+
+/// As [`generate`], reporting progress about every 1 % (and at the end).
+pub fn generate_with(n: usize, seed: u64, progress: super::StageFn<'_>) -> Vec<Record> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5e1f_ca4e);
-    (0..n).map(|_| one(&mut rng)).collect()
+    let every = (n / 100).max(10_000);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        if i % every == 0 {
+            progress("generating records", i, n);
+        }
+        out.push(one(&mut rng));
+    }
+    progress("generating records", n, n);
+    out
 }
 
 fn one(rng: &mut ChaCha8Rng) -> Record {

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Hyper-parameters of a Llama-architecture causal LM (Hugging Face `LlamaConfig` names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LlamaConfig {
     /// Width of the residual stream.
     pub hidden_size: usize,

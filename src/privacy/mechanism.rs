@@ -13,6 +13,7 @@ use super::{FracSeries, NoiseSource, SamplingScheme};
 
 /// Where clipping happens (scenario `dp.mechanism`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum Mechanism {
     /// Clients clip before upload (Flower's `DifferentialPrivacyClientSideFixedClipping`).
     ClientSideFixed {

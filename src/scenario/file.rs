@@ -99,6 +99,7 @@ impl Default for ModelSection {
 
 /// Built-in models (random weights from the scenario seed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum ModelPreset {
     /// Hidden 128, 4 layers, 4 heads (2 KV), a BPE vocabulary trained on the corpus.
     Tiny {

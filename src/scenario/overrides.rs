@@ -1,9 +1,12 @@
 //! `--set a.b.c=value`: dotted-path overrides, as the course's Hydra configs allow.
 //!
 //! The typed file is turned into a JSON tree, the path is walked (unknown keys are errors that
-//! list the known ones), the value is parsed as JSON (`5`, `0.4`, `true`, `"x"`,
-//! `{"Dirichlet":{"alpha":0.1}}`) or taken as a bare string (`Iid`, `data/x.json`), and the
-//! tree is deserialised back into the typed file, so an override is checked like the file.
+//! list the known ones; a key into an enum variant the file does not select says which one it
+//! selects and how to switch), the value is parsed as JSON (`5`, `0.4`, `"x"`,
+//! `{"Dirichlet":{"alpha":0.1}}`), else in the scenario's own RON syntax
+//! (`Dirichlet(alpha: 0.1)`, `Some(3)`, `None`, `Iid`, `(count: 4)`), else taken as a bare
+//! string (`data/x.json`), and the tree is deserialised back into the typed file, so an
+//! override is checked like the file.
 
 use serde_json::Value;
 
@@ -25,21 +28,26 @@ pub(super) fn apply(
         let (path, raw) = arg
             .split_once('=')
             .ok_or_else(|| err("expected PATH=VALUE, e.g. --set rounds=5".into()))?;
-        let value: Value =
-            serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+        let value: Value = serde_json::from_str(raw)
+            .ok()
+            .or_else(|| super::ron_value::parse(raw))
+            .unwrap_or_else(|| Value::String(raw.to_string()));
         let mut node = &mut tree;
         let keys: Vec<&str> = path.split('.').collect();
         for (depth, key) in keys.iter().enumerate() {
             let here = keys[..depth].join(".");
             let obj = match node {
                 Value::Object(o) => o,
-                _ => {
-                    return Err(err(format!(
-                        "`{}` is not a section with fields (its value is {node})",
-                        if here.is_empty() { "<root>" } else { &here }
-                    )))
-                }
+                other => return Err(err(not_a_section(&here, key, other))),
             };
+            if !obj.contains_key(*key) && is_variant(key) {
+                if let Some(selected) = selected_variant(obj) {
+                    return Err(err(format!(
+                        "`{here}` selects `{selected}`, not `{key}`; switch variants by setting \
+                         the whole value, e.g. --set '{here}={key}(…)' with all of its fields"
+                    )));
+                }
+            }
             if !obj.contains_key(*key) {
                 let known: Vec<&String> = obj.keys().collect();
                 return Err(err(format!(
@@ -66,4 +74,34 @@ pub(super) fn apply(
         tree = serde_json::to_value(&typed).expect("a scenario always serialises");
     }
     Ok(serde_json::from_value(tree).expect("checked after each override"))
+}
+
+/// Enum variants are capitalised; fields are snake_case.
+fn is_variant(key: &str) -> bool {
+    key.chars().next().is_some_and(char::is_uppercase)
+}
+
+/// The variant an externally tagged enum value selects (`{"Synthetic": {…}}`).
+fn selected_variant(obj: &serde_json::Map<String, Value>) -> Option<&str> {
+    match obj.keys().collect::<Vec<_>>()[..] {
+        [only] if is_variant(only) => Some(only.as_str()),
+        _ => None,
+    }
+}
+
+/// Why `here` cannot be walked into with `key`.
+fn not_a_section(here: &str, key: &str, node: &Value) -> String {
+    let here = if here.is_empty() { "<root>" } else { here };
+    match node {
+        Value::Null => format!(
+            "`{here}` is None; set the whole value first, e.g. --set '{here}=Some((…))', \
+             then its fields"
+        ),
+        Value::String(v) if is_variant(v) => format!(
+            "`{here}` selects `{v}`, which has no field `{key}`; switch variants by setting the \
+             whole value, e.g. --set '{here}={}(…)'",
+            if is_variant(key) { key } else { "Variant" }
+        ),
+        other => format!("`{here}` is not a section with fields (its value is {other})"),
+    }
 }

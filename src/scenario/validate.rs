@@ -3,11 +3,18 @@
 use std::path::Path;
 
 use super::file::{ModelPreset, ScenarioFile};
-use super::{Sampling, Scenario, ScenarioError};
+use super::{resources, Sampling, Scenario, ScenarioError};
 use crate::data::{DataPlan, DataSource, Partition};
-use crate::model::{LlamaConfig, LoraConfig, TargetModule};
-use crate::privacy::{DpPlan, DpSampling, Mechanism};
+use crate::fmt::compact;
+use crate::model::LlamaConfig;
+use crate::privacy::{DpPlan, DpSampling};
 use crate::train::LocalTraining;
+
+mod model;
+mod privacy;
+
+/// Longest scenario name (bytes).
+const MAX_NAME: usize = 200;
 
 struct Check<'a> {
     path: &'a Path,
@@ -48,11 +55,13 @@ impl Check<'_> {
             && (if lo_open { v > lo } else { v >= lo })
             && (if hi_open { v < hi } else { v <= hi });
         let range = format!(
-            "{}{lo}, {hi}{}",
+            "{}{}, {}{}",
             if lo_open { "(" } else { "[" },
+            compact(lo),
+            compact(hi),
             if hi_open { ")" } else { "]" }
         );
-        self.ensure(ok, field, format!("is {v}; it must lie in {range}"))
+        self.ensure(ok, field, format!("is {}; it must lie in {range}", compact(v)))
     }
 }
 
@@ -74,6 +83,15 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         ),
     )?;
     c.ensure(
+        file.name.len() <= MAX_NAME,
+        "name",
+        format!(
+            "is {} bytes long; it must be at most {MAX_NAME} (with a timestamp it names the run \
+             directory, and file names stop at 255 bytes)",
+            file.name.len()
+        ),
+    )?;
+    c.ensure(
         (1..=100_000).contains(&file.rounds),
         "rounds",
         format!("is {}; it must be 1..=100000", file.rounds),
@@ -91,12 +109,12 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
             (LlamaConfig::tiny(*vocab_size), "fedsim/tiny".to_string())
         }
         ModelPreset::Custom(cfg) => {
-            check_llama(&c, cfg)?;
+            model::check_llama(&c, cfg)?;
             (cfg.clone(), "fedsim/custom".to_string())
         }
     };
 
-    let lora = check_lora(&c, &file, &model)?;
+    let lora = model::check_lora(&c, &file, &model)?;
 
     let d = &file.data;
     match &d.source {
@@ -161,6 +179,12 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         "clients.count",
         format!("is {n}; it must be 1..=10000000"),
     )?;
+    if let DataSource::Synthetic { records } = d.source {
+        let plan = data_plan(&file);
+        if let Err(e) = plan.eval_count(records) {
+            return Err(c.fail("data.source.Synthetic.records", e.to_string()));
+        }
+    }
     let s = &file.strategy;
     c.finite_in(
         s.fraction_fit,
@@ -228,10 +252,35 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         format!("is {threads}; it must be 1..=256"),
     )?;
 
+    let mut warnings = Vec::new();
+    let memory = resources::estimate(&resources::Shape {
+        model: &model,
+        batch_size: t.batch_size,
+        eval_batch_size: t.eval_batch_size,
+        max_seq_len: d.max_seq_len,
+        slots: sl.count,
+        source: &d.source,
+    });
+    if let Some(avail) = resources::available_memory() {
+        let (field, what) = memory.driver();
+        c.ensure(
+            memory.total() <= avail,
+            field,
+            format!(
+                "makes the run need an estimated {} of memory but {} is available; the largest \
+                 part is {what}, {}: make it smaller",
+                resources::bytes(memory.total()),
+                resources::bytes(avail),
+                resources::bytes(memory.largest()),
+            ),
+        )?;
+    }
+    warnings.extend(resources::oversubscription(sl.count, threads, cores));
+
     let dp = match &file.dp {
         None => None,
         Some(d) => {
-            check_mechanism(&c, &d.mechanism)?;
+            privacy::check_mechanism(&c, &d.mechanism)?;
             c.finite_in(d.delta, 0.0, 1.0, true, true, "dp.delta")?;
             if let Some(m) = d.max_epsilon {
                 c.finite_in(m, 0.0, 1e6, true, false, "dp.max_epsilon")?;
@@ -270,15 +319,9 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         model,
         model_name,
         lora,
-        data: DataPlan {
-            source: d.source.clone(),
-            eval_fraction: d.eval_fraction,
-            canaries: d.canaries,
-            canary_repeats: d.canary_repeats,
-            partition: file.partition.clone(),
-            clients: n,
-            seed: file.seed,
-        },
+        data: data_plan(&file),
+        memory,
+        warnings,
         max_seq_len: d.max_seq_len,
         sampling: Sampling {
             fraction_fit: s.fraction_fit,
@@ -301,163 +344,16 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
     })
 }
 
-fn check_mechanism(c: &Check<'_>, m: &Mechanism) -> Result<(), ScenarioError> {
-    let positive = |v: f64, field: &str| c.finite_in(v, 0.0, 1e6, true, false, field);
-    match *m {
-        Mechanism::ClientSideFixed {
-            clip_norm,
-            noise_multiplier,
-        } => {
-            positive(clip_norm, "dp.mechanism.ClientSideFixed.clip_norm")?;
-            positive(
-                noise_multiplier,
-                "dp.mechanism.ClientSideFixed.noise_multiplier",
-            )
-        }
-        Mechanism::ServerSideFixed {
-            clip_norm,
-            noise_multiplier,
-        } => {
-            positive(clip_norm, "dp.mechanism.ServerSideFixed.clip_norm")?;
-            positive(
-                noise_multiplier,
-                "dp.mechanism.ServerSideFixed.noise_multiplier",
-            )
-        }
-        Mechanism::Adaptive {
-            initial_clip,
-            target_quantile,
-            clip_lr,
-            noise_multiplier,
-            count_stddev,
-        } => {
-            let f = "dp.mechanism.Adaptive";
-            positive(initial_clip, &format!("{f}.initial_clip"))?;
-            c.finite_in(
-                target_quantile,
-                0.0,
-                1.0,
-                true,
-                true,
-                &format!("{f}.target_quantile"),
-            )?;
-            c.finite_in(clip_lr, 0.0, 10.0, false, false, &format!("{f}.clip_lr"))?;
-            positive(noise_multiplier, &format!("{f}.noise_multiplier"))?;
-            positive(count_stddev, &format!("{f}.count_stddev"))?;
-            c.ensure(
-                2.0 * count_stddev > noise_multiplier,
-                &format!("{f}.count_stddev"),
-                format!(
-                    "is {count_stddev}; it must exceed noise_multiplier / 2 = {} so the update keeps \
-                     part of the noise budget (Andrew et al. suggest expected clients per round / 20)",
-                    noise_multiplier / 2.0
-                ),
-            )
-        }
-    }
-}
 
-fn check_llama(c: &Check<'_>, cfg: &LlamaConfig) -> Result<(), ScenarioError> {
-    let f = "model.preset.Custom";
-    for (name, v) in [
-        ("hidden_size", cfg.hidden_size),
-        ("intermediate_size", cfg.intermediate_size),
-        ("num_hidden_layers", cfg.num_hidden_layers),
-        ("num_attention_heads", cfg.num_attention_heads),
-        ("num_key_value_heads", cfg.num_key_value_heads),
-        ("vocab_size", cfg.vocab_size),
-        ("max_position_embeddings", cfg.max_position_embeddings),
-    ] {
-        c.ensure(
-            v >= 1,
-            &format!("{f}.{name}"),
-            "is 0; it must be at least 1",
-        )?;
+fn data_plan(file: &ScenarioFile) -> DataPlan {
+    let d = &file.data;
+    DataPlan {
+        source: d.source.clone(),
+        eval_fraction: d.eval_fraction,
+        canaries: d.canaries,
+        canary_repeats: d.canary_repeats,
+        partition: file.partition.clone(),
+        clients: file.clients.count,
+        seed: file.seed,
     }
-    c.ensure(
-        cfg.vocab_size >= 300,
-        &format!("{f}.vocab_size"),
-        format!("is {}; it must be at least 300", cfg.vocab_size),
-    )?;
-    c.ensure(
-        cfg.hidden_size % cfg.num_attention_heads == 0 && cfg.head_dim() % 2 == 0,
-        &format!("{f}.num_attention_heads"),
-        format!(
-            "is {}; hidden_size {} must split into heads of even width",
-            cfg.num_attention_heads, cfg.hidden_size
-        ),
-    )?;
-    c.ensure(
-        cfg.num_attention_heads % cfg.num_key_value_heads == 0,
-        &format!("{f}.num_key_value_heads"),
-        format!(
-            "is {}; it must divide num_attention_heads {}",
-            cfg.num_key_value_heads, cfg.num_attention_heads
-        ),
-    )?;
-    c.finite_in(
-        cfg.rms_norm_eps,
-        0.0,
-        1.0,
-        true,
-        false,
-        &format!("{f}.rms_norm_eps"),
-    )?;
-    c.finite_in(
-        cfg.rope_theta,
-        1.0,
-        1e9,
-        false,
-        false,
-        &format!("{f}.rope_theta"),
-    )
-}
-
-fn check_lora(
-    c: &Check<'_>,
-    file: &ScenarioFile,
-    model: &LlamaConfig,
-) -> Result<LoraConfig, ScenarioError> {
-    let l = &file.lora;
-    c.ensure(!l.target_modules.is_empty(), "lora.target_modules", "is empty; name at least one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj")?;
-    let mut targets = Vec::new();
-    for m in &l.target_modules {
-        let t = TargetModule::from_name(m).ok_or_else(|| {
-            c.fail(
-                "lora.target_modules",
-                format!("names unknown module {m:?}; allowed: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"),
-            )
-        })?;
-        c.ensure(
-            !targets.contains(&t),
-            "lora.target_modules",
-            format!("names {m:?} twice"),
-        )?;
-        targets.push(t);
-    }
-    targets.sort();
-    let max_r = targets
-        .iter()
-        .map(|&t| {
-            let (o, i) = model.projection_shape(t);
-            o.min(i)
-        })
-        .min()
-        .unwrap_or(1);
-    c.ensure(
-        (1..=max_r).contains(&l.r),
-        "lora.r",
-        format!(
-            "is {}; it must be 1..={max_r} (the smallest adapted projection's width)",
-            l.r
-        ),
-    )?;
-    c.finite_in(l.alpha, 0.0, 1e6, true, false, "lora.alpha")?;
-    c.finite_in(l.dropout, 0.0, 1.0, false, true, "lora.dropout")?;
-    Ok(LoraConfig {
-        r: l.r,
-        alpha: l.alpha,
-        dropout: l.dropout,
-        target_modules: targets,
-    })
 }

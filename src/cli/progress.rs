@@ -1,0 +1,136 @@
+//! What `sim run` shows while it works: set-up lines, a progress bar (on a terminal) or
+//! periodic lines (in a log) while data are prepared, then one table row per round.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use fedsim::messages::RoundSummary;
+use fedsim::sim::Progress;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The run's display on stderr.
+pub struct Display {
+    terminal: bool,
+    bar: Option<(String, ProgressBar)>,
+    last_line: Option<Instant>,
+    header: bool,
+}
+
+impl Display {
+    /// A display; bars only when stderr is a terminal.
+    pub fn new() -> Self {
+        Self {
+            terminal: std::io::stderr().is_terminal(),
+            bar: None,
+            last_line: None,
+            header: false,
+        }
+    }
+
+    /// Show one event.
+    pub fn show(&mut self, p: Progress<'_>) {
+        match p {
+            Progress::Setup(line) => {
+                self.end_bar();
+                eprintln!("{line}");
+            }
+            Progress::Stage { stage, done, total } => self.stage(stage, done, total),
+            Progress::Round(r) => {
+                self.end_bar();
+                self.round(r);
+            }
+        }
+    }
+
+    fn end_bar(&mut self) {
+        if let Some((_, bar)) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn stage(&mut self, stage: &str, done: usize, total: usize) {
+        if self.terminal {
+            if self.bar.as_ref().is_none_or(|(s, _)| s != stage) {
+                self.end_bar();
+                let bar = ProgressBar::new(total as u64);
+                bar.set_style(
+                    ProgressStyle::with_template("{msg:>24} [{bar:40}] {pos}/{len} ({eta})")
+                        .expect("a valid template")
+                        .progress_chars("=> "),
+                );
+                bar.set_message(stage.to_string());
+                self.bar = Some((stage.to_string(), bar));
+            }
+            if let Some((_, bar)) = &self.bar {
+                bar.set_position(done as u64);
+            }
+        } else {
+            // In a log: a line at the start and end of each stage and every 10 s between.
+            let due = self
+                .last_line
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+            if done == 0 || done == total || due {
+                eprintln!(
+                    "{stage}: {done}/{total} ({:.0}%)",
+                    100.0 * done as f64 / total.max(1) as f64
+                );
+                self.last_line = Some(Instant::now());
+            }
+        }
+    }
+
+    fn round(&mut self, r: &RoundSummary) {
+        if !self.header {
+            eprintln!(
+                "{:>5} {:>7} {:>9} {:>10} {:>10} {:>9} {:>11} {:>11} {:>8}{}",
+                "round",
+                "sampled",
+                "completed",
+                "train loss",
+                "eval loss",
+                "eval ppl",
+                "down (B)",
+                "up (B)",
+                "wall (s)",
+                match &r.dp {
+                    Some(d) if d.dp_epsilon_pld.is_some() => format!(
+                        " {:>10} {:>10} {:>8} {:>10}",
+                        "epsilon", "eps (PLD)", "clipped", "noise std"
+                    ),
+                    Some(_) => format!(" {:>10} {:>8} {:>10}", "epsilon", "clipped", "noise std"),
+                    None => String::new(),
+                }
+            );
+            self.header = true;
+        }
+        let dp = r.dp.as_ref().map_or(String::new(), |d| {
+            let pld = d
+                .dp_epsilon_pld
+                .map_or(String::new(), |e| format!(" {e:>10.4}"));
+            format!(
+                " {:>10.4}{pld} {:>7.0}% {:>10.3e}",
+                d.dp_epsilon,
+                100.0 * d.dp_clipped_fraction,
+                d.dp_noise_stddev
+            )
+        });
+        // No client finished (Poisson sampling picked nobody, all failed): no train loss.
+        let train = if r.train_loss.is_finite() {
+            format!("{:.4}", r.train_loss)
+        } else {
+            "-".to_string()
+        };
+        eprintln!(
+            "{:>5} {:>7} {:>9} {:>10} {:>10.4} {:>9.2} {:>11} {:>11} {:>8.2}{dp}",
+            r.round,
+            r.sampled,
+            r.completed,
+            train,
+            r.eval_loss,
+            r.eval_perplexity,
+            r.bytes_down,
+            r.bytes_up,
+            r.wall_seconds
+        );
+    }
+}

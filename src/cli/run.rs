@@ -1,0 +1,191 @@
+//! `sim run`: argument checks, the metrics exporter, signals, the final summary.
+//!
+//! SIGINT, SIGTERM and SIGHUP all mean "stop": the first finishes the current round and writes
+//! the results (status `interrupted`), the second abandons the round in progress and writes
+//! what the completed rounds produced, a third exits at once. During `--pace` waits and
+//! `--linger` a signal returns at once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fedsim::{RunOptions, Scenario, Shutdown, ShutdownTrigger, StopLevel};
+
+use super::progress::Display;
+
+/// Longest `--linger` (a week): longer is surely a typo, and would overflow timers.
+const MAX_LINGER: f64 = 7.0 * 86_400.0;
+/// Longest `--pace` per round (a day).
+const MAX_PACE: f64 = 86_400.0;
+
+/// `sim run` arguments.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Scenario file (RON).
+    scenario: PathBuf,
+    /// Override a field in the scenario's own syntax: --set rounds=5
+    /// --set 'partition=Dirichlet(alpha: 0.1)' --set train.local_steps=Some(3) (JSON works too).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    set: Vec<String>,
+    /// Run directory (default runs/<name>-<timestamp>); must be new, empty, or an unfinished run.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print only the final summary.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Serve Prometheus metrics here (HOST:PORT, loopback by default; port 0 picks a free
+    /// port and prints it), or `none`.
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "HOST:PORT|none")]
+    metrics_addr: String,
+    /// Keep serving metrics this many seconds after the run, so the final values are scraped
+    /// (at most a week; a signal ends it at once).
+    #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+    linger: f64,
+    /// Spend at least this many wall seconds per round (live dashboards, at most a day);
+    /// results are unchanged.
+    #[arg(long, value_name = "SECONDS_PER_ROUND")]
+    pace: Option<f64>,
+}
+
+/// Run the scenario and print its summary.
+pub fn run(a: RunArgs) -> anyhow::Result<()> {
+    let scenario = Scenario::load(&a.scenario, &a.set)?;
+    let metrics_addr: Option<SocketAddr> = match a.metrics_addr.as_str() {
+        "none" => None,
+        s => Some(s.parse().with_context(|| {
+            format!("--metrics-addr {s:?} is not HOST:PORT (e.g. 127.0.0.1:9464) or none")
+        })?),
+    };
+    if !(0.0..=MAX_LINGER).contains(&a.linger) {
+        anyhow::bail!(
+            "--linger must be seconds in [0, {MAX_LINGER}] (a week), got {}",
+            fedsim::fmt::compact(a.linger)
+        );
+    }
+    if let Some(p) = a.pace {
+        if !(p > 0.0 && p <= MAX_PACE) {
+            anyhow::bail!(
+                "--pace must be seconds per round in (0, {MAX_PACE}], got {}",
+                fedsim::fmt::compact(p)
+            );
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // The exporter binds (and reports a taken address) before the simulation starts.
+    let (telemetry, bound) = match metrics_addr {
+        None => (None, None),
+        Some(addr) => {
+            let (t, server, bound) =
+                runtime.block_on(async { fedsim::telemetry::Telemetry::served(addr) })?;
+            runtime.spawn(async move {
+                let _ = server.await;
+            });
+            if !a.quiet {
+                eprintln!("metrics: http://{bound}/metrics");
+            }
+            (Some(t), Some(bound))
+        }
+    };
+    let (trigger, shutdown) = Shutdown::channel();
+    runtime.block_on(async { listen_for_signals(trigger) })?;
+    let mut display = Display::new();
+    let opts = RunOptions {
+        out: a.out,
+        progress: (!a.quiet).then(|| {
+            Box::new(move |p: fedsim::sim::Progress<'_>| display.show(p)) as fedsim::sim::ProgressFn
+        }),
+        telemetry,
+        pace: a.pace.map(Duration::from_secs_f64),
+    };
+    let report = runtime.block_on(fedsim::run(&scenario, opts, shutdown.clone()))?;
+    print_summary(&report);
+    if let (true, Some(addr)) = (a.linger > 0.0, bound) {
+        eprintln!(
+            "serving the final metrics on http://{addr}/metrics for {} s (Ctrl-C ends it)",
+            a.linger
+        );
+        let mut stop = shutdown;
+        runtime.block_on(async {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs_f64(a.linger)) => {}
+                _ = stop.reached(StopLevel::FinishRound) => {}
+            }
+        });
+    }
+    Ok(())
+}
+
+/// SIGINT, SIGTERM and SIGHUP each escalate the stop request; the third exits at once.
+fn listen_for_signals(trigger: ShutdownTrigger) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut streams = Vec::new();
+    for (kind, name) in [
+        (SignalKind::interrupt(), "SIGINT"),
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::hangup(), "SIGHUP"),
+    ] {
+        streams.push((
+            signal(kind).with_context(|| format!("cannot listen for {name}"))?,
+            name,
+        ));
+    }
+    for (mut stream, name) in streams {
+        let trigger = trigger.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                match trigger.escalate() {
+                    1 => eprintln!(
+                        "{name}: finishing the current round, then writing results \
+                         (signal again to stop now)"
+                    ),
+                    2 => eprintln!(
+                        "{name}: abandoning the current round; writing the results of the \
+                         completed rounds (signal again to exit at once)"
+                    ),
+                    _ => {
+                        eprintln!("{name}: exiting at once");
+                        std::process::exit(130);
+                    }
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn print_summary(report: &fedsim::RunReport) {
+    let s = &report.summary;
+    println!(
+        "{} {}: {} of {} rounds; held-out loss {:.4} -> {:.4} nats/token (perplexity {:.2} -> {:.2}); \
+         {:.3} MB down, {:.3} MB up; {:.1} s",
+        s.scenario,
+        s.status,
+        s.rounds_completed,
+        s.rounds_planned,
+        s.pretrained_eval_loss,
+        s.final_eval_loss,
+        s.pretrained_eval_perplexity,
+        s.final_eval_perplexity,
+        s.bytes_down_total as f64 / 1e6,
+        s.bytes_up_total as f64 / 1e6,
+        s.wall_seconds
+    );
+    if let Some(dp) = &s.dp {
+        let pld = dp
+            .epsilon_pld
+            .map_or(String::new(), |e| format!(", PLD epsilon = {e:.6}"));
+        println!(
+            "privacy: (epsilon = {:.6}, delta = {:e}){pld} after {} rounds ({}; {})",
+            dp.epsilon, dp.delta, s.rounds_completed, dp.mechanism, dp.accountant
+        );
+    }
+    if let Some(why) = &s.stop_reason {
+        println!("stopped early: {why}");
+    }
+    println!("run directory: {}", report.dir.display());
+}

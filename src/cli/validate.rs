@@ -1,0 +1,50 @@
+//! `sim validate`: everything `run` would refuse, found before it runs.
+
+use std::path::Path;
+
+use fedsim::scenario::resources::{available_memory, bytes};
+use fedsim::Scenario;
+
+/// Check the scenario, the memory it needs and its data; print what a run will use.
+pub fn validate(path: &Path, set: &[String]) -> anyhow::Result<()> {
+    let s = Scenario::load(path, set)?;
+    let data = s.check_data()?;
+    for w in &s.warnings {
+        eprintln!("warning: {w}");
+    }
+    let poisson =
+        s.dp.as_ref()
+            .is_some_and(|d| d.sampling == fedsim::privacy::DpSampling::Poisson);
+    let sampled = if poisson {
+        format!(
+            "{:.1} sampled per round on average (Poisson)",
+            s.sampling.fraction_fit * s.data.clients as f64
+        )
+    } else {
+        format!(
+            "{} sampled per round",
+            s.sampling.sample_size(s.data.clients)
+        )
+    };
+    println!(
+        "{}: ok ({} clients, {} rounds, {sampled}, {} LoRA parameters)",
+        path.display(),
+        s.data.clients,
+        s.rounds,
+        s.lora.trainable_parameters(&s.model)
+    );
+    println!(
+        "data: {} records, {} for training and {} held out{}",
+        data.records,
+        data.train,
+        data.eval,
+        data.vocab
+            .map_or(String::new(), |v| format!("; tokenizer reaches {v} tokens"))
+    );
+    println!(
+        "memory: about {} estimated at peak{}",
+        bytes(s.memory.total()),
+        available_memory().map_or(String::new(), |a| format!(" ({} available)", bytes(a)))
+    );
+    Ok(())
+}

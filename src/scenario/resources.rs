@@ -1,0 +1,155 @@
+//! What a scenario will cost the host, checked before anything runs: an estimate of peak
+//! memory against what the machine has available, and thread oversubscription.
+//!
+//! The memory estimate is deliberately generous (an upper-side estimate, f32 everywhere): the
+//! frozen base (once, plus the transient copy written to `base_model/`), the RoPE tables, per
+//! slot the activations a training step keeps for backward (including the logits over the
+//! vocabulary), the evaluation batch, and the data set in memory.
+
+use crate::data::DataSource;
+use crate::model::LlamaConfig;
+
+/// Bytes, split by what needs them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryEstimate {
+    /// Frozen base weights (f32) and the export of them.
+    pub model: f64,
+    /// Training activations of all slots together.
+    pub training: f64,
+    /// Server-side evaluation batch.
+    pub evaluation: f64,
+    /// Records, tokenised examples.
+    pub data: f64,
+}
+
+impl MemoryEstimate {
+    /// Sum of the parts.
+    pub fn total(&self) -> f64 {
+        self.model + self.training + self.evaluation + self.data
+    }
+
+    /// Bytes of the largest part.
+    pub fn largest(&self) -> f64 {
+        [self.model, self.training, self.evaluation, self.data]
+            .into_iter()
+            .fold(0.0, f64::max)
+    }
+
+    /// The largest part: (the field that drives it, what it is).
+    pub fn driver(&self) -> (&'static str, &'static str) {
+        let parts = [
+            (self.model, "model.preset", "the frozen base weights"),
+            (
+                self.training,
+                "train.batch_size",
+                "training activations (train.batch_size × data.max_seq_len × slots.count, and the vocabulary)",
+            ),
+            (
+                self.evaluation,
+                "train.eval_batch_size",
+                "evaluation batches (train.eval_batch_size × data.max_seq_len, and the vocabulary)",
+            ),
+            (self.data, "data.source", "the data set in memory"),
+        ];
+        parts
+            .iter()
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map_or(("model", ""), |p| (p.1, p.2))
+    }
+}
+
+/// What a run of this shape needs in memory (f64: shapes are never multiplied in usize).
+pub struct Shape<'a> {
+    /// The model.
+    pub model: &'a LlamaConfig,
+    /// Training batch.
+    pub batch_size: usize,
+    /// Evaluation batch.
+    pub eval_batch_size: usize,
+    /// Tokens per example.
+    pub max_seq_len: usize,
+    /// Slots training at once.
+    pub slots: usize,
+    /// Where the records come from.
+    pub source: &'a DataSource,
+}
+
+/// Estimate peak memory.
+pub fn estimate(s: &Shape<'_>) -> MemoryEstimate {
+    let f = |v: usize| v as f64;
+    let m = s.model;
+    let (h, i, l, v) = (
+        f(m.hidden_size),
+        f(m.intermediate_size),
+        f(m.num_hidden_layers),
+        f(m.vocab_size),
+    );
+    let hd = h / f(m.num_attention_heads.max(1));
+    let kv = f(m.num_key_value_heads) * hd;
+    let per_layer = 2.0 * h * h + 2.0 * kv * h + 3.0 * h * i + 2.0 * h;
+    let heads = if m.tie_word_embeddings { 1.0 } else { 2.0 };
+    let params = l * per_layer + heads * v * h + h;
+    let rope = 2.0 * f(m.max_position_embeddings) * hd;
+    let model = 4.0 * (2.0 * params + rope);
+    let t = f(s.max_seq_len);
+    // Saved for backward per layer and token: ~10 residual-width tensors, 4 MLP-width ones and
+    // the attention probabilities (heads × T); logits, softmax and their gradient over the vocab.
+    let act = |b: f64, backward: bool| {
+        let layer = h * 10.0 + i * 4.0 + f(m.num_attention_heads) * t * 3.0;
+        let keep = if backward { l } else { 1.0 };
+        let logits = if backward { 3.0 } else { 2.0 };
+        4.0 * b * t * (keep * layer + logits * v)
+    };
+    let training = f(s.slots) * act(f(s.batch_size), true);
+    let evaluation = act(f(s.eval_batch_size), false);
+    let data = match s.source {
+        // Text, topic and token ids of a generated record: about 1.5 KB.
+        DataSource::Synthetic { records } => 1536.0 * f(*records),
+        // The file, parsed into strings, and token ids: about 4 × its size.
+        DataSource::Alpaca { path, .. } => {
+            4.0 * std::fs::metadata(path).map_or(0.0, |md| md.len() as f64)
+        }
+    };
+    MemoryEstimate {
+        model,
+        training,
+        evaluation,
+        data,
+    }
+}
+
+/// Memory the OS says is available to a new process (Linux `MemAvailable`), in bytes.
+pub fn available_memory() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
+/// Bytes as `1.5 GiB`.
+pub fn bytes(b: f64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = b;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == UNITS.len() - 1 && v >= 1024.0 {
+        return format!("{} {}", crate::fmt::compact(v), UNITS[u]);
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+/// A warning when slots × threads per slot exceed the cores.
+pub fn oversubscription(slots: usize, threads_per_slot: usize, cores: usize) -> Option<String> {
+    let want = slots * threads_per_slot;
+    (want > cores).then(|| {
+        format!(
+            "slots.count × threads_per_slot = {slots} × {threads_per_slot} = {want} matmul threads \
+             on {cores} cores: oversubscribed. Measured on 2 cores, 2 slots × 2 threads made each \
+             training step ~3× slower than 2 slots × 1 thread; results are unchanged, only \
+             slower. Leave slots.threads_per_slot unset to use cores / slots."
+        )
+    })
+}

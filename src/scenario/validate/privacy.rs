@@ -1,0 +1,64 @@
+//! Checks of the `dp` section's mechanism.
+
+use super::Check;
+use crate::fmt::compact;
+use crate::privacy::Mechanism;
+use crate::scenario::ScenarioError;
+
+pub(super) fn check_mechanism(c: &Check<'_>, m: &Mechanism) -> Result<(), ScenarioError> {
+    let positive = |v: f64, field: &str| c.finite_in(v, 0.0, 1e6, true, false, field);
+    match *m {
+        Mechanism::ClientSideFixed {
+            clip_norm,
+            noise_multiplier,
+        } => {
+            positive(clip_norm, "dp.mechanism.ClientSideFixed.clip_norm")?;
+            positive(
+                noise_multiplier,
+                "dp.mechanism.ClientSideFixed.noise_multiplier",
+            )
+        }
+        Mechanism::ServerSideFixed {
+            clip_norm,
+            noise_multiplier,
+        } => {
+            positive(clip_norm, "dp.mechanism.ServerSideFixed.clip_norm")?;
+            positive(
+                noise_multiplier,
+                "dp.mechanism.ServerSideFixed.noise_multiplier",
+            )
+        }
+        Mechanism::Adaptive {
+            initial_clip,
+            target_quantile,
+            clip_lr,
+            noise_multiplier,
+            count_stddev,
+        } => {
+            let f = "dp.mechanism.Adaptive";
+            positive(initial_clip, &format!("{f}.initial_clip"))?;
+            c.finite_in(
+                target_quantile,
+                0.0,
+                1.0,
+                true,
+                true,
+                &format!("{f}.target_quantile"),
+            )?;
+            c.finite_in(clip_lr, 0.0, 10.0, false, false, &format!("{f}.clip_lr"))?;
+            positive(noise_multiplier, &format!("{f}.noise_multiplier"))?;
+            positive(count_stddev, &format!("{f}.count_stddev"))?;
+            c.ensure(
+                2.0 * count_stddev > noise_multiplier,
+                &format!("{f}.count_stddev"),
+                format!(
+                    "is {}; it must exceed noise_multiplier / 2 = {} so the update keeps \
+                     part of the noise budget (Andrew et al. suggest expected clients per round / 20)",
+                    compact(count_stddev),
+                    compact(noise_multiplier / 2.0)
+                ),
+            )
+        }
+    }
+}
+

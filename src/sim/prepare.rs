@@ -1,0 +1,134 @@
+//! Everything a run needs before the actors start: records, shards, canaries, the trained
+//! tokenizer, tokenised examples and the frozen base model. CPU-bound: call it off the async
+//! executor.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::SimError;
+use crate::data::{FederatedData, Record, StageFn};
+use crate::model::BaseModel;
+use crate::report::RunDir;
+use crate::rng::{derive, purpose};
+use crate::scenario::Scenario;
+use crate::tokenizer::{TextTokenizer, TokenizedExample, TokenizerError};
+
+/// Everything prepared before the actors start.
+pub struct Prepared {
+    /// Records, shards, canaries.
+    pub data: FederatedData,
+    /// The trained tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// Tokenised training examples.
+    pub train: Arc<Vec<TokenizedExample>>,
+    /// Tokenised held-out examples.
+    pub eval: Arc<Vec<TokenizedExample>>,
+    /// Each client's example indices.
+    pub shards: Vec<Vec<u32>>,
+    /// Examples (training and held-out) cut to fit `data.max_seq_len`.
+    pub truncated: usize,
+    /// The frozen base (one copy, shared by every slot).
+    pub model: Arc<BaseModel>,
+}
+
+#[derive(Serialize)]
+struct ClientPartition {
+    client: usize,
+    examples: usize,
+    topics: BTreeMap<String, usize>,
+}
+
+/// Load data, train the tokenizer, tokenise, build the base model.
+///
+/// # Errors
+/// Data, tokenizer or model failures.
+pub fn prepare(s: &Scenario) -> Result<Prepared, SimError> {
+    prepare_with(s, &mut |_, _, _| {})
+}
+
+/// As [`prepare`], reporting `(stage, done, total)` as it goes (linear in the data).
+///
+/// # Errors
+/// As [`prepare`].
+pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, SimError> {
+    let data = s.data.prepare_with(progress)?;
+    progress("training the tokenizer", 0, 1);
+    let tokenizer = TextTokenizer::train(&data.train, s.model.vocab_size)?;
+    progress("training the tokenizer", 1, 1);
+    let mut truncated = 0;
+    let total = data.train.len() + data.eval.len();
+    let mut done = 0;
+    let every = (total / 100).max(10_000);
+    let mut tokenize = |records: &[Record]| {
+        records
+            .iter()
+            .map(|r| {
+                if done % every == 0 {
+                    progress("tokenising", done, total);
+                }
+                done += 1;
+                let (e, cut) = tokenizer.example(r, s.max_seq_len)?;
+                truncated += usize::from(cut);
+                Ok(e)
+            })
+            .collect::<Result<Vec<TokenizedExample>, TokenizerError>>()
+    };
+    let train = tokenize(&data.train)?;
+    let eval = tokenize(&data.eval)?;
+    progress("tokenising", total, total);
+    let shards: Vec<Vec<u32>> = data
+        .shards
+        .iter()
+        .map(|sh| sh.iter().map(|&i| i as u32).collect())
+        .collect();
+    let model = BaseModel::random(
+        &s.model,
+        derive(s.seed, &[purpose::MODEL]),
+        &candle_core::Device::Cpu,
+    )?;
+    Ok(Prepared {
+        data,
+        tokenizer,
+        train: Arc::new(train),
+        eval: Arc::new(eval),
+        shards,
+        truncated,
+        model: Arc::new(model),
+    })
+}
+
+impl Prepared {
+    /// Write what the run directory keeps of the preparation: the tokenizer, the base model as
+    /// a Hugging Face directory, the canaries and the partition.
+    ///
+    /// # Errors
+    /// I/O or export failures.
+    pub fn write(&self, dir: &RunDir) -> Result<(), SimError> {
+        self.tokenizer.save(&dir.path().join("tokenizer.json"))?;
+        let base_dir = dir.path().join("base_model");
+        self.model.save_hf(&base_dir, self.tokenizer.eos_id())?;
+        self.tokenizer.save(&base_dir.join("tokenizer.json"))?;
+        dir.write_json("canaries.json", &self.data.canaries)?;
+        let partitions: Vec<ClientPartition> = self
+            .data
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(client, shard)| {
+                let mut topics = BTreeMap::new();
+                for &i in shard {
+                    *topics.entry(self.data.train[i].topic.clone()).or_insert(0) += 1;
+                }
+                ClientPartition {
+                    client,
+                    examples: self.shards[client].len(),
+                    topics,
+                }
+            })
+            .collect();
+        dir.write_json("partitions.json", &partitions)?;
+        Ok(())
+    }
+}

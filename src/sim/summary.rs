@@ -1,0 +1,135 @@
+//! `summary.json` as the run goes: written with status `running` before round 1 and after
+//! every round (atomically), so a killed run leaves a directory that says it is incomplete and
+//! how far it got; rewritten with the final status at the end.
+
+use std::time::Instant;
+
+use super::prepare::Prepared;
+use crate::actors::server::ServerOutcome;
+use crate::messages::RoundSummary;
+use crate::report::{DpSummary, RunStatus, Summary};
+use crate::scenario::Scenario;
+
+/// The summary of a run in progress.
+pub(super) struct Book {
+    summary: Summary,
+    started: Instant,
+}
+
+impl Book {
+    /// Status `running`, nothing trained yet; held-out losses unknown (NaN, written as null).
+    pub(super) fn new(s: &Scenario, prep: &Prepared, started: Instant) -> Self {
+        let base = s.model.num_parameters();
+        let trainable = s.lora.trainable_parameters(&s.model);
+        let summary = Summary {
+            scenario: s.name.clone(),
+            status: RunStatus::Running,
+            error: None,
+            stop_reason: None,
+            dp: None,
+            seed: s.seed,
+            model: s.model_name.clone(),
+            base_parameters: base,
+            trainable_parameters: trainable,
+            trainable_percent: 100.0 * trainable as f64 / (base + trainable) as f64,
+            clients: prep.shards.len(),
+            train_examples: prep.train.len(),
+            eval_examples: prep.eval.len(),
+            eval_fingerprint: eval_fingerprint(prep),
+            rounds_planned: s.rounds,
+            rounds_completed: 0,
+            pretrained_eval_loss: f64::NAN,
+            pretrained_eval_perplexity: f64::NAN,
+            final_eval_loss: f64::NAN,
+            final_eval_perplexity: f64::NAN,
+            bytes_down_total: 0,
+            bytes_up_total: 0,
+            tokens_trained: 0,
+            slots: s.slots,
+            threads_per_slot: s.threads_per_slot,
+            slot_busy_seconds: vec![0.0; s.slots],
+            wall_seconds: 0.0,
+        };
+        Self { summary, started }
+    }
+
+    /// The summary as it stands.
+    pub(super) fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    /// Count one more finished round.
+    pub(super) fn round(&mut self, r: &RoundSummary, busy: Vec<f64>) {
+        let m = &mut self.summary;
+        m.rounds_completed += 1;
+        m.final_eval_loss = r.eval_loss;
+        m.final_eval_perplexity = r.eval_perplexity;
+        m.bytes_down_total += r.bytes_down;
+        m.bytes_up_total += r.bytes_up;
+        m.tokens_trained += r.tokens;
+        m.slot_busy_seconds = busy;
+        m.wall_seconds = self.started.elapsed().as_secs_f64();
+    }
+
+    /// A failure outside the round loop (the actor system).
+    pub(super) fn fail(&mut self, error: String) -> &Summary {
+        self.summary.status = RunStatus::Failed;
+        self.summary.error = Some(error);
+        self.summary.wall_seconds = self.started.elapsed().as_secs_f64();
+        &self.summary
+    }
+
+    /// The final summary from the server's outcome.
+    pub(super) fn finish(mut self, s: &Scenario, o: &ServerOutcome, busy: Vec<f64>) -> Summary {
+        let m = &mut self.summary;
+        m.status = if o.error.is_some() {
+            RunStatus::Failed
+        } else if o.stop_reason.is_some() {
+            RunStatus::BudgetExhausted
+        } else if o.interrupted {
+            RunStatus::Interrupted
+        } else {
+            RunStatus::Completed
+        };
+        m.error.clone_from(&o.error);
+        m.stop_reason.clone_from(&o.stop_reason);
+        if let Some(b) = o.baseline {
+            m.pretrained_eval_loss = b.loss;
+            m.pretrained_eval_perplexity = b.perplexity;
+        }
+        // With no round finished the final model is the untrained adapter.
+        let last = o.rounds.last();
+        m.final_eval_loss = last.map_or(m.pretrained_eval_loss, |r| r.eval_loss);
+        m.final_eval_perplexity = last.map_or(m.pretrained_eval_perplexity, |r| r.eval_perplexity);
+        m.rounds_completed = o.rounds.len();
+        m.bytes_down_total = o.rounds.iter().map(|r| r.bytes_down).sum();
+        m.bytes_up_total = o.rounds.iter().map(|r| r.bytes_up).sum();
+        m.tokens_trained = o.rounds.iter().map(|r| r.tokens).sum();
+        m.slot_busy_seconds = busy;
+        m.dp = s.dp.as_ref().map(|plan| DpSummary {
+            mechanism: plan.mechanism.name().to_string(),
+            clip_norm: o.final_clip.unwrap_or(plan.mechanism.initial_clip()),
+            noise_multiplier: plan.mechanism.noise_multiplier(),
+            epsilon: o.epsilon.map_or(0.0, |g| g.epsilon),
+            epsilon_pld: o.epsilon_pld,
+            delta: plan.delta,
+            order: o.epsilon.map_or(0.0, |g| g.order),
+            accountant: plan.assumption(),
+            noise_source: plan.noise.label().to_string(),
+        });
+        m.wall_seconds = self.started.elapsed().as_secs_f64();
+        self.summary
+    }
+}
+
+/// FNV-1a over the held-out records' text, in order.
+fn eval_fingerprint(prep: &Prepared) -> String {
+    let mut text = Vec::new();
+    for r in &prep.data.eval {
+        for part in [&r.instruction, &r.input, &r.output] {
+            text.extend_from_slice(part.as_bytes());
+            text.push(0);
+        }
+    }
+    format!("{:016x}", crate::report::fnv1a(&text))
+}
