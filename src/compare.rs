@@ -104,13 +104,13 @@ fn read(dir: &Path) -> Entry {
     }
     match Summary::read(dir) {
         Ok(s) => Entry::Run(Box::new(s)),
-        Err(_) if !dir.join("summary.json").exists() => Entry::Unreadable(
-            if dir.join("scenario.ron").exists() {
+        Err(_) if !dir.join("summary.json").exists() => {
+            Entry::Unreadable(if dir.join("scenario.ron").exists() {
                 "incomplete: no summary.json (stopped before its first write)".into()
             } else {
                 "not a fedsim run directory (no summary.json)".into()
-            },
-        ),
+            })
+        }
         Err(e) => Entry::Unreadable(format!("summary.json cannot be read: {e}")),
     }
 }

@@ -21,7 +21,7 @@ pub use rdp::{FracSeries, SamplingScheme};
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PrivacyError {
     /// A parameter outside its domain.
-    #[error("{name} is {value}; it must be {allowed}")]
+    #[error("{name} is {}; it must be {allowed}", crate::fmt::compact(*.value))]
     Parameter {
         /// Which parameter.
         name: &'static str,
@@ -37,6 +37,30 @@ pub enum PrivacyError {
         points: usize,
         /// The limit.
         max: usize,
+    },
+    /// δ below what the PLD accountant resolves.
+    #[error("delta = {delta:e} is below what the PLD accountant resolves ({min:e}: its FFT composition carries ~1e-15 of error and truncated tail mass); use the RDP accountant for smaller delta")]
+    PldDelta {
+        /// The δ asked for.
+        delta: f64,
+        /// The smallest δ the PLD accountant accepts.
+        min: f64,
+    },
+    /// The PLD's mass at infinite loss exceeds δ: it cannot certify a finite ε.
+    #[error("the PLD accountant's truncated tail mass {mass:e} exceeds delta = {delta:e} after {rounds} rounds, so it cannot give a finite epsilon; use the RDP accountant")]
+    PldTail {
+        /// Mass counted as infinite loss.
+        mass: f64,
+        /// δ.
+        delta: f64,
+        /// Rounds composed.
+        rounds: usize,
+    },
+    /// ε is finite in theory but beyond f64 (the noise is effectively nil).
+    #[error("epsilon exceeds the largest representable number (~1.8e308) for noise multiplier {z:e}: such noise protects nothing; raise the noise multiplier")]
+    Overflow {
+        /// The noise multiplier.
+        z: f64,
     },
     /// No noise multiplier up to 10⁶ reaches the target.
     #[error("no noise multiplier up to 1e6 reaches epsilon {target_epsilon}; raise the target or lower rounds/sampling rate")]

@@ -168,7 +168,12 @@ fn reuse(p: &Path) -> Result<(), ReportError> {
         return Err(refuse(format!(
             "is not empty and is not a fedsim run directory (it holds {}{}); choose a new or \
              empty directory for --out",
-            foreign.iter().take(3).map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+            foreign
+                .iter()
+                .take(3)
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             if foreign.len() > 3 { ", …" } else { "" }
         )));
     }

@@ -136,7 +136,10 @@ pub async fn run(
     prep.write(&dir)?;
     let book = Book::new(s, &prep, started);
     dir.write_json("summary.json", book.summary())?;
-    say(&mut opts, &format!("run directory: {}", dir.path().display()));
+    say(
+        &mut opts,
+        &format!("run directory: {}", dir.path().display()),
+    );
 
     let info = RunInfo {
         scenario: s.name.clone(),

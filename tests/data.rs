@@ -127,7 +127,10 @@ fn dirichlet_skew_grows_monotonically_down_to_the_smallest_alpha() {
     // 7 topics over 5 clients: in the limit each topic goes to exactly one client.
     for (&a, &v) in alphas.iter().zip(&t) {
         if a <= 1e-10 {
-            assert!((v - 7.0 / 5.0).abs() < 1e-9, "alpha {a}: {v} topics per client");
+            assert!(
+                (v - 7.0 / 5.0).abs() < 1e-9,
+                "alpha {a}: {v} topics per client"
+            );
         }
     }
 }
@@ -141,7 +144,11 @@ fn dirichlet_with_more_clients_than_topics_gives_every_client_data() {
     let mut all: Vec<usize> = d.shards.concat();
     all.sort();
     all.dedup();
-    assert_eq!(all.len(), d.train.len(), "every record in exactly one shard");
+    assert_eq!(
+        all.len(),
+        d.train.len(),
+        "every record in exactly one shard"
+    );
 }
 
 #[test]

@@ -375,3 +375,39 @@ mod pld {
         }
     }
 }
+
+#[test]
+fn pld_is_finite_wherever_rdp_is_or_refuses() {
+    use fedsim::privacy::{epsilon_after, pld_epsilon, FracSeries, SamplingScheme};
+    // Long horizons and extreme but valid z, q, δ: PLD never prints inf for a finite ε.
+    for z in [1e-3, 0.8, 2.0, 1e6, 1e300] {
+        for q in [1e-9, 0.01, 1.0] {
+            for rounds in [1, 1000, 1_000_000] {
+                for delta in [1e-300, 1e-12, 1e-5, 0.999999] {
+                    let rdp = epsilon_after(
+                        z,
+                        q,
+                        rounds,
+                        delta,
+                        SamplingScheme::Poisson,
+                        FracSeries::AbsoluteBound,
+                    );
+                    if let Ok(g) = &rdp {
+                        assert!(
+                            g.epsilon.is_finite(),
+                            "RDP z={z} q={q} T={rounds} δ={delta}"
+                        );
+                    }
+                    match pld_epsilon(z, q, rounds, delta) {
+                        Ok(g) => assert!(
+                            g.epsilon.is_finite() && g.epsilon >= 0.0,
+                            "PLD z={z} q={q} T={rounds} δ={delta}: {}",
+                            g.epsilon
+                        ),
+                        Err(e) => assert!(!e.to_string().is_empty()),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -352,3 +352,66 @@ fn metrics_exposition_matches_the_round_log() {
         "{text}"
     );
 }
+
+#[test]
+fn non_finite_global_state_fails_the_run_and_compare_still_reads_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Poisson sampling at q = 1e-300: the noised average divides by q·N ≈ 4e-300 and
+    // overflows f32 in round 1.
+    let s = scenario(SMALL, &[DP, "strategy.fraction_fit=1e-300", "rounds=3"]).unwrap();
+    let dir = tmp.path().join("inf");
+    let err = run_full(&s, &dir, fedsim::Shutdown::never(), None, None).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("round 1") && msg.contains("non-finite"),
+        "{msg}"
+    );
+    let back = fedsim::report::Summary::read(&dir).unwrap();
+    assert_eq!(back.status, RunStatus::Failed);
+    assert!(
+        back.error.as_deref().unwrap().contains("DP noise"),
+        "{back:?}"
+    );
+    assert_eq!(back.rounds_completed, 0);
+    // The adapter kept is the last finite one.
+    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (_, t) in st.tensors() {
+        assert!(t
+            .data()
+            .chunks(4)
+            .all(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()));
+    }
+    let table = fedsim::compare::table(&[dir]).unwrap();
+    assert!(
+        table.contains("failed") && table.contains("non-finite"),
+        "{table}"
+    );
+}
+
+#[test]
+fn compare_warns_when_runs_are_not_comparable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = run(
+        &scenario(SMALL, &["rounds=1"]).unwrap(),
+        &tmp.path().join("a"),
+    );
+    let b = run(
+        &scenario(SMALL, &["rounds=1", "seed=8"]).unwrap(),
+        &tmp.path().join("b"),
+    );
+    let c = run(
+        &scenario(SMALL, &["rounds=1", "clients.count=2"]).unwrap(),
+        &tmp.path().join("c"),
+    );
+    let same = fedsim::compare::table(&[a.dir.clone(), c.dir.clone()]).unwrap();
+    assert!(!same.contains("warning"), "{same}");
+    assert!(same.contains("completed"), "{same}");
+    let differ = fedsim::compare::table(&[a.dir.clone(), b.dir.clone()]).unwrap();
+    assert!(differ.contains("base weights differ"), "{differ}");
+    assert!(differ.contains("different held-out sets"), "{differ}");
+    assert!(differ.contains("different tokenizers"), "{differ}");
+    // A directory that is not a run is a row that says so, not a failure.
+    let mixed = fedsim::compare::table(&[a.dir, tmp.path().to_path_buf()]).unwrap();
+    assert!(mixed.contains("not a fedsim run directory"), "{mixed}");
+}

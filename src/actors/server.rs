@@ -375,7 +375,11 @@ async fn on_fit(
         }
         FitStatus::Failed { reason } => {
             cur.failed += 1;
-            tracing::warn!("round {}: client {} failed: {reason}", cur.round, res.client);
+            tracing::warn!(
+                "round {}: client {} failed: {reason}",
+                cur.round,
+                res.client
+            );
         }
     }
     if cur.pending.is_empty() {

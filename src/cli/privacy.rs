@@ -132,10 +132,17 @@ pub fn privacy(what: PrivacyCommand) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
-            "epsilon = {:.6} at delta = {:e} after {} rounds: noise multiplier {z}, sampling rate {} ({sampling}, {neighbours}); {method}",
-            g.epsilon, g.delta, c.rounds, c.sampling_rate
+            "epsilon = {} at delta = {:e} after {} rounds: noise multiplier {}, sampling rate {} ({sampling}, {neighbours}); {method}",
+            if g.epsilon < 1e6 {
+                format!("{:.6}", g.epsilon)
+            } else {
+                fedsim::fmt::compact(g.epsilon)
+            },
+            g.delta,
+            c.rounds,
+            fedsim::fmt::compact(z),
+            fedsim::fmt::compact(c.sampling_rate)
         );
     }
     Ok(())
 }
-

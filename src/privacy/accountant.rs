@@ -149,7 +149,11 @@ pub fn epsilon_after(
     check_rounds(rounds)?;
     let mut acc = RdpAccountant::new(scheme, series);
     acc.compose(q, z, rounds)?;
-    acc.epsilon(delta)
+    let g = acc.epsilon(delta)?;
+    if !g.epsilon.is_finite() {
+        return Err(PrivacyError::Overflow { z });
+    }
+    Ok(g)
 }
 
 /// The smallest noise multiplier whose ε after `rounds` rounds at `delta` is at most
@@ -195,9 +199,15 @@ pub fn calibrate_noise(
             return Err(PrivacyError::Unreachable { target_epsilon });
         }
     }
+    // An ε too large to represent is above any target.
+    let above = |z: f64| match epsilon_of(z) {
+        Ok(g) => Ok(g.epsilon > target_epsilon),
+        Err(PrivacyError::Overflow { .. }) => Ok(true),
+        Err(e) => Err(e),
+    };
     while hi - lo > 1e-7 * hi {
         let mid = 0.5 * (lo + hi);
-        if epsilon_of(mid)?.epsilon > target_epsilon {
+        if above(mid)? {
             lo = mid;
         } else {
             hi = mid;

@@ -98,9 +98,13 @@ impl PrivacyLedger {
             return None;
         }
         let z = self.plan.accounted_noise_multiplier();
-        super::pld_epsilon(z, self.last_q, self.rounds, self.plan.delta)
-            .ok()
-            .map(|g| g.epsilon)
+        match super::pld_epsilon(z, self.last_q, self.rounds, self.plan.delta) {
+            Ok(g) => Some(g.epsilon),
+            Err(e) => {
+                tracing::warn!("round {}: no PLD epsilon: {e}", self.rounds);
+                None
+            }
+        }
     }
 
     /// Adaptive clipping after a round: from the pre-clip `norms` of the aggregated updates,

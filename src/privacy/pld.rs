@@ -23,6 +23,11 @@ pub const DISCRETIZATION: f64 = 1e-4;
 const TAIL_MASS_TRUNCATION: f64 = 1e-15;
 /// Log of the noise mass outside the truncated range of x.
 const LOG_MASS_TRUNCATION: f64 = -50.0;
+/// Noise multiplier above which the accountant computes with this one instead.
+const MAX_SIGMA: f64 = 1e12;
+/// Smallest δ the accountant answers for: below it the FFT's rounding error (~1e-16 per bin)
+/// and the truncated tail mass are of the order of δ itself.
+pub const MIN_DELTA: f64 = 1e-12;
 /// Largest grid (single-round PMF or composed FFT) the accountant builds: 2²⁴ points, ~270 MB
 /// of complex f64. Tiny noise multipliers spread the loss over thousands of nats and exceed it.
 const MAX_POINTS: usize = 1 << 24;
@@ -155,12 +160,17 @@ fn too_large(points: usize) -> PrivacyError {
 /// Pessimistic connect-the-dots PMF of one round.
 fn connect_dots(loss: &GaussianLoss, h: f64) -> Result<Pmf, PrivacyError> {
     let (eps_lo, eps_hi) = loss.bounds();
+    // Count in f64 first: for a vanishing noise multiplier the bounds are huge or infinite.
+    let span = (eps_hi / h).ceil() - (eps_lo / h).floor() + 1.0;
+    if !span.is_finite() || span > MAX_POINTS as f64 {
+        return Err(too_large(if span.is_finite() {
+            span as usize
+        } else {
+            usize::MAX
+        }));
+    }
     let lo = (eps_lo / h).floor() as i64;
     let hi = (eps_hi / h).ceil() as i64;
-    let points = (hi - lo + 1).max(1) as usize;
-    if points > MAX_POINTS {
-        return Err(too_large(points));
-    }
     let mut deltas: Vec<f64> = (lo..=hi).map(|i| loss.delta(i as f64 * h)).collect();
     for i in 1..deltas.len() {
         deltas[i] = deltas[i].min(deltas[i - 1]);
@@ -283,10 +293,19 @@ fn epsilon_for_delta(pmf: &Pmf, h: f64, delta: f64) -> f64 {
 /// [`PrivacyError::PldTooLarge`] when it does not.
 pub fn check_grid(z: f64, q: f64) -> Result<(), PrivacyError> {
     for dir in [Direction::Remove, Direction::Add] {
-        let (lo, hi) = GaussianLoss { sigma: z, q, dir }.bounds();
-        let points = ((hi - lo) / DISCRETIZATION).ceil() as usize + 2;
-        if points > MAX_POINTS {
-            return Err(too_large(points));
+        let (lo, hi) = GaussianLoss {
+            sigma: z.min(MAX_SIGMA),
+            q,
+            dir,
+        }
+        .bounds();
+        let points = ((hi - lo) / DISCRETIZATION).ceil() + 2.0;
+        if !points.is_finite() || points > MAX_POINTS as f64 {
+            return Err(too_large(if points.is_finite() {
+                points as usize
+            } else {
+                usize::MAX
+            }));
         }
     }
     Ok(())
@@ -296,7 +315,9 @@ pub fn check_grid(z: f64, q: f64) -> Result<(), PrivacyError> {
 /// (add-or-remove-one neighbours; the larger ε of the two directions).
 ///
 /// # Errors
-/// Parameters out of range: `z ≤ 0`, `q ∉ (0, 1]`, `delta ∉ (0, 1)`, `rounds = 0`.
+/// Parameters out of range: `z ≤ 0`, `q ∉ (0, 1]`, `delta ∉ (0, 1)`, `rounds = 0`;
+/// [`PrivacyError::PldDelta`] for δ below [`MIN_DELTA`]; [`PrivacyError::PldTooLarge`] when
+/// the grid would not fit; [`PrivacyError::PldTail`] when the truncated mass exceeds δ.
 pub fn pld_epsilon(z: f64, q: f64, rounds: usize, delta: f64) -> Result<Guarantee, PrivacyError> {
     check_noise(z)?;
     check_rate(q, false)?;
@@ -307,11 +328,29 @@ pub fn pld_epsilon(z: f64, q: f64, rounds: usize, delta: f64) -> Result<Guarante
     } else {
         &[Direction::Remove, Direction::Add]
     };
+    if delta < MIN_DELTA {
+        return Err(PrivacyError::PldDelta {
+            delta,
+            min: MIN_DELTA,
+        });
+    }
+    // Past MAX_SIGMA the loss is below the grid's resolution and 2σ² would overflow; more
+    // noise only lowers ε, so accounting with MAX_SIGMA is a valid (pessimistic) answer.
+    let sigma = z.min(MAX_SIGMA);
     let mut epsilon = 0.0f64;
     for &dir in dirs {
-        let single = connect_dots(&GaussianLoss { sigma: z, q, dir }, DISCRETIZATION)?;
+        let single = connect_dots(&GaussianLoss { sigma, q, dir }, DISCRETIZATION)?;
         let composed = self_compose(&single, rounds)?;
-        epsilon = epsilon.max(epsilon_for_delta(&composed, DISCRETIZATION, delta));
+        let e = epsilon_for_delta(&composed, DISCRETIZATION, delta);
+        if !e.is_finite() {
+            // Never print inf for a finite quantity: say why instead.
+            return Err(PrivacyError::PldTail {
+                mass: composed.infinity,
+                delta,
+                rounds,
+            });
+        }
+        epsilon = epsilon.max(e);
     }
     Ok(Guarantee {
         epsilon,

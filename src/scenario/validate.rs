@@ -61,7 +61,11 @@ impl Check<'_> {
             compact(hi),
             if hi_open { ")" } else { "]" }
         );
-        self.ensure(ok, field, format!("is {}; it must lie in {range}", compact(v)))
+        self.ensure(
+            ok,
+            field,
+            format!("is {}; it must lie in {range}", compact(v)),
+        )
     }
 }
 
@@ -292,6 +296,16 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
                  (set dp.sampling: Poisson or dp.pld: false)",
             )?;
             if d.pld {
+                c.ensure(
+                    d.delta >= crate::privacy::pld::MIN_DELTA,
+                    "dp.delta",
+                    format!(
+                        "is {} but the PLD accountant resolves delta down to {}; raise dp.delta \
+                         or set dp.pld: false (RDP covers any delta)",
+                        compact(d.delta),
+                        compact(crate::privacy::pld::MIN_DELTA)
+                    ),
+                )?;
                 if let Err(e) = crate::privacy::pld::check_grid(
                     d.mechanism.noise_multiplier(),
                     file.strategy.fraction_fit,
@@ -343,7 +357,6 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         file,
     })
 }
-
 
 fn data_plan(file: &ScenarioFile) -> DataPlan {
     let d = &file.data;

@@ -30,7 +30,11 @@ pub(super) fn check_llama(c: &Check<'_>, cfg: &LlamaConfig) -> Result<(), Scenar
         ("num_attention_heads", cfg.num_attention_heads, 1024),
         ("num_key_value_heads", cfg.num_key_value_heads, 1024),
         ("vocab_size", cfg.vocab_size, 1 << 22),
-        ("max_position_embeddings", cfg.max_position_embeddings, 1 << 20),
+        (
+            "max_position_embeddings",
+            cfg.max_position_embeddings,
+            1 << 20,
+        ),
     ] {
         c.ensure(
             v <= max,

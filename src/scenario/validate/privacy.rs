@@ -5,15 +5,20 @@ use crate::fmt::compact;
 use crate::privacy::Mechanism;
 use crate::scenario::ScenarioError;
 
+/// Smallest noise multiplier a scenario may use.
+const MIN_NOISE: f64 = 1e-6;
+
 pub(super) fn check_mechanism(c: &Check<'_>, m: &Mechanism) -> Result<(), ScenarioError> {
     let positive = |v: f64, field: &str| c.finite_in(v, 0.0, 1e6, true, false, field);
+    // Below 1e-6 the noise is nil and ε overflows f64: refuse rather than report inf.
+    let noise = |v: f64, field: &str| c.finite_in(v, MIN_NOISE, 1e6, false, false, field);
     match *m {
         Mechanism::ClientSideFixed {
             clip_norm,
             noise_multiplier,
         } => {
             positive(clip_norm, "dp.mechanism.ClientSideFixed.clip_norm")?;
-            positive(
+            noise(
                 noise_multiplier,
                 "dp.mechanism.ClientSideFixed.noise_multiplier",
             )
@@ -23,7 +28,7 @@ pub(super) fn check_mechanism(c: &Check<'_>, m: &Mechanism) -> Result<(), Scenar
             noise_multiplier,
         } => {
             positive(clip_norm, "dp.mechanism.ServerSideFixed.clip_norm")?;
-            positive(
+            noise(
                 noise_multiplier,
                 "dp.mechanism.ServerSideFixed.noise_multiplier",
             )
@@ -46,7 +51,7 @@ pub(super) fn check_mechanism(c: &Check<'_>, m: &Mechanism) -> Result<(), Scenar
                 &format!("{f}.target_quantile"),
             )?;
             c.finite_in(clip_lr, 0.0, 10.0, false, false, &format!("{f}.clip_lr"))?;
-            positive(noise_multiplier, &format!("{f}.noise_multiplier"))?;
+            noise(noise_multiplier, &format!("{f}.noise_multiplier"))?;
             positive(count_stddev, &format!("{f}.count_stddev"))?;
             c.ensure(
                 2.0 * count_stddev > noise_multiplier,
@@ -61,4 +66,3 @@ pub(super) fn check_mechanism(c: &Check<'_>, m: &Mechanism) -> Result<(), Scenar
         }
     }
 }
-

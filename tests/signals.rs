@@ -1,0 +1,309 @@
+//! Signals and output directories, on a real `sim` child process: SIGTERM finishes the round,
+//! a second signal abandons it at once, a signal ends `--linger` at once, SIGKILL leaves a
+//! directory that says it is incomplete; `--out` never mixes a run with foreign files.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fedsim::report::{RunStatus, Summary};
+
+use crate::util::{root, small_file};
+
+/// A `sim` child whose stderr is collected as it comes.
+struct Sim {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Sim {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sim"))
+            .args(args)
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (pipe, sink) = (child.stderr.take().unwrap(), stderr.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Self { child, stderr }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Wait until `ready` holds (panics after `limit`).
+    fn wait_until(&self, limit: Duration, what: &str, ready: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !ready() {
+            assert!(
+                start.elapsed() < limit,
+                "timed out waiting for {what}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait for the exit; returns (success, seconds it took).
+    fn wait_exit(&mut self, limit: Duration) -> (bool, f64) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.success(), start.elapsed().as_secs_f64());
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!(
+                    "sim did not exit within {limit:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn rounds_logged(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("rounds.jsonl")).map_or(0, |t| t.lines().count())
+}
+
+fn run_args<'a>(scen: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["run", scen, "--out", out, "--metrics-addr", "none"];
+    v.extend_from_slice(extra);
+    v
+}
+
+fn setup() -> (tempfile::TempDir, String, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let scen = small_file(dir.path()).to_str().unwrap().to_string();
+    let out = dir.path().join("run");
+    (dir, scen, out)
+}
+
+#[test]
+fn sigterm_finishes_the_round_and_writes_the_results() {
+    let (_tmp, scen, out) = setup();
+    let mut sim = Sim::start(&run_args(
+        &scen,
+        out.to_str().unwrap(),
+        &["--set", "rounds=500"],
+    ));
+    sim.wait_until(Duration::from_secs(120), "round 1", || {
+        rounds_logged(&out) >= 1
+    });
+    sim.signal("TERM");
+    let (ok, _) = sim.wait_exit(Duration::from_secs(60));
+    assert!(ok, "{}", sim.stderr());
+    let s = Summary::read(&out).unwrap();
+    assert_eq!(s.status, RunStatus::Interrupted);
+    assert!(s.rounds_completed >= 1 && s.rounds_completed < 500);
+    assert_eq!(s.rounds_completed, rounds_logged(&out));
+    assert!(out.join("adapter_model.safetensors").is_file());
+    assert!(out.join("metrics.om").is_file());
+    assert!(sim.stderr().contains("SIGTERM"), "{}", sim.stderr());
+}
+
+#[test]
+fn sighup_is_a_stop_request_too() {
+    let (_tmp, scen, out) = setup();
+    let mut sim = Sim::start(&run_args(
+        &scen,
+        out.to_str().unwrap(),
+        &["--set", "rounds=500"],
+    ));
+    sim.wait_until(Duration::from_secs(120), "round 1", || {
+        rounds_logged(&out) >= 1
+    });
+    sim.signal("HUP");
+    let (ok, _) = sim.wait_exit(Duration::from_secs(60));
+    assert!(ok, "{}", sim.stderr());
+    assert_eq!(Summary::read(&out).unwrap().status, RunStatus::Interrupted);
+}
+
+#[test]
+fn a_second_signal_abandons_the_round_within_a_second() {
+    let (_tmp, scen, out) = setup();
+    // Rounds of thousands of steps: finishing one would take far longer than a second.
+    let mut sim = Sim::start(&run_args(
+        &scen,
+        out.to_str().unwrap(),
+        &[
+            "--set",
+            "rounds=3",
+            "--set",
+            "train.local_steps=Some(100000)",
+        ],
+    ));
+    sim.wait_until(Duration::from_secs(120), "the run directory", || {
+        Summary::read(&out).is_ok()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    sim.signal("TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    sim.signal("INT");
+    let (ok, secs) = sim.wait_exit(Duration::from_secs(30));
+    assert!(ok, "{}", sim.stderr());
+    assert!(secs < 1.0, "took {secs:.2} s after the second signal");
+    let s = Summary::read(&out).unwrap();
+    assert_eq!(s.status, RunStatus::Interrupted);
+    assert_eq!(s.rounds_completed, 0);
+    assert!(out.join("adapter_model.safetensors").is_file());
+    assert!(sim.stderr().contains("abandoning"), "{}", sim.stderr());
+}
+
+#[test]
+fn a_signal_ends_linger_at_once_and_port_zero_prints_the_bound_port() {
+    let (_tmp, scen, out) = setup();
+    let mut sim = Sim::start(&[
+        "run",
+        &scen,
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "rounds=1",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--linger",
+        "600",
+    ]);
+    sim.wait_until(Duration::from_secs(120), "linger", || {
+        sim.stderr().contains("serving the final metrics")
+    });
+    let err = sim.stderr();
+    let port: u16 = err
+        .split("metrics: http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no bound port printed: {err}"));
+    assert_ne!(port, 0);
+    // The printed port really serves the metrics.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::{Read, Write};
+    write!(conn, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    assert!(body.contains("fedsim_round"), "{body}");
+    sim.signal("TERM");
+    let (ok, secs) = sim.wait_exit(Duration::from_secs(30));
+    assert!(ok && secs < 1.0, "took {secs:.2} s");
+    assert_eq!(Summary::read(&out).unwrap().status, RunStatus::Completed);
+}
+
+#[test]
+fn sigkill_leaves_a_directory_that_compare_reports_as_incomplete() {
+    let (_tmp, scen, out) = setup();
+    let mut sim = Sim::start(&run_args(
+        &scen,
+        out.to_str().unwrap(),
+        &["--set", "rounds=500"],
+    ));
+    sim.wait_until(Duration::from_secs(120), "round 1", || {
+        rounds_logged(&out) >= 1
+    });
+    sim.signal("KILL");
+    let (ok, _) = sim.wait_exit(Duration::from_secs(30));
+    assert!(!ok);
+    let s = Summary::read(&out).unwrap();
+    assert_eq!(s.status, RunStatus::Running);
+    assert!(s.rounds_completed >= 1);
+    let res = Command::new(env!("CARGO_BIN_EXE_sim"))
+        .args(["compare", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(table.contains("incomplete"), "{table}");
+    // An unfinished run's directory may be reused: its files are replaced, not mixed.
+    let (ok, _) = Sim::start(&run_args(
+        &scen,
+        out.to_str().unwrap(),
+        &["--set", "rounds=1", "-q"],
+    ))
+    .wait_exit(Duration::from_secs(120));
+    assert!(ok);
+    assert_eq!(Summary::read(&out).unwrap().status, RunStatus::Completed);
+    assert_eq!(rounds_logged(&out), 1);
+}
+
+fn sim(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sim"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn out_never_mixes_a_run_with_foreign_files() {
+    let (tmp, scen, _) = setup();
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
+    let (ok, err) = sim(&run_args(&scen, foreign.to_str().unwrap(), &[]));
+    assert!(
+        !ok && err.contains("not a fedsim run directory") && err.contains("notes.txt"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&foreign).unwrap().count(),
+        1,
+        "nothing written"
+    );
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let (ok, err) = sim(&run_args(&scen, file.to_str().unwrap(), &[]));
+    assert!(!ok && err.contains("not a directory"), "{err}");
+}
+
+#[test]
+fn os_errors_are_printed_once_and_bad_durations_are_refused() {
+    let (ok, err) = sim(&["validate", "scenarios"]);
+    assert!(!ok);
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+    let (tmp, scen, out) = setup();
+    let _ = tmp;
+    for (flag, value) in [
+        ("--linger", "1e300"),
+        ("--linger", "-1"),
+        ("--pace", "1e300"),
+        ("--linger", "NaN"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let (ok, err) = sim(&run_args(&scen, out.to_str().unwrap(), &[&arg]));
+        assert!(
+            !ok && err.contains(flag) && !err.contains("panicked"),
+            "{flag} {value}: {err}"
+        );
+        assert!(err.len() < 300, "{err}");
+    }
+}
