@@ -59,7 +59,7 @@ impl RunDir {
     pub fn create(out: Option<&Path>, name: &str) -> Result<Self, ReportError> {
         let path = match out {
             Some(p) => {
-                reuse(p)?;
+                reuse(p, true)?;
                 p.to_path_buf()
             }
             None => {
@@ -81,6 +81,17 @@ impl RunDir {
         };
         std::fs::create_dir_all(&path).map_err(io(&path))?;
         Ok(Self { path })
+    }
+
+    /// Whether `out` could receive a run (checked before any work, without touching it).
+    ///
+    /// # Errors
+    /// As [`RunDir::create`] would refuse it.
+    pub fn check(out: Option<&Path>) -> Result<(), ReportError> {
+        match out {
+            Some(p) => reuse(p, false),
+            None => Ok(()),
+        }
     }
 
     /// The directory.
@@ -140,8 +151,8 @@ pub const RUN_FILES: [&str; 11] = [
     "base_model",
 ];
 
-/// Check that `p` may receive a new run, and clear an unfinished one.
-fn reuse(p: &Path) -> Result<(), ReportError> {
+/// Check that `p` may receive a new run, and (with `clear`) remove an unfinished one's files.
+fn reuse(p: &Path, clear: bool) -> Result<(), ReportError> {
     let refuse = |message: String| ReportError::Format {
         path: p.to_path_buf(),
         message,
@@ -184,6 +195,9 @@ fn reuse(p: &Path) -> Result<(), ReportError> {
                 summary.status
             )));
         }
+    }
+    if !clear {
+        return Ok(());
     }
     for n in &names {
         let q = p.join(n);

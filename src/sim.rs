@@ -123,6 +123,8 @@ pub async fn run(
 ) -> Result<RunReport, SimError> {
     let started = Instant::now();
     let s = scenario;
+    // Refuse a bad --out before hours of preparation, not after.
+    RunDir::check(opts.out.as_deref())?;
     let prep = tokio::select! {
         prep = prepare_off_executor(s, &mut opts) => prep?,
         _ = shutdown.reached(StopLevel::FinishRound) => return Err(SimError::InterruptedBeforeStart),

@@ -12,7 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct Display {
     terminal: bool,
     bar: Option<(String, ProgressBar)>,
-    last_line: Option<Instant>,
+    /// In a log: the stage, when it started, when its last line was printed.
+    log_stage: Option<(String, Instant, Option<Instant>)>,
     header: bool,
 }
 
@@ -22,7 +23,7 @@ impl Display {
         Self {
             terminal: std::io::stderr().is_terminal(),
             bar: None,
-            last_line: None,
+            log_stage: None,
             header: false,
         }
     }
@@ -65,16 +66,25 @@ impl Display {
                 bar.set_position(done as u64);
             }
         } else {
-            // In a log: a line at the start and end of each stage and every 10 s between.
-            let due = self
-                .last_line
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
-            if done == 0 || done == total || due {
+            // In a log: stages that take over 2 s get a line every 10 s and one at the end.
+            let now = Instant::now();
+            let fresh = self.log_stage.as_ref().is_none_or(|(s, _, _)| s != stage);
+            if fresh {
+                self.log_stage = Some((stage.to_string(), now, None));
+            }
+            let Some((_, started, last)) = self.log_stage.as_mut() else {
+                return;
+            };
+            let due = match last {
+                None => now.duration_since(*started) >= Duration::from_secs(2),
+                Some(t) => now.duration_since(*t) >= Duration::from_secs(10),
+            } || (done == total && last.is_some());
+            if due {
                 eprintln!(
                     "{stage}: {done}/{total} ({:.0}%)",
                     100.0 * done as f64 / total.max(1) as f64
                 );
-                self.last_line = Some(Instant::now());
+                *last = Some(now);
             }
         }
     }
