@@ -1,21 +1,6 @@
 //! The `sim` binary: exit codes and messages a user sees.
 
-use std::process::Command;
-
-use crate::util::{root, round_metrics, small_file, SMALL};
-
-fn sim(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sim"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use crate::util::{round_metrics, sim, small_file, SMALL};
 
 #[test]
 fn validate_accepts_the_shipped_scenario() {

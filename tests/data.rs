@@ -3,7 +3,7 @@
 use fedsim::data::{alpaca, synthetic, DataPlan, DataSource, Partition};
 use fedsim::tokenizer::TextTokenizer;
 
-use crate::util::shared;
+use crate::util::{assert_disjoint_cover, shared};
 
 #[test]
 fn medalpaca_loads_5942_records() {
@@ -54,14 +54,7 @@ fn iid_shards_are_equal_and_disjoint() {
         "{plain:?}"
     );
     assert_eq!(sizes.iter().sum::<usize>(), 900 + 15);
-    let mut all: Vec<usize> = d.shards.concat();
-    all.sort();
-    all.dedup();
-    assert_eq!(
-        all.len(),
-        d.train.len(),
-        "every record in exactly one shard"
-    );
+    assert_disjoint_cover(&d);
 }
 
 #[test]
@@ -141,14 +134,7 @@ fn dirichlet_with_more_clients_than_topics_gives_every_client_data() {
         .prepare()
         .unwrap();
     assert!(d.shards.iter().all(|s| !s.is_empty()));
-    let mut all: Vec<usize> = d.shards.concat();
-    all.sort();
-    all.dedup();
-    assert_eq!(
-        all.len(),
-        d.train.len(),
-        "every record in exactly one shard"
-    );
+    assert_disjoint_cover(&d);
 }
 
 #[test]

@@ -6,6 +6,17 @@ use fedsim::ScenarioError;
 
 use crate::util::{scenario, SMALL};
 
+/// SMALL with its `model.preset` replaced by `preset`.
+fn with_model(preset: &str) -> String {
+    let start = SMALL.find("model: (preset: Custom((").unwrap();
+    let end = start + SMALL[start..].find(")))").unwrap() + 3;
+    format!(
+        "{}model: (preset: {preset}){}",
+        &SMALL[..start],
+        &SMALL[end..]
+    )
+}
+
 /// The scenario with `from` replaced by `to` must be refused, naming `typo`.
 fn rejects(from: &str, to: &str) {
     let text = SMALL.replace(from, to);
@@ -59,13 +70,7 @@ unknown_field! {
 
 #[test]
 fn unknown_field_in_tiny_model() {
-    let start = SMALL.find("model: (preset: Custom((").unwrap();
-    let end = start + SMALL[start..].find(")))").unwrap() + 3;
-    let text = format!(
-        "{}model: (preset: Tiny(vocab_size: 400, typo: 1)){}",
-        &SMALL[..start],
-        &SMALL[end..]
-    );
+    let text = with_model("Tiny(vocab_size: 400, typo: 1)");
     let e = scenario(&text, &[]).unwrap_err().to_string();
     assert!(e.contains("typo"), "{e}");
     // And the same file without the typo is fine.
@@ -213,13 +218,7 @@ fn tiny_noise_multipliers_are_refused_not_reported_as_infinite_epsilon() {
 
 #[test]
 fn check_data_finds_a_vocabulary_the_corpus_cannot_yield() {
-    let start = SMALL.find("model: (preset: Custom((").unwrap();
-    let end = start + SMALL[start..].find(")))").unwrap() + 3;
-    let text = format!(
-        "{}model: (preset: Tiny(vocab_size: 60000)){}",
-        &SMALL[..start],
-        &SMALL[end..]
-    );
+    let text = with_model("Tiny(vocab_size: 60000)");
     let s = scenario(&text, &[]).unwrap();
     match s.check_data() {
         Err(ScenarioError::Invalid { field, message, .. }) => {

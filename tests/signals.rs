@@ -101,8 +101,8 @@ fn setup() -> (tempfile::TempDir, String, PathBuf) {
     (dir, scen, out)
 }
 
-#[test]
-fn sigterm_finishes_the_round_and_writes_the_results() {
+/// Start a long run, wait for round 1, send `sig`: the run finishes the round and exits 0.
+fn stop_with(sig: &str) {
     let (_tmp, scen, out) = setup();
     let mut sim = Sim::start(&run_args(
         &scen,
@@ -112,7 +112,7 @@ fn sigterm_finishes_the_round_and_writes_the_results() {
     sim.wait_until(Duration::from_secs(120), "round 1", || {
         rounds_logged(&out) >= 1
     });
-    sim.signal("TERM");
+    sim.signal(sig);
     let (ok, _) = sim.wait_exit(Duration::from_secs(60));
     assert!(ok, "{}", sim.stderr());
     let s = Summary::read(&out).unwrap();
@@ -121,24 +121,21 @@ fn sigterm_finishes_the_round_and_writes_the_results() {
     assert_eq!(s.rounds_completed, rounds_logged(&out));
     assert!(out.join("adapter_model.safetensors").is_file());
     assert!(out.join("metrics.om").is_file());
-    assert!(sim.stderr().contains("SIGTERM"), "{}", sim.stderr());
+    assert!(
+        sim.stderr().contains(&format!("SIG{sig}")),
+        "{}",
+        sim.stderr()
+    );
+}
+
+#[test]
+fn sigterm_finishes_the_round_and_writes_the_results() {
+    stop_with("TERM");
 }
 
 #[test]
 fn sighup_is_a_stop_request_too() {
-    let (_tmp, scen, out) = setup();
-    let mut sim = Sim::start(&run_args(
-        &scen,
-        out.to_str().unwrap(),
-        &["--set", "rounds=500"],
-    ));
-    sim.wait_until(Duration::from_secs(120), "round 1", || {
-        rounds_logged(&out) >= 1
-    });
-    sim.signal("HUP");
-    let (ok, _) = sim.wait_exit(Duration::from_secs(60));
-    assert!(ok, "{}", sim.stderr());
-    assert_eq!(Summary::read(&out).unwrap().status, RunStatus::Interrupted);
+    stop_with("HUP");
 }
 
 #[test]
@@ -252,15 +249,8 @@ fn sigkill_leaves_a_directory_that_compare_reports_as_incomplete() {
 }
 
 fn sim(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sim"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    let (ok, _, err) = crate::util::sim(args);
+    (ok, err)
 }
 
 #[test]

@@ -126,3 +126,30 @@ pub fn stop_after_round(
     });
     (shutdown, progress)
 }
+
+/// Run the `sim` binary in the crate root: (success, stdout, stderr).
+pub fn sim(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sim"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// `d`'s shards cover every training record exactly once.
+pub fn assert_disjoint_cover(d: &fedsim::data::FederatedData) {
+    let mut all: Vec<usize> = d.shards.concat();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        d.train.len(),
+        "every record in exactly one shard"
+    );
+    assert_eq!(d.shards.iter().map(Vec::len).sum::<usize>(), d.train.len());
+}
