@@ -297,3 +297,23 @@ fn os_errors_are_printed_once_and_bad_durations_are_refused() {
         assert!(err.len() < 300, "{err}");
     }
 }
+
+#[test]
+fn a_signal_ends_a_pace_wait_at_once() {
+    let (_tmp, scen, out) = setup();
+    // Each round waits until 60 s have passed; a signal after round 1 must not wait for that.
+    let mut sim = Sim::start(&run_args(
+        &scen,
+        out.to_str().unwrap(),
+        &["--set", "rounds=3", "--pace", "60"],
+    ));
+    sim.wait_until(Duration::from_secs(120), "round 1", || {
+        rounds_logged(&out) >= 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    sim.signal("INT");
+    let (ok, secs) = sim.wait_exit(Duration::from_secs(30));
+    assert!(ok && secs < 1.0, "took {secs:.2} s: {}", sim.stderr());
+    let s = Summary::read(&out).unwrap();
+    assert_eq!((s.status, s.rounds_completed), (RunStatus::Interrupted, 1));
+}
