@@ -18,6 +18,9 @@
 //! - [`slots`]: OS threads owning a device and a rayon pool; jobs over crossbeam channels.
 //! - [`messages`]: `FitIns`, `FitRes`, `EvaluateIns`/`EvaluateRes`, `RoundSummary`.
 //! - [`actors`]: server (round loop, sampling, supervision), client, aggregator.
+//! - [`clock`], [`network`], [`devices`], [`faults`], [`stragglers`]: the systems simulation —
+//!   per-client timelines on a virtual clock from FLOPs and link speeds, device/network profiles
+//!   (fixed, drawn, tiers, CSV traces), availability and crashes, deadline policies.
 //! - [`privacy`]: RDP accountant for the subsampled Gaussian (Poisson and fixed-size
 //!   sampling), ε ↔ noise calibration.
 //! - [`strategy`]: FedAvg as an exact, order-independent streaming sum.
@@ -29,11 +32,15 @@
 //! - [`fmt`]: compact numbers and error chains for messages.
 
 pub mod actors;
+pub mod clock;
 pub mod compare;
 pub mod data;
+pub mod devices;
+pub mod faults;
 pub mod fmt;
 pub mod messages;
 pub mod model;
+pub mod network;
 pub mod privacy;
 pub mod report;
 pub mod rng;
@@ -41,6 +48,7 @@ pub mod scenario;
 pub mod shutdown;
 pub mod sim;
 pub mod slots;
+pub mod stragglers;
 pub mod strategy;
 pub mod telemetry;
 pub mod tokenizer;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::clock::Timeline;
 use crate::model::AdapterSet;
 use crate::train::LocalTraining;
 
@@ -34,7 +35,20 @@ pub struct FitIns {
     pub config: FitConfig,
 }
 
-/// A client's answer to [`FitIns`].
+/// What a sampled client tells the server about its coming round before it trains: its
+/// timeline on the virtual clock and whether it will crash. The server decides from these who
+/// trains (deadline, over-selection), so clients that would be dropped never train.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClientPlan {
+    /// Download, compute and upload on the virtual clock.
+    pub timeline: Timeline,
+    /// `Some(share of its compute done)` when the client crashes during fit.
+    pub crash: Option<f64>,
+    /// Tokens it would train on.
+    pub tokens: usize,
+}
+
+/// A client's answer to [`FitIns`] (or the server's record of why there was none).
 #[derive(Debug, Clone)]
 pub struct FitRes {
     /// Who answers.
@@ -46,22 +60,84 @@ pub struct FitRes {
 }
 
 /// Outcome of a client's round. Failures are data, never actor errors.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum FitStatus {
-    /// Training finished and the update was uploaded.
+    /// Training finished and the update was uploaded to the aggregator.
     Completed(Box<FitUpdate>),
-    /// Training failed (diverged, no data, the client actor died).
+    /// Sampled but offline (kept for traces that drop a client between sampling and fit).
+    Unavailable,
+    /// The client stopped answering during fit.
+    Crashed {
+        /// Virtual time of the crash, seconds.
+        at: f64,
+        /// Simulated by the fault model, or a real panic of the client actor.
+        cause: CrashCause,
+    },
+    /// The client's update would arrive after the round closed, so it did not train.
+    MissedDeadline {
+        /// How late it would have been, virtual seconds.
+        late_by: f64,
+    },
+    /// Training failed (diverged, no data).
     Failed {
         /// Why.
         reason: String,
     },
 }
 
-/// A completed client update.
-#[derive(Debug, Clone)]
+/// Why a client crashed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CrashCause {
+    /// `system.crash_probability`.
+    Simulated,
+    /// The actor panicked (recorded through supervision).
+    Panicked(String),
+}
+
+/// The reason a sampled client's update is missing, for metrics labels and round records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// Offline.
+    Unavailable,
+    /// Crashed during fit.
+    Crashed,
+    /// Would have missed the deadline (or the over-selected quota).
+    Deadline,
+    /// Training or the upload failed.
+    Failed,
+}
+
+impl DropReason {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Unavailable => "unavailable",
+            DropReason::Crashed => "crashed",
+            DropReason::Deadline => "deadline",
+            DropReason::Failed => "failed",
+        }
+    }
+}
+
+impl FitStatus {
+    /// Why there is no update, or `None` for a completed one.
+    pub fn drop_reason(&self) -> Option<DropReason> {
+        match self {
+            FitStatus::Completed(_) => None,
+            FitStatus::Unavailable => Some(DropReason::Unavailable),
+            FitStatus::Crashed { .. } => Some(DropReason::Crashed),
+            FitStatus::MissedDeadline { .. } => Some(DropReason::Deadline),
+            FitStatus::Failed { .. } => Some(DropReason::Failed),
+        }
+    }
+}
+
+/// A completed client update (the update itself went to the aggregator).
+#[derive(Debug, Clone, PartialEq)]
 pub struct FitUpdate {
-    /// `local − global` as a safetensors buffer (what was uploaded).
-    pub payload: Vec<u8>,
+    /// Bytes uploaded (the serialised `local − global`).
+    pub bytes: u64,
     /// Examples in the client's shard (the FedAvg weight).
     pub num_examples: usize,
     /// Mean local training loss.
@@ -75,7 +151,9 @@ pub struct FitUpdate {
     /// Tokens trained on.
     pub tokens: usize,
     /// Host seconds the slot spent training.
-    pub compute_seconds: f64,
+    pub host_seconds: f64,
+    /// The client's round on the virtual clock.
+    pub timeline: Timeline,
 }
 
 /// Server-side evaluation request: the adapter to evaluate (`None`: the bare base model).
@@ -109,8 +187,34 @@ pub struct RoundSummary {
     pub sampled: usize,
     /// Clients whose update was aggregated.
     pub completed: usize,
-    /// Clients that failed.
+    /// Sampled clients whose training or upload failed (or whose update was rejected).
     pub failed: usize,
+    /// Clients online when the round started (those alive and available).
+    pub available: usize,
+    /// Clients offline when the round started.
+    pub unavailable: usize,
+    /// Sampled clients that crashed during fit.
+    pub crashed: usize,
+    /// Sampled clients dropped for the deadline (or beyond the over-selection quota).
+    pub missed_deadline: usize,
+    /// Largest lateness of a dropped straggler, virtual seconds (0 if none).
+    pub late_max_s: f64,
+    /// When the round started on the virtual clock, seconds.
+    pub sim_start_s: f64,
+    /// Simulated round duration, seconds.
+    pub sim_duration_s: f64,
+    /// Mean simulated download / compute / upload time of the clients that trained, seconds.
+    pub download_s_mean: f64,
+    /// See `download_s_mean`.
+    pub compute_s_mean: f64,
+    /// See `download_s_mean`.
+    pub upload_s_mean: f64,
+    /// Host seconds not spent training clients that were dropped before training (estimated
+    /// from this run's host seconds per trained FLOP).
+    pub host_seconds_saved: f64,
+    /// Why the round aggregated nothing on purpose (too few clients available), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
     /// Learning rate used.
     pub lr: f64,
     /// Example-weighted mean of clients' train losses (nats/token).
@@ -135,6 +239,9 @@ pub struct RoundSummary {
     /// detail stays out of `rounds.jsonl`).
     #[serde(skip)]
     pub update_norms: Vec<f64>,
+    /// Each trained client's (download, compute, upload) seconds (metrics histogram).
+    #[serde(skip)]
+    pub phases: Vec<[f64; 3]>,
     /// When the round closed (Unix seconds): the timestamp of its samples in `metrics.om`.
     /// Kept out of `rounds.jsonl`, whose metrics are deterministic apart from `wall_seconds`.
     #[serde(skip)]

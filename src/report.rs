@@ -341,6 +341,8 @@ pub enum RunStatus {
     Interrupted,
     /// `dp.max_epsilon` would have been exceeded by the next round.
     BudgetExhausted,
+    /// A round had too few clients available and `system.short_round` is `Stop`.
+    TooFewClients,
     /// An error stopped the run (see `error`); the adapter is the last good round's.
     Failed,
 }
@@ -353,6 +355,7 @@ impl RunStatus {
             RunStatus::Completed => "completed",
             RunStatus::Interrupted => "interrupted",
             RunStatus::BudgetExhausted => "budget_exhausted",
+            RunStatus::TooFewClients => "too_few_clients",
             RunStatus::Failed => "failed",
         }
     }

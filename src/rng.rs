@@ -34,4 +34,10 @@ pub mod purpose {
     pub const ADAPTER: u64 = 4;
     /// DP noise on the aggregate.
     pub const NOISE: u64 = 5;
+    /// Device and network profiles.
+    pub const PROFILE: u64 = 6;
+    /// Per-round availability.
+    pub const AVAILABILITY: u64 = 7;
+    /// Crashes during fit.
+    pub const CRASH: u64 = 8;
 }

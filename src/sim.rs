@@ -18,8 +18,12 @@ use ractor::Actor;
 use tokio::sync::oneshot;
 
 use crate::actors::aggregator::Aggregator;
+use crate::actors::client::ClientContext;
 use crate::actors::server::{RoundSink, Server, ServerArgs, ServerMsg, ServerOutcome};
+use crate::clock::CostModel;
 use crate::data::DataError;
+use crate::devices::{Fleet, TraceError};
+use crate::faults::FaultModel;
 use crate::messages::RoundSummary;
 use crate::model::{AdapterLayout, ModelError};
 use crate::report::{ReportError, RunDir, RunStatus, Summary};
@@ -49,6 +53,9 @@ pub enum SimError {
     /// Slots could not start.
     #[error(transparent)]
     Slots(#[from] SlotError),
+    /// The device trace could not be used.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
     /// An actor could not start or answer.
     #[error("actor system: {0}")]
     Actor(String),
@@ -361,6 +368,27 @@ async fn run_actors(
     let (aggregator, agg_handle) = Actor::spawn(None, Aggregator, layout)
         .await
         .map_err(|e| actor_err(&e))?;
+    let fleet = Arc::new(Fleet::assign(
+        &s.file.system.profiles,
+        prep.shards.len(),
+        s.seed,
+    )?);
+    let sys = &s.file.system;
+    let clients = Arc::new(ClientContext {
+        slots: pool.handle(),
+        aggregator: aggregator.clone(),
+        cost: CostModel::lora(&s.model, &s.lora),
+        lengths: Arc::new(prep.train.iter().map(|e| e.ids.len() as u32).collect()),
+        local: s.local.clone(),
+        seed: s.seed,
+        faults: FaultModel::new(
+            sys.availability,
+            sys.crash_probability,
+            sys.inject_panic.clone(),
+            s.seed,
+            fleet,
+        ),
+    });
     let (tx, rx) = oneshot::channel();
     let args = ServerArgs {
         rounds: s.rounds,
@@ -376,6 +404,8 @@ async fn run_actors(
             .collect(),
         slots: pool.handle(),
         aggregator: aggregator.clone(),
+        clients,
+        system: sys.clone(),
         initial,
         sink,
         dp: s.dp.clone(),

@@ -11,11 +11,10 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
 
-use crate::messages::{ClientId, EvaluateIns, EvaluateRes, FitIns, FitStatus, FitUpdate};
+use crate::messages::{EvaluateIns, EvaluateRes};
 use crate::model::{AdapterLayout, AdapterSet, BaseModel, LoraConfig};
-use crate::rng::{purpose, rng_for};
 use crate::tokenizer::TokenizedExample;
-use crate::train::{TrainError, Trainer};
+use crate::train::{LocalResult, Schedule, TrainError, Trainer};
 
 /// Errors of the slot pool.
 #[derive(Debug, thiserror::Error)]
@@ -63,18 +62,23 @@ impl SlotContext {
     }
 }
 
-/// A unit of work for a slot.
+/// A unit of work for a slot. Slots know nothing of clients or privacy: they train and
+/// evaluate.
 pub enum Job {
-    /// Local training of one client.
-    Fit {
-        /// The client.
-        client: ClientId,
+    /// Local training on a shard, from a serialised global adapter.
+    Train {
+        /// The global adapter as downloaded (safetensors).
+        payload: Arc<Vec<u8>>,
         /// Indices into [`SlotContext::train`].
         shard: Arc<[u32]>,
-        /// Instructions.
-        ins: FitIns,
+        /// The batches to train on (drawn beforehand).
+        schedule: Schedule,
+        /// Learning rate.
+        lr: f64,
+        /// AdamW weight decay.
+        weight_decay: f64,
         /// Where the outcome goes.
-        reply: oneshot::Sender<FitStatus>,
+        reply: oneshot::Sender<Result<Trained, TrainError>>,
     },
     /// Server-side evaluation on the held-out split.
     Evaluate {
@@ -83,6 +87,15 @@ pub enum Job {
         /// Where the result goes.
         reply: oneshot::Sender<Result<EvaluateRes, TrainError>>,
     },
+}
+
+/// What a training job produced.
+#[derive(Debug)]
+pub struct Trained {
+    /// `local − global`, the update, and its loss, steps and tokens.
+    pub result: LocalResult,
+    /// Host seconds the slot spent.
+    pub host_seconds: f64,
 }
 
 /// Cheap, cloneable handle for submitting jobs.
@@ -219,19 +232,27 @@ fn worker(
         }
         let start = Instant::now();
         match job {
-            Job::Fit {
-                client,
+            Job::Train {
+                payload,
                 shard,
-                ins,
+                schedule,
+                lr,
+                weight_decay,
                 reply,
             } => {
-                let status = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    pool.install(|| fit(ctx, client, &shard, &ins))
+                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    pool.install(|| train(ctx, &payload, &shard, &schedule, lr, weight_decay))
                 }))
-                .unwrap_or_else(|p| FitStatus::Failed {
-                    reason: format!("slot {slot} panicked: {}", panic_message(&p)),
+                .unwrap_or_else(|p| {
+                    Err(TrainError::Panicked(format!(
+                        "slot {slot}: {}",
+                        panic_message(&p)
+                    )))
                 });
-                let _ = reply.send(status);
+                let _ = reply.send(out.map(|result| Trained {
+                    result,
+                    host_seconds: start.elapsed().as_secs_f64(),
+                }));
             }
             Job::Evaluate { ins, reply } => {
                 let res = pool.install(|| evaluate_job(ctx, &ins));
@@ -249,45 +270,18 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-fn fit(ctx: &SlotContext, client: ClientId, shard: &[u32], ins: &FitIns) -> FitStatus {
-    let start = Instant::now();
-    let run = || -> Result<FitUpdate, TrainError> {
-        let global = AdapterSet::from_safetensors(ctx.layout.clone(), &ins.payload)?;
-        let examples: Vec<&TokenizedExample> =
-            shard.iter().map(|&i| &ctx.train[i as usize]).collect();
-        let mut rng = rng_for(ctx.seed, &[purpose::TRAIN, ins.round as u64, client as u64]);
-        let mut out = ctx.trainer().fit(
-            &global,
-            &examples,
-            &ins.config.local,
-            ins.config.lr,
-            &mut rng,
-        )?;
-        // Client-side DP: clip before the update leaves the client.
-        let (update_norm, clipped) = match ins.config.clip_norm {
-            Some(c) => {
-                let r = crate::privacy::clip_l2(out.update.data_mut(), c);
-                (r.norm, r.clipped)
-            }
-            None => (out.update.l2_norm(), false),
-        };
-        Ok(FitUpdate {
-            payload: out.update.to_safetensors()?,
-            num_examples: examples.len(),
-            train_loss: out.train_loss,
-            update_norm,
-            clipped,
-            steps: out.steps,
-            tokens: out.tokens,
-            compute_seconds: start.elapsed().as_secs_f64(),
-        })
-    };
-    match run() {
-        Ok(u) => FitStatus::Completed(Box::new(u)),
-        Err(e) => FitStatus::Failed {
-            reason: e.to_string(),
-        },
-    }
+fn train(
+    ctx: &SlotContext,
+    payload: &[u8],
+    shard: &[u32],
+    schedule: &Schedule,
+    lr: f64,
+    weight_decay: f64,
+) -> Result<LocalResult, TrainError> {
+    let global = AdapterSet::from_safetensors(ctx.layout.clone(), payload)?;
+    let examples: Vec<&TokenizedExample> = shard.iter().map(|&i| &ctx.train[i as usize]).collect();
+    ctx.trainer()
+        .fit_schedule(&global, &examples, schedule, weight_decay, lr)
 }
 
 fn evaluate_job(ctx: &SlotContext, ins: &EvaluateIns) -> Result<EvaluateRes, TrainError> {

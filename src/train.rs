@@ -26,6 +26,9 @@ pub enum TrainError {
     /// The loss stopped being a number.
     #[error("training diverged: loss is {0} at step {1}; lower train.lr_max")]
     Diverged(f32, usize),
+    /// The training code panicked (caught on the slot thread).
+    #[error("training panicked: {0}")]
+    Panicked(String),
 }
 
 impl From<candle_core::Error> for TrainError {
@@ -112,6 +115,48 @@ pub fn make_batch(
     })
 }
 
+/// The batches a client trains on in a round, drawn before training so that its token count —
+/// and so its compute time on the virtual clock — is known in advance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    /// Seed of the LoRA dropout masks.
+    pub dropout_seed: u64,
+    /// Per step, indices into the client's examples.
+    pub batches: Vec<Vec<u32>>,
+}
+
+impl Schedule {
+    /// Draw the schedule of a client with `n` examples: epochs of seeded shuffles cut into
+    /// batches (the order `rng` is consumed in is the trainer's, so results do not change).
+    pub fn draw(n: usize, plan: &LocalTraining, rng: &mut ChaCha8Rng) -> Self {
+        let dropout_seed: u64 = rand::Rng::random(rng);
+        let steps = if n == 0 { 0 } else { plan.steps_for(n) };
+        let mut order: Vec<usize> = Vec::new();
+        let mut batches = Vec::with_capacity(steps);
+        for _ in 0..steps {
+            let mut batch = Vec::with_capacity(plan.batch_size.min(n));
+            while batch.len() < plan.batch_size.min(n) {
+                if order.is_empty() {
+                    order = (0..n).collect();
+                    order.shuffle(rng);
+                    order.reverse();
+                }
+                batch.push(order.pop().expect("refilled above") as u32);
+            }
+            batches.push(batch);
+        }
+        Self {
+            dropout_seed,
+            batches,
+        }
+    }
+
+    /// Every example index trained on, with repeats, in order.
+    pub fn picks(&self) -> impl Iterator<Item = usize> + '_ {
+        self.batches.iter().flatten().map(|&i| i as usize)
+    }
+}
+
 /// Trains and evaluates LoRA adapters on a frozen base.
 pub struct Trainer<'a> {
     /// The frozen base.
@@ -135,6 +180,22 @@ impl Trainer<'_> {
         lr: f64,
         rng: &mut ChaCha8Rng,
     ) -> Result<LocalResult, TrainError> {
+        let schedule = Schedule::draw(examples.len(), plan, rng);
+        self.fit_schedule(global, examples, &schedule, plan.weight_decay, lr)
+    }
+
+    /// Fine-tune `global` on `examples` following a drawn `schedule`.
+    ///
+    /// # Errors
+    /// No examples, a candle failure, or a diverging loss.
+    pub fn fit_schedule(
+        &self,
+        global: &AdapterSet,
+        examples: &[&TokenizedExample],
+        schedule: &Schedule,
+        weight_decay: f64,
+        lr: f64,
+    ) -> Result<LocalResult, TrainError> {
         let (model, lora, pad) = (self.model, self.lora, self.pad);
         if examples.is_empty() {
             return Err(TrainError::NoExamples);
@@ -143,24 +204,16 @@ impl Trainer<'_> {
         let vars = LoraVars::from_adapter(global, lora, device)?;
         let params = ParamsAdamW {
             lr,
-            weight_decay: plan.weight_decay,
+            weight_decay,
             ..Default::default()
         };
         let mut opt = AdamW::new(vars.vars().to_vec(), params)?;
-        let mut dropout = DropoutRng::new(ChaCha8Rng::seed_from_u64(rand::Rng::random(rng)));
-        let steps = plan.steps_for(examples.len());
-        let mut order: Vec<usize> = Vec::new();
+        let mut dropout = DropoutRng::new(ChaCha8Rng::seed_from_u64(schedule.dropout_seed));
+        let steps = schedule.batches.len();
         let (mut loss_sum, mut tokens) = (0.0f64, 0usize);
-        for step in 0..steps {
-            let mut batch = Vec::with_capacity(plan.batch_size);
-            while batch.len() < plan.batch_size.min(examples.len()) {
-                if order.is_empty() {
-                    order = (0..examples.len()).collect();
-                    order.shuffle(rng);
-                    order.reverse();
-                }
-                batch.push(examples[order.pop().expect("refilled above")]);
-            }
+        for (step, picks) in schedule.batches.iter().enumerate() {
+            let batch: Vec<&TokenizedExample> =
+                picks.iter().map(|&i| examples[i as usize]).collect();
             tokens += batch.iter().map(|e| e.ids.len()).sum::<usize>();
             let input = make_batch(&batch, pad, device)?;
             let (nll, n) = model.loss_sum(&input, Some(&vars), Some(&mut dropout))?;

@@ -1,75 +1,125 @@
-//! One actor per client: holds its shard (indices), turns `FitIns` into a slot job and answers
-//! with a `FitRes` through a narrow handle, so it never sees the server's message type.
+//! One actor per client: it owns what a client does. Asked to plan a round, it draws its batch
+//! schedule (so it knows its token count before training), prices the work in FLOPs on its
+//! device profile and reports its timeline on the virtual clock and its fate (crash or not).
+//! Told to fit, it has a slot train on its shard, clips the update (client-side DP), encodes
+//! it, uploads it straight to the aggregator and answers the server with a small `FitRes`.
+//! Its state is small: an id, shard indices and the round's schedule.
 
 use std::sync::Arc;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
-use crate::messages::{ClientId, FitIns, FitRes, FitStatus};
-use crate::slots::{Job, SlotHandle};
+use super::aggregator::AggregatorMsg;
+use crate::clock::{CostModel, Timeline};
+use crate::faults::FaultModel;
+use crate::messages::{ClientId, ClientPlan, FitIns, FitRes, FitStatus, FitUpdate, RoundId};
+use crate::rng::{purpose, rng_for};
+use crate::slots::{Job, SlotHandle, Trained};
+use crate::train::{LocalTraining, Schedule, TrainError};
 
 /// Client actor.
 pub struct Client;
 
+/// What every client shares (one `Arc` for all of them).
+pub struct ClientContext {
+    /// Where training runs.
+    pub slots: SlotHandle,
+    /// Where updates go.
+    pub aggregator: ActorRef<AggregatorMsg>,
+    /// FLOPs per trained sequence.
+    pub cost: CostModel,
+    /// Token length of every training example.
+    pub lengths: Arc<Vec<u32>>,
+    /// Steps / epochs / batch size.
+    pub local: LocalTraining,
+    /// Master seed.
+    pub seed: u64,
+    /// Profiles, availability, crashes.
+    pub faults: FaultModel,
+}
+
 /// Messages a client understands.
 pub enum ClientMsg {
-    /// Train for one round and reply.
+    /// Plan a round that starts at `start` (virtual seconds): download `down_bytes`, upload
+    /// `up_bytes`.
+    Plan {
+        /// The round.
+        round: RoundId,
+        /// Virtual start time.
+        start: f64,
+        /// Bytes to download.
+        down_bytes: u64,
+        /// Bytes to upload.
+        up_bytes: u64,
+        /// Where the plan goes.
+        reply: RpcReplyPort<ClientPlan>,
+    },
+    /// Train for the planned round and reply.
     Fit(FitIns),
 }
 
-/// Start-up arguments and state (a client's state is small: an id and its shard indices).
+/// Start-up arguments.
 pub struct ClientArgs {
     /// Who.
     pub id: ClientId,
     /// Indices of its examples in the shared training set.
     pub shard: Arc<[u32]>,
-    /// Where training runs.
-    pub slots: SlotHandle,
+    /// Shared context.
+    pub ctx: Arc<ClientContext>,
     /// Where results go.
     pub reply: DerivedActorRef<FitRes>,
 }
 
+/// A client's state.
+pub struct ClientState {
+    args: ClientArgs,
+    planned: Option<(RoundId, Schedule, Timeline)>,
+}
+
 impl Actor for Client {
     type Msg = ClientMsg;
-    type State = ClientArgs;
+    type State = ClientState;
     type Arguments = ClientArgs;
 
     async fn pre_start(
         &self,
         _me: ActorRef<ClientMsg>,
         args: ClientArgs,
-    ) -> Result<ClientArgs, ActorProcessingErr> {
-        Ok(args)
+    ) -> Result<ClientState, ActorProcessingErr> {
+        Ok(ClientState {
+            args,
+            planned: None,
+        })
     }
 
     async fn handle(
         &self,
         _me: ActorRef<ClientMsg>,
         msg: ClientMsg,
-        st: &mut ClientArgs,
+        st: &mut ClientState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            ClientMsg::Plan {
+                round,
+                start,
+                down_bytes,
+                up_bytes,
+                reply,
+            } => {
+                let plan = plan(st, round, start, down_bytes, up_bytes);
+                let _ = reply.send(plan);
+            }
             ClientMsg::Fit(ins) => {
+                let id = st.args.id;
+                if st.args.ctx.faults.panics(id) {
+                    panic!("client {id}: injected panic during fit (system.inject_panic)");
+                }
                 let round = ins.round;
-                let (tx, rx) = oneshot::channel();
-                let job = Job::Fit {
-                    client: st.id,
-                    shard: st.shard.clone(),
-                    ins,
-                    reply: tx,
-                };
-                let status = match st.slots.submit(job) {
-                    Ok(()) => rx.await.unwrap_or_else(|_| FitStatus::Failed {
-                        reason: "the slot dropped the job".into(),
-                    }),
-                    Err(e) => FitStatus::Failed {
-                        reason: e.to_string(),
-                    },
-                };
+                let status = fit(st, ins).await;
                 // The server may be gone at shutdown; nothing left to tell then.
-                let _ = st.reply.send_message(FitRes {
-                    client: st.id,
+                let _ = st.args.reply.send_message(FitRes {
+                    client: id,
                     round,
                     status,
                 });
@@ -77,4 +127,88 @@ impl Actor for Client {
         }
         Ok(())
     }
+}
+
+fn plan(st: &mut ClientState, round: RoundId, start: f64, down: u64, up: u64) -> ClientPlan {
+    let (a, ctx) = (&st.args, &st.args.ctx);
+    let mut rng = rng_for(ctx.seed, &[purpose::TRAIN, round as u64, a.id as u64]);
+    let schedule = Schedule::draw(a.shard.len(), &ctx.local, &mut rng);
+    let (mut flops, mut tokens) = (0.0, 0usize);
+    for i in schedule.picks() {
+        let n = ctx.lengths[a.shard[i] as usize] as usize;
+        flops += ctx.cost.sequence_flops(n);
+        tokens += n;
+    }
+    let profile = ctx.faults.fleet().profile(a.id);
+    let timeline = Timeline::of(&profile, start, down, flops, up);
+    st.planned = Some((round, schedule, timeline));
+    ClientPlan {
+        timeline,
+        crash: ctx.faults.crash(round, a.id),
+        tokens,
+    }
+}
+
+async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
+    let failed = |reason: String| FitStatus::Failed { reason };
+    let (schedule, timeline) = match st.planned.take() {
+        Some((r, s, t)) if r == ins.round => (s, t),
+        _ => return failed(format!("round {}: fit without a plan", ins.round)),
+    };
+    let (a, ctx) = (&st.args, &st.args.ctx);
+    let (tx, rx) = oneshot::channel();
+    let job = Job::Train {
+        payload: ins.payload.clone(),
+        shard: a.shard.clone(),
+        schedule,
+        lr: ins.config.lr,
+        weight_decay: ins.config.local.weight_decay,
+        reply: tx,
+    };
+    if let Err(e) = ctx.slots.submit(job) {
+        return failed(e.to_string());
+    }
+    let trained: Result<Trained, TrainError> = match rx.await {
+        Ok(r) => r,
+        Err(_) => return failed("the slot dropped the job".into()),
+    };
+    let Trained {
+        result: mut out,
+        host_seconds,
+    } = match trained {
+        Ok(t) => t,
+        Err(e) => return failed(crate::fmt::chain(&e)),
+    };
+    // Client-side DP: clip before the update leaves the client.
+    let (update_norm, clipped) = match ins.config.clip_norm {
+        Some(c) => {
+            let r = crate::privacy::clip_l2(out.update.data_mut(), c);
+            (r.norm, r.clipped)
+        }
+        None => (out.update.l2_norm(), false),
+    };
+    let payload = match out.update.to_safetensors() {
+        Ok(p) => p,
+        Err(e) => return failed(crate::fmt::chain(&e)),
+    };
+    let bytes = payload.len() as u64;
+    let fold = AggregatorMsg::Fold {
+        client: a.id,
+        payload,
+        num_examples: a.shard.len(),
+    };
+    if ctx.aggregator.send_message(fold).is_err() {
+        return failed("the aggregator is gone".into());
+    }
+    FitStatus::Completed(Box::new(FitUpdate {
+        bytes,
+        num_examples: a.shard.len(),
+        train_loss: out.train_loss,
+        update_norm,
+        clipped,
+        steps: out.steps,
+        tokens: out.tokens,
+        host_seconds,
+        timeline,
+    }))
 }

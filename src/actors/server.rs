@@ -1,29 +1,36 @@
-//! The server: owns the global adapter and the round loop — sample clients with a seeded RNG,
-//! send `FitIns`, collect `FitRes` (failures are data), let the aggregator fold and close the
-//! round, evaluate on the held-out split, emit a `RoundSummary`. It supervises the client
-//! actors: a client that dies is recorded as a failed update and is not sampled again.
+//! The server: owns the global adapter, the virtual clock and the round loop — ask the fault
+//! model who is online, sample clients with a seeded RNG, collect the sampled clients' plans
+//! (timelines, crashes), decide with the straggler policy who trains, send `FitIns`, collect
+//! `FitRes` (failures are data), have the aggregator close the round, evaluate on the held-out
+//! split, emit a `RoundSummary`. It supervises the client actors: a client whose actor dies is
+//! recorded as crashed and is not sampled again.
+//!
+//! The round itself is in [`round`]; turning a round's tallies into a summary in [`record`].
 
-use std::collections::{HashMap, HashSet};
+mod record;
+mod round;
+
+use record::RoundState;
+use round::{begin_round, close_round, on_fit};
+
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
-use ractor::{call, Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
-use super::aggregator::{AggregatorMsg, DpRound};
-use super::client::{Client, ClientArgs, ClientMsg};
-use crate::messages::DpRoundMetrics;
+use super::aggregator::AggregatorMsg;
+use super::client::{Client, ClientArgs, ClientContext, ClientMsg};
 use crate::messages::{
-    ClientId, EvaluateIns, EvaluateRes, FitConfig, FitIns, FitRes, FitStatus, RoundId, RoundSummary,
+    ClientId, CrashCause, EvaluateIns, EvaluateRes, FitRes, FitStatus, RoundId, RoundSummary,
 };
 use crate::model::AdapterSet;
-use crate::privacy::{DpPlan, DpSampling, Guarantee, PrivacyLedger};
-use crate::rng::{purpose, rng_for};
+use crate::privacy::{DpPlan, Guarantee, PrivacyLedger};
+use crate::scenario::file::SystemSection;
 use crate::scenario::Sampling;
-use crate::shutdown::{Shutdown, StopLevel};
+use crate::shutdown::Shutdown;
 use crate::slots::{Job, SlotHandle};
-use crate::train::{cosine_annealing, LocalTraining};
-use rand::Rng;
+use crate::train::LocalTraining;
 
 /// Server actor.
 pub struct Server;
@@ -51,6 +58,10 @@ pub struct ServerArgs {
     pub slots: SlotHandle,
     /// The aggregator.
     pub aggregator: ActorRef<AggregatorMsg>,
+    /// What the clients share (slots, aggregator, cost model, faults).
+    pub clients: Arc<ClientContext>,
+    /// Deadline, straggler policy, short rounds.
+    pub system: SystemSection,
     /// The adapter before round 1.
     pub initial: Arc<AdapterSet>,
     /// Receives each round's summary.
@@ -78,14 +89,32 @@ pub struct ServerOutcome {
     pub interrupted: bool,
     /// A fatal error (evaluation failed, no clients left), if any.
     pub error: Option<String>,
-    /// Why training stopped before `rounds` without an error (the privacy budget).
-    pub stop_reason: Option<String>,
+    /// Why training stopped before `rounds` without an error.
+    pub stop: Option<EarlyStop>,
     /// (ε, δ) after the last round, when DP is on.
     pub epsilon: Option<Guarantee>,
     /// The clipping norm in force at the end, when DP is on.
     pub final_clip: Option<f64>,
     /// ε by PLD after the last round, when `dp.pld` is on.
     pub epsilon_pld: Option<f64>,
+}
+
+/// Why a run stopped before its planned rounds without an error.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EarlyStop {
+    /// `dp.max_epsilon` would be exceeded by the next round.
+    Budget(String),
+    /// A round had too few clients and `system.short_round` is `Stop`.
+    TooFewClients(String),
+}
+
+impl EarlyStop {
+    /// The reason, for people.
+    pub fn reason(&self) -> &str {
+        match self {
+            EarlyStop::Budget(r) | EarlyStop::TooFewClients(r) => r,
+        }
+    }
 }
 
 /// Messages the server understands.
@@ -118,29 +147,6 @@ impl TryFrom<ServerMsg> for FitRes {
     }
 }
 
-#[derive(Default)]
-struct RoundState {
-    round: RoundId,
-    lr: f64,
-    started: Option<Instant>,
-    pending: HashSet<ClientId>,
-    sampled: usize,
-    completed: usize,
-    failed: usize,
-    loss_weighted: f64,
-    examples: usize,
-    bytes_down: u64,
-    bytes_up: u64,
-    tokens: usize,
-    norm_sum: f64,
-    /// Pre-clip norms of completed updates (DP metrics).
-    norms: Vec<f64>,
-    /// Sampling rate this round is accounted with (DP).
-    q: f64,
-    /// Clients available when the round started.
-    available: usize,
-}
-
 /// Server state.
 pub struct ServerState {
     args: ServerArgs,
@@ -151,8 +157,14 @@ pub struct ServerState {
     baseline: Option<EvaluateRes>,
     summaries: Vec<RoundSummary>,
     current: RoundState,
+    /// Virtual time at the end of the last round, seconds.
+    clock: f64,
+    /// Host seconds and tokens of all completed fits (for the host time saved estimate).
+    host_per_token: (f64, usize),
+    /// The last evaluation (reused by rounds that change nothing).
+    last_eval: Option<EvaluateRes>,
     ledger: Option<PrivacyLedger>,
-    stop_reason: Option<String>,
+    stop: Option<EarlyStop>,
     done: Option<oneshot::Sender<ServerOutcome>>,
 }
 
@@ -173,7 +185,7 @@ impl Actor for Server {
             let cargs = ClientArgs {
                 id,
                 shard: shard.clone(),
-                slots: args.slots.clone(),
+                ctx: args.clients.clone(),
                 reply: me.get_derived(),
             };
             let (client, _) = Actor::spawn_linked(None, Client, cargs, me.get_cell()).await?;
@@ -193,8 +205,11 @@ impl Actor for Server {
             baseline: None,
             summaries: Vec::new(),
             current: RoundState::default(),
+            clock: 0.0,
+            host_per_token: (0.0, 0),
+            last_eval: None,
             ledger,
-            stop_reason: None,
+            stop: None,
             done,
         })
     }
@@ -209,11 +224,12 @@ impl Actor for Server {
             ServerMsg::Start => match evaluate(&st.args.slots, 0, None).await {
                 Ok(res) => {
                     st.baseline = Some(res);
+                    st.last_eval = Some(res);
                     me.send_message(ServerMsg::BeginRound)?;
                 }
                 Err(e) => finish(&me, st, Some(format!("baseline evaluation failed: {e}"))),
             },
-            ServerMsg::BeginRound => begin_round(&me, st)?,
+            ServerMsg::BeginRound => begin_round(&me, st).await?,
             ServerMsg::Fit(res) => on_fit(&me, st, res).await?,
             ServerMsg::CloseRound => close_round(&me, st).await?,
             ServerMsg::Abandon => finish(&me, st, None),
@@ -234,17 +250,21 @@ impl Actor for Server {
             SupervisionEvent::ActorFailed(cell, err) => (cell.get_id(), err.to_string()),
             _ => return Ok(()),
         };
+        tracing::warn!("client actor {who} ended: {why}");
         if st.done.is_none() {
             return Ok(()); // shutting down: children stopping is expected
         }
         if let Some(&client) = st.by_actor.get(&who) {
             st.alive[client] = false;
             if st.current.pending.contains(&client) {
+                // Learned by supervision: when the actor died.
+                let at = st.current.crash_time(client);
                 let res = FitRes {
                     client,
                     round: st.current.round,
-                    status: FitStatus::Failed {
-                        reason: format!("client actor died: {why}"),
+                    status: FitStatus::Crashed {
+                        at,
+                        cause: CrashCause::Panicked(why),
                     },
                 };
                 on_fit(&me, st, res).await?;
@@ -254,328 +274,7 @@ impl Actor for Server {
     }
 }
 
-fn begin_round(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), ActorProcessingErr> {
-    let round = st.summaries.len() + 1;
-    if round > st.args.rounds || st.args.shutdown.level() >= StopLevel::FinishRound {
-        finish(me, st, None);
-        return Ok(());
-    }
-    let available: Vec<ClientId> = (0..st.alive.len()).filter(|&c| st.alive[c]).collect();
-    if available.len() < st.args.sampling.min_available_clients {
-        let msg = format!(
-            "round {round}: {} clients available, fewer than strategy.min_available_clients = {}",
-            available.len(),
-            st.args.sampling.min_available_clients
-        );
-        finish(me, st, Some(msg));
-        return Ok(());
-    }
-    let chosen = sample_clients(st, round, &available);
-    let k = chosen.len();
-    let q = match &st.ledger {
-        Some(ledger) => {
-            let fixed_k = st.args.sampling.sample_size(available.len());
-            let q = ledger.sampling_rate(st.args.sampling.fraction_fit, fixed_k, available.len());
-            if let Some(max) = ledger.plan().max_epsilon {
-                let next = ledger.peek(q);
-                if next.epsilon > max {
-                    st.stop_reason = Some(format!(
-                        "privacy budget: round {round} would reach epsilon {:.4} > dp.max_epsilon {max} \
-                         (delta {:e}); stopped after round {}",
-                        next.epsilon,
-                        next.delta,
-                        round - 1
-                    ));
-                    finish(me, st, None);
-                    return Ok(());
-                }
-            }
-            q
-        }
-        None => 0.0,
-    };
-    let payload = Arc::new(st.global.to_safetensors()?);
-    let lr = cosine_annealing(round, st.args.rounds, st.args.lr_max, st.args.lr_min);
-    st.current = RoundState {
-        round,
-        lr,
-        started: Some(Instant::now()),
-        pending: chosen.iter().copied().collect(),
-        sampled: k,
-        bytes_down: payload.len() as u64 * k as u64,
-        q,
-        available: available.len(),
-        ..Default::default()
-    };
-    let dp = st.ledger.as_ref().map(|l| {
-        let plan = l.plan();
-        DpRound {
-            server_clip: (!plan.mechanism.clips_on_client()).then_some(l.clip()),
-            sum_stddev: l.sum_stddev(),
-            denominator: match plan.sampling {
-                DpSampling::Poisson => Some(q * available.len() as f64),
-                DpSampling::Fixed => None,
-            },
-            noise: plan.noise,
-            seed: st.args.seed,
-        }
-    });
-    st.args
-        .aggregator
-        .send_message(AggregatorMsg::Begin { round, dp })?;
-    if chosen.is_empty() {
-        // Poisson sampling can pick nobody; the (noised) round still happens.
-        me.send_message(ServerMsg::CloseRound)?;
-    }
-    for &c in &chosen {
-        let ins = FitIns {
-            round,
-            payload: payload.clone(),
-            config: FitConfig {
-                lr,
-                local: st.args.local.clone(),
-                clip_norm: st
-                    .ledger
-                    .as_ref()
-                    .filter(|l| l.plan().mechanism.clips_on_client())
-                    .map(PrivacyLedger::clip),
-            },
-        };
-        if st.clients[c].send_message(ClientMsg::Fit(ins)).is_err() {
-            // The actor is gone; its supervision event records the failure.
-            st.alive[c] = false;
-        }
-    }
-    Ok(())
-}
-
-async fn on_fit(
-    me: &ActorRef<ServerMsg>,
-    st: &mut ServerState,
-    res: FitRes,
-) -> Result<(), ActorProcessingErr> {
-    let cur = &mut st.current;
-    if res.round != cur.round || !cur.pending.remove(&res.client) {
-        return Ok(()); // late or duplicate answer
-    }
-    match res.status {
-        FitStatus::Completed(u) => {
-            cur.completed += 1;
-            cur.loss_weighted += u.train_loss * u.num_examples as f64;
-            cur.examples += u.num_examples;
-            cur.bytes_up += u.payload.len() as u64;
-            cur.tokens += u.tokens;
-            cur.norm_sum += u.update_norm;
-            cur.norms.push(u.update_norm);
-            st.args.aggregator.send_message(AggregatorMsg::Fold {
-                client: res.client,
-                payload: u.payload,
-                num_examples: u.num_examples,
-            })?;
-        }
-        FitStatus::Failed { reason } => {
-            cur.failed += 1;
-            tracing::warn!(
-                "round {}: client {} failed: {reason}",
-                cur.round,
-                res.client
-            );
-        }
-    }
-    if cur.pending.is_empty() {
-        close_round(me, st).await?;
-    }
-    Ok(())
-}
-
-async fn close_round(
-    me: &ActorRef<ServerMsg>,
-    st: &mut ServerState,
-) -> Result<(), ActorProcessingErr> {
-    let global = st.global.clone();
-    let agg = call!(st.args.aggregator, |reply| AggregatorMsg::Finish {
-        global,
-        reply
-    })?;
-    let round = st.current.round;
-    for (client, why) in &agg.rejected {
-        tracing::warn!("round {round}: update of client {client} rejected: {why}");
-    }
-    if let Some(why) = non_finite(&agg) {
-        // Keep the last finite global adapter: it is what the run directory saves.
-        finish(me, st, Some(format!("round {round}: {why}")));
-        return Ok(());
-    }
-    st.global = agg.global;
-    let eval = match evaluate(&st.args.slots, round, Some(st.global.clone())).await {
-        Ok(e) => e,
-        Err(e) => {
-            finish(
-                me,
-                st,
-                Some(format!("evaluation after round {round} failed: {e}")),
-            );
-            return Ok(());
-        }
-    };
-    if !eval.loss.is_finite() {
-        finish(
-            me,
-            st,
-            Some(format!(
-                "round {round}: the held-out loss is {} (the model diverged; lower train.lr_max)",
-                eval.loss
-            )),
-        );
-        return Ok(());
-    }
-    let seed = st.args.seed;
-    let dp = st.ledger.as_mut().map(|ledger| {
-        let cur = &st.current;
-        let g = ledger.record(cur.q);
-        let clip = ledger.clip();
-        let mut m = dp_metrics(g, cur.q, clip, agg.noise_stddev.unwrap_or(0.0), &cur.norms);
-        // Adaptive clipping: the same denominator as the update average.
-        let denom = match ledger.plan().sampling {
-            DpSampling::Poisson => cur.q * cur.available as f64,
-            DpSampling::Fixed => agg.folded as f64,
-        };
-        let mut noise = ledger
-            .plan()
-            .noise
-            .generator(seed, round, 1, ledger.count_stddev());
-        m.dp_noised_unclipped_fraction = ledger.adapt_clip(&cur.norms, denom, &mut noise);
-        m.dp_epsilon_pld = ledger.pld_epsilon();
-        m
-    });
-    let cur = &st.current;
-    let summary = RoundSummary {
-        dp,
-        update_norms: cur.norms.clone(),
-        round,
-        sampled: cur.sampled,
-        completed: agg.folded,
-        failed: cur.failed + agg.rejected.len(),
-        lr: cur.lr,
-        train_loss: if cur.examples > 0 {
-            cur.loss_weighted / cur.examples as f64
-        } else {
-            f64::NAN
-        },
-        eval_loss: eval.loss,
-        eval_perplexity: eval.perplexity,
-        bytes_down: cur.bytes_down,
-        bytes_up: cur.bytes_up,
-        examples: cur.examples,
-        tokens: cur.tokens,
-        mean_update_norm: if cur.completed > 0 {
-            cur.norm_sum / cur.completed as f64
-        } else {
-            0.0
-        },
-        wall_seconds: cur.started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
-        finished_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64()),
-    };
-    if let Err(e) = (st.args.sink)(&summary) {
-        st.summaries.push(summary);
-        finish(me, st, Some(format!("cannot record round {round}: {e}")));
-        return Ok(());
-    }
-    st.summaries.push(summary);
-    if let (Some(pace), Some(started)) = (st.args.pace, st.current.started) {
-        // Play rounds at a watchable rate; the simulation itself is unchanged.
-        let elapsed = started.elapsed();
-        if elapsed < pace {
-            let mut stop = st.args.shutdown.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(pace - elapsed) => {}
-                _ = stop.reached(StopLevel::FinishRound) => {}
-            }
-        }
-    }
-    me.send_message(ServerMsg::BeginRound)?;
-    Ok(())
-}
-
-/// Why the aggregated adapter cannot become the global one, if it cannot.
-fn non_finite(agg: &super::aggregator::Aggregate) -> Option<String> {
-    let bad = agg.global.data().iter().filter(|x| !x.is_finite()).count();
-    if bad == 0 {
-        return None;
-    }
-    let cause = match agg.noise_stddev {
-        Some(sd) => format!(
-            "DP noise of std {} per coordinate on the averaged update overflowed f32 (raise \
-             strategy.fraction_fit or clients.count, or lower the noise multiplier)",
-            crate::fmt::compact(sd)
-        ),
-        None => "the averaged update overflowed f32 (lower train.lr_max)".to_string(),
-    };
-    Some(format!(
-        "the aggregated global adapter has {bad} non-finite values of {}: {cause}; the adapter \
-         of the previous round is kept",
-        agg.global.data().len()
-    ))
-}
-
-fn dp_metrics(g: Guarantee, q: f64, clip: f64, noise_stddev: f64, norms: &[f64]) -> DpRoundMetrics {
-    let mut sorted = norms.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let pick = |p: f64| {
-        if sorted.is_empty() {
-            0.0
-        } else {
-            sorted[((p * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
-        }
-    };
-    DpRoundMetrics {
-        dp_epsilon: g.epsilon,
-        dp_epsilon_pld: None,
-        dp_delta: g.delta,
-        dp_order: g.order,
-        dp_sampling_rate: q,
-        dp_noise_stddev: noise_stddev,
-        dp_clip_norm: clip,
-        dp_clipped_fraction: if sorted.is_empty() {
-            0.0
-        } else {
-            sorted.iter().filter(|&&n| n > clip).count() as f64 / sorted.len() as f64
-        },
-        dp_update_norm_p50: pick(0.5),
-        dp_update_norm_p90: pick(0.9),
-        dp_update_norm_max: sorted.last().copied().unwrap_or(0.0),
-        dp_noised_unclipped_fraction: None,
-    }
-}
-
-/// Flower's fixed-size sample, or Poisson sampling under `dp.sampling: Poisson`; sorted.
-fn sample_clients(st: &ServerState, round: RoundId, available: &[ClientId]) -> Vec<ClientId> {
-    let mut rng = rng_for(st.args.seed, &[purpose::SAMPLE, round as u64]);
-    let poisson = st
-        .ledger
-        .as_ref()
-        .is_some_and(|l| l.plan().sampling == DpSampling::Poisson);
-    let mut chosen: Vec<ClientId> = if poisson {
-        let q = st.args.sampling.fraction_fit;
-        available
-            .iter()
-            .copied()
-            .filter(|_| rng.random::<f64>() < q)
-            .collect()
-    } else {
-        let k = st.args.sampling.sample_size(available.len());
-        rand::seq::index::sample(&mut rng, available.len(), k)
-            .into_iter()
-            .map(|i| available[i])
-            .collect()
-    };
-    chosen.sort_unstable();
-    chosen
-}
-
-async fn evaluate(
+pub(super) async fn evaluate(
     slots: &SlotHandle,
     round: RoundId,
     adapter: Option<Arc<AdapterSet>>,
@@ -589,20 +288,20 @@ async fn evaluate(
         .map_err(|e| e.to_string())?;
     rx.await
         .map_err(|_| "the slot dropped the job".to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::fmt::chain(&e))
 }
 
-fn finish(me: &ActorRef<ServerMsg>, st: &mut ServerState, error: Option<String>) {
+pub(super) fn finish(me: &ActorRef<ServerMsg>, st: &mut ServerState, error: Option<String>) {
     if let Some(done) = st.done.take() {
         let interrupted =
-            error.is_none() && st.stop_reason.is_none() && st.summaries.len() < st.args.rounds;
+            error.is_none() && st.stop.is_none() && st.summaries.len() < st.args.rounds;
         let _ = done.send(ServerOutcome {
             baseline: st.baseline,
             rounds: std::mem::take(&mut st.summaries),
             global: st.global.clone(),
             interrupted,
             error,
-            stop_reason: st.stop_reason.take(),
+            stop: st.stop.take(),
             epsilon: st.ledger.as_ref().and_then(PrivacyLedger::last),
             final_clip: st.ledger.as_ref().map(PrivacyLedger::clip),
             epsilon_pld: st.ledger.as_ref().and_then(PrivacyLedger::pld_epsilon),

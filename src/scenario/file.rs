@@ -3,8 +3,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataSource, Partition};
+use crate::devices::Profiles;
 use crate::model::LlamaConfig;
 use crate::privacy::{DpSampling, FracSeries, Mechanism, NoiseSource};
+use crate::stragglers::Stragglers;
 
 /// A scenario file as written (`scenarios/*.ron`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +44,65 @@ pub struct ScenarioFile {
     /// Client-level differential privacy (`None`: off).
     #[serde(default)]
     pub dp: Option<DpSection>,
+    /// The federation as a system: device and network profiles, availability, crashes,
+    /// deadline and straggler policy, on the virtual clock.
+    #[serde(default)]
+    pub system: SystemSection,
+}
+
+/// Systems simulation (`system: (profiles: …, availability: 0.7, deadline_s: Some(60.0), …)`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemSection {
+    /// How clients get device and network profiles.
+    #[serde(default)]
+    pub profiles: Profiles,
+    /// Probability that a client is online in a round.
+    #[serde(default = "one_f64")]
+    pub availability: f64,
+    /// Probability that a client crashes during fit.
+    #[serde(default)]
+    pub crash_probability: f64,
+    /// Round deadline, simulated seconds after the round starts.
+    #[serde(default)]
+    pub deadline_s: Option<f64>,
+    /// What to do about slow clients.
+    #[serde(default)]
+    pub stragglers: Stragglers,
+    /// What to do with a round that has too few clients available.
+    #[serde(default)]
+    pub short_round: ShortRound,
+    /// Client actors that panic during fit (fault injection, to exercise supervision).
+    #[serde(default)]
+    pub inject_panic: Vec<usize>,
+}
+
+impl Default for SystemSection {
+    fn default() -> Self {
+        Self {
+            profiles: Profiles::default(),
+            availability: 1.0,
+            crash_probability: 0.0,
+            deadline_s: None,
+            stragglers: Stragglers::Wait,
+            short_round: ShortRound::Skip,
+            inject_panic: Vec::new(),
+        }
+    }
+}
+
+fn one_f64() -> f64 {
+    1.0
+}
+
+/// A round that cannot reach `min_available_clients` (or samples nobody to train).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ShortRound {
+    /// Record it (with the reason) and go on with the next round.
+    #[default]
+    Skip,
+    /// Record it and stop the run (status `completed` with a stop reason).
+    Stop,
 }
 
 /// Client-level DP (`dp: Some((mechanism: ClientSideFixed(clip_norm: 0.5, noise_multiplier: 1.0)))`).

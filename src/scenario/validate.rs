@@ -12,6 +12,7 @@ use crate::train::LocalTraining;
 
 mod model;
 mod privacy;
+mod system;
 
 /// Longest scenario name (bytes).
 const MAX_NAME: usize = 200;
@@ -256,6 +257,7 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         format!("is {threads}; it must be 1..=256"),
     )?;
 
+    system::check_system(&c, &file.system, n, file.seed)?;
     let mut warnings = Vec::new();
     let memory = resources::estimate(&resources::Shape {
         model: &model,

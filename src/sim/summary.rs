@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::prepare::Prepared;
-use crate::actors::server::ServerOutcome;
+use crate::actors::server::{EarlyStop, ServerOutcome};
 use crate::messages::RoundSummary;
 use crate::report::{DpSummary, RunStatus, Summary};
 use crate::scenario::Scenario;
@@ -84,15 +84,18 @@ impl Book {
         let m = &mut self.summary;
         m.status = if o.error.is_some() {
             RunStatus::Failed
-        } else if o.stop_reason.is_some() {
-            RunStatus::BudgetExhausted
+        } else if let Some(stop) = &o.stop {
+            match stop {
+                EarlyStop::Budget(_) => RunStatus::BudgetExhausted,
+                EarlyStop::TooFewClients(_) => RunStatus::TooFewClients,
+            }
         } else if o.interrupted {
             RunStatus::Interrupted
         } else {
             RunStatus::Completed
         };
         m.error.clone_from(&o.error);
-        m.stop_reason.clone_from(&o.stop_reason);
+        m.stop_reason = o.stop.as_ref().map(|e| e.reason().to_string());
         if let Some(b) = o.baseline {
             m.pretrained_eval_loss = b.loss;
             m.pretrained_eval_perplexity = b.perplexity;

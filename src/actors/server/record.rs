@@ -1,0 +1,176 @@
+//! A round's tallies as they come in, and the `RoundSummary` they make.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use crate::clock::Timeline;
+use crate::messages::{ClientId, DpRoundMetrics, DropReason, FitStatus, RoundId, RoundSummary};
+use crate::privacy::Guarantee;
+
+/// What the server knows about the round in progress.
+#[derive(Default)]
+pub(super) struct RoundState {
+    pub round: RoundId,
+    pub lr: f64,
+    pub started: Option<Instant>,
+    /// Clients that were told to train and have not answered.
+    pub pending: HashSet<ClientId>,
+    /// Their timelines.
+    pub timelines: HashMap<ClientId, Timeline>,
+    pub sampled: usize,
+    pub available: usize,
+    pub unavailable: usize,
+    pub completed: usize,
+    pub dropped: BTreeMap<DropReason, usize>,
+    pub late_max: f64,
+    pub loss_weighted: f64,
+    pub examples: usize,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+    pub tokens: usize,
+    pub norm_sum: f64,
+    /// Pre-clip norms of completed updates (DP metrics).
+    pub norms: Vec<f64>,
+    /// (download, compute, upload) of each completed client.
+    pub phases: Vec<[f64; 3]>,
+    /// Tokens of clients dropped before training (host time saved).
+    pub skipped_tokens: usize,
+    /// Sampling rate this round is accounted with (DP).
+    pub q: f64,
+    /// Virtual start and close of the round.
+    pub sim_start: f64,
+    pub close_at: f64,
+}
+
+impl RoundState {
+    /// Count one client's outcome (updates are counted when they complete).
+    pub fn count(&mut self, status: &FitStatus) {
+        match status {
+            FitStatus::Completed(u) => {
+                self.completed += 1;
+                self.loss_weighted += u.train_loss * u.num_examples as f64;
+                self.examples += u.num_examples;
+                self.bytes_up += u.bytes;
+                self.tokens += u.tokens;
+                self.norm_sum += u.update_norm;
+                self.norms.push(u.update_norm);
+                let t = &u.timeline;
+                self.phases.push([t.download, t.compute, t.upload]);
+            }
+            FitStatus::MissedDeadline { late_by } => {
+                self.late_max = self.late_max.max(*late_by);
+            }
+            _ => {}
+        }
+        if let Some(reason) = status.drop_reason() {
+            *self.dropped.entry(reason).or_insert(0) += 1;
+        }
+    }
+
+    /// When a pending client that died would have been fitting (start of its compute).
+    pub fn crash_time(&self, c: ClientId) -> f64 {
+        self.timelines
+            .get(&c)
+            .map_or(self.sim_start, |t| t.start + t.download)
+    }
+
+    fn dropped(&self, r: DropReason) -> usize {
+        self.dropped.get(&r).copied().unwrap_or(0)
+    }
+
+    /// The summary line of this round.
+    pub fn summary(&self, r: RoundFacts) -> RoundSummary {
+        let n = self.phases.len().max(1) as f64;
+        let mean = |k: usize| self.phases.iter().map(|p| p[k]).sum::<f64>() / n;
+        RoundSummary {
+            dp: r.dp,
+            update_norms: self.norms.clone(),
+            phases: self.phases.clone(),
+            round: self.round,
+            sampled: self.sampled,
+            completed: r.folded,
+            failed: self.dropped(DropReason::Failed) + r.rejected,
+            available: self.available,
+            unavailable: self.unavailable,
+            crashed: self.dropped(DropReason::Crashed),
+            missed_deadline: self.dropped(DropReason::Deadline),
+            late_max_s: self.late_max,
+            sim_start_s: self.sim_start,
+            sim_duration_s: self.close_at - self.sim_start,
+            download_s_mean: mean(0),
+            compute_s_mean: mean(1),
+            upload_s_mean: mean(2),
+            host_seconds_saved: r.host_per_token * self.skipped_tokens as f64,
+            skipped: r.skipped,
+            lr: self.lr,
+            train_loss: if self.examples > 0 {
+                self.loss_weighted / self.examples as f64
+            } else {
+                f64::NAN
+            },
+            eval_loss: r.eval_loss,
+            eval_perplexity: r.eval_perplexity,
+            bytes_down: self.bytes_down,
+            bytes_up: self.bytes_up,
+            examples: self.examples,
+            tokens: self.tokens,
+            mean_update_norm: if self.completed > 0 {
+                self.norm_sum / self.completed as f64
+            } else {
+                0.0
+            },
+            wall_seconds: self.started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+            finished_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        }
+    }
+}
+
+/// What the server adds to a round's tallies when it closes.
+pub(super) struct RoundFacts {
+    pub folded: usize,
+    pub rejected: usize,
+    pub eval_loss: f64,
+    pub eval_perplexity: f64,
+    pub dp: Option<DpRoundMetrics>,
+    pub host_per_token: f64,
+    pub skipped: Option<String>,
+}
+
+/// DP metrics of a round from the accountant's guarantee and the pre-clip norms.
+pub(super) fn dp_metrics(
+    g: Guarantee,
+    q: f64,
+    clip: f64,
+    noise_stddev: f64,
+    norms: &[f64],
+) -> DpRoundMetrics {
+    let mut sorted = norms.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let pick = |p: f64| {
+        if sorted.is_empty() {
+            0.0
+        } else {
+            sorted[((p * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
+        }
+    };
+    DpRoundMetrics {
+        dp_epsilon: g.epsilon,
+        dp_epsilon_pld: None,
+        dp_delta: g.delta,
+        dp_order: g.order,
+        dp_sampling_rate: q,
+        dp_noise_stddev: noise_stddev,
+        dp_clip_norm: clip,
+        dp_clipped_fraction: if sorted.is_empty() {
+            0.0
+        } else {
+            sorted.iter().filter(|&&n| n > clip).count() as f64 / sorted.len() as f64
+        },
+        dp_update_norm_p50: pick(0.5),
+        dp_update_norm_p90: pick(0.9),
+        dp_update_norm_max: sorted.last().copied().unwrap_or(0.0),
+        dp_noised_unclipped_fraction: None,
+    }
+}

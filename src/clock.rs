@@ -1,0 +1,104 @@
+//! Virtual time. Each sampled client's round is a timeline on a simulated clock: download the
+//! global adapter, compute, upload the update. Compute time is work ÷ device speed, where work
+//! is counted in FLOPs from the model's shape and the tokens the client trains on — never host
+//! wall-clock time — so simulated times are deterministic and the same on any machine.
+//!
+//! FLOPs of one training sequence of n tokens with a frozen base and LoRA adapters:
+//! - frozen base matmuls: forward 2·P·n and the input-gradient backward 2·P·n (no weight
+//!   gradients), P = the projection weights of all layers plus the LM head;
+//! - causal attention: QKᵀ and AV forward ≈ 2·L·H·n² (n²/2 pairs × 2 matmuls × 2 FLOPs), the same
+//!   again backward;
+//! - LoRA: forward 2·R·n with R = Σ r·(in + out) over adapted projections and layers; backward
+//!   (input and weight gradients) twice that.
+
+use serde::Serialize;
+
+use crate::devices::DeviceProfile;
+use crate::model::{LlamaConfig, LoraConfig, TargetModule};
+use crate::network::transfer_seconds;
+
+/// What a trained token costs on a given model and adapter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CostModel {
+    /// Frozen matmul weights per token (projections of all layers, plus the LM head).
+    base_weights: f64,
+    /// L·H: attention cost per token pair.
+    attn: f64,
+    /// Σ r·(in + out) over adapted projections and layers.
+    lora: f64,
+}
+
+impl CostModel {
+    /// The cost model of LoRA fine-tuning `model` with `lora`.
+    pub fn lora(model: &LlamaConfig, lora: &LoraConfig) -> Self {
+        let l = model.num_hidden_layers as f64;
+        let proj: f64 = TargetModule::ALL
+            .iter()
+            .map(|&m| {
+                let (o, i) = model.projection_shape(m);
+                (o * i) as f64
+            })
+            .sum();
+        let adapted: f64 = lora
+            .target_modules
+            .iter()
+            .map(|&m| {
+                let (o, i) = model.projection_shape(m);
+                (lora.r * (o + i)) as f64
+            })
+            .sum();
+        Self {
+            base_weights: l * proj + (model.vocab_size * model.hidden_size) as f64,
+            attn: l * model.hidden_size as f64,
+            lora: l * adapted,
+        }
+    }
+
+    /// FLOPs of training on one sequence of `n` tokens.
+    pub fn sequence_flops(&self, n: usize) -> f64 {
+        let n = n as f64;
+        4.0 * self.base_weights * n + 4.0 * self.attn * n * n + 6.0 * self.lora * n
+    }
+}
+
+/// One client's round on the virtual clock (seconds; `start` is absolute, the rest durations).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Timeline {
+    /// When the client received the instructions.
+    pub start: f64,
+    /// Downloading the global adapter.
+    pub download: f64,
+    /// Local training.
+    pub compute: f64,
+    /// Uploading the update.
+    pub upload: f64,
+}
+
+impl Timeline {
+    /// The timeline of a client with `profile` that downloads `down_bytes`, does `flops` of
+    /// work and uploads `up_bytes`, starting at `start`.
+    pub fn of(
+        profile: &DeviceProfile,
+        start: f64,
+        down_bytes: u64,
+        flops: f64,
+        up_bytes: u64,
+    ) -> Self {
+        Self {
+            start,
+            download: transfer_seconds(down_bytes, profile.down_mbps, profile.latency_s),
+            compute: flops / profile.flops,
+            upload: transfer_seconds(up_bytes, profile.up_mbps, profile.latency_s),
+        }
+    }
+
+    /// When the update reaches the server.
+    pub fn finish(&self) -> f64 {
+        self.start + self.download + self.compute + self.upload
+    }
+
+    /// When the client would crash having done `fraction` of its compute.
+    pub fn crash_time(&self, fraction: f64) -> f64 {
+        self.start + self.download + fraction * self.compute
+    }
+}

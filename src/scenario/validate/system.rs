@@ -1,0 +1,160 @@
+//! Checks of the `system` section: profiles, availability, crashes, deadline, policy.
+
+use super::Check;
+use crate::devices::{DeviceProfile, Dist, Fleet, Profiles};
+use crate::fmt::compact;
+use crate::scenario::file::SystemSection;
+use crate::scenario::ScenarioError;
+use crate::stragglers::Stragglers;
+
+pub(super) fn check_system(
+    c: &Check<'_>,
+    s: &SystemSection,
+    clients: usize,
+    seed: u64,
+) -> Result<(), ScenarioError> {
+    let f = "system";
+    match &s.profiles {
+        Profiles::Fixed(p) => check_profile(c, p, &format!("{f}.profiles.Fixed"))?,
+        Profiles::Drawn {
+            flops,
+            up_mbps,
+            down_mbps,
+            latency_s,
+        } => {
+            let g = format!("{f}.profiles.Drawn");
+            check_dist(c, flops, &format!("{g}.flops"), false)?;
+            check_dist(c, up_mbps, &format!("{g}.up_mbps"), false)?;
+            check_dist(c, down_mbps, &format!("{g}.down_mbps"), false)?;
+            check_dist(c, latency_s, &format!("{g}.latency_s"), true)?;
+        }
+        Profiles::Tiers(tiers) => {
+            let g = format!("{f}.profiles.Tiers");
+            c.ensure(!tiers.is_empty(), &g, "is empty; give at least one tier")?;
+            for (i, t) in tiers.iter().enumerate() {
+                c.finite_in(t.share, 0.0, 1.0, true, false, &format!("{g}[{i}].share"))?;
+                check_profile(c, &t.profile, &format!("{g}[{i}].profile"))?;
+            }
+            let total: f64 = tiers.iter().map(|t| t.share).sum();
+            c.ensure(
+                (total - 1.0).abs() <= 1e-6,
+                &format!("{g}.share"),
+                format!("values sum to {}; the shares must sum to 1", compact(total)),
+            )?;
+        }
+        Profiles::Trace { path } => {
+            if let Err(e) = Fleet::assign(&s.profiles, clients, seed) {
+                return Err(c.fail(
+                    &format!("{f}.profiles.Trace.path"),
+                    format!(
+                        "{} cannot be used: {}",
+                        path.display(),
+                        crate::fmt::chain(&e)
+                    ),
+                ));
+            }
+        }
+    }
+    c.finite_in(
+        s.availability,
+        0.0,
+        1.0,
+        true,
+        false,
+        &format!("{f}.availability"),
+    )?;
+    c.finite_in(
+        s.crash_probability,
+        0.0,
+        1.0,
+        false,
+        true,
+        &format!("{f}.crash_probability"),
+    )?;
+    if let Some(d) = s.deadline_s {
+        c.finite_in(d, 0.0, 1e9, true, false, &format!("{f}.deadline_s"))?;
+    }
+    match s.stragglers {
+        Stragglers::Wait => {}
+        Stragglers::Drop => c.ensure(
+            s.deadline_s.is_some(),
+            &format!("{f}.stragglers"),
+            "is Drop but system.deadline_s is None; set a deadline, e.g. deadline_s: Some(60.0)",
+        )?,
+        Stragglers::OverSelect { extra } => c.ensure(
+            (1..=clients).contains(&extra),
+            &format!("{f}.stragglers.OverSelect.extra"),
+            format!("is {extra}; it must be 1..={clients} (clients.count)"),
+        )?,
+    }
+    if let Some(&bad) = s.inject_panic.iter().find(|&&id| id >= clients) {
+        return Err(c.fail(
+            &format!("{f}.inject_panic"),
+            format!("names client {bad}; ids are 0..{clients}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_profile(c: &Check<'_>, p: &DeviceProfile, f: &str) -> Result<(), ScenarioError> {
+    c.finite_in(p.flops, 0.0, 1e18, true, false, &format!("{f}.flops"))?;
+    c.finite_in(p.up_mbps, 0.0, 1e6, true, false, &format!("{f}.up_mbps"))?;
+    c.finite_in(
+        p.down_mbps,
+        0.0,
+        1e6,
+        true,
+        false,
+        &format!("{f}.down_mbps"),
+    )?;
+    c.finite_in(
+        p.latency_s,
+        0.0,
+        3600.0,
+        false,
+        false,
+        &format!("{f}.latency_s"),
+    )
+}
+
+fn check_dist(c: &Check<'_>, d: &Dist, f: &str, zero_ok: bool) -> Result<(), ScenarioError> {
+    let value = |v: f64, field: &str| c.finite_in(v, 0.0, 1e18, !zero_ok, false, field);
+    match *d {
+        Dist::Fixed(v) => value(v, &format!("{f}.Fixed")),
+        Dist::Uniform { low, high } => {
+            value(low, &format!("{f}.Uniform.low"))?;
+            value(high, &format!("{f}.Uniform.high"))?;
+            c.ensure(
+                low <= high,
+                &format!("{f}.Uniform.high"),
+                format!(
+                    "is {}; it must be at least low = {}",
+                    compact(high),
+                    compact(low)
+                ),
+            )
+        }
+        Dist::LogNormal { median, sigma } => {
+            c.finite_in(
+                median,
+                0.0,
+                1e18,
+                true,
+                false,
+                &format!("{f}.LogNormal.median"),
+            )?;
+            c.finite_in(
+                sigma,
+                0.0,
+                10.0,
+                false,
+                false,
+                &format!("{f}.LogNormal.sigma"),
+            )
+        }
+        Dist::Normal { mean, std } => {
+            c.finite_in(mean, 0.0, 1e18, true, false, &format!("{f}.Normal.mean"))?;
+            c.finite_in(std, 0.0, 1e18, false, false, &format!("{f}.Normal.std"))
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Straggler policies: from the sampled clients' plans (timelines and crashes on the virtual
+//! clock), decide who trains, who is dropped and why, and when the round closes. Decided before
+//! anyone trains, so a client the clock shows will be dropped never trains (host time saved).
+//!
+//! - `Wait`: every client that does not crash trains; the round closes when the last update
+//!   arrives (or when the last crash is detected).
+//! - `Drop`: the round closes at the deadline; clients that would finish later are dropped
+//!   with their lateness.
+//! - `OverSelect { extra }`: `extra` more clients than needed are sampled; the first `target`
+//!   to finish (by virtual finish time, ties by client id) are kept, the round closes when the
+//!   last of them arrives, the rest are dropped with their lateness (also any past a deadline).
+//!
+//! A crash is detected at the deadline when there is one, else when it happens (supervision).
+
+use serde::{Deserialize, Serialize};
+
+use crate::messages::{ClientId, ClientPlan, CrashCause, FitStatus};
+
+/// What to do about slow clients (scenario `system.stragglers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Stragglers {
+    /// Wait for every update.
+    #[default]
+    Wait,
+    /// Close the round at `system.deadline_s`; later updates are dropped.
+    Drop,
+    /// Sample `extra` more clients and keep the first to finish.
+    OverSelect {
+        /// Clients sampled beyond the target.
+        extra: usize,
+    },
+}
+
+/// A sampled client's fate in a round.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Train and upload.
+    Train,
+    /// No training: why.
+    Skip(FitStatus),
+}
+
+/// The round as decided before training.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundPlan {
+    /// Per sampled client (in the order given).
+    pub decisions: Vec<(ClientId, Decision)>,
+    /// When the round closes on the virtual clock.
+    pub close_at: f64,
+}
+
+/// Decide a round that starts at `start` from the sampled clients' `plans`: keep at most
+/// `target` updates under `OverSelect`; `deadline` is relative to `start` (required by `Drop`).
+/// Decisions come in the order of `plans`.
+pub fn decide(
+    policy: Stragglers,
+    start: f64,
+    deadline: Option<f64>,
+    target: usize,
+    plans: &[(ClientId, ClientPlan)],
+) -> RoundPlan {
+    let due = deadline.map(|d| start + d);
+    // Crashes never train; they are detected at the deadline, or when they happen.
+    let detected: Vec<f64> = plans
+        .iter()
+        .filter_map(|(_, p)| p.crash.map(|f| due.unwrap_or(p.timeline.crash_time(f))))
+        .collect();
+    let mut alive: Vec<(ClientId, f64)> = plans
+        .iter()
+        .filter(|(_, p)| p.crash.is_none())
+        .map(|(c, p)| (*c, p.timeline.finish()))
+        .collect();
+    let latest = |xs: &mut dyn Iterator<Item = f64>| xs.fold(start, f64::max);
+    // (who trains, when the round closes)
+    let (mut kept, close_at): (Vec<ClientId>, f64) = match policy {
+        Stragglers::Wait => (
+            alive.iter().map(|a| a.0).collect(),
+            latest(&mut alive.iter().map(|a| a.1).chain(detected.iter().copied())),
+        ),
+        Stragglers::Drop => {
+            let d = due.unwrap_or(f64::INFINITY);
+            let kept: Vec<ClientId> = alive.iter().filter(|a| a.1 <= d).map(|a| a.0).collect();
+            let close = if kept.len() < plans.len() {
+                d
+            } else {
+                latest(&mut alive.iter().map(|a| a.1))
+            };
+            (kept, close)
+        }
+        Stragglers::OverSelect { .. } => {
+            alive.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            let in_time: Vec<(ClientId, f64)> = alive
+                .iter()
+                .copied()
+                .filter(|a| due.is_none_or(|d| a.1 <= d))
+                .collect();
+            if target > 0 && in_time.len() >= target {
+                // Enough arrived: the round closes with the target-th arrival.
+                let kept = in_time[..target].iter().map(|a| a.0).collect();
+                (kept, in_time[target - 1].1)
+            } else {
+                let close = due.unwrap_or_else(|| {
+                    latest(&mut in_time.iter().map(|a| a.1).chain(detected.iter().copied()))
+                });
+                (in_time.iter().map(|a| a.0).collect(), close)
+            }
+        }
+    };
+    kept.sort_unstable();
+    let decisions = plans
+        .iter()
+        .map(|(c, p)| {
+            let d = if let Some(f) = p.crash {
+                Decision::Skip(FitStatus::Crashed {
+                    at: p.timeline.crash_time(f),
+                    cause: CrashCause::Simulated,
+                })
+            } else if kept.binary_search(c).is_ok() {
+                Decision::Train
+            } else {
+                Decision::Skip(FitStatus::MissedDeadline {
+                    late_by: (p.timeline.finish() - close_at).max(0.0),
+                })
+            };
+            (*c, d)
+        })
+        .collect();
+    RoundPlan {
+        decisions,
+        close_at,
+    }
+}
