@@ -242,6 +242,9 @@ pub struct RoundSummary {
     /// Each trained client's (download, compute, upload) seconds (metrics histogram).
     #[serde(skip)]
     pub phases: Vec<[f64; 3]>,
+    /// Every sampled client's round (written to `clients.jsonl`).
+    #[serde(skip)]
+    pub clients: Vec<ClientRecord>,
     /// When the round closed (Unix seconds): the timestamp of its samples in `metrics.om`.
     /// Kept out of `rounds.jsonl`, whose metrics are deterministic apart from `wall_seconds`.
     #[serde(skip)]
@@ -249,6 +252,43 @@ pub struct RoundSummary {
     /// Differential-privacy metrics, when DP is on.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub dp: Option<DpRoundMetrics>,
+}
+
+/// One sampled client's round: a line of `clients.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientRecord {
+    /// The round.
+    pub round: RoundId,
+    /// The client.
+    pub client: ClientId,
+    /// `completed`, `unavailable`, `crashed`, `missed_deadline` or `failed`.
+    pub status: &'static str,
+    /// Its timeline on the virtual clock (zeros when it never planned).
+    #[serde(flatten)]
+    pub timeline: Timeline,
+    /// When its update arrives (or would have), virtual seconds.
+    pub finish: f64,
+    /// How late a dropped straggler would have been.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_by: Option<f64>,
+    /// When it crashed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crashed_at: Option<f64>,
+    /// Tokens it trained on (or would have).
+    pub tokens: usize,
+}
+
+impl FitStatus {
+    /// The status word of `clients.jsonl`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            FitStatus::Completed(_) => "completed",
+            FitStatus::Unavailable => "unavailable",
+            FitStatus::Crashed { .. } => "crashed",
+            FitStatus::MissedDeadline { .. } => "missed_deadline",
+            FitStatus::Failed { .. } => "failed",
+        }
+    }
 }
 
 /// Per-round DP metrics (flat keys `dp_*` in `rounds.jsonl`).

@@ -122,27 +122,31 @@ impl RunDir {
         )
     }
 
-    /// Open `rounds.jsonl` for appending rounds.
+    /// Open `rounds.jsonl` and `clients.jsonl` for appending rounds.
     ///
     /// # Errors
     /// On an I/O failure.
     pub fn round_log(&self) -> Result<RoundLog, ReportError> {
-        let path = self.path.join("rounds.jsonl");
-        let f = File::create(&path).map_err(io(&path))?;
+        let open = |name: &str| -> Result<(PathBuf, BufWriter<File>), ReportError> {
+            let path = self.path.join(name);
+            let f = File::create(&path).map_err(io(&path))?;
+            Ok((path, BufWriter::new(f)))
+        };
         Ok(RoundLog {
-            path,
-            out: BufWriter::new(f),
+            rounds: open("rounds.jsonl")?,
+            clients: open("clients.jsonl")?,
         })
     }
 }
 
 /// Every name fedsim writes into a run directory.
-pub const RUN_FILES: [&str; 11] = [
+pub const RUN_FILES: [&str; 12] = [
     "scenario.ron",
     "tokenizer.json",
     "canaries.json",
     "partitions.json",
     "rounds.jsonl",
+    "clients.jsonl",
     "summary.json",
     "metrics.om",
     "error.txt",
@@ -211,22 +215,30 @@ fn reuse(p: &Path, clear: bool) -> Result<(), ReportError> {
     Ok(())
 }
 
-/// `rounds.jsonl`, one flushed line per round.
+/// `rounds.jsonl` (one flushed line per round) and `clients.jsonl` (one line per sampled
+/// client and round).
 pub struct RoundLog {
-    path: PathBuf,
-    out: BufWriter<File>,
+    rounds: (PathBuf, BufWriter<File>),
+    clients: (PathBuf, BufWriter<File>),
 }
 
 impl RoundLog {
-    /// Append one round.
+    /// Append one round and its clients.
     ///
     /// # Errors
     /// On an I/O failure.
     pub fn append(&mut self, round: &RoundSummary) -> Result<(), ReportError> {
+        let (path, out) = &mut self.clients;
+        for c in &round.clients {
+            let line = serde_json::to_string(c).expect("serialisable");
+            writeln!(out, "{line}").map_err(io(path))?;
+        }
+        out.flush().map_err(io(path))?;
+        let (path, out) = &mut self.rounds;
         let line = serde_json::to_string(round).expect("serialisable");
-        writeln!(self.out, "{line}")
-            .and_then(|_| self.out.flush())
-            .map_err(io(&self.path))
+        writeln!(out, "{line}")
+            .and_then(|_| out.flush())
+            .map_err(io(path))
     }
 }
 

@@ -75,9 +75,95 @@ pub const DP_CLIPPED: &str = "fedsim_dp_clipped_updates_total";
 pub const DP_CLIPPED_RATIO: &str = "fedsim_dp_clipped_ratio";
 /// Constant 1, labelled with what the run is.
 pub const RUN_INFO: &str = "fedsim_run_info";
+/// Clients online when the last round started.
+pub const CLIENTS_AVAILABLE: &str = "fedsim_clients_available";
+/// Sampled (or offline) clients without an update, by reason.
+pub const DROPOUTS: &str = "fedsim_client_dropouts_total";
+/// Simulated duration of each round (virtual clock).
+pub const ROUND_DURATION: &str = "fedsim_round_duration_seconds";
+/// Simulated download / compute / upload time of each client that trained.
+pub const CLIENT_PHASE: &str = "fedsim_client_phase_seconds";
+/// The virtual clock at the end of the last round.
+pub const SIM_TIME: &str = "fedsim_sim_time_seconds";
+/// Largest lateness of a dropped straggler in the last round.
+pub const LATE_MAX: &str = "fedsim_straggler_late_max_seconds";
+/// Host seconds not spent training clients dropped before training, cumulative.
+pub const HOST_SAVED: &str = "fedsim_host_seconds_saved";
+
+/// A metric's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotone.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Bucketed observations (live exporter only; `metrics.om` leaves them out).
+    Histogram,
+}
+
+/// One metric: name, kind, unit, help — defined once, for the live exporter and `metrics.om`.
+#[derive(Debug, Clone, Copy)]
+pub struct Def {
+    /// Name (counters end in `_total`).
+    pub name: &'static str,
+    /// Kind.
+    pub kind: Kind,
+    /// Seconds or bytes, when the name says so.
+    pub unit: Option<Unit>,
+    /// Help text.
+    pub help: &'static str,
+}
+
+const fn def(name: &'static str, kind: Kind, unit: Option<Unit>, help: &'static str) -> Def {
+    Def {
+        name,
+        kind,
+        unit,
+        help,
+    }
+}
+
+/// Every metric fedsim exports.
+pub const DEFS: &[Def] = &[
+    def(ROUND, Kind::Gauge, None, "Current federated round (1-based)."),
+    def(ROUNDS_COMPLETED, Kind::Counter, None, "Rounds finished."),
+    def(CLIENTS_SAMPLED, Kind::Gauge, None, "Clients sampled in the last round."),
+    def(CLIENT_UPDATES, Kind::Counter, None, "Client results by outcome (completed, failed)."),
+    def(ROUND_WALL, Kind::Histogram, Some(Unit::Seconds), "Host wall-clock seconds per round."),
+    def(NETWORK_BYTES, Kind::Counter, Some(Unit::Bytes), "Serialised adapter bytes sent (down) and received (up)."),
+    def(UPDATE_NORM, Kind::Histogram, None, "L2 norm of each client update before clipping."),
+    def(TRAIN_LOSS, Kind::Gauge, None, "Example-weighted mean local training loss of the last round (nats/token)."),
+    def(EVAL_LOSS, Kind::Gauge, None, "Held-out loss after the last round (nats/token)."),
+    def(EVAL_PERPLEXITY, Kind::Gauge, None, "Held-out perplexity after the last round."),
+    def(TOKENS, Kind::Counter, None, "Tokens trained on, all clients."),
+    def(SLOT_BUSY, Kind::Counter, Some(Unit::Seconds), "Seconds each compute slot spent on jobs (whole seconds)."),
+    def(DP_EPSILON, Kind::Gauge, None, "Epsilon after the last round, by accountant (rdp, pld)."),
+    def(DP_DELTA, Kind::Gauge, None, "Delta of the reported epsilon."),
+    def(DP_NOISE, Kind::Gauge, None, "Std of the DP noise on the averaged update (z*C/m)."),
+    def(DP_CLIP, Kind::Gauge, None, "Clipping norm in force."),
+    def(DP_CLIPPED, Kind::Counter, None, "Client updates whose norm exceeded the clip."),
+    def(DP_CLIPPED_RATIO, Kind::Gauge, None, "Share of the last round's updates that were clipped."),
+    def(RUN_INFO, Kind::Gauge, None, "Constant 1, labelled with the scenario, strategy, model and DP mechanism."),
+    def(CLIENTS_AVAILABLE, Kind::Gauge, None, "Clients online when the last round started."),
+    def(DROPOUTS, Kind::Counter, None, "Clients without an update, by reason: unavailable (offline at the round's start), crashed, deadline (straggler dropped), failed."),
+    def(ROUND_DURATION, Kind::Histogram, Some(Unit::Seconds), "Simulated duration of each round on the virtual clock."),
+    def(CLIENT_PHASE, Kind::Histogram, Some(Unit::Seconds), "Simulated seconds of each trained client's download, compute and upload."),
+    def(SIM_TIME, Kind::Gauge, Some(Unit::Seconds), "The virtual clock at the end of the last round."),
+    def(LATE_MAX, Kind::Gauge, Some(Unit::Seconds), "Largest lateness of a straggler dropped in the last round (virtual seconds)."),
+    def(HOST_SAVED, Kind::Gauge, Some(Unit::Seconds), "Host seconds not spent training clients dropped before training, cumulative (estimated)."),
+];
+
+/// The help text of `name`.
+pub fn help(name: &str) -> &'static str {
+    DEFS.iter().find(|d| d.name == name).map_or("", |d| d.help)
+}
 
 const WALL_BUCKETS: [f64; 12] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+];
+/// Virtual seconds: a phone on a slow link can take hours.
+const SIM_BUCKETS: [f64; 14] = [
+    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 86400.0,
 ];
 const NORM_BUCKETS: [f64; 14] = [
     0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 100.0, 1000.0,
@@ -183,12 +269,15 @@ impl Telemetry {
             if r.train_loss.is_finite() {
                 gauge!(TRAIN_LOSS).set(r.train_loss);
             }
-            gauge!(EVAL_LOSS).set(r.eval_loss);
-            gauge!(EVAL_PERPLEXITY).set(r.eval_perplexity);
+            if r.eval_loss.is_finite() {
+                gauge!(EVAL_LOSS).set(r.eval_loss);
+                gauge!(EVAL_PERPLEXITY).set(r.eval_perplexity);
+            }
             counter!(TOKENS).increment(r.tokens as u64);
             for (slot, &s) in slot_busy_seconds.iter().enumerate() {
                 counter!(SLOT_BUSY, "slot" => slot.to_string()).absolute(s as u64);
             }
+            self.system(r);
             if let Some(dp) = &r.dp {
                 gauge!(DP_EPSILON, "accountant" => "rdp").set(dp.dp_epsilon);
                 if let Some(e) = dp.dp_epsilon_pld {
@@ -205,67 +294,54 @@ impl Telemetry {
     }
 }
 
+impl Telemetry {
+    /// The systems side of a round: availability, dropouts, virtual time, phases.
+    fn system(&self, r: &RoundSummary) {
+        gauge!(CLIENTS_AVAILABLE).set(r.available as f64);
+        for (reason, n) in dropouts(r) {
+            counter!(DROPOUTS, "reason" => reason).increment(n as u64);
+        }
+        histogram!(ROUND_DURATION).record(r.sim_duration_s);
+        for p in &r.phases {
+            for (phase, v) in ["download", "compute", "upload"].iter().zip(p) {
+                histogram!(CLIENT_PHASE, "phase" => *phase).record(*v);
+            }
+        }
+        gauge!(SIM_TIME).set(r.sim_start_s + r.sim_duration_s);
+        gauge!(LATE_MAX).set(r.late_max_s);
+        gauge!(HOST_SAVED).increment(r.host_seconds_saved);
+    }
+}
+
+/// A round's clients without an update, by reason label (every reason, zeros included, so
+/// the series exist from round 1).
+pub fn dropouts(r: &RoundSummary) -> [(&'static str, usize); 4] {
+    [
+        ("unavailable", r.unavailable),
+        ("crashed", r.crashed),
+        ("deadline", r.missed_deadline),
+        ("failed", r.failed),
+    ]
+}
+
 fn builder() -> PrometheusBuilder {
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(ROUND_WALL.into()), &WALL_BUCKETS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(UPDATE_NORM.into()), &NORM_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ROUND_DURATION.into()), &SIM_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLIENT_PHASE.into()), &SIM_BUCKETS))
         .expect("bucket lists are non-empty")
 }
 
 fn describe() {
-    describe_gauge!(ROUND, "Current federated round (1-based).");
-    describe_counter!(ROUNDS_COMPLETED, "Rounds finished.");
-    describe_gauge!(CLIENTS_SAMPLED, "Clients sampled in the last round.");
-    describe_counter!(
-        CLIENT_UPDATES,
-        "Client results by outcome (completed, failed)."
-    );
-    describe_histogram!(
-        ROUND_WALL,
-        Unit::Seconds,
-        "Host wall-clock seconds per round."
-    );
-    describe_counter!(
-        NETWORK_BYTES,
-        Unit::Bytes,
-        "Serialised adapter bytes sent (down) and received (up)."
-    );
-    describe_histogram!(
-        UPDATE_NORM,
-        "L2 norm of each client update before clipping."
-    );
-    describe_gauge!(
-        TRAIN_LOSS,
-        "Example-weighted mean local training loss of the last round (nats/token)."
-    );
-    describe_gauge!(
-        EVAL_LOSS,
-        "Held-out loss after the last round (nats/token)."
-    );
-    describe_gauge!(EVAL_PERPLEXITY, "Held-out perplexity after the last round.");
-    describe_counter!(TOKENS, "Tokens trained on, all clients.");
-    describe_counter!(
-        SLOT_BUSY,
-        Unit::Seconds,
-        "Seconds each compute slot spent on jobs (whole seconds)."
-    );
-    describe_gauge!(
-        DP_EPSILON,
-        "Epsilon after the last round, by accountant (rdp, pld)."
-    );
-    describe_gauge!(DP_DELTA, "Delta of the reported epsilon.");
-    describe_gauge!(
-        DP_NOISE,
-        "Std of the DP noise on the averaged update (z*C/m)."
-    );
-    describe_gauge!(DP_CLIP, "Clipping norm in force.");
-    describe_counter!(DP_CLIPPED, "Client updates whose norm exceeded the clip.");
-    describe_gauge!(
-        DP_CLIPPED_RATIO,
-        "Share of the last round's updates that were clipped."
-    );
-    describe_gauge!(
-        RUN_INFO,
-        "Constant 1, labelled with the scenario, strategy, model and DP mechanism."
-    );
+    for d in DEFS {
+        match (d.kind, d.unit) {
+            (Kind::Counter, Some(u)) => describe_counter!(d.name, u, d.help),
+            (Kind::Counter, None) => describe_counter!(d.name, d.help),
+            (Kind::Gauge, Some(u)) => describe_gauge!(d.name, u, d.help),
+            (Kind::Gauge, None) => describe_gauge!(d.name, d.help),
+            (Kind::Histogram, Some(u)) => describe_histogram!(d.name, u, d.help),
+            (Kind::Histogram, None) => describe_histogram!(d.name, d.help),
+        }
+    }
 }

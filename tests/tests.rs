@@ -13,3 +13,4 @@ mod property;
 mod run;
 mod scenario;
 mod signals;
+mod system;

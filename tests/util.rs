@@ -30,7 +30,7 @@ pub const SMALL: &str = r#"(
 pub const DP: &str =
     r#"dp={"mechanism":{"ClientSideFixed":{"clip_norm":0.5,"noise_multiplier":1.0}},"delta":1e-5}"#;
 
-/// `rounds.jsonl` of a run directory with the wall-clock key removed (everything else is
+/// `rounds.jsonl` of a run directory with the host-timing keys removed (everything else is
 /// deterministic).
 pub fn round_metrics(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("rounds.jsonl"))
@@ -38,7 +38,10 @@ pub fn round_metrics(dir: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("wall_seconds");
+            let o = v.as_object_mut().unwrap();
+            o.remove("wall_seconds");
+            // Estimated from host timing, like wall_seconds.
+            o.remove("host_seconds_saved");
             v
         })
         .collect()

@@ -92,15 +92,18 @@ impl Display {
     fn round(&mut self, r: &RoundSummary) {
         if !self.header {
             eprintln!(
-                "{:>5} {:>7} {:>9} {:>10} {:>10} {:>9} {:>11} {:>11} {:>8}{}",
+                "{:>5} {:>6} {:>7} {:>9} {:>7} {:>10} {:>10} {:>9} {:>11} {:>11} {:>9} {:>8}{}",
                 "round",
+                "avail",
                 "sampled",
                 "completed",
+                "dropped",
                 "train loss",
                 "eval loss",
                 "eval ppl",
                 "down (B)",
                 "up (B)",
+                "sim (s)",
                 "wall (s)",
                 match &r.dp {
                     Some(d) if d.dp_epsilon_pld.is_some() => format!(
@@ -131,16 +134,22 @@ impl Display {
             "-".to_string()
         };
         eprintln!(
-            "{:>5} {:>7} {:>9} {:>10} {:>10.4} {:>9.2} {:>11} {:>11} {:>8.2}{dp}",
+            "{:>5} {:>6} {:>7} {:>9} {:>7} {:>10} {:>10.4} {:>9.2} {:>11} {:>11} {:>9.1} {:>8.2}{dp}{}",
             r.round,
+            r.available,
             r.sampled,
             r.completed,
+            r.crashed + r.missed_deadline + r.failed,
             train,
             r.eval_loss,
             r.eval_perplexity,
             r.bytes_down,
             r.bytes_up,
-            r.wall_seconds
+            r.sim_duration_s,
+            r.wall_seconds,
+            r.skipped
+                .as_ref()
+                .map_or(String::new(), |why| format!("  skipped: {why}"))
         );
     }
 }

@@ -163,7 +163,7 @@ fn parse_row(line: &str, clients: usize) -> Result<TraceRow, (usize, String)> {
         let x: f64 = v
             .parse()
             .map_err(|_| (c, format!("{} {v:?} is not a number", HEADER[k])))?;
-        if !(x.is_finite() && x > 0.0) && !(k == 4 && x == 0.0) {
+        if !(x.is_finite() && (x > 0.0 || (k == 4 && x == 0.0))) {
             return Err((
                 c,
                 format!("{} is {v}; it must be a positive number", HEADER[k]),

@@ -2,9 +2,10 @@
 //! finished run can be imported into Prometheus (`promtool tsdb create-blocks-from openmetrics`)
 //! and browsed in Grafana after the fact — nothing is lost between scrapes.
 //!
-//! Same names and labels as the live exporter; counters are cumulative over rounds. The
-//! histograms (`fedsim_round_wall_seconds`, `fedsim_client_update_norm`) are live-only: their
-//! per-round values are in `rounds.jsonl`.
+//! Same names, labels and help texts as the live exporter (one table, [`super::DEFS`]);
+//! counters are cumulative over rounds. The histograms (round wall and simulated time, client
+//! phases, update norms) are live-only: their per-round values are in `rounds.jsonl`.
+//! `fedsim_slot_busy_seconds_total` is live-only too (it has no per-round value).
 
 use std::fmt::Write;
 
@@ -14,17 +15,19 @@ use super::*;
 struct Family {
     name: &'static str,
     kind: &'static str,
-    help: &'static str,
     /// For each round: (label set, value) samples.
     series: Vec<(String, Vec<(f64, f64)>)>,
 }
 
 impl Family {
-    fn new(name: &'static str, kind: &'static str, help: &'static str) -> Self {
+    fn new(name: &'static str) -> Self {
+        let kind = match DEFS.iter().find(|d| d.name == name).map(|d| d.kind) {
+            Some(Kind::Counter) => "counter",
+            _ => "gauge",
+        };
         Self {
-            name,
+            name: name.strip_suffix("_total").unwrap_or(name),
             kind,
-            help,
             series: Vec::new(),
         }
     }
@@ -37,67 +40,35 @@ impl Family {
     }
 }
 
+/// The families of `metrics.om`, in order (the histograms are live-only).
+const FAMILIES: [&str; 22] = [
+    RUN_INFO,
+    ROUND,
+    ROUNDS_COMPLETED,
+    CLIENTS_SAMPLED,
+    CLIENT_UPDATES,
+    NETWORK_BYTES,
+    TRAIN_LOSS,
+    EVAL_LOSS,
+    EVAL_PERPLEXITY,
+    TOKENS,
+    DP_EPSILON,
+    DP_DELTA,
+    DP_NOISE,
+    DP_CLIP,
+    DP_CLIPPED_RATIO,
+    DP_CLIPPED,
+    CLIENTS_AVAILABLE,
+    DROPOUTS,
+    SIM_TIME,
+    LATE_MAX,
+    HOST_SAVED,
+    SLOT_BUSY,
+];
+
 /// Render `rounds` as OpenMetrics text (ends with `# EOF`).
 pub fn render(rounds: &[RoundSummary], info: &RunInfo) -> String {
-    let base = |n: &'static str| n.strip_suffix("_total").unwrap_or(n);
-    let mut fams = vec![
-        Family::new(
-            RUN_INFO,
-            "gauge",
-            "Constant 1, labelled with the scenario, strategy, model and DP mechanism.",
-        ),
-        Family::new(ROUND, "gauge", "Current federated round (1-based)."),
-        Family::new(base(ROUNDS_COMPLETED), "counter", "Rounds finished."),
-        Family::new(CLIENTS_SAMPLED, "gauge", "Clients sampled in the round."),
-        Family::new(
-            base(CLIENT_UPDATES),
-            "counter",
-            "Client results by outcome.",
-        ),
-        Family::new(
-            base(NETWORK_BYTES),
-            "counter",
-            "Serialised adapter bytes by direction.",
-        ),
-        Family::new(
-            TRAIN_LOSS,
-            "gauge",
-            "Example-weighted mean local training loss (nats/token).",
-        ),
-        Family::new(
-            EVAL_LOSS,
-            "gauge",
-            "Held-out loss after the round (nats/token).",
-        ),
-        Family::new(
-            EVAL_PERPLEXITY,
-            "gauge",
-            "Held-out perplexity after the round.",
-        ),
-        Family::new(base(TOKENS), "counter", "Tokens trained on."),
-        Family::new(
-            DP_EPSILON,
-            "gauge",
-            "Epsilon after the round, by accountant.",
-        ),
-        Family::new(DP_DELTA, "gauge", "Delta of the reported epsilon."),
-        Family::new(
-            DP_NOISE,
-            "gauge",
-            "Std of the DP noise on the averaged update.",
-        ),
-        Family::new(DP_CLIP, "gauge", "Clipping norm in force."),
-        Family::new(
-            DP_CLIPPED_RATIO,
-            "gauge",
-            "Share of the round's updates that were clipped.",
-        ),
-        Family::new(
-            base(DP_CLIPPED),
-            "counter",
-            "Client updates whose norm exceeded the clip.",
-        ),
-    ];
+    let mut fams: Vec<Family> = FAMILIES.iter().map(|n| Family::new(n)).collect();
     let info_labels = format!(
         "scenario=\"{}\",strategy=\"{}\",model=\"{}\",dp=\"{}\"",
         escape(&info.scenario),
@@ -107,6 +78,7 @@ pub fn render(rounds: &[RoundSummary], info: &RunInfo) -> String {
     );
     let (mut done, mut ok, mut failed, mut down, mut up, mut tokens, mut clipped) =
         (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut dropped, mut saved) = ([0.0f64; 4], 0.0);
     for r in rounds {
         let t = r.finished_at;
         done += 1.0;
@@ -126,9 +98,20 @@ pub fn render(rounds: &[RoundSummary], info: &RunInfo) -> String {
         if r.train_loss.is_finite() {
             fams[6].push("", t, r.train_loss);
         }
-        fams[7].push("", t, r.eval_loss);
-        fams[8].push("", t, r.eval_perplexity);
+        if r.eval_loss.is_finite() {
+            fams[7].push("", t, r.eval_loss);
+            fams[8].push("", t, r.eval_perplexity);
+        }
         fams[9].push("", t, tokens);
+        fams[16].push("", t, r.available as f64);
+        for (i, (reason, n)) in super::dropouts(r).into_iter().enumerate() {
+            dropped[i] += n as f64;
+            fams[17].push(&format!("reason=\"{reason}\""), t, dropped[i]);
+        }
+        fams[18].push("", t, r.sim_start_s + r.sim_duration_s);
+        fams[19].push("", t, r.late_max_s);
+        saved += r.host_seconds_saved;
+        fams[20].push("", t, saved);
         if let Some(dp) = &r.dp {
             fams[10].push("accountant=\"rdp\"", t, dp.dp_epsilon);
             if let Some(e) = dp.dp_epsilon_pld {
@@ -145,7 +128,12 @@ pub fn render(rounds: &[RoundSummary], info: &RunInfo) -> String {
     let mut out = String::new();
     for f in fams.iter().filter(|f| !f.series.is_empty()) {
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
-        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+        let full = if f.kind == "counter" {
+            format!("{}_total", f.name)
+        } else {
+            f.name.to_string()
+        };
+        let _ = writeln!(out, "# HELP {} {}", f.name, help(&full));
         let sample = if f.kind == "counter" {
             format!("{}_total", f.name)
         } else {

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use crate::clock::Timeline;
-use crate::messages::{ClientId, DpRoundMetrics, DropReason, FitStatus, RoundId, RoundSummary};
+use crate::messages::{
+    ClientId, ClientRecord, DpRoundMetrics, DropReason, FitStatus, RoundId, RoundSummary,
+};
 use crate::privacy::Guarantee;
 
 /// What the server knows about the round in progress.
@@ -35,6 +37,10 @@ pub(super) struct RoundState {
     pub phases: Vec<[f64; 3]>,
     /// Tokens of clients dropped before training (host time saved).
     pub skipped_tokens: usize,
+    /// Every sampled client's record, in the order they were settled.
+    pub records: Vec<ClientRecord>,
+    /// Statistics of completed updates, in arrival order until [`RoundState::settle`].
+    pub updates: Vec<UpdateStats>,
     /// Sampling rate this round is accounted with (DP).
     pub q: f64,
     /// Virtual start and close of the round.
@@ -43,19 +49,46 @@ pub(super) struct RoundState {
 }
 
 impl RoundState {
-    /// Count one client's outcome (updates are counted when they complete).
-    pub fn count(&mut self, status: &FitStatus) {
+    /// Count one client's outcome, with its planned timeline and tokens when it planned.
+    pub fn count(&mut self, client: ClientId, status: &FitStatus, plan: Option<(Timeline, usize)>) {
+        let (timeline, tokens) = match status {
+            FitStatus::Completed(u) => (u.timeline, u.tokens),
+            _ => plan.unwrap_or_default(),
+        };
+        self.records.push(ClientRecord {
+            round: self.round,
+            client,
+            status: status.word(),
+            timeline,
+            finish: timeline.finish(),
+            late_by: match status {
+                FitStatus::MissedDeadline { late_by } => Some(*late_by),
+                _ => None,
+            },
+            crashed_at: match status {
+                FitStatus::Crashed { at, .. } => Some(*at),
+                _ => None,
+            },
+            tokens,
+        });
+        self.tally(client, status);
+    }
+
+    fn tally(&mut self, client: ClientId, status: &FitStatus) {
         match status {
             FitStatus::Completed(u) => {
                 self.completed += 1;
-                self.loss_weighted += u.train_loss * u.num_examples as f64;
                 self.examples += u.num_examples;
                 self.bytes_up += u.bytes;
                 self.tokens += u.tokens;
-                self.norm_sum += u.update_norm;
-                self.norms.push(u.update_norm);
                 let t = &u.timeline;
-                self.phases.push([t.download, t.compute, t.upload]);
+                self.updates.push(UpdateStats {
+                    client,
+                    loss: u.train_loss,
+                    examples: u.num_examples,
+                    norm: u.update_norm,
+                    phases: [t.download, t.compute, t.upload],
+                });
             }
             FitStatus::MissedDeadline { late_by } => {
                 self.late_max = self.late_max.max(*late_by);
@@ -65,6 +98,20 @@ impl RoundState {
         if let Some(reason) = status.drop_reason() {
             *self.dropped.entry(reason).or_insert(0) += 1;
         }
+    }
+
+    /// Fold the completed updates' statistics in client order, so floating-point sums do not
+    /// depend on the order updates arrived in (slot count, thread timing).
+    pub fn settle(&mut self) {
+        self.updates.sort_by_key(|u| u.client);
+        self.loss_weighted = self
+            .updates
+            .iter()
+            .map(|u| u.loss * u.examples as f64)
+            .sum();
+        self.norm_sum = self.updates.iter().map(|u| u.norm).sum();
+        self.norms = self.updates.iter().map(|u| u.norm).collect();
+        self.phases = self.updates.iter().map(|u| u.phases).collect();
     }
 
     /// When a pending client that died would have been fitting (start of its compute).
@@ -86,6 +133,11 @@ impl RoundState {
             dp: r.dp,
             update_norms: self.norms.clone(),
             phases: self.phases.clone(),
+            clients: {
+                let mut c = self.records.clone();
+                c.sort_by_key(|r| r.client);
+                c
+            },
             round: self.round,
             sampled: self.sampled,
             completed: r.folded,
@@ -125,6 +177,15 @@ impl RoundState {
                 .map_or(0.0, |d| d.as_secs_f64()),
         }
     }
+}
+
+/// What a completed update contributes to the round's statistics.
+pub(super) struct UpdateStats {
+    client: ClientId,
+    loss: f64,
+    examples: usize,
+    norm: f64,
+    phases: [f64; 3],
 }
 
 /// What the server adds to a round's tallies when it closes.

@@ -95,27 +95,31 @@ pub(super) async fn begin_round(
     for (c, p) in &plans {
         if let Err(why) = p {
             st.alive[*c] = false;
-            st.current.count(&FitStatus::Crashed {
+            let status = FitStatus::Crashed {
                 at: start,
                 cause: CrashCause::Panicked(why.clone()),
-            });
+            };
+            st.current.count(*c, &status, None);
         }
     }
-    let tokens = |c: ClientId| {
+    // Plans by client id (chosen is sorted, and so are the plans).
+    let plan_of = |c: ClientId| {
         plans
-            .iter()
-            .find(|(id, _)| *id == c)
-            .and_then(|(_, p)| p.as_ref().ok())
+            .binary_search_by_key(&c, |(id, _)| *id)
+            .ok()
+            .and_then(|i| plans[i].1.as_ref().ok())
+            .map(|p| (p.timeline, p.tokens))
     };
     for (c, d) in decided.decisions {
         match d {
             Decision::Skip(status) => {
-                st.current.skipped_tokens += tokens(c).map_or(0, |p| p.tokens);
-                st.current.count(&status);
+                let plan = plan_of(c);
+                st.current.skipped_tokens += plan.map_or(0, |p| p.1);
+                st.current.count(c, &status, plan);
             }
             Decision::Train => {
-                if let Some(p) = tokens(c) {
-                    st.current.timelines.insert(c, p.timeline);
+                if let Some((t, _)) = plan_of(c) {
+                    st.current.timelines.insert(c, t);
                 }
                 st.current.pending.insert(c);
                 let ins = FitIns {
@@ -250,7 +254,8 @@ pub(super) async fn on_fit(
         }
         _ => {}
     }
-    cur.count(&res.status);
+    let plan = cur.timelines.get(&res.client).map(|t| (*t, 0));
+    cur.count(res.client, &res.status, plan);
     if cur.pending.is_empty() {
         close_round(me, st).await?;
     }
@@ -267,6 +272,7 @@ pub(super) async fn close_round(
         reply
     })?;
     let round = st.current.round;
+    st.current.settle();
     for (client, why) in &agg.rejected {
         tracing::warn!("round {round}: update of client {client} rejected: {why}");
     }
