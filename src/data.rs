@@ -64,6 +64,17 @@ pub enum DataSource {
     },
 }
 
+/// Shards without records (see [`DataPlan::shards_only`]).
+#[derive(Debug, Clone)]
+pub struct ShardPlan {
+    /// For each client, indices of its (virtual) training records.
+    pub shards: Vec<Vec<u32>>,
+    /// Training records.
+    pub train: usize,
+    /// Held-out records.
+    pub eval: usize,
+}
+
 /// The data of one run: training records, held-out records, per-client shards, canaries.
 #[derive(Debug, Clone)]
 pub struct FederatedData {
@@ -142,6 +153,55 @@ impl DataPlan {
             shards,
             canaries,
         })
+    }
+
+    /// For a trainer that reads no text (the synthetic trainer): the shards and split sizes
+    /// from topic labels alone. A `Synthetic` source draws each record's topic uniformly over
+    /// the generator's clinical areas without generating text, so 10⁷ records cost 2 bytes
+    /// each; an `Alpaca` source is read as usual.
+    ///
+    /// # Errors
+    /// As [`DataPlan::prepare`].
+    pub fn shards_only(&self, progress: StageFn<'_>) -> Result<ShardPlan, DataError> {
+        match self.source {
+            DataSource::Synthetic { records } => {
+                let eval = self.eval_count(records)?;
+                let train = records - eval;
+                progress("drawing topics", 0, train);
+                let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x7091_c5ee);
+                let areas = synthetic::AREAS as u16;
+                let topics: Vec<u16> = (0..train)
+                    .map(|_| rand::Rng::random_range(&mut rng, 0..areas))
+                    .collect();
+                progress("drawing topics", train, train);
+                let mut prng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x9a27_1710);
+                progress("partitioning", 0, 1);
+                let shards = self
+                    .partition
+                    .split_topics(&topics, self.clients, &mut prng)?;
+                progress("partitioning", 1, 1);
+                Ok(ShardPlan {
+                    shards: shards
+                        .into_iter()
+                        .map(|s| s.into_iter().map(|i| i as u32).collect())
+                        .collect(),
+                    train,
+                    eval,
+                })
+            }
+            DataSource::Alpaca { .. } => {
+                let d = self.prepare_with(progress)?;
+                Ok(ShardPlan {
+                    shards: d
+                        .shards
+                        .iter()
+                        .map(|s| s.iter().map(|&i| i as u32).collect())
+                        .collect(),
+                    train: d.train.len(),
+                    eval: d.eval.len(),
+                })
+            }
+        }
     }
 
     /// The records of the source, before the split (generated, or read and cut to `limit`).

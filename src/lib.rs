@@ -14,6 +14,7 @@
 //! - [`tokenizer`]: byte-level BPE trained on the corpus (the `tiny` model's tokenizer).
 //! - [`model`]: our Llama forward (all positions, differentiable), LoRA, flat adapters in
 //!   PEFT's format.
+//! - [`trainer`]: which local trainer a slot runs: LoRA, or seeded synthetic updates.
 //! - [`train`]: local SFT (response-only loss, AdamW, cosine LR per round) and evaluation.
 //! - [`slots`]: OS threads owning a device and a rayon pool; jobs over crossbeam channels.
 //! - [`messages`]: `FitIns`, `FitRes`, `EvaluateIns`/`EvaluateRes`, `RoundSummary`.
@@ -53,6 +54,7 @@ pub mod strategy;
 pub mod telemetry;
 pub mod tokenizer;
 pub mod train;
+pub mod trainer;
 
 pub use scenario::{Scenario, ScenarioError};
 pub use shutdown::{Shutdown, ShutdownTrigger, StopLevel};

@@ -306,9 +306,27 @@ pub struct Summary {
     pub threads_per_slot: usize,
     /// Seconds each slot was busy.
     pub slot_busy_seconds: Vec<f64>,
+    /// Simulated seconds the federation took on the virtual clock.
+    #[serde(default)]
+    pub sim_seconds: f64,
+    /// Clients dropped over the run, by reason (sampled clients that crashed or missed the
+    /// deadline, failures).
+    #[serde(default)]
+    pub dropped: Dropped,
     /// Host wall-clock seconds of the run (set-up included).
     #[serde(deserialize_with = "nan_if_null")]
     pub wall_seconds: f64,
+}
+
+/// Sampled clients without an update, over the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    /// Crashed during fit.
+    pub crashed: usize,
+    /// Missed the deadline (or the over-selection quota).
+    pub deadline: usize,
+    /// Training or upload failed.
+    pub failed: usize,
 }
 
 /// What the run's privacy amounts to.

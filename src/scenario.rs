@@ -200,11 +200,14 @@ impl Scenario {
             crate::data::DataSource::Synthetic { .. } => "data.source.Synthetic.records",
             crate::data::DataSource::Alpaca { .. } => "data.source.Alpaca.path",
         };
-        let records = self
-            .data
-            .records(&mut |_, _, _| {})
-            .map_err(|e| fail(source_field, &e))?
-            .len();
+        let records = match &self.data.source {
+            crate::data::DataSource::Synthetic { records } => *records,
+            crate::data::DataSource::Alpaca { .. } => self
+                .data
+                .records(&mut |_, _, _| {})
+                .map_err(|e| fail(source_field, &e))?
+                .len(),
+        };
         let eval = self
             .data
             .eval_count(records)
@@ -215,7 +218,9 @@ impl Scenario {
             eval,
             vocab: None,
         };
-        if let file::ModelPreset::Tiny { vocab_size } = self.file.model.preset {
+        let lora = self.file.trainer == crate::trainer::TrainerKind::Lora;
+        if let (true, file::ModelPreset::Tiny { vocab_size }) = (lora, &self.file.model.preset) {
+            let vocab_size = *vocab_size;
             let data = self.data.prepare().map_err(|e| fail("partition", &e))?;
             let sample = &data.train[..data.train.len().min(TOKENIZER_SAMPLE)];
             match crate::tokenizer::TextTokenizer::train(sample, vocab_size) {

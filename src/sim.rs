@@ -30,9 +30,10 @@ use crate::report::{ReportError, RunDir, RunStatus, Summary};
 use crate::rng::{purpose, rng_for};
 use crate::scenario::Scenario;
 use crate::shutdown::{Shutdown, StopLevel};
-use crate::slots::{SlotContext, SlotError, SlotPool};
+use crate::slots::{SlotContext, SlotError, SlotPool, SlotWork};
 use crate::telemetry::{RunInfo, Telemetry};
 use crate::tokenizer::TokenizerError;
+use crate::trainer::TrainerKind;
 use summary::Book;
 
 /// Errors that stop a run.
@@ -136,7 +137,10 @@ pub async fn run(
         prep = prepare_off_executor(s, &mut opts) => prep?,
         _ = shutdown.reached(StopLevel::FinishRound) => return Err(SimError::InterruptedBeforeStart),
     };
-    let layout = Arc::new(AdapterLayout::new(&s.model, &s.lora));
+    let layout = Arc::new(match s.file.trainer {
+        TrainerKind::Lora => AdapterLayout::new(&s.model, &s.lora),
+        TrainerKind::Synthetic { params } => AdapterLayout::flat(params),
+    });
     for line in setup_lines(s, &prep) {
         say(&mut opts, &line);
     }
@@ -193,11 +197,14 @@ pub async fn run(
         "metrics.om",
         &crate::telemetry::openmetrics::render(&outcome.rounds, &info),
     )?;
-    // The adapter of the last good round is written even when the run failed part-way.
-    outcome
-        .global
-        .save_peft(dir.path(), &s.lora, &s.model_name)
-        .map_err(|e| failed(crate::fmt::chain(&e)))?;
+    // The adapter of the last good round is written even when the run failed part-way
+    // (the synthetic trainer has no model to adapt: nothing to save).
+    if prep.lora.is_some() {
+        outcome
+            .global
+            .save_peft(dir.path(), &s.lora, &s.model_name)
+            .map_err(|e| failed(crate::fmt::chain(&e)))?;
+    }
     let summary = book.finish(s, &outcome, busy);
     dir.write_json("summary.json", &summary)?;
     if summary.status == RunStatus::Failed {
@@ -236,35 +243,56 @@ async fn prepare_off_executor(s: &Scenario, opts: &mut RunOptions) -> Result<Pre
 
 /// What the CLI prints about the set-up.
 fn setup_lines(s: &Scenario, prep: &Prepared) -> Vec<String> {
-    let base_params = s.model.num_parameters();
-    let trainable = s.lora.trainable_parameters(&s.model);
-    let pct = 100.0 * trainable as f64 / (base_params + trainable) as f64;
-    let targets: Vec<&str> = s.lora.target_modules.iter().map(|m| m.name()).collect();
     let sizes: Vec<usize> = prep.shards.iter().map(Vec::len).collect();
-    let mut lines = vec![
-        format!(
-            "model {}: {base_params} base parameters (frozen), LoRA r={} alpha={} on [{}]",
-            s.model_name,
-            s.lora.r,
-            s.lora.alpha,
-            targets.join(", ")
-        ),
-        format!(
-            "trainable params: {trainable} || all params: {} || trainable%: {pct:.4}",
-            base_params + trainable
-        ),
-        format!(
-            "data: {} training examples over {} clients ({:?}), {} held out, {} canaries, {} truncated to {} tokens",
-            prep.train.len(),
-            sizes.len(),
-            s.data.partition,
-            prep.eval.len(),
-            prep.data.canaries.len(),
-            prep.truncated,
-            s.max_seq_len
-        ),
-        format!("partition sizes: {}", size_line(&sizes)),
-    ];
+    let mut lines = match (&prep.lora, s.file.trainer) {
+        (Some(l), _) => {
+            let base_params = s.model.num_parameters();
+            let trainable = s.lora.trainable_parameters(&s.model);
+            let pct = 100.0 * trainable as f64 / (base_params + trainable) as f64;
+            let targets: Vec<&str> = s.lora.target_modules.iter().map(|m| m.name()).collect();
+            vec![
+                format!(
+                    "model {}: {base_params} base parameters (frozen), LoRA r={} alpha={} on [{}]",
+                    s.model_name,
+                    s.lora.r,
+                    s.lora.alpha,
+                    targets.join(", ")
+                ),
+                format!(
+                    "trainable params: {trainable} || all params: {} || trainable%: {pct:.4}",
+                    base_params + trainable
+                ),
+                format!(
+                    "data: {} training examples over {} clients ({:?}), {} held out, {} canaries, {} truncated to {} tokens",
+                    prep.train_examples,
+                    sizes.len(),
+                    s.data.partition,
+                    prep.eval_examples,
+                    l.data.canaries.len(),
+                    l.truncated,
+                    s.max_seq_len
+                ),
+            ]
+        }
+        (None, TrainerKind::Synthetic { params }) => vec![
+            format!(
+                "trainer: synthetic, {params} f32 values per update ({} bytes per message); \
+                 compute priced as LoRA on {} with {} tokens per example; no evaluation",
+                params * 4,
+                s.model_name,
+                s.max_seq_len
+            ),
+            format!(
+                "data: {} training examples over {} clients ({:?}), {} held out",
+                prep.train_examples,
+                sizes.len(),
+                s.data.partition,
+                prep.eval_examples
+            ),
+        ],
+        (None, TrainerKind::Lora) => Vec::new(),
+    };
+    lines.push(format!("partition sizes: {}", size_line(&sizes)));
     if let Some(dp) = &s.dp {
         let c = dp.mechanism.initial_clip();
         let z = dp.mechanism.noise_multiplier();
@@ -347,19 +375,30 @@ async fn run_actors(
     shutdown: Shutdown,
     book: SharedBook,
 ) -> Result<(ServerOutcome, Vec<f64>), SimError> {
-    let initial = Arc::new(
-        s.lora
-            .init_adapter(&s.model, &mut rng_for(s.seed, &[purpose::ADAPTER])),
-    );
+    let (initial, work) = match &prep.lora {
+        Some(l) => (
+            s.lora
+                .init_adapter(&s.model, &mut rng_for(s.seed, &[purpose::ADAPTER])),
+            SlotWork::Lora {
+                model: l.model.clone(),
+                lora: s.lora.clone(),
+                train: l.train.clone(),
+                eval: l.eval.clone(),
+                eval_batch_size: s.eval_batch_size,
+                pad: l.tokenizer.eos_id(),
+            },
+        ),
+        None => (
+            crate::model::AdapterSet::new(layout.clone(), vec![0.0; layout.len()]),
+            SlotWork::Synthetic {
+                seq_len: s.max_seq_len,
+            },
+        ),
+    };
+    let initial = Arc::new(initial);
     let ctx = Arc::new(SlotContext {
-        model: prep.model.clone(),
-        lora: s.lora.clone(),
         layout: layout.clone(),
-        train: prep.train.clone(),
-        eval: prep.eval.clone(),
-        eval_batch_size: s.eval_batch_size,
-        pad: prep.tokenizer.eos_id(),
-        seed: s.seed,
+        work,
     });
     let pool = SlotPool::start(ctx, s.slots, s.threads_per_slot)?;
     let pace = observers.pace;
@@ -378,9 +417,10 @@ async fn run_actors(
         slots: pool.handle(),
         aggregator: aggregator.clone(),
         cost: CostModel::lora(&s.model, &s.lora),
-        lengths: Arc::new(prep.train.iter().map(|e| e.ids.len() as u32).collect()),
+        lengths: Arc::new(prep.lengths(s.max_seq_len)),
         local: s.local.clone(),
         seed: s.seed,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(2 * s.slots + 2)),
         faults: FaultModel::new(
             sys.availability,
             sys.crash_probability,
@@ -406,6 +446,7 @@ async fn run_actors(
         aggregator: aggregator.clone(),
         clients,
         system: sys.clone(),
+        evaluate: prep.lora.is_some(),
         initial,
         sink,
         dp: s.dp.clone(),

@@ -32,34 +32,36 @@ pub enum SlotError {
     Closed,
 }
 
-/// What every slot needs: the shared base, the data, the adapter layout.
+/// What every slot needs: the adapter layout and the trainer's shared state.
 pub struct SlotContext {
-    /// Frozen base weights, one copy per device.
-    pub model: Arc<BaseModel>,
-    /// LoRA hyper-parameters.
-    pub lora: LoraConfig,
-    /// Adapter layout.
+    /// Adapter layout (what updates look like).
     pub layout: Arc<AdapterLayout>,
-    /// Tokenised training examples (clients' shards index into it).
-    pub train: Arc<Vec<TokenizedExample>>,
-    /// Tokenised held-out examples.
-    pub eval: Arc<Vec<TokenizedExample>>,
-    /// Evaluation batch size.
-    pub eval_batch_size: usize,
-    /// Padding id.
-    pub pad: u32,
-    /// Master seed.
-    pub seed: u64,
+    /// What trains.
+    pub work: SlotWork,
 }
 
-impl SlotContext {
-    fn trainer(&self) -> Trainer<'_> {
-        Trainer {
-            model: &self.model,
-            lora: &self.lora,
-            pad: self.pad,
-        }
-    }
+/// The trainer a slot runs, with what it shares across slots.
+pub enum SlotWork {
+    /// LoRA on the frozen base.
+    Lora {
+        /// Frozen base weights, one copy per device.
+        model: Arc<BaseModel>,
+        /// LoRA hyper-parameters.
+        lora: LoraConfig,
+        /// Tokenised training examples (clients' shards index into it).
+        train: Arc<Vec<TokenizedExample>>,
+        /// Tokenised held-out examples.
+        eval: Arc<Vec<TokenizedExample>>,
+        /// Evaluation batch size.
+        eval_batch_size: usize,
+        /// Padding id.
+        pad: u32,
+    },
+    /// Seeded pseudo-updates; each scheduled example counts `seq_len` tokens.
+    Synthetic {
+        /// Tokens per example.
+        seq_len: usize,
+    },
 }
 
 /// A unit of work for a slot. Slots know nothing of clients or privacy: they train and
@@ -69,7 +71,7 @@ pub enum Job {
     Train {
         /// The global adapter as downloaded (safetensors).
         payload: Arc<Vec<u8>>,
-        /// Indices into [`SlotContext::train`].
+        /// Indices of the client's training examples.
         shard: Arc<[u32]>,
         /// The batches to train on (drawn beforehand).
         schedule: Schedule,
@@ -279,16 +281,55 @@ fn train(
     weight_decay: f64,
 ) -> Result<LocalResult, TrainError> {
     let global = AdapterSet::from_safetensors(ctx.layout.clone(), payload)?;
-    let examples: Vec<&TokenizedExample> = shard.iter().map(|&i| &ctx.train[i as usize]).collect();
-    ctx.trainer()
-        .fit_schedule(&global, &examples, schedule, weight_decay, lr)
+    match &ctx.work {
+        SlotWork::Lora {
+            model,
+            lora,
+            train,
+            pad,
+            ..
+        } => {
+            let examples: Vec<&TokenizedExample> =
+                shard.iter().map(|&i| &train[i as usize]).collect();
+            let trainer = Trainer {
+                model,
+                lora,
+                pad: *pad,
+            };
+            trainer.fit_schedule(&global, &examples, schedule, weight_decay, lr)
+        }
+        SlotWork::Synthetic { seq_len } => {
+            if shard.is_empty() {
+                return Err(TrainError::NoExamples);
+            }
+            Ok(crate::trainer::synthetic_update(
+                &ctx.layout,
+                schedule,
+                *seq_len,
+            ))
+        }
+    }
 }
 
 fn evaluate_job(ctx: &SlotContext, ins: &EvaluateIns) -> Result<EvaluateRes, TrainError> {
-    let examples: Vec<&TokenizedExample> = ctx.eval.iter().collect();
-    let (sum, tokens) =
-        ctx.trainer()
-            .evaluate(ins.adapter.as_deref(), &examples, ctx.eval_batch_size)?;
+    let SlotWork::Lora {
+        model,
+        lora,
+        eval,
+        eval_batch_size,
+        pad,
+        ..
+    } = &ctx.work
+    else {
+        return Err(TrainError::NoModel);
+    };
+    let examples: Vec<&TokenizedExample> = eval.iter().collect();
+    let trainer = Trainer {
+        model,
+        lora,
+        pad: *pad,
+    };
+    let (sum, tokens) = trainer.evaluate(ins.adapter.as_deref(), &examples, *eval_batch_size)?;
     let loss = sum / tokens.max(1) as f64;
     Ok(EvaluateRes {
         round: ins.round,

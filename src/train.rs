@@ -26,6 +26,9 @@ pub enum TrainError {
     /// The loss stopped being a number.
     #[error("training diverged: loss is {0} at step {1}; lower train.lr_max")]
     Diverged(f32, usize),
+    /// Evaluation needs a model, and the synthetic trainer has none.
+    #[error("the synthetic trainer has no model to evaluate")]
+    NoModel,
     /// The training code panicked (caught on the slot thread).
     #[error("training panicked: {0}")]
     Panicked(String),

@@ -425,3 +425,63 @@ fn flops_and_transfers_match_hand_computed_values() {
     );
     assert_eq!(t.finish(), 16.2);
 }
+
+const SYNTHETIC: &str = r#"(
+    name: "syn",
+    rounds: 3,
+    trainer: Synthetic(params: 4608),
+    data: (source: Synthetic(records: 100000), max_seq_len: 64),
+    clients: (count: 10000),
+    strategy: (fraction_fit: 0.05, min_fit_clients: 1, min_available_clients: 1),
+    train: (local_steps: Some(2), batch_size: 4, lr_max: 1e-3, lr_min: 1e-4),
+    slots: (count: 2, threads_per_slot: Some(1)),
+    system: (availability: 0.9, crash_probability: 0.05, deadline_s: Some(30.0), stragglers: Drop,
+             profiles: Drawn(flops: LogNormal(median: 1e9, sigma: 1.0), up_mbps: Fixed(10.0),
+                             down_mbps: Fixed(40.0), latency_s: Fixed(0.05))),
+)"#;
+
+#[test]
+fn ten_thousand_synthetic_clients_run_three_rounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = scenario(SYNTHETIC, &[]).unwrap();
+    let a = run(&s, &tmp.path().join("a"));
+    assert_eq!(a.summary.status, RunStatus::Completed);
+    assert_eq!(a.rounds.len(), 3);
+    // Real payload sizes: a safetensors buffer of 4608 f32 values per message.
+    let payload = 4608 * 4 + 256; // values + the safetensors header
+    for r in &a.rounds {
+        assert!(r.sampled > 300, "{r:?}");
+        assert_eq!(
+            r.sampled,
+            r.completed + r.crashed + r.missed_deadline + r.failed
+        );
+        let per = r.bytes_up / r.completed as u64;
+        assert!(
+            (4608 * 4..payload).contains(&(per as usize)),
+            "{per} bytes per update"
+        );
+        assert_eq!(r.bytes_down / r.sampled as u64, per);
+        assert!(r.eval_loss.is_nan(), "no model, no evaluation");
+    }
+    assert!(a.rounds.iter().any(|r| r.crashed > 0));
+    assert!(!a.dir.join("adapter_model.safetensors").exists());
+    // Deterministic whatever the slots.
+    let b = run(
+        &scenario(SYNTHETIC, &["slots.count=1"]).unwrap(),
+        &tmp.path().join("b"),
+    );
+    assert_eq!(round_metrics(&a.dir), round_metrics(&b.dir));
+    assert_eq!(clients_log(&a.dir), clients_log(&b.dir));
+}
+
+#[test]
+fn the_synthetic_trainer_refuses_what_it_cannot_do() {
+    match scenario(SYNTHETIC, &["data.canaries=2"]) {
+        Err(ScenarioError::Invalid { field, .. }) => assert_eq!(field, "data.canaries"),
+        other => panic!("{other:?}"),
+    }
+    match scenario(SYNTHETIC, &["trainer=Synthetic(params: 0)"]) {
+        Err(ScenarioError::Invalid { field, .. }) => assert_eq!(field, "trainer.Synthetic.params"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -61,6 +61,8 @@ pub enum AggregatorMsg {
         payload: Vec<u8>,
         /// FedAvg weight.
         num_examples: usize,
+        /// Held until the update is folded: bounds the updates in flight (memory).
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     /// Close the round: `global + weighted mean update`.
     Finish {
@@ -117,6 +119,7 @@ impl Actor for Aggregator {
                 client,
                 payload,
                 num_examples,
+                permit: _permit,
             } => match AdapterSet::from_safetensors(st.layout.clone(), &payload) {
                 Ok(mut update) => {
                     // Under DP every client weighs the same (sensitivity C per client).

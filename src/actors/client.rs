@@ -37,6 +37,10 @@ pub struct ClientContext {
     pub seed: u64,
     /// Profiles, availability, crashes.
     pub faults: FaultModel,
+    /// Updates in flight (training, or waiting to be folded): a client takes a permit before
+    /// its slot job and the aggregator drops it after folding, so memory stays bounded however
+    /// many clients a round has.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Messages a client understands.
@@ -156,6 +160,9 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         _ => return failed(format!("round {}: fit without a plan", ins.round)),
     };
     let (a, ctx) = (&st.args, &st.args.ctx);
+    let Ok(permit) = ctx.in_flight.clone().acquire_owned().await else {
+        return failed("the run is shutting down".into());
+    };
     let (tx, rx) = oneshot::channel();
     let job = Job::Train {
         payload: ins.payload.clone(),
@@ -196,6 +203,7 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         client: a.id,
         payload,
         num_examples: a.shard.len(),
+        permit: Some(permit),
     };
     if ctx.aggregator.send_message(fold).is_err() {
         return failed("the aggregator is gone".into());

@@ -62,6 +62,8 @@ pub struct ServerArgs {
     pub clients: Arc<ClientContext>,
     /// Deadline, straggler policy, short rounds.
     pub system: SystemSection,
+    /// Whether there is a model to evaluate (not with the synthetic trainer).
+    pub evaluate: bool,
     /// The adapter before round 1.
     pub initial: Arc<AdapterSet>,
     /// Receives each round's summary.
@@ -150,7 +152,10 @@ impl TryFrom<ServerMsg> for FitRes {
 /// Server state.
 pub struct ServerState {
     args: ServerArgs,
-    clients: Vec<ActorRef<ClientMsg>>,
+    /// The actors of the clients taking part in the current round. A client's actor is
+    /// spawned when it is sampled and retired when the round closes, so 10⁵ clients cost
+    /// their small state (shard indices, profile), not 10⁵ mailboxes.
+    clients: HashMap<ClientId, ActorRef<ClientMsg>>,
     by_actor: HashMap<ActorId, ClientId>,
     alive: Vec<bool>,
     global: Arc<AdapterSet>,
@@ -175,31 +180,18 @@ impl Actor for Server {
 
     async fn pre_start(
         &self,
-        me: ActorRef<ServerMsg>,
+        _me: ActorRef<ServerMsg>,
         mut args: ServerArgs,
     ) -> Result<ServerState, ActorProcessingErr> {
         let n = args.shards.len();
-        let mut clients = Vec::with_capacity(n);
-        let mut by_actor = HashMap::with_capacity(n);
-        for (id, shard) in args.shards.iter().enumerate() {
-            let cargs = ClientArgs {
-                id,
-                shard: shard.clone(),
-                ctx: args.clients.clone(),
-                reply: me.get_derived(),
-            };
-            let (client, _) = Actor::spawn_linked(None, Client, cargs, me.get_cell()).await?;
-            by_actor.insert(client.get_id(), id);
-            clients.push(client);
-        }
         let (tx, _rx) = oneshot::channel();
         let done = Some(std::mem::replace(&mut args.done, tx));
         let global = args.initial.clone();
         let ledger = args.dp.clone().map(PrivacyLedger::new);
         Ok(ServerState {
             args,
-            clients,
-            by_actor,
+            clients: HashMap::new(),
+            by_actor: HashMap::new(),
             alive: vec![true; n],
             global,
             baseline: None,
@@ -221,6 +213,7 @@ impl Actor for Server {
         st: &mut ServerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            ServerMsg::Start if !st.args.evaluate => me.send_message(ServerMsg::BeginRound)?,
             ServerMsg::Start => match evaluate(&st.args.slots, 0, None).await {
                 Ok(res) => {
                     st.baseline = Some(res);
@@ -250,12 +243,13 @@ impl Actor for Server {
             SupervisionEvent::ActorFailed(cell, err) => (cell.get_id(), err.to_string()),
             _ => return Ok(()),
         };
-        tracing::warn!("client actor {who} ended: {why}");
         if st.done.is_none() {
             return Ok(()); // shutting down: children stopping is expected
         }
-        if let Some(&client) = st.by_actor.get(&who) {
+        if let Some(client) = st.by_actor.remove(&who) {
+            tracing::warn!("client {client}'s actor ended: {why}; it will not be sampled again");
             st.alive[client] = false;
+            st.clients.remove(&client);
             if st.current.pending.contains(&client) {
                 // Learned by supervision: when the actor died.
                 let at = st.current.crash_time(client);
@@ -291,6 +285,37 @@ pub(super) async fn evaluate(
         .map_err(|e| crate::fmt::chain(&e))
 }
 
+/// Spawn (linked, supervised) the actors of `chosen` clients that have none.
+pub(super) async fn spawn_clients(
+    me: &ActorRef<ServerMsg>,
+    st: &mut ServerState,
+    chosen: &[ClientId],
+) -> Result<(), ActorProcessingErr> {
+    for &id in chosen {
+        if st.clients.contains_key(&id) {
+            continue;
+        }
+        let cargs = ClientArgs {
+            id,
+            shard: st.args.shards[id].clone(),
+            ctx: st.args.clients.clone(),
+            reply: me.get_derived(),
+        };
+        let (client, _) = Actor::spawn_linked(None, Client, cargs, me.get_cell()).await?;
+        st.by_actor.insert(client.get_id(), id);
+        st.clients.insert(id, client);
+    }
+    Ok(())
+}
+
+/// Retire the round's client actors (their ends are not failures: forgotten first).
+pub(super) fn retire_clients(st: &mut ServerState) {
+    for (_, c) in st.clients.drain() {
+        st.by_actor.remove(&c.get_id());
+        c.stop(None);
+    }
+}
+
 pub(super) fn finish(me: &ActorRef<ServerMsg>, st: &mut ServerState, error: Option<String>) {
     if let Some(done) = st.done.take() {
         let interrupted =
@@ -307,7 +332,7 @@ pub(super) fn finish(me: &ActorRef<ServerMsg>, st: &mut ServerState, error: Opti
             epsilon_pld: st.ledger.as_ref().and_then(PrivacyLedger::pld_epsilon),
         });
     }
-    for c in &st.clients {
+    for (_, c) in st.clients.drain() {
         c.stop(None);
     }
     me.stop(None);

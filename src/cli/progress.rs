@@ -133,16 +133,23 @@ impl Display {
         } else {
             "-".to_string()
         };
+        let num = |v: f64, prec: usize| {
+            if v.is_finite() {
+                format!("{v:.prec$}")
+            } else {
+                "-".to_string()
+            }
+        };
         eprintln!(
-            "{:>5} {:>6} {:>7} {:>9} {:>7} {:>10} {:>10.4} {:>9.2} {:>11} {:>11} {:>9.1} {:>8.2}{dp}{}",
+            "{:>5} {:>6} {:>7} {:>9} {:>7} {:>10} {:>10} {:>9} {:>11} {:>11} {:>9.1} {:>8.2}{dp}{}",
             r.round,
             r.available,
             r.sampled,
             r.completed,
             r.crashed + r.missed_deadline + r.failed,
             train,
-            r.eval_loss,
-            r.eval_perplexity,
+            num(r.eval_loss, 4),
+            num(r.eval_perplexity, 2),
             r.bytes_down,
             r.bytes_up,
             r.sim_duration_s,

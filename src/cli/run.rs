@@ -160,19 +160,26 @@ fn listen_for_signals(trigger: ShutdownTrigger) -> anyhow::Result<()> {
 
 fn print_summary(report: &fedsim::RunReport) {
     let s = &report.summary;
+    let loss = if s.final_eval_loss.is_finite() {
+        format!(
+            "held-out loss {:.4} -> {:.4} nats/token (perplexity {:.2} -> {:.2})",
+            s.pretrained_eval_loss,
+            s.final_eval_loss,
+            s.pretrained_eval_perplexity,
+            s.final_eval_perplexity
+        )
+    } else {
+        "no held-out evaluation (synthetic trainer)".to_string()
+    };
     println!(
-        "{} {}: {} of {} rounds; held-out loss {:.4} -> {:.4} nats/token (perplexity {:.2} -> {:.2}); \
-         {:.3} MB down, {:.3} MB up; {:.1} s",
+        "{} {}: {} of {} rounds; {loss}; {:.3} MB down, {:.3} MB up; {:.1} simulated s; {:.1} s",
         s.scenario,
         s.status,
         s.rounds_completed,
         s.rounds_planned,
-        s.pretrained_eval_loss,
-        s.final_eval_loss,
-        s.pretrained_eval_perplexity,
-        s.final_eval_perplexity,
         s.bytes_down_total as f64 / 1e6,
         s.bytes_up_total as f64 / 1e6,
+        s.sim_seconds,
         s.wall_seconds
     );
     if let Some(dp) = &s.dp {

@@ -26,12 +26,19 @@ pub fn validate(path: &Path, set: &[String]) -> anyhow::Result<()> {
             s.sampling.sample_size(s.data.clients)
         )
     };
+    let trained = match s.file.trainer {
+        fedsim::trainer::TrainerKind::Lora => {
+            format!("{} LoRA parameters", s.lora.trainable_parameters(&s.model))
+        }
+        fedsim::trainer::TrainerKind::Synthetic { params } => {
+            format!("synthetic updates of {params} values")
+        }
+    };
     println!(
-        "{}: ok ({} clients, {} rounds, {sampled}, {} LoRA parameters)",
+        "{}: ok ({} clients, {} rounds, {sampled}, {trained})",
         path.display(),
         s.data.clients,
         s.rounds,
-        s.lora.trainable_parameters(&s.model)
     );
     println!(
         "data: {} records, {} for training and {} held out{}",

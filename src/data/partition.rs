@@ -46,6 +46,28 @@ impl Partition {
         clients: usize,
         rng: &mut ChaCha8Rng,
     ) -> Result<Vec<Vec<usize>>, DataError> {
+        // Topic ids in the order of the topic names, so grouping by id groups as by name.
+        let names: BTreeMap<&str, u16> = records
+            .iter()
+            .map(|r| (r.topic.as_str(), 0))
+            .collect::<BTreeMap<_, _>>()
+            .into_keys()
+            .zip(0..)
+            .collect();
+        let topics: Vec<u16> = records.iter().map(|r| names[r.topic.as_str()]).collect();
+        self.split_topics(&topics, clients, rng)
+    }
+
+    /// Split records known only by their topic ids (`topics[i]` of record i) over `clients`.
+    ///
+    /// # Errors
+    /// As [`Partition::split`].
+    pub fn split_topics(
+        &self,
+        records: &[u16],
+        clients: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<Vec<usize>>, DataError> {
         if records.len() < clients {
             return Err(DataError::Split(format!(
                 "{} training records cannot give each of {clients} clients at least one; \
@@ -100,18 +122,15 @@ fn deal(idx: &[usize], weights: &[f64]) -> Vec<Vec<usize>> {
 }
 
 fn dirichlet(
-    records: &[Record],
+    topics: &[u16],
     idx: &[usize],
     clients: usize,
     alpha: f64,
     rng: &mut ChaCha8Rng,
 ) -> Result<Vec<Vec<usize>>, DataError> {
-    let mut by_topic: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut by_topic: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
     for &i in idx {
-        by_topic
-            .entry(records[i].topic.as_str())
-            .or_default()
-            .push(i);
+        by_topic.entry(topics[i]).or_default().push(i);
     }
     let sampler = DirichletSampler::new(alpha, clients);
     let mut shards = Vec::new();

@@ -242,6 +242,9 @@ const LAST: &[&str] = &[
     "Castillo",
 ];
 
+/// Distinct clinical areas (topic labels) the generator draws from.
+pub const AREAS: usize = 7;
+
 const INSTRUCTION: &str = "Answer this question about the patient record truthfully";
 
 /// Generate `n` records from `seed`.

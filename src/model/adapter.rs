@@ -83,6 +83,22 @@ impl AdapterLayout {
         }
     }
 
+    /// The layout of a synthetic update: one (1, n) tensor (keyed as the first layer's q_proj
+    /// A, so the payload is an ordinary safetensors buffer of n f32 values).
+    pub fn flat(n: usize) -> Self {
+        Self {
+            tensors: vec![AdapterTensor {
+                layer: 0,
+                module: TargetModule::QProj,
+                is_a: true,
+                shape: (1, n),
+                offset: 0,
+            }],
+            len: n,
+            num_layers: 1,
+        }
+    }
+
     /// Every tensor in order.
     pub fn tensors(&self) -> &[AdapterTensor] {
         &self.tensors

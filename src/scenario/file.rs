@@ -7,6 +7,7 @@ use crate::devices::Profiles;
 use crate::model::LlamaConfig;
 use crate::privacy::{DpSampling, FracSeries, Mechanism, NoiseSource};
 use crate::stragglers::Stragglers;
+use crate::trainer::TrainerKind;
 
 /// A scenario file as written (`scenarios/*.ron`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +39,9 @@ pub struct ScenarioFile {
     /// Local training.
     #[serde(default)]
     pub train: TrainSection,
+    /// What trains: LoRA on the model, or synthetic updates (scale studies).
+    #[serde(default)]
+    pub trainer: TrainerKind,
     /// Compute slots.
     #[serde(default)]
     pub slots: SlotsSection,

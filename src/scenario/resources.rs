@@ -72,11 +72,29 @@ pub struct Shape<'a> {
     pub slots: usize,
     /// Where the records come from.
     pub source: &'a DataSource,
+    /// `Some(values per update)` for the synthetic trainer (no model, no text).
+    pub synthetic: Option<usize>,
 }
 
 /// Estimate peak memory.
 pub fn estimate(s: &Shape<'_>) -> MemoryEstimate {
     let f = |v: usize| v as f64;
+    if let Some(n) = s.synthetic {
+        // Global, its payload and the new global (f32 each), the exact i128 accumulator; per
+        // slot an update and its payload; topic ids and shard indices per record.
+        let records = match s.source {
+            DataSource::Synthetic { records } => f(*records),
+            DataSource::Alpaca { path, .. } => {
+                std::fs::metadata(path).map_or(0.0, |md| md.len() as f64)
+            }
+        };
+        return MemoryEstimate {
+            model: f(n) * (3.0 * 4.0 + 16.0),
+            training: f(s.slots) * f(n) * 8.0,
+            evaluation: 0.0,
+            data: 6.0 * records,
+        };
+    }
     let m = s.model;
     let (h, i, l, v) = (
         f(m.hidden_size),

@@ -9,6 +9,7 @@ use crate::fmt::compact;
 use crate::model::LlamaConfig;
 use crate::privacy::{DpPlan, DpSampling};
 use crate::train::LocalTraining;
+use crate::trainer::TrainerKind;
 
 mod model;
 mod privacy;
@@ -259,7 +260,27 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
 
     system::check_system(&c, &file.system, n, file.seed)?;
     let mut warnings = Vec::new();
+    let synthetic = match file.trainer {
+        TrainerKind::Lora => None,
+        TrainerKind::Synthetic { params } => {
+            c.ensure(
+                (1..=100_000_000).contains(&params),
+                "trainer.Synthetic.params",
+                format!("is {params}; it must be 1..=100000000"),
+            )?;
+            c.ensure(
+                d.canaries == 0,
+                "data.canaries",
+                format!(
+                    "is {} but the synthetic trainer reads no text; set 0, or use trainer: Lora",
+                    d.canaries
+                ),
+            )?;
+            Some(params)
+        }
+    };
     let memory = resources::estimate(&resources::Shape {
+        synthetic,
         model: &model,
         batch_size: t.batch_size,
         eval_batch_size: t.eval_batch_size,
@@ -281,7 +302,10 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
             ),
         )?;
     }
-    warnings.extend(resources::oversubscription(sl.count, threads, cores));
+    if synthetic.is_none() {
+        // The synthetic trainer runs no matmuls: its slots are one thread each.
+        warnings.extend(resources::oversubscription(sl.count, threads, cores));
+    }
 
     let dp = match &file.dp {
         None => None,

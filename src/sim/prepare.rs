@@ -14,9 +14,22 @@ use crate::report::RunDir;
 use crate::rng::{derive, purpose};
 use crate::scenario::Scenario;
 use crate::tokenizer::{TextTokenizer, TokenizedExample, TokenizerError};
+use crate::trainer::TrainerKind;
 
 /// Everything prepared before the actors start.
 pub struct Prepared {
+    /// Each client's example indices.
+    pub shards: Vec<Vec<u32>>,
+    /// Training examples over all shards.
+    pub train_examples: usize,
+    /// Held-out examples.
+    pub eval_examples: usize,
+    /// Text, tokenizer and model: for the LoRA trainer (the synthetic trainer needs none).
+    pub lora: Option<LoraData>,
+}
+
+/// What the LoRA trainer needs.
+pub struct LoraData {
     /// Records, shards, canaries.
     pub data: FederatedData,
     /// The trained tokenizer.
@@ -25,8 +38,6 @@ pub struct Prepared {
     pub train: Arc<Vec<TokenizedExample>>,
     /// Tokenised held-out examples.
     pub eval: Arc<Vec<TokenizedExample>>,
-    /// Each client's example indices.
-    pub shards: Vec<Vec<u32>>,
     /// Examples (training and held-out) cut to fit `data.max_seq_len`.
     pub truncated: usize,
     /// The frozen base (one copy, shared by every slot).
@@ -53,6 +64,15 @@ pub fn prepare(s: &Scenario) -> Result<Prepared, SimError> {
 /// # Errors
 /// As [`prepare`].
 pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, SimError> {
+    if let TrainerKind::Synthetic { .. } = s.file.trainer {
+        let plan = s.data.shards_only(progress)?;
+        return Ok(Prepared {
+            shards: plan.shards,
+            train_examples: plan.train,
+            eval_examples: plan.eval,
+            lora: None,
+        });
+    }
     let data = s.data.prepare_with(progress)?;
     progress("training the tokenizer", 0, 1);
     let tokenizer = TextTokenizer::train(&data.train, s.model.vocab_size)?;
@@ -89,29 +109,48 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
         &candle_core::Device::Cpu,
     )?;
     Ok(Prepared {
-        data,
-        tokenizer,
-        train: Arc::new(train),
-        eval: Arc::new(eval),
         shards,
-        truncated,
-        model: Arc::new(model),
+        train_examples: train.len(),
+        eval_examples: eval.len(),
+        lora: Some(LoraData {
+            data,
+            tokenizer,
+            train: Arc::new(train),
+            eval: Arc::new(eval),
+            truncated,
+            model: Arc::new(model),
+        }),
     })
 }
 
 impl Prepared {
     /// Write what the run directory keeps of the preparation: the tokenizer, the base model as
-    /// a Hugging Face directory, the canaries and the partition.
+    /// a Hugging Face directory, the canaries and the partition (sizes only for the synthetic
+    /// trainer).
     ///
     /// # Errors
     /// I/O or export failures.
     pub fn write(&self, dir: &RunDir) -> Result<(), SimError> {
-        self.tokenizer.save(&dir.path().join("tokenizer.json"))?;
+        let Some(l) = &self.lora else {
+            let sizes: Vec<ClientPartition> = self
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(client, s)| ClientPartition {
+                    client,
+                    examples: s.len(),
+                    topics: BTreeMap::new(),
+                })
+                .collect();
+            dir.write_json("partitions.json", &sizes)?;
+            return Ok(());
+        };
+        l.tokenizer.save(&dir.path().join("tokenizer.json"))?;
         let base_dir = dir.path().join("base_model");
-        self.model.save_hf(&base_dir, self.tokenizer.eos_id())?;
-        self.tokenizer.save(&base_dir.join("tokenizer.json"))?;
-        dir.write_json("canaries.json", &self.data.canaries)?;
-        let partitions: Vec<ClientPartition> = self
+        l.model.save_hf(&base_dir, l.tokenizer.eos_id())?;
+        l.tokenizer.save(&base_dir.join("tokenizer.json"))?;
+        dir.write_json("canaries.json", &l.data.canaries)?;
+        let partitions: Vec<ClientPartition> = l
             .data
             .shards
             .iter()
@@ -119,7 +158,7 @@ impl Prepared {
             .map(|(client, shard)| {
                 let mut topics = BTreeMap::new();
                 for &i in shard {
-                    *topics.entry(self.data.train[i].topic.clone()).or_insert(0) += 1;
+                    *topics.entry(l.data.train[i].topic.clone()).or_insert(0) += 1;
                 }
                 ClientPartition {
                     client,
@@ -130,5 +169,13 @@ impl Prepared {
             .collect();
         dir.write_json("partitions.json", &partitions)?;
         Ok(())
+    }
+
+    /// Token length of every training example (the synthetic trainer: `seq_len` each).
+    pub fn lengths(&self, seq_len: usize) -> Vec<u32> {
+        match &self.lora {
+            Some(l) => l.train.iter().map(|e| e.ids.len() as u32).collect(),
+            None => vec![seq_len as u32; self.train_examples],
+        }
     }
 }

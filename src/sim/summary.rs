@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::prepare::Prepared;
 use crate::actors::server::{EarlyStop, ServerOutcome};
 use crate::messages::RoundSummary;
-use crate::report::{DpSummary, RunStatus, Summary};
+use crate::report::{DpSummary, Dropped, RunStatus, Summary};
 use crate::scenario::Scenario;
 
 /// The summary of a run in progress.
@@ -33,8 +33,8 @@ impl Book {
             trainable_parameters: trainable,
             trainable_percent: 100.0 * trainable as f64 / (base + trainable) as f64,
             clients: prep.shards.len(),
-            train_examples: prep.train.len(),
-            eval_examples: prep.eval.len(),
+            train_examples: prep.train_examples,
+            eval_examples: prep.eval_examples,
             eval_fingerprint: eval_fingerprint(prep),
             rounds_planned: s.rounds,
             rounds_completed: 0,
@@ -48,6 +48,8 @@ impl Book {
             slots: s.slots,
             threads_per_slot: s.threads_per_slot,
             slot_busy_seconds: vec![0.0; s.slots],
+            sim_seconds: 0.0,
+            dropped: Dropped::default(),
             wall_seconds: 0.0,
         };
         Self { summary, started }
@@ -68,6 +70,10 @@ impl Book {
         m.bytes_up_total += r.bytes_up;
         m.tokens_trained += r.tokens;
         m.slot_busy_seconds = busy;
+        m.sim_seconds = r.sim_start_s + r.sim_duration_s;
+        m.dropped.crashed += r.crashed;
+        m.dropped.deadline += r.missed_deadline;
+        m.dropped.failed += r.failed;
         m.wall_seconds = self.started.elapsed().as_secs_f64();
     }
 
@@ -108,6 +114,12 @@ impl Book {
         m.bytes_down_total = o.rounds.iter().map(|r| r.bytes_down).sum();
         m.bytes_up_total = o.rounds.iter().map(|r| r.bytes_up).sum();
         m.tokens_trained = o.rounds.iter().map(|r| r.tokens).sum();
+        m.sim_seconds = last.map_or(0.0, |r| r.sim_start_s + r.sim_duration_s);
+        m.dropped = Dropped {
+            crashed: o.rounds.iter().map(|r| r.crashed).sum(),
+            deadline: o.rounds.iter().map(|r| r.missed_deadline).sum(),
+            failed: o.rounds.iter().map(|r| r.failed).sum(),
+        };
         m.slot_busy_seconds = busy;
         m.dp = s.dp.as_ref().map(|plan| DpSummary {
             mechanism: plan.mechanism.name().to_string(),
@@ -125,10 +137,13 @@ impl Book {
     }
 }
 
-/// FNV-1a over the held-out records' text, in order.
+/// FNV-1a over the held-out records' text, in order (empty for the synthetic trainer).
 fn eval_fingerprint(prep: &Prepared) -> String {
+    let Some(l) = &prep.lora else {
+        return String::new();
+    };
     let mut text = Vec::new();
-    for r in &prep.data.eval {
+    for r in &l.data.eval {
         for part in [&r.instruction, &r.input, &r.output] {
             text.extend_from_slice(part.as_bytes());
             text.push(0);

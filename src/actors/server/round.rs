@@ -1,6 +1,7 @@
 //! One round: who is online, who is sampled, their plans, who trains (the straggler policy),
 //! the answers, and the close — aggregate, evaluate, account, record.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,7 +9,7 @@ use ractor::{call, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rand::Rng;
 
 use super::record::{dp_metrics, RoundFacts, RoundState};
-use super::{evaluate, finish, EarlyStop, ServerMsg, ServerState};
+use super::{evaluate, finish, retire_clients, spawn_clients, EarlyStop, ServerMsg, ServerState};
 use crate::actors::aggregator::{Aggregate, AggregatorMsg, DpRound};
 use crate::actors::client::ClientMsg;
 use crate::messages::{
@@ -63,6 +64,7 @@ pub(super) async fn begin_round(
     };
     let payload = Arc::new(st.global.to_safetensors()?);
     let bytes = payload.len() as u64;
+    spawn_clients(me, st, &chosen).await?;
     let plans = collect_plans(&st.clients, round, start, bytes, &chosen).await;
     let decided = decide(
         st.args.system.stragglers,
@@ -127,7 +129,11 @@ pub(super) async fn begin_round(
                     payload: payload.clone(),
                     config: fit_config(st),
                 };
-                if st.clients[c].send_message(ClientMsg::Fit(ins)).is_err() {
+                let sent = st
+                    .clients
+                    .get(&c)
+                    .map(|a| a.send_message(ClientMsg::Fit(ins)));
+                if !matches!(sent, Some(Ok(()))) {
                     // The actor is gone; its supervision event records the crash.
                     st.alive[c] = false;
                 }
@@ -200,7 +206,7 @@ fn dp_round(st: &ServerState, q: f64, available: usize) -> Option<DpRound> {
 
 /// Ask every sampled client for its plan, all at once.
 async fn collect_plans(
-    clients: &[ActorRef<ClientMsg>],
+    clients: &HashMap<ClientId, ActorRef<ClientMsg>>,
     round: RoundId,
     start: f64,
     bytes: u64,
@@ -209,13 +215,17 @@ async fn collect_plans(
     let mut waiting = Vec::with_capacity(chosen.len());
     for &c in chosen {
         let (tx, rx) = ractor::concurrency::oneshot();
-        let sent = clients[c].send_message(ClientMsg::Plan {
+        let msg = ClientMsg::Plan {
             round,
             start,
             down_bytes: bytes,
             up_bytes: bytes,
             reply: RpcReplyPort::from(tx),
-        });
+        };
+        let sent = match clients.get(&c) {
+            Some(actor) => actor.send_message(msg).map_err(|_| ()),
+            None => Err(()),
+        };
         waiting.push((c, sent.map(|_| rx)));
     }
     let mut out = Vec::with_capacity(waiting.len());
@@ -284,6 +294,12 @@ pub(super) async fn close_round(
     let changed = agg.folded > 0 || agg.noise_stddev.is_some();
     st.global = agg.global.clone();
     let eval = match (changed, st.last_eval) {
+        _ if !st.args.evaluate => crate::messages::EvaluateRes {
+            round,
+            loss: f64::NAN,
+            perplexity: f64::NAN,
+            tokens: 0,
+        },
         (false, Some(e)) => e,
         _ => match evaluate(&st.args.slots, round, Some(st.global.clone())).await {
             Ok(e) => e,
@@ -297,7 +313,7 @@ pub(super) async fn close_round(
             }
         },
     };
-    if !eval.loss.is_finite() {
+    if st.args.evaluate && !eval.loss.is_finite() {
         finish(
             me,
             st,
@@ -338,6 +354,7 @@ async fn record(
     facts: RoundFacts,
 ) -> Result<(), ActorProcessingErr> {
     let round = st.current.round;
+    retire_clients(st);
     let summary = st.current.summary(facts);
     st.clock = st.current.close_at;
     if let Err(e) = (st.args.sink)(&summary) {
