@@ -3,4 +3,5 @@
 pub mod privacy;
 pub mod progress;
 pub mod run;
+pub mod sweep;
 pub mod validate;

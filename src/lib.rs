@@ -28,6 +28,7 @@
 //! - [`shutdown`]: stop requests (finish the round, or abandon it) from signals or tests.
 //! - [`sim`]: wires it all and records the run; [`report`]: the run directory;
 //!   [`compare`]: side-by-side table of runs.
+//! - [`sweep`]: a grid of `--vary` values, one run each, one table.
 //! - [`telemetry`]: Prometheus metric names, buckets and the per-run recorder.
 //! - [`rng`]: seed derivation, so results never depend on slot count or timing.
 //! - [`fmt`]: compact numbers and error chains for messages.
@@ -51,6 +52,7 @@ pub mod sim;
 pub mod slots;
 pub mod stragglers;
 pub mod strategy;
+pub mod sweep;
 pub mod telemetry;
 pub mod tokenizer;
 pub mod train;

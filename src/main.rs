@@ -34,6 +34,8 @@ enum Command {
         #[command(subcommand)]
         what: PrivacyCommand,
     },
+    /// Run a scenario once per combination of --vary values; print and write a table.
+    Sweep(cli::sweep::SweepArgs),
     /// Compare runs side by side (pretrained vs. centralised vs. federated).
     Compare {
         /// Run directories.
@@ -66,5 +68,6 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => cli::run::run(args),
+        Command::Sweep(args) => cli::sweep::sweep(args),
     }
 }

@@ -485,3 +485,66 @@ fn the_synthetic_trainer_refuses_what_it_cannot_do() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn sweep_runs_every_combination_and_writes_a_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scen = crate::util::small_file(tmp.path());
+    let out = tmp.path().join("sweep");
+    let (ok, stdout, err) = crate::util::sim(&[
+        "sweep",
+        scen.to_str().unwrap(),
+        "--vary",
+        "system.crash_probability=0,0.5",
+        "--vary",
+        "partition=Iid,Dirichlet(alpha: 0.5)",
+        "--set",
+        "rounds=2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("system.crash_probability") && stdout.contains("Dirichlet(alpha: 0.5)"),
+        "{stdout}"
+    );
+    let csv = std::fs::read_to_string(out.join("sweep.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
+    assert!(
+        csv.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("0,Iid,completed,2/2,"),
+        "{csv}"
+    );
+    for line in csv.lines().skip(1) {
+        let dir = line.rsplit(',').next().unwrap();
+        assert!(Path::new(dir).join("summary.json").is_file(), "{dir}");
+    }
+    // Crashes show up where they were asked for.
+    let crashed = |row: usize| {
+        csv.lines()
+            .nth(row)
+            .unwrap()
+            .split(',')
+            .nth(6)
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+    };
+    assert_eq!(crashed(1) + crashed(2), 0);
+    // A bad value is found before anything runs.
+    let (ok, _, err) = crate::util::sim(&[
+        "sweep",
+        scen.to_str().unwrap(),
+        "--vary",
+        "system.crash_probability=0,2",
+        "--out",
+        tmp.path().join("bad").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("system.crash_probability") && err.contains("combination"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("bad").exists());
+}

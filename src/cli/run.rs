@@ -121,7 +121,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
 }
 
 /// SIGINT, SIGTERM and SIGHUP each escalate the stop request; the third exits at once.
-fn listen_for_signals(trigger: ShutdownTrigger) -> anyhow::Result<()> {
+pub fn listen_for_signals(trigger: ShutdownTrigger) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut streams = Vec::new();
     for (kind, name) in [

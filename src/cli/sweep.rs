@@ -1,0 +1,90 @@
+//! `sim sweep`: run a scenario once per combination of `--vary` values and tabulate.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use fedsim::report::{RunDir, Summary};
+use fedsim::sweep::{combinations, csv, run_name, table, SweepRow, Vary};
+use fedsim::{RunOptions, Scenario, Shutdown, StopLevel};
+
+/// `sim sweep` arguments.
+#[derive(clap::Args)]
+pub struct SweepArgs {
+    /// Scenario file (RON).
+    scenario: PathBuf,
+    /// A field and the values it takes, in the scenario's syntax:
+    /// --vary system.crash_probability=0,0.1,0.3 (repeat for a grid).
+    #[arg(long = "vary", value_name = "PATH=V1,V2,...", required = true)]
+    vary: Vec<String>,
+    /// Overrides applied to every run, as for `run`.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    set: Vec<String>,
+    /// Sweep directory (default runs/sweep-<name>-<timestamp>); one run directory per
+    /// combination inside, plus sweep.csv and sweep.txt.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Validate every combination, then run them one after the other.
+pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
+    let varies: Vec<Vary> = a
+        .vary
+        .iter()
+        .map(|v| Vary::parse(v))
+        .collect::<Result<_, _>>()?;
+    let combos = combinations(&varies);
+    // Every combination is checked before the first runs: a bad value fails in seconds.
+    let mut runs = Vec::with_capacity(combos.len());
+    for settings in combos {
+        let all: Vec<String> = a
+            .set
+            .iter()
+            .cloned()
+            .chain(settings.iter().cloned())
+            .collect();
+        let s = Scenario::load(&a.scenario, &all)
+            .with_context(|| format!("combination {}", settings.join(" ")))?;
+        runs.push((settings, s));
+    }
+    let name = format!("sweep-{}", runs[0].1.name);
+    let dir = RunDir::create(a.out.as_deref(), &name)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (trigger, shutdown) = Shutdown::channel();
+    runtime.block_on(async { super::run::listen_for_signals(trigger) })?;
+    let n = runs.len();
+    eprintln!("sweep of {n} runs into {}", dir.path().display());
+    let mut rows = Vec::with_capacity(n);
+    for (i, (settings, s)) in runs.into_iter().enumerate() {
+        if shutdown.level() >= StopLevel::FinishRound {
+            eprintln!("stopped after {i} of {n} runs");
+            break;
+        }
+        let out = dir.path().join(run_name(i, &settings));
+        eprintln!("[{}/{n}] {}", i + 1, settings.join(" "));
+        let opts = RunOptions {
+            out: Some(out.clone()),
+            ..Default::default()
+        };
+        let summary = match runtime.block_on(fedsim::run(&s, opts, shutdown.clone())) {
+            Ok(report) => report.summary,
+            // A failed run is a row of the table, with its status.
+            Err(fedsim::SimError::Failed { .. }) => Summary::read(&out)?,
+            Err(e) => return Err(e.into()),
+        };
+        rows.push(SweepRow {
+            settings,
+            dir: out,
+            summary,
+        });
+    }
+    let text = table(&varies, &rows);
+    print!("{text}");
+    dir.write("sweep.txt", &text)?;
+    dir.write("sweep.csv", &csv(&varies, &rows))?;
+    println!("sweep directory: {}", dir.path().display());
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! `sim sweep`: one scenario, a grid of `--vary PATH=V1,V2,…` values, one run per combination,
+//! and one table (printed, and written as `sweep.csv` and `sweep.txt`) of how the federation
+//! degrades: final held-out loss, rounds completed, simulated time, drops by reason, ε.
+
+use std::fmt::Write;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::report::Summary;
+
+/// A bad `--vary`.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// Not `PATH=V1,V2,…`.
+    #[error("--vary {arg}: {message}")]
+    Vary {
+        /// The argument as given.
+        arg: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// One varied field and its values (in the scenario's own syntax).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vary {
+    /// Dotted path, as for `--set`.
+    pub path: String,
+    /// Values, in order.
+    pub values: Vec<String>,
+}
+
+impl Vary {
+    /// Parse `PATH=V1,V2,…`; commas inside brackets or quotes do not split
+    /// (`partition=Dirichlet(alpha: 0.1),Iid`).
+    ///
+    /// # Errors
+    /// [`SweepError::Vary`] for a missing `=`, an empty value or unbalanced brackets.
+    pub fn parse(arg: &str) -> Result<Self, SweepError> {
+        let err = |message: &str| SweepError::Vary {
+            arg: arg.to_string(),
+            message: message.to_string(),
+        };
+        let (path, list) = arg.split_once('=').ok_or_else(|| {
+            err("expected PATH=V1,V2,… e.g. --vary system.crash_probability=0,0.1,0.3")
+        })?;
+        if path.trim().is_empty() {
+            return Err(err("the path is empty"));
+        }
+        let (mut values, mut cur, mut depth, mut quoted) = (Vec::new(), String::new(), 0i32, false);
+        for ch in list.chars() {
+            match ch {
+                '"' => quoted = !quoted,
+                '(' | '[' | '{' if !quoted => depth += 1,
+                ')' | ']' | '}' if !quoted => depth -= 1,
+                ',' if depth == 0 && !quoted => {
+                    values.push(std::mem::take(&mut cur));
+                    continue;
+                }
+                _ => {}
+            }
+            cur.push(ch);
+        }
+        values.push(cur);
+        if depth != 0 || quoted {
+            return Err(err("unbalanced brackets or quotes"));
+        }
+        let values: Vec<String> = values.into_iter().map(|v| v.trim().to_string()).collect();
+        if values.iter().any(String::is_empty) {
+            return Err(err("a value is empty"));
+        }
+        Ok(Self {
+            path: path.trim().to_string(),
+            values,
+        })
+    }
+}
+
+/// Every combination of the varied values, as `--set` arguments, first field slowest.
+pub fn combinations(varies: &[Vary]) -> Vec<Vec<String>> {
+    varies.iter().fold(vec![Vec::new()], |acc, v| {
+        acc.iter()
+            .flat_map(|prefix| {
+                v.values.iter().map(move |value| {
+                    let mut c = prefix.clone();
+                    c.push(format!("{}={value}", v.path));
+                    c
+                })
+            })
+            .collect()
+    })
+}
+
+/// A directory name for a combination: its values, made file-name safe.
+pub fn run_name(index: usize, settings: &[String]) -> String {
+    let mut name = format!("{:03}", index + 1);
+    for s in settings {
+        let value = s.split_once('=').map_or(s.as_str(), |(_, v)| v);
+        name.push('_');
+        name.extend(value.chars().map(|c| {
+            if c.is_ascii_alphanumeric() || "-.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        }));
+    }
+    name.chars().take(120).collect()
+}
+
+/// One run of a sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepRow {
+    /// The `--set` values of the combination.
+    pub settings: Vec<String>,
+    /// Its run directory.
+    pub dir: PathBuf,
+    /// Its summary.
+    pub summary: Summary,
+}
+
+const COLUMNS: [&str; 10] = [
+    "status",
+    "rounds",
+    "final loss",
+    "sim (s)",
+    "crashed",
+    "deadline",
+    "failed",
+    "MB up",
+    "epsilon",
+    "wall (s)",
+];
+
+fn cells(s: &Summary) -> [String; 10] {
+    let num = |v: f64, p: usize| {
+        if v.is_finite() {
+            format!("{v:.p$}")
+        } else {
+            "-".into()
+        }
+    };
+    [
+        s.status.to_string(),
+        format!("{}/{}", s.rounds_completed, s.rounds_planned),
+        num(s.final_eval_loss, 4),
+        num(s.sim_seconds, 1),
+        s.dropped.crashed.to_string(),
+        s.dropped.deadline.to_string(),
+        s.dropped.failed.to_string(),
+        format!("{:.3}", s.bytes_up_total as f64 / 1e6),
+        s.dp.as_ref()
+            .map_or("-".into(), |d| format!("{:.4}", d.epsilon)),
+        format!("{:.1}", s.wall_seconds),
+    ]
+}
+
+/// The sweep as an aligned text table (losses in nats per response token).
+pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
+    let heads: Vec<String> = varied
+        .iter()
+        .map(|v| v.path.clone())
+        .chain(COLUMNS.iter().map(|c| c.to_string()))
+        .collect();
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.settings
+                .iter()
+                .map(|s| s.split_once('=').map_or(s.clone(), |(_, v)| v.to_string()))
+                .chain(cells(&r.summary))
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = (0..heads.len())
+        .map(|i| {
+            body.iter()
+                .map(|row| row[i].chars().count())
+                .chain([heads[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in std::iter::once(&heads).chain(&body) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  "));
+    }
+    let _ = writeln!(
+        out,
+        "final loss in nats per response token on the held-out split; sim = simulated seconds; \
+         crashed / deadline / failed = sampled clients without an update; MB = 10^6 bytes"
+    );
+    out
+}
+
+/// The sweep as CSV (one header row, one row per run, plus the run directory).
+pub fn csv(varied: &[Vary], rows: &[SweepRow]) -> String {
+    let quote = |s: &str| {
+        if s.contains([',', '"', '\n']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    };
+    let mut out = String::new();
+    let heads: Vec<String> = varied
+        .iter()
+        .map(|v| quote(&v.path))
+        .chain(COLUMNS.iter().map(|c| quote(c)))
+        .chain(["dir".to_string()])
+        .collect();
+    let _ = writeln!(out, "{}", heads.join(","));
+    for r in rows {
+        let cols: Vec<String> = r
+            .settings
+            .iter()
+            .map(|s| quote(s.split_once('=').map_or(s, |(_, v)| v)))
+            .chain(cells(&r.summary).iter().map(|c| quote(c)))
+            .chain([quote(&r.dir.display().to_string())])
+            .collect();
+        let _ = writeln!(out, "{}", cols.join(","));
+    }
+    out
+}
