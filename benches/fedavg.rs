@@ -1,6 +1,8 @@
 //! FedAvg aggregation of K client updates of 460,800 f32 parameters (rank-8 LoRA on q_proj and
 //! v_proj of the SmolLM2-135M shape): the fold alone, and parse-the-upload + fold as the
-//! aggregator actor does it.
+//! aggregator actor does it (the mean included, so buffered updates are folded). numpy's
+//! inexact f32 weighted sum of the same workload is `benches/numpy_fold.py`: run both in one
+//! sitting.
 //!
 //! Run with: cargo bench --bench fedavg
 
@@ -52,10 +54,32 @@ fn fedavg(c: &mut Criterion) {
             b.iter(|| {
                 let mut acc = FedAvgAccumulator::new(layout.len());
                 for i in 0..k {
-                    let u =
-                        AdapterSet::from_safetensors(layout.clone(), &payloads[i % payloads.len()])
-                            .unwrap();
-                    acc.fold(u.data(), 100 + i as u64).unwrap();
+                    let mut buf = acc.take_buffer();
+                    AdapterSet::read_safetensors_into(
+                        &layout,
+                        &payloads[i % payloads.len()],
+                        &mut buf,
+                    )
+                    .unwrap();
+                    acc.fold_owned(buf, 100 + i as u64).unwrap();
+                }
+                acc.mean()
+            })
+        });
+        // As the aggregator does across rounds: one accumulator, reset (allocations kept).
+        let mut acc = FedAvgAccumulator::new(layout.len());
+        group.bench_with_input(BenchmarkId::new("parse_and_fold_steady", k), &k, |b, &k| {
+            b.iter(|| {
+                acc.reset();
+                for i in 0..k {
+                    let mut buf = acc.take_buffer();
+                    AdapterSet::read_safetensors_into(
+                        &layout,
+                        &payloads[i % payloads.len()],
+                        &mut buf,
+                    )
+                    .unwrap();
+                    acc.fold_owned(buf, 100 + i as u64).unwrap();
                 }
                 acc.mean()
             })

@@ -75,7 +75,7 @@ fn fedavg_applies_the_mean_update_to_the_global_adapter() {
     acc.fold(&vec![-0.25; layout.len()], 3).unwrap();
     let next = acc.apply_to(&global);
     assert!(next.data().iter().all(|&v| v == 1.0 + (0.5 - 0.75) / 4.0));
-    let before = acc.clone();
+    let mut before = acc.clone();
     assert!(acc.fold(&vec![f32::NAN; layout.len()], 5).is_err());
     assert!(acc.fold(&vec![1e9; layout.len()], 5).is_err());
     assert_eq!(
@@ -83,10 +83,58 @@ fn fedavg_applies_the_mean_update_to_the_global_adapter() {
         before.apply_to(&global),
         "a rejected update changes nothing"
     );
-    let empty = FedAvgAccumulator::new(layout.len());
+    let mut empty = FedAvgAccumulator::new(layout.len());
     assert_eq!(
         empty.apply_to(&global),
         global,
         "no update leaves the global unchanged"
     );
+}
+
+#[test]
+fn batched_folds_are_exact_whatever_the_batching_order_and_path() {
+    // 21 updates (batches of 8, 8 and 5) over 10,000 values (tiles of 4096), with small values
+    // (the i64 path) and, mixed in, huge values and weights (the i128 path).
+    let n = 10_000;
+    let updates: Vec<(Vec<f32>, u64)> = (0..21u64)
+        .map(|k| {
+            let big = k % 7 == 3;
+            let v = (0..n)
+                .map(|i| {
+                    let x = ((i as f32 * 0.11 + k as f32).cos()) * 1e-3;
+                    if big {
+                        x * 4e6
+                    } else {
+                        x
+                    }
+                })
+                .collect();
+            (v, if big { 1 << 30 } else { 1 + k })
+        })
+        .collect();
+    // The exact sum, computed here in i128 term by term.
+    let scale = (1u64 << 40) as f64;
+    let total: u64 = updates.iter().map(|u| u.1).sum();
+    let exact: Vec<f32> = (0..n)
+        .map(|i| {
+            let s: i128 = updates
+                .iter()
+                .map(|(u, w)| ((u[i] as f64 * scale) as i64) as i128 * *w as i128)
+                .sum();
+            (s as f64 / (scale * total as f64)) as f32
+        })
+        .collect();
+    let mean_of = |order: &[usize]| {
+        let mut acc = FedAvgAccumulator::new(n);
+        for &k in order {
+            acc.fold(&updates[k].0, updates[k].1).unwrap();
+        }
+        acc.mean().unwrap()
+    };
+    let fwd: Vec<usize> = (0..21).collect();
+    let rev: Vec<usize> = (0..21).rev().collect();
+    let odd: Vec<usize> = (0..21).map(|i| (i * 5) % 21).collect();
+    assert_eq!(mean_of(&fwd), exact);
+    assert_eq!(mean_of(&rev), exact);
+    assert_eq!(mean_of(&odd), exact);
 }

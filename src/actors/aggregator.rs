@@ -112,7 +112,7 @@ impl Actor for Aggregator {
             AggregatorMsg::Begin { round, dp } => {
                 st.round = round;
                 st.dp = dp;
-                st.acc = FedAvgAccumulator::new(st.layout.len());
+                st.acc.reset();
                 st.rejected.clear();
             }
             AggregatorMsg::Fold {
@@ -120,24 +120,27 @@ impl Actor for Aggregator {
                 payload,
                 num_examples,
                 permit: _permit,
-            } => match AdapterSet::from_safetensors(st.layout.clone(), &payload) {
-                Ok(mut update) => {
-                    // Under DP every client weighs the same (sensitivity C per client).
-                    let weight = match st.dp {
-                        Some(dp) => {
-                            if let Some(c) = dp.server_clip {
-                                clip_l2(update.data_mut(), c);
+            } => {
+                let mut buf = st.acc.take_buffer();
+                match AdapterSet::read_safetensors_into(&st.layout, &payload, &mut buf) {
+                    Ok(()) => {
+                        // Under DP every client weighs the same (sensitivity C per client).
+                        let weight = match st.dp {
+                            Some(dp) => {
+                                if let Some(c) = dp.server_clip {
+                                    clip_l2(&mut buf, c);
+                                }
+                                1
                             }
-                            1
+                            None => num_examples as u64,
+                        };
+                        if let Err(e) = st.acc.fold_owned(buf, weight) {
+                            st.rejected.push((client, e.to_string()));
                         }
-                        None => num_examples as u64,
-                    };
-                    if let Err(e) = st.acc.fold(update.data(), weight) {
-                        st.rejected.push((client, e.to_string()));
                     }
+                    Err(e) => st.rejected.push((client, e.to_string())),
                 }
-                Err(e) => st.rejected.push((client, e.to_string())),
-            },
+            }
             AggregatorMsg::Finish { global, reply } => {
                 let folded = st.acc.count();
                 let (next, noise_stddev) = match st.dp {

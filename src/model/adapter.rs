@@ -141,6 +141,11 @@ impl AdapterSet {
         Self { layout, data }
     }
 
+    /// The values, taken out.
+    pub fn into_data(self) -> Vec<f32> {
+        self.data
+    }
+
     /// The layout.
     pub fn layout(&self) -> &Arc<AdapterLayout> {
         &self.layout
@@ -213,8 +218,26 @@ impl AdapterSet {
     /// # Errors
     /// A missing tensor, a wrong shape or dtype, or a corrupt buffer.
     pub fn from_safetensors(layout: Arc<AdapterLayout>, bytes: &[u8]) -> Result<Self, ModelError> {
-        let st = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Layout(e.to_string()))?;
         let mut data = vec![0f32; layout.len()];
+        Self::read_safetensors_into(&layout, bytes, &mut data)?;
+        Ok(Self { layout, data })
+    }
+
+    /// Parse a safetensors buffer laid out by `layout` into `data` (of the layout's length),
+    /// without allocating.
+    ///
+    /// # Errors
+    /// As [`AdapterSet::from_safetensors`].
+    ///
+    /// # Panics
+    /// When `data` is not of the layout's length (a broken invariant).
+    pub fn read_safetensors_into(
+        layout: &AdapterLayout,
+        bytes: &[u8],
+        data: &mut [f32],
+    ) -> Result<(), ModelError> {
+        assert_eq!(data.len(), layout.len(), "buffer length mismatch");
+        let st = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Layout(e.to_string()))?;
         for t in layout.tensors() {
             let name = t.peft_name();
             let view = st
@@ -235,7 +258,7 @@ impl AdapterSet {
                 *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
             }
         }
-        Ok(Self { layout, data })
+        Ok(())
     }
 
     /// Write `adapter_model.safetensors` and `adapter_config.json` into `dir`, as PEFT's
