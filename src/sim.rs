@@ -415,6 +415,7 @@ async fn run_actors(
     let sys = &s.file.system;
     let clients = Arc::new(ClientContext {
         slots: pool.handle(),
+        pinned: s.file.slots.assignment == crate::scenario::file::SlotAssignment::Pinned,
         aggregator: aggregator.clone(),
         cost: CostModel::lora(&s.model, &s.lora),
         lengths: Arc::new(prep.lengths(s.max_seq_len)),

@@ -104,6 +104,8 @@ pub struct Trained {
 #[derive(Clone)]
 pub struct SlotHandle {
     tx: Sender<Job>,
+    /// One queue per slot, for pinned jobs.
+    pinned: Arc<Vec<Sender<Job>>>,
 }
 
 impl SlotHandle {
@@ -113,6 +115,21 @@ impl SlotHandle {
     /// [`SlotError::Closed`] when the pool has shut down.
     pub fn submit(&self, job: Job) -> Result<(), SlotError> {
         self.tx.send(job).map_err(|_| SlotError::Closed)
+    }
+
+    /// Queue a job for slot `slot mod slots` only (stable placement).
+    ///
+    /// # Errors
+    /// [`SlotError::Closed`] when the pool has shut down.
+    pub fn submit_pinned(&self, slot: usize, job: Job) -> Result<(), SlotError> {
+        self.pinned[slot % self.pinned.len()]
+            .send(job)
+            .map_err(|_| SlotError::Closed)
+    }
+
+    /// Number of slots.
+    pub fn slots(&self) -> usize {
+        self.pinned.len()
     }
 }
 
@@ -133,6 +150,7 @@ impl SlotBusy {
 /// The running slots.
 pub struct SlotPool {
     tx: Option<Sender<Job>>,
+    pinned: Option<Arc<Vec<Sender<Job>>>>,
     threads: Vec<JoinHandle<()>>,
     busy_nanos: Arc<Vec<AtomicU64>>,
     /// Set by [`SlotPool::abandon`]: queued jobs are dropped unrun.
@@ -158,7 +176,10 @@ impl SlotPool {
             Arc::new((0..slots).map(|_| AtomicU64::new(0)).collect());
         let abandoned = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(slots);
-        for slot in 0..slots {
+        let (pinned_tx, pinned_rx): (Vec<_>, Vec<_>) = (0..slots)
+            .map(|_| crossbeam_channel::unbounded::<Job>())
+            .unzip();
+        for (slot, own) in pinned_rx.into_iter().enumerate() {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads_per_slot)
                 .thread_name(move |i| format!("slot{slot}-mm{i}"))
@@ -171,7 +192,7 @@ impl SlotPool {
             let stop = abandoned.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("slot{slot}"))
-                .spawn(move || worker(slot, &rx, &ctx, &pool, &busy[slot], &stop))
+                .spawn(move || worker(slot, [&own, &rx], &ctx, &pool, &busy[slot], &stop))
                 .map_err(|e| SlotError::Start {
                     slot,
                     message: e.to_string(),
@@ -180,6 +201,7 @@ impl SlotPool {
         }
         Ok(Self {
             tx: Some(tx),
+            pinned: Some(Arc::new(pinned_tx)),
             threads,
             busy_nanos,
             abandoned,
@@ -190,6 +212,7 @@ impl SlotPool {
     pub fn handle(&self) -> SlotHandle {
         SlotHandle {
             tx: self.tx.clone().expect("pool is running"),
+            pinned: self.pinned.clone().expect("pool is running"),
         }
     }
 
@@ -208,27 +231,41 @@ impl SlotPool {
     pub fn abandon(mut self) {
         self.abandoned.store(true, Ordering::SeqCst);
         self.tx.take();
+        self.pinned.take();
         self.threads.clear();
     }
 
     /// Stop accepting jobs and wait for the slots to finish theirs.
     pub fn shutdown(mut self) {
         self.tx.take();
+        self.pinned.take();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
+/// The next job from the slot's own queue (pinned jobs first) or the shared one; `None` once
+/// both are closed and empty.
+fn next_job(queues: [&Receiver<Job>; 2]) -> Option<Job> {
+    if let Ok(job) = queues[0].try_recv() {
+        return Some(job);
+    }
+    crossbeam_channel::select! {
+        recv(queues[0]) -> j => j.ok().or_else(|| queues[1].recv().ok()),
+        recv(queues[1]) -> j => j.ok().or_else(|| queues[0].recv().ok()),
+    }
+}
+
 fn worker(
     slot: usize,
-    rx: &Receiver<Job>,
+    rx: [&Receiver<Job>; 2],
     ctx: &SlotContext,
     pool: &rayon::ThreadPool,
     busy: &AtomicU64,
     abandoned: &AtomicBool,
 ) {
-    while let Ok(job) = rx.recv() {
+    while let Some(job) = next_job(rx) {
         if abandoned.load(Ordering::SeqCst) {
             continue; // dropping the job drops its reply channel
         }

@@ -548,3 +548,43 @@ fn sweep_runs_every_combination_and_writes_a_table() {
     );
     assert!(!tmp.path().join("bad").exists());
 }
+
+#[test]
+fn pinned_slots_give_the_same_results_and_gpu_requests_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let free = run(
+        &sc(&[
+            "rounds=2",
+            "slots.count=2",
+            "slots.threads_per_slot=Some(1)",
+        ]),
+        &tmp.path().join("free"),
+    );
+    let pinned = run(
+        &sc(&[
+            "rounds=2",
+            "slots.count=2",
+            "slots.threads_per_slot=Some(1)",
+            "slots.assignment=Pinned",
+        ]),
+        &tmp.path().join("pinned"),
+    );
+    assert_eq!(round_metrics(&free.dir), round_metrics(&pinned.dir));
+    assert!(
+        pinned.summary.slot_busy_seconds.iter().all(|&s| s > 0.0),
+        "{:?}",
+        pinned.summary
+    );
+    let set = with(&["slots.device=Cuda(0)"]);
+    let set: Vec<&str> = set.iter().map(String::as_str).collect();
+    match scenario(SMALL, &set) {
+        Err(ScenarioError::Invalid { field, message, .. }) => {
+            assert_eq!(field, "slots.device");
+            assert!(
+                message.contains("no GPU support") && message.contains("Cpu"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

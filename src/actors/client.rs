@@ -25,6 +25,8 @@ pub struct Client;
 pub struct ClientContext {
     /// Where training runs.
     pub slots: SlotHandle,
+    /// Client c's jobs go to slot c mod slots (`slots.assignment: Pinned`).
+    pub pinned: bool,
     /// Where updates go.
     pub aggregator: ActorRef<AggregatorMsg>,
     /// FLOPs per trained sequence.
@@ -172,7 +174,12 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         weight_decay: ins.config.local.weight_decay,
         reply: tx,
     };
-    if let Err(e) = ctx.slots.submit(job) {
+    let submitted = if ctx.pinned {
+        ctx.slots.submit_pinned(a.id, job)
+    } else {
+        ctx.slots.submit(job)
+    };
+    if let Err(e) = submitted {
         return failed(e.to_string());
     }
     let trained: Result<Trained, TrainError> = match rx.await {

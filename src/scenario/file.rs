@@ -331,6 +331,32 @@ pub struct SlotsSection {
     /// Threads each slot's matmuls use; default: cores / slots (never oversubscribe).
     #[serde(default)]
     pub threads_per_slot: Option<usize>,
+    /// Where the slots compute.
+    #[serde(default)]
+    pub device: SlotDevice,
+    /// Which slot runs a client's job.
+    #[serde(default)]
+    pub assignment: SlotAssignment,
+}
+
+/// A slot's device (scenario `slots.device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SlotDevice {
+    /// The CPU.
+    #[default]
+    Cpu,
+    /// A CUDA GPU by index (not in this build: refused by validation).
+    Cuda(usize),
+}
+
+/// How clients' jobs are placed on slots (scenario `slots.assignment`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SlotAssignment {
+    /// The first free slot takes the next job.
+    #[default]
+    FirstFree,
+    /// Client c always runs on slot c mod slots.count (stable placement).
+    Pinned,
 }
 
 impl Default for SlotsSection {
@@ -338,6 +364,8 @@ impl Default for SlotsSection {
         Self {
             count: 1,
             threads_per_slot: None,
+            device: SlotDevice::Cpu,
+            assignment: SlotAssignment::FirstFree,
         }
     }
 }

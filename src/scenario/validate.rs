@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::file::{ModelPreset, ScenarioFile};
+use super::file::{ModelPreset, ScenarioFile, SlotDevice};
 use super::{resources, Sampling, Scenario, ScenarioError};
 use crate::data::{DataPlan, DataSource, Partition};
 use crate::fmt::compact;
@@ -251,6 +251,15 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         "slots.count",
         format!("is {}; it must be 1..=256", sl.count),
     )?;
+    if let SlotDevice::Cuda(i) = sl.device {
+        return Err(c.fail(
+            "slots.device",
+            format!(
+                "is Cuda({i}) but this build of fedsim has no GPU support (GPU slots are not \
+                 implemented yet); set slots.device: Cpu"
+            ),
+        ));
+    }
     let threads = sl.threads_per_slot.unwrap_or((cores / sl.count).max(1));
     c.ensure(
         (1..=256).contains(&threads),
