@@ -215,6 +215,12 @@ pub struct RoundSummary {
     /// Why the round aggregated nothing on purpose (too few clients available), if so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// Mean staleness of the aggregated updates (asynchronous aggregation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staleness_mean: Option<f64>,
+    /// Largest staleness of an aggregated update (asynchronous aggregation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staleness_max: Option<usize>,
     /// Learning rate used.
     pub lr: f64,
     /// Example-weighted mean of clients' train losses (nats/token).

@@ -416,6 +416,10 @@ async fn run_actors(
     let clients = Arc::new(ClientContext {
         slots: pool.handle(),
         pinned: s.file.slots.assignment == crate::scenario::file::SlotAssignment::Pinned,
+        hold: matches!(
+            s.file.system.stragglers,
+            crate::stragglers::Stragglers::Async { .. }
+        ),
         aggregator: aggregator.clone(),
         cost: CostModel::lora(&s.model, &s.lora),
         lengths: Arc::new(prep.lengths(s.max_seq_len)),

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::messages::{ClientId, ClientPlan, CrashCause, FitStatus};
 
 /// What to do about slow clients (scenario `system.stragglers`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum Stragglers {
     /// Wait for every update.
@@ -30,6 +30,54 @@ pub enum Stragglers {
         /// Clients sampled beyond the target.
         extra: usize,
     },
+    /// Buffered asynchronous aggregation (FedBuff, Nguyen et al. 2022): `concurrency` clients
+    /// train at all times, each from the global model current when it started; the server
+    /// aggregates every `buffer` arrivals (on the virtual clock), weighting each update by
+    /// its examples times a function of its staleness (aggregations since it started). A
+    /// "round" is one aggregation.
+    Async {
+        /// Arrivals per aggregation (k).
+        buffer: usize,
+        /// Clients training at any time.
+        concurrency: usize,
+        /// Weight of a stale update.
+        #[serde(default)]
+        staleness: Staleness,
+    },
+}
+
+/// How an update's weight falls with its staleness s.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Staleness {
+    /// 1 / √(1 + s) (FedBuff's default).
+    #[default]
+    InverseSqrt,
+    /// 1 (staleness ignored).
+    Constant,
+    /// (1 + s)^(−a).
+    Polynomial {
+        /// Exponent a ≥ 0.
+        a: f64,
+    },
+}
+
+impl Staleness {
+    /// The weight factor of an update `s` aggregations stale.
+    pub fn factor(self, s: usize) -> f64 {
+        let s = s as f64;
+        match self {
+            Staleness::InverseSqrt => 1.0 / (1.0 + s).sqrt(),
+            Staleness::Constant => 1.0,
+            Staleness::Polynomial { a } => (1.0 + s).powf(-a),
+        }
+    }
+
+    /// The integer weight the exact fold uses: examples × factor on a 2⁻¹⁶ grid (at least 1),
+    /// so the average stays exact and order-independent (relative rounding < 2⁻¹⁶ / examples).
+    pub fn weight(self, examples: usize, s: usize) -> u64 {
+        ((examples as f64 * self.factor(s) * 65536.0).round() as u64).max(1)
+    }
 }
 
 /// A sampled client's fate in a round.
@@ -74,7 +122,8 @@ pub fn decide(
     let latest = |xs: &mut dyn Iterator<Item = f64>| xs.fold(start, f64::max);
     // (who trains, when the round closes)
     let (mut kept, close_at): (Vec<ClientId>, f64) = match policy {
-        Stragglers::Wait => (
+        // Async rounds are not decided here (see the server's asynchronous loop): wait.
+        Stragglers::Wait | Stragglers::Async { .. } => (
             alive.iter().map(|a| a.0).collect(),
             latest(&mut alive.iter().map(|a| a.1).chain(detected.iter().copied())),
         ),

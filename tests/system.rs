@@ -588,3 +588,98 @@ fn pinned_slots_give_the_same_results_and_gpu_requests_are_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn staleness_weights_follow_the_formula() {
+    use fedsim::stragglers::Staleness;
+    for s in 0..6 {
+        let sqrt = 1.0 / (1.0 + s as f64).sqrt();
+        assert_eq!(Staleness::InverseSqrt.factor(s), sqrt);
+        assert_eq!(Staleness::Constant.factor(s), 1.0);
+        assert_eq!(
+            Staleness::Polynomial { a: 0.5 }.factor(s),
+            (1.0 + s as f64).powf(-0.5)
+        );
+        assert_eq!(
+            Staleness::InverseSqrt.weight(30, s),
+            (30.0 * sqrt * 65536.0).round() as u64
+        );
+    }
+    assert_eq!(
+        Staleness::InverseSqrt.weight(1, 10_000_000),
+        21,
+        "never zero"
+    );
+}
+
+#[test]
+fn async_aggregates_the_earliest_arrivals_with_their_staleness() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = trace(tmp.path());
+    let set = [
+        "rounds=6",
+        &format!("system.profiles=Trace(path: \"{path}\")"),
+        "system.stragglers=Async(buffer: 2, concurrency: 4)",
+    ];
+    let a = run(&sc(&set), &tmp.path().join("a"));
+    assert_eq!(a.summary.status, RunStatus::Completed);
+    let rows = rounds(&a.dir);
+    let clients = clients_log(&a.dir);
+    // When each aggregation closed.
+    let closes: Vec<f64> = rows
+        .iter()
+        .map(|r| f(r, "sim_start_s") + f(r, "sim_duration_s"))
+        .collect();
+    let mut completed: Vec<&Value> = clients
+        .iter()
+        .filter(|c| c["status"] == "completed")
+        .collect();
+    completed.sort_by(|x, y| f(x, "finish").total_cmp(&f(y, "finish")));
+    assert_eq!(completed.len(), 12, "6 aggregations of 2");
+    for (k, pair) in completed.chunks(2).enumerate() {
+        let round = k + 1;
+        // The k-th pair of arrivals in virtual time is what aggregation k took…
+        for c in pair {
+            assert_eq!(c["round"].as_u64().unwrap() as usize, round, "{c}");
+        }
+        assert!((closes[k] - f(pair[1], "finish")).abs() < 1e-9);
+        // …and each update's staleness is the aggregations that closed after it started.
+        let stale: Vec<usize> = pair
+            .iter()
+            .map(|c| {
+                let started = f(c, "start");
+                let before = closes.iter().filter(|&&t| t <= started).count();
+                k - before
+            })
+            .collect();
+        let r = &rows[k];
+        assert_eq!(
+            r["staleness_max"].as_u64().unwrap() as usize,
+            *stale.iter().max().unwrap()
+        );
+        let mean = stale.iter().sum::<usize>() as f64 / 2.0;
+        assert!((f(r, "staleness_mean") - mean).abs() < 1e-12, "{r}");
+    }
+    assert!(
+        rows.iter()
+            .any(|r| r["staleness_max"].as_u64().unwrap() > 0),
+        "some staleness"
+    );
+    // Deterministic whatever the slots.
+    let two = [
+        &set[..],
+        &["slots.count=2", "slots.threads_per_slot=Some(1)"],
+    ]
+    .concat();
+    let b = run(&sc(&two), &tmp.path().join("b"));
+    assert_eq!(round_metrics(&a.dir), round_metrics(&b.dir));
+    let adapter = |d: &Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(adapter(&a.dir), adapter(&b.dir));
+    // DP with Async is refused.
+    let dp = [&set[..], &[crate::util::DP]].concat();
+    let dp = with(&dp);
+    let dp: Vec<&str> = dp.iter().map(String::as_str).collect();
+    assert!(
+        matches!(scenario(SMALL, &dp), Err(ScenarioError::Invalid { field, .. }) if field == "dp")
+    );
+}

@@ -63,6 +63,21 @@ pub enum AggregatorMsg {
         num_examples: usize,
         /// Held until the update is folded: bounds the updates in flight (memory).
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        /// Keep the parsed update until the server releases it with its weight (asynchronous
+        /// aggregation: the weight depends on the staleness at its virtual arrival).
+        hold: bool,
+    },
+    /// Fold a held update with this weight.
+    Release {
+        /// Whose.
+        client: ClientId,
+        /// Integer weight.
+        weight: u64,
+    },
+    /// Forget a held update (its client's arrival will never be counted).
+    Discard {
+        /// Whose.
+        client: ClientId,
     },
     /// Close the round: `global + weighted mean update`.
     Finish {
@@ -80,6 +95,8 @@ pub struct AggregatorState {
     dp: Option<DpRound>,
     acc: FedAvgAccumulator,
     rejected: Vec<(ClientId, String)>,
+    /// Parsed updates waiting for their weight (asynchronous aggregation).
+    held: std::collections::HashMap<ClientId, Result<Vec<f32>, String>>,
 }
 
 impl Actor for Aggregator {
@@ -99,6 +116,7 @@ impl Actor for Aggregator {
             dp: None,
             acc,
             rejected: Vec::new(),
+            held: std::collections::HashMap::new(),
         })
     }
 
@@ -119,10 +137,19 @@ impl Actor for Aggregator {
                 client,
                 payload,
                 num_examples,
-                permit: _permit,
+                permit,
+                hold,
             } => {
                 let mut buf = st.acc.take_buffer();
-                match AdapterSet::read_safetensors_into(&st.layout, &payload, &mut buf) {
+                let parsed = AdapterSet::read_safetensors_into(&st.layout, &payload, &mut buf);
+                if hold {
+                    // Memory of held updates is bounded by the concurrency: free the permit.
+                    drop(permit);
+                    st.held
+                        .insert(client, parsed.map(|()| buf).map_err(|e| e.to_string()));
+                    return Ok(());
+                }
+                match parsed {
                     Ok(()) => {
                         // Under DP every client weighs the same (sensitivity C per client).
                         let weight = match st.dp {
@@ -140,6 +167,20 @@ impl Actor for Aggregator {
                     }
                     Err(e) => st.rejected.push((client, e.to_string())),
                 }
+            }
+            AggregatorMsg::Release { client, weight } => match st.held.remove(&client) {
+                Some(Ok(buf)) => {
+                    if let Err(e) = st.acc.fold_owned(buf, weight) {
+                        st.rejected.push((client, e.to_string()));
+                    }
+                }
+                Some(Err(e)) => st.rejected.push((client, e)),
+                None => st
+                    .rejected
+                    .push((client, "no update held for this client".to_string())),
+            },
+            AggregatorMsg::Discard { client } => {
+                st.held.remove(&client);
             }
             AggregatorMsg::Finish { global, reply } => {
                 let folded = st.acc.count();

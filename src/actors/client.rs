@@ -27,6 +27,8 @@ pub struct ClientContext {
     pub slots: SlotHandle,
     /// Client c's jobs go to slot c mod slots (`slots.assignment: Pinned`).
     pub pinned: bool,
+    /// Updates are held by the aggregator until released with a weight (Async).
+    pub hold: bool,
     /// Where updates go.
     pub aggregator: ActorRef<AggregatorMsg>,
     /// FLOPs per trained sequence.
@@ -211,6 +213,7 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         payload,
         num_examples: a.shard.len(),
         permit: Some(permit),
+        hold: ctx.hold,
     };
     if ctx.aggregator.send_message(fold).is_err() {
         return failed("the aggregator is gone".into());

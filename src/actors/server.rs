@@ -7,6 +7,7 @@
 //!
 //! The round itself is in [`round`]; turning a round's tallies into a summary in [`record`].
 
+mod asynchronous;
 mod record;
 mod round;
 
@@ -168,6 +169,8 @@ pub struct ServerState {
     host_per_token: (f64, usize),
     /// The last evaluation (reused by rounds that change nothing).
     last_eval: Option<EvaluateRes>,
+    /// Buffered asynchronous aggregation (`Stragglers::Async`).
+    asyn: asynchronous::AsyncState,
     ledger: Option<PrivacyLedger>,
     stop: Option<EarlyStop>,
     done: Option<oneshot::Sender<ServerOutcome>>,
@@ -200,6 +203,7 @@ impl Actor for Server {
             clock: 0.0,
             host_per_token: (0.0, 0),
             last_eval: None,
+            asyn: Default::default(),
             ledger,
             stop: None,
             done,
@@ -222,7 +226,9 @@ impl Actor for Server {
                 }
                 Err(e) => finish(&me, st, Some(format!("baseline evaluation failed: {e}"))),
             },
+            ServerMsg::BeginRound if st.is_async() => asynchronous::begin(&me, st).await?,
             ServerMsg::BeginRound => begin_round(&me, st).await?,
+            ServerMsg::Fit(res) if st.is_async() => asynchronous::on_fit(&me, st, res).await?,
             ServerMsg::Fit(res) => on_fit(&me, st, res).await?,
             ServerMsg::CloseRound => close_round(&me, st).await?,
             ServerMsg::Abandon => finish(&me, st, None),
@@ -250,7 +256,18 @@ impl Actor for Server {
             tracing::warn!("client {client}'s actor ended: {why}; it will not be sampled again");
             st.alive[client] = false;
             st.clients.remove(&client);
-            if st.current.pending.contains(&client) {
+            if st.is_async() {
+                // Learned by supervision: the flight ends as a crash.
+                let res = FitRes {
+                    client,
+                    round: st.current.round,
+                    status: FitStatus::Crashed {
+                        at: st.current.close_at,
+                        cause: CrashCause::Panicked(why),
+                    },
+                };
+                asynchronous::on_fit(&me, st, res).await?;
+            } else if st.current.pending.contains(&client) {
                 // Learned by supervision: when the actor died.
                 let at = st.current.crash_time(client);
                 let res = FitRes {
@@ -283,6 +300,15 @@ pub(super) async fn evaluate(
     rx.await
         .map_err(|_| "the slot dropped the job".to_string())?
         .map_err(|e| crate::fmt::chain(&e))
+}
+
+impl ServerState {
+    fn is_async(&self) -> bool {
+        matches!(
+            self.args.system.stragglers,
+            crate::stragglers::Stragglers::Async { .. }
+        )
+    }
 }
 
 /// Spawn (linked, supervised) the actors of `chosen` clients that have none.

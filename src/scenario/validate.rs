@@ -318,6 +318,18 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
 
     let dp = match &file.dp {
         None => None,
+        Some(_)
+            if matches!(
+                file.system.stragglers,
+                crate::stragglers::Stragglers::Async { .. }
+            ) =>
+        {
+            return Err(c.fail(
+                "dp",
+                "is on but system.stragglers is Async: fedsim cannot account the privacy of \
+                 staleness-weighted buffered aggregation; use Wait, Drop or OverSelect with DP",
+            ))
+        }
         Some(d) => {
             privacy::check_mechanism(&c, &d.mechanism)?;
             c.finite_in(d.delta, 0.0, 1.0, true, true, "dp.delta")?;

@@ -41,6 +41,8 @@ pub(super) struct RoundState {
     pub records: Vec<ClientRecord>,
     /// Statistics of completed updates, in arrival order until [`RoundState::settle`].
     pub updates: Vec<UpdateStats>,
+    /// Staleness of each aggregated update (asynchronous aggregation).
+    pub staleness: Vec<usize>,
     /// Sampling rate this round is accounted with (DP).
     pub q: f64,
     /// Virtual start and close of the round.
@@ -154,6 +156,9 @@ impl RoundState {
             upload_s_mean: mean(2),
             host_seconds_saved: r.host_per_token * self.skipped_tokens as f64,
             skipped: r.skipped,
+            staleness_mean: (!self.staleness.is_empty())
+                .then(|| self.staleness.iter().sum::<usize>() as f64 / self.staleness.len() as f64),
+            staleness_max: self.staleness.iter().copied().max(),
             lr: self.lr,
             train_loss: if self.examples > 0 {
                 self.loss_weighted / self.examples as f64

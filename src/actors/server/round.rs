@@ -146,7 +146,7 @@ pub(super) async fn begin_round(
     Ok(())
 }
 
-fn fit_config(st: &ServerState) -> FitConfig {
+pub(super) fn fit_config(st: &ServerState) -> FitConfig {
     FitConfig {
         lr: st.current.lr,
         local: st.args.local.clone(),
@@ -354,7 +354,9 @@ async fn record(
     facts: RoundFacts,
 ) -> Result<(), ActorProcessingErr> {
     let round = st.current.round;
-    retire_clients(st);
+    if !st.is_async() {
+        retire_clients(st);
+    }
     let summary = st.current.summary(facts);
     st.clock = st.current.close_at;
     if let Err(e) = (st.args.sink)(&summary) {
@@ -374,7 +376,9 @@ async fn record(
             }
         }
     }
-    me.send_message(ServerMsg::BeginRound)?;
+    if !st.is_async() {
+        me.send_message(ServerMsg::BeginRound)?;
+    }
     Ok(())
 }
 

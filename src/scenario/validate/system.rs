@@ -86,6 +86,38 @@ pub(super) fn check_system(
             &format!("{f}.stragglers.OverSelect.extra"),
             format!("is {extra}; it must be 1..={clients} (clients.count)"),
         )?,
+        Stragglers::Async {
+            buffer,
+            concurrency,
+            staleness,
+        } => {
+            let g = format!("{f}.stragglers.Async");
+            c.ensure(
+                (1..=clients).contains(&concurrency),
+                &format!("{g}.concurrency"),
+                format!("is {concurrency}; it must be 1..={clients} (clients.count)"),
+            )?;
+            c.ensure(
+                (1..=concurrency).contains(&buffer),
+                &format!("{g}.buffer"),
+                format!("is {buffer}; it must be 1..={concurrency} (the concurrency)"),
+            )?;
+            if let crate::stragglers::Staleness::Polynomial { a } = staleness {
+                c.finite_in(
+                    a,
+                    0.0,
+                    10.0,
+                    false,
+                    false,
+                    &format!("{g}.staleness.Polynomial.a"),
+                )?;
+            }
+            c.ensure(
+                s.deadline_s.is_none(),
+                &format!("{f}.deadline_s"),
+                "is set but Async has no rounds to close at a deadline; set None",
+            )?;
+        }
     }
     if let Some(&bad) = s.inject_panic.iter().find(|&&id| id >= clients) {
         return Err(c.fail(
