@@ -400,7 +400,12 @@ async fn run_actors(
         layout: layout.clone(),
         work,
     });
-    let pool = SlotPool::start(ctx, s.slots, s.threads_per_slot)?;
+    let pool = SlotPool::start(
+        ctx,
+        s.slots,
+        s.threads_per_slot,
+        s.file.slots.client_resources,
+    )?;
     let pace = observers.pace;
     let sink = round_sink(dir, observers, pool.busy(), book)?;
     let actor_err = |e: &dyn std::fmt::Display| SimError::Actor(e.to_string());

@@ -166,11 +166,17 @@ impl SlotPool {
         ctx: Arc<SlotContext>,
         slots: usize,
         threads_per_slot: usize,
+        per_job: usize,
     ) -> Result<Self, SlotError> {
+        // A job takes `per_job` slots (Flower's client_resources): it waits for that many
+        // tokens and computes with that many slots' threads.
+        let per_job = per_job.clamp(1, slots);
+        let job_threads = threads_per_slot * per_job;
         // candle sizes its matmul parallelism from RAYON_NUM_THREADS on every call, whatever
         // pool it runs in; left at the core count, two slots oversubscribe the cores and a
         // step gets ~3x slower. Slots x threads must not exceed the cores.
-        std::env::set_var("RAYON_NUM_THREADS", threads_per_slot.to_string());
+        std::env::set_var("RAYON_NUM_THREADS", job_threads.to_string());
+        let tokens = Arc::new(Tokens::new(slots));
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let busy_nanos: Arc<Vec<AtomicU64>> =
             Arc::new((0..slots).map(|_| AtomicU64::new(0)).collect());
@@ -181,7 +187,7 @@ impl SlotPool {
             .unzip();
         for (slot, own) in pinned_rx.into_iter().enumerate() {
             let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads_per_slot)
+                .num_threads(job_threads)
                 .thread_name(move |i| format!("slot{slot}-mm{i}"))
                 .build()
                 .map_err(|e| SlotError::Start {
@@ -190,9 +196,20 @@ impl SlotPool {
                 })?;
             let (rx, ctx, busy) = (rx.clone(), ctx.clone(), busy_nanos.clone());
             let stop = abandoned.clone();
+            let tokens = tokens.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("slot{slot}"))
-                .spawn(move || worker(slot, [&own, &rx], &ctx, &pool, &busy[slot], &stop))
+                .spawn(move || {
+                    let slot_ctx = Slot {
+                        index: slot,
+                        pool: &pool,
+                        busy: &busy[slot],
+                        abandoned: &stop,
+                        tokens: &tokens,
+                        per_job,
+                    };
+                    worker(&slot_ctx, [&own, &rx], &ctx)
+                })
                 .map_err(|e| SlotError::Start {
                     slot,
                     message: e.to_string(),
@@ -257,18 +274,51 @@ fn next_job(queues: [&Receiver<Job>; 2]) -> Option<Job> {
     }
 }
 
-fn worker(
-    slot: usize,
-    rx: [&Receiver<Job>; 2],
-    ctx: &SlotContext,
-    pool: &rayon::ThreadPool,
-    busy: &AtomicU64,
-    abandoned: &AtomicBool,
-) {
+/// What a slot thread owns.
+struct Slot<'a> {
+    index: usize,
+    pool: &'a rayon::ThreadPool,
+    busy: &'a AtomicU64,
+    abandoned: &'a AtomicBool,
+    tokens: &'a Tokens,
+    per_job: usize,
+}
+
+/// Slot tokens: a job runs while it holds `per_job` of them.
+struct Tokens {
+    free: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl Tokens {
+    fn new(n: usize) -> Self {
+        Self {
+            free: std::sync::Mutex::new(n),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn take(&self, n: usize) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free < n {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= n;
+    }
+
+    fn give(&self, n: usize) {
+        *self.free.lock().unwrap_or_else(|p| p.into_inner()) += n;
+        self.freed.notify_all();
+    }
+}
+
+fn worker(s: &Slot<'_>, rx: [&Receiver<Job>; 2], ctx: &SlotContext) {
+    let (slot, pool, busy) = (s.index, s.pool, s.busy);
     while let Some(job) = next_job(rx) {
-        if abandoned.load(Ordering::SeqCst) {
+        if s.abandoned.load(Ordering::SeqCst) {
             continue; // dropping the job drops its reply channel
         }
+        s.tokens.take(s.per_job);
         let start = Instant::now();
         match job {
             Job::Train {
@@ -299,6 +349,7 @@ fn worker(
             }
         }
         busy.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        s.tokens.give(s.per_job);
     }
 }
 

@@ -683,3 +683,31 @@ fn async_aggregates_the_earliest_arrivals_with_their_staleness() {
         matches!(scenario(SMALL, &dp), Err(ScenarioError::Invalid { field, .. }) if field == "dp")
     );
 }
+
+#[test]
+fn client_resources_take_several_slots_per_job_with_the_same_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one = run(
+        &sc(&[
+            "rounds=2",
+            "slots.count=2",
+            "slots.threads_per_slot=Some(1)",
+        ]),
+        &tmp.path().join("one"),
+    );
+    let two = run(
+        &sc(&[
+            "rounds=2",
+            "slots.count=2",
+            "slots.threads_per_slot=Some(1)",
+            "slots.client_resources=2",
+        ]),
+        &tmp.path().join("two"),
+    );
+    assert_eq!(round_metrics(&one.dir), round_metrics(&two.dir));
+    let set = with(&["slots.count=2", "slots.client_resources=3"]);
+    let set: Vec<&str> = set.iter().map(String::as_str).collect();
+    assert!(
+        matches!(scenario(SMALL, &set), Err(ScenarioError::Invalid { field, .. }) if field == "slots.client_resources")
+    );
+}

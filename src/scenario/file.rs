@@ -337,6 +337,14 @@ pub struct SlotsSection {
     /// Which slot runs a client's job.
     #[serde(default)]
     pub assignment: SlotAssignment,
+    /// Slots one client's job occupies (Flower's `client_resources`): fewer clients at once,
+    /// each computing with that many slots' threads.
+    #[serde(default = "one_usize")]
+    pub client_resources: usize,
+}
+
+fn one_usize() -> usize {
+    1
 }
 
 /// A slot's device (scenario `slots.device`).
@@ -366,6 +374,7 @@ impl Default for SlotsSection {
             threads_per_slot: None,
             device: SlotDevice::Cpu,
             assignment: SlotAssignment::FirstFree,
+            client_resources: 1,
         }
     }
 }

@@ -260,6 +260,14 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
             ),
         ));
     }
+    c.ensure(
+        (1..=sl.count).contains(&sl.client_resources),
+        "slots.client_resources",
+        format!(
+            "is {}; it must be 1..={} (slots.count): a job cannot take more slots than exist",
+            sl.client_resources, sl.count
+        ),
+    )?;
     let threads = sl.threads_per_slot.unwrap_or((cores / sl.count).max(1));
     c.ensure(
         (1..=256).contains(&threads),
