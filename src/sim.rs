@@ -7,6 +7,7 @@
 
 mod prepare;
 mod summary;
+mod wiring;
 
 pub use prepare::{prepare, prepare_with, Prepared};
 
@@ -18,19 +19,15 @@ use ractor::Actor;
 use tokio::sync::oneshot;
 
 use crate::actors::aggregator::Aggregator;
-use crate::actors::client::ClientContext;
 use crate::actors::server::{RoundSink, Server, ServerArgs, ServerMsg, ServerOutcome};
-use crate::clock::CostModel;
 use crate::data::DataError;
-use crate::devices::{Fleet, TraceError};
-use crate::faults::FaultModel;
+use crate::devices::TraceError;
 use crate::messages::RoundSummary;
 use crate::model::{AdapterLayout, ModelError};
 use crate::report::{ReportError, RunDir, RunStatus, Summary};
-use crate::rng::{purpose, rng_for};
 use crate::scenario::Scenario;
 use crate::shutdown::{Shutdown, StopLevel};
-use crate::slots::{SlotContext, SlotError, SlotPool, SlotWork};
+use crate::slots::SlotError;
 use crate::telemetry::{RunInfo, Telemetry};
 use crate::tokenizer::TokenizerError;
 use crate::trainer::TrainerKind;
@@ -178,6 +175,19 @@ pub async fn run(
         .ok()
         .and_then(|mut b| b.take())
         .expect("the round sink is gone once the actors have stopped");
+    finish_run(s, &prep, &dir, &info, book, result)
+}
+
+/// Write what a run leaves behind once its rounds are over — completed, interrupted, out of
+/// budget or failed (rounds.jsonl already holds each round as it happened).
+fn finish_run(
+    s: &Scenario,
+    prep: &Prepared,
+    dir: &RunDir,
+    info: &RunInfo,
+    mut book: Book,
+    result: Result<(ServerOutcome, Vec<f64>), SimError>,
+) -> Result<RunReport, SimError> {
     let failed = |message: String| SimError::Failed {
         dir: dir.path().to_path_buf(),
         message,
@@ -186,16 +196,13 @@ pub async fn run(
         Ok(v) => v,
         Err(e) => {
             let message = crate::fmt::chain(&e);
-            let mut book = book;
             dir.write_json("summary.json", book.fail(message.clone()))?;
             return Err(failed(message));
         }
     };
-    // Written once the rounds are over — completed, interrupted, out of budget or failed
-    // (rounds.jsonl already holds each round as it happened).
     dir.write(
         "metrics.om",
-        &crate::telemetry::openmetrics::render(&outcome.rounds, &info),
+        &crate::telemetry::openmetrics::render(&outcome.rounds, info),
     )?;
     // The adapter of the last good round is written even when the run failed part-way
     // (the synthetic trainer has no model to adapt: nothing to save).
@@ -375,70 +382,14 @@ async fn run_actors(
     shutdown: Shutdown,
     book: SharedBook,
 ) -> Result<(ServerOutcome, Vec<f64>), SimError> {
-    let (initial, work) = match &prep.lora {
-        Some(l) => (
-            s.lora
-                .init_adapter(&s.model, &mut rng_for(s.seed, &[purpose::ADAPTER])),
-            SlotWork::Lora {
-                model: l.model.clone(),
-                lora: s.lora.clone(),
-                train: l.train.clone(),
-                eval: l.eval.clone(),
-                eval_batch_size: s.eval_batch_size,
-                pad: l.tokenizer.eos_id(),
-            },
-        ),
-        None => (
-            crate::model::AdapterSet::new(layout.clone(), vec![0.0; layout.len()]),
-            SlotWork::Synthetic {
-                seq_len: s.max_seq_len,
-            },
-        ),
-    };
-    let initial = Arc::new(initial);
-    let ctx = Arc::new(SlotContext {
-        layout: layout.clone(),
-        work,
-    });
-    let pool = SlotPool::start(
-        ctx,
-        s.slots,
-        s.threads_per_slot,
-        s.file.slots.client_resources,
-    )?;
+    let (initial, pool) = wiring::slot_pool(s, prep, &layout)?;
     let pace = observers.pace;
     let sink = round_sink(dir, observers, pool.busy(), book)?;
     let actor_err = |e: &dyn std::fmt::Display| SimError::Actor(e.to_string());
     let (aggregator, agg_handle) = Actor::spawn(None, Aggregator, layout)
         .await
         .map_err(|e| actor_err(&e))?;
-    let fleet = Arc::new(Fleet::assign(
-        &s.file.system.profiles,
-        prep.shards.len(),
-        s.seed,
-    )?);
-    let sys = &s.file.system;
-    let clients = Arc::new(ClientContext {
-        slots: pool.handle(),
-        pinned: s.file.slots.assignment == crate::scenario::file::SlotAssignment::Pinned,
-        hold: matches!(
-            s.file.system.stragglers,
-            crate::stragglers::Stragglers::Async { .. }
-        ),
-        aggregator: aggregator.clone(),
-        cost: CostModel::lora(&s.model, &s.lora),
-        lengths: Arc::new(prep.lengths(s.max_seq_len)),
-        local: s.local.clone(),
-        seed: s.seed,
-        in_flight: Arc::new(tokio::sync::Semaphore::new(2 * s.slots + 2)),
-        faults: FaultModel::new(
-            sys.availability,
-            sys.crash_probability,
-            sys.inject_panic.clone(),
-            s.seed,
-            fleet,
-        ),
-    });
+    let clients = wiring::client_context(s, prep, pool.handle(), aggregator.clone())?;
     let (tx, rx) = oneshot::channel();
     let args = ServerArgs {
         rounds: s.rounds,
@@ -455,7 +406,7 @@ async fn run_actors(
         slots: pool.handle(),
         aggregator: aggregator.clone(),
         clients,
-        system: sys.clone(),
+        system: s.file.system.clone(),
         evaluate: prep.lora.is_some(),
         initial,
         sink,

@@ -8,11 +8,13 @@
 //! The round itself is in [`round`]; turning a round's tallies into a summary in [`record`].
 
 mod asynchronous;
+mod close;
 mod record;
 mod round;
 
+use close::close_round;
 use record::RoundState;
-use round::{begin_round, close_round, on_fit};
+use round::{begin_round, on_fit};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -13,8 +13,8 @@ use std::time::Instant;
 use ractor::{ActorProcessingErr, ActorRef};
 use rand::Rng;
 
+use super::close::close_round;
 use super::record::RoundState;
-use super::round::close_round;
 use super::{finish, spawn_clients, ServerMsg, ServerState};
 use crate::actors::aggregator::AggregatorMsg;
 use crate::actors::client::ClientMsg;

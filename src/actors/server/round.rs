@@ -1,29 +1,26 @@
 //! One round: who is online, who is sampled, their plans, who trains (the straggler policy),
-//! the answers, and the close — aggregate, evaluate, account, record.
+//! and the answers; the close is in [`super::close`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ractor::{call, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 use rand::Rng;
 
-use super::record::{dp_metrics, RoundFacts, RoundState};
-use super::{evaluate, finish, retire_clients, spawn_clients, EarlyStop, ServerMsg, ServerState};
-use crate::actors::aggregator::{Aggregate, AggregatorMsg, DpRound};
+use super::close::{close_round, short_round};
+use super::record::RoundState;
+use super::{finish, spawn_clients, EarlyStop, ServerMsg, ServerState};
+use crate::actors::aggregator::{AggregatorMsg, DpRound};
 use crate::actors::client::ClientMsg;
 use crate::messages::{
     ClientId, ClientPlan, CrashCause, FitConfig, FitIns, FitRes, FitStatus, RoundId,
 };
 use crate::privacy::{DpSampling, PrivacyLedger};
 use crate::rng::{purpose, rng_for};
-use crate::scenario::file::ShortRound;
 use crate::shutdown::StopLevel;
 use crate::stragglers::{decide, Decision, Stragglers};
 use crate::train::cosine_annealing;
-
-/// Virtual seconds a round with too few clients waits before the next one (without a deadline).
-const SHORT_ROUND_WAIT: f64 = 60.0;
 
 pub(super) async fn begin_round(
     me: &ActorRef<ServerMsg>,
@@ -35,13 +32,7 @@ pub(super) async fn begin_round(
         return Ok(());
     }
     let start = st.clock;
-    let faults = &st.args.clients.faults;
-    let alive: Vec<ClientId> = (0..st.alive.len()).filter(|&c| st.alive[c]).collect();
-    let available: Vec<ClientId> = alive
-        .iter()
-        .copied()
-        .filter(|&c| faults.available(round, c, start))
-        .collect();
+    let (alive, available) = online(st, round, start);
     let s = st.args.sampling;
     let needed = s.min_available_clients.max(s.min_fit_clients);
     if available.len() < needed {
@@ -51,7 +42,7 @@ pub(super) async fn begin_round(
             available.len(),
             st.alive.len()
         );
-        return short_round(me, st, round, start, alive.len(), available.len(), why).await;
+        return short_round(me, st, round, start, alive, available.len(), why).await;
     }
     let target = s.sample_size(available.len());
     let extra = match st.args.system.stragglers {
@@ -82,7 +73,7 @@ pub(super) async fn begin_round(
         started: Some(Instant::now()),
         sampled: chosen.len(),
         available: available.len(),
-        unavailable: alive.len() - available.len(),
+        unavailable: alive - available.len(),
         bytes_down: bytes * chosen.len() as u64,
         q,
         sim_start: start,
@@ -93,12 +84,33 @@ pub(super) async fn begin_round(
     st.args
         .aggregator
         .send_message(AggregatorMsg::Begin { round, dp })?;
+    dispatch(me, st, &plans, decided.decisions, &payload)
+}
+
+/// How many clients are alive, and which are online at `start`.
+fn online(st: &ServerState, round: RoundId, start: f64) -> (usize, Vec<ClientId>) {
+    let faults = &st.args.clients.faults;
+    let alive = st.alive.iter().filter(|&&a| a).count();
+    let available = (0..st.alive.len())
+        .filter(|&c| st.alive[c] && faults.available(round, c, start))
+        .collect();
+    (alive, available)
+}
+
+/// Record the clients that will not train, send `FitIns` to those that will.
+fn dispatch(
+    me: &ActorRef<ServerMsg>,
+    st: &mut ServerState,
+    plans: &[(ClientId, Result<ClientPlan, String>)],
+    decisions: Vec<(ClientId, Decision)>,
+    payload: &Arc<Vec<u8>>,
+) -> Result<(), ActorProcessingErr> {
     // Clients whose plan could not be had: their actor is gone.
-    for (c, p) in &plans {
+    for (c, p) in plans {
         if let Err(why) = p {
             st.alive[*c] = false;
             let status = FitStatus::Crashed {
-                at: start,
+                at: st.current.sim_start,
                 cause: CrashCause::Panicked(why.clone()),
             };
             st.current.count(*c, &status, None);
@@ -112,20 +124,20 @@ pub(super) async fn begin_round(
             .and_then(|i| plans[i].1.as_ref().ok())
             .map(|p| (p.timeline, p.tokens))
     };
-    for (c, d) in decided.decisions {
+    for (c, d) in decisions {
+        let plan = plan_of(c);
         match d {
             Decision::Skip(status) => {
-                let plan = plan_of(c);
                 st.current.skipped_tokens += plan.map_or(0, |p| p.1);
                 st.current.count(c, &status, plan);
             }
             Decision::Train => {
-                if let Some((t, _)) = plan_of(c) {
+                if let Some((t, _)) = plan {
                     st.current.timelines.insert(c, t);
                 }
                 st.current.pending.insert(c);
                 let ins = FitIns {
-                    round,
+                    round: st.current.round,
                     payload: payload.clone(),
                     config: fit_config(st),
                 };
@@ -270,216 +282,6 @@ pub(super) async fn on_fit(
         close_round(me, st).await?;
     }
     Ok(())
-}
-
-pub(super) async fn close_round(
-    me: &ActorRef<ServerMsg>,
-    st: &mut ServerState,
-) -> Result<(), ActorProcessingErr> {
-    let global = st.global.clone();
-    let agg = call!(st.args.aggregator, |reply| AggregatorMsg::Finish {
-        global,
-        reply
-    })?;
-    let round = st.current.round;
-    st.current.settle();
-    for (client, why) in &agg.rejected {
-        tracing::warn!("round {round}: update of client {client} rejected: {why}");
-    }
-    if let Some(why) = non_finite(&agg) {
-        // Keep the last finite global adapter: it is what the run directory saves.
-        finish(me, st, Some(format!("round {round}: {why}")));
-        return Ok(());
-    }
-    let changed = agg.folded > 0 || agg.noise_stddev.is_some();
-    st.global = agg.global.clone();
-    let eval = match (changed, st.last_eval) {
-        _ if !st.args.evaluate => crate::messages::EvaluateRes {
-            round,
-            loss: f64::NAN,
-            perplexity: f64::NAN,
-            tokens: 0,
-        },
-        (false, Some(e)) => e,
-        _ => match evaluate(&st.args.slots, round, Some(st.global.clone())).await {
-            Ok(e) => e,
-            Err(e) => {
-                finish(
-                    me,
-                    st,
-                    Some(format!("evaluation after round {round} failed: {e}")),
-                );
-                return Ok(());
-            }
-        },
-    };
-    if st.args.evaluate && !eval.loss.is_finite() {
-        finish(
-            me,
-            st,
-            Some(format!(
-                "round {round}: the held-out loss is {} (the model diverged; lower train.lr_max)",
-                eval.loss
-            )),
-        );
-        return Ok(());
-    }
-    st.last_eval = Some(eval);
-    let dp = account(st, round, &agg);
-    let facts = RoundFacts {
-        folded: agg.folded,
-        rejected: agg.rejected.len(),
-        eval_loss: eval.loss,
-        eval_perplexity: eval.perplexity,
-        dp,
-        host_per_token: host_per_token(st),
-        skipped: None,
-    };
-    record(me, st, facts).await
-}
-
-fn host_per_token(st: &ServerState) -> f64 {
-    let (secs, tokens) = st.host_per_token;
-    if tokens == 0 {
-        0.0
-    } else {
-        secs / tokens as f64
-    }
-}
-
-/// Record the round (sink, clock, pace) and start the next one.
-async fn record(
-    me: &ActorRef<ServerMsg>,
-    st: &mut ServerState,
-    facts: RoundFacts,
-) -> Result<(), ActorProcessingErr> {
-    let round = st.current.round;
-    if !st.is_async() {
-        retire_clients(st);
-    }
-    let summary = st.current.summary(facts);
-    st.clock = st.current.close_at;
-    if let Err(e) = (st.args.sink)(&summary) {
-        st.summaries.push(summary);
-        finish(me, st, Some(format!("cannot record round {round}: {e}")));
-        return Ok(());
-    }
-    st.summaries.push(summary);
-    if let (Some(pace), Some(started)) = (st.args.pace, st.current.started) {
-        // Play rounds at a watchable rate; the simulation itself is unchanged.
-        let elapsed = started.elapsed();
-        if elapsed < pace {
-            let mut stop = st.args.shutdown.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(pace - elapsed) => {}
-                _ = stop.reached(StopLevel::FinishRound) => {}
-            }
-        }
-    }
-    if !st.is_async() {
-        me.send_message(ServerMsg::BeginRound)?;
-    }
-    Ok(())
-}
-
-/// A round with too few clients: recorded with its reason; the model does not change and no
-/// privacy is spent. The run goes on, or stops, as `system.short_round` says.
-async fn short_round(
-    me: &ActorRef<ServerMsg>,
-    st: &mut ServerState,
-    round: RoundId,
-    start: f64,
-    alive: usize,
-    available: usize,
-    why: String,
-) -> Result<(), ActorProcessingErr> {
-    st.current = RoundState {
-        round,
-        lr: cosine_annealing(round, st.args.rounds, st.args.lr_max, st.args.lr_min),
-        started: Some(Instant::now()),
-        available,
-        unavailable: alive - available,
-        sim_start: start,
-        close_at: start + st.args.system.deadline_s.unwrap_or(SHORT_ROUND_WAIT),
-        ..Default::default()
-    };
-    let eval = st.last_eval.unwrap_or(crate::messages::EvaluateRes {
-        round,
-        loss: f64::NAN,
-        perplexity: f64::NAN,
-        tokens: 0,
-    });
-    let dp = st.ledger.as_ref().and_then(PrivacyLedger::last).map(|g| {
-        let l = st.ledger.as_ref().expect("checked above");
-        dp_metrics(g, 0.0, l.clip(), 0.0, &[])
-    });
-    let facts = RoundFacts {
-        folded: 0,
-        rejected: 0,
-        eval_loss: eval.loss,
-        eval_perplexity: eval.perplexity,
-        dp,
-        host_per_token: host_per_token(st),
-        skipped: Some(why.clone()),
-    };
-    if st.args.system.short_round == ShortRound::Stop {
-        let summary = st.current.summary(facts);
-        st.clock = st.current.close_at;
-        let _ = (st.args.sink)(&summary);
-        st.summaries.push(summary);
-        st.stop = Some(EarlyStop::TooFewClients(format!("round {round}: {why}")));
-        finish(me, st, None);
-        return Ok(());
-    }
-    record(me, st, facts).await
-}
-
-/// Privacy accounting after a round (and the adaptive clip's update).
-fn account(
-    st: &mut ServerState,
-    round: RoundId,
-    agg: &Aggregate,
-) -> Option<crate::messages::DpRoundMetrics> {
-    let seed = st.args.seed;
-    let cur = &st.current;
-    st.ledger.as_mut().map(|ledger| {
-        let g = ledger.record(cur.q);
-        let clip = ledger.clip();
-        let mut m = dp_metrics(g, cur.q, clip, agg.noise_stddev.unwrap_or(0.0), &cur.norms);
-        // Adaptive clipping: the same denominator as the update average.
-        let denom = match ledger.plan().sampling {
-            DpSampling::Poisson => cur.q * cur.available as f64,
-            DpSampling::Fixed => agg.folded as f64,
-        };
-        let mut noise = ledger
-            .plan()
-            .noise
-            .generator(seed, round, 1, ledger.count_stddev());
-        m.dp_noised_unclipped_fraction = ledger.adapt_clip(&cur.norms, denom, &mut noise);
-        m.dp_epsilon_pld = ledger.pld_epsilon();
-        m
-    })
-}
-
-/// Why the aggregated adapter cannot become the global one, if it cannot.
-fn non_finite(agg: &Aggregate) -> Option<String> {
-    let bad = agg.global.data().iter().filter(|x| !x.is_finite()).count();
-    if bad == 0 {
-        return None;
-    }
-    let cause = match agg.noise_stddev {
-        Some(sd) => format!(
-            "DP noise of std {} per coordinate on the averaged update overflowed f32 (raise \
-             strategy.fraction_fit or clients.count, or lower the noise multiplier)",
-            crate::fmt::compact(sd)
-        ),
-        None => "the averaged update overflowed f32 (lower train.lr_max)".to_string(),
-    };
-    Some(format!(
-        "the aggregated global adapter has {bad} non-finite values of {}: {cause}; the adapter \
-         of the previous round is kept",
-        agg.global.data().len()
-    ))
 }
 
 /// Flower's fixed-size sample of `k` (plus over-selection), or Poisson sampling under

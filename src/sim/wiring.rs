@@ -1,0 +1,92 @@
+//! What the actors share: the slot pool with its trainer, and the clients' context (cost
+//! model, profiles and faults, flow control).
+
+use std::sync::Arc;
+
+use super::{Prepared, SimError};
+use crate::actors::aggregator::AggregatorMsg;
+use crate::actors::client::ClientContext;
+use crate::clock::CostModel;
+use crate::devices::Fleet;
+use crate::faults::FaultModel;
+use crate::model::{AdapterLayout, AdapterSet};
+use crate::rng::{purpose, rng_for};
+use crate::scenario::file::SlotAssignment;
+use crate::scenario::Scenario;
+use crate::slots::{SlotContext, SlotHandle, SlotPool, SlotWork};
+use crate::stragglers::Stragglers;
+
+/// The initial global adapter and the started slot pool.
+///
+/// # Errors
+/// Slots that cannot start.
+pub(super) fn slot_pool(
+    s: &Scenario,
+    prep: &Prepared,
+    layout: &Arc<AdapterLayout>,
+) -> Result<(Arc<AdapterSet>, SlotPool), SimError> {
+    let (initial, work) = match &prep.lora {
+        Some(l) => (
+            s.lora
+                .init_adapter(&s.model, &mut rng_for(s.seed, &[purpose::ADAPTER])),
+            SlotWork::Lora {
+                model: l.model.clone(),
+                lora: s.lora.clone(),
+                train: l.train.clone(),
+                eval: l.eval.clone(),
+                eval_batch_size: s.eval_batch_size,
+                pad: l.tokenizer.eos_id(),
+            },
+        ),
+        None => (
+            AdapterSet::new(layout.clone(), vec![0.0; layout.len()]),
+            SlotWork::Synthetic {
+                seq_len: s.max_seq_len,
+            },
+        ),
+    };
+    let ctx = Arc::new(SlotContext {
+        layout: layout.clone(),
+        work,
+    });
+    let pool = SlotPool::start(
+        ctx,
+        s.slots,
+        s.threads_per_slot,
+        s.file.slots.client_resources,
+    )?;
+    Ok((Arc::new(initial), pool))
+}
+
+/// What every client actor shares.
+///
+/// # Errors
+/// A device trace that cannot be used.
+pub(super) fn client_context(
+    s: &Scenario,
+    prep: &Prepared,
+    slots: SlotHandle,
+    aggregator: ractor::ActorRef<AggregatorMsg>,
+) -> Result<Arc<ClientContext>, SimError> {
+    let sys = &s.file.system;
+    let fleet = Arc::new(Fleet::assign(&sys.profiles, prep.shards.len(), s.seed)?);
+    Ok(Arc::new(ClientContext {
+        slots,
+        pinned: s.file.slots.assignment == SlotAssignment::Pinned,
+        hold: matches!(sys.stragglers, Stragglers::Async { .. }),
+        aggregator,
+        cost: CostModel::lora(&s.model, &s.lora),
+        lengths: Arc::new(prep.lengths(s.max_seq_len)),
+        local: s.local.clone(),
+        seed: s.seed,
+        // Updates in flight: training or waiting to be folded (memory stays bounded).
+        in_flight: Arc::new(tokio::sync::Semaphore::new(2 * s.slots + 2)),
+        faults: FaultModel::new(
+            sys.availability,
+            sys.crash_probability,
+            sys.inject_panic.clone(),
+            s.seed,
+            fleet,
+        ),
+    }))
+}
