@@ -73,6 +73,50 @@ impl Check<'_> {
 
 pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, ScenarioError> {
     let c = Check { path };
+    check_identity(&c, &file)?;
+    let (model, model_name) = check_model(&c, &file)?;
+    let lora = model::check_lora(&c, &file, &model)?;
+    check_data(&c, &file, &model)?;
+    check_clients(&c, &file)?;
+    check_train(&c, &file)?;
+    let (threads, cores) = check_slots(&c, &file)?;
+    let (memory, warnings) = check_resources(&c, &file, &model, threads, cores)?;
+    let dp = check_dp(&c, &file)?;
+    let (d, s, t, sl) = (&file.data, &file.strategy, &file.train, &file.slots);
+    Ok(Scenario {
+        dp,
+        name: file.name.clone(),
+        seed: file.seed,
+        rounds: file.rounds,
+        model,
+        model_name,
+        lora,
+        data: data_plan(&file),
+        memory,
+        warnings,
+        max_seq_len: d.max_seq_len,
+        sampling: Sampling {
+            fraction_fit: s.fraction_fit,
+            min_fit_clients: s.min_fit_clients,
+            min_available_clients: s.min_available_clients,
+        },
+        local: LocalTraining {
+            steps: t.local_steps,
+            epochs: t.local_epochs,
+            batch_size: t.batch_size,
+            weight_decay: t.weight_decay,
+        },
+        lr_max: t.lr_max,
+        lr_min: t.lr_min,
+        eval_batch_size: t.eval_batch_size,
+        slots: sl.count,
+        threads_per_slot: threads,
+        source_path: path.to_path_buf(),
+        file,
+    })
+}
+
+fn check_identity(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> {
     c.ensure(
         !file.name.trim().is_empty(),
         "name",
@@ -103,6 +147,10 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         format!("is {}; it must be 1..=100000", file.rounds),
     )?;
 
+    Ok(())
+}
+
+fn check_model(c: &Check<'_>, file: &ScenarioFile) -> Result<(LlamaConfig, String), ScenarioError> {
     let (model, model_name) = match &file.model.preset {
         ModelPreset::Tiny { vocab_size } => {
             c.ensure(
@@ -120,8 +168,14 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         }
     };
 
-    let lora = model::check_lora(&c, &file, &model)?;
+    Ok((model, model_name))
+}
 
+fn check_data(
+    c: &Check<'_>,
+    file: &ScenarioFile,
+    model: &LlamaConfig,
+) -> Result<(), ScenarioError> {
     let d = &file.data;
     match &d.source {
         DataSource::Synthetic { records } => c.ensure(
@@ -179,6 +233,11 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         }
     }
 
+    Ok(())
+}
+
+fn check_clients(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> {
+    let d = &file.data;
     let n = file.clients.count;
     c.ensure(
         (1..=10_000_000).contains(&n),
@@ -217,6 +276,10 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         ),
     )?;
 
+    Ok(())
+}
+
+fn check_train(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> {
     let t = &file.train;
     if let Some(steps) = t.local_steps {
         c.ensure(
@@ -244,6 +307,10 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
     c.finite_in(t.lr_min, 0.0, t.lr_max, false, false, "train.lr_min")?;
     c.finite_in(t.weight_decay, 0.0, 1.0, false, false, "train.weight_decay")?;
 
+    Ok(())
+}
+
+fn check_slots(c: &Check<'_>, file: &ScenarioFile) -> Result<(usize, usize), ScenarioError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let sl = &file.slots;
     c.ensure(
@@ -275,6 +342,17 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         format!("is {threads}; it must be 1..=256"),
     )?;
 
+    Ok((threads, cores))
+}
+
+fn check_resources(
+    c: &Check<'_>,
+    file: &ScenarioFile,
+    model: &LlamaConfig,
+    threads: usize,
+    cores: usize,
+) -> Result<(resources::MemoryEstimate, Vec<String>), ScenarioError> {
+    let (d, t, sl, n) = (&file.data, &file.train, &file.slots, file.clients.count);
     system::check_system(&c, &file.system, n, file.seed)?;
     let mut warnings = Vec::new();
     let synthetic = match file.trainer {
@@ -324,6 +402,10 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         warnings.extend(resources::oversubscription(sl.count, threads, cores));
     }
 
+    Ok((memory, warnings))
+}
+
+fn check_dp(c: &Check<'_>, file: &ScenarioFile) -> Result<Option<DpPlan>, ScenarioError> {
     let dp = match &file.dp {
         None => None,
         Some(_)
@@ -380,37 +462,7 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         }
     };
 
-    Ok(Scenario {
-        dp,
-        name: file.name.clone(),
-        seed: file.seed,
-        rounds: file.rounds,
-        model,
-        model_name,
-        lora,
-        data: data_plan(&file),
-        memory,
-        warnings,
-        max_seq_len: d.max_seq_len,
-        sampling: Sampling {
-            fraction_fit: s.fraction_fit,
-            min_fit_clients: s.min_fit_clients,
-            min_available_clients: s.min_available_clients,
-        },
-        local: LocalTraining {
-            steps: t.local_steps,
-            epochs: t.local_epochs,
-            batch_size: t.batch_size,
-            weight_decay: t.weight_decay,
-        },
-        lr_max: t.lr_max,
-        lr_min: t.lr_min,
-        eval_batch_size: t.eval_batch_size,
-        slots: sl.count,
-        threads_per_slot: threads,
-        source_path: path.to_path_buf(),
-        file,
-    })
+    Ok(dp)
 }
 
 fn data_plan(file: &ScenarioFile) -> DataPlan {
