@@ -163,7 +163,7 @@ fn check_model(c: &Check<'_>, file: &ScenarioFile) -> Result<(LlamaConfig, Strin
             (LlamaConfig::tiny(*vocab_size), "fedsim/tiny".to_string())
         }
         ModelPreset::Custom(cfg) => {
-            model::check_llama(&c, cfg)?;
+            model::check_llama(c, cfg)?;
             (cfg.clone(), "fedsim/custom".to_string())
         }
     };
@@ -245,7 +245,7 @@ fn check_clients(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError
         format!("is {n}; it must be 1..=10000000"),
     )?;
     if let DataSource::Synthetic { records } = d.source {
-        let plan = data_plan(&file);
+        let plan = data_plan(file);
         if let Err(e) = plan.eval_count(records) {
             return Err(c.fail("data.source.Synthetic.records", e.to_string()));
         }
@@ -353,7 +353,7 @@ fn check_resources(
     cores: usize,
 ) -> Result<(resources::MemoryEstimate, Vec<String>), ScenarioError> {
     let (d, t, sl, n) = (&file.data, &file.train, &file.slots, file.clients.count);
-    system::check_system(&c, &file.system, n, file.seed)?;
+    system::check_system(c, &file.system, n, file.seed)?;
     let mut warnings = Vec::new();
     let synthetic = match file.trainer {
         TrainerKind::Lora => None,
@@ -376,7 +376,7 @@ fn check_resources(
     };
     let memory = resources::estimate(&resources::Shape {
         synthetic,
-        model: &model,
+        model,
         batch_size: t.batch_size,
         eval_batch_size: t.eval_batch_size,
         max_seq_len: d.max_seq_len,
@@ -421,7 +421,7 @@ fn check_dp(c: &Check<'_>, file: &ScenarioFile) -> Result<Option<DpPlan>, Scenar
             ))
         }
         Some(d) => {
-            privacy::check_mechanism(&c, &d.mechanism)?;
+            privacy::check_mechanism(c, &d.mechanism)?;
             c.finite_in(d.delta, 0.0, 1.0, true, true, "dp.delta")?;
             if let Some(m) = d.max_epsilon {
                 c.finite_in(m, 0.0, 1e6, true, false, "dp.max_epsilon")?;
