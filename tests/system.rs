@@ -711,3 +711,21 @@ fn client_resources_take_several_slots_per_job_with_the_same_results() {
         matches!(scenario(SMALL, &set), Err(ScenarioError::Invalid { field, .. }) if field == "slots.client_resources")
     );
 }
+
+#[test]
+fn async_with_frequent_crashes_still_progresses() {
+    // Each dispatch draws its own fate: a client that crashed is not bound to crash again
+    // in the same window (the loop once spun forever on 2 always-crashing clients).
+    let tmp = tempfile::tempdir().unwrap();
+    let r = run(
+        &sc(&[
+            "rounds=3",
+            "clients.count=2",
+            "system=(crash_probability: 0.7, stragglers: Async(buffer: 1, concurrency: 2))",
+        ]),
+        tmp.path(),
+    );
+    assert_eq!(r.summary.status, RunStatus::Completed);
+    assert_eq!(r.rounds.len(), 3);
+    assert!(r.rounds.iter().map(|x| x.crashed).sum::<usize>() > 0);
+}

@@ -13,7 +13,7 @@ use std::time::Instant;
 use ractor::{ActorProcessingErr, ActorRef};
 use rand::Rng;
 
-use super::close::close_round;
+use super::close::{close_round, short_round};
 use super::record::RoundState;
 use super::{finish, spawn_clients, ServerMsg, ServerState};
 use crate::actors::aggregator::AggregatorMsg;
@@ -24,9 +24,6 @@ use crate::rng::{purpose, rng_for};
 use crate::shutdown::StopLevel;
 use crate::stragglers::{Staleness, Stragglers};
 use crate::train::cosine_annealing;
-
-/// Virtual seconds to wait when nobody can be dispatched.
-const IDLE_WAIT: f64 = 60.0;
 
 /// The asynchronous loop's state.
 #[derive(Default)]
@@ -120,7 +117,7 @@ pub(super) async fn on_fit(
 /// Take arrivals in virtual order while their results are in; aggregate when the buffer is
 /// full.
 async fn advance(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), ActorProcessingErr> {
-    let (buffer, _, staleness) = params(st);
+    let (buffer, concurrency, staleness) = params(st);
     loop {
         let Some(first) = st.asyn.flights.first() else {
             if refill(me, st).await? > 0 {
@@ -135,14 +132,19 @@ async fn advance(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), A
                 }
                 continue;
             }
-            st.asyn.now += IDLE_WAIT;
-            st.current.close_at = st.asyn.now;
-            if st.asyn.now - st.current.sim_start > 1e3 * IDLE_WAIT {
-                finish(
-                    me,
-                    st,
-                    Some("asynchronous aggregation: no client came online in 1000 waits".into()),
-                );
+            // A round with nobody to run: recorded as skipped (or the run stops, as
+            // system.short_round says); the model does not change.
+            let round = st.asyn.version + 1;
+            st.asyn.version = round;
+            let alive = st.alive.iter().filter(|&&a| a).count();
+            let why = format!(
+                "no client online and idle at t = {:.1} s (asynchronous aggregation)",
+                st.asyn.now
+            );
+            let before = st.summaries.len();
+            short_round(me, st, round, st.asyn.now, alive, 0, why).await?;
+            st.asyn.now = st.clock;
+            if st.summaries.len() == before || st.done.is_none() || !open_window(me, st)? {
                 return Ok(());
             }
             continue;
@@ -183,6 +185,18 @@ async fn advance(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), A
         st.current
             .count(f.client, &status, Some((f.timeline, f.tokens)));
         retire(st, f.client);
+        if st.current.records.len() > 1000 * concurrency && st.current.completed == 0 {
+            finish(
+                me,
+                st,
+                Some(format!(
+                    "asynchronous aggregation: {} dispatches in a row without an update (every \
+                     client crashed or failed); lower system.crash_probability",
+                    st.current.records.len()
+                )),
+            );
+            return Ok(());
+        }
         if st.current.completed >= buffer {
             let before = st.summaries.len();
             close(me, st).await?;
@@ -271,8 +285,11 @@ async fn dispatch(
         return Ok(());
     };
     let now = st.asyn.now;
+    // Each dispatch is its own draw of the client's schedule and fate (a client dispatched
+    // twice in a window must not crash twice by construction): key it by the dispatch count.
+    let key = st.asyn.dispatched;
     let plan = ractor::call!(actor, |reply| ClientMsg::Plan {
-        round: version + 1,
+        round: key as usize,
         start: now,
         down_bytes: bytes,
         up_bytes: bytes,
@@ -304,7 +321,7 @@ async fn dispatch(
     };
     if !flight.crashed {
         let ins = FitIns {
-            round: version + 1,
+            round: key as usize,
             payload,
             config: super::round::fit_config(st),
         };
