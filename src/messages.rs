@@ -209,6 +209,12 @@ pub struct RoundSummary {
     pub compute_s_mean: f64,
     /// See `download_s_mean`.
     pub upload_s_mean: f64,
+    /// 90th percentile of the simulated download / compute / upload times, seconds.
+    pub download_s_p90: f64,
+    /// See `download_s_p90`.
+    pub compute_s_p90: f64,
+    /// See `download_s_p90`.
+    pub upload_s_p90: f64,
     /// Host seconds not spent training clients that were dropped before training (estimated
     /// from this run's host seconds per trained FLOP).
     pub host_seconds_saved: f64,

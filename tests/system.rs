@@ -150,6 +150,20 @@ fn drop_excludes_exactly_the_clients_past_the_deadline() {
         assert_eq!(twin["compute"], c["compute"]);
     }
     assert!(kept > 0 && dropped > 0, "{kept} kept, {dropped} dropped");
+    // Phase statistics of the round are those of its completed clients.
+    for r in &rows {
+        let round = r["round"].as_u64().unwrap();
+        let mut compute: Vec<f64> = clients
+            .iter()
+            .filter(|c| c["round"].as_u64() == Some(round) && c["status"] == "completed")
+            .map(|c| f(c, "compute"))
+            .collect();
+        compute.sort_by(f64::total_cmp);
+        let p90 = compute[((compute.len() - 1) as f64 * 0.9).round() as usize];
+        assert_eq!(f(r, "compute_s_p90"), p90);
+        let mean = compute.iter().sum::<f64>() / compute.len() as f64;
+        assert!((f(r, "compute_s_mean") - mean).abs() < 1e-12);
+    }
     for r in &rows {
         let missed = r["missed_deadline"].as_u64().unwrap();
         assert_eq!(r["completed"].as_u64().unwrap() + missed, 8);

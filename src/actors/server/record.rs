@@ -131,6 +131,13 @@ impl RoundState {
     pub fn summary(&self, r: RoundFacts) -> RoundSummary {
         let n = self.phases.len().max(1) as f64;
         let mean = |k: usize| self.phases.iter().map(|p| p[k]).sum::<f64>() / n;
+        let p90 = |k: usize| {
+            let mut v: Vec<f64> = self.phases.iter().map(|p| p[k]).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(((v.len() as f64 - 1.0) * 0.9).round().max(0.0) as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
         RoundSummary {
             dp: r.dp,
             update_norms: self.norms.clone(),
@@ -154,6 +161,9 @@ impl RoundState {
             download_s_mean: mean(0),
             compute_s_mean: mean(1),
             upload_s_mean: mean(2),
+            download_s_p90: p90(0),
+            compute_s_p90: p90(1),
+            upload_s_p90: p90(2),
             host_seconds_saved: r.host_per_token * self.skipped_tokens as f64,
             skipped: r.skipped,
             staleness_mean: (!self.staleness.is_empty())
