@@ -50,38 +50,25 @@ fn fedavg(c: &mut Criterion) {
                 acc.mean()
             })
         });
-        group.bench_with_input(BenchmarkId::new("parse_and_fold", k), &k, |b, &k| {
-            b.iter(|| {
-                let mut acc = FedAvgAccumulator::new(layout.len());
-                for i in 0..k {
-                    let mut buf = acc.take_buffer();
-                    AdapterSet::read_safetensors_into(
-                        &layout,
-                        &payloads[i % payloads.len()],
-                        &mut buf,
-                    )
+        // What the aggregator does with k uploads: parse each into a buffer, fold, mean.
+        let parse_and_fold = |acc: &mut FedAvgAccumulator, k: usize| {
+            for i in 0..k {
+                let mut buf = acc.take_buffer();
+                AdapterSet::read_safetensors_into(&layout, &payloads[i % payloads.len()], &mut buf)
                     .unwrap();
-                    acc.fold_owned(buf, 100 + i as u64).unwrap();
-                }
-                acc.mean()
-            })
+                acc.fold_owned(buf, 100 + i as u64).unwrap();
+            }
+            acc.mean()
+        };
+        group.bench_with_input(BenchmarkId::new("parse_and_fold", k), &k, |b, &k| {
+            b.iter(|| parse_and_fold(&mut FedAvgAccumulator::new(layout.len()), k))
         });
         // As the aggregator does across rounds: one accumulator, reset (allocations kept).
         let mut acc = FedAvgAccumulator::new(layout.len());
         group.bench_with_input(BenchmarkId::new("parse_and_fold_steady", k), &k, |b, &k| {
             b.iter(|| {
                 acc.reset();
-                for i in 0..k {
-                    let mut buf = acc.take_buffer();
-                    AdapterSet::read_safetensors_into(
-                        &layout,
-                        &payloads[i % payloads.len()],
-                        &mut buf,
-                    )
-                    .unwrap();
-                    acc.fold_owned(buf, 100 + i as u64).unwrap();
-                }
-                acc.mean()
+                parse_and_fold(&mut acc, k)
             })
         });
     }

@@ -149,6 +149,7 @@ pub const RUN_FILES: [&str; 12] = [
     "clients.jsonl",
     "summary.json",
     "metrics.om",
+    // Written by earlier versions on failure; listed so their directories can be reused.
     "error.txt",
     "adapter_model.safetensors",
     "adapter_config.json",

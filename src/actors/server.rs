@@ -338,9 +338,17 @@ pub(super) async fn spawn_clients(
 
 /// Retire the round's client actors (their ends are not failures: forgotten first).
 pub(super) fn retire_clients(st: &mut ServerState) {
-    for (_, c) in st.clients.drain() {
-        st.by_actor.remove(&c.get_id());
-        c.stop(None);
+    let ids: Vec<ClientId> = st.clients.keys().copied().collect();
+    for c in ids {
+        retire_client(st, c);
+    }
+}
+
+/// Retire one client's actor, forgetting it first so its end is not taken for a failure.
+pub(super) fn retire_client(st: &mut ServerState, c: ClientId) {
+    if let Some(actor) = st.clients.remove(&c) {
+        st.by_actor.remove(&actor.get_id());
+        actor.stop(None);
     }
 }
 

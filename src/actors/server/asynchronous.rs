@@ -15,7 +15,7 @@ use rand::Rng;
 
 use super::close::{close_round, short_round};
 use super::record::RoundState;
-use super::{finish, spawn_clients, ServerMsg, ServerState};
+use super::{finish, retire_client, spawn_clients, ServerMsg, ServerState};
 use crate::actors::aggregator::AggregatorMsg;
 use crate::actors::client::ClientMsg;
 use crate::clock::Timeline;
@@ -184,7 +184,7 @@ async fn advance(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), A
         }
         st.current
             .count(f.client, &status, Some((f.timeline, f.tokens)));
-        retire(st, f.client);
+        retire_client(st, f.client);
         if st.current.records.len() > 1000 * concurrency && st.current.completed == 0 {
             finish(
                 me,
@@ -221,13 +221,6 @@ async fn close(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), Act
     Ok(())
 }
 
-fn retire(st: &mut ServerState, c: ClientId) {
-    if let Some(actor) = st.clients.remove(&c) {
-        st.by_actor.remove(&actor.get_id());
-        actor.stop(None);
-    }
-}
-
 /// Dispatch clients until `concurrency` are in flight or nobody online is idle; returns how
 /// many were dispatched.
 async fn refill(
@@ -249,7 +242,8 @@ fn pick(st: &mut ServerState) -> Option<ClientId> {
     let round = st.asyn.version + 1;
     let now = st.asyn.now;
     let faults = &st.args.clients.faults;
-    let busy: Vec<ClientId> = st.asyn.flights.iter().map(|f| f.client).collect();
+    let busy: std::collections::HashSet<ClientId> =
+        st.asyn.flights.iter().map(|f| f.client).collect();
     let idle: Vec<ClientId> = (0..st.alive.len())
         .filter(|&c| st.alive[c] && !busy.contains(&c) && faults.available(round, c, now))
         .collect();
