@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fedsim::model::{AdapterLayout, AdapterSet, LlamaConfig, LoraConfig, TargetModule};
+use fedsim::model::{
+    AdapterLayout, AdapterSet, LlamaConfig, LoraConfig, PayloadReader, TargetModule,
+};
 use fedsim::strategy::FedAvgAccumulator;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -32,10 +34,14 @@ fn fedavg(c: &mut Criterion) {
             AdapterSet::new(layout.clone(), data)
         })
         .collect();
-    let payloads: Vec<Vec<u8>> = updates
+    // Uploads as the aggregator receives them: owned safetensors buffers (shared here, so the
+    // bench cycles over 10 as numpy's does; an Arc clone copies nothing).
+    let payloads: Vec<Arc<Vec<u8>>> = updates
         .iter()
-        .map(|u| u.to_safetensors().unwrap())
+        .map(|u| Arc::new(u.to_safetensors().unwrap()))
         .collect();
+    let segments: Vec<usize> = layout.tensors().iter().map(|t| t.numel()).collect();
+    let mut reader = PayloadReader::new(layout.clone());
     let mut group = c.benchmark_group("fedavg_460800");
     group.sample_size(10);
     for k in [10usize, 100] {
@@ -50,21 +56,21 @@ fn fedavg(c: &mut Criterion) {
                 acc.mean()
             })
         });
-        // What the aggregator does with k uploads: parse each into a buffer, fold, mean.
-        let parse_and_fold = |acc: &mut FedAvgAccumulator, k: usize| {
+        // What the aggregator does with k uploads: find the tensors in each payload, fold them
+        // from the payload's bytes, take the mean.
+        let mut parse_and_fold = |acc: &mut FedAvgAccumulator, k: usize| {
             for i in 0..k {
-                let mut buf = acc.take_buffer();
-                AdapterSet::read_safetensors_into(&layout, &payloads[i % payloads.len()], &mut buf)
-                    .unwrap();
-                acc.fold_owned(buf, 100 + i as u64).unwrap();
+                let payload = &payloads[i % payloads.len()];
+                let starts = reader.starts(payload).unwrap().to_vec();
+                acc.fold_payload(payload.clone(), starts, 100 + i as u64, i as u64);
             }
             acc.mean()
         };
         group.bench_with_input(BenchmarkId::new("parse_and_fold", k), &k, |b, &k| {
-            b.iter(|| parse_and_fold(&mut FedAvgAccumulator::new(layout.len()), k))
+            b.iter(|| parse_and_fold(&mut FedAvgAccumulator::with_segments(&segments), k))
         });
         // As the aggregator does across rounds: one accumulator, reset (allocations kept).
-        let mut acc = FedAvgAccumulator::new(layout.len());
+        let mut acc = FedAvgAccumulator::with_segments(&segments);
         group.bench_with_input(BenchmarkId::new("parse_and_fold_steady", k), &k, |b, &k| {
             b.iter(|| {
                 acc.reset();

@@ -10,7 +10,7 @@ pub mod llama;
 pub mod lora;
 pub mod reference;
 
-pub use adapter::{AdapterLayout, AdapterSet};
+pub use adapter::{AdapterLayout, AdapterSet, PayloadReader};
 pub use config::LlamaConfig;
 pub use llama::{BaseModel, LossInput};
 pub use lora::{LoraConfig, LoraVars};

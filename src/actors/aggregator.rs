@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::messages::{ClientId, RoundId};
-use crate::model::{AdapterLayout, AdapterSet};
+use crate::model::{AdapterLayout, AdapterSet, PayloadReader};
 use crate::privacy::{clip_l2, NoiseSource};
 use crate::strategy::fedavg::add;
 use crate::strategy::FedAvgAccumulator;
@@ -88,9 +88,9 @@ pub enum AggregatorMsg {
     },
 }
 
-/// State: the layout and the current round's accumulator.
+/// State: the payload reader and the current round's accumulator.
 pub struct AggregatorState {
-    layout: Arc<AdapterLayout>,
+    reader: PayloadReader,
     round: RoundId,
     dp: Option<DpRound>,
     acc: FedAvgAccumulator,
@@ -109,9 +109,10 @@ impl Actor for Aggregator {
         _me: ActorRef<AggregatorMsg>,
         layout: Arc<AdapterLayout>,
     ) -> Result<AggregatorState, ActorProcessingErr> {
-        let acc = FedAvgAccumulator::new(layout.len());
+        let segments: Vec<usize> = layout.tensors().iter().map(|t| t.numel()).collect();
+        let acc = FedAvgAccumulator::with_segments(&segments);
         Ok(AggregatorState {
-            layout,
+            reader: PayloadReader::new(layout),
             round: 0,
             dp: None,
             acc,
@@ -140,33 +141,9 @@ impl Actor for Aggregator {
                 permit,
                 hold,
             } => {
-                let mut buf = st.acc.take_buffer();
-                let parsed = AdapterSet::read_safetensors_into(&st.layout, &payload, &mut buf);
-                if hold {
-                    // Memory of held updates is bounded by the concurrency: free the permit.
-                    drop(permit);
-                    st.held
-                        .insert(client, parsed.map(|()| buf).map_err(|e| e.to_string()));
-                    return Ok(());
-                }
-                match parsed {
-                    Ok(()) => {
-                        // Under DP every client weighs the same (sensitivity C per client).
-                        let weight = match st.dp {
-                            Some(dp) => {
-                                if let Some(c) = dp.server_clip {
-                                    clip_l2(&mut buf, c);
-                                }
-                                1
-                            }
-                            None => num_examples as u64,
-                        };
-                        if let Err(e) = st.acc.fold_owned(buf, weight) {
-                            st.rejected.push((client, e.to_string()));
-                        }
-                    }
-                    Err(e) => st.rejected.push((client, e.to_string())),
-                }
+                st.fold_upload(client, payload, num_examples, hold);
+                // The permit goes here: the update is folded, or buffered (at most a batch).
+                drop(permit);
             }
             AggregatorMsg::Release { client, weight } => match st.held.remove(&client) {
                 Some(Ok(buf)) => {
@@ -183,6 +160,9 @@ impl Actor for Aggregator {
                 st.held.remove(&client);
             }
             AggregatorMsg::Finish { global, reply } => {
+                for (client, e) in st.acc.take_rejected() {
+                    st.rejected.push((client as ClientId, e.to_string()));
+                }
                 let folded = st.acc.count();
                 let (next, noise_stddev) = match st.dp {
                     None if folded == 0 => (global, None),
@@ -208,5 +188,51 @@ impl Actor for Aggregator {
             }
         }
         Ok(())
+    }
+}
+
+impl AggregatorState {
+    /// Parse and fold (or hold) one upload; a corrupt payload or update is recorded as rejected.
+    fn fold_upload(&mut self, client: ClientId, payload: Vec<u8>, num_examples: usize, hold: bool) {
+        // Under DP every client weighs the same (sensitivity C per client).
+        let weight = if self.dp.is_some() {
+            1
+        } else {
+            num_examples as u64
+        };
+        let server_clip = self.dp.and_then(|dp| dp.server_clip);
+        let folded = if hold || server_clip.is_some() {
+            // Values needed as a buffer of their own: held for a later weight, or clipped.
+            let mut buf = self.acc.take_buffer();
+            let parsed = self
+                .reader
+                .read_into(&payload, &mut buf)
+                .map_err(|e| e.to_string());
+            if hold {
+                self.held.insert(client, parsed.map(|()| buf));
+                return;
+            }
+            parsed.and_then(|()| {
+                if let Some(c) = server_clip {
+                    clip_l2(&mut buf, c);
+                }
+                self.acc.fold_owned(buf, weight).map_err(|e| e.to_string())
+            })
+        } else {
+            // Folded in place from the bytes that arrived.
+            // Folded in place from the bytes that arrived; checked as it is folded (a rejection
+            // comes back from `take_rejected` when the round closes).
+            self.reader
+                .starts(&payload)
+                .map(|starts| {
+                    let starts = starts.to_vec();
+                    self.acc
+                        .fold_payload(Arc::new(payload), starts, weight, client as u64);
+                })
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = folded {
+            self.rejected.push((client, e));
+        }
     }
 }

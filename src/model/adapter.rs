@@ -237,27 +237,8 @@ impl AdapterSet {
         data: &mut [f32],
     ) -> Result<(), ModelError> {
         assert_eq!(data.len(), layout.len(), "buffer length mismatch");
-        let st = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Layout(e.to_string()))?;
-        for t in layout.tensors() {
-            let name = t.peft_name();
-            let view = st
-                .tensor(&name)
-                .map_err(|_| ModelError::Layout(format!("tensor {name} is missing")))?;
-            if view.dtype() != Dtype::F32 || view.shape() != [t.shape.0, t.shape.1] {
-                return Err(ModelError::Layout(format!(
-                    "tensor {name} is {:?} {:?}, expected F32 {:?}",
-                    view.dtype(),
-                    view.shape(),
-                    t.shape
-                )));
-            }
-            for (dst, src) in data[t.offset..t.offset + t.numel()]
-                .iter_mut()
-                .zip(view.data().chunks_exact(4))
-            {
-                *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
-            }
-        }
+        let starts = tensor_starts(layout, bytes)?;
+        copy_tensors(layout, bytes, &starts, data);
         Ok(())
     }
 
@@ -306,5 +287,100 @@ impl AdapterSet {
         let path = dir.join("adapter_config.json");
         let text = serde_json::to_string_pretty(&config).expect("json value serialises");
         std::fs::write(&path, text).map_err(|e| io(&path, e))
+    }
+}
+
+/// Where each tensor of a layout starts in safetensors payloads, checked once per distinct
+/// header: uploads written by [`AdapterSet::to_safetensors`] for one layout share their header
+/// byte for byte, so a round's uploads are parsed (JSON header, names, dtypes, shapes) once.
+#[derive(Debug)]
+pub struct PayloadReader {
+    layout: Arc<AdapterLayout>,
+    /// The length prefix and header of the last payload that passed, and its length.
+    header: Vec<u8>,
+    total: usize,
+    starts: Vec<usize>,
+}
+
+impl PayloadReader {
+    /// A reader of payloads laid out by `layout`.
+    pub fn new(layout: Arc<AdapterLayout>) -> Self {
+        Self {
+            layout,
+            header: Vec::new(),
+            total: 0,
+            starts: Vec::new(),
+        }
+    }
+
+    /// The byte offset of each tensor's little-endian f32 values in `bytes`, in layout order.
+    ///
+    /// # Errors
+    /// As [`AdapterSet::from_safetensors`].
+    pub fn starts(&mut self, bytes: &[u8]) -> Result<&[usize], ModelError> {
+        let known =
+            !self.header.is_empty() && bytes.len() == self.total && bytes.starts_with(&self.header);
+        if !known {
+            self.starts = tensor_starts(&self.layout, bytes)?;
+            // A payload that deserialised has an 8-byte length prefix and a header that long.
+            let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+            self.header = bytes[..8 + n].to_vec();
+            self.total = bytes.len();
+        }
+        Ok(&self.starts)
+    }
+
+    /// Parse `bytes` into `data` (of the layout's length).
+    ///
+    /// # Errors
+    /// As [`AdapterSet::from_safetensors`].
+    ///
+    /// # Panics
+    /// When `data` is not of the layout's length (a broken invariant).
+    pub fn read_into(&mut self, bytes: &[u8], data: &mut [f32]) -> Result<(), ModelError> {
+        assert_eq!(data.len(), self.layout.len(), "buffer length mismatch");
+        self.starts(bytes)?;
+        copy_tensors(&self.layout, bytes, &self.starts, data);
+        Ok(())
+    }
+}
+
+/// Deserialise a safetensors buffer and find each tensor of `layout` in it, checking its name,
+/// dtype and shape.
+fn tensor_starts(layout: &AdapterLayout, bytes: &[u8]) -> Result<Vec<usize>, ModelError> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Layout(e.to_string()))?;
+    layout
+        .tensors()
+        .iter()
+        .map(|t| {
+            let name = t.peft_name();
+            let view = st
+                .tensor(&name)
+                .map_err(|_| ModelError::Layout(format!("tensor {name} is missing")))?;
+            if view.dtype() != Dtype::F32 || view.shape() != [t.shape.0, t.shape.1] {
+                return Err(ModelError::Layout(format!(
+                    "tensor {name} is {:?} {:?}, expected F32 {:?}",
+                    view.dtype(),
+                    view.shape(),
+                    t.shape
+                )));
+            }
+            Ok(view.data().as_ptr() as usize - bytes.as_ptr() as usize)
+        })
+        .collect()
+}
+
+/// Copy each tensor's little-endian values from `bytes` (at `starts`) into `data`.
+fn copy_tensors(layout: &AdapterLayout, bytes: &[u8], starts: &[usize], data: &mut [f32]) {
+    for (t, &start) in layout.tensors().iter().zip(starts) {
+        let dst = &mut data[t.offset..t.offset + t.numel()];
+        let src = &bytes[start..start + 4 * t.numel()];
+        if cfg!(target_endian = "little") {
+            bytemuck::cast_slice_mut::<f32, u8>(dst).copy_from_slice(src);
+        } else {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes(s.try_into().expect("4 bytes"));
+            }
+        }
     }
 }

@@ -1,17 +1,19 @@
 //! FedAvg (McMahan et al. 2017) folded in as updates arrive, in O(model) memory.
 //!
-//! The running sum is kept in fixed point: each value is truncated to a 2⁻⁴⁰ grid as an `i64`
-//! (exact for |x| ≥ 2⁻¹⁶, error < 2⁻⁴⁰ below), multiplied by its integer weight and added in
-//! `i128`. Integer addition is associative, so the average is bit-identical whatever order
-//! updates arrive in — which is what makes runs deterministic across slot counts without
-//! holding K updates to sort them (at most [`BATCH`] are buffered, to fold them in one pass). Values must be finite with |x| < 2²³; an update outside
-//! that is rejected whole (it would be a diverged client anyway).
+//! The running sum is kept in fixed point: each value is truncated to a 2⁻⁴⁰ grid (exact for
+//! |x| ≥ 2⁻¹⁶, error < 2⁻⁴⁰ below), multiplied by its integer weight and summed exactly.
+//! Integer addition is associative, so the average is bit-identical whatever order updates
+//! arrive in — which is what makes runs deterministic across slot counts without holding K
+//! updates to sort them (at most [`BATCH`] are buffered, to fold them in one pass). Values must
+//! be finite with |x| < 2²³; an update outside that is rejected whole (it would be a diverged
+//! client anyway). The kernels are in [`super::fold`].
 
+use std::sync::Arc;
+
+use super::batch::{self, Sums, Update};
+use super::fold::{self, Tile, LIMIT, SCALE};
 use crate::model::AdapterSet;
 use crate::privacy::noise::GaussianNoise;
-
-const SCALE: f64 = (1u64 << 40) as f64;
-const LIMIT: f32 = (1u32 << 23) as f32;
 
 /// An update that cannot be averaged.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -25,20 +27,27 @@ pub struct FoldError {
 
 /// Streaming, order-independent, example-weighted average of adapter updates.
 ///
-/// Updates are buffered up to [`BATCH`] and folded together, tile by tile over the model (so the
-/// 16-byte accumulator is read and written once per batch, not once per update) and on all
-/// cores. Each element's weighted terms trunc(x·2⁴⁰)·w are integers; within a batch their sum
-/// is kept in f64 while Σₖ max|xₖ|·2⁴⁰·wₖ < 2⁵³ (LoRA updates of |x| ≤ 10⁻² with ~100 examples:
-/// the common case, vectorised with AVX2 where the CPU has it), in i64 while it is below 2⁶²,
-/// else term by term in the `i128` — and added to the `i128` once per batch. Every path is an
+/// Updates are buffered up to [`BATCH`] and folded together, tile by tile over the model (each
+/// tile of the sums is read and written once per batch, not once per update), on all cores, in
+/// one pass over the updates' values that both checks and folds them (see [`super::batch`]). An
+/// update can be handed over as values, or as the little-endian payload it arrived in
+/// ([`FedAvgAccumulator::fold_payload`]): then it is read in place, never copied. The sum of the
+/// integer terms trunc(x·2⁴⁰)·w is kept in f64 while a per-tile bound on it stays below 2⁵³ —
+/// for LoRA updates of |x| ≤ 10⁻² and ~100 examples, a round of thousands of updates: the common
+/// case, vectorised with AVX2 where the CPU has it — and in `i128` beyond. Every path is an
 /// exact integer sum, so the result is the same bit for bit whatever the batching, the arrival
 /// order, the path or the thread count.
 #[derive(Debug)]
 pub struct FedAvgAccumulator {
-    sum: Vec<i128>,
+    tiles: Arc<[Tile]>,
+    /// Lengths of the segments (tensors of the wire format) the flat vector is made of.
+    segments: Arc<[usize]>,
+    sums: Sums,
     total_weight: u64,
     count: usize,
     pending: Vec<Pending>,
+    /// Updates found invalid when their batch was folded: (tag, why).
+    rejected: Vec<(u64, FoldError)>,
     /// Buffers of folded updates, reused (fresh 1.8 MB allocations cost page faults).
     spare: Vec<Vec<f32>>,
 }
@@ -46,16 +55,55 @@ pub struct FedAvgAccumulator {
 /// An update waiting to be folded.
 #[derive(Debug, Clone)]
 struct Pending {
-    values: Vec<f32>,
+    source: Source,
     weight: u64,
-    /// max |x| of its values.
-    max_abs: f32,
+    /// The caller's name for it, returned with a rejection.
+    tag: u64,
+}
+
+/// Where a pending update's values are.
+#[derive(Debug, Clone)]
+enum Source {
+    /// Its own buffer, in flat order.
+    Values(Vec<f32>),
+    /// Its payload: segment `s` starts at byte `starts[s]` (4-aligned, little-endian host).
+    Payload {
+        bytes: Arc<Vec<u8>>,
+        starts: Vec<usize>,
+    },
+}
+
+impl Update for Pending {
+    fn tile(&self, t: &Tile) -> &[f32] {
+        match &self.source {
+            Source::Values(v) => &v[t.flat..t.flat + t.len],
+            Source::Payload { bytes, starts } => {
+                let lo = starts[t.seg] + 4 * t.seg_lo;
+                bytemuck::cast_slice(&bytes[lo..lo + 4 * t.len])
+            }
+        }
+    }
+
+    fn weight(&self) -> u64 {
+        self.weight
+    }
+}
+
+/// An update folded from the caller's slice.
+struct Borrowed<'a>(&'a [f32], u64);
+
+impl Update for Borrowed<'_> {
+    fn tile(&self, t: &Tile) -> &[f32] {
+        &self.0[t.flat..t.flat + t.len]
+    }
+
+    fn weight(&self) -> u64 {
+        self.1
+    }
 }
 
 /// Updates folded together in one pass over the accumulator.
 pub const BATCH: usize = 8;
-/// Elements per tile (the `i64` partial sums stay in L1).
-const TILE: usize = 4096;
 
 /// The pool the folds run on: one thread per core, its own (not the slots', not rayon's global).
 fn pool() -> &'static rayon::ThreadPool {
@@ -73,10 +121,13 @@ fn pool() -> &'static rayon::ThreadPool {
 impl Clone for FedAvgAccumulator {
     fn clone(&self) -> Self {
         Self {
-            sum: self.sum.clone(),
+            tiles: self.tiles.clone(),
+            segments: self.segments.clone(),
+            sums: self.sums.clone(),
             total_weight: self.total_weight,
             count: self.count,
             pending: self.pending.clone(),
+            rejected: self.rejected.clone(),
             spare: Vec::new(),
         }
     }
@@ -85,34 +136,56 @@ impl Clone for FedAvgAccumulator {
 impl FedAvgAccumulator {
     /// An empty accumulator for updates of `len` values.
     pub fn new(len: usize) -> Self {
+        Self::with_segments(&[len])
+    }
+
+    /// An empty accumulator for updates made of segments of these lengths, in order (the
+    /// tensors of the wire format: see [`FedAvgAccumulator::fold_payload`]).
+    pub fn with_segments(segments: &[usize]) -> Self {
+        let tiles = fold::tiles(segments);
         Self {
-            sum: vec![0; len],
+            sums: Sums::new(segments.iter().sum(), tiles.len()),
+            tiles: tiles.into(),
+            segments: segments.into(),
             total_weight: 0,
             count: 0,
             pending: Vec::with_capacity(BATCH),
+            rejected: Vec::new(),
             spare: Vec::new(),
         }
     }
 
     /// Start over (a new round) keeping the allocations: the sum is zeroed, buffers are kept.
     pub fn reset(&mut self) {
-        let pending = std::mem::take(&mut self.pending);
-        self.spare.extend(pending.into_iter().map(|p| p.values));
-        self.spare.truncate(BATCH);
-        self.sum.fill(0);
+        for p in std::mem::take(&mut self.pending) {
+            self.recycle(p.source);
+        }
+        self.sums.reset();
+        self.rejected.clear();
         self.total_weight = 0;
         self.count = 0;
+    }
+
+    fn len(&self) -> usize {
+        self.sums.fast.len()
+    }
+
+    fn recycle(&mut self, source: Source) {
+        if let Source::Values(v) = source {
+            if self.spare.len() < BATCH {
+                self.spare.push(v);
+            }
+        }
     }
 
     /// A buffer of the accumulator's length to parse an update into (recycled when possible;
     /// its contents are unspecified).
     pub fn take_buffer(&mut self) -> Vec<f32> {
-        self.spare
-            .pop()
-            .unwrap_or_else(|| vec![0.0; self.sum.len()])
+        self.spare.pop().unwrap_or_else(|| vec![0.0; self.len()])
     }
 
-    /// Add `update` with weight `num_examples` (copied; see [`FedAvgAccumulator::fold_owned`]).
+    /// Add `update` with weight `num_examples` now, in a pass of its own over the sums (no
+    /// copy; [`FedAvgAccumulator::fold_owned`] and [`FedAvgAccumulator::fold_payload`] batch).
     ///
     /// # Errors
     /// [`FoldError`] when a value is not finite or |x| ≥ 2²³; nothing is folded then.
@@ -120,13 +193,18 @@ impl FedAvgAccumulator {
     /// # Panics
     /// When the update's length differs from the accumulator's (a broken invariant).
     pub fn fold(&mut self, update: &[f32], num_examples: u64) -> Result<(), FoldError> {
-        assert_eq!(update.len(), self.sum.len(), "update length mismatch");
-        let mut buf = self.take_buffer();
-        buf.copy_from_slice(update);
-        self.fold_owned(buf, num_examples)
+        assert_eq!(update.len(), self.len(), "update length mismatch");
+        check(update)?;
+        let one = [Borrowed(update, num_examples)];
+        let rejected = batch::fold_batch(&mut self.sums, &self.tiles, pool(), &one);
+        debug_assert!(rejected.is_empty(), "checked above");
+        self.total_weight += num_examples;
+        self.count += 1;
+        Ok(())
     }
 
-    /// Add `update` with weight `num_examples`, taking ownership (no copy).
+    /// Add `update` with weight `num_examples`, taking ownership (no copy). The update is
+    /// checked now (one more pass over it than [`FedAvgAccumulator::fold_payload`] makes).
     ///
     /// # Errors
     /// As [`FedAvgAccumulator::fold`].
@@ -134,31 +212,66 @@ impl FedAvgAccumulator {
     /// # Panics
     /// As [`FedAvgAccumulator::fold`].
     pub fn fold_owned(&mut self, update: Vec<f32>, num_examples: u64) -> Result<(), FoldError> {
-        assert_eq!(update.len(), self.sum.len(), "update length mismatch");
-        // The largest |x| by its bit pattern (sign cleared): for floats, bit order is value
-        // order, NaN and infinity sort above every finite value, and an integer max vectorises.
-        let bits = max_abs_bits(&update);
-        let max_abs = f32::from_bits(bits);
-        if bits >= LIMIT.to_bits() {
-            let index = update
-                .iter()
-                .position(|x| x.is_nan() || x.abs() >= LIMIT)
-                .expect("found above");
-            let value = update[index];
-            self.spare.push(update);
-            return Err(FoldError { index, value });
+        assert_eq!(update.len(), self.len(), "update length mismatch");
+        if let Err(e) = check(&update) {
+            self.recycle(Source::Values(update));
+            return Err(e);
         }
-        self.total_weight += num_examples;
+        self.push(Source::Values(update), num_examples, u64::MAX);
+        Ok(())
+    }
+
+    /// Add an update straight from the bytes it arrived in: segment `s` (see
+    /// [`FedAvgAccumulator::with_segments`]) is `segments[s]` little-endian f32 values starting
+    /// at byte `starts[s]` of `bytes`. The bytes are kept until the update's batch is folded and
+    /// read in place (copied first only on a big-endian host or at an unaligned start). The
+    /// update is checked as it is folded: one with a value that is not finite or |x| ≥ 2²³ is
+    /// left out whole and reported, with `tag`, by [`FedAvgAccumulator::take_rejected`].
+    ///
+    /// # Panics
+    /// When `starts` does not name one in-bounds start per segment (a broken invariant).
+    pub fn fold_payload(&mut self, bytes: Arc<Vec<u8>>, starts: Vec<usize>, weight: u64, tag: u64) {
+        assert_eq!(starts.len(), self.segments.len(), "one start per segment");
+        let segments = self.segments.clone();
+        let ranges = || {
+            starts
+                .iter()
+                .zip(segments.iter())
+                .map(|(&s, &n)| s..s + 4 * n)
+        };
+        assert!(
+            ranges().all(|r| r.end <= bytes.len()),
+            "segment out of bounds"
+        );
+        let in_place = cfg!(target_endian = "little")
+            && ranges().all(|r| (bytes.as_ptr() as usize + r.start) % 4 == 0);
+        if in_place {
+            self.push(Source::Payload { bytes, starts }, weight, tag);
+            return;
+        }
+        let mut buf = self.take_buffer();
+        let mut at = 0;
+        for r in ranges() {
+            let n = r.len() / 4;
+            for (dst, src) in buf[at..at + n].iter_mut().zip(bytes[r].chunks_exact(4)) {
+                *dst = f32::from_le_bytes(src.try_into().expect("4 bytes"));
+            }
+            at += n;
+        }
+        self.push(Source::Values(buf), weight, tag);
+    }
+
+    fn push(&mut self, source: Source, weight: u64, tag: u64) {
+        self.total_weight += weight;
         self.count += 1;
         self.pending.push(Pending {
-            values: update,
-            weight: num_examples,
-            max_abs,
+            source,
+            weight,
+            tag,
         });
         if self.pending.len() == BATCH {
             self.flush();
         }
-        Ok(())
     }
 
     /// Fold the buffered updates into the sum.
@@ -167,52 +280,40 @@ impl FedAvgAccumulator {
             return;
         }
         let batch = std::mem::take(&mut self.pending);
-        // How wide must each element's partial sum be to stay exact?
-        let bound: f64 = batch
-            .iter()
-            .map(|p| (p.max_abs as f64 * SCALE).ceil() * p.weight as f64)
-            .sum();
-        let path = if bound < (1u64 << 53) as f64 {
-            Path::F64
-        } else if bound < (1u64 << 62) as f64 {
-            Path::I64
-        } else {
-            Path::I128
-        };
-        let sum = &mut self.sum;
-        pool().install(|| {
-            use rayon::prelude::*;
-            sum.par_chunks_mut(TILE)
-                .enumerate()
-                .for_each(|(t, acc)| fold_tile(path, acc, &batch, t * TILE));
-        });
-        self.spare.extend(batch.into_iter().map(|p| p.values));
-        self.spare.truncate(BATCH);
+        for (k, e) in batch::fold_batch(&mut self.sums, &self.tiles, pool(), &batch) {
+            self.total_weight -= batch[k].weight;
+            self.count -= 1;
+            self.rejected.push((batch[k].tag, e));
+        }
+        for p in batch {
+            self.recycle(p.source);
+        }
     }
 
-    /// Updates folded so far.
+    /// The updates from [`FedAvgAccumulator::fold_payload`] found invalid (after folding what
+    /// is buffered), with their tags, in the order they were folded; they count nowhere.
+    pub fn take_rejected(&mut self) -> Vec<(u64, FoldError)> {
+        self.flush();
+        std::mem::take(&mut self.rejected)
+    }
+
+    /// Updates folded so far (buffered ones included, rejected ones not once found).
     pub fn count(&self) -> usize {
         self.count
     }
 
-    /// Sum of weights (examples) folded so far.
+    /// Sum of weights (examples) folded so far (as [`FedAvgAccumulator::count`]).
     pub fn total_weight(&self) -> u64 {
         self.total_weight
     }
 
     /// The weighted mean update, or `None` when nothing was folded.
     pub fn mean(&mut self) -> Option<Vec<f32>> {
+        self.flush();
         if self.total_weight == 0 {
             return None;
         }
-        self.flush();
-        let denom = SCALE * self.total_weight as f64;
-        Some(
-            self.sum
-                .iter()
-                .map(|&s| (s as f64 / denom) as f32)
-                .collect(),
-        )
+        Some(self.sums.divided(SCALE * self.total_weight as f64))
     }
 
     /// `global + mean update` (the new global adapter); `global` unchanged if nothing arrived.
@@ -227,125 +328,27 @@ impl FedAvgAccumulator {
     /// release (fold with weight 1 for a uniform average).
     pub fn noised_mean(&mut self, denominator: f64, noise: &mut GaussianNoise) -> Vec<f32> {
         self.flush();
-        self.sum
+        self.sums
+            .rounded()
             .iter()
-            .map(|&s| ((s as f64 / SCALE + noise.sample()) / denominator) as f32)
+            .map(|&s| ((s / SCALE + noise.sample()) / denominator) as f32)
             .collect()
     }
 }
 
-/// The largest `bits & 0x7fffffff` of `xs` (AVX2 where the CPU has it).
-fn max_abs_bits(xs: &[f32]) -> u32 {
-    #[inline(always)]
-    fn scan(xs: &[f32]) -> u32 {
-        xs.iter()
-            .map(|x| (x.to_bits() & 0x7fff_ffff) as i32)
-            .max()
-            .unwrap_or(0) as u32
+/// Ok when every value is finite with |x| < 2²³; else the first offender.
+fn check(values: &[f32]) -> Result<(), FoldError> {
+    if fold::max_abs_bits(values) < LIMIT.to_bits() {
+        return Ok(());
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        /// # Safety
-        /// The CPU must support AVX2.
-        #[target_feature(enable = "avx2")]
-        unsafe fn scan_avx2(xs: &[f32]) -> u32 {
-            scan(xs)
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, checked just above.
-            return unsafe { scan_avx2(xs) };
-        }
-    }
-    scan(xs)
-}
-
-/// How a batch's partial sums are kept: every term trunc(x·2⁴⁰)·w is an integer, and a sum
-/// of integers is exact in a type while its magnitude bound fits (2⁵³ for f64, 2⁶³ for i64).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Path {
-    /// f64 partial sums (SIMD on any x86-64 with AVX2; the common case).
-    F64,
-    /// i64 partial sums.
-    I64,
-    /// Every term straight into the i128 (huge values or weights).
-    I128,
-}
-
-fn fold_tile(path: Path, acc: &mut [i128], batch: &[Pending], lo: usize) {
-    match path {
-        Path::F64 => {
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2, checked just above.
-                unsafe { fold_tile_f64_avx2(acc, batch, lo) };
-                return;
-            }
-            fold_tile_f64(acc, batch, lo);
-        }
-        Path::I64 => fold_tile_i64(acc, batch, lo),
-        Path::I128 => fold_tile_i128(acc, batch, lo),
-    }
-}
-
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn fold_tile_f64_avx2(acc: &mut [i128], batch: &[Pending], lo: usize) {
-    fold_tile_f64(acc, batch, lo);
-}
-
-/// One tile with f64 partial sums: trunc(x·2⁴⁰)·w is an integer and the batch's bound keeps
-/// every partial sum below 2⁵³, so each addition is exact.
-#[inline(always)]
-fn fold_tile_f64(acc: &mut [i128], batch: &[Pending], lo: usize) {
-    let n = acc.len();
-    let mut part = [0f64; TILE];
-    let part = &mut part[..n];
-    for p in batch {
-        let w = p.weight as f64;
-        for (s, &x) in part.iter_mut().zip(&p.values[lo..lo + n]) {
-            *s += (x as f64 * SCALE).trunc() * w;
-        }
-    }
-    for (a, &s) in acc.iter_mut().zip(part.iter()) {
-        *a += s as i64 as i128;
-    }
-}
-
-/// Fixed-point value of `x` on the 2⁻⁴⁰ grid (truncated toward zero).
-#[inline(always)]
-fn fixed(x: f32) -> i64 {
-    // SAFETY: |x| < 2²³ is checked when the update is folded, so |x·2⁴⁰| < 2⁶³ and the
-    // value is finite: the conversion cannot overflow.
-    unsafe { (x as f64 * SCALE).to_int_unchecked::<i64>() }
-}
-
-/// One tile with i64 partial sums (the batch's bound is below 2⁶²).
-fn fold_tile_i64(acc: &mut [i128], batch: &[Pending], lo: usize) {
-    let n = acc.len();
-    let mut part = [0i64; TILE];
-    let part = &mut part[..n];
-    for p in batch {
-        let w = p.weight as i64;
-        for (s, &x) in part.iter_mut().zip(&p.values[lo..lo + n]) {
-            *s += fixed(x) * w;
-        }
-    }
-    for (a, &s) in acc.iter_mut().zip(part.iter()) {
-        *a += s as i128;
-    }
-}
-
-/// One tile, every term added to the `i128` (huge values or weights).
-fn fold_tile_i128(acc: &mut [i128], batch: &[Pending], lo: usize) {
-    let n = acc.len();
-    for p in batch {
-        let w = p.weight as i128;
-        for (a, &x) in acc.iter_mut().zip(&p.values[lo..lo + n]) {
-            *a += fixed(x) as i128 * w;
-        }
-    }
+    let index = values
+        .iter()
+        .position(|x| x.is_nan() || x.abs() >= LIMIT)
+        .expect("found by the scan");
+    Err(FoldError {
+        index,
+        value: values[index],
+    })
 }
 
 /// `global + delta`.
