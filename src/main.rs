@@ -36,6 +36,12 @@ enum Command {
     },
     /// Run a scenario once per combination of --vary values; print and write a table.
     Sweep(cli::sweep::SweepArgs),
+    /// Fetch a known pretrained model into the cache ($FEDSIM_CACHE or ~/.cache/fedsim/models)
+    /// and print its path.
+    FetchModel {
+        /// Model name (smollm2-135m-instruct).
+        name: String,
+    },
     /// Compare runs side by side (pretrained vs. centralised vs. federated).
     Compare {
         /// Run directories.
@@ -69,5 +75,12 @@ fn real_main() -> anyhow::Result<()> {
         }
         Command::Run(args) => cli::run::run(args),
         Command::Sweep(args) => cli::sweep::sweep(args),
+        Command::FetchModel { name } => {
+            let model = fedsim::model::fetch::known(&name)?;
+            let path = fedsim::model::fetch::fetch(&model)?;
+            println!("{}", path.display());
+            eprintln!("sha256 {} (verified)", model.sha256);
+            Ok(())
+        }
     }
 }

@@ -6,6 +6,8 @@
 
 pub mod adapter;
 pub mod config;
+pub mod fetch;
+pub mod gguf;
 pub mod llama;
 pub mod lora;
 pub mod reference;
@@ -34,6 +36,39 @@ pub enum ModelError {
     /// A serialised adapter does not match the expected layout.
     #[error("adapter does not match the model: {0}")]
     Layout(String),
+    /// A base-model tensor is absent.
+    #[error("the model has no tensor {name}")]
+    MissingTensor {
+        /// Hugging Face name.
+        name: String,
+    },
+    /// A base-model tensor has another shape than the hyper-parameters imply.
+    #[error("tensor {name} is {found:?}, the model's hyper-parameters need {expected:?}")]
+    TensorShape {
+        /// Hugging Face name.
+        name: String,
+        /// Shape implied by the config.
+        expected: Vec<usize>,
+        /// Shape in the file.
+        found: Vec<usize>,
+    },
+    /// A GGUF file could not be read (truncated, corrupt, unknown tensor type).
+    #[error("{}: not a readable GGUF model file", path.display())]
+    Gguf {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What candle's reader said.
+        #[source]
+        source: candle_core::Error,
+    },
+    /// A GGUF file holds something fedsim cannot load.
+    #[error("{}: {problem}", path.display())]
+    GgufUnsupported {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, and what would work.
+        problem: String,
+    },
 }
 
 /// A linear projection of a decoder block that LoRA can adapt (PEFT's `target_modules` names).

@@ -11,12 +11,22 @@ use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
 
 use crate::data::Record;
 
+mod gguf;
+
 /// Errors of tokenizer training, loading and encoding.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
     /// The `tokenizers` crate failed.
     #[error("tokenizer: {0}")]
     Tokenizers(String),
+    /// A GGUF file's tokenizer metadata is missing or malformed.
+    #[error("GGUF metadata {key} {problem}")]
+    Metadata {
+        /// The key.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
     /// The trained vocabulary is smaller than the model's.
     #[error("the training corpus yields only {got} tokens but the model needs {want}")]
     Vocabulary {
@@ -139,6 +149,14 @@ impl TextTokenizer {
     /// On a tokenizer failure.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
         self.inner.decode(ids, true).map_err(tk)
+    }
+
+    /// Decode ids to text, special tokens (`<|im_start|>`, …) included.
+    ///
+    /// # Errors
+    /// On a tokenizer failure.
+    pub fn decode_with_special(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        self.inner.decode(ids, false).map_err(tk)
     }
 
     /// Tokenise a record as prompt + response + EOS in at most `max_seq_len` tokens.

@@ -13,4 +13,5 @@ mod property;
 mod run;
 mod scenario;
 mod signals;
+mod smollm2;
 mod system;

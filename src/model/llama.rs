@@ -94,6 +94,58 @@ impl BaseModel {
         Self::assemble(cfg.clone(), embed_tokens, blocks, ones()?, lm_head, device)
     }
 
+    /// A model from its tensors under Hugging Face names (those [`BaseModel::named_tensors`]
+    /// gives), each checked against `cfg`'s shapes; `lm_head.weight` only when untied.
+    ///
+    /// # Errors
+    /// [`ModelError::MissingTensor`] or [`ModelError::TensorShape`] naming the tensor, or a
+    /// candle error.
+    pub fn from_named(
+        cfg: &LlamaConfig,
+        mut tensors: std::collections::HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let mut take = |name: String, shape: &[usize]| -> Result<Tensor, ModelError> {
+            let t = tensors
+                .remove(&name)
+                .ok_or_else(|| ModelError::MissingTensor { name: name.clone() })?;
+            if t.dims() != shape {
+                return Err(ModelError::TensorShape {
+                    name,
+                    expected: shape.to_vec(),
+                    found: t.dims().to_vec(),
+                });
+            }
+            Ok(t.to_dtype(DType::F32)?.to_device(device)?)
+        };
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let embed_tokens = take("model.embed_tokens.weight".into(), &[v, h])?;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let norm = |n: &str| format!("model.layers.{i}.{n}.weight");
+            let input_layernorm = take(norm("input_layernorm"), &[h])?;
+            let post_attention_layernorm = take(norm("post_attention_layernorm"), &[h])?;
+            let proj = TargetModule::ALL
+                .iter()
+                .map(|&m| {
+                    let (o, i_) = cfg.projection_shape(m);
+                    take(format!("{}.weight", m.hf_path(i)), &[o, i_])
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            blocks.push(Block {
+                input_layernorm,
+                post_attention_layernorm,
+                proj,
+            });
+        }
+        let norm = take("model.norm.weight".into(), &[h])?;
+        let lm_head = match cfg.tie_word_embeddings {
+            true => None,
+            false => Some(take("lm_head.weight".into(), &[v, h])?),
+        };
+        Self::assemble(cfg.clone(), embed_tokens, blocks, norm, lm_head, device)
+    }
+
     fn assemble(
         cfg: LlamaConfig,
         embed_tokens: Tensor,

