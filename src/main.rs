@@ -42,6 +42,9 @@ enum Command {
         /// Model name (smollm2-135m-instruct).
         name: String,
     },
+    /// Answer a prompt with a model (and optionally a LoRA adapter); prints the answer and
+    /// tokens/s.
+    Generate(cli::generate::GenerateArgs),
     /// Compare runs side by side (pretrained vs. centralised vs. federated).
     Compare {
         /// Run directories.
@@ -75,6 +78,7 @@ fn real_main() -> anyhow::Result<()> {
         }
         Command::Run(args) => cli::run::run(args),
         Command::Sweep(args) => cli::sweep::sweep(args),
+        Command::Generate(args) => cli::generate::generate(args),
         Command::FetchModel { name } => {
             let model = fedsim::model::fetch::known(&name)?;
             let path = fedsim::model::fetch::fetch(&model)?;

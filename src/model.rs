@@ -7,9 +7,11 @@
 pub mod adapter;
 pub mod config;
 pub mod fetch;
+pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod lora;
+pub mod peft;
 pub mod reference;
 
 pub use adapter::{AdapterLayout, AdapterSet, PayloadReader};
@@ -60,6 +62,14 @@ pub enum ModelError {
         /// What candle's reader said.
         #[source]
         source: candle_core::Error,
+    },
+    /// A prompt that is empty or fills the model's context.
+    #[error("the prompt has {tokens} tokens; it must have at least 1 and fewer than the model's context of {context}")]
+    Prompt {
+        /// Its length.
+        tokens: usize,
+        /// max_position_embeddings.
+        context: usize,
     },
     /// A GGUF file holds something fedsim cannot load.
     #[error("{}: {problem}", path.display())]

@@ -11,7 +11,10 @@ use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
 
 use crate::data::Record;
 
+pub mod chat;
 mod gguf;
+
+pub use gguf::chat_template;
 
 /// Errors of tokenizer training, loading and encoding.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +22,9 @@ pub enum TokenizerError {
     /// The `tokenizers` crate failed.
     #[error("tokenizer: {0}")]
     Tokenizers(String),
+    /// A chat template does not parse or render.
+    #[error("chat template")]
+    Template(#[source] minijinja::Error),
     /// A GGUF file's tokenizer metadata is missing or malformed.
     #[error("GGUF metadata {key} {problem}")]
     Metadata {

@@ -149,3 +149,44 @@ fn corrupt_truncated_and_foreign_gguf_files_are_clear_errors() {
     );
     assert!(GgufHeader::read(&dir.path().join("absent.gguf")).is_err());
 }
+
+#[test]
+fn greedy_generation_with_the_kv_cache_matches_transformers() {
+    use fedsim::model::generate::{generate, Sampling, Stop};
+    for case in reference()["cases"].as_array().unwrap() {
+        let want = ids(&case["greedy_24_ids"]);
+        let got = generate(
+            model(),
+            &ids(&case["input_ids"]),
+            24,
+            Sampling::Greedy,
+            &[2],
+        )
+        .unwrap();
+        assert_eq!(got.ids, want, "{}", case["name"]);
+        let stop = if want.last() == Some(&2) {
+            Stop::EndOfSequence
+        } else {
+            Stop::MaxTokens
+        };
+        assert_eq!(got.stop, stop);
+    }
+    // Sampling is seeded: the same seed gives the same text, top-k 1 is greedy.
+    let prompt = ids(&reference()["cases"][0]["input_ids"]);
+    let sample = |seed, top_k| {
+        let s = Sampling::Random {
+            temperature: 0.8,
+            top_k,
+            top_p: Some(0.95),
+            seed,
+        };
+        generate(model(), &prompt, 12, s, &[2]).unwrap().ids
+    };
+    assert_eq!(sample(7, Some(40)), sample(7, Some(40)));
+    assert_eq!(
+        sample(7, Some(1)),
+        generate(model(), &prompt, 12, Sampling::Greedy, &[2])
+            .unwrap()
+            .ids
+    );
+}

@@ -6,11 +6,9 @@
 //! would send.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-use serde_json::json;
 
 use super::{LlamaConfig, LoraConfig, ModelError, TargetModule};
 
@@ -240,53 +238,6 @@ impl AdapterSet {
         let starts = tensor_starts(layout, bytes)?;
         copy_tensors(layout, bytes, &starts, data);
         Ok(())
-    }
-
-    /// Write `adapter_model.safetensors` and `adapter_config.json` into `dir`, as PEFT's
-    /// `save_pretrained` does, so `PeftModel.from_pretrained(base, dir)` loads it.
-    ///
-    /// # Errors
-    /// An I/O error, reported with the path.
-    pub fn save_peft(
-        &self,
-        dir: &Path,
-        lora: &LoraConfig,
-        base_model: &str,
-    ) -> Result<(), ModelError> {
-        let io = |path: &Path, e: std::io::Error| ModelError::File {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        };
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        let weights = dir.join("adapter_model.safetensors");
-        std::fs::write(&weights, self.to_safetensors()?).map_err(|e| io(&weights, e))?;
-        let mut targets: Vec<&str> = lora.target_modules.iter().map(|m| m.name()).collect();
-        targets.sort();
-        targets.dedup();
-        let config = json!({
-            "peft_type": "LORA",
-            "task_type": "CAUSAL_LM",
-            "base_model_name_or_path": base_model,
-            "r": lora.r,
-            "lora_alpha": lora.alpha,
-            "lora_dropout": lora.dropout,
-            "target_modules": targets,
-            "bias": "none",
-            "fan_in_fan_out": false,
-            "inference_mode": true,
-            "init_lora_weights": true,
-            "modules_to_save": null,
-            "layers_to_transform": null,
-            "layers_pattern": null,
-            "rank_pattern": {},
-            "alpha_pattern": {},
-            "use_rslora": false,
-            "use_dora": false,
-            "revision": null
-        });
-        let path = dir.join("adapter_config.json");
-        let text = serde_json::to_string_pretty(&config).expect("json value serialises");
-        std::fs::write(&path, text).map_err(|e| io(&path, e))
     }
 }
 

@@ -101,6 +101,22 @@ pub enum FetchError {
         /// The known SHA-256.
         want: &'static str,
     },
+    /// A known model that is not in the cache yet.
+    #[error("model {name} is not in the cache ({}); run `sim fetch-model {name}` first", path.display())]
+    NotFetched {
+        /// Its name.
+        name: &'static str,
+        /// Where it would be.
+        path: PathBuf,
+    },
+    /// Neither a file nor a known name.
+    #[error("model {spec:?} is neither a file nor a known model ({known})")]
+    NoSuchModel {
+        /// What was given.
+        spec: String,
+        /// The known names.
+        known: String,
+    },
     /// No cache directory could be found.
     #[error("no cache directory: set FEDSIM_CACHE or HOME")]
     NoCache,
@@ -146,6 +162,33 @@ pub fn known(name: &str) -> Result<KnownModel, FetchError> {
 /// As [`cache_dir`].
 pub fn cached_path(model: &KnownModel) -> Result<PathBuf, FetchError> {
     Ok(cache_dir()?.join(model.file))
+}
+
+/// A model named on the command line or in a scenario: a file path, or a known name that
+/// `sim fetch-model` has put in the cache.
+///
+/// # Errors
+/// [`FetchError::NotFetched`] with the command to run, or [`FetchError::NoSuchModel`].
+pub fn resolve(spec: &str) -> Result<PathBuf, FetchError> {
+    let path = Path::new(spec);
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    let Ok(model) = known(spec) else {
+        return Err(FetchError::NoSuchModel {
+            spec: spec.to_string(),
+            known: KNOWN.map(|m| m.name).join(", "),
+        });
+    };
+    let path = cached_path(&model)?;
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(FetchError::NotFetched {
+            name: model.name,
+            path,
+        })
+    }
 }
 
 /// The SHA-256 of a file, lowercase hex.

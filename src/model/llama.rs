@@ -13,22 +13,23 @@ use super::lora::DropoutRng;
 use super::{LlamaConfig, LoraVars, ModelError, TargetModule};
 
 /// One decoder block's frozen weights.
-struct Block {
-    input_layernorm: Tensor,
-    post_attention_layernorm: Tensor,
+pub(super) struct Block {
+    pub(super) input_layernorm: Tensor,
+    pub(super) post_attention_layernorm: Tensor,
     /// Projections indexed by [`TargetModule::index`], each (out, in).
-    proj: Vec<Tensor>,
+    pub(super) proj: Vec<Tensor>,
 }
 
 /// The frozen base model.
 pub struct BaseModel {
-    cfg: LlamaConfig,
-    embed_tokens: Tensor,
-    blocks: Vec<Block>,
-    norm: Tensor,
+    pub(super) cfg: LlamaConfig,
+    pub(super) embed_tokens: Tensor,
+    pub(super) blocks: Vec<Block>,
+    pub(super) norm: Tensor,
     lm_head: Option<Tensor>,
-    cos: Tensor,
-    sin: Tensor,
+    /// RoPE tables (max_position_embeddings, head_dim).
+    pub(super) cos: Tensor,
+    pub(super) sin: Tensor,
     device: Device,
 }
 
@@ -457,14 +458,14 @@ impl BaseModel {
 }
 
 /// RMSNorm over the last dimension, composed so it has a backward.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, ModelError> {
+pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, ModelError> {
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
     Ok(normed.broadcast_mul(w)?)
 }
 
 /// Rotate-half RoPE (Hugging Face layout) on (b, heads, seq, head_dim).
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+pub(super) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
     let hd = x.dim(D::Minus1)?;
     let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
     let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
@@ -488,6 +489,6 @@ fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// SiLU, composed: x · σ(x).
-fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
+pub(super) fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
     x * (x.neg()?.exp()? + 1.0)?.recip()?
 }

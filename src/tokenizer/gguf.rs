@@ -40,6 +40,14 @@ fn id(header: &GgufHeader, key: &'static str) -> Result<u32, TokenizerError> {
     }
 }
 
+/// The chat template in a GGUF file's metadata (`tokenizer.chat_template`), if any.
+pub fn chat_template(header: &GgufHeader) -> Option<super::chat::ChatTemplate> {
+    match header.metadata("tokenizer.chat_template") {
+        Some(Value::String(s)) => Some(super::chat::ChatTemplate::new(s)),
+        _ => None,
+    }
+}
+
 impl TextTokenizer {
     /// The tokenizer in a GGUF file's metadata; its end-of-sequence id is the file's
     /// `tokenizer.ggml.eos_token_id` (`<|im_end|>` for SmolLM2-Instruct, which ends each turn).
@@ -99,7 +107,7 @@ impl TextTokenizer {
                 .collect(),
             _ => Vec::new(),
         };
-        tokenizer.add_special_tokens(specials);
+        tokenizer.add_special_tokens(specials).map_err(tk)?;
         let eos_id = id(header, "tokenizer.ggml.eos_token_id")?;
         if eos_id as usize >= tokens.len() {
             return Err(TokenizerError::Metadata {

@@ -1,0 +1,120 @@
+//! `sim generate`: answer a prompt with a GGUF model, optionally with a LoRA adapter merged in.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::Device;
+use fedsim::model::generate::{generate as run_generation, Sampling, Stop};
+use fedsim::model::gguf::GgufHeader;
+use fedsim::model::{fetch, peft, LoraVars};
+use fedsim::tokenizer::chat::{ChatTemplate, Message, Role};
+use fedsim::tokenizer::{chat_template, TextTokenizer};
+
+/// Arguments of `sim generate`.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// A GGUF file, or a known model fetched with `sim fetch-model` (smollm2-135m-instruct).
+    #[arg(long)]
+    pub model: String,
+    /// A LoRA adapter to merge in: a run directory or any PEFT adapter directory.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Most new tokens.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 decodes greedily.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Sample among the k most likely tokens only.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample among the most likely tokens up to this cumulative probability.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A system message (otherwise the template's default, if it has one).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Use the prompt as it is, without the model's chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// The prompt.
+    pub prompt: String,
+}
+
+fn sampling(a: &GenerateArgs) -> anyhow::Result<Sampling> {
+    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
+        anyhow::bail!("--temperature must be ≥ 0 (0 decodes greedily)");
+    }
+    if a.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+        anyhow::bail!("--top-p must be in (0, 1]");
+    }
+    if a.top_k == Some(0) {
+        anyhow::bail!("--top-k must be at least 1");
+    }
+    Ok(if a.temperature == 0.0 {
+        Sampling::Greedy
+    } else {
+        Sampling::Random {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+        }
+    })
+}
+
+/// Run `sim generate`.
+pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
+    let sampling = sampling(&a)?;
+    let path = fetch::resolve(&a.model)?;
+    let header = GgufHeader::read(&path)?;
+    let tokenizer = TextTokenizer::from_gguf(&header)
+        .with_context(|| format!("{}: tokenizer", path.display()))?;
+    let mut model = header.load(&Device::Cpu)?;
+    if let Some(dir) = &a.adapter {
+        let (adapter, lora) = peft::load_peft(dir, model.config())?;
+        let vars = LoraVars::from_adapter(&adapter, &lora, &Device::Cpu)?;
+        model = model.merged(&vars)?;
+    }
+    let text = if a.raw {
+        a.prompt.clone()
+    } else {
+        let template = chat_template(&header).unwrap_or_default();
+        render(&template, a.system.as_deref(), &a.prompt)?
+    };
+    let ids = tokenizer.encode(&text)?;
+    let out = run_generation(&model, &ids, a.max_tokens, sampling, &[tokenizer.eos_id()])?;
+    println!("{}", tokenizer.decode(&out.ids)?.trim_end());
+    let stop = match out.stop {
+        Stop::EndOfSequence => "end of sequence",
+        Stop::MaxTokens => "--max-tokens reached",
+        Stop::ContextFull => "context full",
+    };
+    eprintln!(
+        "{} tokens in {:.2} s ({:.1} tokens/s after a {}-token prompt read in {:.2} s); stopped: {stop}",
+        out.ids.len(),
+        out.decode_seconds + out.prefill_seconds,
+        out.tokens_per_second(),
+        ids.len(),
+        out.prefill_seconds,
+    );
+    Ok(())
+}
+
+fn render(template: &ChatTemplate, system: Option<&str>, prompt: &str) -> anyhow::Result<String> {
+    let mut messages = Vec::new();
+    if let Some(s) = system {
+        messages.push(Message {
+            role: Role::System,
+            content: s,
+        });
+    }
+    messages.push(Message {
+        role: Role::User,
+        content: prompt,
+    });
+    Ok(template.render(&messages, true)?)
+}

@@ -1,0 +1,276 @@
+//! Text generation with a KV cache: prefill the prompt once, then one token per step, each step
+//! attending to the cached keys and values of every earlier position. Greedy decoding or seeded
+//! sampling (temperature, top-k, top-p); stops at an end-of-sequence id or a token budget.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::llama::{rms_norm, rope, silu};
+use super::{BaseModel, ModelError, TargetModule};
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// The most likely token (ties: the lowest id).
+    Greedy,
+    /// Drawn from the softmax at `temperature`, keeping the `top_k` most likely tokens (all
+    /// when None) and then the smallest set whose probability reaches `top_p` (all when None).
+    Random {
+        /// Softmax temperature (> 0).
+        temperature: f64,
+        /// Keep only the k most likely tokens.
+        top_k: Option<usize>,
+        /// Nucleus: keep the most likely tokens up to this cumulative probability.
+        top_p: Option<f64>,
+        /// RNG seed (the same seed gives the same text).
+        seed: u64,
+    },
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// A stop id was generated (it is the last id of the output).
+    EndOfSequence,
+    /// The token budget was spent.
+    MaxTokens,
+    /// The model's context (`max_position_embeddings`) is full.
+    ContextFull,
+}
+
+/// A generated continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// New token ids (the stop id included when there was one).
+    pub ids: Vec<u32>,
+    /// Why it stopped.
+    pub stop: Stop,
+    /// Seconds spent on the prompt (one forward over it).
+    pub prefill_seconds: f64,
+    /// Seconds spent generating after the prompt.
+    pub decode_seconds: f64,
+}
+
+impl Generation {
+    /// Generated tokens per second after the prompt (the first token comes from the prefill).
+    pub fn tokens_per_second(&self) -> f64 {
+        (self.ids.len().saturating_sub(1)) as f64 / self.decode_seconds.max(1e-9)
+    }
+}
+
+/// Keys and values of every position so far, per layer: (1, kv_heads, len, head_dim).
+struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+/// Generate up to `max_new` tokens after `prompt`.
+///
+/// # Errors
+/// A candle error, or an empty prompt / one longer than the context.
+pub fn generate(
+    model: &BaseModel,
+    prompt: &[u32],
+    max_new: usize,
+    sampling: Sampling,
+    stop_ids: &[u32],
+) -> Result<Generation, ModelError> {
+    let context = model.cfg.max_position_embeddings;
+    if prompt.is_empty() || prompt.len() >= context {
+        return Err(ModelError::Prompt {
+            tokens: prompt.len(),
+            context,
+        });
+    }
+    let mut rng = match sampling {
+        Sampling::Greedy => None,
+        Sampling::Random { seed, .. } => Some(ChaCha8Rng::seed_from_u64(seed)),
+    };
+    let mut cache = KvCache {
+        layers: vec![None; model.cfg.num_hidden_layers],
+        len: 0,
+    };
+    let start = Instant::now();
+    let mut logits = step(model, &mut cache, prompt)?;
+    let prefill_seconds = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut ids = Vec::new();
+    let stop = loop {
+        let next = choose(&logits, sampling, rng.as_mut())?;
+        ids.push(next);
+        if stop_ids.contains(&next) {
+            break Stop::EndOfSequence;
+        }
+        if ids.len() >= max_new {
+            break Stop::MaxTokens;
+        }
+        if cache.len >= context {
+            break Stop::ContextFull;
+        }
+        logits = step(model, &mut cache, &[next])?;
+    };
+    Ok(Generation {
+        ids,
+        stop,
+        prefill_seconds,
+        decode_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Run `tokens` (at positions cache.len..) through the model, extending the cache; the
+/// logits (vocab) of the last one.
+fn step(model: &BaseModel, cache: &mut KvCache, tokens: &[u32]) -> Result<Tensor, ModelError> {
+    let cfg = &model.cfg;
+    let (n, pos) = (tokens.len(), cache.len);
+    let device = model.embed_tokens.device();
+    let ids = Tensor::from_vec(tokens.to_vec(), n, device)?;
+    let cos = model.cos.narrow(0, pos, n)?;
+    let sin = model.sin.narrow(0, pos, n)?;
+    let mask = causal_mask(
+        n,
+        pos,
+        cfg.num_attention_heads / cfg.num_key_value_heads,
+        device,
+    )?;
+    let mut x = model.embed_tokens.index_select(&ids, 0)?;
+    for (layer, block) in model.blocks.iter().enumerate() {
+        let h = rms_norm(&x, &block.input_layernorm, cfg.rms_norm_eps)?;
+        let proj = |m: TargetModule, t: &Tensor| t.matmul(&block.proj[m.index()].t()?);
+        let attn = attend(
+            model,
+            &mut cache.layers[layer],
+            [
+                proj(TargetModule::QProj, &h)?,
+                proj(TargetModule::KProj, &h)?,
+                proj(TargetModule::VProj, &h)?,
+            ],
+            (&cos, &sin, mask.as_ref()),
+        )?;
+        x = (x + proj(TargetModule::OProj, &attn)?)?;
+        let h = rms_norm(&x, &block.post_attention_layernorm, cfg.rms_norm_eps)?;
+        let act = (silu(&proj(TargetModule::GateProj, &h)?)? * proj(TargetModule::UpProj, &h)?)?;
+        x = (x + proj(TargetModule::DownProj, &act)?)?;
+    }
+    cache.len += n;
+    let last = rms_norm(&x.narrow(0, n - 1, 1)?, &model.norm, cfg.rms_norm_eps)?;
+    Ok(model.logits(&last)?.squeeze(0)?)
+}
+
+/// Additive mask for `n` new queries at positions pos.. over pos + n keys, rows grouped as
+/// (query heads per KV head, n); None for a single query (it sees every key).
+fn causal_mask(
+    n: usize,
+    pos: usize,
+    rep: usize,
+    device: &Device,
+) -> Result<Option<Tensor>, ModelError> {
+    if n == 1 {
+        return Ok(None);
+    }
+    let total = pos + n;
+    let row = |i: usize| (0..total).map(move |j| if j <= pos + i { 0f32 } else { -1e9 });
+    let mask: Vec<f32> = (0..rep).flat_map(|_| (0..n).flat_map(row)).collect();
+    Ok(Some(Tensor::from_vec(mask, (rep * n, total), device)?))
+}
+
+/// Attention of the new positions over the cache: q, k, v are (n, heads·head_dim).
+fn attend(
+    model: &BaseModel,
+    cache: &mut Option<(Tensor, Tensor)>,
+    [q, k, v]: [Tensor; 3],
+    (cos, sin, mask): (&Tensor, &Tensor, Option<&Tensor>),
+) -> Result<Tensor, ModelError> {
+    let cfg = &model.cfg;
+    let (nh, nkv, hd) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim(),
+    );
+    let n = q.dim(0)?;
+    let heads = |t: &Tensor, h: usize| t.reshape((1, n, h, hd))?.transpose(1, 2)?.contiguous();
+    let q = rope(&heads(&q, nh)?, cos, sin)?;
+    let k = rope(&heads(&k, nkv)?, cos, sin)?;
+    let v = heads(&v, nkv)?;
+    let (k, v) = match cache.take() {
+        Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
+        None => (k, v),
+    };
+    *cache = Some((k.clone(), v.clone()));
+    // Query heads sharing a KV head are stacked as rows: (1, nkv, rep·n, hd).
+    let rep = nh / nkv;
+    let q = q.reshape((1, nkv, rep * n, hd))?;
+    let mut scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+    if let Some(m) = mask {
+        scores = scores.broadcast_add(m)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let out = probs.matmul(&v)?.reshape((1, nh, n, hd))?;
+    Ok(out.transpose(1, 2)?.contiguous()?.reshape((n, nh * hd))?)
+}
+
+/// The next token from the last position's logits.
+fn choose(
+    logits: &Tensor,
+    sampling: Sampling,
+    rng: Option<&mut ChaCha8Rng>,
+) -> Result<u32, ModelError> {
+    let logits: Vec<f32> = logits.to_vec1()?;
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+                if x > best.1 {
+                    (i, x)
+                } else {
+                    best
+                }
+            })
+            .0 as u32
+    };
+    let (
+        Sampling::Random {
+            temperature,
+            top_k,
+            top_p,
+            ..
+        },
+        Some(rng),
+    ) = (sampling, rng)
+    else {
+        return Ok(argmax());
+    };
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    order.truncate(top_k.unwrap_or(order.len()).max(1));
+    let top = logits[order[0]] as f64;
+    let mut probs: Vec<f64> = order
+        .iter()
+        .map(|&i| ((logits[i] as f64 - top) / temperature).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if let Some(p) = top_p {
+        let mut acc = 0.0;
+        let keep = probs
+            .iter()
+            .position(|&q| {
+                acc += q;
+                acc >= p
+            })
+            .map_or(probs.len(), |i| i + 1);
+        probs.truncate(keep);
+    }
+    let mass: f64 = probs.iter().sum();
+    let mut u = rng.random::<f64>() * mass;
+    for (k, &p) in probs.iter().enumerate() {
+        if u < p {
+            return Ok(order[k] as u32);
+        }
+        u -= p;
+    }
+    Ok(order[probs.len() - 1] as u32)
+}

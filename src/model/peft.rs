@@ -1,0 +1,196 @@
+//! PEFT's adapter directory format (`adapter_model.safetensors` + `adapter_config.json`):
+//! what fedsim writes for every run, and what it reads back — its own runs or adapters trained
+//! elsewhere with Hugging Face PEFT.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{AdapterLayout, AdapterSet, LlamaConfig, LoraConfig, ModelError, TargetModule};
+
+/// The fields of `adapter_config.json` fedsim reads; the options it cannot honour are read
+/// so they can be refused.
+#[derive(Debug, Deserialize)]
+struct PeftConfig {
+    peft_type: Option<String>,
+    r: usize,
+    lora_alpha: f64,
+    #[serde(default)]
+    lora_dropout: f64,
+    target_modules: TargetModules,
+    #[serde(default)]
+    use_rslora: bool,
+    #[serde(default)]
+    use_dora: bool,
+    #[serde(default)]
+    fan_in_fan_out: bool,
+    #[serde(default)]
+    bias: Option<String>,
+    #[serde(default)]
+    modules_to_save: Option<Vec<String>>,
+    #[serde(default)]
+    layers_to_transform: Option<serde_json::Value>,
+    #[serde(default)]
+    rank_pattern: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    alpha_pattern: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TargetModules {
+    List(Vec<String>),
+    One(String),
+}
+
+impl PeftConfig {
+    /// What fedsim cannot apply, if anything.
+    fn unsupported(&self) -> Option<String> {
+        let set = |o: &Option<serde_json::Map<_, _>>| o.as_ref().is_some_and(|m| !m.is_empty());
+        [
+            (
+                self.peft_type.as_deref().is_some_and(|t| t != "LORA"),
+                "peft_type is not LORA",
+            ),
+            (self.use_rslora, "use_rslora is true"),
+            (self.use_dora, "use_dora is true"),
+            (self.fan_in_fan_out, "fan_in_fan_out is true"),
+            (
+                self.bias.as_deref().is_some_and(|b| b != "none"),
+                "bias is not \"none\"",
+            ),
+            (
+                self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()),
+                "modules_to_save is set",
+            ),
+            (
+                self.layers_to_transform
+                    .as_ref()
+                    .is_some_and(|v| !v.is_null()),
+                "layers_to_transform is set",
+            ),
+            (
+                set(&self.rank_pattern) || set(&self.alpha_pattern),
+                "rank_pattern/alpha_pattern is set",
+            ),
+        ]
+        .into_iter()
+        .find(|(bad, _)| *bad)
+        .map(|(_, why)| why.to_string())
+    }
+}
+
+fn file_error(path: &Path, message: String) -> ModelError {
+    ModelError::File {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// Read a PEFT LoRA adapter directory for a model shaped like `cfg`.
+///
+/// # Errors
+/// [`ModelError::File`] naming the file and what is wrong: unreadable, not PEFT's JSON, an
+/// option fedsim cannot apply, a target module it does not know, tensors that do not match.
+pub fn load_peft(dir: &Path, cfg: &LlamaConfig) -> Result<(AdapterSet, LoraConfig), ModelError> {
+    let config_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| file_error(&config_path, e.to_string()))?;
+    let peft: PeftConfig = serde_json::from_str(&text)
+        .map_err(|e| file_error(&config_path, format!("not a PEFT LoRA config: {e}")))?;
+    if let Some(why) = peft.unsupported() {
+        return Err(file_error(
+            &config_path,
+            format!("{why}: fedsim applies plain LoRA only"),
+        ));
+    }
+    let names = match peft.target_modules {
+        TargetModules::List(v) => v,
+        TargetModules::One(s) => vec![s],
+    };
+    let mut target_modules = names
+        .iter()
+        .map(|n| {
+            TargetModule::ALL
+                .into_iter()
+                .find(|m| m.name() == n)
+                .ok_or_else(|| {
+                    file_error(
+                        &config_path,
+                        format!("target module {n:?} is not one of q/k/v/o/gate/up/down_proj"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    target_modules.sort();
+    target_modules.dedup();
+    if peft.r == 0 || target_modules.is_empty() {
+        return Err(file_error(
+            &config_path,
+            "r is 0 or no target modules".into(),
+        ));
+    }
+    let lora = LoraConfig {
+        r: peft.r,
+        alpha: peft.lora_alpha,
+        dropout: peft.lora_dropout,
+        target_modules,
+    };
+    let weights = dir.join("adapter_model.safetensors");
+    let bytes = std::fs::read(&weights).map_err(|e| file_error(&weights, e.to_string()))?;
+    let layout = Arc::new(AdapterLayout::new(cfg, &lora));
+    let adapter = AdapterSet::from_safetensors(layout, &bytes)
+        .map_err(|e| file_error(&weights, crate::fmt::chain(&e)))?;
+    Ok((adapter, lora))
+}
+
+impl AdapterSet {
+    /// Write `adapter_model.safetensors` and `adapter_config.json` into `dir`, as PEFT's
+    /// `save_pretrained` does, so `PeftModel.from_pretrained(base, dir)` loads it.
+    ///
+    /// # Errors
+    /// An I/O error, reported with the path.
+    pub fn save_peft(
+        &self,
+        dir: &Path,
+        lora: &LoraConfig,
+        base_model: &str,
+    ) -> Result<(), ModelError> {
+        let io = |path: &Path, e: std::io::Error| ModelError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let weights = dir.join("adapter_model.safetensors");
+        std::fs::write(&weights, self.to_safetensors()?).map_err(|e| io(&weights, e))?;
+        let mut targets: Vec<&str> = lora.target_modules.iter().map(|m| m.name()).collect();
+        targets.sort();
+        targets.dedup();
+        let config = json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model,
+            "r": lora.r,
+            "lora_alpha": lora.alpha,
+            "lora_dropout": lora.dropout,
+            "target_modules": targets,
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "modules_to_save": null,
+            "layers_to_transform": null,
+            "layers_pattern": null,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+            "use_rslora": false,
+            "use_dora": false,
+            "revision": null
+        });
+        let path = dir.join("adapter_config.json");
+        let text = serde_json::to_string_pretty(&config).expect("json value serialises");
+        std::fs::write(&path, text).map_err(|e| io(&path, e))
+    }
+}
