@@ -179,7 +179,7 @@ fn warnings(runs: &[(&Path, &Summary)]) -> Vec<String> {
             "the runs use different base models ({})",
             models.join(", ")
         ));
-    } else if differ(&|d, _| file_fingerprint(&d.join("base_model").join("model.safetensors"))) {
+    } else if differ(&|d, _| base_fingerprint(d)) {
         out.push(
             "the runs' base weights differ (generated models depend on the seed); their \
              losses start from different models"
@@ -203,6 +203,16 @@ fn warnings(runs: &[(&Path, &Summary)]) -> Vec<String> {
 }
 
 /// FNV-1a of a file's bytes, or `None` when it cannot be read.
+/// The base weights' identity: a pretrained base's SHA-256 (`model.json`), or the fingerprint of
+/// a generated base's export.
+fn base_fingerprint(dir: &Path) -> Option<String> {
+    let record = std::fs::read_to_string(dir.join("model.json")).ok();
+    match record.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) {
+        Some(v) => v.get("sha256").and_then(|h| h.as_str()).map(str::to_string),
+        None => file_fingerprint(&dir.join("base_model").join("model.safetensors")),
+    }
+}
+
 fn file_fingerprint(path: &Path) -> Option<String> {
     std::fs::read(path)
         .ok()

@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod llama;
 pub mod lora;
 pub mod peft;
+pub mod pretrained;
 pub mod reference;
 
 pub use adapter::{AdapterLayout, AdapterSet, PayloadReader};
@@ -71,6 +72,9 @@ pub enum ModelError {
         /// max_position_embeddings.
         context: usize,
     },
+    /// A model name or path that does not resolve.
+    #[error(transparent)]
+    Source(#[from] fetch::FetchError),
     /// A GGUF file holds something fedsim cannot load.
     #[error("{}: {problem}", path.display())]
     GgufUnsupported {

@@ -140,7 +140,7 @@ impl RunDir {
 }
 
 /// Every name fedsim writes into a run directory.
-pub const RUN_FILES: [&str; 12] = [
+pub const RUN_FILES: [&str; 13] = [
     "scenario.ron",
     "tokenizer.json",
     "canaries.json",
@@ -154,6 +154,7 @@ pub const RUN_FILES: [&str; 12] = [
     "adapter_model.safetensors",
     "adapter_config.json",
     "base_model",
+    "model.json",
 ];
 
 /// Check that `p` may receive a new run, and (with `clear`) remove an unfinished one's files.

@@ -219,7 +219,7 @@ impl Scenario {
             vocab: None,
         };
         let lora = self.file.trainer == crate::trainer::TrainerKind::Lora;
-        if let (true, file::ModelPreset::Tiny { vocab_size }) = (lora, &self.file.model.preset) {
+        if let (true, file::ModelSource::Tiny { vocab_size }) = (lora, &self.file.model.source) {
             let vocab_size = *vocab_size;
             let data = self.data.prepare().map_err(|e| fail("partition", &e))?;
             let sample = &data.train[..data.train.len().min(TOKENIZER_SAMPLE)];
@@ -228,7 +228,7 @@ impl Scenario {
                 Err(crate::tokenizer::TokenizerError::Vocabulary { got, want }) => {
                     return Err(ScenarioError::Invalid {
                         path: self.source_path.clone(),
-                        field: "model.preset.Tiny.vocab_size".into(),
+                        field: "model.source.Tiny.vocab_size".into(),
                         message: format!(
                             "is {want} but the training corpus ({} records) yields only {got} \
                              tokens; set it to at most {got}, or use more data",
@@ -236,7 +236,7 @@ impl Scenario {
                         ),
                     })
                 }
-                Err(e) => return Err(fail("model.preset.Tiny.vocab_size", &e)),
+                Err(e) => return Err(fail("model.source.Tiny.vocab_size", &e)),
             }
         }
         Ok(check)

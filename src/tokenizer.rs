@@ -56,6 +56,40 @@ pub struct TextTokenizer {
     eos_id: u32,
 }
 
+/// How a record's prompt and response are written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptText {
+    /// The Alpaca template ("Below is an instruction…### Response:") and " " + output.
+    Alpaca,
+    /// A chat template: the instruction (and input) as the user's turn, rendered with the
+    /// assistant's turn opened; the response is the output (the end-of-turn id follows it).
+    Chat(chat::ChatTemplate),
+}
+
+impl PromptText {
+    /// (prompt, response) of `record`.
+    ///
+    /// # Errors
+    /// When the chat template fails to render.
+    pub fn texts(&self, record: &Record) -> Result<(String, String), TokenizerError> {
+        match self {
+            PromptText::Alpaca => Ok((record.prompt(), record.response())),
+            PromptText::Chat(template) => {
+                let user = if record.input.is_empty() {
+                    record.instruction.clone()
+                } else {
+                    format!("{}\n\n{}", record.instruction, record.input)
+                };
+                let msg = chat::Message {
+                    role: chat::Role::User,
+                    content: &user,
+                };
+                Ok((template.render(&[msg], true)?, record.output.clone()))
+            }
+        }
+    }
+}
+
 /// One tokenised record: prompt followed by response and EOS.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenizedExample {
@@ -119,6 +153,24 @@ impl TextTokenizer {
         Self::from_tokenizer(Tokenizer::from_file(path).map_err(tk)?)
     }
 
+    /// A `tokenizer.json` whose end-of-sequence id is `eos_id` (a model's `eos_token_id`), or
+    /// `<|endoftext|>` when None.
+    ///
+    /// # Errors
+    /// When the file cannot be read, or the id is not in its vocabulary.
+    pub fn from_file_with_eos(path: &Path, eos_id: Option<u32>) -> Result<Self, TokenizerError> {
+        let inner = Tokenizer::from_file(path)
+            .map_err(|e| TokenizerError::Tokenizers(format!("{}: {e}", path.display())))?;
+        match eos_id {
+            Some(id) if inner.id_to_token(id).is_some() => Ok(Self { inner, eos_id: id }),
+            Some(_) => Err(TokenizerError::Metadata {
+                key: "eos_token_id",
+                problem: "is not in the tokenizer's vocabulary",
+            }),
+            None => Self::from_tokenizer(inner),
+        }
+    }
+
     fn from_tokenizer(inner: Tokenizer) -> Result<Self, TokenizerError> {
         let eos_id = inner
             .token_to_id(EOS)
@@ -179,8 +231,22 @@ impl TextTokenizer {
         record: &Record,
         max_seq_len: usize,
     ) -> Result<(TokenizedExample, bool), TokenizerError> {
-        let prompt = self.encode(&record.prompt())?;
-        let mut response = self.encode(&record.response())?;
+        self.example_as(record, max_seq_len, &PromptText::Alpaca)
+    }
+
+    /// As [`TextTokenizer::example`], with the prompt written as `format` says.
+    ///
+    /// # Errors
+    /// On a tokenizer or template failure.
+    pub fn example_as(
+        &self,
+        record: &Record,
+        max_seq_len: usize,
+        format: &PromptText,
+    ) -> Result<(TokenizedExample, bool), TokenizerError> {
+        let (prompt, response) = format.texts(record)?;
+        let prompt = self.encode(&prompt)?;
+        let mut response = self.encode(&response)?;
         response.push(self.eos_id);
         let fits = prompt.len() + response.len() <= max_seq_len;
         let keep_response = response

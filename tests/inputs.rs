@@ -6,12 +6,12 @@ use fedsim::ScenarioError;
 
 use crate::util::{scenario, SMALL};
 
-/// SMALL with its `model.preset` replaced by `preset`.
+/// SMALL with its `model.source` replaced by `preset`.
 fn with_model(preset: &str) -> String {
-    let start = SMALL.find("model: (preset: Custom((").unwrap();
+    let start = SMALL.find("model: (source: Custom((").unwrap();
     let end = start + SMALL[start..].find(")))").unwrap() + 3;
     format!(
-        "{}model: (preset: {preset}){}",
+        "{}model: (source: {preset}){}",
         &SMALL[..start],
         &SMALL[end..]
     )
@@ -46,7 +46,7 @@ const DP_SOME: &str = "slots: (count: 1),\n    dp: Some((mechanism: ";
 
 unknown_field! {
     unknown_field_at_top_level: "rounds: 4," => "rounds: 4, typo: 1,";
-    unknown_field_in_model: "model: (preset:" => "model: (typo: 1, preset:";
+    unknown_field_in_model: "model: (source:" => "model: (typo: 1, source:";
     unknown_field_in_custom_model: "tie_word_embeddings: false," => "tie_word_embeddings: false, typo: 1,";
     unknown_field_in_lora: "lora: (r: 4," => "lora: (typo: 1, r: 4,";
     unknown_field_in_data: "eval_fraction: 0.15," => "eval_fraction: 0.15, typo: 1,";
@@ -153,28 +153,28 @@ fn field_error(set: &[&str]) -> (String, String) {
 
 #[test]
 fn validate_refuses_what_the_machine_cannot_hold() {
-    let (field, msg) = field_error(&["model.preset.Custom.max_position_embeddings=1000000000000"]);
+    let (field, msg) = field_error(&["model.source.Custom.max_position_embeddings=1000000000000"]);
     assert_eq!(
-        field, "model.preset.Custom.max_position_embeddings",
+        field, "model.source.Custom.max_position_embeddings",
         "{msg}"
     );
     assert!(msg.contains("at most"), "{msg}");
     let (field, msg) = field_error(&[
-        "model.preset.Custom.hidden_size=65536",
-        "model.preset.Custom.intermediate_size=262144",
-        "model.preset.Custom.num_hidden_layers=1000",
+        "model.source.Custom.hidden_size=65536",
+        "model.source.Custom.intermediate_size=262144",
+        "model.source.Custom.num_hidden_layers=1000",
     ]);
-    assert_eq!(field, "model.preset", "{msg}");
+    assert_eq!(field, "model.source", "{msg}");
     assert!(msg.contains("GiB") || msg.contains("TiB"), "{msg}");
     assert!(msg.contains("available"), "{msg}");
     let (field, msg) = field_error(&[
         "train.batch_size=4096",
         "data.max_seq_len=256",
-        "model.preset.Custom.vocab_size=4000000",
-        "model.preset.Custom.hidden_size=64",
+        "model.source.Custom.vocab_size=4000000",
+        "model.source.Custom.hidden_size=64",
     ]);
     assert!(
-        field.starts_with("train.batch_size") || field == "model.preset",
+        field.starts_with("train.batch_size") || field == "model.source",
         "{field}: {msg}"
     );
 }
@@ -222,7 +222,7 @@ fn check_data_finds_a_vocabulary_the_corpus_cannot_yield() {
     let s = scenario(&text, &[]).unwrap();
     match s.check_data() {
         Err(ScenarioError::Invalid { field, message, .. }) => {
-            assert_eq!(field, "model.preset.Tiny.vocab_size");
+            assert_eq!(field, "model.source.Tiny.vocab_size");
             assert!(message.contains("yields only"), "{message}");
         }
         other => panic!("expected a vocabulary error, got {other:?}"),

@@ -135,7 +135,7 @@ fn scenario_text() -> impl Strategy<Value = String> {
     (core, system, trainer).prop_map(
         |((rounds, model, lora, data, partition, clients, train, slots, dp), system, trainer)| {
             format!(
-                "(name: \"prop\", seed: 5, rounds: {rounds}, model: (preset: {model}), \
+                "(name: \"prop\", seed: 5, rounds: {rounds}, model: (source: {model}), \
                  lora: {lora}, data: {data}, partition: {partition}, {clients}, train: {train}, \
                  slots: (count: {slots}), dp: {dp}, system: {system}, trainer: {trainer})"
             )

@@ -9,7 +9,7 @@ pub const SMALL: &str = r#"(
     name: "small",
     seed: 7,
     rounds: 4,
-    model: (preset: Custom((
+    model: (source: Custom((
         hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2,
         num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 400,
         rms_norm_eps: 1e-5, rope_theta: 10000.0, max_position_embeddings: 256,

@@ -146,33 +146,56 @@ fn default_partition() -> Partition {
     Partition::Iid
 }
 
-/// The base model (`model: (preset: Tiny(vocab_size: 1024))`).
+/// The base model (`model: (source: Tiny(vocab_size: 1024))`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// Which model.
-    pub preset: ModelPreset,
+    /// Which model (`preset` is accepted as the old name of this field).
+    #[serde(alias = "preset")]
+    pub source: ModelSource,
+    /// How a record becomes a training prompt.
+    #[serde(default)]
+    pub prompt: PromptFormat,
 }
 
 impl Default for ModelSection {
     fn default() -> Self {
         Self {
-            preset: ModelPreset::Tiny { vocab_size: 1024 },
+            source: ModelSource::Tiny { vocab_size: 1024 },
+            prompt: PromptFormat::Auto,
         }
     }
 }
 
-/// Built-in models (random weights from the scenario seed).
+/// Where the base model comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub enum ModelPreset {
-    /// Hidden 128, 4 layers, 4 heads (2 KV), a BPE vocabulary trained on the corpus.
+pub enum ModelSource {
+    /// Generated: hidden 128, 4 layers, 4 heads (2 KV), random weights from the scenario seed,
+    /// a BPE vocabulary trained on the corpus.
     Tiny {
         /// Tokens in the trained vocabulary (and rows of the embedding).
         vocab_size: usize,
     },
-    /// Any Llama shape, with Hugging Face `config.json` field names.
+    /// Generated: any Llama shape (Hugging Face `config.json` field names), random weights.
     Custom(LlamaConfig),
+    /// A pretrained model: a GGUF file, or a known name fetched with `sim fetch-model`
+    /// (`Pretrained("smollm2-135m-instruct")`).
+    Pretrained(String),
+    /// A Hugging Face model directory: `config.json`, `*.safetensors`, `tokenizer.json`.
+    HuggingFace(String),
+}
+
+/// How a record (instruction, input, output) becomes the text a model trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PromptFormat {
+    /// The model's chat template when it has one (instruct models), else Alpaca.
+    #[default]
+    Auto,
+    /// The Alpaca / MedAlpaca template ("Below is an instruction…").
+    Alpaca,
+    /// The model's chat template (ChatML when it ships none): user turn, assistant answer.
+    Chat,
 }
 
 /// LoRA hyper-parameters.

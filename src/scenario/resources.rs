@@ -38,7 +38,7 @@ impl MemoryEstimate {
     /// The largest part: (the field that drives it, what it is).
     pub fn driver(&self) -> (&'static str, &'static str) {
         let parts = [
-            (self.model, "model.preset", "the frozen base weights"),
+            (self.model, "model.source", "the frozen base weights"),
             (
                 self.training,
                 "train.batch_size",

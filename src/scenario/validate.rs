@@ -1,8 +1,9 @@
 //! Semantic checks: each failure names the field, the allowed range and the fix.
 
+use crate::model::pretrained::Pretrained;
 use std::path::Path;
 
-use super::file::{ModelPreset, ScenarioFile, SlotDevice};
+use super::file::{ModelSource, ScenarioFile, SlotDevice};
 use super::{resources, Sampling, Scenario, ScenarioError};
 use crate::data::{DataPlan, DataSource, Partition};
 use crate::fmt::compact;
@@ -151,20 +152,31 @@ fn check_identity(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioErro
 }
 
 fn check_model(c: &Check<'_>, file: &ScenarioFile) -> Result<(LlamaConfig, String), ScenarioError> {
-    let (model, model_name) = match &file.model.preset {
-        ModelPreset::Tiny { vocab_size } => {
+    let (model, model_name) = match &file.model.source {
+        ModelSource::Tiny { vocab_size } => {
             c.ensure(
                 (300..=65_536).contains(vocab_size),
-                "model.preset.Tiny.vocab_size",
+                "model.source.Tiny.vocab_size",
                 format!(
                     "is {vocab_size}; it must be 300..=65536 (256 byte tokens + specials + merges)"
                 ),
             )?;
             (LlamaConfig::tiny(*vocab_size), "fedsim/tiny".to_string())
         }
-        ModelPreset::Custom(cfg) => {
+        ModelSource::Custom(cfg) => {
             model::check_llama(c, cfg)?;
             (cfg.clone(), "fedsim/custom".to_string())
+        }
+        ModelSource::Pretrained(spec) => {
+            // The header alone: shapes for the LoRA checks, no weights read.
+            let p = Pretrained::open_gguf(spec)
+                .map_err(|e| c.fail("model.source.Pretrained", crate::fmt::chain(&e)))?;
+            (p.config().clone(), spec.clone())
+        }
+        ModelSource::HuggingFace(dir) => {
+            let p = Pretrained::open_hf(Path::new(dir))
+                .map_err(|e| c.fail("model.source.HuggingFace", crate::fmt::chain(&e)))?;
+            (p.config().clone(), dir.clone())
         }
     };
 

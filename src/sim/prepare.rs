@@ -9,10 +9,14 @@ use serde::Serialize;
 
 use super::SimError;
 use crate::data::{FederatedData, Record, StageFn};
+use crate::model::pretrained::Pretrained;
 use crate::model::BaseModel;
 use crate::report::RunDir;
 use crate::rng::{derive, purpose};
+use crate::scenario::file::{ModelSource, PromptFormat};
 use crate::scenario::Scenario;
+use crate::tokenizer::chat::ChatTemplate;
+use crate::tokenizer::PromptText;
 use crate::tokenizer::{TextTokenizer, TokenizedExample, TokenizerError};
 use crate::trainer::TrainerKind;
 
@@ -42,6 +46,39 @@ pub struct LoraData {
     pub truncated: usize,
     /// The frozen base (one copy, shared by every slot).
     pub model: Arc<BaseModel>,
+    /// Where a pretrained base came from (None: generated from the seed).
+    pub source: Option<ModelRecord>,
+}
+
+/// A pretrained base as the run directory records it (`model.json`), instead of a copy.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelRecord {
+    /// As the scenario names it.
+    pub source: String,
+    /// The file or directory read.
+    pub path: std::path::PathBuf,
+    /// SHA-256 of its weights.
+    pub sha256: String,
+}
+
+/// The base model a scenario asks for.
+enum Base {
+    /// Random weights from the seed, tokenizer trained on the corpus.
+    Generated,
+    /// Read from files.
+    Pretrained(Pretrained),
+}
+
+impl Base {
+    fn open(s: &Scenario) -> Result<Self, SimError> {
+        Ok(match &s.file.model.source {
+            ModelSource::Tiny { .. } | ModelSource::Custom(_) => Base::Generated,
+            ModelSource::Pretrained(spec) => Base::Pretrained(Pretrained::open_gguf(spec)?),
+            ModelSource::HuggingFace(dir) => {
+                Base::Pretrained(Pretrained::open_hf(std::path::Path::new(dir))?)
+            }
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -74,9 +111,27 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
         });
     }
     let data = s.data.prepare_with(progress)?;
-    progress("training the tokenizer", 0, 1);
-    let tokenizer = TextTokenizer::train(&data.train, s.model.vocab_size)?;
-    progress("training the tokenizer", 1, 1);
+    let base = Base::open(s)?;
+    let tokenizer = match &base {
+        Base::Generated => {
+            progress("training the tokenizer", 0, 1);
+            let t = TextTokenizer::train(&data.train, s.model.vocab_size)?;
+            progress("training the tokenizer", 1, 1);
+            t
+        }
+        Base::Pretrained(p) => p.tokenizer()?,
+    };
+    let format = match (s.file.model.prompt, &base) {
+        (PromptFormat::Alpaca, _) | (PromptFormat::Auto, Base::Generated) => PromptText::Alpaca,
+        (PromptFormat::Chat, Base::Generated) => PromptText::Chat(ChatTemplate::default()),
+        (PromptFormat::Auto, Base::Pretrained(p)) => match p.chat_template() {
+            Some(t) => PromptText::Chat(t),
+            None => PromptText::Alpaca,
+        },
+        (PromptFormat::Chat, Base::Pretrained(p)) => {
+            PromptText::Chat(p.chat_template().unwrap_or_default())
+        }
+    };
     let mut truncated = 0;
     let total = data.train.len() + data.eval.len();
     let mut done = 0;
@@ -89,7 +144,7 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
                     progress("tokenising", done, total);
                 }
                 done += 1;
-                let (e, cut) = tokenizer.example(r, s.max_seq_len)?;
+                let (e, cut) = tokenizer.example_as(r, s.max_seq_len, &format)?;
                 truncated += usize::from(cut);
                 Ok(e)
             })
@@ -103,11 +158,24 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
         .iter()
         .map(|sh| sh.iter().map(|&i| i as u32).collect())
         .collect();
-    let model = BaseModel::random(
-        &s.model,
-        derive(s.seed, &[purpose::MODEL]),
-        &candle_core::Device::Cpu,
-    )?;
+    let (model, source) = match &base {
+        Base::Generated => {
+            let seed = derive(s.seed, &[purpose::MODEL]);
+            let model = BaseModel::random(&s.model, seed, &candle_core::Device::Cpu)?;
+            (model, None)
+        }
+        Base::Pretrained(p) => {
+            progress("reading the pretrained weights", 0, 1);
+            let model = p.load(&candle_core::Device::Cpu)?;
+            progress("reading the pretrained weights", 1, 1);
+            let source = ModelRecord {
+                source: s.model_name.clone(),
+                path: p.path().to_path_buf(),
+                sha256: p.sha256()?,
+            };
+            (model, Some(source))
+        }
+    };
     Ok(Prepared {
         shards,
         train_examples: train.len(),
@@ -119,6 +187,7 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
             eval: Arc::new(eval),
             truncated,
             model: Arc::new(model),
+            source,
         }),
     })
 }
@@ -146,9 +215,15 @@ impl Prepared {
             return Ok(());
         };
         l.tokenizer.save(&dir.path().join("tokenizer.json"))?;
-        let base_dir = dir.path().join("base_model");
-        l.model.save_hf(&base_dir, l.tokenizer.eos_id())?;
-        l.tokenizer.save(&base_dir.join("tokenizer.json"))?;
+        match &l.source {
+            // A pretrained base is named, not copied (hundreds of MB per run).
+            Some(source) => dir.write_json("model.json", source)?,
+            None => {
+                let base_dir = dir.path().join("base_model");
+                l.model.save_hf(&base_dir, l.tokenizer.eos_id())?;
+                l.tokenizer.save(&base_dir.join("tokenizer.json"))?;
+            }
+        }
         dir.write_json("canaries.json", &l.data.canaries)?;
         let partitions: Vec<ClientPartition> = l
             .data

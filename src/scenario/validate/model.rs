@@ -6,7 +6,7 @@ use crate::scenario::file::ScenarioFile;
 use crate::scenario::ScenarioError;
 
 pub(super) fn check_llama(c: &Check<'_>, cfg: &LlamaConfig) -> Result<(), ScenarioError> {
-    let f = "model.preset.Custom";
+    let f = "model.source.Custom";
     for (name, v) in [
         ("hidden_size", cfg.hidden_size),
         ("intermediate_size", cfg.intermediate_size),
