@@ -190,3 +190,137 @@ fn greedy_generation_with_the_kv_cache_matches_transformers() {
             .ids
     );
 }
+
+/// A short federated run on the real model: 2 rounds × 2 clients × 2 steps on MedAlpaca.
+fn smollm2_scenario(gguf: &std::path::Path, data: &std::path::Path) -> String {
+    format!(
+        r#"(
+    name: "smollm2_short", seed: 42, rounds: 2,
+    model: (source: Pretrained("{}")),
+    lora: (r: 8, alpha: 16.0, dropout: 0.0, target_modules: ["q_proj", "v_proj"]),
+    data: (source: Alpaca(path: "{}", limit: Some(60)), eval_fraction: 0.2, max_seq_len: 128,
+           canaries: 0, canary_repeats: 1),
+    partition: Iid,
+    clients: (count: 2),
+    strategy: (kind: FedAvg, fraction_fit: 1.0, min_fit_clients: 2, min_available_clients: 2),
+    train: (local_steps: Some(2), batch_size: 4, lr_max: 1e-3, lr_min: 1e-3, weight_decay: 0.0),
+    slots: (count: 1, threads_per_slot: Some(2)),
+)"#,
+        gguf.display(),
+        data.display()
+    )
+}
+
+#[test]
+fn a_federated_run_on_smollm2_lowers_held_out_loss_and_its_adapter_generates() {
+    let Some(data) = shared("data/medalpaca/medical_meadow_small.json") else {
+        return;
+    };
+    let gguf = gguf_path();
+    let s = crate::util::scenario(&smollm2_scenario(&gguf, &data), &[]).unwrap();
+    assert_eq!(s.model, fedsim::model::LlamaConfig::smollm2_135m());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let report = crate::util::run(&s, &out);
+    let sum = &report.summary;
+    assert_eq!(sum.rounds_completed, 2);
+    assert!(
+        sum.final_eval_loss < sum.pretrained_eval_loss,
+        "held-out loss {} -> {}",
+        sum.pretrained_eval_loss,
+        sum.final_eval_loss
+    );
+    // The base is named with its checksum, not copied.
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap()).unwrap();
+    assert_eq!(
+        record["sha256"],
+        fetch::known("smollm2-135m-instruct").unwrap().sha256
+    );
+    assert!(!out.join("base_model").exists());
+    // Its adapter loads back (PEFT format) and generates, merged into the base.
+    let (ok, stdout, stderr) = crate::util::sim(&[
+        "generate",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--adapter",
+        out.to_str().unwrap(),
+        "--max-tokens",
+        "16",
+        "What is the capital of France?",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(stderr.contains("tokens/s"), "{stderr}");
+}
+
+#[test]
+fn validate_checks_lora_against_the_real_shapes_from_the_header() {
+    let gguf = gguf_path();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("alpaca.json");
+    let records: Vec<serde_json::Value> = (0..10)
+        .map(|i| serde_json::json!({"instruction": format!("q{i}"), "input": "", "output": "a"}))
+        .collect();
+    std::fs::write(&data, serde_json::to_string(&records).unwrap()).unwrap();
+    let text = smollm2_scenario(&gguf, &data);
+    crate::util::scenario(&text, &[]).expect("valid as written");
+    // max_seq_len beyond the model's context of 8192.
+    let err = crate::util::scenario(&text, &["data.max_seq_len=9000"]).unwrap_err();
+    assert!(fedsim::fmt::chain(&err).contains("max_seq_len"), "{err}");
+    // A missing file names the field and the fix.
+    let err =
+        crate::util::scenario(&text, &["model.source=Pretrained(\"/no/such.gguf\")"]).unwrap_err();
+    let m = fedsim::fmt::chain(&err);
+    assert!(
+        m.contains("model.source.Pretrained") && m.contains("neither a file"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_hugging_face_directory_loads_as_the_same_model() {
+    use fedsim::model::pretrained::Pretrained;
+    let cfg = fedsim::model::LlamaConfig {
+        num_hidden_layers: 2,
+        ..fedsim::model::LlamaConfig::tiny(300)
+    };
+    let model = BaseModel::random(&cfg, 7, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    model.save_hf(dir.path(), 0).unwrap();
+    let p = Pretrained::open_hf(dir.path()).unwrap();
+    assert_eq!(p.config(), &cfg);
+    let loaded = p.load(&Device::Cpu).unwrap();
+    let ids = Tensor::from_vec((0..12u32).collect::<Vec<_>>(), (1, 12), &Device::Cpu).unwrap();
+    let mask: Vec<f32> = (0..144)
+        .map(|k| if k % 12 <= k / 12 { 0.0 } else { -1e9 })
+        .collect();
+    let mask = Tensor::from_vec(mask, (1, 1, 12, 12), &Device::Cpu).unwrap();
+    let a: Vec<f32> = model
+        .forward(&ids, &mask, None)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f32> = loaded
+        .forward(&ids, &mask, None)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(a, b);
+    // Another architecture is refused by name.
+    let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        text.replace("\"llama\"", "\"mistral\""),
+    )
+    .unwrap();
+    let err = Pretrained::open_hf(dir.path()).err().unwrap();
+    assert!(
+        fedsim::fmt::chain(&err).contains("\"mistral\" is not supported"),
+        "{err}"
+    );
+}
