@@ -324,3 +324,53 @@ fn a_hugging_face_directory_loads_as_the_same_model() {
         "{err}"
     );
 }
+
+#[test]
+fn peft_adapter_matches_transformers_and_peft() {
+    use fedsim::model::{peft, reference, LoraVars};
+    let text = std::fs::read_to_string(
+        crate::util::root().join("tests/reference/smollm2_peft_reference.json"),
+    )
+    .unwrap();
+    let theirs: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cfg = model().config().clone();
+    // Through the PEFT directory format, as PEFT itself read it.
+    let (lora, adapter) = reference::smollm2_adapter(&cfg);
+    let dir = tempfile::tempdir().unwrap();
+    adapter.save_peft(dir.path(), &lora, "smollm2").unwrap();
+    let (loaded, lora_back) = peft::load_peft(dir.path(), &cfg).unwrap();
+    assert_eq!((loaded.data(), &lora_back), (adapter.data(), &lora));
+    let vars = LoraVars::from_adapter(&loaded, &lora, &Device::Cpu).unwrap();
+    let merged = model().merged(&vars).unwrap();
+    let cases = reference()["cases"].as_array().unwrap().clone();
+    for (case, want) in cases.iter().zip(theirs["cases"].as_array().unwrap()) {
+        let input = ids(&case["input_ids"]);
+        let s = input.len();
+        let input_ids = Tensor::from_vec(input, (1, s), &Device::Cpu).unwrap();
+        let mask: Vec<f32> = (0..s * s)
+            .map(|k| if k % s <= k / s { 0.0 } else { -1e9 })
+            .collect();
+        let mask = Tensor::from_vec(mask, (1, 1, s, s), &Device::Cpu).unwrap();
+        for (how, logits) in [
+            (
+                "adapter",
+                model().forward(&input_ids, &mask, Some(&vars)).unwrap(),
+            ),
+            ("merged", merged.forward(&input_ids, &mask, None).unwrap()),
+        ] {
+            for pos in want["positions"].as_array().unwrap() {
+                let p = pos["position"].as_u64().unwrap() as usize;
+                let row: Vec<f32> = logits.get(0).unwrap().get(p).unwrap().to_vec1().unwrap();
+                let want_ids = ids(&pos["top10_ids"]);
+                for (id, w) in want_ids.iter().zip(pos["top10_logits"].as_array().unwrap()) {
+                    let (got, w) = (row[*id as usize] as f64, w.as_f64().unwrap());
+                    assert!(
+                        (got - w).abs() <= 1e-3,
+                        "{how} {} @ {p}: {id}: {got} vs {w}",
+                        case["name"]
+                    );
+                }
+            }
+        }
+    }
+}
