@@ -14,6 +14,8 @@ use fedsim::train::make_batch;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// Loss on every next-token position (as `../shared/bench/torch_lora.py` with labels = input
+/// ids), LoRA dropout 0 as there.
 fn bench_config(c: &mut Criterion, name: &str, cfg: LlamaConfig, samples: usize, threads: usize) {
     // candle sizes matmul parallelism from this variable on every call (see src/slots.rs).
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
@@ -23,7 +25,7 @@ fn bench_config(c: &mut Criterion, name: &str, cfg: LlamaConfig, samples: usize,
     let lora = LoraConfig {
         r: 8,
         alpha: 16.0,
-        dropout: 0.05,
+        dropout: 0.0,
         target_modules: vec![TargetModule::QProj, TargetModule::VProj],
     };
     let mut rng = ChaCha8Rng::seed_from_u64(2);
@@ -43,7 +45,7 @@ fn bench_config(c: &mut Criterion, name: &str, cfg: LlamaConfig, samples: usize,
             ids: (0..seq)
                 .map(|_| rng.random_range(0..cfg.vocab_size as u32))
                 .collect(),
-            prompt_len: seq / 2,
+            prompt_len: 0,
         })
         .collect();
     let refs: Vec<&TokenizedExample> = examples.iter().collect();
@@ -65,6 +67,8 @@ fn bench_config(c: &mut Criterion, name: &str, cfg: LlamaConfig, samples: usize,
 }
 
 fn train_step(c: &mut Criterion) {
+    // As `sim` does in main.
+    fedsim::host::tune_allocator_for_training();
     for threads in [1, 2] {
         bench_config(c, "tiny_b4x128", LlamaConfig::tiny(1024), 20, threads);
     }

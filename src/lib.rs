@@ -11,9 +11,11 @@
 //!   validated [`Scenario`].
 //! - [`data`]: synthetic private records with planted canaries, Alpaca/MedAlpaca JSON, held-out
 //!   split, IID / Dirichlet / size-skew partitioners.
-//! - [`tokenizer`]: byte-level BPE trained on the corpus (the `tiny` model's tokenizer).
-//! - [`model`]: our Llama forward (all positions, differentiable), LoRA, flat adapters in
-//!   PEFT's format.
+//! - [`tokenizer`]: byte-level BPE trained on the corpus (the `tiny` model's tokenizer), a
+//!   pretrained model's tokenizer from GGUF metadata, chat templates.
+//! - [`model`]: our Llama forward (all positions, differentiable, fused CPU ops with their own
+//!   backward), LoRA, flat adapters in PEFT's format, GGUF and Hugging Face loading, the model
+//!   cache (`sim fetch-model`), KV-cache generation.
 //! - [`trainer`]: which local trainer a slot runs: LoRA, or seeded synthetic updates.
 //! - [`train`]: local SFT (response-only loss, AdamW, cosine LR per round) and evaluation.
 //! - [`slots`]: OS threads owning a device and a rayon pool; jobs over crossbeam channels.
@@ -32,6 +34,7 @@
 //! - [`telemetry`]: Prometheus metric names, buckets and the per-run recorder.
 //! - [`rng`]: seed derivation, so results never depend on slot count or timing.
 //! - [`fmt`]: compact numbers and error chains for messages.
+//! - [`host`]: process-wide allocator settings that `main` applies for training.
 
 pub mod actors;
 pub mod clock;
@@ -40,6 +43,7 @@ pub mod data;
 pub mod devices;
 pub mod faults;
 pub mod fmt;
+pub mod host;
 pub mod messages;
 pub mod model;
 pub mod network;

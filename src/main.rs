@@ -54,6 +54,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    fedsim::host::tune_allocator_for_training();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)

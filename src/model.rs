@@ -7,6 +7,8 @@
 pub mod adapter;
 pub mod config;
 pub mod fetch;
+mod frozen;
+mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod llama;

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::llama::{rms_norm, rope, silu};
+use super::llama::{rms_norm, rope, swiglu};
 use super::{BaseModel, ModelError, TargetModule};
 
 /// How the next token is chosen.
@@ -151,7 +151,10 @@ fn step(model: &BaseModel, cache: &mut KvCache, tokens: &[u32]) -> Result<Tensor
         )?;
         x = (x + proj(TargetModule::OProj, &attn)?)?;
         let h = rms_norm(&x, &block.post_attention_layernorm, cfg.rms_norm_eps)?;
-        let act = (silu(&proj(TargetModule::GateProj, &h)?)? * proj(TargetModule::UpProj, &h)?)?;
+        let act = swiglu(
+            &proj(TargetModule::GateProj, &h)?,
+            &proj(TargetModule::UpProj, &h)?,
+        )?;
         x = (x + proj(TargetModule::DownProj, &act)?)?;
     }
     cache.len += n;

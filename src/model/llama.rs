@@ -9,6 +9,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
+use super::frozen::{FrozenLinear, HeadNll};
+use super::fused::{RmsNorm, Rope, Softmax, SwiGlu};
 use super::lora::DropoutRng;
 use super::{LlamaConfig, LoraVars, ModelError, TargetModule};
 
@@ -313,6 +315,9 @@ impl BaseModel {
         let cfg = &self.cfg;
         let cos = self.cos.narrow(0, 0, s)?;
         let sin = self.sin.narrow(0, 0, s)?;
+        // (b, 1, s, s) → (b, 1, rep·s, s) for grouped query heads.
+        let rep = cfg.num_attention_heads / cfg.num_key_value_heads;
+        let mask = &mask.repeat((1, 1, rep, 1))?;
         let mut x = self
             .embed_tokens
             .index_select(&input_ids.flatten_all()?, 0)?;
@@ -330,7 +335,7 @@ impl BaseModel {
             let h = rms_norm(&x, &block.post_attention_layernorm, cfg.rms_norm_eps)?;
             let gate = lin(TargetModule::GateProj, &h)?;
             let up = lin(TargetModule::UpProj, &h)?;
-            let act = (silu(&gate)? * up)?;
+            let act = swiglu(&gate, &up)?;
             let down = lin(TargetModule::DownProj, &act)?;
             x = (x + down)?;
         }
@@ -343,7 +348,7 @@ impl BaseModel {
     /// Fails on a candle error.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        Ok(hidden.matmul(&head.t()?)?)
+        Ok(frozen_matmul(hidden, head)?)
     }
 
     /// Logits for every position: (batch, seq, vocab).
@@ -376,13 +381,17 @@ impl BaseModel {
     ) -> Result<(Tensor, usize), ModelError> {
         let hidden = self.hidden_states(&batch.input_ids, &batch.mask, lora, dropout)?;
         let picked = hidden.index_select(&batch.positions, 0)?;
-        let logits = self.logits(&picked)?;
-        let logp = log_softmax(&logits)?;
-        let nll = logp
-            .gather(&batch.targets.unsqueeze(1)?, 1)?
-            .neg()?
-            .sum_all()?;
-        Ok((nll, batch.targets.dims1()?))
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let nll = if picked.device().is_cpu() {
+            // Logits in chunks of rows, no gradient for the frozen head.
+            picked.apply_op1(HeadNll::new(head, &batch.targets))?
+        } else {
+            let logp = log_softmax(&self.logits(&picked)?)?;
+            logp.gather(&batch.targets.unsqueeze(1)?, 1)?
+                .neg()?
+                .squeeze(1)?
+        };
+        Ok((nll.sum_all()?, batch.targets.dims1()?))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -406,24 +415,20 @@ impl BaseModel {
         let heads = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
             t.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous()
         };
-        let q = rope(&heads(q, nh)?, cos, sin)?;
+        // Query heads sharing a KV head are stacked as rows, (b, nkv, rep·s, hd): no copy of K
+        // and V per query head (the mask is repeated to match, see `hidden_states`).
+        let rep = nh / nkv;
+        let q = (rope(&heads(q, nh)?, cos, sin)? * (1.0 / (hd as f64).sqrt()))?.reshape((
+            b,
+            nkv,
+            rep * s,
+            hd,
+        ))?;
         let k = rope(&heads(k, nkv)?, cos, sin)?;
         let v = heads(v, nkv)?;
-        let (k, v) = if nh == nkv {
-            (k, v)
-        } else {
-            let rep = nh / nkv;
-            let expand = |t: &Tensor| -> candle_core::Result<Tensor> {
-                t.unsqueeze(2)?
-                    .broadcast_as((b, nkv, rep, s, hd))?
-                    .contiguous()?
-                    .reshape((b, nh, s, hd))
-            };
-            (expand(&k)?, expand(&v)?)
-        };
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let scores = q.matmul(&k.t()?.contiguous()?)?;
         let probs = softmax(&scores.broadcast_add(mask)?)?;
-        let out = probs.matmul(&v)?;
+        let out = probs.matmul(&v)?.reshape((b, nh, s, hd))?;
         Ok(out
             .transpose(1, 2)?
             .contiguous()?
@@ -439,7 +444,7 @@ impl BaseModel {
         dropout: Option<&mut DropoutRng>,
     ) -> candle_core::Result<Tensor> {
         let w = &self.blocks[layer].proj[module.index()];
-        let y = x.matmul(&w.t()?)?;
+        let y = frozen_matmul(x, w)?;
         match lora.and_then(|l| l.get(layer, module).map(|ab| (l, ab))) {
             None => Ok(y),
             Some((l, (a, bm))) => {
@@ -457,8 +462,21 @@ impl BaseModel {
     }
 }
 
+/// `x · Wᵀ` for a frozen W: on the CPU through [`FrozenLinear`] (no gradient for W), else
+/// candle's matmul.
+pub(super) fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.rank() == 2 {
+        x.apply_op1(FrozenLinear::new(w))
+    } else {
+        x.matmul(&w.t()?)
+    }
+}
+
 /// RMSNorm over the last dimension, composed so it has a backward.
 pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, ModelError> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return Ok(x.contiguous()?.apply_op1(RmsNorm::new(w, eps))?);
+    }
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
     Ok(normed.broadcast_mul(w)?)
@@ -466,6 +484,9 @@ pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, Model
 
 /// Rotate-half RoPE (Hugging Face layout) on (b, heads, seq, head_dim).
 pub(super) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op1(Rope::new(cos, sin)?);
+    }
     let hd = x.dim(D::Minus1)?;
     let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
     let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
@@ -475,6 +496,9 @@ pub(super) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Resul
 
 /// Softmax over the last dimension with the max detached (it cancels in the gradient).
 fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op1(Softmax);
+    }
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
@@ -489,6 +513,14 @@ fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// SiLU, composed: x · σ(x).
+/// `silu(gate) · up` (fused on the CPU).
+pub(super) fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    if gate.device().is_cpu() && gate.dtype() == DType::F32 {
+        return gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu);
+    }
+    silu(gate)? * up
+}
+
 pub(super) fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
     x * (x.neg()?.exp()? + 1.0)?.recip()?
 }

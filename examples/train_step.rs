@@ -1,0 +1,74 @@
+//! One LoRA training step on the SmolLM2-135M shape, repeated: median step time and the
+//! process's peak RSS, for comparison with `../shared/bench/torch_lora.py` (batch 4 × 128,
+//! r = 8 on q/v, AdamW, loss on every next-token position, LoRA dropout 0, f32, 2 threads).
+//! The criterion bench `train_step` times the same step; this adds the memory figure.
+//!
+//! Run with: RAYON_NUM_THREADS=2 cargo run --release --example train_step [STEPS]
+
+use std::time::Instant;
+
+use candle_core::Device;
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use fedsim::model::{BaseModel, LlamaConfig, LoraConfig, LoraVars, TargetModule};
+use fedsim::tokenizer::TokenizedExample;
+use fedsim::train::make_batch;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    fedsim::host::tune_allocator_for_training();
+    let steps: usize = std::env::args().nth(1).map_or(Ok(10), |s| s.parse())?;
+    let cfg = LlamaConfig::smollm2_135m();
+    let device = Device::Cpu;
+    let model = BaseModel::random(&cfg, 1, &device)?;
+    let lora = LoraConfig {
+        r: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        target_modules: vec![TargetModule::QProj, TargetModule::VProj],
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let vars = LoraVars::from_adapter(&lora.init_adapter(&cfg, &mut rng), &lora, &device)?;
+    let params = ParamsAdamW {
+        lr: 2e-4,
+        ..Default::default()
+    };
+    let mut opt = AdamW::new(vars.vars().to_vec(), params)?;
+    let examples: Vec<TokenizedExample> = (0..4)
+        .map(|_| TokenizedExample {
+            ids: (0..128)
+                .map(|_| rng.random_range(0..cfg.vocab_size as u32))
+                .collect(),
+            prompt_len: 0,
+        })
+        .collect();
+    let refs: Vec<&TokenizedExample> = examples.iter().collect();
+    let input = make_batch(&refs, 0, &device)?;
+    let mut times = Vec::new();
+    for step in 0..steps + 2 {
+        let t = Instant::now();
+        let (nll, n) = model.loss_sum(&input, Some(&vars), None)?;
+        opt.backward_step(&(nll / n as f64)?)?;
+        if step >= 2 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "SmolLM2-135M shape, batch 4 x 128, 2 warm-up + {steps} steps: median {:.3} s, min {:.3} s, max {:.3} s; peak RSS {:.0} MiB",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1],
+        peak_rss_mib()
+    );
+    Ok(())
+}

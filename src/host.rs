@@ -1,0 +1,20 @@
+//! Process-wide settings for a training process, for the program's `main` to apply (the
+//! library never applies them itself).
+
+/// Keep freed heap memory in the process instead of returning it to the kernel at once.
+///
+/// A training step allocates and frees tensors of megabytes per op; with glibc's defaults the
+/// heap top is trimmed and large blocks are unmapped after each free, so the next op faults the
+/// pages in again and every unmap shoots down TLBs on the other cores. Measured on a SmolLM2
+/// step (batch 4 × 128, 2 threads): 2.1–2.2 s with the defaults, 1.86–1.87 s with these.
+/// A no-op outside glibc.
+pub fn tune_allocator_for_training() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before other threads
+    // start allocating, as glibc asks.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
