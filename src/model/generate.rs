@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::llama::{rms_norm, rope, swiglu};
+use super::ops::{rms_norm, rope, swiglu};
 use super::{BaseModel, ModelError, TargetModule};
 
 /// How the next token is chosen.

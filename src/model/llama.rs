@@ -4,14 +4,14 @@
 //! tied or untied LM head. Base weights are plain (frozen) tensors shared by every slot through
 //! an `Arc<BaseModel>`; LoRA A/B come in as [`LoraVars`] per call.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use super::frozen::{FrozenLinear, HeadNll};
-use super::fused::{RmsNorm, Rope, Softmax, SwiGlu};
+use super::frozen::HeadNll;
 use super::lora::DropoutRng;
+use super::ops::{frozen_matmul, log_softmax, rms_norm, rope, softmax, swiglu};
 use super::{LlamaConfig, LoraVars, ModelError, TargetModule};
 
 /// One decoder block's frozen weights.
@@ -460,67 +460,4 @@ impl BaseModel {
             }
         }
     }
-}
-
-/// `x · Wᵀ` for a frozen W: on the CPU through [`FrozenLinear`] (no gradient for W), else
-/// candle's matmul.
-pub(super) fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() && x.rank() == 2 {
-        x.apply_op1(FrozenLinear::new(w))
-    } else {
-        x.matmul(&w.t()?)
-    }
-}
-
-/// RMSNorm over the last dimension, composed so it has a backward.
-pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, ModelError> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
-        return Ok(x.contiguous()?.apply_op1(RmsNorm::new(w, eps))?);
-    }
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
-    Ok(normed.broadcast_mul(w)?)
-}
-
-/// Rotate-half RoPE (Hugging Face layout) on (b, heads, seq, head_dim).
-pub(super) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
-        return x.contiguous()?.apply_op1(Rope::new(cos, sin)?);
-    }
-    let hd = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
-    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
-}
-
-/// Softmax over the last dimension with the max detached (it cancels in the gradient).
-fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
-        return x.contiguous()?.apply_op1(Softmax);
-    }
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-}
-
-/// Log-softmax over the last dimension, composed.
-fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let shifted = x.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    shifted.broadcast_sub(&lse)
-}
-
-/// SiLU, composed: x · σ(x).
-/// `silu(gate) · up` (fused on the CPU).
-pub(super) fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
-    if gate.device().is_cpu() && gate.dtype() == DType::F32 {
-        return gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu);
-    }
-    silu(gate)? * up
-}
-
-pub(super) fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
-    x * (x.neg()?.exp()? + 1.0)?.recip()?
 }

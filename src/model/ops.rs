@@ -1,0 +1,73 @@
+//! The ops the forward is made of, each dispatched once: the fused CPU ops of [`super::fused`]
+//! and [`super::frozen`] (their own backward, no frozen-weight gradients), or candle's
+//! composed, differentiable forms on other devices (candle's fast `rms_norm`/`softmax`/`rope`
+//! have no backward).
+
+use candle_core::{DType, Tensor, D};
+
+use super::frozen::FrozenLinear;
+use super::fused::{RmsNorm, Rope, Softmax, SwiGlu};
+use super::ModelError;
+
+/// `x · Wᵀ` for a frozen W: on the CPU through [`FrozenLinear`] (no gradient for W), else
+/// candle's matmul.
+pub(super) fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.rank() == 2 {
+        x.apply_op1(FrozenLinear::new(w))
+    } else {
+        x.matmul(&w.t()?)
+    }
+}
+
+/// RMSNorm over the last dimension (fused on the CPU, composed elsewhere; both have a backward).
+pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, ModelError> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return Ok(x.contiguous()?.apply_op1(RmsNorm::new(w, eps))?);
+    }
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
+    Ok(normed.broadcast_mul(w)?)
+}
+
+/// Rotate-half RoPE (Hugging Face layout) on (b, heads, seq, head_dim).
+pub(super) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op1(Rope::new(cos, sin)?);
+    }
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+}
+
+/// Softmax over the last dimension with the max detached (it cancels in the gradient).
+pub(super) fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op1(Softmax);
+    }
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// Log-softmax over the last dimension, composed.
+pub(super) fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// `silu(gate) · up` (fused on the CPU).
+pub(super) fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    if gate.device().is_cpu() && gate.dtype() == DType::F32 {
+        return gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu);
+    }
+    silu(gate)? * up
+}
+
+/// SiLU, composed: x · σ(x).
+fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
+    x * (x.neg()?.exp()? + 1.0)?.recip()?
+}
