@@ -55,6 +55,13 @@ enum Command {
 
 fn main() -> ExitCode {
     fedsim::host::tune_allocator_for_training();
+    // candle sizes each matmul's parallelism from RAYON_NUM_THREADS and, when it is unset,
+    // re-reads /proc/cpuinfo on every call (a third of a generated token's time). Set once here,
+    // before any thread starts; a run's slots then set it to their threads per job.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", cores.to_string());
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)

@@ -152,13 +152,13 @@ fn corrupt_truncated_and_foreign_gguf_files_are_clear_errors() {
 
 #[test]
 fn greedy_generation_with_the_kv_cache_matches_transformers() {
-    use fedsim::model::generate::{generate, Sampling, Stop};
+    use fedsim::model::generate::{generate, Budget, Sampling, Stop};
     for case in reference()["cases"].as_array().unwrap() {
         let want = ids(&case["greedy_24_ids"]);
         let got = generate(
             model(),
             &ids(&case["input_ids"]),
-            24,
+            Budget::up_to(24),
             Sampling::Greedy,
             &[2],
         )
@@ -180,12 +180,27 @@ fn greedy_generation_with_the_kv_cache_matches_transformers() {
             top_p: Some(0.95),
             seed,
         };
-        generate(model(), &prompt, 12, s, &[2]).unwrap().ids
+        generate(model(), &prompt, Budget::up_to(12), s, &[2])
+            .unwrap()
+            .ids
     };
     assert_eq!(sample(7, Some(40)), sample(7, Some(40)));
+    // min_new ignores the end of sequence until then.
+    let long = generate(
+        model(),
+        &prompt,
+        Budget {
+            min_new: 20,
+            max_new: 20,
+        },
+        Sampling::Greedy,
+        &[2],
+    )
+    .unwrap();
+    assert_eq!((long.ids.len(), long.stop), (20, Stop::MaxTokens));
     assert_eq!(
         sample(7, Some(1)),
-        generate(model(), &prompt, 12, Sampling::Greedy, &[2])
+        generate(model(), &prompt, Budget::up_to(12), Sampling::Greedy, &[2])
             .unwrap()
             .ids
     );
@@ -372,5 +387,22 @@ fn peft_adapter_matches_transformers_and_peft() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn shipped_smollm2_scenarios_validate() {
+    gguf_path(); // fetched into the default cache, where the scenarios' known name resolves
+    if shared("data/medalpaca/medical_meadow_small.json").is_none() {
+        return;
+    }
+    for name in ["smollm2_medical.ron", "smollm2_centralized.ron"] {
+        let path = crate::util::root().join("scenarios").join(name);
+        let s = fedsim::Scenario::load(&path, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            s.model,
+            fedsim::model::LlamaConfig::smollm2_135m(),
+            "{name}"
+        );
     }
 }

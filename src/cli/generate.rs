@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use candle_core::Device;
-use fedsim::model::generate::{generate as run_generation, Sampling, Stop};
+use fedsim::model::generate::{generate as run_generation, Budget, Sampling, Stop};
 use fedsim::model::gguf::GgufHeader;
 use fedsim::model::{fetch, peft, LoraVars};
 use fedsim::tokenizer::chat::{ChatTemplate, Message, Role};
@@ -22,6 +22,10 @@ pub struct GenerateArgs {
     /// Most new tokens.
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
+    /// Do not stop at the end-of-sequence token before this many new tokens (for timing
+    /// against other tools' `min_new_tokens`).
+    #[arg(long, default_value_t = 0)]
+    pub min_tokens: usize,
     /// Sampling temperature; 0 decodes greedily.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
@@ -86,7 +90,16 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
         render(&template, a.system.as_deref(), &a.prompt)?
     };
     let ids = tokenizer.encode(&text)?;
-    let out = run_generation(&model, &ids, a.max_tokens, sampling, &[tokenizer.eos_id()])?;
+    let out = run_generation(
+        &model,
+        &ids,
+        Budget {
+            min_new: a.min_tokens,
+            max_new: a.max_tokens,
+        },
+        sampling,
+        &[tokenizer.eos_id()],
+    )?;
     println!("{}", tokenizer.decode(&out.ids)?.trim_end());
     let stop = match out.stop {
         Stop::EndOfSequence => "end of sequence",

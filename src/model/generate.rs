@@ -67,14 +67,33 @@ struct KvCache {
     len: usize,
 }
 
-/// Generate up to `max_new` tokens after `prompt`.
+/// How many tokens to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Stop ids are ignored before this many new tokens (Hugging Face's `min_new_tokens`).
+    pub min_new: usize,
+    /// At most this many new tokens.
+    pub max_new: usize,
+}
+
+impl Budget {
+    /// Up to `max_new` tokens, stopping at the first stop id.
+    pub fn up_to(max_new: usize) -> Self {
+        Self {
+            min_new: 0,
+            max_new,
+        }
+    }
+}
+
+/// Generate after `prompt` within `budget`.
 ///
 /// # Errors
 /// A candle error, or an empty prompt / one longer than the context.
 pub fn generate(
     model: &BaseModel,
     prompt: &[u32],
-    max_new: usize,
+    budget: Budget,
     sampling: Sampling,
     stop_ids: &[u32],
 ) -> Result<Generation, ModelError> {
@@ -101,10 +120,10 @@ pub fn generate(
     let stop = loop {
         let next = choose(&logits, sampling, rng.as_mut())?;
         ids.push(next);
-        if stop_ids.contains(&next) {
+        if ids.len() > budget.min_new && stop_ids.contains(&next) {
             break Stop::EndOfSequence;
         }
-        if ids.len() >= max_new {
+        if ids.len() >= budget.max_new {
             break Stop::MaxTokens;
         }
         if cache.len >= context {
