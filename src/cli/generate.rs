@@ -75,6 +75,7 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let sampling = sampling(&a)?;
     let path = fetch::resolve(&a.model)?;
     let header = GgufHeader::read(&path)?;
+    header.config()?; // the architecture first: the clearest error for a foreign file
     let tokenizer = TextTokenizer::from_gguf(&header)
         .with_context(|| format!("{}: tokenizer", path.display()))?;
     let mut model = header.load(&Device::Cpu)?;

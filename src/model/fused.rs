@@ -1,7 +1,7 @@
 //! Fused element-wise ops with hand-written backward passes, for the training forward: RMSNorm
 //! with a frozen weight, SwiGLU (`silu(gate) · up`) and softmax over the last dimension. Each
 //! replaces a chain of composed candle ops (one tensor allocated per op, forward and backward)
-//! by one pass; `tests/model.rs` checks values and gradients against the composed forms.
+//! by one pass; `tests/ops.rs` checks values and gradients against the composed forms.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -189,120 +189,6 @@ impl CustomOp1 for Softmax {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{Device, Var, D};
-
-    fn rand(shape: (usize, usize), seed: u64) -> Tensor {
-        let v: Vec<f32> = (0..shape.0 * shape.1)
-            .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 250.0) - 2.0)
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn close(a: &Tensor, b: &Tensor, what: &str) {
-        let (a, b) = (to_vec(a).unwrap(), to_vec(b).unwrap());
-        let worst = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-5, "{what}: max difference {worst}");
-    }
-
-    /// Values and input gradients of `fused` equal those of `composed`, under a random
-    /// weighting of the outputs (so every output's gradient matters).
-    fn check(fused: impl Fn(&Tensor) -> Tensor, composed: impl Fn(&Tensor) -> Tensor, what: &str) {
-        let x = Var::from_tensor(&rand((6, 40), 1)).unwrap();
-        let weights = rand((6, 40), 2);
-        let (yf, yc) = (fused(x.as_tensor()), composed(x.as_tensor()));
-        close(&yf, &yc, what);
-        let gf = (yf * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gc = (yc * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        close(
-            gf.get(&x).unwrap(),
-            gc.get(&x).unwrap(),
-            &format!("{what} gradient"),
-        );
-    }
-
-    #[test]
-    fn rms_norm_matches_the_composed_form() {
-        let w = rand((1, 40), 3).squeeze(0).unwrap();
-        check(
-            |x| x.apply_op1(RmsNorm::new(&w, 1e-5)).unwrap(),
-            |x| {
-                let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-                let normed = x
-                    .broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap())
-                    .unwrap();
-                normed.broadcast_mul(&w).unwrap()
-            },
-            "rms-norm",
-        );
-    }
-
-    #[test]
-    fn swiglu_matches_the_composed_form() {
-        let up = Var::from_tensor(&rand((6, 40), 4)).unwrap();
-        check(
-            |g| g.apply_op2(up.as_tensor(), SwiGlu).unwrap(),
-            |g| {
-                let silu = (g
-                    * (g.neg().unwrap().exp().unwrap() + 1.0)
-                        .unwrap()
-                        .recip()
-                        .unwrap())
-                .unwrap();
-                (silu * up.as_tensor()).unwrap()
-            },
-            "swiglu (gate)",
-        );
-        // The up input's gradient.
-        let gate = rand((6, 40), 5);
-        let u = Var::from_tensor(&rand((6, 40), 6)).unwrap();
-        let yf = gate.apply_op2(u.as_tensor(), SwiGlu).unwrap();
-        let silu = (&gate
-            * (gate.neg().unwrap().exp().unwrap() + 1.0)
-                .unwrap()
-                .recip()
-                .unwrap())
-        .unwrap();
-        let yc = (silu * u.as_tensor()).unwrap();
-        let gf = yf.sum_all().unwrap().backward().unwrap();
-        let gc = yc.sum_all().unwrap().backward().unwrap();
-        close(
-            gf.get(&u).unwrap(),
-            gc.get(&u).unwrap(),
-            "swiglu (up) gradient",
-        );
-    }
-
-    #[test]
-    fn softmax_matches_the_composed_form() {
-        check(
-            |x| x.apply_op1(Softmax).unwrap(),
-            |x| {
-                let max = x.max_keepdim(D::Minus1).unwrap().detach();
-                let e = x.broadcast_sub(&max).unwrap().exp().unwrap();
-                e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
-            },
-            "softmax",
-        );
-    }
-}
-
 /// Rotate-half RoPE on `x (batch, heads, seq, head_dim)` with tables `cos`, `sin` (seq,
 /// head_dim): `y = x·cos + rot(x)·sin`, rot(x) = [−x₂, x₁].
 pub(super) struct Rope {
@@ -367,56 +253,5 @@ impl CustomOp1 for Rope {
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         let dx = self.apply(&to_vec(g)?, g.shape(), true)?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
-    }
-}
-
-#[cfg(test)]
-mod rope_tests {
-    use super::*;
-    use candle_core::{Device, Var, D};
-
-    #[test]
-    fn rope_matches_the_composed_form() {
-        let (b, h, s, hd) = (2, 3, 5, 8);
-        let v = |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin()).collect() };
-        let x = Var::from_tensor(
-            &Tensor::from_vec(v(b * h * s * hd, 0.37), (b, h, s, hd), &Device::Cpu).unwrap(),
-        )
-        .unwrap();
-        let cos = Tensor::from_vec(v(s * hd, 0.11), (s, hd), &Device::Cpu).unwrap();
-        let sin = Tensor::from_vec(v(s * hd, 0.23), (s, hd), &Device::Cpu).unwrap();
-        let w = Tensor::from_vec(v(b * h * s * hd, 0.71), (b, h, s, hd), &Device::Cpu).unwrap();
-        let fused = x
-            .as_tensor()
-            .apply_op1(Rope::new(&cos, &sin).unwrap())
-            .unwrap();
-        let composed = {
-            let xt = x.as_tensor();
-            let x1 = xt.narrow(D::Minus1, 0, hd / 2).unwrap();
-            let x2 = xt.narrow(D::Minus1, hd / 2, hd / 2).unwrap();
-            let rot = Tensor::cat(&[&x2.neg().unwrap(), &x1], D::Minus1).unwrap();
-            (xt.broadcast_mul(&cos).unwrap() + rot.broadcast_mul(&sin).unwrap()).unwrap()
-        };
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(diff(&fused, &composed) < 1e-6);
-        let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gc = (composed * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        assert!(diff(gf.get(&x).unwrap(), gc.get(&x).unwrap()) < 1e-6);
     }
 }

@@ -14,6 +14,14 @@ use candle_core::{Device, Tensor};
 
 use super::{BaseModel, LlamaConfig, ModelError};
 
+/// candle's error without the backtrace it captures under RUST_BACKTRACE (a message for users).
+pub(super) fn plain(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => plain(*inner),
+        e => e,
+    }
+}
+
 /// A GGUF file's header: metadata and tensor descriptions, without the weights.
 pub struct GgufHeader {
     path: PathBuf,
@@ -40,11 +48,10 @@ impl GgufHeader {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        let content =
-            Content::read(&mut BufReader::new(file)).map_err(|source| ModelError::Gguf {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let content = Content::read(&mut BufReader::new(file)).map_err(|e| ModelError::Gguf {
+            path: path.to_path_buf(),
+            source: plain(e),
+        })?;
         Ok(Self {
             path: path.to_path_buf(),
             content,
@@ -169,9 +176,9 @@ impl GgufHeader {
             let read = |r: &mut BufReader<File>| -> candle_core::Result<Tensor> {
                 self.content.tensor(r, name, device)?.dequantize(device)
             };
-            let t = read(&mut reader).map_err(|source| ModelError::Gguf {
+            let t = read(&mut reader).map_err(|e| ModelError::Gguf {
                 path: self.path.clone(),
-                source,
+                source: plain(e),
             })?;
             let t = match hf.rsplit('.').nth(1) {
                 Some("q_proj") => unpermute(&t, cfg.num_attention_heads)?,

@@ -11,7 +11,7 @@ use super::ModelError;
 
 /// `x · Wᵀ` for a frozen W: on the CPU through [`FrozenLinear`] (no gradient for W), else
 /// candle's matmul.
-pub(super) fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && x.rank() == 2 {
         x.apply_op1(FrozenLinear::new(w))
     } else {
@@ -20,7 +20,7 @@ pub(super) fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tenso
 }
 
 /// RMSNorm over the last dimension (fused on the CPU, composed elsewhere; both have a backward).
-pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, ModelError> {
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, ModelError> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         return Ok(x.contiguous()?.apply_op1(RmsNorm::new(w, eps))?);
     }
@@ -30,7 +30,7 @@ pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, Model
 }
 
 /// Rotate-half RoPE (Hugging Face layout) on (b, heads, seq, head_dim).
-pub(super) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         return x.contiguous()?.apply_op1(Rope::new(cos, sin)?);
     }
@@ -42,7 +42,7 @@ pub(super) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Resul
 }
 
 /// Softmax over the last dimension with the max detached (it cancels in the gradient).
-pub(super) fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+pub fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         return x.contiguous()?.apply_op1(Softmax);
     }
@@ -52,7 +52,7 @@ pub(super) fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// Log-softmax over the last dimension, composed.
-pub(super) fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+pub fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let shifted = x.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
@@ -60,7 +60,7 @@ pub(super) fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// `silu(gate) · up` (fused on the CPU).
-pub(super) fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     if gate.device().is_cpu() && gate.dtype() == DType::F32 {
         return gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu);
     }

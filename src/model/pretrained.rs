@@ -183,7 +183,7 @@ impl Pretrained {
                     let t = candle_core::safetensors::load(w, device).map_err(|source| {
                         bad(
                             w,
-                            format!("unreadable safetensors: {}", crate::fmt::chain(&source)),
+                            format!("unreadable safetensors: {}", super::gguf::plain(source)),
                         )
                     })?;
                     tensors.extend(t);
