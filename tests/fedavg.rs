@@ -91,6 +91,21 @@ fn fedavg_applies_the_mean_update_to_the_global_adapter() {
     );
 }
 
+/// The exact weighted mean on the 2⁻⁴⁰ grid, computed here in i128 term by term.
+fn exact_mean(updates: &[(Vec<f32>, u64)], n: usize) -> Vec<f32> {
+    let scale = (1u64 << 40) as f64;
+    let total: u64 = updates.iter().map(|u| u.1).sum();
+    (0..n)
+        .map(|i| {
+            let s: i128 = updates
+                .iter()
+                .map(|(u, w)| ((u[i] as f64 * scale) as i64) as i128 * *w as i128)
+                .sum();
+            (s as f64 / (scale * total as f64)) as f32
+        })
+        .collect()
+}
+
 #[test]
 fn batched_folds_are_exact_whatever_the_batching_order_and_path() {
     // 21 updates (batches of 8, 8 and 5) over 10,000 values (tiles of 4096), with small values
@@ -112,18 +127,7 @@ fn batched_folds_are_exact_whatever_the_batching_order_and_path() {
             (v, if big { 1 << 30 } else { 1 + k })
         })
         .collect();
-    // The exact sum, computed here in i128 term by term.
-    let scale = (1u64 << 40) as f64;
-    let total: u64 = updates.iter().map(|u| u.1).sum();
-    let exact: Vec<f32> = (0..n)
-        .map(|i| {
-            let s: i128 = updates
-                .iter()
-                .map(|(u, w)| ((u[i] as f64 * scale) as i64) as i128 * *w as i128)
-                .sum();
-            (s as f64 / (scale * total as f64)) as f32
-        })
-        .collect();
+    let exact = exact_mean(&updates, n);
     let mean_of = |order: &[usize]| {
         let mut acc = FedAvgAccumulator::new(n);
         for &k in order {
@@ -238,17 +242,7 @@ fn payload_folds_stay_exact_when_sums_outgrow_f64() {
             (v, if k % 4 == 1 { 1 << 30 } else { 1 + k })
         })
         .collect();
-    let scale = (1u64 << 40) as f64;
-    let total: u64 = updates.iter().map(|u| u.1).sum();
-    let exact: Vec<f32> = (0..n)
-        .map(|i| {
-            let s: i128 = updates
-                .iter()
-                .map(|(u, w)| ((u[i] as f64 * scale) as i64) as i128 * *w as i128)
-                .sum();
-            (s as f64 / (scale * total as f64)) as f32
-        })
-        .collect();
+    let exact = exact_mean(&updates, n);
     for rot in [0, 5, 11] {
         let mut acc = FedAvgAccumulator::with_segments(&segments);
         for j in 0..updates.len() {

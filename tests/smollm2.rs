@@ -52,41 +52,49 @@ fn gguf_metadata_gives_smollm2s_hyper_parameters() {
     assert_eq!(cfg, fedsim::model::LlamaConfig::smollm2_135m());
 }
 
+/// Logits (1, seq, vocab) of `model` on `input` with a causal mask.
+fn logits_of(model: &BaseModel, input: Vec<u32>, lora: Option<&fedsim::model::LoraVars>) -> Tensor {
+    let s = input.len();
+    let input_ids = Tensor::from_vec(input, (1, s), &Device::Cpu).unwrap();
+    let mask: Vec<f32> = (0..s * s)
+        .map(|k| if k % s <= k / s { 0.0 } else { -1e9 })
+        .collect();
+    let mask = Tensor::from_vec(mask, (1, 1, s, s), &Device::Cpu).unwrap();
+    model.forward(&input_ids, &mask, lora).unwrap()
+}
+
+/// Check `logits` at a reference's positions: the top-10 ids equal theirs (when `order`) and
+/// their logits are within 1e-3; the largest difference seen.
+fn check_top10(logits: &Tensor, positions: &serde_json::Value, order: bool, what: &str) -> f64 {
+    let mut worst = 0f64;
+    for pos in positions.as_array().unwrap() {
+        let p = pos["position"].as_u64().unwrap() as usize;
+        let row: Vec<f32> = logits.get(0).unwrap().get(p).unwrap().to_vec1().unwrap();
+        let want_ids = ids(&pos["top10_ids"]);
+        if order {
+            let mut top: Vec<u32> = (0..row.len() as u32).collect();
+            top.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+            assert_eq!(&top[..10], &want_ids[..], "{what} @ {p}: top-10 ids");
+        }
+        for (id, want) in want_ids.iter().zip(pos["top10_logits"].as_array().unwrap()) {
+            let (got, want) = (row[*id as usize] as f64, want.as_f64().unwrap());
+            worst = worst.max((got - want).abs());
+            assert!(
+                (got - want).abs() <= 1e-3,
+                "{what} @ {p}: logit of {id} is {got}, reference {want}"
+            );
+        }
+    }
+    worst
+}
+
 #[test]
 fn logits_match_hugging_face_transformers() {
-    let model = model();
     let mut worst = 0f64;
     for case in reference()["cases"].as_array().unwrap() {
-        let input = ids(&case["input_ids"]);
-        let s = input.len();
-        let input_ids = Tensor::from_vec(input, (1, s), &Device::Cpu).unwrap();
-        let mask: Vec<f32> = (0..s * s)
-            .map(|k| if k % s <= k / s { 0.0 } else { -1e9 })
-            .collect();
-        let mask = Tensor::from_vec(mask, (1, 1, s, s), &Device::Cpu).unwrap();
-        let logits = model.forward(&input_ids, &mask, None).unwrap();
-        for pos in case["positions"].as_array().unwrap() {
-            let p = pos["position"].as_u64().unwrap() as usize;
-            let row: Vec<f32> = logits.get(0).unwrap().get(p).unwrap().to_vec1().unwrap();
-            let mut order: Vec<u32> = (0..row.len() as u32).collect();
-            order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
-            let want_ids = ids(&pos["top10_ids"]);
-            assert_eq!(
-                &order[..10],
-                &want_ids[..],
-                "{} @ {p}: top-10 ids",
-                case["name"]
-            );
-            for (id, want) in want_ids.iter().zip(pos["top10_logits"].as_array().unwrap()) {
-                let (got, want) = (row[*id as usize] as f64, want.as_f64().unwrap());
-                worst = worst.max((got - want).abs());
-                assert!(
-                    (got - want).abs() <= 1e-3,
-                    "{} @ {p}: logit of {id} is {got}, transformers gives {want}",
-                    case["name"]
-                );
-            }
-        }
+        let logits = logits_of(model(), ids(&case["input_ids"]), None);
+        let name = case["name"].as_str().unwrap();
+        worst = worst.max(check_top10(&logits, &case["positions"], true, name));
     }
     eprintln!("top-10 logits: max |fedsim - transformers| = {worst:.2e}");
 }
@@ -364,33 +372,13 @@ fn peft_adapter_matches_transformers_and_peft() {
     let mut worst = 0f64;
     for (case, want) in cases.iter().zip(theirs["cases"].as_array().unwrap()) {
         let input = ids(&case["input_ids"]);
-        let s = input.len();
-        let input_ids = Tensor::from_vec(input, (1, s), &Device::Cpu).unwrap();
-        let mask: Vec<f32> = (0..s * s)
-            .map(|k| if k % s <= k / s { 0.0 } else { -1e9 })
-            .collect();
-        let mask = Tensor::from_vec(mask, (1, 1, s, s), &Device::Cpu).unwrap();
+        let name = case["name"].as_str().unwrap();
         for (how, logits) in [
-            (
-                "adapter",
-                model().forward(&input_ids, &mask, Some(&vars)).unwrap(),
-            ),
-            ("merged", merged.forward(&input_ids, &mask, None).unwrap()),
+            ("adapter", logits_of(model(), input.clone(), Some(&vars))),
+            ("merged", logits_of(&merged, input, None)),
         ] {
-            for pos in want["positions"].as_array().unwrap() {
-                let p = pos["position"].as_u64().unwrap() as usize;
-                let row: Vec<f32> = logits.get(0).unwrap().get(p).unwrap().to_vec1().unwrap();
-                let want_ids = ids(&pos["top10_ids"]);
-                for (id, w) in want_ids.iter().zip(pos["top10_logits"].as_array().unwrap()) {
-                    let (got, w) = (row[*id as usize] as f64, w.as_f64().unwrap());
-                    worst = worst.max((got - w).abs());
-                    assert!(
-                        (got - w).abs() <= 1e-3,
-                        "{how} {} @ {p}: {id}: {got} vs {w}",
-                        case["name"]
-                    );
-                }
-            }
+            let what = format!("{how} {name}");
+            worst = worst.max(check_top10(&logits, &want["positions"], false, &what));
         }
     }
     eprintln!("with the adapter: max |fedsim - transformers + PEFT| = {worst:.2e}");
