@@ -1,5 +1,6 @@
 //! The subcommands' front ends: argument checks, printing, signals. The work is the library's.
 
+pub mod comm;
 pub mod generate;
 pub mod privacy;
 pub mod progress;

@@ -31,6 +31,7 @@
 //! - [`sim`]: wires it all and records the run; [`report`]: the run directory;
 //!   [`compare`]: side-by-side table of runs.
 //! - [`sweep`]: a grid of `--vary` values, one run each, one table.
+//! - [`comm`]: communication cost of adapters vs. whole models (`sim comm`).
 //! - [`telemetry`]: Prometheus metric names, buckets and the per-run recorder.
 //! - [`rng`]: seed derivation, so results never depend on slot count or timing.
 //! - [`fmt`]: compact numbers and error chains for messages.
@@ -38,6 +39,7 @@
 
 pub mod actors;
 pub mod clock;
+pub mod comm;
 pub mod compare;
 pub mod data;
 pub mod devices;

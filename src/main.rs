@@ -45,6 +45,8 @@ enum Command {
     /// Answer a prompt with a model (and optionally a LoRA adapter); prints the answer and
     /// tokens/s.
     Generate(cli::generate::GenerateArgs),
+    /// Communication cost: adapters vs. whole models, per message and in total.
+    Comm(cli::comm::CommArgs),
     /// Compare runs side by side (pretrained vs. centralised vs. federated).
     Compare {
         /// Run directories.
@@ -87,6 +89,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::Run(args) => cli::run::run(args),
         Command::Sweep(args) => cli::sweep::sweep(args),
         Command::Generate(args) => cli::generate::generate(args),
+        Command::Comm(args) => cli::comm::comm(args),
         Command::FetchModel { name } => {
             let model = fedsim::model::fetch::known(&name)?;
             let path = fedsim::model::fetch::fetch(&model)?;

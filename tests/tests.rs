@@ -3,6 +3,7 @@
 mod util;
 
 mod cli;
+mod comm;
 mod data;
 mod fedavg;
 mod inputs;
