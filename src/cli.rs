@@ -1,6 +1,7 @@
 //! The subcommands' front ends: argument checks, printing, signals. The work is the library's.
 
 pub mod comm;
+pub mod eval;
 pub mod generate;
 pub mod privacy;
 pub mod progress;

@@ -32,6 +32,8 @@
 //!   [`compare`]: side-by-side table of runs.
 //! - [`sweep`]: a grid of `--vary` values, one run each, one table.
 //! - [`comm`]: communication cost of adapters vs. whole models (`sim comm`).
+//! - [`eval`]: PubMedQA accuracy (log-likelihood and generation) and answers to prompts
+//!   (`sim eval`).
 //! - [`telemetry`]: Prometheus metric names, buckets and the per-run recorder.
 //! - [`rng`]: seed derivation, so results never depend on slot count or timing.
 //! - [`fmt`]: compact numbers and error chains for messages.
@@ -43,6 +45,7 @@ pub mod comm;
 pub mod compare;
 pub mod data;
 pub mod devices;
+pub mod eval;
 pub mod faults;
 pub mod fmt;
 pub mod host;

@@ -45,6 +45,9 @@ enum Command {
     /// Answer a prompt with a model (and optionally a LoRA adapter); prints the answer and
     /// tokens/s.
     Generate(cli::generate::GenerateArgs),
+    /// Evaluate a model (and an adapter): PubMedQA accuracy, answers to prompts, a run's
+    /// held-out loss; writes eval.json.
+    Eval(cli::eval::EvalArgs),
     /// Communication cost: adapters vs. whole models, per message and in total.
     Comm(cli::comm::CommArgs),
     /// Compare runs side by side (pretrained vs. centralised vs. federated).
@@ -90,6 +93,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::Sweep(args) => cli::sweep::sweep(args),
         Command::Generate(args) => cli::generate::generate(args),
         Command::Comm(args) => cli::comm::comm(args),
+        Command::Eval(args) => cli::eval::eval(args),
         Command::FetchModel { name } => {
             let model = fedsim::model::fetch::known(&name)?;
             let path = fedsim::model::fetch::fetch(&model)?;

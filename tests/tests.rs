@@ -5,6 +5,7 @@ mod util;
 mod cli;
 mod comm;
 mod data;
+mod eval;
 mod fedavg;
 mod inputs;
 mod metrics;

@@ -62,6 +62,7 @@ impl Generation {
 }
 
 /// Keys and values of every position so far, per layer: (1, kv_heads, len, head_dim).
+#[derive(Clone)]
 struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
@@ -137,6 +138,55 @@ pub fn generate(
         prefill_seconds,
         decode_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Log-probability of each continuation after `prompt` (summed over its tokens): the prompt is
+/// read once, each continuation from a copy of its KV cache — lm-eval-harness's
+/// log-likelihood scoring of answer choices.
+///
+/// # Errors
+/// A candle error, or an empty prompt / one that with a continuation exceeds the context.
+pub fn continuation_logprobs(
+    model: &BaseModel,
+    prompt: &[u32],
+    continuations: &[Vec<u32>],
+) -> Result<Vec<f64>, ModelError> {
+    let context = model.cfg.max_position_embeddings;
+    let longest = continuations.iter().map(Vec::len).max().unwrap_or(0);
+    if prompt.is_empty() || prompt.len() + longest > context {
+        return Err(ModelError::Prompt {
+            tokens: prompt.len() + longest,
+            context,
+        });
+    }
+    let mut cache = KvCache {
+        layers: vec![None; model.cfg.num_hidden_layers],
+        len: 0,
+    };
+    let first = log_probs(&step(model, &mut cache, prompt)?)?;
+    continuations
+        .iter()
+        .map(|c| {
+            let mut total = 0.0;
+            let mut lp = first.clone();
+            let mut cache = cache.clone();
+            for (i, &t) in c.iter().enumerate() {
+                total += lp[t as usize];
+                if i + 1 < c.len() {
+                    lp = log_probs(&step(model, &mut cache, &[t])?)?;
+                }
+            }
+            Ok(total)
+        })
+        .collect()
+}
+
+/// log-softmax of a logits vector, in f64.
+fn log_probs(logits: &Tensor) -> Result<Vec<f64>, ModelError> {
+    let v: Vec<f32> = logits.to_vec1()?;
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = v.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+    Ok(v.iter().map(|&x| x as f64 - lse).collect())
 }
 
 /// Run `tokens` (at positions cache.len..) through the model, extending the cache; the

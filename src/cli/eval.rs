@@ -1,0 +1,193 @@
+//! `sim eval`: PubMedQA accuracy and answers to prompts, for a pretrained model and with an
+//! adapter, side by side; held-out loss of a run from its summary.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::Device;
+use fedsim::eval::{pubmedqa, Evaluator, PubMedQaResult};
+use fedsim::model::gguf::GgufHeader;
+use fedsim::model::{fetch, peft, BaseModel, LoraVars};
+use fedsim::report::Summary;
+use fedsim::tokenizer::{chat_template, TextTokenizer};
+use serde::Serialize;
+
+/// Arguments of `sim eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// A GGUF file or known model name (or take it from --run).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// A run directory: its pretrained base (model.json), its adapter, its held-out loss.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// A LoRA adapter directory (PEFT format) to evaluate beside the pretrained model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// PubMedQA's ori_pqal.json.
+    #[arg(long)]
+    pub pubmedqa: Option<PathBuf>,
+    /// A PubMedQA split (test_ground_truth.json: PMID -> answer) to keep only its items.
+    #[arg(long, requires = "pubmedqa")]
+    pub split: Option<PathBuf>,
+    /// Score only the first N items (PMID order).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// A prompt to answer with every model (repeatable).
+    #[arg(long = "prompt")]
+    pub prompts: Vec<String>,
+    /// New tokens for answers (PubMedQA generation uses 16).
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Where eval.json goes (default: the run directory with --run, else ./eval.json).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct ModelEval {
+    model: String,
+    pubmedqa: Option<PubMedQaResult>,
+    answers: Vec<(String, String)>,
+}
+
+#[derive(Serialize)]
+struct EvalFile {
+    model_path: PathBuf,
+    held_out: Option<serde_json::Value>,
+    models: Vec<ModelEval>,
+}
+
+fn run_base(run: &std::path::Path) -> anyhow::Result<String> {
+    let path = run.join("model.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: no model.json — the run's base was generated, not pretrained; give --model",
+            path.display()
+        )
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    v["path"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("{}: no path", path.display()))
+}
+
+/// Run `sim eval`.
+pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    let spec = match (&a.model, &a.run) {
+        (Some(m), _) => m.clone(),
+        (None, Some(r)) => run_base(r)?,
+        (None, None) => anyhow::bail!("give --model or --run"),
+    };
+    let adapter = a.adapter.clone().or_else(|| a.run.clone());
+    let path = fetch::resolve(&spec)?;
+    let header = GgufHeader::read(&path)?;
+    header.config()?;
+    let tokenizer = TextTokenizer::from_gguf(&header)?;
+    let base = header.load(&Device::Cpu)?;
+    let mut models: Vec<(String, BaseModel)> = Vec::new();
+    if let Some(dir) = &adapter {
+        let (ad, lora) = peft::load_peft(dir, base.config())?;
+        let vars = LoraVars::from_adapter(&ad, &lora, &Device::Cpu)?;
+        models.push((format!("+ {}", dir.display()), base.merged(&vars)?));
+    }
+    models.insert(0, ("pretrained".to_string(), base));
+    let items = match &a.pubmedqa {
+        Some(p) => {
+            let mut items = pubmedqa::load(p, a.split.as_deref())?;
+            items.truncate(a.limit.unwrap_or(items.len()));
+            Some(items)
+        }
+        None => None,
+    };
+    let mut out = Vec::new();
+    for (name, model) in &models {
+        let ev = Evaluator {
+            model,
+            tokenizer: &tokenizer,
+            template: chat_template(&header).unwrap_or_default(),
+            answer_tokens: 16,
+        };
+        let pubmedqa = match &items {
+            Some(items) => Some(ev.pubmedqa(items, &mut |done, total| {
+                if done % 10 == 0 || done == total {
+                    eprintln!("{name}: PubMedQA {done}/{total}");
+                }
+            })?),
+            None => None,
+        };
+        let answers = a
+            .prompts
+            .iter()
+            .map(|p| Ok((p.clone(), ev.answer(p, a.max_tokens)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        out.push(ModelEval {
+            model: name.clone(),
+            pubmedqa,
+            answers,
+        });
+    }
+    print_results(&out);
+    let held_out = match &a.run {
+        Some(r) => {
+            let s = Summary::read(r)?;
+            println!(
+                "held-out loss (the run's evaluation split): pretrained {:.4} nats/token (perplexity {:.2}), after the run {:.4} (perplexity {:.2})",
+                s.pretrained_eval_loss, s.pretrained_eval_perplexity, s.final_eval_loss, s.final_eval_perplexity
+            );
+            Some(serde_json::json!({
+                "pretrained_loss": s.pretrained_eval_loss,
+                "pretrained_perplexity": s.pretrained_eval_perplexity,
+                "final_loss": s.final_eval_loss,
+                "final_perplexity": s.final_eval_perplexity,
+            }))
+        }
+        None => None,
+    };
+    let file = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.run.clone().unwrap_or_default().join("eval.json"));
+    let json = EvalFile {
+        model_path: path,
+        held_out,
+        models: out,
+    };
+    std::fs::write(&file, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("{}: cannot write", file.display()))?;
+    println!("wrote {}", file.display());
+    Ok(())
+}
+
+fn print_results(out: &[ModelEval]) {
+    if out.iter().any(|m| m.pubmedqa.is_some()) {
+        println!(
+            "{:<40} {:>6} {:>14} {:>14} {:>9} {:>9}",
+            "model", "items", "likelihood", "generation", "unparsed", "majority"
+        );
+        for m in out {
+            if let Some(r) = &m.pubmedqa {
+                println!(
+                    "{:<40} {:>6} {:>14.3} {:>14.3} {:>9} {:>9.3}",
+                    m.model,
+                    r.items,
+                    r.accuracy_likelihood,
+                    r.accuracy_generation,
+                    r.unparsed,
+                    r.majority_baseline
+                );
+            }
+        }
+        println!(
+            "PubMedQA accuracy (share of items right); majority = always the most common answer"
+        );
+    }
+    let prompts = out.first().map_or(0, |m| m.answers.len());
+    for j in 0..prompts {
+        println!("\nprompt: {}", out[0].answers[j].0);
+        for m in out {
+            println!("[{}] {}", m.model, m.answers[j].1);
+        }
+    }
+}

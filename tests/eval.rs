@@ -1,0 +1,84 @@
+//! Evaluation: the PubMedQA loader, answer parsing, and log-likelihood scoring on SmolLM2.
+
+use fedsim::eval::pubmedqa::{self, Answer, Item};
+use fedsim::eval::{argmax, Evaluator};
+
+use crate::util::shared;
+
+#[test]
+fn pubmedqa_loads_1000_expert_items_and_the_500_item_test_split() {
+    let Some(data) = shared("data/pubmedqa/ori_pqal.json") else {
+        return;
+    };
+    let items = pubmedqa::load(&data, None).unwrap();
+    let count = |a| items.iter().filter(|i| i.answer == a).count();
+    assert_eq!(items.len(), 1000);
+    assert_eq!(
+        (count(Answer::Yes), count(Answer::No), count(Answer::Maybe)),
+        (552, 338, 110)
+    );
+    assert_eq!(format!("{:.3}", pubmedqa::majority_share(&items)), "0.552");
+    assert!(items
+        .iter()
+        .all(|i| !i.question.is_empty() && !i.contexts.is_empty()));
+    let split = data.with_file_name("test_ground_truth.json");
+    assert_eq!(pubmedqa::load(&data, Some(&split)).unwrap().len(), 500);
+    // A file of another shape names itself.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"1": {"QUESTION": "q", "CONTEXTS": [], "final_decision": "perhaps"}}"#,
+    )
+    .unwrap();
+    let err = pubmedqa::load(&bad, None).unwrap_err().to_string();
+    assert!(
+        err.contains("bad.json") && err.contains("\"perhaps\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn answers_are_parsed_as_whole_words_and_ties_go_to_the_first() {
+    assert_eq!(pubmedqa::parse_answer("Yes, it does."), Some(Answer::Yes));
+    assert_eq!(
+        pubmedqa::parse_answer("The answer is: NO"),
+        Some(Answer::No)
+    );
+    assert_eq!(pubmedqa::parse_answer("Maybe. Yes."), Some(Answer::Maybe));
+    assert_eq!(pubmedqa::parse_answer("Nobody knows; yesterday"), None);
+    assert_eq!(argmax(&[-1.0, -0.5, -0.5]), 1);
+}
+
+#[test]
+fn log_likelihood_scoring_picks_the_answer_a_constructed_abstract_states() {
+    let (model, tokenizer, header) = crate::smollm2::loaded();
+    let ev = Evaluator {
+        model,
+        tokenizer,
+        template: fedsim::tokenizer::chat_template(header).unwrap_or_default(),
+        answer_tokens: 8,
+    };
+    let item = |answer, text: &str| Item {
+        pmid: "0".into(),
+        question: "Does smoking increase the risk of lung cancer?".into(),
+        contexts: vec![text.into()],
+        answer,
+    };
+    let yes = item(
+        Answer::Yes,
+        "In this cohort, smoking strongly increased the risk of lung cancer. Yes, smoking increases the risk.",
+    );
+    let scored = ev.score(&yes).unwrap();
+    assert_eq!(scored.by_likelihood, Answer::Yes, "{scored:?}");
+    assert!(scored.logprobs.iter().all(|l| l.is_finite() && *l < 0.0));
+    let no = Item {
+        question: "Is the moon made of cheese?".into(),
+        ..item(
+            Answer::No,
+            "The moon is made of rock, not cheese. No, the moon is not made of cheese.",
+        )
+    };
+    let scored = ev.score(&no).unwrap();
+    assert_eq!(scored.by_likelihood, Answer::No, "{scored:?}");
+}
