@@ -65,7 +65,7 @@ fn the_course_communication_figures_are_reproduced() {
 }
 
 #[test]
-fn a_run_directory_reports_the_bytes_it_sent() {
+fn a_run_directory_reports_the_bytes_it_sent_and_its_base_generates() {
     let dir = tempfile::tempdir().unwrap();
     let scenario = small_file(dir.path());
     let out = dir.path().join("run");
@@ -87,6 +87,21 @@ fn a_run_directory_reports_the_bytes_it_sent() {
         r.full_total_bytes,
         16 * 4 * (sum.base_parameters + sum.trainable_parameters) as u64
     );
+    // The run's exported base is a Hugging Face directory: `sim generate` reads it, with the
+    // run's adapter merged in.
+    let base = out.join("base_model");
+    let (ok, _, err) = sim(&[
+        "generate",
+        "--model",
+        base.to_str().unwrap(),
+        "--adapter",
+        out.to_str().unwrap(),
+        "--raw",
+        "--max-tokens",
+        "4",
+        "Patient",
+    ]);
+    assert!(ok && err.contains("tokens/s"), "{err}");
     // The scenario's plan gives the same message count and size.
     let (ok, planned, err) = sim(&["comm", scenario.to_str().unwrap()]);
     assert!(ok, "{err}");

@@ -6,16 +6,15 @@ use std::path::PathBuf;
 use anyhow::Context;
 use candle_core::Device;
 use fedsim::eval::{pubmedqa, Evaluator, PubMedQaResult};
-use fedsim::model::gguf::GgufHeader;
-use fedsim::model::{fetch, peft, BaseModel, LoraVars};
+use fedsim::model::pretrained::Pretrained;
+use fedsim::model::{peft, BaseModel, LoraVars};
 use fedsim::report::Summary;
-use fedsim::tokenizer::{chat_template, TextTokenizer};
 use serde::Serialize;
 
 /// Arguments of `sim eval`.
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
-    /// A GGUF file or known model name (or take it from --run).
+    /// A GGUF file, a Hugging Face directory or a known model name (or take it from --run).
     #[arg(long)]
     pub model: Option<String>,
     /// A run directory: its pretrained base (model.json), its adapter, its held-out loss.
@@ -81,11 +80,10 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("give --model or --run"),
     };
     let adapter = a.adapter.clone().or_else(|| a.run.clone());
-    let path = fetch::resolve(&spec)?;
-    let header = GgufHeader::read(&path)?;
-    header.config()?;
-    let tokenizer = TextTokenizer::from_gguf(&header)?;
-    let base = header.load(&Device::Cpu)?;
+    let source = Pretrained::open(&spec)?;
+    let path = source.path().to_path_buf();
+    let tokenizer = source.tokenizer()?;
+    let base = source.load(&Device::Cpu)?;
     let mut models: Vec<(String, BaseModel)> = Vec::new();
     if let Some(dir) = &adapter {
         let (ad, lora) = peft::load_peft(dir, base.config())?;
@@ -106,7 +104,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         let ev = Evaluator {
             model,
             tokenizer: &tokenizer,
-            template: chat_template(&header).unwrap_or_default(),
+            template: source.chat_template().unwrap_or_default(),
             answer_tokens: 16,
         };
         let pubmedqa = match &items {

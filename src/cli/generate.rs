@@ -5,15 +5,15 @@ use std::path::PathBuf;
 use anyhow::Context;
 use candle_core::Device;
 use fedsim::model::generate::{generate as run_generation, Budget, Sampling, Stop};
-use fedsim::model::gguf::GgufHeader;
-use fedsim::model::{fetch, peft, LoraVars};
+use fedsim::model::pretrained::Pretrained;
+use fedsim::model::{peft, LoraVars};
 use fedsim::tokenizer::chat::{ChatTemplate, Message, Role};
-use fedsim::tokenizer::{chat_template, TextTokenizer};
 
 /// Arguments of `sim generate`.
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
-    /// A GGUF file, or a known model fetched with `sim fetch-model` (smollm2-135m-instruct).
+    /// A GGUF file, a Hugging Face model directory, or a known model fetched with
+    /// `sim fetch-model` (smollm2-135m-instruct).
     #[arg(long)]
     pub model: String,
     /// A LoRA adapter to merge in: a run directory or any PEFT adapter directory.
@@ -73,12 +73,12 @@ fn sampling(a: &GenerateArgs) -> anyhow::Result<Sampling> {
 /// Run `sim generate`.
 pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let sampling = sampling(&a)?;
-    let path = fetch::resolve(&a.model)?;
-    let header = GgufHeader::read(&path)?;
-    header.config()?; // the architecture first: the clearest error for a foreign file
-    let tokenizer = TextTokenizer::from_gguf(&header)
-        .with_context(|| format!("{}: tokenizer", path.display()))?;
-    let mut model = header.load(&Device::Cpu)?;
+    // Opening checks the architecture first: the clearest error for a foreign file.
+    let source = Pretrained::open(&a.model)?;
+    let tokenizer = source
+        .tokenizer()
+        .with_context(|| format!("{}: tokenizer", source.path().display()))?;
+    let mut model = source.load(&Device::Cpu)?;
     if let Some(dir) = &a.adapter {
         let (adapter, lora) = peft::load_peft(dir, model.config())?;
         let vars = LoraVars::from_adapter(&adapter, &lora, &Device::Cpu)?;
@@ -87,7 +87,7 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let text = if a.raw {
         a.prompt.clone()
     } else {
-        let template = chat_template(&header).unwrap_or_default();
+        let template = source.chat_template().unwrap_or_default();
         render(&template, a.system.as_deref(), &a.prompt)?
     };
     let ids = tokenizer.encode(&text)?;

@@ -160,6 +160,19 @@ impl Pretrained {
         })
     }
 
+    /// A model named on the command line: a Hugging Face directory, a GGUF file, or a known
+    /// name in the cache.
+    ///
+    /// # Errors
+    /// As [`Pretrained::open_hf`] / [`Pretrained::open_gguf`].
+    pub fn open(spec: &str) -> Result<Self, ModelError> {
+        if Path::new(spec).is_dir() {
+            Self::open_hf(Path::new(spec))
+        } else {
+            Self::open_gguf(spec)
+        }
+    }
+
     /// The file or directory.
     pub fn path(&self) -> &Path {
         &self.path
