@@ -14,6 +14,7 @@ mod ops;
 mod privacy;
 mod property;
 mod run;
+mod scale_async;
 mod scenario;
 mod signals;
 mod smollm2;
