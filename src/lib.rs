@@ -32,6 +32,7 @@
 //!   [`compare`]: side-by-side table of runs.
 //! - [`sweep`]: a grid of `--vary` values, one run each, one table.
 //! - [`comm`]: communication cost of adapters vs. whole models (`sim comm`).
+//! - [`html_report`], [`chart`]: `sim report`, an HTML page of SVG charts over run directories.
 //! - [`eval`]: PubMedQA accuracy (log-likelihood and generation) and answers to prompts
 //!   (`sim eval`).
 //! - [`telemetry`]: Prometheus metric names, buckets and the per-run recorder.
@@ -40,6 +41,7 @@
 //! - [`host`]: process-wide allocator settings that `main` applies for training.
 
 pub mod actors;
+pub mod chart;
 pub mod clock;
 pub mod comm;
 pub mod compare;
@@ -49,6 +51,7 @@ pub mod eval;
 pub mod faults;
 pub mod fmt;
 pub mod host;
+pub mod html_report;
 pub mod messages;
 pub mod model;
 pub mod network;

@@ -48,6 +48,15 @@ enum Command {
     /// Evaluate a model (and an adapter): PubMedQA accuracy, answers to prompts, a run's
     /// held-out loss; writes eval.json.
     Eval(cli::eval::EvalArgs),
+    /// An HTML report (inline SVG charts) over run directories.
+    Report {
+        /// Run directories.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// The HTML file to write.
+        #[arg(long, default_value = "report.html")]
+        out: PathBuf,
+    },
     /// Communication cost: adapters vs. whole models, per message and in total.
     Comm(cli::comm::CommArgs),
     /// Compare runs side by side (pretrained vs. centralised vs. federated).
@@ -93,6 +102,13 @@ fn real_main() -> anyhow::Result<()> {
         Command::Sweep(args) => cli::sweep::sweep(args),
         Command::Generate(args) => cli::generate::generate(args),
         Command::Comm(args) => cli::comm::comm(args),
+        Command::Report { runs, out } => {
+            let html = fedsim::html_report::render(&runs)?;
+            std::fs::write(&out, html)
+                .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", out.display()))?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
         Command::Eval(args) => cli::eval::eval(args),
         Command::FetchModel { name } => {
             let model = fedsim::model::fetch::known(&name)?;

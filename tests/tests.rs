@@ -7,6 +7,7 @@ mod comm;
 mod data;
 mod eval;
 mod fedavg;
+mod html_report;
 mod inputs;
 mod metrics;
 mod model;
