@@ -142,6 +142,10 @@ fn escape(s: &str) -> String {
 /// # Errors
 /// A run directory without a readable `summary.json`, or a chart that cannot be drawn.
 pub fn render(dirs: &[PathBuf]) -> Result<String, HtmlReportError> {
+    // A sweep directory (sweep.txt, one run directory per combination) gets its own section.
+    let (sweeps, dirs): (Vec<&PathBuf>, Vec<&PathBuf>) = dirs
+        .iter()
+        .partition(|d| d.join("sweep.txt").is_file() && !d.join("summary.json").exists());
     let runs = dirs
         .iter()
         .map(|d| Run::read(d))
@@ -236,9 +240,46 @@ pub fn render(dirs: &[PathBuf]) -> Result<String, HtmlReportError> {
         },
         loss("sim_duration_s"),
     )?;
-    page.section("Sweeps and attacks");
-    page.note("Sweep tables and membership-inference results are not part of this report yet.");
+    for sweep in &sweeps {
+        sweep_section(&mut page, sweep)?;
+    }
+    if sweeps.is_empty() {
+        page.section("Sweeps");
+        page.note(
+            "Sweeps: no sweep directory given (sim report SWEEP_DIR adds its table and curves).",
+        );
+    }
+    page.section("Attacks");
+    page.note("Membership-inference and extraction results: not part of fedsim yet.");
     Ok(wrap(&page.html, page.charts))
+}
+
+/// A sweep: its table as written, and each combination's held-out loss per round.
+fn sweep_section(page: &mut Page, dir: &Path) -> Result<(), HtmlReportError> {
+    page.section(&format!("Sweep {}", dir.display()));
+    let table = std::fs::read_to_string(dir.join("sweep.txt")).unwrap_or_default();
+    let _ = writeln!(page.html, "<pre>{}</pre>", escape(&table));
+    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    subdirs.retain(|d| d.join("summary.json").is_file());
+    subdirs.sort();
+    let runs: Vec<Run> = subdirs.iter().filter_map(|d| Run::read(d).ok()).collect();
+    let loss = |r: &Run| {
+        let mut s = r.series("eval_loss", 1.0);
+        s.label = r.summary.scenario.clone();
+        vec![s]
+    };
+    let title = "Sweep: held-out loss per round, one line per combination";
+    page.per_round(
+        &runs,
+        title,
+        Axes {
+            x: "round",
+            y: "loss (nats/token)",
+        },
+        loss,
+    )
 }
 
 fn runs_table(page: &mut Page, runs: &[Run]) {

@@ -72,7 +72,7 @@ fn the_synthetic_trainer_refuses_what_it_cannot_do() {
 }
 
 #[test]
-fn sweep_runs_every_combination_and_writes_a_table() {
+fn sweep_runs_every_combination_and_writes_a_table_that_the_report_shows() {
     let tmp = tempfile::tempdir().unwrap();
     let scen = crate::util::small_file(tmp.path());
     let out = tmp.path().join("sweep");
@@ -118,6 +118,26 @@ fn sweep_runs_every_combination_and_writes_a_table() {
             .unwrap()
     };
     assert_eq!(crashed(1) + crashed(2), 0);
+    // `sim report` on the sweep directory: its table, and a curve per combination.
+    let html = tmp.path().join("sweep.html");
+    let (ok, _, err) = crate::util::sim(&[
+        "report",
+        out.to_str().unwrap(),
+        "--out",
+        html.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let html = std::fs::read_to_string(html).unwrap();
+    assert!(
+        html.contains("system.crash_probability") && html.contains("<pre>"),
+        "{html}"
+    );
+    assert!(html.contains("one line per combination"));
+    assert_eq!(
+        html.matches("<svg").count(),
+        1,
+        "only the sweep's curves: no run given"
+    );
     // A bad value is found before anything runs.
     let (ok, _, err) = crate::util::sim(&[
         "sweep",
