@@ -362,10 +362,12 @@ fn accuracy(page: &mut Page, runs: &[Run]) -> Result<(), HtmlReportError> {
         };
         for m in models {
             let q = &m["pubmedqa"];
-            if q.is_null() {
+            let name = m["model"].as_str().unwrap_or("?").to_string();
+            // The pretrained model once, however many runs evaluated it beside their adapter.
+            if q.is_null() || (name == "pretrained" && categories.contains(&name)) {
                 continue;
             }
-            categories.push(m["model"].as_str().unwrap_or("?").to_string());
+            categories.push(name);
             likelihood.push(q["accuracy_likelihood"].as_f64().unwrap_or(f64::NAN));
             generation.push(q["accuracy_generation"].as_f64().unwrap_or(f64::NAN));
             majority.push(q["majority_baseline"].as_f64().unwrap_or(f64::NAN));
