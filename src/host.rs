@@ -1,5 +1,5 @@
-//! Process-wide settings for a training process, for the program's `main` to apply (the
-//! library never applies them itself).
+//! Process-wide settings for a training process, for the program to apply before it starts
+//! threads (`sim run` does for LoRA scenarios; the library never applies them itself).
 
 /// Keep freed heap memory in the process instead of returning it to the kernel at once.
 ///
@@ -7,7 +7,8 @@
 /// heap top is trimmed and large blocks are unmapped after each free, so the next op faults the
 /// pages in again and every unmap shoots down TLBs on the other cores. Measured on a SmolLM2
 /// step (batch 4 × 128, 2 threads): 2.1–2.2 s with the defaults, 1.86–1.87 s with these.
-/// A no-op outside glibc.
+/// It raises resident memory (freed pages stay mapped), so `sim run` applies it to LoRA
+/// training only. A no-op outside glibc.
 pub fn tune_allocator_for_training() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before other threads

@@ -38,7 +38,7 @@
 //! - [`telemetry`]: Prometheus metric names, buckets and the per-run recorder.
 //! - [`rng`]: seed derivation, so results never depend on slot count or timing.
 //! - [`fmt`]: compact numbers and error chains for messages.
-//! - [`host`]: process-wide allocator settings that `main` applies for training.
+//! - [`host`]: process-wide allocator settings that `sim run` applies for LoRA training.
 
 pub mod actors;
 pub mod chart;

@@ -68,7 +68,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    fedsim::host::tune_allocator_for_training();
     // candle sizes each matmul's parallelism from RAYON_NUM_THREADS and, when it is unset,
     // re-reads /proc/cpuinfo on every call (a third of a generated token's time). Set once here,
     // before any thread starts; a run's slots then set it to their threads per job.

@@ -51,6 +51,11 @@ pub struct RunArgs {
 /// Run the scenario and print its summary.
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let scenario = Scenario::load(&a.scenario, &a.set)?;
+    if matches!(scenario.file.trainer, fedsim::trainer::TrainerKind::Lora) {
+        // Before any thread starts; not for the synthetic trainer, whose runs of thousands of
+        // clients keep their memory small rather than their allocations fast.
+        fedsim::host::tune_allocator_for_training();
+    }
     let metrics_addr: Option<SocketAddr> = match a.metrics_addr.as_str() {
         "none" => None,
         s => Some(s.parse().with_context(|| {
