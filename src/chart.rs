@@ -182,3 +182,57 @@ pub fn bars(
     }
     Ok(svg)
 }
+
+/// A ROC chart: TPR against FPR on the unit square, one curve per series (steps, no markers),
+/// the chance diagonal dashed in grey.
+///
+/// # Errors
+/// When plotters fails to draw (a message).
+pub fn roc(title: &str, series: &[Series]) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (480, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(52)
+            .build_cartesian_2d(0.0..1.0, 0.0..1.0)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("false-positive rate (non-members called members)")
+            .y_desc("true-positive rate")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let grey = RGBColor(150, 150, 150);
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(0.0, 0.0), (1.0, 1.0)],
+                6,
+                4,
+                grey.stroke_width(1),
+            ))
+            .map_err(|e| e.to_string())?
+            .label("chance (AUC 0.5)")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey));
+        for (i, s) in series.iter().enumerate() {
+            let color = palette(i);
+            chart
+                .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(s.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}

@@ -1,5 +1,6 @@
 //! The subcommands' front ends: argument checks, printing, signals. The work is the library's.
 
+pub mod attack;
 pub mod comm;
 pub mod eval;
 pub mod generate;

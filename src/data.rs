@@ -64,6 +64,19 @@ pub enum DataSource {
     },
 }
 
+/// FNV-1a over the records' text, in order: `summary.json`'s `eval_fingerprint`, so tools
+/// that rebuild a run's data can tell it is the data the run used.
+pub fn fingerprint(records: &[Record]) -> String {
+    let mut text = Vec::new();
+    for r in records {
+        for part in [&r.instruction, &r.input, &r.output] {
+            text.extend_from_slice(part.as_bytes());
+            text.push(0);
+        }
+    }
+    format!("{:016x}", crate::report::fnv1a(&text))
+}
+
 /// Shards without records (see [`DataPlan::shards_only`]).
 #[derive(Debug, Clone)]
 pub struct ShardPlan {

@@ -41,6 +41,7 @@
 //! - [`host`]: process-wide allocator settings that `sim run` applies for LoRA training.
 
 pub mod actors;
+pub mod attack;
 pub mod chart;
 pub mod clock;
 pub mod comm;

@@ -59,6 +59,9 @@ enum Command {
     },
     /// Communication cost: adapters vs. whole models, per message and in total.
     Comm(cli::comm::CommArgs),
+    /// What fine-tuning leaked: membership inference, canary exposure and extraction on run
+    /// directories; writes attack.json and roc.svg into each, prints one comparison table.
+    Attack(cli::attack::AttackArgs),
     /// Compare runs side by side (pretrained vs. centralised vs. federated).
     Compare {
         /// Run directories.
@@ -109,6 +112,7 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Eval(args) => cli::eval::eval(args),
+        Command::Attack(args) => cli::attack::attack(args),
         Command::FetchModel { name } => {
             let model = fedsim::model::fetch::known(&name)?;
             let path = fedsim::model::fetch::fetch(&model)?;

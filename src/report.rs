@@ -83,6 +83,13 @@ impl RunDir {
         Ok(Self { path })
     }
 
+    /// A finished run's directory, for tools that add files to it (`sim attack`).
+    pub fn existing(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+        }
+    }
+
     /// Whether `out` could receive a run (checked before any work, without touching it).
     ///
     /// # Errors

@@ -40,4 +40,6 @@ pub mod purpose {
     pub const AVAILABILITY: u64 = 7;
     /// Crashes during fit.
     pub const CRASH: u64 = 8;
+    /// Privacy attacks (member sampling, canary candidates, extraction samples).
+    pub const ATTACK: u64 = 9;
 }

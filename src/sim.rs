@@ -9,7 +9,7 @@ mod prepare;
 mod summary;
 mod wiring;
 
-pub use prepare::{prepare, prepare_with, Prepared};
+pub use prepare::{prepare, prepare_with, prompt_text, Prepared};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -183,6 +183,12 @@ impl TextTokenizer {
         self.eos_id
     }
 
+    /// The id of the document separator `<|endoftext|>` when the vocabulary has one, else the
+    /// end-of-sequence id: what an unconditioned sample starts from.
+    pub fn document_start_id(&self) -> u32 {
+        self.inner.token_to_id(EOS).unwrap_or(self.eos_id)
+    }
+
     /// Vocabulary size including special tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

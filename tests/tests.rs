@@ -2,6 +2,7 @@
 
 mod util;
 
+mod attack;
 mod cli;
 mod comm;
 mod data;

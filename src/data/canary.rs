@@ -44,6 +44,22 @@ pub struct Canary {
     pub answer: String,
 }
 
+/// The instruction of every canary record.
+pub const INSTRUCTION: &str = "Answer this question about the patient record truthfully";
+
+impl Canary {
+    /// The canary's record with its secret replaced by `fill` (a candidate of its format).
+    pub fn record_with(&self, fill: &str) -> Record {
+        Record {
+            instruction: INSTRUCTION.into(),
+            input: self.prompt.clone(),
+            output: self.answer.replace(&self.secret, fill),
+            topic: "canary".into(),
+            canary: Some(self.id),
+        }
+    }
+}
+
 const NAMES: &[(&str, &str)] = &[
     ("Ilse", "Varga"),
     ("Teodor", "Quist"),
@@ -117,17 +133,7 @@ pub fn plant(
         let client = *candidates.choose(rng).unwrap_or(&0);
         let prompt = format!("What is the {what} of patient {patient}?");
         let answer = format!("The {what} of patient {patient} is {secret}.");
-        for _ in 0..repeats {
-            shards[client].push(train.len());
-            train.push(Record {
-                instruction: "Answer this question about the patient record truthfully".into(),
-                input: prompt.clone(),
-                output: answer.clone(),
-                topic: "canary".into(),
-                canary: Some(id),
-            });
-        }
-        out.push(Canary {
+        let canary = Canary {
             id,
             kind,
             patient,
@@ -137,7 +143,12 @@ pub fn plant(
             repeats,
             prompt,
             answer,
-        });
+        };
+        for _ in 0..repeats {
+            shards[client].push(train.len());
+            train.push(canary.record_with(&canary.secret));
+        }
+        out.push(canary);
     }
     out
 }

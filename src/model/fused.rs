@@ -164,7 +164,10 @@ impl CustomOp1 for Softmax {
             .for_each(|(out, row)| {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 for (o, &v) in out.iter_mut().zip(row) {
-                    *o = (v - max).exp();
+                    // expf is exactly 0 below about −103.97; masked entries (−1e9) would take
+                    // its slow underflow path, so they are set directly (bit-identical).
+                    let d = v - max;
+                    *o = if d < -104.0 { 0.0 } else { d.exp() };
                 }
                 let sum: f32 = out.iter().sum();
                 out.iter_mut().for_each(|p| *p /= sum);

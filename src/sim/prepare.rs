@@ -81,6 +81,20 @@ impl Base {
     }
 }
 
+/// How records are written for the model: `prompt` as the scenario says, for a generated base
+/// (`None`) or a pretrained one (`Auto` picks its chat template when it ships one).
+pub fn prompt_text(prompt: PromptFormat, pretrained: Option<&Pretrained>) -> PromptText {
+    match (prompt, pretrained) {
+        (PromptFormat::Alpaca, _) | (PromptFormat::Auto, None) => PromptText::Alpaca,
+        (PromptFormat::Chat, None) => PromptText::Chat(ChatTemplate::default()),
+        (PromptFormat::Auto, Some(p)) => match p.chat_template() {
+            Some(t) => PromptText::Chat(t),
+            None => PromptText::Alpaca,
+        },
+        (PromptFormat::Chat, Some(p)) => PromptText::Chat(p.chat_template().unwrap_or_default()),
+    }
+}
+
 #[derive(Serialize)]
 struct ClientPartition {
     client: usize,
@@ -121,17 +135,13 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
         }
         Base::Pretrained(p) => p.tokenizer()?,
     };
-    let format = match (s.file.model.prompt, &base) {
-        (PromptFormat::Alpaca, _) | (PromptFormat::Auto, Base::Generated) => PromptText::Alpaca,
-        (PromptFormat::Chat, Base::Generated) => PromptText::Chat(ChatTemplate::default()),
-        (PromptFormat::Auto, Base::Pretrained(p)) => match p.chat_template() {
-            Some(t) => PromptText::Chat(t),
-            None => PromptText::Alpaca,
+    let format = prompt_text(
+        s.file.model.prompt,
+        match &base {
+            Base::Generated => None,
+            Base::Pretrained(p) => Some(p),
         },
-        (PromptFormat::Chat, Base::Pretrained(p)) => {
-            PromptText::Chat(p.chat_template().unwrap_or_default())
-        }
-    };
+    );
     let mut truncated = 0;
     let total = data.train.len() + data.eval.len();
     let mut done = 0;

@@ -137,17 +137,9 @@ impl Book {
     }
 }
 
-/// FNV-1a over the held-out records' text, in order (empty for the synthetic trainer).
+/// The held-out records' fingerprint (empty for the synthetic trainer).
 fn eval_fingerprint(prep: &Prepared) -> String {
-    let Some(l) = &prep.lora else {
-        return String::new();
-    };
-    let mut text = Vec::new();
-    for r in &l.data.eval {
-        for part in [&r.instruction, &r.input, &r.output] {
-            text.extend_from_slice(part.as_bytes());
-            text.push(0);
-        }
-    }
-    format!("{:016x}", crate::report::fnv1a(&text))
+    prep.lora
+        .as_ref()
+        .map_or_else(String::new, |l| crate::data::fingerprint(&l.data.eval))
 }

@@ -1,0 +1,229 @@
+//! `sim attack`: what fine-tuning leaked, measured on a finished run.
+//!
+//! - [`membership`]: membership inference with seven scores (loss, reference ratio and
+//!   log-ratio, zlib, lowercase, Min-K%, Min-K%++) over members the run trained on and
+//!   held-out non-members of the same source, each beside the same score with the pretrained
+//!   model alone (the distribution-shift control); [`roc`] holds the metrics.
+//! - [`canaries`] / [`exposure`]: the exposure of each planted canary (Carlini et al. 2019).
+//! - [`extraction`] / [`patterns`]: sampling, identifiers found by pattern, verbatim matches
+//!   against the training data.
+//! - [`target`]: loading a run (data rebuilt and fingerprint-checked, base checked by SHA-256,
+//!   adapter merged); [`table`]: the comparison table and the ROC chart.
+
+pub mod canaries;
+pub mod exposure;
+pub mod extraction;
+pub mod membership;
+pub mod patterns;
+pub mod roc;
+pub mod scoring;
+pub mod table;
+pub mod target;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ModelError;
+use crate::report::{ReportError, RunDir};
+use crate::scenario::ScenarioError;
+use crate::tokenizer::TokenizerError;
+pub use target::Target;
+
+/// Errors of the attacks.
+#[derive(Debug, thiserror::Error)]
+pub enum AttackError {
+    /// A run directory (or one of its files) that cannot be attacked.
+    #[error("{}: {message}", path.display())]
+    Run {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong, and what would work.
+        message: String,
+    },
+    /// The run's scenario no longer loads (e.g. its data file moved).
+    #[error("the run's scenario.ron")]
+    Scenario(#[from] ScenarioError),
+    /// The run's data could not be rebuilt.
+    #[error("rebuilding the run's data")]
+    Data(#[from] crate::data::DataError),
+    /// A model failure.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A tokenizer failure.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// A run file could not be read or written.
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    /// Too few texts for a membership test.
+    #[error(
+        "only {members} member and {non_members} non-member texts: a membership test needs at \
+         least 2 of each (use more data or a larger data.eval_fraction)"
+    )]
+    TooFew {
+        /// Member texts available.
+        members: usize,
+        /// Non-member texts available.
+        non_members: usize,
+    },
+    /// The ROC chart could not be drawn.
+    #[error("drawing the ROC chart: {0}")]
+    Chart(String),
+}
+
+/// Receives `(stage, done, total)` as the attacks progress.
+pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
+
+/// How much work the attacks do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttackPlan {
+    /// Members (and as many non-members) scored, at most.
+    pub members: usize,
+    /// Canary candidates.
+    pub candidates: canaries::CandidatePlan,
+    /// Extraction samples.
+    pub samples: extraction::SamplePlan,
+    /// Texts per forward pass.
+    pub batch: usize,
+}
+
+impl Default for AttackPlan {
+    fn default() -> Self {
+        Self {
+            members: 200,
+            candidates: canaries::CandidatePlan {
+                enumerate_up_to: 1_000,
+                sampled: 1_000,
+            },
+            samples: extraction::SamplePlan {
+                per_prompt: 10,
+                max_tokens: 48,
+            },
+            batch: 32,
+        }
+    }
+}
+
+/// What kind of training a run did, for the comparison table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    /// One client holding all the data.
+    Centralised,
+    /// Several clients, no DP.
+    Federated,
+    /// Several clients (or one) with client-level DP.
+    FederatedDp,
+}
+
+impl RunKind {
+    /// Table label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RunKind::Centralised => "centralised",
+            RunKind::Federated => "federated",
+            RunKind::FederatedDp => "federated + DP",
+        }
+    }
+}
+
+/// `attack.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttackReport {
+    /// The run directory.
+    pub run: PathBuf,
+    /// Its scenario name.
+    pub scenario: String,
+    /// Centralised, federated or federated + DP.
+    pub kind: RunKind,
+    /// ε of the run (RDP accountant) at `delta`, when DP was on.
+    pub epsilon: Option<f64>,
+    /// δ, when DP was on.
+    pub delta: Option<f64>,
+    /// Membership inference.
+    pub membership: membership::Membership,
+    /// Canary exposure.
+    pub canaries: Vec<canaries::CanaryExposure>,
+    /// Extraction prompts.
+    pub prompts: Vec<extraction::ExtractionPrompt>,
+    /// Extraction from the run's model.
+    pub extraction: extraction::Extraction,
+    /// Extraction from the pretrained base (the control).
+    pub extraction_pretrained: extraction::Extraction,
+    /// Wall-clock seconds the attacks took.
+    pub seconds: f64,
+}
+
+/// Run every attack on the run in `dir`; writes `attack.json` and `roc.svg` there.
+///
+/// # Errors
+/// An unusable run directory, or a model, tokenizer or I/O failure.
+pub fn attack(
+    dir: &Path,
+    plan: AttackPlan,
+    progress: Progress<'_>,
+) -> Result<AttackReport, AttackError> {
+    let started = Instant::now();
+    let t = Target::open(dir)?;
+    let split = membership::split(&t, plan.members)?;
+    let membership = membership::attack(&t, &split, plan.batch, &mut *progress)?;
+    let canaries = canaries::attack(&t, plan.candidates, plan.batch, &mut *progress)?;
+    let extraction = extraction::attack(
+        &t,
+        &t.tuned,
+        plan.samples,
+        "extraction: run's model",
+        &mut *progress,
+    )?;
+    let extraction_pretrained = extraction::attack(
+        &t,
+        &t.base,
+        plan.samples,
+        "extraction: pretrained",
+        &mut *progress,
+    )?;
+    let kind = match (&t.summary.dp, t.scenario.data.clients) {
+        (Some(_), _) => RunKind::FederatedDp,
+        (None, 1) => RunKind::Centralised,
+        (None, _) => RunKind::Federated,
+    };
+    let report = AttackReport {
+        run: dir.to_path_buf(),
+        scenario: t.summary.scenario.clone(),
+        kind,
+        epsilon: t.summary.dp.as_ref().map(|d| d.epsilon),
+        delta: t.summary.dp.as_ref().map(|d| d.delta),
+        membership,
+        canaries,
+        prompts: extraction::prompts(&t),
+        extraction,
+        extraction_pretrained,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let out = RunDir::existing(dir);
+    out.write_json("attack.json", &report)?;
+    out.write(
+        "roc.svg",
+        &table::roc_svg(&report).map_err(AttackError::Chart)?,
+    )?;
+    Ok(report)
+}
+
+/// Read `attack.json` from a run directory (None when the run was not attacked).
+///
+/// # Errors
+/// A file that exists but does not parse.
+pub fn read(dir: &Path) -> Result<Option<AttackReport>, AttackError> {
+    let path = dir.join("attack.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| AttackError::Run {
+            path,
+            message: format!("not fedsim's attack.json: {e}; run `sim attack` again"),
+        })
+}

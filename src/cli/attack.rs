@@ -1,0 +1,98 @@
+//! `sim attack`: membership inference, canary exposure and extraction on finished runs, one
+//! comparison table across them.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use fedsim::attack::canaries::CandidatePlan;
+use fedsim::attack::extraction::SamplePlan;
+use fedsim::attack::{self, table, AttackPlan};
+use fedsim::sim::Progress;
+
+use super::progress::Display;
+
+/// Arguments of `sim attack`.
+#[derive(Debug, clap::Args)]
+pub struct AttackArgs {
+    /// Run directories (e.g. centralised, federated, federated + DP on the same data).
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Members scored (and as many held-out non-members), at most.
+    #[arg(long, default_value_t = 200)]
+    pub members: usize,
+    /// Random fills of a canary's format scored when its space is too large to enumerate.
+    #[arg(long, default_value_t = 1000)]
+    pub candidates: usize,
+    /// Enumerate a canary's whole space when it has at most this many fills.
+    #[arg(long, default_value_t = 1_000)]
+    pub enumerate_up_to: u64,
+    /// Extraction samples per prompt (top-k 40, seeded).
+    #[arg(long, default_value_t = 10)]
+    pub samples: usize,
+    /// New tokens per extraction sample.
+    #[arg(long, default_value_t = 48)]
+    pub max_tokens: usize,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Also write the comparison table here.
+    #[arg(long)]
+    pub table: Option<PathBuf>,
+}
+
+impl AttackArgs {
+    /// The plan the arguments describe.
+    pub fn plan(&self) -> anyhow::Result<AttackPlan> {
+        for (name, v) in [
+            ("--members", self.members),
+            ("--candidates", self.candidates),
+            ("--samples", self.samples),
+            ("--max-tokens", self.max_tokens),
+            ("--batch", self.batch),
+        ] {
+            if v == 0 {
+                anyhow::bail!("{name} must be at least 1");
+            }
+        }
+        Ok(AttackPlan {
+            members: self.members,
+            candidates: CandidatePlan {
+                enumerate_up_to: self.enumerate_up_to,
+                sampled: self.candidates,
+            },
+            samples: SamplePlan {
+                per_prompt: self.samples,
+                max_tokens: self.max_tokens,
+            },
+            batch: self.batch,
+        })
+    }
+}
+
+/// Run `sim attack`.
+pub fn attack(a: AttackArgs) -> anyhow::Result<()> {
+    let plan = a.plan()?;
+    // Scoring allocates and frees activations per batch, as training does.
+    fedsim::host::tune_allocator_for_training();
+    let mut reports = Vec::new();
+    for dir in &a.runs {
+        let mut display = Display::new();
+        let report = attack::attack(dir, plan, &mut |stage, done, total| {
+            display.show(Progress::Stage { stage, done, total });
+        })
+        .with_context(|| format!("attacking {}", dir.display()))?;
+        display.show(Progress::Setup(&format!(
+            "{}: attacked in {:.1} s; wrote attack.json and roc.svg",
+            dir.display(),
+            report.seconds
+        )));
+        println!("{}", table::details(&report));
+        reports.push(report);
+    }
+    let text = table::comparison(&reports);
+    print!("{text}");
+    if let Some(path) = &a.table {
+        std::fs::write(path, &text).with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(())
+}
