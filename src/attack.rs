@@ -142,6 +142,10 @@ pub struct AttackReport {
     pub epsilon: Option<f64>,
     /// δ, when DP was on.
     pub delta: Option<f64>,
+    /// Held-out loss after the run (nats/token): what the leakage bought.
+    pub eval_loss: f64,
+    /// Held-out loss of the pretrained base.
+    pub pretrained_eval_loss: f64,
     /// Membership inference.
     pub membership: membership::Membership,
     /// Canary exposure.
@@ -195,6 +199,8 @@ pub fn attack(
         kind,
         epsilon: t.summary.dp.as_ref().map(|d| d.epsilon),
         delta: t.summary.dp.as_ref().map(|d| d.delta),
+        eval_loss: t.summary.final_eval_loss,
+        pretrained_eval_loss: t.summary.pretrained_eval_loss,
         membership,
         canaries,
         prompts: extraction::prompts(&t),

@@ -7,5 +7,6 @@ pub mod generate;
 pub mod privacy;
 pub mod progress;
 pub mod run;
+pub mod study;
 pub mod sweep;
 pub mod validate;

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+mod attacks;
+
 use crate::chart::{bars, lines, Axes, Series};
 use crate::report::{ReportError, Summary};
 
@@ -21,6 +23,12 @@ pub enum HtmlReportError {
         /// Its title.
         title: String,
         /// What plotters said.
+        message: String,
+    },
+    /// An `attack.json` that does not read.
+    #[error("{message}")]
+    Attack {
+        /// The error chain.
         message: String,
     },
 }
@@ -142,6 +150,8 @@ fn escape(s: &str) -> String {
 /// # Errors
 /// A run directory without a readable `summary.json`, or a chart that cannot be drawn.
 pub fn render(dirs: &[PathBuf]) -> Result<String, HtmlReportError> {
+    // A study directory (study.json, one run directory per arm) stands for its arms.
+    let dirs = expand_studies(dirs);
     // A sweep directory (sweep.txt, one run directory per combination) gets its own section.
     let (sweeps, dirs): (Vec<&PathBuf>, Vec<&PathBuf>) = dirs
         .iter()
@@ -249,9 +259,24 @@ pub fn render(dirs: &[PathBuf]) -> Result<String, HtmlReportError> {
             "Sweeps: no sweep directory given (sim report SWEEP_DIR adds its table and curves).",
         );
     }
-    page.section("Attacks");
-    page.note("Membership-inference and extraction results: not part of fedsim yet.");
+    attacks::section(&mut page, &attacks::read(&dirs)?)?;
     Ok(wrap(&page.html, page.charts))
+}
+
+/// Every directory, with a study directory (`sim study`: `study.json` and no summary.json)
+/// replaced by its arms' run directories, in the study's order.
+fn expand_studies(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in dirs {
+        let arms = read_json(&d.join("study.json"))
+            .filter(|_| !d.join("summary.json").exists())
+            .and_then(|v| v["arms"].as_array().cloned());
+        match arms {
+            Some(arms) => out.extend(arms.iter().filter_map(|a| a.as_str()).map(|a| d.join(a))),
+            None => out.push(d.clone()),
+        }
+    }
+    out
 }
 
 /// A sweep: its table as written, and each combination's held-out loss per round.

@@ -65,6 +65,7 @@ pub mod sim;
 pub mod slots;
 pub mod stragglers;
 pub mod strategy;
+pub mod study;
 pub mod sweep;
 pub mod telemetry;
 pub mod tokenizer;

@@ -62,6 +62,9 @@ enum Command {
     /// What fine-tuning leaked: membership inference, canary exposure and extraction on run
     /// directories; writes attack.json and roc.svg into each, prints one comparison table.
     Attack(cli::attack::AttackArgs),
+    /// A privacy study: train each arm of a study file (centralised, federated, federated +
+    /// DP on the same data and seed), attack each, print the comparison table.
+    Study(cli::study::StudyArgs),
     /// Compare runs side by side (pretrained vs. centralised vs. federated).
     Compare {
         /// Run directories.
@@ -113,6 +116,7 @@ fn real_main() -> anyhow::Result<()> {
         }
         Command::Eval(args) => cli::eval::eval(args),
         Command::Attack(args) => cli::attack::attack(args),
+        Command::Study(args) => cli::study::study(args),
         Command::FetchModel { name } => {
             let model = fedsim::model::fetch::known(&name)?;
             let path = fedsim::model::fetch::fetch(&model)?;

@@ -153,6 +153,18 @@ impl Scenario {
                     col: e.span.start.col,
                     message: e.code.to_string(),
                 })?;
+        Self::from_file(file, path, overrides)
+    }
+
+    /// Apply overrides to a parsed file (reported as `path`) and validate it.
+    ///
+    /// # Errors
+    /// A bad override or a field out of range.
+    pub fn from_file(
+        file: ScenarioFile,
+        path: &Path,
+        overrides: &[String],
+    ) -> Result<Self, ScenarioError> {
         let file = overrides::apply(file, overrides)?;
         validate::validate(file, path)
     }

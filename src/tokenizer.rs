@@ -132,7 +132,14 @@ impl TextTokenizer {
             .with_decoder(Some(ByteLevelDecoder::default()))
             .build()
             .map_err(tk)?;
-        let texts: Vec<String> = corpus.iter().map(Record::full_text).collect();
+        // Planted canaries are left out: BPE merges would memorise their secrets (24 copies of
+        // "MRN-012612" earn it a few merges), so a model that never trained would already rank
+        // them first and exposure would measure the tokenizer, not the fine-tuning.
+        let texts: Vec<String> = corpus
+            .iter()
+            .filter(|r| r.canary.is_none())
+            .map(Record::full_text)
+            .collect();
         tokenizer.train(&mut trainer, texts.iter()).map_err(tk)?;
         let inner: Tokenizer = tokenizer.into();
         let got = inner.get_vocab_size(true);

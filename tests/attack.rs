@@ -53,6 +53,10 @@ fn auc_tpr_and_balanced_accuracy_match_hand_computed_values_with_ties() {
     let members = [198.5, 250.0, 190.5, 199.5];
     let s = roc::summarize(&members, &non);
     assert_eq!(s.tpr_at_fpr, [0.5, 0.75, 1.0]);
+    // The standard error at AUC 0.5 equals the Mann–Whitney null variance (m + n + 1)/(12 m n).
+    let se = roc::auc_standard_error(0.5, 100, 100);
+    assert!((se * se - 201.0 / 120_000.0).abs() < 1e-15, "{se}");
+    assert_eq!(s.auc_se, roc::auc_standard_error(s.auc, 4, 200));
     // The course's rule: member iff ratio < 1.
     assert_eq!(
         roc::rule_accuracy(&[0.5, 1.2], &[1.1, 0.9], |r| r < 1.0),
@@ -362,4 +366,105 @@ fn runs_without_an_adapter_or_with_another_base_are_refused_by_name() {
     let (ok, _, stderr) = sim(&["attack", no_adapter.to_str().unwrap()]);
     assert!(!ok);
     assert!(stderr.contains("adapter_model.safetensors"), "{stderr}");
+}
+
+#[test]
+fn the_shipped_study_validates_and_bad_studies_are_refused_by_field() {
+    let study =
+        fedsim::study::Study::load(&crate::util::root().join("scenarios/privacy_study.ron"))
+            .unwrap();
+    let names: Vec<&str> = study.arms.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "centralised",
+            "federated",
+            "federated_dp_z0.3",
+            "federated_dp_z1"
+        ]
+    );
+    assert_eq!(study.arms[0].1.data.clients, 1);
+    assert!(study.arms[3].1.dp.is_some());
+    let tmp = tempfile::tempdir().unwrap();
+    let base = SMALL.trim();
+    let check = |arms: &str, want: &[&str]| {
+        let path = tmp.path().join("s.ron");
+        std::fs::write(
+            &path,
+            format!("(name: \"s\", base: {base}, arms: [{arms}])"),
+        )
+        .unwrap();
+        let e = fedsim::fmt::chain(&fedsim::study::Study::load(&path).unwrap_err());
+        for w in want {
+            assert!(e.contains(w), "{e} lacks {w}");
+        }
+    };
+    check(
+        "(name: \"a\"), (name: \"b\", set: [\"seed=8\"])",
+        &["arms.b.set", "changes the seed"],
+    );
+    check(
+        "(name: \"a\"), (name: \"b\", set: [\"data.canaries=5\"])",
+        &["same data, model and seed"],
+    );
+    check("", &["arms", "is empty"]);
+    check("(name: \"a\"), (name: \"a\")", &["\"a\" is used twice"]);
+    check("(name: \"../x\")", &["cannot name a directory"]);
+    check("(name: \"a\", set: [\"rounds=0\"])", &["arm `a`", "rounds"]);
+    check("(name: \"a\", sett: [])", &["s.ron:", "sett"]);
+}
+
+#[test]
+fn sim_study_trains_attacks_and_reports_every_arm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("study.ron");
+    std::fs::write(
+        &path,
+        format!(
+            "(name: \"mini\", base: {}, arms: [(name: \"central\", set: [\"clients.count=1\", \
+             \"strategy.min_fit_clients=1\", \"strategy.min_available_clients=1\", \
+             \"strategy.fraction_fit=1.0\"]), (name: \"fed\")], attack: (members: 20, \
+             candidates: 50, samples: 1, max_tokens: 8))",
+            SMALL.trim()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let (ok, stdout, stderr) = sim(&[
+        "study",
+        path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("pretrained (control)"), "{stdout}");
+    assert!(
+        stdout.contains("central ") && stdout.contains("fed "),
+        "{stdout}"
+    );
+    for arm in ["central", "fed"] {
+        assert!(out.join(arm).join("attack.json").is_file());
+        assert!(out.join(arm).join("roc.svg").is_file());
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("attack.txt")).unwrap(),
+        stdout[stdout.find("model ").unwrap()..stdout.find("study directory").unwrap()]
+    );
+    // The report over the study directory shows both arms and the attack section.
+    let (ok, _, stderr) = sim(&[
+        "report",
+        out.to_str().unwrap(),
+        "--out",
+        tmp.path().join("r.html").to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let html = std::fs::read_to_string(tmp.path().join("r.html")).unwrap();
+    assert!(html.contains("Attacks: what fine-tuning leaked"));
+    assert!(html.contains("Membership inference: central (centralised)"));
+    assert!(html.contains("Membership inference: fed (federated)"));
+    assert!(html.contains("Canary exposure"));
+    assert_eq!(
+        html,
+        std::fs::read_to_string(out.join("report.html")).unwrap()
+    );
 }

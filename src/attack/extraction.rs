@@ -101,6 +101,8 @@ pub struct Extraction {
     pub by_client: BTreeMap<usize, usize>,
     /// Every identifier found.
     pub extracted: Vec<Extracted>,
+    /// The first sample of each prompt (label, text), to read what the model writes.
+    pub examples: Vec<(String, String)>,
 }
 
 /// Identifiers in the training data: text → (owning clients, canary).
@@ -142,6 +144,7 @@ pub fn attack(
     let total = prompts.len() * plan.per_prompt;
     let mut seen: BTreeMap<(PiiKind, String), usize> = BTreeMap::new();
     let stop = [t.tokenizer.eos_id(), t.tokenizer.document_start_id()];
+    let mut examples = Vec::with_capacity(prompts.len());
     for (p, prompt) in prompts.iter().enumerate() {
         let ids = prompt_ids(t, prompt)?;
         for k in 0..plan.per_prompt {
@@ -153,6 +156,9 @@ pub fn attack(
             };
             let out = generate(model, &ids, Budget::up_to(plan.max_tokens), sampling, &stop)?;
             let text = t.tokenizer.decode(&out.ids)?;
+            if k == 0 {
+                examples.push((prompt.label.clone(), text.clone()));
+            }
             let found: BTreeSet<_> = patterns::find(&text)
                 .into_iter()
                 .map(|f| (f.kind, f.text))
@@ -194,6 +200,7 @@ pub fn attack(
         canaries: training.iter().filter_map(|e| e.canary).collect(),
         by_client,
         extracted,
+        examples,
     })
 }
 

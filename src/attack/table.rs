@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::exposure::ExposureMethod;
-use super::roc::RocSummary;
+use super::roc::{self, RocSummary};
 use super::scoring::Score;
 use super::AttackReport;
 use crate::chart::{self, Series};
@@ -62,69 +62,83 @@ fn extraction_cell(e: &super::extraction::Extraction) -> String {
     )
 }
 
+/// Scores shown in the comparison table.
+const TABLE_SCORES: [Score; 5] = [
+    Score::Loss,
+    Score::RefRatio,
+    Score::Zlib,
+    Score::MinK,
+    Score::MinKPlus,
+];
+
+/// One row: the run's model, or (`control`) the pretrained base it started from.
+fn row(out: &mut String, name: &str, r: &AttackReport, control: bool) {
+    let (kind, eps, loss, ext) = if control {
+        (
+            "—",
+            "—".to_string(),
+            r.pretrained_eval_loss,
+            &r.extraction_pretrained,
+        )
+    } else {
+        (
+            r.kind.label(),
+            r.epsilon.map_or("—".into(), |e| format!("{e:.2}")),
+            r.eval_loss,
+            &r.extraction,
+        )
+    };
+    let _ = write!(out, "{name:<22} {kind:<15} {eps:>8} {loss:>9.3}");
+    for s in TABLE_SCORES {
+        let _ = write!(out, " {:>10}", f3(roc_of(r, s, control).map(|x| x.auc)));
+    }
+    let tpr = roc_of(r, Score::Loss, control).map(|x| x.tpr_at_fpr[1]);
+    let course = (!control).then_some(r.membership.course_rule_accuracy);
+    let _ = writeln!(
+        out,
+        " {:>7} {:>7} {:>12} {:>12}",
+        f3(tpr),
+        f3(course),
+        exposure_cell(r, control),
+        extraction_cell(ext)
+    );
+}
+
 /// One row per model: the pretrained base (the first run's control), then every run.
 pub fn comparison(reports: &[AttackReport]) -> String {
     let mut out = String::new();
-    let scores = [
-        Score::Loss,
-        Score::RefRatio,
-        Score::Zlib,
-        Score::MinK,
-        Score::MinKPlus,
-    ];
-    let _ = write!(out, "{:<26} {:<15} {:>9}", "model", "kind", "ε");
-    for s in scores {
+    let _ = write!(
+        out,
+        "{:<22} {:<15} {:>8} {:>9}",
+        "model", "kind", "ε", "eval loss"
+    );
+    for s in TABLE_SCORES {
         let _ = write!(out, " {:>10}", s.label());
     }
     let _ = writeln!(
         out,
-        " {:>9} {:>10} {:>13} {:>16}",
+        " {:>7} {:>7} {:>12} {:>12}",
         "TPR@1%", "course", "exposure", "extracted"
     );
-    let row =
-        |out: &mut String, name: &str, kind: &str, eps: String, r: &AttackReport, control: bool| {
-            let _ = write!(out, "{name:<26} {kind:<15} {eps:>9}");
-            for s in scores {
-                let _ = write!(out, " {:>10}", f3(roc_of(r, s, control).map(|x| x.auc)));
-            }
-            let tpr = roc_of(r, Score::Loss, control).map(|x| x.tpr_at_fpr[1]);
-            let course = (!control).then_some(r.membership.course_rule_accuracy);
-            let ext = if control {
-                &r.extraction_pretrained
-            } else {
-                &r.extraction
-            };
-            let _ = writeln!(
-                out,
-                " {:>9} {:>10} {:>13} {:>16}",
-                f3(tpr),
-                f3(course),
-                exposure_cell(r, control),
-                extraction_cell(ext)
-            );
-        };
     if let Some(first) = reports.first() {
-        row(
-            &mut out,
-            "pretrained (control)",
-            "—",
-            "—".into(),
-            first,
-            true,
-        );
+        row(&mut out, "pretrained (control)", first, true);
     }
+    let n = reports.first().map_or(0, |r| r.membership.members);
     for r in reports {
-        let eps = r.epsilon.map_or("—".into(), |e| format!("{e:.2}"));
-        row(&mut out, &r.scenario, r.kind.label(), eps, r, false);
+        row(&mut out, &r.scenario, r, false);
     }
     let _ = writeln!(
         out,
-        "columns: ROC AUC of each membership score (0.5 = chance; members = records the run \
-         trained on, non-members = held-out records of the same source); TPR@1% = loss attack's \
-         true-positive rate at 1 % false positives; course = accuracy of the course's rule \
-         \"member iff PPL_ft/PPL_pre < 1\"; exposure = mean canary exposure / its maximum, bits; \
-         extracted = training identifiers / identifiers found in samples (precision); ε at the \
-         run's δ"
+        "eval loss: held-out loss after training, nats/token (what the leakage bought); loss … \
+         Min-20%++: ROC AUC of each membership score (0.5 = chance; members = records the run \
+         trained on, non-members = held-out records of the same source; {} a side, so ±{:.3} is \
+         a 95 % interval around 0.5); TPR@1%: the loss \
+         attack's true-positive rate at 1 % false positives; course: accuracy of the course's \
+         rule \"member iff PPL_ft/PPL_pre < 1\"; exposure: mean canary exposure / its maximum, \
+         bits; extracted: training identifiers / identifiers found in samples (precision); ε at \
+         the run's δ",
+        n,
+        1.96 * roc::auc_standard_error(0.5, n, n)
     );
     out
 }
@@ -146,15 +160,15 @@ pub fn details(r: &AttackReport) -> String {
     );
     let _ = writeln!(
         out,
-        "  {:<14} {:>7} {:>9} {:>9} {:>9} {:>9} {:>12}",
-        "score", "AUC", "TPR@0.1%", "TPR@1%", "TPR@5%", "best acc", "control AUC"
+        "  {:<14} {:>13} {:>9} {:>9} {:>9} {:>9} {:>12}",
+        "score", "AUC (±95 %)", "TPR@0.1%", "TPR@1%", "TPR@5%", "best acc", "control AUC"
     );
     for s in &m.scores {
         let _ = writeln!(
             out,
-            "  {:<14} {:>7.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>12}",
+            "  {:<14} {:>13} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>12}",
             s.score.label(),
-            s.roc.auc,
+            format!("{:.3} ± {:.3}", s.roc.auc, 1.96 * s.roc.auc_se),
             s.roc.tpr_at_fpr[0],
             s.roc.tpr_at_fpr[1],
             s.roc.tpr_at_fpr[2],

@@ -103,7 +103,7 @@ impl Target {
                 ),
             ));
         }
-        tracing::info!(run = %dir.display(), "loading the base model and the adapter");
+        tracing::debug!(run = %dir.display(), "loading the base model and the adapter");
         let base = source.load(&Device::Cpu)?;
         let (adapter, lora) = peft::load_peft(dir, base.config()).map_err(|e| {
             file_error(

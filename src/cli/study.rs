@@ -1,0 +1,96 @@
+//! `sim study`: train every arm of a privacy study, attack each, print one table.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use fedsim::attack::{self, table};
+use fedsim::report::{RunDir, RunStatus};
+use fedsim::sim::Progress;
+use fedsim::study::Study;
+use fedsim::{RunOptions, Shutdown, StopLevel};
+
+use super::progress::Display;
+
+/// `sim study` arguments.
+#[derive(clap::Args)]
+pub struct StudyArgs {
+    /// Study file (RON): a base scenario, its arms, the attack effort.
+    study: PathBuf,
+    /// Study directory (default runs/<name>-<timestamp>): one run directory per arm, plus
+    /// study.json, attack.txt and report.html.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Validate every arm, train them one after the other, attack each, tabulate.
+pub fn study(a: StudyArgs) -> anyhow::Result<()> {
+    let study = Study::load(&a.study)?;
+    fedsim::host::tune_allocator_for_training();
+    let dir = RunDir::create(a.out.as_deref(), &study.name)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (trigger, shutdown) = Shutdown::channel();
+    runtime.block_on(async { super::run::listen_for_signals(trigger) })?;
+    let n = study.arms.len();
+    let arms: Vec<&str> = study.arms.iter().map(|(a, _)| a.as_str()).collect();
+    dir.write_json(
+        "study.json",
+        &serde_json::json!({ "name": study.name, "source": a.study, "arms": arms }),
+    )?;
+    eprintln!("study of {n} arms into {}", dir.path().display());
+    let mut reports = Vec::with_capacity(n);
+    let mut dirs = Vec::with_capacity(n);
+    for (i, (name, s)) in study.arms.iter().enumerate() {
+        if shutdown.level() >= StopLevel::FinishRound {
+            anyhow::bail!("stopped after {i} of {n} arms; their run directories are complete");
+        }
+        let out = dir.path().join(name);
+        eprintln!("[{}/{n}] training `{name}`", i + 1);
+        let mut display = Display::new();
+        let opts = RunOptions {
+            out: Some(out.clone()),
+            progress: Some(Box::new(move |p: Progress<'_>| display.show(p))),
+            ..Default::default()
+        };
+        let run = runtime
+            .block_on(fedsim::run(s, opts, shutdown.clone()))
+            .with_context(|| format!("arm `{name}`"))?;
+        if run.summary.status != RunStatus::Completed {
+            anyhow::bail!(
+                "arm `{name}` ended {}; not attacking a partial run",
+                run.summary.status.as_str()
+            );
+        }
+        eprintln!(
+            "[{}/{n}] `{name}`: held-out loss {:.4} nats/token; attacking",
+            i + 1,
+            run.summary.final_eval_loss
+        );
+        let mut display = Display::new();
+        let report = attack::attack(&out, study.attack, &mut |stage, done, total| {
+            display.show(Progress::Stage { stage, done, total });
+        })
+        .with_context(|| format!("attacking arm `{name}`"))?;
+        display.show(Progress::Setup(&format!(
+            "[{}/{n}] `{name}` attacked in {:.1} s",
+            i + 1,
+            report.seconds
+        )));
+        println!("{}", table::details(&report));
+        reports.push(report);
+        dirs.push(out);
+    }
+    let text = table::comparison(&reports);
+    print!("{text}");
+    dir.write("attack.txt", &text)?;
+    let html = fedsim::html_report::render(&dirs)?;
+    dir.write("report.html", &html)?;
+    println!(
+        "study directory: {} (attack.txt, report.html)",
+        dir.path().display()
+    );
+    Ok(())
+}
