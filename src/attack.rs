@@ -42,6 +42,17 @@ pub enum AttackError {
         /// What is wrong, and what would work.
         message: String,
     },
+    /// The run's adapter does not fit the base model the run names.
+    #[error("{}: does not fit the run's base model ({})", adapter.display(), base.display())]
+    AdapterMismatch {
+        /// The adapter file.
+        adapter: PathBuf,
+        /// The base model's file or directory.
+        base: PathBuf,
+        /// What the loader found.
+        #[source]
+        source: ModelError,
+    },
     /// The run's scenario no longer loads (e.g. its data file moved).
     #[error("the run's scenario.ron")]
     Scenario(#[from] ScenarioError),

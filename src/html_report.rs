@@ -26,11 +26,8 @@ pub enum HtmlReportError {
         message: String,
     },
     /// An `attack.json` that does not read.
-    #[error("{message}")]
-    Attack {
-        /// The error chain.
-        message: String,
-    },
+    #[error(transparent)]
+    Attack(#[from] crate::attack::AttackError),
 }
 
 /// What the report reads of one run.

@@ -191,7 +191,7 @@ pub fn details(r: &AttackReport) -> String {
             out,
             "  {:<7} {:<14} {:>6} {:>7} {:>5} {:>11.2} {:>11.2} {:>8.2}  {}",
             c.id,
-            format!("{:?}", c.kind).to_lowercase(),
+            c.kind.label(),
             c.client,
             c.repeats,
             if c.seen { "yes" } else { "no" },

@@ -105,16 +105,13 @@ impl Target {
         }
         tracing::debug!(run = %dir.display(), "loading the base model and the adapter");
         let base = source.load(&Device::Cpu)?;
-        let (adapter, lora) = peft::load_peft(dir, base.config()).map_err(|e| {
-            file_error(
-                &dir.join("adapter_model.safetensors"),
-                format!(
-                    "does not fit the run's base model ({}): {}",
-                    source.path().display(),
-                    crate::fmt::chain(&e)
-                ),
-            )
-        })?;
+        let base_path = source.path().to_path_buf();
+        let (adapter, lora) =
+            peft::load_peft(dir, base.config()).map_err(|e| AttackError::AdapterMismatch {
+                adapter: dir.join("adapter_model.safetensors"),
+                base: base_path,
+                source: e,
+            })?;
         let vars = LoraVars::from_adapter(&adapter, &lora, &Device::Cpu)?;
         let tuned = base.merged(&vars)?;
         let participants = participants(dir, scenario.data.clients)?;

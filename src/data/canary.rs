@@ -21,6 +21,17 @@ pub enum CanaryKind {
     RecordNumber,
 }
 
+impl CanaryKind {
+    /// Label for tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            CanaryKind::Email => "e-mail",
+            CanaryKind::Phone => "phone",
+            CanaryKind::RecordNumber => "record no.",
+        }
+    }
+}
+
 /// One planted secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Canary {

@@ -14,9 +14,7 @@ use crate::chart::{bars, Axes};
 pub(super) fn read(dirs: &[&PathBuf]) -> Result<Vec<AttackReport>, HtmlReportError> {
     let mut out = Vec::new();
     for d in dirs {
-        if let Some(r) = crate::attack::read(d).map_err(|e| HtmlReportError::Attack {
-            message: crate::fmt::chain(&e),
-        })? {
+        if let Some(r) = crate::attack::read(d)? {
             out.push(r);
         }
     }
