@@ -34,6 +34,17 @@ fn palette(i: usize) -> RGBColor {
     COLORS[i % COLORS.len()]
 }
 
+/// A legend label that fits the legend column: long ones (run paths) keep their end.
+fn legend_label(label: &str) -> String {
+    const MAX: usize = 24;
+    let n = label.chars().count();
+    if n <= MAX {
+        return label.to_string();
+    }
+    let tail: String = label.chars().skip(n - (MAX - 1)).collect();
+    format!("…{tail}")
+}
+
 fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| v.is_finite())
@@ -131,6 +142,8 @@ pub fn bars(
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
+        // The legend gets its own column on the right: over grouped bars it hides some.
+        let (plot, legend) = root.split_horizontally(SIZE.0 - 170);
         let top = series
             .iter()
             .flat_map(|s| s.1.iter().copied())
@@ -139,7 +152,7 @@ pub fn bars(
             .max(1e-9)
             * 1.1;
         let n = categories.len().max(1);
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(&plot)
             .caption(title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(40)
@@ -172,13 +185,16 @@ pub fn bars(
                     let x = i as f64 - 0.4 + j as f64 * width;
                     Rectangle::new([(x, 0.0), (x + width * 0.9, v.max(0.0))], color.filled())
                 }))
-                .map_err(|e| e.to_string())?
-                .label(label.clone())
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
-                });
+                .map_err(|e| e.to_string())?;
+            let y = 48 + 20 * j as i32;
+            legend
+                .draw(&Rectangle::new([(4, y - 5), (16, y + 5)], color.filled()))
+                .map_err(|e| e.to_string())?;
+            legend
+                .draw(&Text::new(legend_label(label), (22, y - 7), ("sans-serif", 13)))
+                .map_err(|e| e.to_string())?;
         }
-        legend_and_present(&mut chart, &root)?;
+        root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
 }

@@ -85,7 +85,7 @@ fn exposure_chart(page: &mut Page, reports: &[AttackReport]) -> Result<(), HtmlR
     let categories: Vec<String> = first
         .canaries
         .iter()
-        .map(|c| format!("{} ({:.1} bits max)", c.secret, c.max_exposure))
+        .map(|c| format!("#{} {}, max {:.1}", c.id, c.kind.label(), c.max_exposure))
         .collect();
     let exposure = |r: &AttackReport, control: bool| -> Vec<f64> {
         (0..categories.len())
