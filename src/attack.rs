@@ -17,6 +17,7 @@ pub mod membership;
 pub mod patterns;
 pub mod roc;
 pub mod scoring;
+pub mod slots;
 pub mod table;
 pub mod target;
 
@@ -79,6 +80,9 @@ pub enum AttackError {
         /// Non-member texts available.
         non_members: usize,
     },
+    /// The scoring threads could not start.
+    #[error("cannot start the scoring slots")]
+    Slots(#[source] rayon::ThreadPoolBuildError),
     /// The ROC chart could not be drawn.
     #[error("drawing the ROC chart: {0}")]
     Chart(String),
@@ -98,6 +102,10 @@ pub struct AttackPlan {
     pub samples: extraction::SamplePlan,
     /// Texts per forward pass.
     pub batch: usize,
+    /// Scoring slots (threads scoring whole batches side by side).
+    pub slots: usize,
+    /// Matmul threads per slot.
+    pub threads_per_slot: usize,
 }
 
 impl Default for AttackPlan {
@@ -113,6 +121,8 @@ impl Default for AttackPlan {
                 max_tokens: 48,
             },
             batch: 32,
+            slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads_per_slot: 1,
         }
     }
 }
@@ -182,9 +192,11 @@ pub fn attack(
 ) -> Result<AttackReport, AttackError> {
     let started = Instant::now();
     let t = Target::open(dir)?;
+    let slots = slots::ScoringSlots::new(plan.slots, plan.threads_per_slot, plan.batch)
+        .map_err(AttackError::Slots)?;
     let split = membership::split(&t, plan.members)?;
-    let membership = membership::attack(&t, &split, plan.batch, &mut *progress)?;
-    let canaries = canaries::attack(&t, plan.candidates, plan.batch, &mut *progress)?;
+    let membership = membership::attack(&t, &split, &slots, &mut *progress)?;
+    let canaries = canaries::attack(&t, plan.candidates, &slots, &mut *progress)?;
     let extraction = extraction::attack(
         &t,
         &t.tuned,

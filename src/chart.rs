@@ -191,7 +191,11 @@ pub fn bars(
                 .draw(&Rectangle::new([(4, y - 5), (16, y + 5)], color.filled()))
                 .map_err(|e| e.to_string())?;
             legend
-                .draw(&Text::new(legend_label(label), (22, y - 7), ("sans-serif", 13)))
+                .draw(&Text::new(
+                    legend_label(label),
+                    (22, y - 7),
+                    ("sans-serif", 13),
+                ))
                 .map_err(|e| e.to_string())?;
         }
         root.present().map_err(|e| e.to_string())?;

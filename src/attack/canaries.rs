@@ -6,7 +6,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::exposure::{self, ExposureMethod, SkewNormal};
-use super::scoring::token_stats;
+use super::slots::ScoringSlots;
 use super::target::Target;
 use super::{AttackError, Progress};
 use crate::data::canary::{Canary, CanaryKind};
@@ -111,7 +111,7 @@ fn nlls(
     model: &BaseModel,
     canary: &Canary,
     fills: &[String],
-    batch: usize,
+    slots: &ScoringSlots,
 ) -> Result<Vec<f64>, AttackError> {
     let examples = fills
         .iter()
@@ -123,7 +123,8 @@ fn nlls(
         })
         .collect::<Result<Vec<_>, AttackError>>()?;
     let refs: Vec<_> = examples.iter().collect();
-    Ok(token_stats(model, &refs, t.pad(), batch)?
+    Ok(slots
+        .stats(model, &refs, t.pad())?
         .iter()
         .map(|s| -s.iter().map(|x| x.logp).sum::<f64>())
         .collect())
@@ -159,20 +160,20 @@ fn exposure_of(scores: &[f64], space: f64, enumerated: bool) -> Exposure {
 pub fn attack(
     t: &Target,
     plan: CandidatePlan,
-    batch: usize,
+    slots: &ScoringSlots,
     progress: Progress<'_>,
 ) -> Result<Vec<CanaryExposure>, AttackError> {
     let canaries = &t.data.canaries;
     let mut out = Vec::with_capacity(canaries.len());
     for (k, c) in canaries.iter().enumerate() {
-        let slots = c.format.matches('#').count() as i32;
-        let space = 10f64.powi(slots);
+        let digits = c.format.matches('#').count() as i32;
+        let space = 10f64.powi(digits);
         let fills = candidates(&c.format, &c.secret, plan, t.scenario.seed ^ c.id as u64);
         let enumerated = fills.len() as f64 + 1.0 >= space;
         let mut all = vec![c.secret.clone()];
         all.extend(fills);
-        let run = nlls(t, &t.tuned, c, &all, batch)?;
-        let pre = nlls(t, &t.base, c, &all, batch)?;
+        let run = nlls(t, &t.tuned, c, &all, slots)?;
+        let pre = nlls(t, &t.base, c, &all, slots)?;
         out.push(CanaryExposure {
             id: c.id,
             kind: c.kind,

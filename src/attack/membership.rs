@@ -7,7 +7,8 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::roc::{self, RocPoint, RocSummary};
-use super::scoring::{token_stats, Score, TextScores};
+use super::scoring::{Score, TextScores};
+use super::slots::ScoringSlots;
 use super::target::Target;
 use super::{AttackError, Progress};
 use crate::data::Record;
@@ -111,7 +112,7 @@ fn score_texts(
     t: &Target,
     model: &BaseModel,
     records: &[&Record],
-    batch: usize,
+    slots: &ScoringSlots,
     progress: Progress<'_>,
     stage: &str,
 ) -> Result<Vec<TextScores>, AttackError> {
@@ -130,16 +131,15 @@ fn score_texts(
     let mut stats = Vec::with_capacity(records.len());
     let mut lowered = Vec::with_capacity(records.len());
     let total = records.len();
-    for (k, idx) in (0..total)
-        .collect::<Vec<_>>()
-        .chunks(batch.max(1))
-        .enumerate()
-    {
-        let plain: Vec<&TokenizedExample> = idx.iter().map(|&i| &plain[i]).collect();
-        let lower: Vec<&TokenizedExample> = idx.iter().map(|&i| &lower[i]).collect();
-        stats.extend(token_stats(model, &plain, t.pad(), batch)?);
-        lowered.extend(token_stats(model, &lower, t.pad(), batch)?);
-        progress(stage, ((k + 1) * batch).min(total), total);
+    // A batch for every slot at a time, so progress shows while all slots work.
+    let step = slots.batch() * slots.len();
+    for start in (0..total).step_by(step) {
+        let end = (start + step).min(total);
+        let plain: Vec<&TokenizedExample> = plain[start..end].iter().collect();
+        let lower: Vec<&TokenizedExample> = lower[start..end].iter().collect();
+        stats.extend(slots.stats(model, &plain, t.pad())?);
+        lowered.extend(slots.stats(model, &lower, t.pad())?);
+        progress(stage, end, total);
     }
     Ok(stats
         .into_iter()
@@ -169,7 +169,7 @@ fn lowercase(r: &Record) -> Record {
 pub fn attack(
     t: &Target,
     split: &Split,
-    batch: usize,
+    slots: &ScoringSlots,
     progress: Progress<'_>,
 ) -> Result<Membership, AttackError> {
     let records: Vec<&Record> = split
@@ -182,7 +182,7 @@ pub fn attack(
         t,
         &t.tuned,
         &records,
-        batch,
+        slots,
         &mut *progress,
         "membership: run's model",
     )?;
@@ -190,7 +190,7 @@ pub fn attack(
         t,
         &t.base,
         &records,
-        batch,
+        slots,
         &mut *progress,
         "membership: pretrained",
     )?;

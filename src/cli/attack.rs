@@ -35,6 +35,12 @@ pub struct AttackArgs {
     /// Texts per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Scoring slots: threads scoring whole batches side by side (default: one per core).
+    #[arg(long)]
+    pub slots: Option<usize>,
+    /// Matmul threads per scoring slot.
+    #[arg(long, default_value_t = 1)]
+    pub threads_per_slot: usize,
     /// Also write the comparison table here.
     #[arg(long)]
     pub table: Option<PathBuf>,
@@ -49,6 +55,8 @@ impl AttackArgs {
             ("--samples", self.samples),
             ("--max-tokens", self.max_tokens),
             ("--batch", self.batch),
+            ("--slots", self.slots.unwrap_or(1)),
+            ("--threads-per-slot", self.threads_per_slot),
         ] {
             if v == 0 {
                 anyhow::bail!("{name} must be at least 1");
@@ -65,6 +73,8 @@ impl AttackArgs {
                 max_tokens: self.max_tokens,
             },
             batch: self.batch,
+            slots: self.slots.unwrap_or(AttackPlan::default().slots),
+            threads_per_slot: self.threads_per_slot,
         })
     }
 }
