@@ -52,7 +52,7 @@ pub enum AttackError {
         base: PathBuf,
         /// What the loader found.
         #[source]
-        source: ModelError,
+        source: Box<ModelError>,
     },
     /// The run's scenario no longer loads (e.g. its data file moved).
     #[error("the run's scenario.ron")]

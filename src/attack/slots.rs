@@ -6,6 +6,9 @@ use super::scoring::{token_stats, TokenStat};
 use crate::model::{BaseModel, ModelError};
 use crate::tokenizer::TokenizedExample;
 
+/// The statistics of one batch's texts.
+type BatchStats = Vec<Vec<TokenStat>>;
+
 /// Scoring threads.
 pub struct ScoringSlots {
     pools: Vec<rayon::ThreadPool>,
@@ -63,7 +66,7 @@ impl ScoringSlots {
     ) -> Result<Vec<Vec<TokenStat>>, ModelError> {
         let batches: Vec<&[&TokenizedExample]> = examples.chunks(self.batch).collect();
         let n = self.pools.len();
-        let per_slot: Vec<Result<Vec<(usize, Vec<Vec<TokenStat>>)>, ModelError>> =
+        let per_slot: Vec<Result<Vec<(usize, BatchStats)>, ModelError>> =
             std::thread::scope(|scope| {
                 let handles: Vec<_> = self
                     .pools
@@ -91,7 +94,7 @@ impl ScoringSlots {
                     .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
                     .collect()
             });
-        let mut ordered: Vec<Option<Vec<Vec<TokenStat>>>> = vec![None; batches.len()];
+        let mut ordered: Vec<Option<BatchStats>> = vec![None; batches.len()];
         for slot in per_slot {
             for (i, stats) in slot? {
                 ordered[i] = Some(stats);

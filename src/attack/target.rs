@@ -110,7 +110,7 @@ impl Target {
             peft::load_peft(dir, base.config()).map_err(|e| AttackError::AdapterMismatch {
                 adapter: dir.join("adapter_model.safetensors"),
                 base: base_path,
-                source: e,
+                source: Box::new(e),
             })?;
         let vars = LoraVars::from_adapter(&adapter, &lora, &Device::Cpu)?;
         let tuned = base.merged(&vars)?;
