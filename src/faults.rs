@@ -1,9 +1,10 @@
-//! The fault model: who is online in a round, and who crashes during fit. Both are pure
+//! The fault model: who is online in a round, who crashes during fit, who is Byzantine. Both are pure
 //! functions of (scenario seed, round, client) — the server asks it who is available without
 //! messaging 10⁵ actors, and a client knows its own fate when it plans its round.
 
 use std::sync::Arc;
 
+use crate::byzantine::Byzantine;
 use crate::devices::Fleet;
 use crate::messages::{ClientId, RoundId};
 use crate::rng::{derive, purpose};
@@ -18,6 +19,8 @@ pub struct FaultModel {
     pub crash_probability: f64,
     /// Clients whose actor panics while fitting (fault injection, to exercise supervision).
     pub inject_panic: Arc<[ClientId]>,
+    /// Byzantine clients and their attack (`system.byzantine`).
+    pub byzantine: Option<Arc<Byzantine>>,
     seed: u64,
     fleet: Arc<Fleet>,
 }
@@ -40,9 +43,16 @@ impl FaultModel {
             availability,
             crash_probability,
             inject_panic: inject_panic.into(),
+            byzantine: None,
             seed,
             fleet,
         }
+    }
+
+    /// With these Byzantine clients.
+    pub fn with_byzantine(mut self, byzantine: Option<Byzantine>) -> Self {
+        self.byzantine = byzantine.map(Arc::new);
+        self
     }
 
     /// Whether client `c` is online in `round`, which starts at virtual time `t`.

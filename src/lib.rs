@@ -42,6 +42,7 @@
 
 pub mod actors;
 pub mod attack;
+pub mod byzantine;
 pub mod chart;
 pub mod clock;
 pub mod comm;

@@ -264,6 +264,21 @@ pub struct RoundSummary {
     /// Differential-privacy metrics, when DP is on.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub dp: Option<DpRoundMetrics>,
+    /// Byzantine metrics, when the scenario has Byzantine clients.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub byzantine: Option<ByzantineRound>,
+}
+
+/// What Byzantine clients did in a round (flat keys in `rounds.jsonl`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ByzantineRound {
+    /// Attackers among the sampled clients.
+    pub byzantine_sampled: usize,
+    /// Attackers' updates among those aggregated.
+    pub byzantine_aggregated: usize,
+    /// L2 distance between the aggregate update and the same rule over the honest updates
+    /// alone (the simulator's view, before DP noise and server optimiser steps).
+    pub aggregate_deviation: f64,
 }
 
 /// One sampled client's round: a line of `clients.jsonl`.

@@ -42,4 +42,6 @@ pub mod purpose {
     pub const CRASH: u64 = 8;
     /// Privacy attacks (member sampling, canary candidates, extraction samples).
     pub const ATTACK: u64 = 9;
+    /// Byzantine clients (who attacks, their random updates).
+    pub const BYZANTINE: u64 = 10;
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 use ractor::Actor;
 use tokio::sync::oneshot;
 
-use crate::actors::aggregator::Aggregator;
+use crate::actors::aggregator::{Aggregator, AggregatorArgs};
 use crate::actors::server::{RoundSink, Server, ServerArgs, ServerMsg, ServerOutcome};
 use crate::data::DataError;
 use crate::devices::TraceError;
@@ -386,7 +386,12 @@ async fn run_actors(
     let pace = observers.pace;
     let sink = round_sink(dir, observers, pool.busy(), book)?;
     let actor_err = |e: &dyn std::fmt::Display| SimError::Actor(e.to_string());
-    let (aggregator, agg_handle) = Actor::spawn(None, Aggregator, layout)
+    let agg_args = AggregatorArgs {
+        layout,
+        strategy: crate::strategy::Strategy::from_kind(s.file.strategy.kind),
+        byzantine: s.file.system.byzantine.is_some(),
+    };
+    let (aggregator, agg_handle) = Actor::spawn(None, Aggregator, agg_args)
         .await
         .map_err(|e| actor_err(&e))?;
     let clients = wiring::client_context(s, prep, pool.handle(), aggregator.clone())?;

@@ -20,4 +20,5 @@ mod scale_async;
 mod scenario;
 mod signals;
 mod smollm2;
+mod strategy;
 mod system;

@@ -1,6 +1,10 @@
 //! The aggregator: receives completed updates as they arrive and folds them into a running,
-//! order-independent weighted sum (no list of K updates held); closes the round on request.
+//! order-independent weighted sum (no list of K updates held) — or, for a robust rule, keeps
+//! every update of the round, ordered by client id; closes the round on request with the run's
+//! strategy. With Byzantine clients it also aggregates the honest updates alone, to report how
+//! far the attackers moved the aggregate.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -9,7 +13,7 @@ use crate::messages::{ClientId, RoundId};
 use crate::model::{AdapterLayout, AdapterSet, PayloadReader};
 use crate::privacy::{clip_l2, NoiseSource};
 use crate::strategy::fedavg::add;
-use crate::strategy::FedAvgAccumulator;
+use crate::strategy::{FedAvgAccumulator, Needs, RobustRule, ServerState, Strategy};
 
 /// Aggregator actor.
 pub struct Aggregator;
@@ -27,6 +31,21 @@ pub struct Aggregate {
     pub rejected: Vec<(ClientId, String)>,
     /// Std of the DP noise on the averaged update, when DP is on and noise was released.
     pub noise_stddev: Option<f64>,
+    /// Byzantine updates among those aggregated.
+    pub byzantine: usize,
+    /// L2 distance between the aggregate update and the same rule over the honest updates
+    /// alone (before DP noise and server optimiser steps); None without Byzantine clients.
+    pub deviation: Option<f64>,
+}
+
+/// What the aggregator is started with.
+pub struct AggregatorArgs {
+    /// Adapter layout.
+    pub layout: Arc<AdapterLayout>,
+    /// The run's strategy.
+    pub strategy: Strategy,
+    /// Whether some clients are Byzantine (then the honest-only aggregate is kept too).
+    pub byzantine: bool,
 }
 
 /// How a DP round is aggregated.
@@ -66,6 +85,8 @@ pub enum AggregatorMsg {
         /// Keep the parsed update until the server releases it with its weight (asynchronous
         /// aggregation: the weight depends on the staleness at its virtual arrival).
         hold: bool,
+        /// Sent by a Byzantine client (the simulator's view, for the deviation metric).
+        byzantine: bool,
     },
     /// Fold a held update with this weight.
     Release {
@@ -93,7 +114,15 @@ pub struct AggregatorState {
     reader: PayloadReader,
     round: RoundId,
     dp: Option<DpRound>,
+    strategy: Strategy,
+    /// Server optimiser state across rounds.
+    server: Option<ServerState>,
     acc: FedAvgAccumulator,
+    /// Honest updates alone (with Byzantine clients).
+    honest: Option<FedAvgAccumulator>,
+    /// Every update of the round, by client (robust rules): values and whether Byzantine.
+    collected: BTreeMap<ClientId, (Vec<f32>, bool)>,
+    byzantine: usize,
     rejected: Vec<(ClientId, String)>,
     /// Parsed updates waiting for their weight (asynchronous aggregation).
     held: std::collections::HashMap<ClientId, Result<Vec<f32>, String>>,
@@ -102,19 +131,31 @@ pub struct AggregatorState {
 impl Actor for Aggregator {
     type Msg = AggregatorMsg;
     type State = AggregatorState;
-    type Arguments = Arc<AdapterLayout>;
+    type Arguments = AggregatorArgs;
 
     async fn pre_start(
         &self,
         _me: ActorRef<AggregatorMsg>,
-        layout: Arc<AdapterLayout>,
+        args: AggregatorArgs,
     ) -> Result<AggregatorState, ActorProcessingErr> {
+        let layout = args.layout;
         let segments: Vec<usize> = layout.tensors().iter().map(|t| t.numel()).collect();
         let acc = FedAvgAccumulator::with_segments(&segments);
+        let len: usize = segments.iter().sum();
         Ok(AggregatorState {
             reader: PayloadReader::new(layout),
             round: 0,
             dp: None,
+            server: match args.strategy {
+                Strategy::ServerOpt(o) => Some(ServerState::new(o, len)),
+                _ => None,
+            },
+            strategy: args.strategy,
+            honest: args
+                .byzantine
+                .then(|| FedAvgAccumulator::with_segments(&segments)),
+            collected: BTreeMap::new(),
+            byzantine: 0,
             acc,
             rejected: Vec::new(),
             held: std::collections::HashMap::new(),
@@ -132,6 +173,11 @@ impl Actor for Aggregator {
                 st.round = round;
                 st.dp = dp;
                 st.acc.reset();
+                if let Some(h) = st.honest.as_mut() {
+                    h.reset();
+                }
+                st.collected.clear();
+                st.byzantine = 0;
                 st.rejected.clear();
             }
             AggregatorMsg::Fold {
@@ -140,8 +186,10 @@ impl Actor for Aggregator {
                 num_examples,
                 permit,
                 hold,
+                byzantine,
             } => {
-                st.fold_upload(client, payload, num_examples, hold);
+                st.byzantine += usize::from(byzantine);
+                st.fold_upload(client, payload, num_examples, hold, byzantine);
                 // The permit goes here: the update is folded, or buffered (at most a batch).
                 drop(permit);
             }
@@ -160,31 +208,8 @@ impl Actor for Aggregator {
                 st.held.remove(&client);
             }
             AggregatorMsg::Finish { global, reply } => {
-                for (client, e) in st.acc.take_rejected() {
-                    st.rejected.push((client as ClientId, e.to_string()));
-                }
-                let folded = st.acc.count();
-                let (next, noise_stddev) = match st.dp {
-                    None if folded == 0 => (global, None),
-                    None => (Arc::new(st.acc.apply_to(&global)), None),
-                    Some(dp) => {
-                        let denom = dp.denominator.unwrap_or(folded as f64);
-                        if denom <= 0.0 {
-                            (global, None)
-                        } else {
-                            let mut noise = dp.noise.generator(dp.seed, st.round, 0, dp.sum_stddev);
-                            let mean = st.acc.noised_mean(denom, &mut noise);
-                            (Arc::new(add(&global, &mean)), Some(dp.sum_stddev / denom))
-                        }
-                    }
-                };
-                let _ = reply.send(Aggregate {
-                    global: next,
-                    folded,
-                    examples: st.acc.total_weight(),
-                    rejected: std::mem::take(&mut st.rejected),
-                    noise_stddev,
-                });
+                let aggregate = st.finish(global);
+                let _ = reply.send(aggregate);
             }
         }
         Ok(())
@@ -193,15 +218,36 @@ impl Actor for Aggregator {
 
 impl AggregatorState {
     /// Parse and fold (or hold) one upload; a corrupt payload or update is recorded as rejected.
-    fn fold_upload(&mut self, client: ClientId, payload: Vec<u8>, num_examples: usize, hold: bool) {
+    fn fold_upload(
+        &mut self,
+        client: ClientId,
+        payload: Vec<u8>,
+        num_examples: usize,
+        hold: bool,
+        byzantine: bool,
+    ) {
         // Under DP every client weighs the same (sensitivity C per client).
         let weight = if self.dp.is_some() {
             1
         } else {
             num_examples as u64
         };
-        let server_clip = self.dp.and_then(|dp| dp.server_clip);
-        let folded = if hold || server_clip.is_some() {
+        if self.strategy.needs() == Needs::AllUpdates {
+            let mut buf = vec![0f32; self.acc.len()];
+            match self.reader.read_into(&payload, &mut buf) {
+                Ok(()) => {
+                    self.collected.insert(client, (buf, byzantine));
+                }
+                Err(e) => self.rejected.push((client, e.to_string())),
+            }
+            return;
+        }
+        let server_clip = match self.strategy {
+            Strategy::NormBounded(c) => Some(c),
+            _ => self.dp.and_then(|dp| dp.server_clip),
+        };
+        let track_honest = self.honest.is_some() && !byzantine;
+        let folded = if hold || server_clip.is_some() || track_honest {
             // Values needed as a buffer of their own: held for a later weight, or clipped.
             let mut buf = self.acc.take_buffer();
             let parsed = self
@@ -215,6 +261,9 @@ impl AggregatorState {
             parsed.and_then(|()| {
                 if let Some(c) = server_clip {
                     clip_l2(&mut buf, c);
+                }
+                if let (true, Some(h)) = (track_honest, self.honest.as_mut()) {
+                    h.fold(&buf, weight).map_err(|e| e.to_string())?;
                 }
                 self.acc.fold_owned(buf, weight).map_err(|e| e.to_string())
             })
@@ -234,5 +283,127 @@ impl AggregatorState {
         if let Err(e) = folded {
             self.rejected.push((client, e));
         }
+    }
+}
+
+impl AggregatorState {
+    /// Close the round with the run's strategy: the new global adapter and what went into it.
+    fn finish(&mut self, global: Arc<AdapterSet>) -> Aggregate {
+        for (client, e) in self.acc.take_rejected() {
+            self.rejected.push((client as ClientId, e.to_string()));
+        }
+        let (next, folded, examples, noise_stddev, deviation) = match self.strategy {
+            Strategy::Robust(rule) => self.finish_robust(global, rule),
+            _ => self.finish_stream(global),
+        };
+        Aggregate {
+            global: next,
+            folded,
+            examples,
+            rejected: std::mem::take(&mut self.rejected),
+            noise_stddev,
+            byzantine: self.byzantine,
+            deviation,
+        }
+    }
+
+    /// FedAvg, norm-bounded FedAvg or a server optimiser over the streaming mean (noised
+    /// under DP).
+    fn finish_stream(&mut self, global: Arc<AdapterSet>) -> Closed {
+        let folded = self.acc.count();
+        let examples = self.acc.total_weight();
+        if folded == 0 && self.dp.is_none() {
+            return (global, 0, examples, None, None);
+        }
+        // The honest-only mean, and the exact (un-noised) mean to compare it with.
+        let honest = self.honest.as_mut().map(|h| h.mean());
+        let exact = honest.is_some().then(|| self.acc.mean()).flatten();
+        let (delta, noise_stddev) = match self.dp {
+            None => (
+                self.acc.mean().unwrap_or_else(|| vec![0.0; self.acc.len()]),
+                None,
+            ),
+            Some(dp) => {
+                let denom = dp.denominator.unwrap_or(folded as f64);
+                if denom <= 0.0 {
+                    return (global, folded, examples, None, None);
+                }
+                let mut noise = dp.noise.generator(dp.seed, self.round, 0, dp.sum_stddev);
+                let mean = self.acc.noised_mean(denom, &mut noise);
+                (mean, Some(dp.sum_stddev / denom))
+            }
+        };
+        let deviation = honest.map(|h| {
+            let all = exact.as_deref().unwrap_or(&[]);
+            match h {
+                Some(h) => distance(all, Some(&h)),
+                None => distance(all, None),
+            }
+        });
+        let step = match self.server.as_mut() {
+            Some(state) => state.step(&delta),
+            None => delta,
+        };
+        (
+            Arc::new(add(&global, &step)),
+            folded,
+            examples,
+            noise_stddev,
+            deviation,
+        )
+    }
+
+    /// A robust rule over every update, ordered by client id.
+    fn finish_robust(&mut self, global: Arc<AdapterSet>, rule: RobustRule) -> Closed {
+        let collected = std::mem::take(&mut self.collected);
+        let folded = collected.len();
+        let all: Vec<&[f32]> = collected.values().map(|(u, _)| u.as_slice()).collect();
+        if all.is_empty() {
+            return (global, 0, 0, None, None);
+        }
+        let delta = match rule.apply(&all) {
+            Ok(d) => d,
+            Err(e) => {
+                // A chosen update that FedAvg would refuse: the round keeps the old global.
+                for &c in collected.keys() {
+                    self.rejected.push((c, e.to_string()));
+                }
+                return (global, 0, 0, None, None);
+            }
+        };
+        let deviation = self.honest.is_some().then(|| {
+            let honest: Vec<&[f32]> = collected
+                .values()
+                .filter(|(_, byz)| !byz)
+                .map(|(u, _)| u.as_slice())
+                .collect();
+            let h = (!honest.is_empty())
+                .then(|| rule.apply(&honest).ok())
+                .flatten();
+            distance(&delta, h.as_deref())
+        });
+        (
+            Arc::new(add(&global, &delta)),
+            folded,
+            folded as u64,
+            None,
+            deviation,
+        )
+    }
+}
+
+/// (new global, updates aggregated, weight behind them, DP noise std, deviation).
+type Closed = (Arc<AdapterSet>, usize, u64, Option<f64>, Option<f64>);
+
+/// L2 distance between two aggregate updates (to zero when the honest side is empty).
+fn distance(a: &[f32], b: Option<&[f32]>) -> f64 {
+    match b {
+        Some(b) => a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+            .sum::<f64>()
+            .sqrt(),
+        None => a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt(),
     }
 }

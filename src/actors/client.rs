@@ -195,8 +195,16 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         Ok(t) => t,
         Err(e) => return failed(crate::fmt::chain(&e)),
     };
+    // A Byzantine client sends its corrupted update instead, and follows no protocol (no clip).
+    let byzantine = match &ctx.faults.byzantine {
+        Some(b) if b.is_attacker(a.id) => {
+            b.corrupt(out.update.data_mut(), ins.round, a.id);
+            true
+        }
+        _ => false,
+    };
     // Client-side DP: clip before the update leaves the client.
-    let (update_norm, clipped) = match ins.config.clip_norm {
+    let (update_norm, clipped) = match ins.config.clip_norm.filter(|_| !byzantine) {
         Some(c) => {
             let r = crate::privacy::clip_l2(out.update.data_mut(), c);
             (r.norm, r.clipped)
@@ -214,6 +222,7 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         num_examples: a.shard.len(),
         permit: Some(permit),
         hold: ctx.hold,
+        byzantine,
     };
     if ctx.aggregator.send_message(fold).is_err() {
         return failed("the aggregator is gone".into());

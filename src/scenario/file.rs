@@ -79,6 +79,19 @@ pub struct SystemSection {
     /// Client actors that panic during fit (fault injection, to exercise supervision).
     #[serde(default)]
     pub inject_panic: Vec<usize>,
+    /// Clients that upload corrupted updates (`None`: every client is honest).
+    #[serde(default)]
+    pub byzantine: Option<ByzantineSection>,
+}
+
+/// Byzantine clients: `byzantine: Some((clients: Share(0.2), attack: SignFlip))`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ByzantineSection {
+    /// Who attacks: `Share(0.2)` of the clients (drawn from the seed) or `Listed([1, 4])`.
+    pub clients: crate::byzantine::Attackers,
+    /// What they upload: `SignFlip`, `Scale(λ)`, `Gaussian(std)` or `Constant(value)`.
+    pub attack: crate::byzantine::ByzantineAttack,
 }
 
 impl Default for SystemSection {
@@ -91,6 +104,7 @@ impl Default for SystemSection {
             stragglers: Stragglers::Wait,
             short_round: ShortRound::Skip,
             inject_panic: Vec::new(),
+            byzantine: None,
         }
     }
 }
@@ -293,11 +307,110 @@ impl Default for StrategySection {
     }
 }
 
-/// Aggregation rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Aggregation rules (`strategy.kind`), with their papers' defaults for omitted fields.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum StrategyKind {
     /// Example-weighted average of client updates (McMahan et al. 2017).
     FedAvg,
+    /// FedAvg with server momentum (Hsu et al. 2019): `FedAvgM(server_lr: 1.0, momentum: 0.9)`.
+    FedAvgM {
+        /// Server learning rate η.
+        #[serde(default = "one_f64")]
+        server_lr: f64,
+        /// Momentum β.
+        #[serde(default = "default_momentum")]
+        momentum: f64,
+    },
+    /// Adagrad on the averaged update (Reddi et al. 2021).
+    FedAdagrad {
+        /// η.
+        #[serde(default = "default_server_lr")]
+        server_lr: f64,
+        /// β1.
+        #[serde(default = "default_momentum")]
+        beta1: f64,
+        /// τ.
+        #[serde(default = "default_tau")]
+        tau: f64,
+    },
+    /// Adam on the averaged update (Reddi et al. 2021).
+    FedAdam {
+        /// η.
+        #[serde(default = "default_server_lr")]
+        server_lr: f64,
+        /// β1.
+        #[serde(default = "default_momentum")]
+        beta1: f64,
+        /// β2.
+        #[serde(default = "default_beta2")]
+        beta2: f64,
+        /// τ.
+        #[serde(default = "default_tau")]
+        tau: f64,
+    },
+    /// Yogi on the averaged update (Reddi et al. 2021).
+    FedYogi {
+        /// η.
+        #[serde(default = "default_server_lr")]
+        server_lr: f64,
+        /// β1.
+        #[serde(default = "default_momentum")]
+        beta1: f64,
+        /// β2.
+        #[serde(default = "default_beta2")]
+        beta2: f64,
+        /// τ.
+        #[serde(default = "default_tau")]
+        tau: f64,
+    },
+    /// Coordinate-wise median (Yin et al. 2018).
+    Median,
+    /// Coordinate-wise β-trimmed mean (Yin et al. 2018): `TrimmedMean(beta: 0.1)`.
+    TrimmedMean {
+        /// Share trimmed from each end, in [0, 0.5).
+        #[serde(default = "default_trim")]
+        beta: f64,
+    },
+    /// Krum (Blanchard et al. 2017): `Krum(byzantine: 1)`, tolerating f attackers.
+    Krum {
+        /// f.
+        #[serde(default = "one_usize")]
+        byzantine: usize,
+    },
+    /// Multi-Krum: the mean of the `keep` best-scored updates.
+    MultiKrum {
+        /// f.
+        #[serde(default = "one_usize")]
+        byzantine: usize,
+        /// m.
+        keep: usize,
+    },
+    /// FedAvg of updates clipped to an L2 norm, without noise (Sun et al. 2019).
+    NormBounded {
+        /// The bound.
+        max_norm: f64,
+    },
+}
+
+fn default_momentum() -> f64 {
+    0.9
+}
+
+/// OpenFedLLM's server learning rate and τ for the adaptive optimisers on LLM adapters.
+fn default_server_lr() -> f64 {
+    1e-3
+}
+
+fn default_tau() -> f64 {
+    1e-3
+}
+
+fn default_beta2() -> f64 {
+    0.99
+}
+
+fn default_trim() -> f64 {
+    0.1
 }
 
 /// Local training.

@@ -14,6 +14,7 @@ use crate::trainer::TrainerKind;
 
 mod model;
 mod privacy;
+mod strategy;
 mod system;
 
 /// Longest scenario name (bytes).
@@ -83,6 +84,7 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
     let (threads, cores) = check_slots(&c, &file)?;
     let (memory, warnings) = check_resources(&c, &file, &model, threads, cores)?;
     let dp = check_dp(&c, &file)?;
+    strategy::check_strategy(&c, &file)?;
     let (d, s, t, sl) = (&file.data, &file.strategy, &file.train, &file.slots);
     Ok(Scenario {
         dp,

@@ -87,6 +87,9 @@ pub(super) fn client_context(
             sys.inject_panic.clone(),
             s.seed,
             fleet,
-        ),
+        )
+        .with_byzantine(sys.byzantine.as_ref().map(|b| {
+            crate::byzantine::Byzantine::new(&b.clients, b.attack, s.data.clients, s.seed)
+        })),
     }))
 }

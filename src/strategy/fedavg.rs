@@ -166,8 +166,14 @@ impl FedAvgAccumulator {
         self.count = 0;
     }
 
-    fn len(&self) -> usize {
+    /// Values per update.
+    pub fn len(&self) -> usize {
         self.sums.fast.len()
+    }
+
+    /// Whether updates have no values (an empty layout).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn recycle(&mut self, source: Source) {

@@ -79,6 +79,18 @@ pub(super) async fn close_round(
         dp,
         host_per_token: host_per_token(st),
         skipped: None,
+        byzantine: st.args.clients.faults.byzantine.as_ref().map(|b| {
+            crate::messages::ByzantineRound {
+                byzantine_sampled: st
+                    .current
+                    .records
+                    .iter()
+                    .filter(|r| b.is_attacker(r.client))
+                    .count(),
+                byzantine_aggregated: agg.byzantine,
+                aggregate_deviation: agg.deviation.unwrap_or(0.0),
+            }
+        }),
     };
     record(me, st, facts).await
 }
@@ -166,6 +178,7 @@ pub(super) async fn short_round(
         dp,
         host_per_token: host_per_token(st),
         skipped: Some(why.clone()),
+        byzantine: None,
     };
     if st.args.system.short_round == ShortRound::Stop {
         let summary = st.current.summary(facts);

@@ -140,6 +140,7 @@ impl RoundState {
         };
         RoundSummary {
             dp: r.dp,
+            byzantine: r.byzantine,
             update_norms: self.norms.clone(),
             phases: self.phases.clone(),
             clients: {
@@ -212,6 +213,7 @@ pub(super) struct RoundFacts {
     pub dp: Option<DpRoundMetrics>,
     pub host_per_token: f64,
     pub skipped: Option<String>,
+    pub byzantine: Option<crate::messages::ByzantineRound>,
 }
 
 /// DP metrics of a round from the accountant's guarantee and the pre-clip norms.

@@ -1,0 +1,158 @@
+//! Checks of `strategy.kind` (hyper-parameters, what it combines with) and of
+//! `system.byzantine`.
+
+use super::Check;
+use crate::byzantine::{Attackers, ByzantineAttack};
+use crate::scenario::file::{ScenarioFile, StrategyKind};
+use crate::scenario::ScenarioError;
+use crate::stragglers::Stragglers;
+use crate::strategy::{Needs, Strategy};
+
+pub(super) fn check_strategy(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> {
+    let kind = file.strategy.kind;
+    let f = "strategy.kind";
+    let unit = |v: f64, field: &str| c.finite_in(v, 0.0, 1.0, false, true, &format!("{f}.{field}"));
+    let positive =
+        |v: f64, field: &str| c.finite_in(v, 0.0, f64::MAX, true, false, &format!("{f}.{field}"));
+    match kind {
+        StrategyKind::FedAvg | StrategyKind::Median => {}
+        StrategyKind::FedAvgM {
+            server_lr,
+            momentum,
+        } => {
+            positive(server_lr, "FedAvgM.server_lr")?;
+            unit(momentum, "FedAvgM.momentum")?;
+        }
+        StrategyKind::FedAdagrad {
+            server_lr,
+            beta1,
+            tau,
+        } => {
+            positive(server_lr, "FedAdagrad.server_lr")?;
+            unit(beta1, "FedAdagrad.beta1")?;
+            positive(tau, "FedAdagrad.tau")?;
+        }
+        StrategyKind::FedAdam {
+            server_lr,
+            beta1,
+            beta2,
+            tau,
+        }
+        | StrategyKind::FedYogi {
+            server_lr,
+            beta1,
+            beta2,
+            tau,
+        } => {
+            let n = if matches!(kind, StrategyKind::FedAdam { .. }) {
+                "FedAdam"
+            } else {
+                "FedYogi"
+            };
+            positive(server_lr, &format!("{n}.server_lr"))?;
+            unit(beta1, &format!("{n}.beta1"))?;
+            unit(beta2, &format!("{n}.beta2"))?;
+            positive(tau, &format!("{n}.tau"))?;
+        }
+        StrategyKind::TrimmedMean { beta } => {
+            c.finite_in(
+                beta,
+                0.0,
+                0.5,
+                false,
+                true,
+                &format!("{f}.TrimmedMean.beta"),
+            )?;
+        }
+        StrategyKind::Krum { byzantine } => check_krum(c, file, byzantine, 1, "Krum")?,
+        StrategyKind::MultiKrum { byzantine, keep } => {
+            check_krum(c, file, byzantine, keep, "MultiKrum")?;
+        }
+        StrategyKind::NormBounded { max_norm } => positive(max_norm, "NormBounded.max_norm")?,
+    }
+    let strategy = Strategy::from_kind(kind);
+    if let (Some(_), Some(why)) = (&file.dp, strategy.dp_refusal()) {
+        return Err(c.fail(
+            f,
+            format!("{} cannot be combined with dp: {why}", strategy.name()),
+        ));
+    }
+    if let Stragglers::Async { .. } = file.system.stragglers {
+        if strategy != Strategy::FedAvg {
+            return Err(c.fail(
+                f,
+                format!(
+                    "is {} but system.stragglers is Async, which folds updates k at a time with \
+                     staleness weights; other strategies need synchronous rounds (use Wait, \
+                     Drop or OverSelect)",
+                    strategy.name()
+                ),
+            ));
+        }
+    }
+    debug_assert!(matches!(
+        strategy.needs(),
+        Needs::Stream | Needs::AllUpdates
+    ));
+    check_byzantine(c, file)
+}
+
+/// Blanchard et al.'s condition K > 2f + 2 on the clients sampled per round.
+fn check_krum(
+    c: &Check<'_>,
+    file: &ScenarioFile,
+    f: usize,
+    keep: usize,
+    name: &str,
+) -> Result<(), ScenarioError> {
+    let s = &file.strategy;
+    let k = ((s.fraction_fit * file.clients.count as f64) as usize)
+        .max(s.min_fit_clients)
+        .min(file.clients.count);
+    c.ensure(
+        k > 2 * f + 2,
+        &format!("strategy.kind.{name}.byzantine"),
+        format!(
+            "is {f}, but {k} clients are sampled per round and Krum needs more than 2f + 2 = {} \
+             (sample more clients or lower byzantine)",
+            2 * f + 2
+        ),
+    )?;
+    c.ensure(
+        (1..=k).contains(&keep),
+        &format!("strategy.kind.{name}.keep"),
+        format!("is {keep}; it must be 1..={k} (the clients sampled per round)"),
+    )
+}
+
+fn check_byzantine(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> {
+    let Some(b) = &file.system.byzantine else {
+        return Ok(());
+    };
+    let f = "system.byzantine";
+    match &b.clients {
+        Attackers::Share(p) => {
+            c.finite_in(*p, 0.0, 1.0, false, false, &format!("{f}.clients.Share"))?
+        }
+        Attackers::Listed(ids) => {
+            let n = file.clients.count;
+            if let Some(bad) = ids.iter().find(|&&i| i >= n) {
+                return Err(c.fail(
+                    &format!("{f}.clients.Listed"),
+                    format!("names client {bad}, but there are {n} (ids 0..{n})"),
+                ));
+            }
+        }
+    }
+    let g = format!("{f}.attack");
+    match b.attack {
+        ByzantineAttack::SignFlip => Ok(()),
+        ByzantineAttack::Scale(l) => c.finite_in(l, -1e6, 1e6, false, false, &format!("{g}.Scale")),
+        ByzantineAttack::Gaussian(s) => {
+            c.finite_in(s, 0.0, 1e6, true, false, &format!("{g}.Gaussian"))
+        }
+        ByzantineAttack::Constant(v) => {
+            c.finite_in(v, -1e6, 1e6, false, false, &format!("{g}.Constant"))
+        }
+    }
+}

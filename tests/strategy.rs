@@ -1,0 +1,289 @@
+//! Aggregation strategies and Byzantine clients: server optimisers and robust rules against
+//! hand-computed values, attackers against the rules, determinism for every strategy, and the
+//! combinations fedsim refuses.
+
+use std::path::Path;
+
+use fedsim::strategy::krum::{multi_krum, select};
+use fedsim::strategy::median::median;
+use fedsim::strategy::trimmed_mean::trimmed_mean;
+use fedsim::strategy::{FedAvgAccumulator, ServerOptimizer, ServerState};
+
+use crate::util::{round_metrics, run, scenario, SMALL};
+
+fn close(got: &[f32], want: &[f64]) {
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (f64::from(*g) - w).abs() <= 2e-6 * w.abs().max(1e-3),
+            "{got:?} vs {want:?}"
+        );
+    }
+}
+
+#[test]
+fn server_optimisers_match_a_hand_computed_two_round_example() {
+    let (d1, d2) = ([0.1f32, -0.2], [0.3f32, 0.0]);
+    let two = |o: ServerOptimizer| {
+        let mut s = ServerState::new(o, 2);
+        (s.step(&d1), s.step(&d2))
+    };
+    // FedAvgM, η = 1, β = 0.9: m1 = Δ1; m2 = 0.9 m1 + Δ2.
+    let (a, b) = two(ServerOptimizer::FedAvgM {
+        server_lr: 1.0,
+        momentum: 0.9,
+    });
+    close(&a, &[0.1, -0.2]);
+    close(&b, &[0.39, -0.18]);
+    // η = 0.1, β1 = 0.9, β2 = 0.99, τ = 0.01, v0 = τ² (values from the formulas in f64).
+    let (a, b) = two(ServerOptimizer::FedAdagrad {
+        server_lr: 0.1,
+        beta1: 0.9,
+        tau: 0.01,
+    });
+    close(&a, &[0.009049875621120888, -0.009512492197250389]);
+    close(&b, &[0.01194904777525397, -0.008561242977525352]);
+    let (a, b) = two(ServerOptimizer::FedAdam {
+        server_lr: 0.1,
+        beta1: 0.9,
+        beta2: 0.99,
+        tau: 0.01,
+    });
+    close(&a, &[0.041482181612786696, -0.06184615490570763]);
+    close(&b, &[0.09044287520713695, -0.05585493849065136]);
+    let (a, b) = two(ServerOptimizer::FedYogi {
+        server_lr: 0.1,
+        beta1: 0.9,
+        beta2: 0.99,
+        tau: 0.01,
+    });
+    close(&a, &[0.04142135623730949, -0.06180339887498945]);
+    close(&b, &[0.09034836682386055, -0.055623058987490516]);
+    // Momentum 0 and η = 1: the step is the mean itself, bit for bit.
+    let mut s = ServerState::new(
+        ServerOptimizer::FedAvgM {
+            server_lr: 1.0,
+            momentum: 0.0,
+        },
+        2,
+    );
+    assert_eq!(s.step(&d1), d1.to_vec());
+    assert_eq!(s.step(&d2), d2.to_vec());
+}
+
+#[test]
+fn robust_rules_match_hand_computed_values_with_ties() {
+    let u: [&[f32]; 4] = [&[1.0, 0.0], &[2.0, 10.0], &[3.0, -1.0], &[100.0, 1.0]];
+    // Even count: the mean of the two middle values.
+    assert_eq!(median(&u), vec![2.5, 0.5]);
+    assert_eq!(median(&u[..3]), vec![2.0, 0.0]);
+    assert_eq!(median(&[&[1.0], &[1.0], &[2.0]]), vec![1.0]);
+    // β = 0.25 of 4 drops one value from each end.
+    assert_eq!(trimmed_mean(&u, 0.25), vec![2.5, 0.5]);
+    assert_eq!(trimmed_mean(&u, 0.0), vec![26.5, 2.5]);
+    assert_eq!(
+        trimmed_mean(&[&[5.0], &[5.0], &[5.0], &[9.0]], 0.25),
+        vec![5.0]
+    );
+    // Krum, f = 0: each scored by its K − f − 2 = 2 nearest squared distances:
+    // u0 5 + 101 = 106, u1 101 + 122 = 223, u2 5 + 122 = 127, u3 9413 + 9685.
+    assert_eq!(select(&u, 0, 4), vec![0, 2, 1, 3]);
+    assert_eq!(multi_krum(&u, 0, 1).unwrap(), vec![1.0, 0.0]);
+    assert_eq!(multi_krum(&u, 0, 2).unwrap(), vec![2.0, -0.5]);
+    // Ties go to the earlier update (client order).
+    let tied: [&[f32]; 4] = [&[1.0], &[1.0], &[5.0], &[9.0]];
+    assert_eq!(select(&tied, 0, 1), vec![0]);
+    // Multi-Krum with m = K is FedAvg with uniform weights, bit for bit.
+    let w: Vec<Vec<f32>> = (0..5)
+        .map(|i| {
+            (0..7)
+                .map(|j| ((i * 7 + j) as f32 * 0.37).sin() * 0.01)
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[f32]> = w.iter().map(Vec::as_slice).collect();
+    let mut acc = FedAvgAccumulator::new(7);
+    for x in &refs {
+        acc.fold(x, 1).unwrap();
+    }
+    assert_eq!(multi_krum(&refs, 1, 5).unwrap(), acc.mean().unwrap());
+}
+
+#[test]
+fn one_huge_update_moves_fedavg_far_and_robust_rules_barely() {
+    // Four honest updates near 0.01 and one scaled ×1000.
+    let honest: Vec<Vec<f32>> = (0..4)
+        .map(|i| {
+            (0..50)
+                .map(|j| 0.01 + 0.001 * ((i * 50 + j) as f32).sin())
+                .collect()
+        })
+        .collect();
+    let mut all = honest.clone();
+    all.push(honest[0].iter().map(|x| x * 1000.0).collect());
+    let refs: Vec<&[f32]> = all.iter().map(Vec::as_slice).collect();
+    let hrefs: Vec<&[f32]> = honest.iter().map(Vec::as_slice).collect();
+    let dist = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(x - y).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let mut acc = FedAvgAccumulator::new(50);
+    let mut hacc = FedAvgAccumulator::new(50);
+    for x in &refs {
+        acc.fold(x, 1).unwrap();
+    }
+    for x in &hrefs {
+        hacc.fold(x, 1).unwrap();
+    }
+    let honest_mean = hacc.mean().unwrap();
+    let fedavg = dist(&acc.mean().unwrap(), &honest_mean);
+    assert!(fedavg > 10.0, "FedAvg moved {fedavg}");
+    for (name, agg) in [
+        ("median", median(&refs)),
+        ("trimmed mean", trimmed_mean(&refs, 0.2)),
+        ("Krum", multi_krum(&refs, 1, 1).unwrap()),
+        ("multi-Krum", multi_krum(&refs, 1, 3).unwrap()),
+    ] {
+        let d = dist(&agg, &honest_mean);
+        assert!(d < 0.02, "{name} moved {d}");
+    }
+}
+
+fn strategy_scenario(kind: &str, extra: &[&str]) -> fedsim::Scenario {
+    let mut set = vec![
+        format!("strategy.kind={kind}"),
+        "clients.count=6".to_string(),
+        "strategy.fraction_fit=1.0".to_string(),
+        "strategy.min_fit_clients=6".to_string(),
+        "rounds=2".to_string(),
+        "train.local_steps=Some(3)".to_string(),
+    ];
+    set.extend(extra.iter().map(|s| s.to_string()));
+    let set: Vec<&str> = set.iter().map(String::as_str).collect();
+    scenario(SMALL, &set).unwrap()
+}
+
+const KINDS: [&str; 10] = [
+    "FedAvg",
+    "FedAvgM(momentum: 0.9)",
+    "FedAdagrad(server_lr: 0.01)",
+    "FedAdam(server_lr: 0.01)",
+    "FedYogi(server_lr: 0.01)",
+    "Median",
+    "TrimmedMean(beta: 0.2)",
+    "Krum(byzantine: 1)",
+    "MultiKrum(byzantine: 1, keep: 3)",
+    "NormBounded(max_norm: 0.001)",
+];
+
+#[test]
+fn every_strategy_is_deterministic_across_runs_and_slot_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter = |d: &Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+    let mut adapters = Vec::new();
+    for (i, kind) in KINDS.iter().enumerate() {
+        let one = run(
+            &strategy_scenario(kind, &["slots.count=1"]),
+            &tmp.path().join(format!("{i}a")),
+        );
+        let two = run(
+            &strategy_scenario(kind, &["slots.count=2"]),
+            &tmp.path().join(format!("{i}b")),
+        );
+        assert_eq!(
+            one.summary.status,
+            fedsim::report::RunStatus::Completed,
+            "{kind}"
+        );
+        assert_eq!(adapter(&one.dir), adapter(&two.dir), "{kind}");
+        assert_eq!(round_metrics(&one.dir), round_metrics(&two.dir), "{kind}");
+        adapters.push(adapter(&one.dir));
+    }
+    // FedAvgM with momentum 0 and η = 1 is FedAvg, bit for bit.
+    let m0 = run(
+        &strategy_scenario("FedAvgM(server_lr: 1.0, momentum: 0.0)", &[]),
+        &tmp.path().join("m0"),
+    );
+    assert_eq!(adapter(&m0.dir), adapters[0]);
+    // The rules differ from each other (each strategy really is in force).
+    for i in 1..adapters.len() {
+        assert_ne!(adapters[i], adapters[0], "{} equals FedAvg", KINDS[i]);
+    }
+}
+
+#[test]
+fn byzantine_clients_are_recorded_and_robust_rules_resist_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let byz = "system.byzantine=Some((clients: Listed([2]), attack: Scale(1000.0)))";
+    let deviation = |kind: &str, name: &str| {
+        let r = run(&strategy_scenario(kind, &[byz]), &tmp.path().join(name));
+        let rounds = round_metrics(&r.dir);
+        for m in &rounds {
+            assert_eq!(m["byzantine_sampled"], 1);
+            assert_eq!(m["byzantine_aggregated"], 1);
+        }
+        rounds
+            .iter()
+            .map(|m| m["aggregate_deviation"].as_f64().unwrap())
+            .fold(0.0, f64::max)
+    };
+    let fedavg = deviation("FedAvg", "fedavg");
+    let med = deviation("Median", "median");
+    let krum = deviation("Krum(byzantine: 1)", "krum");
+    let trimmed = deviation("TrimmedMean(beta: 0.2)", "trimmed");
+    assert!(
+        fedavg > 100.0 * med.max(krum).max(trimmed),
+        "FedAvg {fedavg}, median {med}, Krum {krum}, trimmed {trimmed}"
+    );
+    // Without Byzantine clients the keys are absent.
+    let clean = run(&strategy_scenario("FedAvg", &[]), &tmp.path().join("clean"));
+    assert!(round_metrics(&clean.dir)[0]
+        .get("aggregate_deviation")
+        .is_none());
+}
+
+#[test]
+fn combinations_fedsim_cannot_account_are_refused() {
+    let err = |kind: &str, extra: &[&str]| {
+        let mut set = vec![format!("strategy.kind={kind}")];
+        set.extend(extra.iter().map(|s| s.to_string()));
+        let set: Vec<&str> = set.iter().map(String::as_str).collect();
+        fedsim::fmt::chain(&scenario(SMALL, &set).unwrap_err())
+    };
+    let e = err("Median", &[crate::util::DP]);
+    assert!(
+        e.contains("strategy.kind") && e.contains("cannot be combined with dp"),
+        "{e}"
+    );
+    let e = err("NormBounded(max_norm: 1.0)", &[crate::util::DP]);
+    assert!(e.contains("redundant"), "{e}");
+    // Server optimisers post-process the noised mean: allowed with DP.
+    scenario(
+        SMALL,
+        &["strategy.kind=FedAdam(server_lr: 0.001)", crate::util::DP],
+    )
+    .unwrap();
+    // Krum needs K > 2f + 2 sampled clients (SMALL samples 2 of 4).
+    let e = err("Krum(byzantine: 1)", &[]);
+    assert!(
+        e.contains("strategy.kind.Krum.byzantine") && e.contains("2f + 2"),
+        "{e}"
+    );
+    let e = err("TrimmedMean(beta: 0.5)", &[]);
+    assert!(e.contains("strategy.kind.TrimmedMean.beta"), "{e}");
+    let e = err(
+        "Median",
+        &["system.stragglers=Async(buffer: 2, concurrency: 2)"],
+    );
+    assert!(e.contains("synchronous rounds"), "{e}");
+    let e = err(
+        "FedAvg",
+        &["system.byzantine=Some((clients: Listed([9]), attack: SignFlip))"],
+    );
+    assert!(
+        e.contains("system.byzantine.clients.Listed") && e.contains("client 9"),
+        "{e}"
+    );
+}
