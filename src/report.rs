@@ -118,6 +118,17 @@ impl RunDir {
         std::fs::rename(&tmp, &p).map_err(io(&p))
     }
 
+    /// Write `name` with `bytes` (atomically, as [`RunDir::write`]).
+    ///
+    /// # Errors
+    /// On an I/O failure.
+    pub fn write_bytes(&self, name: &str, bytes: &[u8]) -> Result<(), ReportError> {
+        let p = self.path.join(name);
+        let tmp = self.path.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &p).map_err(io(&p))
+    }
+
     /// Write `name` as pretty JSON.
     ///
     /// # Errors

@@ -18,7 +18,7 @@ use std::time::Instant;
 use ractor::Actor;
 use tokio::sync::oneshot;
 
-use crate::actors::aggregator::{Aggregator, AggregatorArgs};
+use crate::actors::aggregator::{Aggregator, AggregatorArgs, AggregatorMsg};
 use crate::actors::server::{RoundSink, Server, ServerArgs, ServerMsg, ServerOutcome};
 use crate::data::DataError;
 use crate::devices::TraceError;
@@ -153,12 +153,18 @@ pub async fn run(
 
     let info = RunInfo {
         scenario: s.name.clone(),
-        strategy: format!("{:?}", s.file.strategy.kind),
+        strategy: crate::strategy::Strategy::from_kind(s.file.strategy.kind)
+            .name()
+            .to_string(),
         model: s.model_name.clone(),
         dp: s
             .dp
             .as_ref()
             .map_or("none".to_string(), |d| d.mechanism.name().to_string()),
+        server_lr: match crate::strategy::Strategy::from_kind(s.file.strategy.kind) {
+            crate::strategy::Strategy::ServerOpt(o) => Some(o.server_lr()),
+            _ => None,
+        },
     };
     if let Some(t) = &opts.telemetry {
         t.run_info(&info);
@@ -438,6 +444,14 @@ async fn run_actors(
         .await
         .map_err(|_| SimError::Actor("the server stopped without a result".into()));
     let _ = server_handle.await;
+    // The server optimiser's state persists across rounds: it is saved with the run.
+    if let Ok(Some(state)) = ractor::call!(aggregator, |reply| AggregatorMsg::ServerState { reply })
+    {
+        let bytes = state
+            .to_safetensors()
+            .map_err(|e| ModelError::Layout(e.to_string()))?;
+        dir.write_bytes("server_state.safetensors", &bytes)?;
+    }
     aggregator.stop(None);
     let _ = agg_handle.await;
     abandon.abort();

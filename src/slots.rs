@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use crate::messages::{EvaluateIns, EvaluateRes};
 use crate::model::{AdapterLayout, AdapterSet, BaseModel, LoraConfig};
 use crate::tokenizer::TokenizedExample;
-use crate::train::{LocalResult, Schedule, TrainError, Trainer};
+use crate::train::{LocalResult, Schedule, StepRule, TrainError, Trainer};
 
 /// Errors of the slot pool.
 #[derive(Debug, thiserror::Error)]
@@ -75,10 +75,8 @@ pub enum Job {
         shard: Arc<[u32]>,
         /// The batches to train on (drawn beforehand).
         schedule: Schedule,
-        /// Learning rate.
-        lr: f64,
-        /// AdamW weight decay.
-        weight_decay: f64,
+        /// Learning rate, weight decay, FedProx's μ.
+        rule: StepRule,
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<Trained, TrainError>>,
     },
@@ -325,12 +323,11 @@ fn worker(s: &Slot<'_>, rx: [&Receiver<Job>; 2], ctx: &SlotContext) {
                 payload,
                 shard,
                 schedule,
-                lr,
-                weight_decay,
+                rule,
                 reply,
             } => {
                 let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    pool.install(|| train(ctx, &payload, &shard, &schedule, lr, weight_decay))
+                    pool.install(|| train(ctx, &payload, &shard, &schedule, rule))
                 }))
                 .unwrap_or_else(|p| {
                     Err(TrainError::Panicked(format!(
@@ -365,8 +362,7 @@ fn train(
     payload: &[u8],
     shard: &[u32],
     schedule: &Schedule,
-    lr: f64,
-    weight_decay: f64,
+    rule: StepRule,
 ) -> Result<LocalResult, TrainError> {
     let global = AdapterSet::from_safetensors(ctx.layout.clone(), payload)?;
     match &ctx.work {
@@ -384,7 +380,7 @@ fn train(
                 lora,
                 pad: *pad,
             };
-            trainer.fit_schedule(&global, &examples, schedule, weight_decay, lr)
+            trainer.fit_schedule(&global, &examples, schedule, rule)
         }
         SlotWork::Synthetic { seq_len } => {
             if shard.is_empty() {

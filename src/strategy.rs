@@ -6,6 +6,7 @@
 //! - [`fedavg`]: exact streaming FedAvg (the fold every streaming rule uses);
 //! - [`fedopt`]: server optimisers on the averaged pseudo-gradient (FedAvgM, FedAdagrad,
 //!   FedAdam, FedYogi), with state across rounds;
+//! - FedProx: FedAvg over updates trained with a proximal term (`train::StepRule`);
 //! - [`median`], [`trimmed_mean`], [`krum`]: robust rules over all updates;
 //! - norm-bounded FedAvg: each update clipped to a norm, then FedAvg (the aggregator's
 //!   server-side clip).
@@ -69,6 +70,8 @@ impl RobustRule {
 pub enum Strategy {
     /// FedAvg: global + weighted mean update.
     FedAvg,
+    /// FedProx: FedAvg aggregation; clients train with a proximal term μ.
+    FedProx(f64),
     /// A server optimiser on the weighted mean update.
     ServerOpt(ServerOptimizer),
     /// A robust rule over every update (unweighted).
@@ -129,6 +132,7 @@ impl Strategy {
                 Strategy::Robust(RobustRule::MultiKrum { byzantine, keep })
             }
             StrategyKind::NormBounded { max_norm } => Strategy::NormBounded(max_norm),
+            StrategyKind::FedProx { mu } => Strategy::FedProx(mu),
         }
     }
 
@@ -136,6 +140,7 @@ impl Strategy {
     pub fn name(&self) -> &'static str {
         match self {
             Strategy::FedAvg => "FedAvg",
+            Strategy::FedProx(_) => "FedProx",
             Strategy::ServerOpt(o) => o.name(),
             Strategy::Robust(RobustRule::Median) => "Median",
             Strategy::Robust(RobustRule::TrimmedMean(_)) => "TrimmedMean",
@@ -157,7 +162,7 @@ impl Strategy {
     /// and server optimisers, which only post-process the noised mean).
     pub fn dp_refusal(&self) -> Option<&'static str> {
         match self {
-            Strategy::FedAvg | Strategy::ServerOpt(_) => None,
+            Strategy::FedAvg | Strategy::FedProx(_) | Strategy::ServerOpt(_) => None,
             Strategy::Robust(_) => Some(
                 "a median, trimmed mean or Krum aggregate is not a clipped sum plus Gaussian \
                  noise, so one client's influence on it is not bounded by C and fedsim cannot \

@@ -89,6 +89,12 @@ pub const SIM_TIME: &str = "fedsim_sim_time_seconds";
 pub const LATE_MAX: &str = "fedsim_straggler_late_max_seconds";
 /// Host seconds not spent training clients dropped before training, cumulative.
 pub const HOST_SAVED: &str = "fedsim_host_seconds_saved";
+/// The server optimiser's learning rate (FedAvgM, FedAdagrad, FedAdam, FedYogi).
+pub const SERVER_LR: &str = "fedsim_server_learning_rate";
+/// Byzantine clients among the last round's sampled clients.
+pub const BYZANTINE_SAMPLED: &str = "fedsim_byzantine_sampled";
+/// L2 distance between the last aggregate and the honest-only one.
+pub const AGG_DEVIATION: &str = "fedsim_aggregate_deviation";
 
 /// A metric's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +157,9 @@ pub const DEFS: &[Def] = &[
     def(SIM_TIME, Kind::Gauge, Some(Unit::Seconds), "The virtual clock at the end of the last round."),
     def(LATE_MAX, Kind::Gauge, Some(Unit::Seconds), "Largest lateness of a straggler dropped in the last round (virtual seconds)."),
     def(HOST_SAVED, Kind::Gauge, Some(Unit::Seconds), "Host seconds not spent training clients dropped before training, cumulative (estimated)."),
+    def(SERVER_LR, Kind::Gauge, None, "Learning rate of the server optimiser (FedAvgM, FedAdagrad, FedAdam, FedYogi)."),
+    def(BYZANTINE_SAMPLED, Kind::Gauge, None, "Byzantine clients among the last round's sampled clients."),
+    def(AGG_DEVIATION, Kind::Gauge, None, "L2 distance between the last round's aggregate update and the same rule over the honest updates alone."),
 ];
 
 /// The help text of `name`.
@@ -187,6 +196,8 @@ pub struct RunInfo {
     pub model: String,
     /// DP mechanism, or "none".
     pub dp: String,
+    /// The server optimiser's learning rate, when the strategy has one.
+    pub server_lr: Option<f64>,
 }
 
 impl Telemetry {
@@ -249,6 +260,9 @@ impl Telemetry {
                 "dp" => info.dp.clone()
             )
             .set(1.0);
+            if let Some(lr) = info.server_lr {
+                gauge!(SERVER_LR).set(lr);
+            }
         });
     }
 
@@ -310,6 +324,10 @@ impl Telemetry {
         gauge!(SIM_TIME).set(r.sim_start_s + r.sim_duration_s);
         gauge!(LATE_MAX).set(r.late_max_s);
         gauge!(HOST_SAVED).increment(r.host_seconds_saved);
+        if let Some(b) = &r.byzantine {
+            gauge!(BYZANTINE_SAMPLED).set(b.byzantine_sampled as f64);
+            gauge!(AGG_DEVIATION).set(b.aggregate_deviation);
+        }
     }
 }
 

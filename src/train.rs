@@ -51,6 +51,8 @@ pub struct LocalTraining {
     pub batch_size: usize,
     /// AdamW weight decay.
     pub weight_decay: f64,
+    /// FedProx's μ: the local loss adds μ/2·‖w − w_global‖² over the LoRA parameters (0: off).
+    pub proximal_mu: f64,
 }
 
 impl LocalTraining {
@@ -160,6 +162,17 @@ impl Schedule {
     }
 }
 
+/// What one optimiser step does, besides the loss.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepRule {
+    /// Learning rate.
+    pub lr: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// FedProx's μ (0: plain local training).
+    pub proximal_mu: f64,
+}
+
 /// Trains and evaluates LoRA adapters on a frozen base.
 pub struct Trainer<'a> {
     /// The frozen base.
@@ -184,7 +197,12 @@ impl Trainer<'_> {
         rng: &mut ChaCha8Rng,
     ) -> Result<LocalResult, TrainError> {
         let schedule = Schedule::draw(examples.len(), plan, rng);
-        self.fit_schedule(global, examples, &schedule, plan.weight_decay, lr)
+        let rule = StepRule {
+            lr,
+            weight_decay: plan.weight_decay,
+            proximal_mu: plan.proximal_mu,
+        };
+        self.fit_schedule(global, examples, &schedule, rule)
     }
 
     /// Fine-tune `global` on `examples` following a drawn `schedule`.
@@ -196,9 +214,13 @@ impl Trainer<'_> {
         global: &AdapterSet,
         examples: &[&TokenizedExample],
         schedule: &Schedule,
-        weight_decay: f64,
-        lr: f64,
+        rule: StepRule,
     ) -> Result<LocalResult, TrainError> {
+        let StepRule {
+            lr,
+            weight_decay,
+            proximal_mu,
+        } = rule;
         let (model, lora, pad) = (self.model, self.lora, self.pad);
         if examples.is_empty() {
             return Err(TrainError::NoExamples);
@@ -211,6 +233,15 @@ impl Trainer<'_> {
             ..Default::default()
         };
         let mut opt = AdamW::new(vars.vars().to_vec(), params)?;
+        // FedProx's anchor: a copy of the global LoRA parameters (the variables change).
+        let anchors = if proximal_mu > 0.0 {
+            vars.vars()
+                .iter()
+                .map(|v| v.as_tensor().copy().map(|t| t.detach()))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
         let mut dropout = DropoutRng::new(ChaCha8Rng::seed_from_u64(schedule.dropout_seed));
         let steps = schedule.batches.len();
         let (mut loss_sum, mut tokens) = (0.0f64, 0usize);
@@ -226,7 +257,15 @@ impl Trainer<'_> {
                 return Err(TrainError::Diverged(value, step));
             }
             loss_sum += value as f64;
-            opt.backward_step(&loss)?;
+            if anchors.is_empty() {
+                opt.backward_step(&loss)?;
+            } else {
+                let mut prox = loss.zeros_like()?;
+                for (v, a) in vars.vars().iter().zip(&anchors) {
+                    prox = (prox + v.as_tensor().sub(a)?.sqr()?.sum_all()?)?;
+                }
+                opt.backward_step(&(loss + (prox * (proximal_mu / 2.0))?)?)?;
+            }
         }
         let local = vars.to_adapter()?;
         Ok(LocalResult {

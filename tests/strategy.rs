@@ -165,8 +165,9 @@ fn strategy_scenario(kind: &str, extra: &[&str]) -> fedsim::Scenario {
     scenario(SMALL, &set).unwrap()
 }
 
-const KINDS: [&str; 10] = [
+const KINDS: [&str; 11] = [
     "FedAvg",
+    "FedProx(mu: 1.0)",
     "FedAvgM(momentum: 0.9)",
     "FedAdagrad(server_lr: 0.01)",
     "FedAdam(server_lr: 0.01)",
@@ -201,12 +202,43 @@ fn every_strategy_is_deterministic_across_runs_and_slot_counts() {
         assert_eq!(round_metrics(&one.dir), round_metrics(&two.dir), "{kind}");
         adapters.push(adapter(&one.dir));
     }
-    // FedAvgM with momentum 0 and η = 1 is FedAvg, bit for bit.
+    // FedAvgM with momentum 0 and η = 1 is FedAvg, bit for bit; so is FedProx with μ = 0.
     let m0 = run(
         &strategy_scenario("FedAvgM(server_lr: 1.0, momentum: 0.0)", &[]),
         &tmp.path().join("m0"),
     );
     assert_eq!(adapter(&m0.dir), adapters[0]);
+    let p0 = run(
+        &strategy_scenario("FedProx(mu: 0.0)", &[]),
+        &tmp.path().join("p0"),
+    );
+    assert_eq!(adapter(&p0.dir), adapters[0]);
+    // The proximal term pulls local training towards the global adapter: smaller updates.
+    let norm = |d: &Path| -> f64 {
+        round_metrics(d)
+            .iter()
+            .map(|m| m["mean_update_norm"].as_f64().unwrap())
+            .sum()
+    };
+    let prox = tmp.path().join("1a");
+    assert!(
+        norm(&prox) < norm(&tmp.path().join("0a")),
+        "FedProx updates are not smaller"
+    );
+    // Server optimisers save their state with the run; the others have none.
+    let state = std::fs::read(tmp.path().join("4a/server_state.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&state).unwrap();
+    let m = st.tensor("m").unwrap();
+    assert_eq!(st.tensor("v").unwrap().shape(), m.shape());
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&state).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    assert_eq!(meta["optimizer"], "FedAdam");
+    assert_eq!(meta["steps"], "2");
+    assert!(!tmp.path().join("0a/server_state.safetensors").exists());
+    // The strategy is named in fedsim_run_info, with the server learning rate.
+    let om = std::fs::read_to_string(tmp.path().join("4a/metrics.om")).unwrap();
+    assert!(om.contains("strategy=\"FedAdam\""), "{om}");
+    assert!(om.contains("fedsim_server_learning_rate 0.01 "), "{om}");
     // The rules differ from each other (each strategy really is in force).
     for i in 1..adapters.len() {
         assert_ne!(adapters[i], adapters[0], "{} equals FedAvg", KINDS[i]);
@@ -236,6 +268,10 @@ fn byzantine_clients_are_recorded_and_robust_rules_resist_them() {
     assert!(
         fedavg > 100.0 * med.max(krum).max(trimmed),
         "FedAvg {fedavg}, median {med}, Krum {krum}, trimmed {trimmed}"
+    );
+    let om = std::fs::read_to_string(tmp.path().join("median/metrics.om")).unwrap();
+    assert!(
+        om.contains("fedsim_byzantine_sampled 1 ") && om.contains("fedsim_aggregate_deviation ")
     );
     // Without Byzantine clients the keys are absent.
     let clean = run(&strategy_scenario("FedAvg", &[]), &tmp.path().join("clean"));

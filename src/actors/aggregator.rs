@@ -100,6 +100,11 @@ pub enum AggregatorMsg {
         /// Whose.
         client: ClientId,
     },
+    /// The server optimiser's state (None for other strategies), to save with the run.
+    ServerState {
+        /// Where it goes.
+        reply: RpcReplyPort<Option<ServerState>>,
+    },
     /// Close the round: `global + weighted mean update`.
     Finish {
         /// The global adapter the updates are relative to.
@@ -210,6 +215,9 @@ impl Actor for Aggregator {
             AggregatorMsg::Finish { global, reply } => {
                 let aggregate = st.finish(global);
                 let _ = reply.send(aggregate);
+            }
+            AggregatorMsg::ServerState { reply } => {
+                let _ = reply.send(st.server.clone());
             }
         }
         Ok(())

@@ -172,8 +172,11 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         payload: ins.payload.clone(),
         shard: a.shard.clone(),
         schedule,
-        lr: ins.config.lr,
-        weight_decay: ins.config.local.weight_decay,
+        rule: crate::train::StepRule {
+            lr: ins.config.lr,
+            weight_decay: ins.config.local.weight_decay,
+            proximal_mu: ins.config.local.proximal_mu,
+        },
         reply: tx,
     };
     let submitted = if ctx.pinned {

@@ -385,6 +385,12 @@ pub enum StrategyKind {
         /// m.
         keep: usize,
     },
+    /// FedProx (Li et al. 2020): FedAvg, with μ/2·‖w − w_global‖² added to each client's local
+    /// loss over the LoRA parameters: `FedProx(mu: 0.01)`.
+    FedProx {
+        /// μ.
+        mu: f64,
+    },
     /// FedAvg of updates clipped to an L2 norm, without noise (Sun et al. 2019).
     NormBounded {
         /// The bound.

@@ -108,6 +108,10 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
             epochs: t.local_epochs,
             batch_size: t.batch_size,
             weight_decay: t.weight_decay,
+            proximal_mu: match s.kind {
+                crate::scenario::file::StrategyKind::FedProx { mu } => mu,
+                _ => 0.0,
+            },
         },
         lr_max: t.lr_max,
         lr_min: t.lr_min,

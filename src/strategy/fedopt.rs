@@ -166,3 +166,36 @@ impl ServerState {
         }
     }
 }
+
+impl ServerState {
+    /// The state as safetensors (`m`, and `v` for the adaptive optimisers, flat f32 over the
+    /// adapter's values in layout order), with the optimiser, its hyper-parameters and the
+    /// steps taken as metadata: `server_state.safetensors` in the run directory.
+    ///
+    /// # Errors
+    /// When safetensors refuses the buffers (it does not for flat f32 vectors).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, safetensors::SafeTensorError> {
+        use safetensors::tensor::{Dtype, TensorView};
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (m, v) = (bytes(&self.m), bytes(&self.v));
+        let mut views = vec![(
+            "m".to_string(),
+            TensorView::new(Dtype::F32, vec![self.m.len()], &m)?,
+        )];
+        if !self.v.is_empty() {
+            views.push((
+                "v".to_string(),
+                TensorView::new(Dtype::F32, vec![self.v.len()], &v)?,
+            ));
+        }
+        let metadata = std::collections::HashMap::from([
+            ("optimizer".to_string(), self.optimizer.name().to_string()),
+            (
+                "hyperparameters".to_string(),
+                format!("{:?}", self.optimizer),
+            ),
+            ("steps".to_string(), self.steps.to_string()),
+        ]);
+        safetensors::tensor::serialize(views, Some(metadata))
+    }
+}

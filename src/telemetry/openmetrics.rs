@@ -41,7 +41,7 @@ impl Family {
 }
 
 /// The families of `metrics.om`, in order (the histograms are live-only).
-const FAMILIES: [&str; 22] = [
+const FAMILIES: [&str; 25] = [
     RUN_INFO,
     ROUND,
     ROUNDS_COMPLETED,
@@ -64,6 +64,9 @@ const FAMILIES: [&str; 22] = [
     LATE_MAX,
     HOST_SAVED,
     SLOT_BUSY,
+    SERVER_LR,
+    BYZANTINE_SAMPLED,
+    AGG_DEVIATION,
 ];
 
 /// Render `rounds` as OpenMetrics text (ends with `# EOF`).
@@ -112,6 +115,13 @@ pub fn render(rounds: &[RoundSummary], info: &RunInfo) -> String {
         fams[19].push("", t, r.late_max_s);
         saved += r.host_seconds_saved;
         fams[20].push("", t, saved);
+        if let Some(lr) = info.server_lr {
+            fams[22].push("", t, lr);
+        }
+        if let Some(b) = &r.byzantine {
+            fams[23].push("", t, b.byzantine_sampled as f64);
+            fams[24].push("", t, b.aggregate_deviation);
+        }
         if let Some(dp) = &r.dp {
             fams[10].push("accountant=\"rdp\"", t, dp.dp_epsilon);
             if let Some(e) = dp.dp_epsilon_pld {

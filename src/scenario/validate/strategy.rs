@@ -69,6 +69,9 @@ pub(super) fn check_strategy(c: &Check<'_>, file: &ScenarioFile) -> Result<(), S
             check_krum(c, file, byzantine, keep, "MultiKrum")?;
         }
         StrategyKind::NormBounded { max_norm } => positive(max_norm, "NormBounded.max_norm")?,
+        StrategyKind::FedProx { mu } => {
+            c.finite_in(mu, 0.0, 1e6, false, false, &format!("{f}.FedProx.mu"))?;
+        }
     }
     let strategy = Strategy::from_kind(kind);
     if let (Some(_), Some(why)) = (&file.dp, strategy.dp_refusal()) {
@@ -78,7 +81,7 @@ pub(super) fn check_strategy(c: &Check<'_>, file: &ScenarioFile) -> Result<(), S
         ));
     }
     if let Stragglers::Async { .. } = file.system.stragglers {
-        if strategy != Strategy::FedAvg {
+        if !matches!(strategy, Strategy::FedAvg | Strategy::FedProx(_)) {
             return Err(c.fail(
                 f,
                 format!(
