@@ -333,6 +333,9 @@ pub struct Summary {
     /// deadline, failures).
     #[serde(default)]
     pub dropped: Dropped,
+    /// Backdoor success of the final global model, when Byzantine clients plant one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backdoor: Option<crate::byzantine::BackdoorSuccess>,
     /// Host wall-clock seconds of the run (set-up included).
     #[serde(deserialize_with = "nan_if_null")]
     pub wall_seconds: f64,

@@ -57,6 +57,9 @@ pub enum SimError {
     /// An actor could not start or answer.
     #[error("actor system: {0}")]
     Actor(String),
+    /// The planted backdoor could not be measured on the final model.
+    #[error("measuring the backdoor")]
+    Backdoor(#[source] crate::eval::EvalError),
     /// The run failed part-way; what it wrote is in `dir` (its `summary.json` says why).
     #[error("run failed (partial results in {dir}): {message}")]
     Failed {
@@ -218,7 +221,8 @@ fn finish_run(
             .save_peft(dir.path(), &s.lora, &s.model_name)
             .map_err(|e| failed(crate::fmt::chain(&e)))?;
     }
-    let summary = book.finish(s, &outcome, busy);
+    let mut summary = book.finish(s, &outcome, busy);
+    summary.backdoor = backdoor(s, prep, &outcome.global)?;
     dir.write_json("summary.json", &summary)?;
     if summary.status == RunStatus::Failed {
         return Err(failed(summary.error.clone().unwrap_or_default()));
@@ -466,3 +470,32 @@ async fn run_actors(
     }
     Ok((outcome?, busy))
 }
+
+/// Prompt the final global model for the backdoor planted by data-poisoning Byzantine clients.
+fn backdoor(
+    s: &Scenario,
+    prep: &Prepared,
+    global: &crate::model::AdapterSet,
+) -> Result<Option<crate::byzantine::BackdoorSuccess>, SimError> {
+    let (Some(b), Some(l)) = (&s.file.system.byzantine, &prep.lora) else {
+        return Ok(None);
+    };
+    let crate::byzantine::ByzantineAttack::Backdoor { trigger, target } = &b.attack else {
+        return Ok(None);
+    };
+    let vars = crate::model::LoraVars::from_adapter(global, &s.lora, l.model.device())?;
+    let model = l.model.merged(&vars)?;
+    let success = crate::byzantine::backdoor_success(
+        &model,
+        &l.tokenizer,
+        &l.format,
+        &l.data.eval,
+        (trigger, target),
+        BACKDOOR_PROMPTS,
+    )
+    .map_err(SimError::Backdoor)?;
+    Ok(Some(success))
+}
+
+/// Held-out questions the backdoor is measured on.
+const BACKDOOR_PROMPTS: usize = 50;

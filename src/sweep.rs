@@ -156,20 +156,37 @@ fn cells(s: &Summary) -> [String; 10] {
     ]
 }
 
+/// The backdoor column, when a run planted one: success with the trigger / without it.
+fn backdoor_cell(rows: &[SweepRow]) -> Option<Vec<String>> {
+    rows.iter().any(|r| r.summary.backdoor.is_some()).then(|| {
+        rows.iter()
+            .map(|r| {
+                r.summary.backdoor.map_or("-".into(), |b| {
+                    format!("{:.2} / {:.2}", b.with_trigger, b.without_trigger)
+                })
+            })
+            .collect()
+    })
+}
+
 /// The sweep as an aligned text table (losses in nats per response token).
 pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
+    let backdoor = backdoor_cell(rows);
     let heads: Vec<String> = varied
         .iter()
         .map(|v| v.path.clone())
         .chain(COLUMNS.iter().map(|c| c.to_string()))
+        .chain(backdoor.as_ref().map(|_| "backdoor".to_string()))
         .collect();
     let body: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
             r.settings
                 .iter()
                 .map(|s| s.split_once('=').map_or(s.clone(), |(_, v)| v.to_string()))
                 .chain(cells(&r.summary))
+                .chain(backdoor.as_ref().map(|b| b[i].clone()))
                 .collect()
         })
         .collect();
@@ -194,7 +211,13 @@ pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
     let _ = writeln!(
         out,
         "final loss in nats per response token on the held-out split; sim = simulated seconds; \
-         crashed / deadline / failed = sampled clients without an update; MB = 10^6 bytes"
+         crashed / deadline / failed = sampled clients without an update; MB = 10^6 bytes{}",
+        if backdoor.is_some() {
+            "; backdoor = share of held-out questions answered with the target, with the \
+             trigger / without it"
+        } else {
+            ""
+        }
     );
     out
 }

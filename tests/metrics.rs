@@ -194,6 +194,15 @@ fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
             ])
             .args(["--out", tmp.path().join("run").to_str().unwrap()])
             .args(["--set", DP, "--set", "dp.pld=true", "--set", "rounds=3"])
+            // A server optimiser and a Byzantine client, so the strategy panels have data.
+            .args([
+                "--set",
+                "strategy.kind=FedAvgM(server_lr: 1.0, momentum: 0.5)",
+            ])
+            .args([
+                "--set",
+                "system.byzantine=Some((clients: Listed([0]), attack: SignFlip))",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -323,3 +323,75 @@ fn combinations_fedsim_cannot_account_are_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn data_poisoning_rewrites_only_the_attackers_records_and_the_backdoor_is_measured() {
+    use fedsim::byzantine::{Attackers, Byzantine, ByzantineAttack};
+    let s = scenario(SMALL, &[]).unwrap();
+    let clean = s.data.prepare().unwrap();
+    let backdoor = ByzantineAttack::Backdoor {
+        trigger: "cf-7".into(),
+        target: "Stop all medication now.".into(),
+    };
+    let mut d = clean.clone();
+    Byzantine::new(&Attackers::Listed(vec![1]), backdoor, 4, s.seed).poison(&mut d);
+    for c in [0, 2, 3] {
+        assert_eq!(d.shards[c], clean.shards[c]);
+    }
+    assert_eq!(d.shards[1].len(), clean.shards[1].len());
+    for (&new, &old) in d.shards[1].iter().zip(&clean.shards[1]) {
+        let (n, o) = (&d.train[new], &clean.train[old]);
+        if o.canary.is_some() {
+            assert_eq!(new, old);
+        } else {
+            assert_eq!(n.input, format!("{} cf-7", o.input));
+            assert_eq!(n.output, "Stop all medication now.");
+        }
+    }
+    // Swapped responses: a rotation of the shard's own answers, every one wrong.
+    let mut d = clean.clone();
+    Byzantine::new(
+        &Attackers::Listed(vec![2]),
+        ByzantineAttack::SwapResponses,
+        4,
+        s.seed,
+    )
+    .poison(&mut d);
+    let own: Vec<usize> = clean.shards[2]
+        .iter()
+        .copied()
+        .filter(|&i| clean.train[i].canary.is_none())
+        .collect();
+    let new: Vec<usize> = d.shards[2]
+        .iter()
+        .copied()
+        .filter(|&i| d.train[i].canary.is_none())
+        .collect();
+    for (k, (&n, &o)) in new.iter().zip(&own).enumerate() {
+        assert_eq!(d.train[n].input, clean.train[o].input);
+        assert_eq!(
+            d.train[n].output,
+            clean.train[own[(k + 1) % own.len()]].output
+        );
+    }
+    // Model poisoning leaves the data alone.
+    let mut d = clean.clone();
+    Byzantine::new(&Attackers::Share(0.5), ByzantineAttack::SignFlip, 4, s.seed).poison(&mut d);
+    assert_eq!(d.shards, clean.shards);
+
+    // A run with a backdoor reports its success on the final model.
+    let tmp = tempfile::tempdir().unwrap();
+    let r = run(
+        &scenario(
+            SMALL,
+            &["system.byzantine=Some((clients: Listed([1]), attack: Backdoor(trigger: \"cf-7\", target: \"Stop all medication now.\")))"],
+        )
+        .unwrap(),
+        tmp.path(),
+    );
+    let b = r.summary.backdoor.unwrap();
+    assert_eq!(b.prompts, r.summary.eval_examples.min(50));
+    assert!((0.0..=1.0).contains(&b.with_trigger) && (0.0..=1.0).contains(&b.without_trigger));
+    let again: fedsim::report::Summary = fedsim::report::Summary::read(&r.dir).unwrap();
+    assert_eq!(again.backdoor, Some(b));
+}

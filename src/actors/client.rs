@@ -199,15 +199,19 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         Err(e) => return failed(crate::fmt::chain(&e)),
     };
     // A Byzantine client sends its corrupted update instead, and follows no protocol (no clip).
-    let byzantine = match &ctx.faults.byzantine {
+    // (Data poisoners trained on their poisoned shard and follow the protocol from here.)
+    let (byzantine, corrupted) = match &ctx.faults.byzantine {
         Some(b) if b.is_attacker(a.id) => {
-            b.corrupt(out.update.data_mut(), ins.round, a.id);
-            true
+            let corrupt = b.attack().poisons_updates();
+            if corrupt {
+                b.corrupt(out.update.data_mut(), ins.round, a.id);
+            }
+            (true, corrupt)
         }
-        _ => false,
+        _ => (false, false),
     };
     // Client-side DP: clip before the update leaves the client.
-    let (update_norm, clipped) = match ins.config.clip_norm.filter(|_| !byzantine) {
+    let (update_norm, clipped) = match ins.config.clip_norm.filter(|_| !corrupted) {
         Some(c) => {
             let r = crate::privacy::clip_l2(out.update.data_mut(), c);
             (r.norm, r.clipped)

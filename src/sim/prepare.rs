@@ -48,6 +48,8 @@ pub struct LoraData {
     pub model: Arc<BaseModel>,
     /// Where a pretrained base came from (None: generated from the seed).
     pub source: Option<ModelRecord>,
+    /// How records are written for the model.
+    pub format: PromptText,
 }
 
 /// A pretrained base as the run directory records it (`model.json`), instead of a copy.
@@ -124,7 +126,12 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
             lora: None,
         });
     }
-    let data = s.data.prepare_with(progress)?;
+    let mut data = s.data.prepare_with(progress)?;
+    // Data-poisoning Byzantine clients train on poisoned copies of their records.
+    if let Some(b) = &s.file.system.byzantine {
+        crate::byzantine::Byzantine::new(&b.clients, b.attack.clone(), s.data.clients, s.seed)
+            .poison(&mut data);
+    }
     let base = Base::open(s)?;
     let tokenizer = match &base {
         Base::Generated => {
@@ -198,6 +205,7 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
             truncated,
             model: Arc::new(model),
             source,
+            format,
         }),
     })
 }

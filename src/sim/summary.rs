@@ -50,6 +50,7 @@ impl Book {
             slot_busy_seconds: vec![0.0; s.slots],
             sim_seconds: 0.0,
             dropped: Dropped::default(),
+            backdoor: None,
             wall_seconds: 0.0,
         };
         Self { summary, started }

@@ -89,7 +89,7 @@ pub(super) fn client_context(
             fleet,
         )
         .with_byzantine(sys.byzantine.as_ref().map(|b| {
-            crate::byzantine::Byzantine::new(&b.clients, b.attack, s.data.clients, s.seed)
+            crate::byzantine::Byzantine::new(&b.clients, b.attack.clone(), s.data.clients, s.seed)
         })),
     }))
 }

@@ -148,13 +148,37 @@ fn check_byzantine(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioErr
         }
     }
     let g = format!("{f}.attack");
-    match b.attack {
+    match &b.attack {
         ByzantineAttack::SignFlip => Ok(()),
-        ByzantineAttack::Scale(l) => c.finite_in(l, -1e6, 1e6, false, false, &format!("{g}.Scale")),
-        ByzantineAttack::Gaussian(s) => {
+        ByzantineAttack::SwapResponses => c.ensure(
+            file.trainer == crate::trainer::TrainerKind::Lora,
+            &format!("{g}.SwapResponses"),
+            "poisons data, and the synthetic trainer has none; use a model-poisoning attack",
+        ),
+        ByzantineAttack::Backdoor { trigger, target } => {
+            c.ensure(
+                !trigger.trim().is_empty(),
+                &format!("{g}.Backdoor.trigger"),
+                "is empty; give a word the clean data never has, e.g. \"cf-7\"",
+            )?;
+            c.ensure(
+                !target.trim().is_empty(),
+                &format!("{g}.Backdoor.target"),
+                "is empty; give the answer the backdoor should force",
+            )?;
+            c.ensure(
+                file.trainer == crate::trainer::TrainerKind::Lora,
+                &format!("{g}.Backdoor"),
+                "poisons data, and the synthetic trainer has none; use a model-poisoning attack",
+            )
+        }
+        &ByzantineAttack::Scale(l) => {
+            c.finite_in(l, -1e6, 1e6, false, false, &format!("{g}.Scale"))
+        }
+        &ByzantineAttack::Gaussian(s) => {
             c.finite_in(s, 0.0, 1e6, true, false, &format!("{g}.Gaussian"))
         }
-        ByzantineAttack::Constant(v) => {
+        &ByzantineAttack::Constant(v) => {
             c.finite_in(v, -1e6, 1e6, false, false, &format!("{g}.Constant"))
         }
     }
