@@ -59,7 +59,7 @@ pub enum SimError {
     Actor(String),
     /// The planted backdoor could not be measured on the final model.
     #[error("measuring the backdoor")]
-    Backdoor(#[source] crate::eval::EvalError),
+    Backdoor(#[source] Box<crate::eval::EvalError>),
     /// The run failed part-way; what it wrote is in `dir` (its `summary.json` says why).
     #[error("run failed (partial results in {dir}): {message}")]
     Failed {
@@ -493,7 +493,7 @@ fn backdoor(
         (trigger, target),
         BACKDOOR_PROMPTS,
     )
-    .map_err(SimError::Backdoor)?;
+    .map_err(|e| SimError::Backdoor(Box::new(e)))?;
     Ok(Some(success))
 }
 
