@@ -6,17 +6,18 @@
 //! - [`fedavg`]: exact streaming FedAvg (the fold every streaming rule uses);
 //! - [`fedopt`]: server optimisers on the averaged pseudo-gradient (FedAvgM, FedAdagrad,
 //!   FedAdam, FedYogi), with state across rounds;
-//! - FedProx: FedAvg over updates trained with a proximal term (`train::StepRule`);
+//! - [`fedprox`]: FedAvg over updates trained with a proximal term;
 //! - [`median`], [`trimmed_mean`], [`krum`]: robust rules over all updates;
-//! - norm-bounded FedAvg: each update clipped to a norm, then FedAvg (the aggregator's
-//!   server-side clip).
+//! - [`norm_bounded`]: each update clipped to a norm, then FedAvg.
 
 mod batch;
 pub mod fedavg;
 pub mod fedopt;
+pub mod fedprox;
 mod fold;
 pub mod krum;
 pub mod median;
+pub mod norm_bounded;
 pub mod trimmed_mean;
 
 pub use fedavg::{FedAvgAccumulator, FoldError};

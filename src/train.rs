@@ -235,10 +235,7 @@ impl Trainer<'_> {
         let mut opt = AdamW::new(vars.vars().to_vec(), params)?;
         // FedProx's anchor: a copy of the global LoRA parameters (the variables change).
         let anchors = if proximal_mu > 0.0 {
-            vars.vars()
-                .iter()
-                .map(|v| v.as_tensor().copy().map(|t| t.detach()))
-                .collect::<Result<Vec<_>, _>>()?
+            crate::strategy::fedprox::anchors(vars.vars())?
         } else {
             Vec::new()
         };
@@ -260,11 +257,9 @@ impl Trainer<'_> {
             if anchors.is_empty() {
                 opt.backward_step(&loss)?;
             } else {
-                let mut prox = loss.zeros_like()?;
-                for (v, a) in vars.vars().iter().zip(&anchors) {
-                    prox = (prox + v.as_tensor().sub(a)?.sqr()?.sum_all()?)?;
-                }
-                opt.backward_step(&(loss + (prox * (proximal_mu / 2.0))?)?)?;
+                let prox =
+                    crate::strategy::fedprox::proximal_term(vars.vars(), &anchors, proximal_mu)?;
+                opt.backward_step(&(loss + prox)?)?;
             }
         }
         let local = vars.to_adapter()?;

@@ -395,3 +395,44 @@ fn data_poisoning_rewrites_only_the_attackers_records_and_the_backdoor_is_measur
     let again: fedsim::report::Summary = fedsim::report::Summary::read(&r.dir).unwrap();
     assert_eq!(again.backdoor, Some(b));
 }
+
+#[test]
+fn a_sweep_shows_backdoor_success_where_a_run_planted_one() {
+    use fedsim::byzantine::BackdoorSuccess;
+    use fedsim::sweep::{table, SweepRow, Vary};
+    let tmp = tempfile::tempdir().unwrap();
+    let r = run(&strategy_scenario("FedAvg", &[]), tmp.path());
+    let vary = Vary::parse("strategy.kind=FedAvg,Median").unwrap();
+    let mut planted = r.summary.clone();
+    planted.backdoor = Some(BackdoorSuccess {
+        prompts: 36,
+        with_trigger: 0.75,
+        without_trigger: 0.125,
+    });
+    let row = |kind: &str, summary: fedsim::report::Summary| SweepRow {
+        settings: vec![format!("strategy.kind={kind}")],
+        dir: r.dir.clone(),
+        summary,
+    };
+    let with = table(
+        std::slice::from_ref(&vary),
+        &[row("FedAvg", r.summary.clone()), row("Median", planted)],
+    );
+    assert!(
+        with.contains("backdoor") && with.contains("0.75 / 0.12"),
+        "{with}"
+    );
+    let without = table(&[vary], &[row("FedAvg", r.summary.clone())]);
+    assert!(!without.contains("backdoor"), "{without}");
+    // `Variant()` takes every field's default, in --set as in a file.
+    let s = scenario(SMALL, &["strategy.kind=FedAdam()"]).unwrap();
+    assert_eq!(
+        s.file.strategy.kind,
+        fedsim::scenario::file::StrategyKind::FedAdam {
+            server_lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-3
+        }
+    );
+}

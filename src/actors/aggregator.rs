@@ -11,8 +11,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::messages::{ClientId, RoundId};
 use crate::model::{AdapterLayout, AdapterSet, PayloadReader};
-use crate::privacy::{clip_l2, NoiseSource};
+use crate::privacy::NoiseSource;
 use crate::strategy::fedavg::add;
+use crate::strategy::norm_bounded;
 use crate::strategy::{FedAvgAccumulator, Needs, RobustRule, ServerState, Strategy};
 
 /// Aggregator actor.
@@ -268,7 +269,7 @@ impl AggregatorState {
             }
             parsed.and_then(|()| {
                 if let Some(c) = server_clip {
-                    clip_l2(&mut buf, c);
+                    norm_bounded::bound(&mut buf, c);
                 }
                 if let (true, Some(h)) = (track_honest, self.honest.as_mut()) {
                     h.fold(&buf, weight).map_err(|e| e.to_string())?;

@@ -106,7 +106,11 @@ impl Parser<'_> {
             }
             (_, false) => Some(Value::String(name)),
             (_, true) => {
-                let inner = self.body()?;
+                // `Variant()`: a struct variant whose fields all take their defaults.
+                let inner = match self.body()? {
+                    Value::Null => Value::Object(Map::new()),
+                    v => v,
+                };
                 let mut m = Map::new();
                 m.insert(name, inner);
                 Some(Value::Object(m))
