@@ -436,3 +436,12 @@ fn a_sweep_shows_backdoor_success_where_a_run_planted_one() {
         }
     );
 }
+
+#[test]
+fn validate_counts_the_updates_a_robust_rule_holds() {
+    let median = strategy_scenario("Median", &[]);
+    let values = median.lora.trainable_parameters(&median.model) as f64;
+    assert_eq!(median.memory.aggregation, 4.0 * 6.0 * values);
+    assert_eq!(strategy_scenario("FedAvg", &[]).memory.aggregation, 0.0);
+    assert_eq!(strategy_scenario("FedAdam()", &[]).memory.aggregation, 0.0);
+}

@@ -20,19 +20,27 @@ pub struct MemoryEstimate {
     pub evaluation: f64,
     /// Records, tokenised examples.
     pub data: f64,
+    /// Every update of a round, kept for a robust rule (0 for streaming strategies).
+    pub aggregation: f64,
 }
 
 impl MemoryEstimate {
     /// Sum of the parts.
     pub fn total(&self) -> f64 {
-        self.model + self.training + self.evaluation + self.data
+        self.model + self.training + self.evaluation + self.data + self.aggregation
     }
 
     /// Bytes of the largest part.
     pub fn largest(&self) -> f64 {
-        [self.model, self.training, self.evaluation, self.data]
-            .into_iter()
-            .fold(0.0, f64::max)
+        [
+            self.model,
+            self.training,
+            self.evaluation,
+            self.data,
+            self.aggregation,
+        ]
+        .into_iter()
+        .fold(0.0, f64::max)
     }
 
     /// The largest part: (the field that drives it, what it is).
@@ -50,6 +58,11 @@ impl MemoryEstimate {
                 "evaluation batches (train.eval_batch_size × data.max_seq_len, and the vocabulary)",
             ),
             (self.data, "data.source", "the data set in memory"),
+            (
+                self.aggregation,
+                "strategy.kind",
+                "every update of a round, kept for a robust rule (clients sampled × adapter)",
+            ),
         ];
         parts
             .iter()
@@ -74,11 +87,15 @@ pub struct Shape<'a> {
     pub source: &'a DataSource,
     /// `Some(values per update)` for the synthetic trainer (no model, no text).
     pub synthetic: Option<usize>,
+    /// Updates a robust rule holds at once (clients sampled per round; 0: it streams) and the
+    /// values of each.
+    pub held_updates: (usize, usize),
 }
 
 /// Estimate peak memory.
 pub fn estimate(s: &Shape<'_>) -> MemoryEstimate {
     let f = |v: usize| v as f64;
+    let aggregation = 4.0 * f(s.held_updates.0) * f(s.held_updates.1);
     if let Some(n) = s.synthetic {
         // Global, its payload and the new global (f32 each), the exact i128 accumulator; per
         // slot an update and its payload; topic ids and shard indices per record.
@@ -93,6 +110,7 @@ pub fn estimate(s: &Shape<'_>) -> MemoryEstimate {
             training: f(s.slots) * f(n) * 8.0,
             evaluation: 0.0,
             data: 6.0 * records,
+            aggregation,
         };
     }
     let m = s.model;
@@ -133,6 +151,7 @@ pub fn estimate(s: &Shape<'_>) -> MemoryEstimate {
         training,
         evaluation,
         data,
+        aggregation,
     }
 }
 

@@ -82,7 +82,13 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
     check_clients(&c, &file)?;
     check_train(&c, &file)?;
     let (threads, cores) = check_slots(&c, &file)?;
-    let (memory, warnings) = check_resources(&c, &file, &model, threads, cores)?;
+    let (memory, warnings) = check_resources(
+        &c,
+        &file,
+        &model,
+        (threads, cores),
+        lora.trainable_parameters(&model),
+    )?;
     let dp = check_dp(&c, &file)?;
     strategy::check_strategy(&c, &file)?;
     let (d, s, t, sl) = (&file.data, &file.strategy, &file.train, &file.slots);
@@ -367,8 +373,8 @@ fn check_resources(
     c: &Check<'_>,
     file: &ScenarioFile,
     model: &LlamaConfig,
-    threads: usize,
-    cores: usize,
+    (threads, cores): (usize, usize),
+    adapter_values: usize,
 ) -> Result<(resources::MemoryEstimate, Vec<String>), ScenarioError> {
     let (d, t, sl, n) = (&file.data, &file.train, &file.slots, file.clients.count);
     system::check_system(c, &file.system, n, file.seed)?;
@@ -400,6 +406,15 @@ fn check_resources(
         max_seq_len: d.max_seq_len,
         slots: sl.count,
         source: &d.source,
+        held_updates: match crate::strategy::Strategy::from_kind(file.strategy.kind).needs() {
+            crate::strategy::Needs::AllUpdates => (
+                ((file.strategy.fraction_fit * n as f64) as usize)
+                    .max(file.strategy.min_fit_clients)
+                    .min(n),
+                synthetic.unwrap_or(adapter_values),
+            ),
+            crate::strategy::Needs::Stream => (0, 0),
+        },
     });
     if let Some(avail) = resources::available_memory() {
         let (field, what) = memory.driver();
