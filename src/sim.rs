@@ -222,7 +222,7 @@ fn finish_run(
             .map_err(|e| failed(crate::fmt::chain(&e)))?;
     }
     let mut summary = book.finish(s, &outcome, busy);
-    summary.backdoor = backdoor(s, prep, &outcome.global)?;
+    summary.backdoor = summary::backdoor(s, prep, &outcome.global)?;
     dir.write_json("summary.json", &summary)?;
     if summary.status == RunStatus::Failed {
         return Err(failed(summary.error.clone().unwrap_or_default()));
@@ -470,32 +470,3 @@ async fn run_actors(
     }
     Ok((outcome?, busy))
 }
-
-/// Prompt the final global model for the backdoor planted by data-poisoning Byzantine clients.
-fn backdoor(
-    s: &Scenario,
-    prep: &Prepared,
-    global: &crate::model::AdapterSet,
-) -> Result<Option<crate::byzantine::BackdoorSuccess>, SimError> {
-    let (Some(b), Some(l)) = (&s.file.system.byzantine, &prep.lora) else {
-        return Ok(None);
-    };
-    let crate::byzantine::ByzantineAttack::Backdoor { trigger, target } = &b.attack else {
-        return Ok(None);
-    };
-    let vars = crate::model::LoraVars::from_adapter(global, &s.lora, l.model.device())?;
-    let model = l.model.merged(&vars)?;
-    let success = crate::byzantine::backdoor_success(
-        &model,
-        &l.tokenizer,
-        &l.format,
-        &l.data.eval,
-        (trigger, target),
-        BACKDOOR_PROMPTS,
-    )
-    .map_err(|e| SimError::Backdoor(Box::new(e)))?;
-    Ok(Some(success))
-}
-
-/// Held-out questions the backdoor is measured on.
-const BACKDOOR_PROMPTS: usize = 50;

@@ -406,15 +406,7 @@ fn check_resources(
         max_seq_len: d.max_seq_len,
         slots: sl.count,
         source: &d.source,
-        held_updates: match crate::strategy::Strategy::from_kind(file.strategy.kind).needs() {
-            crate::strategy::Needs::AllUpdates => (
-                ((file.strategy.fraction_fit * n as f64) as usize)
-                    .max(file.strategy.min_fit_clients)
-                    .min(n),
-                synthetic.unwrap_or(adapter_values),
-            ),
-            crate::strategy::Needs::Stream => (0, 0),
-        },
+        held_updates: strategy::held_updates(file, synthetic.unwrap_or(adapter_values)),
     });
     if let Some(avail) = resources::available_memory() {
         let (field, what) = memory.driver();

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use super::prepare::Prepared;
+use super::SimError;
 use crate::actors::server::{EarlyStop, ServerOutcome};
 use crate::messages::RoundSummary;
 use crate::report::{DpSummary, Dropped, RunStatus, Summary};
@@ -144,3 +145,32 @@ fn eval_fingerprint(prep: &Prepared) -> String {
         .as_ref()
         .map_or_else(String::new, |l| crate::data::fingerprint(&l.data.eval))
 }
+
+/// Prompt the final global model for the backdoor planted by data-poisoning Byzantine clients.
+pub(super) fn backdoor(
+    s: &Scenario,
+    prep: &Prepared,
+    global: &crate::model::AdapterSet,
+) -> Result<Option<crate::byzantine::BackdoorSuccess>, SimError> {
+    let (Some(b), Some(l)) = (&s.file.system.byzantine, &prep.lora) else {
+        return Ok(None);
+    };
+    let crate::byzantine::ByzantineAttack::Backdoor { trigger, target } = &b.attack else {
+        return Ok(None);
+    };
+    let vars = crate::model::LoraVars::from_adapter(global, &s.lora, l.model.device())?;
+    let model = l.model.merged(&vars)?;
+    let success = crate::byzantine::backdoor_success(
+        &model,
+        &l.tokenizer,
+        &l.format,
+        &l.data.eval,
+        (trigger, target),
+        BACKDOOR_PROMPTS,
+    )
+    .map_err(|e| SimError::Backdoor(Box::new(e)))?;
+    Ok(Some(success))
+}
+
+/// Held-out questions the backdoor is measured on.
+const BACKDOOR_PROMPTS: usize = 50;

@@ -93,11 +93,24 @@ pub(super) fn check_strategy(c: &Check<'_>, file: &ScenarioFile) -> Result<(), S
             ));
         }
     }
-    debug_assert!(matches!(
-        strategy.needs(),
-        Needs::Stream | Needs::AllUpdates
-    ));
     check_byzantine(c, file)
+}
+
+/// (updates a robust rule holds at once — the clients sampled per round —, values of each);
+/// (0, 0) for a streaming strategy.
+pub(super) fn held_updates(file: &ScenarioFile, values: usize) -> (usize, usize) {
+    match Strategy::from_kind(file.strategy.kind).needs() {
+        Needs::AllUpdates => (sampled(file), values),
+        Needs::Stream => (0, 0),
+    }
+}
+
+/// Clients sampled per round (Flower's rule, as `Scenario::sample_size`).
+fn sampled(file: &ScenarioFile) -> usize {
+    let s = &file.strategy;
+    ((s.fraction_fit * file.clients.count as f64) as usize)
+        .max(s.min_fit_clients)
+        .min(file.clients.count)
 }
 
 /// Blanchard et al.'s condition K > 2f + 2 on the clients sampled per round.
@@ -108,10 +121,7 @@ fn check_krum(
     keep: usize,
     name: &str,
 ) -> Result<(), ScenarioError> {
-    let s = &file.strategy;
-    let k = ((s.fraction_fit * file.clients.count as f64) as usize)
-        .max(s.min_fit_clients)
-        .min(file.clients.count);
+    let k = sampled(file);
     c.ensure(
         k > 2 * f + 2,
         &format!("strategy.kind.{name}.byzantine"),
