@@ -26,7 +26,10 @@
 //!   (fixed, drawn, tiers, CSV traces), availability and crashes, deadline policies.
 //! - [`privacy`]: RDP accountant for the subsampled Gaussian (Poisson and fixed-size
 //!   sampling), ε ↔ noise calibration.
-//! - [`strategy`]: FedAvg as an exact, order-independent streaming sum.
+//! - [`strategy`]: aggregation rules — exact streaming FedAvg, FedProx, server optimisers
+//!   (FedAvgM, FedAdagrad, FedAdam, FedYogi), robust rules (median, trimmed mean, Krum),
+//!   norm-bounded FedAvg — each declaring what it needs and whether it composes with DP.
+//! - [`byzantine`]: Byzantine clients — update and data poisoning, backdoor success.
 //! - [`shutdown`]: stop requests (finish the round, or abandon it) from signals or tests.
 //! - [`sim`]: wires it all and records the run; [`report`]: the run directory;
 //!   [`compare`]: side-by-side table of runs.
@@ -35,6 +38,9 @@
 //! - [`html_report`], [`chart`]: `sim report`, an HTML page of SVG charts over run directories.
 //! - [`eval`]: PubMedQA accuracy (log-likelihood and generation) and answers to prompts
 //!   (`sim eval`).
+//! - [`attack`]: what fine-tuning leaked (`sim attack`) — membership inference against the
+//!   pretrained control, canary exposure, extraction; [`study`]: privacy studies over arms
+//!   trained on the same data (`sim study`).
 //! - [`telemetry`]: Prometheus metric names, buckets and the per-run recorder.
 //! - [`rng`]: seed derivation, so results never depend on slot count or timing.
 //! - [`fmt`]: compact numbers and error chains for messages.
