@@ -244,6 +244,10 @@ impl AggregatorState {
         if self.strategy.needs() == Needs::AllUpdates {
             let mut buf = vec![0f32; self.acc.len()];
             match self.reader.read_into(&payload, &mut buf) {
+                // As FedAvg refuses them: a value that is not finite poisons a median too.
+                Ok(()) if buf.iter().any(|x| !x.is_finite()) => self
+                    .rejected
+                    .push((client, "the update has a non-finite value".to_string())),
                 Ok(()) => {
                     self.collected.insert(client, (buf, byzantine));
                 }
