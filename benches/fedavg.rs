@@ -9,20 +9,13 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fedsim::model::{
-    AdapterLayout, AdapterSet, LlamaConfig, LoraConfig, PayloadReader, TargetModule,
-};
+use fedsim::model::{AdapterLayout, AdapterSet, LlamaConfig, LoraConfig, PayloadReader};
 use fedsim::strategy::FedAvgAccumulator;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn fedavg(c: &mut Criterion) {
-    let lora = LoraConfig {
-        r: 8,
-        alpha: 16.0,
-        dropout: 0.0,
-        target_modules: vec![TargetModule::QProj, TargetModule::VProj],
-    };
+    let lora = LoraConfig::qv(8, 16.0);
     let layout = Arc::new(AdapterLayout::new(&LlamaConfig::smollm2_135m(), &lora));
     assert_eq!(layout.len(), 460_800);
     let mut rng = ChaCha8Rng::seed_from_u64(1);

@@ -8,7 +8,7 @@ use candle_core::Device;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fedsim::model::lora::DropoutRng;
-use fedsim::model::{BaseModel, LlamaConfig, LoraConfig, LoraVars, TargetModule};
+use fedsim::model::{BaseModel, LlamaConfig, LoraConfig, LoraVars};
 use fedsim::tokenizer::TokenizedExample;
 use fedsim::train::make_batch;
 use rand::{Rng, SeedableRng};
@@ -22,12 +22,7 @@ fn bench_config(c: &mut Criterion, name: &str, cfg: LlamaConfig, samples: usize,
     let name = format!("{name}_{threads}thr");
     let device = Device::Cpu;
     let model = BaseModel::random(&cfg, 1, &device).expect("model");
-    let lora = LoraConfig {
-        r: 8,
-        alpha: 16.0,
-        dropout: 0.0,
-        target_modules: vec![TargetModule::QProj, TargetModule::VProj],
-    };
+    let lora = LoraConfig::qv(8, 16.0);
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let adapter = lora.init_adapter(&cfg, &mut rng);
     let vars = LoraVars::from_adapter(&adapter, &lora, &device).expect("vars");

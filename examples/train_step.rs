@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use fedsim::model::{BaseModel, LlamaConfig, LoraConfig, LoraVars, TargetModule};
+use fedsim::model::{BaseModel, LlamaConfig, LoraConfig, LoraVars};
 use fedsim::tokenizer::TokenizedExample;
 use fedsim::train::make_batch;
 use rand::{Rng, SeedableRng};
@@ -30,12 +30,7 @@ fn main() -> anyhow::Result<()> {
     let cfg = LlamaConfig::smollm2_135m();
     let device = Device::Cpu;
     let model = BaseModel::random(&cfg, 1, &device)?;
-    let lora = LoraConfig {
-        r: 8,
-        alpha: 16.0,
-        dropout: 0.0,
-        target_modules: vec![TargetModule::QProj, TargetModule::VProj],
-    };
+    let lora = LoraConfig::qv(8, 16.0);
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let vars = LoraVars::from_adapter(&lora.init_adapter(&cfg, &mut rng), &lora, &device)?;
     let params = ParamsAdamW {

@@ -197,20 +197,11 @@ pub fn attack(
     let split = membership::split(&t, plan.members)?;
     let membership = membership::attack(&t, &split, &slots, &mut *progress)?;
     let canaries = canaries::attack(&t, plan.candidates, &slots, &mut *progress)?;
-    let extraction = extraction::attack(
-        &t,
-        &t.tuned,
-        plan.samples,
-        "extraction: run's model",
-        &mut *progress,
-    )?;
-    let extraction_pretrained = extraction::attack(
-        &t,
-        &t.base,
-        plan.samples,
-        "extraction: pretrained",
-        &mut *progress,
-    )?;
+    let extractor = extraction::Extractor::new(&t);
+    let stage = "extraction: run's model";
+    let extraction = extractor.run(&t, &t.tuned, plan.samples, stage, &mut *progress)?;
+    let stage = "extraction: pretrained";
+    let extraction_pretrained = extractor.run(&t, &t.base, plan.samples, stage, &mut *progress)?;
     let kind = match (&t.summary.dp, t.scenario.data.clients) {
         (Some(_), _) => RunKind::FederatedDp,
         (None, 1) => RunKind::Centralised,
@@ -226,7 +217,7 @@ pub fn attack(
         pretrained_eval_loss: t.summary.pretrained_eval_loss,
         membership,
         canaries,
-        prompts: extraction::prompts(&t),
+        prompts: extractor.prompts,
         extraction,
         extraction_pretrained,
         seconds: started.elapsed().as_secs_f64(),

@@ -134,12 +134,12 @@ impl Byzantine {
                 .filter(|&i| data.train[i].canary.is_none())
                 .collect();
             let mut poisoned = Vec::with_capacity(shard.len());
+            let mut k = 0;
             for &i in &shard {
-                let k = own.iter().position(|&j| j == i);
-                let Some(k) = k else {
+                if data.train[i].canary.is_some() {
                     poisoned.push(i);
                     continue;
-                };
+                }
                 let mut r = data.train[i].clone();
                 match &self.attack {
                     ByzantineAttack::SwapResponses => {
@@ -151,6 +151,7 @@ impl Byzantine {
                     }
                     _ => {}
                 }
+                k += 1;
                 poisoned.push(data.train.len());
                 data.train.push(r);
             }

@@ -169,6 +169,23 @@ impl Scenario {
         validate::validate(file, path)
     }
 
+    /// The aggregation strategy `strategy.kind` names.
+    pub fn strategy(&self) -> crate::strategy::Strategy {
+        crate::strategy::Strategy::from_kind(self.file.strategy.kind)
+    }
+
+    /// The Byzantine clients of `system.byzantine`, if any.
+    pub fn byzantine(&self) -> Option<crate::byzantine::Byzantine> {
+        self.file.system.byzantine.as_ref().map(|b| {
+            crate::byzantine::Byzantine::new(
+                &b.clients,
+                b.attack.clone(),
+                self.data.clients,
+                self.seed,
+            )
+        })
+    }
+
     /// The effective scenario as pretty RON.
     pub fn to_ron(&self) -> String {
         ron::ser::to_string_pretty(&self.file, ron::ser::PrettyConfig::default())

@@ -156,15 +156,13 @@ pub async fn run(
 
     let info = RunInfo {
         scenario: s.name.clone(),
-        strategy: crate::strategy::Strategy::from_kind(s.file.strategy.kind)
-            .name()
-            .to_string(),
+        strategy: s.strategy().name().to_string(),
         model: s.model_name.clone(),
         dp: s
             .dp
             .as_ref()
             .map_or("none".to_string(), |d| d.mechanism.name().to_string()),
-        server_lr: match crate::strategy::Strategy::from_kind(s.file.strategy.kind) {
+        server_lr: match s.strategy() {
             crate::strategy::Strategy::ServerOpt(o) => Some(o.server_lr()),
             _ => None,
         },
@@ -398,7 +396,7 @@ async fn run_actors(
     let actor_err = |e: &dyn std::fmt::Display| SimError::Actor(e.to_string());
     let agg_args = AggregatorArgs {
         layout,
-        strategy: crate::strategy::Strategy::from_kind(s.file.strategy.kind),
+        strategy: s.strategy(),
         byzantine: s.file.system.byzantine.is_some(),
     };
     let (aggregator, agg_handle) = Actor::spawn(None, Aggregator, agg_args)

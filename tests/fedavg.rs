@@ -267,12 +267,7 @@ fn uploads_fold_from_their_safetensors_bytes() {
         num_hidden_layers: 2,
         ..LlamaConfig::tiny(300)
     };
-    let lora = LoraConfig {
-        r: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        target_modules: vec![TargetModule::QProj, TargetModule::VProj],
-    };
+    let lora = LoraConfig::qv(4, 8.0);
     let layout = Arc::new(AdapterLayout::new(&cfg, &lora));
     let segments: Vec<usize> = layout.tensors().iter().map(|t| t.numel()).collect();
     let mut reader = fedsim::model::PayloadReader::new(layout.clone());

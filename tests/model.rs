@@ -211,12 +211,7 @@ fn adapter_round_trips_through_safetensors_with_peft_names() {
 #[test]
 fn trainable_parameter_count_matches_the_135m_shape() {
     // rank-8 LoRA on q_proj and v_proj of SmolLM2-135M: 460,800 parameters (the bench workload).
-    let lora = LoraConfig {
-        r: 8,
-        alpha: 16.0,
-        dropout: 0.0,
-        target_modules: vec![TargetModule::QProj, TargetModule::VProj],
-    };
+    let lora = LoraConfig::qv(8, 16.0);
     assert_eq!(
         lora.trainable_parameters(&LlamaConfig::smollm2_135m()),
         460_800

@@ -402,7 +402,7 @@ fn tiers_assign_profiles_in_proportion() {
 
 #[test]
 fn flops_and_transfers_match_hand_computed_values() {
-    use fedsim::model::{LlamaConfig, LoraConfig, TargetModule};
+    use fedsim::model::{LlamaConfig, LoraConfig};
     let cfg = LlamaConfig {
         hidden_size: 8,
         intermediate_size: 16,
@@ -415,12 +415,7 @@ fn flops_and_transfers_match_hand_computed_values() {
         max_position_embeddings: 32,
         tie_word_embeddings: true,
     };
-    let lora = LoraConfig {
-        r: 2,
-        alpha: 4.0,
-        dropout: 0.0,
-        target_modules: vec![TargetModule::QProj, TargetModule::VProj],
-    };
+    let lora = LoraConfig::qv(2, 4.0);
     // Per layer: q 8·8, k 4·8, v 4·8, o 8·8, gate/up 16·8 each, down 8·16 = 576; ×2 layers
     // + head 10·8 = 1232 weights. LoRA: q 2·(8+8) + v 2·(8+4) = 56 per layer, 112 in all.
     // A 3-token sequence: 4·1232·3 + 4·(2·8)·9 + 6·112·3 = 14784 + 576 + 2016.

@@ -328,14 +328,14 @@ impl AggregatorState {
         if folded == 0 && self.dp.is_none() {
             return (global, 0, examples, None, None);
         }
-        // The honest-only mean, and the exact (un-noised) mean to compare it with.
+        // The honest-only mean is compared with the exact (un-noised) mean of all updates.
         let honest = self.honest.as_mut().map(|h| h.mean());
-        let exact = honest.is_some().then(|| self.acc.mean()).flatten();
+        let len = self.acc.len();
+        let exact = (self.dp.is_none() || honest.is_some())
+            .then(|| self.acc.mean().unwrap_or_else(|| vec![0.0; len]));
+        let deviation = honest.map(|h| distance(exact.as_deref().unwrap_or(&[]), h.as_deref()));
         let (delta, noise_stddev) = match self.dp {
-            None => (
-                self.acc.mean().unwrap_or_else(|| vec![0.0; self.acc.len()]),
-                None,
-            ),
+            None => (exact.unwrap_or_default(), None),
             Some(dp) => {
                 let denom = dp.denominator.unwrap_or(folded as f64);
                 if denom <= 0.0 {
@@ -346,13 +346,6 @@ impl AggregatorState {
                 (mean, Some(dp.sum_stddev / denom))
             }
         };
-        let deviation = honest.map(|h| {
-            let all = exact.as_deref().unwrap_or(&[]);
-            match h {
-                Some(h) => distance(all, Some(&h)),
-                None => distance(all, None),
-            }
-        });
         let step = match self.server.as_mut() {
             Some(state) => state.step(&delta),
             None => delta,

@@ -106,13 +106,14 @@ pub fn candidates(format: &str, secret: &str, plan: CandidatePlan, seed: u64) ->
     out
 }
 
+/// Summed NLL of each example's response under each of `models`.
 fn nlls(
     t: &Target,
-    model: &BaseModel,
+    models: [&BaseModel; 2],
     canary: &Canary,
     fills: &[String],
     slots: &ScoringSlots,
-) -> Result<Vec<f64>, AttackError> {
+) -> Result<[Vec<f64>; 2], AttackError> {
     let examples = fills
         .iter()
         .map(|f| {
@@ -123,11 +124,14 @@ fn nlls(
         })
         .collect::<Result<Vec<_>, AttackError>>()?;
     let refs: Vec<_> = examples.iter().collect();
-    Ok(slots
-        .stats(model, &refs, t.pad())?
-        .iter()
-        .map(|s| -s.iter().map(|x| x.logp).sum::<f64>())
-        .collect())
+    let score = |model: &BaseModel| -> Result<Vec<f64>, AttackError> {
+        Ok(slots
+            .stats(model, &refs, t.pad())?
+            .iter()
+            .map(|s| -s.iter().map(|x| x.logp).sum::<f64>())
+            .collect())
+    };
+    Ok([score(models[0])?, score(models[1])?])
 }
 
 fn exposure_of(scores: &[f64], space: f64, enumerated: bool) -> Exposure {
@@ -172,8 +176,7 @@ pub fn attack(
         let enumerated = fills.len() as f64 + 1.0 >= space;
         let mut all = vec![c.secret.clone()];
         all.extend(fills);
-        let run = nlls(t, &t.tuned, c, &all, slots)?;
-        let pre = nlls(t, &t.base, c, &all, slots)?;
+        let [run, pre] = nlls(t, [&t.tuned, &t.base], c, &all, slots)?;
         out.push(CanaryExposure {
             id: c.id,
             kind: c.kind,

@@ -128,80 +128,99 @@ fn training_index(t: &Target) -> Index {
     index
 }
 
-/// Sample from `model` after every prompt and match what it writes against the training data.
-///
-/// # Errors
-/// A tokenizer or model failure.
-pub fn attack(
-    t: &Target,
-    model: &BaseModel,
-    plan: SamplePlan,
-    stage: &str,
-    progress: Progress<'_>,
-) -> Result<Extraction, AttackError> {
-    let index = training_index(t);
-    let prompts = prompts(t);
-    let total = prompts.len() * plan.per_prompt;
-    let mut seen: BTreeMap<(PiiKind, String), usize> = BTreeMap::new();
-    let stop = [t.tokenizer.eos_id(), t.tokenizer.document_start_id()];
-    let mut examples = Vec::with_capacity(prompts.len());
-    for (p, prompt) in prompts.iter().enumerate() {
-        let ids = prompt_ids(t, prompt)?;
-        for k in 0..plan.per_prompt {
-            let sampling = Sampling::Random {
-                temperature: 1.0,
-                top_k: Some(40),
-                top_p: None,
-                seed: derive(t.scenario.seed, &[purpose::ATTACK, 3, p as u64, k as u64]),
-            };
-            let out = generate(model, &ids, Budget::up_to(plan.max_tokens), sampling, &stop)?;
-            let text = t.tokenizer.decode(&out.ids)?;
-            if k == 0 {
-                examples.push((prompt.label.clone(), text.clone()));
-            }
-            let found: BTreeSet<_> = patterns::find(&text)
-                .into_iter()
-                .map(|f| (f.kind, f.text))
-                .collect();
-            for f in found {
-                *seen.entry(f).or_default() += 1;
-            }
-            progress(stage, p * plan.per_prompt + k + 1, total);
+/// The prompts and the training data's identifiers, built once for every model attacked.
+pub struct Extractor {
+    /// The prompts samples start from.
+    pub prompts: Vec<ExtractionPrompt>,
+    index: Index,
+}
+
+impl Extractor {
+    /// Prompts and index of `t`'s training data.
+    pub fn new(t: &Target) -> Self {
+        Self {
+            prompts: prompts(t),
+            index: training_index(t),
         }
     }
-    let extracted: Vec<Extracted> = seen
-        .into_iter()
-        .map(|((kind, text), samples)| {
-            let hit = index.get(&text);
-            Extracted {
-                kind,
-                in_training: hit.is_some(),
-                clients: hit
-                    .map(|h| h.0.iter().copied().collect())
-                    .unwrap_or_default(),
-                canary: hit.and_then(|h| h.1),
-                text,
-                samples,
+
+    /// Sample from `model` after every prompt and match what it writes against the training
+    /// data.
+    ///
+    /// # Errors
+    /// A tokenizer or model failure.
+    pub fn run(
+        &self,
+        t: &Target,
+        model: &BaseModel,
+        plan: SamplePlan,
+        stage: &str,
+        progress: Progress<'_>,
+    ) -> Result<Extraction, AttackError> {
+        let (prompts, index) = (&self.prompts, &self.index);
+        let total = prompts.len() * plan.per_prompt;
+        let mut seen: BTreeMap<(PiiKind, String), usize> = BTreeMap::new();
+        let stop = [t.tokenizer.eos_id(), t.tokenizer.document_start_id()];
+        let mut examples = Vec::with_capacity(prompts.len());
+        for (p, prompt) in prompts.iter().enumerate() {
+            let ids = prompt_ids(t, prompt)?;
+            for k in 0..plan.per_prompt {
+                let sampling = Sampling::Random {
+                    temperature: 1.0,
+                    top_k: Some(40),
+                    top_p: None,
+                    seed: derive(t.scenario.seed, &[purpose::ATTACK, 3, p as u64, k as u64]),
+                };
+                let out = generate(model, &ids, Budget::up_to(plan.max_tokens), sampling, &stop)?;
+                let text = t.tokenizer.decode(&out.ids)?;
+                if k == 0 {
+                    examples.push((prompt.label.clone(), text.clone()));
+                }
+                let found: BTreeSet<_> = patterns::find(&text)
+                    .into_iter()
+                    .map(|f| (f.kind, f.text))
+                    .collect();
+                for f in found {
+                    *seen.entry(f).or_default() += 1;
+                }
+                progress(stage, p * plan.per_prompt + k + 1, total);
             }
+        }
+        let extracted: Vec<Extracted> = seen
+            .into_iter()
+            .map(|((kind, text), samples)| {
+                let hit = index.get(&text);
+                Extracted {
+                    kind,
+                    in_training: hit.is_some(),
+                    clients: hit
+                        .map(|h| h.0.iter().copied().collect())
+                        .unwrap_or_default(),
+                    canary: hit.and_then(|h| h.1),
+                    text,
+                    samples,
+                }
+            })
+            .collect();
+        let training: Vec<&Extracted> = extracted.iter().filter(|e| e.in_training).collect();
+        let mut by_client = BTreeMap::new();
+        for e in &training {
+            for &c in &e.clients {
+                *by_client.entry(c).or_default() += 1;
+            }
+        }
+        Ok(Extraction {
+            samples: total,
+            found: extracted.len(),
+            training_secrets: training.len(),
+            precision: (!extracted.is_empty())
+                .then(|| training.len() as f64 / extracted.len() as f64),
+            canaries: training.iter().filter_map(|e| e.canary).collect(),
+            by_client,
+            extracted,
+            examples,
         })
-        .collect();
-    let training: Vec<&Extracted> = extracted.iter().filter(|e| e.in_training).collect();
-    let mut by_client = BTreeMap::new();
-    for e in &training {
-        for &c in &e.clients {
-            *by_client.entry(c).or_default() += 1;
-        }
     }
-    Ok(Extraction {
-        samples: total,
-        found: extracted.len(),
-        training_secrets: training.len(),
-        precision: (!extracted.is_empty()).then(|| training.len() as f64 / extracted.len() as f64),
-        canaries: training.iter().filter_map(|e| e.canary).collect(),
-        by_client,
-        extracted,
-        examples,
-    })
 }
 
 fn prompt_ids(t: &Target, p: &ExtractionPrompt) -> Result<Vec<u32>, AttackError> {

@@ -107,36 +107,56 @@ pub struct Membership {
     pub course_rule_accuracy: f64,
 }
 
-/// Everything one model says about a list of records.
+/// The attacked texts, tokenised once for every model: as trained on, lower-cased, and the
+/// zlib size of each response.
+struct Texts {
+    plain: Vec<TokenizedExample>,
+    lower: Vec<TokenizedExample>,
+    zlib: Vec<usize>,
+}
+
+impl Texts {
+    fn new(t: &Target, records: &[&Record]) -> Result<Self, AttackError> {
+        let tokenize = |r: &Record| -> Result<TokenizedExample, AttackError> {
+            Ok(t.tokenizer
+                .example_as(r, t.scenario.max_seq_len, &t.format)?
+                .0)
+        };
+        Ok(Self {
+            plain: records
+                .iter()
+                .map(|r| tokenize(r))
+                .collect::<Result<_, _>>()?,
+            lower: records
+                .iter()
+                .map(|r| tokenize(&lowercase(r)))
+                .collect::<Result<_, _>>()?,
+            zlib: records
+                .iter()
+                .map(|r| super::scoring::zlib_bytes(&r.output))
+                .collect(),
+        })
+    }
+}
+
+/// Everything one model says about the texts.
 fn score_texts(
     t: &Target,
     model: &BaseModel,
-    records: &[&Record],
+    texts: &Texts,
     slots: &ScoringSlots,
     progress: Progress<'_>,
     stage: &str,
 ) -> Result<Vec<TextScores>, AttackError> {
-    let examples = |lower: bool| -> Result<Vec<TokenizedExample>, AttackError> {
-        records
-            .iter()
-            .map(|r| {
-                let r = if lower { lowercase(r) } else { (*r).clone() };
-                Ok(t.tokenizer
-                    .example_as(&r, t.scenario.max_seq_len, &t.format)?
-                    .0)
-            })
-            .collect()
-    };
-    let (plain, lower) = (examples(false)?, examples(true)?);
-    let mut stats = Vec::with_capacity(records.len());
-    let mut lowered = Vec::with_capacity(records.len());
-    let total = records.len();
+    let total = texts.plain.len();
+    let mut stats = Vec::with_capacity(total);
+    let mut lowered = Vec::with_capacity(total);
     // A batch for every slot at a time, so progress shows while all slots work.
     let step = slots.batch() * slots.len();
     for start in (0..total).step_by(step) {
         let end = (start + step).min(total);
-        let plain: Vec<&TokenizedExample> = plain[start..end].iter().collect();
-        let lower: Vec<&TokenizedExample> = lower[start..end].iter().collect();
+        let plain: Vec<&TokenizedExample> = texts.plain[start..end].iter().collect();
+        let lower: Vec<&TokenizedExample> = texts.lower[start..end].iter().collect();
         stats.extend(slots.stats(model, &plain, t.pad())?);
         lowered.extend(slots.stats(model, &lower, t.pad())?);
         progress(stage, end, total);
@@ -144,11 +164,11 @@ fn score_texts(
     Ok(stats
         .into_iter()
         .zip(lowered)
-        .zip(records)
-        .map(|((tokens, low), r)| TextScores {
+        .zip(&texts.zlib)
+        .map(|((tokens, low), &zlib)| TextScores {
             tokens,
             lowercase_nll: super::scoring::mean_nll(&low),
-            zlib: super::scoring::zlib_bytes(&r.output),
+            zlib,
         })
         .collect())
 }
@@ -178,10 +198,11 @@ pub fn attack(
         .map(|&i| &t.data.train[i])
         .chain(split.non_members.iter().map(|&i| &t.data.eval[i]))
         .collect();
+    let texts = Texts::new(t, &records)?;
     let tuned = score_texts(
         t,
         &t.tuned,
-        &records,
+        &texts,
         slots,
         &mut *progress,
         "membership: run's model",
@@ -189,7 +210,7 @@ pub fn attack(
     let base = score_texts(
         t,
         &t.base,
-        &records,
+        &texts,
         slots,
         &mut *progress,
         "membership: pretrained",

@@ -30,18 +30,24 @@ pub struct RocPoint {
     pub tpr: f64,
 }
 
-/// ROC AUC of `members` against `non_members` (0.5 when either is empty).
-pub fn auc(members: &[f64], non_members: &[f64]) -> f64 {
-    if members.is_empty() || non_members.is_empty() {
-        return 0.5;
-    }
-    // Mann–Whitney U from mid-ranks over the pooled, sorted scores.
+/// Every score with whether it is a member's, in ascending order of score.
+fn pooled(members: &[f64], non_members: &[f64]) -> Vec<(f64, bool)> {
     let mut all: Vec<(f64, bool)> = members
         .iter()
         .map(|&s| (s, true))
         .chain(non_members.iter().map(|&s| (s, false)))
         .collect();
     all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    all
+}
+
+/// ROC AUC of `members` against `non_members` (0.5 when either is empty).
+pub fn auc(members: &[f64], non_members: &[f64]) -> f64 {
+    if members.is_empty() || non_members.is_empty() {
+        return 0.5;
+    }
+    // Mann–Whitney U from mid-ranks over the pooled, sorted scores.
+    let all = pooled(members, non_members);
     let mut rank_sum = 0.0;
     let mut i = 0;
     while i < all.len() {
@@ -60,12 +66,8 @@ pub fn auc(members: &[f64], non_members: &[f64]) -> f64 {
 /// The ROC curve: (FPR, TPR) for "member when score ≥ t" at every distinct score t, from
 /// (0, 0) to (1, 1).
 pub fn curve(members: &[f64], non_members: &[f64]) -> Vec<RocPoint> {
-    let mut all: Vec<(f64, bool)> = members
-        .iter()
-        .map(|&s| (s, true))
-        .chain(non_members.iter().map(|&s| (s, false)))
-        .collect();
-    all.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut all = pooled(members, non_members);
+    all.reverse();
     let (m, n) = (members.len().max(1) as f64, non_members.len().max(1) as f64);
     let mut points = vec![RocPoint { fpr: 0.0, tpr: 0.0 }];
     let (mut tp, mut fp) = (0usize, 0usize);

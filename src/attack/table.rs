@@ -57,9 +57,13 @@ fn extraction_cell(e: &super::extraction::Extraction) -> String {
         "{}/{} ({})",
         e.training_secrets,
         e.found,
-        e.precision
-            .map_or("—".into(), |p| format!("{:.0} %", 100.0 * p))
+        percent(e.precision)
     )
+}
+
+/// A share as a whole percentage, or "—".
+fn percent(p: Option<f64>) -> String {
+    p.map_or("—".into(), |p| format!("{:.0} %", 100.0 * p))
 }
 
 /// Scores shown in the comparison table.
@@ -216,8 +220,7 @@ pub fn details(r: &AttackReport) -> String {
             e.samples,
             e.found,
             e.training_secrets,
-            e.precision
-                .map_or("—".into(), |p| format!("{:.0} %", 100.0 * p)),
+            percent(e.precision),
             e.canaries,
             e.by_client
         );

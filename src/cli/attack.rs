@@ -4,10 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use fedsim::attack::canaries::CandidatePlan;
-use fedsim::attack::extraction::SamplePlan;
 use fedsim::attack::{self, table, AttackPlan};
 use fedsim::sim::Progress;
+use fedsim::study::AttackSection;
 
 use super::progress::Display;
 
@@ -62,19 +61,18 @@ impl AttackArgs {
                 anyhow::bail!("{name} must be at least 1");
             }
         }
-        Ok(AttackPlan {
+        let effort = AttackSection {
             members: self.members,
-            candidates: CandidatePlan {
-                enumerate_up_to: self.enumerate_up_to,
-                sampled: self.candidates,
-            },
-            samples: SamplePlan {
-                per_prompt: self.samples,
-                max_tokens: self.max_tokens,
-            },
+            candidates: self.candidates,
+            enumerate_up_to: self.enumerate_up_to,
+            samples: self.samples,
+            max_tokens: self.max_tokens,
+        };
+        Ok(AttackPlan {
             batch: self.batch,
             slots: self.slots.unwrap_or(AttackPlan::default().slots),
             threads_per_slot: self.threads_per_slot,
+            ..effort.plan()
         })
     }
 }

@@ -76,11 +76,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime()?;
     // The exporter binds (and reports a taken address) before the simulation starts.
     let (telemetry, bound) = match metrics_addr {
         None => (None, None),
@@ -96,8 +92,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             (Some(t), Some(bound))
         }
     };
-    let (trigger, shutdown) = Shutdown::channel();
-    runtime.block_on(async { listen_for_signals(trigger) })?;
+    let shutdown = stop_on_signals(&runtime)?;
     let mut display = Display::new();
     let opts = RunOptions {
         out: a.out,
@@ -123,6 +118,22 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         });
     }
     Ok(())
+}
+
+/// The async runtime the subcommands run fedsim's actors on (they do little work: 2 workers).
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// A stop request that SIGINT, SIGTERM and SIGHUP escalate, listened for on `runtime`.
+pub fn stop_on_signals(runtime: &tokio::runtime::Runtime) -> anyhow::Result<Shutdown> {
+    let (trigger, shutdown) = Shutdown::channel();
+    runtime.block_on(async { listen_for_signals(trigger) })?;
+    Ok(shutdown)
 }
 
 /// SIGINT, SIGTERM and SIGHUP each escalate the stop request; the third exits at once.

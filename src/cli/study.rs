@@ -7,7 +7,7 @@ use fedsim::attack::{self, table};
 use fedsim::report::{RunDir, RunStatus};
 use fedsim::sim::Progress;
 use fedsim::study::Study;
-use fedsim::{RunOptions, Shutdown, StopLevel};
+use fedsim::{RunOptions, StopLevel};
 
 use super::progress::Display;
 
@@ -27,13 +27,8 @@ pub fn study(a: StudyArgs) -> anyhow::Result<()> {
     let study = Study::load(&a.study)?;
     fedsim::host::tune_allocator_for_training();
     let dir = RunDir::create(a.out.as_deref(), &study.name)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let (trigger, shutdown) = Shutdown::channel();
-    runtime.block_on(async { super::run::listen_for_signals(trigger) })?;
+    let runtime = super::run::runtime()?;
+    let shutdown = super::run::stop_on_signals(&runtime)?;
     let n = study.arms.len();
     let arms: Vec<&str> = study.arms.iter().map(|(a, _)| a.as_str()).collect();
     dir.write_json(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use fedsim::report::{RunDir, Summary};
 use fedsim::sweep::{combinations, csv, run_name, table, SweepRow, Vary};
-use fedsim::{RunOptions, Scenario, Shutdown, StopLevel};
+use fedsim::{RunOptions, Scenario, StopLevel};
 
 /// `sim sweep` arguments.
 #[derive(clap::Args)]
@@ -48,13 +48,8 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     }
     let name = format!("sweep-{}", runs[0].1.name);
     let dir = RunDir::create(a.out.as_deref(), &name)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let (trigger, shutdown) = Shutdown::channel();
-    runtime.block_on(async { super::run::listen_for_signals(trigger) })?;
+    let runtime = super::run::runtime()?;
+    let shutdown = super::run::stop_on_signals(&runtime)?;
     let n = runs.len();
     eprintln!("sweep of {n} runs into {}", dir.path().display());
     let mut rows = Vec::with_capacity(n);

@@ -25,6 +25,17 @@ pub struct LoraConfig {
 }
 
 impl LoraConfig {
+    /// Rank `r` and `alpha` on q_proj and v_proj, without dropout: the setting of the
+    /// PEFT parity check, the step benchmark and the reference tests.
+    pub fn qv(r: usize, alpha: f64) -> Self {
+        Self {
+            r,
+            alpha,
+            dropout: 0.0,
+            target_modules: vec![TargetModule::QProj, TargetModule::VProj],
+        }
+    }
+
     /// `alpha / r`.
     pub fn scale(&self) -> f64 {
         self.alpha / self.r as f64

@@ -68,12 +68,7 @@ impl Fixture {
 /// The adapter the SmolLM2 PEFT parity check uses: rank 8 on q_proj and v_proj, A and B drawn
 /// from a fixed seed (B non-zero, so it changes the logits).
 pub fn smollm2_adapter(cfg: &LlamaConfig) -> (LoraConfig, AdapterSet) {
-    let lora = LoraConfig {
-        r: 8,
-        alpha: 16.0,
-        dropout: 0.0,
-        target_modules: vec![TargetModule::QProj, TargetModule::VProj],
-    };
+    let lora = LoraConfig::qv(8, 16.0);
     let mut rng = ChaCha8Rng::seed_from_u64(2468);
     let mut adapter = lora.init_adapter(cfg, &mut rng);
     for v in adapter.data_mut() {

@@ -128,9 +128,8 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
     }
     let mut data = s.data.prepare_with(progress)?;
     // Data-poisoning Byzantine clients train on poisoned copies of their records.
-    if let Some(b) = &s.file.system.byzantine {
-        crate::byzantine::Byzantine::new(&b.clients, b.attack.clone(), s.data.clients, s.seed)
-            .poison(&mut data);
+    if let Some(b) = s.byzantine() {
+        b.poison(&mut data);
     }
     let base = Base::open(s)?;
     let tokenizer = match &base {

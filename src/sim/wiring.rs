@@ -88,8 +88,6 @@ pub(super) fn client_context(
             s.seed,
             fleet,
         )
-        .with_byzantine(sys.byzantine.as_ref().map(|b| {
-            crate::byzantine::Byzantine::new(&b.clients, b.attack.clone(), s.data.clients, s.seed)
-        })),
+        .with_byzantine(s.byzantine()),
     }))
 }
