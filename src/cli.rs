@@ -4,6 +4,7 @@ pub mod attack;
 pub mod comm;
 pub mod eval;
 pub mod generate;
+pub mod out;
 pub mod privacy;
 pub mod progress;
 pub mod run;

@@ -28,6 +28,57 @@ pub enum HtmlReportError {
     /// An `attack.json` that does not read.
     #[error(transparent)]
     Attack(#[from] crate::attack::AttackError),
+    /// `--out` names something fedsim must not overwrite.
+    #[error("{path}: {message}")]
+    Out {
+        /// The path given.
+        path: PathBuf,
+        /// Why it is refused.
+        message: &'static str,
+    },
+}
+
+/// What every page [`render`] writes starts with (how `write` knows a page it may replace).
+const PAGE_START: &str =
+    "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>fedsim report</title>";
+
+/// Render `dirs` into `out`, atomically; `out` may be new or an earlier fedsim report, never
+/// anything else (an input's file, a directory).
+///
+/// # Errors
+/// As [`render`]; when `out` is refused or cannot be written.
+pub fn write(dirs: &[PathBuf], out: &Path) -> Result<(), HtmlReportError> {
+    let refuse = |message| HtmlReportError::Out {
+        path: out.to_path_buf(),
+        message,
+    };
+    if out.is_dir() {
+        return Err(refuse("is a directory; --out names the HTML file to write"));
+    }
+    if out.exists() {
+        let mut head = vec![0u8; PAGE_START.len()];
+        let same = std::fs::File::open(out)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+            .is_ok()
+            && head == PAGE_START.as_bytes();
+        if !same {
+            return Err(refuse(
+                "exists and is not a fedsim report; fedsim never overwrites other files: \
+                 choose another --out",
+            ));
+        }
+    }
+    let html = render(dirs)?;
+    let name = out
+        .file_name()
+        .map_or("report.html".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = out.with_file_name(format!(".{name}.tmp"));
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| HtmlReportError::Run(ReportError::Io { path: p, source })
+    };
+    std::fs::write(&tmp, html).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, out).map_err(io(out))
 }
 
 /// What the report reads of one run.
@@ -423,8 +474,7 @@ fn accuracy(page: &mut Page, runs: &[Run]) -> Result<(), HtmlReportError> {
 
 fn wrap(body: &str, charts: usize) -> String {
     format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>fedsim report</title>\n\
-         <style>body{{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}}\
+        "{PAGE_START}\n<style>body{{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}}\
          table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}\
          td:first-child{{text-align:left}}.note{{color:#666;font-style:italic}}\
          figure.chart{{margin:1em 0}}</style></head><body>\n<h1>fedsim report</h1>\n\

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use cli::out::{out, outln, StdoutClosed};
 use cli::privacy::PrivacyCommand;
 
 /// Federated LoRA fine-tuning simulator.
@@ -88,6 +89,8 @@ fn main() -> ExitCode {
         .init();
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of standard output went away (`| head`): nothing more to say.
+        Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", fedsim::fmt::chain(e.as_ref()));
             ExitCode::FAILURE
@@ -100,7 +103,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::Validate { scenario, set } => cli::validate::validate(&scenario, &set),
         Command::Privacy { what } => cli::privacy::privacy(what),
         Command::Compare { runs } => {
-            print!("{}", fedsim::compare::table(&runs)?);
+            out!("{}", fedsim::compare::table(&runs)?)?;
             Ok(())
         }
         Command::Run(args) => cli::run::run(args),
@@ -108,10 +111,8 @@ fn real_main() -> anyhow::Result<()> {
         Command::Generate(args) => cli::generate::generate(args),
         Command::Comm(args) => cli::comm::comm(args),
         Command::Report { runs, out } => {
-            let html = fedsim::html_report::render(&runs)?;
-            std::fs::write(&out, html)
-                .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", out.display()))?;
-            println!("wrote {}", out.display());
+            fedsim::html_report::write(&runs, &out)?;
+            outln!("wrote {}", out.display())?;
             Ok(())
         }
         Command::Eval(args) => cli::eval::eval(args),
@@ -120,7 +121,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::FetchModel { name } => {
             let model = fedsim::model::fetch::known(&name)?;
             let path = fedsim::model::fetch::fetch(&model)?;
-            println!("{}", path.display());
+            outln!("{}", path.display())?;
             eprintln!("sha256 {} (verified)", model.sha256);
             Ok(())
         }

@@ -58,6 +58,25 @@ pub enum ModelError {
         /// Shape in the file.
         found: Vec<usize>,
     },
+    /// A tensor holds NaN or infinite values: a corrupt file, or a diverged run's adapter.
+    #[error("tensor {name} holds {count} non-finite value(s) (NaN or infinity), the first at flat index {first}; the file is corrupt or its training diverged: use another")]
+    NonFinite {
+        /// The tensor's name.
+        name: String,
+        /// How many values are not finite.
+        count: usize,
+        /// The first one's flat index.
+        first: usize,
+    },
+    /// What went wrong in one file.
+    #[error("{}", path.display())]
+    InFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: Box<ModelError>,
+    },
     /// A GGUF file could not be read (truncated, corrupt, unknown tensor type).
     #[error("{}: not a readable GGUF model file", path.display())]
     Gguf {
@@ -154,4 +173,38 @@ impl TargetModule {
     pub fn index(self) -> usize {
         self as usize
     }
+}
+
+impl ModelError {
+    /// `self`, said of `path`.
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        ModelError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(self),
+        }
+    }
+
+    /// Whether this is (or wraps) [`ModelError::NonFinite`].
+    pub fn is_non_finite(&self) -> bool {
+        match self {
+            ModelError::NonFinite { .. } => true,
+            ModelError::InFile { source, .. } => source.is_non_finite(),
+            _ => false,
+        }
+    }
+}
+
+/// Refuse `values` of tensor `name` if any is NaN or infinite.
+///
+/// # Errors
+/// [`ModelError::NonFinite`] naming the tensor, the count and the first index.
+pub fn check_finite(name: &str, values: &[f32]) -> Result<(), ModelError> {
+    let Some(first) = values.iter().position(|v| !v.is_finite()) else {
+        return Ok(());
+    };
+    Err(ModelError::NonFinite {
+        name: name.to_string(),
+        count: values[first..].iter().filter(|v| !v.is_finite()).count(),
+        first,
+    })
 }

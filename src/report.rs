@@ -6,8 +6,13 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+mod ownership;
+
+pub use ownership::{read_marker, DirKind, DirLock, Marker, LOCK_FILE, MARKER_FILE};
 
 use crate::messages::RoundSummary;
 
@@ -31,6 +36,14 @@ pub enum ReportError {
         /// What is wrong.
         message: String,
     },
+    /// Another process writes the directory.
+    #[error("{path} is in use by {holder}; wait for it to end, or choose another --out")]
+    Busy {
+        /// The directory.
+        path: PathBuf,
+        /// Who holds its lock (from the lock file).
+        holder: String,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
@@ -40,63 +53,120 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
     }
 }
 
-/// A run directory being written.
+/// A directory fedsim writes (a run, a sweep, a study), locked for this process's use.
 #[derive(Debug, Clone)]
 pub struct RunDir {
     path: PathBuf,
+    /// Held while any clone lives; `None` for a finished run that tools only add files to.
+    _lock: Option<Arc<DirLock>>,
+}
+
+/// A directory claimed for a new run (locked, marked) before the work that fills it starts.
+/// Dropped without [`Claim::begin`] (a failure or a stop during preparation), it leaves an
+/// unfinished run's files as they were, and removes the directory if it created it.
+#[derive(Debug)]
+pub struct Claim {
+    dir: Option<RunDir>,
+    stale: Vec<String>,
+    created: bool,
+}
+
+impl Claim {
+    /// The directory, its unfinished run's files removed: the new run starts writing.
+    ///
+    /// # Errors
+    /// When a file cannot be removed.
+    pub fn begin(mut self) -> Result<RunDir, ReportError> {
+        let dir = self.dir.take().expect("a claim begins once");
+        ownership::clear(&dir.path, &self.stale)?;
+        Ok(dir)
+    }
+
+    /// Where the run will be written.
+    pub fn path(&self) -> &Path {
+        &self.dir.as_ref().expect("a claim begins once").path
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let (Some(dir), true) = (self.dir.take(), self.created) {
+            // Nothing was written but the marker and the lock: leave no empty directory.
+            let _ = std::fs::remove_file(dir.path.join(ownership::MARKER_FILE));
+            let _ = std::fs::remove_file(dir.path.join(ownership::LOCK_FILE));
+            let _ = std::fs::remove_dir(&dir.path);
+        }
+    }
 }
 
 impl RunDir {
-    /// Create `out` if given, else `runs/<name>-<UTC timestamp>` (suffixed if it exists).
+    /// Claim `out` if given, else a new `runs/<name>-<UTC timestamp>`, for what `marker` says:
+    /// take its lock (a second process is refused, naming the holder), check it may be used,
+    /// write the marker.
     ///
-    /// `out` may be new, empty, or a fedsim run directory whose run never finished (status
-    /// `running`, or `failed`): its fedsim files are removed first, so nothing stale stays
-    /// beside the new results.
+    /// `out` may be new, empty, or hold an unfinished run (status `running` or `failed`) of
+    /// the same scenario, whose files [`Claim::begin`] replaces.
     ///
     /// # Errors
-    /// When `out` is not a directory, holds a finished run, holds files fedsim did not write,
-    /// or cannot be created.
-    pub fn create(out: Option<&Path>, name: &str) -> Result<Self, ReportError> {
-        let path = match out {
+    /// When `out` is in use, is not a directory, holds a finished run, a corrupt one, another
+    /// scenario's, files fedsim did not write, or cannot be created.
+    pub fn claim(out: Option<&Path>, marker: &Marker) -> Result<Claim, ReportError> {
+        let (path, created) = match out {
             Some(p) => {
-                reuse(p, true)?;
-                p.to_path_buf()
+                ownership::precheck(p, marker)?;
+                let created = !p.exists();
+                std::fs::create_dir_all(p).map_err(io(p))?;
+                (p.to_path_buf(), created)
             }
-            None => {
-                let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                    .to_string()
-                    .replace(['-', ':'], "")
-                    .replace('T', "-")
-                    .trim_end_matches('Z')
-                    .to_string();
-                let base = PathBuf::from("runs").join(format!("{name}-{stamp}"));
-                let mut p = base.clone();
-                let mut k = 2;
-                while p.exists() {
-                    p = PathBuf::from(format!("{}-{k}", base.display()));
-                    k += 1;
-                }
-                p
-            }
+            None => (ownership::fresh_default(&marker.name)?, true),
         };
-        std::fs::create_dir_all(&path).map_err(io(&path))?;
-        Ok(Self { path })
+        let lock = ownership::lock(&path)?;
+        let dir = RunDir {
+            path,
+            _lock: Some(Arc::new(lock)),
+        };
+        let mut claim = Claim {
+            dir: None,
+            stale: Vec::new(),
+            created,
+        };
+        // Inspected again under the lock: another process may have written it meanwhile.
+        claim.stale = match ownership::inspect(&dir.path, marker)? {
+            ownership::Inspection::Empty => Vec::new(),
+            ownership::Inspection::Unfinished(names) => names,
+        };
+        claim.dir = Some(dir);
+        claim
+            .dir
+            .as_ref()
+            .expect("set")
+            .write_json(ownership::MARKER_FILE, marker)?;
+        Ok(claim)
+    }
+
+    /// [`RunDir::claim`] and [`Claim::begin`] at once, for a directory whose work starts now.
+    ///
+    /// # Errors
+    /// As [`RunDir::claim`].
+    pub fn create(out: Option<&Path>, marker: &Marker) -> Result<Self, ReportError> {
+        Self::claim(out, marker)?.begin()
     }
 
     /// A finished run's directory, for tools that add files to it (`sim attack`).
     pub fn existing(path: &Path) -> Self {
         Self {
             path: path.to_path_buf(),
+            _lock: None,
         }
     }
 
-    /// Whether `out` could receive a run (checked before any work, without touching it).
+    /// Whether `out` could receive `marker`'s run (checked before any work, touching nothing).
     ///
     /// # Errors
-    /// As [`RunDir::create`] would refuse it.
-    pub fn check(out: Option<&Path>) -> Result<(), ReportError> {
+    /// As [`RunDir::claim`] would refuse it.
+    pub fn check(out: Option<&Path>, marker: &Marker) -> Result<(), ReportError> {
         match out {
-            Some(p) => reuse(p, false),
+            Some(p) => ownership::precheck(p, marker),
             None => Ok(()),
         }
     }
@@ -158,7 +228,7 @@ impl RunDir {
 }
 
 /// Every name fedsim writes into a run directory.
-pub const RUN_FILES: [&str; 13] = [
+pub const RUN_FILES: [&str; 14] = [
     "scenario.ron",
     "tokenizer.json",
     "canaries.json",
@@ -173,67 +243,8 @@ pub const RUN_FILES: [&str; 13] = [
     "adapter_config.json",
     "base_model",
     "model.json",
+    "server_state.safetensors",
 ];
-
-/// Check that `p` may receive a new run, and (with `clear`) remove an unfinished one's files.
-fn reuse(p: &Path, clear: bool) -> Result<(), ReportError> {
-    let refuse = |message: String| ReportError::Format {
-        path: p.to_path_buf(),
-        message,
-    };
-    if !p.exists() {
-        return Ok(());
-    }
-    if !p.is_dir() {
-        return Err(refuse(
-            "exists and is not a directory; choose another --out".into(),
-        ));
-    }
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(p).map_err(io(p))? {
-        let entry = entry.map_err(io(p))?;
-        names.push(entry.file_name().to_string_lossy().into_owned());
-    }
-    names.sort();
-    let foreign: Vec<&String> = names
-        .iter()
-        .filter(|n| !RUN_FILES.contains(&n.as_str()) && !n.ends_with(".tmp"))
-        .collect();
-    if !foreign.is_empty() {
-        return Err(refuse(format!(
-            "is not empty and is not a fedsim run directory (it holds {}{}); choose a new or \
-             empty directory for --out",
-            foreign
-                .iter()
-                .take(3)
-                .map(|n| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            if foreign.len() > 3 { ", …" } else { "" }
-        )));
-    }
-    if let Ok(summary) = Summary::read(p) {
-        if summary.status.is_final() && summary.status != RunStatus::Failed {
-            return Err(refuse(format!(
-                "already holds a finished run (status {}); choose another --out",
-                summary.status
-            )));
-        }
-    }
-    if !clear {
-        return Ok(());
-    }
-    for n in &names {
-        let q = p.join(n);
-        let removed = if q.is_dir() {
-            std::fs::remove_dir_all(&q)
-        } else {
-            std::fs::remove_file(&q)
-        };
-        removed.map_err(io(&q))?;
-    }
-    Ok(())
-}
 
 /// `rounds.jsonl` (one flushed line per round) and `clients.jsonl` (one line per sampled
 /// client and round).

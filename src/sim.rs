@@ -24,7 +24,7 @@ use crate::data::DataError;
 use crate::devices::TraceError;
 use crate::messages::RoundSummary;
 use crate::model::{AdapterLayout, ModelError};
-use crate::report::{ReportError, RunDir, RunStatus, Summary};
+use crate::report::{DirKind, Marker, ReportError, RunDir, RunStatus, Summary};
 use crate::scenario::Scenario;
 use crate::shutdown::{Shutdown, StopLevel};
 use crate::slots::SlotError;
@@ -131,8 +131,9 @@ pub async fn run(
 ) -> Result<RunReport, SimError> {
     let started = Instant::now();
     let s = scenario;
-    // Refuse a bad --out before hours of preparation, not after.
-    RunDir::check(opts.out.as_deref())?;
+    // Claim --out before hours of preparation, not after: a second process on the same
+    // directory, or a directory that is not ours to replace, is refused now.
+    let claim = RunDir::claim(opts.out.as_deref(), &run_marker(s))?;
     let prep = tokio::select! {
         prep = prepare_off_executor(s, &mut opts) => prep?,
         _ = shutdown.reached(StopLevel::FinishRound) => return Err(SimError::InterruptedBeforeStart),
@@ -144,7 +145,7 @@ pub async fn run(
     for line in setup_lines(s, &prep) {
         say(&mut opts, &line);
     }
-    let dir = RunDir::create(opts.out.as_deref(), &s.name)?;
+    let dir = claim.begin()?;
     dir.write("scenario.ron", &s.to_ron())?;
     prep.write(&dir)?;
     let book = Book::new(s, &prep, started);
@@ -183,6 +184,15 @@ pub async fn run(
         .and_then(|mut b| b.take())
         .expect("the round sink is gone once the actors have stopped");
     finish_run(s, &prep, &dir, &info, book, result)
+}
+
+/// What a run directory of `s` is marked with.
+pub fn run_marker(s: &Scenario) -> Marker {
+    Marker {
+        kind: DirKind::Run,
+        name: s.name.clone(),
+        fingerprint: format!("{:016x}", crate::report::fnv1a(s.to_ron().as_bytes())),
+    }
 }
 
 /// Write what a run leaves behind once its rounds are over — completed, interrupted, out of

@@ -236,16 +236,37 @@ fn sigkill_leaves_a_directory_that_compare_reports_as_incomplete() {
         String::from_utf8_lossy(&res.stderr)
     );
     assert!(table.contains("incomplete"), "{table}");
-    // An unfinished run's directory may be reused: its files are replaced, not mixed.
-    let (ok, _) = Sim::start(&run_args(
+    // Another scenario may not take the unfinished directory over: nothing is deleted.
+    let before = rounds_logged(&out);
+    let (ok, err) = self::sim(&run_args(
         &scen,
         out.to_str().unwrap(),
         &["--set", "rounds=1", "-q"],
-    ))
-    .wait_exit(Duration::from_secs(120));
-    assert!(ok);
-    assert_eq!(Summary::read(&out).unwrap().status, RunStatus::Completed);
-    assert_eq!(rounds_logged(&out), 1);
+    ));
+    assert!(
+        !ok && err.contains("unfinished run of another scenario"),
+        "{err}"
+    );
+    assert_eq!(rounds_logged(&out), before, "nothing deleted");
+    // The same scenario reuses it: its files are replaced, not mixed.
+    let t0 = std::time::SystemTime::now();
+    let mut again = Sim::start(&run_args(
+        &scen,
+        out.to_str().unwrap(),
+        &["--set", "rounds=500", "-q"],
+    ));
+    again.wait_until(Duration::from_secs(120), "the new run's round 1", || {
+        let fresh = std::fs::metadata(out.join("rounds.jsonl"))
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m > t0);
+        fresh && rounds_logged(&out) >= 1
+    });
+    again.signal("TERM");
+    let (ok, _) = again.wait_exit(Duration::from_secs(60));
+    assert!(ok, "{}", again.stderr());
+    let s = Summary::read(&out).unwrap();
+    assert_eq!(s.status, RunStatus::Interrupted);
+    assert_eq!(s.rounds_completed, rounds_logged(&out));
 }
 
 fn sim(args: &[&str]) -> (bool, String) {
@@ -261,7 +282,7 @@ fn out_never_mixes_a_run_with_foreign_files() {
     std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
     let (ok, err) = sim(&run_args(&scen, foreign.to_str().unwrap(), &[]));
     assert!(
-        !ok && err.contains("not a fedsim run directory") && err.contains("notes.txt"),
+        !ok && err.contains("fedsim did not create it") && err.contains("notes.txt"),
         "{err}"
     );
     assert_eq!(
@@ -316,4 +337,33 @@ fn a_signal_ends_a_pace_wait_at_once() {
     assert!(ok && secs < 1.0, "took {secs:.2} s: {}", sim.stderr());
     let s = Summary::read(&out).unwrap();
     assert_eq!((s.status, s.rounds_completed), (RunStatus::Interrupted, 1));
+}
+
+#[test]
+fn a_second_run_on_the_same_out_is_refused_and_the_first_keeps_its_files() {
+    let (_tmp, scen, out) = setup();
+    let mut first = Sim::start(&run_args(
+        &scen,
+        out.to_str().unwrap(),
+        &["--set", "rounds=500"],
+    ));
+    first.wait_until(Duration::from_secs(120), "round 1", || {
+        rounds_logged(&out) >= 1
+    });
+    let (ok, err) = sim(&run_args(
+        &scen,
+        out.to_str().unwrap(),
+        &["--set", "rounds=500"],
+    ));
+    let pid = first.child.id().to_string();
+    assert!(
+        !ok && err.contains("is in use by fedsim process") && err.contains(&pid),
+        "{err}"
+    );
+    first.signal("TERM");
+    let (ok, _) = first.wait_exit(Duration::from_secs(60));
+    assert!(ok, "{}", first.stderr());
+    let s = Summary::read(&out).unwrap();
+    assert_eq!(s.status, RunStatus::Interrupted);
+    assert_eq!(s.rounds_completed, rounds_logged(&out));
 }

@@ -16,6 +16,10 @@ pub struct RocSummary {
     pub tpr_at_fpr: [f64; 3],
     /// max over thresholds of (TPR + TNR) / 2.
     pub best_balanced_accuracy: f64,
+    /// Scores that were NaN (a model that gave no finite loss on the text): ranked below every
+    /// real score, as the least member-like, and tied with each other.
+    #[serde(default)]
+    pub nan_scores: usize,
 }
 
 /// The FPR bounds of [`RocSummary::tpr_at_fpr`].
@@ -30,15 +34,31 @@ pub struct RocPoint {
     pub tpr: f64,
 }
 
-/// Every score with whether it is a member's, in ascending order of score.
+/// Every score with whether it is a member's, in ascending order of score, NaN first (below
+/// every real score: a NaN says nothing for membership).
 fn pooled(members: &[f64], non_members: &[f64]) -> Vec<(f64, bool)> {
     let mut all: Vec<(f64, bool)> = members
         .iter()
         .map(|&s| (s, true))
         .chain(non_members.iter().map(|&s| (s, false)))
         .collect();
-    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    all.sort_by(|a, b| order(a.0, b.0));
     all
+}
+
+/// NaN below everything, then the usual order (−0 and +0 equal).
+fn order(a: f64, b: f64) -> std::cmp::Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        (false, false) => a.partial_cmp(&b).expect("neither is NaN"),
+    }
+}
+
+/// Whether two scores tie (NaN ties with NaN: every loop over ties advances).
+fn tie(a: f64, b: f64) -> bool {
+    order(a, b).is_eq()
 }
 
 /// ROC AUC of `members` against `non_members` (0.5 when either is empty).
@@ -52,7 +72,7 @@ pub fn auc(members: &[f64], non_members: &[f64]) -> f64 {
     let mut i = 0;
     while i < all.len() {
         let mut j = i;
-        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
+        while j + 1 < all.len() && tie(all[j + 1].0, all[i].0) {
             j += 1;
         }
         let mid = (i + j) as f64 / 2.0 + 1.0;
@@ -74,7 +94,7 @@ pub fn curve(members: &[f64], non_members: &[f64]) -> Vec<RocPoint> {
     let mut i = 0;
     while i < all.len() {
         let t = all[i].0;
-        while i < all.len() && all[i].0 == t {
+        while i < all.len() && tie(all[i].0, t) {
             if all[i].1 {
                 tp += 1;
             } else {
@@ -109,6 +129,11 @@ pub fn summarize(members: &[f64], non_members: &[f64]) -> RocSummary {
             .iter()
             .map(|p| (p.tpr + 1.0 - p.fpr) / 2.0)
             .fold(0.5, f64::max),
+        nan_scores: members
+            .iter()
+            .chain(non_members)
+            .filter(|s| s.is_nan())
+            .count(),
     }
 }
 

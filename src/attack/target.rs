@@ -107,10 +107,14 @@ impl Target {
         let base = source.load(&Device::Cpu)?;
         let base_path = source.path().to_path_buf();
         let (adapter, lora) =
-            peft::load_peft(dir, base.config()).map_err(|e| AttackError::AdapterMismatch {
-                adapter: dir.join("adapter_model.safetensors"),
-                base: base_path,
-                source: Box::new(e),
+            peft::load_peft(dir, base.config()).map_err(|e| match e.is_non_finite() {
+                // Not a mismatch: the adapter itself is unusable; say so.
+                true => AttackError::Model(e),
+                false => AttackError::AdapterMismatch {
+                    adapter: dir.join("adapter_model.safetensors"),
+                    base: base_path,
+                    source: Box::new(e),
+                },
             })?;
         let vars = LoraVars::from_adapter(&adapter, &lora, &Device::Cpu)?;
         let tuned = base.merged(&vars)?;

@@ -1,6 +1,7 @@
 //! `sim attack`: membership inference, canary exposure and extraction on finished runs, one
 //! comparison table across them.
 
+use super::out::{out, outln};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -94,11 +95,11 @@ pub fn attack(a: AttackArgs) -> anyhow::Result<()> {
             dir.display(),
             report.seconds
         )));
-        println!("{}", table::details(&report));
+        outln!("{}", table::details(&report))?;
         reports.push(report);
     }
     let text = table::comparison(&reports);
-    print!("{text}");
+    out!("{text}")?;
     if let Some(path) = &a.table {
         std::fs::write(path, &text).with_context(|| format!("{}: cannot write", path.display()))?;
     }

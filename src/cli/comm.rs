@@ -1,5 +1,6 @@
 //! `sim comm`: what sending adapters instead of whole models costs and saves.
 
+use super::out::outln;
 use std::path::PathBuf;
 
 use fedsim::comm::{CommInput, Messages};
@@ -72,6 +73,6 @@ pub fn comm(a: CommArgs) -> anyhow::Result<()> {
             }
         }
     };
-    println!("{}", input.compute()?);
+    outln!("{}", input.compute()?)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `sim eval`: PubMedQA accuracy and answers to prompts, for a pretrained model and with an
 //! adapter, side by side; held-out loss of a run from its summary.
 
+use super::out::outln;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -126,14 +127,14 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             answers,
         });
     }
-    print_results(&out);
+    print_results(&out)?;
     let held_out = match &a.run {
         Some(r) => {
             let s = Summary::read(r)?;
-            println!(
+            outln!(
                 "held-out loss (the run's evaluation split): pretrained {:.4} nats/token (perplexity {:.2}), after the run {:.4} (perplexity {:.2})",
                 s.pretrained_eval_loss, s.pretrained_eval_perplexity, s.final_eval_loss, s.final_eval_perplexity
-            );
+            )?;
             Some(serde_json::json!({
                 "pretrained_loss": s.pretrained_eval_loss,
                 "pretrained_perplexity": s.pretrained_eval_perplexity,
@@ -154,19 +155,24 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     };
     std::fs::write(&file, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("{}: cannot write", file.display()))?;
-    println!("wrote {}", file.display());
+    outln!("wrote {}", file.display())?;
     Ok(())
 }
 
-fn print_results(out: &[ModelEval]) {
+fn print_results(out: &[ModelEval]) -> anyhow::Result<()> {
     if out.iter().any(|m| m.pubmedqa.is_some()) {
-        println!(
+        outln!(
             "{:<40} {:>6} {:>14} {:>14} {:>9} {:>9}",
-            "model", "items", "likelihood", "generation", "unparsed", "majority"
-        );
+            "model",
+            "items",
+            "likelihood",
+            "generation",
+            "unparsed",
+            "majority"
+        )?;
         for m in out {
             if let Some(r) = &m.pubmedqa {
-                println!(
+                outln!(
                     "{:<40} {:>6} {:>14.3} {:>14.3} {:>9} {:>9.3}",
                     m.model,
                     r.items,
@@ -174,18 +180,19 @@ fn print_results(out: &[ModelEval]) {
                     r.accuracy_generation,
                     r.unparsed,
                     r.majority_baseline
-                );
+                )?;
             }
         }
-        println!(
+        outln!(
             "PubMedQA accuracy (share of items right); majority = always the most common answer"
-        );
+        )?;
     }
     let prompts = out.first().map_or(0, |m| m.answers.len());
     for j in 0..prompts {
-        println!("\nprompt: {}", out[0].answers[j].0);
+        outln!("\nprompt: {}", out[0].answers[j].0)?;
         for m in out {
-            println!("[{}] {}", m.model, m.answers[j].1);
+            outln!("[{}] {}", m.model, m.answers[j].1)?;
         }
     }
+    Ok(())
 }

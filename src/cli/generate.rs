@@ -1,5 +1,6 @@
 //! `sim generate`: answer a prompt with a GGUF model, optionally with a LoRA adapter merged in.
 
+use super::out::outln;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -101,7 +102,7 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
         sampling,
         &[tokenizer.eos_id()],
     )?;
-    println!("{}", tokenizer.decode(&out.ids)?.trim_end());
+    outln!("{}", tokenizer.decode(&out.ids)?.trim_end())?;
     let stop = match out.stop {
         Stop::EndOfSequence => "end of sequence",
         Stop::MaxTokens => "--max-tokens reached",

@@ -1,5 +1,6 @@
 //! `sim privacy epsilon|noise`: the privacy calculator.
 
+use super::out::outln;
 use clap::Subcommand;
 
 #[derive(Subcommand)]
@@ -129,9 +130,9 @@ pub fn privacy(what: PrivacyCommand) -> anyhow::Result<()> {
             "neighbouring": neighbours,
             "method": method,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        println!(
+        outln!(
             "epsilon = {} at delta = {:e} after {} rounds: noise multiplier {}, sampling rate {} ({sampling}, {neighbours}); {method}",
             if g.epsilon < 1e6 {
                 format!("{:.6}", g.epsilon)
@@ -142,7 +143,7 @@ pub fn privacy(what: PrivacyCommand) -> anyhow::Result<()> {
             c.rounds,
             fedsim::fmt::compact(z),
             fedsim::fmt::compact(c.sampling_rate)
-        );
+        )?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! what the completed rounds produced, a third exits at once. During `--pace` waits and
 //! `--linger` a signal returns at once.
 
+use super::out::outln;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -103,7 +104,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         pace: a.pace.map(Duration::from_secs_f64),
     };
     let report = runtime.block_on(fedsim::run(&scenario, opts, shutdown.clone()))?;
-    print_summary(&report);
+    print_summary(&report)?;
     if let (true, Some(addr)) = (a.linger > 0.0, bound) {
         eprintln!(
             "serving the final metrics on http://{addr}/metrics for {} s (Ctrl-C ends it)",
@@ -174,7 +175,7 @@ pub fn listen_for_signals(trigger: ShutdownTrigger) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_summary(report: &fedsim::RunReport) {
+fn print_summary(report: &fedsim::RunReport) -> anyhow::Result<()> {
     let s = &report.summary;
     let loss = if s.final_eval_loss.is_finite() {
         format!(
@@ -187,7 +188,7 @@ fn print_summary(report: &fedsim::RunReport) {
     } else {
         "no held-out evaluation (synthetic trainer)".to_string()
     };
-    println!(
+    outln!(
         "{} {}: {} of {} rounds; {loss}; {:.3} MB down, {:.3} MB up; {:.1} simulated s; {:.1} s",
         s.scenario,
         s.status,
@@ -197,18 +198,22 @@ fn print_summary(report: &fedsim::RunReport) {
         s.bytes_up_total as f64 / 1e6,
         s.sim_seconds,
         s.wall_seconds
-    );
+    )?;
     if let Some(dp) = &s.dp {
         let pld = dp
             .epsilon_pld
             .map_or(String::new(), |e| format!(", PLD epsilon = {e:.6}"));
-        println!(
+        outln!(
             "privacy: (epsilon = {:.6}, delta = {:e}){pld} after {} rounds ({}; {})",
-            dp.epsilon, dp.delta, s.rounds_completed, dp.mechanism, dp.accountant
-        );
+            dp.epsilon,
+            dp.delta,
+            s.rounds_completed,
+            dp.mechanism,
+            dp.accountant
+        )?;
     }
     if let Some(why) = &s.stop_reason {
-        println!("stopped early: {why}");
+        outln!("stopped early: {why}")?;
     }
-    println!("run directory: {}", report.dir.display());
+    outln!("run directory: {}", report.dir.display())
 }

@@ -1,10 +1,11 @@
 //! `sim study`: train every arm of a privacy study, attack each, print one table.
 
+use super::out::{out, outln};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use fedsim::attack::{self, table};
-use fedsim::report::{RunDir, RunStatus};
+use fedsim::report::{DirKind, Marker, RunDir, RunStatus};
 use fedsim::sim::Progress;
 use fedsim::study::Study;
 use fedsim::{RunOptions, StopLevel};
@@ -26,7 +27,12 @@ pub struct StudyArgs {
 pub fn study(a: StudyArgs) -> anyhow::Result<()> {
     let study = Study::load(&a.study)?;
     fedsim::host::tune_allocator_for_training();
-    let dir = RunDir::create(a.out.as_deref(), &study.name)?;
+    let marker = Marker {
+        kind: DirKind::Study,
+        name: study.name.clone(),
+        fingerprint: String::new(),
+    };
+    let dir = RunDir::create(a.out.as_deref(), &marker)?;
     let runtime = super::run::runtime()?;
     let shutdown = super::run::stop_on_signals(&runtime)?;
     let n = study.arms.len();
@@ -74,18 +80,18 @@ pub fn study(a: StudyArgs) -> anyhow::Result<()> {
             i + 1,
             report.seconds
         )));
-        println!("{}", table::details(&report));
+        outln!("{}", table::details(&report))?;
         reports.push(report);
         dirs.push(out);
     }
     let text = table::comparison(&reports);
-    print!("{text}");
+    out!("{text}")?;
     dir.write("attack.txt", &text)?;
     let html = fedsim::html_report::render(&dirs)?;
     dir.write("report.html", &html)?;
-    println!(
+    outln!(
         "study directory: {} (attack.txt, report.html)",
         dir.path().display()
-    );
+    )?;
     Ok(())
 }

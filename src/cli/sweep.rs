@@ -1,9 +1,10 @@
 //! `sim sweep`: run a scenario once per combination of `--vary` values and tabulate.
 
+use super::out::{out, outln};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use fedsim::report::{RunDir, Summary};
+use fedsim::report::{DirKind, Marker, RunDir, Summary};
 use fedsim::sweep::{combinations, csv, run_name, table, SweepRow, Vary};
 use fedsim::{RunOptions, Scenario, StopLevel};
 
@@ -47,7 +48,12 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         runs.push((settings, s));
     }
     let name = format!("sweep-{}", runs[0].1.name);
-    let dir = RunDir::create(a.out.as_deref(), &name)?;
+    let marker = Marker {
+        kind: DirKind::Sweep,
+        name,
+        fingerprint: String::new(),
+    };
+    let dir = RunDir::create(a.out.as_deref(), &marker)?;
     let runtime = super::run::runtime()?;
     let shutdown = super::run::stop_on_signals(&runtime)?;
     let n = runs.len();
@@ -77,9 +83,9 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         });
     }
     let text = table(&varies, &rows);
-    print!("{text}");
+    out!("{text}")?;
     dir.write("sweep.txt", &text)?;
     dir.write("sweep.csv", &csv(&varies, &rows))?;
-    println!("sweep directory: {}", dir.path().display());
+    outln!("sweep directory: {}", dir.path().display())?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `sim validate`: everything `run` would refuse, found before it runs.
 
+use super::out::outln;
 use std::path::Path;
 
 use fedsim::scenario::resources::{available_memory, bytes};
@@ -34,24 +35,24 @@ pub fn validate(path: &Path, set: &[String]) -> anyhow::Result<()> {
             format!("synthetic updates of {params} values")
         }
     };
-    println!(
+    outln!(
         "{}: ok ({} clients, {} rounds, {sampled}, {trained})",
         path.display(),
         s.data.clients,
         s.rounds,
-    );
-    println!(
+    )?;
+    outln!(
         "data: {} records, {} for training and {} held out{}",
         data.records,
         data.train,
         data.eval,
         data.vocab
             .map_or(String::new(), |v| format!("; tokenizer reaches {v} tokens"))
-    );
-    println!(
+    )?;
+    outln!(
         "memory: about {} estimated at peak{}",
         bytes(s.memory.total()),
         available_memory().map_or(String::new(), |a| format!(" ({} available)", bytes(a)))
-    );
+    )?;
     Ok(())
 }

@@ -149,6 +149,18 @@ impl AdapterSet {
         &self.layout
     }
 
+    /// Refuse NaN or infinite values, naming the tensor (in PEFT's naming) that holds them.
+    ///
+    /// # Errors
+    /// [`ModelError::NonFinite`].
+    pub fn check_finite(&self) -> Result<(), ModelError> {
+        for t in self.layout.tensors() {
+            let values = &self.data[t.offset..t.offset + t.numel()];
+            super::check_finite(&t.peft_name(), values)?;
+        }
+        Ok(())
+    }
+
     /// The values.
     pub fn data(&self) -> &[f32] {
         &self.data

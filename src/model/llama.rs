@@ -119,7 +119,10 @@ impl BaseModel {
                     found: t.dims().to_vec(),
                 });
             }
-            Ok(t.to_dtype(DType::F32)?.to_device(device)?)
+            let t = t.to_dtype(DType::F32)?;
+            // A NaN weight would make every loss NaN and read as a diverged run: name it here.
+            super::check_finite(&name, &t.flatten_all()?.to_vec1::<f32>()?)?;
+            Ok(t.to_device(device)?)
         };
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
         let embed_tokens = take("model.embed_tokens.weight".into(), &[v, h])?;

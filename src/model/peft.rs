@@ -126,6 +126,15 @@ pub fn load_peft(dir: &Path, cfg: &LlamaConfig) -> Result<(AdapterSet, LoraConfi
         .collect::<Result<Vec<_>, _>>()?;
     target_modules.sort();
     target_modules.dedup();
+    if !peft.lora_alpha.is_finite() || !(0.0..1.0).contains(&peft.lora_dropout) {
+        return Err(file_error(
+            &config_path,
+            format!(
+                "lora_alpha {} must be finite and lora_dropout {} in [0, 1)",
+                peft.lora_alpha, peft.lora_dropout
+            ),
+        ));
+    }
     if peft.r == 0 || target_modules.is_empty() {
         return Err(file_error(
             &config_path,
@@ -143,6 +152,7 @@ pub fn load_peft(dir: &Path, cfg: &LlamaConfig) -> Result<(AdapterSet, LoraConfi
     let layout = Arc::new(AdapterLayout::new(cfg, &lora));
     let adapter = AdapterSet::from_safetensors(layout, &bytes)
         .map_err(|e| file_error(&weights, crate::fmt::chain(&e)))?;
+    adapter.check_finite().map_err(|e| e.in_file(&weights))?;
     Ok((adapter, lora))
 }
 

@@ -204,7 +204,13 @@ impl Pretrained {
                 if self.config.tie_word_embeddings {
                     tensors.remove("lm_head.weight");
                 }
-                BaseModel::from_named(&self.config, tensors, device)
+                BaseModel::from_named(&self.config, tensors, device).map_err(|e| {
+                    match (e.is_non_finite(), files.weights.as_slice()) {
+                        (true, [one]) => e.in_file(one),
+                        (true, _) => e.in_file(&self.path),
+                        (false, _) => e,
+                    }
+                })
             }
         }
     }

@@ -1,0 +1,129 @@
+//! Non-finite inputs are refused by name (adapters, base weights, PEFT configs) and NaN scores
+//! cannot hang the ROC code.
+
+use std::path::Path;
+
+use fedsim::attack::{self, roc, AttackPlan};
+
+use crate::util::{run, scenario, sim, SMALL};
+
+/// Overwrite the first value of tensor `name` in safetensors file `path` with `value`.
+fn poke(path: &Path, name: &str, value: f32) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let start = header[name]["data_offsets"][0].as_u64().unwrap() as usize + 8 + n;
+    bytes[start..start + 4].copy_from_slice(&value.to_le_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn nan_scores_rank_lowest_and_never_hang() {
+    let members = [f64::NAN, 3.0, 2.0];
+    let non = [1.0, f64::NAN, f64::NAN, 0.5];
+    // NaN is below every real score, tied with NaN: members 3, 2 beat all 4 non-members (8),
+    // the member NaN beats none and ties the two NaN non-members (½ each = 1): 9 / 12.
+    assert!((roc::auc(&members, &non) - 9.0 / 12.0).abs() < 1e-12);
+    let curve = roc::curve(&members, &non);
+    assert_eq!(curve.last().unwrap(), &roc::RocPoint { fpr: 1.0, tpr: 1.0 });
+    assert_eq!(curve.len(), 6, "{curve:?}");
+    let s = roc::summarize(&members, &non);
+    assert_eq!(s.nan_scores, 3);
+    let all_nan = roc::summarize(&[f64::NAN; 4], &[f64::NAN; 4]);
+    assert_eq!(all_nan.auc, 0.5);
+}
+
+#[test]
+fn nan_adapters_and_base_weights_are_refused_naming_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = run(
+        &scenario(SMALL, &["rounds=1"]).unwrap(),
+        &tmp.path().join("a"),
+    );
+    let tensor = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight";
+    poke(&r.dir.join("adapter_model.safetensors"), tensor, f32::NAN);
+    let base = r.dir.join("base_model");
+    // generate and eval refuse the adapter, naming the tensor and the file.
+    let (ok, _, err) = sim(&[
+        "generate",
+        "--model",
+        base.to_str().unwrap(),
+        "--adapter",
+        r.dir.to_str().unwrap(),
+        "--max-tokens",
+        "2",
+        "hi",
+    ]);
+    assert!(
+        !ok && err.contains(tensor) && err.contains("non-finite") && err.contains("adapter_model"),
+        "{err}"
+    );
+    let (ok, _, err) = sim(&[
+        "eval",
+        "--model",
+        base.to_str().unwrap(),
+        "--adapter",
+        r.dir.to_str().unwrap(),
+        "--out",
+        tmp.path().join("eval.json").to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "2",
+    ]);
+    assert!(
+        !ok && err.contains(tensor) && err.contains("non-finite"),
+        "{err}"
+    );
+    // attack says the adapter is unusable (not a mismatch with the base).
+    let plan = AttackPlan {
+        members: 8,
+        ..AttackPlan::default()
+    };
+    let e = fedsim::fmt::chain(&attack::attack(&r.dir, plan, &mut |_, _, _| {}).unwrap_err());
+    assert!(e.contains(tensor) && !e.contains("does not fit"), "{e}");
+    // A base weight with an infinity is named, not taken for a diverged run.
+    poke(
+        &base.join("model.safetensors"),
+        "model.norm.weight",
+        f32::INFINITY,
+    );
+    let (ok, _, err) = sim(&[
+        "generate",
+        "--model",
+        base.to_str().unwrap(),
+        "--max-tokens",
+        "2",
+        "hi",
+    ]);
+    assert!(
+        !ok && err.contains("model.norm.weight") && err.contains("non-finite"),
+        "{err}"
+    );
+}
+
+#[test]
+fn peft_configs_with_non_finite_numbers_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = run(
+        &scenario(SMALL, &["rounds=1"]).unwrap(),
+        &tmp.path().join("a"),
+    );
+    let cfg = r.dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["lora_dropout"] = serde_json::json!(1.5);
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let (ok, _, err) = sim(&[
+        "generate",
+        "--model",
+        r.dir.join("base_model").to_str().unwrap(),
+        "--adapter",
+        r.dir.to_str().unwrap(),
+        "hi",
+    ]);
+    assert!(
+        !ok && err.contains("adapter_config.json") && err.contains("lora_dropout"),
+        "{err}"
+    );
+}
