@@ -19,6 +19,7 @@ use crate::rng::{purpose::BYZANTINE, rng_for};
 
 /// Which clients attack.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum Attackers {
     /// This share of all clients (rounded to the nearest count), drawn from the seed.
     Share(f64),
@@ -28,6 +29,7 @@ pub enum Attackers {
 
 /// What an attacker does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum ByzantineAttack {
     /// −u.
     SignFlip,

@@ -109,7 +109,7 @@ pub enum ModelError {
 
 /// A linear projection of a decoder block that LoRA can adapt (PEFT's `target_modules` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TargetModule {
     /// `self_attn.q_proj`
     QProj,

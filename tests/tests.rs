@@ -20,6 +20,7 @@ mod property;
 mod run;
 mod scale_async;
 mod scenario;
+mod schema;
 mod signals;
 mod smollm2;
 mod strategy;

@@ -13,6 +13,7 @@ use super::{AdapterLayout, AdapterSet, LlamaConfig, ModelError, TargetModule};
 
 /// LoRA hyper-parameters (PEFT's `LoraConfig` names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoraConfig {
     /// Rank r of the update B·A.
     pub r: usize,

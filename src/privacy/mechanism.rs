@@ -103,6 +103,7 @@ impl Mechanism {
 
 /// How clients are sampled when DP is on (scenario `dp.sampling`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum DpSampling {
     /// Each client independently with probability `fraction_fit`; the average divides by the
     /// expected count q·N (McMahan et al.'s fixed denominator); add/remove-one neighbours.

@@ -14,6 +14,7 @@ use crate::rng::derive;
 
 /// Where the noise generator's seed comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum NoiseSource {
     /// From the scenario seed and round: reproducible, not secret.
     #[default]

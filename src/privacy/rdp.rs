@@ -28,6 +28,7 @@ pub fn default_orders() -> Vec<f64> {
 
 /// How the fractional-order series is summed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum FracSeries {
     /// Sum of absolute values (dp_accounting 0.6.0): an upper bound on A_α.
     #[default]

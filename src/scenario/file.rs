@@ -118,6 +118,7 @@ fn one_f64() -> f64 {
 
 /// A round that cannot reach `min_available_clients` (or samples nobody to train).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum ShortRound {
     /// Record it (with the reason) and go on with the next round.
     #[default]
@@ -205,6 +206,7 @@ pub enum ModelSource {
 
 /// How a record (instruction, input, output) becomes the text a model trains on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum PromptFormat {
     /// The model's chat template when it has one (instruct models), else Alpaca.
     #[default]
@@ -382,6 +384,7 @@ fn one_usize() -> usize {
 
 /// A slot's device (scenario `slots.device`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum SlotDevice {
     /// The CPU.
     #[default]
@@ -392,6 +395,7 @@ pub enum SlotDevice {
 
 /// How clients' jobs are placed on slots (scenario `slots.assignment`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum SlotAssignment {
     /// The first free slot takes the next job.
     #[default]

@@ -6,6 +6,7 @@ use super::{one_f64, one_usize};
 
 /// Aggregation rules (`strategy.kind`), with their papers' defaults for omitted fields.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum StrategyKind {
     /// Example-weighted average of client updates (McMahan et al. 2017).
     FedAvg,
