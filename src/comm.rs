@@ -96,6 +96,14 @@ pub enum CommError {
         /// What it must be.
         rule: &'static str,
     },
+    /// A product of the inputs does not fit in 64 bits.
+    #[error("{what} overflows 64 bits ({detail}); lower the inputs")]
+    Overflow {
+        /// Which quantity.
+        what: &'static str,
+        /// The factors.
+        detail: String,
+    },
     /// The run's adapter file (its message size) cannot be read.
     #[error("{}: cannot read the adapter (its size is the message size)", path.display())]
     Adapter {
@@ -105,6 +113,20 @@ pub enum CommError {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn mul(what: &'static str, a: u64, b: u64) -> Result<u64, CommError> {
+    a.checked_mul(b).ok_or_else(|| CommError::Overflow {
+        what,
+        detail: format!("{a} × {b}"),
+    })
+}
+
+fn add(what: &'static str, a: u64, b: u64) -> Result<u64, CommError> {
+    a.checked_add(b).ok_or_else(|| CommError::Overflow {
+        what,
+        detail: format!("{a} + {b}"),
+    })
 }
 
 impl CommInput {
@@ -126,10 +148,19 @@ impl CommInput {
         if self.bytes_per_param == 0 {
             return bad("--bytes-per-param", "at least 1");
         }
-        let full = self.total_params * self.bytes_per_param;
-        let adapter = self
-            .adapter_message_bytes
-            .unwrap_or(self.trainable_params * self.bytes_per_param);
+        let full = mul(
+            "full-model message bytes",
+            self.total_params,
+            self.bytes_per_param,
+        )?;
+        let adapter = match self.adapter_message_bytes {
+            Some(b) => b,
+            None => mul(
+                "adapter message bytes",
+                self.trainable_params,
+                self.bytes_per_param,
+            )?,
+        };
         let secs = |bytes: u64| bytes as f64 * 8.0 / (self.bandwidth_mbps * 1e6);
         let course = |bytes: u64| bytes as f64 / MIB * 8.0 / self.bandwidth_mbps;
         let (messages, adapter_total) = match self.messages {
@@ -137,17 +168,21 @@ impl CommInput {
                 rounds,
                 clients_per_round,
             } => {
-                let m = rounds * clients_per_round * 2;
-                (m, m * adapter)
+                let m = mul("messages", rounds, clients_per_round)
+                    .and_then(|m| mul("messages", m, 2))?;
+                (m, mul("adapter bytes in all", m, adapter)?)
             }
             Messages::Sent {
                 downloads,
                 uploads,
                 bytes_down,
                 bytes_up,
-            } => (downloads + uploads, bytes_down + bytes_up),
+            } => (
+                add("messages", downloads, uploads)?,
+                add("adapter bytes in all", bytes_down, bytes_up)?,
+            ),
         };
-        let full_total = messages * full;
+        let full_total = mul("full-model bytes in all", messages, full)?;
         Ok(CommReport {
             input: self.clone(),
             full_message_bytes: full,

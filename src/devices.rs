@@ -45,6 +45,45 @@ impl DeviceProfile {
     };
 }
 
+/// The closed range one profile quantity is held to, whatever its source: `Fixed` and `Tiers`
+/// values and `Trace` rows are checked against it, `Drawn` parameters too and each draw is
+/// clamped into it — so every simulated time is finite.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+}
+
+impl Bounds {
+    /// FLOP/s: from a microcontroller's 1 kFLOP/s to an exaFLOP/s.
+    pub const FLOPS: Bounds = Bounds {
+        min: 1e3,
+        max: 1e18,
+    };
+    /// Mbit/s: from 1 kbit/s to 1 Tbit/s.
+    pub const MBPS: Bounds = Bounds {
+        min: 1e-3,
+        max: 1e6,
+    };
+    /// Seconds of latency per transfer: up to an hour.
+    pub const LATENCY_S: Bounds = Bounds {
+        min: 0.0,
+        max: 3600.0,
+    };
+
+    /// Whether `v` lies in the range (NaN does not).
+    pub fn contains(self, v: f64) -> bool {
+        (self.min..=self.max).contains(&v)
+    }
+
+    /// `v` moved into the range.
+    pub fn clamp(self, v: f64) -> f64 {
+        v.clamp(self.min, self.max)
+    }
+}
+
 /// A distribution of one profile quantity (always drawn positive).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -172,10 +211,10 @@ impl Fleet {
                     .map(|c| {
                         let mut rng = draw(c);
                         DeviceProfile {
-                            flops: flops.sample(&mut rng),
-                            up_mbps: up_mbps.sample(&mut rng),
-                            down_mbps: down_mbps.sample(&mut rng),
-                            latency_s: latency_s.sample(&mut rng),
+                            flops: Bounds::FLOPS.clamp(flops.sample(&mut rng)),
+                            up_mbps: Bounds::MBPS.clamp(up_mbps.sample(&mut rng)),
+                            down_mbps: Bounds::MBPS.clamp(down_mbps.sample(&mut rng)),
+                            latency_s: Bounds::LATENCY_S.clamp(latency_s.sample(&mut rng)),
                         }
                     })
                     .collect(),

@@ -127,3 +127,75 @@ fn peft_configs_with_non_finite_numbers_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn user_numbers_that_multiply_are_checked_not_wrapped() {
+    // Krum's 2f + 2 with f near the top of usize.
+    let e = scenario(
+        SMALL,
+        &["strategy.kind=Krum(byzantine: 18446744073709551615)"],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("strategy.kind.Krum.byzantine") && e.contains("2f + 2"),
+        "{e}"
+    );
+    // sim comm: messages × bytes beyond 64 bits.
+    let (ok, _, err) = sim(&[
+        "comm",
+        "--total-params",
+        "18446744073709551615",
+        "--trainable-params",
+        "1",
+        "--rounds",
+        "10",
+        "--clients-per-round",
+        "10",
+    ]);
+    assert!(
+        !ok && err.contains("overflows 64 bits") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_kind_of_profile_is_held_to_one_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixed = "(flops: 1e-300, up_mbps: 1, down_mbps: 1, latency_s: 0)";
+    for (set, field) in [
+        (format!("system.profiles=Fixed({fixed})"), "system.profiles.Fixed.flops"),
+        (
+            format!("system.profiles=Tiers([(name: \"t\", share: 1.0, profile: {fixed})])"),
+            "system.profiles.Tiers[0].profile.flops",
+        ),
+        (
+            "system.profiles=Drawn(flops: Fixed(1e-300), up_mbps: Fixed(1), down_mbps: Fixed(1), latency_s: Fixed(0))".into(),
+            "system.profiles.Drawn.flops.Fixed",
+        ),
+        (
+            "system.profiles=Drawn(flops: Fixed(1e9), up_mbps: Fixed(1), down_mbps: Fixed(1), latency_s: Uniform(low: 0, high: 1e300))".into(),
+            "system.profiles.Drawn.latency_s.Uniform.high",
+        ),
+    ] {
+        let e = scenario(SMALL, &[&set]).unwrap_err().to_string();
+        let range = e.contains("[1000, 1e18]") || e.contains("[0, 3600]");
+        assert!(e.contains(field) && range, "{set}: {e}");
+    }
+    let csv = tmp.path().join("trace.csv");
+    let mut text = String::from("client,flops,up_mbps,down_mbps,latency_s,windows\n");
+    for c in 0..4 {
+        let flops = if c == 2 { "1e-300" } else { "1e9" };
+        text.push_str(&format!("{c},{flops},10,10,0.1,\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let set = format!(
+        "system.profiles=Trace(path: {:?})",
+        csv.display().to_string()
+    );
+    let e = fedsim::fmt::chain(&scenario(SMALL, &[&set]).unwrap_err());
+    assert!(
+        e.contains("trace.csv:4:3") && e.contains("[1000, 1e18]"),
+        "{e}"
+    );
+}

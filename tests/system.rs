@@ -339,7 +339,10 @@ fn bad_traces_name_file_line_and_column() {
     let e = trace_error(&format!("{head}{good}"));
     assert!(e.contains("no row for client 0"), "{e}");
     let e = trace_error(&format!("{head}0,-5,10,10,0.1,\n{good}"));
-    assert!(e.contains("t.csv:2:3") && e.contains("positive"), "{e}");
+    assert!(
+        e.contains("t.csv:2:3") && e.contains("must lie in [1000, 1e18]"),
+        "{e}"
+    );
     let e = trace_error(&format!("{head}0,fast,10,10,0.1,\n{good}"));
     assert!(e.contains("t.csv:2:3") && e.contains("not a number"), "{e}");
     let e = trace_error(&format!("{head}0,1e9,10,10,0.1,5-2\n{good}"));

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{DeviceProfile, Windows};
+use super::{Bounds, DeviceProfile, Windows};
 
 /// A trace that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -163,10 +163,16 @@ fn parse_row(line: &str, clients: usize) -> Result<TraceRow, (usize, String)> {
         let x: f64 = v
             .parse()
             .map_err(|_| (c, format!("{} {v:?} is not a number", HEADER[k])))?;
-        if !(x.is_finite() && (x > 0.0 || (k == 4 && x == 0.0))) {
+        let b = [Bounds::FLOPS, Bounds::MBPS, Bounds::MBPS, Bounds::LATENCY_S][k - 1];
+        if !b.contains(x) {
             return Err((
                 c,
-                format!("{} is {v}; it must be a positive number", HEADER[k]),
+                format!(
+                    "{} is {v}; it must lie in [{}, {}] (the range every profile is held to)",
+                    HEADER[k],
+                    crate::fmt::compact(b.min),
+                    crate::fmt::compact(b.max)
+                ),
             ));
         }
         Ok(x)

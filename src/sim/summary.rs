@@ -113,8 +113,14 @@ impl Book {
         m.final_eval_loss = last.map_or(m.pretrained_eval_loss, |r| r.eval_loss);
         m.final_eval_perplexity = last.map_or(m.pretrained_eval_perplexity, |r| r.eval_perplexity);
         m.rounds_completed = o.rounds.len();
-        m.bytes_down_total = o.rounds.iter().map(|r| r.bytes_down).sum();
-        m.bytes_up_total = o.rounds.iter().map(|r| r.bytes_up).sum();
+        let bytes = |f: fn(&RoundSummary) -> u64| {
+            o.rounds
+                .iter()
+                .try_fold(0u64, |acc, r| acc.checked_add(f(r)))
+        };
+        let (down, up) = (bytes(|r| r.bytes_down), bytes(|r| r.bytes_up));
+        m.bytes_down_total = down.unwrap_or(u64::MAX);
+        m.bytes_up_total = up.unwrap_or(u64::MAX);
         m.tokens_trained = o.rounds.iter().map(|r| r.tokens).sum();
         m.sim_seconds = last.map_or(0.0, |r| r.sim_start_s + r.sim_duration_s);
         m.dropped = Dropped {
@@ -135,6 +141,20 @@ impl Book {
             noise_source: plan.noise.label().to_string(),
         });
         m.wall_seconds = self.started.elapsed().as_secs_f64();
+        // A number that cannot be trusted is never recorded as a success.
+        let untrustworthy = if !m.sim_seconds.is_finite() {
+            Some("the simulated time is not finite")
+        } else if down.is_none() || up.is_none() {
+            Some("the byte count overflows 64 bits")
+        } else if m.pretrained_eval_loss.is_finite() && !m.final_eval_loss.is_finite() {
+            Some("the final held-out loss is not finite")
+        } else {
+            None
+        };
+        if let (Some(why), false) = (untrustworthy, m.status == RunStatus::Failed) {
+            m.status = RunStatus::Failed;
+            m.error = Some(why.to_string());
+        }
         self.summary
     }
 }

@@ -10,7 +10,10 @@ use super::{FedAvgAccumulator, FoldError};
 pub fn select(updates: &[&[f32]], f: usize, m: usize) -> Vec<usize> {
     let k = updates.len();
     // Blanchard et al. need K > 2f + 2; with fewer updates (dropouts) at least one neighbour.
-    let neighbours = k.saturating_sub(f + 2).max(1).min(k.saturating_sub(1));
+    let neighbours = k
+        .saturating_sub(f.saturating_add(2))
+        .max(1)
+        .min(k.saturating_sub(1));
     let mut dist = vec![vec![0f64; k]; k];
     for i in 0..k {
         for j in i + 1..k {

@@ -122,13 +122,14 @@ fn check_krum(
     name: &str,
 ) -> Result<(), ScenarioError> {
     let k = sampled(file);
+    // Widened: f is the user's number, 2f + 2 must not wrap.
+    let bound = 2 * u128::from(f as u64) + 2;
     c.ensure(
-        k > 2 * f + 2,
+        (k as u128) > bound,
         &format!("strategy.kind.{name}.byzantine"),
         format!(
-            "is {f}, but {k} clients are sampled per round and Krum needs more than 2f + 2 = {} \
-             (sample more clients or lower byzantine)",
-            2 * f + 2
+            "is {f}, but {k} clients are sampled per round and Krum needs more than 2f + 2 = \
+             {bound} (sample more clients or lower byzantine)"
         ),
     )?;
     c.ensure(

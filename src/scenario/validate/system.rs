@@ -1,7 +1,7 @@
 //! Checks of the `system` section: profiles, availability, crashes, deadline, policy.
 
 use super::Check;
-use crate::devices::{DeviceProfile, Dist, Fleet, Profiles};
+use crate::devices::{Bounds, DeviceProfile, Dist, Fleet, Profiles};
 use crate::fmt::compact;
 use crate::scenario::file::SystemSection;
 use crate::scenario::ScenarioError;
@@ -23,10 +23,10 @@ pub(super) fn check_system(
             latency_s,
         } => {
             let g = format!("{f}.profiles.Drawn");
-            check_dist(c, flops, &format!("{g}.flops"), false)?;
-            check_dist(c, up_mbps, &format!("{g}.up_mbps"), false)?;
-            check_dist(c, down_mbps, &format!("{g}.down_mbps"), false)?;
-            check_dist(c, latency_s, &format!("{g}.latency_s"), true)?;
+            check_dist(c, flops, &format!("{g}.flops"), Bounds::FLOPS)?;
+            check_dist(c, up_mbps, &format!("{g}.up_mbps"), Bounds::MBPS)?;
+            check_dist(c, down_mbps, &format!("{g}.down_mbps"), Bounds::MBPS)?;
+            check_dist(c, latency_s, &format!("{g}.latency_s"), Bounds::LATENCY_S)?;
         }
         Profiles::Tiers(tiers) => {
             let g = format!("{f}.profiles.Tiers");
@@ -129,28 +129,20 @@ pub(super) fn check_system(
 }
 
 fn check_profile(c: &Check<'_>, p: &DeviceProfile, f: &str) -> Result<(), ScenarioError> {
-    c.finite_in(p.flops, 0.0, 1e18, true, false, &format!("{f}.flops"))?;
-    c.finite_in(p.up_mbps, 0.0, 1e6, true, false, &format!("{f}.up_mbps"))?;
-    c.finite_in(
-        p.down_mbps,
-        0.0,
-        1e6,
-        true,
-        false,
-        &format!("{f}.down_mbps"),
-    )?;
-    c.finite_in(
-        p.latency_s,
-        0.0,
-        3600.0,
-        false,
-        false,
-        &format!("{f}.latency_s"),
-    )
+    within(c, p.flops, Bounds::FLOPS, &format!("{f}.flops"))?;
+    within(c, p.up_mbps, Bounds::MBPS, &format!("{f}.up_mbps"))?;
+    within(c, p.down_mbps, Bounds::MBPS, &format!("{f}.down_mbps"))?;
+    within(c, p.latency_s, Bounds::LATENCY_S, &format!("{f}.latency_s"))
 }
 
-fn check_dist(c: &Check<'_>, d: &Dist, f: &str, zero_ok: bool) -> Result<(), ScenarioError> {
-    let value = |v: f64, field: &str| c.finite_in(v, 0.0, 1e18, !zero_ok, false, field);
+/// `v` in the profile quantity's one range (the same for every kind of profile).
+fn within(c: &Check<'_>, v: f64, b: Bounds, field: &str) -> Result<(), ScenarioError> {
+    c.finite_in(v, b.min, b.max, false, false, field)
+}
+
+/// A distribution's parameters in the quantity's range (its draws are clamped into it).
+fn check_dist(c: &Check<'_>, d: &Dist, f: &str, b: Bounds) -> Result<(), ScenarioError> {
+    let value = |v: f64, field: &str| within(c, v, b, field);
     match *d {
         Dist::Fixed(v) => value(v, &format!("{f}.Fixed")),
         Dist::Uniform { low, high } => {
@@ -167,14 +159,7 @@ fn check_dist(c: &Check<'_>, d: &Dist, f: &str, zero_ok: bool) -> Result<(), Sce
             )
         }
         Dist::LogNormal { median, sigma } => {
-            c.finite_in(
-                median,
-                0.0,
-                1e18,
-                true,
-                false,
-                &format!("{f}.LogNormal.median"),
-            )?;
+            value(median, &format!("{f}.LogNormal.median"))?;
             c.finite_in(
                 sigma,
                 0.0,
@@ -185,8 +170,8 @@ fn check_dist(c: &Check<'_>, d: &Dist, f: &str, zero_ok: bool) -> Result<(), Sce
             )
         }
         Dist::Normal { mean, std } => {
-            c.finite_in(mean, 0.0, 1e18, true, false, &format!("{f}.Normal.mean"))?;
-            c.finite_in(std, 0.0, 1e18, false, false, &format!("{f}.Normal.std"))
+            value(mean, &format!("{f}.Normal.mean"))?;
+            c.finite_in(std, 0.0, b.max, false, false, &format!("{f}.Normal.std"))
         }
     }
 }
