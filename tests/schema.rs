@@ -204,3 +204,85 @@ fn set_refuses_unknown_fields_in_every_section_and_variant_value() {
         assert!(err.contains(what), "--set {arg}: {err}");
     }
 }
+
+/// A scenario with only its required fields.
+const MINIMAL: &str =
+    r#"(name: "m", rounds: 1, data: (source: Synthetic(records: 100)), clients: (count: 2))"#;
+
+#[test]
+fn a_partial_section_gets_the_same_defaults_as_an_omitted_one() {
+    let omitted: ScenarioFile = ron::from_str(MINIMAL).unwrap();
+    let tree = serde_json::to_value(&omitted).unwrap();
+    for section in ["model", "lora", "strategy", "train", "slots", "system"] {
+        // The section with one field given (its default value), the rest left out.
+        let fields = tree[section].as_object().unwrap();
+        let (key, value) = fields.iter().next().unwrap();
+        let mut partial = tree.clone();
+        partial[section] = serde_json::json!({ key.clone(): value.clone() });
+        let partial: ScenarioFile = serde_json::from_value(partial).unwrap();
+        assert_eq!(
+            partial, omitted,
+            "`{section}: ({key}: …)` took other defaults"
+        );
+        // And in RON, with the section empty.
+        let text = MINIMAL.replace("clients:", &format!("{section}: (), clients:"));
+        let empty: ScenarioFile = ron::from_str(&text).unwrap();
+        assert_eq!(empty, omitted, "`{section}: ()` took other defaults");
+    }
+}
+
+/// The README's scenario reference shows `path` (default) for each field: every default it
+/// states in the scenario's syntax must be the code's.
+#[test]
+fn the_documented_defaults_are_the_code_s() {
+    let readme = std::fs::read_to_string(crate::util::root().join("README.md")).unwrap();
+    let omitted: ScenarioFile = ron::from_str(MINIMAL).unwrap();
+    let tree = serde_json::to_value(&omitted).unwrap();
+    // dp's fields have defaults once dp is on (its mechanism is required).
+    let with_dp: ScenarioFile = ron::from_str(&MINIMAL.replace(
+        "clients:",
+        "dp: Some((mechanism: ClientSideFixed(clip_norm: 1.0, noise_multiplier: 1.0))), clients:",
+    ))
+    .unwrap();
+    let dp_tree = serde_json::to_value(&with_dp).unwrap();
+    let row = regex::Regex::new(r"(?m)^\| `([a-z_.]+)` \(([^)|]*(?:\)[^)|]*)?)\)").unwrap();
+    let mut compared = 0;
+    for cap in row.captures_iter(&readme) {
+        let (path, doc) = (&cap[1], cap[2].trim().trim_matches('`'));
+        let mut at = if path.starts_with("dp.") {
+            &dp_tree
+        } else {
+            &tree
+        };
+        for k in path.split('.') {
+            at = &at[k];
+        }
+        // The documented value in the scenario's syntax, as the JSON tree holds it.
+        let documented: Option<serde_json::Value> = match doc {
+            "None" => Some(serde_json::Value::Null),
+            d if d.starts_with("Some(") && d.ends_with(')') => {
+                serde_json::from_str(&d[5..d.len() - 1]).ok()
+            }
+            d if d.chars().all(|c| c.is_ascii_alphabetic()) && d != "true" && d != "false" => {
+                Some(serde_json::Value::String(d.into()))
+            }
+            d => serde_json::from_str(d).ok(),
+        };
+        let Some(documented) = documented else {
+            continue; // prose ("cores / slots", "Fixed(laptop)")
+        };
+        let same = match (documented.as_f64(), at.as_f64()) {
+            (Some(a), Some(b)) => a == b,
+            _ => &documented == at,
+        };
+        assert!(
+            same,
+            "README says `{path}` defaults to {doc}; the code says {at}"
+        );
+        compared += 1;
+    }
+    assert!(
+        compared >= 25,
+        "only {compared} documented defaults compared"
+    );
+}

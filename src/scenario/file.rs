@@ -59,31 +59,23 @@ pub struct ScenarioFile {
 
 /// Systems simulation (`system: (profiles: …, availability: 0.7, deadline_s: Some(60.0), …)`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SystemSection {
     /// How clients get device and network profiles.
-    #[serde(default)]
     pub profiles: Profiles,
     /// Probability that a client is online in a round.
-    #[serde(default = "one_f64")]
     pub availability: f64,
     /// Probability that a client crashes during fit.
-    #[serde(default)]
     pub crash_probability: f64,
     /// Round deadline, simulated seconds after the round starts.
-    #[serde(default)]
     pub deadline_s: Option<f64>,
     /// What to do about slow clients.
-    #[serde(default)]
     pub stragglers: Stragglers,
     /// What to do with a round that has too few clients available.
-    #[serde(default)]
     pub short_round: ShortRound,
     /// Client actors that panic during fit (fault injection, to exercise supervision).
-    #[serde(default)]
     pub inject_panic: Vec<usize>,
     /// Clients that upload corrupted updates (`None`: every client is honest).
-    #[serde(default)]
     pub byzantine: Option<ByzantineSection>,
 }
 
@@ -166,13 +158,12 @@ fn default_partition() -> Partition {
 
 /// The base model (`model: (source: Tiny(vocab_size: 1024))`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ModelSection {
     /// Which model (`preset` is accepted as the old name of this field).
     #[serde(alias = "preset")]
     pub source: ModelSource,
     /// How a record becomes a training prompt.
-    #[serde(default)]
     pub prompt: PromptFormat,
 }
 
@@ -219,14 +210,13 @@ pub enum PromptFormat {
 
 /// LoRA hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LoraSection {
     /// Rank.
     pub r: usize,
     /// Scale numerator (`lora_alpha`).
     pub alpha: f64,
     /// Dropout on the adapter input.
-    #[serde(default)]
     pub dropout: f64,
     /// Adapted projections by PEFT name: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
     /// down_proj.
@@ -284,10 +274,9 @@ pub struct ClientsSection {
 
 /// Strategy and sampling (Flower's names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct StrategySection {
     /// Aggregation rule.
-    #[serde(default = "default_strategy")]
     pub kind: StrategyKind,
     /// Fraction of clients sampled each round.
     pub fraction_fit: f64,
@@ -295,10 +284,6 @@ pub struct StrategySection {
     pub min_fit_clients: usize,
     /// Do not start a round with fewer clients available.
     pub min_available_clients: usize,
-}
-
-fn default_strategy() -> StrategyKind {
-    StrategyKind::FedAvg
 }
 
 impl Default for StrategySection {
@@ -312,15 +297,14 @@ impl Default for StrategySection {
     }
 }
 
-/// Local training.
+/// Local training. Like every section with defaults, a partial section takes each missing
+/// field from [`Default`]: the same values as an omitted section (one source of defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainSection {
-    /// Optimiser steps per round; when absent, `local_epochs` passes over the shard.
-    #[serde(default)]
+    /// Optimiser steps per round; `None`: `local_epochs` passes over the shard.
     pub local_steps: Option<usize>,
     /// Passes over the shard per round when `local_steps` is absent.
-    #[serde(default = "one")]
     pub local_epochs: usize,
     /// Examples per step.
     pub batch_size: usize,
@@ -329,18 +313,9 @@ pub struct TrainSection {
     /// Learning rate of the last round.
     pub lr_min: f64,
     /// AdamW weight decay.
-    #[serde(default)]
     pub weight_decay: f64,
     /// Examples per batch in server-side evaluation.
-    #[serde(default = "default_eval_batch")]
     pub eval_batch_size: usize,
-}
-
-fn one() -> usize {
-    1
-}
-fn default_eval_batch() -> usize {
-    16
 }
 
 impl Default for TrainSection {
@@ -359,22 +334,18 @@ impl Default for TrainSection {
 
 /// Compute slots: OS threads that each own a device and run training jobs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SlotsSection {
     /// Number of slots.
     pub count: usize,
     /// Threads each slot's matmuls use; default: cores / slots (never oversubscribe).
-    #[serde(default)]
     pub threads_per_slot: Option<usize>,
     /// Where the slots compute.
-    #[serde(default)]
     pub device: SlotDevice,
     /// Which slot runs a client's job.
-    #[serde(default)]
     pub assignment: SlotAssignment,
     /// Slots one client's job occupies (Flower's `client_resources`): fewer clients at once,
     /// each computing with that many slots' threads.
-    #[serde(default = "one_usize")]
     pub client_resources: usize,
 }
 
