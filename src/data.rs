@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 /// Errors of the data layer.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// A stop was requested while the data was prepared.
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
     /// A data file could not be read.
     #[error("cannot read data file {path}: {source}")]
     Read {
@@ -101,8 +104,19 @@ pub struct FederatedData {
     pub canaries: Vec<Canary>,
 }
 
-/// Receives `(stage, done, total)` while data is prepared.
-pub type StageFn<'a> = &'a mut dyn FnMut(&str, usize, usize);
+/// Receives `(stage, done, total)` while data is prepared, at least every ~10,000 records of
+/// work; answering [`Stopped`] ends the preparation there (a stop request).
+pub type StageFn<'a> = &'a mut dyn FnMut(&str, usize, usize) -> Result<(), Stopped>;
+
+/// A stage callback asked preparation to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stopped on request while preparing")]
+pub struct Stopped;
+
+/// A [`StageFn`] body that never stops and reports nothing.
+pub fn no_progress(_: &str, _: usize, _: usize) -> Result<(), Stopped> {
+    Ok(())
+}
 
 /// How the data is prepared (validated scenario values).
 #[derive(Debug, Clone)]
@@ -132,7 +146,7 @@ impl DataPlan {
     /// # Errors
     /// A missing or malformed data file, or a partition that cannot be made.
     pub fn prepare(&self) -> Result<FederatedData, DataError> {
-        self.prepare_with(&mut |_, _, _| {})
+        self.prepare_with(&mut no_progress)
     }
 
     /// As [`DataPlan::prepare`], reporting `(stage, done, total)` as it goes.
@@ -148,9 +162,9 @@ impl DataPlan {
         let eval = records;
         let mut train = train_part;
         let mut prng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x9a27_1710);
-        progress("partitioning", 0, 1);
+        progress("partitioning", 0, 1)?;
         let mut shards = self.partition.split(&train, self.clients, &mut prng)?;
-        progress("partitioning", 1, 1);
+        progress("partitioning", 1, 1)?;
         let mut crng = ChaCha8Rng::seed_from_u64(self.seed ^ 0xca7a_7121);
         let canaries = canary::plant(
             self.canaries,
@@ -180,19 +194,19 @@ impl DataPlan {
             DataSource::Synthetic { records } => {
                 let eval = self.eval_count(records)?;
                 let train = records - eval;
-                progress("drawing topics", 0, train);
+                progress("drawing topics", 0, train)?;
                 let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x7091_c5ee);
                 let areas = synthetic::AREAS as u16;
                 let topics: Vec<u16> = (0..train)
                     .map(|_| rand::Rng::random_range(&mut rng, 0..areas))
                     .collect();
-                progress("drawing topics", train, train);
+                progress("drawing topics", train, train)?;
                 let mut prng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x9a27_1710);
-                progress("partitioning", 0, 1);
+                progress("partitioning", 0, 1)?;
                 let shards = self
                     .partition
                     .split_topics(&topics, self.clients, &mut prng)?;
-                progress("partitioning", 1, 1);
+                progress("partitioning", 1, 1)?;
                 Ok(ShardPlan {
                     shards: shards
                         .into_iter()
@@ -224,15 +238,15 @@ impl DataPlan {
     pub fn records(&self, progress: StageFn<'_>) -> Result<Vec<Record>, DataError> {
         Ok(match &self.source {
             DataSource::Synthetic { records } => {
-                synthetic::generate_with(*records, self.seed, progress)
+                synthetic::generate_with(*records, self.seed, progress)?
             }
             DataSource::Alpaca { path, limit } => {
-                progress("reading data", 0, 1);
+                progress("reading data", 0, 1)?;
                 let mut r = alpaca::load(path)?;
                 if let Some(l) = limit {
                     r.truncate(*l);
                 }
-                progress("reading data", 1, 1);
+                progress("reading data", 1, 1)?;
                 r
             }
         })

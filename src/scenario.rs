@@ -233,7 +233,7 @@ impl Scenario {
             crate::data::DataSource::Synthetic { records } => *records,
             crate::data::DataSource::Alpaca { .. } => self
                 .data
-                .records(&mut |_, _, _| {})
+                .records(&mut crate::data::no_progress)
                 .map_err(|e| fail(source_field, &e))?
                 .len(),
         };

@@ -68,6 +68,9 @@ pub enum SimError {
         /// The error.
         message: String,
     },
+    /// Preparation stopped on request (mapped to [`SimError::InterruptedBeforeStart`]).
+    #[error("interrupted while preparing the data and model; nothing was written")]
+    Stopped(#[from] crate::data::Stopped),
     /// A stop was requested before the run directory existed: nothing was written.
     #[error("interrupted while preparing the data and model; nothing was written")]
     InterruptedBeforeStart,
@@ -127,17 +130,15 @@ pub struct RunReport {
 pub async fn run(
     scenario: &Scenario,
     mut opts: RunOptions,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> Result<RunReport, SimError> {
     let started = Instant::now();
     let s = scenario;
     // Claim --out before hours of preparation, not after: a second process on the same
     // directory, or a directory that is not ours to replace, is refused now.
     let claim = RunDir::claim(opts.out.as_deref(), &run_marker(s))?;
-    let prep = tokio::select! {
-        prep = prepare_off_executor(s, &mut opts) => prep?,
-        _ = shutdown.reached(StopLevel::FinishRound) => return Err(SimError::InterruptedBeforeStart),
-    };
+    // Preparation hears the stop itself (every stage report), so nothing runs on after it.
+    let prep = prepare_off_executor(s, &mut opts, &shutdown).await?;
     let layout = Arc::new(match s.file.trainer {
         TrainerKind::Lora => AdapterLayout::new(&s.model, &s.lora),
         TrainerKind::Synthetic { params } => AdapterLayout::flat(params),
@@ -248,22 +249,37 @@ fn say(opts: &mut RunOptions, line: &str) {
     }
 }
 
-/// [`prepare_with`] on a blocking thread, forwarding its progress to `opts.progress`.
-async fn prepare_off_executor(s: &Scenario, opts: &mut RunOptions) -> Result<Prepared, SimError> {
+/// [`prepare_with`] on a blocking thread, forwarding its progress to `opts.progress` and
+/// stopping at the next stage report (at most ~10,000 records of work) once a stop is asked.
+async fn prepare_off_executor(
+    s: &Scenario,
+    opts: &mut RunOptions,
+    shutdown: &Shutdown,
+) -> Result<Prepared, SimError> {
     let scenario = s.clone();
     let mut progress = opts.progress.take();
+    let shutdown = shutdown.clone();
     let (prep, progress) = tokio::task::spawn_blocking(move || {
         let prep = prepare_with(&scenario, &mut |stage, done, total| {
+            if shutdown.level() >= StopLevel::FinishRound {
+                return Err(crate::data::Stopped);
+            }
             if let Some(p) = progress.as_mut() {
                 p(Progress::Stage { stage, done, total });
             }
+            Ok(())
         });
         (prep, progress)
     })
     .await
     .map_err(|e| SimError::Actor(format!("set-up task: {e}")))?;
     opts.progress = progress;
-    prep
+    match prep {
+        Err(SimError::Stopped(_)) | Err(SimError::Data(DataError::Stopped(_))) => {
+            Err(SimError::InterruptedBeforeStart)
+        }
+        other => other,
+    }
 }
 
 /// What the CLI prints about the set-up.

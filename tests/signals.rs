@@ -367,3 +367,50 @@ fn a_second_run_on_the_same_out_is_refused_and_the_first_keeps_its_files() {
     assert_eq!(s.status, RunStatus::Interrupted);
     assert_eq!(s.rounds_completed, rounds_logged(&out));
 }
+
+/// Start a run whose preparation is long, wait for `stage`, send SIGTERM: the run stops within
+/// a few seconds, says nothing was written, and leaves no directory.
+fn stop_during(stage: &str, records: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let scen = tmp.path().join("big.ron");
+    std::fs::write(
+        &scen,
+        format!(
+            r#"(name: "big", seed: 7, rounds: 2, model: (source: Tiny(vocab_size: 400)),
+               data: (source: Synthetic(records: {records}), eval_fraction: 0.01,
+                      max_seq_len: 64),
+               clients: (count: 4),
+               train: (local_steps: Some(1), batch_size: 2, lr_max: 5e-3, lr_min: 1e-3))"#
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("run");
+    let mut sim = Sim::start(&run_args(
+        scen.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &[],
+    ));
+    sim.wait_until(Duration::from_secs(300), stage, || {
+        sim.stderr().contains(stage)
+    });
+    sim.signal("TERM");
+    let (ok, secs) = sim.wait_exit(Duration::from_secs(60));
+    assert!(!ok, "{}", sim.stderr());
+    assert!(secs < 3.0, "{stage}: the stop took {secs:.1} s");
+    assert!(
+        sim.stderr().contains("nothing was written"),
+        "{}",
+        sim.stderr()
+    );
+    assert!(!out.exists(), "no directory is left behind");
+}
+
+#[test]
+fn a_stop_during_generation_is_heard_within_seconds() {
+    stop_during("generating records", 3_000_000);
+}
+
+#[test]
+fn a_stop_during_tokenising_is_heard_within_seconds() {
+    stop_during("tokenising", 400_000);
+}

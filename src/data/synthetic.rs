@@ -249,22 +249,29 @@ const INSTRUCTION: &str = "Answer this question about the patient record truthfu
 
 /// Generate `n` records from `seed`.
 pub fn generate(n: usize, seed: u64) -> Vec<Record> {
-    generate_with(n, seed, &mut |_, _, _| {})
+    generate_with(n, seed, &mut super::no_progress).expect("no_progress never stops")
 }
 
 /// As [`generate`], reporting progress about every 1 % (and at the end).
-pub fn generate_with(n: usize, seed: u64, progress: super::StageFn<'_>) -> Vec<Record> {
+///
+/// # Errors
+/// [`super::Stopped`] when `progress` asks to stop.
+pub fn generate_with(
+    n: usize,
+    seed: u64,
+    progress: super::StageFn<'_>,
+) -> Result<Vec<Record>, super::Stopped> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5e1f_ca4e);
     let every = (n / 100).max(10_000);
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         if i % every == 0 {
-            progress("generating records", i, n);
+            progress("generating records", i, n)?;
         }
         out.push(one(&mut rng));
     }
-    progress("generating records", n, n);
-    out
+    progress("generating records", n, n)?;
+    Ok(out)
 }
 
 fn one(rng: &mut ChaCha8Rng) -> Record {

@@ -17,7 +17,7 @@ use crate::scenario::file::{ModelSource, PromptFormat};
 use crate::scenario::Scenario;
 use crate::tokenizer::chat::ChatTemplate;
 use crate::tokenizer::PromptText;
-use crate::tokenizer::{TextTokenizer, TokenizedExample, TokenizerError};
+use crate::tokenizer::{TextTokenizer, TokenizedExample};
 use crate::trainer::TrainerKind;
 
 /// Everything prepared before the actors start.
@@ -109,7 +109,7 @@ struct ClientPartition {
 /// # Errors
 /// Data, tokenizer or model failures.
 pub fn prepare(s: &Scenario) -> Result<Prepared, SimError> {
-    prepare_with(s, &mut |_, _, _| {})
+    prepare_with(s, &mut crate::data::no_progress)
 }
 
 /// As [`prepare`], reporting `(stage, done, total)` as it goes (linear in the data).
@@ -134,9 +134,9 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
     let base = Base::open(s)?;
     let tokenizer = match &base {
         Base::Generated => {
-            progress("training the tokenizer", 0, 1);
+            progress("training the tokenizer", 0, 1)?;
             let t = TextTokenizer::train(&data.train, s.model.vocab_size)?;
-            progress("training the tokenizer", 1, 1);
+            progress("training the tokenizer", 1, 1)?;
             t
         }
         Base::Pretrained(p) => p.tokenizer()?,
@@ -157,18 +157,18 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
             .iter()
             .map(|r| {
                 if done % every == 0 {
-                    progress("tokenising", done, total);
+                    progress("tokenising", done, total)?;
                 }
                 done += 1;
                 let (e, cut) = tokenizer.example_as(r, s.max_seq_len, &format)?;
                 truncated += usize::from(cut);
                 Ok(e)
             })
-            .collect::<Result<Vec<TokenizedExample>, TokenizerError>>()
+            .collect::<Result<Vec<TokenizedExample>, SimError>>()
     };
     let train = tokenize(&data.train)?;
     let eval = tokenize(&data.eval)?;
-    progress("tokenising", total, total);
+    progress("tokenising", total, total)?;
     let shards: Vec<Vec<u32>> = data
         .shards
         .iter()
@@ -181,9 +181,9 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
             (model, None)
         }
         Base::Pretrained(p) => {
-            progress("reading the pretrained weights", 0, 1);
+            progress("reading the pretrained weights", 0, 1)?;
             let model = p.load(&candle_core::Device::Cpu)?;
-            progress("reading the pretrained weights", 1, 1);
+            progress("reading the pretrained weights", 1, 1)?;
             let source = ModelRecord {
                 source: s.model_name.clone(),
                 path: p.path().to_path_buf(),
