@@ -9,6 +9,7 @@ mod data;
 mod eval;
 mod fedavg;
 mod finite;
+mod fuzz;
 mod html_report;
 mod inputs;
 mod metrics;
