@@ -144,6 +144,8 @@ impl Scenario {
     /// # Errors
     /// As [`Scenario::load`].
     pub fn from_ron(text: &str, path: &Path, overrides: &[String]) -> Result<Self, ScenarioError> {
+        // Editors on Windows write a UTF-8 byte-order mark; it is not part of the text.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let file: ScenarioFile =
             ron::Options::default()
                 .from_str(text)

@@ -199,3 +199,42 @@ fn every_kind_of_profile_is_held_to_one_range() {
         "{e}"
     );
 }
+
+#[test]
+fn errors_name_the_real_cause_and_documented_forms_are_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A UTF-8 byte-order mark before the scenario is not part of it.
+    let bom = tmp.path().join("bom.ron");
+    std::fs::write(&bom, format!("\u{feff}{SMALL}")).unwrap();
+    let (ok, _, err) = sim(&["validate", bom.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    // localhost:PORT is a HOST:PORT.
+    let out = tmp.path().join("run");
+    let (ok, _, err) = sim(&[
+        "run",
+        bom.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--metrics-addr",
+        "localhost:0",
+        "--set",
+        "rounds=1",
+        "-q",
+    ]);
+    assert!(ok, "{err}");
+    // A server optimiser that overflows names its server_lr, not train.lr_max.
+    let s = scenario(
+        SMALL,
+        &["rounds=2", "strategy.kind=FedAvgM(server_lr: 1e38)"],
+    )
+    .unwrap();
+    let r = crate::util::run_full(
+        &s,
+        &tmp.path().join("lr"),
+        fedsim::Shutdown::never(),
+        None,
+        None,
+    );
+    let e = fedsim::fmt::chain(&r.unwrap_err());
+    assert!(e.contains("server_lr, now 1e38"), "{e}");
+}

@@ -34,6 +34,9 @@ pub struct Aggregate {
     pub noise_stddev: Option<f64>,
     /// Byzantine updates among those aggregated.
     pub byzantine: usize,
+    /// The server optimiser's learning rate, when a server optimiser applies the update (so
+    /// an overflow names the right knob).
+    pub server_lr: Option<f64>,
     /// L2 distance between the aggregate update and the same rule over the honest updates
     /// alone (before DP noise and server optimiser steps); None without Byzantine clients.
     pub deviation: Option<f64>,
@@ -316,6 +319,10 @@ impl AggregatorState {
             rejected: std::mem::take(&mut self.rejected),
             noise_stddev,
             byzantine: self.byzantine,
+            server_lr: match &self.strategy {
+                Strategy::ServerOpt(o) => Some(o.server_lr()),
+                _ => None,
+            },
             deviation,
         }
     }

@@ -59,9 +59,15 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     let metrics_addr: Option<SocketAddr> = match a.metrics_addr.as_str() {
         "none" => None,
-        s => Some(s.parse().with_context(|| {
-            format!("--metrics-addr {s:?} is not HOST:PORT (e.g. 127.0.0.1:9464) or none")
-        })?),
+        // A numeric address, or a host name (localhost:9464) resolved to its first address.
+        s => Some(
+            std::net::ToSocketAddrs::to_socket_addrs(s)
+                .ok()
+                .and_then(|mut a| a.next())
+                .with_context(|| {
+                    format!("--metrics-addr {s:?} is not HOST:PORT (e.g. 127.0.0.1:9464) or none")
+                })?,
+        ),
     };
     if !(0.0..=MAX_LINGER).contains(&a.linger) {
         anyhow::bail!(

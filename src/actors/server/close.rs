@@ -63,8 +63,15 @@ pub(super) async fn close_round(
             me,
             st,
             Some(format!(
-                "round {round}: the held-out loss is {} (the model diverged; lower train.lr_max)",
-                eval.loss
+                "round {round}: the held-out loss is {} (the model diverged; {})",
+                eval.loss,
+                match agg.server_lr {
+                    Some(lr) => format!(
+                        "lower the server optimiser's server_lr, now {}, or train.lr_max",
+                        crate::fmt::compact(lr)
+                    ),
+                    None => "lower train.lr_max".to_string(),
+                }
             )),
         );
         return Ok(());
@@ -231,7 +238,13 @@ fn non_finite(agg: &Aggregate) -> Option<String> {
              strategy.fraction_fit or clients.count, or lower the noise multiplier)",
             crate::fmt::compact(sd)
         ),
-        None => "the averaged update overflowed f32 (lower train.lr_max)".to_string(),
+        None => match agg.server_lr {
+            Some(lr) => format!(
+                "the server optimiser's step overflowed f32 (lower its server_lr, now {})",
+                crate::fmt::compact(lr)
+            ),
+            None => "the averaged update overflowed f32 (lower train.lr_max)".to_string(),
+        },
     };
     Some(format!(
         "the aggregated global adapter has {bad} non-finite values of {}: {cause}; the adapter \
