@@ -68,17 +68,8 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<(), HtmlReportError> {
             ));
         }
     }
-    let html = render(dirs)?;
-    let name = out
-        .file_name()
-        .map_or("report.html".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = out.with_file_name(format!(".{name}.tmp"));
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| HtmlReportError::Run(ReportError::Io { path: p, source })
-    };
-    std::fs::write(&tmp, html).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, out).map_err(io(out))
+    crate::report::write_atomically(out, render(dirs)?.as_bytes())?;
+    Ok(())
 }
 
 /// What the report reads of one run.

@@ -112,36 +112,29 @@ impl RunDir {
     /// scenario's, files fedsim did not write, or cannot be created.
     pub fn claim(out: Option<&Path>, marker: &Marker) -> Result<Claim, ReportError> {
         let (path, created) = match out {
-            Some(p) => {
-                ownership::precheck(p, marker)?;
-                let created = !p.exists();
-                std::fs::create_dir_all(p).map_err(io(p))?;
-                (p.to_path_buf(), created)
-            }
+            Some(p) => (p.to_path_buf(), ownership::make_dir(p)?),
             None => (ownership::fresh_default(&marker.name)?, true),
         };
+        if !created {
+            // Read first: a directory fedsim may not use never receives even the lock file.
+            ownership::inspect(&path, marker)?;
+        }
         let lock = ownership::lock(&path)?;
+        // Inspected again under the lock: no other fedsim process can write it meanwhile.
+        let stale = match ownership::inspect(&path, marker)? {
+            ownership::Inspection::Empty => Vec::new(),
+            ownership::Inspection::Unfinished(names) => names,
+        };
         let dir = RunDir {
             path,
             _lock: Some(Arc::new(lock)),
         };
-        let mut claim = Claim {
-            dir: None,
-            stale: Vec::new(),
+        dir.write_json(ownership::MARKER_FILE, marker)?;
+        Ok(Claim {
+            dir: Some(dir),
+            stale,
             created,
-        };
-        // Inspected again under the lock: another process may have written it meanwhile.
-        claim.stale = match ownership::inspect(&dir.path, marker)? {
-            ownership::Inspection::Empty => Vec::new(),
-            ownership::Inspection::Unfinished(names) => names,
-        };
-        claim.dir = Some(dir);
-        claim
-            .dir
-            .as_ref()
-            .expect("set")
-            .write_json(ownership::MARKER_FILE, marker)?;
-        Ok(claim)
+        })
     }
 
     /// [`RunDir::claim`] and [`Claim::begin`] at once, for a directory whose work starts now.
@@ -160,43 +153,25 @@ impl RunDir {
         }
     }
 
-    /// Whether `out` could receive `marker`'s run (checked before any work, touching nothing).
-    ///
-    /// # Errors
-    /// As [`RunDir::claim`] would refuse it.
-    pub fn check(out: Option<&Path>, marker: &Marker) -> Result<(), ReportError> {
-        match out {
-            Some(p) => ownership::precheck(p, marker),
-            None => Ok(()),
-        }
-    }
-
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Write `name` with `text`.
+    /// Write `name` with `text` (atomically, see [`write_atomically`]).
     ///
     /// # Errors
     /// On an I/O failure.
     pub fn write(&self, name: &str, text: &str) -> Result<(), ReportError> {
-        // Write beside, then rename: a reader (or a kill) never sees half a file.
-        let p = self.path.join(name);
-        let tmp = self.path.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &p).map_err(io(&p))
+        self.write_bytes(name, text.as_bytes())
     }
 
-    /// Write `name` with `bytes` (atomically, as [`RunDir::write`]).
+    /// Write `name` with `bytes` (atomically, see [`write_atomically`]).
     ///
     /// # Errors
     /// On an I/O failure.
     pub fn write_bytes(&self, name: &str, bytes: &[u8]) -> Result<(), ReportError> {
-        let p = self.path.join(name);
-        let tmp = self.path.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &p).map_err(io(&p))
+        write_atomically(&self.path.join(name), bytes)
     }
 
     /// Write `name` as pretty JSON.
@@ -225,6 +200,19 @@ impl RunDir {
             clients: open("clients.jsonl")?,
         })
     }
+}
+
+/// Write `path` beside, then rename: a reader (or a kill) never sees half a file.
+///
+/// # Errors
+/// On an I/O failure, naming the path.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 /// Every name fedsim writes into a run directory.

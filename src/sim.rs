@@ -38,7 +38,7 @@ use summary::Book;
 pub enum SimError {
     /// Data could not be loaded or split.
     #[error(transparent)]
-    Data(#[from] DataError),
+    Data(DataError),
     /// Tokenizer training failed.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
@@ -68,12 +68,25 @@ pub enum SimError {
         /// The error.
         message: String,
     },
-    /// Preparation stopped on request (mapped to [`SimError::InterruptedBeforeStart`]).
-    #[error("interrupted while preparing the data and model; nothing was written")]
-    Stopped(#[from] crate::data::Stopped),
     /// A stop was requested before the run directory existed: nothing was written.
     #[error("interrupted while preparing the data and model; nothing was written")]
     InterruptedBeforeStart,
+}
+
+/// A stop heard during preparation is [`SimError::InterruptedBeforeStart`], however deep.
+impl From<crate::data::Stopped> for SimError {
+    fn from(_: crate::data::Stopped) -> Self {
+        SimError::InterruptedBeforeStart
+    }
+}
+
+impl From<DataError> for SimError {
+    fn from(e: DataError) -> Self {
+        match e {
+            DataError::Stopped(_) => SimError::InterruptedBeforeStart,
+            e => SimError::Data(e),
+        }
+    }
 }
 
 /// How to run.
@@ -274,12 +287,7 @@ async fn prepare_off_executor(
     .await
     .map_err(|e| SimError::Actor(format!("set-up task: {e}")))?;
     opts.progress = progress;
-    match prep {
-        Err(SimError::Stopped(_)) | Err(SimError::Data(DataError::Stopped(_))) => {
-            Err(SimError::InterruptedBeforeStart)
-        }
-        other => other,
-    }
+    prep
 }
 
 /// What the CLI prints about the set-up.

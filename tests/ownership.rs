@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use fedsim::report::{DirKind, Marker, RunDir};
 
-use crate::util::{run, scenario, sim, small_file, SMALL};
+use crate::util::{run, run_args, scenario, sim, small_file, SMALL};
 
 fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
@@ -29,14 +29,11 @@ fn a_locked_directory_is_refused_naming_its_holder() {
     let out = tmp.path().join("run");
     let s = scenario(SMALL, &[]).unwrap();
     let claim = RunDir::claim(Some(&out), &fedsim::sim::run_marker(&s)).unwrap();
-    let (ok, _, err) = sim(&[
-        "run",
+    let (ok, _, err) = sim(&run_args(
         scen.to_str().unwrap(),
-        "--out",
         out.to_str().unwrap(),
-        "--metrics-addr",
-        "none",
-    ]);
+        &[],
+    ));
     let pid = std::process::id().to_string();
     assert!(
         !ok && err.contains("is in use by fedsim process") && err.contains(&pid),
@@ -55,17 +52,11 @@ fn peft_folders_corrupt_runs_and_other_scenarios_are_refused_and_kept() {
     let tmp = tempfile::tempdir().unwrap();
     let scen = small_file(tmp.path());
     let run_into = |out: &Path, set: &str| {
-        sim(&[
-            "run",
+        sim(&run_args(
             scen.to_str().unwrap(),
-            "--out",
             out.to_str().unwrap(),
-            "--metrics-addr",
-            "none",
-            "--set",
-            set,
-            "-q",
-        ])
+            &["--set", set, "-q"],
+        ))
     };
     // A PEFT adapter folder is not a run directory.
     let peft = tmp.path().join("peft");
@@ -108,22 +99,14 @@ fn sweep_study_and_report_never_overwrite_an_input() {
     assert!(!ok && err.contains("holds a fedsim run"), "{err}");
     // A sweep directory cannot be taken for a run either.
     let marked = tmp.path().join("sweep");
-    let marker = Marker {
-        kind: DirKind::Sweep,
-        name: "s".into(),
-        fingerprint: String::new(),
-    };
-    let dir = RunDir::create(Some(&marked), &marker).unwrap();
+    let dir = RunDir::create(Some(&marked), &Marker::new(DirKind::Sweep, "s")).unwrap();
     std::fs::create_dir(marked.join("00-seed=1")).unwrap();
     drop(dir);
-    let (ok, _, err) = sim(&[
-        "run",
+    let (ok, _, err) = sim(&run_args(
         scen.to_str().unwrap(),
-        "--out",
         marked.to_str().unwrap(),
-        "--metrics-addr",
-        "none",
-    ]);
+        &[],
+    ));
     assert!(!ok && err.contains("holds a fedsim sweep"), "{err}");
     // report --out onto an input's file, or onto a directory, is refused.
     let summary = done.join("summary.json");

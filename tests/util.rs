@@ -156,3 +156,10 @@ pub fn assert_disjoint_cover(d: &fedsim::data::FederatedData) {
     );
     assert_eq!(d.shards.iter().map(Vec::len).sum::<usize>(), d.train.len());
 }
+
+/// `sim run SCENARIO --out OUT --metrics-addr none EXTRA...`.
+pub fn run_args<'a>(scen: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["run", scen, "--out", out, "--metrics-addr", "none"];
+    v.extend_from_slice(extra);
+    v
+}

@@ -1,7 +1,6 @@
 //! `sim attack`: membership inference, canary exposure and extraction on finished runs, one
 //! comparison table across them.
 
-use super::out::{out, outln};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -9,6 +8,7 @@ use fedsim::attack::{self, table, AttackPlan};
 use fedsim::sim::Progress;
 use fedsim::study::AttackSection;
 
+use super::out::{out, outln};
 use super::progress::Display;
 
 /// Arguments of `sim attack`.

@@ -1,9 +1,10 @@
 //! `sim comm`: what sending adapters instead of whole models costs and saves.
 
-use super::out::outln;
 use std::path::PathBuf;
 
 use fedsim::comm::{CommInput, Messages};
+
+use super::out::outln;
 
 /// Arguments of `sim comm`.
 #[derive(Debug, clap::Args)]

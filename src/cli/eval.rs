@@ -1,7 +1,6 @@
 //! `sim eval`: PubMedQA accuracy and answers to prompts, for a pretrained model and with an
 //! adapter, side by side; held-out loss of a run from its summary.
 
-use super::out::outln;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -11,6 +10,8 @@ use fedsim::model::pretrained::Pretrained;
 use fedsim::model::{peft, BaseModel, LoraVars};
 use fedsim::report::Summary;
 use serde::Serialize;
+
+use super::out::outln;
 
 /// Arguments of `sim eval`.
 #[derive(Debug, clap::Args)]

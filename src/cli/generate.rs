@@ -1,6 +1,5 @@
 //! `sim generate`: answer a prompt with a GGUF model, optionally with a LoRA adapter merged in.
 
-use super::out::outln;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -9,6 +8,8 @@ use fedsim::model::generate::{generate as run_generation, Budget, Sampling, Stop
 use fedsim::model::pretrained::Pretrained;
 use fedsim::model::{peft, LoraVars};
 use fedsim::tokenizer::chat::{ChatTemplate, Message, Role};
+
+use super::out::outln;
 
 /// Arguments of `sim generate`.
 #[derive(Debug, clap::Args)]

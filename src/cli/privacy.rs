@@ -1,7 +1,8 @@
 //! `sim privacy epsilon|noise`: the privacy calculator.
 
-use super::out::outln;
 use clap::Subcommand;
+
+use super::out::outln;
 
 #[derive(Subcommand)]
 pub enum PrivacyCommand {

@@ -5,7 +5,6 @@
 //! what the completed rounds produced, a third exits at once. During `--pace` waits and
 //! `--linger` a signal returns at once.
 
-use super::out::outln;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use fedsim::{RunOptions, Scenario, Shutdown, ShutdownTrigger, StopLevel};
 
+use super::out::outln;
 use super::progress::Display;
 
 /// Longest `--linger` (a week): longer is surely a typo, and would overflow timers.

@@ -1,6 +1,5 @@
 //! `sim study`: train every arm of a privacy study, attack each, print one table.
 
-use super::out::{out, outln};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -10,6 +9,7 @@ use fedsim::sim::Progress;
 use fedsim::study::Study;
 use fedsim::{RunOptions, StopLevel};
 
+use super::out::{out, outln};
 use super::progress::Display;
 
 /// `sim study` arguments.
@@ -27,12 +27,10 @@ pub struct StudyArgs {
 pub fn study(a: StudyArgs) -> anyhow::Result<()> {
     let study = Study::load(&a.study)?;
     fedsim::host::tune_allocator_for_training();
-    let marker = Marker {
-        kind: DirKind::Study,
-        name: study.name.clone(),
-        fingerprint: String::new(),
-    };
-    let dir = RunDir::create(a.out.as_deref(), &marker)?;
+    let dir = RunDir::create(
+        a.out.as_deref(),
+        &Marker::new(DirKind::Study, study.name.clone()),
+    )?;
     let runtime = super::run::runtime()?;
     let shutdown = super::run::stop_on_signals(&runtime)?;
     let n = study.arms.len();

@@ -1,12 +1,13 @@
 //! `sim sweep`: run a scenario once per combination of `--vary` values and tabulate.
 
-use super::out::{out, outln};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use fedsim::report::{DirKind, Marker, RunDir, Summary};
 use fedsim::sweep::{combinations, csv, run_name, table, SweepRow, Vary};
 use fedsim::{RunOptions, Scenario, StopLevel};
+
+use super::out::{out, outln};
 
 /// `sim sweep` arguments.
 #[derive(clap::Args)]
@@ -48,12 +49,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         runs.push((settings, s));
     }
     let name = format!("sweep-{}", runs[0].1.name);
-    let marker = Marker {
-        kind: DirKind::Sweep,
-        name,
-        fingerprint: String::new(),
-    };
-    let dir = RunDir::create(a.out.as_deref(), &marker)?;
+    let dir = RunDir::create(a.out.as_deref(), &Marker::new(DirKind::Sweep, name))?;
     let runtime = super::run::runtime()?;
     let shutdown = super::run::stop_on_signals(&runtime)?;
     let n = runs.len();

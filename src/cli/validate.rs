@@ -1,10 +1,11 @@
 //! `sim validate`: everything `run` would refuse, found before it runs.
 
-use super::out::outln;
 use std::path::Path;
 
 use fedsim::scenario::resources::{available_memory, bytes};
 use fedsim::Scenario;
+
+use super::out::outln;
 
 /// Check the scenario, the memory it needs and its data; print what a run will use.
 pub fn validate(path: &Path, set: &[String]) -> anyhow::Result<()> {

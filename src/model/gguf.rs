@@ -190,10 +190,7 @@ impl GgufHeader {
         if cfg.tie_word_embeddings {
             tensors.remove("lm_head.weight");
         }
-        BaseModel::from_named(&cfg, tensors, device).map_err(|e| match e.is_non_finite() {
-            true => e.in_file(&self.path),
-            false => e,
-        })
+        BaseModel::from_named(&cfg, tensors, device).map_err(|e| e.in_file(&self.path))
     }
 }
 

@@ -204,13 +204,8 @@ impl Pretrained {
                 if self.config.tie_word_embeddings {
                     tensors.remove("lm_head.weight");
                 }
-                BaseModel::from_named(&self.config, tensors, device).map_err(|e| {
-                    match (e.is_non_finite(), files.weights.as_slice()) {
-                        (true, [one]) => e.in_file(one),
-                        (true, _) => e.in_file(&self.path),
-                        (false, _) => e,
-                    }
-                })
+                BaseModel::from_named(&self.config, tensors, device)
+                    .map_err(|e| e.in_file(&self.path))
             }
         }
     }

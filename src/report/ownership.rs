@@ -29,6 +29,17 @@ pub enum DirKind {
     Study,
 }
 
+impl Marker {
+    /// The marker of a sweep or study directory (whose runs carry their own fingerprints).
+    pub fn new(kind: DirKind, name: impl Into<String>) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+            fingerprint: String::new(),
+        }
+    }
+}
+
 impl DirKind {
     fn as_str(self) -> &'static str {
         match self {
@@ -105,94 +116,131 @@ pub(super) enum Inspection {
     Unfinished(Vec<String>),
 }
 
-/// Inspect locked `dir` for a new `want`: refuse anything fedsim may not replace.
-pub(super) fn inspect(dir: &Path, want: &Marker) -> Result<Inspection, ReportError> {
-    let refuse = |message: String| ReportError::Format {
+fn refusal(dir: &Path, message: String) -> ReportError {
+    ReportError::Format {
         path: dir.to_path_buf(),
         message,
-    };
-    let names = entries(dir)?;
-    let content: Vec<&String> = names
-        .iter()
-        .filter(|n| *n != LOCK_FILE && *n != MARKER_FILE)
+    }
+}
+
+/// Inspect locked `dir` for a new `want`: refuse anything fedsim may not replace.
+pub(super) fn inspect(dir: &Path, want: &Marker) -> Result<Inspection, ReportError> {
+    let content: Vec<String> = entries(dir)?
+        .into_iter()
+        .filter(|n| n != LOCK_FILE && n != MARKER_FILE)
         .collect();
-    let marker = read_marker(dir)?;
     if content.is_empty() {
         return Ok(Inspection::Empty);
     }
-    let Some(marker) = marker else {
-        return Err(refuse(format!(
-            "is not empty and fedsim did not create it (it holds {}); fedsim never deletes \
-             what it did not write: choose a new or empty directory for --out",
-            listing(&content)
-        )));
+    let Some(marker) = read_marker(dir)? else {
+        return Err(refusal(
+            dir,
+            format!(
+                "is not empty and fedsim did not create it (it holds {}); fedsim never deletes \
+                 what it did not write: choose a new or empty directory for --out",
+                listing(&content)
+            ),
+        ));
     };
     if marker.kind != want.kind {
-        return Err(refuse(format!(
-            "holds a fedsim {} (`{}`), not a {}; choose another --out",
-            marker.kind.as_str(),
-            marker.name,
-            want.kind.as_str()
-        )));
+        return Err(refusal(
+            dir,
+            format!(
+                "holds a fedsim {} (`{}`), not a {}; choose another --out",
+                marker.kind.as_str(),
+                marker.name,
+                want.kind.as_str()
+            ),
+        ));
     }
     if want.kind != DirKind::Run {
-        return Err(refuse(format!(
-            "already holds a {} (`{}`); choose another --out",
-            marker.kind.as_str(),
-            marker.name
-        )));
+        return Err(refusal(
+            dir,
+            format!(
+                "already holds a {} (`{}`); choose another --out",
+                marker.kind.as_str(),
+                marker.name
+            ),
+        ));
     }
+    check_unfinished_run(dir, &marker, want, &content)?;
+    Ok(Inspection::Unfinished(content))
+}
+
+/// A marked run directory may be replaced only when its run is unfinished, of the same
+/// scenario, and the directory holds nothing fedsim did not write.
+fn check_unfinished_run(
+    dir: &Path,
+    marker: &Marker,
+    want: &Marker,
+    content: &[String],
+) -> Result<(), ReportError> {
     if dir.join("summary.json").exists() {
         let summary = Summary::read(dir).map_err(|e| {
-            refuse(format!(
-                "holds a run whose summary.json cannot be read ({}); the directory is left as \
-                 it is: inspect it, or choose another --out",
-                crate::fmt::chain(&e)
-            ))
+            refusal(
+                dir,
+                format!(
+                    "holds a run whose summary.json cannot be read ({}); the directory is left \
+                     as it is: inspect it, or choose another --out",
+                    crate::fmt::chain(&e)
+                ),
+            )
         })?;
         if summary.status.is_final() && summary.status != RunStatus::Failed {
-            return Err(refuse(format!(
-                "already holds a finished run (status {}); choose another --out",
-                summary.status
-            )));
+            return Err(refusal(
+                dir,
+                format!(
+                    "already holds a finished run (status {}); choose another --out",
+                    summary.status
+                ),
+            ));
         }
     }
     if marker.fingerprint != want.fingerprint {
-        return Err(refuse(format!(
-            "holds an unfinished run of another scenario (`{}`); fedsim reuses a directory only \
-             for the same scenario: choose another --out",
-            marker.name
-        )));
+        return Err(refusal(
+            dir,
+            format!(
+                "holds an unfinished run of another scenario (`{}`); fedsim reuses a directory \
+                 only for the same scenario: choose another --out",
+                marker.name
+            ),
+        ));
     }
-    let foreign: Vec<&String> = content
+    let foreign: Vec<String> = content
         .iter()
-        .copied()
         .filter(|n| !RUN_FILES.contains(&n.as_str()) && !n.ends_with(".tmp"))
+        .cloned()
         .collect();
     if !foreign.is_empty() {
-        return Err(refuse(format!(
-            "holds an unfinished run and files fedsim did not write ({}); move them away or \
-             choose another --out",
-            listing(&foreign)
-        )));
+        return Err(refusal(
+            dir,
+            format!(
+                "holds an unfinished run and files fedsim did not write ({}); move them away \
+                 or choose another --out",
+                listing(&foreign)
+            ),
+        ));
     }
-    Ok(Inspection::Unfinished(
-        content.into_iter().cloned().collect(),
-    ))
+    Ok(())
 }
 
-/// Whether `dir` could receive `want` (checked without taking or touching anything).
-pub(super) fn precheck(dir: &Path, want: &Marker) -> Result<(), ReportError> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    if !dir.is_dir() {
+/// Make `--out` directory `dir` (its parents too); whether this call created it. Atomic, so
+/// of two processes racing for a new directory only one believes it created it.
+pub(super) fn make_dir(dir: &Path) -> Result<bool, ReportError> {
+    if dir.exists() && !dir.is_dir() {
         return Err(ReportError::Format {
             path: dir.to_path_buf(),
             message: "exists and is not a directory; choose another --out".into(),
         });
     }
-    inspect(dir, want).map(|_| ())
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io(dir)(e)),
+    }
 }
 
 /// The marker, if fedsim wrote one.
@@ -225,7 +273,7 @@ fn entries(dir: &Path) -> Result<Vec<String>, ReportError> {
     Ok(names)
 }
 
-fn listing(names: &[&String]) -> String {
+fn listing(names: &[String]) -> String {
     let shown: Vec<&str> = names.iter().take(3).map(|n| n.as_str()).collect();
     format!(
         "{}{}",

@@ -142,16 +142,10 @@ impl Book {
         });
         m.wall_seconds = self.started.elapsed().as_secs_f64();
         // A number that cannot be trusted is never recorded as a success.
-        let untrustworthy = if !m.sim_seconds.is_finite() {
-            Some("the simulated time is not finite")
-        } else if down.is_none() || up.is_none() {
-            Some("the byte count overflows 64 bits")
-        } else if m.pretrained_eval_loss.is_finite() && !m.final_eval_loss.is_finite() {
-            Some("the final held-out loss is not finite")
-        } else {
-            None
-        };
-        if let (Some(why), false) = (untrustworthy, m.status == RunStatus::Failed) {
+        if let (Some(why), false) = (
+            untrustworthy(m, down.is_some() && up.is_some()),
+            m.status == RunStatus::Failed,
+        ) {
             m.status = RunStatus::Failed;
             m.error = Some(why.to_string());
         }
@@ -194,3 +188,16 @@ pub(super) fn backdoor(
 
 /// Held-out questions the backdoor is measured on.
 const BACKDOOR_PROMPTS: usize = 50;
+
+/// Why a summary's numbers cannot be trusted, if they cannot.
+fn untrustworthy(m: &Summary, bytes_fit: bool) -> Option<&'static str> {
+    if !m.sim_seconds.is_finite() {
+        Some("the simulated time is not finite")
+    } else if !bytes_fit {
+        Some("the byte count overflows 64 bits")
+    } else if m.pretrained_eval_loss.is_finite() && !m.final_eval_loss.is_finite() {
+        Some("the final held-out loss is not finite")
+    } else {
+        None
+    }
+}
