@@ -209,8 +209,9 @@ pub struct DataCheck {
     pub vocab: Option<usize>,
 }
 
-/// Training records the vocabulary check trains a tokenizer on, at most. More records can only
-/// yield more tokens, so a sample that reaches the vocabulary proves the whole set does.
+/// Training records a `Tiny` model's tokenizer is trained on, at most — in a run and in the
+/// vocabulary check alike, so `validate` accepts exactly the vocabularies `run` can build; it
+/// also bounds tokenizer training, the one preparation stage that cannot hear a stop.
 pub const TOKENIZER_SAMPLE: usize = 200_000;
 
 impl Scenario {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use fedsim::report::{RunStatus, Summary};
 
-use crate::util::{root, small_file};
+use crate::util::{root, run_args, small_file};
 
 /// A `sim` child whose stderr is collected as it comes.
 struct Sim {
@@ -86,12 +86,6 @@ impl Sim {
 
 fn rounds_logged(dir: &Path) -> usize {
     std::fs::read_to_string(dir.join("rounds.jsonl")).map_or(0, |t| t.lines().count())
-}
-
-fn run_args<'a>(scen: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["run", scen, "--out", out, "--metrics-addr", "none"];
-    v.extend_from_slice(extra);
-    v
 }
 
 fn setup() -> (tempfile::TempDir, String, PathBuf) {
@@ -373,17 +367,7 @@ fn a_second_run_on_the_same_out_is_refused_and_the_first_keeps_its_files() {
 fn stop_during(stage: &str, records: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let scen = tmp.path().join("big.ron");
-    std::fs::write(
-        &scen,
-        format!(
-            r#"(name: "big", seed: 7, rounds: 2, model: (source: Tiny(vocab_size: 400)),
-               data: (source: Synthetic(records: {records}), eval_fraction: 0.01,
-                      max_seq_len: 64),
-               clients: (count: 4),
-               train: (local_steps: Some(1), batch_size: 2, lr_max: 5e-3, lr_min: 1e-3))"#
-        ),
-    )
-    .unwrap();
+    std::fs::write(&scen, big_scenario(records)).unwrap();
     let out = tmp.path().join("run");
     let mut sim = Sim::start(&run_args(
         scen.to_str().unwrap(),
@@ -405,9 +389,55 @@ fn stop_during(stage: &str, records: usize) {
     assert!(!out.exists(), "no directory is left behind");
 }
 
+fn big_scenario(records: usize) -> String {
+    format!(
+        r#"(name: "big", seed: 7, rounds: 2, model: (source: Tiny(vocab_size: 400)),
+           data: (source: Synthetic(records: {records}), eval_fraction: 0.01, max_seq_len: 64),
+           clients: (count: 4),
+           train: (local_steps: Some(1), batch_size: 2, lr_max: 5e-3, lr_min: 1e-3))"#
+    )
+}
+
+/// In the process, deterministically: a stop requested at a stage's first report ends
+/// preparation before that stage's next report, for every stage that reports as it goes.
 #[test]
-fn a_stop_during_generation_is_heard_within_seconds() {
-    stop_during("generating records", 3_000_000);
+fn preparation_hears_a_stop_at_every_stage() {
+    let s = fedsim::Scenario::from_ron(&big_scenario(60_000), Path::new("big.ron"), &[]).unwrap();
+    for stage in ["generating records", "partitioning", "tokenising"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("run");
+        let (trigger, shutdown) = fedsim::Shutdown::channel();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let progress: fedsim::sim::ProgressFn = Box::new(move |p| {
+            if let fedsim::sim::Progress::Stage {
+                stage: st, done, ..
+            } = p
+            {
+                log.lock().unwrap().push((st.to_string(), done));
+                if st == stage {
+                    trigger.request(fedsim::StopLevel::FinishRound);
+                }
+            }
+        });
+        let err = crate::util::run_full(&s, &out, shutdown, None, Some(progress)).unwrap_err();
+        assert!(
+            matches!(err, fedsim::SimError::InterruptedBeforeStart),
+            "{stage}: {err}"
+        );
+        let seen = seen.lock().unwrap();
+        let last = seen.last().unwrap();
+        assert_eq!(
+            last.0, stage,
+            "{stage}: reports went on after the stop: {seen:?}"
+        );
+        assert_eq!(
+            seen.iter().filter(|(st, _)| st == stage).count(),
+            1,
+            "{stage}: {seen:?}"
+        );
+        assert!(!out.exists(), "{stage}: no directory is left behind");
+    }
 }
 
 #[test]

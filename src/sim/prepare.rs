@@ -135,7 +135,10 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
     let tokenizer = match &base {
         Base::Generated => {
             progress("training the tokenizer", 0, 1)?;
-            let t = TextTokenizer::train(&data.train, s.model.vocab_size)?;
+            // The same sample `validate` checks the vocabulary on; it also bounds the one stage
+            // that cannot hear a stop (the tokenizers crate's trainer).
+            let sample = &data.train[..data.train.len().min(crate::scenario::TOKENIZER_SAMPLE)];
+            let t = TextTokenizer::train(sample, s.model.vocab_size)?;
             progress("training the tokenizer", 1, 1)?;
             t
         }
