@@ -46,6 +46,16 @@ pub enum PrivacyError {
         /// The smallest δ the PLD accountant accepts.
         min: f64,
     },
+    /// The PLD's tail mass is within δ, but its loss grid under- or overflows f64.
+    #[error("the PLD accountant cannot resolve epsilon at delta = {delta:e} after {rounds} rounds: its privacy-loss grid under- or overflows f64 (the truncated tail mass, {mass:e}, is within delta); use the RDP accountant")]
+    PldUnresolved {
+        /// Mass counted as infinite loss.
+        mass: f64,
+        /// δ.
+        delta: f64,
+        /// Rounds composed.
+        rounds: usize,
+    },
     /// The PLD's mass at infinite loss exceeds δ: it cannot certify a finite ε.
     #[error("the PLD accountant's truncated tail mass {mass:e} exceeds delta = {delta:e} after {rounds} rounds, so it cannot give a finite epsilon; use the RDP accountant")]
     PldTail {

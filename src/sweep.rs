@@ -77,6 +77,35 @@ impl Vary {
     }
 }
 
+/// Parse every `--vary`, refusing a path varied twice, or inside another varied path (one would
+/// silently override the other, and the table would show values that never ran).
+///
+/// # Errors
+/// [`SweepError::Vary`] for a bad argument or an overlapping path.
+pub fn parse_all(args: &[String]) -> Result<Vec<Vary>, SweepError> {
+    let varies: Vec<Vary> = args
+        .iter()
+        .map(|a| Vary::parse(a))
+        .collect::<Result<_, _>>()?;
+    let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}."));
+    for (i, v) in varies.iter().enumerate() {
+        if let Some(w) = varies[..i]
+            .iter()
+            .find(|w| inside(&v.path, &w.path) || inside(&w.path, &v.path))
+        {
+            return Err(SweepError::Vary {
+                arg: args[i].clone(),
+                message: format!(
+                    "`{}` is already varied by --vary {}=…; one would override the other: \
+                     give each path once, with all its values",
+                    v.path, w.path
+                ),
+            });
+        }
+    }
+    Ok(varies)
+}
+
 /// Every combination of the varied values, as `--set` arguments, first field slowest.
 pub fn combinations(varies: &[Vary]) -> Vec<Vec<String>> {
     varies.iter().fold(vec![Vec::new()], |acc, v| {

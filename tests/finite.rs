@@ -238,3 +238,32 @@ fn errors_name_the_real_cause_and_documented_forms_are_accepted() {
     let e = fedsim::fmt::chain(&r.unwrap_err());
     assert!(e.contains("server_lr, now 1e38"), "{e}");
 }
+
+#[test]
+fn empty_sets_and_overlapping_varies_are_refused_not_scored() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An empty PubMedQA file, and a split that keeps nothing.
+    let data = tmp.path().join("ori_pqal.json");
+    std::fs::write(&data, "{}").unwrap();
+    let e = fedsim::eval::pubmedqa::load(&data, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ori_pqal.json") && e.contains("no PubMedQA items"),
+        "{e}"
+    );
+    // The same --vary path twice, or one inside another, would print values that never ran.
+    for args in [
+        vec!["seed=1,2", "seed=3"],
+        vec![
+            "strategy.kind=Krum(byzantine: 1)",
+            "strategy.kind.Krum.byzantine=1,2",
+        ],
+    ] {
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        let e = fedsim::sweep::parse_all(&args).unwrap_err().to_string();
+        assert!(e.contains("already varied"), "{args:?}: {e}");
+    }
+    let ok: Vec<String> = vec!["seed=1,2".into(), "rounds=1,2".into()];
+    assert_eq!(fedsim::sweep::parse_all(&ok).unwrap().len(), 2);
+}

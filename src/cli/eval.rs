@@ -96,6 +96,9 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let items = match &a.pubmedqa {
         Some(p) => {
             let mut items = pubmedqa::load(p, a.split.as_deref())?;
+            if a.limit == Some(0) {
+                anyhow::bail!("--limit 0 scores no PubMedQA item; give at least 1");
+            }
             items.truncate(a.limit.unwrap_or(items.len()));
             Some(items)
         }

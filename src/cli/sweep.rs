@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use fedsim::report::{DirKind, Marker, RunDir, Summary};
-use fedsim::sweep::{combinations, csv, run_name, table, SweepRow, Vary};
+use fedsim::sweep::{combinations, csv, parse_all, run_name, table, SweepRow};
 use fedsim::{RunOptions, Scenario, StopLevel};
 
 use super::out::{out, outln};
@@ -29,11 +29,7 @@ pub struct SweepArgs {
 
 /// Validate every combination, then run them one after the other.
 pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
-    let varies: Vec<Vary> = a
-        .vary
-        .iter()
-        .map(|v| Vary::parse(v))
-        .collect::<Result<_, _>>()?;
+    let varies = parse_all(&a.vary)?;
     let combos = combinations(&varies);
     // Every combination is checked before the first runs: a bad value fails in seconds.
     let mut runs = Vec::with_capacity(combos.len());

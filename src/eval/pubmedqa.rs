@@ -105,7 +105,7 @@ pub fn load(path: &Path, split: Option<&Path>) -> Result<Vec<Item>, EvalError> {
         });
     }
     let Some(split) = split else {
-        return Ok(items);
+        return non_empty(items, path);
     };
     let truth: BTreeMap<String, String> = serde_json::from_str(&read(split)?)
         .map_err(|e| bad(split, format!("not a PMID -> answer object: {e}")))?;
@@ -123,7 +123,18 @@ pub fn load(path: &Path, split: Option<&Path>) -> Result<Vec<Item>, EvalError> {
         }
         kept.push(item.clone());
     }
-    Ok(kept)
+    non_empty(kept, split)
+}
+
+/// An empty set has no accuracy (not 0.000): refuse it, naming the file.
+fn non_empty(items: Vec<Item>, path: &Path) -> Result<Vec<Item>, EvalError> {
+    if items.is_empty() {
+        return Err(EvalError::Data {
+            path: path.to_path_buf(),
+            message: "holds no PubMedQA items; an empty set has no accuracy".into(),
+        });
+    }
+    Ok(items)
 }
 
 /// The first yes/no/maybe word of a generated answer (case-insensitive, whole words), as the

@@ -344,10 +344,18 @@ pub fn pld_epsilon(z: f64, q: f64, rounds: usize, delta: f64) -> Result<Guarante
         let e = epsilon_for_delta(&composed, DISCRETIZATION, delta);
         if !e.is_finite() {
             // Never print inf for a finite quantity: say why instead.
-            return Err(PrivacyError::PldTail {
-                mass: composed.infinity,
-                delta,
-                rounds,
+            let mass = composed.infinity;
+            return Err(match mass > delta {
+                true => PrivacyError::PldTail {
+                    mass,
+                    delta,
+                    rounds,
+                },
+                false => PrivacyError::PldUnresolved {
+                    mass,
+                    delta,
+                    rounds,
+                },
             });
         }
         epsilon = epsilon.max(e);
