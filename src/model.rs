@@ -68,6 +68,18 @@ pub enum ModelError {
         /// The first one's flat index.
         first: usize,
     },
+    /// A GGUF file shorter than its header says (an interrupted download, say).
+    #[error("{}: truncated GGUF file: tensor {tensor} ends at byte {end} but the file has {len} bytes; fetch it again", path.display())]
+    GgufTruncated {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The first tensor past the end.
+        tensor: String,
+        /// Where its bytes end.
+        end: u128,
+        /// The file's length.
+        len: u64,
+    },
     /// What went wrong in one file.
     #[error("{}", path.display())]
     InFile {

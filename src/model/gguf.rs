@@ -52,10 +52,48 @@ impl GgufHeader {
             path: path.to_path_buf(),
             source: plain(e),
         })?;
-        Ok(Self {
+        let header = Self {
             path: path.to_path_buf(),
             content,
-        })
+        };
+        header.check_integrity()?;
+        Ok(header)
+    }
+
+    /// What the header promises, checked against the file before any weight is read (so
+    /// `validate`, which reads only headers, refuses what loading would): every tensor of a
+    /// type fedsim dequantises, and every tensor's bytes inside the file.
+    fn check_integrity(&self) -> Result<(), ModelError> {
+        let len = std::fs::metadata(&self.path)
+            .map_err(|e| ModelError::File {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?
+            .len();
+        let mut names: Vec<&String> = self.content.tensor_infos.keys().collect();
+        names.sort();
+        for name in names {
+            let info = &self.content.tensor_infos[name];
+            if !SUPPORTED.contains(&info.ggml_dtype) {
+                return Err(self.unsupported(format!(
+                    "tensor {name} is {:?}; fedsim dequantises {SUPPORTED:?}",
+                    info.ggml_dtype
+                )));
+            }
+            // Widened: the counts are the file's numbers.
+            let bytes = info.shape.elem_count() as u128 / info.ggml_dtype.block_size() as u128
+                * info.ggml_dtype.type_size() as u128;
+            let end = u128::from(self.content.tensor_data_offset) + u128::from(info.offset) + bytes;
+            if end > u128::from(len) {
+                return Err(ModelError::GgufTruncated {
+                    path: self.path.clone(),
+                    tensor: name.clone(),
+                    end,
+                    len,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn unsupported(&self, problem: String) -> ModelError {
