@@ -1,5 +1,7 @@
-//! Non-finite inputs are refused by name (adapters, base weights, PEFT configs) and NaN scores
-//! cannot hang the ROC code.
+//! Numbers and inputs that cannot lie: non-finite inputs are refused by name (adapters, base
+//! weights, PEFT configs), NaN scores cannot hang the ROC code, user numbers cannot wrap,
+//! profiles keep simulated time finite, errors name the real cause, empty sets are not scored,
+//! and validate's memory estimate counts what a run holds.
 
 use std::path::Path;
 
@@ -266,4 +268,17 @@ fn empty_sets_and_overlapping_varies_are_refused_not_scored() {
     }
     let ok: Vec<String> = vec!["seed=1,2".into(), "rounds=1,2".into()];
     assert_eq!(fedsim::sweep::parse_all(&ok).unwrap().len(), 2);
+}
+
+#[test]
+fn validate_counts_canary_copies_in_the_memory_estimate() {
+    let none = scenario(SMALL, &["data.canaries=0"]).unwrap();
+    let many = scenario(
+        SMALL,
+        &["data.canaries=1000", "data.canary_repeats=1000"],
+    )
+    .unwrap();
+    // A million planted copies are a million more training records (~1.5 KB each).
+    let extra = many.memory.data - none.memory.data;
+    assert!((extra - 1536.0 * 1e6).abs() < 1.0, "{extra}");
 }

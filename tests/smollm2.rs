@@ -154,7 +154,10 @@ fn corrupt_truncated_and_foreign_gguf_files_are_clear_errors() {
         let m = message(&path);
         assert!(m.contains(name) && m.contains("GGUF"), "{m}");
         // The header alone (what `validate` reads) already refuses it.
-        assert!(GgufHeader::read(&path).is_err(), "{name}: the header read accepted it");
+        assert!(
+            GgufHeader::read(&path).is_err(),
+            "{name}: the header read accepted it"
+        );
     }
     // A well-formed GGUF of another architecture.
     let path = dir.path().join("gpt2.gguf");

@@ -85,12 +85,17 @@ pub struct Shape<'a> {
     pub slots: usize,
     /// Where the records come from.
     pub source: &'a DataSource,
+    /// Planted canary copies (canaries × repeats): training records like any other.
+    pub canary_copies: usize,
     /// `Some(values per update)` for the synthetic trainer (no model, no text).
     pub synthetic: Option<usize>,
     /// Updates a robust rule holds at once (clients sampled per round; 0: it streams) and the
     /// values of each.
     pub held_updates: (usize, usize),
 }
+
+/// Text, topic and token ids of one generated (or canary) record: about 1.5 KB.
+const RECORD_BYTES: f64 = 1536.0;
 
 /// Estimate peak memory.
 pub fn estimate(s: &Shape<'_>) -> MemoryEstimate {
@@ -138,14 +143,15 @@ pub fn estimate(s: &Shape<'_>) -> MemoryEstimate {
     };
     let training = f(s.slots) * act(f(s.batch_size), true);
     let evaluation = act(f(s.eval_batch_size), false);
-    let data = match s.source {
-        // Text, topic and token ids of a generated record: about 1.5 KB.
-        DataSource::Synthetic { records } => 1536.0 * f(*records),
-        // The file, parsed into strings, and token ids: about 4 × its size.
-        DataSource::Alpaca { path, .. } => {
-            4.0 * std::fs::metadata(path).map_or(0.0, |md| md.len() as f64)
-        }
-    };
+    let data = RECORD_BYTES * f(s.canary_copies)
+        + match s.source {
+            // Text, topic and token ids of a generated record: about 1.5 KB.
+            DataSource::Synthetic { records } => RECORD_BYTES * f(*records),
+            // The file, parsed into strings, and token ids: about 4 × its size.
+            DataSource::Alpaca { path, .. } => {
+                4.0 * std::fs::metadata(path).map_or(0.0, |md| md.len() as f64)
+            }
+        };
     MemoryEstimate {
         model,
         training,

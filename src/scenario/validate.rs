@@ -406,6 +406,7 @@ fn check_resources(
         max_seq_len: d.max_seq_len,
         slots: sl.count,
         source: &d.source,
+        canary_copies: d.canaries.saturating_mul(d.canary_repeats),
         held_updates: strategy::held_updates(file, synthetic.unwrap_or(adapter_values)),
     });
     if let Some(avail) = resources::available_memory() {
