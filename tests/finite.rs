@@ -210,6 +210,12 @@ fn errors_name_the_real_cause_and_documented_forms_are_accepted() {
     std::fs::write(&bom, format!("\u{feff}{SMALL}")).unwrap();
     let (ok, _, err) = sim(&["validate", bom.to_str().unwrap()]);
     assert!(ok, "{err}");
+    // A bare string is a string, whatever else it would parse as; variants still switch.
+    let s = scenario(SMALL, &["name=2024", "strategy.kind=FedAvgM(server_lr: 0.5)"]).unwrap();
+    assert_eq!(s.name, "2024");
+    assert!(s.to_ron().contains("FedAvgM"), "{}", s.to_ron());
+    let e = scenario(SMALL, &["rounds=abc"]).unwrap_err().to_string();
+    assert!(e.contains("rounds"), "{e}");
     // localhost:PORT is a HOST:PORT.
     let out = tmp.path().join("run");
     let (ok, _, err) = sim(&[

@@ -69,8 +69,21 @@ pub(super) fn apply(
         *node = value;
         // Re-normalise through the typed file so defaults of a newly set section exist for
         // the next override (`--set dp={...} --set dp.max_epsilon=8`).
-        let typed = serde_json::from_value::<ScenarioFile>(tree)
-            .map_err(|e| err(format!("`{path}` cannot take this value: {e}")))?;
+        let typed = match serde_json::from_value::<ScenarioFile>(tree.clone()) {
+            Ok(t) => t,
+            // A string field takes the text as written (`--set name=2024`), as the docs
+            // promise for bare strings, when what it parsed as does not fit.
+            Err(e) => {
+                let mut as_text = tree;
+                let mut at = &mut as_text;
+                for key in &keys {
+                    at = &mut at[*key];
+                }
+                *at = Value::String(raw.to_string());
+                serde_json::from_value::<ScenarioFile>(as_text)
+                    .map_err(|_| err(format!("`{path}` cannot take this value: {e}")))?
+            }
+        };
         tree = serde_json::to_value(&typed).expect("a scenario always serialises");
     }
     Ok(serde_json::from_value(tree).expect("checked after each override"))
