@@ -62,7 +62,7 @@ impl CostModel {
 }
 
 /// One client's round on the virtual clock (seconds; `start` is absolute, the rest durations).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, serde::Deserialize)]
 pub struct Timeline {
     /// When the client received the instructions.
     pub start: f64,

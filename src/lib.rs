@@ -31,7 +31,8 @@
 //!   norm-bounded FedAvg — each declaring what it needs and whether it composes with DP.
 //! - [`byzantine`]: Byzantine clients — update and data poisoning, backdoor success.
 //! - [`shutdown`]: stop requests (finish the round, or abandon it) from signals or tests.
-//! - [`sim`]: wires it all and records the run; [`report`]: the run directory;
+//! - [`sim`]: wires it all, records the run and resumes a stopped one from its last completed
+//!   round; [`report`]: the run directory, its ownership and its checkpoint;
 //!   [`compare`]: side-by-side table of runs.
 //! - [`sweep`]: a grid of `--vary` values, one run each, one table.
 //! - [`comm`]: communication cost of adapters vs. whole models (`sim comm`).
@@ -43,11 +44,13 @@
 //!   trained on the same data (`sim study`).
 //! - [`telemetry`]: Prometheus metric names, buckets and the per-run recorder.
 //! - [`rng`]: seed derivation, so results never depend on slot count or timing.
-//! - [`fmt`]: compact numbers and error chains for messages.
+//! - [`fmt`]: compact numbers and error chains for messages; [`bytes`]: f32 vectors as bytes in
+//!   serde formats.
 //! - [`host`]: process-wide allocator settings that `sim run` applies for LoRA training.
 
 pub mod actors;
 pub mod attack;
+pub mod bytes;
 pub mod byzantine;
 pub mod chart;
 pub mod clock;

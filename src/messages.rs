@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::Timeline;
 use crate::model::AdapterSet;
@@ -166,7 +166,7 @@ pub struct EvaluateIns {
 }
 
 /// Result of an evaluation on the held-out split.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvaluateRes {
     /// The round evaluated after.
     pub round: RoundId,
@@ -179,7 +179,7 @@ pub struct EvaluateRes {
 }
 
 /// One round's summary: a line of `rounds.jsonl` (flat keys).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoundSummary {
     /// The round (1-based).
     pub round: RoundId,
@@ -270,7 +270,7 @@ pub struct RoundSummary {
 }
 
 /// What Byzantine clients did in a round (flat keys in `rounds.jsonl`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ByzantineRound {
     /// Attackers among the sampled clients.
     pub byzantine_sampled: usize,
@@ -319,7 +319,7 @@ impl FitStatus {
 }
 
 /// Per-round DP metrics (flat keys `dp_*` in `rounds.jsonl`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DpRoundMetrics {
     /// ε after this round (RDP accountant) at `dp_delta`.
     pub dp_epsilon: f64,

@@ -3,18 +3,16 @@
 //! `running` until the run ends, then its final status; every file is replaced atomically)
 //! and the final adapter in PEFT's format.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 mod ownership;
+mod round_log;
 
 pub use ownership::{read_marker, DirKind, DirLock, Marker, LOCK_FILE, MARKER_FILE};
-
-use crate::messages::RoundSummary;
+pub use round_log::{read_journal, LogLengths, RoundLog, JOURNAL};
 
 /// Errors of writing or reading run directories.
 #[derive(Debug, thiserror::Error)]
@@ -117,11 +115,11 @@ impl RunDir {
         };
         if !created {
             // Read first: a directory fedsim may not use never receives even the lock file.
-            ownership::inspect(&path, marker)?;
+            ownership::inspect(&path, marker, false)?;
         }
         let lock = ownership::lock(&path)?;
         // Inspected again under the lock: no other fedsim process can write it meanwhile.
-        let stale = match ownership::inspect(&path, marker)? {
+        let stale = match ownership::inspect(&path, marker, true)? {
             ownership::Inspection::Empty => Vec::new(),
             ownership::Inspection::Unfinished(names) => names,
         };
@@ -143,6 +141,20 @@ impl RunDir {
     /// As [`RunDir::claim`].
     pub fn create(out: Option<&Path>, marker: &Marker) -> Result<Self, ReportError> {
         Self::claim(out, marker)?.begin()
+    }
+
+    /// A stopped run's directory `path`, locked to continue its run (`sim run --resume`), and
+    /// its marker.
+    ///
+    /// # Errors
+    /// When `path` is not a run directory fedsim marked, or another process holds it.
+    pub fn reopen(path: &Path) -> Result<(Self, Marker), ReportError> {
+        let (lock, marker) = ownership::reopen(path)?;
+        let dir = RunDir {
+            path: path.to_path_buf(),
+            _lock: Some(Arc::new(lock)),
+        };
+        Ok((dir, marker))
     }
 
     /// A finished run's directory, for tools that add files to it (`sim attack`).
@@ -174,6 +186,18 @@ impl RunDir {
         write_atomically(&self.path.join(name), bytes)
     }
 
+    /// Remove `name` if it is there.
+    ///
+    /// # Errors
+    /// On an I/O failure other than its absence.
+    pub fn remove(&self, name: &str) -> Result<(), ReportError> {
+        let path = self.path.join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Write `name` as pretty JSON.
     ///
     /// # Errors
@@ -185,20 +209,20 @@ impl RunDir {
         )
     }
 
-    /// Open `rounds.jsonl` and `clients.jsonl` for appending rounds.
+    /// A new round log (`rounds.jsonl`, `clients.jsonl`, the journal) for appending rounds.
     ///
     /// # Errors
     /// On an I/O failure.
     pub fn round_log(&self) -> Result<RoundLog, ReportError> {
-        let open = |name: &str| -> Result<(PathBuf, BufWriter<File>), ReportError> {
-            let path = self.path.join(name);
-            let f = File::create(&path).map_err(io(&path))?;
-            Ok((path, BufWriter::new(f)))
-        };
-        Ok(RoundLog {
-            rounds: open("rounds.jsonl")?,
-            clients: open("clients.jsonl")?,
-        })
+        RoundLog::create(&self.path)
+    }
+
+    /// The round log cut back to `lengths` (a checkpoint's), for a resumed run to append to.
+    ///
+    /// # Errors
+    /// On an I/O failure, or a file shorter than `lengths` says.
+    pub fn round_log_at(&self, lengths: LogLengths) -> Result<RoundLog, ReportError> {
+        RoundLog::reopen(&self.path, lengths)
     }
 }
 
@@ -216,7 +240,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
 }
 
 /// Every name fedsim writes into a run directory.
-pub const RUN_FILES: [&str; 14] = [
+pub const RUN_FILES: [&str; 16] = [
     "scenario.ron",
     "tokenizer.json",
     "canaries.json",
@@ -232,34 +256,12 @@ pub const RUN_FILES: [&str; 14] = [
     "base_model",
     "model.json",
     "server_state.safetensors",
+    JOURNAL,
+    CHECKPOINT,
 ];
 
-/// `rounds.jsonl` (one flushed line per round) and `clients.jsonl` (one line per sampled
-/// client and round).
-pub struct RoundLog {
-    rounds: (PathBuf, BufWriter<File>),
-    clients: (PathBuf, BufWriter<File>),
-}
-
-impl RoundLog {
-    /// Append one round and its clients.
-    ///
-    /// # Errors
-    /// On an I/O failure.
-    pub fn append(&mut self, round: &RoundSummary) -> Result<(), ReportError> {
-        let (path, out) = &mut self.clients;
-        for c in &round.clients {
-            let line = serde_json::to_string(c).expect("serialisable");
-            writeln!(out, "{line}").map_err(io(path))?;
-        }
-        out.flush().map_err(io(path))?;
-        let (path, out) = &mut self.rounds;
-        let line = serde_json::to_string(round).expect("serialisable");
-        writeln!(out, "{line}")
-            .and_then(|_| out.flush())
-            .map_err(io(path))
-    }
-}
+/// The state a stopped run resumes from (`sim run --resume`), replaced after every round.
+pub const CHECKPOINT: &str = "checkpoint.msgpack";
 
 /// `summary.json`: the run at a glance.
 #[derive(Debug, Clone, Serialize, Deserialize)]

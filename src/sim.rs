@@ -5,11 +5,14 @@
 //! `running` before round 1 and after each round, and replaced (atomically) with the final
 //! status — completed, interrupted, budget_exhausted or failed — at the end.
 
+mod checkpoint;
 mod prepare;
+mod resume;
 mod summary;
 mod wiring;
 
 pub use prepare::{prepare, prepare_with, prompt_text, Prepared};
+pub use resume::{resume, ResumeError};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +22,9 @@ use ractor::Actor;
 use tokio::sync::oneshot;
 
 use crate::actors::aggregator::{Aggregator, AggregatorArgs, AggregatorMsg};
-use crate::actors::server::{RoundSink, Server, ServerArgs, ServerMsg, ServerOutcome};
+use crate::actors::server::{
+    Resume, RoundSink, Server, ServerArgs, ServerMsg, ServerOutcome, ServerSnapshot,
+};
 use crate::data::DataError;
 use crate::devices::TraceError;
 use crate::messages::RoundSummary;
@@ -68,6 +73,9 @@ pub enum SimError {
         /// The error.
         message: String,
     },
+    /// A stopped run cannot be resumed.
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
     /// A stop was requested before the run directory existed: nothing was written.
     #[error("interrupted while preparing the data and model; nothing was written")]
     InterruptedBeforeStart,
@@ -152,10 +160,7 @@ pub async fn run(
     let claim = RunDir::claim(opts.out.as_deref(), &run_marker(s))?;
     // Preparation hears the stop itself (every stage report), so nothing runs on after it.
     let prep = prepare_off_executor(s, &mut opts, &shutdown).await?;
-    let layout = Arc::new(match s.file.trainer {
-        TrainerKind::Lora => AdapterLayout::new(&s.model, &s.lora),
-        TrainerKind::Synthetic { params } => AdapterLayout::flat(params),
-    });
+    let layout = layout_of(s);
     for line in setup_lines(s, &prep) {
         say(&mut opts, &line);
     }
@@ -168,7 +173,56 @@ pub async fn run(
         &mut opts,
         &format!("run directory: {}", dir.path().display()),
     );
+    let log = dir.round_log()?;
+    let stamp = Stamp {
+        fingerprint: run_marker(s).fingerprint,
+        inputs: checkpoint::inputs_fingerprint(&prep),
+    };
+    let begin = Begin {
+        book,
+        log,
+        stamp,
+        resume: None,
+    };
+    execute(s, &prep, layout, &dir, opts, shutdown, begin).await
+}
 
+/// Where the rounds start: a new run's, or a stopped run's continued.
+struct Begin {
+    /// The running summary.
+    book: Book,
+    /// The round log to append to.
+    log: crate::report::RoundLog,
+    /// What each checkpoint is stamped with.
+    stamp: Stamp,
+    /// The state a resumed run continues from.
+    resume: Option<crate::actors::server::Resume>,
+}
+
+/// The fingerprints every checkpoint carries.
+struct Stamp {
+    fingerprint: String,
+    inputs: String,
+}
+
+/// The adapter layout of `s`'s trainer.
+fn layout_of(s: &Scenario) -> Arc<AdapterLayout> {
+    Arc::new(match s.file.trainer {
+        TrainerKind::Lora => AdapterLayout::new(&s.model, &s.lora),
+        TrainerKind::Synthetic { params } => AdapterLayout::flat(params),
+    })
+}
+
+/// Run the rounds (the actors) from `begin` and write what the run leaves behind.
+async fn execute(
+    s: &Scenario,
+    prep: &Prepared,
+    layout: Arc<AdapterLayout>,
+    dir: &RunDir,
+    mut opts: RunOptions,
+    shutdown: Shutdown,
+    begin: Begin,
+) -> Result<RunReport, SimError> {
     let info = RunInfo {
         scenario: s.name.clone(),
         strategy: s.strategy().name().to_string(),
@@ -184,20 +238,36 @@ pub async fn run(
     };
     if let Some(t) = &opts.telemetry {
         t.run_info(&info);
+        // A resumed run's earlier rounds count in its metrics too.
+        for r in begin.resume.iter().flat_map(|r| &r.rounds) {
+            t.round(r, &begin.book.summary().slot_busy_seconds);
+        }
     }
     let observers = Observers {
         pace: opts.pace,
         progress: opts.progress.take(),
         telemetry: opts.telemetry.clone(),
     };
+    let Begin {
+        book,
+        log,
+        stamp,
+        resume,
+    } = begin;
     let book = Arc::new(std::sync::Mutex::new(Some(book)));
-    let result = run_actors(s, &prep, layout, &dir, observers, shutdown, book.clone()).await;
+    let recorder = Recorder {
+        dir: dir.clone(),
+        book: book.clone(),
+        log,
+        stamp,
+    };
+    let result = run_actors(s, prep, layout, observers, shutdown, recorder, resume).await;
     let book = book
         .lock()
         .ok()
         .and_then(|mut b| b.take())
         .expect("the round sink is gone once the actors have stopped");
-    finish_run(s, &prep, &dir, &info, book, result)
+    finish_run(s, prep, dir, &info, book, result)
 }
 
 /// What a run directory of `s` is marked with.
@@ -246,6 +316,11 @@ fn finish_run(
     let mut summary = book.finish(s, &outcome, busy);
     summary.backdoor = summary::backdoor(s, prep, &outcome.global)?;
     dir.write_json("summary.json", &summary)?;
+    if !matches!(summary.status, RunStatus::Interrupted | RunStatus::Failed) {
+        // An ended run has nothing to resume: its checkpoint and journal go.
+        dir.remove(crate::report::CHECKPOINT)?;
+        dir.remove(crate::report::JOURNAL)?;
+    }
     if summary.status == RunStatus::Failed {
         return Err(failed(summary.error.clone().unwrap_or_default()));
     }
@@ -382,29 +457,61 @@ struct Observers {
 
 type SharedBook = Arc<std::sync::Mutex<Option<Book>>>;
 
-/// The sink the server calls with each round: `rounds.jsonl`, the running summary, metrics,
-/// progress.
+/// What records each round in the run directory: the round log, the running summary and the
+/// checkpoint.
+struct Recorder {
+    dir: RunDir,
+    book: SharedBook,
+    log: crate::report::RoundLog,
+    stamp: Stamp,
+}
+
+impl Recorder {
+    /// Append the round, update `summary.json`, then replace the checkpoint — in that order,
+    /// so a kill at any point leaves a checkpoint whose round log is complete.
+    fn record(
+        &mut self,
+        r: &RoundSummary,
+        snapshot: &ServerSnapshot,
+        busy: Vec<f64>,
+    ) -> Result<(), ReportError> {
+        self.log.append(r)?;
+        let mut guard = self
+            .book
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(book) = guard.as_mut() else {
+            return Ok(());
+        };
+        book.round(r, busy);
+        self.dir.write_json("summary.json", book.summary())?;
+        checkpoint::CheckpointRef {
+            format: checkpoint::FORMAT,
+            fingerprint: &self.stamp.fingerprint,
+            inputs: &self.stamp.inputs,
+            logs: self.log.lengths(),
+            summary: book.summary(),
+            server: snapshot,
+        }
+        .write(&self.dir)
+    }
+}
+
+/// The sink the server calls with each round: the run directory, metrics, progress.
 fn round_sink(
-    dir: &RunDir,
+    mut recorder: Recorder,
     observers: Observers,
     busy: crate::slots::SlotBusy,
-    book: SharedBook,
-) -> Result<RoundSink, SimError> {
+) -> RoundSink {
     let Observers {
         mut progress,
         telemetry,
         ..
     } = observers;
-    let mut log = dir.round_log()?;
-    let summary_path = dir.clone();
-    Ok(Box::new(move |r: &RoundSummary| {
-        log.append(r).map_err(|e| crate::fmt::chain(&e))?;
-        if let Some(b) = book.lock().ok().as_mut().and_then(|b| b.as_mut()) {
-            b.round(r, busy.seconds());
-            summary_path
-                .write_json("summary.json", b.summary())
-                .map_err(|e| crate::fmt::chain(&e))?;
-        }
+    Box::new(move |r: &RoundSummary, snapshot: &ServerSnapshot| {
+        recorder
+            .record(r, snapshot, busy.seconds())
+            .map_err(|e| crate::fmt::chain(&e))?;
         if let Some(t) = &telemetry {
             t.round(r, &busy.seconds());
         }
@@ -412,26 +519,28 @@ fn round_sink(
             p(Progress::Round(r));
         }
         Ok(())
-    }))
+    })
 }
 
 async fn run_actors(
     s: &Scenario,
     prep: &Prepared,
     layout: Arc<AdapterLayout>,
-    dir: &RunDir,
     observers: Observers,
     shutdown: Shutdown,
-    book: SharedBook,
+    recorder: Recorder,
+    resume: Option<Resume>,
 ) -> Result<(ServerOutcome, Vec<f64>), SimError> {
+    let dir = recorder.dir.clone();
     let (initial, pool) = wiring::slot_pool(s, prep, &layout)?;
     let pace = observers.pace;
-    let sink = round_sink(dir, observers, pool.busy(), book)?;
+    let sink = round_sink(recorder, observers, pool.busy());
     let actor_err = |e: &dyn std::fmt::Display| SimError::Actor(e.to_string());
     let agg_args = AggregatorArgs {
         layout,
         strategy: s.strategy(),
         byzantine: s.file.system.byzantine.is_some(),
+        server_state: resume.as_ref().and_then(|r| r.snapshot.optimizer.clone()),
     };
     let (aggregator, agg_handle) = Actor::spawn(None, Aggregator, agg_args)
         .await
@@ -461,6 +570,7 @@ async fn run_actors(
         pace,
         shutdown: shutdown.clone(),
         done: tx,
+        resume,
     };
     let (server, server_handle) = Actor::spawn(None, Server, args)
         .await

@@ -211,7 +211,11 @@ fn errors_name_the_real_cause_and_documented_forms_are_accepted() {
     let (ok, _, err) = sim(&["validate", bom.to_str().unwrap()]);
     assert!(ok, "{err}");
     // A bare string is a string, whatever else it would parse as; variants still switch.
-    let s = scenario(SMALL, &["name=2024", "strategy.kind=FedAvgM(server_lr: 0.5)"]).unwrap();
+    let s = scenario(
+        SMALL,
+        &["name=2024", "strategy.kind=FedAvgM(server_lr: 0.5)"],
+    )
+    .unwrap();
     assert_eq!(s.name, "2024");
     assert!(s.to_ron().contains("FedAvgM"), "{}", s.to_ron());
     let e = scenario(SMALL, &["rounds=abc"]).unwrap_err().to_string();
@@ -279,11 +283,7 @@ fn empty_sets_and_overlapping_varies_are_refused_not_scored() {
 #[test]
 fn validate_counts_canary_copies_in_the_memory_estimate() {
     let none = scenario(SMALL, &["data.canaries=0"]).unwrap();
-    let many = scenario(
-        SMALL,
-        &["data.canaries=1000", "data.canary_repeats=1000"],
-    )
-    .unwrap();
+    let many = scenario(SMALL, &["data.canaries=1000", "data.canary_repeats=1000"]).unwrap();
     // A million planted copies are a million more training records (~1.5 KB each).
     let extra = many.memory.data - none.memory.data;
     assert!((extra - 1536.0 * 1e6).abs() < 1.0, "{extra}");

@@ -242,22 +242,32 @@ fn sigkill_leaves_a_directory_that_compare_reports_as_incomplete() {
         "{err}"
     );
     assert_eq!(rounds_logged(&out), before, "nothing deleted");
-    // The same scenario reuses it: its files are replaced, not mixed.
-    let t0 = std::time::SystemTime::now();
-    let mut again = Sim::start(&run_args(
+    // The same scenario does not start over on it (its rounds would be lost): it says how to
+    // continue, and --resume does.
+    let (ok, err) = self::sim(&run_args(
         &scen,
         out.to_str().unwrap(),
         &["--set", "rounds=500", "-q"],
     ));
-    again.wait_until(Duration::from_secs(120), "the new run's round 1", || {
-        let fresh = std::fs::metadata(out.join("rounds.jsonl"))
-            .and_then(|m| m.modified())
-            .is_ok_and(|m| m > t0);
-        fresh && rounds_logged(&out) >= 1
+    assert!(!ok && err.contains("sim run --resume"), "{err}");
+    assert_eq!(rounds_logged(&out), before, "nothing deleted");
+    let mut again = Sim::start(&[
+        "run",
+        "--resume",
+        out.to_str().unwrap(),
+        "--metrics-addr",
+        "none",
+        "--pace",
+        "60",
+    ]);
+    again.wait_until(Duration::from_secs(150), "a resumed round", || {
+        rounds_logged(&out) > before
     });
-    again.signal("TERM");
-    let (ok, _) = again.wait_exit(Duration::from_secs(60));
-    assert!(ok, "{}", again.stderr());
+    std::thread::sleep(Duration::from_millis(300));
+    again.signal("INT");
+    let (ok, secs) = again.wait_exit(Duration::from_secs(30));
+    assert!(ok && secs < 1.0, "took {secs:.2} s: {}", again.stderr());
+    assert!(again.stderr().contains("resuming"), "{}", again.stderr());
     let s = Summary::read(&out).unwrap();
     assert_eq!(s.status, RunStatus::Interrupted);
     assert_eq!(s.rounds_completed, rounds_logged(&out));

@@ -18,6 +18,7 @@ mod ops;
 mod ownership;
 mod privacy;
 mod property;
+mod resume;
 mod run;
 mod scale_async;
 mod scenario;

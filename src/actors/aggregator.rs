@@ -50,6 +50,8 @@ pub struct AggregatorArgs {
     pub strategy: Strategy,
     /// Whether some clients are Byzantine (then the honest-only aggregate is kept too).
     pub byzantine: bool,
+    /// The server optimiser's state a resumed run continues from (None: fresh).
+    pub server_state: Option<ServerState>,
 }
 
 /// How a DP round is aggregated.
@@ -155,8 +157,9 @@ impl Actor for Aggregator {
             reader: PayloadReader::new(layout),
             round: 0,
             dp: None,
-            server: match args.strategy {
-                Strategy::ServerOpt(o) => Some(ServerState::new(o, len)),
+            server: match (&args.strategy, args.server_state) {
+                (Strategy::ServerOpt(_), Some(state)) => Some(state),
+                (Strategy::ServerOpt(o), None) => Some(ServerState::new(*o, len)),
                 _ => None,
             },
             strategy: args.strategy,

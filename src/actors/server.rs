@@ -11,6 +11,10 @@ mod asynchronous;
 mod close;
 mod record;
 mod round;
+mod snapshot;
+
+pub use asynchronous::{AsyncSnapshot, FlightSnapshot};
+pub use snapshot::{Resume, ServerSnapshot};
 
 use close::close_round;
 use record::RoundState;
@@ -38,8 +42,9 @@ use crate::train::LocalTraining;
 /// Server actor.
 pub struct Server;
 
-/// Called with each finished round (progress display, run log).
-pub type RoundSink = Box<dyn FnMut(&RoundSummary) -> Result<(), String> + Send>;
+/// Called with each finished round and the server's state after it (progress display, run
+/// log, checkpoint).
+pub type RoundSink = Box<dyn FnMut(&RoundSummary, &ServerSnapshot) -> Result<(), String> + Send>;
 
 /// What the server needs to run.
 pub struct ServerArgs {
@@ -79,6 +84,8 @@ pub struct ServerArgs {
     pub pace: Option<std::time::Duration>,
     /// Where the outcome goes.
     pub done: oneshot::Sender<ServerOutcome>,
+    /// Where a resumed run continues from (None: round 1, after the baseline evaluation).
+    pub resume: Option<Resume>,
 }
 
 /// How the run ended.
@@ -176,6 +183,8 @@ pub struct ServerState {
     ledger: Option<PrivacyLedger>,
     stop: Option<EarlyStop>,
     done: Option<oneshot::Sender<ServerOutcome>>,
+    /// Continuing a stopped run (its baseline evaluation is in the snapshot).
+    resumed: bool,
 }
 
 impl Actor for Server {
@@ -193,7 +202,8 @@ impl Actor for Server {
         let done = Some(std::mem::replace(&mut args.done, tx));
         let global = args.initial.clone();
         let ledger = args.dp.clone().map(PrivacyLedger::new);
-        Ok(ServerState {
+        let resume = args.resume.take();
+        let mut st = ServerState {
             args,
             clients: HashMap::new(),
             by_actor: HashMap::new(),
@@ -209,7 +219,12 @@ impl Actor for Server {
             ledger,
             stop: None,
             done,
-        })
+            resumed: false,
+        };
+        if let Some(r) = resume {
+            snapshot::restore(&mut st, r);
+        }
+        Ok(st)
     }
 
     async fn handle(
@@ -219,7 +234,9 @@ impl Actor for Server {
         st: &mut ServerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ServerMsg::Start if !st.args.evaluate => me.send_message(ServerMsg::BeginRound)?,
+            ServerMsg::Start if !st.args.evaluate || st.resumed => {
+                me.send_message(ServerMsg::BeginRound)?;
+            }
             ServerMsg::Start => match evaluate(&st.args.slots, 0, None).await {
                 Ok(res) => {
                     st.baseline = Some(res);

@@ -24,14 +24,20 @@ const MAX_PACE: f64 = 86_400.0;
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// Scenario file (RON).
-    scenario: PathBuf,
+    #[arg(required_unless_present = "resume")]
+    scenario: Option<PathBuf>,
     /// Override a field in the scenario's own syntax: --set rounds=5
     /// --set 'partition=Dirichlet(alpha: 0.1)' --set train.local_steps=Some(3) (JSON works too).
     #[arg(long = "set", value_name = "PATH=VALUE")]
     set: Vec<String>,
-    /// Run directory (default runs/<name>-<timestamp>); must be new, empty, or an unfinished run.
+    /// Run directory (default runs/<name>-<timestamp>); must be new, empty, or an unfinished run
+    /// with no round done.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Continue the stopped run in DIR (interrupted, killed or failed) from its last completed
+    /// round, with the scenario it recorded; it ends as the run never stopped would have.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["scenario", "set", "out"])]
+    resume: Option<PathBuf>,
     /// Print only the final summary.
     #[arg(long, short)]
     quiet: bool,
@@ -51,7 +57,11 @@ pub struct RunArgs {
 
 /// Run the scenario and print its summary.
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
-    let scenario = Scenario::load(&a.scenario, &a.set)?;
+    let scenario = match (&a.scenario, &a.resume) {
+        (_, Some(dir)) => recorded_scenario(dir)?,
+        (Some(path), None) => Scenario::load(path, &a.set)?,
+        (None, None) => anyhow::bail!("give a scenario file, or --resume DIR"),
+    };
     if matches!(scenario.file.trainer, fedsim::trainer::TrainerKind::Lora) {
         // Before any thread starts; not for the synthetic trainer, whose runs of thousands of
         // clients keep their memory small rather than their allocations fast.
@@ -109,7 +119,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         telemetry,
         pace: a.pace.map(Duration::from_secs_f64),
     };
-    let report = runtime.block_on(fedsim::run(&scenario, opts, shutdown.clone()))?;
+    let report = match &a.resume {
+        Some(dir) => runtime.block_on(fedsim::sim::resume(dir, opts, shutdown.clone()))?,
+        None => runtime.block_on(fedsim::run(&scenario, opts, shutdown.clone()))?,
+    };
     print_summary(&report)?;
     if let (true, Some(addr)) = (a.linger > 0.0, bound) {
         eprintln!(
@@ -125,6 +138,18 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         });
     }
     Ok(())
+}
+
+/// The scenario a run directory recorded (what `--resume` continues).
+fn recorded_scenario(dir: &std::path::Path) -> anyhow::Result<Scenario> {
+    let path = dir.join("scenario.ron");
+    if !path.exists() {
+        anyhow::bail!(
+            "{}: no scenario.ron; --resume takes the directory of a run fedsim started",
+            dir.display()
+        );
+    }
+    Ok(Scenario::load(&path, &[])?)
 }
 
 /// The async runtime the subcommands run fedsim's actors on (they do little work: 2 workers).

@@ -14,6 +14,18 @@ pub struct PrivacyLedger {
     clip: f64,
     rounds: usize,
     last_q: f64,
+    /// The sampling rate of every round recorded, in order (what a resumed run replays).
+    rates: Vec<f64>,
+}
+
+/// What a ledger needs to continue where it stopped: the rates composed so far (replayed, so
+/// the accountant's state is the same to the bit) and the clipping norm in force.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LedgerSnapshot {
+    /// Sampling rate of each recorded round.
+    pub rates: Vec<f64>,
+    /// The clipping norm in force (adaptive clipping moves it).
+    pub clip: f64,
 }
 
 impl PrivacyLedger {
@@ -28,6 +40,25 @@ impl PrivacyLedger {
             clip,
             rounds: 0,
             last_q: 0.0,
+            rates: Vec::new(),
+        }
+    }
+
+    /// A ledger of `plan` that has recorded what `snap` says.
+    pub fn resume(plan: DpPlan, snap: &LedgerSnapshot) -> Self {
+        let mut ledger = Self::new(plan);
+        for &q in &snap.rates {
+            ledger.record(q);
+        }
+        ledger.clip = snap.clip;
+        ledger
+    }
+
+    /// What [`PrivacyLedger::resume`] needs.
+    pub fn snapshot(&self) -> LedgerSnapshot {
+        LedgerSnapshot {
+            rates: self.rates.clone(),
+            clip: self.clip,
         }
     }
 
@@ -88,6 +119,7 @@ impl PrivacyLedger {
         self.last = Some(g);
         self.rounds += 1;
         self.last_q = q;
+        self.rates.push(q);
         g
     }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{io, ReportError, RunStatus, Summary, RUN_FILES};
+use super::{io, ReportError, RunStatus, Summary, CHECKPOINT, RUN_FILES};
 
 /// The lock file: held (flock) while a process writes the directory; its text names the holder.
 pub const LOCK_FILE: &str = ".fedsim.lock";
@@ -124,7 +124,9 @@ fn refusal(dir: &Path, message: String) -> ReportError {
 }
 
 /// Inspect locked `dir` for a new `want`: refuse anything fedsim may not replace.
-pub(super) fn inspect(dir: &Path, want: &Marker) -> Result<Inspection, ReportError> {
+/// `locked`: whether this process holds the lock (a run still in progress is refused by the
+/// lock, with its holder named, before its checkpoint is taken for a stopped run's).
+pub(super) fn inspect(dir: &Path, want: &Marker, locked: bool) -> Result<Inspection, ReportError> {
     let content: Vec<String> = entries(dir)?
         .into_iter()
         .filter(|n| n != LOCK_FILE && n != MARKER_FILE)
@@ -163,7 +165,7 @@ pub(super) fn inspect(dir: &Path, want: &Marker) -> Result<Inspection, ReportErr
             ),
         ));
     }
-    check_unfinished_run(dir, &marker, want, &content)?;
+    check_unfinished_run(dir, &marker, want, &content, locked)?;
     Ok(Inspection::Unfinished(content))
 }
 
@@ -174,6 +176,7 @@ fn check_unfinished_run(
     marker: &Marker,
     want: &Marker,
     content: &[String],
+    locked: bool,
 ) -> Result<(), ReportError> {
     if dir.join("summary.json").exists() {
         let summary = Summary::read(dir).map_err(|e| {
@@ -190,8 +193,22 @@ fn check_unfinished_run(
             return Err(refusal(
                 dir,
                 format!(
-                    "already holds a finished run (status {}); choose another --out",
-                    summary.status
+                    "already holds a finished run (status {}); {}choose another --out",
+                    summary.status,
+                    resume_hint(dir, summary.status == RunStatus::Interrupted)
+                ),
+            ));
+        }
+        if locked && dir.join(CHECKPOINT).exists() && summary.rounds_completed > 0 {
+            // Starting over would throw away rounds that can be continued.
+            return Err(refusal(
+                dir,
+                format!(
+                    "holds an unfinished run (status {}) with {} rounds done; {}or remove the \
+                     directory to start over, or choose another --out",
+                    summary.status,
+                    summary.rounds_completed,
+                    resume_hint(dir, true)
                 ),
             ));
         }
@@ -222,6 +239,48 @@ fn check_unfinished_run(
         ));
     }
     Ok(())
+}
+
+/// "continue it with `sim run --resume DIR`; " when `resumable`.
+fn resume_hint(dir: &Path, resumable: bool) -> String {
+    if resumable {
+        format!("continue it with `sim run --resume {}`, ", dir.display())
+    } else {
+        String::new()
+    }
+}
+
+/// Lock `dir`, a run directory fedsim marked, to continue its run (`sim run --resume`).
+pub(super) fn reopen(dir: &Path) -> Result<(DirLock, Marker), ReportError> {
+    if !dir.is_dir() {
+        return Err(refusal(
+            dir,
+            "is not a directory; --resume takes the run directory of a stopped run".into(),
+        ));
+    }
+    let marker = match read_marker(dir)? {
+        Some(m) if m.kind == DirKind::Run => m,
+        Some(m) => {
+            return Err(refusal(
+                dir,
+                format!(
+                    "holds a fedsim {} (`{}`), not a run; --resume takes a run directory",
+                    m.kind.as_str(),
+                    m.name
+                ),
+            ))
+        }
+        None => {
+            return Err(refusal(
+                dir,
+                format!(
+                    "has no fedsim marker ({MARKER_FILE}): it is not a run directory fedsim \
+                     wrote, or one from a version before runs could be resumed"
+                ),
+            ))
+        }
+    };
+    Ok((lock(dir)?, marker))
 }
 
 /// Make `--out` directory `dir` (its parents too); whether this call created it. Atomic, so

@@ -57,6 +57,18 @@ impl Book {
         Self { summary, started }
     }
 
+    /// A stopped run's summary (from its checkpoint), running again; its wall time goes on
+    /// from where it stopped.
+    pub(super) fn resumed(mut summary: Summary, started: Instant) -> Self {
+        summary.status = RunStatus::Running;
+        summary.error = None;
+        summary.stop_reason = None;
+        let before =
+            std::time::Duration::try_from_secs_f64(summary.wall_seconds).unwrap_or_default();
+        let started = started.checked_sub(before).unwrap_or(started);
+        Self { summary, started }
+    }
+
     /// The summary as it stands.
     pub(super) fn summary(&self) -> &Summary {
         &self.summary

@@ -78,14 +78,16 @@ impl ServerOptimizer {
     }
 }
 
-/// The optimiser's state across rounds.
-#[derive(Debug, Clone, PartialEq)]
+/// The optimiser's state across rounds (saved in a run's checkpoint, exactly).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerState {
     /// Which optimiser.
     pub optimizer: ServerOptimizer,
     /// First moment (momentum).
+    #[serde(with = "crate::bytes::f32s")]
     pub m: Vec<f32>,
     /// Second moment (empty for FedAvgM).
+    #[serde(with = "crate::bytes::f32s")]
     pub v: Vec<f32>,
     /// Steps taken.
     pub steps: u64,
@@ -196,6 +198,36 @@ impl ServerState {
             ),
             ("steps".to_string(), self.steps.to_string()),
         ]);
-        safetensors::tensor::serialize(views, Some(metadata))
+        let bytes = safetensors::tensor::serialize(views, Some(metadata))?;
+        Ok(sorted_header(bytes))
     }
+}
+
+/// `bytes` with its safetensors header's keys in sorted order. safetensors writes the metadata
+/// map in `HashMap` order, which differs from run to run; the same state must give the same
+/// file. The data (and the offsets, relative to it) are unchanged.
+fn sorted_header(bytes: Vec<u8>) -> Vec<u8> {
+    let parsed = bytes
+        .get(..8)
+        .and_then(|n| usize::try_from(u64::from_le_bytes(n.try_into().ok()?)).ok())
+        .and_then(|n| Some((n, bytes.get(8..8 + n)?)))
+        .and_then(|(n, h)| {
+            Some((
+                n,
+                serde_json::from_slice::<std::collections::BTreeMap<String, serde_json::Value>>(h)
+                    .ok()?,
+            ))
+        });
+    let Some((n, header)) = parsed else {
+        return bytes; // not reached: safetensors wrote it
+    };
+    let mut text = serde_json::to_string(&header).expect("JSON values serialise");
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
 }

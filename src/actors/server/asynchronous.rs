@@ -19,7 +19,7 @@ use super::{finish, retire_client, spawn_clients, ServerMsg, ServerState};
 use crate::actors::aggregator::AggregatorMsg;
 use crate::actors::client::ClientMsg;
 use crate::clock::Timeline;
-use crate::messages::{ClientId, CrashCause, FitIns, FitRes, FitStatus};
+use crate::messages::{ClientId, CrashCause, FitConfig, FitIns, FitRes, FitStatus};
 use crate::rng::{purpose, rng_for};
 use crate::shutdown::StopLevel;
 use crate::stragglers::{Staleness, Stragglers};
@@ -41,6 +41,8 @@ pub(super) struct AsyncState {
     /// The serialised global adapter of the current version.
     payload: Option<(usize, Arc<Vec<u8>>)>,
     started: bool,
+    /// Flights of a resumed run, dispatched again (same plan, model and config) at the start.
+    resumed: Vec<Flight>,
 }
 
 struct Flight {
@@ -51,6 +53,125 @@ struct Flight {
     crashed: bool,
     timeline: Timeline,
     tokens: usize,
+    /// The dispatch it is (its plan's key) and when it started.
+    key: u64,
+    start: f64,
+    /// The model it trains from, and how.
+    payload: Arc<Vec<u8>>,
+    config: FitConfig,
+}
+
+/// The clients in flight at a round boundary, with the models they train from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AsyncSnapshot {
+    /// Aggregations done.
+    pub version: usize,
+    /// Dispatches so far.
+    pub dispatched: u64,
+    /// The clients training, in virtual arrival order.
+    pub flights: Vec<FlightSnapshot>,
+    /// The serialised global adapter of each model version a flight started from.
+    pub payloads: Vec<(usize, serde_bytes::ByteBuf)>,
+}
+
+/// One client in flight.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FlightSnapshot {
+    /// The client.
+    pub client: ClientId,
+    /// Its arrival (or crash) on the virtual clock.
+    pub at: f64,
+    /// The model version it started from.
+    pub v_start: usize,
+    /// Whether it crashes before uploading.
+    pub crashed: bool,
+    /// Its timeline.
+    pub timeline: Timeline,
+    /// Tokens it trains on.
+    pub tokens: usize,
+    /// Its dispatch number (the key of its plan and training draws).
+    pub key: u64,
+    /// When it was dispatched.
+    pub start: f64,
+    /// Its learning rate and client-side clip.
+    pub lr: f64,
+    /// See `lr`.
+    pub clip_norm: Option<f64>,
+}
+
+impl AsyncState {
+    /// The loop's state after a round was recorded.
+    pub(super) fn snapshot(&self) -> AsyncSnapshot {
+        let mut payloads: Vec<(usize, serde_bytes::ByteBuf)> = Vec::new();
+        for f in &self.flights {
+            if !payloads.iter().any(|(v, _)| *v == f.v_start) {
+                payloads.push((f.v_start, serde_bytes::ByteBuf::from(f.payload.to_vec())));
+            }
+        }
+        AsyncSnapshot {
+            version: self.version,
+            dispatched: self.dispatched,
+            flights: self
+                .flights
+                .iter()
+                .map(|f| FlightSnapshot {
+                    client: f.client,
+                    at: f.at,
+                    v_start: f.v_start,
+                    crashed: f.crashed,
+                    timeline: f.timeline,
+                    tokens: f.tokens,
+                    key: f.key,
+                    start: f.start,
+                    lr: f.config.lr,
+                    clip_norm: f.config.clip_norm,
+                })
+                .collect(),
+            payloads,
+        }
+    }
+
+    /// Continue from `snap`, taken when a round closed at `clock` (after a recorded round the
+    /// asynchronous clock is the round's close); its flights are dispatched again when the
+    /// loop begins.
+    pub(super) fn restore(
+        &mut self,
+        snap: AsyncSnapshot,
+        local: &crate::train::LocalTraining,
+        clock: f64,
+    ) {
+        self.now = clock;
+        let payloads: Vec<(usize, Arc<Vec<u8>>)> = snap
+            .payloads
+            .into_iter()
+            .map(|(v, b)| (v, Arc::new(b.into_vec())))
+            .collect();
+        self.version = snap.version;
+        self.dispatched = snap.dispatched;
+        self.resumed = snap
+            .flights
+            .into_iter()
+            .filter_map(|f| {
+                let payload = payloads.iter().find(|(v, _)| *v == f.v_start)?.1.clone();
+                Some(Flight {
+                    client: f.client,
+                    at: f.at,
+                    v_start: f.v_start,
+                    crashed: f.crashed,
+                    timeline: f.timeline,
+                    tokens: f.tokens,
+                    key: f.key,
+                    start: f.start,
+                    payload,
+                    config: FitConfig {
+                        lr: f.lr,
+                        local: local.clone(),
+                        clip_norm: f.clip_norm,
+                    },
+                })
+            })
+            .collect();
+    }
 }
 
 fn params(st: &ServerState) -> (usize, usize, Staleness) {
@@ -74,6 +195,7 @@ pub(super) async fn begin(
     }
     if !st.asyn.started {
         st.asyn.started = true;
+        redispatch(me, st).await?;
         refill(me, st).await?;
     }
     advance(me, st).await
@@ -312,17 +434,64 @@ async fn dispatch(
         crashed: plan.crash.is_some(),
         timeline: plan.timeline,
         tokens: plan.tokens,
+        key,
+        start: now,
+        payload,
+        config: super::round::fit_config(st),
     };
+    fly(st, &actor, flight);
+    Ok(())
+}
+
+/// Send a planned flight's `FitIns` (unless it crashes first) and put it in arrival order.
+fn fly(st: &mut ServerState, actor: &ractor::ActorRef<ClientMsg>, flight: Flight) {
     if !flight.crashed {
         let ins = FitIns {
-            round: key as usize,
-            payload,
-            config: super::round::fit_config(st),
+            round: flight.key as usize,
+            payload: flight.payload.clone(),
+            config: flight.config.clone(),
         };
         let _ = actor.send_message(ClientMsg::Fit(ins));
     }
-    let key = (flight.at, flight.client);
-    let at = st.asyn.flights.partition_point(|f| (f.at, f.client) < key);
+    let order = (flight.at, flight.client);
+    let at = st
+        .asyn
+        .flights
+        .partition_point(|f| (f.at, f.client) < order);
     st.asyn.flights.insert(at, flight);
+}
+
+/// A resumed run's flights: each client plans the same dispatch again (its plan is a pure
+/// function of the dispatch) and trains from the model it started from, so its update, and
+/// everything after, is what the stopped run would have had.
+async fn redispatch(
+    me: &ActorRef<ServerMsg>,
+    st: &mut ServerState,
+) -> Result<(), ActorProcessingErr> {
+    for flight in std::mem::take(&mut st.asyn.resumed) {
+        let c = flight.client;
+        spawn_clients(me, st, &[c]).await?;
+        let Some(actor) = st.clients.get(&c).cloned() else {
+            continue;
+        };
+        let bytes = flight.payload.len() as u64;
+        let planned = ractor::call!(actor, |reply| ClientMsg::Plan {
+            round: flight.key as usize,
+            start: flight.start,
+            down_bytes: bytes,
+            up_bytes: bytes,
+            reply,
+        });
+        if let Err(e) = planned {
+            st.alive[c] = false;
+            let status = FitStatus::Crashed {
+                at: flight.start,
+                cause: CrashCause::Panicked(e.to_string()),
+            };
+            st.current.count(c, &status, None);
+            continue;
+        }
+        fly(st, &actor, flight);
+    }
     Ok(())
 }

@@ -123,7 +123,8 @@ async fn record(
     }
     let summary = st.current.summary(facts);
     st.clock = st.current.close_at;
-    if let Err(e) = (st.args.sink)(&summary) {
+    let snapshot = super::snapshot::take(st, st.summaries.len() + 1).await?;
+    if let Err(e) = (st.args.sink)(&summary, &snapshot) {
         st.summaries.push(summary);
         finish(me, st, Some(format!("cannot record round {round}: {e}")));
         return Ok(());
@@ -190,7 +191,8 @@ pub(super) async fn short_round(
     if st.args.system.short_round == ShortRound::Stop {
         let summary = st.current.summary(facts);
         st.clock = st.current.close_at;
-        let _ = (st.args.sink)(&summary);
+        let snapshot = super::snapshot::take(st, st.summaries.len() + 1).await?;
+        let _ = (st.args.sink)(&summary, &snapshot);
         st.summaries.push(summary);
         st.stop = Some(EarlyStop::TooFewClients(format!("round {round}: {why}")));
         finish(me, st, None);

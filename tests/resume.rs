@@ -1,0 +1,244 @@
+//! `sim run --resume`: a run stopped after round k — by a signal, by SIGKILL at any moment —
+//! and resumed ends bit-identical to the same run never stopped: the adapter, the server
+//! optimiser's state and every deterministic number of `rounds.jsonl`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fedsim::report::{RunStatus, Summary};
+use fedsim::{RunOptions, Shutdown, StopLevel};
+
+use crate::util::{round_metrics, run, run_full, scenario, sim, stop_after_round, DP, SMALL};
+
+/// Resume `dir` in this process until `shutdown`.
+fn resume(
+    dir: &Path,
+    shutdown: Shutdown,
+    progress: Option<fedsim::sim::ProgressFn>,
+) -> Result<fedsim::RunReport, fedsim::SimError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let opts = RunOptions {
+        out: None,
+        progress,
+        telemetry: None,
+        pace: None,
+    };
+    rt.block_on(fedsim::sim::resume(dir, opts, shutdown))
+}
+
+/// The files a finished run's adapter and optimiser live in, byte for byte.
+fn state_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    ["adapter_model.safetensors", "server_state.safetensors"]
+        .iter()
+        .filter_map(|n| Some((n.to_string(), std::fs::read(dir.join(n)).ok()?)))
+        .collect()
+}
+
+/// The same run, whole and stopped-then-resumed, agree to the bit.
+fn assert_same_run(whole: &Path, resumed: &Path) {
+    assert_eq!(
+        round_metrics(whole),
+        round_metrics(resumed),
+        "rounds.jsonl identical"
+    );
+    let (a, b) = (state_files(whole), state_files(resumed));
+    assert!(!a.is_empty(), "the run saved an adapter");
+    assert_eq!(a.len(), b.len(), "the same files");
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(
+            x == y,
+            "{name} differs between the whole and the resumed run"
+        );
+    }
+    let clients = |d: &Path| std::fs::read_to_string(d.join("clients.jsonl")).unwrap();
+    assert_eq!(clients(whole), clients(resumed), "clients.jsonl identical");
+    let s = Summary::read(resumed).unwrap();
+    assert_eq!(s.status, RunStatus::Completed);
+    let w = Summary::read(whole).unwrap();
+    assert_eq!(s.rounds_completed, w.rounds_completed);
+    assert_eq!(s.final_eval_loss.to_bits(), w.final_eval_loss.to_bits());
+    assert_eq!(s.bytes_up_total, w.bytes_up_total);
+    assert_eq!(s.dp.map(|d| d.epsilon), w.dp.map(|d| d.epsilon));
+    assert!(
+        !resumed.join(fedsim::report::CHECKPOINT).exists(),
+        "a completed run keeps no checkpoint"
+    );
+}
+
+/// Stop `set`'s run after round `k` by a stop request, resume it, compare with the whole run.
+fn stop_resume_compare(set: &[&str], k: usize) {
+    let s = scenario(SMALL, set).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (whole, parts) = (tmp.path().join("whole"), tmp.path().join("parts"));
+    run(&s, &whole);
+    let (stop, progress) = stop_after_round(k, StopLevel::FinishRound);
+    let first = run_full(&s, &parts, stop, None, Some(progress)).unwrap();
+    assert_eq!(first.summary.status, RunStatus::Interrupted);
+    assert_eq!(first.rounds.len(), k);
+    let report = resume(&parts, Shutdown::never(), None).unwrap();
+    assert_eq!(report.rounds.len(), s.rounds, "the outcome has every round");
+    assert_same_run(&whole, &parts);
+    // metrics.om counts every round, those before the stop included.
+    let om = std::fs::read_to_string(parts.join("metrics.om")).unwrap();
+    assert!(
+        om.contains(&format!("fedsim_rounds_completed_total {}", s.rounds))
+            || om.contains(&format!("fedsim_round {}", s.rounds)),
+        "metrics.om covers all rounds:\n{om}"
+    );
+}
+
+#[test]
+fn a_run_stopped_after_round_k_resumes_bit_identical() {
+    stop_resume_compare(&["rounds=4"], 2);
+}
+
+#[test]
+fn dp_and_a_server_optimiser_resume_bit_identical() {
+    // Ledger (ε composition, replayed) and FedAdam's moments (saved exactly).
+    stop_resume_compare(
+        &[
+            "rounds=4",
+            DP,
+            "strategy.kind=FedAdam(server_lr: 0.01)",
+            "dp.max_epsilon=None",
+        ],
+        1,
+    );
+}
+
+#[test]
+fn asynchronous_aggregation_resumes_with_its_clients_in_flight() {
+    // Clients still training at the stop train again from the model they started from.
+    stop_resume_compare(
+        &[
+            "rounds=5",
+            "clients.count=6",
+            "system.stragglers=Async(buffer: 2, concurrency: 3)",
+            "system.profiles=Drawn(flops: LogNormal(median: 2e9, sigma: 1.5), up_mbps: \
+             LogNormal(median: 1.0, sigma: 1.0), down_mbps: LogNormal(median: 20.0, sigma: 0.5), \
+             latency_s: Uniform(low: 0.02, high: 0.3))",
+        ],
+        2,
+    );
+}
+
+#[test]
+fn crashed_clients_stay_dead_after_a_resume() {
+    stop_resume_compare(
+        &[
+            "rounds=4",
+            "system.inject_panic=[1]",
+            "strategy.fraction_fit=1.0",
+            "system.crash_probability=0.2",
+        ],
+        2,
+    );
+}
+
+/// The scenario file for the process tests, with `rounds`.
+fn small_rounds(dir: &Path, rounds: usize) -> PathBuf {
+    let p = dir.join("small.ron");
+    std::fs::write(&p, SMALL.replace("rounds: 4", &format!("rounds: {rounds}"))).unwrap();
+    p
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+#[test]
+fn a_run_killed_at_any_moment_resumes_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scen = small_rounds(tmp.path(), 6);
+    let scen = scen.to_str().unwrap();
+    let whole = tmp.path().join("whole");
+    let (ok, _, err) = sim(&crate::util::run_args(scen, whole.to_str().unwrap(), &[]));
+    assert!(ok, "{err}");
+    // Killed at a few moments: after round 1 is recorded, and a little later (mid-round or
+    // between the round log and the checkpoint, wherever the kill falls).
+    for (i, extra_ms) in [0u64, 150].into_iter().enumerate() {
+        let dir = tmp.path().join(format!("killed{i}"));
+        let args = crate::util::run_args(scen, dir.to_str().unwrap(), &[]);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sim"))
+            .args(&args)
+            .current_dir(crate::util::root())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while lines(&dir.join("rounds.jsonl")) < 1 + i {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "no round recorded"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(extra_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert_eq!(Summary::read(&dir).unwrap().status, RunStatus::Running);
+        let (ok, _, err) = sim(&[
+            "run",
+            "--resume",
+            dir.to_str().unwrap(),
+            "--metrics-addr",
+            "none",
+        ]);
+        assert!(ok, "resume after SIGKILL {i}: {err}");
+        assert!(err.contains("resuming"), "{err}");
+        assert_same_run(&whole, &dir);
+    }
+}
+
+#[test]
+fn what_cannot_be_resumed_is_refused_and_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scen = small_rounds(tmp.path(), 2);
+    let scen = scen.to_str().unwrap();
+    let done = tmp.path().join("done");
+    assert!(sim(&crate::util::run_args(scen, done.to_str().unwrap(), &[])).0);
+    let before = std::fs::read(done.join("rounds.jsonl")).unwrap();
+    let (ok, _, err) = sim(&["run", "--resume", done.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("status completed") && err.contains("nothing to resume"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(done.join("rounds.jsonl")).unwrap(), before);
+    // Not a run directory.
+    let (ok, _, err) = sim(&["run", "--resume", tmp.path().to_str().unwrap()]);
+    assert!(!ok && err.contains("no scenario.ron"), "{err}");
+    // --resume takes no scenario, --set or --out.
+    let (ok, _, err) = sim(&["run", scen, "--resume", done.to_str().unwrap()]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+
+    // An interrupted run: `--out` on it refuses and says how to continue; an edited
+    // scenario.ron is refused by --resume.
+    let s = scenario(SMALL, &["rounds=3"]).unwrap();
+    let part = tmp.path().join("part");
+    let (stop, progress) = stop_after_round(1, StopLevel::FinishRound);
+    run_full(&s, &part, stop, None, Some(progress)).unwrap();
+    let (ok, _, err) = sim(&crate::util::run_args(scen, part.to_str().unwrap(), &[]));
+    assert!(!ok && err.contains("sim run --resume"), "{err}");
+    let recorded = std::fs::read_to_string(part.join("scenario.ron")).unwrap();
+    std::fs::write(
+        part.join("scenario.ron"),
+        recorded.replace("seed: 7", "seed: 8"),
+    )
+    .unwrap();
+    let (ok, _, err) = sim(&["run", "--resume", part.to_str().unwrap()]);
+    assert!(!ok && err.contains("scenario.ron was changed"), "{err}");
+    std::fs::write(part.join("scenario.ron"), &recorded).unwrap();
+    // Restored, it resumes (and can be stopped and resumed again).
+    let (stop, progress) = stop_after_round(2, StopLevel::FinishRound);
+    let r = resume(&part, stop, Some(progress)).unwrap();
+    assert_eq!(r.summary.status, RunStatus::Interrupted);
+    assert_eq!(r.rounds.len(), 2);
+    let r = resume(&part, Shutdown::never(), None).unwrap();
+    assert_eq!(r.summary.status, RunStatus::Completed);
+    assert_eq!(r.rounds.len(), 3);
+}
