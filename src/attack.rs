@@ -86,10 +86,17 @@ pub enum AttackError {
     /// The ROC chart could not be drawn.
     #[error("drawing the ROC chart: {0}")]
     Chart(String),
+    /// A stop was requested (a signal) before the attacks finished: nothing was written.
+    #[error("stopped before the attacks finished; attack.json was not written")]
+    Stopped(#[from] Stopped),
 }
 
-/// Receives `(stage, done, total)` as the attacks progress.
-pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
+/// Receives `(stage, done, total)` as the attacks progress — at least once per batch of
+/// scoring or per generated sample, however long a stage is — and answers
+/// `Err(Stopped)` to stop the attacks there.
+pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize) -> Result<(), Stopped>;
+
+pub use crate::data::Stopped;
 
 /// How much work the attacks do.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -192,6 +199,7 @@ pub fn attack(
 ) -> Result<AttackReport, AttackError> {
     let started = Instant::now();
     let t = Target::open(dir)?;
+    progress("loading the run", 1, 1)?;
     let slots = slots::ScoringSlots::new(plan.slots, plan.threads_per_slot, plan.batch)
         .map_err(AttackError::Slots)?;
     let split = membership::split(&t, plan.members)?;

@@ -65,6 +65,9 @@ pub struct PubMedQaResult {
     pub majority_baseline: f64,
     /// Each item.
     pub scored: Vec<Scored>,
+    /// Items asked for; more than `items` when a stop request ended the scoring early (the
+    /// accuracies and the baseline are then over the first `items`).
+    pub planned: usize,
 }
 
 /// The model plus what it needs to read and write text.
@@ -149,15 +152,21 @@ impl Evaluator<'_> {
     ///
     /// # Errors
     /// As [`Evaluator::score`].
+    ///
+    /// `progress(done, total)` is called after each item; when it answers `Err(Stopped)` the
+    /// scoring ends there and the result covers the items scored (`planned` says how many were
+    /// asked for).
     pub fn pubmedqa(
         &self,
         items: &[Item],
-        progress: &mut dyn FnMut(usize, usize),
+        progress: &mut dyn FnMut(usize, usize) -> Result<(), crate::data::Stopped>,
     ) -> Result<PubMedQaResult, EvalError> {
         let mut scored = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             scored.push(self.score(item)?);
-            progress(i + 1, items.len());
+            if progress(i + 1, items.len()).is_err() {
+                break;
+            }
         }
         let n = scored.len().max(1) as f64;
         let right = |f: &dyn Fn(&Scored) -> bool| scored.iter().filter(|s| f(s)).count() as f64 / n;
@@ -166,8 +175,9 @@ impl Evaluator<'_> {
             accuracy_likelihood: right(&|s| s.by_likelihood == s.answer),
             accuracy_generation: right(&|s| s.by_generation == Some(s.answer)),
             unparsed: scored.iter().filter(|s| s.by_generation.is_none()).count(),
-            majority_baseline: pubmedqa::majority_share(items),
+            majority_baseline: pubmedqa::majority_share(&items[..scored.len()]),
             scored,
+            planned: items.len(),
         })
     }
 }

@@ -7,7 +7,9 @@
 
 mod checkpoint;
 mod prepare;
+mod recorder;
 mod resume;
+mod setup;
 mod summary;
 mod wiring;
 
@@ -22,9 +24,7 @@ use ractor::Actor;
 use tokio::sync::oneshot;
 
 use crate::actors::aggregator::{Aggregator, AggregatorArgs, AggregatorMsg};
-use crate::actors::server::{
-    Resume, RoundSink, Server, ServerArgs, ServerMsg, ServerOutcome, ServerSnapshot,
-};
+use crate::actors::server::{Resume, Server, ServerArgs, ServerMsg, ServerOutcome};
 use crate::data::DataError;
 use crate::devices::TraceError;
 use crate::messages::RoundSummary;
@@ -36,6 +36,8 @@ use crate::slots::SlotError;
 use crate::telemetry::{RunInfo, Telemetry};
 use crate::tokenizer::TokenizerError;
 use crate::trainer::TrainerKind;
+use recorder::{round_sink, Observers, Recorder};
+use setup::setup_lines;
 use summary::Book;
 
 /// Errors that stop a run.
@@ -363,163 +365,6 @@ async fn prepare_off_executor(
     .map_err(|e| SimError::Actor(format!("set-up task: {e}")))?;
     opts.progress = progress;
     prep
-}
-
-/// What the CLI prints about the set-up.
-fn setup_lines(s: &Scenario, prep: &Prepared) -> Vec<String> {
-    let sizes: Vec<usize> = prep.shards.iter().map(Vec::len).collect();
-    let mut lines = match (&prep.lora, s.file.trainer) {
-        (Some(l), _) => {
-            let base_params = s.model.num_parameters();
-            let trainable = s.lora.trainable_parameters(&s.model);
-            let pct = 100.0 * trainable as f64 / (base_params + trainable) as f64;
-            let targets: Vec<&str> = s.lora.target_modules.iter().map(|m| m.name()).collect();
-            vec![
-                format!(
-                    "model {}: {base_params} base parameters (frozen), LoRA r={} alpha={} on [{}]",
-                    s.model_name,
-                    s.lora.r,
-                    s.lora.alpha,
-                    targets.join(", ")
-                ),
-                format!(
-                    "trainable params: {trainable} || all params: {} || trainable%: {pct:.4}",
-                    base_params + trainable
-                ),
-                format!(
-                    "data: {} training examples over {} clients ({:?}), {} held out, {} canaries, {} truncated to {} tokens",
-                    prep.train_examples,
-                    sizes.len(),
-                    s.data.partition,
-                    prep.eval_examples,
-                    l.data.canaries.len(),
-                    l.truncated,
-                    s.max_seq_len
-                ),
-            ]
-        }
-        (None, TrainerKind::Synthetic { params }) => vec![
-            format!(
-                "trainer: synthetic, {params} f32 values per update ({} bytes per message); \
-                 compute priced as LoRA on {} with {} tokens per example; no evaluation",
-                params * 4,
-                s.model_name,
-                s.max_seq_len
-            ),
-            format!(
-                "data: {} training examples over {} clients ({:?}), {} held out",
-                prep.train_examples,
-                sizes.len(),
-                s.data.partition,
-                prep.eval_examples
-            ),
-        ],
-        (None, TrainerKind::Lora) => Vec::new(),
-    };
-    lines.push(format!("partition sizes: {}", size_line(&sizes)));
-    if let Some(dp) = &s.dp {
-        let c = dp.mechanism.initial_clip();
-        let z = dp.mechanism.noise_multiplier();
-        lines.push(format!(
-            "differential privacy: {} (C = {c}, z = {z}, noise std on the sum {}), delta = {:e}{}; {}; noise {}",
-            dp.mechanism.name(),
-            dp.mechanism.value_noise_multiplier() * c,
-            dp.delta,
-            dp.max_epsilon.map_or(String::new(), |m| format!(", max epsilon {m}")),
-            dp.assumption(),
-            dp.noise.label()
-        ));
-    }
-    lines.extend(s.warnings.iter().map(|w| format!("warning: {w}")));
-    lines
-}
-
-fn size_line(sizes: &[usize]) -> String {
-    if sizes.len() <= 20 {
-        return format!("{sizes:?}");
-    }
-    let mut v = sizes.to_vec();
-    v.sort_unstable();
-    format!(
-        "min {} / median {} / max {} (all in partitions.json)",
-        v[0],
-        v[v.len() / 2],
-        v[v.len() - 1]
-    )
-}
-
-/// Who hears about each round besides `rounds.jsonl`.
-struct Observers {
-    pace: Option<std::time::Duration>,
-    progress: Option<ProgressFn>,
-    telemetry: Option<Telemetry>,
-}
-
-type SharedBook = Arc<std::sync::Mutex<Option<Book>>>;
-
-/// What records each round in the run directory: the round log, the running summary and the
-/// checkpoint.
-struct Recorder {
-    dir: RunDir,
-    book: SharedBook,
-    log: crate::report::RoundLog,
-    stamp: Stamp,
-}
-
-impl Recorder {
-    /// Append the round, update `summary.json`, then replace the checkpoint — in that order,
-    /// so a kill at any point leaves a checkpoint whose round log is complete.
-    fn record(
-        &mut self,
-        r: &RoundSummary,
-        snapshot: &ServerSnapshot,
-        busy: Vec<f64>,
-    ) -> Result<(), ReportError> {
-        self.log.append(r)?;
-        let mut guard = self
-            .book
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(book) = guard.as_mut() else {
-            return Ok(());
-        };
-        book.round(r, busy);
-        self.dir.write_json("summary.json", book.summary())?;
-        checkpoint::CheckpointRef {
-            format: checkpoint::FORMAT,
-            fingerprint: &self.stamp.fingerprint,
-            inputs: &self.stamp.inputs,
-            logs: self.log.lengths(),
-            summary: book.summary(),
-            server: snapshot,
-        }
-        .write(&self.dir)
-    }
-}
-
-/// The sink the server calls with each round: the run directory, metrics, progress.
-fn round_sink(
-    mut recorder: Recorder,
-    observers: Observers,
-    busy: crate::slots::SlotBusy,
-) -> RoundSink {
-    let Observers {
-        mut progress,
-        telemetry,
-        ..
-    } = observers;
-    Box::new(move |r: &RoundSummary, snapshot: &ServerSnapshot| {
-        recorder
-            .record(r, snapshot, busy.seconds())
-            .map_err(|e| crate::fmt::chain(&e))?;
-        if let Some(t) = &telemetry {
-            t.round(r, &busy.seconds());
-        }
-        if let Some(p) = progress.as_mut() {
-            p(Progress::Round(r));
-        }
-        Ok(())
-    })
 }
 
 async fn run_actors(

@@ -218,7 +218,7 @@ fn quick_plan() -> AttackPlan {
 }
 
 fn attack_dir(dir: &Path) -> AttackReport {
-    attack::attack(dir, quick_plan(), &mut |_, _, _| {}).unwrap()
+    attack::attack(dir, quick_plan(), &mut |_, _, _| Ok(())).unwrap()
 }
 
 fn mean_exposure(r: &AttackReport) -> f64 {
@@ -296,7 +296,7 @@ fn memorisation_shows_against_the_control_and_strong_dp_lowers_exposure() {
     // as the default (a slot per core, one thread each).
     let mut plan = quick_plan();
     (plan.slots, plan.threads_per_slot) = (1, 2);
-    let again = attack::attack(&central.dir, plan, &mut |_, _, _| {}).unwrap();
+    let again = attack::attack(&central.dir, plan, &mut |_, _, _| Ok(())).unwrap();
     assert_eq!(again.membership, c.membership);
     assert_eq!(again.canaries, c.canaries);
     assert_eq!(again.extraction, c.extraction);
@@ -326,7 +326,7 @@ fn runs_without_an_adapter_or_with_another_base_are_refused_by_name() {
         }
     };
     let err = |dir: &Path| {
-        fedsim::fmt::chain(&attack::attack(dir, quick_plan(), &mut |_, _, _| {}).unwrap_err())
+        fedsim::fmt::chain(&attack::attack(dir, quick_plan(), &mut |_, _, _| Ok(())).unwrap_err())
     };
     // No adapter.
     let no_adapter = tmp.path().join("no_adapter");
@@ -470,4 +470,49 @@ fn sim_study_trains_attacks_and_reports_every_arm() {
         html,
         std::fs::read_to_string(out.join("report.html")).unwrap()
     );
+}
+
+#[test]
+fn a_stop_is_heard_at_every_attack_stage_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = run(
+        &scenario(MEMORISE, &["rounds=1", "train.local_steps=Some(2)"]).unwrap(),
+        &tmp.path().join("run"),
+    );
+    // Every stage and the longest wall time between two reports of a full attack.
+    let mut stages: Vec<String> = Vec::new();
+    let mut last = std::time::Instant::now();
+    let mut longest = 0f64;
+    let mut plan = quick_plan();
+    plan.candidates.sampled = 900; // more candidates than one scoring batch
+    attack::attack(&r.dir, plan, &mut |stage, _, _| {
+        longest = longest.max(last.elapsed().as_secs_f64());
+        last = std::time::Instant::now();
+        if stages.last().map(String::as_str) != Some(stage) {
+            stages.push(stage.to_string());
+        }
+        Ok(())
+    })
+    .unwrap();
+    std::fs::remove_file(r.dir.join("attack.json")).unwrap();
+    assert!(stages.len() >= 5, "{stages:?}");
+    assert!(longest < 1.0, "{longest:.2} s between stop checks");
+    for stop_at in &stages {
+        let e = attack::attack(&r.dir, quick_plan(), &mut |stage, _, _| {
+            if stage == stop_at {
+                Err(attack::Stopped)
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        assert!(
+            matches!(e, attack::AttackError::Stopped(_)),
+            "{stop_at}: {e}"
+        );
+        assert!(
+            !r.dir.join("attack.json").exists(),
+            "{stop_at}: nothing written"
+        );
+    }
 }

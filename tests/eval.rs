@@ -82,3 +82,36 @@ fn log_likelihood_scoring_picks_the_answer_a_constructed_abstract_states() {
     let scored = ev.score(&no).unwrap();
     assert_eq!(scored.by_likelihood, Answer::No, "{scored:?}");
 }
+
+#[test]
+fn a_stop_ends_pubmedqa_scoring_with_the_items_scored() {
+    let (model, tokenizer, header) = crate::smollm2::loaded();
+    let ev = Evaluator {
+        model,
+        tokenizer,
+        template: fedsim::tokenizer::chat_template(header).unwrap_or_default(),
+        answer_tokens: 4,
+    };
+    let item = |answer| Item {
+        pmid: "0".into(),
+        question: "Does smoking increase the risk of lung cancer?".into(),
+        contexts: vec!["Smoking increased the risk.".into()],
+        answer,
+    };
+    let items = [item(Answer::Yes), item(Answer::No), item(Answer::No)];
+    let mut calls = 0;
+    let r = ev
+        .pubmedqa(&items, &mut |done, total| {
+            calls += 1;
+            assert_eq!(total, 3);
+            if done == 1 {
+                Err(fedsim::data::Stopped)
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+    assert_eq!((calls, r.items, r.planned, r.scored.len()), (1, 1, 3, 1));
+    // The baseline is over the items scored: one item, its answer is the majority.
+    assert_eq!(r.majority_baseline, 1.0);
+}

@@ -82,7 +82,7 @@ fn nan_adapters_and_base_weights_are_refused_naming_the_tensor() {
         members: 8,
         ..AttackPlan::default()
     };
-    let e = fedsim::fmt::chain(&attack::attack(&r.dir, plan, &mut |_, _, _| {}).unwrap_err());
+    let e = fedsim::fmt::chain(&attack::attack(&r.dir, plan, &mut |_, _, _| Ok(())).unwrap_err());
     assert!(e.contains(tensor) && !e.contains("does not fit"), "{e}");
     // A base weight with an infinity is named, not taken for a diverged run.
     poke(

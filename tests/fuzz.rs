@@ -1,6 +1,6 @@
 //! Fuzzing (proptest, fixed seed, bounded cases for CI; FEDSIM_FUZZ_CASES=N for longer runs):
-//! the scenario parser with `--set`, trace CSVs, PEFT configs and uploaded safetensors never
-//! panic on mutated input — they accept it or refuse it with an error.
+//! the scenario parser with `--set`, trace CSVs, GGUF headers, PEFT configs and uploaded
+//! safetensors never panic on mutated input — they accept it or refuse it with an error.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -165,6 +165,62 @@ fn mutated_peft_adapters_never_panic() {
             std::fs::write(dir.join("adapter_model.safetensors"), &w).unwrap();
             let _ = fedsim::model::peft::load_peft(&dir, &s.model);
             let _ = AdapterSet::from_safetensors(layout.clone(), &w);
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// A small GGUF (llama metadata, two tensors) as candle writes one.
+fn small_gguf() -> Vec<u8> {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    let t = |rows: usize| {
+        let x = Tensor::arange(0f32, (rows * 32) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((rows, 32))
+            .unwrap();
+        QTensor::quantize(&x, GgmlDType::Q4_1).unwrap()
+    };
+    let (a, b) = (t(4), t(2));
+    let s = |v: &str| gguf_file::Value::String(v.into());
+    let arch = s("llama");
+    let name = s("fuzz");
+    let ctx = gguf_file::Value::U32(256);
+    let tokens = gguf_file::Value::Array(vec![s("<s>"), s("a"), s("b")]);
+    let eps = gguf_file::Value::F32(1e-5);
+    let mut out = std::io::Cursor::new(Vec::new());
+    gguf_file::write(
+        &mut out,
+        &[
+            ("general.architecture", &arch),
+            ("general.name", &name),
+            ("llama.context_length", &ctx),
+            ("llama.attention.layer_norm_rms_epsilon", &eps),
+            ("tokenizer.ggml.tokens", &tokens),
+        ],
+        &[("token_embd.weight", &a), ("output.weight", &b)],
+    )
+    .unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn mutated_gguf_headers_never_panic() {
+    let bytes = small_gguf();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("m.gguf");
+    std::fs::write(&path, &bytes).unwrap();
+    // The pristine file reads.
+    fedsim::model::gguf::GgufHeader::read(&path).unwrap();
+    let mut runner = runner(500);
+    runner
+        .run(&edits(), |e| {
+            std::fs::write(&path, apply(bytes.clone(), &e)).unwrap();
+            // Declared lengths beyond the file are refused before anything is allocated, so a
+            // mutated count cannot exhaust memory; accepted headers go on to the config.
+            if let Ok(h) = fedsim::model::gguf::GgufHeader::read(&path) {
+                let _ = h.config();
+            }
             Ok(())
         })
         .unwrap();

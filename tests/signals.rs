@@ -454,3 +454,34 @@ fn preparation_hears_a_stop_at_every_stage() {
 fn a_stop_during_tokenising_is_heard_within_seconds() {
     stop_during("tokenising", 400_000);
 }
+
+#[test]
+fn sim_attack_hears_sigterm_between_batches_and_writes_nothing() {
+    let (_tmp, scen, out) = setup();
+    let (ok, err) = sim(&run_args(
+        &scen,
+        out.to_str().unwrap(),
+        &["--set", "rounds=1", "-q"],
+    ));
+    assert!(ok, "{err}");
+    let mut attack = Sim::start(&[
+        "attack",
+        out.to_str().unwrap(),
+        "--candidates",
+        "200000",
+        "--batch",
+        "8",
+    ]);
+    attack.wait_until(Duration::from_secs(120), "canary scoring", || {
+        attack.stderr().contains("canary exposure")
+    });
+    attack.signal("TERM");
+    let (ok, secs) = attack.wait_exit(Duration::from_secs(30));
+    let err = attack.stderr();
+    assert!(!ok && secs < 5.0, "took {secs:.2} s: {err}");
+    assert!(
+        err.contains("SIGTERM: stopping") && err.contains("attack.json was not written"),
+        "{err}"
+    );
+    assert!(!out.join("attack.json").exists());
+}

@@ -13,8 +13,7 @@ mod record;
 mod round;
 mod snapshot;
 
-pub use asynchronous::{AsyncSnapshot, FlightSnapshot};
-pub use snapshot::{Resume, ServerSnapshot};
+pub use snapshot::{AsyncSnapshot, FlightSnapshot, Resume, ServerSnapshot};
 
 use close::close_round;
 use record::RoundState;

@@ -113,6 +113,7 @@ fn nlls(
     canary: &Canary,
     fills: &[String],
     slots: &ScoringSlots,
+    tick: &mut dyn FnMut() -> Result<(), super::Stopped>,
 ) -> Result<[Vec<f64>; 2], AttackError> {
     let examples = fills
         .iter()
@@ -124,12 +125,16 @@ fn nlls(
         })
         .collect::<Result<Vec<_>, AttackError>>()?;
     let refs: Vec<_> = examples.iter().collect();
-    let score = |model: &BaseModel| -> Result<Vec<f64>, AttackError> {
-        Ok(slots
-            .stats(model, &refs, t.pad())?
-            .iter()
-            .map(|s| -s.iter().map(|x| x.logp).sum::<f64>())
-            .collect())
+    // A batch for every slot at a time, with a stop check after each.
+    let step = slots.batch() * slots.len();
+    let mut score = |model: &BaseModel| -> Result<Vec<f64>, AttackError> {
+        let mut nll = Vec::with_capacity(refs.len());
+        for chunk in refs.chunks(step.max(1)) {
+            let stats = slots.stats(model, chunk, t.pad())?;
+            nll.extend(stats.iter().map(|s| -s.iter().map(|x| x.logp).sum::<f64>()));
+            tick()?;
+        }
+        Ok(nll)
     };
     Ok([score(models[0])?, score(models[1])?])
 }
@@ -176,7 +181,8 @@ pub fn attack(
         let enumerated = fills.len() as f64 + 1.0 >= space;
         let mut all = vec![c.secret.clone()];
         all.extend(fills);
-        let [run, pre] = nlls(t, [&t.tuned, &t.base], c, &all, slots)?;
+        let mut tick = || progress("canary exposure", k, canaries.len());
+        let [run, pre] = nlls(t, [&t.tuned, &t.base], c, &all, slots, &mut tick)?;
         out.push(CanaryExposure {
             id: c.id,
             kind: c.kind,
@@ -190,7 +196,7 @@ pub fn attack(
             run: exposure_of(&run, space, enumerated),
             pretrained: exposure_of(&pre, space, enumerated),
         });
-        progress("canary exposure", k + 1, canaries.len());
+        progress("canary exposure", k + 1, canaries.len())?;
     }
     Ok(out)
 }

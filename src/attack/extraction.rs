@@ -183,7 +183,7 @@ impl Extractor {
                 for f in found {
                     *seen.entry(f).or_default() += 1;
                 }
-                progress(stage, p * plan.per_prompt + k + 1, total);
+                progress(stage, p * plan.per_prompt + k + 1, total)?;
             }
         }
         let extracted: Vec<Extracted> = seen

@@ -159,7 +159,7 @@ fn score_texts(
         let lower: Vec<&TokenizedExample> = texts.lower[start..end].iter().collect();
         stats.extend(slots.stats(model, &plain, t.pad())?);
         lowered.extend(slots.stats(model, &lower, t.pad())?);
-        progress(stage, end, total);
+        progress(stage, end, total)?;
     }
     Ok(stats
         .into_iter()

@@ -83,13 +83,26 @@ pub fn attack(a: AttackArgs) -> anyhow::Result<()> {
     let plan = a.plan()?;
     // Scoring allocates and frees activations per batch, as training does.
     fedsim::host::tune_allocator_for_training();
+    // Signals are heard between batches; the runtime only listens for them.
+    let runtime = super::run::runtime()?;
+    let shutdown = super::run::stop_on_signals_saying(&runtime, super::run::SCORING)?;
     let mut reports = Vec::new();
-    for dir in &a.runs {
+    for (i, dir) in a.runs.iter().enumerate() {
         let mut display = Display::new();
         let report = attack::attack(dir, plan, &mut |stage, done, total| {
+            if shutdown.level() >= fedsim::StopLevel::FinishRound {
+                return Err(attack::Stopped);
+            }
             display.show(Progress::Stage { stage, done, total });
+            Ok(())
         })
-        .with_context(|| format!("attacking {}", dir.display()))?;
+        .with_context(|| {
+            format!(
+                "attacking {} ({i} of {} runs attacked before it, their attack.json written)",
+                dir.display(),
+                a.runs.len()
+            )
+        })?;
         display.show(Progress::Setup(&format!(
             "{}: attacked in {:.1} s; wrote attack.json and roc.svg",
             dir.display(),

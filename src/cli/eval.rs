@@ -54,6 +54,8 @@ struct ModelEval {
 
 #[derive(Serialize)]
 struct EvalFile {
+    /// A stop request (a signal) ended the evaluation early: what is here was complete.
+    interrupted: bool,
     model_path: PathBuf,
     held_out: Option<serde_json::Value>,
     models: Vec<ModelEval>,
@@ -104,8 +106,15 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Signals are heard after every item and answer; the runtime only listens for them.
+    let runtime = super::run::runtime()?;
+    let shutdown = super::run::stop_on_signals_saying(&runtime, super::run::SCORING)?;
+    let stopped = || shutdown.level() >= fedsim::StopLevel::FinishRound;
     let mut out = Vec::new();
     for (name, model) in &models {
+        if stopped() {
+            break;
+        }
         let ev = Evaluator {
             model,
             tokenizer: &tokenizer,
@@ -117,21 +126,34 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
                 if done % 10 == 0 || done == total {
                     eprintln!("{name}: PubMedQA {done}/{total}");
                 }
+                if stopped() {
+                    return Err(fedsim::data::Stopped);
+                }
+                Ok(())
             })?),
             None => None,
         };
-        let answers = a
-            .prompts
-            .iter()
-            .map(|p| Ok((p.clone(), ev.answer(p, a.max_tokens)?)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut answers = Vec::new();
+        for p in &a.prompts {
+            if stopped() {
+                break;
+            }
+            answers.push((p.clone(), ev.answer(p, a.max_tokens)?));
+        }
         out.push(ModelEval {
             model: name.clone(),
             pubmedqa,
             answers,
         });
     }
+    let interrupted = stopped();
     print_results(&out)?;
+    if interrupted {
+        eprintln!(
+            "interrupted: the results cover what was complete before the stop (eval.json says \
+             \"interrupted\": true; each model's PubMedQA \"items\" of \"planned\")"
+        );
+    }
     let held_out = match &a.run {
         Some(r) => {
             let s = Summary::read(r)?;
@@ -153,6 +175,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| a.run.clone().unwrap_or_default().join("eval.json"));
     let json = EvalFile {
+        interrupted,
         model_path: path,
         held_out,
         models: out,
@@ -176,10 +199,15 @@ fn print_results(out: &[ModelEval]) -> anyhow::Result<()> {
         )?;
         for m in out {
             if let Some(r) = &m.pubmedqa {
+                let items = if r.items < r.planned {
+                    format!("{}/{}", r.items, r.planned)
+                } else {
+                    r.items.to_string()
+                };
                 outln!(
                     "{:<40} {:>6} {:>14.3} {:>14.3} {:>9} {:>9.3}",
                     m.model,
-                    r.items,
+                    items,
                     r.accuracy_likelihood,
                     r.accuracy_generation,
                     r.unparsed,
@@ -191,7 +219,7 @@ fn print_results(out: &[ModelEval]) -> anyhow::Result<()> {
             "PubMedQA accuracy (share of items right); majority = always the most common answer"
         )?;
     }
-    let prompts = out.first().map_or(0, |m| m.answers.len());
+    let prompts = out.iter().map(|m| m.answers.len()).min().unwrap_or(0);
     for j in 0..prompts {
         outln!("\nprompt: {}", out[0].answers[j].0)?;
         for m in out {

@@ -161,15 +161,46 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// What the first two stop requests do, as the messages that acknowledge them say.
+#[derive(Clone, Copy)]
+pub struct StopWords {
+    /// After the first signal.
+    pub first: &'static str,
+    /// After the second.
+    pub second: &'static str,
+}
+
+/// Training: the first signal finishes the round, the second abandons it.
+pub const ROUNDS: StopWords = StopWords {
+    first: "finishing the current round, then writing results (signal again to stop now)",
+    second: "abandoning the current round; writing the results of the completed rounds \
+             (signal again to exit at once)",
+};
+
+/// Scoring work (evaluation, attacks): both stop at the next batch or item.
+pub const SCORING: StopWords = StopWords {
+    first: "stopping after the item or batch in progress (at most seconds); writing what is \
+            complete (signal again to exit at once)",
+    second: "already stopping at the next item or batch (signal again to exit at once)",
+};
+
 /// A stop request that SIGINT, SIGTERM and SIGHUP escalate, listened for on `runtime`.
 pub fn stop_on_signals(runtime: &tokio::runtime::Runtime) -> anyhow::Result<Shutdown> {
+    stop_on_signals_saying(runtime, ROUNDS)
+}
+
+/// [`stop_on_signals`], acknowledging each signal with `words`.
+pub fn stop_on_signals_saying(
+    runtime: &tokio::runtime::Runtime,
+    words: StopWords,
+) -> anyhow::Result<Shutdown> {
     let (trigger, shutdown) = Shutdown::channel();
-    runtime.block_on(async { listen_for_signals(trigger) })?;
+    runtime.block_on(async { listen_for_signals(trigger, words) })?;
     Ok(shutdown)
 }
 
 /// SIGINT, SIGTERM and SIGHUP each escalate the stop request; the third exits at once.
-pub fn listen_for_signals(trigger: ShutdownTrigger) -> anyhow::Result<()> {
+pub fn listen_for_signals(trigger: ShutdownTrigger, words: StopWords) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut streams = Vec::new();
     for (kind, name) in [
@@ -187,14 +218,8 @@ pub fn listen_for_signals(trigger: ShutdownTrigger) -> anyhow::Result<()> {
         tokio::spawn(async move {
             while stream.recv().await.is_some() {
                 match trigger.escalate() {
-                    1 => eprintln!(
-                        "{name}: finishing the current round, then writing results \
-                         (signal again to stop now)"
-                    ),
-                    2 => eprintln!(
-                        "{name}: abandoning the current round; writing the results of the \
-                         completed rounds (signal again to exit at once)"
-                    ),
+                    1 => eprintln!("{name}: {}", words.first),
+                    2 => eprintln!("{name}: {}", words.second),
                     _ => {
                         eprintln!("{name}: exiting at once");
                         std::process::exit(130);

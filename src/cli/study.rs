@@ -70,7 +70,11 @@ pub fn study(a: StudyArgs) -> anyhow::Result<()> {
         );
         let mut display = Display::new();
         let report = attack::attack(&out, study.attack, &mut |stage, done, total| {
+            if shutdown.level() >= StopLevel::FinishRound {
+                return Err(attack::Stopped);
+            }
             display.show(Progress::Stage { stage, done, total });
+            Ok(())
         })
         .with_context(|| format!("attacking arm `{name}`"))?;
         display.show(Progress::Setup(&format!(

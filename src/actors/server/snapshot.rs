@@ -11,10 +11,11 @@ use std::sync::Arc;
 use ractor::{call, ActorProcessingErr};
 use serde::{Deserialize, Serialize};
 
-use super::asynchronous::AsyncSnapshot;
+use super::asynchronous::{AsyncState, Flight};
 use super::ServerState;
 use crate::actors::aggregator::AggregatorMsg;
-use crate::messages::{ClientId, EvaluateRes, RoundSummary};
+use crate::clock::Timeline;
+use crate::messages::{ClientId, EvaluateRes, FitConfig, RoundSummary};
 use crate::model::AdapterSet;
 use crate::privacy::{LedgerSnapshot, PrivacyLedger};
 
@@ -101,4 +102,117 @@ pub(super) fn restore(st: &mut ServerState, resume: Resume) {
     }
     st.summaries = rounds;
     st.resumed = true;
+}
+
+/// The clients in flight at a round boundary, with the models they train from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AsyncSnapshot {
+    /// Aggregations done.
+    pub version: usize,
+    /// Dispatches so far.
+    pub dispatched: u64,
+    /// The clients training, in virtual arrival order.
+    pub flights: Vec<FlightSnapshot>,
+    /// The serialised global adapter of each model version a flight started from.
+    pub payloads: Vec<(usize, serde_bytes::ByteBuf)>,
+}
+
+/// One client in flight.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FlightSnapshot {
+    /// The client.
+    pub client: ClientId,
+    /// Its arrival (or crash) on the virtual clock.
+    pub at: f64,
+    /// The model version it started from.
+    pub v_start: usize,
+    /// Whether it crashes before uploading.
+    pub crashed: bool,
+    /// Its timeline.
+    pub timeline: Timeline,
+    /// Tokens it trains on.
+    pub tokens: usize,
+    /// Its dispatch number (the key of its plan and training draws).
+    pub key: u64,
+    /// When it was dispatched.
+    pub start: f64,
+    /// Its learning rate and client-side clip.
+    pub lr: f64,
+    /// See `lr`.
+    pub clip_norm: Option<f64>,
+}
+
+impl AsyncState {
+    /// The loop's state after a round was recorded.
+    pub(super) fn snapshot(&self) -> AsyncSnapshot {
+        let mut payloads: Vec<(usize, serde_bytes::ByteBuf)> = Vec::new();
+        for f in &self.flights {
+            if !payloads.iter().any(|(v, _)| *v == f.v_start) {
+                payloads.push((f.v_start, serde_bytes::ByteBuf::from(f.payload.to_vec())));
+            }
+        }
+        AsyncSnapshot {
+            version: self.version,
+            dispatched: self.dispatched,
+            flights: self
+                .flights
+                .iter()
+                .map(|f| FlightSnapshot {
+                    client: f.client,
+                    at: f.at,
+                    v_start: f.v_start,
+                    crashed: f.crashed,
+                    timeline: f.timeline,
+                    tokens: f.tokens,
+                    key: f.key,
+                    start: f.start,
+                    lr: f.config.lr,
+                    clip_norm: f.config.clip_norm,
+                })
+                .collect(),
+            payloads,
+        }
+    }
+
+    /// Continue from `snap`, taken when a round closed at `clock` (after a recorded round the
+    /// asynchronous clock is the round's close); its flights are dispatched again when the
+    /// loop begins.
+    pub(super) fn restore(
+        &mut self,
+        snap: AsyncSnapshot,
+        local: &crate::train::LocalTraining,
+        clock: f64,
+    ) {
+        self.now = clock;
+        let payloads: Vec<(usize, Arc<Vec<u8>>)> = snap
+            .payloads
+            .into_iter()
+            .map(|(v, b)| (v, Arc::new(b.into_vec())))
+            .collect();
+        self.version = snap.version;
+        self.dispatched = snap.dispatched;
+        self.resumed = snap
+            .flights
+            .into_iter()
+            .filter_map(|f| {
+                let payload = payloads.iter().find(|(v, _)| *v == f.v_start)?.1.clone();
+                Some(Flight {
+                    client: f.client,
+                    at: f.at,
+                    v_start: f.v_start,
+                    crashed: f.crashed,
+                    timeline: f.timeline,
+                    tokens: f.tokens,
+                    key: f.key,
+                    start: f.start,
+                    payload,
+                    config: FitConfig {
+                        lr: f.lr,
+                        local: local.clone(),
+                        clip_norm: f.clip_norm,
+                    },
+                })
+            })
+            .collect();
+    }
 }
