@@ -263,7 +263,7 @@ impl DataPlan {
             return Err(DataError::Split(format!(
                 "{total} records with eval_fraction {} leave {n_eval} for evaluation and {} for \
                  training; both must be at least 1 (use more records or change data.eval_fraction)",
-                self.eval_fraction,
+                crate::fmt::compact(self.eval_fraction),
                 total.saturating_sub(n_eval)
             )));
         }

@@ -314,3 +314,76 @@ fn preparation_reports_progress_for_every_stage() {
         );
     }
 }
+
+/// The longest run of digits in `text`.
+fn longest_digit_run(text: &str) -> usize {
+    text.split(|c: char| !c.is_ascii_digit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn every_float_field_set_to_an_extreme_is_refused_or_accepted_in_compact_words() {
+    // Every floating-point setting of every shipped scenario, set to ±1e300 and 1e-300 in
+    // turn: whatever validation says about it shows the number as the user would write it,
+    // never as 300 digits.
+    fn floats(v: &serde_json::Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        match v {
+            serde_json::Value::Number(n) if n.is_f64() => out.push(path.clone()),
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    path.push(k.clone());
+                    floats(x, path, out);
+                    path.pop();
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    path.push(i.to_string());
+                    floats(x, path, out);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let (mut checked, mut long) = (0, Vec::new());
+    for entry in std::fs::read_dir(crate::util::root().join("scenarios")).unwrap() {
+        let path = entry.unwrap().path();
+        let Ok(s) = fedsim::Scenario::load(&path, &[]) else {
+            continue; // a scenario whose data is not here
+        };
+        let tree = serde_json::to_value(&s.file).unwrap();
+        let mut leaves = Vec::new();
+        floats(&tree, &mut Vec::new(), &mut leaves);
+        for leaf in &leaves {
+            for extreme in [1e300, -1e300, 1e-300] {
+                let mut t = tree.clone();
+                let mut at = &mut t;
+                for k in leaf {
+                    at = match at {
+                        serde_json::Value::Object(m) => m.get_mut(k).unwrap(),
+                        serde_json::Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
+                        _ => unreachable!(),
+                    };
+                }
+                *at = serde_json::json!(extreme);
+                let Ok(file) = serde_json::from_value(t) else {
+                    continue;
+                };
+                checked += 1;
+                if let Err(e) = fedsim::Scenario::from_file(file, &path, &[]) {
+                    let msg = fedsim::fmt::chain(&e);
+                    if longest_digit_run(&msg) > 20 || msg.contains("inf") {
+                        long.push(format!("{} = {extreme:e}: {msg}", leaf.join(".")));
+                    }
+                }
+            }
+        }
+    }
+    long.sort();
+    long.dedup();
+    assert!(long.is_empty(), "{}", long.join("\n"));
+    assert!(checked > 100, "only {checked} settings checked");
+}

@@ -77,16 +77,36 @@ fn scenario_text() -> impl Strategy<Value = String> {
         pick(&[5e-324f64, 1e-4, 0.5, 100.0]).prop_map(|a| format!("Dirichlet(alpha: {a:e})")),
         mostly(pick(&[0.0f64, 2.0]), Just(11.0)).prop_map(|s| format!("SizeSkew(sigma: {s:?})")),
     ];
+    // Every aggregation rule, with sound and hostile parameters.
+    let kind = pick(&[
+        "FedAvg",
+        "FedProx(mu: 0.01)",
+        "FedProx(mu: -1.0)",
+        "FedAvgM(server_lr: 1.0, momentum: 0.9)",
+        "FedAdagrad()",
+        "FedAdam(server_lr: 0.01)",
+        "FedAdam(server_lr: 1e30)",
+        "FedYogi(beta2: 1.5)",
+        "Median",
+        "TrimmedMean(beta: 0.2)",
+        "TrimmedMean(beta: 0.5)",
+        "Krum(byzantine: 1)",
+        "Krum(byzantine: 18446744073709551615)",
+        "MultiKrum(byzantine: 1, keep: 2)",
+        "NormBounded(max_norm: 0.1)",
+        "NormBounded(max_norm: 0.0)",
+    ]);
     let clients = (
         mostly(1usize..=8, Just(0usize)),
         mostly(pick(&[0.3f64, 1.0, 1e-300]), pick(&[0.0, 1.5])),
         mostly(Just(1usize), 2usize..=13),
         mostly(Just(1usize), 2usize..=13),
+        kind,
     )
-        .prop_map(|(n, f, m, a)| {
+        .prop_map(|(n, f, m, a, kind)| {
             format!(
-                "clients: (count: {n}), strategy: (fraction_fit: {f:e}, min_fit_clients: {m}, \
-             min_available_clients: {a})"
+                "clients: (count: {n}), strategy: (kind: {kind}, fraction_fit: {f:e}, \
+             min_fit_clients: {m}, min_available_clients: {a})"
             )
         });
     let train = (mostly(prop::option::of(1usize..=3), Just(Some(0usize))), mostly(Just(1usize), Just(0usize)),
@@ -111,10 +131,23 @@ fn scenario_text() -> impl Strategy<Value = String> {
             "stragglers: Async(buffer: 1, concurrency: 2)",
         ]),
         pick(&["Skip", "Stop"]),
+        // Byzantine clients: none mostly, or every attack on a share or a list of clients.
+        prop_oneof![
+            2 => Just("None"),
+            1 => pick(&[
+                "Some((clients: Share(0.3), attack: SignFlip))",
+                "Some((clients: Share(1.0), attack: Scale(-4.0)))",
+                "Some((clients: Listed([0, 99]), attack: Gaussian(1.0)))",
+                "Some((clients: Listed([0]), attack: Constant(1e30)))",
+                "Some((clients: Share(0.5), attack: SwapResponses))",
+                "Some((clients: Share(0.0), attack: SignFlip))",
+            ]),
+        ],
     )
-        .prop_map(|(a, c, policy, short)| {
+        .prop_map(|(a, c, policy, short, byz)| {
             format!(
-                "(availability: {a:e}, crash_probability: {c:?}, {policy}, short_round: {short})"
+                "(availability: {a:e}, crash_probability: {c:?}, {policy}, short_round: {short}, \
+                 byzantine: {byz})"
             )
         });
     let trainer = prop_oneof![
@@ -204,11 +237,12 @@ fn fate(text: &str, dir: &Path) -> Result<Fate, TestCaseError> {
 #[test]
 fn drawn_scenarios_are_refused_or_run_to_a_readable_summary() {
     let config = Config {
-        // CI runs 24; more with FEDSIM_PROPTEST_CASES=1000.
+        // CI draws 200 (about one in eight validates and runs); more with
+        // FEDSIM_PROPTEST_CASES=N.
         cases: std::env::var("FEDSIM_PROPTEST_CASES")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(40),
+            .unwrap_or(200),
         failure_persistence: None,
         ..Config::default()
     };
