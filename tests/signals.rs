@@ -485,3 +485,69 @@ fn sim_attack_hears_sigterm_between_batches_and_writes_nothing() {
     );
     assert!(!out.join("attack.json").exists());
 }
+
+#[test]
+fn sim_sweep_hears_sigterm_mid_run_and_writes_the_table_of_what_ran() {
+    let (tmp, scen, _) = setup();
+    let out = tmp.path().join("sweep");
+    let mut sweep = Sim::start(&[
+        "sweep",
+        &scen,
+        "--vary",
+        "seed=1,2",
+        "--set",
+        "rounds=500",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    sweep.wait_until(Duration::from_secs(120), "the first run's round 1", || {
+        std::fs::read_dir(&out)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| rounds_logged(&e.path()) >= 1)
+    });
+    sweep.signal("TERM");
+    let (ok, secs) = sweep.wait_exit(Duration::from_secs(60));
+    let err = sweep.stderr();
+    assert!(ok && secs < 10.0, "took {secs:.2} s: {err}");
+    assert!(err.contains("stopped after 1 of 2 runs"), "{err}");
+    let table = std::fs::read_to_string(out.join("sweep.csv")).unwrap();
+    assert_eq!(
+        table.lines().count(),
+        2,
+        "header and the interrupted run:\n{table}"
+    );
+    assert!(table.contains("interrupted"), "{table}");
+}
+
+#[test]
+fn sim_study_hears_sigterm_in_its_attack_stage() {
+    let (tmp, _, _) = setup();
+    let path = tmp.path().join("study.ron");
+    std::fs::write(
+        &path,
+        format!(
+            "(name: \"stop\", base: {}, arms: [(name: \"fed\", set: [\"rounds=1\"])], \
+             attack: (members: 20, candidates: 200000, samples: 1, max_tokens: 8))",
+            crate::util::SMALL.trim()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("study");
+    let mut study = Sim::start(&[
+        "study",
+        path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    study.wait_until(Duration::from_secs(180), "canary scoring", || {
+        study.stderr().contains("canary exposure")
+    });
+    study.signal("TERM");
+    let (ok, secs) = study.wait_exit(Duration::from_secs(30));
+    let err = study.stderr();
+    assert!(!ok && secs < 5.0, "took {secs:.2} s: {err}");
+    assert!(err.contains("attack.json was not written"), "{err}");
+    assert!(!out.join("fed").join("attack.json").exists());
+}
