@@ -242,3 +242,27 @@ fn what_cannot_be_resumed_is_refused_and_left_alone() {
     assert_eq!(r.summary.status, RunStatus::Completed);
     assert_eq!(r.rounds.len(), 3);
 }
+
+#[test]
+fn a_run_stopped_before_its_first_checkpoint_starts_again_in_place() {
+    // What a kill between round 1's log line and its checkpoint leaves.
+    let s = scenario(SMALL, &["rounds=2"]).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (whole, part) = (tmp.path().join("whole"), tmp.path().join("part"));
+    run(&s, &whole);
+    let (stop, progress) = stop_after_round(1, StopLevel::FinishRound);
+    run_full(&s, &part, stop, None, Some(progress)).unwrap();
+    std::fs::remove_file(part.join(fedsim::report::CHECKPOINT)).unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let progress: fedsim::sim::ProgressFn = Box::new(move |p| {
+        if let fedsim::sim::Progress::Setup(line) = p {
+            sink.lock().unwrap().push(line.to_string());
+        }
+    });
+    let report = resume(&part, Shutdown::never(), Some(progress)).unwrap();
+    let said = lines.lock().unwrap().clone();
+    assert!(said.iter().any(|l| l.contains("from round 1")), "{said:?}");
+    assert_eq!(report.rounds.len(), 2);
+    assert_same_run(&whole, &part);
+}

@@ -30,15 +30,6 @@ pub enum ResumeError {
         /// Its status.
         status: RunStatus,
     },
-    /// No round was recorded before the run stopped.
-    #[error(
-        "{dir}: the run stopped before its first round was recorded (no checkpoint.msgpack); \
-         start it again with `sim run`"
-    )]
-    NoCheckpoint {
-        /// The run directory.
-        dir: PathBuf,
-    },
     /// The recorded scenario cannot be read.
     #[error("{dir}: the recorded scenario cannot be used")]
     Scenario {
@@ -93,18 +84,71 @@ pub async fn resume(
     if run_marker(&s).fingerprint != marker.fingerprint {
         return Err(mismatch("scenario.ron was changed after the run started".into()).into());
     }
-    let Some(cp) = Checkpoint::read(dir)? else {
-        return Err(ResumeError::NoCheckpoint {
-            dir: dir.to_path_buf(),
-        }
-        .into());
-    };
-    if cp.fingerprint != marker.fingerprint {
+    let cp = Checkpoint::read(dir)?;
+    if cp
+        .as_ref()
+        .is_some_and(|cp| cp.fingerprint != marker.fingerprint)
+    {
         return Err(mismatch("the checkpoint belongs to another scenario".into()).into());
     }
     let prep = prepare_off_executor(&s, &mut opts, &shutdown).await?;
     let inputs = checkpoint::inputs_fingerprint(&prep);
-    if inputs != cp.inputs {
+    let layout = layout_of(&s);
+    let stamp = Stamp {
+        fingerprint: marker.fingerprint,
+        inputs,
+    };
+    let begin = match cp {
+        Some(cp) => continue_from(&run_dir, &s, cp, stamp, &layout, &prep, started)?,
+        None => {
+            // Stopped before its first round was checkpointed: nothing to keep, so the run
+            // starts again in place (its round log, if any, is replaced).
+            prep.write(&run_dir)?;
+            let book = Book::new(&s, &prep, started);
+            run_dir.write_json("summary.json", book.summary())?;
+            Begin {
+                book,
+                log: run_dir.round_log()?,
+                stamp,
+                resume: None,
+            }
+        }
+    };
+    say(
+        &mut opts,
+        &match &begin.resume {
+            Some(r) => format!(
+                "resuming {} after round {} of {} (checkpoint); the rounds after it run again",
+                dir.display(),
+                r.snapshot.rounds_done,
+                s.rounds
+            ),
+            None => format!(
+                "resuming {} from round 1: it stopped before a round was checkpointed",
+                dir.display()
+            ),
+        },
+    );
+    execute(&s, &prep, layout, &run_dir, opts, shutdown, begin).await
+}
+
+/// Where a checkpointed run continues: its inputs checked against the checkpoint, its round
+/// log cut back to it, its summary running again.
+fn continue_from(
+    run_dir: &RunDir,
+    s: &Scenario,
+    cp: Checkpoint,
+    stamp: Stamp,
+    layout: &AdapterLayout,
+    prep: &super::Prepared,
+    started: Instant,
+) -> Result<Begin, SimError> {
+    let dir = run_dir.path();
+    let mismatch = |message: String| ResumeError::Mismatch {
+        dir: dir.to_path_buf(),
+        message,
+    };
+    if stamp.inputs != cp.inputs {
         return Err(mismatch(
             "the data or the base model differ from the run's (a data file or the model \
              cache changed since it started)"
@@ -112,10 +156,9 @@ pub async fn resume(
         )
         .into());
     }
-    let layout = layout_of(&s);
-    check_snapshot(&cp.server, &layout, prep.shards.len()).map_err(mismatch)?;
+    check_snapshot(&cp.server, layout, prep.shards.len()).map_err(mismatch)?;
     let rounds = read_journal(dir, cp.logs.journal)?;
-    if rounds.len() != cp.server.rounds_done {
+    if rounds.len() != cp.server.rounds_done || rounds.len() > s.rounds {
         return Err(mismatch(format!(
             "the journal holds {} rounds, the checkpoint {}",
             rounds.len(),
@@ -127,28 +170,15 @@ pub async fn resume(
     let log = run_dir.round_log_at(cp.logs)?;
     let book = Book::resumed(cp.summary, started);
     run_dir.write_json("summary.json", book.summary())?;
-    say(
-        &mut opts,
-        &format!(
-            "resuming {} after round {} of {} (checkpoint); the rounds after it run again",
-            dir.display(),
-            cp.server.rounds_done,
-            s.rounds
-        ),
-    );
-    let begin = Begin {
+    Ok(Begin {
         book,
         log,
-        stamp: Stamp {
-            fingerprint: marker.fingerprint,
-            inputs,
-        },
+        stamp,
         resume: Some(Resume {
             snapshot: cp.server,
             rounds,
         }),
-    };
-    execute(&s, &prep, layout, &run_dir, opts, shutdown, begin).await
+    })
 }
 
 /// Whether a snapshot fits the run it is to continue.
