@@ -75,19 +75,24 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // candle sizes each matmul's parallelism from RAYON_NUM_THREADS and, when it is unset,
-    // re-reads /proc/cpuinfo on every call (a third of a generated token's time). Set once here,
-    // before any thread starts; a run's slots then set it to their threads per job.
+    let cli = Cli::parse();
+    // candle sizes each matmul's parallelism from RAYON_NUM_THREADS on every call (when it is
+    // unset, re-reading /proc/cpuinfo each time: a third of a generated token's time). It is
+    // set here, once, before any thread starts — the one place in fedsim that sets a
+    // process-wide variable — to the threads one job of this command computes with; a value
+    // the user set is kept.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        std::env::set_var("RAYON_NUM_THREADS", cores.to_string());
+        std::env::set_var(
+            "RAYON_NUM_THREADS",
+            matmul_threads(&cli.command).to_string(),
+        );
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()
         .init();
-    match real_main() {
+    match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader of standard output went away (`| head`): nothing more to say.
         Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,
@@ -98,8 +103,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+/// Threads one job of `command` computes with: a training job's for `run`, `sweep` and
+/// `study` (their slots' threads), a scoring slot's for `attack`, the cores otherwise.
+fn matmul_threads(command: &Command) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match command {
+        Command::Run(a) => a.matmul_threads(),
+        Command::Sweep(a) => a.matmul_threads(),
+        Command::Study(a) => a.matmul_threads(),
+        Command::Attack(a) => Some(a.threads_per_slot),
+        _ => None,
+    }
+    .unwrap_or(cores)
+    .max(1)
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Validate { scenario, set } => cli::validate::validate(&scenario, &set),
         Command::Privacy { what } => cli::privacy::privacy(what),
         Command::Compare { runs } => {

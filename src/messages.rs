@@ -64,8 +64,6 @@ pub struct FitRes {
 pub enum FitStatus {
     /// Training finished and the update was uploaded to the aggregator.
     Completed(Box<FitUpdate>),
-    /// Sampled but offline (kept for traces that drop a client between sampling and fit).
-    Unavailable,
     /// The client stopped answering during fit.
     Crashed {
         /// Virtual time of the crash, seconds.
@@ -98,8 +96,6 @@ pub enum CrashCause {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DropReason {
-    /// Offline.
-    Unavailable,
     /// Crashed during fit.
     Crashed,
     /// Would have missed the deadline (or the over-selected quota).
@@ -108,24 +104,11 @@ pub enum DropReason {
     Failed,
 }
 
-impl DropReason {
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::Unavailable => "unavailable",
-            DropReason::Crashed => "crashed",
-            DropReason::Deadline => "deadline",
-            DropReason::Failed => "failed",
-        }
-    }
-}
-
 impl FitStatus {
     /// Why there is no update, or `None` for a completed one.
     pub fn drop_reason(&self) -> Option<DropReason> {
         match self {
             FitStatus::Completed(_) => None,
-            FitStatus::Unavailable => Some(DropReason::Unavailable),
             FitStatus::Crashed { .. } => Some(DropReason::Crashed),
             FitStatus::MissedDeadline { .. } => Some(DropReason::Deadline),
             FitStatus::Failed { .. } => Some(DropReason::Failed),
@@ -288,7 +271,7 @@ pub struct ClientRecord {
     pub round: RoundId,
     /// The client.
     pub client: ClientId,
-    /// `completed`, `unavailable`, `crashed`, `missed_deadline` or `failed`.
+    /// `completed`, `crashed`, `missed_deadline` or `failed`.
     pub status: &'static str,
     /// Its timeline on the virtual clock (zeros when it never planned).
     #[serde(flatten)]
@@ -310,7 +293,6 @@ impl FitStatus {
     pub fn word(&self) -> &'static str {
         match self {
             FitStatus::Completed(_) => "completed",
-            FitStatus::Unavailable => "unavailable",
             FitStatus::Crashed { .. } => "crashed",
             FitStatus::MissedDeadline { .. } => "missed_deadline",
             FitStatus::Failed { .. } => "failed",

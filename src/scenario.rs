@@ -188,6 +188,14 @@ impl Scenario {
         })
     }
 
+    /// Threads one training job computes with: a slot's threads times the slots a client's job
+    /// occupies (`slots.client_resources`). candle reads its matmul parallelism from the
+    /// `RAYON_NUM_THREADS` environment variable, which only a program's `main` may set (before
+    /// any thread starts): the `sim` binary sets it to this.
+    pub fn threads_per_job(&self) -> usize {
+        self.threads_per_slot * self.file.slots.client_resources.clamp(1, self.slots.max(1))
+    }
+
     /// The effective scenario as pretty RON.
     pub fn to_ron(&self) -> String {
         ron::ser::to_string_pretty(&self.file, ron::ser::PrettyConfig::default())

@@ -172,8 +172,16 @@ impl SlotPool {
         let job_threads = threads_per_slot * per_job;
         // candle sizes its matmul parallelism from RAYON_NUM_THREADS on every call, whatever
         // pool it runs in; left at the core count, two slots oversubscribe the cores and a
-        // step gets ~3x slower. Slots x threads must not exceed the cores.
-        std::env::set_var("RAYON_NUM_THREADS", job_threads.to_string());
+        // step gets ~3x slower. Only `main` may set it (the `sim` binary does, to
+        // Scenario::threads_per_job); a library user who did not is told what it costs.
+        let candle_threads = candle_core::utils::get_num_threads();
+        if candle_threads != job_threads {
+            tracing::debug!(
+                "candle's matmuls will use {candle_threads} threads (RAYON_NUM_THREADS), not the \
+                 {job_threads} a job of these slots has; set RAYON_NUM_THREADS={job_threads} \
+                 before the program starts threads for the fastest steps"
+            );
+        }
         let tokens = Arc::new(Tokens::new(slots));
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let busy_nanos: Arc<Vec<AtomicU64>> =

@@ -26,4 +26,5 @@ mod schema;
 mod signals;
 mod smollm2;
 mod strategy;
+mod structure;
 mod system;

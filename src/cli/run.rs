@@ -55,6 +55,19 @@ pub struct RunArgs {
     pace: Option<f64>,
 }
 
+impl RunArgs {
+    /// Threads one training job of this run computes with (None when the scenario does not
+    /// load: the command itself then says why).
+    pub fn matmul_threads(&self) -> Option<usize> {
+        let s = match (&self.scenario, &self.resume) {
+            (_, Some(dir)) => recorded_scenario(dir).ok()?,
+            (Some(path), None) => Scenario::load(path, &self.set).ok()?,
+            (None, None) => return None,
+        };
+        Some(s.threads_per_job())
+    }
+}
+
 /// Run the scenario and print its summary.
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let scenario = match (&a.scenario, &a.resume) {

@@ -23,6 +23,15 @@ pub struct StudyArgs {
     out: Option<PathBuf>,
 }
 
+impl StudyArgs {
+    /// Threads one training job computes with, the fewest over the arms; None when the study
+    /// does not load.
+    pub fn matmul_threads(&self) -> Option<usize> {
+        let study = Study::load(&self.study).ok()?;
+        study.arms.iter().map(|(_, s)| s.threads_per_job()).min()
+    }
+}
+
 /// Validate every arm, train them one after the other, attack each, tabulate.
 pub fn study(a: StudyArgs) -> anyhow::Result<()> {
     let study = Study::load(&a.study)?;

@@ -27,6 +27,25 @@ pub struct SweepArgs {
     out: Option<PathBuf>,
 }
 
+impl SweepArgs {
+    /// Threads one training job computes with, the fewest over the combinations (so none
+    /// oversubscribes the cores); None when they do not load.
+    pub fn matmul_threads(&self) -> Option<usize> {
+        let varies = parse_all(&self.vary).ok()?;
+        combinations(&varies)
+            .iter()
+            .map(|settings| {
+                let all: Vec<String> = self.set.iter().chain(settings).cloned().collect();
+                Scenario::load(&self.scenario, &all)
+                    .ok()
+                    .map(|s| s.threads_per_job())
+            })
+            .collect::<Option<Vec<usize>>>()?
+            .into_iter()
+            .min()
+    }
+}
+
 /// Validate every combination, then run them one after the other.
 pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     let varies = parse_all(&a.vary)?;

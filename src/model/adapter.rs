@@ -139,11 +139,6 @@ impl AdapterSet {
         Self { layout, data }
     }
 
-    /// The values, taken out.
-    pub fn into_data(self) -> Vec<f32> {
-        self.data
-    }
-
     /// The layout.
     pub fn layout(&self) -> &Arc<AdapterLayout> {
         &self.layout

@@ -73,8 +73,3 @@ pub fn log_erfc(x: f64) -> f64 {
         - 37.0 / 24.0 / (x2 * x2 * x2)
         + 353.0 / 64.0 / (x2 * x2 * x2 * x2)
 }
-
-/// Standard normal CDF.
-pub fn norm_cdf(x: f64) -> f64 {
-    0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
-}

@@ -75,7 +75,7 @@ pub(super) fn setup_lines(s: &Scenario, prep: &Prepared) -> Vec<String> {
 }
 
 fn size_line(sizes: &[usize]) -> String {
-    if sizes.len() <= 20 {
+    if sizes.len() <= SIZES_LISTED {
         return format!("{sizes:?}");
     }
     let mut v = sizes.to_vec();
@@ -87,3 +87,6 @@ fn size_line(sizes: &[usize]) -> String {
         v[v.len() - 1]
     )
 }
+
+/// Partition sizes listed one by one up to this many clients; a summary beyond.
+const SIZES_LISTED: usize = 20;

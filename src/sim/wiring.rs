@@ -80,7 +80,9 @@ pub(super) fn client_context(
         local: s.local.clone(),
         seed: s.seed,
         // Updates in flight: training or waiting to be folded (memory stays bounded).
-        in_flight: Arc::new(tokio::sync::Semaphore::new(2 * s.slots + 2)),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(
+            UPDATES_IN_FLIGHT_PER_SLOT * s.slots + UPDATES_IN_FLIGHT_SPARE,
+        )),
         faults: FaultModel::new(
             sys.availability,
             sys.crash_probability,
@@ -91,3 +93,9 @@ pub(super) fn client_context(
         .with_byzantine(s.byzantine()),
     }))
 }
+
+/// Uploaded updates held at once, per slot, before they are folded (bounds the memory of
+/// updates waiting for the aggregator: enough to keep every slot busy while one is folded).
+const UPDATES_IN_FLIGHT_PER_SLOT: usize = 2;
+/// And beyond the slots' share.
+const UPDATES_IN_FLIGHT_SPARE: usize = 2;

@@ -25,6 +25,10 @@ use crate::shutdown::StopLevel;
 use crate::stragglers::{Staleness, Stragglers};
 use crate::train::cosine_annealing;
 
+/// Dispatches per place in flight without a single update after which the loop gives up
+/// (every client crashes or fails): the run fails instead of spinning.
+const FUTILE_DISPATCHES_PER_PLACE: usize = 1000;
+
 /// The asynchronous loop's state.
 #[derive(Default)]
 pub(super) struct AsyncState {
@@ -194,7 +198,9 @@ async fn advance(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), A
         st.current
             .count(f.client, &status, Some((f.timeline, f.tokens)));
         retire_client(st, f.client);
-        if st.current.records.len() > 1000 * concurrency && st.current.completed == 0 {
+        if st.current.records.len() > FUTILE_DISPATCHES_PER_PLACE * concurrency
+            && st.current.completed == 0
+        {
             finish(
                 me,
                 st,
