@@ -271,8 +271,9 @@ pub struct ClientRecord {
     pub round: RoundId,
     /// The client.
     pub client: ClientId,
-    /// `completed`, `crashed`, `missed_deadline` or `failed`.
-    pub status: &'static str,
+    /// How its round ended (`completed`, `crashed`, `missed_deadline` or `failed` in
+    /// `clients.jsonl`).
+    pub status: ClientStatus,
     /// Its timeline on the virtual clock (zeros when it never planned).
     #[serde(flatten)]
     pub timeline: Timeline,
@@ -288,14 +289,29 @@ pub struct ClientRecord {
     pub tokens: usize,
 }
 
+/// How a sampled client's round ended, as `clients.jsonl` records it (the words older
+/// `compare` and `report` read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientStatus {
+    /// Its update was uploaded.
+    Completed,
+    /// It crashed during fit.
+    Crashed,
+    /// It would have missed the deadline, so it did not train.
+    MissedDeadline,
+    /// Training or the upload failed.
+    Failed,
+}
+
 impl FitStatus {
-    /// The status word of `clients.jsonl`.
-    pub fn word(&self) -> &'static str {
+    /// The status `clients.jsonl` records.
+    pub fn status(&self) -> ClientStatus {
         match self {
-            FitStatus::Completed(_) => "completed",
-            FitStatus::Crashed { .. } => "crashed",
-            FitStatus::MissedDeadline { .. } => "missed_deadline",
-            FitStatus::Failed { .. } => "failed",
+            FitStatus::Completed(_) => ClientStatus::Completed,
+            FitStatus::Crashed { .. } => ClientStatus::Crashed,
+            FitStatus::MissedDeadline { .. } => ClientStatus::MissedDeadline,
+            FitStatus::Failed { .. } => ClientStatus::Failed,
         }
     }
 }

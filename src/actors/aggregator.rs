@@ -19,8 +19,25 @@ use crate::strategy::{FedAvgAccumulator, Needs, RobustRule, ServerState, Strateg
 /// Aggregator actor.
 pub struct Aggregator;
 
+/// Why an uploaded update was left out of the aggregate.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    /// The payload is not a safetensors buffer of the run's layout.
+    #[error(transparent)]
+    Payload(#[from] crate::model::ModelError),
+    /// A value is NaN or infinite (checked as it is folded, or before a robust rule sees it).
+    #[error(transparent)]
+    Fold(#[from] crate::strategy::FoldError),
+    /// A robust rule's update with a value that is not finite.
+    #[error("the update has a non-finite value")]
+    NonFinite,
+    /// Released for aggregation but never uploaded (asynchronous aggregation).
+    #[error("no update held for this client")]
+    NotHeld,
+}
+
 /// Result of closing a round.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Aggregate {
     /// The new global adapter.
     pub global: Arc<AdapterSet>,
@@ -28,8 +45,8 @@ pub struct Aggregate {
     pub folded: usize,
     /// Examples behind them.
     pub examples: u64,
-    /// Updates rejected (corrupt payload), with the reason.
-    pub rejected: Vec<(ClientId, String)>,
+    /// Updates rejected (corrupt payload, non-finite values), with the reason.
+    pub rejected: Vec<(ClientId, Rejection)>,
     /// Std of the DP noise on the averaged update, when DP is on and noise was released.
     pub noise_stddev: Option<f64>,
     /// Byzantine updates among those aggregated.
@@ -134,9 +151,9 @@ pub struct AggregatorState {
     /// Every update of the round, by client (robust rules): values and whether Byzantine.
     collected: BTreeMap<ClientId, (Vec<f32>, bool)>,
     byzantine: usize,
-    rejected: Vec<(ClientId, String)>,
+    rejected: Vec<(ClientId, Rejection)>,
     /// Parsed updates waiting for their weight (asynchronous aggregation).
-    held: std::collections::HashMap<ClientId, Result<Vec<f32>, String>>,
+    held: std::collections::HashMap<ClientId, Result<Vec<f32>, Rejection>>,
 }
 
 impl Actor for Aggregator {
@@ -208,13 +225,11 @@ impl Actor for Aggregator {
             AggregatorMsg::Release { client, weight } => match st.held.remove(&client) {
                 Some(Ok(buf)) => {
                     if let Err(e) = st.acc.fold_owned(buf, weight) {
-                        st.rejected.push((client, e.to_string()));
+                        st.rejected.push((client, e.into()));
                     }
                 }
                 Some(Err(e)) => st.rejected.push((client, e)),
-                None => st
-                    .rejected
-                    .push((client, "no update held for this client".to_string())),
+                None => st.rejected.push((client, Rejection::NotHeld)),
             },
             AggregatorMsg::Discard { client } => {
                 st.held.remove(&client);
@@ -251,13 +266,13 @@ impl AggregatorState {
             let mut buf = vec![0f32; self.acc.len()];
             match self.reader.read_into(&payload, &mut buf) {
                 // As FedAvg refuses them: a value that is not finite poisons a median too.
-                Ok(()) if buf.iter().any(|x| !x.is_finite()) => self
-                    .rejected
-                    .push((client, "the update has a non-finite value".to_string())),
+                Ok(()) if buf.iter().any(|x| !x.is_finite()) => {
+                    self.rejected.push((client, Rejection::NonFinite));
+                }
                 Ok(()) => {
                     self.collected.insert(client, (buf, byzantine));
                 }
-                Err(e) => self.rejected.push((client, e.to_string())),
+                Err(e) => self.rejected.push((client, e.into())),
             }
             return;
         }
@@ -272,7 +287,7 @@ impl AggregatorState {
             let parsed = self
                 .reader
                 .read_into(&payload, &mut buf)
-                .map_err(|e| e.to_string());
+                .map_err(Rejection::from);
             if hold {
                 self.held.insert(client, parsed.map(|()| buf));
                 return;
@@ -282,9 +297,9 @@ impl AggregatorState {
                     norm_bounded::bound(&mut buf, c);
                 }
                 if let (true, Some(h)) = (track_honest, self.honest.as_mut()) {
-                    h.fold(&buf, weight).map_err(|e| e.to_string())?;
+                    h.fold(&buf, weight)?;
                 }
-                self.acc.fold_owned(buf, weight).map_err(|e| e.to_string())
+                Ok(self.acc.fold_owned(buf, weight)?)
             })
         } else {
             // Folded in place from the bytes that arrived.
@@ -297,7 +312,7 @@ impl AggregatorState {
                     self.acc
                         .fold_payload(Arc::new(payload), starts, weight, client as u64);
                 })
-                .map_err(|e| e.to_string())
+                .map_err(Rejection::from)
         };
         if let Err(e) = folded {
             self.rejected.push((client, e));
@@ -309,7 +324,7 @@ impl AggregatorState {
     /// Close the round with the run's strategy: the new global adapter and what went into it.
     fn finish(&mut self, global: Arc<AdapterSet>) -> Aggregate {
         for (client, e) in self.acc.take_rejected() {
-            self.rejected.push((client as ClientId, e.to_string()));
+            self.rejected.push((client as ClientId, e.into()));
         }
         let (next, folded, examples, noise_stddev, deviation) = match self.strategy {
             Strategy::Robust(rule) => self.finish_robust(global, rule),
@@ -382,7 +397,7 @@ impl AggregatorState {
             Err(e) => {
                 // A chosen update that FedAvg would refuse: the round keeps the old global.
                 for &c in collected.keys() {
-                    self.rejected.push((c, e.to_string()));
+                    self.rejected.push((c, e.clone().into()));
                 }
                 return (global, 0, 0, None, None);
             }

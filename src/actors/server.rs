@@ -9,10 +9,12 @@
 
 mod asynchronous;
 mod close;
+mod outcome;
 mod record;
 mod round;
 mod snapshot;
 
+pub use outcome::{EarlyStop, EvalFailure, RunFailure, ServerOutcome};
 pub use snapshot::{AsyncSnapshot, FlightSnapshot, Resume, ServerSnapshot};
 
 use close::close_round;
@@ -31,7 +33,7 @@ use crate::messages::{
     ClientId, CrashCause, EvaluateIns, EvaluateRes, FitRes, FitStatus, RoundId, RoundSummary,
 };
 use crate::model::AdapterSet;
-use crate::privacy::{DpPlan, Guarantee, PrivacyLedger};
+use crate::privacy::{DpPlan, PrivacyLedger};
 use crate::scenario::file::SystemSection;
 use crate::scenario::Sampling;
 use crate::shutdown::Shutdown;
@@ -42,8 +44,9 @@ use crate::train::LocalTraining;
 pub struct Server;
 
 /// Called with each finished round and the server's state after it (progress display, run
-/// log, checkpoint).
-pub type RoundSink = Box<dyn FnMut(&RoundSummary, &ServerSnapshot) -> Result<(), String> + Send>;
+/// log, checkpoint); an error stops the run (the round could not be recorded).
+pub type RoundSink =
+    Box<dyn FnMut(&RoundSummary, &ServerSnapshot) -> Result<(), crate::report::ReportError> + Send>;
 
 /// What the server needs to run.
 pub struct ServerArgs {
@@ -85,47 +88,6 @@ pub struct ServerArgs {
     pub done: oneshot::Sender<ServerOutcome>,
     /// Where a resumed run continues from (None: round 1, after the baseline evaluation).
     pub resume: Option<Resume>,
-}
-
-/// How the run ended.
-#[derive(Debug)]
-pub struct ServerOutcome {
-    /// Evaluation of the base model before training.
-    pub baseline: Option<EvaluateRes>,
-    /// One summary per completed round.
-    pub rounds: Vec<RoundSummary>,
-    /// The final global adapter.
-    pub global: Arc<AdapterSet>,
-    /// Stopped early by the shutdown signal.
-    pub interrupted: bool,
-    /// A fatal error (evaluation failed, no clients left), if any.
-    pub error: Option<String>,
-    /// Why training stopped before `rounds` without an error.
-    pub stop: Option<EarlyStop>,
-    /// (ε, δ) after the last round, when DP is on.
-    pub epsilon: Option<Guarantee>,
-    /// The clipping norm in force at the end, when DP is on.
-    pub final_clip: Option<f64>,
-    /// ε by PLD after the last round, when `dp.pld` is on.
-    pub epsilon_pld: Option<f64>,
-}
-
-/// Why a run stopped before its planned rounds without an error.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EarlyStop {
-    /// `dp.max_epsilon` would be exceeded by the next round.
-    Budget(String),
-    /// A round had too few clients and `system.short_round` is `Stop`.
-    TooFewClients(String),
-}
-
-impl EarlyStop {
-    /// The reason, for people.
-    pub fn reason(&self) -> &str {
-        match self {
-            EarlyStop::Budget(r) | EarlyStop::TooFewClients(r) => r,
-        }
-    }
 }
 
 /// Messages the server understands.
@@ -242,7 +204,7 @@ impl Actor for Server {
                     st.last_eval = Some(res);
                     me.send_message(ServerMsg::BeginRound)?;
                 }
-                Err(e) => finish(&me, st, Some(format!("baseline evaluation failed: {e}"))),
+                Err(e) => finish(&me, st, Some(RunFailure::Baseline(e))),
             },
             ServerMsg::BeginRound if st.is_async() => asynchronous::begin(&me, st).await?,
             ServerMsg::BeginRound => begin_round(&me, st).await?,
@@ -307,17 +269,13 @@ pub(super) async fn evaluate(
     slots: &SlotHandle,
     round: RoundId,
     adapter: Option<Arc<AdapterSet>>,
-) -> Result<EvaluateRes, String> {
+) -> Result<EvaluateRes, EvalFailure> {
     let (tx, rx) = oneshot::channel();
-    slots
-        .submit(Job::Evaluate {
-            ins: EvaluateIns { round, adapter },
-            reply: tx,
-        })
-        .map_err(|e| e.to_string())?;
-    rx.await
-        .map_err(|_| "the slot dropped the job".to_string())?
-        .map_err(|e| crate::fmt::chain(&e))
+    slots.submit(Job::Evaluate {
+        ins: EvaluateIns { round, adapter },
+        reply: tx,
+    })?;
+    Ok(rx.await.map_err(|_| EvalFailure::Dropped)??)
 }
 
 impl ServerState {
@@ -368,7 +326,7 @@ pub(super) fn retire_client(st: &mut ServerState, c: ClientId) {
     }
 }
 
-pub(super) fn finish(me: &ActorRef<ServerMsg>, st: &mut ServerState, error: Option<String>) {
+pub(super) fn finish(me: &ActorRef<ServerMsg>, st: &mut ServerState, error: Option<RunFailure>) {
     if let Some(done) = st.done.take() {
         let interrupted =
             error.is_none() && st.stop.is_none() && st.summaries.len() < st.args.rounds;

@@ -178,7 +178,7 @@ fn participants(dir: &Path, clients: usize) -> Result<BTreeSet<usize>, AttackErr
     #[derive(Deserialize)]
     struct Line {
         client: usize,
-        status: String,
+        status: crate::messages::ClientStatus,
     }
     let path = dir.join("clients.jsonl");
     let text = std::fs::read_to_string(&path).map_err(|e| file_error(&path, e.to_string()))?;
@@ -190,7 +190,7 @@ fn participants(dir: &Path, clients: usize) -> Result<BTreeSet<usize>, AttackErr
     {
         let l: Line = serde_json::from_str(line)
             .map_err(|e| file_error(&path, format!("line {}: {e}", i + 1)))?;
-        if l.status == "completed" && l.client < clients {
+        if l.status == crate::messages::ClientStatus::Completed && l.client < clients {
             out.insert(l.client);
         }
     }

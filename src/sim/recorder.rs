@@ -72,9 +72,7 @@ pub(super) fn round_sink(
         ..
     } = observers;
     Box::new(move |r: &RoundSummary, snapshot: &ServerSnapshot| {
-        recorder
-            .record(r, snapshot, busy.seconds())
-            .map_err(|e| crate::fmt::chain(&e))?;
+        recorder.record(r, snapshot, busy.seconds())?;
         if let Some(t) = &telemetry {
             t.round(r, &busy.seconds());
         }

@@ -106,16 +106,16 @@ impl Book {
             RunStatus::Failed
         } else if let Some(stop) = &o.stop {
             match stop {
-                EarlyStop::Budget(_) => RunStatus::BudgetExhausted,
-                EarlyStop::TooFewClients(_) => RunStatus::TooFewClients,
+                EarlyStop::Budget { .. } => RunStatus::BudgetExhausted,
+                EarlyStop::TooFewClients { .. } => RunStatus::TooFewClients,
             }
         } else if o.interrupted {
             RunStatus::Interrupted
         } else {
             RunStatus::Completed
         };
-        m.error.clone_from(&o.error);
-        m.stop_reason = o.stop.as_ref().map(|e| e.reason().to_string());
+        m.error = o.error.as_ref().map(|e| crate::fmt::chain(e));
+        m.stop_reason = o.stop.as_ref().map(ToString::to_string);
         if let Some(b) = o.baseline {
             m.pretrained_eval_loss = b.loss;
             m.pretrained_eval_perplexity = b.perplexity;

@@ -201,15 +201,8 @@ async fn advance(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), A
         if st.current.records.len() > FUTILE_DISPATCHES_PER_PLACE * concurrency
             && st.current.completed == 0
         {
-            finish(
-                me,
-                st,
-                Some(format!(
-                    "asynchronous aggregation: {} dispatches in a row without an update (every \
-                     client crashed or failed); lower system.crash_probability",
-                    st.current.records.len()
-                )),
-            );
+            let dispatches = st.current.records.len();
+            finish(me, st, Some(super::RunFailure::NoProgress { dispatches }));
             return Ok(());
         }
         if st.current.completed >= buffer {

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use ractor::{call, ActorProcessingErr, ActorRef};
 
+use super::outcome::{Overflow, RunFailure};
 use super::record::{dp_metrics, RoundFacts, RoundState};
 use super::{evaluate, finish, retire_clients, EarlyStop, ServerMsg, ServerState};
 use crate::actors::aggregator::{Aggregate, AggregatorMsg};
@@ -31,9 +32,9 @@ pub(super) async fn close_round(
     for (client, why) in &agg.rejected {
         tracing::warn!("round {round}: update of client {client} rejected: {why}");
     }
-    if let Some(why) = non_finite(&agg) {
+    if let Some(failure) = non_finite(round, &agg) {
         // Keep the last finite global adapter: it is what the run directory saves.
-        finish(me, st, Some(format!("round {round}: {why}")));
+        finish(me, st, Some(failure));
         return Ok(());
     }
     let changed = agg.folded > 0 || agg.noise_stddev.is_some();
@@ -48,32 +49,19 @@ pub(super) async fn close_round(
         (false, Some(e)) => e,
         _ => match evaluate(&st.args.slots, round, Some(st.global.clone())).await {
             Ok(e) => e,
-            Err(e) => {
-                finish(
-                    me,
-                    st,
-                    Some(format!("evaluation after round {round} failed: {e}")),
-                );
+            Err(source) => {
+                finish(me, st, Some(RunFailure::Evaluation { round, source }));
                 return Ok(());
             }
         },
     };
     if st.args.evaluate && !eval.loss.is_finite() {
-        finish(
-            me,
-            st,
-            Some(format!(
-                "round {round}: the held-out loss is {} (the model diverged; {})",
-                eval.loss,
-                match agg.server_lr {
-                    Some(lr) => format!(
-                        "lower the server optimiser's server_lr, now {}, or train.lr_max",
-                        crate::fmt::compact(lr)
-                    ),
-                    None => "lower train.lr_max".to_string(),
-                }
-            )),
-        );
+        let failure = RunFailure::Diverged {
+            round,
+            loss: eval.loss,
+            server_lr: agg.server_lr,
+        };
+        finish(me, st, Some(failure));
         return Ok(());
     }
     st.last_eval = Some(eval);
@@ -124,9 +112,9 @@ async fn record(
     let summary = st.current.summary(facts);
     st.clock = st.current.close_at;
     let snapshot = super::snapshot::take(st, st.summaries.len() + 1).await?;
-    if let Err(e) = (st.args.sink)(&summary, &snapshot) {
+    if let Err(source) = (st.args.sink)(&summary, &snapshot) {
         st.summaries.push(summary);
-        finish(me, st, Some(format!("cannot record round {round}: {e}")));
+        finish(me, st, Some(RunFailure::Record { round, source }));
         return Ok(());
     }
     st.summaries.push(summary);
@@ -194,7 +182,7 @@ pub(super) async fn short_round(
         let snapshot = super::snapshot::take(st, st.summaries.len() + 1).await?;
         let _ = (st.args.sink)(&summary, &snapshot);
         st.summaries.push(summary);
-        st.stop = Some(EarlyStop::TooFewClients(format!("round {round}: {why}")));
+        st.stop = Some(EarlyStop::TooFewClients { round, why });
         finish(me, st, None);
         return Ok(());
     }
@@ -229,28 +217,20 @@ fn account(
 }
 
 /// Why the aggregated adapter cannot become the global one, if it cannot.
-fn non_finite(agg: &Aggregate) -> Option<String> {
+fn non_finite(round: RoundId, agg: &Aggregate) -> Option<RunFailure> {
     let bad = agg.global.data().iter().filter(|x| !x.is_finite()).count();
     if bad == 0 {
         return None;
     }
-    let cause = match agg.noise_stddev {
-        Some(sd) => format!(
-            "DP noise of std {} per coordinate on the averaged update overflowed f32 (raise \
-             strategy.fraction_fit or clients.count, or lower the noise multiplier)",
-            crate::fmt::compact(sd)
-        ),
-        None => match agg.server_lr {
-            Some(lr) => format!(
-                "the server optimiser's step overflowed f32 (lower its server_lr, now {})",
-                crate::fmt::compact(lr)
-            ),
-            None => "the averaged update overflowed f32 (lower train.lr_max)".to_string(),
-        },
+    let cause = match (agg.noise_stddev, agg.server_lr) {
+        (Some(sd), _) => Overflow::Noise(sd),
+        (None, Some(lr)) => Overflow::ServerStep(lr),
+        (None, None) => Overflow::Average,
     };
-    Some(format!(
-        "the aggregated global adapter has {bad} non-finite values of {}: {cause}; the adapter \
-         of the previous round is kept",
-        agg.global.data().len()
-    ))
+    Some(RunFailure::NonFinite {
+        round,
+        bad,
+        of: agg.global.data().len(),
+        cause,
+    })
 }

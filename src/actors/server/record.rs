@@ -60,7 +60,7 @@ impl RoundState {
         self.records.push(ClientRecord {
             round: self.round,
             client,
-            status: status.word(),
+            status: status.status(),
             timeline,
             finish: timeline.finish(),
             late_by: match status {

@@ -186,13 +186,12 @@ fn check_budget(
     if let Some(max) = ledger.plan().max_epsilon {
         let next = ledger.peek(q);
         if next.epsilon > max {
-            st.stop = Some(EarlyStop::Budget(format!(
-                "privacy budget: round {round} would reach epsilon {:.4} > dp.max_epsilon {max} \
-                 (delta {:e}); stopped after round {}",
-                next.epsilon,
-                next.delta,
-                round - 1
-            )));
+            st.stop = Some(EarlyStop::Budget {
+                round,
+                epsilon: next.epsilon,
+                max,
+                delta: next.delta,
+            });
             finish(me, st, None);
             return None;
         }
