@@ -14,6 +14,10 @@ use cli::privacy::PrivacyCommand;
 #[derive(Parser)]
 #[command(name = "sim", version, about)]
 struct Cli {
+    /// Parse the command line and stop (the test that every command line in the docs is
+    /// today's CLI uses it).
+    #[arg(long, global = true, hide = true)]
+    parse_only: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,6 +80,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.parse_only {
+        return ExitCode::SUCCESS;
+    }
     // candle sizes each matmul's parallelism from RAYON_NUM_THREADS on every call (when it is
     // unset, re-reading /proc/cpuinfo each time: a third of a generated token's time). It is
     // set here, once, before any thread starts — the one place in fedsim that sets a

@@ -3,20 +3,7 @@
 use fedsim::data::{alpaca, synthetic, DataPlan, DataSource, Partition};
 use fedsim::tokenizer::TextTokenizer;
 
-use crate::util::{assert_disjoint_cover, shared};
-
-#[test]
-fn medalpaca_loads_5942_records() {
-    let Some(path) = shared("data/medalpaca/medical_meadow_small.json") else {
-        return;
-    };
-    let records = alpaca::load(&path).unwrap();
-    assert_eq!(records.len(), 5942);
-    assert!(records.iter().all(|r| !r.output.is_empty()));
-    let topics: std::collections::BTreeSet<&str> =
-        records.iter().map(|r| r.topic.as_str()).collect();
-    assert!(topics.len() >= 5, "{topics:?}");
-}
+use crate::util::assert_disjoint_cover;
 
 #[test]
 fn corrupt_alpaca_file_is_a_clear_error() {

@@ -3,41 +3,6 @@
 use fedsim::eval::pubmedqa::{self, Answer, Item};
 use fedsim::eval::{argmax, Evaluator};
 
-use crate::util::shared;
-
-#[test]
-fn pubmedqa_loads_1000_expert_items_and_the_500_item_test_split() {
-    let Some(data) = shared("data/pubmedqa/ori_pqal.json") else {
-        return;
-    };
-    let items = pubmedqa::load(&data, None).unwrap();
-    let count = |a| items.iter().filter(|i| i.answer == a).count();
-    assert_eq!(items.len(), 1000);
-    assert_eq!(
-        (count(Answer::Yes), count(Answer::No), count(Answer::Maybe)),
-        (552, 338, 110)
-    );
-    assert_eq!(format!("{:.3}", pubmedqa::majority_share(&items)), "0.552");
-    assert!(items
-        .iter()
-        .all(|i| !i.question.is_empty() && !i.contexts.is_empty()));
-    let split = data.with_file_name("test_ground_truth.json");
-    assert_eq!(pubmedqa::load(&data, Some(&split)).unwrap().len(), 500);
-    // A file of another shape names itself.
-    let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.json");
-    std::fs::write(
-        &bad,
-        r#"{"1": {"QUESTION": "q", "CONTEXTS": [], "final_decision": "perhaps"}}"#,
-    )
-    .unwrap();
-    let err = pubmedqa::load(&bad, None).unwrap_err().to_string();
-    assert!(
-        err.contains("bad.json") && err.contains("\"perhaps\""),
-        "{err}"
-    );
-}
-
 #[test]
 fn answers_are_parsed_as_whole_words_and_ties_go_to_the_first() {
     assert_eq!(pubmedqa::parse_answer("Yes, it does."), Some(Answer::Yes));

@@ -5,9 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::util::{
-    round_metrics as metrics, run, run_full, scenario, shared, stop_after_round, DP, SMALL,
-};
+use crate::util::{round_metrics as metrics, run, run_full, scenario, stop_after_round, DP, SMALL};
 use fedsim::report::RunStatus;
 use fedsim::StopLevel;
 
@@ -113,35 +111,6 @@ fn centralised_baseline_improves() {
     assert!(
         table.contains("pretrained") && table.contains("central"),
         "{table}"
-    );
-}
-
-#[test]
-fn medalpaca_dirichlet_run() {
-    let Some(path) = shared("data/medalpaca/medical_meadow_small.json") else {
-        return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let source = format!(
-        r#"data.source={{"Alpaca":{{"path":{:?},"limit":300}}}}"#,
-        path.display().to_string()
-    );
-    let s = scenario(
-        SMALL,
-        &[
-            &source,
-            r#"partition={"Dirichlet":{"alpha":0.5}}"#,
-            "rounds=2",
-            "data.canaries=0",
-        ],
-    )
-    .unwrap();
-    let r = run(&s, &tmp.path().join("med"));
-    assert_eq!(r.summary.rounds_completed, 2);
-    assert!(
-        r.summary.final_eval_loss < r.summary.pretrained_eval_loss,
-        "{:?}",
-        r.rounds
     );
 }
 

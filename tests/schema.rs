@@ -231,11 +231,11 @@ fn a_partial_section_gets_the_same_defaults_as_an_omitted_one() {
     }
 }
 
-/// The README's scenario reference shows `path` (default) for each field: every default it
+/// docs/scenario.md shows `path` (default) for each field: every default it
 /// states in the scenario's syntax must be the code's.
 #[test]
 fn the_documented_defaults_are_the_code_s() {
-    let readme = std::fs::read_to_string(crate::util::root().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(crate::util::root().join("docs/scenario.md")).unwrap();
     let omitted: ScenarioFile = ron::from_str(MINIMAL).unwrap();
     let tree = serde_json::to_value(&omitted).unwrap();
     // dp's fields have defaults once dp is on (its mechanism is required).
@@ -277,7 +277,7 @@ fn the_documented_defaults_are_the_code_s() {
         };
         assert!(
             same,
-            "README says `{path}` defaults to {doc}; the code says {at}"
+            "docs/scenario.md says `{path}` defaults to {doc}; the code says {at}"
         );
         compared += 1;
     }

@@ -70,7 +70,6 @@ pub fn shared(rel: &str) -> Option<PathBuf> {
             p.display()
         );
     } else {
-        eprintln!("SKIPPED: {} not found (outside CI)", p.display());
         None
     }
 }
