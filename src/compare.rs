@@ -216,7 +216,7 @@ fn base_fingerprint(dir: &Path) -> Option<String> {
 fn file_fingerprint(path: &Path) -> Option<String> {
     std::fs::read(path)
         .ok()
-        .map(|b| format!("{:016x}", crate::report::fnv1a(&b)))
+        .map(|b| format!("{:016x}", crate::hash::fnv1a(&b)))
 }
 
 fn short(name: &str) -> String {

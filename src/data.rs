@@ -77,7 +77,7 @@ pub fn fingerprint(records: &[Record]) -> String {
             text.push(0);
         }
     }
-    format!("{:016x}", crate::report::fnv1a(&text))
+    format!("{:016x}", crate::hash::fnv1a(&text))
 }
 
 /// Shards without records (see [`DataPlan::shards_only`]).

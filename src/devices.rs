@@ -15,7 +15,7 @@ use rand::Rng;
 use rand_distr::{Distribution, LogNormal, Normal};
 use serde::{Deserialize, Serialize};
 
-use crate::messages::ClientId;
+use crate::ids::ClientId;
 use crate::rng::{purpose, rng_for};
 
 pub use trace::{read_trace, TraceError};

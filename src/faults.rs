@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::byzantine::Byzantine;
 use crate::devices::Fleet;
-use crate::messages::{ClientId, RoundId};
+use crate::ids::{ClientId, RoundId};
 use crate::rng::{derive, purpose};
 
 /// Availability and crashes (scenario `system.availability`, `system.crash_probability`, trace

@@ -45,7 +45,8 @@
 //! - [`telemetry`]: Prometheus metric names, buckets and the per-run recorder.
 //! - [`rng`]: seed derivation, so results never depend on slot count or timing.
 //! - [`fmt`]: compact numbers and error chains for messages; [`bytes`]: f32 vectors as bytes in
-//!   serde formats.
+//!   serde formats; [`ids`] (client and round ids) and [`hash`] (FNV-1a fingerprints): leaves
+//!   every layer may import.
 //! - [`host`]: process-wide allocator settings that `sim run` applies for LoRA training.
 
 pub mod actors;
@@ -61,8 +62,10 @@ pub mod devices;
 pub mod eval;
 pub mod faults;
 pub mod fmt;
+pub mod hash;
 pub mod host;
 pub mod html_report;
+pub mod ids;
 pub mod messages;
 pub mod model;
 pub mod network;

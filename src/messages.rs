@@ -8,10 +8,7 @@ use crate::clock::Timeline;
 use crate::model::AdapterSet;
 use crate::train::LocalTraining;
 
-/// Index of a client, 0-based.
-pub type ClientId = usize;
-/// Federated round, 1-based (0 is the evaluation before training).
-pub type RoundId = usize;
+pub use crate::ids::{ClientId, RoundId};
 
 /// What a client is told to do in a round.
 #[derive(Debug, Clone)]

@@ -277,7 +277,7 @@ pub fn run_marker(s: &Scenario) -> Marker {
     Marker {
         kind: DirKind::Run,
         name: s.name.clone(),
-        fingerprint: format!("{:016x}", crate::report::fnv1a(s.to_ron().as_bytes())),
+        fingerprint: format!("{:016x}", crate::hash::fnv1a(s.to_ron().as_bytes())),
     }
 }
 

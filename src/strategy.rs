@@ -15,6 +15,7 @@ pub mod fedavg;
 pub mod fedopt;
 pub mod fedprox;
 mod fold;
+mod kind;
 pub mod krum;
 pub mod median;
 pub mod norm_bounded;
@@ -22,8 +23,7 @@ pub mod trimmed_mean;
 
 pub use fedavg::{FedAvgAccumulator, FoldError};
 pub use fedopt::{ServerOptimizer, ServerState};
-
-use crate::scenario::file::StrategyKind;
+pub use kind::StrategyKind;
 
 /// What a strategy needs from the round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use crate::data::Record;
 pub mod chat;
 mod gguf;
 
-pub use gguf::chat_template;
+pub use gguf::{chat_template, GgufMetadata};
 
 /// Errors of tokenizer training, loading and encoding.
 #[derive(Debug, thiserror::Error)]

@@ -57,3 +57,80 @@ fn no_source_file_outgrows_one_concept() {
         .collect();
     assert!(long.is_empty(), "split these: {long:?}");
 }
+
+/// The top-level library modules each source file of `module` names in code (`crate::x`),
+/// comments and doc links left out.
+fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let src = crate::util::root().join("src");
+    let mut graph = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    for (path, text) in library_sources() {
+        let rel = path.strip_prefix(&src).unwrap();
+        let top = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
+        if ["main", "cli", "lib"].contains(&top.as_str()) {
+            continue;
+        }
+        let deps = graph.entry(top.clone()).or_default();
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap_or("");
+            for part in code.split("crate::").skip(1) {
+                let name: String = part
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+                    .collect();
+                if !name.is_empty() && name != top {
+                    deps.insert(name);
+                }
+            }
+        }
+    }
+    graph
+}
+
+#[test]
+fn the_library_modules_import_no_circle() {
+    let graph = module_graph();
+    // Depth-first search for a back edge, reporting the circle it closes.
+    fn visit(
+        v: &str,
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|p| p == v) {
+            let mut circle = path[at..].to_vec();
+            circle.push(v.to_string());
+            return Some(circle);
+        }
+        if done.contains(v) {
+            return None;
+        }
+        path.push(v.to_string());
+        for w in graph.get(v).into_iter().flatten() {
+            if graph.contains_key(w) {
+                if let Some(c) = visit(w, graph, path, done) {
+                    return Some(c);
+                }
+            }
+        }
+        path.pop();
+        done.insert(v.to_string());
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for v in graph.keys() {
+        if let Some(circle) = visit(v, &graph, &mut Vec::new(), &mut done) {
+            panic!("import circle: {}", circle.join(" → "));
+        }
+    }
+    // The leaves import nothing of the crate.
+    for leaf in ["ids", "hash", "fmt", "rng"] {
+        assert!(graph[leaf].is_empty(), "{leaf} imports {:?}", graph[leaf]);
+    }
+}

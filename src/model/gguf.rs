@@ -269,3 +269,9 @@ fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor, ModelError> {
         .contiguous()?
         .reshape((out, inp))?)
 }
+
+impl crate::tokenizer::GgufMetadata for GgufHeader {
+    fn metadata(&self, key: &str) -> Option<&Value> {
+        GgufHeader::metadata(self, key)
+    }
+}

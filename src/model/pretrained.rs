@@ -216,7 +216,7 @@ impl Pretrained {
     /// Missing or malformed tokenizer data.
     pub fn tokenizer(&self) -> Result<TextTokenizer, TokenizerError> {
         match &self.format {
-            Format::Gguf(h) => TextTokenizer::from_gguf(h),
+            Format::Gguf(h) => TextTokenizer::from_gguf(h.as_ref()),
             Format::HuggingFace(files) => {
                 TextTokenizer::from_file_with_eos(&self.path.join("tokenizer.json"), files.eos_id)
             }
@@ -226,7 +226,7 @@ impl Pretrained {
     /// The chat template it ships, if any.
     pub fn chat_template(&self) -> Option<ChatTemplate> {
         match &self.format {
-            Format::Gguf(h) => crate::tokenizer::chat_template(h),
+            Format::Gguf(h) => crate::tokenizer::chat_template(h.as_ref()),
             Format::HuggingFace(f) => f.chat_template.as_deref().map(ChatTemplate::new),
         }
     }

@@ -9,8 +9,7 @@ use crate::privacy::{DpSampling, FracSeries, Mechanism, NoiseSource};
 use crate::stragglers::Stragglers;
 use crate::trainer::TrainerKind;
 
-mod strategy;
-pub use strategy::StrategyKind;
+pub use crate::strategy::StrategyKind;
 
 /// A scenario file as written (`scenarios/*.ron`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,10 +101,6 @@ impl Default for SystemSection {
             byzantine: None,
         }
     }
-}
-
-fn one_f64() -> f64 {
-    1.0
 }
 
 /// A round that cannot reach `min_available_clients` (or samples nobody to train).
@@ -347,10 +342,6 @@ pub struct SlotsSection {
     /// Slots one client's job occupies (Flower's `client_resources`): fewer clients at once,
     /// each computing with that many slots' threads.
     pub client_resources: usize,
-}
-
-fn one_usize() -> usize {
-    1
 }
 
 /// A slot's device (scenario `slots.device`).

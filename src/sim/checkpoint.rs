@@ -83,13 +83,8 @@ impl Checkpoint {
 /// model's source. Same scenario and same data files give the same fingerprint.
 pub(super) fn inputs_fingerprint(prep: &Prepared) -> String {
     // FNV-1a over the values' little-endian bytes, streamed (millions of tokens).
-    let mut h: u64 = crate::report::fnv1a(&[]);
-    let mut put = |v: u64| {
-        for b in v.to_le_bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
+    let mut h = crate::hash::Fnv1a::new();
+    let mut put = |v: u64| h.write_u64(v);
     for shard in &prep.shards {
         put(shard.len() as u64);
         shard.iter().for_each(|&i| put(u64::from(i)));
@@ -104,5 +99,5 @@ pub(super) fn inputs_fingerprint(prep: &Prepared) -> String {
             m.sha256.bytes().for_each(|b| put(u64::from(b)));
         }
     }
-    format!("{h:016x}")
+    format!("{:016x}", h.finish())
 }

@@ -13,9 +13,24 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer, TokenizerBuilder};
 
 use super::{tk, TextTokenizer, TokenizerError};
-use crate::model::gguf::GgufHeader;
 
-fn strings<'a>(header: &'a GgufHeader, key: &'static str) -> Result<Vec<&'a str>, TokenizerError> {
+/// GGUF metadata by key: what the tokenizer reads from a GGUF file (the model's header
+/// implements it, so the tokenizer does not depend on the model module).
+pub trait GgufMetadata {
+    /// The value of `key`, if the file has it.
+    fn metadata(&self, key: &str) -> Option<&Value>;
+}
+
+impl GgufMetadata for std::collections::HashMap<String, Value> {
+    fn metadata(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+}
+
+fn strings<'a>(
+    header: &'a impl GgufMetadata,
+    key: &'static str,
+) -> Result<Vec<&'a str>, TokenizerError> {
     let bad = |problem| TokenizerError::Metadata { key, problem };
     let Some(Value::Array(items)) = header.metadata(key) else {
         return Err(bad("is missing or not an array"));
@@ -29,7 +44,7 @@ fn strings<'a>(header: &'a GgufHeader, key: &'static str) -> Result<Vec<&'a str>
         .collect()
 }
 
-fn id(header: &GgufHeader, key: &'static str) -> Result<u32, TokenizerError> {
+fn id(header: &impl GgufMetadata, key: &'static str) -> Result<u32, TokenizerError> {
     match header.metadata(key) {
         Some(Value::U32(v)) => Ok(*v),
         Some(Value::I32(v)) if *v >= 0 => Ok(*v as u32),
@@ -41,7 +56,7 @@ fn id(header: &GgufHeader, key: &'static str) -> Result<u32, TokenizerError> {
 }
 
 /// The chat template in a GGUF file's metadata (`tokenizer.chat_template`), if any.
-pub fn chat_template(header: &GgufHeader) -> Option<super::chat::ChatTemplate> {
+pub fn chat_template(header: &impl GgufMetadata) -> Option<super::chat::ChatTemplate> {
     match header.metadata("tokenizer.chat_template") {
         Some(Value::String(s)) => Some(super::chat::ChatTemplate::new(s)),
         _ => None,
@@ -54,7 +69,7 @@ impl TextTokenizer {
     ///
     /// # Errors
     /// [`TokenizerError::Metadata`] naming a missing or malformed key, or a tokenizer failure.
-    pub fn from_gguf(header: &GgufHeader) -> Result<Self, TokenizerError> {
+    pub fn from_gguf(header: &impl GgufMetadata) -> Result<Self, TokenizerError> {
         match header.metadata("tokenizer.ggml.model") {
             Some(Value::String(m)) if m == "gpt2" => {}
             _ => {

@@ -2,8 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{one_f64, one_usize};
-
 /// Aggregation rules (`strategy.kind`), with their papers' defaults for omitted fields.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,4 +113,12 @@ fn default_beta2() -> f64 {
 
 fn default_trim() -> f64 {
     0.1
+}
+
+fn one_f64() -> f64 {
+    1.0
+}
+
+fn one_usize() -> usize {
+    1
 }
