@@ -12,66 +12,16 @@ use crate::privacy::{DpPlan, DpSampling};
 use crate::train::LocalTraining;
 use crate::trainer::TrainerKind;
 
+mod check;
 mod model;
 mod privacy;
 mod strategy;
 mod system;
 
+use check::{Check, Range};
+
 /// Longest scenario name (bytes).
 const MAX_NAME: usize = 200;
-
-struct Check<'a> {
-    path: &'a Path,
-}
-
-impl Check<'_> {
-    fn fail(&self, field: &str, message: impl Into<String>) -> ScenarioError {
-        ScenarioError::Invalid {
-            path: self.path.to_path_buf(),
-            field: field.to_string(),
-            message: message.into(),
-        }
-    }
-
-    fn ensure(
-        &self,
-        ok: bool,
-        field: &str,
-        message: impl Into<String>,
-    ) -> Result<(), ScenarioError> {
-        if ok {
-            Ok(())
-        } else {
-            Err(self.fail(field, message))
-        }
-    }
-
-    fn finite_in(
-        &self,
-        v: f64,
-        lo: f64,
-        hi: f64,
-        lo_open: bool,
-        hi_open: bool,
-        field: &str,
-    ) -> Result<(), ScenarioError> {
-        let ok = v.is_finite()
-            && (if lo_open { v > lo } else { v >= lo })
-            && (if hi_open { v < hi } else { v <= hi });
-        let range = format!(
-            "{}{}, {}{}",
-            if lo_open { "(" } else { "[" },
-            compact(lo),
-            compact(hi),
-            if hi_open { ")" } else { "]" }
-        );
-        self.ensure(
-            ok,
-            field,
-            format!("is {}; it must lie in {range}", compact(v)),
-        )
-    }
-}
 
 pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, ScenarioError> {
     let c = Check { path };
@@ -225,7 +175,7 @@ fn check_data(
             }
         }
     }
-    c.finite_in(d.eval_fraction, 0.0, 1.0, true, true, "data.eval_fraction")?;
+    c.finite_in(d.eval_fraction, Range::open(0.0, 1.0), "data.eval_fraction")?;
     c.ensure(
         (8..=model.max_position_embeddings).contains(&d.max_seq_len),
         "data.max_seq_len",
@@ -249,11 +199,13 @@ fn check_data(
     )?;
     match file.partition {
         Partition::Iid => {}
-        Partition::Dirichlet { alpha } => {
-            c.finite_in(alpha, 0.0, 1e6, true, false, "partition.Dirichlet.alpha")?
-        }
+        Partition::Dirichlet { alpha } => c.finite_in(
+            alpha,
+            Range::open_closed(0.0, 1e6),
+            "partition.Dirichlet.alpha",
+        )?,
         Partition::SizeSkew { sigma } => {
-            c.finite_in(sigma, 0.0, 10.0, false, false, "partition.SizeSkew.sigma")?
+            c.finite_in(sigma, Range::closed(0.0, 10.0), "partition.SizeSkew.sigma")?
         }
     }
 
@@ -277,10 +229,7 @@ fn check_clients(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError
     let s = &file.strategy;
     c.finite_in(
         s.fraction_fit,
-        0.0,
-        1.0,
-        true,
-        false,
+        Range::open_closed(0.0, 1.0),
         "strategy.fraction_fit",
     )?;
     c.ensure(
@@ -327,9 +276,13 @@ fn check_train(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> 
         "train.eval_batch_size",
         format!("is {}; it must be 1..=4096", t.eval_batch_size),
     )?;
-    c.finite_in(t.lr_max, 0.0, 10.0, true, false, "train.lr_max")?;
-    c.finite_in(t.lr_min, 0.0, t.lr_max, false, false, "train.lr_min")?;
-    c.finite_in(t.weight_decay, 0.0, 1.0, false, false, "train.weight_decay")?;
+    c.finite_in(t.lr_max, Range::open_closed(0.0, 10.0), "train.lr_max")?;
+    c.finite_in(t.lr_min, Range::closed(0.0, t.lr_max), "train.lr_min")?;
+    c.finite_in(
+        t.weight_decay,
+        Range::closed(0.0, 1.0),
+        "train.weight_decay",
+    )?;
 
     Ok(())
 }
@@ -448,9 +401,9 @@ fn check_dp(c: &Check<'_>, file: &ScenarioFile) -> Result<Option<DpPlan>, Scenar
         }
         Some(d) => {
             privacy::check_mechanism(c, &d.mechanism)?;
-            c.finite_in(d.delta, 0.0, 1.0, true, true, "dp.delta")?;
+            c.finite_in(d.delta, Range::open(0.0, 1.0), "dp.delta")?;
             if let Some(m) = d.max_epsilon {
-                c.finite_in(m, 0.0, 1e6, true, false, "dp.max_epsilon")?;
+                c.finite_in(m, Range::open_closed(0.0, 1e6), "dp.max_epsilon")?;
             }
             c.ensure(
                 !d.pld || d.sampling == DpSampling::Poisson,

@@ -1,6 +1,6 @@
 //! Checks of the model shape and the LoRA adapter.
 
-use super::Check;
+use super::{Check, Range};
 use crate::model::{LlamaConfig, LoraConfig, TargetModule};
 use crate::scenario::file::ScenarioFile;
 use crate::scenario::ScenarioError;
@@ -65,18 +65,12 @@ pub(super) fn check_llama(c: &Check<'_>, cfg: &LlamaConfig) -> Result<(), Scenar
     )?;
     c.finite_in(
         cfg.rms_norm_eps,
-        0.0,
-        1.0,
-        true,
-        false,
+        Range::open_closed(0.0, 1.0),
         &format!("{f}.rms_norm_eps"),
     )?;
     c.finite_in(
         cfg.rope_theta,
-        1.0,
-        1e9,
-        false,
-        false,
+        Range::closed(1.0, 1e9),
         &format!("{f}.rope_theta"),
     )
 }
@@ -120,8 +114,8 @@ pub(super) fn check_lora(
             l.r
         ),
     )?;
-    c.finite_in(l.alpha, 0.0, 1e6, true, false, "lora.alpha")?;
-    c.finite_in(l.dropout, 0.0, 1.0, false, true, "lora.dropout")?;
+    c.finite_in(l.alpha, Range::open_closed(0.0, 1e6), "lora.alpha")?;
+    c.finite_in(l.dropout, Range::closed_open(0.0, 1.0), "lora.dropout")?;
     Ok(LoraConfig {
         r: l.r,
         alpha: l.alpha,

@@ -1,6 +1,6 @@
 //! Checks of the `dp` section's mechanism.
 
-use super::Check;
+use super::{Check, Range};
 use crate::fmt::compact;
 use crate::privacy::Mechanism;
 use crate::scenario::ScenarioError;
@@ -9,9 +9,9 @@ use crate::scenario::ScenarioError;
 const MIN_NOISE: f64 = 1e-6;
 
 pub(super) fn check_mechanism(c: &Check<'_>, m: &Mechanism) -> Result<(), ScenarioError> {
-    let positive = |v: f64, field: &str| c.finite_in(v, 0.0, 1e6, true, false, field);
+    let positive = |v: f64, field: &str| c.finite_in(v, Range::open_closed(0.0, 1e6), field);
     // Below 1e-6 the noise is nil and ε overflows f64: refuse rather than report inf.
-    let noise = |v: f64, field: &str| c.finite_in(v, MIN_NOISE, 1e6, false, false, field);
+    let noise = |v: f64, field: &str| c.finite_in(v, Range::closed(MIN_NOISE, 1e6), field);
     match *m {
         Mechanism::ClientSideFixed {
             clip_norm,
@@ -44,13 +44,10 @@ pub(super) fn check_mechanism(c: &Check<'_>, m: &Mechanism) -> Result<(), Scenar
             positive(initial_clip, &format!("{f}.initial_clip"))?;
             c.finite_in(
                 target_quantile,
-                0.0,
-                1.0,
-                true,
-                true,
+                Range::open(0.0, 1.0),
                 &format!("{f}.target_quantile"),
             )?;
-            c.finite_in(clip_lr, 0.0, 10.0, false, false, &format!("{f}.clip_lr"))?;
+            c.finite_in(clip_lr, Range::closed(0.0, 10.0), &format!("{f}.clip_lr"))?;
             noise(noise_multiplier, &format!("{f}.noise_multiplier"))?;
             positive(count_stddev, &format!("{f}.count_stddev"))?;
             c.ensure(

@@ -1,7 +1,7 @@
 //! Checks of `strategy.kind` (hyper-parameters, what it combines with) and of
 //! `system.byzantine`.
 
-use super::Check;
+use super::{Check, Range};
 use crate::byzantine::{Attackers, ByzantineAttack};
 use crate::scenario::file::{ScenarioFile, StrategyKind};
 use crate::scenario::ScenarioError;
@@ -11,9 +11,15 @@ use crate::strategy::{Needs, Strategy};
 pub(super) fn check_strategy(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> {
     let kind = file.strategy.kind;
     let f = "strategy.kind";
-    let unit = |v: f64, field: &str| c.finite_in(v, 0.0, 1.0, false, true, &format!("{f}.{field}"));
-    let positive =
-        |v: f64, field: &str| c.finite_in(v, 0.0, f64::MAX, true, false, &format!("{f}.{field}"));
+    let unit =
+        |v: f64, field: &str| c.finite_in(v, Range::closed_open(0.0, 1.0), &format!("{f}.{field}"));
+    let positive = |v: f64, field: &str| {
+        c.finite_in(
+            v,
+            Range::open_closed(0.0, f64::MAX),
+            &format!("{f}.{field}"),
+        )
+    };
     match kind {
         StrategyKind::FedAvg | StrategyKind::Median => {}
         StrategyKind::FedAvgM {
@@ -57,10 +63,7 @@ pub(super) fn check_strategy(c: &Check<'_>, file: &ScenarioFile) -> Result<(), S
         StrategyKind::TrimmedMean { beta } => {
             c.finite_in(
                 beta,
-                0.0,
-                0.5,
-                false,
-                true,
+                Range::closed_open(0.0, 0.5),
                 &format!("{f}.TrimmedMean.beta"),
             )?;
         }
@@ -70,7 +73,7 @@ pub(super) fn check_strategy(c: &Check<'_>, file: &ScenarioFile) -> Result<(), S
         }
         StrategyKind::NormBounded { max_norm } => positive(max_norm, "NormBounded.max_norm")?,
         StrategyKind::FedProx { mu } => {
-            c.finite_in(mu, 0.0, 1e6, false, false, &format!("{f}.FedProx.mu"))?;
+            c.finite_in(mu, Range::closed(0.0, 1e6), &format!("{f}.FedProx.mu"))?;
         }
     }
     let strategy = Strategy::from_kind(kind);
@@ -146,7 +149,7 @@ fn check_byzantine(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioErr
     let f = "system.byzantine";
     match &b.clients {
         Attackers::Share(p) => {
-            c.finite_in(*p, 0.0, 1.0, false, false, &format!("{f}.clients.Share"))?
+            c.finite_in(*p, Range::closed(0.0, 1.0), &format!("{f}.clients.Share"))?
         }
         Attackers::Listed(ids) => {
             let n = file.clients.count;
@@ -184,13 +187,13 @@ fn check_byzantine(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioErr
             )
         }
         &ByzantineAttack::Scale(l) => {
-            c.finite_in(l, -1e6, 1e6, false, false, &format!("{g}.Scale"))
+            c.finite_in(l, Range::closed(-1e6, 1e6), &format!("{g}.Scale"))
         }
         &ByzantineAttack::Gaussian(s) => {
-            c.finite_in(s, 0.0, 1e6, true, false, &format!("{g}.Gaussian"))
+            c.finite_in(s, Range::open_closed(0.0, 1e6), &format!("{g}.Gaussian"))
         }
         &ByzantineAttack::Constant(v) => {
-            c.finite_in(v, -1e6, 1e6, false, false, &format!("{g}.Constant"))
+            c.finite_in(v, Range::closed(-1e6, 1e6), &format!("{g}.Constant"))
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Checks of the `system` section: profiles, availability, crashes, deadline, policy.
 
-use super::Check;
+use super::{Check, Range};
 use crate::devices::{Bounds, DeviceProfile, Dist, Fleet, Profiles};
 use crate::fmt::compact;
 use crate::scenario::file::SystemSection;
@@ -32,7 +32,11 @@ pub(super) fn check_system(
             let g = format!("{f}.profiles.Tiers");
             c.ensure(!tiers.is_empty(), &g, "is empty; give at least one tier")?;
             for (i, t) in tiers.iter().enumerate() {
-                c.finite_in(t.share, 0.0, 1.0, true, false, &format!("{g}[{i}].share"))?;
+                c.finite_in(
+                    t.share,
+                    Range::open_closed(0.0, 1.0),
+                    &format!("{g}[{i}].share"),
+                )?;
                 check_profile(c, &t.profile, &format!("{g}[{i}].profile"))?;
             }
             let total: f64 = tiers.iter().map(|t| t.share).sum();
@@ -57,22 +61,16 @@ pub(super) fn check_system(
     }
     c.finite_in(
         s.availability,
-        0.0,
-        1.0,
-        true,
-        false,
+        Range::open_closed(0.0, 1.0),
         &format!("{f}.availability"),
     )?;
     c.finite_in(
         s.crash_probability,
-        0.0,
-        1.0,
-        false,
-        true,
+        Range::closed_open(0.0, 1.0),
         &format!("{f}.crash_probability"),
     )?;
     if let Some(d) = s.deadline_s {
-        c.finite_in(d, 0.0, 1e9, true, false, &format!("{f}.deadline_s"))?;
+        c.finite_in(d, Range::open_closed(0.0, 1e9), &format!("{f}.deadline_s"))?;
     }
     match s.stragglers {
         Stragglers::Wait => {}
@@ -105,10 +103,7 @@ pub(super) fn check_system(
             if let crate::stragglers::Staleness::Polynomial { a } = staleness {
                 c.finite_in(
                     a,
-                    0.0,
-                    10.0,
-                    false,
-                    false,
+                    Range::closed(0.0, 10.0),
                     &format!("{g}.staleness.Polynomial.a"),
                 )?;
             }
@@ -137,7 +132,7 @@ fn check_profile(c: &Check<'_>, p: &DeviceProfile, f: &str) -> Result<(), Scenar
 
 /// `v` in the profile quantity's one range (the same for every kind of profile).
 fn within(c: &Check<'_>, v: f64, b: Bounds, field: &str) -> Result<(), ScenarioError> {
-    c.finite_in(v, b.min, b.max, false, false, field)
+    c.finite_in(v, Range::closed(b.min, b.max), field)
 }
 
 /// A distribution's parameters in the quantity's range (its draws are clamped into it).
@@ -162,16 +157,13 @@ fn check_dist(c: &Check<'_>, d: &Dist, f: &str, b: Bounds) -> Result<(), Scenari
             value(median, &format!("{f}.LogNormal.median"))?;
             c.finite_in(
                 sigma,
-                0.0,
-                10.0,
-                false,
-                false,
+                Range::closed(0.0, 10.0),
                 &format!("{f}.LogNormal.sigma"),
             )
         }
         Dist::Normal { mean, std } => {
             value(mean, &format!("{f}.Normal.mean"))?;
-            c.finite_in(std, 0.0, b.max, false, false, &format!("{f}.Normal.std"))
+            c.finite_in(std, Range::closed(0.0, b.max), &format!("{f}.Normal.std"))
         }
     }
 }
