@@ -63,8 +63,9 @@ pub enum ScenarioError {
 /// A validated scenario: every field in range and consistent.
 #[derive(Debug, Clone)]
 pub struct Scenario {
-    /// The effective file (overrides applied): what the run directory records.
-    pub file: ScenarioFile,
+    /// The effective file (overrides applied): what the run directory records. Private to
+    /// `scenario`: everything else reads the checked fields below.
+    pub(in crate::scenario) file: ScenarioFile,
     /// Where it was read from.
     pub source_path: PathBuf,
     /// Run name.
@@ -99,6 +100,19 @@ pub struct Scenario {
     pub threads_per_slot: usize,
     /// Client-level DP, if on.
     pub dp: Option<DpPlan>,
+    /// Where the base model comes from.
+    pub model_source: file::ModelSource,
+    /// How records are written for the model.
+    pub prompt: file::PromptFormat,
+    /// The local trainer: LoRA, or seeded synthetic updates.
+    pub trainer: crate::trainer::TrainerKind,
+    /// Slots one client's job occupies (`slots.client_resources`).
+    pub client_resources: usize,
+    /// Whether each client always trains on the same slot.
+    pub slot_assignment: file::SlotAssignment,
+    /// The systems simulation: profiles, availability, crashes, deadline, straggler policy,
+    /// Byzantine clients (validated).
+    pub system: file::SystemSection,
     /// Estimated peak memory of a run.
     pub memory: resources::MemoryEstimate,
     /// Things that will work but not as well as they could (printed by `validate` and `run`).
@@ -194,6 +208,24 @@ impl Scenario {
     /// any thread starts): the `sim` binary sets it to this.
     pub fn threads_per_job(&self) -> usize {
         self.threads_per_slot * self.file.slots.client_resources.clamp(1, self.slots.max(1))
+    }
+
+    /// Whether `other` trains on the same data, with the same model and seed (a privacy
+    /// study's arms must).
+    pub fn same_data_model_and_seed(&self, other: &Scenario) -> bool {
+        let key = |x: &Scenario| {
+            (
+                x.seed,
+                serde_json::to_string(&x.file.data).expect("serialisable"),
+                serde_json::to_string(&x.file.model).expect("serialisable"),
+            )
+        };
+        key(self) == key(other)
+    }
+
+    /// The strategy section's rule as the scenario names it.
+    pub fn strategy_kind(&self) -> crate::strategy::StrategyKind {
+        self.file.strategy.kind
     }
 
     /// The effective scenario as pretty RON.

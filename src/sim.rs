@@ -209,7 +209,7 @@ struct Stamp {
 
 /// The adapter layout of `s`'s trainer.
 fn layout_of(s: &Scenario) -> Arc<AdapterLayout> {
-    Arc::new(match s.file.trainer {
+    Arc::new(match s.trainer {
         TrainerKind::Lora => AdapterLayout::new(&s.model, &s.lora),
         TrainerKind::Synthetic { params } => AdapterLayout::flat(params),
     })
@@ -384,7 +384,7 @@ async fn run_actors(
     let agg_args = AggregatorArgs {
         layout,
         strategy: s.strategy(),
-        byzantine: s.file.system.byzantine.is_some(),
+        byzantine: s.system.byzantine.is_some(),
         server_state: resume.as_ref().and_then(|r| r.snapshot.optimizer.clone()),
     };
     let (aggregator, agg_handle) = Actor::spawn(None, Aggregator, agg_args)
@@ -407,7 +407,7 @@ async fn run_actors(
         slots: pool.handle(),
         aggregator: aggregator.clone(),
         clients,
-        system: s.file.system.clone(),
+        system: s.system.clone(),
         evaluate: prep.lora.is_some(),
         initial,
         sink,

@@ -210,14 +210,7 @@ impl Study {
                 }
             })?;
             if let Some((first, f)) = arms.first() {
-                let same = |x: &Scenario| {
-                    (
-                        x.seed,
-                        serde_json::to_string(&x.file.data).expect("serialisable"),
-                        serde_json::to_string(&x.file.model).expect("serialisable"),
-                    )
-                };
-                if same(f) != same(&s) {
+                if !f.same_data_model_and_seed(&s) {
                     return Err(invalid(
                         &format!("arms.{}.set", arm.name),
                         format!(

@@ -354,7 +354,8 @@ fn every_float_field_set_to_an_extreme_is_refused_or_accepted_in_compact_words()
         let Ok(s) = fedsim::Scenario::load(&path, &[]) else {
             continue; // a scenario whose data is not here
         };
-        let tree = serde_json::to_value(&s.file).unwrap();
+        let file: fedsim::scenario::ScenarioFile = ron::from_str(&s.to_ron()).unwrap();
+        let tree = serde_json::to_value(&file).unwrap();
         let mut leaves = Vec::new();
         floats(&tree, &mut Vec::new(), &mut leaves);
         for leaf in &leaves {

@@ -427,7 +427,7 @@ fn a_sweep_shows_backdoor_success_where_a_run_planted_one() {
     // `Variant()` takes every field's default, in --set as in a file.
     let s = scenario(SMALL, &["strategy.kind=FedAdam()"]).unwrap();
     assert_eq!(
-        s.file.strategy.kind,
+        s.strategy_kind(),
         fedsim::scenario::file::StrategyKind::FedAdam {
             server_lr: 1e-3,
             beta1: 0.9,

@@ -79,7 +79,7 @@ impl Target {
         }
         let summary = Summary::read(dir)?;
         let scenario = Scenario::load(&dir.join("scenario.ron"), &[])?;
-        if let crate::trainer::TrainerKind::Synthetic { .. } = scenario.file.trainer {
+        if let crate::trainer::TrainerKind::Synthetic { .. } = scenario.trainer {
             return Err(file_error(
                 dir,
                 "the run used the synthetic trainer (no model, no text): nothing to attack",
@@ -88,7 +88,7 @@ impl Target {
         let (source, generated) = open_base(dir)?;
         let tokenizer = source.tokenizer()?;
         let format = crate::sim::prompt_text(
-            scenario.file.model.prompt,
+            scenario.prompt,
             if generated { None } else { Some(&source) },
         );
         let data = scenario.data.prepare()?;

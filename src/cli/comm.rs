@@ -43,7 +43,7 @@ pub fn comm(a: CommArgs) -> anyhow::Result<()> {
                 std::sync::Arc::new(layout.clone()),
                 vec![0.0; layout.len()],
             );
-            let clients = s.file.clients.count;
+            let clients = s.data.clients;
             CommInput {
                 total_params: (s.model.num_parameters() + layout.len()) as u64,
                 trainable_params: layout.len() as u64,

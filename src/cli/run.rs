@@ -75,7 +75,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         (Some(path), None) => Scenario::load(path, &a.set)?,
         (None, None) => anyhow::bail!("give a scenario file, or --resume DIR"),
     };
-    if matches!(scenario.file.trainer, fedsim::trainer::TrainerKind::Lora) {
+    if matches!(scenario.trainer, fedsim::trainer::TrainerKind::Lora) {
         // Before any thread starts; not for the synthetic trainer, whose runs of thousands of
         // clients keep their memory small rather than their allocations fast.
         fedsim::host::tune_allocator_for_training();

@@ -28,7 +28,7 @@ pub fn validate(path: &Path, set: &[String]) -> anyhow::Result<()> {
             s.sampling.sample_size(s.data.clients)
         )
     };
-    let trained = match s.file.trainer {
+    let trained = match s.trainer {
         fedsim::trainer::TrainerKind::Lora => {
             format!("{} LoRA parameters", s.lora.trainable_parameters(&s.model))
         }

@@ -75,6 +75,12 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         slots: sl.count,
         threads_per_slot: threads,
         source_path: path.to_path_buf(),
+        model_source: file.model.source.clone(),
+        prompt: file.model.prompt,
+        trainer: file.trainer,
+        client_resources: sl.client_resources,
+        slot_assignment: sl.assignment,
+        system: file.system.clone(),
         file,
     })
 }

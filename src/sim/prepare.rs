@@ -73,7 +73,7 @@ enum Base {
 
 impl Base {
     fn open(s: &Scenario) -> Result<Self, SimError> {
-        Ok(match &s.file.model.source {
+        Ok(match &s.model_source {
             ModelSource::Tiny { .. } | ModelSource::Custom(_) => Base::Generated,
             ModelSource::Pretrained(spec) => Base::Pretrained(Pretrained::open_gguf(spec)?),
             ModelSource::HuggingFace(dir) => {
@@ -117,7 +117,7 @@ pub fn prepare(s: &Scenario) -> Result<Prepared, SimError> {
 /// # Errors
 /// As [`prepare`].
 pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, SimError> {
-    if let TrainerKind::Synthetic { .. } = s.file.trainer {
+    if let TrainerKind::Synthetic { .. } = s.trainer {
         let plan = s.data.shards_only(progress)?;
         return Ok(Prepared {
             shards: plan.shards,
@@ -145,7 +145,7 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
         Base::Pretrained(p) => p.tokenizer()?,
     };
     let format = prompt_text(
-        s.file.model.prompt,
+        s.prompt,
         match &base {
             Base::Generated => None,
             Base::Pretrained(p) => Some(p),

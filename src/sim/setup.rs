@@ -8,7 +8,7 @@ use crate::trainer::TrainerKind;
 /// What the CLI prints about the set-up.
 pub(super) fn setup_lines(s: &Scenario, prep: &Prepared) -> Vec<String> {
     let sizes: Vec<usize> = prep.shards.iter().map(Vec::len).collect();
-    let mut lines = match (&prep.lora, s.file.trainer) {
+    let mut lines = match (&prep.lora, s.trainer) {
         (Some(l), _) => {
             let base_params = s.model.num_parameters();
             let trainable = s.lora.trainable_parameters(&s.model);

@@ -178,7 +178,7 @@ pub(super) fn backdoor(
     prep: &Prepared,
     global: &crate::model::AdapterSet,
 ) -> Result<Option<crate::byzantine::BackdoorSuccess>, SimError> {
-    let (Some(b), Some(l)) = (&s.file.system.byzantine, &prep.lora) else {
+    let (Some(b), Some(l)) = (&s.system.byzantine, &prep.lora) else {
         return Ok(None);
     };
     let crate::byzantine::ByzantineAttack::Backdoor { trigger, target } = &b.attack else {

@@ -49,12 +49,7 @@ pub(super) fn slot_pool(
         layout: layout.clone(),
         work,
     });
-    let pool = SlotPool::start(
-        ctx,
-        s.slots,
-        s.threads_per_slot,
-        s.file.slots.client_resources,
-    )?;
+    let pool = SlotPool::start(ctx, s.slots, s.threads_per_slot, s.client_resources)?;
     Ok((Arc::new(initial), pool))
 }
 
@@ -68,11 +63,11 @@ pub(super) fn client_context(
     slots: SlotHandle,
     aggregator: ractor::ActorRef<AggregatorMsg>,
 ) -> Result<Arc<ClientContext>, SimError> {
-    let sys = &s.file.system;
+    let sys = &s.system;
     let fleet = Arc::new(Fleet::assign(&sys.profiles, prep.shards.len(), s.seed)?);
     Ok(Arc::new(ClientContext {
         slots,
-        pinned: s.file.slots.assignment == SlotAssignment::Pinned,
+        pinned: s.slot_assignment == SlotAssignment::Pinned,
         hold: matches!(sys.stragglers, Stragglers::Async { .. }),
         aggregator,
         cost: CostModel::lora(&s.model, &s.lora),
