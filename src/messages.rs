@@ -26,8 +26,12 @@ pub struct FitConfig {
 pub struct FitIns {
     /// The round.
     pub round: RoundId,
-    /// The global adapter serialised as safetensors (shared by every sampled client).
+    /// The global adapter serialised as safetensors (shared by every sampled client): what
+    /// the download carries, and what its bytes are counted from.
     pub payload: Arc<Vec<u8>>,
+    /// The same adapter, decoded once per round (or model version) and shared by every
+    /// client's training job instead of parsed again in each.
+    pub global: Arc<AdapterSet>,
     /// Training configuration.
     pub config: FitConfig,
 }

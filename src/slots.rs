@@ -67,10 +67,10 @@ pub enum SlotWork {
 /// A unit of work for a slot. Slots know nothing of clients or privacy: they train and
 /// evaluate.
 pub enum Job {
-    /// Local training on a shard, from a serialised global adapter.
+    /// Local training on a shard, from the global adapter.
     Train {
-        /// The global adapter as downloaded (safetensors).
-        payload: Arc<Vec<u8>>,
+        /// The global adapter as downloaded (decoded once per round, shared).
+        global: Arc<AdapterSet>,
         /// Indices of the client's training examples.
         shard: Arc<[u32]>,
         /// The batches to train on (drawn beforehand).
@@ -328,14 +328,14 @@ fn worker(s: &Slot<'_>, rx: [&Receiver<Job>; 2], ctx: &SlotContext) {
         let start = Instant::now();
         match job {
             Job::Train {
-                payload,
+                global,
                 shard,
                 schedule,
                 rule,
                 reply,
             } => {
                 let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    pool.install(|| train(ctx, &payload, &shard, &schedule, rule))
+                    pool.install(|| train(ctx, &global, &shard, &schedule, rule))
                 }))
                 .unwrap_or_else(|p| {
                     Err(TrainError::Panicked(format!(
@@ -367,12 +367,11 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 
 fn train(
     ctx: &SlotContext,
-    payload: &[u8],
+    global: &AdapterSet,
     shard: &[u32],
     schedule: &Schedule,
     rule: StepRule,
 ) -> Result<LocalResult, TrainError> {
-    let global = AdapterSet::from_safetensors(ctx.layout.clone(), payload)?;
     match &ctx.work {
         SlotWork::Lora {
             model,
@@ -388,7 +387,7 @@ fn train(
                 lora,
                 pad: *pad,
             };
-            trainer.fit_schedule(&global, &examples, schedule, rule)
+            trainer.fit_schedule(global, &examples, schedule, rule)
         }
         SlotWork::Synthetic { seq_len } => {
             if shard.is_empty() {

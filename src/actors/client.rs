@@ -169,7 +169,7 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
     };
     let (tx, rx) = oneshot::channel();
     let job = Job::Train {
-        payload: ins.payload.clone(),
+        global: ins.global.clone(),
         shard: a.shard.clone(),
         schedule,
         rule: crate::train::StepRule {

@@ -213,6 +213,14 @@ fn check_snapshot(
         if missing {
             return Err("the checkpoint's clients in flight do not fit the run".into());
         }
+        let layout = std::sync::Arc::new(layout.clone());
+        for (v, bytes) in &a.payloads {
+            if let Err(e) = crate::model::AdapterSet::from_safetensors(layout.clone(), bytes) {
+                return Err(format!(
+                    "the checkpoint's model version {v} does not decode: {e}"
+                ));
+            }
+        }
     }
     Ok(())
 }

@@ -62,6 +62,8 @@ pub(super) struct Flight {
     pub(super) start: f64,
     /// The model it trains from, and how.
     pub(super) payload: Arc<Vec<u8>>,
+    /// The same model, decoded (shared by the jobs that train from it).
+    pub(super) global: Arc<crate::model::AdapterSet>,
     pub(super) config: FitConfig,
 }
 
@@ -323,6 +325,7 @@ async fn dispatch(
         key,
         start: now,
         payload,
+        global: st.global.clone(),
         config: super::round::fit_config(st),
     };
     fly(st, &actor, flight);
@@ -335,6 +338,7 @@ fn fly(st: &mut ServerState, actor: &ractor::ActorRef<ClientMsg>, flight: Flight
         let ins = FitIns {
             round: flight.key as usize,
             payload: flight.payload.clone(),
+            global: flight.global.clone(),
             config: flight.config.clone(),
         };
         let _ = actor.send_message(ClientMsg::Fit(ins));

@@ -139,6 +139,7 @@ fn dispatch(
                 let ins = FitIns {
                     round: st.current.round,
                     payload: payload.clone(),
+                    global: st.global.clone(),
                     config: fit_config(st),
                 };
                 let sent = st

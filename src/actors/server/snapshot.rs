@@ -98,7 +98,8 @@ pub(super) fn restore(st: &mut ServerState, resume: Resume) {
         st.alive[c] = false;
     }
     if let Some(a) = s.asyn {
-        st.asyn.restore(a, &st.args.local, s.clock);
+        let layout = st.global.layout().clone();
+        st.asyn.restore(a, &st.args.local, s.clock, &layout);
     }
     st.summaries = rounds;
     st.resumed = true;
@@ -182,12 +183,17 @@ impl AsyncState {
         snap: AsyncSnapshot,
         local: &crate::train::LocalTraining,
         clock: f64,
+        layout: &Arc<crate::model::AdapterLayout>,
     ) {
         self.now = clock;
-        let payloads: Vec<(usize, Arc<Vec<u8>>)> = snap
+        // Each model version decoded once (the resume checked they decode).
+        let payloads: Vec<(usize, Arc<Vec<u8>>, Arc<AdapterSet>)> = snap
             .payloads
             .into_iter()
-            .map(|(v, b)| (v, Arc::new(b.into_vec())))
+            .filter_map(|(v, b)| {
+                let global = AdapterSet::from_safetensors(layout.clone(), &b).ok()?;
+                Some((v, Arc::new(b.into_vec()), Arc::new(global)))
+            })
             .collect();
         self.version = snap.version;
         self.dispatched = snap.dispatched;
@@ -195,7 +201,8 @@ impl AsyncState {
             .flights
             .into_iter()
             .filter_map(|f| {
-                let payload = payloads.iter().find(|(v, _)| *v == f.v_start)?.1.clone();
+                let (_, payload, global) = payloads.iter().find(|(v, ..)| *v == f.v_start)?;
+                let (payload, global) = (payload.clone(), global.clone());
                 Some(Flight {
                     client: f.client,
                     at: f.at,
@@ -206,6 +213,7 @@ impl AsyncState {
                     key: f.key,
                     start: f.start,
                     payload,
+                    global,
                     config: FitConfig {
                         lr: f.lr,
                         local: local.clone(),
