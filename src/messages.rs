@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Timeline;
 use crate::model::AdapterSet;
-use crate::train::LocalTraining;
 
 pub use crate::ids::{ClientId, RoundId};
 
@@ -15,8 +14,6 @@ pub use crate::ids::{ClientId, RoundId};
 pub struct FitConfig {
     /// Learning rate for this round (cosine-annealed).
     pub lr: f64,
-    /// Steps / epochs / batch size.
-    pub local: LocalTraining,
     /// Client-side DP clipping: clip the update to this L2 norm before upload.
     pub clip_norm: Option<f64>,
 }

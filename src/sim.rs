@@ -396,7 +396,6 @@ async fn run_actors(
         rounds: s.rounds,
         seed: s.seed,
         sampling: s.sampling,
-        local: s.local.clone(),
         lr_max: s.lr_max,
         lr_min: s.lr_min,
         shards: prep

@@ -174,8 +174,8 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         schedule,
         rule: crate::train::StepRule {
             lr: ins.config.lr,
-            weight_decay: ins.config.local.weight_decay,
-            proximal_mu: ins.config.local.proximal_mu,
+            weight_decay: ctx.local.weight_decay,
+            proximal_mu: ctx.local.proximal_mu,
         },
         reply: tx,
     };

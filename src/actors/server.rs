@@ -38,7 +38,6 @@ use crate::scenario::file::SystemSection;
 use crate::scenario::Sampling;
 use crate::shutdown::Shutdown;
 use crate::slots::{Job, SlotHandle};
-use crate::train::LocalTraining;
 
 /// Server actor.
 pub struct Server;
@@ -56,8 +55,6 @@ pub struct ServerArgs {
     pub seed: u64,
     /// Client sampling.
     pub sampling: Sampling,
-    /// Local training plan.
-    pub local: LocalTraining,
     /// LR schedule bounds.
     pub lr_max: f64,
     /// LR schedule bounds.

@@ -100,19 +100,7 @@ pub async fn resume(
     };
     let begin = match cp {
         Some(cp) => continue_from(&run_dir, &s, cp, stamp, &layout, &prep, started)?,
-        None => {
-            // Stopped before its first round was checkpointed: nothing to keep, so the run
-            // starts again in place (its round log, if any, is replaced).
-            prep.write(&run_dir)?;
-            let book = Book::new(&s, &prep, started);
-            run_dir.write_json("summary.json", book.summary())?;
-            Begin {
-                book,
-                log: run_dir.round_log()?,
-                stamp,
-                resume: None,
-            }
-        }
+        None => start_again(&run_dir, &s, stamp, &prep, started)?,
     };
     say(
         &mut opts,
@@ -130,6 +118,26 @@ pub async fn resume(
         },
     );
     execute(&s, &prep, layout, &run_dir, opts, shutdown, begin).await
+}
+
+/// A run stopped before its first round was checkpointed: nothing to keep, so it starts again
+/// in place (its round log, if any, is replaced).
+fn start_again(
+    run_dir: &RunDir,
+    s: &Scenario,
+    stamp: Stamp,
+    prep: &super::Prepared,
+    started: Instant,
+) -> Result<Begin, SimError> {
+    prep.write(run_dir)?;
+    let book = Book::new(s, prep, started);
+    run_dir.write_json("summary.json", book.summary())?;
+    Ok(Begin {
+        book,
+        log: run_dir.round_log()?,
+        stamp,
+        resume: None,
+    })
 }
 
 /// Where a checkpointed run continues: its inputs checked against the checkpoint, its round

@@ -162,7 +162,6 @@ fn dispatch(
 pub(super) fn fit_config(st: &ServerState) -> FitConfig {
     FitConfig {
         lr: st.current.lr,
-        local: st.args.local.clone(),
         clip_norm: st
             .ledger
             .as_ref()

@@ -99,7 +99,7 @@ pub(super) fn restore(st: &mut ServerState, resume: Resume) {
     }
     if let Some(a) = s.asyn {
         let layout = st.global.layout().clone();
-        st.asyn.restore(a, &st.args.local, s.clock, &layout);
+        st.asyn.restore(a, s.clock, &layout);
     }
     st.summaries = rounds;
     st.resumed = true;
@@ -181,7 +181,6 @@ impl AsyncState {
     pub(super) fn restore(
         &mut self,
         snap: AsyncSnapshot,
-        local: &crate::train::LocalTraining,
         clock: f64,
         layout: &Arc<crate::model::AdapterLayout>,
     ) {
@@ -216,7 +215,6 @@ impl AsyncState {
                     global,
                     config: FitConfig {
                         lr: f.lr,
-                        local: local.clone(),
                         clip_norm: f.clip_norm,
                     },
                 })
