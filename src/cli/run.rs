@@ -80,32 +80,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         // clients keep their memory small rather than their allocations fast.
         fedsim::host::tune_allocator_for_training();
     }
-    let metrics_addr: Option<SocketAddr> = match a.metrics_addr.as_str() {
-        "none" => None,
-        // A numeric address, or a host name (localhost:9464) resolved to its first address.
-        s => Some(
-            std::net::ToSocketAddrs::to_socket_addrs(s)
-                .ok()
-                .and_then(|mut a| a.next())
-                .with_context(|| {
-                    format!("--metrics-addr {s:?} is not HOST:PORT (e.g. 127.0.0.1:9464) or none")
-                })?,
-        ),
-    };
-    if !(0.0..=MAX_LINGER).contains(&a.linger) {
-        anyhow::bail!(
-            "--linger must be seconds in [0, {MAX_LINGER}] (a week), got {}",
-            fedsim::fmt::compact(a.linger)
-        );
-    }
-    if let Some(p) = a.pace {
-        if !(p > 0.0 && p <= MAX_PACE) {
-            anyhow::bail!(
-                "--pace must be seconds per round in (0, {MAX_PACE}], got {}",
-                fedsim::fmt::compact(p)
-            );
-        }
-    }
+    let metrics_addr = checked_flags(&a)?;
     let runtime = runtime()?;
     // The exporter binds (and reports a taken address) before the simulation starts.
     let (telemetry, bound) = match metrics_addr {
@@ -151,6 +126,37 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         });
     }
     Ok(())
+}
+
+/// `--metrics-addr` resolved, after `--linger` and `--pace` are checked.
+fn checked_flags(a: &RunArgs) -> anyhow::Result<Option<SocketAddr>> {
+    let metrics_addr: Option<SocketAddr> = match a.metrics_addr.as_str() {
+        "none" => None,
+        // A numeric address, or a host name (localhost:9464) resolved to its first address.
+        s => Some(
+            std::net::ToSocketAddrs::to_socket_addrs(s)
+                .ok()
+                .and_then(|mut a| a.next())
+                .with_context(|| {
+                    format!("--metrics-addr {s:?} is not HOST:PORT (e.g. 127.0.0.1:9464) or none")
+                })?,
+        ),
+    };
+    if !(0.0..=MAX_LINGER).contains(&a.linger) {
+        anyhow::bail!(
+            "--linger must be seconds in [0, {MAX_LINGER}] (a week), got {}",
+            fedsim::fmt::compact(a.linger)
+        );
+    }
+    if let Some(p) = a.pace {
+        if !(p > 0.0 && p <= MAX_PACE) {
+            anyhow::bail!(
+                "--pace must be seconds per round in (0, {MAX_PACE}], got {}",
+                fedsim::fmt::compact(p)
+            );
+        }
+    }
+    Ok(metrics_addr)
 }
 
 /// The scenario a run directory recorded (what `--resume` continues).

@@ -74,20 +74,24 @@ pub(super) async fn close_round(
         dp,
         host_per_token: host_per_token(st),
         skipped: None,
-        byzantine: st.args.clients.faults.byzantine.as_ref().map(|b| {
-            crate::messages::ByzantineRound {
-                byzantine_sampled: st
-                    .current
-                    .records
-                    .iter()
-                    .filter(|r| b.is_attacker(r.client))
-                    .count(),
-                byzantine_aggregated: agg.byzantine,
-                aggregate_deviation: agg.deviation.unwrap_or(0.0),
-            }
-        }),
+        byzantine: byzantine_round(st, &agg),
     };
     record(me, st, facts).await
+}
+
+/// What the round's Byzantine clients did, when the scenario has any.
+fn byzantine_round(st: &ServerState, agg: &Aggregate) -> Option<crate::messages::ByzantineRound> {
+    let b = st.args.clients.faults.byzantine.as_ref()?;
+    Some(crate::messages::ByzantineRound {
+        byzantine_sampled: st
+            .current
+            .records
+            .iter()
+            .filter(|r| b.is_attacker(r.client))
+            .count(),
+        byzantine_aggregated: agg.byzantine,
+        aggregate_deviation: agg.deviation.unwrap_or(0.0),
+    })
 }
 
 fn host_per_token(st: &ServerState) -> f64 {
