@@ -95,17 +95,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         models.push((format!("+ {}", dir.display()), base.merged(&vars)?));
     }
     models.insert(0, ("pretrained".to_string(), base));
-    let items = match &a.pubmedqa {
-        Some(p) => {
-            let mut items = pubmedqa::load(p, a.split.as_deref())?;
-            if a.limit == Some(0) {
-                anyhow::bail!("--limit 0 scores no PubMedQA item; give at least 1");
-            }
-            items.truncate(a.limit.unwrap_or(items.len()));
-            Some(items)
-        }
-        None => None,
-    };
+    let items = pubmedqa_items(&a)?;
     // Signals are heard after every item and answer; the runtime only listens for them.
     let runtime = super::run::runtime()?;
     let shutdown = super::run::stop_on_signals_saying(&runtime, super::run::SCORING)?;
@@ -154,22 +144,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
              \"interrupted\": true; each model's PubMedQA \"items\" of \"planned\")"
         );
     }
-    let held_out = match &a.run {
-        Some(r) => {
-            let s = Summary::read(r)?;
-            outln!(
-                "held-out loss (the run's evaluation split): pretrained {:.4} nats/token (perplexity {:.2}), after the run {:.4} (perplexity {:.2})",
-                s.pretrained_eval_loss, s.pretrained_eval_perplexity, s.final_eval_loss, s.final_eval_perplexity
-            )?;
-            Some(serde_json::json!({
-                "pretrained_loss": s.pretrained_eval_loss,
-                "pretrained_perplexity": s.pretrained_eval_perplexity,
-                "final_loss": s.final_eval_loss,
-                "final_perplexity": s.final_eval_perplexity,
-            }))
-        }
-        None => None,
-    };
+    let held_out = a.run.as_deref().map(held_out).transpose()?;
     let file = a
         .out
         .clone()
@@ -184,6 +159,34 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{}: cannot write", file.display()))?;
     outln!("wrote {}", file.display())?;
     Ok(())
+}
+
+/// The PubMedQA items `--pubmedqa`, `--split` and `--limit` ask for.
+fn pubmedqa_items(a: &EvalArgs) -> anyhow::Result<Option<Vec<pubmedqa::Item>>> {
+    let Some(p) = &a.pubmedqa else {
+        return Ok(None);
+    };
+    let mut items = pubmedqa::load(p, a.split.as_deref())?;
+    if a.limit == Some(0) {
+        anyhow::bail!("--limit 0 scores no PubMedQA item; give at least 1");
+    }
+    items.truncate(a.limit.unwrap_or(items.len()));
+    Ok(Some(items))
+}
+
+/// A run's held-out losses, printed and as they go into eval.json.
+fn held_out(run: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let s = Summary::read(run)?;
+    outln!(
+        "held-out loss (the run's evaluation split): pretrained {:.4} nats/token (perplexity {:.2}), after the run {:.4} (perplexity {:.2})",
+        s.pretrained_eval_loss, s.pretrained_eval_perplexity, s.final_eval_loss, s.final_eval_perplexity
+    )?;
+    Ok(serde_json::json!({
+        "pretrained_loss": s.pretrained_eval_loss,
+        "pretrained_perplexity": s.pretrained_eval_perplexity,
+        "final_loss": s.final_eval_loss,
+        "final_perplexity": s.final_eval_perplexity,
+    }))
 }
 
 fn print_results(out: &[ModelEval]) -> anyhow::Result<()> {
