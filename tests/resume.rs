@@ -6,29 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fedsim::report::{RunStatus, Summary};
-use fedsim::{RunOptions, Shutdown, StopLevel};
+use fedsim::{Shutdown, StopLevel};
 
-use crate::util::{round_metrics, run, run_full, scenario, sim, stop_after_round, DP, SMALL};
-
-/// Resume `dir` in this process until `shutdown`.
-fn resume(
-    dir: &Path,
-    shutdown: Shutdown,
-    progress: Option<fedsim::sim::ProgressFn>,
-) -> Result<fedsim::RunReport, fedsim::SimError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let opts = RunOptions {
-        out: None,
-        progress,
-        telemetry: None,
-        pace: None,
-    };
-    rt.block_on(fedsim::sim::resume(dir, opts, shutdown))
-}
+use crate::util::{
+    resume_full as resume, round_metrics, run, run_full, scenario, sim, stop_after_round, DP, SMALL,
+};
 
 /// The files a finished run's adapter and optimiser live in, byte for byte.
 fn state_files(dir: &Path) -> Vec<(String, Vec<u8>)> {

@@ -98,18 +98,35 @@ pub fn run_full(
     telemetry: Option<fedsim::telemetry::Telemetry>,
     progress: Option<fedsim::sim::ProgressFn>,
 ) -> Result<RunReport, fedsim::SimError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let opts = RunOptions {
         out: Some(out.to_path_buf()),
         progress,
         telemetry,
         pace: None,
     };
-    rt.block_on(fedsim::run(s, opts, shutdown))
+    runtime().block_on(fedsim::run(s, opts, shutdown))
+}
+
+/// Resume the stopped run in `dir` until `shutdown`, feeding `progress`.
+pub fn resume_full(
+    dir: &Path,
+    shutdown: fedsim::Shutdown,
+    progress: Option<fedsim::sim::ProgressFn>,
+) -> Result<RunReport, fedsim::SimError> {
+    let opts = RunOptions {
+        progress,
+        ..Default::default()
+    };
+    runtime().block_on(fedsim::sim::resume(dir, opts, shutdown))
+}
+
+/// The async runtime the library's runs are driven on in tests (as `sim` does: 2 workers).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// A shutdown that asks for `level` when round `round` has been recorded, and the progress
