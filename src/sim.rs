@@ -35,7 +35,6 @@ use crate::shutdown::{Shutdown, StopLevel};
 use crate::slots::SlotError;
 use crate::telemetry::{RunInfo, Telemetry};
 use crate::tokenizer::TokenizerError;
-use crate::trainer::TrainerKind;
 use recorder::{round_sink, Observers, Recorder};
 use setup::setup_lines;
 use summary::Book;
@@ -209,10 +208,7 @@ struct Stamp {
 
 /// The adapter layout of `s`'s trainer.
 fn layout_of(s: &Scenario) -> Arc<AdapterLayout> {
-    Arc::new(match s.trainer {
-        TrainerKind::Lora => AdapterLayout::new(&s.model, &s.lora),
-        TrainerKind::Synthetic { params } => AdapterLayout::flat(params),
-    })
+    Arc::new(s.trainer.layout(&s.model, &s.lora))
 }
 
 /// Run the rounds (the actors) from `begin` and write what the run leaves behind.
@@ -393,11 +389,7 @@ async fn run_actors(
     let clients = wiring::client_context(s, prep, pool.handle(), aggregator.clone())?;
     let (tx, rx) = oneshot::channel();
     let args = ServerArgs {
-        rounds: s.rounds,
-        seed: s.seed,
-        sampling: s.sampling,
-        lr_max: s.lr_max,
-        lr_min: s.lr_min,
+        config: wiring::server_config(s, prep.lora.is_some(), pace),
         shards: prep
             .shards
             .iter()
@@ -406,12 +398,9 @@ async fn run_actors(
         slots: pool.handle(),
         aggregator: aggregator.clone(),
         clients,
-        system: s.system.clone(),
-        evaluate: prep.lora.is_some(),
         initial,
         sink,
         dp: s.dp.clone(),
-        pace,
         shutdown: shutdown.clone(),
         done: tx,
         resume,

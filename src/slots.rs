@@ -12,9 +12,9 @@ use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
 
 use crate::messages::{EvaluateIns, EvaluateRes};
-use crate::model::{AdapterLayout, AdapterSet, BaseModel, LoraConfig};
-use crate::tokenizer::TokenizedExample;
-use crate::train::{LocalResult, Schedule, StepRule, TrainError, Trainer};
+use crate::model::{AdapterLayout, AdapterSet};
+use crate::train::{LocalResult, Schedule, StepRule, TrainError};
+use crate::trainer::LocalTrainer;
 
 /// Errors of the slot pool.
 #[derive(Debug, thiserror::Error)]
@@ -32,36 +32,12 @@ pub enum SlotError {
     Closed,
 }
 
-/// What every slot needs: the adapter layout and the trainer's shared state.
+/// What every slot needs: the adapter layout and the trainer.
 pub struct SlotContext {
     /// Adapter layout (what updates look like).
     pub layout: Arc<AdapterLayout>,
-    /// What trains.
-    pub work: SlotWork,
-}
-
-/// The trainer a slot runs, with what it shares across slots.
-pub enum SlotWork {
-    /// LoRA on the frozen base.
-    Lora {
-        /// Frozen base weights, one copy per device.
-        model: Arc<BaseModel>,
-        /// LoRA hyper-parameters.
-        lora: LoraConfig,
-        /// Tokenised training examples (clients' shards index into it).
-        train: Arc<Vec<TokenizedExample>>,
-        /// Tokenised held-out examples.
-        eval: Arc<Vec<TokenizedExample>>,
-        /// Evaluation batch size.
-        eval_batch_size: usize,
-        /// Padding id.
-        pad: u32,
-    },
-    /// Seeded pseudo-updates; each scheduled example counts `seq_len` tokens.
-    Synthetic {
-        /// Tokens per example.
-        seq_len: usize,
-    },
+    /// What trains and evaluates.
+    pub trainer: LocalTrainer,
 }
 
 /// A unit of work for a slot. Slots know nothing of clients or privacy: they train and
@@ -335,7 +311,10 @@ fn worker(s: &Slot<'_>, rx: [&Receiver<Job>; 2], ctx: &SlotContext) {
                 reply,
             } => {
                 let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    pool.install(|| train(ctx, &global, &shard, &schedule, rule))
+                    pool.install(|| {
+                        ctx.trainer
+                            .train(&ctx.layout, &global, &shard, &schedule, rule)
+                    })
                 }))
                 .unwrap_or_else(|p| {
                     Err(TrainError::Panicked(format!(
@@ -349,7 +328,7 @@ fn worker(s: &Slot<'_>, rx: [&Receiver<Job>; 2], ctx: &SlotContext) {
                 }));
             }
             Job::Evaluate { ins, reply } => {
-                let res = pool.install(|| evaluate_job(ctx, &ins));
+                let res = pool.install(|| ctx.trainer.evaluate(&ins));
                 let _ = reply.send(res);
             }
         }
@@ -365,67 +344,3 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-fn train(
-    ctx: &SlotContext,
-    global: &AdapterSet,
-    shard: &[u32],
-    schedule: &Schedule,
-    rule: StepRule,
-) -> Result<LocalResult, TrainError> {
-    match &ctx.work {
-        SlotWork::Lora {
-            model,
-            lora,
-            train,
-            pad,
-            ..
-        } => {
-            let examples: Vec<&TokenizedExample> =
-                shard.iter().map(|&i| &train[i as usize]).collect();
-            let trainer = Trainer {
-                model,
-                lora,
-                pad: *pad,
-            };
-            trainer.fit_schedule(global, &examples, schedule, rule)
-        }
-        SlotWork::Synthetic { seq_len } => {
-            if shard.is_empty() {
-                return Err(TrainError::NoExamples);
-            }
-            Ok(crate::trainer::synthetic_update(
-                &ctx.layout,
-                schedule,
-                *seq_len,
-            ))
-        }
-    }
-}
-
-fn evaluate_job(ctx: &SlotContext, ins: &EvaluateIns) -> Result<EvaluateRes, TrainError> {
-    let SlotWork::Lora {
-        model,
-        lora,
-        eval,
-        eval_batch_size,
-        pad,
-        ..
-    } = &ctx.work
-    else {
-        return Err(TrainError::NoModel);
-    };
-    let examples: Vec<&TokenizedExample> = eval.iter().collect();
-    let trainer = Trainer {
-        model,
-        lora,
-        pad: *pad,
-    };
-    let (sum, tokens) = trainer.evaluate(ins.adapter.as_deref(), &examples, *eval_batch_size)?;
-    let loss = sum / tokens.max(1) as f64;
-    Ok(EvaluateRes {
-        round: ins.round,
-        loss,
-        perplexity: loss.exp(),
-        tokens,
-    })
-}

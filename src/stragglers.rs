@@ -16,6 +16,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::messages::{ClientId, ClientPlan, CrashCause, FitStatus};
 
+/// A round that cannot reach `min_available_clients` (or samples nobody to train).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum ShortRound {
+    /// Record it (with the reason) and go on with the next round.
+    #[default]
+    Skip,
+    /// Record it and stop the run (status `completed` with a stop reason).
+    Stop,
+}
+
 /// What to do about slow clients (scenario `system.stragglers`).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -4,6 +4,8 @@
 //! collator), right padding with a causal + padding attention mask, AdamW on the LoRA
 //! variables, a learning rate per round from cosine annealing between `lr_max` and `lr_min`.
 
+use std::sync::Arc;
+
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::seq::SliceRandom;
@@ -173,38 +175,18 @@ pub struct StepRule {
     pub proximal_mu: f64,
 }
 
-/// Trains and evaluates LoRA adapters on a frozen base.
-pub struct Trainer<'a> {
-    /// The frozen base.
-    pub model: &'a BaseModel,
+/// The LoRA numerics: fine-tunes and evaluates LoRA adapters on a frozen base (what a slot's
+/// [`crate::trainer::LocalTrainer::Lora`] runs).
+pub struct LoraTrainer {
+    /// The frozen base (one copy per device, shared by the slots).
+    pub model: Arc<BaseModel>,
     /// LoRA hyper-parameters.
-    pub lora: &'a LoraConfig,
+    pub lora: LoraConfig,
     /// Padding token id.
     pub pad: u32,
 }
 
-impl Trainer<'_> {
-    /// Fine-tune `global` on `examples` for one round; `rng` drives shuffling and dropout.
-    ///
-    /// # Errors
-    /// No examples, a candle failure, or a diverging loss.
-    pub fn fit(
-        &self,
-        global: &AdapterSet,
-        examples: &[&TokenizedExample],
-        plan: &LocalTraining,
-        lr: f64,
-        rng: &mut ChaCha8Rng,
-    ) -> Result<LocalResult, TrainError> {
-        let schedule = Schedule::draw(examples.len(), plan, rng);
-        let rule = StepRule {
-            lr,
-            weight_decay: plan.weight_decay,
-            proximal_mu: plan.proximal_mu,
-        };
-        self.fit_schedule(global, examples, &schedule, rule)
-    }
-
+impl LoraTrainer {
     /// Fine-tune `global` on `examples` following a drawn `schedule`.
     ///
     /// # Errors
@@ -221,7 +203,7 @@ impl Trainer<'_> {
             weight_decay,
             proximal_mu,
         } = rule;
-        let (model, lora, pad) = (self.model, self.lora, self.pad);
+        let (model, lora, pad) = (&*self.model, &self.lora, self.pad);
         if examples.is_empty() {
             return Err(TrainError::NoExamples);
         }
@@ -281,7 +263,7 @@ impl Trainer<'_> {
         examples: &[&TokenizedExample],
         batch_size: usize,
     ) -> Result<(f64, usize), TrainError> {
-        let (model, lora, pad) = (self.model, self.lora, self.pad);
+        let (model, lora, pad) = (&*self.model, &self.lora, self.pad);
         let device = model.device();
         let vars = adapter
             .map(|a| LoraVars::from_adapter(a, lora, device))

@@ -113,3 +113,57 @@ fn every_documented_sim_command_line_parses_with_todays_cli() {
     assert!(bad.is_empty(), "{}", bad.join("\n"));
     assert!(checked >= 40, "only {checked} command lines found");
 }
+
+/// Every sample output (a code block that starts with a `$ ` command) says how
+/// `scripts/regen_docs.py` regenerates it: `<!-- regen: quick -->`, `slow` (the real model),
+/// optionally `; setup: COMMANDS`, or `manual; why: REASON` — so no output in the docs is
+/// typed by hand or left behind by a change.
+#[test]
+fn every_sample_output_is_regenerated_by_the_script() {
+    let root = crate::util::root();
+    let mut files = vec![root.join("README.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            files.push(p);
+        }
+    }
+    let script = std::fs::read_to_string(root.join("scripts/regen_docs.py")).unwrap();
+    assert!(script.contains("<!-- regen: (quick|slow|manual)"), "the script's marker changed");
+    let (mut samples, mut bad) = (0, Vec::new());
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut in_code = false;
+        for (i, line) in lines.iter().enumerate() {
+            if !line.starts_with("```") {
+                continue;
+            }
+            in_code = !in_code;
+            if !in_code || !lines.get(i + 1).is_some_and(|l| l.starts_with("$ ")) {
+                continue;
+            }
+            samples += 1;
+            let marker = lines[..i].iter().rev().find(|l| !l.trim().is_empty());
+            let ok = marker.is_some_and(|m| {
+                let Some(inner) = m
+                    .strip_prefix("<!-- regen: ")
+                    .and_then(|m| m.strip_suffix(" -->"))
+                else {
+                    return false;
+                };
+                let (kind, rest) = inner.split_once("; ").unwrap_or((inner, ""));
+                match kind {
+                    "quick" | "slow" => rest.is_empty() || rest.starts_with("setup: "),
+                    "manual" => rest.starts_with("why: ") && rest.len() > 10,
+                    _ => false,
+                }
+            });
+            if !ok {
+                bad.push(format!("{}:{}", f.display(), i + 1));
+            }
+        }
+    }
+    assert!(samples >= 25, "only {samples} sample outputs found");
+    assert!(bad.is_empty(), "sample outputs without a regen marker: {bad:?}");
+}

@@ -103,16 +103,7 @@ impl Default for SystemSection {
     }
 }
 
-/// A round that cannot reach `min_available_clients` (or samples nobody to train).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub enum ShortRound {
-    /// Record it (with the reason) and go on with the next round.
-    #[default]
-    Skip,
-    /// Record it and stop the run (status `completed` with a stop reason).
-    Stop,
-}
+pub use crate::stragglers::ShortRound;
 
 /// Client-level DP (`dp: Some((mechanism: ClientSideFixed(clip_norm: 0.5, noise_multiplier: 1.0)))`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

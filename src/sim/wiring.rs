@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::{Prepared, SimError};
 use crate::actors::aggregator::AggregatorMsg;
 use crate::actors::client::ClientContext;
+use crate::actors::server::ServerConfig;
 use crate::clock::CostModel;
 use crate::devices::Fleet;
 use crate::faults::FaultModel;
@@ -13,7 +14,9 @@ use crate::model::{AdapterLayout, AdapterSet};
 use crate::rng::{purpose, rng_for};
 use crate::scenario::file::SlotAssignment;
 use crate::scenario::Scenario;
-use crate::slots::{SlotContext, SlotHandle, SlotPool, SlotWork};
+use crate::slots::{SlotContext, SlotHandle, SlotPool};
+use crate::train::LoraTrainer;
+use crate::trainer::LocalTrainer;
 use crate::stragglers::Stragglers;
 
 /// The initial global adapter and the started slot pool.
@@ -25,32 +28,54 @@ pub(super) fn slot_pool(
     prep: &Prepared,
     layout: &Arc<AdapterLayout>,
 ) -> Result<(Arc<AdapterSet>, SlotPool), SimError> {
-    let (initial, work) = match &prep.lora {
+    let (initial, trainer) = match &prep.lora {
         Some(l) => (
             s.lora
                 .init_adapter(&s.model, &mut rng_for(s.seed, &[purpose::ADAPTER])),
-            SlotWork::Lora {
-                model: l.model.clone(),
-                lora: s.lora.clone(),
+            LocalTrainer::Lora {
+                trainer: LoraTrainer {
+                    model: l.model.clone(),
+                    lora: s.lora.clone(),
+                    pad: l.tokenizer.eos_id(),
+                },
                 train: l.train.clone(),
                 eval: l.eval.clone(),
                 eval_batch_size: s.eval_batch_size,
-                pad: l.tokenizer.eos_id(),
             },
         ),
         None => (
             AdapterSet::new(layout.clone(), vec![0.0; layout.len()]),
-            SlotWork::Synthetic {
+            LocalTrainer::Synthetic {
                 seq_len: s.max_seq_len,
             },
         ),
     };
     let ctx = Arc::new(SlotContext {
         layout: layout.clone(),
-        work,
+        trainer,
     });
     let pool = SlotPool::start(ctx, s.slots, s.threads_per_slot, s.client_resources)?;
     Ok((Arc::new(initial), pool))
+}
+
+/// The server's settings.
+pub(super) fn server_config(
+    s: &Scenario,
+    evaluate: bool,
+    pace: Option<std::time::Duration>,
+) -> ServerConfig {
+    ServerConfig {
+        rounds: s.rounds,
+        seed: s.seed,
+        sampling: s.sampling,
+        lr_max: s.lr_max,
+        lr_min: s.lr_min,
+        deadline_s: s.system.deadline_s,
+        stragglers: s.system.stragglers,
+        short_round: s.system.short_round,
+        evaluate,
+        pace,
+    }
 }
 
 /// What every client actor shares.

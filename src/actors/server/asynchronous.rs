@@ -8,26 +8,37 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use ractor::{ActorProcessingErr, ActorRef};
 use rand::Rng;
 
-use super::close::{close_round, short_round};
+use super::close::{close_round, short_round, Closed};
+use super::config::ServerMsg;
+use super::outcome::RunFailure;
 use super::record::RoundState;
-use super::{finish, retire_client, spawn_clients, ServerMsg, ServerState};
+use super::state::Core;
 use crate::actors::aggregator::AggregatorMsg;
 use crate::actors::client::ClientMsg;
 use crate::clock::Timeline;
 use crate::messages::{ClientId, CrashCause, FitConfig, FitIns, FitRes, FitStatus};
 use crate::rng::{purpose, rng_for};
 use crate::shutdown::StopLevel;
-use crate::stragglers::{Staleness, Stragglers};
-use crate::train::cosine_annealing;
+use crate::stragglers::Staleness;
 
 /// Dispatches per place in flight without a single update after which the loop gives up
 /// (every client crashes or fails): the run fails instead of spinning.
 const FUTILE_DISPATCHES_PER_PLACE: usize = 1000;
+
+/// The asynchronous driver (FedBuff): its settings and its loop's state.
+pub(super) struct FedBuff {
+    /// Completed updates per aggregation.
+    pub(super) buffer: usize,
+    /// Clients training at once.
+    pub(super) concurrency: usize,
+    /// How an update's weight falls with its staleness.
+    pub(super) staleness: Staleness,
+    pub(super) state: AsyncState,
+}
 
 /// The asynchronous loop's state.
 #[derive(Default)]
@@ -67,121 +78,181 @@ pub(super) struct Flight {
     pub(super) config: FitConfig,
 }
 
-fn params(st: &ServerState) -> (usize, usize, Staleness) {
-    match st.args.system.stragglers {
-        Stragglers::Async {
-            buffer,
-            concurrency,
-            staleness,
-        } => (buffer, concurrency, staleness),
-        _ => unreachable!("the asynchronous loop runs only under Stragglers::Async"),
-    }
+/// What the loop does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Take the next arrival.
+    Continue,
+    /// Wait for a host result (or the run has ended).
+    Wait,
 }
 
-/// Start the run's asynchronous loop (the first window and dispatches).
-pub(super) async fn begin(
-    me: &ActorRef<ServerMsg>,
-    st: &mut ServerState,
-) -> Result<(), ActorProcessingErr> {
-    if !open_window(me, st)? {
-        return Ok(());
+impl FedBuff {
+    /// Start the run's asynchronous loop (the first window and dispatches).
+    pub(super) async fn begin(
+        &mut self,
+        me: &ActorRef<ServerMsg>,
+        st: &mut Core,
+    ) -> Result<(), ActorProcessingErr> {
+        if !self.open_window(me, st)? {
+            return Ok(());
+        }
+        if !self.state.started {
+            self.state.started = true;
+            self.redispatch(me, st).await?;
+            self.refill(me, st).await?;
+        }
+        self.advance(me, st).await
     }
-    if !st.asyn.started {
-        st.asyn.started = true;
-        redispatch(me, st).await?;
-        refill(me, st).await?;
-    }
-    advance(me, st).await
-}
 
-/// Open the next aggregation window; `false` (and the run finished) when the rounds are done
-/// or a stop was asked for.
-fn open_window(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<bool, ActorProcessingErr> {
-    let round = st.asyn.version + 1;
-    if round > st.args.rounds || st.args.shutdown.level() >= StopLevel::FinishRound {
-        finish(me, st, None);
-        return Ok(false);
+    /// A client's host result.
+    pub(super) async fn on_fit(
+        &mut self,
+        me: &ActorRef<ServerMsg>,
+        st: &mut Core,
+        res: FitRes,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.state.flights.iter().any(|f| f.client == res.client) {
+            self.state.results.insert(res.client, res.status);
+            self.advance(me, st).await?;
+        }
+        Ok(())
     }
-    st.current = RoundState {
-        round,
-        lr: cosine_annealing(round, st.args.rounds, st.args.lr_max, st.args.lr_min),
-        started: Some(Instant::now()),
-        sim_start: st.asyn.now,
-        close_at: st.asyn.now,
-        ..Default::default()
-    };
-    st.args
-        .aggregator
-        .send_message(AggregatorMsg::Begin { round, dp: None })?;
-    Ok(true)
-}
 
-/// A client's host result.
-pub(super) async fn on_fit(
-    me: &ActorRef<ServerMsg>,
-    st: &mut ServerState,
-    res: FitRes,
-) -> Result<(), ActorProcessingErr> {
-    if st.asyn.flights.iter().any(|f| f.client == res.client) {
-        st.asyn.results.insert(res.client, res.status);
-        advance(me, st).await?;
+    /// A client's actor died (learned by supervision): its flight ends as a crash.
+    pub(super) async fn on_crash(
+        &mut self,
+        me: &ActorRef<ServerMsg>,
+        st: &mut Core,
+        client: ClientId,
+        why: String,
+    ) -> Result<(), ActorProcessingErr> {
+        let res = FitRes {
+            client,
+            round: st.current.round,
+            status: FitStatus::Crashed {
+                at: st.current.close_at,
+                cause: CrashCause::Panicked(why),
+            },
+        };
+        self.on_fit(me, st, res).await
     }
-    Ok(())
-}
 
-/// Take arrivals in virtual order while their results are in; aggregate when the buffer is
-/// full.
-async fn advance(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), ActorProcessingErr> {
-    let (buffer, concurrency, staleness) = params(st);
-    loop {
-        let Some(first) = st.asyn.flights.first() else {
-            if refill(me, st).await? > 0 {
-                continue;
-            }
-            // Nobody in flight and nobody to dispatch: aggregate what arrived, or wait.
-            if st.current.completed > 0 {
-                let before = st.summaries.len();
-                close(me, st).await?;
-                if st.summaries.len() == before || st.done.is_none() {
-                    return Ok(());
-                }
-                continue;
-            }
-            // A round with nobody to run: recorded as skipped (or the run stops, as
-            // system.short_round says); the model does not change.
-            let round = st.asyn.version + 1;
-            st.asyn.version = round;
-            let alive = st.alive.iter().filter(|&&a| a).count();
-            let why = format!(
-                "no client online and idle at t = {:.1} s (asynchronous aggregation)",
-                st.asyn.now
-            );
-            let before = st.summaries.len();
-            short_round(me, st, round, st.asyn.now, alive, 0, why).await?;
-            st.asyn.now = st.clock;
-            if st.summaries.len() == before || st.done.is_none() || !open_window(me, st)? {
+    /// Open the next aggregation window; `false` (and the run finished) when the rounds are
+    /// done or a stop was asked for.
+    fn open_window(
+        &mut self,
+        me: &ActorRef<ServerMsg>,
+        st: &mut Core,
+    ) -> Result<bool, ActorProcessingErr> {
+        let round = self.state.version + 1;
+        if round > st.args.config.rounds || st.args.shutdown.level() >= StopLevel::FinishRound {
+            st.finish(me, None);
+            return Ok(false);
+        }
+        let now = self.state.now;
+        st.current = RoundState::open(round, st.args.config.lr(round), now, now);
+        st.args
+            .aggregator
+            .send_message(AggregatorMsg::Begin { round, dp: None })?;
+        Ok(true)
+    }
+
+    /// Take arrivals in virtual order while their results are in.
+    async fn advance(
+        &mut self,
+        me: &ActorRef<ServerMsg>,
+        st: &mut Core,
+    ) -> Result<(), ActorProcessingErr> {
+        loop {
+            let step = if self.state.flights.is_empty() {
+                self.idle(me, st).await?
+            } else {
+                self.land(me, st).await?
+            };
+            if step == Step::Wait {
                 return Ok(());
             }
-            continue;
-        };
-        if !first.crashed && !st.asyn.results.contains_key(&first.client) {
-            return Ok(()); // its host training is not done yet
         }
-        let f = st.asyn.flights.remove(0);
-        st.asyn.now = st.asyn.now.max(f.at);
-        st.current.close_at = st.asyn.now;
+    }
+
+    /// Nobody in flight: dispatch, or aggregate what arrived, or — nobody to dispatch and
+    /// nothing arrived — record a round nobody could run (or stop, as `system.short_round`
+    /// says); the model does not change.
+    async fn idle(
+        &mut self,
+        me: &ActorRef<ServerMsg>,
+        st: &mut Core,
+    ) -> Result<Step, ActorProcessingErr> {
+        if self.refill(me, st).await? > 0 {
+            return Ok(Step::Continue);
+        }
+        if st.current.completed > 0 {
+            return self.close(me, st).await;
+        }
+        let round = self.state.version + 1;
+        self.state.version = round;
+        let now = self.state.now;
+        let why = format!("no client online and idle at t = {now:.1} s (asynchronous aggregation)");
+        let in_flight = Some(self.state.snapshot());
+        let closed = short_round(me, st, round, now, 0, why, in_flight).await?;
+        self.state.now = st.clock;
+        if closed == Closed::Ended || !self.open_window(me, st)? {
+            return Ok(Step::Wait);
+        }
+        Ok(Step::Continue)
+    }
+
+    /// The earliest flight lands once its host result is in: its update is released to the
+    /// aggregator (or discarded), a full buffer aggregates, a freed place is refilled.
+    async fn land(
+        &mut self,
+        me: &ActorRef<ServerMsg>,
+        st: &mut Core,
+    ) -> Result<Step, ActorProcessingErr> {
+        let first = &self.state.flights[0];
+        if !first.crashed && !self.state.results.contains_key(&first.client) {
+            return Ok(Step::Wait); // its host training is not done yet
+        }
+        let f = self.state.flights.remove(0);
+        self.state.now = self.state.now.max(f.at);
+        st.current.close_at = self.state.now;
         let status = if f.crashed {
             FitStatus::Crashed {
                 at: f.at,
                 cause: CrashCause::Simulated,
             }
         } else {
-            st.asyn.results.remove(&f.client).expect("checked above")
+            self.state.results.remove(&f.client).expect("checked above")
         };
-        match &status {
+        self.release(st, &f, &status)?;
+        st.current
+            .count(f.client, &status, Some((f.timeline, f.tokens)));
+        st.retire_client(f.client);
+        let futile = FUTILE_DISPATCHES_PER_PLACE * self.concurrency;
+        if st.current.records.len() > futile && st.current.completed == 0 {
+            let dispatches = st.current.records.len();
+            st.finish(me, Some(RunFailure::NoProgress { dispatches }));
+            return Ok(Step::Wait);
+        }
+        if st.current.completed >= self.buffer {
+            return self.close(me, st).await;
+        }
+        self.refill(me, st).await?;
+        Ok(Step::Continue)
+    }
+
+    /// Hand a landed update to the aggregator weighted by its staleness, or discard it.
+    fn release(
+        &self,
+        st: &mut Core,
+        f: &Flight,
+        status: &FitStatus,
+    ) -> Result<(), ActorProcessingErr> {
+        match status {
             FitStatus::Completed(u) => {
-                let s = st.asyn.version - f.v_start;
-                let weight = staleness.weight(u.num_examples, s);
+                let s = self.state.version - f.v_start;
+                let weight = self.staleness.weight(u.num_examples, s);
                 st.args.aggregator.send_message(AggregatorMsg::Release {
                     client: f.client,
                     weight,
@@ -197,191 +268,182 @@ async fn advance(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), A
                     .send_message(AggregatorMsg::Discard { client: f.client });
             }
         }
-        st.current
-            .count(f.client, &status, Some((f.timeline, f.tokens)));
-        retire_client(st, f.client);
-        if st.current.records.len() > FUTILE_DISPATCHES_PER_PLACE * concurrency
-            && st.current.completed == 0
-        {
-            let dispatches = st.current.records.len();
-            finish(me, st, Some(super::RunFailure::NoProgress { dispatches }));
-            return Ok(());
+        Ok(())
+    }
+
+    /// Aggregate the buffer (a round of the records), open the next window and refill.
+    async fn close(
+        &mut self,
+        me: &ActorRef<ServerMsg>,
+        st: &mut Core,
+    ) -> Result<Step, ActorProcessingErr> {
+        self.state.version += 1;
+        let closed = close_round(me, st, Some(self.state.snapshot())).await?;
+        if closed == Closed::Ended || !self.open_window(me, st)? {
+            return Ok(Step::Wait); // the run ended (failure, stop, or the last round)
         }
-        if st.current.completed >= buffer {
-            let before = st.summaries.len();
-            close(me, st).await?;
-            if st.summaries.len() == before || st.done.is_none() {
-                return Ok(());
+        self.refill(me, st).await?;
+        Ok(Step::Continue)
+    }
+
+    /// Dispatch clients until `concurrency` are in flight or nobody online is idle; returns
+    /// how many were dispatched.
+    async fn refill(
+        &mut self,
+        me: &ActorRef<ServerMsg>,
+        st: &mut Core,
+    ) -> Result<usize, ActorProcessingErr> {
+        let mut n = 0;
+        while self.state.flights.len() < self.concurrency {
+            let Some(c) = self.pick(st) else { break };
+            self.dispatch(me, st, c).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// A uniformly random client that is alive, online now and not in flight.
+    fn pick(&mut self, st: &mut Core) -> Option<ClientId> {
+        let round = self.state.version + 1;
+        let now = self.state.now;
+        let faults = &st.args.clients.faults;
+        let busy: std::collections::HashSet<ClientId> =
+            self.state.flights.iter().map(|f| f.client).collect();
+        let idle: Vec<ClientId> = (0..st.alive.len())
+            .filter(|&c| st.alive[c] && !busy.contains(&c) && faults.available(round, c, now))
+            .collect();
+        st.current.available = st.current.available.max(idle.len() + busy.len());
+        if idle.is_empty() {
+            return None;
+        }
+        let mut rng = rng_for(
+            st.args.config.seed,
+            &[purpose::SAMPLE, u64::MAX, self.state.dispatched],
+        );
+        self.state.dispatched += 1;
+        Some(idle[rng.random_range(0..idle.len())])
+    }
+
+    /// The serialised global adapter of the current version (serialised once per version).
+    fn payload(&mut self, st: &Core) -> Result<Arc<Vec<u8>>, ActorProcessingErr> {
+        let version = self.state.version;
+        Ok(match &self.state.payload {
+            Some((v, p)) if *v == version => p.clone(),
+            _ => {
+                let p = Arc::new(st.global.to_safetensors()?);
+                self.state.payload = Some((version, p.clone()));
+                p
             }
-            continue;
-        }
-        refill(me, st).await?;
+        })
     }
-}
 
-/// Aggregate the buffer (a round of the records), open the next window and go on.
-async fn close(me: &ActorRef<ServerMsg>, st: &mut ServerState) -> Result<(), ActorProcessingErr> {
-    st.asyn.version += 1;
-    let rounds = st.summaries.len();
-    close_round(me, st).await?;
-    if st.summaries.len() == rounds || !open_window(me, st)? {
-        return Ok(()); // the run ended (failure, or the last round)
-    }
-    refill(me, st).await?;
-    Ok(())
-}
-
-/// Dispatch clients until `concurrency` are in flight or nobody online is idle; returns how
-/// many were dispatched.
-async fn refill(
-    me: &ActorRef<ServerMsg>,
-    st: &mut ServerState,
-) -> Result<usize, ActorProcessingErr> {
-    let (_, concurrency, _) = params(st);
-    let mut n = 0;
-    while st.asyn.flights.len() < concurrency {
-        let Some(c) = pick(st) else { break };
-        dispatch(me, st, c).await?;
-        n += 1;
-    }
-    Ok(n)
-}
-
-/// A uniformly random client that is alive, online now and not in flight.
-fn pick(st: &mut ServerState) -> Option<ClientId> {
-    let round = st.asyn.version + 1;
-    let now = st.asyn.now;
-    let faults = &st.args.clients.faults;
-    let busy: std::collections::HashSet<ClientId> =
-        st.asyn.flights.iter().map(|f| f.client).collect();
-    let idle: Vec<ClientId> = (0..st.alive.len())
-        .filter(|&c| st.alive[c] && !busy.contains(&c) && faults.available(round, c, now))
-        .collect();
-    st.current.available = st.current.available.max(idle.len() + busy.len());
-    if idle.is_empty() {
-        return None;
-    }
-    let mut rng = rng_for(
-        st.args.seed,
-        &[purpose::SAMPLE, u64::MAX, st.asyn.dispatched],
-    );
-    st.asyn.dispatched += 1;
-    Some(idle[rng.random_range(0..idle.len())])
-}
-
-async fn dispatch(
-    me: &ActorRef<ServerMsg>,
-    st: &mut ServerState,
-    c: ClientId,
-) -> Result<(), ActorProcessingErr> {
-    let version = st.asyn.version;
-    let payload = match &st.asyn.payload {
-        Some((v, p)) if *v == version => p.clone(),
-        _ => {
-            let p = Arc::new(st.global.to_safetensors()?);
-            st.asyn.payload = Some((version, p.clone()));
-            p
-        }
-    };
-    let bytes = payload.len() as u64;
-    spawn_clients(me, st, &[c]).await?;
-    let Some(actor) = st.clients.get(&c).cloned() else {
-        return Ok(());
-    };
-    let now = st.asyn.now;
-    // Each dispatch is its own draw of the client's schedule and fate (a client dispatched
-    // twice in a window must not crash twice by construction): key it by the dispatch count.
-    let key = st.asyn.dispatched;
-    let plan = ractor::call!(actor, |reply| ClientMsg::Plan {
-        round: key as usize,
-        start: now,
-        down_bytes: bytes,
-        up_bytes: bytes,
-        reply,
-    });
-    st.current.sampled += 1;
-    st.current.bytes_down += bytes;
-    let plan = match plan {
-        Ok(p) => p,
-        Err(e) => {
-            st.alive[c] = false;
-            let status = FitStatus::Crashed {
-                at: now,
-                cause: CrashCause::Panicked(e.to_string()),
-            };
-            st.current.count(c, &status, None);
-            return Ok(());
-        }
-    };
-    let flight = Flight {
-        client: c,
-        at: plan
-            .crash
-            .map_or(plan.timeline.finish(), |f| plan.timeline.crash_time(f)),
-        v_start: version,
-        crashed: plan.crash.is_some(),
-        timeline: plan.timeline,
-        tokens: plan.tokens,
-        key,
-        start: now,
-        payload,
-        global: st.global.clone(),
-        config: super::round::fit_config(st),
-    };
-    fly(st, &actor, flight);
-    Ok(())
-}
-
-/// Send a planned flight's `FitIns` (unless it crashes first) and put it in arrival order.
-fn fly(st: &mut ServerState, actor: &ractor::ActorRef<ClientMsg>, flight: Flight) {
-    if !flight.crashed {
-        let ins = FitIns {
-            round: flight.key as usize,
-            payload: flight.payload.clone(),
-            global: flight.global.clone(),
-            config: flight.config.clone(),
-        };
-        let _ = actor.send_message(ClientMsg::Fit(ins));
-    }
-    let order = (flight.at, flight.client);
-    let at = st
-        .asyn
-        .flights
-        .partition_point(|f| (f.at, f.client) < order);
-    st.asyn.flights.insert(at, flight);
-}
-
-/// A resumed run's flights: each client plans the same dispatch again (its plan is a pure
-/// function of the dispatch) and trains from the model it started from, so its update, and
-/// everything after, is what the stopped run would have had.
-async fn redispatch(
-    me: &ActorRef<ServerMsg>,
-    st: &mut ServerState,
-) -> Result<(), ActorProcessingErr> {
-    for flight in std::mem::take(&mut st.asyn.resumed) {
-        let c = flight.client;
-        spawn_clients(me, st, &[c]).await?;
+    /// Plan client `c`'s dispatch and put it in flight.
+    async fn dispatch(
+        &mut self,
+        me: &ActorRef<ServerMsg>,
+        st: &mut Core,
+        c: ClientId,
+    ) -> Result<(), ActorProcessingErr> {
+        let payload = self.payload(st)?;
+        let bytes = payload.len() as u64;
+        st.spawn_clients(me, &[c]).await?;
         let Some(actor) = st.clients.get(&c).cloned() else {
-            continue;
+            return Ok(());
         };
-        let bytes = flight.payload.len() as u64;
-        let planned = ractor::call!(actor, |reply| ClientMsg::Plan {
-            round: flight.key as usize,
-            start: flight.start,
+        let now = self.state.now;
+        // Each dispatch is its own draw of the client's schedule and fate (a client dispatched
+        // twice in a window must not crash twice by construction): key it by the dispatch count.
+        let key = self.state.dispatched;
+        let plan = ractor::call!(actor, |reply| ClientMsg::Plan {
+            round: key as usize,
+            start: now,
             down_bytes: bytes,
             up_bytes: bytes,
             reply,
         });
-        if let Err(e) = planned {
-            st.alive[c] = false;
-            let status = FitStatus::Crashed {
-                at: flight.start,
-                cause: CrashCause::Panicked(e.to_string()),
-            };
-            st.current.count(c, &status, None);
-            continue;
-        }
-        fly(st, &actor, flight);
+        st.current.sampled += 1;
+        st.current.bytes_down += bytes;
+        let plan = match plan {
+            Ok(p) => p,
+            Err(e) => {
+                lost_before_planning(st, c, now, e.to_string());
+                return Ok(());
+            }
+        };
+        let flight = Flight {
+            client: c,
+            at: plan
+                .crash
+                .map_or(plan.timeline.finish(), |f| plan.timeline.crash_time(f)),
+            v_start: self.state.version,
+            crashed: plan.crash.is_some(),
+            timeline: plan.timeline,
+            tokens: plan.tokens,
+            key,
+            start: now,
+            payload,
+            global: st.global.clone(),
+            config: st.fit_config(),
+        };
+        self.fly(&actor, flight);
+        Ok(())
     }
-    Ok(())
+
+    /// Send a planned flight's `FitIns` (unless it crashes first) and put it in arrival order.
+    fn fly(&mut self, actor: &ActorRef<ClientMsg>, flight: Flight) {
+        if !flight.crashed {
+            let ins = FitIns {
+                round: flight.key as usize,
+                payload: flight.payload.clone(),
+                global: flight.global.clone(),
+                config: flight.config.clone(),
+            };
+            let _ = actor.send_message(ClientMsg::Fit(ins));
+        }
+        let order = (flight.at, flight.client);
+        let flights = &mut self.state.flights;
+        let at = flights.partition_point(|f| (f.at, f.client) < order);
+        flights.insert(at, flight);
+    }
+
+    /// A resumed run's flights: each client plans the same dispatch again (its plan is a pure
+    /// function of the dispatch) and trains from the model it started from, so its update, and
+    /// everything after, is what the stopped run would have had.
+    async fn redispatch(
+        &mut self,
+        me: &ActorRef<ServerMsg>,
+        st: &mut Core,
+    ) -> Result<(), ActorProcessingErr> {
+        for flight in std::mem::take(&mut self.state.resumed) {
+            let c = flight.client;
+            st.spawn_clients(me, &[c]).await?;
+            let Some(actor) = st.clients.get(&c).cloned() else {
+                continue;
+            };
+            let bytes = flight.payload.len() as u64;
+            let planned = ractor::call!(actor, |reply| ClientMsg::Plan {
+                round: flight.key as usize,
+                start: flight.start,
+                down_bytes: bytes,
+                up_bytes: bytes,
+                reply,
+            });
+            if let Err(e) = planned {
+                lost_before_planning(st, c, flight.start, e.to_string());
+                continue;
+            }
+            self.fly(&actor, flight);
+        }
+        Ok(())
+    }
+}
+
+/// A client whose actor could not plan: dead from now on, its dispatch a crash at `at`.
+fn lost_before_planning(st: &mut Core, c: ClientId, at: f64, why: String) {
+    st.alive[c] = false;
+    let status = FitStatus::Crashed {
+        at,
+        cause: CrashCause::Panicked(why),
+    };
+    st.current.count(c, &status, None);
 }

@@ -1,27 +1,39 @@
-//! Closing a round: aggregate, check the new global, evaluate, account privacy, record — and
-//! the rounds that have too few clients to run at all.
-
-use std::time::Instant;
+//! Closing a round, the same under either driver: aggregate, check the new global, evaluate,
+//! account privacy, record — and the rounds that have too few clients to run at all.
 
 use ractor::{call, ActorProcessingErr, ActorRef};
 
-use super::outcome::{Overflow, RunFailure};
+use super::config::ServerMsg;
+use super::outcome::{EarlyStop, Overflow, RunFailure};
 use super::record::{dp_metrics, RoundFacts, RoundState};
-use super::{evaluate, finish, retire_clients, EarlyStop, ServerMsg, ServerState};
+use super::snapshot::AsyncSnapshot;
+use super::state::Core;
 use crate::actors::aggregator::{Aggregate, AggregatorMsg};
 use crate::messages::RoundId;
 use crate::privacy::{DpSampling, PrivacyLedger};
-use crate::scenario::file::ShortRound;
 use crate::shutdown::StopLevel;
-use crate::train::cosine_annealing;
+use crate::stragglers::ShortRound;
+
+/// How a close went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(super) enum Closed {
+    /// The round was recorded; the run goes on.
+    Recorded,
+    /// The run ended (its last round, a failure, or a stop).
+    Ended,
+}
 
 /// Virtual seconds a round with too few clients waits before the next one (without a deadline).
 const SHORT_ROUND_WAIT: f64 = 60.0;
 
+/// Close the round in progress. `in_flight` is what the asynchronous driver has in flight
+/// (saved with the checkpoint).
 pub(super) async fn close_round(
     me: &ActorRef<ServerMsg>,
-    st: &mut ServerState,
-) -> Result<(), ActorProcessingErr> {
+    st: &mut Core,
+    in_flight: Option<AsyncSnapshot>,
+) -> Result<Closed, ActorProcessingErr> {
     let global = st.global.clone();
     let agg = call!(st.args.aggregator, |reply| AggregatorMsg::Finish {
         global,
@@ -34,35 +46,35 @@ pub(super) async fn close_round(
     }
     if let Some(failure) = non_finite(round, &agg) {
         // Keep the last finite global adapter: it is what the run directory saves.
-        finish(me, st, Some(failure));
-        return Ok(());
+        st.finish(me, Some(failure));
+        return Ok(Closed::Ended);
     }
     let changed = agg.folded > 0 || agg.noise_stddev.is_some();
     st.global = agg.global.clone();
     let eval = match (changed, st.last_eval) {
-        _ if !st.args.evaluate => crate::messages::EvaluateRes {
+        _ if !st.args.config.evaluate => crate::messages::EvaluateRes {
             round,
             loss: f64::NAN,
             perplexity: f64::NAN,
             tokens: 0,
         },
         (false, Some(e)) => e,
-        _ => match evaluate(&st.args.slots, round, Some(st.global.clone())).await {
+        _ => match st.evaluate(round, Some(st.global.clone())).await {
             Ok(e) => e,
             Err(source) => {
-                finish(me, st, Some(RunFailure::Evaluation { round, source }));
-                return Ok(());
+                st.finish(me, Some(RunFailure::Evaluation { round, source }));
+                return Ok(Closed::Ended);
             }
         },
     };
-    if st.args.evaluate && !eval.loss.is_finite() {
+    if st.args.config.evaluate && !eval.loss.is_finite() {
         let failure = RunFailure::Diverged {
             round,
             loss: eval.loss,
             server_lr: agg.server_lr,
         };
-        finish(me, st, Some(failure));
-        return Ok(());
+        st.finish(me, Some(failure));
+        return Ok(Closed::Ended);
     }
     st.last_eval = Some(eval);
     let dp = account(st, round, &agg);
@@ -72,15 +84,15 @@ pub(super) async fn close_round(
         eval_loss: eval.loss,
         eval_perplexity: eval.perplexity,
         dp,
-        host_per_token: host_per_token(st),
+        host_per_token: st.host_per_token(),
         skipped: None,
         byzantine: byzantine_round(st, &agg),
     };
-    record(me, st, facts).await
+    record(me, st, facts, in_flight).await
 }
 
 /// What the round's Byzantine clients did, when the scenario has any.
-fn byzantine_round(st: &ServerState, agg: &Aggregate) -> Option<crate::messages::ByzantineRound> {
+fn byzantine_round(st: &Core, agg: &Aggregate) -> Option<crate::messages::ByzantineRound> {
     let b = st.args.clients.faults.byzantine.as_ref()?;
     Some(crate::messages::ByzantineRound {
         byzantine_sampled: st
@@ -94,35 +106,24 @@ fn byzantine_round(st: &ServerState, agg: &Aggregate) -> Option<crate::messages:
     })
 }
 
-fn host_per_token(st: &ServerState) -> f64 {
-    let (secs, tokens) = st.host_per_token;
-    if tokens == 0 {
-        0.0
-    } else {
-        secs / tokens as f64
-    }
-}
-
-/// Record the round (sink, clock, pace) and start the next one.
+/// Record the round (sink with the checkpoint, clock, pace).
 async fn record(
     me: &ActorRef<ServerMsg>,
-    st: &mut ServerState,
+    st: &mut Core,
     facts: RoundFacts,
-) -> Result<(), ActorProcessingErr> {
+    in_flight: Option<AsyncSnapshot>,
+) -> Result<Closed, ActorProcessingErr> {
     let round = st.current.round;
-    if !st.is_async() {
-        retire_clients(st);
-    }
     let summary = st.current.summary(facts);
     st.clock = st.current.close_at;
-    let snapshot = super::snapshot::take(st, st.summaries.len() + 1).await?;
+    let snapshot = super::snapshot::take(st, st.summaries.len() + 1, in_flight).await?;
     if let Err(source) = (st.args.sink)(&summary, &snapshot) {
         st.summaries.push(summary);
-        finish(me, st, Some(RunFailure::Record { round, source }));
-        return Ok(());
+        st.finish(me, Some(RunFailure::Record { round, source }));
+        return Ok(Closed::Ended);
     }
     st.summaries.push(summary);
-    if let (Some(pace), Some(started)) = (st.args.pace, st.current.started) {
+    if let (Some(pace), Some(started)) = (st.args.config.pace, st.current.started) {
         // Play rounds at a watchable rate; the simulation itself is unchanged.
         let elapsed = started.elapsed();
         if elapsed < pace {
@@ -133,33 +134,25 @@ async fn record(
             }
         }
     }
-    if !st.is_async() {
-        me.send_message(ServerMsg::BeginRound)?;
-    }
-    Ok(())
+    Ok(Closed::Recorded)
 }
 
 /// A round with too few clients: recorded with its reason; the model does not change and no
 /// privacy is spent. The run goes on, or stops, as `system.short_round` says.
 pub(super) async fn short_round(
     me: &ActorRef<ServerMsg>,
-    st: &mut ServerState,
+    st: &mut Core,
     round: RoundId,
     start: f64,
-    alive: usize,
     available: usize,
     why: String,
-) -> Result<(), ActorProcessingErr> {
-    st.current = RoundState {
-        round,
-        lr: cosine_annealing(round, st.args.rounds, st.args.lr_max, st.args.lr_min),
-        started: Some(Instant::now()),
-        available,
-        unavailable: alive - available,
-        sim_start: start,
-        close_at: start + st.args.system.deadline_s.unwrap_or(SHORT_ROUND_WAIT),
-        ..Default::default()
-    };
+    in_flight: Option<AsyncSnapshot>,
+) -> Result<Closed, ActorProcessingErr> {
+    let config = &st.args.config;
+    let close_at = start + config.deadline_s.unwrap_or(SHORT_ROUND_WAIT);
+    st.current = RoundState::open(round, config.lr(round), start, close_at);
+    st.current.available = available;
+    st.current.unavailable = st.alive_count() - available;
     let eval = st.last_eval.unwrap_or(crate::messages::EvaluateRes {
         round,
         loss: f64::NAN,
@@ -176,30 +169,30 @@ pub(super) async fn short_round(
         eval_loss: eval.loss,
         eval_perplexity: eval.perplexity,
         dp,
-        host_per_token: host_per_token(st),
+        host_per_token: st.host_per_token(),
         skipped: Some(why.clone()),
         byzantine: None,
     };
-    if st.args.system.short_round == ShortRound::Stop {
+    if st.args.config.short_round == ShortRound::Stop {
         let summary = st.current.summary(facts);
         st.clock = st.current.close_at;
-        let snapshot = super::snapshot::take(st, st.summaries.len() + 1).await?;
+        let snapshot = super::snapshot::take(st, st.summaries.len() + 1, in_flight).await?;
         let _ = (st.args.sink)(&summary, &snapshot);
         st.summaries.push(summary);
         st.stop = Some(EarlyStop::TooFewClients { round, why });
-        finish(me, st, None);
-        return Ok(());
+        st.finish(me, None);
+        return Ok(Closed::Ended);
     }
-    record(me, st, facts).await
+    record(me, st, facts, in_flight).await
 }
 
 /// Privacy accounting after a round (and the adaptive clip's update).
 fn account(
-    st: &mut ServerState,
+    st: &mut Core,
     round: RoundId,
     agg: &Aggregate,
 ) -> Option<crate::messages::DpRoundMetrics> {
-    let seed = st.args.seed;
+    let seed = st.args.config.seed;
     let cur = &st.current;
     st.ledger.as_mut().map(|ledger| {
         let g = ledger.record(cur.q);

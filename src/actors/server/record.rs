@@ -51,6 +51,19 @@ pub(super) struct RoundState {
 }
 
 impl RoundState {
+    /// A round opened at `sim_start` on the virtual clock, closing at `close_at` unless its
+    /// clients say otherwise; counts start at zero.
+    pub fn open(round: RoundId, lr: f64, sim_start: f64, close_at: f64) -> Self {
+        RoundState {
+            round,
+            lr,
+            started: Some(Instant::now()),
+            sim_start,
+            close_at,
+            ..Default::default()
+        }
+    }
+
     /// Count one client's outcome, with its planned timeline and tokens when it planned.
     pub fn count(&mut self, client: ClientId, status: &FitStatus, plan: Option<(Timeline, usize)>) {
         let (timeline, tokens) = match status {

@@ -12,7 +12,7 @@ use ractor::{call, ActorProcessingErr};
 use serde::{Deserialize, Serialize};
 
 use super::asynchronous::{AsyncState, Flight};
-use super::ServerState;
+use super::state::Core;
 use crate::actors::aggregator::AggregatorMsg;
 use crate::clock::Timeline;
 use crate::messages::{ClientId, EvaluateRes, FitConfig, RoundSummary};
@@ -54,10 +54,12 @@ pub struct Resume {
     pub rounds: Vec<RoundSummary>,
 }
 
-/// The server's state now, after round `rounds_done` has been recorded.
+/// The server's state now, after round `rounds_done` has been recorded, with what the
+/// asynchronous driver has in flight.
 pub(super) async fn take(
-    st: &mut ServerState,
+    st: &mut Core,
     rounds_done: usize,
+    in_flight: Option<AsyncSnapshot>,
 ) -> Result<ServerSnapshot, ActorProcessingErr> {
     let aggregator = st.args.aggregator.clone();
     let optimizer = call!(aggregator, |reply| AggregatorMsg::ServerState { reply })?;
@@ -71,13 +73,13 @@ pub(super) async fn take(
         baseline: st.baseline,
         last_eval: st.last_eval,
         dead: (0..st.alive.len()).filter(|&c| !st.alive[c]).collect(),
-        asyn: st.is_async().then(|| st.asyn.snapshot()),
+        asyn: in_flight,
     })
 }
 
 /// Put the server where `resume` left it (checked against the run by the caller: the
-/// adapter's length, the client ids).
-pub(super) fn restore(st: &mut ServerState, resume: Resume) {
+/// adapter's length, the client ids); returns the asynchronous driver's part.
+pub(super) fn restore(st: &mut Core, resume: Resume) -> Option<AsyncSnapshot> {
     let Resume {
         snapshot: s,
         rounds,
@@ -97,12 +99,9 @@ pub(super) fn restore(st: &mut ServerState, resume: Resume) {
     for c in s.dead {
         st.alive[c] = false;
     }
-    if let Some(a) = s.asyn {
-        let layout = st.global.layout().clone();
-        st.asyn.restore(a, s.clock, &layout);
-    }
     st.summaries = rounds;
     st.resumed = true;
+    s.asyn
 }
 
 /// The clients in flight at a round boundary, with the models they train from.

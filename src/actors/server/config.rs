@@ -1,0 +1,111 @@
+//! What the server is given: its checked settings (built once by the wiring from the validated
+//! scenario), the actors and pools it works with, and the messages it understands.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::ActorRef;
+use tokio::sync::oneshot;
+
+use super::outcome::ServerOutcome;
+use super::snapshot::{Resume, ServerSnapshot};
+use crate::actors::aggregator::AggregatorMsg;
+use crate::actors::client::ClientContext;
+use crate::messages::{FitRes, RoundSummary};
+use crate::model::AdapterSet;
+use crate::privacy::DpPlan;
+use crate::scenario::Sampling;
+use crate::shutdown::Shutdown;
+use crate::slots::SlotHandle;
+use crate::stragglers::{ShortRound, Stragglers};
+
+/// The server's settings, all checked by the scenario's validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Rounds to run.
+    pub rounds: usize,
+    /// Master seed.
+    pub seed: u64,
+    /// Client sampling.
+    pub sampling: Sampling,
+    /// Learning rate of round 1 (cosine annealing to `lr_min`).
+    pub lr_max: f64,
+    /// Learning rate of the last round.
+    pub lr_min: f64,
+    /// Round deadline on the virtual clock, seconds after the round starts.
+    pub deadline_s: Option<f64>,
+    /// The straggler policy; `Async` selects buffered asynchronous aggregation.
+    pub stragglers: Stragglers,
+    /// What a round with too few clients does to the run.
+    pub short_round: ShortRound,
+    /// Whether there is a model to evaluate (not with the synthetic trainer).
+    pub evaluate: bool,
+    /// Minimum wall time per round (`--pace`), so live dashboards can follow.
+    pub pace: Option<Duration>,
+}
+
+impl ServerConfig {
+    /// Round `round`'s learning rate.
+    pub(super) fn lr(&self, round: usize) -> f64 {
+        crate::train::cosine_annealing(round, self.rounds, self.lr_max, self.lr_min)
+    }
+}
+
+/// Called with each finished round and the server's state after it (progress display, run
+/// log, checkpoint); an error stops the run (the round could not be recorded).
+pub type RoundSink =
+    Box<dyn FnMut(&RoundSummary, &ServerSnapshot) -> Result<(), crate::report::ReportError> + Send>;
+
+/// What the server needs to run.
+pub struct ServerArgs {
+    /// Its settings.
+    pub config: ServerConfig,
+    /// Each client's shard.
+    pub shards: Vec<Arc<[u32]>>,
+    /// Slot pool.
+    pub slots: SlotHandle,
+    /// The aggregator.
+    pub aggregator: ActorRef<AggregatorMsg>,
+    /// What the clients share (slots, aggregator, cost model, faults).
+    pub clients: Arc<ClientContext>,
+    /// The adapter before round 1.
+    pub initial: Arc<AdapterSet>,
+    /// Receives each round's summary.
+    pub sink: RoundSink,
+    /// Client-level DP, if on.
+    pub dp: Option<DpPlan>,
+    /// Stop requests: at `FinishRound` no new round starts (and `--pace` waits end).
+    pub shutdown: Shutdown,
+    /// Where the outcome goes.
+    pub done: oneshot::Sender<ServerOutcome>,
+    /// Where a resumed run continues from (None: round 1, after the baseline evaluation).
+    pub resume: Option<Resume>,
+}
+
+/// Messages the server understands.
+pub enum ServerMsg {
+    /// Evaluate the base model, then start round 1.
+    Start,
+    /// Start the next round (synchronous rounds), or the asynchronous loop.
+    BeginRound,
+    /// A client's answer.
+    Fit(FitRes),
+    /// Stop now: abandon the round in progress (a second stop request).
+    Abandon,
+}
+
+impl From<FitRes> for ServerMsg {
+    fn from(r: FitRes) -> Self {
+        ServerMsg::Fit(r)
+    }
+}
+
+impl TryFrom<ServerMsg> for FitRes {
+    type Error = ();
+    fn try_from(m: ServerMsg) -> Result<Self, ()> {
+        match m {
+            ServerMsg::Fit(r) => Ok(r),
+            _ => Err(()),
+        }
+    }
+}

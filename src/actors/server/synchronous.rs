@@ -1,0 +1,354 @@
+//! Synchronous rounds: who is online, who is sampled, their plans, who trains (the straggler
+//! policy), the answers; the round closes when the last answer is in (see [`super::close`]),
+//! and the next begins.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
+use rand::Rng;
+
+use super::close::{close_round, short_round, Closed};
+use super::config::ServerMsg;
+use super::outcome::EarlyStop;
+use super::record::RoundState;
+use super::state::Core;
+use crate::actors::aggregator::{AggregatorMsg, DpRound};
+use crate::actors::client::ClientMsg;
+use crate::messages::{ClientId, ClientPlan, CrashCause, FitIns, FitRes, FitStatus, RoundId};
+use crate::privacy::DpSampling;
+use crate::rng::{purpose, rng_for};
+use crate::shutdown::StopLevel;
+use crate::stragglers::{decide, Decision, Stragglers};
+
+/// The synchronous driver: one round at a time, every sampled client from the same model.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SyncRounds {
+    /// `Wait`, `Drop` or `OverSelect` (never `Async`).
+    pub(super) stragglers: Stragglers,
+    /// The round deadline, virtual seconds after the round starts.
+    pub(super) deadline_s: Option<f64>,
+}
+
+impl SyncRounds {
+    /// Begin the next round (or finish the run after the last, or on a stop request).
+    pub(super) async fn begin(
+        &mut self,
+        me: &ActorRef<ServerMsg>,
+        st: &mut Core,
+    ) -> Result<(), ActorProcessingErr> {
+        let round = st.summaries.len() + 1;
+        if round > st.args.config.rounds || st.args.shutdown.level() >= StopLevel::FinishRound {
+            st.finish(me, None);
+            return Ok(());
+        }
+        let start = st.clock;
+        let available = online(st, round, start);
+        let s = st.args.config.sampling;
+        let needed = s.min_available_clients.max(s.min_fit_clients);
+        if available.len() < needed {
+            let why = format!(
+                "{} of {} clients available at t = {start:.1} s, fewer than the {needed} needed \
+                 (strategy.min_available_clients / min_fit_clients)",
+                available.len(),
+                st.alive.len()
+            );
+            let closed = short_round(me, st, round, start, available.len(), why, None).await?;
+            return self.next(me, st, closed);
+        }
+        let target = s.sample_size(available.len());
+        let extra = match self.stragglers {
+            Stragglers::OverSelect { extra } => extra,
+            _ => 0,
+        };
+        let k = (target + extra).min(available.len());
+        let chosen = sample_clients(st, round, &available, k);
+        let Some(q) = check_budget(me, st, round, chosen.len(), available.len()) else {
+            return Ok(());
+        };
+        let payload = Arc::new(st.global.to_safetensors()?);
+        let bytes = payload.len() as u64;
+        st.spawn_clients(me, &chosen).await?;
+        let plans = collect_plans(&st.clients, round, start, bytes, &chosen).await;
+        let plans_ok: Vec<(ClientId, ClientPlan)> = plans
+            .iter()
+            .filter_map(|(c, p)| p.as_ref().ok().map(|p| (*c, *p)))
+            .collect();
+        let decided = decide(self.stragglers, start, self.deadline_s, target, &plans_ok);
+        let lr = st.args.config.lr(round);
+        st.current = RoundState::open(round, lr, start, decided.close_at);
+        let unavailable = st.alive_count() - available.len();
+        let cur = &mut st.current;
+        cur.sampled = chosen.len();
+        cur.available = available.len();
+        cur.unavailable = unavailable;
+        cur.bytes_down = bytes * chosen.len() as u64;
+        cur.q = q;
+        let dp = dp_round(st, q, available.len());
+        st.args
+            .aggregator
+            .send_message(AggregatorMsg::Begin { round, dp })?;
+        dispatch(st, &plans, decided.decisions, &payload);
+        if st.current.pending.is_empty() {
+            self.close(me, st).await?;
+        }
+        Ok(())
+    }
+
+    /// A client's answer; the round closes with the last one.
+    pub(super) async fn on_fit(
+        &mut self,
+        me: &ActorRef<ServerMsg>,
+        st: &mut Core,
+        res: FitRes,
+    ) -> Result<(), ActorProcessingErr> {
+        let cur = &mut st.current;
+        if res.round != cur.round || !cur.pending.remove(&res.client) {
+            return Ok(()); // late or duplicate answer
+        }
+        match &res.status {
+            FitStatus::Completed(u) => {
+                st.host_per_token.0 += u.host_seconds;
+                st.host_per_token.1 += u.tokens;
+            }
+            FitStatus::Failed { reason } => {
+                tracing::warn!(
+                    "round {}: client {} failed: {reason}",
+                    cur.round,
+                    res.client
+                );
+            }
+            _ => {}
+        }
+        let plan = cur.timelines.get(&res.client).map(|t| (*t, 0));
+        cur.count(res.client, &res.status, plan);
+        if cur.pending.is_empty() {
+            self.close(me, st).await?;
+        }
+        Ok(())
+    }
+
+    /// A client's actor died (learned by supervision): if it was training, it crashed when
+    /// its timeline says the crash is seen.
+    pub(super) async fn on_crash(
+        &mut self,
+        me: &ActorRef<ServerMsg>,
+        st: &mut Core,
+        client: ClientId,
+        why: String,
+    ) -> Result<(), ActorProcessingErr> {
+        if !st.current.pending.contains(&client) {
+            return Ok(());
+        }
+        let res = FitRes {
+            client,
+            round: st.current.round,
+            status: FitStatus::Crashed {
+                at: st.current.crash_time(client),
+                cause: CrashCause::Panicked(why),
+            },
+        };
+        self.on_fit(me, st, res).await
+    }
+
+    /// Close the round; once recorded, retire its clients and begin the next.
+    async fn close(
+        &mut self,
+        me: &ActorRef<ServerMsg>,
+        st: &mut Core,
+    ) -> Result<(), ActorProcessingErr> {
+        let closed = close_round(me, st, None).await?;
+        self.next(me, st, closed)
+    }
+
+    /// After a close: a recorded round's clients retire and the next round begins.
+    fn next(
+        &mut self,
+        me: &ActorRef<ServerMsg>,
+        st: &mut Core,
+        closed: Closed,
+    ) -> Result<(), ActorProcessingErr> {
+        if closed == Closed::Recorded {
+            st.retire_clients();
+            me.send_message(ServerMsg::BeginRound)?;
+        }
+        Ok(())
+    }
+}
+
+/// The clients online at `start`.
+fn online(st: &Core, round: RoundId, start: f64) -> Vec<ClientId> {
+    let faults = &st.args.clients.faults;
+    (0..st.alive.len())
+        .filter(|&c| st.alive[c] && faults.available(round, c, start))
+        .collect()
+}
+
+/// Record the clients that will not train, send `FitIns` to those that will.
+fn dispatch(
+    st: &mut Core,
+    plans: &[(ClientId, Result<ClientPlan, String>)],
+    decisions: Vec<(ClientId, Decision)>,
+    payload: &Arc<Vec<u8>>,
+) {
+    // Clients whose plan could not be had: their actor is gone.
+    for (c, p) in plans {
+        if let Err(why) = p {
+            st.alive[*c] = false;
+            let status = FitStatus::Crashed {
+                at: st.current.sim_start,
+                cause: CrashCause::Panicked(why.clone()),
+            };
+            st.current.count(*c, &status, None);
+        }
+    }
+    // Plans by client id (chosen is sorted, and so are the plans).
+    let plan_of = |c: ClientId| {
+        plans
+            .binary_search_by_key(&c, |(id, _)| *id)
+            .ok()
+            .and_then(|i| plans[i].1.as_ref().ok())
+            .map(|p| (p.timeline, p.tokens))
+    };
+    for (c, d) in decisions {
+        let plan = plan_of(c);
+        match d {
+            Decision::Skip(status) => {
+                st.current.skipped_tokens += plan.map_or(0, |p| p.1);
+                st.current.count(c, &status, plan);
+            }
+            Decision::Train => {
+                if let Some((t, _)) = plan {
+                    st.current.timelines.insert(c, t);
+                }
+                st.current.pending.insert(c);
+                let ins = FitIns {
+                    round: st.current.round,
+                    payload: payload.clone(),
+                    global: st.global.clone(),
+                    config: st.fit_config(),
+                };
+                let sent = st
+                    .clients
+                    .get(&c)
+                    .map(|a| a.send_message(ClientMsg::Fit(ins)));
+                if !matches!(sent, Some(Ok(()))) {
+                    // The actor is gone; its supervision event records the crash.
+                    st.alive[c] = false;
+                }
+            }
+        }
+    }
+}
+
+/// The sampling rate this round is accounted with, or `None` when the privacy budget stops the
+/// run before it (the run is then finished).
+fn check_budget(
+    me: &ActorRef<ServerMsg>,
+    st: &mut Core,
+    round: RoundId,
+    sampled: usize,
+    available: usize,
+) -> Option<f64> {
+    let Some(ledger) = &st.ledger else {
+        return Some(0.0);
+    };
+    let q = ledger.sampling_rate(st.args.config.sampling.fraction_fit, sampled, available);
+    if let Some(max) = ledger.plan().max_epsilon {
+        let next = ledger.peek(q);
+        if next.epsilon > max {
+            st.stop = Some(EarlyStop::Budget {
+                round,
+                epsilon: next.epsilon,
+                max,
+                delta: next.delta,
+            });
+            st.finish(me, None);
+            return None;
+        }
+    }
+    Some(q)
+}
+
+fn dp_round(st: &Core, q: f64, available: usize) -> Option<DpRound> {
+    st.ledger.as_ref().map(|l| {
+        let plan = l.plan();
+        DpRound {
+            server_clip: (!plan.mechanism.clips_on_client()).then_some(l.clip()),
+            sum_stddev: l.sum_stddev(),
+            denominator: match plan.sampling {
+                DpSampling::Poisson => Some(q * available as f64),
+                DpSampling::Fixed => None,
+            },
+            noise: plan.noise,
+            seed: st.args.config.seed,
+        }
+    })
+}
+
+/// Ask every sampled client for its plan, all at once.
+async fn collect_plans(
+    clients: &HashMap<ClientId, ActorRef<ClientMsg>>,
+    round: RoundId,
+    start: f64,
+    bytes: u64,
+    chosen: &[ClientId],
+) -> Vec<(ClientId, Result<ClientPlan, String>)> {
+    let mut waiting = Vec::with_capacity(chosen.len());
+    for &c in chosen {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        let msg = ClientMsg::Plan {
+            round,
+            start,
+            down_bytes: bytes,
+            up_bytes: bytes,
+            reply: RpcReplyPort::from(tx),
+        };
+        let sent = match clients.get(&c) {
+            Some(actor) => actor.send_message(msg).map_err(|_| ()),
+            None => Err(()),
+        };
+        waiting.push((c, sent.map(|_| rx)));
+    }
+    let mut out = Vec::with_capacity(waiting.len());
+    for (c, rx) in waiting {
+        let plan = match rx {
+            Ok(rx) => rx
+                .await
+                .map_err(|_| format!("client {c} died before planning round {round}")),
+            Err(_) => Err(format!("client {c} is gone")),
+        };
+        out.push((c, plan));
+    }
+    out
+}
+
+/// Flower's fixed-size sample of `k` (plus over-selection), or Poisson sampling under
+/// `dp.sampling: Poisson`; sorted.
+fn sample_clients(
+    st: &Core,
+    round: RoundId,
+    available: &[ClientId],
+    k: usize,
+) -> Vec<ClientId> {
+    let mut rng = rng_for(st.args.config.seed, &[purpose::SAMPLE, round as u64]);
+    let poisson = st
+        .ledger
+        .as_ref()
+        .is_some_and(|l| l.plan().sampling == DpSampling::Poisson);
+    let mut chosen: Vec<ClientId> = if poisson {
+        let q = st.args.config.sampling.fraction_fit;
+        available
+            .iter()
+            .copied()
+            .filter(|_| rng.random::<f64>() < q)
+            .collect()
+    } else {
+        rand::seq::index::sample(&mut rng, available.len(), k)
+            .into_iter()
+            .map(|i| available[i])
+            .collect()
+    };
+    chosen.sort_unstable();
+    chosen
+}
