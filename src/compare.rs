@@ -45,6 +45,27 @@ pub fn table(dirs: &[PathBuf]) -> Result<String, ReportError> {
             message: format!("no readable run among the directories ({})", why.join("; ")),
         });
     }
+    let mut out = header(&runs);
+    for (name, e) in &entries {
+        match e {
+            Entry::Run(s) => row(&mut out, name, s),
+            Entry::Unreadable(why) => {
+                let _ = writeln!(out, "{name:<40} {:>16}  {why}", "unreadable");
+            }
+        }
+    }
+    for w in warnings(&runs) {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    let _ = writeln!(
+        out,
+        "losses in nats per response token on the held-out split; MB = 10^6 bytes"
+    );
+    Ok(out)
+}
+
+/// The column names, and the untrained base's row when a run evaluated it.
+fn header(runs: &[(&Path, &Summary)]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -80,22 +101,7 @@ pub fn table(dirs: &[PathBuf]) -> Result<String, ReportError> {
             "0"
         );
     }
-    for (name, e) in &entries {
-        match e {
-            Entry::Run(s) => row(&mut out, name, s),
-            Entry::Unreadable(why) => {
-                let _ = writeln!(out, "{name:<40} {:>16}  {why}", "unreadable");
-            }
-        }
-    }
-    for w in warnings(&runs) {
-        let _ = writeln!(out, "warning: {w}");
-    }
-    let _ = writeln!(
-        out,
-        "losses in nats per response token on the held-out split; MB = 10^6 bytes"
-    );
-    Ok(out)
+    out
 }
 
 fn read(dir: &Path) -> Entry {

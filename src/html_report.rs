@@ -205,10 +205,27 @@ pub fn render(dirs: &[PathBuf]) -> Result<String, HtmlReportError> {
     };
     runs_table(&mut page, &runs);
     partitions(&mut page, &runs)?;
+    loss_charts(&mut page, &runs)?;
+    system_charts(&mut page, &runs)?;
+    for sweep in &sweeps {
+        sweep_section(&mut page, sweep)?;
+    }
+    if sweeps.is_empty() {
+        page.section("Sweeps");
+        page.note(
+            "Sweeps: no sweep directory given (sim report SWEEP_DIR adds its table and curves).",
+        );
+    }
+    attacks::section(&mut page, &attacks::read(&dirs)?)?;
+    Ok(wrap(&page.html, page.charts))
+}
+
+/// The per-round charts of loss, perplexity and task accuracy.
+fn loss_charts(page: &mut Page, runs: &[Run]) -> Result<(), HtmlReportError> {
     page.section("Loss and perplexity per round");
     let loss = |key: &'static str| move |r: &Run| vec![r.series(key, 1.0)];
     page.per_round(
-        &runs,
+        runs,
         "Training loss",
         Axes {
             x: "round",
@@ -217,7 +234,7 @@ pub fn render(dirs: &[PathBuf]) -> Result<String, HtmlReportError> {
         loss("train_loss"),
     )?;
     page.per_round(
-        &runs,
+        runs,
         "Held-out loss",
         Axes {
             x: "round",
@@ -226,7 +243,7 @@ pub fn render(dirs: &[PathBuf]) -> Result<String, HtmlReportError> {
         loss("eval_loss"),
     )?;
     page.per_round(
-        &runs,
+        runs,
         "Held-out perplexity",
         Axes {
             x: "round",
@@ -234,10 +251,16 @@ pub fn render(dirs: &[PathBuf]) -> Result<String, HtmlReportError> {
         },
         loss("eval_perplexity"),
     )?;
-    accuracy(&mut page, &runs)?;
+    accuracy(page, runs)?;
+    Ok(())
+}
+
+/// The per-round charts of privacy, communication, participation and simulated time.
+fn system_charts(page: &mut Page, runs: &[Run]) -> Result<(), HtmlReportError> {
+    let loss = |key: &'static str| move |r: &Run| vec![r.series(key, 1.0)];
     page.section("Privacy");
     page.per_round(
-        &runs,
+        runs,
         "Privacy spent (ε at the run's δ)",
         Axes {
             x: "round", y: "ε"
@@ -246,7 +269,7 @@ pub fn render(dirs: &[PathBuf]) -> Result<String, HtmlReportError> {
     )?;
     page.section("Communication and participation");
     page.per_round(
-        &runs,
+        runs,
         "Bytes per round (down + up)",
         Axes {
             x: "round",
@@ -268,7 +291,7 @@ pub fn render(dirs: &[PathBuf]) -> Result<String, HtmlReportError> {
         },
     )?;
     page.per_round(
-        &runs,
+        runs,
         "Participation per round",
         Axes {
             x: "round",
@@ -281,7 +304,7 @@ pub fn render(dirs: &[PathBuf]) -> Result<String, HtmlReportError> {
         },
     )?;
     page.per_round(
-        &runs,
+        runs,
         "Simulated round time",
         Axes {
             x: "round",
@@ -289,17 +312,7 @@ pub fn render(dirs: &[PathBuf]) -> Result<String, HtmlReportError> {
         },
         loss("sim_duration_s"),
     )?;
-    for sweep in &sweeps {
-        sweep_section(&mut page, sweep)?;
-    }
-    if sweeps.is_empty() {
-        page.section("Sweeps");
-        page.note(
-            "Sweeps: no sweep directory given (sim report SWEEP_DIR adds its table and curves).",
-        );
-    }
-    attacks::section(&mut page, &attacks::read(&dirs)?)?;
-    Ok(wrap(&page.html, page.charts))
+    Ok(())
 }
 
 /// Every directory, with a study directory (`sim study`: `study.json` and no summary.json)

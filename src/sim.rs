@@ -376,7 +376,6 @@ async fn run_actors(
     let (initial, pool) = wiring::slot_pool(s, prep, &layout)?;
     let pace = observers.pace;
     let sink = round_sink(recorder, observers, pool.busy());
-    let actor_err = |e: &dyn std::fmt::Display| SimError::Actor(e.to_string());
     let agg_args = AggregatorArgs {
         layout,
         strategy: s.strategy(),
@@ -405,10 +404,28 @@ async fn run_actors(
         done: tx,
         resume,
     };
+    let outcome = serve(args, rx, &shutdown).await;
+    save_server_state(&aggregator, &dir).await?;
+    aggregator.stop(None);
+    let _ = agg_handle.await;
+    let busy = release_slots(pool, &shutdown).await?;
+    Ok((outcome?, busy))
+}
+
+fn actor_err(e: &dyn std::fmt::Display) -> SimError {
+    SimError::Actor(e.to_string())
+}
+
+/// Start the server and wait for its outcome; a second stop request abandons the round in
+/// progress.
+async fn serve(
+    args: ServerArgs,
+    outcome: oneshot::Receiver<ServerOutcome>,
+    shutdown: &Shutdown,
+) -> Result<ServerOutcome, SimError> {
     let (server, server_handle) = Actor::spawn(None, Server, args)
         .await
         .map_err(|e| actor_err(&e))?;
-    // A second stop request abandons the round in progress.
     let abandon = {
         let (server, mut shutdown) = (server.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -419,11 +436,19 @@ async fn run_actors(
     server
         .send_message(ServerMsg::Start)
         .map_err(|e| actor_err(&e))?;
-    let outcome = rx
+    let outcome = outcome
         .await
         .map_err(|_| SimError::Actor("the server stopped without a result".into()));
     let _ = server_handle.await;
-    // The server optimiser's state persists across rounds: it is saved with the run.
+    abandon.abort();
+    outcome
+}
+
+/// The server optimiser's state persists across rounds: it is saved with the run.
+async fn save_server_state(
+    aggregator: &ractor::ActorRef<AggregatorMsg>,
+    dir: &RunDir,
+) -> Result<(), SimError> {
     if let Ok(Some(state)) = ractor::call!(aggregator, |reply| AggregatorMsg::ServerState { reply })
     {
         let bytes = state
@@ -431,17 +456,19 @@ async fn run_actors(
             .map_err(|e| ModelError::Layout(e.to_string()))?;
         dir.write_bytes("server_state.safetensors", &bytes)?;
     }
-    aggregator.stop(None);
-    let _ = agg_handle.await;
-    abandon.abort();
+    Ok(())
+}
+
+/// The slots' busy seconds, and the pool closed: after its jobs, or at once after a second
+/// stop request (jobs in flight are dropped; their threads end with the process).
+async fn release_slots(pool: crate::slots::SlotPool, shutdown: &Shutdown) -> Result<Vec<f64>, SimError> {
     let busy = pool.busy_seconds();
     if shutdown.level() == StopLevel::Abandon {
-        // Jobs in flight are dropped; their threads end with the process.
         pool.abandon();
     } else {
         tokio::task::spawn_blocking(move || pool.shutdown())
             .await
             .map_err(|e| actor_err(&e))?;
     }
-    Ok((outcome?, busy))
+    Ok(busy)
 }

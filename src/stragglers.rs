@@ -148,27 +148,56 @@ pub fn decide(
             };
             (kept, close)
         }
-        Stragglers::OverSelect { .. } => {
-            alive.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-            let in_time: Vec<(ClientId, f64)> = alive
-                .iter()
-                .copied()
-                .filter(|a| due.is_none_or(|d| a.1 <= d))
-                .collect();
-            if target > 0 && in_time.len() >= target {
-                // Enough arrived: the round closes with the target-th arrival.
-                let kept = in_time[..target].iter().map(|a| a.0).collect();
-                (kept, in_time[target - 1].1)
-            } else {
-                let close = due.unwrap_or_else(|| {
-                    latest(&mut in_time.iter().map(|a| a.1).chain(detected.iter().copied()))
-                });
-                (in_time.iter().map(|a| a.0).collect(), close)
-            }
-        }
+        Stragglers::OverSelect { .. } => over_select(&mut alive, due, target, start, &detected),
     };
     kept.sort_unstable();
-    let decisions = plans
+    let decisions = decisions(plans, &kept, close_at);
+    RoundPlan {
+        decisions,
+        close_at,
+    }
+}
+
+/// `OverSelect`: the first `target` to arrive (by virtual finish, ties by client id) within the
+/// deadline; the round closes with the target-th arrival, or — too few in time — at the
+/// deadline (without one, with the last arrival or detected crash).
+fn over_select(
+    alive: &mut [(ClientId, f64)],
+    due: Option<f64>,
+    target: usize,
+    start: f64,
+    detected: &[f64],
+) -> (Vec<ClientId>, f64) {
+    alive.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    let in_time: Vec<(ClientId, f64)> = alive
+        .iter()
+        .copied()
+        .filter(|a| due.is_none_or(|d| a.1 <= d))
+        .collect();
+    if target > 0 && in_time.len() >= target {
+        // Enough arrived: the round closes with the target-th arrival.
+        let kept = in_time[..target].iter().map(|a| a.0).collect();
+        (kept, in_time[target - 1].1)
+    } else {
+        let close = due.unwrap_or_else(|| {
+            in_time
+                .iter()
+                .map(|a| a.1)
+                .chain(detected.iter().copied())
+                .fold(start, f64::max)
+        });
+        (in_time.iter().map(|a| a.0).collect(), close)
+    }
+}
+
+/// Each planned client's decision: a crash is skipped as crashed, a kept client trains, the
+/// rest are skipped as late by how much they would have missed `close_at`.
+fn decisions(
+    plans: &[(ClientId, ClientPlan)],
+    kept: &[ClientId],
+    close_at: f64,
+) -> Vec<(ClientId, Decision)> {
+    plans
         .iter()
         .map(|(c, p)| {
             let d = if let Some(f) = p.crash {
@@ -185,9 +214,5 @@ pub fn decide(
             };
             (*c, d)
         })
-        .collect();
-    RoundPlan {
-        decisions,
-        close_at,
-    }
+        .collect()
 }

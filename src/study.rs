@@ -185,42 +185,7 @@ impl Study {
         }
         let mut arms: Vec<(String, Scenario)> = Vec::with_capacity(file.arms.len());
         for arm in &file.arms {
-            if arm.name.is_empty() || arm.name.contains(['/', '\\']) || arm.name.starts_with('.') {
-                return Err(invalid(
-                    "arms.name",
-                    format!(
-                        "{:?} cannot name a directory; use letters, digits, - and _",
-                        arm.name
-                    ),
-                ));
-            }
-            if arms.iter().any(|(n, _)| n == &arm.name) {
-                return Err(invalid(
-                    "arms.name",
-                    format!("{:?} is used twice", arm.name),
-                ));
-            }
-            let mut set = arm.set.clone();
-            set.push(format!("name={}", arm.name));
-            let s = Scenario::from_file(file.base.clone(), path, &set).map_err(|source| {
-                StudyError::Arm {
-                    path: path.to_path_buf(),
-                    arm: arm.name.clone(),
-                    source,
-                }
-            })?;
-            if let Some((first, f)) = arms.first() {
-                if !f.same_data_model_and_seed(&s) {
-                    return Err(invalid(
-                        &format!("arms.{}.set", arm.name),
-                        format!(
-                            "changes the seed, the data or the model that arm `{first}` uses; a \
-                             study compares arms on the same data, model and seed — override \
-                             only how they train (clients, strategy, train, dp, system)"
-                        ),
-                    ));
-                }
-            }
+            let s = Self::arm(path, &file, arm, &arms)?;
             arms.push((arm.name.clone(), s));
         }
         Ok(Self {
@@ -228,5 +193,57 @@ impl Study {
             arms,
             attack: file.attack.plan(),
         })
+    }
+
+    /// One arm's scenario: the base with the arm's overrides, checked against the arms before
+    /// it (a directory-safe, unique name; the same data, model and seed as the first).
+    fn arm(
+        path: &Path,
+        file: &StudyFile,
+        arm: &Arm,
+        before: &[(String, Scenario)],
+    ) -> Result<Scenario, StudyError> {
+        let invalid = |field: &str, message: String| StudyError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message,
+        };
+        if arm.name.is_empty() || arm.name.contains(['/', '\\']) || arm.name.starts_with('.') {
+            return Err(invalid(
+                "arms.name",
+                format!(
+                    "{:?} cannot name a directory; use letters, digits, - and _",
+                    arm.name
+                ),
+            ));
+        }
+        if before.iter().any(|(n, _)| n == &arm.name) {
+            return Err(invalid(
+                "arms.name",
+                format!("{:?} is used twice", arm.name),
+            ));
+        }
+        let mut set = arm.set.clone();
+        set.push(format!("name={}", arm.name));
+        let s = Scenario::from_file(file.base.clone(), path, &set).map_err(|source| {
+            StudyError::Arm {
+                path: path.to_path_buf(),
+                arm: arm.name.clone(),
+                source,
+            }
+        })?;
+        if let Some((first, f)) = before.first() {
+            if !f.same_data_model_and_seed(&s) {
+                return Err(invalid(
+                    &format!("arms.{}.set", arm.name),
+                    format!(
+                        "changes the seed, the data or the model that arm `{first}` uses; a \
+                         study compares arms on the same data, model and seed — override \
+                         only how they train (clients, strategy, train, dp, system)"
+                    ),
+                ));
+            }
+        }
+        Ok(s)
     }
 }

@@ -139,33 +139,8 @@ fn the_library_modules_import_no_circle() {
 /// indentation.
 const MAX_FN_LINES: usize = 70;
 
-/// The functions over [`MAX_FN_LINES`] when the check was added (issue 18 leaves them to split);
-/// none may join them, and one that is split must leave the list.
-const LONG_FUNCTIONS: [&str; 20] = [
-    "src/actors/client.rs::fit",
-    "src/attack/extraction.rs::run",
-    "src/attack/membership.rs::attack",
-    "src/attack/table.rs::details",
-    "src/attack/target.rs::open",
-    "src/cli/eval.rs::eval",
-    "src/cli/privacy.rs::privacy",
-    "src/cli/study.rs::study",
-    "src/compare.rs::table",
-    "src/devices/trace.rs::parse_row",
-    "src/html_report.rs::render",
-    "src/model/pretrained.rs::open_hf",
-    "src/scenario/overrides.rs::apply",
-    "src/scenario/validate/strategy.rs::check_strategy",
-    "src/scenario/validate/system.rs::check_system",
-    "src/sim.rs::run_actors",
-    "src/sim/prepare.rs::prepare_with",
-    "src/stragglers.rs::decide",
-    "src/study.rs::load",
-    "src/telemetry/openmetrics.rs::render",
-];
-
 #[test]
-fn no_new_function_outgrows_a_screen() {
+fn no_function_outgrows_a_screen() {
     let root = crate::util::root();
     let mut long = Vec::new();
     for (path, text) in library_sources() {
@@ -203,17 +178,7 @@ fn no_new_function_outgrows_a_screen() {
         }
     }
     long.sort();
-    let known: Vec<String> = LONG_FUNCTIONS.iter().map(|s| s.to_string()).collect();
-    let new: Vec<&String> = long.iter().filter(|f| !known.contains(f)).collect();
-    let split: Vec<&String> = known.iter().filter(|f| !long.contains(f)).collect();
-    assert!(
-        new.is_empty(),
-        "functions over {MAX_FN_LINES} lines: {new:?}"
-    );
-    assert!(
-        split.is_empty(),
-        "now short, take them off LONG_FUNCTIONS: {split:?}"
-    );
+    assert!(long.is_empty(), "functions over {MAX_FN_LINES} lines: {long:?}");
 }
 
 /// A module's children import their siblings (`super::sibling::Item`), never items of the

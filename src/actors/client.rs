@@ -14,6 +14,7 @@ use super::aggregator::AggregatorMsg;
 use crate::clock::{CostModel, Timeline};
 use crate::faults::FaultModel;
 use crate::messages::{ClientId, ClientPlan, FitIns, FitRes, FitStatus, FitUpdate, RoundId};
+use crate::model::AdapterSet;
 use crate::rng::{purpose, rng_for};
 use crate::slots::{Job, SlotHandle, Trained};
 use crate::train::{LocalTraining, Schedule, TrainError};
@@ -167,57 +168,14 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
     let Ok(permit) = ctx.in_flight.clone().acquire_owned().await else {
         return failed("the run is shutting down".into());
     };
-    let (tx, rx) = oneshot::channel();
-    let job = Job::Train {
-        global: ins.global.clone(),
-        shard: a.shard.clone(),
-        schedule,
-        rule: crate::train::StepRule {
-            lr: ins.config.lr,
-            weight_decay: ctx.local.weight_decay,
-            proximal_mu: ctx.local.proximal_mu,
-        },
-        reply: tx,
-    };
-    let submitted = if ctx.pinned {
-        ctx.slots.submit_pinned(a.id, job)
-    } else {
-        ctx.slots.submit(job)
-    };
-    if let Err(e) = submitted {
-        return failed(e.to_string());
-    }
-    let trained: Result<Trained, TrainError> = match rx.await {
-        Ok(r) => r,
-        Err(_) => return failed("the slot dropped the job".into()),
-    };
     let Trained {
         result: mut out,
         host_seconds,
-    } = match trained {
+    } = match train(a, &ins, schedule).await {
         Ok(t) => t,
-        Err(e) => return failed(crate::fmt::chain(&e)),
+        Err(reason) => return failed(reason),
     };
-    // A Byzantine client sends its corrupted update instead, and follows no protocol (no clip).
-    // (Data poisoners trained on their poisoned shard and follow the protocol from here.)
-    let (byzantine, corrupted) = match &ctx.faults.byzantine {
-        Some(b) if b.is_attacker(a.id) => {
-            let corrupt = b.attack().poisons_updates();
-            if corrupt {
-                b.corrupt(out.update.data_mut(), ins.round, a.id);
-            }
-            (true, corrupt)
-        }
-        _ => (false, false),
-    };
-    // Client-side DP: clip before the update leaves the client.
-    let (update_norm, clipped) = match ins.config.clip_norm.filter(|_| !corrupted) {
-        Some(c) => {
-            let r = crate::privacy::clip_l2(out.update.data_mut(), c);
-            (r.norm, r.clipped)
-        }
-        None => (out.update.l2_norm(), false),
-    };
+    let (byzantine, update_norm, clipped) = before_upload(a, &ins, &mut out.update);
     let payload = match out.update.to_safetensors() {
         Ok(p) => p,
         Err(e) => return failed(crate::fmt::chain(&e)),
@@ -245,4 +203,56 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         host_seconds,
         timeline,
     }))
+}
+
+/// Train the client's shard from the round's global adapter on a slot (its own, when pinned);
+/// a failure is its reason.
+async fn train(a: &ClientArgs, ins: &FitIns, schedule: Schedule) -> Result<Trained, String> {
+    let ctx = &a.ctx;
+    let (tx, rx) = oneshot::channel();
+    let job = Job::Train {
+        global: ins.global.clone(),
+        shard: a.shard.clone(),
+        schedule,
+        rule: crate::train::StepRule {
+            lr: ins.config.lr,
+            weight_decay: ctx.local.weight_decay,
+            proximal_mu: ctx.local.proximal_mu,
+        },
+        reply: tx,
+    };
+    let submitted = if ctx.pinned {
+        ctx.slots.submit_pinned(a.id, job)
+    } else {
+        ctx.slots.submit(job)
+    };
+    submitted.map_err(|e| e.to_string())?;
+    let trained: Result<Trained, TrainError> = rx
+        .await
+        .map_err(|_| "the slot dropped the job".to_string())?;
+    trained.map_err(|e| crate::fmt::chain(&e))
+}
+
+/// What happens to an update before it leaves the client: a Byzantine client sends its
+/// corrupted update instead and follows no protocol (no clip) — data poisoners trained on
+/// their poisoned shard and follow it from here; under client-side DP it is clipped. Returns
+/// (Byzantine, the norm before clipping, clipped).
+fn before_upload(a: &ClientArgs, ins: &FitIns, update: &mut AdapterSet) -> (bool, f64, bool) {
+    let (byzantine, corrupted) = match &a.ctx.faults.byzantine {
+        Some(b) if b.is_attacker(a.id) => {
+            let corrupt = b.attack().poisons_updates();
+            if corrupt {
+                b.corrupt(update.data_mut(), ins.round, a.id);
+            }
+            (true, corrupt)
+        }
+        _ => (false, false),
+    };
+    match ins.config.clip_norm.filter(|_| !corrupted) {
+        Some(c) => {
+            let r = crate::privacy::clip_l2(update.data_mut(), c);
+            (byzantine, r.norm, r.clipped)
+        }
+        None => (byzantine, update.l2_norm(), false),
+    }
 }

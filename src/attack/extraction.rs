@@ -186,40 +186,51 @@ impl Extractor {
                 progress(stage, p * plan.per_prompt + k + 1, total)?;
             }
         }
-        let extracted: Vec<Extracted> = seen
-            .into_iter()
-            .map(|((kind, text), samples)| {
-                let hit = index.get(&text);
-                Extracted {
-                    kind,
-                    in_training: hit.is_some(),
-                    clients: hit
-                        .map(|h| h.0.iter().copied().collect())
-                        .unwrap_or_default(),
-                    canary: hit.and_then(|h| h.1),
-                    text,
-                    samples,
-                }
-            })
-            .collect();
-        let training: Vec<&Extracted> = extracted.iter().filter(|e| e.in_training).collect();
-        let mut by_client = BTreeMap::new();
-        for e in &training {
-            for &c in &e.clients {
-                *by_client.entry(c).or_default() += 1;
+        Ok(summarise(seen, index, total, examples))
+    }
+}
+
+/// What the samples held: each identifier found, whether (and whose) training data it is,
+/// and the precision.
+fn summarise(
+    seen: BTreeMap<(PiiKind, String), usize>,
+    index: &Index,
+    total: usize,
+    examples: Vec<(String, String)>,
+) -> Extraction {
+    let extracted: Vec<Extracted> = seen
+        .into_iter()
+        .map(|((kind, text), samples)| {
+            let hit = index.get(&text);
+            Extracted {
+                kind,
+                in_training: hit.is_some(),
+                clients: hit
+                    .map(|h| h.0.iter().copied().collect())
+                    .unwrap_or_default(),
+                canary: hit.and_then(|h| h.1),
+                text,
+                samples,
             }
-        }
-        Ok(Extraction {
-            samples: total,
-            found: extracted.len(),
-            training_secrets: training.len(),
-            precision: (!extracted.is_empty())
-                .then(|| training.len() as f64 / extracted.len() as f64),
-            canaries: training.iter().filter_map(|e| e.canary).collect(),
-            by_client,
-            extracted,
-            examples,
         })
+        .collect();
+    let training: Vec<&Extracted> = extracted.iter().filter(|e| e.in_training).collect();
+    let mut by_client = BTreeMap::new();
+    for e in &training {
+        for &c in &e.clients {
+            *by_client.entry(c).or_default() += 1;
+        }
+    }
+    Extraction {
+        samples: total,
+        found: extracted.len(),
+        training_secrets: training.len(),
+        precision: (!extracted.is_empty())
+            .then(|| training.len() as f64 / extracted.len() as f64),
+        canaries: training.iter().filter_map(|e| e.canary).collect(),
+        by_client,
+        extracted,
+        examples,
     }
 }
 

@@ -182,6 +182,34 @@ fn lowercase(r: &Record) -> Record {
     }
 }
 
+/// One score's ROC on the run's model (members are the first `m` texts) and, where the score
+/// needs no reference model, on the pretrained one as the control.
+fn score_result(s: Score, tuned: &[TextScores], base: &[TextScores], m: usize) -> ScoreResult {
+    let values = |of: &[TextScores], reference: Option<&[TextScores]>| -> Vec<f64> {
+        of.iter()
+            .enumerate()
+            .map(|(i, x)| s.signal(x.value(s, reference.map(|r| &r[i]))))
+            .collect()
+    };
+    let run = values(tuned, Some(base));
+    let (control, control_curve) = if s.needs_reference() {
+        (None, Vec::new())
+    } else {
+        let c = values(base, None);
+        (
+            Some(roc::summarize(&c[..m], &c[m..])),
+            roc::curve(&c[..m], &c[m..]),
+        )
+    };
+    ScoreResult {
+        score: s,
+        roc: roc::summarize(&run[..m], &run[m..]),
+        control,
+        curve: roc::curve(&run[..m], &run[m..]),
+        control_curve,
+    }
+}
+
 /// Score the split with the run's model and the base; compute every score's metrics.
 ///
 /// # Errors
@@ -216,33 +244,9 @@ pub fn attack(
         "membership: pretrained",
     )?;
     let m = split.members.len();
-    let values = |s: Score, of: &[TextScores], reference: Option<&[TextScores]>| -> Vec<f64> {
-        of.iter()
-            .enumerate()
-            .map(|(i, x)| s.signal(x.value(s, reference.map(|r| &r[i]))))
-            .collect()
-    };
     let scores = Score::ALL
         .into_iter()
-        .map(|s| {
-            let run = values(s, &tuned, Some(&base));
-            let (control, control_curve) = if s.needs_reference() {
-                (None, Vec::new())
-            } else {
-                let c = values(s, &base, None);
-                (
-                    Some(roc::summarize(&c[..m], &c[m..])),
-                    roc::curve(&c[..m], &c[m..]),
-                )
-            };
-            ScoreResult {
-                score: s,
-                roc: roc::summarize(&run[..m], &run[m..]),
-                control,
-                curve: roc::curve(&run[..m], &run[m..]),
-                control_curve,
-            }
-        })
+        .map(|s| score_result(s, &tuned, &base, m))
         .collect();
     let ratio: Vec<f64> = tuned
         .iter()

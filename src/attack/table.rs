@@ -185,6 +185,28 @@ pub fn details(r: &AttackReport) -> String {
         "  course rule (PPL ratio < 1 ⇒ member): accuracy {:.3}",
         m.course_rule_accuracy
     );
+    canary_lines(&mut out, r);
+    for (name, e) in [
+        ("run's model", &r.extraction),
+        ("pretrained", &r.extraction_pretrained),
+    ] {
+        let _ = writeln!(
+            out,
+            "  extraction, {name}: {} samples, {} identifiers found, {} in the training data \
+             (precision {}), canaries {:?}, per client {:?}",
+            e.samples,
+            e.found,
+            e.training_secrets,
+            percent(e.precision),
+            e.canaries,
+            e.by_client
+        );
+    }
+    out
+}
+
+/// The canaries' table: each canary's exposure under the run's and the pretrained model.
+fn canary_lines(out: &mut String, r: &AttackReport) {
     let _ = writeln!(
         out,
         "  {:<7} {:<14} {:>6} {:>7} {:>5} {:>11} {:>11} {:>8}  method",
@@ -209,23 +231,6 @@ pub fn details(r: &AttackReport) -> String {
             }
         );
     }
-    for (name, e) in [
-        ("run's model", &r.extraction),
-        ("pretrained", &r.extraction_pretrained),
-    ] {
-        let _ = writeln!(
-            out,
-            "  extraction, {name}: {} samples, {} identifiers found, {} in the training data \
-             (precision {}), canaries {:?}, per client {:?}",
-            e.samples,
-            e.found,
-            e.training_secrets,
-            percent(e.precision),
-            e.canaries,
-            e.by_client
-        );
-    }
-    out
 }
 
 /// `roc.svg`: each score's ROC curve with the run's model, and the loss attack with the

@@ -60,23 +60,7 @@ impl Target {
     /// [`AttackError::Run`] naming the file and the problem, or a scenario, data or model
     /// error.
     pub fn open(dir: &Path) -> Result<Self, AttackError> {
-        for name in ["summary.json", "scenario.ron"] {
-            if !dir.join(name).is_file() {
-                return Err(file_error(
-                    &dir.join(name),
-                    "missing: give a run directory written by `sim run`",
-                ));
-            }
-        }
-        for name in ["adapter_model.safetensors", "adapter_config.json"] {
-            if !dir.join(name).is_file() {
-                return Err(file_error(
-                    &dir.join(name),
-                    "missing: the run has no final adapter (it failed or was stopped before \
-                     its first round finished); attack a run that completed at least one round",
-                ));
-            }
-        }
+        check_files(dir)?;
         let summary = Summary::read(dir)?;
         let scenario = Scenario::load(&dir.join("scenario.ron"), &[])?;
         if let crate::trainer::TrainerKind::Synthetic { .. } = scenario.trainer {
@@ -92,17 +76,7 @@ impl Target {
             if generated { None } else { Some(&source) },
         );
         let data = scenario.data.prepare()?;
-        let fingerprint = crate::data::fingerprint(&data.eval);
-        if !summary.eval_fingerprint.is_empty() && summary.eval_fingerprint != fingerprint {
-            return Err(file_error(
-                &dir.join("summary.json"),
-                format!(
-                    "the held-out records rebuilt from scenario.ron (fingerprint {fingerprint}) \
-                     are not the ones the run used ({}); the data file changed since the run",
-                    summary.eval_fingerprint
-                ),
-            ));
-        }
+        check_held_out(dir, &summary, &data)?;
         tracing::debug!(run = %dir.display(), "loading the base model and the adapter");
         let base = source.load(&Device::Cpu)?;
         let base_path = source.path().to_path_buf();
@@ -136,6 +110,48 @@ impl Target {
     pub fn pad(&self) -> u32 {
         self.tokenizer.eos_id()
     }
+}
+
+/// The files an attack reads: a run directory's summary and scenario, and a final adapter.
+fn check_files(dir: &Path) -> Result<(), AttackError> {
+    for name in ["summary.json", "scenario.ron"] {
+        if !dir.join(name).is_file() {
+            return Err(file_error(
+                &dir.join(name),
+                "missing: give a run directory written by `sim run`",
+            ));
+        }
+    }
+    for name in ["adapter_model.safetensors", "adapter_config.json"] {
+        if !dir.join(name).is_file() {
+            return Err(file_error(
+                &dir.join(name),
+                "missing: the run has no final adapter (it failed or was stopped before \
+                 its first round finished); attack a run that completed at least one round",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The held-out records rebuilt from the scenario are the ones the run evaluated on.
+fn check_held_out(
+    dir: &Path,
+    summary: &Summary,
+    data: &crate::data::FederatedData,
+) -> Result<(), AttackError> {
+    let fingerprint = crate::data::fingerprint(&data.eval);
+    if !summary.eval_fingerprint.is_empty() && summary.eval_fingerprint != fingerprint {
+        return Err(file_error(
+            &dir.join("summary.json"),
+            format!(
+                "the held-out records rebuilt from scenario.ron (fingerprint {fingerprint}) \
+                 are not the ones the run used ({}); the data file changed since the run",
+                summary.eval_fingerprint
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The base model a run names: `model.json` (pretrained, checked by SHA-256) or the

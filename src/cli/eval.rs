@@ -111,30 +111,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             template: source.chat_template().unwrap_or_default(),
             answer_tokens: 16,
         };
-        let pubmedqa = match &items {
-            Some(items) => Some(ev.pubmedqa(items, &mut |done, total| {
-                if done % 10 == 0 || done == total {
-                    eprintln!("{name}: PubMedQA {done}/{total}");
-                }
-                if stopped() {
-                    return Err(fedsim::data::Stopped);
-                }
-                Ok(())
-            })?),
-            None => None,
-        };
-        let mut answers = Vec::new();
-        for p in &a.prompts {
-            if stopped() {
-                break;
-            }
-            answers.push((p.clone(), ev.answer(p, a.max_tokens)?));
-        }
-        out.push(ModelEval {
-            model: name.clone(),
-            pubmedqa,
-            answers,
-        });
+        out.push(evaluate(name, &ev, items.as_deref(), &a, &stopped)?);
     }
     let interrupted = stopped();
     print_results(&out)?;
@@ -159,6 +136,41 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{}: cannot write", file.display()))?;
     outln!("wrote {}", file.display())?;
     Ok(())
+}
+
+/// One model's PubMedQA score (when asked) and answers to the prompts, as far as a stop lets
+/// them go.
+fn evaluate(
+    name: &str,
+    ev: &Evaluator<'_>,
+    items: Option<&[pubmedqa::Item]>,
+    a: &EvalArgs,
+    stopped: &dyn Fn() -> bool,
+) -> anyhow::Result<ModelEval> {
+    let pubmedqa = match items {
+        Some(items) => Some(ev.pubmedqa(items, &mut |done, total| {
+            if done % 10 == 0 || done == total {
+                eprintln!("{name}: PubMedQA {done}/{total}");
+            }
+            if stopped() {
+                return Err(fedsim::data::Stopped);
+            }
+            Ok(())
+        })?),
+        None => None,
+    };
+    let mut answers = Vec::new();
+    for p in &a.prompts {
+        if stopped() {
+            break;
+        }
+        answers.push((p.clone(), ev.answer(p, a.max_tokens)?));
+    }
+    Ok(ModelEval {
+        model: name.to_string(),
+        pubmedqa,
+        answers,
+    })
 }
 
 /// The PubMedQA items `--pubmedqa`, `--split` and `--limit` ask for.

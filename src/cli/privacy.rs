@@ -71,36 +71,10 @@ pub enum Series {
 }
 
 pub fn privacy(what: PrivacyCommand) -> anyhow::Result<()> {
-    use fedsim::privacy::{
-        calibrate_noise, epsilon_after, pld_epsilon, FracSeries, SamplingScheme,
-    };
     let c = match &what {
         PrivacyCommand::Epsilon { common, .. } | PrivacyCommand::Noise { common, .. } => common,
     };
-    let scheme = match c.sampling {
-        Sampling::Poisson => SamplingScheme::Poisson,
-        Sampling::Fixed => SamplingScheme::WithoutReplacement,
-    };
-    let series = match c.series {
-        Series::Bound => FracSeries::AbsoluteBound,
-        Series::Exact => FracSeries::Exact,
-    };
-    if c.accountant == Accountant::Pld && scheme != SamplingScheme::Poisson {
-        anyhow::bail!("--accountant pld supports --sampling poisson only; use --accountant rdp for fixed-size sampling");
-    }
-    let epsilon_of = |z: f64| match c.accountant {
-        Accountant::Rdp => epsilon_after(z, c.sampling_rate, c.rounds, c.delta, scheme, series),
-        Accountant::Pld => pld_epsilon(z, c.sampling_rate, c.rounds, c.delta),
-    };
-    let result = match &what {
-        PrivacyCommand::Epsilon {
-            noise_multiplier, ..
-        } => (*noise_multiplier, epsilon_of(*noise_multiplier)?),
-        PrivacyCommand::Noise { target_epsilon, .. } => {
-            calibrate_noise(*target_epsilon, epsilon_of)?
-        }
-    };
-    let (z, g) = result;
+    let (z, g) = account(&what, c)?;
     let (sampling, neighbours) = match c.sampling {
         Sampling::Poisson => ("poisson", "add-or-remove-one client"),
         Sampling::Fixed => ("fixed-size without replacement", "replace-one client"),
@@ -147,4 +121,38 @@ pub fn privacy(what: PrivacyCommand) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The noise multiplier and its guarantee: ε for the given multiplier, or the smallest
+/// multiplier that meets the target ε.
+fn account(
+    what: &PrivacyCommand,
+    c: &PrivacyArgs,
+) -> anyhow::Result<(f64, fedsim::privacy::Guarantee)> {
+    use fedsim::privacy::{
+        calibrate_noise, epsilon_after, pld_epsilon, FracSeries, SamplingScheme,
+    };
+    let scheme = match c.sampling {
+        Sampling::Poisson => SamplingScheme::Poisson,
+        Sampling::Fixed => SamplingScheme::WithoutReplacement,
+    };
+    let series = match c.series {
+        Series::Bound => FracSeries::AbsoluteBound,
+        Series::Exact => FracSeries::Exact,
+    };
+    if c.accountant == Accountant::Pld && scheme != SamplingScheme::Poisson {
+        anyhow::bail!("--accountant pld supports --sampling poisson only; use --accountant rdp for fixed-size sampling");
+    }
+    let epsilon_of = |z: f64| match c.accountant {
+        Accountant::Rdp => epsilon_after(z, c.sampling_rate, c.rounds, c.delta, scheme, series),
+        Accountant::Pld => pld_epsilon(z, c.sampling_rate, c.rounds, c.delta),
+    };
+    Ok(match what {
+        PrivacyCommand::Epsilon {
+            noise_multiplier, ..
+        } => (*noise_multiplier, epsilon_of(*noise_multiplier)?),
+        PrivacyCommand::Noise { target_epsilon, .. } => {
+            calibrate_noise(*target_epsilon, epsilon_of)?
+        }
+    })
 }

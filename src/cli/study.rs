@@ -56,42 +56,7 @@ pub fn study(a: StudyArgs) -> anyhow::Result<()> {
             anyhow::bail!("stopped after {i} of {n} arms; their run directories are complete");
         }
         let out = dir.path().join(name);
-        eprintln!("[{}/{n}] training `{name}`", i + 1);
-        let mut display = Display::new();
-        let opts = RunOptions {
-            out: Some(out.clone()),
-            progress: Some(Box::new(move |p: Progress<'_>| display.show(p))),
-            ..Default::default()
-        };
-        let run = runtime
-            .block_on(fedsim::run(s, opts, shutdown.clone()))
-            .with_context(|| format!("arm `{name}`"))?;
-        if run.summary.status != RunStatus::Completed {
-            anyhow::bail!(
-                "arm `{name}` ended {}; not attacking a partial run",
-                run.summary.status.as_str()
-            );
-        }
-        eprintln!(
-            "[{}/{n}] `{name}`: held-out loss {:.4} nats/token; attacking",
-            i + 1,
-            run.summary.final_eval_loss
-        );
-        let mut display = Display::new();
-        let report = attack::attack(&out, study.attack, &mut |stage, done, total| {
-            if shutdown.level() >= StopLevel::FinishRound {
-                return Err(attack::Stopped);
-            }
-            display.show(Progress::Stage { stage, done, total });
-            Ok(())
-        })
-        .with_context(|| format!("attacking arm `{name}`"))?;
-        display.show(Progress::Setup(&format!(
-            "[{}/{n}] `{name}` attacked in {:.1} s",
-            i + 1,
-            report.seconds
-        )));
-        outln!("{}", table::details(&report))?;
+        let report = arm(&runtime, &shutdown, (i, n, name.as_str(), s), &out, study.attack)?;
         reports.push(report);
         dirs.push(out);
     }
@@ -105,4 +70,51 @@ pub fn study(a: StudyArgs) -> anyhow::Result<()> {
         dir.path().display()
     )?;
     Ok(())
+}
+
+/// Train arm `i` of `n` into `out`, then attack it; the report is printed as it comes.
+fn arm(
+    runtime: &tokio::runtime::Runtime,
+    shutdown: &fedsim::Shutdown,
+    (i, n, name, s): (usize, usize, &str, &fedsim::Scenario),
+    out: &std::path::Path,
+    plan: attack::AttackPlan,
+) -> anyhow::Result<attack::AttackReport> {
+    eprintln!("[{}/{n}] training `{name}`", i + 1);
+    let mut display = Display::new();
+    let opts = RunOptions {
+        out: Some(out.to_path_buf()),
+        progress: Some(Box::new(move |p: Progress<'_>| display.show(p))),
+        ..Default::default()
+    };
+    let run = runtime
+        .block_on(fedsim::run(s, opts, shutdown.clone()))
+        .with_context(|| format!("arm `{name}`"))?;
+    if run.summary.status != RunStatus::Completed {
+        anyhow::bail!(
+            "arm `{name}` ended {}; not attacking a partial run",
+            run.summary.status.as_str()
+        );
+    }
+    eprintln!(
+        "[{}/{n}] `{name}`: held-out loss {:.4} nats/token; attacking",
+        i + 1,
+        run.summary.final_eval_loss
+    );
+    let mut display = Display::new();
+    let report = attack::attack(out, plan, &mut |stage, done, total| {
+        if shutdown.level() >= StopLevel::FinishRound {
+            return Err(attack::Stopped);
+        }
+        display.show(Progress::Stage { stage, done, total });
+        Ok(())
+    })
+    .with_context(|| format!("attacking arm `{name}`"))?;
+    display.show(Progress::Setup(&format!(
+        "[{}/{n}] `{name}` attacked in {:.1} s",
+        i + 1,
+        report.seconds
+    )));
+    outln!("{}", table::details(&report))?;
+    Ok(report)
 }

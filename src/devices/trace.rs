@@ -184,6 +184,16 @@ fn parse_row(line: &str, clients: usize) -> Result<TraceRow, (usize, String)> {
         latency_s: positive(4)?,
     };
     let (cw, w) = fields[5];
+    let windows = parse_windows(cw, w)?;
+    Ok(TraceRow {
+        client,
+        profile,
+        windows: windows.into(),
+    })
+}
+
+/// The availability windows field (at column `cw`): `START-END` pairs in seconds, `;`-separated.
+fn parse_windows(cw: usize, w: &str) -> Result<Vec<(f64, f64)>, (usize, String)> {
     let mut windows = Vec::new();
     for part in w.split(';').map(str::trim).filter(|p| !p.is_empty()) {
         let bad = || {
@@ -202,9 +212,5 @@ fn parse_row(line: &str, clients: usize) -> Result<TraceRow, (usize, String)> {
         }
         windows.push((a, b));
     }
-    Ok(TraceRow {
-        client,
-        profile,
-        windows: windows.into(),
-    })
+    Ok(windows)
 }

@@ -87,43 +87,7 @@ impl Pretrained {
     /// # Errors
     /// [`ModelError::File`] naming the file and what is wrong.
     pub fn open_hf(dir: &Path) -> Result<Self, ModelError> {
-        let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, e.to_string()))?;
-        let hf: HfConfig = serde_json::from_str(&text)
-            .map_err(|e| bad(&cfg_path, format!("not a Llama config.json: {e}")))?;
-        if hf.model_type != "llama" {
-            return Err(bad(
-                &cfg_path,
-                format!(
-                    "model_type {:?} is not supported: fedsim loads Llama-architecture models",
-                    hf.model_type
-                ),
-            ));
-        }
-        if hf.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(bad(
-                &cfg_path,
-                "rope_scaling is set; fedsim implements plain RoPE".into(),
-            ));
-        }
-        let config = LlamaConfig {
-            hidden_size: hf.hidden_size,
-            intermediate_size: hf.intermediate_size,
-            num_hidden_layers: hf.num_hidden_layers,
-            num_attention_heads: hf.num_attention_heads,
-            num_key_value_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-            vocab_size: hf.vocab_size,
-            rms_norm_eps: hf.rms_norm_eps,
-            rope_theta: hf.rope_theta,
-            max_position_embeddings: hf.max_position_embeddings,
-            tie_word_embeddings: hf.tie_word_embeddings,
-        };
-        if hf.num_attention_heads == 0 || hf.head_dim.is_some_and(|d| d != config.head_dim()) {
-            return Err(bad(
-                &cfg_path,
-                "head_dim differs from hidden_size / num_attention_heads".into(),
-            ));
-        }
+        let (config, hf) = hf_config(dir)?;
         let mut weights: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| bad(dir, e.to_string()))?
             .filter_map(Result::ok)
@@ -258,4 +222,47 @@ impl Pretrained {
             .map(|b| format!("{b:02x}"))
             .collect())
     }
+}
+
+/// A Hugging Face directory's `config.json`: the Llama shape it gives, and the file as read
+/// (for its token ids).
+fn hf_config(dir: &Path) -> Result<(LlamaConfig, HfConfig), ModelError> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, e.to_string()))?;
+    let hf: HfConfig = serde_json::from_str(&text)
+        .map_err(|e| bad(&cfg_path, format!("not a Llama config.json: {e}")))?;
+    if hf.model_type != "llama" {
+        return Err(bad(
+            &cfg_path,
+            format!(
+                "model_type {:?} is not supported: fedsim loads Llama-architecture models",
+                hf.model_type
+            ),
+        ));
+    }
+    if hf.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(bad(
+            &cfg_path,
+            "rope_scaling is set; fedsim implements plain RoPE".into(),
+        ));
+    }
+    let config = LlamaConfig {
+        hidden_size: hf.hidden_size,
+        intermediate_size: hf.intermediate_size,
+        num_hidden_layers: hf.num_hidden_layers,
+        num_attention_heads: hf.num_attention_heads,
+        num_key_value_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
+        vocab_size: hf.vocab_size,
+        rms_norm_eps: hf.rms_norm_eps,
+        rope_theta: hf.rope_theta,
+        max_position_embeddings: hf.max_position_embeddings,
+        tie_word_embeddings: hf.tie_word_embeddings,
+    };
+    if hf.num_attention_heads == 0 || hf.head_dim.is_some_and(|d| d != config.head_dim()) {
+        return Err(bad(
+            &cfg_path,
+            "head_dim differs from hidden_size / num_attention_heads".into(),
+        ));
+    }
+    Ok((config, hf))
 }

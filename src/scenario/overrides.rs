@@ -32,61 +32,69 @@ pub(super) fn apply(
             .ok()
             .or_else(|| super::ron_value::parse(raw))
             .unwrap_or_else(|| Value::String(raw.to_string()));
-        let mut node = &mut tree;
         let keys: Vec<&str> = path.split('.').collect();
-        for (depth, key) in keys.iter().enumerate() {
-            let here = keys[..depth].join(".");
-            let obj = match node {
-                Value::Object(o) => o,
-                other => return Err(err(not_a_section(&here, key, other))),
-            };
-            if !obj.contains_key(*key) && is_variant(key) {
-                if let Some(selected) = selected_variant(obj) {
-                    return Err(err(format!(
-                        "`{here}` selects `{selected}`, not `{key}`; switch variants by setting \
-                         the whole value, e.g. --set '{here}={key}(…)' with all of its fields"
-                    )));
-                }
-            }
-            if !obj.contains_key(*key) {
-                let known: Vec<&String> = obj.keys().collect();
-                return Err(err(format!(
-                    "unknown field `{key}`{}; known fields: {}",
-                    if here.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" in `{here}`")
-                    },
-                    known
-                        .iter()
-                        .map(|k| k.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-            node = obj.get_mut(*key).expect("checked above");
-        }
-        *node = value;
+        *walk(&mut tree, &keys).map_err(err)? = value;
         // Re-normalise through the typed file so defaults of a newly set section exist for
         // the next override (`--set dp={...} --set dp.max_epsilon=8`).
-        let typed = match serde_json::from_value::<ScenarioFile>(tree.clone()) {
-            Ok(t) => t,
-            // A string field takes the text as written (`--set name=2024`), as the docs
-            // promise for bare strings, when what it parsed as does not fit.
-            Err(e) => {
-                let mut as_text = tree;
-                let mut at = &mut as_text;
-                for key in &keys {
-                    at = &mut at[*key];
-                }
-                *at = Value::String(raw.to_string());
-                serde_json::from_value::<ScenarioFile>(as_text)
-                    .map_err(|_| err(format!("`{path}` cannot take this value: {e}")))?
-            }
-        };
+        let typed = retype(tree, &keys, raw).map_err(|e| {
+            err(format!("`{path}` cannot take this value: {e}"))
+        })?;
         tree = serde_json::to_value(&typed).expect("a scenario always serialises");
     }
     Ok(serde_json::from_value(tree).expect("checked after each override"))
+}
+
+/// The node at `keys` in the scenario tree, or why there is none (an unknown field, a
+/// variant the value does not select, a value that is not a section).
+fn walk<'a>(tree: &'a mut Value, keys: &[&str]) -> Result<&'a mut Value, String> {
+    let mut node = tree;
+    for (depth, key) in keys.iter().enumerate() {
+        let here = keys[..depth].join(".");
+        let obj = match node {
+            Value::Object(o) => o,
+            other => return Err(not_a_section(&here, key, other)),
+        };
+        if !obj.contains_key(*key) && is_variant(key) {
+            if let Some(selected) = selected_variant(obj) {
+                return Err(format!(
+                    "`{here}` selects `{selected}`, not `{key}`; switch variants by setting \
+                     the whole value, e.g. --set '{here}={key}(…)' with all of its fields"
+                ));
+            }
+        }
+        if !obj.contains_key(*key) {
+            let known: Vec<&str> = obj.keys().map(String::as_str).collect();
+            return Err(format!(
+                "unknown field `{key}`{}; known fields: {}",
+                if here.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in `{here}`")
+                },
+                known.join(", ")
+            ));
+        }
+        node = obj.get_mut(*key).expect("checked above");
+    }
+    Ok(node)
+}
+
+/// The tree as a typed file. A string field takes the text as written (`--set name=2024`), as
+/// the docs promise for bare strings, when what it parsed as does not fit; the error is the
+/// first attempt's.
+fn retype(tree: Value, keys: &[&str], raw: &str) -> Result<ScenarioFile, serde_json::Error> {
+    match serde_json::from_value::<ScenarioFile>(tree.clone()) {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            let mut as_text = tree;
+            let mut at = &mut as_text;
+            for key in keys {
+                at = &mut at[*key];
+            }
+            *at = Value::String(raw.to_string());
+            serde_json::from_value::<ScenarioFile>(as_text).map_err(|_| e)
+        }
+    }
 }
 
 /// Enum variants are capitalised; fields are snake_case.

@@ -18,7 +18,7 @@ mod privacy;
 mod strategy;
 mod system;
 
-use check::{Check, Range};
+use check::{field_path, Check, Range};
 
 /// Longest scenario name (bytes).
 const MAX_NAME: usize = 200;
@@ -88,14 +88,14 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
 fn check_identity(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> {
     c.ensure(
         !file.name.trim().is_empty(),
-        "name",
+        field_path!(file.name),
         "is empty; give the scenario a name",
     )?;
     c.ensure(
         file.name
             .chars()
             .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)),
-        "name",
+        field_path!(file.name),
         format!(
             "is {:?}; use letters, digits, '-', '_' or '.' (it names the run directory)",
             file.name
@@ -103,7 +103,7 @@ fn check_identity(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioErro
     )?;
     c.ensure(
         file.name.len() <= MAX_NAME,
-        "name",
+        field_path!(file.name),
         format!(
             "is {} bytes long; it must be at most {MAX_NAME} (with a timestamp it names the run \
              directory, and file names stop at 255 bytes)",
@@ -112,7 +112,7 @@ fn check_identity(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioErro
     )?;
     c.ensure(
         (1..=100_000).contains(&file.rounds),
-        "rounds",
+        field_path!(file.rounds),
         format!("is {}; it must be 1..=100000", file.rounds),
     )?;
 
@@ -124,7 +124,7 @@ fn check_model(c: &Check<'_>, file: &ScenarioFile) -> Result<(LlamaConfig, Strin
         ModelSource::Tiny { vocab_size } => {
             c.ensure(
                 (300..=65_536).contains(vocab_size),
-                "model.source.Tiny.vocab_size",
+                field_path!(file.model.source => Tiny.vocab_size),
                 format!(
                     "is {vocab_size}; it must be 300..=65536 (256 byte tokens + specials + merges)"
                 ),
@@ -132,18 +132,18 @@ fn check_model(c: &Check<'_>, file: &ScenarioFile) -> Result<(LlamaConfig, Strin
             (LlamaConfig::tiny(*vocab_size), "fedsim/tiny".to_string())
         }
         ModelSource::Custom(cfg) => {
-            model::check_llama(c, cfg)?;
+            model::check_llama(c, cfg, field_path!(file.model.source => Custom))?;
             (cfg.clone(), "fedsim/custom".to_string())
         }
         ModelSource::Pretrained(spec) => {
             // The header alone: shapes for the LoRA checks, no weights read.
             let p = Pretrained::open_gguf(spec)
-                .map_err(|e| c.fail("model.source.Pretrained", crate::fmt::chain(&e)))?;
+                .map_err(|e| c.fail(field_path!(file.model.source => Pretrained), crate::fmt::chain(&e)))?;
             (p.config().clone(), spec.clone())
         }
         ModelSource::HuggingFace(dir) => {
             let p = Pretrained::open_hf(Path::new(dir))
-                .map_err(|e| c.fail("model.source.HuggingFace", crate::fmt::chain(&e)))?;
+                .map_err(|e| c.fail(field_path!(file.model.source => HuggingFace), crate::fmt::chain(&e)))?;
             (p.config().clone(), dir.clone())
         }
     };
@@ -160,13 +160,13 @@ fn check_data(
     match &d.source {
         DataSource::Synthetic { records } => c.ensure(
             (2..=10_000_000).contains(records),
-            "data.source.Synthetic.records",
+            field_path!(file.data.source => Synthetic.records),
             format!("is {records}; it must be 2..=10000000"),
         )?,
         DataSource::Alpaca { path: p, limit } => {
             c.ensure(
                 p.is_file(),
-                "data.source.Alpaca.path",
+                field_path!(file.data.source => Alpaca.path),
                 format!(
                     "{} does not exist or is not a file; give the path of an Alpaca JSON file",
                     p.display()
@@ -175,16 +175,16 @@ fn check_data(
             if let Some(l) = limit {
                 c.ensure(
                     *l >= 2,
-                    "data.source.Alpaca.limit",
+                    field_path!(file.data.source => Alpaca.limit),
                     format!("is {l}; it must be at least 2"),
                 )?;
             }
         }
     }
-    c.finite_in(d.eval_fraction, Range::open(0.0, 1.0), "data.eval_fraction")?;
+    c.finite_in(d.eval_fraction, Range::open(0.0, 1.0), field_path!(file.data.eval_fraction))?;
     c.ensure(
         (8..=model.max_position_embeddings).contains(&d.max_seq_len),
-        "data.max_seq_len",
+        field_path!(file.data.max_seq_len),
         format!(
             "is {}; it must be 8..={} (the model's max_position_embeddings)",
             d.max_seq_len, model.max_position_embeddings
@@ -192,12 +192,12 @@ fn check_data(
     )?;
     c.ensure(
         d.canaries <= 1000,
-        "data.canaries",
+        field_path!(file.data.canaries),
         format!("is {}; it must be 0..=1000", d.canaries),
     )?;
     c.ensure(
         d.canaries == 0 || (1..=1000).contains(&d.canary_repeats),
-        "data.canary_repeats",
+        field_path!(file.data.canary_repeats),
         format!(
             "is {}; it must be 1..=1000 when canaries are planted",
             d.canary_repeats
@@ -208,10 +208,10 @@ fn check_data(
         Partition::Dirichlet { alpha } => c.finite_in(
             alpha,
             Range::open_closed(0.0, 1e6),
-            "partition.Dirichlet.alpha",
+            field_path!(file.partition => Dirichlet.alpha),
         )?,
         Partition::SizeSkew { sigma } => {
-            c.finite_in(sigma, Range::closed(0.0, 10.0), "partition.SizeSkew.sigma")?
+            c.finite_in(sigma, Range::closed(0.0, 10.0), field_path!(file.partition => SizeSkew.sigma))?
         }
     }
 
@@ -223,24 +223,24 @@ fn check_clients(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError
     let n = file.clients.count;
     c.ensure(
         (1..=10_000_000).contains(&n),
-        "clients.count",
+        field_path!(file.clients.count),
         format!("is {n}; it must be 1..=10000000"),
     )?;
     if let DataSource::Synthetic { records } = d.source {
         let plan = data_plan(file);
         if let Err(e) = plan.eval_count(records) {
-            return Err(c.fail("data.source.Synthetic.records", e.to_string()));
+            return Err(c.fail(field_path!(file.data.source => Synthetic.records), e.to_string()));
         }
     }
     let s = &file.strategy;
     c.finite_in(
         s.fraction_fit,
         Range::open_closed(0.0, 1.0),
-        "strategy.fraction_fit",
+        field_path!(file.strategy.fraction_fit),
     )?;
     c.ensure(
         (1..=n).contains(&s.min_fit_clients),
-        "strategy.min_fit_clients",
+        field_path!(file.strategy.min_fit_clients),
         format!(
             "is {}; it must be 1..={n} (clients.count)",
             s.min_fit_clients
@@ -248,7 +248,7 @@ fn check_clients(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError
     )?;
     c.ensure(
         (1..=n).contains(&s.min_available_clients),
-        "strategy.min_available_clients",
+        field_path!(file.strategy.min_available_clients),
         format!(
             "is {}; it must be 1..={n} (clients.count)",
             s.min_available_clients
@@ -263,31 +263,31 @@ fn check_train(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> 
     if let Some(steps) = t.local_steps {
         c.ensure(
             (1..=1_000_000).contains(&steps),
-            "train.local_steps",
+            field_path!(file.train.local_steps),
             format!("is {steps}; it must be 1..=1000000, or None to use local_epochs"),
         )?;
     }
     c.ensure(
         (1..=1000).contains(&t.local_epochs),
-        "train.local_epochs",
+        field_path!(file.train.local_epochs),
         format!("is {}; it must be 1..=1000", t.local_epochs),
     )?;
     c.ensure(
         (1..=4096).contains(&t.batch_size),
-        "train.batch_size",
+        field_path!(file.train.batch_size),
         format!("is {}; it must be 1..=4096", t.batch_size),
     )?;
     c.ensure(
         (1..=4096).contains(&t.eval_batch_size),
-        "train.eval_batch_size",
+        field_path!(file.train.eval_batch_size),
         format!("is {}; it must be 1..=4096", t.eval_batch_size),
     )?;
-    c.finite_in(t.lr_max, Range::open_closed(0.0, 10.0), "train.lr_max")?;
-    c.finite_in(t.lr_min, Range::closed(0.0, t.lr_max), "train.lr_min")?;
+    c.finite_in(t.lr_max, Range::open_closed(0.0, 10.0), field_path!(file.train.lr_max))?;
+    c.finite_in(t.lr_min, Range::closed(0.0, t.lr_max), field_path!(file.train.lr_min))?;
     c.finite_in(
         t.weight_decay,
         Range::closed(0.0, 1.0),
-        "train.weight_decay",
+        field_path!(file.train.weight_decay),
     )?;
 
     Ok(())
@@ -298,12 +298,12 @@ fn check_slots(c: &Check<'_>, file: &ScenarioFile) -> Result<(usize, usize), Sce
     let sl = &file.slots;
     c.ensure(
         (1..=256).contains(&sl.count),
-        "slots.count",
+        field_path!(file.slots.count),
         format!("is {}; it must be 1..=256", sl.count),
     )?;
     if let SlotDevice::Cuda(i) = sl.device {
         return Err(c.fail(
-            "slots.device",
+            field_path!(file.slots.device),
             format!(
                 "is Cuda({i}) but this build of fedsim has no GPU support (GPU slots are not \
                  implemented yet); set slots.device: Cpu"
@@ -312,7 +312,7 @@ fn check_slots(c: &Check<'_>, file: &ScenarioFile) -> Result<(usize, usize), Sce
     }
     c.ensure(
         (1..=sl.count).contains(&sl.client_resources),
-        "slots.client_resources",
+        field_path!(file.slots.client_resources),
         format!(
             "is {}; it must be 1..={} (slots.count): a job cannot take more slots than exist",
             sl.client_resources, sl.count
@@ -321,7 +321,7 @@ fn check_slots(c: &Check<'_>, file: &ScenarioFile) -> Result<(usize, usize), Sce
     let threads = sl.threads_per_slot.unwrap_or((cores / sl.count).max(1));
     c.ensure(
         (1..=256).contains(&threads),
-        "slots.threads_per_slot",
+        field_path!(file.slots.threads_per_slot),
         format!("is {threads}; it must be 1..=256"),
     )?;
 
@@ -336,19 +336,19 @@ fn check_resources(
     adapter_values: usize,
 ) -> Result<(resources::MemoryEstimate, Vec<String>), ScenarioError> {
     let (d, t, sl, n) = (&file.data, &file.train, &file.slots, file.clients.count);
-    system::check_system(c, &file.system, n, file.seed)?;
+    system::check_system(c, (&file.system, field_path!(file.system)), n, file.seed)?;
     let mut warnings = Vec::new();
     let synthetic = match file.trainer {
         TrainerKind::Lora => None,
         TrainerKind::Synthetic { params } => {
             c.ensure(
                 (1..=100_000_000).contains(&params),
-                "trainer.Synthetic.params",
+                field_path!(file.trainer => Synthetic.params),
                 format!("is {params}; it must be 1..=100000000"),
             )?;
             c.ensure(
                 d.canaries == 0,
-                "data.canaries",
+                field_path!(file.data.canaries),
                 format!(
                     "is {} but the synthetic trainer reads no text; set 0, or use trainer: Lora",
                     d.canaries
@@ -400,27 +400,27 @@ fn check_dp(c: &Check<'_>, file: &ScenarioFile) -> Result<Option<DpPlan>, Scenar
             ) =>
         {
             return Err(c.fail(
-                "dp",
+                field_path!(file.dp),
                 "is on but system.stragglers is Async: fedsim cannot account the privacy of \
                  staleness-weighted buffered aggregation; use Wait, Drop or OverSelect with DP",
             ))
         }
         Some(d) => {
-            privacy::check_mechanism(c, &d.mechanism)?;
-            c.finite_in(d.delta, Range::open(0.0, 1.0), "dp.delta")?;
+            privacy::check_mechanism(c, &d.mechanism, field_path!(file.dp => mechanism))?;
+            c.finite_in(d.delta, Range::open(0.0, 1.0), field_path!(file.dp => delta))?;
             if let Some(m) = d.max_epsilon {
-                c.finite_in(m, Range::open_closed(0.0, 1e6), "dp.max_epsilon")?;
+                c.finite_in(m, Range::open_closed(0.0, 1e6), field_path!(file.dp => max_epsilon))?;
             }
             c.ensure(
                 !d.pld || d.sampling == DpSampling::Poisson,
-                "dp.pld",
+                field_path!(file.dp => pld),
                 "is true but dp.sampling is Fixed; the PLD accountant covers Poisson sampling only \
                  (set dp.sampling: Poisson or dp.pld: false)",
             )?;
             if d.pld {
                 c.ensure(
                     d.delta >= crate::privacy::pld::MIN_DELTA,
-                    "dp.delta",
+                    field_path!(file.dp => delta),
                     format!(
                         "is {} but the PLD accountant resolves delta down to {}; raise dp.delta \
                          or set dp.pld: false (RDP covers any delta)",
@@ -432,7 +432,7 @@ fn check_dp(c: &Check<'_>, file: &ScenarioFile) -> Result<Option<DpPlan>, Scenar
                     d.mechanism.noise_multiplier(),
                     file.strategy.fraction_fit,
                 ) {
-                    return Err(c.fail("dp.pld", format!("is true but {e}; set dp.pld: false")));
+                    return Err(c.fail(field_path!(file.dp => pld), format!("is true but {e}; set dp.pld: false")));
                 }
             }
             Some(DpPlan {

@@ -132,7 +132,46 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
         b.poison(&mut data);
     }
     let base = Base::open(s)?;
-    let tokenizer = match &base {
+    let tokenizer = base_tokenizer(s, &base, &data, progress)?;
+    let format = prompt_text(
+        s.prompt,
+        match &base {
+            Base::Generated => None,
+            Base::Pretrained(p) => Some(p),
+        },
+    );
+    let (train, eval, truncated) = tokenize_all(s, &tokenizer, &format, &data, progress)?;
+    let shards: Vec<Vec<u32>> = data
+        .shards
+        .iter()
+        .map(|sh| sh.iter().map(|&i| i as u32).collect())
+        .collect();
+    let (model, source) = base_model(s, &base, progress)?;
+    Ok(Prepared {
+        shards,
+        train_examples: train.len(),
+        eval_examples: eval.len(),
+        lora: Some(LoraData {
+            data,
+            tokenizer,
+            train: Arc::new(train),
+            eval: Arc::new(eval),
+            truncated,
+            model: Arc::new(model),
+            source,
+            format,
+        }),
+    })
+}
+
+/// The tokenizer: trained on the data for a generated base, the pretrained model's own.
+fn base_tokenizer(
+    s: &Scenario,
+    base: &Base,
+    data: &FederatedData,
+    progress: StageFn<'_>,
+) -> Result<TextTokenizer, SimError> {
+    Ok(match base {
         Base::Generated => {
             progress("training the tokenizer", 0, 1)?;
             // The same sample `validate` checks the vocabulary on; it also bounds the one stage
@@ -143,14 +182,17 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
             t
         }
         Base::Pretrained(p) => p.tokenizer()?,
-    };
-    let format = prompt_text(
-        s.prompt,
-        match &base {
-            Base::Generated => None,
-            Base::Pretrained(p) => Some(p),
-        },
-    );
+    })
+}
+
+/// The training and held-out records tokenised, and how many were cut to fit.
+fn tokenize_all(
+    s: &Scenario,
+    tokenizer: &TextTokenizer,
+    format: &PromptText,
+    data: &FederatedData,
+    progress: StageFn<'_>,
+) -> Result<(Vec<TokenizedExample>, Vec<TokenizedExample>, usize), SimError> {
     let mut truncated = 0;
     let total = data.train.len() + data.eval.len();
     let mut done = 0;
@@ -163,7 +205,7 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
                     progress("tokenising", done, total)?;
                 }
                 done += 1;
-                let (e, cut) = tokenizer.example_as(r, s.max_seq_len, &format)?;
+                let (e, cut) = tokenizer.example_as(r, s.max_seq_len, format)?;
                 truncated += usize::from(cut);
                 Ok(e)
             })
@@ -172,12 +214,17 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
     let train = tokenize(&data.train)?;
     let eval = tokenize(&data.eval)?;
     progress("tokenising", total, total)?;
-    let shards: Vec<Vec<u32>> = data
-        .shards
-        .iter()
-        .map(|sh| sh.iter().map(|&i| i as u32).collect())
-        .collect();
-    let (model, source) = match &base {
+    Ok((train, eval, truncated))
+}
+
+/// The frozen base: generated from the seed, or read from the pretrained file (with the record
+/// of where it came from).
+fn base_model(
+    s: &Scenario,
+    base: &Base,
+    progress: StageFn<'_>,
+) -> Result<(BaseModel, Option<ModelRecord>), SimError> {
+    Ok(match base {
         Base::Generated => {
             let seed = derive(s.seed, &[purpose::MODEL]);
             let model = BaseModel::random(&s.model, seed, &candle_core::Device::Cpu)?;
@@ -194,21 +241,6 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
             };
             (model, Some(source))
         }
-    };
-    Ok(Prepared {
-        shards,
-        train_examples: train.len(),
-        eval_examples: eval.len(),
-        lora: Some(LoraData {
-            data,
-            tokenizer,
-            train: Arc::new(train),
-            eval: Arc::new(eval),
-            truncated,
-            model: Arc::new(model),
-            source,
-            format,
-        }),
     })
 }
 

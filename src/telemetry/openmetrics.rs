@@ -135,6 +135,11 @@ pub fn render(rounds: &[RoundSummary], info: &RunInfo) -> String {
             fams[15].push("", t, clipped);
         }
     }
+    write_families(&fams)
+}
+
+/// The families with samples, in the exposition format, ended by `# EOF`.
+fn write_families(fams: &[Family]) -> String {
     let mut out = String::new();
     for f in fams.iter().filter(|f| !f.series.is_empty()) {
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
@@ -144,11 +149,6 @@ pub fn render(rounds: &[RoundSummary], info: &RunInfo) -> String {
             f.name.to_string()
         };
         let _ = writeln!(out, "# HELP {} {}", f.name, help(&full));
-        let sample = if f.kind == "counter" {
-            format!("{}_total", f.name)
-        } else {
-            f.name.to_string()
-        };
         for (labels, pts) in &f.series {
             let labels = if labels.is_empty() {
                 String::new()
@@ -156,7 +156,7 @@ pub fn render(rounds: &[RoundSummary], info: &RunInfo) -> String {
                 format!("{{{labels}}}")
             };
             for (v, t) in pts {
-                let _ = writeln!(out, "{sample}{labels} {v} {t:.3}");
+                let _ = writeln!(out, "{full}{labels} {v} {t:.3}");
             }
         }
     }

@@ -3,6 +3,23 @@
 
 use std::path::Path;
 
+/// The dotted path of a scenario setting, derived from the expression that reads it from the
+/// file, so the compiler checks it names a field: `field_path!(file.train.lr_max)` is
+/// `"train.lr_max"`. Inside an enum variant or an `Option` the rest follows `=>`:
+/// `field_path!(file.partition => Dirichlet.alpha)` is `"partition.Dirichlet.alpha"` (checked up to
+/// `file.partition`).
+macro_rules! field_path {
+    ($root:ident . $first:ident $(. $rest:ident)* $(=> $($inner:ident).+)?) => {{
+        let _ = &$root.$first $(.$rest)*;
+        concat!(
+            stringify!($first)
+            $(, ".", stringify!($rest))*
+            $($(, ".", stringify!($inner))+)?
+        )
+    }};
+}
+pub(super) use field_path;
+
 use super::super::ScenarioError;
 use crate::fmt::compact;
 

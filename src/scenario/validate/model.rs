@@ -1,12 +1,13 @@
 //! Checks of the model shape and the LoRA adapter.
 
+use super::check::field_path;
 use super::{Check, Range};
 use crate::model::{LlamaConfig, LoraConfig, TargetModule};
 use crate::scenario::file::ScenarioFile;
 use crate::scenario::ScenarioError;
 
-pub(super) fn check_llama(c: &Check<'_>, cfg: &LlamaConfig) -> Result<(), ScenarioError> {
-    let f = "model.source.Custom";
+/// A custom model shape, at path `f`.
+pub(super) fn check_llama(c: &Check<'_>, cfg: &LlamaConfig, f: &str) -> Result<(), ScenarioError> {
     for (name, v) in [
         ("hidden_size", cfg.hidden_size),
         ("intermediate_size", cfg.intermediate_size),
@@ -81,18 +82,18 @@ pub(super) fn check_lora(
     model: &LlamaConfig,
 ) -> Result<LoraConfig, ScenarioError> {
     let l = &file.lora;
-    c.ensure(!l.target_modules.is_empty(), "lora.target_modules", "is empty; name at least one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj")?;
+    c.ensure(!l.target_modules.is_empty(), field_path!(file.lora.target_modules), "is empty; name at least one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj")?;
     let mut targets = Vec::new();
     for m in &l.target_modules {
         let t = TargetModule::from_name(m).ok_or_else(|| {
             c.fail(
-                "lora.target_modules",
+                field_path!(file.lora.target_modules),
                 format!("names unknown module {m:?}; allowed: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"),
             )
         })?;
         c.ensure(
             !targets.contains(&t),
-            "lora.target_modules",
+            field_path!(file.lora.target_modules),
             format!("names {m:?} twice"),
         )?;
         targets.push(t);
@@ -108,14 +109,14 @@ pub(super) fn check_lora(
         .unwrap_or(1);
     c.ensure(
         (1..=max_r).contains(&l.r),
-        "lora.r",
+        field_path!(file.lora.r),
         format!(
             "is {}; it must be 1..={max_r} (the smallest adapted projection's width)",
             l.r
         ),
     )?;
-    c.finite_in(l.alpha, Range::open_closed(0.0, 1e6), "lora.alpha")?;
-    c.finite_in(l.dropout, Range::closed_open(0.0, 1.0), "lora.dropout")?;
+    c.finite_in(l.alpha, Range::open_closed(0.0, 1e6), field_path!(file.lora.alpha))?;
+    c.finite_in(l.dropout, Range::closed_open(0.0, 1.0), field_path!(file.lora.dropout))?;
     Ok(LoraConfig {
         r: l.r,
         alpha: l.alpha,

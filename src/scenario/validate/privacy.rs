@@ -8,7 +8,8 @@ use crate::scenario::ScenarioError;
 /// Smallest noise multiplier a scenario may use.
 const MIN_NOISE: f64 = 1e-6;
 
-pub(super) fn check_mechanism(c: &Check<'_>, m: &Mechanism) -> Result<(), ScenarioError> {
+/// The mechanism, at path `f` (`dp.mechanism`).
+pub(super) fn check_mechanism(c: &Check<'_>, m: &Mechanism, f: &str) -> Result<(), ScenarioError> {
     let positive = |v: f64, field: &str| c.finite_in(v, Range::open_closed(0.0, 1e6), field);
     // Below 1e-6 the noise is nil and ε overflows f64: refuse rather than report inf.
     let noise = |v: f64, field: &str| c.finite_in(v, Range::closed(MIN_NOISE, 1e6), field);
@@ -17,20 +18,20 @@ pub(super) fn check_mechanism(c: &Check<'_>, m: &Mechanism) -> Result<(), Scenar
             clip_norm,
             noise_multiplier,
         } => {
-            positive(clip_norm, "dp.mechanism.ClientSideFixed.clip_norm")?;
+            positive(clip_norm, &format!("{f}.ClientSideFixed.clip_norm"))?;
             noise(
                 noise_multiplier,
-                "dp.mechanism.ClientSideFixed.noise_multiplier",
+                &format!("{f}.ClientSideFixed.noise_multiplier"),
             )
         }
         Mechanism::ServerSideFixed {
             clip_norm,
             noise_multiplier,
         } => {
-            positive(clip_norm, "dp.mechanism.ServerSideFixed.clip_norm")?;
+            positive(clip_norm, &format!("{f}.ServerSideFixed.clip_norm"))?;
             noise(
                 noise_multiplier,
-                "dp.mechanism.ServerSideFixed.noise_multiplier",
+                &format!("{f}.ServerSideFixed.noise_multiplier"),
             )
         }
         Mechanism::Adaptive {
@@ -40,7 +41,7 @@ pub(super) fn check_mechanism(c: &Check<'_>, m: &Mechanism) -> Result<(), Scenar
             noise_multiplier,
             count_stddev,
         } => {
-            let f = "dp.mechanism.Adaptive";
+            let f = format!("{f}.Adaptive");
             positive(initial_clip, &format!("{f}.initial_clip"))?;
             c.finite_in(
                 target_quantile,

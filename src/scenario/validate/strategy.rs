@@ -1,6 +1,7 @@
 //! Checks of `strategy.kind` (hyper-parameters, what it combines with) and of
 //! `system.byzantine`.
 
+use super::check::field_path;
 use super::{Check, Range};
 use crate::byzantine::{Attackers, ByzantineAttack};
 use crate::scenario::file::{ScenarioFile, StrategyKind};
@@ -10,7 +11,34 @@ use crate::strategy::{Needs, Strategy};
 
 pub(super) fn check_strategy(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> {
     let kind = file.strategy.kind;
-    let f = "strategy.kind";
+    let f = field_path!(file.strategy.kind);
+    check_parameters(c, file, f)?;
+    let strategy = Strategy::from_kind(kind);
+    if let (Some(_), Some(why)) = (&file.dp, strategy.dp_refusal()) {
+        return Err(c.fail(
+            f,
+            format!("{} cannot be combined with dp: {why}", strategy.name()),
+        ));
+    }
+    if let Stragglers::Async { .. } = file.system.stragglers {
+        if !matches!(strategy, Strategy::FedAvg | Strategy::FedProx(_)) {
+            return Err(c.fail(
+                f,
+                format!(
+                    "is {} but system.stragglers is Async, which folds updates k at a time with \
+                     staleness weights; other strategies need synchronous rounds (use Wait, \
+                     Drop or OverSelect)",
+                    strategy.name()
+                ),
+            ));
+        }
+    }
+    check_byzantine(c, file)
+}
+
+/// The rule's own parameters, at path `f`.
+fn check_parameters(c: &Check<'_>, file: &ScenarioFile, f: &str) -> Result<(), ScenarioError> {
+    let kind = file.strategy.kind;
     let unit =
         |v: f64, field: &str| c.finite_in(v, Range::closed_open(0.0, 1.0), &format!("{f}.{field}"));
     let positive = |v: f64, field: &str| {
@@ -76,27 +104,7 @@ pub(super) fn check_strategy(c: &Check<'_>, file: &ScenarioFile) -> Result<(), S
             c.finite_in(mu, Range::closed(0.0, 1e6), &format!("{f}.FedProx.mu"))?;
         }
     }
-    let strategy = Strategy::from_kind(kind);
-    if let (Some(_), Some(why)) = (&file.dp, strategy.dp_refusal()) {
-        return Err(c.fail(
-            f,
-            format!("{} cannot be combined with dp: {why}", strategy.name()),
-        ));
-    }
-    if let Stragglers::Async { .. } = file.system.stragglers {
-        if !matches!(strategy, Strategy::FedAvg | Strategy::FedProx(_)) {
-            return Err(c.fail(
-                f,
-                format!(
-                    "is {} but system.stragglers is Async, which folds updates k at a time with \
-                     staleness weights; other strategies need synchronous rounds (use Wait, \
-                     Drop or OverSelect)",
-                    strategy.name()
-                ),
-            ));
-        }
-    }
-    check_byzantine(c, file)
+    Ok(())
 }
 
 /// (updates a robust rule holds at once — the clients sampled per round —, values of each);
@@ -146,7 +154,7 @@ fn check_byzantine(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioErr
     let Some(b) = &file.system.byzantine else {
         return Ok(());
     };
-    let f = "system.byzantine";
+    let f = field_path!(file.system.byzantine);
     match &b.clients {
         Attackers::Share(p) => {
             c.finite_in(*p, Range::closed(0.0, 1.0), &format!("{f}.clients.Share"))?

@@ -7,13 +7,45 @@ use crate::scenario::file::SystemSection;
 use crate::scenario::ScenarioError;
 use crate::stragglers::Stragglers;
 
+/// The `system` section `s`, at path `f`.
 pub(super) fn check_system(
     c: &Check<'_>,
-    s: &SystemSection,
+    (s, f): (&SystemSection, &str),
     clients: usize,
     seed: u64,
 ) -> Result<(), ScenarioError> {
-    let f = "system";
+    check_profiles(c, s, f, clients, seed)?;
+    c.finite_in(
+        s.availability,
+        Range::open_closed(0.0, 1.0),
+        &format!("{f}.availability"),
+    )?;
+    c.finite_in(
+        s.crash_probability,
+        Range::closed_open(0.0, 1.0),
+        &format!("{f}.crash_probability"),
+    )?;
+    if let Some(d) = s.deadline_s {
+        c.finite_in(d, Range::open_closed(0.0, 1e9), &format!("{f}.deadline_s"))?;
+    }
+    check_stragglers(c, s, f, clients)?;
+    if let Some(&bad) = s.inject_panic.iter().find(|&&id| id >= clients) {
+        return Err(c.fail(
+            &format!("{f}.inject_panic"),
+            format!("names client {bad}; ids are 0..{clients}"),
+        ));
+    }
+    Ok(())
+}
+
+/// How clients get their device and network profiles.
+fn check_profiles(
+    c: &Check<'_>,
+    s: &SystemSection,
+    f: &str,
+    clients: usize,
+    seed: u64,
+) -> Result<(), ScenarioError> {
     match &s.profiles {
         Profiles::Fixed(p) => check_profile(c, p, &format!("{f}.profiles.Fixed"))?,
         Profiles::Drawn {
@@ -59,19 +91,16 @@ pub(super) fn check_system(
             }
         }
     }
-    c.finite_in(
-        s.availability,
-        Range::open_closed(0.0, 1.0),
-        &format!("{f}.availability"),
-    )?;
-    c.finite_in(
-        s.crash_probability,
-        Range::closed_open(0.0, 1.0),
-        &format!("{f}.crash_probability"),
-    )?;
-    if let Some(d) = s.deadline_s {
-        c.finite_in(d, Range::open_closed(0.0, 1e9), &format!("{f}.deadline_s"))?;
-    }
+    Ok(())
+}
+
+/// The straggler policy, against the deadline and the clients.
+fn check_stragglers(
+    c: &Check<'_>,
+    s: &SystemSection,
+    f: &str,
+    clients: usize,
+) -> Result<(), ScenarioError> {
     match s.stragglers {
         Stragglers::Wait => {}
         Stragglers::Drop => c.ensure(
@@ -113,12 +142,6 @@ pub(super) fn check_system(
                 "is set but Async has no rounds to close at a deadline; set None",
             )?;
         }
-    }
-    if let Some(&bad) = s.inject_panic.iter().find(|&&id| id >= clients) {
-        return Err(c.fail(
-            &format!("{f}.inject_panic"),
-            format!("names client {bad}; ids are 0..{clients}"),
-        ));
     }
     Ok(())
 }
