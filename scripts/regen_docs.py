@@ -7,6 +7,8 @@ A sample output is a fenced block whose first line is a shell command (`$ sim �
     <!-- regen: quick -->                         tiny model, calculators: seconds to a minute
     <!-- regen: slow -->                          the real model (run `sim fetch-model` first)
     <!-- regen: quick; setup: CMD && CMD -->      commands run first, their output not shown
+    <!-- regen: quick; stdout -->                 what the commands print on stdout only
+                                                  (progress lines on stderr left out)
     <!-- regen: manual; why: … -->                needs what this script cannot provide
 
 A block may hold several commands (`$ …` lines, `\\` continuations joined); each command's
@@ -36,7 +38,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MARKER = re.compile(r"^<!-- regen: (quick|slow|manual)(?:; (setup|why): (.*?))? -->$")
+MARKER = re.compile(r"^<!-- regen: (quick|slow|manual)(; stdout)?(?:; (setup|why): (.*?))? -->$")
 ELLIPSIS = ("…", "...")
 KINDS = ("quick", "slow", "manual")
 
@@ -140,13 +142,13 @@ def scratch(sim):
     return top, work
 
 
-def run(text, work, env):
+def run(text, work, env, stdout_only=False):
     p = subprocess.run(
         ["bash", "-c", text],
         cwd=work,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.DEVNULL if stdout_only else subprocess.STDOUT,
         text=True,
     )
     return p.stdout.rstrip("\n").split("\n") if p.stdout.strip() else []
@@ -184,7 +186,7 @@ def main():
                 where = f"{path.relative_to(ROOT)}:{start + 1}"
                 if marker is None:
                     sys.exit(f"{where}: a sample output without a <!-- regen: … --> marker")
-                kind, key, value = MARKER.match(lines[marker]).groups()
+                kind, stdout_only, key, value = MARKER.match(lines[marker]).groups()
                 if kind == "manual" or (kind == "slow" and not args.slow):
                     skipped.append(f"{where} ({kind}{': ' + value if key == 'why' else ''})")
                     continue
@@ -192,7 +194,8 @@ def main():
                     run(value, work, env)
                 regenerated = []
                 for cmd, old in commands(body):
-                    regenerated += cmd + reshape(old, run(shell_text(cmd), work, env))
+                    out = run(shell_text(cmd), work, env, bool(stdout_only))
+                    regenerated += cmd + reshape(old, out)
                 if regenerated != body:
                     changed.append(where)
                     if args.diff:

@@ -116,8 +116,8 @@ fn every_documented_sim_command_line_parses_with_todays_cli() {
 
 /// Every sample output (a code block that starts with a `$ ` command) says how
 /// `scripts/regen_docs.py` regenerates it: `<!-- regen: quick -->`, `slow` (the real model),
-/// optionally `; setup: COMMANDS`, or `manual; why: REASON` — so no output in the docs is
-/// typed by hand or left behind by a change.
+/// optionally `; stdout` and `; setup: COMMANDS`, or `manual; why: REASON` — so no output in
+/// the docs is typed by hand or left behind by a change.
 #[test]
 fn every_sample_output_is_regenerated_by_the_script() {
     let root = crate::util::root();
@@ -129,7 +129,10 @@ fn every_sample_output_is_regenerated_by_the_script() {
         }
     }
     let script = std::fs::read_to_string(root.join("scripts/regen_docs.py")).unwrap();
-    assert!(script.contains("<!-- regen: (quick|slow|manual)"), "the script's marker changed");
+    assert!(
+        script.contains("<!-- regen: (quick|slow|manual)(; stdout)?"),
+        "the script's marker changed"
+    );
     let (mut samples, mut bad) = (0, Vec::new());
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
@@ -153,6 +156,9 @@ fn every_sample_output_is_regenerated_by_the_script() {
                     return false;
                 };
                 let (kind, rest) = inner.split_once("; ").unwrap_or((inner, ""));
+                let rest = rest
+                    .strip_prefix("stdout")
+                    .map_or(rest, |r| r.strip_prefix("; ").unwrap_or(r));
                 match kind {
                     "quick" | "slow" => rest.is_empty() || rest.starts_with("setup: "),
                     "manual" => rest.starts_with("why: ") && rest.len() > 10,
