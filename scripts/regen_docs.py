@@ -195,6 +195,11 @@ def main():
                 regenerated = []
                 for cmd, old in commands(body):
                     out = run(shell_text(cmd), work, env, bool(stdout_only))
+                    if any("cannot serve metrics on" in l for l in out):
+                        sys.exit(
+                            f"{where}: another process serves metrics on sim's port; stop it and "
+                            "run the script again (nothing was written for this file)"
+                        )
                     regenerated += cmd + reshape(old, out)
                 if regenerated != body:
                     changed.append(where)
