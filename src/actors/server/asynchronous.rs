@@ -258,8 +258,7 @@ impl FedBuff {
                     weight,
                 })?;
                 st.current.staleness.push(s);
-                st.host_per_token.0 += u.host_seconds;
-                st.host_per_token.1 += u.tokens;
+                st.count_host(u);
             }
             _ => {
                 let _ = st

@@ -94,6 +94,12 @@ impl Core {
         }
     }
 
+    /// Count a completed fit's host seconds and tokens (for the host time saved estimate).
+    pub(super) fn count_host(&mut self, u: &crate::messages::FitUpdate) {
+        self.host_per_token.0 += u.host_seconds;
+        self.host_per_token.1 += u.tokens;
+    }
+
     /// Host seconds per token of the fits so far.
     pub(super) fn host_per_token(&self) -> f64 {
         let (secs, tokens) = self.host_per_token;

@@ -102,24 +102,21 @@ impl SyncRounds {
         st: &mut Core,
         res: FitRes,
     ) -> Result<(), ActorProcessingErr> {
-        let cur = &mut st.current;
-        if res.round != cur.round || !cur.pending.remove(&res.client) {
+        if res.round != st.current.round || !st.current.pending.remove(&res.client) {
             return Ok(()); // late or duplicate answer
         }
         match &res.status {
-            FitStatus::Completed(u) => {
-                st.host_per_token.0 += u.host_seconds;
-                st.host_per_token.1 += u.tokens;
-            }
+            FitStatus::Completed(u) => st.count_host(u),
             FitStatus::Failed { reason } => {
                 tracing::warn!(
                     "round {}: client {} failed: {reason}",
-                    cur.round,
+                    st.current.round,
                     res.client
                 );
             }
             _ => {}
         }
+        let cur = &mut st.current;
         let plan = cur.timelines.get(&res.client).map(|t| (*t, 0));
         cur.count(res.client, &res.status, plan);
         if cur.pending.is_empty() {
