@@ -3,6 +3,7 @@
 pub mod attack;
 pub mod comm;
 pub mod eval;
+pub mod eval_task;
 pub mod generate;
 pub mod out;
 pub mod privacy;

@@ -3,6 +3,7 @@
 
 pub mod alpaca;
 pub mod canary;
+pub mod labelled;
 pub mod partition;
 pub mod record;
 pub mod synthetic;
@@ -65,6 +66,128 @@ pub enum DataSource {
         #[serde(default)]
         limit: Option<usize>,
     },
+    /// Financial PhraseBank: `sentence@label` per line, latin-1. With `test_split` (a FinGPT
+    /// JSONL test file such as `fpb_test.jsonl`), every sentence in it is removed first.
+    Fpb {
+        /// Path of the FPB file (e.g. `Sentences_50Agree.txt`).
+        path: PathBuf,
+        /// A test split whose sentences are removed (normalised match).
+        #[serde(default)]
+        test_split: Option<PathBuf>,
+        /// Use only the first `limit` sentences (after the removal).
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// FinGPT / FlowerTune JSONL: `{context, target}` per line.
+    FinGpt {
+        /// Path of the JSONL file.
+        path: PathBuf,
+        /// Use only the first `limit` items.
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// A labelled CSV or JSONL file of the user's: a text and a label column, and the word
+    /// each label value is answered with.
+    Classification {
+        /// The file.
+        path: PathBuf,
+        /// Csv or Jsonl.
+        format: labelled::TableFormat,
+        /// The text column (CSV header) or key (JSONL).
+        text: String,
+        /// The label column or key.
+        label: String,
+        /// Label value → word, e.g. `{"0": "negative", "1": "positive", "2": "neutral"}`.
+        labels: std::collections::BTreeMap<String, String>,
+        /// The question asked; default: FinGPT's sentiment question over the words.
+        #[serde(default)]
+        instruction: Option<String>,
+        /// Use only the first `limit` rows.
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+}
+
+impl DataSource {
+    /// The file read, for sources that read one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            DataSource::Synthetic { .. } => None,
+            DataSource::Alpaca { path, .. }
+            | DataSource::Fpb { path, .. }
+            | DataSource::FinGpt { path, .. }
+            | DataSource::Classification { path, .. } => Some(path),
+        }
+    }
+
+    /// `limit`, for sources that read a file.
+    pub fn limit(&self) -> Option<usize> {
+        match self {
+            DataSource::Synthetic { .. } => None,
+            DataSource::Alpaca { limit, .. }
+            | DataSource::Fpb { limit, .. }
+            | DataSource::FinGpt { limit, .. }
+            | DataSource::Classification { limit, .. } => *limit,
+        }
+    }
+
+    /// The variant's name (for field paths in messages).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DataSource::Synthetic { .. } => "Synthetic",
+            DataSource::Alpaca { .. } => "Alpaca",
+            DataSource::Fpb { .. } => "Fpb",
+            DataSource::FinGpt { .. } => "FinGpt",
+            DataSource::Classification { .. } => "Classification",
+        }
+    }
+
+    /// Whether records are labelled texts (trained and scored with FinGPT's prompt).
+    pub fn is_labelled(&self) -> bool {
+        matches!(
+            self,
+            DataSource::Fpb { .. } | DataSource::FinGpt { .. } | DataSource::Classification { .. }
+        )
+    }
+
+    /// Read a file source: its records and how many were removed as test-split overlap.
+    fn read(&self) -> Result<(Vec<Record>, usize), DataError> {
+        let (labelled, removed) = match self {
+            DataSource::Synthetic { .. } => return Ok((Vec::new(), 0)),
+            DataSource::Alpaca { path, .. } => return Ok((alpaca::load(path)?, 0)),
+            DataSource::Fpb {
+                path,
+                test_split: Some(test),
+                ..
+            } => labelled::fpb::train_split(path, test)?,
+            DataSource::Fpb { path, .. } => (labelled::fpb::load(path)?, 0),
+            DataSource::FinGpt { path, .. } => (labelled::fingpt::load(path)?, 0),
+            DataSource::Classification {
+                path,
+                format,
+                text,
+                label,
+                labels,
+                instruction,
+                ..
+            } => {
+                let c = labelled::Classification {
+                    path: path.clone(),
+                    format: *format,
+                    text: text.clone(),
+                    label: label.clone(),
+                    labels: labels.clone(),
+                    instruction: instruction.clone(),
+                };
+                (c.load()?, 0)
+            }
+        };
+        let records = labelled
+            .into_iter()
+            .map(labelled::Labelled::into_record)
+            .collect();
+        Ok((records, removed))
+    }
 }
 
 /// FNV-1a over the records' text, in order: `summary.json`'s `eval_fingerprint`, so tools
@@ -102,6 +225,8 @@ pub struct FederatedData {
     pub shards: Vec<Vec<usize>>,
     /// The planted secrets and where they went.
     pub canaries: Vec<Canary>,
+    /// Records of the source removed because they are in its test split (`Fpb.test_split`).
+    pub removed: usize,
 }
 
 /// Receives `(stage, done, total)` while data is prepared, at least every ~10,000 records of
@@ -154,7 +279,7 @@ impl DataPlan {
     /// # Errors
     /// As [`DataPlan::prepare`].
     pub fn prepare_with(&self, progress: StageFn<'_>) -> Result<FederatedData, DataError> {
-        let mut records = self.records(progress)?;
+        let (mut records, removed) = self.read(progress)?;
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x5eed_da7a);
         records.shuffle(&mut rng);
         let n_eval = self.eval_count(records.len())?;
@@ -179,6 +304,7 @@ impl DataPlan {
             eval,
             shards,
             canaries,
+            removed,
         })
     }
 
@@ -216,7 +342,7 @@ impl DataPlan {
                     eval,
                 })
             }
-            DataSource::Alpaca { .. } => {
+            _ => {
                 let d = self.prepare_with(progress)?;
                 Ok(ShardPlan {
                     shards: d
@@ -236,20 +362,24 @@ impl DataPlan {
     /// # Errors
     /// A missing or malformed data file.
     pub fn records(&self, progress: StageFn<'_>) -> Result<Vec<Record>, DataError> {
-        Ok(match &self.source {
-            DataSource::Synthetic { records } => {
-                synthetic::generate_with(*records, self.seed, progress)?
-            }
-            DataSource::Alpaca { path, limit } => {
-                progress("reading data", 0, 1)?;
-                let mut r = alpaca::load(path)?;
-                if let Some(l) = limit {
-                    r.truncate(*l);
-                }
-                progress("reading data", 1, 1)?;
-                r
-            }
-        })
+        Ok(self.read(progress)?.0)
+    }
+
+    /// As [`DataPlan::records`], with how many records were removed as test-split overlap.
+    ///
+    /// # Errors
+    /// As [`DataPlan::records`].
+    pub fn read(&self, progress: StageFn<'_>) -> Result<(Vec<Record>, usize), DataError> {
+        if let DataSource::Synthetic { records } = &self.source {
+            return Ok((synthetic::generate_with(*records, self.seed, progress)?, 0));
+        }
+        progress("reading data", 0, 1)?;
+        let (mut r, removed) = self.source.read()?;
+        if let Some(l) = self.source.limit() {
+            r.truncate(l);
+        }
+        progress("reading data", 1, 1)?;
+        Ok((r, removed))
     }
 
     /// Held-out records out of `total`.

@@ -2,7 +2,12 @@
 //! and by generation with answer parsing, against the majority-class baseline; answers to
 //! given prompts, for side-by-side comparison.
 
+pub mod classify;
+pub mod metrics;
+pub mod progress;
 pub mod pubmedqa;
+pub mod score;
+pub mod task;
 
 use std::path::PathBuf;
 
@@ -25,6 +30,9 @@ pub enum EvalError {
         /// What is wrong.
         message: String,
     },
+    /// A labelled data file is unreadable or malformed.
+    #[error(transparent)]
+    Source(#[from] crate::data::DataError),
     /// The model failed.
     #[error(transparent)]
     Model(#[from] ModelError),

@@ -144,10 +144,33 @@ pub struct EvaluateIns {
     pub round: RoundId,
     /// The adapter.
     pub adapter: Option<Arc<AdapterSet>>,
+    /// Which of the run's task items to score as well (scenario `eval`).
+    pub task: TaskScope,
+}
+
+/// Which task items an evaluation scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TaskScope {
+    /// None: held-out loss only.
+    #[default]
+    Skip,
+    /// The fixed stratified subset (`eval.subset`).
+    Subset,
+    /// The subset and the whole test split (before round 1 and after the last round).
+    SubsetAndFull,
+}
+
+/// Confusion matrices of a task evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskConfusions {
+    /// Over the fixed subset.
+    pub subset: crate::eval::metrics::Confusion,
+    /// Over the whole test split, when scored.
+    pub full: Option<crate::eval::metrics::Confusion>,
 }
 
 /// Result of an evaluation on the held-out split.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvaluateRes {
     /// The round evaluated after.
     pub round: RoundId,
@@ -157,6 +180,22 @@ pub struct EvaluateRes {
     pub perplexity: f64,
     /// Response tokens scored.
     pub tokens: usize,
+    /// The task scores, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskConfusions>,
+}
+
+impl EvaluateRes {
+    /// A round that was not evaluated (no model, or nothing to score).
+    pub fn none(round: RoundId) -> Self {
+        Self {
+            round,
+            loss: f64::NAN,
+            perplexity: f64::NAN,
+            tokens: 0,
+            task: None,
+        }
+    }
 }
 
 /// One round's summary: a line of `rounds.jsonl` (flat keys).
@@ -216,6 +255,12 @@ pub struct RoundSummary {
     pub eval_loss: f64,
     /// Held-out perplexity after aggregation.
     pub eval_perplexity: f64,
+    /// Task accuracy on the fixed subset (scenario `eval`), in the rounds it was scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_accuracy: Option<f64>,
+    /// Task macro-F1 on the fixed subset, in the rounds it was scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_macro_f1: Option<f64>,
     /// Bytes sent to clients (serialised global adapter × sampled).
     pub bytes_down: u64,
     /// Bytes received from clients (serialised updates).

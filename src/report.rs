@@ -337,6 +337,9 @@ pub struct Summary {
     /// Backdoor success of the final global model, when Byzantine clients plant one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backdoor: Option<crate::byzantine::BackdoorSuccess>,
+    /// Task accuracy (scenario `eval`): final and pretrained figures, time-to-accuracy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_eval: Option<crate::eval::progress::TaskEvalSummary>,
     /// Host wall-clock seconds of the run (set-up included).
     #[serde(deserialize_with = "nan_if_null")]
     pub wall_seconds: f64,

@@ -115,6 +115,8 @@ pub struct Scenario {
     pub system: file::SystemSection,
     /// Estimated peak memory of a run.
     pub memory: resources::MemoryEstimate,
+    /// Task accuracy during the run (the `eval` section, checked).
+    pub task_eval: Option<file::EvalSection>,
     /// Things that will work but not as well as they could (printed by `validate` and `run`).
     pub warnings: Vec<String>,
 }
@@ -247,6 +249,8 @@ pub struct DataCheck {
     /// Tokens the trained tokenizer reaches, for the `Tiny` preset (on at most
     /// [`TOKENIZER_SAMPLE`] training records).
     pub vocab: Option<usize>,
+    /// Records removed as test-split overlap (`Fpb.test_split`).
+    pub removed: usize,
 }
 
 /// Training records a `Tiny` model's tokenizer is trained on, at most — in a run and in the
@@ -269,16 +273,18 @@ impl Scenario {
             message: format!("cannot be used: {}", crate::fmt::chain(e)),
         };
         let source_field = match &self.data.source {
-            crate::data::DataSource::Synthetic { .. } => "data.source.Synthetic.records",
-            crate::data::DataSource::Alpaca { .. } => "data.source.Alpaca.path",
+            crate::data::DataSource::Synthetic { .. } => "data.source.Synthetic.records".into(),
+            other => format!("data.source.{}.path", other.kind()),
         };
-        let records = match &self.data.source {
-            crate::data::DataSource::Synthetic { records } => *records,
-            crate::data::DataSource::Alpaca { .. } => self
-                .data
-                .records(&mut crate::data::no_progress)
-                .map_err(|e| fail(source_field, &e))?
-                .len(),
+        let (records, removed) = match &self.data.source {
+            crate::data::DataSource::Synthetic { records } => (*records, 0),
+            _ => {
+                let (r, removed) = self
+                    .data
+                    .read(&mut crate::data::no_progress)
+                    .map_err(|e| fail(&source_field, &e))?;
+                (r.len(), removed)
+            }
         };
         let eval = self
             .data
@@ -289,6 +295,7 @@ impl Scenario {
             train: records - eval,
             eval,
             vocab: None,
+            removed,
         };
         let lora = self.file.trainer == crate::trainer::TrainerKind::Lora;
         if let (true, file::ModelSource::Tiny { vocab_size }) = (lora, &self.file.model.source) {

@@ -63,6 +63,10 @@ pub enum SimError {
     /// An actor could not start or answer.
     #[error("actor system: {0}")]
     Actor(String),
+    /// The task of the scenario's `eval` section could not be read, or overlaps the training
+    /// data.
+    #[error("eval.task")]
+    Task(#[source] Box<crate::eval::EvalError>),
     /// The planted backdoor could not be measured on the final model.
     #[error("measuring the backdoor")]
     Backdoor(#[source] Box<crate::eval::EvalError>),
@@ -461,7 +465,10 @@ async fn save_server_state(
 
 /// The slots' busy seconds, and the pool closed: after its jobs, or at once after a second
 /// stop request (jobs in flight are dropped; their threads end with the process).
-async fn release_slots(pool: crate::slots::SlotPool, shutdown: &Shutdown) -> Result<Vec<f64>, SimError> {
+async fn release_slots(
+    pool: crate::slots::SlotPool,
+    shutdown: &Shutdown,
+) -> Result<Vec<f64>, SimError> {
     let busy = pool.busy_seconds();
     if shutdown.level() == StopLevel::Abandon {
         pool.abandon();

@@ -64,6 +64,8 @@ pub enum PromptText {
     /// A chat template: the instruction (and input) as the user's turn, rendered with the
     /// assistant's turn opened; the response is the output (the end-of-turn id follows it).
     Chat(chat::ChatTemplate),
+    /// FinGPT's `Instruction: …\nInput: …\nAnswer:` and " " + output (the label).
+    FinGpt,
 }
 
 impl PromptText {
@@ -74,6 +76,10 @@ impl PromptText {
     pub fn texts(&self, record: &Record) -> Result<(String, String), TokenizerError> {
         match self {
             PromptText::Alpaca => Ok((record.prompt(), record.response())),
+            PromptText::FinGpt => Ok((
+                crate::data::labelled::fingpt_prompt(&record.instruction, &record.input),
+                record.response(),
+            )),
             PromptText::Chat(template) => {
                 let user = if record.input.is_empty() {
                     record.instruction.clone()

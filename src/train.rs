@@ -253,6 +253,23 @@ impl LoraTrainer {
         })
     }
 
+    /// `task`'s confusion matrices for `scope` with `adapter` applied (or the bare base).
+    ///
+    /// # Errors
+    /// On a candle failure.
+    pub fn score_task(
+        &self,
+        adapter: Option<&AdapterSet>,
+        task: &crate::eval::classify::RunTask,
+        scope: crate::messages::TaskScope,
+        batch_size: usize,
+    ) -> Result<Option<crate::messages::TaskConfusions>, TrainError> {
+        let vars = adapter
+            .map(|a| LoraVars::from_adapter(a, &self.lora, self.model.device()))
+            .transpose()?;
+        Ok(task.score(&self.model, vars.as_ref(), scope, batch_size)?)
+    }
+
     /// Summed NLL and response-token count of `adapter` (or the bare base) on `examples`.
     ///
     /// # Errors

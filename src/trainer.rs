@@ -40,6 +40,8 @@ pub enum LocalTrainer {
         eval: Arc<Vec<TokenizedExample>>,
         /// Evaluation batch size.
         eval_batch_size: usize,
+        /// The task scored with the held-out loss (scenario `eval`), if any.
+        task: Option<Arc<crate::eval::classify::RunTask>>,
     },
     /// Seeded pseudo-updates; each scheduled example counts `seq_len` tokens.
     Synthetic {
@@ -85,19 +87,26 @@ impl LocalTrainer {
             trainer,
             eval,
             eval_batch_size,
+            task,
             ..
         } = self
         else {
             return Err(TrainError::NoModel);
         };
         let examples: Vec<&TokenizedExample> = eval.iter().collect();
-        let (sum, tokens) = trainer.evaluate(ins.adapter.as_deref(), &examples, *eval_batch_size)?;
+        let (sum, tokens) =
+            trainer.evaluate(ins.adapter.as_deref(), &examples, *eval_batch_size)?;
         let loss = sum / tokens.max(1) as f64;
+        let task = match task {
+            Some(t) => trainer.score_task(ins.adapter.as_deref(), t, ins.task, *eval_batch_size)?,
+            None => None,
+        };
         Ok(EvaluateRes {
             round: ins.round,
             loss,
             perplexity: loss.exp(),
             tokens,
+            task,
         })
     }
 }
@@ -117,7 +126,11 @@ const SCALE: f32 = 1e-3;
 
 /// A synthetic client's update: `params` values drawn from the schedule's seed; the tokens it
 /// "trained on" are `seq_len` per scheduled example.
-fn synthetic_update(layout: &Arc<AdapterLayout>, schedule: &Schedule, seq_len: usize) -> LocalResult {
+fn synthetic_update(
+    layout: &Arc<AdapterLayout>,
+    schedule: &Schedule,
+    seq_len: usize,
+) -> LocalResult {
     let mut rng = ChaCha8Rng::seed_from_u64(schedule.dropout_seed);
     let data: Vec<f32> = (0..layout.len())
         .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * SCALE)

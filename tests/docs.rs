@@ -171,5 +171,8 @@ fn every_sample_output_is_regenerated_by_the_script() {
         }
     }
     assert!(samples >= 25, "only {samples} sample outputs found");
-    assert!(bad.is_empty(), "sample outputs without a regen marker: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "sample outputs without a regen marker: {bad:?}"
+    );
 }

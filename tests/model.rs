@@ -294,3 +294,40 @@ fn forward_matches_transformers_and_peft() {
         "padded row",
     );
 }
+
+#[test]
+fn constrained_scoring_matches_the_kv_cache_continuation_scorer() {
+    use fedsim::eval::score::{label_logprobs, predictions, TaskTokens};
+    use fedsim::model::generate::continuation_logprobs;
+    let cfg = small_cfg();
+    let lora = all_modules();
+    let model = BaseModel::random(&cfg, 1, &Device::Cpu).unwrap();
+    let vars =
+        LoraVars::from_adapter(&random_adapter(&cfg, &lora, 5), &lora, &Device::Cpu).unwrap();
+    let merged = model.merged(&vars).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..300)).collect() };
+    // Two one-token classes (sharing a sequence) and a three-token one; prompts of 3 lengths.
+    let tokens = TaskTokens {
+        prompts: vec![ids(11), ids(5), ids(19)],
+        labels: vec![ids(1), ids(3), ids(1)],
+        gold: vec![0, 1, 2],
+    };
+    for lora in [None, Some(&vars)] {
+        let got = label_logprobs(&model, lora, &tokens, &[2, 0, 1], 2).unwrap();
+        let reference = if lora.is_some() { &merged } else { &model };
+        for (row, &i) in got.iter().zip(&[2usize, 0, 1]) {
+            let want =
+                continuation_logprobs(reference, &tokens.prompts[i], &tokens.labels).unwrap();
+            for (g, w) in row.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-4, "item {i}: {g} vs {w}");
+            }
+        }
+        let p = predictions(&got);
+        assert_eq!(p.len(), 3);
+        assert!(p
+            .iter()
+            .zip(&got)
+            .all(|(&c, lp)| lp.iter().all(|&v| v <= lp[c])));
+    }
+}

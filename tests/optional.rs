@@ -140,6 +140,11 @@ fn main() {
             shared_data::pubmedqa_loads_1000_expert_items_and_the_500_item_test_split,
         ),
         trial(
+            "data::finance_sources_load_with_their_documented_counts",
+            Need::Shared("data/finance/fpb_test.jsonl"),
+            shared_data::finance_sources_load_with_their_documented_counts,
+        ),
+        trial(
             "run::medalpaca_dirichlet_run",
             MEDALPACA,
             shared_data::medalpaca_dirichlet_run,

@@ -178,7 +178,10 @@ fn no_function_outgrows_a_screen() {
         }
     }
     long.sort();
-    assert!(long.is_empty(), "functions over {MAX_FN_LINES} lines: {long:?}");
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FN_LINES} lines: {long:?}"
+    );
 }
 
 /// A module's children import their siblings (`super::sibling::Item`), never items of the
@@ -202,7 +205,10 @@ fn the_server_children_import_siblings_only() {
         for (i, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or("");
             let at = format!("{}:{}", path.display(), i + 1);
-            assert!(!code.contains("is_async"), "{at}: asks which driver runs: {line}");
+            assert!(
+                !code.contains("is_async"),
+                "{at}: asks which driver runs: {line}"
+            );
             assert!(!code.contains("unreachable!"), "{at}: {line}");
             for part in code.split("super::").skip(1) {
                 let name: String = part

@@ -27,3 +27,4 @@ mod smollm2;
 mod strategy;
 mod structure;
 mod system;
+mod task;

@@ -19,7 +19,7 @@ mod snapshot;
 mod state;
 mod synchronous;
 
-pub use config::{RoundSink, ServerArgs, ServerConfig, ServerMsg};
+pub use config::{RoundSink, ServerArgs, ServerConfig, ServerMsg, TaskSchedule};
 pub use outcome::{EarlyStop, EvalFailure, RunFailure, ServerOutcome};
 pub use snapshot::{AsyncSnapshot, FlightSnapshot, Resume, ServerSnapshot};
 
@@ -100,9 +100,9 @@ impl Actor for Server {
 /// Evaluate the base model (unless there is none, or the run resumes), then begin.
 async fn start(me: &ActorRef<ServerMsg>, core: &mut Core) -> Result<(), ActorProcessingErr> {
     if core.args.config.evaluate && !core.resumed {
-        match core.evaluate(0, None).await {
+        match core.evaluate(0, None, core.args.config.task_scope(0)).await {
             Ok(res) => {
-                core.baseline = Some(res);
+                core.baseline = Some(res.clone());
                 core.last_eval = Some(res);
             }
             Err(e) => {

@@ -225,8 +225,7 @@ fn summarise(
         samples: total,
         found: extracted.len(),
         training_secrets: training.len(),
-        precision: (!extracted.is_empty())
-            .then(|| training.len() as f64 / extracted.len() as f64),
+        precision: (!extracted.is_empty()).then(|| training.len() as f64 / extracted.len() as f64),
         canaries: training.iter().filter_map(|e| e.canary).collect(),
         by_client,
         extracted,

@@ -29,8 +29,23 @@ pub struct EvalArgs {
     #[arg(long)]
     pub pubmedqa: Option<PathBuf>,
     /// A PubMedQA split (test_ground_truth.json: PMID -> answer) to keep only its items.
-    #[arg(long, requires = "pubmedqa")]
+    #[arg(long)]
     pub split: Option<PathBuf>,
+    /// A classification task scored by constrained likelihood (with --data).
+    #[arg(long, value_enum, requires = "data")]
+    pub task: Option<super::eval_task::TaskName>,
+    /// The task's file: fpb_test.jsonl, fiqa_test.jsonl, tfns_valid.csv, ori_pqal.json.
+    #[arg(long, requires = "task")]
+    pub data: Option<PathBuf>,
+    /// Score a stratified subset of N task items (seed 0) instead of all.
+    #[arg(long, requires = "task")]
+    pub subset: Option<usize>,
+    /// Also score the task by generation (greedy answer, FinGPT's parsing).
+    #[arg(long, requires = "task")]
+    pub generation: bool,
+    /// Sequences per forward pass when scoring a task.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
     /// Score only the first N items (PMID order).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -48,6 +63,7 @@ pub struct EvalArgs {
 #[derive(Serialize)]
 struct ModelEval {
     model: String,
+    task: Option<super::eval_task::ModelTask>,
     pubmedqa: Option<PubMedQaResult>,
     answers: Vec<(String, String)>,
 }
@@ -83,19 +99,18 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         (None, Some(r)) => run_base(r)?,
         (None, None) => anyhow::bail!("give --model or --run"),
     };
-    let adapter = a.adapter.clone().or_else(|| a.run.clone());
     let source = Pretrained::open(&spec)?;
     let path = source.path().to_path_buf();
     let tokenizer = source.tokenizer()?;
-    let base = source.load(&Device::Cpu)?;
-    let mut models: Vec<(String, BaseModel)> = Vec::new();
-    if let Some(dir) = &adapter {
-        let (ad, lora) = peft::load_peft(dir, base.config())?;
-        let vars = LoraVars::from_adapter(&ad, &lora, &Device::Cpu)?;
-        models.push((format!("+ {}", dir.display()), base.merged(&vars)?));
+    let models = models(&a, &source)?;
+    if a.split.is_some()
+        && a.pubmedqa.is_none()
+        && a.task != Some(super::eval_task::TaskName::Pubmedqa)
+    {
+        anyhow::bail!("--split keeps a PubMedQA split: give it with --pubmedqa or --task pubmedqa");
     }
-    models.insert(0, ("pretrained".to_string(), base));
     let items = pubmedqa_items(&a)?;
+    let task = task_plan(&a)?;
     // Signals are heard after every item and answer; the runtime only listens for them.
     let runtime = super::run::runtime()?;
     let shutdown = super::run::stop_on_signals_saying(&runtime, super::run::SCORING)?;
@@ -111,10 +126,21 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             template: source.chat_template().unwrap_or_default(),
             answer_tokens: 16,
         };
-        out.push(evaluate(name, &ev, items.as_deref(), &a, &stopped)?);
+        let mut m = evaluate(name, &ev, items.as_deref(), &a, &stopped)?;
+        if let Some(t) = &task {
+            m.task = Some(t.score(name, model, &tokenizer, &stopped)?);
+        }
+        out.push(m);
     }
     let interrupted = stopped();
     print_results(&out)?;
+    if let Some(t) = &task {
+        let scored: Vec<_> = out.iter_mut().filter_map(|m| m.task.take()).collect();
+        super::eval_task::print(&t.task, &scored)?;
+        for (m, s) in out.iter_mut().zip(scored) {
+            m.task = Some(s);
+        }
+    }
     if interrupted {
         eprintln!(
             "interrupted: the results cover what was complete before the stop (eval.json says \
@@ -136,6 +162,34 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{}: cannot write", file.display()))?;
     outln!("wrote {}", file.display())?;
     Ok(())
+}
+
+/// The pretrained model, and with the adapter (`--adapter`, or the run's) merged in.
+fn models(a: &EvalArgs, source: &Pretrained) -> anyhow::Result<Vec<(String, BaseModel)>> {
+    let adapter = a.adapter.clone().or_else(|| a.run.clone());
+    let base = source.load(&Device::Cpu)?;
+    let mut models: Vec<(String, BaseModel)> = Vec::new();
+    if let Some(dir) = &adapter {
+        let (ad, lora) = peft::load_peft(dir, base.config())?;
+        let vars = LoraVars::from_adapter(&ad, &lora, &Device::Cpu)?;
+        models.push((format!("+ {}", dir.display()), base.merged(&vars)?));
+    }
+    models.insert(0, ("pretrained".to_string(), base));
+    Ok(models)
+}
+
+/// The task `--task`, `--data`, `--split` and `--subset` ask for.
+fn task_plan(a: &EvalArgs) -> anyhow::Result<Option<super::eval_task::TaskPlan>> {
+    let (Some(t), Some(d)) = (a.task, &a.data) else {
+        return Ok(None);
+    };
+    let source = super::eval_task::source(t, d.clone(), a.split.clone());
+    Ok(Some(super::eval_task::TaskPlan::load(
+        &source,
+        a.subset,
+        a.generation,
+        a.batch,
+    )?))
 }
 
 /// One model's PubMedQA score (when asked) and answers to the prompts, as far as a stop lets
@@ -168,6 +222,7 @@ fn evaluate(
     }
     Ok(ModelEval {
         model: name.to_string(),
+        task: None,
         pubmedqa,
         answers,
     })

@@ -56,7 +56,13 @@ pub fn study(a: StudyArgs) -> anyhow::Result<()> {
             anyhow::bail!("stopped after {i} of {n} arms; their run directories are complete");
         }
         let out = dir.path().join(name);
-        let report = arm(&runtime, &shutdown, (i, n, name.as_str(), s), &out, study.attack)?;
+        let report = arm(
+            &runtime,
+            &shutdown,
+            (i, n, name.as_str(), s),
+            &out,
+            study.attack,
+        )?;
         reports.push(report);
         dirs.push(out);
     }

@@ -50,6 +50,25 @@ pub fn validate(path: &Path, set: &[String]) -> anyhow::Result<()> {
         data.vocab
             .map_or(String::new(), |v| format!("; tokenizer reaches {v} tokens"))
     )?;
+    if data.removed > 0 {
+        outln!(
+            "data: {} records removed because their text is in the test split (none remains)",
+            data.removed
+        )?;
+    }
+    if let Some(e) = &s.task_eval {
+        let task = e.task.load()?;
+        outln!(
+            "eval: {} ({}), {} items, subset of {} every {} round(s){}",
+            task.name,
+            task.path.display(),
+            task.items.len(),
+            e.subset.min(task.items.len()),
+            e.every,
+            e.target_accuracy
+                .map_or(String::new(), |t| format!(", target accuracy {t}"))
+        )?;
+    }
     outln!(
         "memory: about {} estimated at peak{}",
         bytes(s.memory.total()),

@@ -54,6 +54,40 @@ pub struct ScenarioFile {
     /// deadline and straggler policy, on the virtual clock.
     #[serde(default)]
     pub system: SystemSection,
+    /// Task accuracy during the run (classification by constrained scoring), if any.
+    #[serde(default)]
+    pub eval: Option<EvalSection>,
+}
+
+/// Task evaluation during a run: a classification task scored on a fixed stratified subset
+/// every `every` rounds, and on its whole test split before round 1 and after the last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// The task and its test file, e.g. `Fpb("../shared/data/finance/fpb_test.jsonl")`.
+    pub task: crate::eval::task::TaskSource,
+    /// Rounds between subset scores (the last round is always scored).
+    #[serde(default = "default_every")]
+    pub every: usize,
+    /// Items of the stratified subset scored during the run (all when at least the split's).
+    #[serde(default = "default_subset")]
+    pub subset: usize,
+    /// Score the whole split before round 1 (the pretrained control) and after the last.
+    #[serde(default = "default_true")]
+    pub full: bool,
+    /// Subset accuracy whose first reaching is reported as time-to-accuracy.
+    #[serde(default)]
+    pub target_accuracy: Option<f64>,
+}
+
+fn default_every() -> usize {
+    1
+}
+fn default_subset() -> usize {
+    300
+}
+fn default_true() -> bool {
+    true
 }
 
 /// Systems simulation (`system: (profiles: …, availability: 0.7, deadline_s: Some(60.0), …)`).
@@ -185,13 +219,17 @@ pub enum ModelSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum PromptFormat {
-    /// The model's chat template when it has one (instruct models), else Alpaca.
+    /// FinGPT's prompt for labelled data (`Fpb`, `FinGpt`, `Classification` sources); else the
+    /// model's chat template when it has one (instruct models), else Alpaca.
     #[default]
     Auto,
     /// The Alpaca / MedAlpaca template ("Below is an instruction…").
     Alpaca,
     /// The model's chat template (ChatML when it ships none): user turn, assistant answer.
     Chat,
+    /// FinGPT / FlowerTune's `Instruction: …\nInput: …\nAnswer:` then ` <label>`, no chat
+    /// template; the loss sees the label's tokens and the end-of-text token.
+    FinGpt,
 }
 
 /// LoRA hyper-parameters.

@@ -36,9 +36,8 @@ pub(super) fn apply(
         *walk(&mut tree, &keys).map_err(err)? = value;
         // Re-normalise through the typed file so defaults of a newly set section exist for
         // the next override (`--set dp={...} --set dp.max_epsilon=8`).
-        let typed = retype(tree, &keys, raw).map_err(|e| {
-            err(format!("`{path}` cannot take this value: {e}"))
-        })?;
+        let typed = retype(tree, &keys, raw)
+            .map_err(|e| err(format!("`{path}` cannot take this value: {e}")))?;
         tree = serde_json::to_value(&typed).expect("a scenario always serialises");
     }
     Ok(serde_json::from_value(tree).expect("checked after each override"))

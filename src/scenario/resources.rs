@@ -106,9 +106,10 @@ pub fn estimate(s: &Shape<'_>) -> MemoryEstimate {
         // slot an update and its payload; topic ids and shard indices per record.
         let records = match s.source {
             DataSource::Synthetic { records } => f(*records),
-            DataSource::Alpaca { path, .. } => {
-                std::fs::metadata(path).map_or(0.0, |md| md.len() as f64)
-            }
+            other => other
+                .path()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map_or(0.0, |md| md.len() as f64),
         };
         return MemoryEstimate {
             model: f(n) * (3.0 * 4.0 + 16.0),
@@ -148,8 +149,11 @@ pub fn estimate(s: &Shape<'_>) -> MemoryEstimate {
             // Text, topic and token ids of a generated record: about 1.5 KB.
             DataSource::Synthetic { records } => RECORD_BYTES * f(*records),
             // The file, parsed into strings, and token ids: about 4 × its size.
-            DataSource::Alpaca { path, .. } => {
-                4.0 * std::fs::metadata(path).map_or(0.0, |md| md.len() as f64)
+            other => {
+                4.0 * other
+                    .path()
+                    .and_then(|p| std::fs::metadata(p).ok())
+                    .map_or(0.0, |md| md.len() as f64)
             }
         };
     MemoryEstimate {

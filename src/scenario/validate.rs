@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::file::{ModelSource, ScenarioFile, SlotDevice};
 use super::{resources, Sampling, Scenario, ScenarioError};
-use crate::data::{DataPlan, DataSource, Partition};
+use crate::data::{DataPlan, DataSource};
 use crate::fmt::compact;
 use crate::model::LlamaConfig;
 use crate::privacy::{DpPlan, DpSampling};
@@ -13,6 +13,7 @@ use crate::train::LocalTraining;
 use crate::trainer::TrainerKind;
 
 mod check;
+mod data;
 mod model;
 mod privacy;
 mod strategy;
@@ -28,7 +29,7 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
     check_identity(&c, &file)?;
     let (model, model_name) = check_model(&c, &file)?;
     let lora = model::check_lora(&c, &file, &model)?;
-    check_data(&c, &file, &model)?;
+    data::check_data(&c, &file, &model)?;
     check_clients(&c, &file)?;
     check_train(&c, &file)?;
     let (threads, cores) = check_slots(&c, &file)?;
@@ -41,6 +42,7 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
     )?;
     let dp = check_dp(&c, &file)?;
     strategy::check_strategy(&c, &file)?;
+    data::check_eval(&c, &file)?;
     let (d, s, t, sl) = (&file.data, &file.strategy, &file.train, &file.slots);
     Ok(Scenario {
         dp,
@@ -76,8 +78,12 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         threads_per_slot: threads,
         source_path: path.to_path_buf(),
         model_source: file.model.source.clone(),
-        prompt: file.model.prompt,
+        prompt: match (file.model.prompt, file.data.source.is_labelled()) {
+            (super::file::PromptFormat::Auto, true) => super::file::PromptFormat::FinGpt,
+            (p, _) => p,
+        },
         trainer: file.trainer,
+        task_eval: file.eval.clone(),
         client_resources: sl.client_resources,
         slot_assignment: sl.assignment,
         system: file.system.clone(),
@@ -137,85 +143,26 @@ fn check_model(c: &Check<'_>, file: &ScenarioFile) -> Result<(LlamaConfig, Strin
         }
         ModelSource::Pretrained(spec) => {
             // The header alone: shapes for the LoRA checks, no weights read.
-            let p = Pretrained::open_gguf(spec)
-                .map_err(|e| c.fail(field_path!(file.model.source => Pretrained), crate::fmt::chain(&e)))?;
+            let p = Pretrained::open_gguf(spec).map_err(|e| {
+                c.fail(
+                    field_path!(file.model.source => Pretrained),
+                    crate::fmt::chain(&e),
+                )
+            })?;
             (p.config().clone(), spec.clone())
         }
         ModelSource::HuggingFace(dir) => {
-            let p = Pretrained::open_hf(Path::new(dir))
-                .map_err(|e| c.fail(field_path!(file.model.source => HuggingFace), crate::fmt::chain(&e)))?;
+            let p = Pretrained::open_hf(Path::new(dir)).map_err(|e| {
+                c.fail(
+                    field_path!(file.model.source => HuggingFace),
+                    crate::fmt::chain(&e),
+                )
+            })?;
             (p.config().clone(), dir.clone())
         }
     };
 
     Ok((model, model_name))
-}
-
-fn check_data(
-    c: &Check<'_>,
-    file: &ScenarioFile,
-    model: &LlamaConfig,
-) -> Result<(), ScenarioError> {
-    let d = &file.data;
-    match &d.source {
-        DataSource::Synthetic { records } => c.ensure(
-            (2..=10_000_000).contains(records),
-            field_path!(file.data.source => Synthetic.records),
-            format!("is {records}; it must be 2..=10000000"),
-        )?,
-        DataSource::Alpaca { path: p, limit } => {
-            c.ensure(
-                p.is_file(),
-                field_path!(file.data.source => Alpaca.path),
-                format!(
-                    "{} does not exist or is not a file; give the path of an Alpaca JSON file",
-                    p.display()
-                ),
-            )?;
-            if let Some(l) = limit {
-                c.ensure(
-                    *l >= 2,
-                    field_path!(file.data.source => Alpaca.limit),
-                    format!("is {l}; it must be at least 2"),
-                )?;
-            }
-        }
-    }
-    c.finite_in(d.eval_fraction, Range::open(0.0, 1.0), field_path!(file.data.eval_fraction))?;
-    c.ensure(
-        (8..=model.max_position_embeddings).contains(&d.max_seq_len),
-        field_path!(file.data.max_seq_len),
-        format!(
-            "is {}; it must be 8..={} (the model's max_position_embeddings)",
-            d.max_seq_len, model.max_position_embeddings
-        ),
-    )?;
-    c.ensure(
-        d.canaries <= 1000,
-        field_path!(file.data.canaries),
-        format!("is {}; it must be 0..=1000", d.canaries),
-    )?;
-    c.ensure(
-        d.canaries == 0 || (1..=1000).contains(&d.canary_repeats),
-        field_path!(file.data.canary_repeats),
-        format!(
-            "is {}; it must be 1..=1000 when canaries are planted",
-            d.canary_repeats
-        ),
-    )?;
-    match file.partition {
-        Partition::Iid => {}
-        Partition::Dirichlet { alpha } => c.finite_in(
-            alpha,
-            Range::open_closed(0.0, 1e6),
-            field_path!(file.partition => Dirichlet.alpha),
-        )?,
-        Partition::SizeSkew { sigma } => {
-            c.finite_in(sigma, Range::closed(0.0, 10.0), field_path!(file.partition => SizeSkew.sigma))?
-        }
-    }
-
-    Ok(())
 }
 
 fn check_clients(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> {
@@ -229,7 +176,10 @@ fn check_clients(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError
     if let DataSource::Synthetic { records } = d.source {
         let plan = data_plan(file);
         if let Err(e) = plan.eval_count(records) {
-            return Err(c.fail(field_path!(file.data.source => Synthetic.records), e.to_string()));
+            return Err(c.fail(
+                field_path!(file.data.source => Synthetic.records),
+                e.to_string(),
+            ));
         }
     }
     let s = &file.strategy;
@@ -282,8 +232,16 @@ fn check_train(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> 
         field_path!(file.train.eval_batch_size),
         format!("is {}; it must be 1..=4096", t.eval_batch_size),
     )?;
-    c.finite_in(t.lr_max, Range::open_closed(0.0, 10.0), field_path!(file.train.lr_max))?;
-    c.finite_in(t.lr_min, Range::closed(0.0, t.lr_max), field_path!(file.train.lr_min))?;
+    c.finite_in(
+        t.lr_max,
+        Range::open_closed(0.0, 10.0),
+        field_path!(file.train.lr_max),
+    )?;
+    c.finite_in(
+        t.lr_min,
+        Range::closed(0.0, t.lr_max),
+        field_path!(file.train.lr_min),
+    )?;
     c.finite_in(
         t.weight_decay,
         Range::closed(0.0, 1.0),
@@ -407,9 +365,17 @@ fn check_dp(c: &Check<'_>, file: &ScenarioFile) -> Result<Option<DpPlan>, Scenar
         }
         Some(d) => {
             privacy::check_mechanism(c, &d.mechanism, field_path!(file.dp => mechanism))?;
-            c.finite_in(d.delta, Range::open(0.0, 1.0), field_path!(file.dp => delta))?;
+            c.finite_in(
+                d.delta,
+                Range::open(0.0, 1.0),
+                field_path!(file.dp => delta),
+            )?;
             if let Some(m) = d.max_epsilon {
-                c.finite_in(m, Range::open_closed(0.0, 1e6), field_path!(file.dp => max_epsilon))?;
+                c.finite_in(
+                    m,
+                    Range::open_closed(0.0, 1e6),
+                    field_path!(file.dp => max_epsilon),
+                )?;
             }
             c.ensure(
                 !d.pld || d.sampling == DpSampling::Poisson,
@@ -432,7 +398,10 @@ fn check_dp(c: &Check<'_>, file: &ScenarioFile) -> Result<Option<DpPlan>, Scenar
                     d.mechanism.noise_multiplier(),
                     file.strategy.fraction_fit,
                 ) {
-                    return Err(c.fail(field_path!(file.dp => pld), format!("is true but {e}; set dp.pld: false")));
+                    return Err(c.fail(
+                        field_path!(file.dp => pld),
+                        format!("is true but {e}; set dp.pld: false"),
+                    ));
                 }
             }
             Some(DpPlan {

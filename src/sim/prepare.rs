@@ -2,6 +2,12 @@
 //! tokenizer, tokenised examples and the frozen base model. CPU-bound: call it off the async
 //! executor.
 
+use std::collections::HashSet;
+
+use crate::data::labelled::normalise;
+use crate::eval::classify::RunTask;
+use crate::eval::score::TaskTokens;
+use crate::eval::EvalError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -50,6 +56,8 @@ pub struct LoraData {
     pub source: Option<ModelRecord>,
     /// How records are written for the model.
     pub format: PromptText,
+    /// The task scored during the run (scenario `eval`), tokenised.
+    pub task: Option<Arc<RunTask>>,
 }
 
 /// A pretrained base as the run directory records it (`model.json`), instead of a copy.
@@ -87,6 +95,7 @@ impl Base {
 /// (`None`) or a pretrained one (`Auto` picks its chat template when it ships one).
 pub fn prompt_text(prompt: PromptFormat, pretrained: Option<&Pretrained>) -> PromptText {
     match (prompt, pretrained) {
+        (PromptFormat::FinGpt, _) => PromptText::FinGpt,
         (PromptFormat::Alpaca, _) | (PromptFormat::Auto, None) => PromptText::Alpaca,
         (PromptFormat::Chat, None) => PromptText::Chat(ChatTemplate::default()),
         (PromptFormat::Auto, Some(p)) => match p.chat_template() {
@@ -147,6 +156,7 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
         .map(|sh| sh.iter().map(|&i| i as u32).collect())
         .collect();
     let (model, source) = base_model(s, &base, progress)?;
+    let task = run_task(s, &data, &tokenizer, model.config().max_position_embeddings)?;
     Ok(Prepared {
         shards,
         train_examples: train.len(),
@@ -160,6 +170,7 @@ pub fn prepare_with(s: &Scenario, progress: StageFn<'_>) -> Result<Prepared, Sim
             model: Arc::new(model),
             source,
             format,
+            task,
         }),
     })
 }
@@ -305,4 +316,43 @@ impl Prepared {
             None => vec![seq_len as u32; self.train_examples],
         }
     }
+}
+
+/// The scenario's task, loaded, checked against the data and tokenised: refused when any of
+/// its items' texts is among the run's records (normalised match), since a run trained or
+/// evaluated on them would score memorised items.
+fn run_task(
+    s: &Scenario,
+    data: &FederatedData,
+    tokenizer: &TextTokenizer,
+    context: usize,
+) -> Result<Option<Arc<RunTask>>, SimError> {
+    let Some(e) = &s.task_eval else {
+        return Ok(None);
+    };
+    let fail = |e: EvalError| SimError::Task(Box::new(e));
+    let task = e.task.load().map_err(fail)?;
+    let keys: HashSet<String> = task.items.iter().map(|i| normalise(&i.text)).collect();
+    let texts = data
+        .train
+        .iter()
+        .chain(&data.eval)
+        .map(|r| r.input.as_str());
+    let overlap = crate::data::labelled::overlap(texts.filter(|t| !t.is_empty()), &keys);
+    if overlap > 0 {
+        return Err(fail(EvalError::Data {
+            path: task.path.clone(),
+            message: format!(
+                "{overlap} of the run's records are items of this test split; remove them from \
+                 the training data (for FPB: data.source Fpb(test_split: this file))"
+            ),
+        }));
+    }
+    let tokens = TaskTokens::new(&task, tokenizer, context).map_err(fail)?;
+    Ok(Some(Arc::new(RunTask {
+        name: task.name.clone(),
+        labels: task.labels.clone(),
+        subset: task.stratified(e.subset, s.seed),
+        tokens,
+    })))
 }

@@ -73,9 +73,7 @@ fn synthetic_lines(s: &Scenario, prep: &Prepared, clients: usize) -> Vec<String>
         ),
         format!(
             "data: {} training examples over {clients} clients ({:?}), {} held out",
-            prep.train_examples,
-            s.data.partition,
-            prep.eval_examples
+            prep.train_examples, s.data.partition, prep.eval_examples
         ),
     ]
 }

@@ -52,6 +52,7 @@ impl Book {
             sim_seconds: 0.0,
             dropped: Dropped::default(),
             backdoor: None,
+            task_eval: None,
             wall_seconds: 0.0,
         };
         Self { summary, started }
@@ -116,7 +117,7 @@ impl Book {
         };
         m.error = o.error.as_ref().map(|e| crate::fmt::chain(e));
         m.stop_reason = o.stop.as_ref().map(ToString::to_string);
-        if let Some(b) = o.baseline {
+        if let Some(b) = &o.baseline {
             m.pretrained_eval_loss = b.loss;
             m.pretrained_eval_perplexity = b.perplexity;
         }
@@ -152,6 +153,7 @@ impl Book {
             accountant: plan.assumption(),
             noise_source: plan.noise.label().to_string(),
         });
+        m.task_eval = task_eval(s, o);
         m.wall_seconds = self.started.elapsed().as_secs_f64();
         // A number that cannot be trusted is never recorded as a success.
         if let (Some(why), false) = (
@@ -163,6 +165,24 @@ impl Book {
         }
         self.summary
     }
+}
+
+/// The task figures, when the scenario scores a task and an evaluation scored it.
+fn task_eval(s: &Scenario, o: &ServerOutcome) -> Option<crate::eval::progress::TaskEvalSummary> {
+    let e = s.task_eval.as_ref()?;
+    let pretrained = o.baseline.as_ref().and_then(|b| b.task.as_ref());
+    let last = o
+        .final_eval
+        .as_ref()
+        .and_then(|f| f.task.as_ref())
+        .or(pretrained)?;
+    Some(crate::eval::progress::summarise(
+        &e.task.name(),
+        pretrained,
+        last,
+        &o.rounds,
+        e.target_accuracy,
+    ))
 }
 
 /// The held-out records' fingerprint (empty for the synthetic trainer).

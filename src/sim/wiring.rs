@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{Prepared, SimError};
 use crate::actors::aggregator::AggregatorMsg;
 use crate::actors::client::ClientContext;
-use crate::actors::server::ServerConfig;
+use crate::actors::server::{ServerConfig, TaskSchedule};
 use crate::clock::CostModel;
 use crate::devices::Fleet;
 use crate::faults::FaultModel;
@@ -15,9 +15,9 @@ use crate::rng::{purpose, rng_for};
 use crate::scenario::file::SlotAssignment;
 use crate::scenario::Scenario;
 use crate::slots::{SlotContext, SlotHandle, SlotPool};
+use crate::stragglers::Stragglers;
 use crate::train::LoraTrainer;
 use crate::trainer::LocalTrainer;
-use crate::stragglers::Stragglers;
 
 /// The initial global adapter and the started slot pool.
 ///
@@ -41,6 +41,7 @@ pub(super) fn slot_pool(
                 train: l.train.clone(),
                 eval: l.eval.clone(),
                 eval_batch_size: s.eval_batch_size,
+                task: l.task.clone(),
             },
         ),
         None => (
@@ -75,6 +76,14 @@ pub(super) fn server_config(
         short_round: s.system.short_round,
         evaluate,
         pace,
+        task: s
+            .task_eval
+            .as_ref()
+            .filter(|_| evaluate)
+            .map(|e| TaskSchedule {
+                every: e.every,
+                full: e.full,
+            }),
     }
 }
 

@@ -131,3 +131,61 @@ pub fn shipped_smollm2_scenarios_validate() {
         );
     }
 }
+
+pub fn finance_sources_load_with_their_documented_counts() {
+    use fedsim::data::labelled::{fingpt, fpb};
+    use fedsim::eval::task::TaskSource;
+    let fin = |f: &str| need(&format!("data/finance/{f}"));
+    let all = fpb::load(&fin("Sentences_50Agree.txt")).unwrap();
+    let count = |rows: &[fedsim::data::labelled::Labelled], l: &str| {
+        rows.iter().filter(|r| r.label == l).count()
+    };
+    assert_eq!(all.len(), 4846);
+    assert_eq!(
+        (
+            count(&all, "neutral"),
+            count(&all, "positive"),
+            count(&all, "negative")
+        ),
+        (2879, 1363, 604)
+    );
+    assert!(
+        all[0].text.starts_with("According to Gran"),
+        "the byte-order mark is dropped"
+    );
+    let test = fingpt::load(&fin("fpb_test.jsonl")).unwrap();
+    assert_eq!(test.len(), 1212);
+    let (train, removed) =
+        fpb::train_split(&fin("Sentences_50Agree.txt"), &fin("fpb_test.jsonl")).unwrap();
+    // All 1,212 test sentences are found (26 only by normalised match); duplicates go too.
+    assert_eq!((train.len(), removed), (3628, 1218));
+    let fpb_task = TaskSource::Fpb(fin("fpb_test.jsonl")).load().unwrap();
+    let majority = fpb_task
+        .items
+        .iter()
+        .filter(|i| fpb_task.labels[i.label] == "neutral")
+        .count();
+    assert_eq!((fpb_task.items.len(), majority), (1212, 729));
+    assert_eq!(
+        TaskSource::Fiqa(fin("fiqa_test.jsonl"))
+            .load()
+            .unwrap()
+            .items
+            .len(),
+        235
+    );
+    let tfns = TaskSource::Tfns(fin("tfns_train.csv")).load().unwrap();
+    assert_eq!(tfns.items.len(), 9543);
+    assert_eq!(
+        tfns.items.iter().filter(|i| i.text.contains('\n')).count(),
+        184
+    );
+    assert_eq!(
+        TaskSource::Tfns(fin("tfns_valid.csv"))
+            .load()
+            .unwrap()
+            .items
+            .len(),
+        2388
+    );
+}

@@ -9,7 +9,7 @@ use super::record::{dp_metrics, RoundFacts, RoundState};
 use super::snapshot::AsyncSnapshot;
 use super::state::Core;
 use crate::actors::aggregator::{Aggregate, AggregatorMsg};
-use crate::messages::RoundId;
+use crate::messages::{RoundId, TaskScope};
 use crate::privacy::{DpSampling, PrivacyLedger};
 use crate::shutdown::StopLevel;
 use crate::stragglers::ShortRound;
@@ -51,15 +51,11 @@ pub(super) async fn close_round(
     }
     let changed = agg.folded > 0 || agg.noise_stddev.is_some();
     st.global = agg.global.clone();
-    let eval = match (changed, st.last_eval) {
-        _ if !st.args.config.evaluate => crate::messages::EvaluateRes {
-            round,
-            loss: f64::NAN,
-            perplexity: f64::NAN,
-            tokens: 0,
-        },
-        (false, Some(e)) => e,
-        _ => match st.evaluate(round, Some(st.global.clone())).await {
+    let scope = st.args.config.task_scope(round);
+    let eval = match (changed, st.last_eval.clone()) {
+        _ if !st.args.config.evaluate => crate::messages::EvaluateRes::none(round),
+        (false, Some(e)) if covers(&e, scope) => e,
+        _ => match st.evaluate(round, Some(st.global.clone()), scope).await {
             Ok(e) => e,
             Err(source) => {
                 st.finish(me, Some(RunFailure::Evaluation { round, source }));
@@ -76,7 +72,10 @@ pub(super) async fn close_round(
         st.finish(me, Some(failure));
         return Ok(Closed::Ended);
     }
-    st.last_eval = Some(eval);
+    let task = (scope != TaskScope::Skip)
+        .then(|| eval.task.clone())
+        .flatten();
+    st.last_eval = Some(eval.clone());
     let dp = account(st, round, &agg);
     let facts = RoundFacts {
         folded: agg.folded,
@@ -87,8 +86,19 @@ pub(super) async fn close_round(
         host_per_token: st.host_per_token(),
         skipped: None,
         byzantine: byzantine_round(st, &agg),
+        task,
     };
     record(me, st, facts, in_flight).await
+}
+
+/// Whether an earlier evaluation already holds what `scope` asks of the task (a round that
+/// changed nothing reuses it).
+fn covers(e: &crate::messages::EvaluateRes, scope: TaskScope) -> bool {
+    match scope {
+        TaskScope::Skip => true,
+        TaskScope::Subset => e.task.is_some(),
+        TaskScope::SubsetAndFull => e.task.as_ref().is_some_and(|t| t.full.is_some()),
+    }
 }
 
 /// What the round's Byzantine clients did, when the scenario has any.
@@ -153,12 +163,10 @@ pub(super) async fn short_round(
     st.current = RoundState::open(round, config.lr(round), start, close_at);
     st.current.available = available;
     st.current.unavailable = st.alive_count() - available;
-    let eval = st.last_eval.unwrap_or(crate::messages::EvaluateRes {
-        round,
-        loss: f64::NAN,
-        perplexity: f64::NAN,
-        tokens: 0,
-    });
+    let eval = st
+        .last_eval
+        .clone()
+        .unwrap_or_else(|| crate::messages::EvaluateRes::none(round));
     let dp = st.ledger.as_ref().and_then(PrivacyLedger::last).map(|g| {
         let l = st.ledger.as_ref().expect("checked above");
         dp_metrics(g, 0.0, l.clip(), 0.0, &[])
@@ -172,6 +180,7 @@ pub(super) async fn short_round(
         host_per_token: st.host_per_token(),
         skipped: Some(why.clone()),
         byzantine: None,
+        task: None,
     };
     if st.args.config.short_round == ShortRound::Stop {
         let summary = st.current.summary(facts);

@@ -42,9 +42,35 @@ pub struct ServerConfig {
     pub evaluate: bool,
     /// Minimum wall time per round (`--pace`), so live dashboards can follow.
     pub pace: Option<Duration>,
+    /// When the task (scenario `eval`) is scored, if there is one.
+    pub task: Option<TaskSchedule>,
+}
+
+/// When a run's task is scored: its subset every `every` rounds and after the last; the whole
+/// split before round 1 and after the last round when `full` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskSchedule {
+    /// Rounds between subset scores.
+    pub every: usize,
+    /// Score the whole split before round 1 and after the last round.
+    pub full: bool,
 }
 
 impl ServerConfig {
+    /// What the evaluation after `round` (0: before round 1) scores of the task.
+    pub fn task_scope(&self, round: usize) -> crate::messages::TaskScope {
+        use crate::messages::TaskScope;
+        let Some(t) = self.task else {
+            return TaskScope::Skip;
+        };
+        let ends = round == 0 || round == self.rounds;
+        match (ends && t.full, ends || round % t.every.max(1) == 0) {
+            (true, _) => TaskScope::SubsetAndFull,
+            (false, true) => TaskScope::Subset,
+            (false, false) => TaskScope::Skip,
+        }
+    }
+
     /// Round `round`'s learning rate.
     pub(super) fn lr(&self, round: usize) -> f64 {
         crate::train::cosine_annealing(round, self.rounds, self.lr_max, self.lr_min)

@@ -13,6 +13,8 @@ use crate::privacy::Guarantee;
 pub struct ServerOutcome {
     /// Evaluation of the base model before training.
     pub baseline: Option<EvaluateRes>,
+    /// The last evaluation of the global adapter (the full task split after the last round).
+    pub final_eval: Option<EvaluateRes>,
     /// One summary per completed round.
     pub rounds: Vec<RoundSummary>,
     /// The final global adapter.

@@ -191,6 +191,8 @@ impl RoundState {
             },
             eval_loss: r.eval_loss,
             eval_perplexity: r.eval_perplexity,
+            task_accuracy: r.task.as_ref().map(|t| t.subset.accuracy()),
+            task_macro_f1: r.task.as_ref().map(|t| t.subset.macro_f1()),
             bytes_down: self.bytes_down,
             bytes_up: self.bytes_up,
             examples: self.examples,
@@ -227,6 +229,8 @@ pub(super) struct RoundFacts {
     pub host_per_token: f64,
     pub skipped: Option<String>,
     pub byzantine: Option<crate::messages::ByzantineRound>,
+    /// The task's confusions, in rounds that scored it.
+    pub task: Option<crate::messages::TaskConfusions>,
 }
 
 /// DP metrics of a round from the accountant's guarantee and the pre-clip norms.

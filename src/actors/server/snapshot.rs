@@ -70,8 +70,8 @@ pub(super) async fn take(
         ledger: st.ledger.as_ref().map(PrivacyLedger::snapshot),
         clock: st.clock,
         host_per_token: st.host_per_token,
-        baseline: st.baseline,
-        last_eval: st.last_eval,
+        baseline: st.baseline.clone(),
+        last_eval: st.last_eval.clone(),
         dead: (0..st.alive.len()).filter(|&c| !st.alive[c]).collect(),
         asyn: in_flight,
     })

@@ -116,10 +116,15 @@ impl Core {
         &self,
         round: RoundId,
         adapter: Option<Arc<AdapterSet>>,
+        task: crate::messages::TaskScope,
     ) -> impl std::future::Future<Output = Result<EvaluateRes, EvalFailure>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let submitted = self.args.slots.submit(Job::Evaluate {
-            ins: EvaluateIns { round, adapter },
+            ins: EvaluateIns {
+                round,
+                adapter,
+                task,
+            },
             reply: tx,
         });
         async move {
@@ -182,10 +187,12 @@ impl Core {
     /// End the run: send the outcome (once), stop the clients and the server.
     pub(super) fn finish(&mut self, me: &ActorRef<ServerMsg>, error: Option<RunFailure>) {
         if let Some(done) = self.done.take() {
-            let interrupted =
-                error.is_none() && self.stop.is_none() && self.summaries.len() < self.args.config.rounds;
+            let interrupted = error.is_none()
+                && self.stop.is_none()
+                && self.summaries.len() < self.args.config.rounds;
             let _ = done.send(ServerOutcome {
-                baseline: self.baseline,
+                baseline: self.baseline.clone(),
+                final_eval: self.last_eval.clone(),
                 rounds: std::mem::take(&mut self.summaries),
                 global: self.global.clone(),
                 interrupted,

@@ -322,12 +322,7 @@ async fn collect_plans(
 
 /// Flower's fixed-size sample of `k` (plus over-selection), or Poisson sampling under
 /// `dp.sampling: Poisson`; sorted.
-fn sample_clients(
-    st: &Core,
-    round: RoundId,
-    available: &[ClientId],
-    k: usize,
-) -> Vec<ClientId> {
+fn sample_clients(st: &Core, round: RoundId, available: &[ClientId], k: usize) -> Vec<ClientId> {
     let mut rng = rng_for(st.args.config.seed, &[purpose::SAMPLE, round as u64]);
     let poisson = st
         .ledger

@@ -115,8 +115,16 @@ pub(super) fn check_lora(
             l.r
         ),
     )?;
-    c.finite_in(l.alpha, Range::open_closed(0.0, 1e6), field_path!(file.lora.alpha))?;
-    c.finite_in(l.dropout, Range::closed_open(0.0, 1.0), field_path!(file.lora.dropout))?;
+    c.finite_in(
+        l.alpha,
+        Range::open_closed(0.0, 1e6),
+        field_path!(file.lora.alpha),
+    )?;
+    c.finite_in(
+        l.dropout,
+        Range::closed_open(0.0, 1.0),
+        field_path!(file.lora.dropout),
+    )?;
     Ok(LoraConfig {
         r: l.r,
         alpha: l.alpha,
