@@ -148,26 +148,7 @@ pub struct EvaluateIns {
     pub task: TaskScope,
 }
 
-/// Which task items an evaluation scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum TaskScope {
-    /// None: held-out loss only.
-    #[default]
-    Skip,
-    /// The fixed stratified subset (`eval.subset`).
-    Subset,
-    /// The subset and the whole test split (before round 1 and after the last round).
-    SubsetAndFull,
-}
-
-/// Confusion matrices of a task evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskConfusions {
-    /// Over the fixed subset.
-    pub subset: crate::eval::metrics::Confusion,
-    /// Over the whole test split, when scored.
-    pub full: Option<crate::eval::metrics::Confusion>,
-}
+pub use crate::eval::classify::{TaskConfusions, TaskScope};
 
 /// Result of an evaluation on the held-out split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -119,8 +119,10 @@ macro_rules! schema {
 #[test]
 fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
     use fedsim::byzantine::{Attackers, ByzantineAttack};
+    use fedsim::data::labelled::TableFormat;
     use fedsim::data::{DataSource, Partition};
     use fedsim::devices::{DeviceProfile, Dist, Profiles, Tier};
+    use fedsim::eval::task::TaskSource;
     use fedsim::model::{LlamaConfig, TargetModule};
     use fedsim::privacy::{DpSampling, FracSeries, Mechanism, NoiseSource};
     use fedsim::stragglers::{Staleness, Stragglers};
@@ -165,6 +167,9 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
         Staleness,
         Stragglers,
         TrainerKind,
+        EvalSection,
+        TaskSource,
+        TableFormat,
     );
     // Unchecked: `#[serde(alias)]` fields confuse the tracer's field list (ModelSection's
     // `preset`), not the deserialisation the test exercised; only the names are used.

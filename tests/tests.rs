@@ -28,3 +28,4 @@ mod strategy;
 mod structure;
 mod system;
 mod task;
+mod task_run;

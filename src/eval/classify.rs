@@ -2,7 +2,7 @@
 //! recall per class and confusion, and optionally generation accuracy with FinGPT's answer
 //! parsing — over all of a task's items or a stratified subset.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::metrics::{Confusion, TaskScore};
 use super::score::{label_logprobs, predictions, TaskTokens};
@@ -148,6 +148,27 @@ impl Classifier<'_> {
     }
 }
 
+/// Which task items an evaluation scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TaskScope {
+    /// None: held-out loss only.
+    #[default]
+    Skip,
+    /// The fixed stratified subset (`eval.subset`).
+    Subset,
+    /// The subset and the whole test split (before round 1 and after the last round).
+    SubsetAndFull,
+}
+
+/// Confusion matrices of a task evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskConfusions {
+    /// Over the fixed subset.
+    pub subset: Confusion,
+    /// Over the whole test split, when scored.
+    pub full: Option<Confusion>,
+}
+
 /// A run's task as the slots hold it (scenario `eval`): tokenised items, class words, the
 /// fixed stratified subset.
 #[derive(Debug, Clone, PartialEq)]
@@ -173,10 +194,9 @@ impl RunTask {
         &self,
         model: &BaseModel,
         lora: Option<&LoraVars>,
-        scope: crate::messages::TaskScope,
+        scope: TaskScope,
         batch: usize,
-    ) -> Result<Option<crate::messages::TaskConfusions>, crate::model::ModelError> {
-        use crate::messages::{TaskConfusions, TaskScope};
+    ) -> Result<Option<TaskConfusions>, crate::model::ModelError> {
         let confusion = |items: &[usize], predicted: &[usize]| {
             let gold: Vec<usize> = items.iter().map(|&i| self.tokens.gold[i]).collect();
             Confusion::from_pairs(self.labels.clone(), &gold, predicted)

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::classify::TaskConfusions;
 use super::metrics::Confusion;
-use crate::messages::{RoundSummary, TaskConfusions};
 
 /// `summary.json`'s `task_eval`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,10 +59,25 @@ pub struct TimeToAccuracy {
     pub reason: Option<String>,
 }
 
+/// What time-to-accuracy reads of a round (a line of `rounds.jsonl`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoundPoint {
+    /// The round.
+    pub round: usize,
+    /// Its subset accuracy, when the task was scored.
+    pub accuracy: Option<f64>,
+    /// When it ended on the virtual clock, seconds.
+    pub sim_end_s: f64,
+    /// Bytes clients sent in it.
+    pub bytes_up: u64,
+    /// Bytes sent to clients in it.
+    pub bytes_down: u64,
+}
+
 /// Time-to-accuracy over `rounds` (their subset accuracies), starting from the pretrained
 /// model's subset accuracy `pretrained`.
 pub fn time_to_accuracy(
-    rounds: &[RoundSummary],
+    rounds: &[RoundPoint],
     target: f64,
     pretrained: Option<f64>,
 ) -> TimeToAccuracy {
@@ -81,11 +96,11 @@ pub fn time_to_accuracy(
     for r in rounds {
         up = up.saturating_add(r.bytes_up);
         down = down.saturating_add(r.bytes_down);
-        if r.task_accuracy.is_some_and(|a| a >= target) {
-            return reached(r.round, r.sim_start_s + r.sim_duration_s, up, down);
+        if r.accuracy.is_some_and(|a| a >= target) {
+            return reached(r.round, r.sim_end_s, up, down);
         }
     }
-    let scored: Vec<f64> = rounds.iter().filter_map(|r| r.task_accuracy).collect();
+    let scored: Vec<f64> = rounds.iter().filter_map(|r| r.accuracy).collect();
     let reason = match scored.iter().copied().reduce(f64::max) {
         Some(best) => format!(
             "not reached in {} rounds: best subset accuracy {best:.3} < target {target}",
@@ -111,7 +126,7 @@ pub fn summarise(
     name: &str,
     pretrained: Option<&TaskConfusions>,
     last: &TaskConfusions,
-    rounds: &[RoundSummary],
+    rounds: &[RoundPoint],
     target: Option<f64>,
 ) -> TaskEvalSummary {
     // Compare like with like: the whole split when both have it, else the subsets.

@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::prepare::Prepared;
 use super::SimError;
 use crate::actors::server::{EarlyStop, ServerOutcome};
+use crate::eval::progress::RoundPoint;
 use crate::messages::RoundSummary;
 use crate::report::{DpSummary, Dropped, RunStatus, Summary};
 use crate::scenario::Scenario;
@@ -176,11 +177,22 @@ fn task_eval(s: &Scenario, o: &ServerOutcome) -> Option<crate::eval::progress::T
         .as_ref()
         .and_then(|f| f.task.as_ref())
         .or(pretrained)?;
+    let points: Vec<RoundPoint> = o
+        .rounds
+        .iter()
+        .map(|r| RoundPoint {
+            round: r.round,
+            accuracy: r.task_accuracy,
+            sim_end_s: r.sim_start_s + r.sim_duration_s,
+            bytes_up: r.bytes_up,
+            bytes_down: r.bytes_down,
+        })
+        .collect();
     Some(crate::eval::progress::summarise(
         &e.task.name(),
         pretrained,
         last,
-        &o.rounds,
+        &points,
         e.target_accuracy,
     ))
 }
