@@ -233,6 +233,7 @@ async fn execute(
             .dp
             .as_ref()
             .map_or("none".to_string(), |d| d.mechanism.name().to_string()),
+        task: s.task_eval.as_ref().map(|e| e.task.name()),
         server_lr: match s.strategy() {
             crate::strategy::Strategy::ServerOpt(o) => Some(o.server_lr()),
             _ => None,

@@ -55,6 +55,10 @@ pub const UPDATE_NORM: &str = "fedsim_client_update_norm";
 pub const TRAIN_LOSS: &str = "fedsim_train_loss";
 /// Held-out loss after the last round.
 pub const EVAL_LOSS: &str = "fedsim_eval_loss";
+/// Task accuracy on the fixed subset after the last round that scored it (label `task`).
+pub const EVAL_ACCURACY: &str = "fedsim_eval_accuracy";
+/// Task macro-F1 on the fixed subset after the last round that scored it (label `task`).
+pub const EVAL_MACRO_F1: &str = "fedsim_eval_macro_f1";
 /// Held-out perplexity after the last round.
 pub const EVAL_PERPLEXITY: &str = "fedsim_eval_perplexity";
 /// Tokens trained on.
@@ -141,6 +145,8 @@ pub const DEFS: &[Def] = &[
     def(TRAIN_LOSS, Kind::Gauge, None, "Example-weighted mean local training loss of the last round (nats/token)."),
     def(EVAL_LOSS, Kind::Gauge, None, "Held-out loss after the last round (nats/token)."),
     def(EVAL_PERPLEXITY, Kind::Gauge, None, "Held-out perplexity after the last round."),
+    def(EVAL_ACCURACY, Kind::Gauge, None, "Task accuracy on the fixed subset after the last round that scored it, by task."),
+    def(EVAL_MACRO_F1, Kind::Gauge, None, "Task macro-F1 on the fixed subset after the last round that scored it, by task."),
     def(TOKENS, Kind::Counter, None, "Tokens trained on, all clients."),
     def(SLOT_BUSY, Kind::Counter, Some(Unit::Seconds), "Seconds each compute slot spent on jobs (whole seconds)."),
     def(DP_EPSILON, Kind::Gauge, None, "Epsilon after the last round, by accountant (rdp, pld)."),
@@ -183,6 +189,8 @@ const NORM_BUCKETS: [f64; 14] = [
 pub struct Telemetry {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    /// The run's task (the `task` label of the accuracy gauges), from [`Telemetry::run_info`].
+    task: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// What `fedsim_run_info` says about the run.
@@ -198,6 +206,8 @@ pub struct RunInfo {
     pub dp: String,
     /// The server optimiser's learning rate, when the strategy has one.
     pub server_lr: Option<f64>,
+    /// The task scored during the run (`fpb`, `fiqa`, `tfns`, `pubmedqa`, `classification`).
+    pub task: Option<String>,
 }
 
 impl Telemetry {
@@ -235,6 +245,7 @@ impl Telemetry {
         let t = Self {
             recorder: Arc::new(recorder),
             handle,
+            task: Arc::default(),
         };
         t.with(describe);
         t
@@ -264,6 +275,9 @@ impl Telemetry {
                 gauge!(SERVER_LR).set(lr);
             }
         });
+        if let Ok(mut t) = self.task.lock() {
+            t.clone_from(&info.task);
+        }
     }
 
     /// Record one finished round (and each slot's busy time so far).
@@ -286,6 +300,11 @@ impl Telemetry {
             if r.eval_loss.is_finite() {
                 gauge!(EVAL_LOSS).set(r.eval_loss);
                 gauge!(EVAL_PERPLEXITY).set(r.eval_perplexity);
+            }
+            let task = self.task.lock().ok().and_then(|t| t.clone());
+            if let (Some(task), Some(a), Some(f)) = (task, r.task_accuracy, r.task_macro_f1) {
+                gauge!(EVAL_ACCURACY, "task" => task.clone()).set(a);
+                gauge!(EVAL_MACRO_F1, "task" => task).set(f);
             }
             counter!(TOKENS).increment(r.tokens as u64);
             for (slot, &s) in slot_busy_seconds.iter().enumerate() {

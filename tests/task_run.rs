@@ -6,34 +6,10 @@ use std::path::{Path, PathBuf};
 
 use fedsim::eval::progress::{time_to_accuracy, RoundPoint};
 
-use crate::util::{round_metrics, run, scenario, SMALL};
-
-/// A labelled CSV of `n` short news-like sentences (ids from `first`), the label following a
-/// word in the text so a model can learn it.
-fn labelled_csv(dir: &Path, name: &str, first: usize, n: usize) -> PathBuf {
-    let words = [("fell", 0), ("held", 2), ("rose", 1)];
-    let mut text = String::from("text,label\n");
-    for i in first..first + n {
-        let (w, l) = words[i % 3];
-        text.push_str(&format!("\"Shares of firm {i} {w}, analysts said\",{l}\n"));
-    }
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
+use crate::util::{labelled_csv, round_metrics, run, scenario, task_overrides, SMALL};
 
 fn task_scenario(dir: &Path, set: &[&str]) -> fedsim::Scenario {
-    let train = labelled_csv(dir, "train.csv", 0, 240);
-    let test = labelled_csv(dir, "test.csv", 1000, 45);
-    let labels = r#"{"0": "negative", "1": "positive", "2": "neutral"}"#;
-    let source = format!(
-        r#"data.source=Classification(path: "{}", format: Csv, text: "text", label: "label", labels: {labels})"#,
-        train.display()
-    );
-    let eval = format!(
-        r#"eval=Some((task: Classification(path: "{}", format: Csv, text: "text", label: "label", labels: {labels}), every: 2, subset: 15, target_accuracy: Some(0.3)))"#,
-        test.display()
-    );
+    let [source, eval] = task_overrides(dir);
     let mut all = vec![source.as_str(), eval.as_str(), "data.canaries=0"];
     all.extend_from_slice(set);
     scenario(SMALL, &all).unwrap()
@@ -54,17 +30,31 @@ fn summary(dir: &Path) -> serde_json::Value {
 fn a_run_scores_its_task_every_k_rounds_and_the_whole_split_at_the_ends() {
     let d = tmp("every");
     let s = task_scenario(&d, &[]);
-    assert_eq!(s.prompt, fedsim::scenario::file::PromptFormat::FinGpt, "labelled data picks FinGPT's prompt");
+    assert_eq!(
+        s.prompt,
+        fedsim::scenario::file::PromptFormat::FinGpt,
+        "labelled data picks FinGPT's prompt"
+    );
     run(&s, &d.join("run"));
     let rounds = round_metrics(&d.join("run"));
-    let scored: Vec<bool> = rounds.iter().map(|r| r.get("task_accuracy").is_some()).collect();
-    assert_eq!(scored, [false, true, false, true], "every 2 rounds and the last");
+    let scored: Vec<bool> = rounds
+        .iter()
+        .map(|r| r.get("task_accuracy").is_some())
+        .collect();
+    assert_eq!(
+        scored,
+        [false, true, false, true],
+        "every 2 rounds and the last"
+    );
     let t = &summary(&d.join("run"))["task_eval"];
     assert_eq!(t["task"], "classification");
     assert_eq!(t["items"], 45, "final figures on the whole split");
     assert_eq!(t["subset_items"], 15);
     let acc = t["accuracy"].as_f64().unwrap();
-    let [lo, hi] = [t["ci95"][0].as_f64().unwrap(), t["ci95"][1].as_f64().unwrap()];
+    let [lo, hi] = [
+        t["ci95"][0].as_f64().unwrap(),
+        t["ci95"][1].as_f64().unwrap(),
+    ];
     assert!(lo <= acc && acc <= hi);
     assert!((t["majority"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-12);
     assert!(t["pretrained_accuracy"].is_f64());
@@ -89,7 +79,10 @@ fn task_scores_do_not_depend_on_the_slot_count() {
     run(&one, &d.join("one"));
     run(&two, &d.join("two"));
     assert_eq!(round_metrics(&d.join("one")), round_metrics(&d.join("two")));
-    assert_eq!(summary(&d.join("one"))["task_eval"], summary(&d.join("two"))["task_eval"]);
+    assert_eq!(
+        summary(&d.join("one"))["task_eval"],
+        summary(&d.join("two"))["task_eval"]
+    );
 }
 
 #[test]
@@ -107,7 +100,10 @@ fn a_test_split_inside_the_training_data_is_refused() {
         .err()
         .expect("refused");
     let text = fedsim::fmt::chain(&err);
-    assert!(text.contains("train.csv") && text.contains("items of this test split"), "{text}");
+    assert!(
+        text.contains("train.csv") && text.contains("items of this test split"),
+        "{text}"
+    );
 }
 
 fn point(round: usize, accuracy: Option<f64>) -> RoundPoint {
@@ -122,16 +118,32 @@ fn point(round: usize, accuracy: Option<f64>) -> RoundPoint {
 
 #[test]
 fn time_to_accuracy_is_the_first_round_reaching_the_target() {
-    let rounds = [point(1, Some(0.5)), point(2, None), point(3, Some(0.8)), point(4, Some(0.9))];
+    let rounds = [
+        point(1, Some(0.5)),
+        point(2, None),
+        point(3, Some(0.8)),
+        point(4, Some(0.9)),
+    ];
     let t = time_to_accuracy(&rounds, 0.75, Some(0.1));
     assert_eq!((t.round, t.sim_seconds), (Some(3), Some(30.0)));
-    assert_eq!((t.bytes_up, t.bytes_down), (Some(300), Some(3000)), "rounds 1-3, scored or not");
+    assert_eq!(
+        (t.bytes_up, t.bytes_down),
+        (Some(300), Some(3000)),
+        "rounds 1-3, scored or not"
+    );
     assert!(t.reason.is_none());
     let t = time_to_accuracy(&rounds, 0.75, Some(0.8));
-    assert_eq!((t.round, t.sim_seconds, t.bytes_up), (Some(0), Some(0.0), Some(0)), "pretrained");
+    assert_eq!(
+        (t.round, t.sim_seconds, t.bytes_up),
+        (Some(0), Some(0.0), Some(0)),
+        "pretrained"
+    );
     let t = time_to_accuracy(&rounds, 0.95, None);
     assert_eq!((t.round, t.sim_seconds, t.bytes_up), (None, None, None));
-    assert!(t.reason.unwrap().contains("best subset accuracy 0.900 < target 0.95"));
+    assert!(t
+        .reason
+        .unwrap()
+        .contains("best subset accuracy 0.900 < target 0.95"));
     let t = time_to_accuracy(&[point(1, None)], 0.5, None);
     assert!(t.reason.unwrap().contains("no round scored the task"));
 }

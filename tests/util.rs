@@ -179,3 +179,36 @@ pub fn run_args<'a>(scen: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a s
     v.extend_from_slice(extra);
     v
 }
+
+/// A labelled CSV of `n` short news-like sentences (ids from `first`), the label following a
+/// word in the text so a model can learn it.
+pub fn labelled_csv(dir: &Path, name: &str, first: usize, n: usize) -> PathBuf {
+    let words = [("fell", 0), ("held", 2), ("rose", 1)];
+    let mut text = String::from("text,label\n");
+    for i in first..first + n {
+        let (w, l) = words[i % 3];
+        text.push_str(&format!("\"Shares of firm {i} {w}, analysts said\",{l}\n"));
+    }
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// `--set` overrides giving [`SMALL`] a labelled training file (240 rows) and a task scored
+/// every 2 rounds on a separate 45-item test file (subset 15, target accuracy 0.3), both
+/// written into `dir`.
+pub fn task_overrides(dir: &Path) -> [String; 2] {
+    let train = labelled_csv(dir, "train.csv", 0, 240);
+    let test = labelled_csv(dir, "test.csv", 1000, 45);
+    let labels = r#"{"0": "negative", "1": "positive", "2": "neutral"}"#;
+    [
+        format!(
+            r#"data.source=Classification(path: "{}", format: Csv, text: "text", label: "label", labels: {labels})"#,
+            train.display()
+        ),
+        format!(
+            r#"eval=Some((task: Classification(path: "{}", format: Csv, text: "text", label: "label", labels: {labels}), every: 2, subset: 15, target_accuracy: Some(0.3)))"#,
+            test.display()
+        ),
+    ]
+}

@@ -140,8 +140,12 @@ impl Display {
                 "-".to_string()
             }
         };
+        let task = match (r.task_accuracy, r.task_macro_f1) {
+            (Some(a), Some(f)) => format!("  accuracy {a:.3} (macro-F1 {f:.3})"),
+            _ => String::new(),
+        };
         eprintln!(
-            "{:>5} {:>6} {:>7} {:>9} {:>7} {:>10} {:>10} {:>9} {:>11} {:>11} {:>9.1} {:>8.2}{dp}{}",
+            "{:>5} {:>6} {:>7} {:>9} {:>7} {:>10} {:>10} {:>9} {:>11} {:>11} {:>9.1} {:>8.2}{dp}{task}{}",
             r.round,
             r.available,
             r.sampled,

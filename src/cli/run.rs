@@ -274,6 +274,9 @@ fn print_summary(report: &fedsim::RunReport) -> anyhow::Result<()> {
         s.sim_seconds,
         s.wall_seconds
     )?;
+    if let Some(t) = &s.task_eval {
+        print_task(t)?;
+    }
     if let Some(dp) = &s.dp {
         let pld = dp
             .epsilon_pld
@@ -291,4 +294,39 @@ fn print_summary(report: &fedsim::RunReport) -> anyhow::Result<()> {
         outln!("stopped early: {why}")?;
     }
     outln!("run directory: {}", report.dir.display())
+}
+
+/// The task's final figures and time-to-accuracy.
+fn print_task(t: &fedsim::eval::progress::TaskEvalSummary) -> anyhow::Result<()> {
+    let pretrained = match (t.pretrained_accuracy, t.pretrained_macro_f1) {
+        (Some(a), Some(f)) => format!("pretrained {a:.3} (macro-F1 {f:.3}), "),
+        _ => String::new(),
+    };
+    outln!(
+        "task {}: accuracy {:.3} [95% CI {:.3}, {:.3}] on {} items, macro-F1 {:.3}; {pretrained}majority {:.3}",
+        t.task,
+        t.accuracy,
+        t.ci95[0],
+        t.ci95[1],
+        t.items,
+        t.macro_f1,
+        t.majority
+    )?;
+    if let Some(tta) = &t.time_to_accuracy {
+        match (tta.round, tta.sim_seconds, tta.bytes_up, tta.bytes_down) {
+            (Some(r), Some(secs), Some(up), Some(down)) => outln!(
+                "time-to-accuracy {}: round {r}, {secs:.1} simulated s, {:.3} MB up, {:.3} MB down (subset of {} items)",
+                tta.target,
+                up as f64 / 1e6,
+                down as f64 / 1e6,
+                t.subset_items
+            )?,
+            _ => outln!(
+                "time-to-accuracy {}: {}",
+                tta.target,
+                tta.reason.as_deref().unwrap_or("not reached")
+            )?,
+        }
+    }
+    Ok(())
 }

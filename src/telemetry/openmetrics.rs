@@ -41,7 +41,7 @@ impl Family {
 }
 
 /// The families of `metrics.om`, in order (the histograms are live-only).
-const FAMILIES: [&str; 25] = [
+const FAMILIES: [&str; 27] = [
     RUN_INFO,
     ROUND,
     ROUNDS_COMPLETED,
@@ -67,6 +67,8 @@ const FAMILIES: [&str; 25] = [
     SERVER_LR,
     BYZANTINE_SAMPLED,
     AGG_DEVIATION,
+    EVAL_ACCURACY,
+    EVAL_MACRO_F1,
 ];
 
 /// Render `rounds` as OpenMetrics text (ends with `# EOF`).
@@ -117,6 +119,11 @@ pub fn render(rounds: &[RoundSummary], info: &RunInfo) -> String {
         fams[20].push("", t, saved);
         if let Some(lr) = info.server_lr {
             fams[22].push("", t, lr);
+        }
+        if let (Some(task), Some(a), Some(f)) = (&info.task, r.task_accuracy, r.task_macro_f1) {
+            let label = format!("task=\"{}\"", escape(task));
+            fams[25].push(&label, t, a);
+            fams[26].push(&label, t, f);
         }
         if let Some(b) = &r.byzantine {
             fams[23].push("", t, b.byzantine_sampled as f64);

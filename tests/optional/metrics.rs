@@ -160,6 +160,8 @@ pub fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     );
     let scen = tmp.path().join("small.ron");
     std::fs::write(&scen, crate::util::SMALL).unwrap();
+    // A labelled task, so the accuracy panel has data.
+    let [source, eval] = crate::util::task_overrides(tmp.path());
     let _sim = Reaper(
         Command::new(env!("CARGO_BIN_EXE_sim"))
             .args([
@@ -173,6 +175,7 @@ pub fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
             ])
             .args(["--out", tmp.path().join("run").to_str().unwrap()])
             .args(["--set", DP, "--set", "dp.pld=true", "--set", "rounds=3"])
+            .args(["--set", &source, "--set", &eval])
             // A server optimiser and a Byzantine client, so the strategy panels have data.
             .args([
                 "--set",
