@@ -54,6 +54,7 @@ pub fn table(dirs: &[PathBuf]) -> Result<String, ReportError> {
             }
         }
     }
+    task_table(&mut out, &entries);
     for w in warnings(&runs) {
         let _ = writeln!(out, "warning: {w}");
     }
@@ -169,6 +170,63 @@ fn row(out: &mut String, name: &str, s: &Summary) {
             );
         }
         _ => {}
+    }
+}
+
+/// Task accuracy beside the losses, when a run scored a task: final accuracy with its
+/// interval, macro-F1, the pretrained control and the majority class, time-to-accuracy.
+fn task_table(out: &mut String, entries: &[(String, Entry)]) {
+    let tasks: Vec<(&str, &crate::eval::progress::TaskEvalSummary)> = entries
+        .iter()
+        .filter_map(|(n, e)| match e {
+            Entry::Run(s) => s.task_eval.as_ref().map(|t| (n.as_str(), t)),
+            Entry::Unreadable(_) => None,
+        })
+        .collect();
+    if tasks.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<40} {:>8} {:>6} {:>8} {:>15} {:>8} {:>10} {:>8}  time-to-accuracy",
+        "task accuracy",
+        "task",
+        "items",
+        "accuracy",
+        "95% CI",
+        "macro-F1",
+        "pretrained",
+        "majority"
+    );
+    for (name, t) in tasks {
+        let tta = t.time_to_accuracy.as_ref().map_or("-".to_string(), |x| {
+            match (x.round, x.sim_seconds, x.bytes_up, x.bytes_down) {
+                (Some(r), Some(secs), Some(up), Some(down)) => format!(
+                    "{}: round {r}, {secs:.1} sim s, {:.3} MB up, {:.3} MB down",
+                    x.target,
+                    up as f64 / 1e6,
+                    down as f64 / 1e6
+                ),
+                _ => format!(
+                    "{}: never ({})",
+                    x.target,
+                    x.reason.as_deref().unwrap_or("not reached")
+                ),
+            }
+        });
+        let _ = writeln!(
+            out,
+            "{:<40} {:>8} {:>6} {:>8.3} {:>15} {:>8.3} {:>10} {:>8.3}  {tta}",
+            name,
+            t.task,
+            t.items,
+            t.accuracy,
+            format!("[{:.3}, {:.3}]", t.ci95[0], t.ci95[1]),
+            t.macro_f1,
+            t.pretrained_accuracy
+                .map_or("-".into(), |a| format!("{a:.3}")),
+            t.majority
+        );
     }
 }
 

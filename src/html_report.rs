@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 mod attacks;
+mod task;
 
 use crate::chart::{bars, lines, Axes, Series};
 use crate::report::{ReportError, Summary};
@@ -251,6 +252,7 @@ fn loss_charts(page: &mut Page, runs: &[Run]) -> Result<(), HtmlReportError> {
         },
         loss("eval_perplexity"),
     )?;
+    task::section(page, runs)?;
     accuracy(page, runs)?;
     Ok(())
 }

@@ -198,13 +198,43 @@ fn backdoor_cell(rows: &[SweepRow]) -> Option<Vec<String>> {
     })
 }
 
+/// The task columns, when a run scored a task: final accuracy [95 % interval], macro-F1,
+/// and time-to-accuracy (simulated seconds and MB up, or "never").
+fn task_cells(rows: &[SweepRow]) -> Option<Vec<[String; 4]>> {
+    rows.iter().any(|r| r.summary.task_eval.is_some()).then(|| {
+        rows.iter()
+            .map(|r| match &r.summary.task_eval {
+                None => std::array::from_fn(|_| "-".to_string()),
+                Some(t) => {
+                    let tta = t.time_to_accuracy.as_ref();
+                    let reached = tta.and_then(|x| x.sim_seconds.zip(x.bytes_up));
+                    [
+                        format!("{:.3} [{:.3}, {:.3}]", t.accuracy, t.ci95[0], t.ci95[1]),
+                        format!("{:.3}", t.macro_f1),
+                        match (tta, reached) {
+                            (None, _) => "-".into(),
+                            (Some(_), Some((secs, _))) => format!("{secs:.1}"),
+                            (Some(_), None) => "never".into(),
+                        },
+                        reached.map_or("-".into(), |(_, up)| format!("{:.3}", up as f64 / 1e6)),
+                    ]
+                }
+            })
+            .collect()
+    })
+}
+
+const TASK_COLUMNS: [&str; 4] = ["accuracy [95% CI]", "macro-F1", "TTA sim (s)", "TTA MB up"];
+
 /// The sweep as an aligned text table (losses in nats per response token).
 pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
     let backdoor = backdoor_cell(rows);
+    let task = task_cells(rows);
     let heads: Vec<String> = varied
         .iter()
         .map(|v| v.path.clone())
         .chain(COLUMNS.iter().map(|c| c.to_string()))
+        .chain(task.iter().flat_map(|_| TASK_COLUMNS.map(String::from)))
         .chain(backdoor.as_ref().map(|_| "backdoor".to_string()))
         .collect();
     let body: Vec<Vec<String>> = rows
@@ -215,6 +245,7 @@ pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
                 .iter()
                 .map(|s| s.split_once('=').map_or(s.clone(), |(_, v)| v.to_string()))
                 .chain(cells(&r.summary))
+                .chain(task.iter().flat_map(|t| t[i].clone()))
                 .chain(backdoor.as_ref().map(|b| b[i].clone()))
                 .collect()
         })
