@@ -423,3 +423,59 @@ fn continuation_logprobs_equal_the_full_forwards_log_softmax() {
         assert!((g - want).abs() < 1e-3, "{c:?}: {g} vs {want}");
     }
 }
+
+#[test]
+fn fpb_label_logprobs_match_transformers() {
+    use fedsim::data::labelled::{fingpt_prompt, Labelled, SENTIMENT};
+    use fedsim::eval::score::{label_logprobs, TaskTokens};
+    use fedsim::eval::task::Task;
+    // tests/reference/fpb_reference.json: make_fpb_reference.py on the first 5 items of
+    // FinGPT's fpb_test.jsonl (the prompts are in the file, so this needs only the GGUF).
+    let path = crate::util::root().join("tests/reference/fpb_reference.json");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let items = reference["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5);
+    let (model, tok, _) = loaded();
+    // Rebuild each item from its prompt, as a task loaded from the JSONL would be.
+    let rows: Vec<Labelled> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| {
+            let prompt = it["prompt"].as_str().unwrap();
+            let rest = prompt.strip_prefix("Instruction: ").unwrap();
+            let (instruction, rest) = rest.split_once("\nInput: ").unwrap();
+            let text = rest.strip_suffix("\nAnswer:").unwrap();
+            assert_eq!(fingpt_prompt(instruction, text), prompt);
+            Labelled {
+                instruction: instruction.into(),
+                text: text.into(),
+                label: it["target"].as_str().unwrap().into(),
+                line: i + 1,
+            }
+        })
+        .collect();
+    let words: Vec<String> = SENTIMENT.iter().map(|s| s.to_string()).collect();
+    let task = Task::from_labelled("fpb".into(), "fpb_test.jsonl".into(), words, rows).unwrap();
+    let tokens = TaskTokens::new(&task, tok, model.config().max_position_embeddings).unwrap();
+    for (k, it) in items.iter().enumerate() {
+        assert_eq!(
+            tokens.prompts[k],
+            ids(&it["prompt_ids"]),
+            "item {k}: prompt ids"
+        );
+    }
+    let got = label_logprobs(model, None, &tokens, &[0, 1, 2, 3, 4], 3).unwrap();
+    for (k, it) in items.iter().enumerate() {
+        for (c, l) in it["labels"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(tokens.labels[c], ids(&l["ids"]), "{}: label ids", l["word"]);
+            let want = l["logprob"].as_f64().unwrap();
+            assert!(
+                (got[k][c] - want).abs() < 1e-3,
+                "item {k} {}: {} vs {want}",
+                l["word"],
+                got[k][c]
+            );
+        }
+    }
+}

@@ -43,6 +43,8 @@ pub struct ModelTask {
     /// Its result.
     #[serde(flatten)]
     pub report: TaskReport,
+    /// The indices (0-based lines of the task file) of the items scored.
+    pub items: Vec<usize>,
 }
 
 /// What to score.
@@ -107,6 +109,7 @@ impl TaskPlan {
         Ok(ModelTask {
             model: name.to_string(),
             report,
+            items: self.items.clone(),
         })
     }
 }
