@@ -67,8 +67,8 @@ enum Command {
     /// What fine-tuning leaked: membership inference, canary exposure and extraction on run
     /// directories; writes attack.json and roc.svg into each, prints one comparison table.
     Attack(cli::attack::AttackArgs),
-    /// A privacy study: train each arm of a study file (centralised, federated, federated +
-    /// DP on the same data and seed), attack each, print the comparison table.
+    /// A study: train each arm of a study file (centralised, federated, federated + DP on the
+    /// same data and seed), attack each (unless `attacks: false`), print the comparison table.
     Study(cli::study::StudyArgs),
     /// Compare runs side by side (pretrained vs. centralised vs. federated).
     Compare {

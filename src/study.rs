@@ -131,6 +131,14 @@ pub struct StudyFile {
     /// Attack effort.
     #[serde(default)]
     pub attack: AttackSection,
+    /// Attack each arm after training (false: train and compare only — `sim compare`'s
+    /// table, task accuracy included — for studies of quality rather than leakage).
+    #[serde(default = "attacks_by_default")]
+    pub attacks: bool,
+}
+
+fn attacks_by_default() -> bool {
+    true
 }
 
 /// A validated study: one scenario per arm.
@@ -142,6 +150,8 @@ pub struct Study {
     pub arms: Vec<(String, Scenario)>,
     /// Attack effort.
     pub attack: AttackPlan,
+    /// Whether the arms are attacked after training.
+    pub attacks: bool,
 }
 
 impl Study {
@@ -192,6 +202,7 @@ impl Study {
             name: file.name,
             arms,
             attack: file.attack.plan(),
+            attacks: file.attacks,
         })
     }
 

@@ -145,6 +145,11 @@ fn main() {
             shared_data::finance_sources_load_with_their_documented_counts,
         ),
         trial(
+            "data::shipped_finance_scenarios_validate",
+            Need::Shared("data/finance/fpb_test.jsonl"),
+            shared_data::shipped_finance_scenarios_validate,
+        ),
+        trial(
             "run::medalpaca_dirichlet_run",
             MEDALPACA,
             shared_data::medalpaca_dirichlet_run,

@@ -18,7 +18,7 @@ pub struct StudyArgs {
     /// Study file (RON): a base scenario, its arms, the attack effort.
     study: PathBuf,
     /// Study directory (default runs/<name>-<timestamp>): one run directory per arm, plus
-    /// study.json, attack.txt and report.html.
+    /// study.json, attack.txt (compare.txt with `attacks: false`) and report.html.
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -50,42 +50,45 @@ pub fn study(a: StudyArgs) -> anyhow::Result<()> {
     )?;
     eprintln!("study of {n} arms into {}", dir.path().display());
     let mut reports = Vec::with_capacity(n);
-    let mut dirs = Vec::with_capacity(n);
+    let mut dirs: Vec<std::path::PathBuf> = Vec::with_capacity(n);
     for (i, (name, s)) in study.arms.iter().enumerate() {
         if shutdown.level() >= StopLevel::FinishRound {
             anyhow::bail!("stopped after {i} of {n} arms; their run directories are complete");
         }
         let out = dir.path().join(name);
-        let report = arm(
-            &runtime,
-            &shutdown,
-            (i, n, name.as_str(), s),
-            &out,
-            study.attack,
-        )?;
-        reports.push(report);
+        train(&runtime, &shutdown, (i, n, name.as_str(), s), &out)?;
+        if study.attacks {
+            reports.push(attack_arm(
+                &shutdown,
+                (i, n, name.as_str()),
+                &out,
+                study.attack,
+            )?);
+        }
         dirs.push(out);
     }
-    let text = table::comparison(&reports);
+    let (file, text) = match study.attacks {
+        true => ("attack.txt", table::comparison(&reports)),
+        false => ("compare.txt", fedsim::compare::table(&dirs)?),
+    };
     out!("{text}")?;
-    dir.write("attack.txt", &text)?;
+    dir.write(file, &text)?;
     let html = fedsim::html_report::render(&dirs)?;
     dir.write("report.html", &html)?;
     outln!(
-        "study directory: {} (attack.txt, report.html)",
+        "study directory: {} ({file}, report.html)",
         dir.path().display()
     )?;
     Ok(())
 }
 
-/// Train arm `i` of `n` into `out`, then attack it; the report is printed as it comes.
-fn arm(
+/// Train arm `i` of `n` into `out`; an arm that does not complete ends the study.
+fn train(
     runtime: &tokio::runtime::Runtime,
     shutdown: &fedsim::Shutdown,
     (i, n, name, s): (usize, usize, &str, &fedsim::Scenario),
     out: &std::path::Path,
-    plan: attack::AttackPlan,
-) -> anyhow::Result<attack::AttackReport> {
+) -> anyhow::Result<()> {
     eprintln!("[{}/{n}] training `{name}`", i + 1);
     let mut display = Display::new();
     let opts = RunOptions {
@@ -98,15 +101,26 @@ fn arm(
         .with_context(|| format!("arm `{name}`"))?;
     if run.summary.status != RunStatus::Completed {
         anyhow::bail!(
-            "arm `{name}` ended {}; not attacking a partial run",
+            "arm `{name}` ended {}; the study stops at a partial run",
             run.summary.status.as_str()
         );
     }
     eprintln!(
-        "[{}/{n}] `{name}`: held-out loss {:.4} nats/token; attacking",
+        "[{}/{n}] `{name}`: held-out loss {:.4} nats/token",
         i + 1,
         run.summary.final_eval_loss
     );
+    Ok(())
+}
+
+/// Attack arm `i` of `n` (trained into `out`); the report is printed as it comes.
+fn attack_arm(
+    shutdown: &fedsim::Shutdown,
+    (i, n, name): (usize, usize, &str),
+    out: &std::path::Path,
+    plan: attack::AttackPlan,
+) -> anyhow::Result<attack::AttackReport> {
+    eprintln!("[{}/{n}] attacking `{name}`", i + 1);
     let mut display = Display::new();
     let report = attack::attack(out, plan, &mut |stage, done, total| {
         if shutdown.level() >= StopLevel::FinishRound {

@@ -189,3 +189,22 @@ pub fn finance_sources_load_with_their_documented_counts() {
         2388
     );
 }
+
+pub fn shipped_finance_scenarios_validate() {
+    let root = crate::util::root();
+    for name in [
+        "finance_fpb",
+        "finance_fpb_centralized",
+        "finance_fpb_noniid",
+    ] {
+        let s = fedsim::Scenario::load(&root.join(format!("scenarios/{name}.ron")), &[]).unwrap();
+        let check = s.check_data().unwrap();
+        assert_eq!((check.records, check.removed), (3628, 1218), "{name}");
+        assert_eq!(s.prompt, fedsim::scenario::file::PromptFormat::FinGpt);
+        let e = s.task_eval.as_ref().unwrap();
+        assert_eq!(e.task.load().unwrap().items.len(), 1212);
+    }
+    let study = fedsim::study::Study::load(&root.join("scenarios/finance_study.ron")).unwrap();
+    assert_eq!(study.arms.len(), 5);
+    assert!(!study.attacks);
+}
