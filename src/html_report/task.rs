@@ -2,7 +2,9 @@
 //! (so runs of different speeds compare on the clock that matters), and the label counts per
 //! client of each run that scored a task (how skewed its partition is).
 
-use super::{HtmlReportError, Page, Run};
+use std::fmt::Write as _;
+
+use super::{escape, HtmlReportError, Page, Run};
 use crate::chart::{bars, lines, Axes, Series};
 
 /// The section.
@@ -29,6 +31,7 @@ pub(super) fn section(page: &mut Page, runs: &[Run]) -> Result<(), HtmlReportErr
             })
             .collect()
     };
+    table(page, &scored);
     let y = "accuracy on the fixed subset";
     let title = "Task accuracy per round";
     page.chart(
@@ -57,6 +60,49 @@ pub(super) fn section(page: &mut Page, runs: &[Run]) -> Result<(), HtmlReportErr
         label_counts(page, r)?;
     }
     Ok(())
+}
+
+/// Final accuracy with its interval, the controls, and time-to-accuracy, per run.
+fn table(page: &mut Page, scored: &[&Run]) {
+    let mut t = String::from(
+        "<table><tr><th>run</th><th>task</th><th>items</th><th>accuracy [95% CI]</th>\
+         <th>macro-F1</th><th>pretrained</th><th>majority</th><th>time-to-accuracy</th></tr>\n",
+    );
+    for r in scored {
+        let Some(e) = &r.summary.task_eval else {
+            continue;
+        };
+        let tta = e.time_to_accuracy.as_ref().map_or("-".to_string(), |x| {
+            match (x.round, x.sim_seconds, x.bytes_up) {
+                (Some(round), Some(secs), Some(up)) => format!(
+                    "{}: round {round}, {secs:.1} simulated s, {:.3} MB up",
+                    x.target,
+                    up as f64 / 1e6
+                ),
+                _ => format!(
+                    "{}: {}",
+                    x.target,
+                    x.reason.as_deref().unwrap_or("not reached")
+                ),
+            }
+        });
+        let _ = writeln!(
+            t,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.3} [{:.3}, {:.3}]</td><td>{:.3}</td><td>{}</td><td>{:.3}</td><td>{}</td></tr>",
+            escape(&r.name),
+            escape(&e.task),
+            e.items,
+            e.accuracy,
+            e.ci95[0],
+            e.ci95[1],
+            e.macro_f1,
+            e.pretrained_accuracy.map_or("-".into(), |a| format!("{a:.3}")),
+            e.majority,
+            escape(&tta)
+        );
+    }
+    page.html.push_str(&t);
+    page.html.push_str("</table>\n");
 }
 
 /// Records per client by label (`partitions.json`'s `topics`, which are labels for
