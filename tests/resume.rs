@@ -79,6 +79,23 @@ fn a_run_stopped_after_round_k_resumes_bit_identical() {
 }
 
 #[test]
+fn a_run_scoring_a_task_resumes_with_its_pretrained_control_and_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [source, eval] = crate::util::task_overrides(tmp.path());
+    stop_resume_compare(&[&source, &eval, "data.canaries=0"], 1);
+    // stop_resume_compare leaves nothing behind; compare the task figures on a fresh pair.
+    let s = scenario(SMALL, &[&source, &eval, "data.canaries=0"]).unwrap();
+    let (whole, parts) = (tmp.path().join("w"), tmp.path().join("p"));
+    run(&s, &whole);
+    let (stop, progress) = stop_after_round(3, StopLevel::FinishRound);
+    run_full(&s, &parts, stop, None, Some(progress)).unwrap();
+    resume(&parts, Shutdown::never(), None).unwrap();
+    let task = |d: &Path| serde_json::to_string(&Summary::read(d).unwrap().task_eval).unwrap();
+    assert!(task(&whole).contains("pretrained_accuracy"));
+    assert_eq!(task(&whole), task(&parts));
+}
+
+#[test]
 fn dp_and_a_server_optimiser_resume_bit_identical() {
     // Ledger (ε composition, replayed) and FedAdam's moments (saved exactly).
     stop_resume_compare(
