@@ -297,7 +297,11 @@ fn predictions_from_hand_built_log_probabilities() {
         vec![-2.0, -2.0, -5.0],
         vec![f64::NEG_INFINITY, -40.0, -41.0],
     ];
-    assert_eq!(predictions(&lp), [1, 0, 1], "the largest wins, the first on ties");
+    assert_eq!(
+        predictions(&lp),
+        [1, 0, 1],
+        "the largest wins, the first on ties"
+    );
     let words: Vec<String> = labelled::SENTIMENT.iter().map(|s| s.to_string()).collect();
     let c = Confusion::from_pairs(words, &[1, 0, 2], &predictions(&lp));
     assert_eq!(c.correct(), 2);

@@ -91,29 +91,7 @@ impl Display {
 
     fn round(&mut self, r: &RoundSummary) {
         if !self.header {
-            eprintln!(
-                "{:>5} {:>6} {:>7} {:>9} {:>7} {:>10} {:>10} {:>9} {:>11} {:>11} {:>9} {:>8}{}",
-                "round",
-                "avail",
-                "sampled",
-                "completed",
-                "dropped",
-                "train loss",
-                "eval loss",
-                "eval ppl",
-                "down (B)",
-                "up (B)",
-                "sim (s)",
-                "wall (s)",
-                match &r.dp {
-                    Some(d) if d.dp_epsilon_pld.is_some() => format!(
-                        " {:>10} {:>10} {:>8} {:>10}",
-                        "epsilon", "eps (PLD)", "clipped", "noise std"
-                    ),
-                    Some(_) => format!(" {:>10} {:>8} {:>10}", "epsilon", "clipped", "noise std"),
-                    None => String::new(),
-                }
-            );
+            header(r);
             self.header = true;
         }
         let dp = r.dp.as_ref().map_or(String::new(), |d| {
@@ -163,4 +141,31 @@ impl Display {
                 .map_or(String::new(), |why| format!("  skipped: {why}"))
         );
     }
+}
+
+/// The round table's column names (the DP columns when the run has DP).
+fn header(r: &RoundSummary) {
+    eprintln!(
+        "{:>5} {:>6} {:>7} {:>9} {:>7} {:>10} {:>10} {:>9} {:>11} {:>11} {:>9} {:>8}{}",
+        "round",
+        "avail",
+        "sampled",
+        "completed",
+        "dropped",
+        "train loss",
+        "eval loss",
+        "eval ppl",
+        "down (B)",
+        "up (B)",
+        "sim (s)",
+        "wall (s)",
+        match &r.dp {
+            Some(d) if d.dp_epsilon_pld.is_some() => format!(
+                " {:>10} {:>10} {:>8} {:>10}",
+                "epsilon", "eps (PLD)", "clipped", "noise std"
+            ),
+            Some(_) => format!(" {:>10} {:>8} {:>10}", "epsilon", "clipped", "noise std"),
+            None => String::new(),
+        }
+    );
 }

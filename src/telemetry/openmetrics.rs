@@ -120,27 +120,7 @@ pub fn render(rounds: &[RoundSummary], info: &RunInfo) -> String {
         if let Some(lr) = info.server_lr {
             fams[22].push("", t, lr);
         }
-        if let (Some(task), Some(a), Some(f)) = (&info.task, r.task_accuracy, r.task_macro_f1) {
-            let label = format!("task=\"{}\"", escape(task));
-            fams[25].push(&label, t, a);
-            fams[26].push(&label, t, f);
-        }
-        if let Some(b) = &r.byzantine {
-            fams[23].push("", t, b.byzantine_sampled as f64);
-            fams[24].push("", t, b.aggregate_deviation);
-        }
-        if let Some(dp) = &r.dp {
-            fams[10].push("accountant=\"rdp\"", t, dp.dp_epsilon);
-            if let Some(e) = dp.dp_epsilon_pld {
-                fams[10].push("accountant=\"pld\"", t, e);
-            }
-            fams[11].push("", t, dp.dp_delta);
-            fams[12].push("", t, dp.dp_noise_stddev);
-            fams[13].push("", t, dp.dp_clip_norm);
-            fams[14].push("", t, dp.dp_clipped_fraction);
-            clipped += (dp.dp_clipped_fraction * r.update_norms.len() as f64).round();
-            fams[15].push("", t, clipped);
-        }
+        clipped = optional_families(&mut fams, r, info, t, clipped);
     }
     write_families(&fams)
 }
@@ -175,4 +155,38 @@ fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// The families only some runs have: task accuracy, Byzantine clients, DP. Returns the
+/// cumulative count of clipped updates.
+fn optional_families(
+    fams: &mut [Family],
+    r: &RoundSummary,
+    info: &RunInfo,
+    t: f64,
+    clipped: f64,
+) -> f64 {
+    let mut clipped = clipped;
+    if let (Some(task), Some(a), Some(f)) = (&info.task, r.task_accuracy, r.task_macro_f1) {
+        let label = format!("task=\"{}\"", escape(task));
+        fams[25].push(&label, t, a);
+        fams[26].push(&label, t, f);
+    }
+    if let Some(b) = &r.byzantine {
+        fams[23].push("", t, b.byzantine_sampled as f64);
+        fams[24].push("", t, b.aggregate_deviation);
+    }
+    if let Some(dp) = &r.dp {
+        fams[10].push("accountant=\"rdp\"", t, dp.dp_epsilon);
+        if let Some(e) = dp.dp_epsilon_pld {
+            fams[10].push("accountant=\"pld\"", t, e);
+        }
+        fams[11].push("", t, dp.dp_delta);
+        fams[12].push("", t, dp.dp_noise_stddev);
+        fams[13].push("", t, dp.dp_clip_norm);
+        fams[14].push("", t, dp.dp_clipped_fraction);
+        clipped += (dp.dp_clipped_fraction * r.update_norms.len() as f64).round();
+        fams[15].push("", t, clipped);
+    }
+    clipped
 }
