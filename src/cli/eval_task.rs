@@ -155,7 +155,7 @@ pub fn print(task: &Task, out: &[ModelTask]) -> anyhow::Result<()> {
         outln!("{:<40} recall: {}", "", recall.join(", "))?;
     }
     outln!(
-        "{} ({}): accuracy by constrained scoring of {} as \" <word>\" after the prompt, Wilson 95% interval; majority = always the most common class; generation = greedy answer parsed as FinGPT does",
+        "{} ({}): accuracy by constrained scoring of {} as \" <word>\" after the prompt, Wilson 95% interval; majority = always the most common class; generation = greedy answer parsed for a class word (FinGPT's rule for the sentiment classes)",
         task.name,
         task.path.display(),
         task.labels.join("/")
