@@ -147,3 +147,35 @@ fn time_to_accuracy_is_the_first_round_reaching_the_target() {
     let t = time_to_accuracy(&[point(1, None)], 0.5, None);
     assert!(t.reason.unwrap().contains("no round scored the task"));
 }
+
+#[test]
+fn sweep_and_compare_tables_show_accuracy_and_time_to_accuracy() {
+    use fedsim::sweep::{table, SweepRow, Vary};
+    let d = tmp("tables");
+    let s = task_scenario(&d, &["eval.target_accuracy=Some(0.01)"]);
+    let r = run(&s, &d.join("run"));
+    let t = r.summary.task_eval.clone().expect("a task was scored");
+    let vary = Vary::parse("rounds=4").unwrap();
+    let row = SweepRow {
+        settings: vec!["rounds=4".into()],
+        dir: d.join("run"),
+        summary: r.summary.clone(),
+    };
+    let text = table(&[vary], &[row]);
+    assert!(
+        text.contains("accuracy [95% CI]") && text.contains("TTA sim (s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{:.3} [{:.3}, {:.3}]",
+            t.accuracy, t.ci95[0], t.ci95[1]
+        )),
+        "{text}"
+    );
+    let cmp = fedsim::compare::table(&[d.join("run")]).unwrap();
+    assert!(
+        cmp.contains("task accuracy") && cmp.contains("0.01: round 0"),
+        "{cmp}"
+    );
+}
