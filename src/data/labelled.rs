@@ -79,9 +79,9 @@ pub struct LabelSet {
 }
 
 impl LabelSet {
-    /// From `value → word`; refuses an empty map, an empty word and two values sharing a
-    /// word's first token position (words equal after trimming and lower-casing, or one the
-    /// other's prefix, which makes scoring ambiguous).
+    /// From `value → word`; refuses an empty map, an empty word, and two different words that
+    /// are equal after trimming and lower-casing or of which one starts the other (scoring
+    /// could not tell them apart). Several values may share one word.
     ///
     /// # Errors
     /// [`DataError::Parse`] naming `path` and the colliding words.
