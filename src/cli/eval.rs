@@ -135,11 +135,9 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let interrupted = stopped();
     print_results(&out)?;
     if let Some(t) = &task {
-        let scored: Vec<_> = out.iter_mut().filter_map(|m| m.task.take()).collect();
+        let scored: Vec<&super::eval_task::ModelTask> =
+            out.iter().filter_map(|m| m.task.as_ref()).collect();
         super::eval_task::print(&t.task, &scored)?;
-        for (m, s) in out.iter_mut().zip(scored) {
-            m.task = Some(s);
-        }
     }
     if interrupted {
         eprintln!(

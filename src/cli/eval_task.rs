@@ -115,7 +115,7 @@ impl TaskPlan {
 }
 
 /// The table: one row per model.
-pub fn print(task: &Task, out: &[ModelTask]) -> anyhow::Result<()> {
+pub fn print(task: &Task, out: &[&ModelTask]) -> anyhow::Result<()> {
     outln!(
         "{:<40} {:>9} {:>8} {:>15} {:>8} {:>9} {:>10}",
         "model",

@@ -234,6 +234,23 @@ pub(crate) fn empty_text(path: &Path, line: usize, format: &'static str) -> Data
     }
 }
 
+/// `rows`, or an error naming `path` when the file held none (`what`: "sentence", "row"…).
+pub(crate) fn non_empty<T>(
+    rows: Vec<T>,
+    path: &Path,
+    format: &'static str,
+    what: &str,
+) -> Result<Vec<T>, DataError> {
+    if rows.is_empty() {
+        return Err(DataError::Parse {
+            path: path.to_path_buf(),
+            format,
+            message: format!("holds no {what}"),
+        });
+    }
+    Ok(rows)
+}
+
 /// Read a file as bytes (for latin-1) with the path in the error.
 pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
     std::fs::read(path).map_err(|source| DataError::Read {

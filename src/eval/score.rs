@@ -86,14 +86,14 @@ pub fn label_logprobs(
     let k = tokens.labels.len();
     let mut out = vec![vec![0.0; k]; items.len()];
     let mut seqs: Vec<(usize, Sequence<'_>)> = Vec::new();
+    let (single, multi): (Vec<usize>, Vec<usize>) =
+        (0..k).partition(|&c| tokens.labels[c].len() == 1);
     for (slot, &i) in items.iter().enumerate() {
         let prompt = &tokens.prompts[i];
-        let (single, multi): (Vec<usize>, Vec<usize>) =
-            (0..k).partition(|&c| tokens.labels[c].len() == 1);
         if !single.is_empty() {
             seqs.push((slot, sequence(prompt, &single, tokens)));
         }
-        for c in multi {
+        for &c in &multi {
             seqs.push((slot, sequence(prompt, &[c], tokens)));
         }
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{empty_text, read_bytes, Labelled};
+use super::{empty_text, non_empty, read_bytes, Labelled};
 use crate::data::DataError;
 
 const FORMAT: &str = "FinGPT JSONL ({context, target} per line)";
@@ -54,14 +54,7 @@ pub fn load(path: &Path) -> Result<Vec<Labelled>, DataError> {
             line,
         });
     }
-    if out.is_empty() {
-        return Err(DataError::Parse {
-            path: path.to_path_buf(),
-            format: FORMAT,
-            message: "holds no item".into(),
-        });
-    }
-    Ok(out)
+    non_empty(out, path, FORMAT, "item")
 }
 
 /// (instruction, text) of a FinGPT context.

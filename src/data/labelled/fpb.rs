@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use super::{empty_text, fingpt, normalise, read_bytes, LabelSet, Labelled, NEWS_INSTRUCTION};
+use super::{
+    empty_text, fingpt, non_empty, normalise, read_bytes, LabelSet, Labelled, NEWS_INSTRUCTION,
+};
 use crate::data::DataError;
 
 const FORMAT: &str = "Financial PhraseBank (sentence@label per line, latin-1)";
@@ -50,14 +52,7 @@ pub fn load(path: &Path) -> Result<Vec<Labelled>, DataError> {
             line,
         });
     }
-    if out.is_empty() {
-        return Err(DataError::Parse {
-            path: path.to_path_buf(),
-            format: FORMAT,
-            message: "holds no sentence".into(),
-        });
-    }
-    Ok(out)
+    non_empty(out, path, FORMAT, "sentence")
 }
 
 /// FPB's training split: every sentence of `path` whose normalised text is not in the test

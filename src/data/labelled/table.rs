@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{empty_text, read_bytes};
+use super::{empty_text, non_empty, read_bytes};
 use crate::data::DataError;
 
 /// One row's text and raw label value, with the line it starts on.
@@ -56,7 +56,7 @@ pub fn read_csv(path: &Path, text: &str, label: &str) -> Result<Vec<Row>, DataEr
             line,
         });
     }
-    non_empty(rows, path, CSV)
+    non_empty(rows, path, CSV, "row")
 }
 
 /// The `text` and `label` keys of a JSONL file (a label may be a string or a number).
@@ -97,16 +97,5 @@ pub fn read_jsonl(path: &Path, text: &str, label: &str) -> Result<Vec<Row>, Data
             line,
         });
     }
-    non_empty(rows, path, JSONL)
-}
-
-fn non_empty(rows: Vec<Row>, path: &Path, format: &'static str) -> Result<Vec<Row>, DataError> {
-    if rows.is_empty() {
-        return Err(DataError::Parse {
-            path: path.to_path_buf(),
-            format,
-            message: "holds no row".into(),
-        });
-    }
-    Ok(rows)
+    non_empty(rows, path, JSONL, "row")
 }
