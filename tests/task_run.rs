@@ -179,3 +179,25 @@ fn sweep_and_compare_tables_show_accuracy_and_time_to_accuracy() {
         "{cmp}"
     );
 }
+
+#[test]
+fn the_report_charts_task_accuracy_and_shows_time_to_accuracy() {
+    let d = tmp("report");
+    run(
+        &task_scenario(&d, &["eval.target_accuracy=Some(0.01)"]),
+        &d.join("run"),
+    );
+    let html = fedsim::html_report::render(&[d.join("run")]).unwrap();
+    for want in [
+        "Task accuracy per round",
+        "Task accuracy per simulated second",
+        "Training records per client by label",
+        "0.01: round 0, 0.0 simulated s",
+    ] {
+        assert!(html.contains(want), "missing {want:?}");
+    }
+    let none = tmp("report-none");
+    run(&scenario(SMALL, &["rounds=1"]).unwrap(), &none.join("run"));
+    let html = fedsim::html_report::render(&[none.join("run")]).unwrap();
+    assert!(html.contains("Task accuracy: no run scored a task"));
+}
