@@ -3,13 +3,17 @@
 //! r = 8 on q/v, AdamW, loss on every next-token position, LoRA dropout 0, f32, 2 threads).
 //! The criterion bench `train_step` times the same step; this adds the memory figure.
 //!
-//! Run with: RAYON_NUM_THREADS=2 cargo run --release --example train_step [STEPS]
+//! Run with: RAYON_NUM_THREADS=2 cargo run --release --example train_step [STEPS [PRECISION
+//! [MODEL]]] — PRECISION is a `model.base_precision` (F32, Bf16, Q8_0, Q4_1, Stored); MODEL a
+//! GGUF file or known name (`smollm2-135m-instruct`), read straight into that precision, or
+//! `random` (the default: random f32 weights of the same shape, then converted).
 
 use std::time::Instant;
 
 use candle_core::Device;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use fedsim::model::{BaseModel, LlamaConfig, LoraConfig, LoraVars};
+use fedsim::model::pretrained::Pretrained;
+use fedsim::model::{BaseModel, BasePrecision, LlamaConfig, LoraConfig, LoraVars};
 use fedsim::tokenizer::TokenizedExample;
 use fedsim::train::make_batch;
 use rand::{Rng, SeedableRng};
@@ -27,9 +31,18 @@ fn peak_rss_mib() -> f64 {
 fn main() -> anyhow::Result<()> {
     fedsim::host::tune_allocator_for_training();
     let steps: usize = std::env::args().nth(1).map_or(Ok(10), |s| s.parse())?;
-    let cfg = LlamaConfig::smollm2_135m();
+    let precision: BasePrecision = match std::env::args().nth(2) {
+        Some(p) => ron::from_str(&p)?,
+        None => BasePrecision::F32,
+    };
     let device = Device::Cpu;
-    let model = BaseModel::random(&cfg, 1, &device)?;
+    let model = match std::env::args().nth(3).as_deref() {
+        None | Some("random") => BaseModel::random(&LlamaConfig::smollm2_135m(), 1, &device)?
+            .with_precision(precision)?,
+        Some(spec) => Pretrained::open_gguf(spec)?.load_as(&device, precision)?,
+    };
+    let cfg = model.config().clone();
+    println!("base {}: {}", precision.name(), model.footprint());
     let lora = LoraConfig::qv(8, 16.0);
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let vars = LoraVars::from_adapter(&lora.init_adapter(&cfg, &mut rng), &lora, &device)?;
@@ -59,7 +72,8 @@ fn main() -> anyhow::Result<()> {
     }
     times.sort_by(f64::total_cmp);
     println!(
-        "SmolLM2-135M shape, batch 4 x 128, 2 warm-up + {steps} steps: median {:.3} s, min {:.3} s, max {:.3} s; peak RSS {:.0} MiB",
+        "SmolLM2-135M shape, batch 4 x 128, threads {}, 2 warm-up + {steps} steps: median {:.3} s, min {:.3} s, max {:.3} s; peak RSS {:.0} MiB",
+        rayon::current_num_threads(),
         times[times.len() / 2],
         times[0],
         times[times.len() - 1],

@@ -19,3 +19,17 @@ pub fn tune_allocator_for_training() {
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }
 }
+
+/// The process's peak resident memory so far (Linux `VmHWM`), in bytes; None elsewhere.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}

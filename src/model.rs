@@ -11,17 +11,22 @@ mod frozen;
 mod fused;
 pub mod generate;
 pub mod gguf;
+pub mod kernels;
 pub mod llama;
 pub mod lora;
+mod named;
 pub mod ops;
 pub mod peft;
 pub mod pretrained;
+mod qmatmul;
 pub mod reference;
+pub mod weight;
 
 pub use adapter::{AdapterLayout, AdapterSet, PayloadReader};
 pub use config::LlamaConfig;
 pub use llama::{BaseModel, LossInput};
 pub use lora::{LoraConfig, LoraVars};
+pub use weight::{BasePrecision, FrozenWeight};
 
 use serde::{Deserialize, Serialize};
 

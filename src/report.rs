@@ -285,6 +285,12 @@ pub struct Summary {
     pub model: String,
     /// Base parameters (frozen).
     pub base_parameters: usize,
+    /// How the frozen base was held (`model.base_precision`).
+    #[serde(default = "f32_name")]
+    pub base_precision: String,
+    /// Bytes the frozen base's weights took in that precision (one copy, shared by slots).
+    #[serde(default)]
+    pub base_bytes: u64,
     /// LoRA parameters (trained, communicated).
     pub trainable_parameters: usize,
     /// trainable / (base + trainable) × 100.
@@ -343,6 +349,13 @@ pub struct Summary {
     /// Host wall-clock seconds of the run (set-up included).
     #[serde(deserialize_with = "nan_if_null")]
     pub wall_seconds: f64,
+    /// The process's peak resident memory when the run ended (Linux `VmHWM`; 0 elsewhere).
+    #[serde(default)]
+    pub peak_rss_bytes: u64,
+}
+
+fn f32_name() -> String {
+    "F32".to_string()
 }
 
 /// Sampled clients without an update, over the run.

@@ -102,6 +102,11 @@ pub struct Scenario {
     pub dp: Option<DpPlan>,
     /// Where the base model comes from.
     pub model_source: file::ModelSource,
+    /// How the frozen base is held (`model.base_precision`).
+    pub base_precision: crate::model::BasePrecision,
+    /// What the base's weights will take in that precision, by format (planned from the
+    /// shapes and the file's header; loading gives the same).
+    pub base_footprint: crate::model::weight::Footprint,
     /// How records are written for the model.
     pub prompt: file::PromptFormat,
     /// The local trainer: LoRA, or seeded synthetic updates.

@@ -128,11 +128,12 @@ fn lora_forward_equals_merged_weights() {
     let merged = model.merged(&vars).unwrap();
     // The merge is W + (alpha/r) B A, computed independently here for one projection.
     let (a, b) = vars.get(1, TargetModule::UpProj).unwrap();
-    let expect = (model.projection(1, TargetModule::UpProj)
+    let f32 = |w: &fedsim::model::FrozenWeight| w.to_tensor(&Device::Cpu).unwrap();
+    let expect = (f32(model.projection(1, TargetModule::UpProj))
         + (b.matmul(a).unwrap() * 2.0).unwrap())
     .unwrap();
-    let got = merged.projection(1, TargetModule::UpProj);
-    let d = max_abs_diff(&expect, got);
+    let got = f32(merged.projection(1, TargetModule::UpProj));
+    let d = max_abs_diff(&expect, &got);
     assert!(d < 1e-7, "merge of up_proj differs by {d}");
     let ex = batch(&cfg, 8);
     let refs: Vec<&TokenizedExample> = ex.iter().collect();

@@ -131,20 +131,24 @@ fn rope_matches_the_composed_form() {
 #[test]
 fn frozen_matmul_gives_the_input_gradient_only() {
     let w = rand(&[7, 40], 8);
+    let frozen = fedsim::model::FrozenWeight::F32(w.clone());
     check(
         &[6, 40],
-        |x| ops::frozen_matmul(x, &w).unwrap(),
+        |x| ops::frozen_matmul(x, &frozen).unwrap(),
         |x| x.matmul(&w.t().unwrap()).unwrap(),
         "frozen matmul",
     );
     // W is a Var here: the frozen op leaves it without a gradient, as intended.
     let wv = Var::from_tensor(&w).unwrap();
     let x = rand(&[6, 40], 9);
-    let grads = ops::frozen_matmul(&x, wv.as_tensor())
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let grads = ops::frozen_matmul(
+        &x,
+        &fedsim::model::FrozenWeight::F32(wv.as_tensor().clone()),
+    )
+    .unwrap()
+    .sum_all()
+    .unwrap()
+    .backward()
+    .unwrap();
     assert!(grads.get(&wv).is_none());
 }

@@ -15,6 +15,7 @@ mod inputs;
 mod model;
 mod ops;
 mod ownership;
+mod precision;
 mod privacy;
 mod property;
 mod resume;

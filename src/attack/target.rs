@@ -78,7 +78,7 @@ impl Target {
         let data = scenario.data.prepare()?;
         check_held_out(dir, &summary, &data)?;
         tracing::debug!(run = %dir.display(), "loading the base model and the adapter");
-        let base = source.load(&Device::Cpu)?;
+        let base = source.load_as(&Device::Cpu, scenario.base_precision)?;
         let base_path = source.path().to_path_buf();
         let (adapter, lora) =
             peft::load_peft(dir, base.config()).map_err(|e| match e.is_non_finite() {

@@ -55,6 +55,10 @@ pub struct EvalArgs {
     /// New tokens for answers (PubMedQA generation uses 16).
     #[arg(long, default_value_t = 128)]
     pub max_tokens: usize,
+    /// How the frozen base is held: F32, Bf16, Q8_0, Q4_1 or Stored (scenario
+    /// `model.base_precision`).
+    #[arg(long, default_value = "F32")]
+    pub base_precision: fedsim::model::BasePrecision,
     /// Where eval.json goes (default: the run directory with --run, else ./eval.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -165,7 +169,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
 /// The pretrained model, and with the adapter (`--adapter`, or the run's) merged in.
 fn models(a: &EvalArgs, source: &Pretrained) -> anyhow::Result<Vec<(String, BaseModel)>> {
     let adapter = a.adapter.clone().or_else(|| a.run.clone());
-    let base = source.load(&Device::Cpu)?;
+    let base = source.load_as(&Device::Cpu, a.base_precision)?;
     let mut models: Vec<(String, BaseModel)> = Vec::new();
     if let Some(dir) = &adapter {
         let (ad, lora) = peft::load_peft(dir, base.config())?;

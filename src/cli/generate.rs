@@ -46,6 +46,10 @@ pub struct GenerateArgs {
     /// Use the prompt as it is, without the model's chat template.
     #[arg(long)]
     pub raw: bool,
+    /// How the frozen base is held: F32, Bf16, Q8_0, Q4_1 or Stored (an adapted projection
+    /// is merged into f32).
+    #[arg(long, default_value = "F32")]
+    pub base_precision: fedsim::model::BasePrecision,
     /// The prompt.
     pub prompt: String,
 }
@@ -80,7 +84,7 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let tokenizer = source
         .tokenizer()
         .with_context(|| format!("{}: tokenizer", source.path().display()))?;
-    let mut model = source.load(&Device::Cpu)?;
+    let mut model = source.load_as(&Device::Cpu, a.base_precision)?;
     if let Some(dir) = &a.adapter {
         let (adapter, lora) = peft::load_peft(dir, model.config())?;
         let vars = LoraVars::from_adapter(&adapter, &lora, &Device::Cpu)?;

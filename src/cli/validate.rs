@@ -56,6 +56,11 @@ pub fn validate(path: &Path, set: &[String]) -> anyhow::Result<()> {
             data.removed
         )?;
     }
+    resources(&s)
+}
+
+/// The task evaluation, the base's footprint and the memory estimate.
+fn resources(s: &Scenario) -> anyhow::Result<()> {
     if let Some(e) = &s.task_eval {
         let task = e.task.load()?;
         outln!(
@@ -68,6 +73,9 @@ pub fn validate(path: &Path, set: &[String]) -> anyhow::Result<()> {
             e.target_accuracy
                 .map_or(String::new(), |t| format!(", target accuracy {t}"))
         )?;
+    }
+    if matches!(s.trainer, fedsim::trainer::TrainerKind::Lora) {
+        outln!("base: {} — {}", s.base_precision.name(), s.base_footprint)?;
     }
     outln!(
         "memory: about {} estimated at peak{}",

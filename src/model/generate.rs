@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::ops::{rms_norm, rope, swiglu};
+use super::ops::{frozen_matmul, rms_norm, rope, swiglu};
 use super::{BaseModel, ModelError, TargetModule};
 
 /// How the next token is chosen.
@@ -194,7 +194,7 @@ fn log_probs(logits: &Tensor) -> Result<Vec<f64>, ModelError> {
 fn step(model: &BaseModel, cache: &mut KvCache, tokens: &[u32]) -> Result<Tensor, ModelError> {
     let cfg = &model.cfg;
     let (n, pos) = (tokens.len(), cache.len);
-    let device = model.embed_tokens.device();
+    let device = model.device();
     let ids = Tensor::from_vec(tokens.to_vec(), n, device)?;
     let cos = model.cos.narrow(0, pos, n)?;
     let sin = model.sin.narrow(0, pos, n)?;
@@ -204,10 +204,10 @@ fn step(model: &BaseModel, cache: &mut KvCache, tokens: &[u32]) -> Result<Tensor
         cfg.num_attention_heads / cfg.num_key_value_heads,
         device,
     )?;
-    let mut x = model.embed_tokens.index_select(&ids, 0)?;
+    let mut x = model.embed_tokens.embed(&ids)?;
     for (layer, block) in model.blocks.iter().enumerate() {
         let h = rms_norm(&x, &block.input_layernorm, cfg.rms_norm_eps)?;
-        let proj = |m: TargetModule, t: &Tensor| t.matmul(&block.proj[m.index()].t()?);
+        let proj = |m: TargetModule, t: &Tensor| frozen_matmul(t, &block.proj[m.index()]);
         let attn = attend(
             model,
             &mut cache.layers[layer],

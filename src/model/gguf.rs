@@ -9,9 +9,11 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::GgmlDType;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
+use super::llama::role_of;
+use super::weight::{BasePrecision, FrozenWeight};
 use super::{BaseModel, LlamaConfig, ModelError};
 
 /// candle's error without the backtrace it captures under RUST_BACKTRACE (a message for users).
@@ -28,12 +30,20 @@ pub struct GgufHeader {
     content: Content,
 }
 
-/// Quantisations fedsim loads (each dequantised to f32).
-const SUPPORTED: [GgmlDType; 5] = [
+/// Tensor types fedsim loads (dequantised to f32, or kept packed by `model.base_precision`).
+const SUPPORTED: [GgmlDType; 13] = [
     GgmlDType::Q4_0,
     GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
     GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
     GgmlDType::F16,
+    GgmlDType::BF16,
     GgmlDType::F32,
 ];
 
@@ -191,44 +201,105 @@ impl GgufHeader {
     /// As [`GgufHeader::config`]; [`ModelError::GgufUnsupported`] for an unsupported tensor
     /// type; [`ModelError::Gguf`] for a truncated file; a missing or misshapen tensor.
     pub fn load(&self, device: &Device) -> Result<BaseModel, ModelError> {
+        self.load_as(device, BasePrecision::F32)
+    }
+
+    /// Load every tensor into a [`BaseModel`] with its 2-D weights held in `precision`: a
+    /// tensor whose file type is the one wanted is kept byte for byte, any other is
+    /// dequantised (and requantised when packed). One tensor is expanded to f32 at a time.
+    ///
+    /// # Errors
+    /// As [`GgufHeader::load`].
+    pub fn load_as(
+        &self,
+        device: &Device,
+        precision: BasePrecision,
+    ) -> Result<BaseModel, ModelError> {
         let cfg = self.config()?;
         let file = File::open(&self.path).map_err(|e| ModelError::File {
             path: self.path.clone(),
             message: e.to_string(),
         })?;
         let mut reader = BufReader::new(file);
-        let mut tensors = HashMap::new();
+        let mut weights = HashMap::new();
         let mut names: Vec<&String> = self.content.tensor_infos.keys().collect();
         names.sort();
         for name in names {
             let info = &self.content.tensor_infos[name];
             if !SUPPORTED.contains(&info.ggml_dtype) {
                 return Err(self.unsupported(format!(
-                    "tensor {name} is {:?}; fedsim dequantises {SUPPORTED:?}",
+                    "tensor {name} is {:?}; fedsim loads {SUPPORTED:?}",
                     info.ggml_dtype
                 )));
             }
             let Some(hf) = hf_name(name) else {
                 continue; // e.g. rope_freqs: recomputed from the metadata
             };
-            let read = |r: &mut BufReader<File>| -> candle_core::Result<Tensor> {
-                self.content.tensor(r, name, device)?.dequantize(device)
-            };
-            let t = read(&mut reader).map_err(|e| ModelError::Gguf {
+            let gguf = |e: candle_core::Error| ModelError::Gguf {
                 path: self.path.clone(),
                 source: plain(e),
-            })?;
-            let t = match hf.rsplit('.').nth(1) {
-                Some("q_proj") => unpermute(&t, cfg.num_attention_heads)?,
-                Some("k_proj") => unpermute(&t, cfg.num_key_value_heads)?,
-                _ => t,
             };
-            tensors.insert(hf, t);
+            let q = self
+                .content
+                .tensor(&mut reader, name, &Device::Cpu)
+                .map_err(gguf)?;
+            let w = weight(&cfg, &hf, &q, precision)?;
+            weights.insert(hf, w);
         }
         if cfg.tie_word_embeddings {
-            tensors.remove("lm_head.weight");
+            weights.remove("lm_head.weight");
         }
-        BaseModel::from_named(&cfg, tensors, device).map_err(|e| e.in_file(&self.path))
+        BaseModel::from_weights(&cfg, weights, device).map_err(|e| e.in_file(&self.path))
+    }
+
+    /// The type each tensor has in the file, by Hugging Face name.
+    pub fn stored_type(&self, hf: &str) -> Option<GgmlDType> {
+        self.content
+            .tensor_infos
+            .iter()
+            .find(|(n, _)| hf_name(n).as_deref() == Some(hf))
+            .map(|(_, i)| i.ggml_dtype)
+    }
+}
+
+/// One GGUF tensor (HF name `hf`) held as `precision` says: kept byte for byte when its file
+/// type is the one wanted, else dequantised (and requantised when packed); llama.cpp's q/k row
+/// permutation undone either way.
+fn weight(
+    cfg: &LlamaConfig,
+    hf: &str,
+    q: &QTensor,
+    precision: BasePrecision,
+) -> Result<FrozenWeight, ModelError> {
+    let t = q.dequantize(&Device::Cpu)?;
+    let heads = match hf.rsplit('.').nth(1) {
+        Some("q_proj") => Some(cfg.num_attention_heads),
+        Some("k_proj") => Some(cfg.num_key_value_heads),
+        _ => None,
+    };
+    let format = match (role_of(hf), t.dims()) {
+        (Some(role), &[_, cols]) => precision.format(role, Some(q.dtype()), cols),
+        _ => GgmlDType::F32,
+    };
+    if format != GgmlDType::F32 {
+        // (f32 weights are checked by `from_weights`.)
+        super::check_finite(hf, &t.flatten_all()?.to_vec1::<f32>()?)?;
+    }
+    if format != GgmlDType::F32 && format == q.dtype() {
+        let w = FrozenWeight::from_gguf(q)?;
+        return match heads {
+            Some(h) => w.permute_rows(&unpermuted_rows(w.dims().0, h)?),
+            None => Ok(w),
+        };
+    }
+    let t = match heads {
+        Some(h) => unpermute(&t, h)?,
+        None => t,
+    };
+    match format {
+        // Moved to the model's device by `from_weights`.
+        GgmlDType::F32 => Ok(FrozenWeight::F32(t)),
+        _ => FrozenWeight::new(t, format),
     }
 }
 
@@ -257,6 +328,14 @@ fn hf_name(gguf: &str) -> Option<String> {
         }
     };
     Some(name)
+}
+
+/// The row order [`unpermute`] gives: row i of the result is row `order[i]` of the file.
+fn unpermuted_rows(rows: usize, heads: usize) -> Result<Vec<usize>, ModelError> {
+    let idx: Vec<f32> = (0..rows).map(|i| i as f32).collect();
+    let idx = Tensor::from_vec(idx, (rows, 1), &Device::Cpu)?;
+    let order = unpermute(&idx, heads)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(order.into_iter().map(|i| i as usize).collect())
 }
 
 /// Undo llama.cpp's q/k row permutation: rows viewed as (heads, 2, head_dim/2) in the file are

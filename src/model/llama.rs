@@ -12,6 +12,8 @@ use rand_distr::{Distribution, Normal};
 use super::frozen::HeadNll;
 use super::lora::DropoutRng;
 use super::ops::{frozen_matmul, log_softmax, rms_norm, rope, softmax, swiglu};
+use super::qmatmul::PackedHeadNll;
+use super::weight::{FrozenWeight, WeightRole};
 use super::{LlamaConfig, LoraVars, ModelError, TargetModule};
 
 /// One decoder block's frozen weights.
@@ -19,20 +21,29 @@ pub(super) struct Block {
     pub(super) input_layernorm: Tensor,
     pub(super) post_attention_layernorm: Tensor,
     /// Projections indexed by [`TargetModule::index`], each (out, in).
-    pub(super) proj: Vec<Tensor>,
+    pub(super) proj: Vec<FrozenWeight>,
+}
+
+/// Which of the base's 2-D weights `name` (a Hugging Face name) is; None for norms.
+pub(super) fn role_of(name: &str) -> Option<WeightRole> {
+    match name {
+        "model.embed_tokens.weight" | "lm_head.weight" => Some(WeightRole::Embedding),
+        n if n.ends_with("_proj.weight") => Some(WeightRole::Projection),
+        _ => None,
+    }
 }
 
 /// The frozen base model.
 pub struct BaseModel {
     pub(super) cfg: LlamaConfig,
-    pub(super) embed_tokens: Tensor,
+    pub(super) embed_tokens: FrozenWeight,
     pub(super) blocks: Vec<Block>,
     pub(super) norm: Tensor,
-    lm_head: Option<Tensor>,
+    pub(super) lm_head: Option<FrozenWeight>,
     /// RoPE tables (max_position_embeddings, head_dim).
     pub(super) cos: Tensor,
     pub(super) sin: Tensor,
-    device: Device,
+    pub(super) device: Device,
 }
 
 /// A batch prepared for the loss: token ids, mask and the positions whose next token counts.
@@ -81,7 +92,7 @@ impl BaseModel {
             let mut proj = Vec::with_capacity(7);
             for m in TargetModule::ALL {
                 let (o, i) = cfg.projection_shape(m);
-                proj.push(randn(o, i, 1.0)?);
+                proj.push(FrozenWeight::F32(randn(o, i, 1.0)?));
             }
             blocks.push(Block {
                 input_layernorm: ones()?,
@@ -92,72 +103,19 @@ impl BaseModel {
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(randn(cfg.vocab_size, cfg.hidden_size, embed_scale)?)
+            let head = randn(cfg.vocab_size, cfg.hidden_size, embed_scale)?;
+            Some(FrozenWeight::F32(head))
         };
+        let embed_tokens = FrozenWeight::F32(embed_tokens);
         Self::assemble(cfg.clone(), embed_tokens, blocks, ones()?, lm_head, device)
     }
 
-    /// A model from its tensors under Hugging Face names (those [`BaseModel::named_tensors`]
-    /// gives), each checked against `cfg`'s shapes; `lm_head.weight` only when untied.
-    ///
-    /// # Errors
-    /// [`ModelError::MissingTensor`] or [`ModelError::TensorShape`] naming the tensor, or a
-    /// candle error.
-    pub fn from_named(
-        cfg: &LlamaConfig,
-        mut tensors: std::collections::HashMap<String, Tensor>,
-        device: &Device,
-    ) -> Result<Self, ModelError> {
-        let mut take = |name: String, shape: &[usize]| -> Result<Tensor, ModelError> {
-            let t = tensors
-                .remove(&name)
-                .ok_or_else(|| ModelError::MissingTensor { name: name.clone() })?;
-            if t.dims() != shape {
-                return Err(ModelError::TensorShape {
-                    name,
-                    expected: shape.to_vec(),
-                    found: t.dims().to_vec(),
-                });
-            }
-            let t = t.to_dtype(DType::F32)?;
-            // A NaN weight would make every loss NaN and read as a diverged run: name it here.
-            super::check_finite(&name, &t.flatten_all()?.to_vec1::<f32>()?)?;
-            Ok(t.to_device(device)?)
-        };
-        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
-        let embed_tokens = take("model.embed_tokens.weight".into(), &[v, h])?;
-        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let norm = |n: &str| format!("model.layers.{i}.{n}.weight");
-            let input_layernorm = take(norm("input_layernorm"), &[h])?;
-            let post_attention_layernorm = take(norm("post_attention_layernorm"), &[h])?;
-            let proj = TargetModule::ALL
-                .iter()
-                .map(|&m| {
-                    let (o, i_) = cfg.projection_shape(m);
-                    take(format!("{}.weight", m.hf_path(i)), &[o, i_])
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            blocks.push(Block {
-                input_layernorm,
-                post_attention_layernorm,
-                proj,
-            });
-        }
-        let norm = take("model.norm.weight".into(), &[h])?;
-        let lm_head = match cfg.tie_word_embeddings {
-            true => None,
-            false => Some(take("lm_head.weight".into(), &[v, h])?),
-        };
-        Self::assemble(cfg.clone(), embed_tokens, blocks, norm, lm_head, device)
-    }
-
-    fn assemble(
+    pub(super) fn assemble(
         cfg: LlamaConfig,
-        embed_tokens: Tensor,
+        embed_tokens: FrozenWeight,
         blocks: Vec<Block>,
         norm: Tensor,
-        lm_head: Option<Tensor>,
+        lm_head: Option<FrozenWeight>,
         device: &Device,
     ) -> Result<Self, ModelError> {
         let hd = cfg.head_dim();
@@ -193,86 +151,14 @@ impl BaseModel {
         &self.device
     }
 
-    /// All base tensors under Hugging Face names (for export and parity tests).
-    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            self.embed_tokens.clone(),
-        )];
-        for (i, b) in self.blocks.iter().enumerate() {
-            out.push((
-                format!("model.layers.{i}.input_layernorm.weight"),
-                b.input_layernorm.clone(),
-            ));
-            out.push((
-                format!("model.layers.{i}.post_attention_layernorm.weight"),
-                b.post_attention_layernorm.clone(),
-            ));
-            for m in TargetModule::ALL {
-                out.push((
-                    format!("{}.weight", m.hf_path(i)),
-                    b.proj[m.index()].clone(),
-                ));
-            }
-        }
-        out.push(("model.norm.weight".to_string(), self.norm.clone()));
-        if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), h.clone()));
-        }
-        out
-    }
-
-    /// Write the base as a Hugging Face `LlamaForCausalLM` directory: `model.safetensors`
-    /// (HF tensor names) and `config.json`, so `AutoModelForCausalLM.from_pretrained(dir)` and
-    /// then `PeftModel.from_pretrained(base, run_dir)` can load what fedsim trained.
-    ///
-    /// # Errors
-    /// An I/O or serialisation failure, with the path.
-    pub fn save_hf(&self, dir: &std::path::Path, eos_id: u32) -> Result<(), ModelError> {
-        let err = |path: &std::path::Path, message: String| ModelError::File {
-            path: path.to_path_buf(),
-            message,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| err(dir, e.to_string()))?;
-        let weights = dir.join("model.safetensors");
-        let tensors: std::collections::HashMap<String, Tensor> =
-            self.named_tensors().into_iter().collect();
-        candle_core::safetensors::save(&tensors, &weights)
-            .map_err(|e| err(&weights, e.to_string()))?;
-        let c = &self.cfg;
-        let config = serde_json::json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": c.hidden_size,
-            "intermediate_size": c.intermediate_size,
-            "num_hidden_layers": c.num_hidden_layers,
-            "num_attention_heads": c.num_attention_heads,
-            "num_key_value_heads": c.num_key_value_heads,
-            "head_dim": c.head_dim(),
-            "vocab_size": c.vocab_size,
-            "rms_norm_eps": c.rms_norm_eps,
-            "rope_theta": c.rope_theta,
-            "max_position_embeddings": c.max_position_embeddings,
-            "tie_word_embeddings": c.tie_word_embeddings,
-            "hidden_act": "silu",
-            "attention_bias": false,
-            "mlp_bias": false,
-            "bos_token_id": eos_id,
-            "eos_token_id": eos_id,
-            "pad_token_id": eos_id,
-            "torch_dtype": "float32"
-        });
-        let path = dir.join("config.json");
-        let text = serde_json::to_string_pretty(&config).expect("json value serialises");
-        std::fs::write(&path, text).map_err(|e| err(&path, e.to_string()))
-    }
-
     /// The projection weight (out, in) of `module` in `layer`.
-    pub fn projection(&self, layer: usize, module: TargetModule) -> &Tensor {
+    pub fn projection(&self, layer: usize, module: TargetModule) -> &FrozenWeight {
         &self.blocks[layer].proj[module.index()]
     }
 
-    /// A copy of this model with `W + (α/r)·B·A` merged into every adapted projection.
+    /// A copy of this model with `W + (α/r)·B·A` merged into every adapted projection (an
+    /// adapted packed projection becomes f32: the sum has no exact packed form; the others
+    /// stay shared).
     ///
     /// # Errors
     /// Fails on a candle error.
@@ -283,7 +169,10 @@ impl BaseModel {
             for m in TargetModule::ALL {
                 let w = &b.proj[m.index()];
                 proj.push(match lora.get(i, m) {
-                    Some((a, bm)) => (w + (bm.matmul(a)? * lora.scale())?)?,
+                    Some((a, bm)) => {
+                        let delta = (bm.matmul(a)? * lora.scale())?;
+                        FrozenWeight::F32((w.to_tensor(&self.device)? + delta)?)
+                    }
                     None => w.clone(),
                 });
             }
@@ -321,9 +210,7 @@ impl BaseModel {
         // (b, 1, s, s) → (b, 1, rep·s, s) for grouped query heads.
         let rep = cfg.num_attention_heads / cfg.num_key_value_heads;
         let mask = &mask.repeat((1, 1, rep, 1))?;
-        let mut x = self
-            .embed_tokens
-            .index_select(&input_ids.flatten_all()?, 0)?;
+        let mut x = self.embed_tokens.embed(input_ids)?;
         for (layer, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &block.input_layernorm, cfg.rms_norm_eps)?;
             let mut lin = |m: TargetModule, input: &Tensor| {
@@ -385,14 +272,21 @@ impl BaseModel {
         let hidden = self.hidden_states(&batch.input_ids, &batch.mask, lora, dropout)?;
         let picked = hidden.index_select(&batch.positions, 0)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let nll = if picked.device().is_cpu() {
+        let nll = match head {
             // Logits in chunks of rows, no gradient for the frozen head.
-            picked.apply_op1(HeadNll::new(head, &batch.targets))?
-        } else {
-            let logp = log_softmax(&self.logits(&picked)?)?;
-            logp.gather(&batch.targets.unsqueeze(1)?, 1)?
-                .neg()?
-                .squeeze(1)?
+            FrozenWeight::F32(w) if picked.device().is_cpu() => {
+                picked.apply_op1(HeadNll::new(w, &batch.targets))?
+            }
+            // The vocabulary in tiles, dequantised on the fly.
+            FrozenWeight::Packed(w) => picked
+                .contiguous()?
+                .apply_op1(PackedHeadNll::new(w, &batch.targets)?)?,
+            FrozenWeight::F32(_) => {
+                let logp = log_softmax(&self.logits(&picked)?)?;
+                logp.gather(&batch.targets.unsqueeze(1)?, 1)?
+                    .neg()?
+                    .squeeze(1)?
+            }
         };
         Ok((nll.sum_all()?, batch.targets.dims1()?))
     }

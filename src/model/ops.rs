@@ -7,15 +7,30 @@ use candle_core::{DType, Tensor, D};
 
 use super::frozen::FrozenLinear;
 use super::fused::{RmsNorm, Rope, Softmax, SwiGlu};
+use super::qmatmul::PackedLinear;
+use super::weight::FrozenWeight;
 use super::ModelError;
 
-/// `x · Wᵀ` for a frozen W: on the CPU through [`FrozenLinear`] (no gradient for W), else
-/// candle's matmul.
-pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() && x.rank() == 2 {
-        x.apply_op1(FrozenLinear::new(w))
-    } else {
-        x.matmul(&w.t()?)
+/// `x · Wᵀ` for a frozen W: on the CPU through [`FrozenLinear`] (no gradient for W) or, for a
+/// packed W, [`PackedLinear`] (dequantised on the fly); else candle's matmul.
+pub fn frozen_matmul(x: &Tensor, w: &FrozenWeight) -> candle_core::Result<Tensor> {
+    match w {
+        FrozenWeight::F32(w) if x.device().is_cpu() && x.rank() == 2 => {
+            x.apply_op1(FrozenLinear::new(w))
+        }
+        FrozenWeight::F32(w) => x.matmul(&w.t()?),
+        FrozenWeight::Packed(p) => {
+            if !x.device().is_cpu() {
+                candle_core::bail!("a packed base weight runs on the CPU only; use F32 on a GPU")
+            }
+            let (rows, k) = (x.elem_count() / x.dim(candle_core::D::Minus1)?, p.cols());
+            let mut out_shape = x.dims().to_vec();
+            *out_shape.last_mut().expect("rank ≥ 1") = p.rows();
+            x.contiguous()?
+                .reshape((rows, k))?
+                .apply_op1(PackedLinear::new(p))?
+                .reshape(out_shape)
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::gguf::GgufHeader;
+use super::weight::{BasePrecision, Footprint};
 use super::{fetch, BaseModel, LlamaConfig, ModelError};
 use crate::tokenizer::chat::ChatTemplate;
 use crate::tokenizer::{TextTokenizer, TokenizerError};
@@ -152,8 +153,20 @@ impl Pretrained {
     /// # Errors
     /// A read, format or shape error naming the file.
     pub fn load(&self, device: &Device) -> Result<BaseModel, ModelError> {
+        self.load_as(device, BasePrecision::F32)
+    }
+
+    /// Read the weights with the 2-D ones held in `precision` (packed ones on the CPU).
+    ///
+    /// # Errors
+    /// A read, format or shape error naming the file.
+    pub fn load_as(
+        &self,
+        device: &Device,
+        precision: BasePrecision,
+    ) -> Result<BaseModel, ModelError> {
         match &self.format {
-            Format::Gguf(h) => h.load(device),
+            Format::Gguf(h) => h.load_as(device, precision),
             Format::HuggingFace(files) => {
                 let mut tensors = HashMap::new();
                 for w in &files.weights {
@@ -168,10 +181,19 @@ impl Pretrained {
                 if self.config.tie_word_embeddings {
                     tensors.remove("lm_head.weight");
                 }
-                BaseModel::from_named(&self.config, tensors, device)
+                BaseModel::from_named_as(&self.config, tensors, device, precision)
                     .map_err(|e| e.in_file(&self.path))
             }
         }
+    }
+
+    /// What `precision` will make of the base's weights, from the header alone.
+    pub fn footprint(&self, precision: BasePrecision) -> Footprint {
+        let stored = |hf: &str| match &self.format {
+            Format::Gguf(h) => h.stored_type(hf),
+            Format::HuggingFace(_) => None,
+        };
+        Footprint::plan(&self.config, precision, &stored)
     }
 
     /// The model's tokenizer.

@@ -185,6 +185,10 @@ pub struct ModelSection {
     pub source: ModelSource,
     /// How a record becomes a training prompt.
     pub prompt: PromptFormat,
+    /// How the frozen base is held in memory: `F32` (default), `Bf16`, `Q8_0`, `Q4_1` (4-bit
+    /// projections, Q8_0 embedding) or `Stored` (as the GGUF file stores it). Packed weights
+    /// are dequantised inside the matmuls; adapters, optimiser and loss stay f32.
+    pub base_precision: crate::model::BasePrecision,
 }
 
 impl Default for ModelSection {
@@ -192,6 +196,7 @@ impl Default for ModelSection {
         Self {
             source: ModelSource::Tiny { vocab_size: 1024 },
             prompt: PromptFormat::Auto,
+            base_precision: crate::model::BasePrecision::F32,
         }
     }
 }

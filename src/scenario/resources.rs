@@ -1,18 +1,21 @@
 //! What a scenario will cost the host, checked before anything runs: an estimate of peak
 //! memory against what the machine has available, and thread oversubscription.
 //!
-//! The memory estimate is deliberately generous (an upper-side estimate, f32 everywhere): the
-//! frozen base (once, plus the transient copy written to `base_model/`), the RoPE tables, per
+//! The memory estimate is deliberately generous (an upper-side estimate, f32 activations): the
+//! frozen base in its `model.base_precision` (once; plus, while loading, its largest tensor
+//! expanded to f32; plus the f32 copy a generated base writes to `base_model/`), the RoPE
+//! tables, per
 //! slot the activations a training step keeps for backward (including the logits over the
 //! vocabulary), the evaluation batch, and the data set in memory.
 
 use crate::data::DataSource;
+use crate::model::weight::Footprint;
 use crate::model::LlamaConfig;
 
 /// Bytes, split by what needs them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MemoryEstimate {
-    /// Frozen base weights (f32) and the export of them.
+    /// Frozen base weights (in their precision), loading and export transients.
     pub model: f64,
     /// Training activations of all slots together.
     pub training: f64,
@@ -75,6 +78,10 @@ impl MemoryEstimate {
 pub struct Shape<'a> {
     /// The model.
     pub model: &'a LlamaConfig,
+    /// Its base weights in the scenario's precision.
+    pub base: &'a Footprint,
+    /// A generated base (tiny, custom): exported as f32 to `base_model/`.
+    pub generated: bool,
     /// Training batch.
     pub batch_size: usize,
     /// Evaluation batch.
@@ -127,12 +134,14 @@ pub fn estimate(s: &Shape<'_>) -> MemoryEstimate {
         f(m.vocab_size),
     );
     let hd = h / f(m.num_attention_heads.max(1));
-    let kv = f(m.num_key_value_heads) * hd;
-    let per_layer = 2.0 * h * h + 2.0 * kv * h + 3.0 * h * i + 2.0 * h;
-    let heads = if m.tie_word_embeddings { 1.0 } else { 2.0 };
-    let params = l * per_layer + heads * v * h + h;
     let rope = 2.0 * f(m.max_position_embeddings) * hd;
-    let model = 4.0 * (2.0 * params + rope);
+    // While loading, one tensor at a time is f32 (the embedding is the largest); a generated
+    // base is written out as f32 safetensors (every tensor at once).
+    let transient = match s.generated {
+        true => 4.0 * f(s.base.values()),
+        false => 4.0 * v * h,
+    };
+    let model = f(s.base.bytes()) + 4.0 * rope + transient;
     let t = f(s.max_seq_len);
     // Saved for backward per layer and token: ~10 residual-width tensors, 4 MLP-width ones and
     // the attention probabilities (heads × T); logits, softmax and their gradient over the vocab.

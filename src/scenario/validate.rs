@@ -7,6 +7,7 @@ use super::file::{ModelSource, ScenarioFile, SlotDevice};
 use super::{resources, Sampling, Scenario, ScenarioError};
 use crate::data::{DataPlan, DataSource};
 use crate::fmt::compact;
+use crate::model::weight::Footprint;
 use crate::model::LlamaConfig;
 use crate::privacy::{DpPlan, DpSampling};
 use crate::train::LocalTraining;
@@ -27,7 +28,7 @@ const MAX_NAME: usize = 200;
 pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, ScenarioError> {
     let c = Check { path };
     check_identity(&c, &file)?;
-    let (model, model_name) = check_model(&c, &file)?;
+    let (model, model_name, base_footprint) = check_model(&c, &file)?;
     let lora = model::check_lora(&c, &file, &model)?;
     data::check_data(&c, &file, &model)?;
     check_clients(&c, &file)?;
@@ -39,6 +40,7 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         &model,
         (threads, cores),
         lora.trainable_parameters(&model),
+        &base_footprint,
     )?;
     let dp = check_dp(&c, &file)?;
     strategy::check_strategy(&c, &file)?;
@@ -78,6 +80,8 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         threads_per_slot: threads,
         source_path: path.to_path_buf(),
         model_source: file.model.source.clone(),
+        base_precision: file.model.base_precision,
+        base_footprint,
         prompt: match (file.model.prompt, file.data.source.is_labelled()) {
             (super::file::PromptFormat::Auto, true) => super::file::PromptFormat::FinGpt,
             (p, _) => p,
@@ -125,8 +129,14 @@ fn check_identity(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioErro
     Ok(())
 }
 
-fn check_model(c: &Check<'_>, file: &ScenarioFile) -> Result<(LlamaConfig, String), ScenarioError> {
-    let (model, model_name) = match &file.model.source {
+/// The model's shape, its name, and what its base will take in `model.base_precision`.
+fn check_model(
+    c: &Check<'_>,
+    file: &ScenarioFile,
+) -> Result<(LlamaConfig, String, Footprint), ScenarioError> {
+    let precision = file.model.base_precision;
+    let planned = |cfg: &LlamaConfig| Footprint::plan(cfg, precision, &|_| None);
+    let (model, model_name, footprint) = match &file.model.source {
         ModelSource::Tiny { vocab_size } => {
             c.ensure(
                 (300..=65_536).contains(vocab_size),
@@ -135,11 +145,13 @@ fn check_model(c: &Check<'_>, file: &ScenarioFile) -> Result<(LlamaConfig, Strin
                     "is {vocab_size}; it must be 300..=65536 (256 byte tokens + specials + merges)"
                 ),
             )?;
-            (LlamaConfig::tiny(*vocab_size), "fedsim/tiny".to_string())
+            let cfg = LlamaConfig::tiny(*vocab_size);
+            let f = planned(&cfg);
+            (cfg, "fedsim/tiny".to_string(), f)
         }
         ModelSource::Custom(cfg) => {
             model::check_llama(c, cfg, field_path!(file.model.source => Custom))?;
-            (cfg.clone(), "fedsim/custom".to_string())
+            (cfg.clone(), "fedsim/custom".to_string(), planned(cfg))
         }
         ModelSource::Pretrained(spec) => {
             // The header alone: shapes for the LoRA checks, no weights read.
@@ -149,7 +161,7 @@ fn check_model(c: &Check<'_>, file: &ScenarioFile) -> Result<(LlamaConfig, Strin
                     crate::fmt::chain(&e),
                 )
             })?;
-            (p.config().clone(), spec.clone())
+            (p.config().clone(), spec.clone(), p.footprint(precision))
         }
         ModelSource::HuggingFace(dir) => {
             let p = Pretrained::open_hf(Path::new(dir)).map_err(|e| {
@@ -158,11 +170,11 @@ fn check_model(c: &Check<'_>, file: &ScenarioFile) -> Result<(LlamaConfig, Strin
                     crate::fmt::chain(&e),
                 )
             })?;
-            (p.config().clone(), dir.clone())
+            (p.config().clone(), dir.clone(), p.footprint(precision))
         }
     };
 
-    Ok((model, model_name))
+    Ok((model, model_name, footprint))
 }
 
 fn check_clients(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> {
@@ -292,6 +304,7 @@ fn check_resources(
     model: &LlamaConfig,
     (threads, cores): (usize, usize),
     adapter_values: usize,
+    base: &Footprint,
 ) -> Result<(resources::MemoryEstimate, Vec<String>), ScenarioError> {
     let (d, t, sl, n) = (&file.data, &file.train, &file.slots, file.clients.count);
     system::check_system(c, (&file.system, field_path!(file.system)), n, file.seed)?;
@@ -318,6 +331,11 @@ fn check_resources(
     let memory = resources::estimate(&resources::Shape {
         synthetic,
         model,
+        base,
+        generated: matches!(
+            file.model.source,
+            ModelSource::Tiny { .. } | ModelSource::Custom(_)
+        ),
         batch_size: t.batch_size,
         eval_batch_size: t.eval_batch_size,
         max_seq_len: d.max_seq_len,

@@ -238,12 +238,13 @@ fn base_model(
     Ok(match base {
         Base::Generated => {
             let seed = derive(s.seed, &[purpose::MODEL]);
-            let model = BaseModel::random(&s.model, seed, &candle_core::Device::Cpu)?;
+            let model = BaseModel::random(&s.model, seed, &candle_core::Device::Cpu)?
+                .with_precision(s.base_precision)?;
             (model, None)
         }
         Base::Pretrained(p) => {
             progress("reading the pretrained weights", 0, 1)?;
-            let model = p.load(&candle_core::Device::Cpu)?;
+            let model = p.load_as(&candle_core::Device::Cpu, s.base_precision)?;
             progress("reading the pretrained weights", 1, 1)?;
             let source = ModelRecord {
                 source: s.model_name.clone(),

@@ -32,6 +32,8 @@ impl Book {
             seed: s.seed,
             model: s.model_name.clone(),
             base_parameters: base,
+            base_precision: s.base_precision.name().to_string(),
+            base_bytes: s.base_footprint.bytes() as u64,
             trainable_parameters: trainable,
             trainable_percent: 100.0 * trainable as f64 / (base + trainable) as f64,
             clients: prep.shards.len(),
@@ -55,6 +57,7 @@ impl Book {
             backdoor: None,
             task_eval: None,
             wall_seconds: 0.0,
+            peak_rss_bytes: 0,
         };
         Self { summary, started }
     }
@@ -156,6 +159,7 @@ impl Book {
         });
         m.task_eval = task_eval(s, o);
         m.wall_seconds = self.started.elapsed().as_secs_f64();
+        m.peak_rss_bytes = crate::host::peak_rss_bytes().unwrap_or(0);
         // A number that cannot be trusted is never recorded as a success.
         if let (Some(why), false) = (
             untrustworthy(m, down.is_some() && up.is_some()),

@@ -1,0 +1,332 @@
+//! Matmuls against a packed frozen weight ([`Packed`]: bf16 or GGUF blocks), dequantising on
+//! the fly: the forward `x · Wᵀ` and the input gradient `g · W`, never a weight gradient.
+//!
+//! Rows of W are dequantised a tile at a time (at most [`TILE_VALUES`] f32 values, a cache-sized
+//! buffer) and multiplied with the `gemm` crate, as bitsandbytes dequantises a layer for
+//! QLoRA's matmul; a handful of input rows (generation) take a fused row-by-row dot product
+//! instead. Both run on the calling slot's rayon pool, so a slot's thread count holds.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::kernels;
+use super::weight::Packed;
+
+/// f32 values of W dequantised at once (1 MiB).
+const TILE_VALUES: usize = 1 << 18;
+/// Up to this many input rows, a fused dequantise-and-dot per weight row.
+const GEMV_ROWS: usize = 4;
+/// Weight rows per parallel task when dequantising or in the fused path.
+const ROW_CHUNK: usize = 16;
+
+fn parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+/// Rows of W per tile.
+fn tile_rows(w: &Packed) -> usize {
+    (TILE_VALUES / w.cols()).clamp(ROW_CHUNK, w.rows().max(ROW_CHUNK))
+}
+
+/// Dequantise rows `lo..lo + tile.len() / cols` in parallel.
+fn dequantise(w: &Packed, lo: usize, tile: &mut [f32]) {
+    let k = w.cols();
+    tile.par_chunks_mut(ROW_CHUNK * k)
+        .enumerate()
+        .for_each(|(i, c)| w.rows_into(lo + i * ROW_CHUNK, c));
+}
+
+/// `out (m, n) = x (m, k) · Wᵀ` for W (n, k).
+pub fn forward(w: &Packed, x: &[f32], m: usize, out: &mut [f32]) {
+    let (n, k) = (w.rows(), w.cols());
+    debug_assert_eq!((x.len(), out.len()), (m * k, m * n));
+    if m <= GEMV_ROWS {
+        return gemv(w, x, m, out);
+    }
+    let t = tile_rows(w);
+    let mut tile = vec![0f32; t.min(n) * k];
+    for n0 in (0..n).step_by(t) {
+        let rows = t.min(n - n0);
+        let tile = &mut tile[..rows * k];
+        dequantise(w, n0, tile);
+        // SAFETY: out[:, n0..n0 + rows] with row stride n is inside out (m·n); x is m × k with
+        // row stride k; the tile read as (k × rows) has element (i, j) at j·k + i.
+        unsafe {
+            gemm::gemm(
+                m,
+                rows,
+                k,
+                out.as_mut_ptr().add(n0),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                tile.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism(),
+            );
+        }
+    }
+}
+
+/// `gx (m, k) = g (m, n) · W` for W (n, k).
+pub fn backward(w: &Packed, g: &[f32], m: usize) -> Vec<f32> {
+    let (n, k) = (w.rows(), w.cols());
+    let mut gx = vec![0f32; m * k];
+    let t = tile_rows(w);
+    let mut tile = vec![0f32; t.min(n) * k];
+    for n0 in (0..n).step_by(t) {
+        let rows = t.min(n - n0);
+        let tile = &mut tile[..rows * k];
+        dequantise(w, n0, tile);
+        // SAFETY: gx is m × k (row stride k); g[:, n0..n0 + rows] has row stride n; the tile is
+        // rows × k (row stride k).
+        unsafe {
+            gemm::gemm(
+                m,
+                k,
+                rows,
+                gx.as_mut_ptr(),
+                1,
+                k as isize,
+                n0 > 0,
+                g.as_ptr().add(n0),
+                1,
+                n as isize,
+                tile.as_ptr(),
+                1,
+                k as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism(),
+            );
+        }
+    }
+    gx
+}
+
+/// A few input rows: each weight row dequantised once into a row buffer and dotted with every
+/// input row (the weights are read once; nothing of W's size is written).
+fn gemv(w: &Packed, x: &[f32], m: usize, out: &mut [f32]) {
+    let (n, k) = (w.rows(), w.cols());
+    // (n, m): rows of W in parallel chunks, transposed into out below.
+    let mut by_row = vec![0f32; n * m];
+    by_row
+        .par_chunks_mut(ROW_CHUNK * m)
+        .enumerate()
+        .for_each(|(c, dst)| {
+            let mut buf = vec![0f32; k];
+            for (j, d) in dst.chunks_exact_mut(m).enumerate() {
+                w.rows_into(c * ROW_CHUNK + j, &mut buf);
+                for (i, v) in d.iter_mut().enumerate() {
+                    *v = kernels::dot(&x[i * k..(i + 1) * k], &buf);
+                }
+            }
+        });
+    for (r, vals) in by_row.chunks_exact(m).enumerate() {
+        for (i, &v) in vals.iter().enumerate() {
+            out[i * n + r] = v;
+        }
+    }
+}
+
+/// The f32 values of a contiguous CPU tensor argument.
+fn values<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("{op}: argument is not contiguous"),
+    }
+}
+
+/// `x (m, k) · Wᵀ` with W packed and frozen: the backward gives x's gradient only.
+pub(super) struct PackedLinear {
+    w: Arc<Packed>,
+}
+
+impl PackedLinear {
+    pub(super) fn new(w: &Arc<Packed>) -> Self {
+        Self { w: Arc::clone(w) }
+    }
+}
+
+impl CustomOp1 for PackedLinear {
+    fn name(&self) -> &'static str {
+        "packed-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = l.shape().dims2()?;
+        if k != self.w.cols() {
+            candle_core::bail!(
+                "packed-linear: input width {k} but weight width {}",
+                self.w.cols()
+            )
+        }
+        let x = values(s, l, self.name())?;
+        let mut out = vec![0f32; m * self.w.rows()];
+        forward(&self.w, x, m, &mut out);
+        Ok((CpuStorage::F32(out), Shape::from((m, self.w.rows()))))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let m = g.dim(0)?;
+        let gv = g.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let gx = backward(&self.w, &gv, m);
+        Ok(Some(Tensor::from_vec(gx, x.shape(), x.device())?))
+    }
+}
+
+/// Vocabulary rows per tile of the head in [`PackedHeadNll`].
+const VOCAB_TILE: usize = 4096;
+
+/// Next-token NLL of each row of `hidden (rows, h)` under a packed head `W (vocab, h)`, with
+/// the vocabulary in tiles and a running log-sum-exp (the head is never dequantised whole);
+/// the backward reuses the forward's log-sum-exp and returns `(softmax − onehot) · W`.
+pub(super) struct PackedHeadNll {
+    w: Arc<Packed>,
+    targets: Vec<u32>,
+    lse: Mutex<Vec<f32>>,
+}
+
+impl PackedHeadNll {
+    pub(super) fn new(w: &Arc<Packed>, targets: &Tensor) -> Result<Self> {
+        Ok(Self {
+            w: Arc::clone(w),
+            targets: targets.to_vec1::<u32>()?,
+            lse: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Logits of every row against vocabulary rows `v0..v0 + rows` (rows × rows_v).
+    fn tile_logits(&self, hidden: &[f32], n: usize, v0: usize, tile: &mut [f32]) -> Vec<f32> {
+        let h = self.w.cols();
+        let rows_v = tile.len() / h;
+        dequantise(&self.w, v0, tile);
+        let mut logits = vec![0f32; n * rows_v];
+        // SAFETY: logits is n × rows_v; hidden n × h; the tile read as (h × rows_v).
+        unsafe {
+            gemm::gemm(
+                n,
+                rows_v,
+                h,
+                logits.as_mut_ptr(),
+                1,
+                rows_v as isize,
+                false,
+                hidden.as_ptr(),
+                1,
+                h as isize,
+                tile.as_ptr(),
+                h as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism(),
+            );
+        }
+        logits
+    }
+}
+
+impl CustomOp1 for PackedHeadNll {
+    fn name(&self) -> &'static str {
+        "packed-head-nll"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, h) = l.shape().dims2()?;
+        let hidden = values(s, l, self.name())?;
+        let vocab = self.w.rows();
+        let (mut max, mut sum) = (vec![f32::NEG_INFINITY; n], vec![0f32; n]);
+        let mut picked = vec![0f32; n];
+        let mut tile = vec![0f32; VOCAB_TILE.min(vocab) * h];
+        for v0 in (0..vocab).step_by(VOCAB_TILE) {
+            let rows_v = VOCAB_TILE.min(vocab - v0);
+            let logits = self.tile_logits(hidden, n, v0, &mut tile[..rows_v * h]);
+            for (r, row) in logits.chunks_exact(rows_v).enumerate() {
+                let t = self.targets[r] as usize;
+                if (v0..v0 + rows_v).contains(&t) {
+                    picked[r] = row[t - v0];
+                }
+                let m = row.iter().copied().fold(max[r], f32::max);
+                sum[r] =
+                    sum[r] * (max[r] - m).exp() + row.iter().map(|&z| (z - m).exp()).sum::<f32>();
+                max[r] = m;
+            }
+        }
+        let lse: Vec<f32> = sum.iter().zip(&max).map(|(s, m)| s.ln() + m).collect();
+        let nll = lse.iter().zip(&picked).map(|(l, p)| l - p).collect();
+        *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = lse;
+        Ok((CpuStorage::F32(nll), Shape::from(n)))
+    }
+
+    fn bwd(&self, hidden: &Tensor, _nll: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (n, h) = hidden.dims2()?;
+        let hv = hidden.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let gv = grad.to_vec1::<f32>()?;
+        let lse = self.lse.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if lse.len() != n {
+            candle_core::bail!("packed-head-nll: backward before forward")
+        }
+        let vocab = self.w.rows();
+        let mut gx = vec![0f32; n * h];
+        let mut tile = vec![0f32; VOCAB_TILE.min(vocab) * h];
+        for v0 in (0..vocab).step_by(VOCAB_TILE) {
+            let rows_v = VOCAB_TILE.min(vocab - v0);
+            let mut logits = self.tile_logits(&hv, n, v0, &mut tile[..rows_v * h]);
+            for (r, row) in logits.chunks_exact_mut(rows_v).enumerate() {
+                let t = self.targets[r] as usize;
+                for z in row.iter_mut() {
+                    *z = (*z - lse[r]).exp() * gv[r];
+                }
+                if (v0..v0 + rows_v).contains(&t) {
+                    row[t - v0] -= gv[r];
+                }
+            }
+            // SAFETY: gx is n × h; logits n × rows_v; the tile rows_v × h.
+            unsafe {
+                gemm::gemm(
+                    n,
+                    h,
+                    rows_v,
+                    gx.as_mut_ptr(),
+                    1,
+                    h as isize,
+                    v0 > 0,
+                    logits.as_ptr(),
+                    1,
+                    rows_v as isize,
+                    tile.as_ptr(),
+                    1,
+                    h as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism(),
+                );
+            }
+        }
+        Ok(Some(Tensor::from_vec(gx, (n, h), hidden.device())?))
+    }
+}
