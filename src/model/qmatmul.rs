@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels;
 use super::weight::Packed;
 
 /// f32 values of W dequantised at once (1 MiB).
@@ -125,17 +124,18 @@ pub fn backward(w: &Packed, g: &[f32], m: usize) -> Vec<f32> {
 /// input row (the weights are read once; nothing of W's size is written).
 fn gemv(w: &Packed, x: &[f32], m: usize, out: &mut [f32]) {
     let (n, k) = (w.rows(), w.cols());
-    // (n, m): rows of W in parallel chunks, transposed into out below.
+    // (n, m): rows of W in parallel chunks (a few per thread: each wake-up costs), transposed
+    // into out below.
+    let chunk = n.div_ceil(4 * rayon::current_num_threads()).max(ROW_CHUNK);
     let mut by_row = vec![0f32; n * m];
     by_row
-        .par_chunks_mut(ROW_CHUNK * m)
+        .par_chunks_mut(chunk * m)
         .enumerate()
         .for_each(|(c, dst)| {
             let mut buf = vec![0f32; k];
             for (j, d) in dst.chunks_exact_mut(m).enumerate() {
-                w.rows_into(c * ROW_CHUNK + j, &mut buf);
                 for (i, v) in d.iter_mut().enumerate() {
-                    *v = kernels::dot(&x[i * k..(i + 1) * k], &buf);
+                    *v = w.dot_row(c * chunk + j, &x[i * k..(i + 1) * k], &mut buf);
                 }
             }
         });

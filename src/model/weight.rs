@@ -112,6 +112,12 @@ pub fn format_bytes(format: GgmlDType, rows: usize, cols: usize) -> usize {
 trait Rows: Send + Sync {
     /// Dequantise row `r` into `out` (`cols` values).
     fn row(&self, r: usize, out: &mut [f32]);
+    /// Σ x·row `r` (the same bits as dequantising the row and [`super::kernels::dot`]);
+    /// `buf` holds a row when no fused kernel covers the format.
+    fn dot_row(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
+        self.row(r, buf);
+        super::kernels::dot(x, buf)
+    }
     /// The same rows in another order: row i of the result is row `order[i]`.
     fn permuted(&self, order: &[usize]) -> Box<dyn Rows>;
     /// Bytes held.
@@ -126,6 +132,22 @@ struct Blocks<T> {
 impl<T: GgmlType + 'static> Rows for Blocks<T> {
     fn row(&self, r: usize, out: &mut [f32]) {
         T::to_float(&self.blocks[r * self.per_row..(r + 1) * self.per_row], out);
+    }
+
+    fn dot_row(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
+        let blocks = &self.blocks[r * self.per_row..(r + 1) * self.per_row];
+        // SAFETY: the blocks are plain `repr(C)` data; the slice covers exactly their bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
+        };
+        match T::DTYPE {
+            GgmlDType::Q8_0 => super::kernels::dot_q8_0(bytes, x),
+            GgmlDType::Q4_1 => super::kernels::dot_q4_1(bytes, x),
+            _ => {
+                self.row(r, buf);
+                super::kernels::dot(x, buf)
+            }
+        }
     }
 
     fn permuted(&self, order: &[usize]) -> Box<dyn Rows> {
@@ -217,6 +239,11 @@ impl Packed {
     /// Values per row.
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// Σ x·row `r`, `buf` a scratch row (`cols` values).
+    pub fn dot_row(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
+        self.data.dot_row(r, x, buf)
     }
 
     /// Dequantise rows `lo..lo + out.len() / cols` into `out`.
