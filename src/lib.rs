@@ -14,8 +14,9 @@
 //! - [`tokenizer`]: byte-level BPE trained on the corpus (the `tiny` model's tokenizer), a
 //!   pretrained model's tokenizer from GGUF metadata, chat templates.
 //! - [`model`]: our Llama forward (all positions, differentiable, fused CPU ops with their own
-//!   backward), LoRA, flat adapters in PEFT's format, GGUF and Hugging Face loading, the model
-//!   cache (`sim fetch-model`), KV-cache generation.
+//!   backward), LoRA, flat adapters in PEFT's format, GGUF and Hugging Face loading, the frozen
+//!   base in bf16 or GGUF blocks dequantised inside the matmuls (`model.base_precision`), the
+//!   model cache (`sim fetch-model`), KV-cache generation.
 //! - [`trainer`]: which local trainer a slot runs: LoRA, or seeded synthetic updates.
 //! - [`train`]: local SFT (response-only loss, AdamW, cosine LR per round) and evaluation.
 //! - [`slots`]: OS threads owning a device and a rayon pool; jobs over crossbeam channels.

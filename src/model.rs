@@ -5,6 +5,7 @@
 //! this forward, written with composed, differentiable ops and Hugging Face tensor names.
 
 pub mod adapter;
+mod attention;
 pub mod config;
 pub mod fetch;
 mod frozen;

@@ -265,7 +265,7 @@ impl LoraTrainer {
         batch_size: usize,
     ) -> Result<Option<crate::messages::TaskConfusions>, TrainError> {
         let vars = adapter
-            .map(|a| LoraVars::from_adapter(a, &self.lora, self.model.device()))
+            .map(|a| LoraVars::fixed(a, &self.lora, self.model.device()))
             .transpose()?;
         Ok(task.score(&self.model, vars.as_ref(), scope, batch_size)?)
     }
@@ -283,7 +283,7 @@ impl LoraTrainer {
         let (model, lora, pad) = (&*self.model, &self.lora, self.pad);
         let device = model.device();
         let vars = adapter
-            .map(|a| LoraVars::from_adapter(a, lora, device))
+            .map(|a| LoraVars::fixed(a, lora, device))
             .transpose()?;
         let (mut sum, mut count) = (0.0f64, 0usize);
         for chunk in examples.chunks(batch_size.max(1)) {

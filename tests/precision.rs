@@ -318,3 +318,24 @@ fn short_federated_runs_per_precision_learn_and_are_deterministic_across_slot_co
         assert_eq!(adapter(&a.dir), adapter(&b.dir), "{p}");
     }
 }
+
+#[test]
+fn fused_row_kernels_give_the_bits_of_dequantise_then_dot() {
+    for format in [GgmlDType::Q8_0, GgmlDType::Q4_1] {
+        let (w, f) = packed(8, 256, format);
+        let x = (seeded(1, 256) * 0.5).unwrap();
+        let y: Vec<f32> = ops::frozen_matmul(&x, &w)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let rows = f.to_tensor(&Device::Cpu).unwrap();
+        for (r, got) in y.iter().enumerate() {
+            let row: Vec<f32> = rows.get(r).unwrap().to_vec1().unwrap();
+            let want = fedsim::model::kernels::dot(&xv, &row);
+            assert_eq!(got.to_bits(), want.to_bits(), "{format:?} row {r}");
+        }
+    }
+}

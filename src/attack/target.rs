@@ -90,7 +90,7 @@ impl Target {
                     source: Box::new(e),
                 },
             })?;
-        let vars = LoraVars::from_adapter(&adapter, &lora, &Device::Cpu)?;
+        let vars = LoraVars::fixed(&adapter, &lora, &Device::Cpu)?;
         let tuned = base.merged(&vars)?;
         let participants = participants(dir, scenario.data.clients)?;
         Ok(Self {

@@ -173,7 +173,7 @@ fn models(a: &EvalArgs, source: &Pretrained) -> anyhow::Result<Vec<(String, Base
     let mut models: Vec<(String, BaseModel)> = Vec::new();
     if let Some(dir) = &adapter {
         let (ad, lora) = peft::load_peft(dir, base.config())?;
-        let vars = LoraVars::from_adapter(&ad, &lora, &Device::Cpu)?;
+        let vars = LoraVars::fixed(&ad, &lora, &Device::Cpu)?;
         models.push((format!("+ {}", dir.display()), base.merged(&vars)?));
     }
     models.insert(0, ("pretrained".to_string(), base));

@@ -87,7 +87,7 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let mut model = source.load_as(&Device::Cpu, a.base_precision)?;
     if let Some(dir) = &a.adapter {
         let (adapter, lora) = peft::load_peft(dir, model.config())?;
-        let vars = LoraVars::from_adapter(&adapter, &lora, &Device::Cpu)?;
+        let vars = LoraVars::fixed(&adapter, &lora, &Device::Cpu)?;
         model = model.merged(&vars)?;
     }
     let text = if a.raw {

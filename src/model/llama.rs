@@ -9,6 +9,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
+use super::attention::Attention;
 use super::frozen::HeadNll;
 use super::lora::DropoutRng;
 use super::ops::{frozen_matmul, log_softmax, rms_norm, rope, softmax, swiglu};
@@ -323,9 +324,14 @@ impl BaseModel {
         ))?;
         let k = rope(&heads(k, nkv)?, cos, sin)?;
         let v = heads(v, nkv)?;
-        let scores = q.matmul(&k.t()?.contiguous()?)?;
-        let probs = softmax(&scores.broadcast_add(mask)?)?;
-        let out = probs.matmul(&v)?.reshape((b, nh, s, hd))?;
+        let out = if q.device().is_cpu() && q.dtype() == DType::F32 {
+            // One op: the scores and probabilities are recomputed in the backward, not kept.
+            q.apply_op3(&k, &v, Attention::new(mask))?
+        } else {
+            let scores = q.matmul(&k.t()?.contiguous()?)?;
+            softmax(&scores.broadcast_add(mask)?)?.matmul(&v)?
+        };
+        let out = out.reshape((b, nh, s, hd))?;
         Ok(out
             .transpose(1, 2)?
             .contiguous()?

@@ -67,6 +67,9 @@ impl LoraConfig {
 pub struct LoraVars {
     layout: std::sync::Arc<AdapterLayout>,
     vars: Vec<Var>,
+    /// The same values as plain tensors when the adapter is only evaluated ([`LoraVars::fixed`]):
+    /// no graph is recorded, so a forward frees each activation once it is used.
+    fixed: Vec<Tensor>,
     /// Per layer, per [`TargetModule::index`]: position of A in `vars` (B follows it).
     index: Vec<[Option<usize>; 7]>,
     scale: f64,
@@ -83,24 +86,50 @@ impl LoraVars {
         lora: &LoraConfig,
         device: &Device,
     ) -> Result<Self, ModelError> {
+        let mut me = Self::fixed(adapter, lora, device)?;
+        me.vars = std::mem::take(&mut me.fixed)
+            .iter()
+            .map(Var::from_tensor)
+            .collect::<Result<_, _>>()?;
+        Ok(me)
+    }
+
+    /// Upload `adapter` to `device` for evaluation only: plain tensors, no gradients (a forward
+    /// keeps no activations for a backward). [`LoraVars::vars`] is empty.
+    ///
+    /// # Errors
+    /// Fails when a tensor cannot be created on the device.
+    pub fn fixed(
+        adapter: &AdapterSet,
+        lora: &LoraConfig,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
         let layout = adapter.layout().clone();
-        let mut vars = Vec::with_capacity(layout.tensors().len());
+        let mut fixed = Vec::with_capacity(layout.tensors().len());
         let mut index = vec![[None; 7]; layout.num_layers()];
         for (i, t) in layout.tensors().iter().enumerate() {
             let slice = &adapter.data()[t.offset..t.offset + t.numel()];
-            let tensor = Tensor::from_slice(slice, t.shape, device)?;
-            vars.push(Var::from_tensor(&tensor)?);
+            fixed.push(Tensor::from_slice(slice, t.shape, device)?);
             if t.is_a {
                 index[t.layer][t.module.index()] = Some(i);
             }
         }
         Ok(Self {
             layout,
-            vars,
+            vars: Vec::new(),
+            fixed,
             index,
             scale: lora.scale(),
             dropout: lora.dropout,
         })
+    }
+
+    /// Tensor `i` in layout order.
+    fn tensor(&self, i: usize) -> &Tensor {
+        match self.vars.get(i) {
+            Some(v) => v.as_tensor(),
+            None => &self.fixed[i],
+        }
     }
 
     /// The variables the optimiser updates.
@@ -123,7 +152,7 @@ impl LoraVars {
         self.index
             .get(layer)
             .and_then(|l| l[module.index()])
-            .map(|i| (self.vars[i].as_tensor(), self.vars[i + 1].as_tensor()))
+            .map(|i| (self.tensor(i), self.tensor(i + 1)))
     }
 
     /// Copy the current values back into a flat adapter.
@@ -132,8 +161,8 @@ impl LoraVars {
     /// Fails when a tensor cannot be read back from the device.
     pub fn to_adapter(&self) -> Result<AdapterSet, ModelError> {
         let mut data = Vec::with_capacity(self.layout.len());
-        for v in &self.vars {
-            data.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
+        for i in 0..self.vars.len().max(self.fixed.len()) {
+            data.extend(self.tensor(i).flatten_all()?.to_vec1::<f32>()?);
         }
         Ok(AdapterSet::new(self.layout.clone(), data))
     }

@@ -220,7 +220,7 @@ pub(super) fn backdoor(
     let crate::byzantine::ByzantineAttack::Backdoor { trigger, target } = &b.attack else {
         return Ok(None);
     };
-    let vars = crate::model::LoraVars::from_adapter(global, &s.lora, l.model.device())?;
+    let vars = crate::model::LoraVars::fixed(global, &s.lora, l.model.device())?;
     let model = l.model.merged(&vars)?;
     let success = crate::byzantine::backdoor_success(
         &model,
