@@ -339,3 +339,49 @@ fn fused_row_kernels_give_the_bits_of_dequantise_then_dot() {
         }
     }
 }
+
+#[test]
+fn generation_from_a_4_bit_base_matches_transformers_greedy_and_samples_by_seed() {
+    use fedsim::model::generate::{generate, Budget, Sampling};
+    let model = fedsim::model::gguf::GgufHeader::read(&crate::smollm2::gguf_path())
+        .unwrap()
+        .load_as(&Device::Cpu, BasePrecision::Q4_1)
+        .unwrap();
+    assert!(model.footprint().bytes() < 100_000_000);
+    let path = crate::util::shared("testdata/smollm2_reference.json").expect("reference file");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    // The Q4_1 blocks are the file's, so greedy decoding (KV cache, one-row fused kernels)
+    // follows transformers' dequantised model token for token.
+    for case in reference["cases"].as_array().unwrap() {
+        let got = generate(
+            &model,
+            &ids(&case["input_ids"]),
+            Budget::up_to(24),
+            Sampling::Greedy,
+            &[2],
+        )
+        .unwrap();
+        assert_eq!(got.ids, ids(&case["greedy_24_ids"]), "{}", case["name"]);
+    }
+    let prompt = ids(&reference["cases"][0]["input_ids"]);
+    let sample = |seed| {
+        let s = Sampling::Random {
+            temperature: 0.8,
+            top_k: Some(40),
+            top_p: Some(0.95),
+            seed,
+        };
+        generate(&model, &prompt, Budget::up_to(12), s, &[2])
+            .unwrap()
+            .ids
+    };
+    assert_eq!(sample(7), sample(7));
+}

@@ -34,7 +34,11 @@ fn tensor(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
     let Some((a, b)) = l.contiguous_offsets() else {
         candle_core::bail!("attention: argument is not contiguous")
     };
-    Tensor::from_slice(&s.as_slice::<f32>()?[a..b], l.shape(), &candle_core::Device::Cpu)
+    Tensor::from_slice(
+        &s.as_slice::<f32>()?[a..b],
+        l.shape(),
+        &candle_core::Device::Cpu,
+    )
 }
 
 impl CustomOp3 for Attention {
