@@ -17,7 +17,7 @@
 # --examples), the GGUF fetched (sim fetch-model smollm2-135m-instruct), TORCH_PY pointing at a
 # Python with torch, transformers, peft and gguf, and LLAMA_CPP_DIR holding
 # node_modules/node-llama-cpp (npm install node-llama-cpp). REPEATS (default 1) rounds per
-# condition; THREADS (default 2).
+# condition; THREADS (default 2); CONDITIONS (default all four, in this order).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/bench-precision}
@@ -54,7 +54,7 @@ stop_load() { [ -n "$load_pid" ] && kill "$load_pid" 2>/dev/null; wait "$load_pi
 trap stop_load EXIT
 
 LAST=$(($(nproc) - 1))
-for condition in quiet load quiet-pinned load-pinned; do
+for condition in ${CONDITIONS:-quiet load quiet-pinned load-pinned}; do
     case "$condition" in
         load | load-pinned) start_load ;;
     esac
