@@ -17,7 +17,9 @@
 # --examples), the GGUF fetched (sim fetch-model smollm2-135m-instruct), TORCH_PY pointing at a
 # Python with torch, transformers, peft and gguf, and LLAMA_CPP_DIR holding
 # node_modules/node-llama-cpp (npm install node-llama-cpp). REPEATS (default 1) rounds per
-# condition; THREADS (default 2); CONDITIONS (default all four, in this order).
+# condition; THREADS (default 2); CONDITIONS (default all four, in this order); PRECISIONS
+# (default F32 Bf16 Q8_0 Q4_1) and STEPS (timed steps after 2 warm-up ones, default 5) for the
+# training step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/bench-precision}
@@ -63,8 +65,8 @@ for condition in ${CONDITIONS:-quiet load quiet-pinned load-pinned}; do
         *) PIN=""; T=$THREADS ;;
     esac
     for _ in $(seq "$REPEATS"); do
-        for p in F32 Bf16 Q8_0 Q4_1; do
-            record "$condition" "fedsim step $p" "$(RAYON_NUM_THREADS=$T M $PIN "$TARGET/examples/train_step" 5 "$p" "$GGUF")"
+        for p in ${PRECISIONS:-F32 Bf16 Q8_0 Q4_1}; do
+            record "$condition" "fedsim step $p" "$(RAYON_NUM_THREADS=$T M $PIN "$TARGET/examples/train_step" "${STEPS:-5}" "$p" "$GGUF")"
         done
         record "$condition" "pytorch step+generation" "$(SMOLLM2_GGUF=$GGUF M $PIN "$TORCH_PY" ../shared/bench/torch_lora.py --phase gguf --threads "$T")"
         for p in F32 Q8_0 Q4_1; do
