@@ -27,6 +27,41 @@ fn parallelism() -> gemm::Parallelism {
     }
 }
 
+/// `dst (m, n) = a (m, k) · b (k, n)`, added to dst when `accumulate`; each matrix as (pointer,
+/// column stride, row stride), on the calling pool's threads.
+///
+/// # Safety
+/// Every pointer, with its strides, must address a matrix of its shape inside one allocation.
+unsafe fn gemm_into(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_cs, dst_rs): (*mut f32, isize, isize),
+    accumulate: bool,
+    (a, a_cs, a_rs): (*const f32, isize, isize),
+    (b, b_cs, b_rs): (*const f32, isize, isize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs,
+        dst_rs,
+        accumulate,
+        a,
+        a_cs,
+        a_rs,
+        b,
+        b_cs,
+        b_rs,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism(),
+    );
+}
+
 /// Rows of W per tile.
 fn tile_rows(w: &Packed) -> usize {
     (TILE_VALUES / w.cols()).clamp(ROW_CHUNK, w.rows().max(ROW_CHUNK))
@@ -56,26 +91,12 @@ pub fn forward(w: &Packed, x: &[f32], m: usize, out: &mut [f32]) {
         // SAFETY: out[:, n0..n0 + rows] with row stride n is inside out (m·n); x is m × k with
         // row stride k; the tile read as (k × rows) has element (i, j) at j·k + i.
         unsafe {
-            gemm::gemm(
-                m,
-                rows,
-                k,
-                out.as_mut_ptr().add(n0),
-                1,
-                n as isize,
+            gemm_into(
+                (m, rows, k),
+                (out.as_mut_ptr().add(n0), 1, n as isize),
                 false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                tile.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism(),
+                (x.as_ptr(), 1, k as isize),
+                (tile.as_ptr(), k as isize, 1),
             );
         }
     }
@@ -94,26 +115,12 @@ pub fn backward(w: &Packed, g: &[f32], m: usize) -> Vec<f32> {
         // SAFETY: gx is m × k (row stride k); g[:, n0..n0 + rows] has row stride n; the tile is
         // rows × k (row stride k).
         unsafe {
-            gemm::gemm(
-                m,
-                k,
-                rows,
-                gx.as_mut_ptr(),
-                1,
-                k as isize,
+            gemm_into(
+                (m, k, rows),
+                (gx.as_mut_ptr(), 1, k as isize),
                 n0 > 0,
-                g.as_ptr().add(n0),
-                1,
-                n as isize,
-                tile.as_ptr(),
-                1,
-                k as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism(),
+                (g.as_ptr().add(n0), 1, n as isize),
+                (tile.as_ptr(), 1, k as isize),
             );
         }
     }
@@ -221,26 +228,12 @@ impl PackedHeadNll {
         let mut logits = vec![0f32; n * rows_v];
         // SAFETY: logits is n × rows_v; hidden n × h; the tile read as (h × rows_v).
         unsafe {
-            gemm::gemm(
-                n,
-                rows_v,
-                h,
-                logits.as_mut_ptr(),
-                1,
-                rows_v as isize,
+            gemm_into(
+                (n, rows_v, h),
+                (logits.as_mut_ptr(), 1, rows_v as isize),
                 false,
-                hidden.as_ptr(),
-                1,
-                h as isize,
-                tile.as_ptr(),
-                h as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism(),
+                (hidden.as_ptr(), 1, h as isize),
+                (tile.as_ptr(), h as isize, 1),
             );
         }
         logits
@@ -304,26 +297,12 @@ impl CustomOp1 for PackedHeadNll {
             }
             // SAFETY: gx is n × h; logits n × rows_v; the tile rows_v × h.
             unsafe {
-                gemm::gemm(
-                    n,
-                    h,
-                    rows_v,
-                    gx.as_mut_ptr(),
-                    1,
-                    h as isize,
+                gemm_into(
+                    (n, h, rows_v),
+                    (gx.as_mut_ptr(), 1, h as isize),
                     v0 > 0,
-                    logits.as_ptr(),
-                    1,
-                    rows_v as isize,
-                    tile.as_ptr(),
-                    1,
-                    h as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism(),
+                    (logits.as_ptr(), 1, rows_v as isize),
+                    (tile.as_ptr(), 1, h as isize),
                 );
             }
         }
