@@ -16,7 +16,8 @@
 //! - [`model`]: our Llama forward (all positions, differentiable, fused CPU ops with their own
 //!   backward), LoRA, flat adapters in PEFT's format, GGUF and Hugging Face loading, the frozen
 //!   base in bf16 or GGUF blocks dequantised inside the matmuls (`model.base_precision`), the
-//!   model cache (`sim fetch-model`), KV-cache generation.
+//!   model cache (`sim fetch-model`), KV-cache generation (optionally with 8-bit activations
+//!   against a Q8_0/Q4_1 base, `model.inference_activations`).
 //! - [`trainer`]: which local trainer a slot runs: LoRA, or seeded synthetic updates.
 //! - [`train`]: local SFT (response-only loss, AdamW, cosine LR per round) and evaluation.
 //! - [`slots`]: OS threads owning a device and a rayon pool; jobs over crossbeam channels.

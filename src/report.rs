@@ -288,6 +288,10 @@ pub struct Summary {
     /// How the frozen base was held (`model.base_precision`).
     #[serde(default = "f32_name")]
     pub base_precision: String,
+    /// What KV-cache inference (task evaluation, extraction) fed a Q8_0/Q4_1 base
+    /// (`model.inference_activations`: F32 or Int8).
+    #[serde(default = "f32_name")]
+    pub inference_activations: String,
     /// Bytes the frozen base's weights took in that precision (one copy, shared by slots).
     #[serde(default)]
     pub base_bytes: u64,

@@ -107,6 +107,8 @@ pub struct Scenario {
     /// What the base's weights will take in that precision, by format (planned from the
     /// shapes and the file's header; loading gives the same).
     pub base_footprint: crate::model::weight::Footprint,
+    /// What KV-cache inference feeds a Q8_0/Q4_1 base (`model.inference_activations`).
+    pub inference_activations: crate::model::InferenceActivations,
     /// How records are written for the model.
     pub prompt: file::PromptFormat,
     /// The local trainer: LoRA, or seeded synthetic updates.

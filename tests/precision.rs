@@ -385,3 +385,152 @@ fn generation_from_a_4_bit_base_matches_transformers_greedy_and_samples_by_seed(
     };
     assert_eq!(sample(7), sample(7));
 }
+
+/// The bound 8-bit activations guarantee: each value moves by at most half its block's step
+/// (max|x| / 254), so |Σ w·x − Σ w·x̂| ≤ Σ_blocks (max|x| / 254) · Σ|w| over the block.
+fn int8_bound(w: &[f32], x: &[f32]) -> f32 {
+    w.chunks(32)
+        .zip(x.chunks(32))
+        .map(|(wb, xb)| {
+            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+            amax / 254.0 * wb.iter().map(|v| v.abs()).sum::<f32>()
+        })
+        .sum()
+}
+
+#[test]
+fn eight_bit_activations_stay_within_the_rounding_bound_and_f32_ones_change_nothing() {
+    use fedsim::model::InferenceActivations::{Int8, F32};
+    for format in [GgmlDType::Q8_0, GgmlDType::Q4_1] {
+        let (w, f) = packed(48, 256, format);
+        let (w2, _) = packed(16, 256, format);
+        let rows = f.to_tensor(&Device::Cpu).unwrap();
+        for m in [1, 3, 5, 37] {
+            // Uneven magnitudes, as real activations have (outliers in some blocks).
+            let x = (seeded(m, 256) * 0.5).unwrap();
+            let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let want = ops::frozen_matmul(&x, &f).unwrap();
+            let got = ops::decode_matmul(&x, &w, Int8).unwrap();
+            let (g, e): (Vec<f32>, Vec<f32>) = (
+                got.flatten_all().unwrap().to_vec1().unwrap(),
+                want.flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            for i in 0..m {
+                for r in 0..48 {
+                    let wr: Vec<f32> = rows.get(r).unwrap().to_vec1().unwrap();
+                    let bound = int8_bound(&wr, &xv[i * 256..(i + 1) * 256]) + 1e-3;
+                    let d = (g[i * 48 + r] - e[i * 48 + r]).abs();
+                    assert!(d <= bound, "{format:?} m={m} ({i}, {r}): {d} > {bound}");
+                }
+            }
+            // Several weights in one pass give each weight's own bits.
+            let both = ops::decode_matmuls(&x, &[&w, &w2], Int8).unwrap();
+            assert_eq!(max_diff(&both[0], &got), 0.0, "{format:?} m={m}");
+            let alone = ops::decode_matmul(&x, &w2, Int8).unwrap();
+            assert_eq!(max_diff(&both[1], &alone), 0.0, "{format:?} m={m}");
+            // F32 activations are the training forward's matmul, bit for bit.
+            let f32_path = ops::decode_matmul(&x, &w, F32).unwrap();
+            let train = ops::frozen_matmul(&x, &w).unwrap();
+            assert_eq!(max_diff(&f32_path, &train), 0.0, "{format:?} m={m}");
+        }
+    }
+}
+
+#[test]
+fn eight_bit_kernels_give_the_same_bits_whatever_the_thread_count_and_instruction_set() {
+    use fedsim::model::q8dot::{self, Q8Row};
+    use fedsim::model::InferenceActivations::Int8;
+    let (w, _) = packed(600, 576, GgmlDType::Q4_1);
+    let (w8, _) = packed(600, 576, GgmlDType::Q8_0);
+    let x = seeded(2, 576);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let out = ops::decode_matmuls(&x, &[&w, &w8], Int8).unwrap();
+            out.iter()
+                .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(run(1), run(3));
+    // The portable kernels against the SIMD ones (where this CPU has them: both ran).
+    let xv: Vec<f32> = x.get(0).unwrap().to_vec1().unwrap();
+    let q = Q8Row::quantise(&xv);
+    for (format, p) in [(GgmlDType::Q4_1, &w), (GgmlDType::Q8_0, &w8)] {
+        let FrozenWeight::Packed(p) = p else {
+            panic!("packed")
+        };
+        for r in [0, 1, 599] {
+            let raw = p.raw_row(r);
+            let (fast, portable) = match format {
+                GgmlDType::Q4_1 => (q8dot::dot_q4_1(raw, &q), q8dot::portable::dot_q4_1(raw, &q)),
+                _ => (q8dot::dot_q8_0(raw, &q), q8dot::portable::dot_q8_0(raw, &q)),
+            };
+            assert_eq!(fast.to_bits(), portable.to_bits(), "{format:?} row {r}");
+        }
+    }
+}
+
+#[test]
+fn int8_inference_activations_need_a_q8_0_or_q4_1_base_and_leave_training_alone() {
+    use crate::util::{run, scenario, sim, SMALL};
+    use fedsim::ScenarioError;
+    // A base with nothing in Q8_0/Q4_1: refused, naming the field and the fix.
+    match scenario(SMALL, &["model.inference_activations=Int8"]) {
+        Err(ScenarioError::Invalid { field, message, .. }) => {
+            assert_eq!(field, "model.inference_activations");
+            assert!(message.contains("model.base_precision"), "{message}");
+        }
+        other => panic!("expected a field error, got {:?}", other.map(|s| s.name)),
+    }
+    // With a Q8_0 base: accepted, recorded, and training's bits are the F32-activation run's
+    // (the setting reaches KV-cache inference only).
+    let tmp = tempfile::tempdir().unwrap();
+    let q8 = "model.base_precision=Q8_0";
+    let int8 = scenario(SMALL, &[q8, "model.inference_activations=Int8", "rounds=2"]).unwrap();
+    assert_eq!(
+        int8.inference_activations,
+        fedsim::model::InferenceActivations::Int8
+    );
+    let f32 = scenario(SMALL, &[q8, "rounds=2"]).unwrap();
+    let (a, b) = (
+        run(&int8, &tmp.path().join("int8")),
+        run(&f32, &tmp.path().join("f32")),
+    );
+    assert_eq!(a.summary.inference_activations, "Int8");
+    assert_eq!(b.summary.inference_activations, "F32");
+    let adapter = |d: &std::path::Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(adapter(&a.dir), adapter(&b.dir));
+    // The CLI: refused on an f32 base, with the flag that fixes it.
+    let gguf = crate::smollm2::gguf_path();
+    let (ok, _, err) = sim(&[
+        "generate",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--inference-activations",
+        "Int8",
+        "--max-tokens",
+        "2",
+        "hi",
+    ]);
+    assert!(
+        !ok && err.contains("--base-precision Q8_0 or Q4_1"),
+        "{err}"
+    );
+    let (ok, _, err) = sim(&[
+        "generate",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--base-precision",
+        "Q4_1",
+        "--inference-activations",
+        "Int8",
+        "--max-tokens",
+        "2",
+        "hi",
+    ]);
+    assert!(ok, "{err}");
+}

@@ -123,7 +123,7 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
     use fedsim::data::{DataSource, Partition};
     use fedsim::devices::{DeviceProfile, Dist, Profiles, Tier};
     use fedsim::eval::task::TaskSource;
-    use fedsim::model::{BasePrecision, LlamaConfig, TargetModule};
+    use fedsim::model::{BasePrecision, InferenceActivations, LlamaConfig, TargetModule};
     use fedsim::privacy::{DpSampling, FracSeries, Mechanism, NoiseSource};
     use fedsim::stragglers::{Staleness, Stragglers};
     use fedsim::trainer::TrainerKind;
@@ -161,6 +161,7 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
         LlamaConfig,
         TargetModule,
         BasePrecision,
+        InferenceActivations,
         DpSampling,
         FracSeries,
         Mechanism,

@@ -168,6 +168,66 @@ fn logits_per_base_precision_match_transformers_dequantised_model() {
     }
 }
 
+/// KV-cache inference (`continuation_logprobs`, as the task evaluation scores choices) on the
+/// Q4_1 file's own blocks: with f32 activations it gives transformers' logits; with 8-bit
+/// activations (llama.cpp's way) they move by the activation rounding, measured here. Logits
+/// are compared relative to the top-1 reference token (log-probabilities differ from logits
+/// by one constant per position).
+#[test]
+fn inference_activations_f32_match_transformers_and_int8_stay_within_the_measured_bound() {
+    use fedsim::model::generate::continuation_logprobs;
+    use fedsim::model::{BasePrecision, InferenceActivations};
+    let header = GgufHeader::read(&gguf_path()).unwrap();
+    for (activations, tol) in [
+        (InferenceActivations::F32, 1e-3),
+        (InferenceActivations::Int8, 1.0),
+    ] {
+        let model = header
+            .load_as(&Device::Cpu, BasePrecision::Q4_1)
+            .unwrap()
+            .with_inference_activations(activations);
+        let (mut worst, mut top1) = (0f64, 0);
+        let mut positions = 0;
+        for case in reference()["cases"].as_array().unwrap() {
+            let prompt = ids(&case["input_ids"]);
+            for pos in case["positions"].as_array().unwrap() {
+                let p = pos["position"].as_u64().unwrap() as usize;
+                let want_ids = ids(&pos["top10_ids"]);
+                let want: Vec<f64> = pos["top10_logits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                let choices: Vec<Vec<u32>> = want_ids.iter().map(|&t| vec![t]).collect();
+                let got = continuation_logprobs(&model, &prompt[..=p], &choices).unwrap();
+                for i in 1..10 {
+                    let d = ((got[i] - got[0]) - (want[i] - want[0])).abs();
+                    worst = worst.max(d);
+                    assert!(
+                        d <= tol,
+                        "{} {} @ {p}: token {} moved {d} against the top-1",
+                        activations.name(),
+                        case["name"],
+                        want_ids[i]
+                    );
+                }
+                let best = (0..10).max_by(|&a, &b| got[a].total_cmp(&got[b])).unwrap();
+                top1 += usize::from(best == 0);
+                positions += 1;
+            }
+        }
+        eprintln!(
+            "Q4_1 base, {} activations: top-10 logits relative to the top-1 within {worst:.3} of \
+             transformers' (bound {tol}); top-1 kept at {top1}/{positions} positions",
+            activations.name()
+        );
+        if activations == InferenceActivations::F32 {
+            assert_eq!(top1, positions, "f32 activations keep every top-1");
+        }
+    }
+}
+
 #[test]
 fn tokenizer_from_gguf_metadata_gives_hugging_faces_ids() {
     let header = GgufHeader::read(&gguf_path()).unwrap();

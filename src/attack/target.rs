@@ -78,7 +78,9 @@ impl Target {
         let data = scenario.data.prepare()?;
         check_held_out(dir, &summary, &data)?;
         tracing::debug!(run = %dir.display(), "loading the base model and the adapter");
-        let base = source.load_as(&Device::Cpu, scenario.base_precision)?;
+        let base = source
+            .load_as(&Device::Cpu, scenario.base_precision)?
+            .with_inference_activations(scenario.inference_activations);
         let base_path = source.path().to_path_buf();
         let (adapter, lora) =
             peft::load_peft(dir, base.config()).map_err(|e| match e.is_non_finite() {

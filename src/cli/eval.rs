@@ -59,6 +59,10 @@ pub struct EvalArgs {
     /// `model.base_precision`).
     #[arg(long, default_value = "F32")]
     pub base_precision: fedsim::model::BasePrecision,
+    /// What a Q8_0/Q4_1 base's matmuls take in the task evaluation (generation, choice scoring): F32 (the training forward's
+    /// numbers) or Int8 (8-bit blocks, as llama.cpp: about twice as fast, logits slightly off).
+    #[arg(long, default_value = "F32")]
+    pub inference_activations: fedsim::model::InferenceActivations,
     /// Where eval.json goes (default: the run directory with --run, else ./eval.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -169,7 +173,10 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
 /// The pretrained model, and with the adapter (`--adapter`, or the run's) merged in.
 fn models(a: &EvalArgs, source: &Pretrained) -> anyhow::Result<Vec<(String, BaseModel)>> {
     let adapter = a.adapter.clone().or_else(|| a.run.clone());
-    let base = source.load_as(&Device::Cpu, a.base_precision)?;
+    let base = super::generate::with_activations(
+        source.load_as(&Device::Cpu, a.base_precision)?,
+        a.inference_activations,
+    )?;
     let mut models: Vec<(String, BaseModel)> = Vec::new();
     if let Some(dir) = &adapter {
         let (ad, lora) = peft::load_peft(dir, base.config())?;

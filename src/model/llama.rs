@@ -13,6 +13,7 @@ use super::attention::Attention;
 use super::frozen::HeadNll;
 use super::lora::DropoutRng;
 use super::ops::{frozen_matmul, log_softmax, rms_norm, rope, softmax, swiglu};
+use super::q8dot::InferenceActivations;
 use super::qmatmul::PackedHeadNll;
 use super::weight::{FrozenWeight, WeightRole};
 use super::{LlamaConfig, LoraVars, ModelError, TargetModule};
@@ -45,6 +46,8 @@ pub struct BaseModel {
     pub(super) cos: Tensor,
     pub(super) sin: Tensor,
     pub(super) device: Device,
+    /// What KV-cache inference feeds a Q8_0/Q4_1 weight.
+    pub(super) inference: InferenceActivations,
 }
 
 /// A batch prepared for the loss: token ids, mask and the positions whose next token counts.
@@ -139,7 +142,20 @@ impl BaseModel {
             norm,
             lm_head,
             device: device.clone(),
+            inference: InferenceActivations::F32,
         })
+    }
+
+    /// This model with KV-cache inference (generation, answer-choice scoring) feeding its Q8_0
+    /// and Q4_1 weights `activations` (`model.inference_activations`; f32 by default).
+    pub fn with_inference_activations(mut self, activations: InferenceActivations) -> Self {
+        self.inference = activations;
+        self
+    }
+
+    /// What KV-cache inference feeds a Q8_0/Q4_1 weight.
+    pub fn inference_activations(&self) -> InferenceActivations {
+        self.inference
     }
 
     /// Hyper-parameters.
@@ -183,14 +199,15 @@ impl BaseModel {
                 proj,
             });
         }
-        Self::assemble(
+        Ok(Self::assemble(
             self.cfg.clone(),
             self.embed_tokens.clone(),
             blocks,
             self.norm.clone(),
             self.lm_head.clone(),
             &self.device,
-        )
+        )?
+        .with_inference_activations(self.inference))
     }
 
     /// Final hidden states (batch·seq, hidden) after the last norm.
@@ -238,8 +255,12 @@ impl BaseModel {
     /// # Errors
     /// Fails on a candle error.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        Ok(frozen_matmul(hidden, head)?)
+        Ok(frozen_matmul(hidden, self.head())?)
+    }
+
+    /// The output head: its own weight, or the tied embedding.
+    pub fn head(&self) -> &FrozenWeight {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
     /// Logits for every position: (batch, seq, vocab).

@@ -130,10 +130,14 @@ impl BaseModel {
         if precision == BasePrecision::F32 || precision == BasePrecision::Stored {
             return Ok(self);
         }
-        let device = self.device.clone();
+        let (device, inference) = (self.device.clone(), self.inference);
         let weights: HashMap<String, Tensor> = self.named_tensors()?.into_iter().collect();
-        Self::from_named_as(&self.cfg.clone(), weights, &device, precision)
+        Ok(
+            Self::from_named_as(&self.cfg.clone(), weights, &device, precision)?
+                .with_inference_activations(inference),
+        )
     }
+
     /// All base weights under Hugging Face names (shared, not copied).
     pub fn named_weights(&self) -> Vec<(String, FrozenWeight)> {
         let f32 = |t: &Tensor| FrozenWeight::F32(t.clone());

@@ -7,8 +7,9 @@ use candle_core::{DType, Tensor, D};
 
 use super::frozen::FrozenLinear;
 use super::fused::{RmsNorm, Rope, Softmax, SwiGlu};
-use super::qmatmul::PackedLinear;
-use super::weight::FrozenWeight;
+use super::q8dot::InferenceActivations;
+use super::qmatmul::{forward_q8_many, PackedDecode, PackedLinear};
+use super::weight::{FrozenWeight, Packed};
 use super::ModelError;
 
 /// `x · Wᵀ` for a frozen W: on the CPU through [`FrozenLinear`] (no gradient for W) or, for a
@@ -32,6 +33,66 @@ pub fn frozen_matmul(x: &Tensor, w: &FrozenWeight) -> candle_core::Result<Tensor
                 .reshape(out_shape)
         }
     }
+}
+
+/// `x · Wᵀ` for a frozen W in KV-cache inference (no gradient): as [`frozen_matmul`], except
+/// that with [`InferenceActivations::Int8`] a Q8_0 or Q4_1 W takes x quantised to 8 bits per
+/// 32-value block ([`PackedDecode`]), as llama.cpp does.
+pub fn decode_matmul(
+    x: &Tensor,
+    w: &FrozenWeight,
+    activations: InferenceActivations,
+) -> candle_core::Result<Tensor> {
+    match w {
+        FrozenWeight::Packed(p) if int8(activations, p, x) => {
+            x.contiguous()?.apply_op1(PackedDecode::new(p))
+        }
+        _ => frozen_matmul(x, w),
+    }
+}
+
+/// Whether x (rows, k) goes through W's 8-bit kernels.
+fn int8(activations: InferenceActivations, p: &Packed, x: &Tensor) -> bool {
+    activations == InferenceActivations::Int8
+        && p.takes_q8()
+        && x.device().is_cpu()
+        && x.rank() == 2
+        && x.dim(1).is_ok_and(|k| k == p.cols())
+}
+
+/// [`decode_matmul`] of one x with several weights (q, k and v; gate and up): with 8-bit
+/// activations and every W taking them, one quantisation of x and one parallel part for all.
+pub fn decode_matmuls(
+    x: &Tensor,
+    ws: &[&FrozenWeight],
+    activations: InferenceActivations,
+) -> candle_core::Result<Vec<Tensor>> {
+    let packed: Option<Vec<&Packed>> = ws
+        .iter()
+        .map(|w| match w {
+            FrozenWeight::Packed(p) if int8(activations, p, x) => Some(&**p),
+            _ => None,
+        })
+        .collect();
+    let Some(packed) = packed else {
+        return ws
+            .iter()
+            .map(|w| decode_matmul(x, w, activations))
+            .collect();
+    };
+    let m = x.dim(0)?;
+    let n: usize = packed.iter().map(|p| p.rows()).sum();
+    let mut out = vec![0f32; m * n];
+    forward_q8_many(&packed, &x.flatten_all()?.to_vec1::<f32>()?, m, &mut out);
+    let all = Tensor::from_vec(out, (m, n), x.device())?;
+    let mut at = 0;
+    packed
+        .iter()
+        .map(|p| {
+            at += p.rows();
+            all.narrow(1, at - p.rows(), p.rows())
+        })
+        .collect()
 }
 
 /// RMSNorm over the last dimension (fused on the CPU, composed elsewhere; both have a backward).

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::q8dot::Q8Row;
 use super::weight::Packed;
 
 /// f32 values of W dequantised at once (1 MiB).
@@ -130,10 +131,59 @@ pub fn backward(w: &Packed, g: &[f32], m: usize) -> Vec<f32> {
 /// A few input rows: each weight row dequantised once into a row buffer and dotted with every
 /// input row (the weights are read once; nothing of W's size is written).
 fn gemv(w: &Packed, x: &[f32], m: usize, out: &mut [f32]) {
-    let (n, k) = (w.rows(), w.cols());
-    // (n, m): rows of W in parallel chunks (a few per thread: each wake-up costs), transposed
-    // into out below.
+    let k = w.cols();
+    by_weight_row((w.rows(), k), m, out, |r, i, buf| {
+        w.dot_row(r, &x[i * k..(i + 1) * k], buf)
+    });
+}
+
+/// `out (m, n) = x (m, k) · Wᵀ` with each row of x quantised to 8 bits per block and integer
+/// block products ([`super::q8dot`]), as llama.cpp runs a token; f32 rows where the format has
+/// no such kernel.
+pub fn forward_q8(w: &Packed, x: &[f32], m: usize, out: &mut [f32]) {
+    if !w.takes_q8() {
+        return forward(w, x, m, out);
+    }
+    forward_q8_many(&[w], x, m, out);
+}
+
+/// [`forward_q8`] for several weights of one width at once (q, k and v; gate and up): x is
+/// quantised once and all their rows share one parallel part; `out (m, Σ rows)` holds the
+/// results side by side, in the order given. Every weight must [`Packed::takes_q8`].
+pub fn forward_q8_many(ws: &[&Packed], x: &[f32], m: usize, out: &mut [f32]) {
+    let k = ws[0].cols();
+    assert!(
+        ws.iter().all(|w| w.cols() == k && w.takes_q8()),
+        "forward_q8_many: weights of one width, each taking 8-bit activations"
+    );
+    let rows: Vec<Q8Row> = x.chunks_exact(k).map(Q8Row::quantise).collect();
+    // (first row, weight) of each weight in the side-by-side numbering.
+    let starts: Vec<(usize, &Packed)> = ws
+        .iter()
+        .scan(0, |at, w| {
+            let start = *at;
+            *at += w.rows();
+            Some((start, *w))
+        })
+        .collect();
+    let n: usize = ws.iter().map(|w| w.rows()).sum();
+    by_weight_row((n, k), m, out, |r, i, _| {
+        let (start, w) = starts[starts.partition_point(|(s, _)| *s <= r) - 1];
+        w.dot_row_q8(r - start, &rows[i])
+            .expect("takes_q8 was checked")
+    });
+}
+
+/// `out[i, r] = dot(r, i, scratch row)` for every weight row r < n and input row i < m, with
+/// rows of k values: weight rows in parallel chunks (a few per thread: each wake-up costs).
+fn by_weight_row(
+    (n, k): (usize, usize),
+    m: usize,
+    out: &mut [f32],
+    dot: impl Fn(usize, usize, &mut [f32]) -> f32 + Sync,
+) {
     let chunk = n.div_ceil(4 * rayon::current_num_threads()).max(ROW_CHUNK);
+    // (n, m), transposed into out below.
     let mut by_row = vec![0f32; n * m];
     by_row
         .par_chunks_mut(chunk * m)
@@ -142,7 +192,7 @@ fn gemv(w: &Packed, x: &[f32], m: usize, out: &mut [f32]) {
             let mut buf = vec![0f32; k];
             for (j, d) in dst.chunks_exact_mut(m).enumerate() {
                 for (i, v) in d.iter_mut().enumerate() {
-                    *v = w.dot_row(c * chunk + j, &x[i * k..(i + 1) * k], &mut buf);
+                    *v = dot(c * chunk + j, i, &mut buf);
                 }
             }
         });
@@ -196,6 +246,38 @@ impl CustomOp1 for PackedLinear {
         let gv = g.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let gx = backward(&self.w, &gv, m);
         Ok(Some(Tensor::from_vec(gx, x.shape(), x.device())?))
+    }
+}
+
+/// [`PackedLinear`]'s forward with 8-bit activations ([`forward_q8`]), for generation: it has
+/// no backward.
+pub(super) struct PackedDecode {
+    w: Arc<Packed>,
+}
+
+impl PackedDecode {
+    pub(super) fn new(w: &Arc<Packed>) -> Self {
+        Self { w: Arc::clone(w) }
+    }
+}
+
+impl CustomOp1 for PackedDecode {
+    fn name(&self) -> &'static str {
+        "packed-decode"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = l.shape().dims2()?;
+        if k != self.w.cols() {
+            candle_core::bail!(
+                "packed-decode: input width {k} but weight width {}",
+                self.w.cols()
+            )
+        }
+        let x = values(s, l, self.name())?;
+        let mut out = vec![0f32; m * self.w.rows()];
+        forward_q8(&self.w, x, m, &mut out);
+        Ok((CpuStorage::F32(out), Shape::from((m, self.w.rows()))))
     }
 }
 

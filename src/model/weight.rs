@@ -16,6 +16,8 @@ use candle_core::quantized::{GgmlDType, GgmlType, QTensor};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+pub use super::footprint::{Footprint, FormatShare};
+use super::q8dot::Q8Row;
 use super::ModelError;
 
 /// How the frozen base is held in memory (`model.base_precision`).
@@ -112,12 +114,8 @@ pub fn format_bytes(format: GgmlDType, rows: usize, cols: usize) -> usize {
 trait Rows: Send + Sync {
     /// Dequantise row `r` into `out` (`cols` values).
     fn row(&self, r: usize, out: &mut [f32]);
-    /// Σ x·row `r` (the same bits as dequantising the row and [`super::kernels::dot`]);
-    /// `buf` holds a row when no fused kernel covers the format.
-    fn dot_row(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
-        self.row(r, buf);
-        super::kernels::dot(x, buf)
-    }
+    /// Row `r` as stored (its blocks' bytes).
+    fn raw_row(&self, r: usize) -> &[u8];
     /// The same rows in another order: row i of the result is row `order[i]`.
     fn permuted(&self, order: &[usize]) -> Box<dyn Rows>;
     /// Bytes held.
@@ -134,19 +132,11 @@ impl<T: GgmlType + 'static> Rows for Blocks<T> {
         T::to_float(&self.blocks[r * self.per_row..(r + 1) * self.per_row], out);
     }
 
-    fn dot_row(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
+    fn raw_row(&self, r: usize) -> &[u8] {
         let blocks = &self.blocks[r * self.per_row..(r + 1) * self.per_row];
         // SAFETY: the blocks are plain `repr(C)` data; the slice covers exactly their bytes.
-        let bytes = unsafe {
+        unsafe {
             std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
-        };
-        match T::DTYPE {
-            GgmlDType::Q8_0 => super::kernels::dot_q8_0(bytes, x),
-            GgmlDType::Q4_1 => super::kernels::dot_q4_1(bytes, x),
-            _ => {
-                self.row(r, buf);
-                super::kernels::dot(x, buf)
-            }
         }
     }
 
@@ -243,7 +233,35 @@ impl Packed {
 
     /// Σ x·row `r`, `buf` a scratch row (`cols` values).
     pub fn dot_row(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
-        self.data.dot_row(r, x, buf)
+        use super::kernels;
+        match self.format {
+            GgmlDType::Q8_0 => kernels::dot_q8_0(self.data.raw_row(r), x),
+            GgmlDType::Q4_1 => kernels::dot_q4_1(self.data.raw_row(r), x),
+            _ => {
+                self.data.row(r, buf);
+                kernels::dot(x, buf)
+            }
+        }
+    }
+
+    /// Row `r` as stored: its blocks' bytes (GGUF's layout).
+    pub fn raw_row(&self, r: usize) -> &[u8] {
+        self.data.raw_row(r)
+    }
+
+    /// Whether [`Self::dot_row_q8`] covers this format (Q8_0 and Q4_1).
+    pub fn takes_q8(&self) -> bool {
+        matches!(self.format, GgmlDType::Q8_0 | GgmlDType::Q4_1)
+    }
+
+    /// Σ x·row `r` for an activation row quantised to 8 bits ([`Q8Row`]), in integers within
+    /// each block; None for a format [`Self::takes_q8`] refuses.
+    pub fn dot_row_q8(&self, r: usize, x: &Q8Row) -> Option<f32> {
+        match self.format {
+            GgmlDType::Q8_0 => Some(super::q8dot::dot_q8_0(self.data.raw_row(r), x)),
+            GgmlDType::Q4_1 => Some(super::q8dot::dot_q4_1(self.data.raw_row(r), x)),
+            _ => None,
+        }
     }
 
     /// Dequantise rows `lo..lo + out.len() / cols` into `out`.
@@ -397,123 +415,4 @@ fn check_blocks(format: GgmlDType, cols: usize) -> Result<(), ModelError> {
 
 fn unpackable(format: GgmlDType) -> ModelError {
     ModelError::Layout(format!("fedsim does not hold weights as {format:?}"))
-}
-
-/// What a base's weights take in memory, by format.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Footprint {
-    /// Per format (GGUF's names: F32, BF16, Q8_0, Q4_1…): tensors, values, bytes.
-    pub formats: std::collections::BTreeMap<String, FormatShare>,
-    /// 2-D weights kept in f32 although the precision packs them: their width is not a whole
-    /// number of blocks (planned footprints only).
-    #[serde(default)]
-    pub kept_f32: usize,
-}
-
-/// One format's share of a [`Footprint`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FormatShare {
-    /// Tensors held in it.
-    pub tensors: usize,
-    /// Their values.
-    pub values: usize,
-    /// Their bytes.
-    pub bytes: usize,
-}
-
-impl Footprint {
-    /// Add `rows × cols` values held as `format`.
-    fn add(&mut self, format: GgmlDType, rows: usize, cols: usize) {
-        let share = self.formats.entry(format!("{format:?}")).or_default();
-        share.tensors += 1;
-        share.values += rows * cols;
-        share.bytes += format_bytes(format, rows, cols);
-    }
-
-    /// The footprint of loaded weights.
-    pub fn of<'a>(weights: impl Iterator<Item = (&'a str, &'a FrozenWeight)>) -> Self {
-        let mut f = Self::default();
-        for (_, w) in weights {
-            let (rows, cols) = w.dims();
-            f.add(w.format(), rows, cols);
-        }
-        f
-    }
-
-    /// The footprint `precision` will give a model of shape `cfg`, before loading it: `stored`
-    /// gives a tensor's type in its GGUF file by Hugging Face name (None elsewhere). The same
-    /// rule as loading, so the plan equals what [`Footprint::of`] measures afterwards.
-    pub fn plan(
-        cfg: &super::LlamaConfig,
-        precision: BasePrecision,
-        stored: &dyn Fn(&str) -> Option<GgmlDType>,
-    ) -> Self {
-        let mut f = Self::default();
-        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
-        let mut weight = |name: &str, role: WeightRole, rows: usize, cols: usize| {
-            let format = precision.format(role, stored(name), cols);
-            let wanted = precision.format(role, stored(name), 0);
-            f.kept_f32 += usize::from(format != wanted);
-            f.add(format, rows, cols);
-        };
-        weight("model.embed_tokens.weight", WeightRole::Embedding, v, h);
-        if !cfg.tie_word_embeddings {
-            weight("lm_head.weight", WeightRole::Embedding, v, h);
-        }
-        for i in 0..cfg.num_hidden_layers {
-            for m in super::TargetModule::ALL {
-                let (o, c) = cfg.projection_shape(m);
-                weight(
-                    &format!("{}.weight", m.hf_path(i)),
-                    WeightRole::Projection,
-                    o,
-                    c,
-                );
-            }
-        }
-        for _ in 0..2 * cfg.num_hidden_layers + 1 {
-            f.add(GgmlDType::F32, 1, h);
-        }
-        f
-    }
-
-    /// Total bytes.
-    pub fn bytes(&self) -> usize {
-        self.formats.values().map(|s| s.bytes).sum()
-    }
-
-    /// Total values.
-    pub fn values(&self) -> usize {
-        self.formats.values().map(|s| s.values).sum()
-    }
-}
-
-impl std::fmt::Display for Footprint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mb = |b: usize| b as f64 / 1e6;
-        write!(
-            f,
-            "{:.1} MB ({:.2} of f32's {:.1} MB):",
-            mb(self.bytes()),
-            self.bytes() as f64 / (4 * self.values()).max(1) as f64,
-            mb(4 * self.values())
-        )?;
-        for (name, s) in &self.formats {
-            let plural = if s.tensors == 1 { "" } else { "s" };
-            write!(
-                f,
-                " {name} {} tensor{plural} {:.1} MB;",
-                s.tensors,
-                mb(s.bytes)
-            )?;
-        }
-        if self.kept_f32 > 0 {
-            write!(
-                f,
-                " {} weight(s) kept F32 (their width is not a whole number of blocks)",
-                self.kept_f32
-            )?;
-        }
-        Ok(())
-    }
 }

@@ -8,7 +8,7 @@ use super::{resources, Sampling, Scenario, ScenarioError};
 use crate::data::{DataPlan, DataSource};
 use crate::fmt::compact;
 use crate::model::weight::Footprint;
-use crate::model::LlamaConfig;
+use crate::model::{InferenceActivations, LlamaConfig};
 use crate::privacy::{DpPlan, DpSampling};
 use crate::train::LocalTraining;
 use crate::trainer::TrainerKind;
@@ -82,6 +82,7 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         model_source: file.model.source.clone(),
         base_precision: file.model.base_precision,
         base_footprint,
+        inference_activations: file.model.inference_activations,
         prompt: match (file.model.prompt, file.data.source.is_labelled()) {
             (super::file::PromptFormat::Auto, true) => super::file::PromptFormat::FinGpt,
             (p, _) => p,
@@ -174,6 +175,20 @@ fn check_model(
         }
     };
 
+    let int8_weights = ["Q8_0", "Q4_1"]
+        .iter()
+        .any(|f| footprint.formats.contains_key(*f));
+    c.ensure(
+        file.model.inference_activations != InferenceActivations::Int8 || int8_weights,
+        field_path!(file.model.inference_activations),
+        format!(
+            "is Int8, but the base holds no Q8_0 or Q4_1 weight (model.base_precision {}: \
+             {footprint}), so 8-bit activations would change nothing; set \
+             model.base_precision: Q8_0 or Q4_1 (for weights whose width is a multiple of 32), \
+             or remove this field",
+            precision.name()
+        ),
+    )?;
     Ok((model, model_name, footprint))
 }
 

@@ -239,12 +239,15 @@ fn base_model(
         Base::Generated => {
             let seed = derive(s.seed, &[purpose::MODEL]);
             let model = BaseModel::random(&s.model, seed, &candle_core::Device::Cpu)?
-                .with_precision(s.base_precision)?;
+                .with_precision(s.base_precision)?
+                .with_inference_activations(s.inference_activations);
             (model, None)
         }
         Base::Pretrained(p) => {
             progress("reading the pretrained weights", 0, 1)?;
-            let model = p.load_as(&candle_core::Device::Cpu, s.base_precision)?;
+            let model = p
+                .load_as(&candle_core::Device::Cpu, s.base_precision)?
+                .with_inference_activations(s.inference_activations);
             progress("reading the pretrained weights", 1, 1)?;
             let source = ModelRecord {
                 source: s.model_name.clone(),
