@@ -9,7 +9,9 @@
 #     its peak RSS (examples/train_step, the real GGUF read straight into the precision);
 #   - PyTorch + PEFT's f32 step, generation and peak RSS (../shared/bench/torch_lora.py);
 #   - greedy generation of 64 tokens from "The capital of France is": fedsim (sim generate) per
-#     precision, and llama.cpp on the same GGUF (benches/llama_cpp_generate.mjs).
+#     precision, with f32 activations and, for Q8_0 and Q4_1, 8-bit ones
+#     (--inference-activations Int8), and llama.cpp on the same GGUF
+#     (benches/llama_cpp_generate.mjs).
 # Every figure comes with the other-process CPU share of its window (benches/measure.py); the
 # host's CPU model, SIMD features and thread count head the output.
 #
@@ -19,7 +21,8 @@
 # node_modules/node-llama-cpp (npm install node-llama-cpp). REPEATS (default 1) rounds per
 # condition; THREADS (default 2); CONDITIONS (default all four, in this order); PRECISIONS
 # (default F32 Bf16 Q8_0 Q4_1) and STEPS (timed steps after 2 warm-up ones, default 5) for the
-# training step.
+# training step; GENERATIONS (default F32 Q8_0 Q4_1 Q8_0:Int8 Q4_1:Int8, PRECISION[:ACTIVATIONS])
+# for generation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/bench-precision}
@@ -41,7 +44,7 @@ record() { # condition, what, json
 {
     echo "cpu: $(lscpu | sed -n 's/^Model name: *//p')"
     echo "simd: $(grep -o -w -E 'avx2|fma|f16c|avx512f|avx512_vnni|avx512_bf16|amx_tile|amx_int8|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
-    echo "kernels: fedsim packed rows AVX2+FMA+F16C when detected (else portable), gemm crate AVX-512 (x86-v4) when detected; threads $THREADS of $(nproc) cores ($((THREADS > $(nproc) - 1 ? $(nproc) - 1 : THREADS)) when pinned)"
+    echo "kernels: fedsim packed rows AVX2+FMA+F16C when detected (else portable), 8-bit activation rows AVX2 (maddubs) when detected, gemm crate AVX-512 (x86-v4) when detected; threads $THREADS of $(nproc) cores ($((THREADS > $(nproc) - 1 ? $(nproc) - 1 : THREADS)) when pinned)"
 } | tee "$OUT/host.txt"
 
 load_pid=""
@@ -69,8 +72,10 @@ for condition in ${CONDITIONS:-quiet load quiet-pinned load-pinned}; do
             record "$condition" "fedsim step $p" "$(RAYON_NUM_THREADS=$T M $PIN "$TARGET/examples/train_step" "${STEPS:-5}" "$p" "$GGUF")"
         done
         record "$condition" "pytorch step+generation" "$(SMOLLM2_GGUF=$GGUF M $PIN "$TORCH_PY" ../shared/bench/torch_lora.py --phase gguf --threads "$T")"
-        for p in F32 Q8_0 Q4_1; do
-            record "$condition" "fedsim generate $p" "$(RAYON_NUM_THREADS=$T M $PIN "$TARGET/sim" generate --raw --model "$GGUF" --base-precision "$p" --max-tokens 64 --min-tokens 64 "$PROMPT")"
+        for g in ${GENERATIONS:-F32 Q8_0 Q4_1 Q8_0:Int8 Q4_1:Int8}; do
+            p=${g%%:*}; a=F32; [ "$g" != "$p" ] && a=${g#*:}
+            what="fedsim generate $p"; [ "$a" != F32 ] && what="$what, $a activations"
+            record "$condition" "$what" "$(RAYON_NUM_THREADS=$T M $PIN "$TARGET/sim" generate --raw --model "$GGUF" --base-precision "$p" --inference-activations "$a" --max-tokens 64 --min-tokens 64 "$PROMPT")"
         done
         if [ -n "$LLAMA_CPP_DIR" ]; then
             cp benches/llama_cpp_generate.mjs "$LLAMA_CPP_DIR/"

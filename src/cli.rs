@@ -12,3 +12,4 @@ pub mod run;
 pub mod study;
 pub mod sweep;
 pub mod validate;
+pub mod worker;

@@ -21,6 +21,8 @@
 //! - [`trainer`]: which local trainer a slot runs: LoRA, or seeded synthetic updates.
 //! - [`train`]: local SFT (response-only loss, AdamW, cosine LR per round) and evaluation.
 //! - [`slots`]: OS threads owning a device and a rayon pool; jobs over crossbeam channels.
+//! - [`cluster`]: slot workers on other hosts over `ractor_cluster` (`sim worker`,
+//!   `sim run --workers`): a remote slot takes jobs from the same queue.
 //! - [`messages`]: `FitIns`, `FitRes`, `EvaluateIns`/`EvaluateRes`, `RoundSummary`.
 //! - [`actors`]: server (round loop, sampling, supervision), client, aggregator.
 //! - [`clock`], [`network`], [`devices`], [`faults`], [`stragglers`]: the systems simulation —
@@ -57,6 +59,7 @@ pub mod bytes;
 pub mod byzantine;
 pub mod chart;
 pub mod clock;
+pub mod cluster;
 pub mod comm;
 pub mod compare;
 pub mod data;

@@ -39,6 +39,8 @@ enum Command {
         #[command(subcommand)]
         what: PrivacyCommand,
     },
+    /// Offer this host's slots to a coordinator (`sim run --workers`) until stopped.
+    Worker(cli::worker::WorkerArgs),
     /// Run a scenario once per combination of --vary values; print and write a table.
     Sweep(cli::sweep::SweepArgs),
     /// Fetch a known pretrained model into the cache ($FEDSIM_CACHE or ~/.cache/fedsim/models)
@@ -119,6 +121,7 @@ fn matmul_threads(command: &Command) -> usize {
         Command::Sweep(a) => a.matmul_threads(),
         Command::Study(a) => a.matmul_threads(),
         Command::Attack(a) => Some(a.threads_per_slot),
+        Command::Worker(a) => Some(a.threads_per_slot),
         _ => None,
     }
     .unwrap_or(cores)
@@ -134,6 +137,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => cli::run::run(args),
+        Command::Worker(args) => cli::worker::worker(args),
         Command::Sweep(args) => cli::sweep::sweep(args),
         Command::Generate(args) => cli::generate::generate(args),
         Command::Comm(args) => cli::comm::comm(args),

@@ -356,6 +356,10 @@ pub struct Summary {
     /// The process's peak resident memory when the run ended (Linux `VmHWM`; 0 elsewhere).
     #[serde(default)]
     pub peak_rss_bytes: u64,
+    /// Workers on other hosts that ran jobs (`sim run --workers`): address, slots, jobs,
+    /// busy seconds and bytes each way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<crate::cluster::WorkerRecord>,
 }
 
 fn f32_name() -> String {

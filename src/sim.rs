@@ -5,13 +5,14 @@
 //! `running` before round 1 and after each round, and replaced (atomically) with the final
 //! status — completed, interrupted, budget_exhausted or failed — at the end.
 
-mod checkpoint;
+pub(crate) mod checkpoint;
 mod prepare;
 mod recorder;
 mod resume;
 mod setup;
 mod summary;
-mod wiring;
+pub(crate) mod wiring;
+pub mod worker;
 
 pub use prepare::{prepare, prepare_with, prompt_text, Prepared};
 pub use resume::{resume, ResumeError};
@@ -57,6 +58,9 @@ pub enum SimError {
     /// Slots could not start.
     #[error(transparent)]
     Slots(#[from] SlotError),
+    /// Workers on other hosts could not join the run.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The device trace could not be used.
     #[error(transparent)]
     Trace(#[from] TraceError),
@@ -113,6 +117,8 @@ pub struct RunOptions {
     pub telemetry: Option<Telemetry>,
     /// Minimum wall seconds per round (live demos); `None` runs flat out.
     pub pace: Option<std::time::Duration>,
+    /// Workers on other hosts whose slots join the run's (`sim run --workers`).
+    pub workers: Option<crate::cluster::coordinator::WorkerSet>,
 }
 
 /// Receives progress events.
@@ -211,7 +217,7 @@ struct Stamp {
 }
 
 /// The adapter layout of `s`'s trainer.
-fn layout_of(s: &Scenario) -> Arc<AdapterLayout> {
+pub(crate) fn layout_of(s: &Scenario) -> Arc<AdapterLayout> {
     Arc::new(s.trainer.layout(&s.model, &s.lora))
 }
 
@@ -250,6 +256,7 @@ async fn execute(
         pace: opts.pace,
         progress: opts.progress.take(),
         telemetry: opts.telemetry.clone(),
+        workers: opts.workers.take(),
     };
     let Begin {
         book,
@@ -290,13 +297,13 @@ fn finish_run(
     dir: &RunDir,
     info: &RunInfo,
     mut book: Book,
-    result: Result<(ServerOutcome, Vec<f64>), SimError>,
+    result: Result<(ServerOutcome, Vec<f64>, Vec<crate::cluster::WorkerRecord>), SimError>,
 ) -> Result<RunReport, SimError> {
     let failed = |message: String| SimError::Failed {
         dir: dir.path().to_path_buf(),
         message,
     };
-    let (outcome, busy) = match result {
+    let (outcome, busy, workers) = match result {
         Ok(v) => v,
         Err(e) => {
             let message = crate::fmt::chain(&e);
@@ -317,6 +324,7 @@ fn finish_run(
             .map_err(|e| failed(crate::fmt::chain(&e)))?;
     }
     let mut summary = book.finish(s, &outcome, busy);
+    summary.workers = workers;
     summary.backdoor = summary::backdoor(s, prep, &outcome.global)?;
     dir.write_json("summary.json", &summary)?;
     if !matches!(summary.status, RunStatus::Interrupted | RunStatus::Failed) {
@@ -372,13 +380,17 @@ async fn run_actors(
     s: &Scenario,
     prep: &Prepared,
     layout: Arc<AdapterLayout>,
-    observers: Observers,
+    mut observers: Observers,
     shutdown: Shutdown,
     recorder: Recorder,
     resume: Option<Resume>,
-) -> Result<(ServerOutcome, Vec<f64>), SimError> {
+) -> Result<(ServerOutcome, Vec<f64>, Vec<crate::cluster::WorkerRecord>), SimError> {
     let dir = recorder.dir.clone();
-    let (initial, pool) = wiring::slot_pool(s, prep, &layout)?;
+    let (initial, mut pool) = wiring::slot_pool(s, prep, &layout)?;
+    let cluster = match observers.workers.take() {
+        Some(set) => Some(join_workers(s, prep, &layout, &set, &mut pool).await?),
+        None => None,
+    };
     let pace = observers.pace;
     let sink = round_sink(recorder, observers, pool.busy());
     let agg_args = AggregatorArgs {
@@ -414,7 +426,31 @@ async fn run_actors(
     aggregator.stop(None);
     let _ = agg_handle.await;
     let busy = release_slots(pool, &shutdown).await?;
-    Ok((outcome?, busy))
+    let workers = cluster.map(|c| c.records()).unwrap_or_default();
+    Ok((outcome?, busy, workers))
+}
+
+/// Connect to the workers, set the run up on each, and add their slots to `pool`.
+async fn join_workers(
+    s: &Scenario,
+    prep: &Prepared,
+    layout: &Arc<AdapterLayout>,
+    set: &crate::cluster::coordinator::WorkerSet,
+    pool: &mut crate::slots::SlotPool,
+) -> Result<crate::cluster::coordinator::Cluster, SimError> {
+    let scenario = s.to_ron();
+    let inputs = checkpoint::inputs_fingerprint(prep);
+    let model = prep.lora.as_ref().and_then(|l| l.source.as_ref());
+    let expect = crate::cluster::coordinator::Expect {
+        scenario: &scenario,
+        model_sha256: model.map(|m| m.sha256.as_str()),
+        inputs: &inputs,
+    };
+    let cluster = crate::cluster::coordinator::connect(set, &expect, layout).await?;
+    for w in &cluster.workers {
+        pool.attach_remote(w.clone())?;
+    }
+    Ok(cluster)
 }
 
 fn actor_err(e: &dyn std::fmt::Display) -> SimError {

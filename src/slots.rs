@@ -107,6 +107,15 @@ impl SlotHandle {
     }
 }
 
+/// Slots on another host: each runs a job to its end, or answers it with the reason it could
+/// not (a lost host is the job's error, never a slot's).
+pub trait Remote: Send + Sync {
+    /// Slots it offers.
+    fn slots(&self) -> usize;
+    /// Run `job` there and send its outcome where the job says (blocking).
+    fn run(&self, job: Job);
+}
+
 /// Reads how long each slot has been busy.
 #[derive(Clone)]
 pub struct SlotBusy(Arc<Vec<AtomicU64>>);
@@ -129,6 +138,8 @@ pub struct SlotPool {
     busy_nanos: Arc<Vec<AtomicU64>>,
     /// Set by [`SlotPool::abandon`]: queued jobs are dropped unrun.
     abandoned: Arc<AtomicBool>,
+    /// The shared queue, for remote slots to take jobs from.
+    queue: Receiver<Job>,
 }
 
 impl SlotPool {
@@ -168,14 +179,7 @@ impl SlotPool {
             .map(|_| crossbeam_channel::unbounded::<Job>())
             .unzip();
         for (slot, own) in pinned_rx.into_iter().enumerate() {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(job_threads)
-                .thread_name(move |i| format!("slot{slot}-mm{i}"))
-                .build()
-                .map_err(|e| SlotError::Start {
-                    slot,
-                    message: e.to_string(),
-                })?;
+            let pool = matmul_pool(slot, job_threads)?;
             let (rx, ctx, busy) = (rx.clone(), ctx.clone(), busy_nanos.clone());
             let stop = abandoned.clone();
             let tokens = tokens.clone();
@@ -204,7 +208,34 @@ impl SlotPool {
             threads,
             busy_nanos,
             abandoned,
+            queue: rx,
         })
+    }
+
+    /// Add a worker's slots: one thread per remote slot takes jobs from the shared queue (not
+    /// the pinned ones: those stay on their local slot) and runs them on the worker.
+    ///
+    /// # Errors
+    /// When a thread cannot be created.
+    pub fn attach_remote(&mut self, worker: Arc<dyn Remote>) -> Result<(), SlotError> {
+        for i in 0..worker.slots() {
+            let (rx, w, stop) = (self.queue.clone(), worker.clone(), self.abandoned.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("remote{i}"))
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        if !stop.load(Ordering::SeqCst) {
+                            w.run(job);
+                        }
+                    }
+                })
+                .map_err(|e| SlotError::Start {
+                    slot: i,
+                    message: e.to_string(),
+                })?;
+            self.threads.push(handle);
+        }
+        Ok(())
     }
 
     /// A handle for submitting jobs.
@@ -242,6 +273,18 @@ impl SlotPool {
             let _ = t.join();
         }
     }
+}
+
+/// Slot `slot`'s rayon pool of `threads` matmul threads.
+fn matmul_pool(slot: usize, threads: usize) -> Result<rayon::ThreadPool, SlotError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(move |i| format!("slot{slot}-mm{i}"))
+        .build()
+        .map_err(|e| SlotError::Start {
+            slot,
+            message: e.to_string(),
+        })
 }
 
 /// The next job from the slot's own queue (pinned jobs first) or the shared one; `None` once

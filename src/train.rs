@@ -34,6 +34,22 @@ pub enum TrainError {
     /// The training code panicked (caught on the slot thread).
     #[error("training panicked: {0}")]
     Panicked(String),
+    /// The worker running the job was lost (its connection closed, or it answered nonsense).
+    #[error("worker_lost: worker {worker}: {message}")]
+    WorkerLost {
+        /// The worker's address.
+        worker: String,
+        /// What happened.
+        message: String,
+    },
+    /// The job failed on a remote worker.
+    #[error("on worker {worker}: {reason}")]
+    Remote {
+        /// The worker's address.
+        worker: String,
+        /// The worker's reason.
+        reason: String,
+    },
 }
 
 impl From<candle_core::Error> for TrainError {

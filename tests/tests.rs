@@ -4,6 +4,7 @@ mod util;
 
 mod attack;
 mod cli;
+mod cluster;
 mod comm;
 mod data;
 mod docs;

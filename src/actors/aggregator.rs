@@ -87,6 +87,7 @@ pub struct DpRound {
 }
 
 /// Messages the aggregator understands.
+#[derive(ractor_cluster::RactorMessage)]
 pub enum AggregatorMsg {
     /// Start a round.
     Begin {

@@ -49,6 +49,7 @@ pub struct ClientContext {
 }
 
 /// Messages a client understands.
+#[derive(ractor_cluster::RactorMessage)]
 pub enum ClientMsg {
     /// Plan a round that starts at `start` (virtual seconds): download `down_bytes`, upload
     /// `up_bytes`.

@@ -53,6 +53,19 @@ pub struct RunArgs {
     /// results are unchanged.
     #[arg(long, value_name = "SECONDS_PER_ROUND")]
     pace: Option<f64>,
+    /// Workers on other hosts whose slots join this run's (each started with
+    /// `sim worker --listen HOST:PORT`); needs --cookie-file.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "HOST:PORT,...",
+        requires = "cookie_file"
+    )]
+    workers: Vec<String>,
+    /// The cluster's shared secret for --workers: a file holding at least 16 characters, the
+    /// same file on every node.
+    #[arg(long, value_name = "FILE")]
+    cookie_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -106,6 +119,13 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         }),
         telemetry,
         pace: a.pace.map(Duration::from_secs_f64),
+        workers: match &a.cookie_file {
+            Some(path) if !a.workers.is_empty() => Some(fedsim::cluster::coordinator::WorkerSet {
+                addrs: a.workers.clone(),
+                cookie: fedsim::cluster::Cookie::from_file(path)?,
+            }),
+            _ => None,
+        },
     };
     let report = match &a.resume {
         Some(dir) => runtime.block_on(fedsim::sim::resume(dir, opts, shutdown.clone()))?,

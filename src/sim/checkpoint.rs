@@ -81,7 +81,7 @@ impl Checkpoint {
 
 /// A fingerprint of what preparation produced: the shards, the tokenised examples, the base
 /// model's source. Same scenario and same data files give the same fingerprint.
-pub(super) fn inputs_fingerprint(prep: &Prepared) -> String {
+pub(crate) fn inputs_fingerprint(prep: &Prepared) -> String {
     // FNV-1a over the values' little-endian bytes, streamed (millions of tokens).
     let mut h = crate::hash::Fnv1a::new();
     let mut put = |v: u64| h.write_u64(v);

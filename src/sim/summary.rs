@@ -59,6 +59,7 @@ impl Book {
             task_eval: None,
             wall_seconds: 0.0,
             peak_rss_bytes: 0,
+            workers: Vec::new(),
         };
         Self { summary, started }
     }

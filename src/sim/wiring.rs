@@ -28,6 +28,18 @@ pub(super) fn slot_pool(
     prep: &Prepared,
     layout: &Arc<AdapterLayout>,
 ) -> Result<(Arc<AdapterSet>, SlotPool), SimError> {
+    let (initial, ctx) = slot_context(s, prep, layout);
+    let pool = SlotPool::start(ctx, s.slots, s.threads_per_slot, s.client_resources)?;
+    Ok((initial, pool))
+}
+
+/// The initial global adapter and what every slot of `s` needs (the coordinator's slots and
+/// a worker's alike).
+pub(crate) fn slot_context(
+    s: &Scenario,
+    prep: &Prepared,
+    layout: &Arc<AdapterLayout>,
+) -> (Arc<AdapterSet>, Arc<SlotContext>) {
     let (initial, trainer) = match &prep.lora {
         Some(l) => (
             s.lora
@@ -55,8 +67,7 @@ pub(super) fn slot_pool(
         layout: layout.clone(),
         trainer,
     });
-    let pool = SlotPool::start(ctx, s.slots, s.threads_per_slot, s.client_resources)?;
-    Ok((Arc::new(initial), pool))
+    (Arc::new(initial), ctx)
 }
 
 /// The server's settings.

@@ -109,6 +109,7 @@ pub struct ServerArgs {
 }
 
 /// Messages the server understands.
+#[derive(ractor_cluster::RactorMessage)]
 pub enum ServerMsg {
     /// Evaluate the base model, then start round 1.
     Start,

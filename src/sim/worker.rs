@@ -1,0 +1,325 @@
+//! `sim worker`: a node that offers its slots to a coordinator. It holds no run until the
+//! coordinator sends one ([`SetupReq`]); it then prepares that scenario from its own files —
+//! the model from its cache, the data from the same paths — starts its slots, and answers with
+//! what it prepared, so the coordinator can refuse a worker whose inputs differ.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::oneshot;
+
+use crate::cluster::{
+    decode, encode, ClusterError, Cookie, JobReq, JobRes, SetupReq, SetupRes, WorkerMsg,
+    WORKER_GROUP,
+};
+use crate::model::{AdapterLayout, AdapterSet};
+use crate::scenario::Scenario;
+use crate::slots::{Job, SlotHandle, SlotPool};
+use crate::train::{Schedule, StepRule};
+
+/// How a worker serves.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Where it listens for the coordinator (loopback unless told otherwise).
+    pub listen: SocketAddr,
+    /// The cluster's shared secret.
+    pub cookie: Cookie,
+    /// Slots it offers.
+    pub slots: usize,
+    /// Matmul threads per slot.
+    pub threads_per_slot: usize,
+}
+
+/// Serve until `shutdown` completes: listen, join the worker group, answer the coordinator.
+///
+/// # Errors
+/// The node cannot start or listen.
+pub async fn serve(
+    opts: WorkerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ClusterError> {
+    let node = crate::cluster::node_server(
+        opts.listen,
+        &opts.cookie,
+        format!("fedsim-worker-{}", opts.listen.port()),
+    );
+    let fail = |what: &str, e: &dyn std::fmt::Display| ClusterError::Node {
+        what: what.to_string(),
+        message: e.to_string(),
+    };
+    let (node, node_handle) = Actor::spawn(None, node, ())
+        .await
+        .map_err(|e| fail(&format!("listening on {}", opts.listen), &e))?;
+    let (worker, worker_handle) = Actor::spawn(None, WorkerActor { opts: opts.clone() }, ())
+        .await
+        .map_err(|e| fail("starting the worker", &e))?;
+    tracing::info!(listen = %opts.listen, slots = opts.slots, "worker ready");
+    shutdown.await;
+    worker.stop(None);
+    node.stop(None);
+    let _ = worker_handle.await;
+    let _ = node_handle.await;
+    Ok(())
+}
+
+struct WorkerActor {
+    opts: WorkerOptions,
+}
+
+/// The run being served.
+struct Serving {
+    /// The scenario text it was prepared from (a coordinator reconnecting reuses it).
+    scenario: String,
+    answer: Vec<u8>,
+    pool: SlotPool,
+    handle: SlotHandle,
+    layout: Arc<AdapterLayout>,
+}
+
+#[derive(Default)]
+struct WorkerState {
+    serving: Option<Serving>,
+}
+
+impl Actor for WorkerActor {
+    type Msg = WorkerMsg;
+    type State = WorkerState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<WorkerMsg>,
+        (): (),
+    ) -> Result<WorkerState, ActorProcessingErr> {
+        ractor::pg::join(WORKER_GROUP.to_string(), vec![me.get_cell()]);
+        Ok(WorkerState::default())
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<WorkerMsg>,
+        st: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(s) = st.serving.take() {
+            s.pool.abandon();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        st: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerMsg::Setup(bytes, reply) => {
+                let answer = self.setup(&bytes, st).await;
+                let _ = reply.send(answer);
+            }
+            WorkerMsg::Run(bytes, reply) => run(&bytes, st, reply),
+        }
+        Ok(())
+    }
+}
+
+impl WorkerActor {
+    /// Prepare the run in `bytes` (or keep the one already prepared from the same text).
+    async fn setup(&self, bytes: &[u8], st: &mut WorkerState) -> Vec<u8> {
+        let req: SetupReq = match decode("setup request", bytes) {
+            Ok(r) => r,
+            Err(e) => return refusal(e.to_string()),
+        };
+        if let Some(s) = st.serving.as_ref().filter(|s| s.scenario == req.scenario) {
+            return s.answer.clone();
+        }
+        if let Some(old) = st.serving.take() {
+            old.pool.abandon();
+        }
+        let (slots, threads) = (self.opts.slots, self.opts.threads_per_slot);
+        let text = req.scenario.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare(&text, slots, threads)).await;
+        match prepared {
+            Ok(Ok((serving, res))) => {
+                let answer = encode("setup answer", &res).unwrap_or_default();
+                st.serving = Some(Serving {
+                    scenario: req.scenario,
+                    answer: answer.clone(),
+                    ..serving
+                });
+                answer
+            }
+            Ok(Err(reason)) => refusal(reason),
+            Err(e) => refusal(format!("preparing the run panicked: {e}")),
+        }
+    }
+}
+
+fn refusal(reason: String) -> Vec<u8> {
+    tracing::warn!(%reason, "refusing the run");
+    encode("setup answer", &SetupRes::Refused(reason)).unwrap_or_default()
+}
+
+/// Validate the coordinator's scenario, prepare its inputs here, start the slots.
+fn prepare(text: &str, slots: usize, threads: usize) -> Result<(Serving, SetupRes), String> {
+    let s = Scenario::from_ron(text, Path::new("<the coordinator's scenario>"), &[])
+        .map_err(|e| crate::fmt::chain(&e))?;
+    let prep = super::prepare(&s).map_err(|e| crate::fmt::chain(&e))?;
+    let layout = super::layout_of(&s);
+    let (_, ctx) = super::wiring::slot_context(&s, &prep, &layout);
+    let pool = SlotPool::start(ctx, slots, threads, 1).map_err(|e| crate::fmt::chain(&e))?;
+    let res = SetupRes::Ready {
+        slots,
+        model_sha256: prep
+            .lora
+            .as_ref()
+            .and_then(|l| l.source.as_ref())
+            .map(|m| m.sha256.clone()),
+        inputs: super::checkpoint::inputs_fingerprint(&prep),
+    };
+    tracing::info!(scenario = %s.name, slots, "prepared the coordinator's run");
+    let handle = pool.handle();
+    Ok((
+        Serving {
+            scenario: String::new(),
+            answer: Vec::new(),
+            pool,
+            handle,
+            layout,
+        },
+        res,
+    ))
+}
+
+/// What a job's answer is waited on with.
+type Answer = std::pin::Pin<Box<dyn Future<Output = JobRes> + Send>>;
+
+fn encoded(res: JobRes) -> Vec<u8> {
+    encode("job answer", &res).unwrap_or_default()
+}
+
+/// Queue the job in `bytes` on the slots; the answer goes back when it is done.
+fn run(bytes: &[u8], st: &WorkerState, reply: RpcReplyPort<Vec<u8>>) {
+    let Some(serving) = st.serving.as_ref() else {
+        let _ = reply.send(encoded(JobRes::Failed(
+            "the worker has no run set up".into(),
+        )));
+        return;
+    };
+    let job = decode::<JobReq>("job request", bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|req| job_of(req, &serving.layout));
+    match job {
+        Err(reason) => {
+            let _ = reply.send(encoded(JobRes::Failed(reason)));
+        }
+        Ok((job, wait)) => {
+            if serving.handle.submit(job).is_err() {
+                let _ = reply.send(encoded(JobRes::Failed(
+                    "the worker's slots are closed".into(),
+                )));
+                return;
+            }
+            tokio::spawn(async move {
+                let _ = reply.send(encoded(wait.await));
+            });
+        }
+    }
+}
+
+/// The slot job of a request, checked against the run's adapter layout, and its answer.
+fn job_of(req: JobReq, layout: &Arc<AdapterLayout>) -> Result<(Job, Answer), String> {
+    let adapter = |values: Vec<f32>| -> Result<Arc<AdapterSet>, String> {
+        if values.len() != layout.len() {
+            return Err(format!(
+                "an adapter of {} values where the run's has {}",
+                values.len(),
+                layout.len()
+            ));
+        }
+        Ok(Arc::new(AdapterSet::new(layout.clone(), values)))
+    };
+    match req {
+        JobReq::Train {
+            global,
+            shard,
+            dropout_seed,
+            batches,
+            lr,
+            weight_decay,
+            proximal_mu,
+        } => {
+            let schedule = Schedule {
+                dropout_seed,
+                batches,
+            };
+            let rule = StepRule {
+                lr,
+                weight_decay,
+                proximal_mu,
+            };
+            Ok(train_job(adapter(global)?, shard, schedule, rule))
+        }
+        JobReq::Evaluate {
+            round,
+            adapter: values,
+            task,
+        } => {
+            let ins = crate::messages::EvaluateIns {
+                round,
+                adapter: values.map(adapter).transpose()?,
+                task,
+            };
+            Ok(evaluate_job(ins))
+        }
+    }
+}
+
+fn dropped() -> JobRes {
+    JobRes::Failed("the worker's slot dropped the job".into())
+}
+
+fn train_job(
+    global: Arc<AdapterSet>,
+    shard: Vec<u32>,
+    schedule: Schedule,
+    rule: StepRule,
+) -> (Job, Answer) {
+    let (tx, rx) = oneshot::channel();
+    let job = Job::Train {
+        global,
+        shard: shard.into(),
+        schedule,
+        rule,
+        reply: tx,
+    };
+    let wait = async move {
+        match rx.await {
+            Ok(Ok(t)) => JobRes::Trained {
+                update: t.result.update.data().to_vec(),
+                train_loss: t.result.train_loss,
+                steps: t.result.steps,
+                tokens: t.result.tokens,
+                host_seconds: t.host_seconds,
+            },
+            Ok(Err(e)) => JobRes::Failed(crate::fmt::chain(&e)),
+            Err(_) => dropped(),
+        }
+    };
+    (job, Box::pin(wait))
+}
+
+fn evaluate_job(ins: crate::messages::EvaluateIns) -> (Job, Answer) {
+    let (tx, rx) = oneshot::channel();
+    let wait = async move {
+        match rx.await {
+            Ok(Ok(r)) => JobRes::Evaluated(r),
+            Ok(Err(e)) => JobRes::Failed(crate::fmt::chain(&e)),
+            Err(_) => dropped(),
+        }
+    };
+    (Job::Evaluate { ins, reply: tx }, Box::pin(wait))
+}

@@ -1,0 +1,144 @@
+//! Slot workers over ractor_cluster, on loopback: `sim worker` processes serve a coordinator's
+//! run (`RunOptions::workers`, as `sim run --workers` sets it) and the results are the local
+//! run's, bit for bit; a wrong cookie is refused.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fedsim::cluster::coordinator::WorkerSet;
+use fedsim::cluster::Cookie;
+use fedsim::sim::RunOptions;
+
+use crate::util::{round_metrics, run, scenario, SMALL};
+
+/// One cluster test at a time: ractor's process groups are global to the test process, and
+/// two coordinators in it would share them.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A `sim worker` process, killed when dropped.
+struct Worker {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cookie_file(dir: &Path, name: &str, secret: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, secret).unwrap();
+    p
+}
+
+/// A port free on loopback now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Start `sim worker` with `slots` slots and wait until it accepts connections.
+fn worker(cookie: &Path, slots: usize) -> Worker {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_sim"))
+        .args(["worker", "--listen", &addr, "--cookie-file"])
+        .arg(cookie)
+        .args(["--slots", &slots.to_string()])
+        .current_dir(crate::util::root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let w = Worker { child, addr };
+    let start = Instant::now();
+    while std::net::TcpStream::connect(&w.addr).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "worker did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w
+}
+
+fn run_on(
+    s: &fedsim::Scenario,
+    out: &Path,
+    workers: &[&Worker],
+    cookie: &Path,
+) -> Result<fedsim::sim::RunReport, fedsim::SimError> {
+    let opts = RunOptions {
+        out: Some(out.to_path_buf()),
+        workers: Some(WorkerSet {
+            addrs: workers.iter().map(|w| w.addr.clone()).collect(),
+            cookie: Cookie::from_file(cookie).unwrap(),
+        }),
+        ..Default::default()
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(fedsim::run(s, opts, fedsim::Shutdown::never()))
+}
+
+#[test]
+fn runs_over_one_two_and_three_workers_equal_the_local_run_bit_for_bit() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let cookie = cookie_file(tmp.path(), "cookie", "a-long-shared-secret-for-tests");
+    let s = scenario(SMALL, &["rounds=2"]).unwrap();
+    let local = run(&s, &tmp.path().join("local"));
+    let adapter = |d: &Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+    let workers: Vec<Worker> = (0..3).map(|i| worker(&cookie, 1 + i % 2)).collect();
+    for k in 1..=3 {
+        let dir = tmp.path().join(format!("workers{k}"));
+        let on: Vec<&Worker> = workers.iter().take(k).collect();
+        let report = run_on(&s, &dir, &on, &cookie).expect("the run over workers succeeds");
+        assert_eq!(report.summary.rounds_completed, 2, "{k} workers");
+        // Each worker was set up and recorded; remote slots ran jobs (which slot takes a job
+        // from the shared queue is up to timing, so not every worker need have one), and a
+        // worker with jobs moved bytes both ways.
+        let records = &report.summary.workers;
+        assert_eq!(records.len(), k);
+        assert!(
+            records.iter().map(|r| r.jobs).sum::<u64>() > 0,
+            "{records:?}"
+        );
+        for r in records.iter().filter(|r| r.jobs > 0) {
+            assert!(r.bytes_sent > 0 && r.bytes_received > 0, "{r:?}");
+        }
+        assert_eq!(adapter(&dir), adapter(&local.dir), "{k} workers: adapter");
+        assert_eq!(
+            round_metrics(&dir),
+            round_metrics(&local.dir),
+            "{k} workers: round records"
+        );
+    }
+}
+
+#[test]
+fn a_worker_with_another_cookie_is_refused_and_a_short_cookie_is_an_error() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = cookie_file(tmp.path(), "ours", "the-coordinators-secret-cookie");
+    let theirs = cookie_file(tmp.path(), "theirs", "some-other-clusters-cookie!!");
+    let w = worker(&theirs, 1);
+    let s = scenario(SMALL, &["rounds=1"]).unwrap();
+    let err = match run_on(&s, &tmp.path().join("run"), &[&w], &ours) {
+        Ok(_) => panic!("a worker with another cookie was used"),
+        Err(e) => fedsim::fmt::chain(&e),
+    };
+    assert!(err.contains(&w.addr) && err.contains("cookie"), "{err}");
+    let short = cookie_file(tmp.path(), "short", "secret");
+    let err = Cookie::from_file(&short).unwrap_err().to_string();
+    assert!(err.contains("at least 16"), "{err}");
+}
