@@ -125,6 +125,8 @@ pub struct WorkerRecord {
     pub bytes_sent: u64,
     /// Bytes of answers received from it.
     pub bytes_received: u64,
+    /// Whether it was lost during the run (its slots then took no more jobs).
+    pub lost: bool,
 }
 
 /// What a worker's actor answers; each payload is MessagePack of this module's types.

@@ -88,6 +88,34 @@ pub enum CrashCause {
     Simulated,
     /// The actor panicked (recorded through supervision).
     Panicked(String),
+    /// The worker host training it was lost mid-job (`sim run --workers`).
+    WorkerLost {
+        /// The worker's address.
+        worker: String,
+    },
+}
+
+impl CrashCause {
+    /// Its label in `clients.jsonl` (`crash_cause`).
+    pub fn kind(&self) -> CrashKind {
+        match self {
+            CrashCause::Simulated => CrashKind::Simulated,
+            CrashCause::Panicked(_) => CrashKind::Panicked,
+            CrashCause::WorkerLost { .. } => CrashKind::WorkerLost,
+        }
+    }
+}
+
+/// Why a client crashed, as `clients.jsonl` records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrashKind {
+    /// `system.crash_probability`.
+    Simulated,
+    /// The client actor panicked.
+    Panicked,
+    /// The worker host running its job was lost.
+    WorkerLost,
 }
 
 /// The reason a sampled client's update is missing, for metrics labels and round records.
@@ -309,6 +337,9 @@ pub struct ClientRecord {
     /// When it crashed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crashed_at: Option<f64>,
+    /// Why it crashed (`simulated`, `panicked`, `worker_lost`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crash_cause: Option<CrashKind>,
     /// Tokens it trained on (or would have).
     pub tokens: usize,
 }

@@ -112,6 +112,8 @@ impl SlotHandle {
 pub trait Remote: Send + Sync {
     /// Slots it offers.
     fn slots(&self) -> usize;
+    /// Whether it still answers (once lost, its slots take no more jobs).
+    fn alive(&self) -> bool;
     /// Run `job` there and send its outcome where the job says (blocking).
     fn run(&self, job: Job);
 }
@@ -140,6 +142,9 @@ pub struct SlotPool {
     abandoned: Arc<AtomicBool>,
     /// The shared queue, for remote slots to take jobs from.
     queue: Receiver<Job>,
+    /// Where a remote slot puts back a job it took after its worker was lost (None once the
+    /// pool is closing, so the queue can close).
+    requeue: Arc<std::sync::Mutex<Option<Sender<Job>>>>,
 }
 
 impl SlotPool {
@@ -202,6 +207,7 @@ impl SlotPool {
                 })?;
             threads.push(handle);
         }
+        let requeue = Arc::new(std::sync::Mutex::new(Some(tx.clone())));
         Ok(Self {
             tx: Some(tx),
             pinned: Some(Arc::new(pinned_tx)),
@@ -209,6 +215,7 @@ impl SlotPool {
             busy_nanos,
             abandoned,
             queue: rx,
+            requeue,
         })
     }
 
@@ -220,13 +227,24 @@ impl SlotPool {
     pub fn attach_remote(&mut self, worker: Arc<dyn Remote>) -> Result<(), SlotError> {
         for i in 0..worker.slots() {
             let (rx, w, stop) = (self.queue.clone(), worker.clone(), self.abandoned.clone());
+            let requeue = self.requeue.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("remote{i}"))
                 .spawn(move || {
+                    // A lost worker's slots retire; the run goes on with the others.
                     while let Ok(job) = rx.recv() {
-                        if !stop.load(Ordering::SeqCst) {
-                            w.run(job);
+                        if stop.load(Ordering::SeqCst) {
+                            continue;
                         }
+                        if !w.alive() {
+                            // Taken after the loss: back to the queue, for another slot.
+                            let tx = requeue.lock().unwrap_or_else(|p| p.into_inner());
+                            if let Some(tx) = tx.as_ref() {
+                                let _ = tx.send(job);
+                            }
+                            break;
+                        }
+                        w.run(job);
                     }
                 })
                 .map_err(|e| SlotError::Start {
@@ -260,13 +278,22 @@ impl SlotPool {
     /// threads finish them, or end with the process).
     pub fn abandon(mut self) {
         self.abandoned.store(true, Ordering::SeqCst);
+        self.close_requeue();
         self.tx.take();
         self.pinned.take();
         self.threads.clear();
     }
 
+    fn close_requeue(&self) {
+        self.requeue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
     /// Stop accepting jobs and wait for the slots to finish theirs.
     pub fn shutdown(mut self) {
+        self.close_requeue();
         self.tx.take();
         self.pinned.take();
         for t in self.threads.drain(..) {

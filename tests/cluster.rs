@@ -74,10 +74,22 @@ fn run_on(
     workers: &[&Worker],
     cookie: &Path,
 ) -> Result<fedsim::sim::RunReport, fedsim::SimError> {
+    let addrs: Vec<String> = workers.iter().map(|w| w.addr.clone()).collect();
+    run_with(s, out, &addrs, cookie, None)
+}
+
+fn run_with(
+    s: &fedsim::Scenario,
+    out: &Path,
+    addrs: &[String],
+    cookie: &Path,
+    progress: Option<fedsim::sim::ProgressFn>,
+) -> Result<fedsim::sim::RunReport, fedsim::SimError> {
     let opts = RunOptions {
         out: Some(out.to_path_buf()),
+        progress,
         workers: Some(WorkerSet {
-            addrs: workers.iter().map(|w| w.addr.clone()).collect(),
+            addrs: addrs.to_vec(),
             cookie: Cookie::from_file(cookie).unwrap(),
         }),
         ..Default::default()
@@ -141,4 +153,55 @@ fn a_worker_with_another_cookie_is_refused_and_a_short_cookie_is_an_error() {
     let short = cookie_file(tmp.path(), "short", "secret");
     let err = Cookie::from_file(&short).unwrap_err().to_string();
     assert!(err.contains("at least 16"), "{err}");
+}
+
+#[test]
+fn a_worker_killed_mid_run_retires_and_the_run_completes_on_the_others() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let cookie = cookie_file(tmp.path(), "cookie", "a-long-shared-secret-for-tests");
+    let s = scenario(SMALL, &["rounds=4", "strategy.fraction_fit=1.0"]).unwrap();
+    let (doomed, kept) = (worker(&cookie, 2), worker(&cookie, 1));
+    let addrs = vec![doomed.addr.clone(), kept.addr.clone()];
+    // Killed (SIGKILL) as soon as round 1 is recorded: no goodbye on the wire.
+    let doomed = std::sync::Mutex::new(Some(doomed));
+    let progress: fedsim::sim::ProgressFn = Box::new(move |p| {
+        if let fedsim::sim::Progress::Round(r) = p {
+            if r.round == 1 {
+                drop(doomed.lock().unwrap().take());
+            }
+        }
+    });
+    let dir = tmp.path().join("run");
+    let report = run_with(&s, &dir, &addrs, &cookie, Some(progress)).expect("the run goes on");
+    assert_eq!(report.summary.rounds_completed, 4);
+    let records = &report.summary.workers;
+    assert_eq!(records.len(), 2);
+    // The lost worker is known as lost once a job tried it; clients whose job it held
+    // crashed with `worker_lost`, and no client failed otherwise.
+    let clients = std::fs::read_to_string(dir.join("clients.jsonl")).unwrap();
+    let mut lost_jobs = 0;
+    for line in clients.lines() {
+        let c: serde_json::Value = serde_json::from_str(line).unwrap();
+        match c["status"].as_str().unwrap() {
+            "completed" => {}
+            "crashed" => {
+                assert_eq!(c["crash_cause"], "worker_lost", "{line}");
+                lost_jobs += 1;
+            }
+            other => panic!("client {other}: {line}"),
+        }
+    }
+    assert!(
+        lost_jobs <= 2,
+        "at most one job per slot of the lost worker: {lost_jobs}"
+    );
+    assert!(records[0].lost && !records[1].lost, "{records:?}");
+    // A job taken after the loss went back to the queue; when none was in flight on the
+    // killed worker, nothing was lost and the run is the local run, bit for bit.
+    if lost_jobs == 0 {
+        let local = run(&s, &tmp.path().join("local"));
+        let adapter = |d: &Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+        assert_eq!(adapter(&dir), adapter(&local.dir));
+    }
 }

@@ -13,7 +13,9 @@ use tokio::sync::oneshot;
 use super::aggregator::AggregatorMsg;
 use crate::clock::{CostModel, Timeline};
 use crate::faults::FaultModel;
-use crate::messages::{ClientId, ClientPlan, FitIns, FitRes, FitStatus, FitUpdate, RoundId};
+use crate::messages::{
+    ClientId, ClientPlan, CrashCause, FitIns, FitRes, FitStatus, FitUpdate, RoundId,
+};
 use crate::model::AdapterSet;
 use crate::rng::{purpose, rng_for};
 use crate::slots::{Job, SlotHandle, Trained};
@@ -174,7 +176,15 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         host_seconds,
     } = match train(a, &ins, schedule).await {
         Ok(t) => t,
-        Err(reason) => return failed(reason),
+        Err(JobFailure::Train(TrainError::WorkerLost { worker, message })) => {
+            tracing::warn!(client = a.id, %worker, %message, "worker lost mid-job");
+            return FitStatus::Crashed {
+                at: timeline.start + timeline.download,
+                cause: CrashCause::WorkerLost { worker },
+            };
+        }
+        Err(JobFailure::Train(e)) => return failed(crate::fmt::chain(&e)),
+        Err(JobFailure::NotRun(reason)) => return failed(reason.to_string()),
     };
     let (byzantine, update_norm, clipped) = before_upload(a, &ins, &mut out.update);
     let payload = match out.update.to_safetensors() {
@@ -206,9 +216,16 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
     }))
 }
 
-/// Train the client's shard from the round's global adapter on a slot (its own, when pinned);
-/// a failure is its reason.
-async fn train(a: &ClientArgs, ins: &FitIns, schedule: Schedule) -> Result<Trained, String> {
+/// Why a training job gave no update.
+enum JobFailure {
+    /// It ran and failed (a lost worker among the reasons).
+    Train(TrainError),
+    /// It never ran.
+    NotRun(&'static str),
+}
+
+/// Train the client's shard from the round's global adapter on a slot (its own, when pinned).
+async fn train(a: &ClientArgs, ins: &FitIns, schedule: Schedule) -> Result<Trained, JobFailure> {
     let ctx = &a.ctx;
     let (tx, rx) = oneshot::channel();
     let job = Job::Train {
@@ -227,11 +244,11 @@ async fn train(a: &ClientArgs, ins: &FitIns, schedule: Schedule) -> Result<Train
     } else {
         ctx.slots.submit(job)
     };
-    submitted.map_err(|e| e.to_string())?;
+    submitted.map_err(|_| JobFailure::NotRun("the slot pool is closed"))?;
     let trained: Result<Trained, TrainError> = rx
         .await
-        .map_err(|_| "the slot dropped the job".to_string())?;
-    trained.map_err(|e| crate::fmt::chain(&e))
+        .map_err(|_| JobFailure::NotRun("the slot dropped the job"))?;
+    trained.map_err(JobFailure::Train)
 }
 
 /// What happens to an update before it leaves the client: a Byzantine client sends its

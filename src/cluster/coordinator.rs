@@ -4,11 +4,12 @@
 //! server, the clients and the aggregator do not know where a job ran.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
+use tokio::sync::watch;
 
 use super::{
     decode, encode, ClusterError, Cookie, JobReq, JobRes, SetupReq, SetupRes, WorkerMsg,
@@ -74,6 +75,10 @@ pub struct RemoteWorker {
     runtime: tokio::runtime::Handle,
     /// Jobs answered, nanoseconds waited, bytes sent and received.
     counters: [AtomicU64; 4],
+    /// Set once it is lost.
+    lost: AtomicBool,
+    /// Turns true when its connection closes.
+    gone: watch::Receiver<bool>,
 }
 
 /// Connect to every worker in `set` and set the run up on each.
@@ -94,23 +99,60 @@ pub async fn connect(
             what: "starting the coordinator's node".into(),
             message: e.to_string(),
         })?;
+    let disconnects = Disconnects::default();
+    node.cast(ractor_cluster::NodeServerMessage::SubscribeToEvents {
+        id: "fedsim.disconnects".into(),
+        subscription: Box::new(disconnects.clone()),
+    })
+    .map_err(|e| ClusterError::Node {
+        what: "watching the workers' connections".into(),
+        message: e.to_string(),
+    })?;
     let mut cluster = Cluster {
         node,
         workers: Vec::new(),
     };
     for addr in &set.addrs {
-        let actor = join(&cluster.node, addr).await?;
-        let worker = set_up(addr, actor, expect, layout).await?;
+        let (actor, node_id) = join(&cluster.node, addr).await?;
+        let mut worker = set_up(addr, actor, expect, layout).await?;
+        worker.gone = disconnects.watch(node_id);
         cluster.workers.push(Arc::new(worker));
     }
     Ok(cluster)
+}
+
+/// Tells each worker's slots when its connection closes (a killed host, a cut link), so a job
+/// in flight there fails at once instead of waiting for an answer that cannot come.
+#[derive(Clone, Default)]
+struct Disconnects(Arc<std::sync::Mutex<std::collections::HashMap<u64, watch::Sender<bool>>>>);
+
+impl Disconnects {
+    fn watch(&self, node_id: u64) -> watch::Receiver<bool> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(node_id)
+            .or_insert_with(|| watch::channel(false).0)
+            .subscribe()
+    }
+}
+
+impl ractor_cluster::NodeEventSubscription for Disconnects {
+    fn node_session_opened(&self, _: ractor_cluster::node::NodeServerSessionInformation) {}
+
+    fn node_session_disconnected(&self, ses: ractor_cluster::node::NodeServerSessionInformation) {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = map.get(&ses.node_id) {
+            let _ = tx.send(true);
+        }
+    }
+
+    fn node_session_authenticated(&self, _: ractor_cluster::node::NodeServerSessionInformation) {}
 }
 
 /// Connect to the worker at `addr` and find its actor once the session is authenticated.
 async fn join(
     node: &ActorRef<ractor_cluster::NodeServerMessage>,
     addr: &str,
-) -> Result<ActorRef<WorkerMsg>, ClusterError> {
+) -> Result<(ActorRef<WorkerMsg>, u64), ClusterError> {
     let err = |message: String| ClusterError::Worker {
         addr: addr.to_string(),
         message,
@@ -129,8 +171,8 @@ async fn join(
         })?;
     let started = tokio::time::Instant::now();
     while started.elapsed() < JOIN_WITHIN {
-        if let Some(actor) = worker_at(node, peer).await {
-            return Ok(actor);
+        if let Some(found) = worker_at(node, peer).await {
+            return Ok(found);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -142,11 +184,12 @@ async fn join(
     )))
 }
 
-/// The worker actor of the ready session with `peer`, once its group membership has arrived.
+/// The worker actor of the ready session with `peer` and the session's node id, once its group
+/// membership has arrived.
 async fn worker_at(
     node: &ActorRef<ractor_cluster::NodeServerMessage>,
     peer: SocketAddr,
-) -> Option<ActorRef<WorkerMsg>> {
+) -> Option<(ActorRef<WorkerMsg>, u64)> {
     let sessions =
         ractor::call_t!(node, ractor_cluster::NodeServerMessage::GetSessions, 1000).ok()?;
     let session = sessions
@@ -164,7 +207,7 @@ async fn worker_at(
     ractor::pg::get_members(&WORKER_GROUP.to_string())
         .into_iter()
         .find(|a| a.get_id().node() == session.node_id)
-        .map(ActorRef::<WorkerMsg>::from)
+        .map(|a| (ActorRef::<WorkerMsg>::from(a), session.node_id))
 }
 
 /// Send the run to the worker and check what it prepared.
@@ -231,6 +274,8 @@ async fn set_up(
                 layout: layout.clone(),
                 runtime: tokio::runtime::Handle::current(),
                 counters: Default::default(),
+                lost: AtomicBool::new(false),
+                gone: watch::channel(false).1,
             })
         }
     }
@@ -239,6 +284,10 @@ async fn set_up(
 impl crate::slots::Remote for RemoteWorker {
     fn slots(&self) -> usize {
         self.slots
+    }
+
+    fn alive(&self) -> bool {
+        !self.lost.load(Ordering::SeqCst) && !*self.gone.borrow()
     }
 
     /// Run `job` on the worker and send its outcome where the job says (blocking: a remote
@@ -276,7 +325,12 @@ impl crate::slots::Remote for RemoteWorker {
 }
 
 impl RemoteWorker {
+    /// The worker is lost (connection gone, or an answer that breaks the protocol): its
+    /// slots retire, and the job that found out fails with `worker_lost`.
     fn lost(&self, message: String) -> TrainError {
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            tracing::warn!(worker = %self.addr, %message, "worker lost");
+        }
         TrainError::WorkerLost {
             worker: self.addr.clone(),
             message,
@@ -294,6 +348,7 @@ impl RemoteWorker {
             busy_seconds: nanos as f64 * 1e-9,
             bytes_sent: sent,
             bytes_received: received,
+            lost: !crate::slots::Remote::alive(self),
         }
     }
 
@@ -303,10 +358,15 @@ impl RemoteWorker {
         let count = |i: usize, n: u64| self.counters[i].fetch_add(n, Ordering::Relaxed);
         count(2, bytes.len() as u64);
         let start = std::time::Instant::now();
-        let answer = self
-            .runtime
-            .block_on(self.actor.call(|reply| WorkerMsg::Run(bytes, reply), None));
+        let mut gone = self.gone.clone();
+        let answer = self.runtime.block_on(async {
+            tokio::select! {
+                a = self.actor.call(|reply| WorkerMsg::Run(bytes, reply), None) => Some(a),
+                _ = gone.wait_for(|g| *g) => None,
+            }
+        });
         count(1, start.elapsed().as_nanos() as u64);
+        let answer = answer.ok_or_else(|| self.lost("its connection closed mid-job".into()))?;
         match answer.map_err(|e| self.lost(e.to_string()))? {
             ractor::rpc::CallResult::Success(a) => {
                 count(0, 1);

@@ -84,6 +84,10 @@ impl RoundState {
                 FitStatus::Crashed { at, .. } => Some(*at),
                 _ => None,
             },
+            crash_cause: match status {
+                FitStatus::Crashed { cause, .. } => Some(cause.kind()),
+                _ => None,
+            },
             tokens,
         });
         self.tally(client, status);
