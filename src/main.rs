@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::prelude::*;
 
 use cli::out::{out, outln, StdoutClosed};
 use cli::privacy::PrivacyCommand;
@@ -96,10 +97,19 @@ fn main() -> ExitCode {
             matmul_threads(&cli.command).to_string(),
         );
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
+    // ractor_cluster narrates every session at INFO; its warnings are what a user needs.
+    let quiet_cluster = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::INFO)
+        .with_target("ractor_cluster", tracing::Level::WARN)
+        .with_target("ractor", tracing::Level::WARN);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .without_time(),
+        )
+        .with(quiet_cluster)
         .init();
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,

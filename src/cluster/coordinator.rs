@@ -12,7 +12,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 
 use super::{
-    decode, encode, ClusterError, Cookie, JobReq, JobRes, SetupReq, SetupRes, WorkerMsg,
+    decode, encode, ClusterError, Cookie, F32s, JobReq, JobRes, SetupReq, SetupRes, WorkerMsg,
     WorkerRecord, WORKER_GROUP,
 };
 use crate::messages::EvaluateRes;
@@ -302,7 +302,7 @@ impl crate::slots::Remote for RemoteWorker {
                 reply,
             } => {
                 let req = JobReq::Train {
-                    global: global.data().to_vec(),
+                    global: F32s(global.data().to_vec()),
                     shard: shard.to_vec(),
                     dropout_seed: schedule.dropout_seed,
                     batches: schedule.batches,
@@ -315,7 +315,7 @@ impl crate::slots::Remote for RemoteWorker {
             Job::Evaluate { ins, reply } => {
                 let req = JobReq::Evaluate {
                     round: ins.round,
-                    adapter: ins.adapter.as_ref().map(|a| a.data().to_vec()),
+                    adapter: ins.adapter.as_ref().map(|a| F32s(a.data().to_vec())),
                     task: ins.task,
                 };
                 let _ = reply.send(self.call(&req).and_then(|r| self.evaluated(r)));
@@ -389,9 +389,9 @@ impl RemoteWorker {
                 steps,
                 tokens,
                 host_seconds,
-            } if update.len() == self.layout.len() => Ok(Trained {
+            } if update.0.len() == self.layout.len() => Ok(Trained {
                 result: LocalResult {
-                    update: AdapterSet::new(self.layout.clone(), update),
+                    update: AdapterSet::new(self.layout.clone(), update.0),
                     train_loss,
                     steps,
                     tokens,
@@ -400,7 +400,7 @@ impl RemoteWorker {
             }),
             JobRes::Trained { update, .. } => Err(self.lost(format!(
                 "answered an update of {} values where the run's adapter has {}",
-                update.len(),
+                update.0.len(),
                 self.layout.len()
             ))),
             JobRes::Failed(reason) => Err(TrainError::Remote {

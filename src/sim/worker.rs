@@ -12,7 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
 use crate::cluster::{
-    decode, encode, ClusterError, Cookie, JobReq, JobRes, SetupReq, SetupRes, WorkerMsg,
+    decode, encode, ClusterError, Cookie, F32s, JobReq, JobRes, SetupReq, SetupRes, WorkerMsg,
     WORKER_GROUP,
 };
 use crate::model::{AdapterLayout, AdapterSet};
@@ -261,7 +261,7 @@ fn job_of(req: JobReq, layout: &Arc<AdapterLayout>) -> Result<(Job, Answer), Str
                 weight_decay,
                 proximal_mu,
             };
-            Ok(train_job(adapter(global)?, shard, schedule, rule))
+            Ok(train_job(adapter(global.0)?, shard, schedule, rule))
         }
         JobReq::Evaluate {
             round,
@@ -270,7 +270,7 @@ fn job_of(req: JobReq, layout: &Arc<AdapterLayout>) -> Result<(Job, Answer), Str
         } => {
             let ins = crate::messages::EvaluateIns {
                 round,
-                adapter: values.map(adapter).transpose()?,
+                adapter: values.map(|v| adapter(v.0)).transpose()?,
                 task,
             };
             Ok(evaluate_job(ins))
@@ -299,7 +299,7 @@ fn train_job(
     let wait = async move {
         match rx.await {
             Ok(Ok(t)) => JobRes::Trained {
-                update: t.result.update.data().to_vec(),
+                update: F32s(t.result.update.data().to_vec()),
                 train_loss: t.result.train_loss,
                 steps: t.result.steps,
                 tokens: t.result.tokens,
