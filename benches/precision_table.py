@@ -14,9 +14,11 @@ from collections import defaultdict
 
 def parse(rec):
     what, out, err = rec["what"], " ".join(rec.get("stdout", [])), " ".join(rec.get("stderr", []))
+    if rec.get("rc", 0) != 0:
+        return {}  # killed or failed: no figure
     if what.startswith("fedsim step"):
         m = re.search(r"median ([\d.]+) s.*peak RSS (\d+) MiB", out)
-        return {"step_s": float(m[1]), "rss_mib": float(m[2])}
+        return {"step_s": float(m[1]), "rss_mib": float(m[2])} if m else {}
     if what.startswith("pytorch"):
         d = json.loads(out[out.index("{"):])
         return {
@@ -48,21 +50,21 @@ def main():
         print(f"\n{cond} (medians of {len(next(iter(r.values())))} run(s))\n")
         print("| | train step (s) | ÷ PyTorch | peak RSS (MiB) | ÷ PyTorch | other CPU |")
         print("|---|---|---|---|---|---|")
+        ratio = lambda a, b: f"{a / b:.2f}×" if a is not None and b else "n/a"
         for what in sorted({w for w, _ in r if "step" in w}):
             s, m = med.get((what, "step_s")), med.get((what, "rss_mib"))
             o = max(other[cond][what])
             print(
-                f"| {what.replace(' step+generation', '')} | {s:.2f} | {s / torch_step:.2f}× "
-                f"| {m:.0f} | {m / torch_rss:.2f}× | {o:.0%} |"
+                f"| {what.replace(' step+generation', '')} | {s:.2f} | {ratio(s, torch_step)} "
+                f"| {m:.0f} | {ratio(m, torch_rss)} | {o:.0%} |"
             )
         print("\n| | generation (tok/s) | ÷ PyTorch | ÷ llama.cpp | other CPU |")
         print("|---|---|---|---|---|")
         for what in sorted({w for w, k in r if k == "tok_s"}):
             t = med[(what, "tok_s")]
-            vs_llama = f"{t / llama_tok:.2f}×" if llama_tok else "n/a"
             print(
-                f"| {what.replace(' step+generation', '')} | {t:.1f} | {t / torch_tok:.2f}× "
-                f"| {vs_llama} | {max(other[cond][what]):.0%} |"
+                f"| {what.replace(' step+generation', '')} | {t:.1f} | {ratio(t, torch_tok)} "
+                f"| {ratio(t, llama_tok)} | {max(other[cond][what]):.0%} |"
             )
 
 

@@ -205,3 +205,85 @@ fn a_worker_killed_mid_run_retires_and_the_run_completes_on_the_others() {
         assert_eq!(adapter(&dir), adapter(&local.dir));
     }
 }
+
+#[test]
+fn a_worker_that_prepared_other_inputs_is_refused_naming_the_difference() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let cookie = cookie_file(tmp.path(), "cookie", "a-long-shared-secret-for-tests");
+    // The same relative data path, other records where the worker runs.
+    let records = |tag: &str| {
+        let words = [
+            "orchard", "harvest", "ripe", "basket", "market", "season", "branch", "blossom",
+            "cider", "juice", "peel", "seed", "grove", "ladder", "farmer", "weather",
+        ];
+        let r: Vec<serde_json::Value> = (0..120)
+            .map(|i| {
+                let w = |k: usize| words[(i * 7 + k * 3) % words.len()];
+                serde_json::json!({
+                    "instruction": format!("Question {i} about {tag} and the {}?", w(1)),
+                    "input": format!("{} {} {}", w(2), w(3), i * 37 % 1000),
+                    "output": format!("The {tag} {} was {} in {} number {}.", w(4), w(5), w(6), i * i),
+                })
+            })
+            .collect();
+        serde_json::to_string(&r).unwrap()
+    };
+    let (here, there) = (tmp.path().join("coordinator"), tmp.path().join("worker"));
+    for (dir, tag) in [(&here, "apples"), (&there, "pears")] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("data.json"), records(tag)).unwrap();
+        std::fs::write(
+            dir.join("small.ron"),
+            SMALL.replace(
+                "source: Synthetic(records: 240)",
+                "source: Alpaca(path: \"data.json\")",
+            ),
+        )
+        .unwrap();
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_sim"))
+        .args(["worker", "--listen", &addr, "--cookie-file"])
+        .arg(&cookie)
+        .current_dir(&there)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _w = Worker {
+        child,
+        addr: addr.clone(),
+    };
+    let start = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "worker did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_sim"))
+        .args([
+            "run",
+            "small.ron",
+            "--metrics-addr",
+            "none",
+            "--workers",
+            &addr,
+        ])
+        .arg("--cookie-file")
+        .arg(&cookie)
+        .current_dir(&here)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the run used a worker with other data"
+    );
+    assert!(
+        err.contains(&addr) && err.contains("prepared other inputs"),
+        "{err}"
+    );
+}
