@@ -59,8 +59,9 @@ pub struct EvalArgs {
     /// `model.base_precision`).
     #[arg(long, default_value = "F32")]
     pub base_precision: fedsim::model::BasePrecision,
-    /// What a Q8_0/Q4_1 base's matmuls take in the task evaluation (generation, choice scoring): F32 (the training forward's
-    /// numbers) or Int8 (8-bit blocks, as llama.cpp: about twice as fast, logits slightly off).
+    /// What a Q8_0/Q4_1 base's matmuls take when generating answers (--generation) and in
+    /// PubMedQA's log-likelihood scoring: F32 (the training forward's numbers) or Int8 (8-bit
+    /// blocks, as llama.cpp: about twice as fast, logits slightly off).
     #[arg(long, default_value = "F32")]
     pub inference_activations: fedsim::model::InferenceActivations,
     /// Where eval.json goes (default: the run directory with --run, else ./eval.json).

@@ -146,7 +146,7 @@ impl BaseModel {
         })
     }
 
-    /// This model with KV-cache inference (generation, answer-choice scoring) feeding its Q8_0
+    /// This model with KV-cache inference (generation, log-likelihood scoring of continuations) feeding its Q8_0
     /// and Q4_1 weights `activations` (`model.inference_activations`; f32 by default).
     pub fn with_inference_activations(mut self, activations: InferenceActivations) -> Self {
         self.inference = activations;

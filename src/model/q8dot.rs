@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The activations KV-cache inference (generation and answer-choice scoring) feeds a Q8_0 or
+/// The activations KV-cache inference (generation and log-likelihood scoring of continuations) feeds a Q8_0 or
 /// Q4_1 base (`model.inference_activations`); training and the held-out loss are always f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum InferenceActivations {

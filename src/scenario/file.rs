@@ -189,7 +189,7 @@ pub struct ModelSection {
     /// projections, Q8_0 embedding) or `Stored` (as the GGUF file stores it). Packed weights
     /// are dequantised inside the matmuls; adapters, optimiser and loss stay f32.
     pub base_precision: crate::model::BasePrecision,
-    /// What KV-cache inference (generation, answer-choice scoring: the task evaluation,
+    /// What KV-cache inference (generation: the task evaluation's generated answers,
     /// `sim attack`'s extraction) feeds a Q8_0 or Q4_1 base: `F32` (default, the training
     /// forward's numbers) or `Int8` (8-bit blocks as llama.cpp: about twice the tokens per
     /// second, logits slightly off). Training and the held-out loss are always f32.
