@@ -83,16 +83,16 @@ pub fn dot_q4_1(row: &[u8], x: &[f32]) -> f32 {
 }
 
 /// The little-endian f16 at `b[at..at + 2]`, as f32.
-fn f16_at(b: &[u8], at: usize) -> f32 {
+pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
 #[cfg(target_arch = "x86_64")]
-mod simd {
+pub(crate) mod simd {
     use std::arch::x86_64::*;
 
     /// AVX2, FMA and F16C, detected once.
-    pub(super) fn available() -> bool {
+    pub(crate) fn available() -> bool {
         static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *OK.get_or_init(|| {
             std::is_x86_feature_detected!("avx2")
@@ -104,7 +104,7 @@ mod simd {
     /// The f16 values at `p` and `p + 2` as f32 (exact, as `half` converts them).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn two_f16(p: *const u8) -> (f32, f32) {
+    pub(crate) unsafe fn two_f16(p: *const u8) -> (f32, f32) {
         let v = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
         (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1)))
     }

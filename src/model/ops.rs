@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor, D};
 use super::frozen::FrozenLinear;
 use super::fused::{RmsNorm, Rope, Softmax, SwiGlu};
 use super::q8dot::InferenceActivations;
-use super::qmatmul::{forward_q8_many, PackedDecode, PackedLinear};
+use super::qmatmul::{forward_q8_many, PackedLinear};
 use super::weight::{FrozenWeight, Packed};
 use super::ModelError;
 
@@ -37,16 +37,14 @@ pub fn frozen_matmul(x: &Tensor, w: &FrozenWeight) -> candle_core::Result<Tensor
 
 /// `x · Wᵀ` for a frozen W in KV-cache inference (no gradient): as [`frozen_matmul`], except
 /// that with [`InferenceActivations::Int8`] a Q8_0 or Q4_1 W takes x quantised to 8 bits per
-/// 32-value block ([`PackedDecode`]), as llama.cpp does.
+/// 32-value block ([`forward_q8_many`]), as llama.cpp does.
 pub fn decode_matmul(
     x: &Tensor,
     w: &FrozenWeight,
     activations: InferenceActivations,
 ) -> candle_core::Result<Tensor> {
     match w {
-        FrozenWeight::Packed(p) if int8(activations, p, x) => {
-            x.contiguous()?.apply_op1(PackedDecode::new(p))
-        }
+        FrozenWeight::Packed(p) if int8(activations, p, x) => Ok(packed_int8(x, &[p])?.remove(0)),
         _ => frozen_matmul(x, w),
     }
 }
@@ -74,16 +72,21 @@ pub fn decode_matmuls(
             _ => None,
         })
         .collect();
-    let Some(packed) = packed else {
-        return ws
+    match packed {
+        Some(packed) => packed_int8(x, &packed),
+        None => ws
             .iter()
             .map(|w| decode_matmul(x, w, activations))
-            .collect();
-    };
+            .collect(),
+    }
+}
+
+/// `x · Wᵀ` for each W, with 8-bit activations, in one pass ([`forward_q8_many`]).
+fn packed_int8(x: &Tensor, packed: &[&Packed]) -> candle_core::Result<Vec<Tensor>> {
     let m = x.dim(0)?;
     let n: usize = packed.iter().map(|p| p.rows()).sum();
     let mut out = vec![0f32; m * n];
-    forward_q8_many(&packed, &x.flatten_all()?.to_vec1::<f32>()?, m, &mut out);
+    forward_q8_many(packed, &x.flatten_all()?.to_vec1::<f32>()?, m, &mut out);
     let all = Tensor::from_vec(out, (m, n), x.device())?;
     let mut at = 0;
     packed

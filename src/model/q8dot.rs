@@ -172,34 +172,15 @@ pub mod portable {
     }
 }
 
-/// The little-endian f16 at `b[at..at + 2]`, as f32.
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
-}
+use super::kernels::f16_at;
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
 
     use super::{Q8Row, BLOCK, Q4_1_BYTES, Q8_0_BYTES};
-
-    /// AVX2, FMA and F16C, detected once.
-    pub(super) fn available() -> bool {
-        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OK.get_or_init(|| {
-            std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-                && std::is_x86_feature_detected!("f16c")
-        })
-    }
-
-    /// The f16 values at `p` and `p + 2` as f32 (exact, as `half` converts them).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn two_f16(p: *const u8) -> (f32, f32) {
-        let v = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
-        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1)))
-    }
+    // The f32 kernels' feature check (AVX2, FMA, F16C) and f16 pair reader serve here too.
+    pub(super) use crate::model::kernels::simd::{available, two_f16};
 
     /// Lane j of the result: Σ a·b over bytes 4j..4j+4 (a unsigned, b signed), as f32.
     #[inline]

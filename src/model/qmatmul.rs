@@ -137,19 +137,11 @@ fn gemv(w: &Packed, x: &[f32], m: usize, out: &mut [f32]) {
     });
 }
 
-/// `out (m, n) = x (m, k) · Wᵀ` with each row of x quantised to 8 bits per block and integer
-/// block products ([`super::q8dot`]), as llama.cpp runs a token; f32 rows where the format has
-/// no such kernel.
-pub fn forward_q8(w: &Packed, x: &[f32], m: usize, out: &mut [f32]) {
-    if !w.takes_q8() {
-        return forward(w, x, m, out);
-    }
-    forward_q8_many(&[w], x, m, out);
-}
-
-/// [`forward_q8`] for several weights of one width at once (q, k and v; gate and up): x is
-/// quantised once and all their rows share one parallel part; `out (m, Σ rows)` holds the
-/// results side by side, in the order given. Every weight must [`Packed::takes_q8`].
+/// `x (m, k) · Wᵀ` for several weights of one width at once (q, k and v; gate and up), with
+/// each row of x quantised to 8 bits per block and integer block products
+/// ([`super::q8dot`]), as llama.cpp runs a token: x is quantised once and all their rows share
+/// one parallel part; `out (m, Σ rows)` holds the results side by side, in the order given.
+/// Every weight must [`Packed::takes_q8`].
 pub fn forward_q8_many(ws: &[&Packed], x: &[f32], m: usize, out: &mut [f32]) {
     let k = ws[0].cols();
     assert!(
@@ -246,38 +238,6 @@ impl CustomOp1 for PackedLinear {
         let gv = g.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let gx = backward(&self.w, &gv, m);
         Ok(Some(Tensor::from_vec(gx, x.shape(), x.device())?))
-    }
-}
-
-/// [`PackedLinear`]'s forward with 8-bit activations ([`forward_q8`]), for generation: it has
-/// no backward.
-pub(super) struct PackedDecode {
-    w: Arc<Packed>,
-}
-
-impl PackedDecode {
-    pub(super) fn new(w: &Arc<Packed>) -> Self {
-        Self { w: Arc::clone(w) }
-    }
-}
-
-impl CustomOp1 for PackedDecode {
-    fn name(&self) -> &'static str {
-        "packed-decode"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (m, k) = l.shape().dims2()?;
-        if k != self.w.cols() {
-            candle_core::bail!(
-                "packed-decode: input width {k} but weight width {}",
-                self.w.cols()
-            )
-        }
-        let x = values(s, l, self.name())?;
-        let mut out = vec![0f32; m * self.w.rows()];
-        forward_q8(&self.w, x, m, &mut out);
-        Ok((CpuStorage::F32(out), Shape::from((m, self.w.rows()))))
     }
 }
 
