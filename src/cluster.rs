@@ -15,6 +15,7 @@
 //! coordinator with a malformed reply.
 
 pub mod coordinator;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 
@@ -48,6 +49,14 @@ pub enum ClusterError {
         path: PathBuf,
         /// Its length after trimming.
         len: usize,
+    },
+    /// A TLS file cannot be used.
+    #[error("TLS file {path}: {message}")]
+    Tls {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
     },
     /// A node could not start, listen or connect.
     #[error("{what}: {message}")]
@@ -125,8 +134,15 @@ pub struct WorkerRecord {
     pub bytes_sent: u64,
     /// Bytes of answers received from it.
     pub bytes_received: u64,
-    /// Whether it was lost during the run (its slots then took no more jobs).
+    /// Whether it was lost at the end of the run.
     pub lost: bool,
+    /// Times it was lost during the run (a closed connection, no heartbeat answer, an answer
+    /// that broke the protocol).
+    #[serde(default)]
+    pub losses: u64,
+    /// Times it came back after a loss and was set up again.
+    #[serde(default)]
+    pub rejoins: u64,
 }
 
 /// What a worker's actor answers; each payload is MessagePack of this module's types.
@@ -138,6 +154,9 @@ pub enum WorkerMsg {
     /// Run one job: a [`JobReq`], answered with a [`JobRes`].
     #[rpc]
     Run(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// A heartbeat: answered at once with the same bytes.
+    #[rpc]
+    Ping(Vec<u8>, RpcReplyPort<Vec<u8>>),
 }
 
 /// f32 values on the wire as their little-endian bytes (MessagePack would tag each value: 5
@@ -265,18 +284,19 @@ pub(crate) fn decode<T: DeserializeOwned>(
     })
 }
 
-/// A node server listening on `addr` with `cookie`.
+/// A node server listening on `addr` with `cookie`, accepting TLS when `tls` is given.
 pub(crate) fn node_server(
     addr: std::net::SocketAddr,
     cookie: &Cookie,
     name: String,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> ractor_cluster::NodeServer {
     ractor_cluster::NodeServer::new(
         addr.port(),
         cookie.secret(),
         name,
         addr.ip().to_string(),
-        None,
+        tls.map(ractor_cluster::IncomingEncryptionMode::Tls),
         Some(ractor_cluster::node::NodeConnectionMode::Isolated),
     )
     .with_listen_addr(addr.ip())

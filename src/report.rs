@@ -421,6 +421,8 @@ pub enum RunStatus {
     BudgetExhausted,
     /// A round had too few clients available and `system.short_round` is `Stop`.
     TooFewClients,
+    /// No slot was left: no local slots, and every worker lost (`slots.workers.rejoin_s`).
+    WorkersLost,
     /// An error stopped the run (see `error`); the adapter is the last good round's.
     Failed,
 }
@@ -434,6 +436,7 @@ impl RunStatus {
             RunStatus::Interrupted => "interrupted",
             RunStatus::BudgetExhausted => "budget_exhausted",
             RunStatus::TooFewClients => "too_few_clients",
+            RunStatus::WorkersLost => "workers_lost",
             RunStatus::Failed => "failed",
         }
     }

@@ -199,6 +199,11 @@ impl Scenario {
         crate::strategy::Strategy::from_kind(self.file.strategy.kind)
     }
 
+    /// The slot workers on other hosts (`slots.workers`), if any.
+    pub fn workers(&self) -> Option<&file::WorkersSection> {
+        self.file.slots.workers.as_ref()
+    }
+
     /// The Byzantine clients of `system.byzantine`, if any.
     pub fn byzantine(&self) -> Option<crate::byzantine::Byzantine> {
         self.file.system.byzantine.as_ref().map(|b| {

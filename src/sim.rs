@@ -13,6 +13,7 @@ mod setup;
 mod summary;
 pub(crate) mod wiring;
 pub mod worker;
+mod workers;
 
 pub use prepare::{prepare, prepare_with, prompt_text, Prepared};
 pub use resume::{resume, ResumeError};
@@ -117,8 +118,6 @@ pub struct RunOptions {
     pub telemetry: Option<Telemetry>,
     /// Minimum wall seconds per round (live demos); `None` runs flat out.
     pub pace: Option<std::time::Duration>,
-    /// Workers on other hosts whose slots join the run's (`sim run --workers`).
-    pub workers: Option<crate::cluster::coordinator::WorkerSet>,
 }
 
 /// Receives progress events.
@@ -256,7 +255,6 @@ async fn execute(
         pace: opts.pace,
         progress: opts.progress.take(),
         telemetry: opts.telemetry.clone(),
-        workers: opts.workers.take(),
     };
     let Begin {
         book,
@@ -380,17 +378,21 @@ async fn run_actors(
     s: &Scenario,
     prep: &Prepared,
     layout: Arc<AdapterLayout>,
-    mut observers: Observers,
+    observers: Observers,
     shutdown: Shutdown,
     recorder: Recorder,
     resume: Option<Resume>,
 ) -> Result<(ServerOutcome, Vec<f64>, Vec<crate::cluster::WorkerRecord>), SimError> {
     let dir = recorder.dir.clone();
     let (initial, mut pool) = wiring::slot_pool(s, prep, &layout)?;
-    let cluster = match observers.workers.take() {
-        Some(set) => Some(join_workers(s, prep, &layout, &set, &mut pool).await?),
+    let cluster = match s.workers() {
+        Some(w) => Some(workers::join(s, w, prep, &layout, &mut pool).await?),
         None => None,
     };
+    let _sampler = cluster
+        .as_ref()
+        .zip(observers.telemetry.clone())
+        .map(|(c, t)| workers::sample(c, t));
     let pace = observers.pace;
     let sink = round_sink(recorder, observers, pool.busy());
     let agg_args = AggregatorArgs {
@@ -428,29 +430,6 @@ async fn run_actors(
     let busy = release_slots(pool, &shutdown).await?;
     let workers = cluster.map(|c| c.records()).unwrap_or_default();
     Ok((outcome?, busy, workers))
-}
-
-/// Connect to the workers, set the run up on each, and add their slots to `pool`.
-async fn join_workers(
-    s: &Scenario,
-    prep: &Prepared,
-    layout: &Arc<AdapterLayout>,
-    set: &crate::cluster::coordinator::WorkerSet,
-    pool: &mut crate::slots::SlotPool,
-) -> Result<crate::cluster::coordinator::Cluster, SimError> {
-    let scenario = s.to_ron();
-    let inputs = checkpoint::inputs_fingerprint(prep);
-    let model = prep.lora.as_ref().and_then(|l| l.source.as_ref());
-    let expect = crate::cluster::coordinator::Expect {
-        scenario: &scenario,
-        model_sha256: model.map(|m| m.sha256.as_str()),
-        inputs: &inputs,
-    };
-    let cluster = crate::cluster::coordinator::connect(set, &expect, layout).await?;
-    for w in &cluster.workers {
-        pool.attach_remote(w.clone())?;
-    }
-    Ok(cluster)
 }
 
 fn actor_err(e: &dyn std::fmt::Display) -> SimError {

@@ -16,6 +16,11 @@ use crate::model::{AdapterLayout, AdapterSet};
 use crate::train::{LocalResult, Schedule, StepRule, TrainError};
 use crate::trainer::LocalTrainer;
 
+mod remote;
+
+use remote::Capacity;
+pub use remote::Remote;
+
 /// Errors of the slot pool.
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
@@ -80,6 +85,8 @@ pub struct SlotHandle {
     tx: Sender<Job>,
     /// One queue per slot, for pinned jobs.
     pinned: Arc<Vec<Sender<Job>>>,
+    /// Which slots can still run jobs.
+    capacity: Arc<Capacity>,
 }
 
 impl SlotHandle {
@@ -96,26 +103,28 @@ impl SlotHandle {
     /// # Errors
     /// [`SlotError::Closed`] when the pool has shut down.
     pub fn submit_pinned(&self, slot: usize, job: Job) -> Result<(), SlotError> {
+        if self.pinned.is_empty() {
+            return self.submit(job); // no local slot to pin to
+        }
         self.pinned[slot % self.pinned.len()]
             .send(job)
             .map_err(|_| SlotError::Closed)
     }
 
-    /// Number of slots.
+    /// Number of local slots.
     pub fn slots(&self) -> usize {
         self.pinned.len()
     }
-}
 
-/// Slots on another host: each runs a job to its end, or answers it with the reason it could
-/// not (a lost host is the job's error, never a slot's).
-pub trait Remote: Send + Sync {
-    /// Slots it offers.
-    fn slots(&self) -> usize;
-    /// Whether it still answers (once lost, its slots take no more jobs).
-    fn alive(&self) -> bool;
-    /// Run `job` there and send its outcome where the job says (blocking).
-    fn run(&self, job: Job);
+    /// Whether any slot can run a job: a local one, or a worker that is not lost.
+    pub fn usable(&self) -> bool {
+        self.capacity.usable()
+    }
+
+    /// The workers that are lost, by address.
+    pub fn lost_workers(&self) -> Vec<String> {
+        self.capacity.lost()
+    }
 }
 
 /// Reads how long each slot has been busy.
@@ -145,6 +154,8 @@ pub struct SlotPool {
     /// Where a remote slot puts back a job it took after its worker was lost (None once the
     /// pool is closing, so the queue can close).
     requeue: Arc<std::sync::Mutex<Option<Sender<Job>>>>,
+    /// Local slots and workers: which can run jobs.
+    capacity: Arc<Capacity>,
 }
 
 impl SlotPool {
@@ -160,7 +171,7 @@ impl SlotPool {
     ) -> Result<Self, SlotError> {
         // A job takes `per_job` slots (Flower's client_resources): it waits for that many
         // tokens and computes with that many slots' threads.
-        let per_job = per_job.clamp(1, slots);
+        let per_job = per_job.clamp(1, slots.max(1));
         let job_threads = threads_per_slot * per_job;
         // candle sizes its matmul parallelism from RAYON_NUM_THREADS on every call, whatever
         // pool it runs in; left at the core count, two slots oversubscribe the cores and a
@@ -216,6 +227,7 @@ impl SlotPool {
             abandoned,
             queue: rx,
             requeue,
+            capacity: Arc::new(Capacity::new(slots)),
         })
     }
 
@@ -225,28 +237,18 @@ impl SlotPool {
     /// # Errors
     /// When a thread cannot be created.
     pub fn attach_remote(&mut self, worker: Arc<dyn Remote>) -> Result<(), SlotError> {
+        self.capacity.add(worker.clone());
         for i in 0..worker.slots() {
-            let (rx, w, stop) = (self.queue.clone(), worker.clone(), self.abandoned.clone());
-            let requeue = self.requeue.clone();
+            let slot = remote::RemoteSlot {
+                queue: self.queue.clone(),
+                worker: worker.clone(),
+                abandoned: self.abandoned.clone(),
+                requeue: self.requeue.clone(),
+                capacity: self.capacity.clone(),
+            };
             let handle = std::thread::Builder::new()
                 .name(format!("remote{i}"))
-                .spawn(move || {
-                    // A lost worker's slots retire; the run goes on with the others.
-                    while let Ok(job) = rx.recv() {
-                        if stop.load(Ordering::SeqCst) {
-                            continue;
-                        }
-                        if !w.alive() {
-                            // Taken after the loss: back to the queue, for another slot.
-                            let tx = requeue.lock().unwrap_or_else(|p| p.into_inner());
-                            if let Some(tx) = tx.as_ref() {
-                                let _ = tx.send(job);
-                            }
-                            break;
-                        }
-                        w.run(job);
-                    }
-                })
+                .spawn(move || slot.serve())
                 .map_err(|e| SlotError::Start {
                     slot: i,
                     message: e.to_string(),
@@ -261,6 +263,7 @@ impl SlotPool {
         SlotHandle {
             tx: self.tx.clone().expect("pool is running"),
             pinned: self.pinned.clone().expect("pool is running"),
+            capacity: self.capacity.clone(),
         }
     }
 
@@ -285,6 +288,7 @@ impl SlotPool {
     }
 
     fn close_requeue(&self) {
+        self.capacity.close();
         self.requeue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -382,8 +386,13 @@ fn worker(s: &Slot<'_>, rx: [&Receiver<Job>; 2], ctx: &SlotContext) {
             } => {
                 let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     pool.install(|| {
-                        ctx.trainer
-                            .train(&ctx.layout, &global, &shard, &schedule, rule)
+                        ctx.trainer.train(
+                            &ctx.layout,
+                            &global,
+                            &shard,
+                            &schedule,
+                            (rule, s.abandoned),
+                        )
                     })
                 }))
                 .unwrap_or_else(|p| {

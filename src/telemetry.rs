@@ -77,6 +77,24 @@ pub const DP_CLIP: &str = "fedsim_dp_clip_norm";
 pub const DP_CLIPPED: &str = "fedsim_dp_clipped_updates_total";
 /// Share of the last round's updates that were clipped.
 pub const DP_CLIPPED_RATIO: &str = "fedsim_dp_clipped_ratio";
+/// Whether each worker answers (1) or is lost (0), by `worker`.
+pub const WORKER_UP: &str = "fedsim_worker_up";
+/// Slots each worker offers.
+pub const WORKER_SLOTS: &str = "fedsim_worker_slots";
+/// Jobs sent to each worker and not answered yet (its busy slots).
+pub const WORKER_IN_FLIGHT: &str = "fedsim_worker_jobs_in_flight";
+/// Jobs each worker answered.
+pub const WORKER_JOBS: &str = "fedsim_worker_jobs_total";
+/// Seconds the coordinator's slots waited on each worker's answers.
+pub const WORKER_BUSY: &str = "fedsim_worker_busy_seconds_total";
+/// Job bytes to and from each worker, by direction.
+pub const WORKER_BYTES: &str = "fedsim_worker_bytes_total";
+/// Each job's round trip to a worker: serialise, send, run, answer.
+pub const WORKER_ROUND_TRIP: &str = "fedsim_worker_job_round_trip_seconds";
+/// Times each worker was lost.
+pub const WORKER_LOSSES: &str = "fedsim_worker_losses_total";
+/// Times each worker came back and was set up again.
+pub const WORKER_REJOINS: &str = "fedsim_worker_rejoins_total";
 /// Constant 1, labelled with what the run is.
 pub const RUN_INFO: &str = "fedsim_run_info";
 /// Clients online when the last round started.
@@ -166,6 +184,15 @@ pub const DEFS: &[Def] = &[
     def(SERVER_LR, Kind::Gauge, None, "Learning rate of the server optimiser (FedAvgM, FedAdagrad, FedAdam, FedYogi)."),
     def(BYZANTINE_SAMPLED, Kind::Gauge, None, "Byzantine clients among the last round's sampled clients."),
     def(AGG_DEVIATION, Kind::Gauge, None, "L2 distance between the last round's aggregate update and the same rule over the honest updates alone."),
+    def(WORKER_UP, Kind::Gauge, None, "Whether each slot worker answers (1) or is lost (0), by worker."),
+    def(WORKER_SLOTS, Kind::Gauge, None, "Slots each worker offers."),
+    def(WORKER_IN_FLIGHT, Kind::Gauge, None, "Jobs sent to each worker and not answered yet (its busy slots)."),
+    def(WORKER_JOBS, Kind::Counter, None, "Jobs each worker answered (training and evaluation)."),
+    def(WORKER_BUSY, Kind::Counter, Some(Unit::Seconds), "Seconds the coordinator's remote slots waited on each worker (whole seconds)."),
+    def(WORKER_BYTES, Kind::Counter, Some(Unit::Bytes), "Job bytes sent to and received from each worker, by direction."),
+    def(WORKER_ROUND_TRIP, Kind::Histogram, Some(Unit::Seconds), "Round trip of each job to a worker: encode, send, run, answer, decode."),
+    def(WORKER_LOSSES, Kind::Counter, None, "Times each worker was lost (connection closed, heartbeat missed, malformed answer)."),
+    def(WORKER_REJOINS, Kind::Counter, None, "Times each worker came back and was set up again."),
 ];
 
 /// The help text of `name`.
@@ -179,6 +206,10 @@ const WALL_BUCKETS: [f64; 12] = [
 /// Virtual seconds: a phone on a slow link can take hours.
 const SIM_BUCKETS: [f64; 14] = [
     0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 86400.0,
+];
+/// Job round trips: a synthetic job on loopback takes about a millisecond, a real one minutes.
+const TRIP_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 10.0, 60.0, 600.0,
 ];
 const NORM_BUCKETS: [f64; 14] = [
     0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 100.0, 1000.0,
@@ -328,6 +359,33 @@ impl Telemetry {
 }
 
 impl Telemetry {
+    /// The slot workers' counters now (sampled every second while they serve the run).
+    pub fn workers(&self, live: &[crate::cluster::coordinator::WorkerLive]) {
+        self.with(|| {
+            for w in live {
+                let worker = || ("worker", w.addr.clone());
+                gauge!(WORKER_UP, &[worker()]).set(if w.up { 1.0 } else { 0.0 });
+                gauge!(WORKER_SLOTS, &[worker()]).set(w.slots as f64);
+                gauge!(WORKER_IN_FLIGHT, &[worker()]).set(w.in_flight as f64);
+                counter!(WORKER_JOBS, &[worker()]).absolute(w.jobs);
+                counter!(WORKER_BUSY, &[worker()]).absolute(w.busy_seconds as u64);
+                for (direction, n) in [("sent", w.bytes_sent), ("received", w.bytes_received)] {
+                    counter!(
+                        WORKER_BYTES,
+                        &[worker(), ("direction", direction.to_string())]
+                    )
+                    .absolute(n);
+                }
+                counter!(WORKER_LOSSES, &[worker()]).absolute(w.losses);
+                counter!(WORKER_REJOINS, &[worker()]).absolute(w.rejoins);
+                let trip = histogram!(WORKER_ROUND_TRIP, &[worker()]);
+                for &t in &w.round_trips {
+                    trip.record(t);
+                }
+            }
+        });
+    }
+
     /// The systems side of a round: availability, dropouts, virtual time, phases.
     fn system(&self, r: &RoundSummary) {
         gauge!(CLIENTS_AVAILABLE).set(r.available as f64);
@@ -367,6 +425,9 @@ fn builder() -> PrometheusBuilder {
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(UPDATE_NORM.into()), &NORM_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ROUND_DURATION.into()), &SIM_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLIENT_PHASE.into()), &SIM_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(WORKER_ROUND_TRIP.into()), &TRIP_BUCKETS)
+        })
         .expect("bucket lists are non-empty")
 }
 

@@ -42,6 +42,9 @@ pub enum TrainError {
         /// What happened.
         message: String,
     },
+    /// The job was stopped before its end (its run was abandoned, or its coordinator left).
+    #[error("cancelled at step {0}: the run that asked for it is gone")]
+    Cancelled(usize),
     /// The job failed on a remote worker.
     #[error("on worker {worker}: {reason}")]
     Remote {
@@ -203,16 +206,17 @@ pub struct LoraTrainer {
 }
 
 impl LoraTrainer {
-    /// Fine-tune `global` on `examples` following a drawn `schedule`.
+    /// Fine-tune `global` on `examples` following a drawn `schedule`; `cancel` turning true
+    /// stops it before the next step.
     ///
     /// # Errors
-    /// No examples, a candle failure, or a diverging loss.
+    /// No examples, a candle failure, a diverging loss, or cancelled.
     pub fn fit_schedule(
         &self,
         global: &AdapterSet,
         examples: &[&TokenizedExample],
         schedule: &Schedule,
-        rule: StepRule,
+        (rule, cancel): (StepRule, &std::sync::atomic::AtomicBool),
     ) -> Result<LocalResult, TrainError> {
         let StepRule {
             lr,
@@ -241,6 +245,9 @@ impl LoraTrainer {
         let steps = schedule.batches.len();
         let (mut loss_sum, mut tokens) = (0.0f64, 0usize);
         for (step, picks) in schedule.batches.iter().enumerate() {
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(TrainError::Cancelled(step));
+            }
             let batch: Vec<&TokenizedExample> =
                 picks.iter().map(|&i| examples[i as usize]).collect();
             tokens += batch.iter().map(|e| e.ids.len()).sum::<usize>();

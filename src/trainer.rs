@@ -51,23 +51,24 @@ pub enum LocalTrainer {
 }
 
 impl LocalTrainer {
-    /// Train from `global` on the examples of `shard` following `schedule`.
+    /// Train from `global` on the examples of `shard` following `schedule`; `cancel` turning
+    /// true stops it before the next step.
     ///
     /// # Errors
-    /// An empty shard, a candle failure, or a diverging loss.
+    /// An empty shard, a candle failure, a diverging loss, or cancelled.
     pub fn train(
         &self,
         layout: &Arc<AdapterLayout>,
         global: &AdapterSet,
         shard: &[u32],
         schedule: &Schedule,
-        rule: StepRule,
+        (rule, cancel): (StepRule, &std::sync::atomic::AtomicBool),
     ) -> Result<LocalResult, TrainError> {
         match self {
             LocalTrainer::Lora { trainer, train, .. } => {
                 let examples: Vec<&TokenizedExample> =
                     shard.iter().map(|&i| &train[i as usize]).collect();
-                trainer.fit_schedule(global, &examples, schedule, rule)
+                trainer.fit_schedule(global, &examples, schedule, (rule, cancel))
             }
             LocalTrainer::Synthetic { seq_len } => {
                 if shard.is_empty() {

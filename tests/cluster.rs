@@ -1,12 +1,15 @@
 //! Slot workers over ractor_cluster, on loopback: `sim worker` processes serve a coordinator's
-//! run (`RunOptions::workers`, as `sim run --workers` sets it) and the results are the local
-//! run's, bit for bit; a wrong cookie is refused.
+//! run (scenario `slots.workers`, as `sim run --workers` sets it) and the results are the local
+//! run's, bit for bit; a wrong cookie is refused. Faults (killed, stalled, restarted workers,
+//! a coordinator that dies) are in [`faults`]; TLS in [`tls`].
+
+mod faults;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fedsim::cluster::coordinator::WorkerSet;
 use fedsim::cluster::Cookie;
 use fedsim::sim::RunOptions;
 
@@ -20,6 +23,24 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 struct Worker {
     child: Child,
     addr: String,
+}
+
+/// The `--set` override that names `addrs` as the run's workers, with `extra` fields
+/// (e.g. `"rejoin_s": 1.0`).
+fn workers_override(addrs: &[String], cookie: &Path, extra: serde_json::Value) -> String {
+    let mut section = serde_json::json!({"addrs": addrs, "cookie_file": cookie});
+    if let serde_json::Value::Object(fields) = extra {
+        section.as_object_mut().unwrap().extend(fields);
+    }
+    format!("slots.workers={section}")
+}
+
+/// SMALL with `set`, over the workers at `addrs`.
+fn over_workers(set: &[&str], addrs: &[String], cookie: &Path) -> fedsim::Scenario {
+    let workers = workers_override(addrs, cookie, serde_json::json!({}));
+    let mut all: Vec<&str> = set.to_vec();
+    all.push(&workers);
+    scenario(SMALL, &all).unwrap()
 }
 
 impl Drop for Worker {
@@ -46,17 +67,26 @@ fn free_port() -> u16 {
 
 /// Start `sim worker` with `slots` slots and wait until it accepts connections.
 fn worker(cookie: &Path, slots: usize) -> Worker {
-    let addr = format!("127.0.0.1:{}", free_port());
+    worker_at(&format!("127.0.0.1:{}", free_port()), cookie, slots, &[])
+}
+
+/// Start `sim worker` on `addr` with `slots` slots and `extra` arguments; wait until it
+/// accepts connections.
+fn worker_at(addr: &str, cookie: &Path, slots: usize, extra: &[&str]) -> Worker {
     let child = Command::new(env!("CARGO_BIN_EXE_sim"))
-        .args(["worker", "--listen", &addr, "--cookie-file"])
+        .args(["worker", "--listen", addr, "--cookie-file"])
         .arg(cookie)
         .args(["--slots", &slots.to_string()])
+        .args(extra)
         .current_dir(crate::util::root())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let w = Worker { child, addr };
+    let w = Worker {
+        child,
+        addr: addr.to_string(),
+    };
     let start = Instant::now();
     while std::net::TcpStream::connect(&w.addr).is_err() {
         assert!(
@@ -69,29 +99,23 @@ fn worker(cookie: &Path, slots: usize) -> Worker {
 }
 
 fn run_on(
-    s: &fedsim::Scenario,
+    set: &[&str],
     out: &Path,
     workers: &[&Worker],
     cookie: &Path,
 ) -> Result<fedsim::sim::RunReport, fedsim::SimError> {
     let addrs: Vec<String> = workers.iter().map(|w| w.addr.clone()).collect();
-    run_with(s, out, &addrs, cookie, None)
+    run_with(&over_workers(set, &addrs, cookie), out, None)
 }
 
 fn run_with(
     s: &fedsim::Scenario,
     out: &Path,
-    addrs: &[String],
-    cookie: &Path,
     progress: Option<fedsim::sim::ProgressFn>,
 ) -> Result<fedsim::sim::RunReport, fedsim::SimError> {
     let opts = RunOptions {
         out: Some(out.to_path_buf()),
         progress,
-        workers: Some(WorkerSet {
-            addrs: addrs.to_vec(),
-            cookie: Cookie::from_file(cookie).unwrap(),
-        }),
         ..Default::default()
     };
     tokio::runtime::Builder::new_multi_thread()
@@ -102,19 +126,35 @@ fn run_with(
         .block_on(fedsim::run(s, opts, fedsim::Shutdown::never()))
 }
 
+/// The crash causes of the non-completed clients in `dir`'s clients.jsonl (any other
+/// outcome fails the test).
+fn crash_causes(dir: &Path) -> Vec<String> {
+    let clients = std::fs::read_to_string(dir.join("clients.jsonl")).unwrap();
+    let mut causes = Vec::new();
+    for line in clients.lines() {
+        let c: serde_json::Value = serde_json::from_str(line).unwrap();
+        match c["status"].as_str().unwrap() {
+            "completed" => {}
+            "crashed" => causes.push(c["crash_cause"].as_str().unwrap_or("?").to_string()),
+            other => panic!("client {other}: {line}"),
+        }
+    }
+    causes
+}
+
 #[test]
 fn runs_over_one_two_and_three_workers_equal_the_local_run_bit_for_bit() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let cookie = cookie_file(tmp.path(), "cookie", "a-long-shared-secret-for-tests");
-    let s = scenario(SMALL, &["rounds=2"]).unwrap();
-    let local = run(&s, &tmp.path().join("local"));
+    let set = ["rounds=2"];
+    let local = run(&scenario(SMALL, &set).unwrap(), &tmp.path().join("local"));
     let adapter = |d: &Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
     let workers: Vec<Worker> = (0..3).map(|i| worker(&cookie, 1 + i % 2)).collect();
     for k in 1..=3 {
         let dir = tmp.path().join(format!("workers{k}"));
         let on: Vec<&Worker> = workers.iter().take(k).collect();
-        let report = run_on(&s, &dir, &on, &cookie).expect("the run over workers succeeds");
+        let report = run_on(&set, &dir, &on, &cookie).expect("the run over workers succeeds");
         assert_eq!(report.summary.rounds_completed, 2, "{k} workers");
         // Each worker was set up and recorded; remote slots ran jobs (which slot takes a job
         // from the shared queue is up to timing, so not every worker need have one), and a
@@ -144,8 +184,7 @@ fn a_worker_with_another_cookie_is_refused_and_a_short_cookie_is_an_error() {
     let ours = cookie_file(tmp.path(), "ours", "the-coordinators-secret-cookie");
     let theirs = cookie_file(tmp.path(), "theirs", "some-other-clusters-cookie!!");
     let w = worker(&theirs, 1);
-    let s = scenario(SMALL, &["rounds=1"]).unwrap();
-    let err = match run_on(&s, &tmp.path().join("run"), &[&w], &ours) {
+    let err = match run_on(&["rounds=1"], &tmp.path().join("run"), &[&w], &ours) {
         Ok(_) => panic!("a worker with another cookie was used"),
         Err(e) => fedsim::fmt::chain(&e),
     };
@@ -160,9 +199,19 @@ fn a_worker_killed_mid_run_retires_and_the_run_completes_on_the_others() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let cookie = cookie_file(tmp.path(), "cookie", "a-long-shared-secret-for-tests");
-    let s = scenario(SMALL, &["rounds=4", "strategy.fraction_fit=1.0"]).unwrap();
+    let set = ["rounds=4", "strategy.fraction_fit=1.0"];
     let (doomed, kept) = (worker(&cookie, 2), worker(&cookie, 1));
     let addrs = vec![doomed.addr.clone(), kept.addr.clone()];
+    // A lost worker is not tried again here: the test is about the run going on without it.
+    let s = scenario(
+        SMALL,
+        &[
+            set[0],
+            set[1],
+            &workers_override(&addrs, &cookie, serde_json::json!({})),
+        ],
+    )
+    .unwrap();
     // Killed (SIGKILL) as soon as round 1 is recorded: no goodbye on the wire.
     let doomed = std::sync::Mutex::new(Some(doomed));
     let progress: fedsim::sim::ProgressFn = Box::new(move |p| {
@@ -173,25 +222,15 @@ fn a_worker_killed_mid_run_retires_and_the_run_completes_on_the_others() {
         }
     });
     let dir = tmp.path().join("run");
-    let report = run_with(&s, &dir, &addrs, &cookie, Some(progress)).expect("the run goes on");
+    let report = run_with(&s, &dir, Some(progress)).expect("the run goes on");
     assert_eq!(report.summary.rounds_completed, 4);
     let records = &report.summary.workers;
     assert_eq!(records.len(), 2);
     // The lost worker is known as lost once a job tried it; clients whose job it held
     // crashed with `worker_lost`, and no client failed otherwise.
-    let clients = std::fs::read_to_string(dir.join("clients.jsonl")).unwrap();
-    let mut lost_jobs = 0;
-    for line in clients.lines() {
-        let c: serde_json::Value = serde_json::from_str(line).unwrap();
-        match c["status"].as_str().unwrap() {
-            "completed" => {}
-            "crashed" => {
-                assert_eq!(c["crash_cause"], "worker_lost", "{line}");
-                lost_jobs += 1;
-            }
-            other => panic!("client {other}: {line}"),
-        }
-    }
+    let causes = crash_causes(&dir);
+    assert!(causes.iter().all(|c| c == "worker_lost"), "{causes:?}");
+    let lost_jobs = causes.len();
     assert!(
         lost_jobs <= 2,
         "at most one job per slot of the lost worker: {lost_jobs}"
@@ -200,7 +239,7 @@ fn a_worker_killed_mid_run_retires_and_the_run_completes_on_the_others() {
     // A job taken after the loss went back to the queue; when none was in flight on the
     // killed worker, nothing was lost and the run is the local run, bit for bit.
     if lost_jobs == 0 {
-        let local = run(&s, &tmp.path().join("local"));
+        let local = run(&scenario(SMALL, &set).unwrap(), &tmp.path().join("local"));
         let adapter = |d: &Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
         assert_eq!(adapter(&dir), adapter(&local.dir));
     }

@@ -148,6 +148,8 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
         StrategyKind,
         TrainSection,
         SlotsSection,
+        WorkersSection,
+        TlsSection,
         SlotDevice,
         SlotAssignment,
         Attackers,

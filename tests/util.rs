@@ -103,7 +103,6 @@ pub fn run_full(
         progress,
         telemetry,
         pace: None,
-        workers: None,
     };
     runtime().block_on(fedsim::run(s, opts, shutdown))
 }

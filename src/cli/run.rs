@@ -54,18 +54,36 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS_PER_ROUND")]
     pace: Option<f64>,
     /// Workers on other hosts whose slots join this run's (each started with
-    /// `sim worker --listen HOST:PORT`); needs --cookie-file.
+    /// `sim worker --listen HOST:PORT`); needs --cookie-file. Sets the scenario's
+    /// slots.workers (replacing it; add TLS with --set slots.workers.tls=… after).
     #[arg(
         long,
         value_delimiter = ',',
         value_name = "HOST:PORT,...",
-        requires = "cookie_file"
+        requires = "cookie_file",
+        conflicts_with = "resume"
     )]
     workers: Vec<String>,
     /// The cluster's shared secret for --workers: a file holding at least 16 characters, the
     /// same file on every node.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "workers")]
     cookie_file: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The `--set` overrides, with --workers and --cookie-file as `slots.workers` first.
+    fn overrides(&self) -> Vec<String> {
+        let mut set = Vec::new();
+        if let (false, Some(cookie)) = (self.workers.is_empty(), &self.cookie_file) {
+            let section = serde_json::json!({
+                "addrs": self.workers,
+                "cookie_file": cookie,
+            });
+            set.push(format!("slots.workers={section}"));
+        }
+        set.extend(self.set.iter().cloned());
+        set
+    }
 }
 
 impl RunArgs {
@@ -74,7 +92,7 @@ impl RunArgs {
     pub fn matmul_threads(&self) -> Option<usize> {
         let s = match (&self.scenario, &self.resume) {
             (_, Some(dir)) => recorded_scenario(dir).ok()?,
-            (Some(path), None) => Scenario::load(path, &self.set).ok()?,
+            (Some(path), None) => Scenario::load(path, &self.overrides()).ok()?,
             (None, None) => return None,
         };
         Some(s.threads_per_job())
@@ -85,7 +103,7 @@ impl RunArgs {
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let scenario = match (&a.scenario, &a.resume) {
         (_, Some(dir)) => recorded_scenario(dir)?,
-        (Some(path), None) => Scenario::load(path, &a.set)?,
+        (Some(path), None) => Scenario::load(path, &a.overrides())?,
         (None, None) => anyhow::bail!("give a scenario file, or --resume DIR"),
     };
     if matches!(scenario.trainer, fedsim::trainer::TrainerKind::Lora) {
@@ -119,13 +137,6 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         }),
         telemetry,
         pace: a.pace.map(Duration::from_secs_f64),
-        workers: match &a.cookie_file {
-            Some(path) if !a.workers.is_empty() => Some(fedsim::cluster::coordinator::WorkerSet {
-                addrs: a.workers.clone(),
-                cookie: fedsim::cluster::Cookie::from_file(path)?,
-            }),
-            _ => None,
-        },
     };
     let report = match &a.resume {
         Some(dir) => runtime.block_on(fedsim::sim::resume(dir, opts, shutdown.clone()))?,

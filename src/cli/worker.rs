@@ -24,6 +24,13 @@ pub struct WorkerArgs {
     /// Matmul threads per slot.
     #[arg(long, default_value_t = 1)]
     pub threads_per_slot: usize,
+    /// Serve TLS with this PEM certificate (chain); needs --tls-key. The coordinator checks it
+    /// against the authority in the scenario's slots.workers.tls.ca.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Serve until SIGINT, SIGTERM or SIGHUP.
@@ -41,12 +48,19 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         cookie: Cookie::from_file(&a.cookie_file)?,
         slots: a.slots,
         threads_per_slot: a.threads_per_slot,
+        tls: match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => Some(fedsim::cluster::tls::server(cert, key)?),
+            _ => None,
+        },
     };
     let runtime = super::run::runtime()?;
     let mut shutdown = super::run::stop_on_signals(&runtime)?;
     eprintln!(
-        "worker listening on {} with {} slot(s) of {} thread(s)",
-        a.listen, a.slots, a.threads_per_slot
+        "worker listening on {}{} with {} slot(s) of {} thread(s)",
+        a.listen,
+        if a.tls_cert.is_some() { " (TLS)" } else { "" },
+        a.slots,
+        a.threads_per_slot
     );
     runtime.block_on(serve(opts, async move {
         shutdown.reached(StopLevel::FinishRound).await;

@@ -1,5 +1,7 @@
 //! `ScenarioFile`: the RON text as written, with defaults; nothing is checked here but syntax.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataSource, Partition};
@@ -382,6 +384,45 @@ pub struct SlotsSection {
     /// Slots one client's job occupies (Flower's `client_resources`): fewer clients at once,
     /// each computing with that many slots' threads.
     pub client_resources: usize,
+    /// Slot workers on other hosts (`sim worker`) whose slots join these (`count` may then be
+    /// 0: every job runs remotely).
+    pub workers: Option<WorkersSection>,
+}
+
+/// Slot workers on other hosts (scenario `slots.workers`; `sim run --workers` sets it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkersSection {
+    /// Their addresses, `host:port`, each a `sim worker --listen`.
+    pub addrs: Vec<String>,
+    /// The cluster's shared secret: a file of at least 16 characters, the same on every node.
+    pub cookie_file: PathBuf,
+    /// Seconds a run with no usable slot left (no local slots, every worker lost) waits for a
+    /// worker to come back before it stops with status `workers_lost`.
+    pub rejoin_s: f64,
+    /// Encrypt the connections (the workers must serve TLS too); None: plain TCP.
+    pub tls: Option<TlsSection>,
+}
+
+impl Default for WorkersSection {
+    fn default() -> Self {
+        Self {
+            addrs: Vec::new(),
+            cookie_file: PathBuf::new(),
+            rejoin_s: 30.0,
+            tls: None,
+        }
+    }
+}
+
+/// TLS for the cluster's connections: PEM files (scenario `slots.workers.tls`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The certificate authority that signed the workers' certificates.
+    pub ca: PathBuf,
+    /// The name the workers' certificates carry (their subject alternative name).
+    pub server_name: String,
 }
 
 /// A slot's device (scenario `slots.device`).
@@ -414,6 +455,7 @@ impl Default for SlotsSection {
             device: SlotDevice::Cpu,
             assignment: SlotAssignment::FirstFree,
             client_resources: 1,
+            workers: None,
         }
     }
 }

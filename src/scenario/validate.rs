@@ -3,7 +3,7 @@
 use crate::model::pretrained::Pretrained;
 use std::path::Path;
 
-use super::file::{ModelSource, ScenarioFile, SlotDevice};
+use super::file::{ModelSource, ScenarioFile};
 use super::{resources, Sampling, Scenario, ScenarioError};
 use crate::data::{DataPlan, DataSource};
 use crate::fmt::compact;
@@ -17,6 +17,7 @@ mod check;
 mod data;
 mod model;
 mod privacy;
+mod slots;
 mod strategy;
 mod system;
 
@@ -33,7 +34,7 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
     data::check_data(&c, &file, &model)?;
     check_clients(&c, &file)?;
     check_train(&c, &file)?;
-    let (threads, cores) = check_slots(&c, &file)?;
+    let (threads, cores) = slots::check_slots(&c, &file)?;
     let (memory, warnings) = check_resources(
         &c,
         &file,
@@ -276,41 +277,6 @@ fn check_train(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> 
     )?;
 
     Ok(())
-}
-
-fn check_slots(c: &Check<'_>, file: &ScenarioFile) -> Result<(usize, usize), ScenarioError> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let sl = &file.slots;
-    c.ensure(
-        (1..=256).contains(&sl.count),
-        field_path!(file.slots.count),
-        format!("is {}; it must be 1..=256", sl.count),
-    )?;
-    if let SlotDevice::Cuda(i) = sl.device {
-        return Err(c.fail(
-            field_path!(file.slots.device),
-            format!(
-                "is Cuda({i}) but this build of fedsim has no GPU support (GPU slots are not \
-                 implemented yet); set slots.device: Cpu"
-            ),
-        ));
-    }
-    c.ensure(
-        (1..=sl.count).contains(&sl.client_resources),
-        field_path!(file.slots.client_resources),
-        format!(
-            "is {}; it must be 1..={} (slots.count): a job cannot take more slots than exist",
-            sl.client_resources, sl.count
-        ),
-    )?;
-    let threads = sl.threads_per_slot.unwrap_or((cores / sl.count).max(1));
-    c.ensure(
-        (1..=256).contains(&threads),
-        field_path!(file.slots.threads_per_slot),
-        format!("is {threads}; it must be 1..=256"),
-    )?;
-
-    Ok((threads, cores))
 }
 
 fn check_resources(

@@ -16,8 +16,6 @@ pub(super) struct Observers {
     pub pace: Option<std::time::Duration>,
     pub progress: Option<ProgressFn>,
     pub telemetry: Option<Telemetry>,
-    /// Workers on other hosts whose slots join the run's (`sim run --workers`).
-    pub workers: Option<crate::cluster::coordinator::WorkerSet>,
 }
 
 pub(super) type SharedBook = Arc<std::sync::Mutex<Option<Book>>>;

@@ -115,6 +115,7 @@ impl Book {
             match stop {
                 EarlyStop::Budget { .. } => RunStatus::BudgetExhausted,
                 EarlyStop::TooFewClients { .. } => RunStatus::TooFewClients,
+                EarlyStop::WorkersLost { .. } => RunStatus::WorkersLost,
             }
         } else if o.interrupted {
             RunStatus::Interrupted

@@ -95,6 +95,7 @@ pub(super) fn server_config(
                 every: e.every,
                 full: e.full,
             }),
+        rejoin_s: s.workers().map_or(0.0, |w| w.rejoin_s),
     }
 }
 

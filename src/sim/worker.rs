@@ -3,10 +3,11 @@
 //! the model from its cache, the data from the same paths — starts its slots, and answers with
 //! what it prepared, so the coordinator can refuse a worker whose inputs differ.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
@@ -17,11 +18,11 @@ use crate::cluster::{
 };
 use crate::model::{AdapterLayout, AdapterSet};
 use crate::scenario::Scenario;
-use crate::slots::{Job, SlotHandle, SlotPool};
+use crate::slots::{Job, SlotContext, SlotHandle, SlotPool};
 use crate::train::{Schedule, StepRule};
 
 /// How a worker serves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkerOptions {
     /// Where it listens for the coordinator (loopback unless told otherwise).
     pub listen: SocketAddr,
@@ -31,6 +32,8 @@ pub struct WorkerOptions {
     pub slots: usize,
     /// Matmul threads per slot.
     pub threads_per_slot: usize,
+    /// Serve TLS (`sim worker --tls-cert --tls-key`); None: plain TCP.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Serve until `shutdown` completes: listen, join the worker group, answer the coordinator.
@@ -45,6 +48,7 @@ pub async fn serve(
         opts.listen,
         &opts.cookie,
         format!("fedsim-worker-{}", opts.listen.port()),
+        opts.tls.clone(),
     );
     let fail = |what: &str, e: &dyn std::fmt::Display| ClusterError::Node {
         what: what.to_string(),
@@ -53,10 +57,23 @@ pub async fn serve(
     let (node, node_handle) = Actor::spawn(None, node, ())
         .await
         .map_err(|e| fail(&format!("listening on {}", opts.listen), &e))?;
-    let (worker, worker_handle) = Actor::spawn(None, WorkerActor { opts: opts.clone() }, ())
+    let serving = Shared::default();
+    node.cast(ractor_cluster::NodeServerMessage::SubscribeToEvents {
+        id: "fedsim.coordinators".into(),
+        subscription: Box::new(Coordinators {
+            serving: serving.clone(),
+            sessions: Arc::default(),
+        }),
+    })
+    .map_err(|e| fail("watching the coordinators' connections", &e))?;
+    let actor = WorkerActor {
+        opts: opts.clone(),
+        serving,
+    };
+    let (worker, worker_handle) = Actor::spawn(None, actor, ())
         .await
         .map_err(|e| fail("starting the worker", &e))?;
-    tracing::info!(listen = %opts.listen, slots = opts.slots, "worker ready");
+    tracing::info!(listen = %opts.listen, slots = opts.slots, tls = opts.tls.is_some(), "worker ready");
     shutdown.await;
     worker.stop(None);
     node.stop(None);
@@ -67,7 +84,11 @@ pub async fn serve(
 
 struct WorkerActor {
     opts: WorkerOptions,
+    serving: Shared,
 }
+
+/// The run being served, shared by the actor and the connection watcher.
+type Shared = Arc<Mutex<Option<Serving>>>;
 
 /// The run being served.
 struct Serving {
@@ -77,33 +98,76 @@ struct Serving {
     pool: SlotPool,
     handle: SlotHandle,
     layout: Arc<AdapterLayout>,
+    /// What its slots need, to start them afresh when a coordinator leaves.
+    ctx: Arc<SlotContext>,
+    slots: usize,
+    threads: usize,
 }
 
-#[derive(Default)]
-struct WorkerState {
-    serving: Option<Serving>,
+impl Serving {
+    /// Drop the jobs of a coordinator that left (queued ones unrun; a training job in
+    /// progress stops before its next step) and start fresh slots for the next one.
+    fn restart(&mut self) {
+        match SlotPool::start(self.ctx.clone(), self.slots, self.threads, 1) {
+            Ok(pool) => {
+                self.handle = pool.handle();
+                std::mem::replace(&mut self.pool, pool).abandon();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot restart the slots"),
+        }
+    }
+}
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Option<Serving>> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Watches the coordinators' sessions: when the last one closes (the coordinator stopped, was
+/// killed, or gave the worker up), the run's jobs are dropped.
+struct Coordinators {
+    serving: Shared,
+    sessions: Arc<Mutex<HashSet<u64>>>,
+}
+
+impl ractor_cluster::NodeEventSubscription for Coordinators {
+    fn node_session_opened(&self, _: ractor_cluster::node::NodeServerSessionInformation) {}
+
+    fn node_session_authenticated(&self, ses: ractor_cluster::node::NodeServerSessionInformation) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ses.node_id);
+    }
+
+    fn node_session_disconnected(&self, ses: ractor_cluster::node::NodeServerSessionInformation) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if !sessions.remove(&ses.node_id) || !sessions.is_empty() {
+            return;
+        }
+        drop(sessions);
+        if let Some(s) = lock(&self.serving).as_mut() {
+            tracing::info!("the coordinator left: its jobs are dropped");
+            s.restart();
+        }
+    }
 }
 
 impl Actor for WorkerActor {
     type Msg = WorkerMsg;
-    type State = WorkerState;
+    type State = ();
     type Arguments = ();
 
-    async fn pre_start(
-        &self,
-        me: ActorRef<WorkerMsg>,
-        (): (),
-    ) -> Result<WorkerState, ActorProcessingErr> {
+    async fn pre_start(&self, me: ActorRef<WorkerMsg>, (): ()) -> Result<(), ActorProcessingErr> {
         ractor::pg::join(WORKER_GROUP.to_string(), vec![me.get_cell()]);
-        Ok(WorkerState::default())
+        Ok(())
     }
 
     async fn post_stop(
         &self,
         _me: ActorRef<WorkerMsg>,
-        st: &mut WorkerState,
+        (): &mut (),
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(s) = st.serving.take() {
+        if let Some(s) = lock(&self.serving).take() {
             s.pool.abandon();
         }
         Ok(())
@@ -113,14 +177,17 @@ impl Actor for WorkerActor {
         &self,
         _me: ActorRef<WorkerMsg>,
         msg: WorkerMsg,
-        st: &mut WorkerState,
+        (): &mut (),
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Setup(bytes, reply) => {
-                let answer = self.setup(&bytes, st).await;
+                let answer = self.setup(&bytes).await;
                 let _ = reply.send(answer);
             }
-            WorkerMsg::Run(bytes, reply) => run(&bytes, st, reply),
+            WorkerMsg::Run(bytes, reply) => run(&bytes, &self.serving, reply),
+            WorkerMsg::Ping(bytes, reply) => {
+                let _ = reply.send(bytes);
+            }
         }
         Ok(())
     }
@@ -128,16 +195,19 @@ impl Actor for WorkerActor {
 
 impl WorkerActor {
     /// Prepare the run in `bytes` (or keep the one already prepared from the same text).
-    async fn setup(&self, bytes: &[u8], st: &mut WorkerState) -> Vec<u8> {
+    async fn setup(&self, bytes: &[u8]) -> Vec<u8> {
         let req: SetupReq = match decode("setup request", bytes) {
             Ok(r) => r,
             Err(e) => return refusal(e.to_string()),
         };
-        if let Some(s) = st.serving.as_ref().filter(|s| s.scenario == req.scenario) {
-            return s.answer.clone();
-        }
-        if let Some(old) = st.serving.take() {
-            old.pool.abandon();
+        {
+            let mut serving = lock(&self.serving);
+            if let Some(s) = serving.as_ref().filter(|s| s.scenario == req.scenario) {
+                return s.answer.clone();
+            }
+            if let Some(old) = serving.take() {
+                old.pool.abandon();
+            }
         }
         let (slots, threads) = (self.opts.slots, self.opts.threads_per_slot);
         let text = req.scenario.clone();
@@ -145,7 +215,7 @@ impl WorkerActor {
         match prepared {
             Ok(Ok((serving, res))) => {
                 let answer = encode("setup answer", &res).unwrap_or_default();
-                st.serving = Some(Serving {
+                *lock(&self.serving) = Some(Serving {
                     scenario: req.scenario,
                     answer: answer.clone(),
                     ..serving
@@ -165,12 +235,21 @@ fn refusal(reason: String) -> Vec<u8> {
 
 /// Validate the coordinator's scenario, prepare its inputs here, start the slots.
 fn prepare(text: &str, slots: usize, threads: usize) -> Result<(Serving, SetupRes), String> {
-    let s = Scenario::from_ron(text, Path::new("<the coordinator's scenario>"), &[])
+    // This worker's own slots, not the coordinator's.
+    let own = [
+        "slots.workers=null".to_string(),
+        format!("slots.count={slots}"),
+        format!("slots.threads_per_slot={threads}"),
+        "slots.client_resources=1".to_string(),
+        "slots.assignment=\"FirstFree\"".to_string(),
+    ];
+    let s = Scenario::from_ron(text, Path::new("<the coordinator's scenario>"), &own)
         .map_err(|e| crate::fmt::chain(&e))?;
     let prep = super::prepare(&s).map_err(|e| crate::fmt::chain(&e))?;
     let layout = super::layout_of(&s);
     let (_, ctx) = super::wiring::slot_context(&s, &prep, &layout);
-    let pool = SlotPool::start(ctx, slots, threads, 1).map_err(|e| crate::fmt::chain(&e))?;
+    let pool =
+        SlotPool::start(ctx.clone(), slots, threads, 1).map_err(|e| crate::fmt::chain(&e))?;
     let res = SetupRes::Ready {
         slots,
         model_sha256: prep
@@ -189,6 +268,9 @@ fn prepare(text: &str, slots: usize, threads: usize) -> Result<(Serving, SetupRe
             pool,
             handle,
             layout,
+            ctx,
+            slots,
+            threads,
         },
         res,
     ))
@@ -202,8 +284,9 @@ fn encoded(res: JobRes) -> Vec<u8> {
 }
 
 /// Queue the job in `bytes` on the slots; the answer goes back when it is done.
-fn run(bytes: &[u8], st: &WorkerState, reply: RpcReplyPort<Vec<u8>>) {
-    let Some(serving) = st.serving.as_ref() else {
+fn run(bytes: &[u8], shared: &Shared, reply: RpcReplyPort<Vec<u8>>) {
+    let serving = lock(shared);
+    let Some(serving) = serving.as_ref() else {
         let _ = reply.send(encoded(JobRes::Failed(
             "the worker has no run set up".into(),
         )));

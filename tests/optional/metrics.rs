@@ -160,6 +160,28 @@ pub fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     );
     let scen = tmp.path().join("small.ron");
     std::fs::write(&scen, crate::util::SMALL).unwrap();
+    // A slot worker beside the local slot, so the workers' panels have data.
+    let worker_addr = format!("127.0.0.1:{}", free_port());
+    let cookie = tmp.path().join("cookie");
+    std::fs::write(&cookie, "a-long-shared-secret-for-tests").unwrap();
+    let _worker = Reaper(
+        Command::new(env!("CARGO_BIN_EXE_sim"))
+            .args(["worker", "--listen", &worker_addr, "--cookie-file"])
+            .arg(&cookie)
+            .current_dir(crate::util::root())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let listening = std::time::Instant::now();
+    while std::net::TcpStream::connect(&worker_addr).is_err() {
+        assert!(
+            listening.elapsed().as_secs() < 20,
+            "the worker did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     // A labelled task, so the accuracy panel has data.
     let [source, eval] = crate::util::task_overrides(tmp.path());
     let _sim = Reaper(
@@ -176,6 +198,8 @@ pub fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
             .args(["--out", tmp.path().join("run").to_str().unwrap()])
             .args(["--set", DP, "--set", "dp.pld=true", "--set", "rounds=3"])
             .args(["--set", &source, "--set", &eval])
+            .args(["--workers", &worker_addr, "--cookie-file"])
+            .arg(&cookie)
             // A server optimiser and a Byzantine client, so the strategy panels have data.
             .args([
                 "--set",

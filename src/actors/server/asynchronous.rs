@@ -293,6 +293,9 @@ impl FedBuff {
         st: &mut Core,
     ) -> Result<usize, ActorProcessingErr> {
         let mut n = 0;
+        if st.slots_gone(me, self.state.version + 1).await {
+            return Ok(0);
+        }
         while self.state.flights.len() < self.concurrency {
             let Some(c) = self.pick(st) else { break };
             self.dispatch(me, st, c).await?;

@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub pace: Option<Duration>,
     /// When the task (scenario `eval`) is scored, if there is one.
     pub task: Option<TaskSchedule>,
+    /// Wall seconds to wait for a lost worker to come back when no slot can run a job
+    /// (`slots.workers.rejoin_s`; 0 without workers).
+    pub rejoin_s: f64,
 }
 
 /// When a run's task is scored: its subset every `every` rounds and after the last; the whole

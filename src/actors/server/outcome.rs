@@ -52,6 +52,21 @@ pub enum EarlyStop {
         /// δ.
         delta: f64,
     },
+    /// No slot could run a job: the run has no local slots, and every worker was lost and
+    /// did not come back within `slots.workers.rejoin_s`.
+    #[error(
+        "round {round}: every worker is lost ({}) and none came back within \
+         slots.workers.rejoin_s = {rejoin_s} s; the run has no local slots (slots.count = 0)",
+        lost.join(", ")
+    )]
+    WorkersLost {
+        /// The round that could not start.
+        round: RoundId,
+        /// The lost workers.
+        lost: Vec<String>,
+        /// Seconds waited.
+        rejoin_s: f64,
+    },
     /// A round had too few clients and `system.short_round` is `Stop`.
     #[error("round {round}: {why}")]
     TooFewClients {

@@ -184,6 +184,39 @@ impl Core {
         Some(client)
     }
 
+    /// Whether the run ended because no slot can run a job (no local slots, every worker
+    /// lost): it first waits up to `rejoin_s` wall seconds for a worker to come back.
+    pub(super) async fn slots_gone(&mut self, me: &ActorRef<ServerMsg>, round: RoundId) -> bool {
+        let slots = self.args.slots.clone();
+        if slots.usable() {
+            return false;
+        }
+        let rejoin_s = self.args.config.rejoin_s;
+        tracing::warn!(
+            round,
+            rejoin_s,
+            "no slot can run a job: waiting for a worker to come back"
+        );
+        let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(rejoin_s);
+        while std::time::Instant::now() < until {
+            if self.args.shutdown.level() >= crate::shutdown::StopLevel::FinishRound {
+                self.finish(me, None);
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if slots.usable() {
+                return false;
+            }
+        }
+        self.stop = Some(super::outcome::EarlyStop::WorkersLost {
+            round,
+            lost: slots.lost_workers(),
+            rejoin_s,
+        });
+        self.finish(me, None);
+        true
+    }
+
     /// End the run: send the outcome (once), stop the clients and the server.
     pub(super) fn finish(&mut self, me: &ActorRef<ServerMsg>, error: Option<RunFailure>) {
         if let Some(done) = self.done.take() {

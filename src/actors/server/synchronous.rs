@@ -42,6 +42,9 @@ impl SyncRounds {
             st.finish(me, None);
             return Ok(());
         }
+        if st.slots_gone(me, round).await {
+            return Ok(());
+        }
         let start = st.clock;
         let available = online(st, round, start);
         let s = st.args.config.sampling;

@@ -1,0 +1,87 @@
+//! The run's workers on other hosts (scenario `slots.workers`): joining them to the run's
+//! slots, and sampling their counters into the run's metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{checkpoint, Prepared, SimError};
+use crate::cluster::coordinator::{connect, Cluster, Expect, RemoteWorker, WorkerSet};
+use crate::cluster::{tls, ClusterError, Cookie};
+use crate::model::AdapterLayout;
+use crate::scenario::file::WorkersSection;
+use crate::scenario::Scenario;
+use crate::slots::SlotPool;
+use crate::telemetry::Telemetry;
+
+/// Connect to the workers `w` names, set the run up on each, and add their slots to `pool`.
+pub(super) async fn join(
+    s: &Scenario,
+    w: &WorkersSection,
+    prep: &Prepared,
+    layout: &Arc<AdapterLayout>,
+    pool: &mut SlotPool,
+) -> Result<Cluster, SimError> {
+    let field = |e: ClusterError, f: &str| ClusterError::Node {
+        what: format!("{} slots.workers.{f}", s.source_path.display()),
+        message: e.to_string(),
+    };
+    let set = WorkerSet {
+        addrs: w.addrs.clone(),
+        cookie: Cookie::from_file(&w.cookie_file).map_err(|e| field(e, "cookie_file"))?,
+        tls: w
+            .tls
+            .as_ref()
+            .map(|t| tls::client(&t.ca, &t.server_name))
+            .transpose()
+            .map_err(|e| field(e, "tls"))?,
+    };
+    let expect = Expect {
+        scenario: s.to_ron(),
+        model_sha256: prep
+            .lora
+            .as_ref()
+            .and_then(|l| l.source.as_ref())
+            .map(|m| m.sha256.clone()),
+        inputs: checkpoint::inputs_fingerprint(prep),
+    };
+    let cluster = connect(&set, expect, layout).await?;
+    for worker in &cluster.workers {
+        pool.attach_remote(worker.clone() as Arc<dyn crate::slots::Remote>)?;
+    }
+    Ok(cluster)
+}
+
+/// How often the workers' counters go to the metrics.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Samples the workers' counters into `telemetry` every second, and once more when dropped.
+pub(super) struct Sampler {
+    workers: Vec<Arc<RemoteWorker>>,
+    telemetry: Telemetry,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Start sampling `cluster`'s workers into `telemetry`.
+pub(super) fn sample(cluster: &Cluster, telemetry: Telemetry) -> Sampler {
+    let workers = cluster.workers.clone();
+    let (w, t) = (workers.clone(), telemetry.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            t.workers(&w.iter().map(|x| x.live()).collect::<Vec<_>>());
+            tokio::time::sleep(SAMPLE_EVERY).await;
+        }
+    });
+    Sampler {
+        workers,
+        telemetry,
+        task,
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.task.abort();
+        let live: Vec<_> = self.workers.iter().map(|x| x.live()).collect();
+        self.telemetry.workers(&live);
+    }
+}
