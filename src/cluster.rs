@@ -161,33 +161,9 @@ pub enum WorkerMsg {
 
 /// f32 values on the wire as their little-endian bytes (MessagePack would tag each value: 5
 /// bytes and a branch per value instead of 4 bytes and a copy).
-#[derive(Debug, Clone, PartialEq)]
-pub struct F32s(pub Vec<f32>);
-
-impl Serialize for F32s {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let bytes: Vec<u8> = self.0.iter().flat_map(|v| v.to_le_bytes()).collect();
-        serde_bytes::ByteBuf::from(bytes).serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for F32s {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
-        if bytes.len() % 4 != 0 {
-            return Err(serde::de::Error::custom(format!(
-                "{} bytes is not a whole number of f32 values",
-                bytes.len()
-            )));
-        }
-        Ok(Self(
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        ))
-    }
-}
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct F32s(#[serde(with = "crate::bytes::f32s")] pub Vec<f32>);
 
 /// The run a worker is to serve.
 #[derive(Debug, Serialize, Deserialize)]

@@ -97,6 +97,14 @@ fn main() -> ExitCode {
             matmul_threads(&cli.command).to_string(),
         );
     }
+    // `sim worker --cache DIR`: the model cache the library reads ($FEDSIM_CACHE), set here
+    // for the same reason, before any thread starts.
+    if let Command::Worker(cli::worker::WorkerArgs {
+        cache: Some(dir), ..
+    }) = &cli.command
+    {
+        std::env::set_var("FEDSIM_CACHE", dir);
+    }
     // ractor_cluster narrates every session at INFO; its warnings are what a user needs.
     let quiet_cluster = tracing_subscriber::filter::Targets::new()
         .with_default(tracing::Level::INFO)

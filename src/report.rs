@@ -428,6 +428,15 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// Whether `sim run --resume` may continue a run that ended so (its checkpoint is kept):
+    /// interrupted, failed, or stopped with every worker lost.
+    pub fn resumable(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Interrupted | RunStatus::Failed | RunStatus::WorkersLost
+        )
+    }
+
     /// The word written in `summary.json` and printed.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -168,7 +168,8 @@ pub async fn run(
     // Claim --out before hours of preparation, not after: a second process on the same
     // directory, or a directory that is not ours to replace, is refused now.
     let claim = RunDir::claim(opts.out.as_deref(), &run_marker(s))?;
-    // Preparation hears the stop itself (every stage report), so nothing runs on after it.
+    workers::worker_set(s)?; // the cookie and TLS files, before the preparation
+                             // Preparation hears the stop itself (every stage report), so nothing runs on after it.
     let prep = prepare_off_executor(s, &mut opts, &shutdown).await?;
     let layout = layout_of(s);
     for line in setup_lines(s, &prep) {
@@ -325,7 +326,7 @@ fn finish_run(
     summary.workers = workers;
     summary.backdoor = summary::backdoor(s, prep, &outcome.global)?;
     dir.write_json("summary.json", &summary)?;
-    if !matches!(summary.status, RunStatus::Interrupted | RunStatus::Failed) {
+    if !summary.status.resumable() {
         // An ended run has nothing to resume: its checkpoint and journal go.
         dir.remove(crate::report::CHECKPOINT)?;
         dir.remove(crate::report::JOURNAL)?;
@@ -385,8 +386,8 @@ async fn run_actors(
 ) -> Result<(ServerOutcome, Vec<f64>, Vec<crate::cluster::WorkerRecord>), SimError> {
     let dir = recorder.dir.clone();
     let (initial, mut pool) = wiring::slot_pool(s, prep, &layout)?;
-    let cluster = match s.workers() {
-        Some(w) => Some(workers::join(s, w, prep, &layout, &mut pool).await?),
+    let cluster = match workers::worker_set(s)? {
+        Some(set) => Some(workers::join(s, &set, prep, &layout, &mut pool).await?),
         None => None,
     };
     let _sampler = cluster

@@ -326,3 +326,62 @@ fn a_worker_that_prepared_other_inputs_is_refused_naming_the_difference() {
         "{err}"
     );
 }
+
+#[test]
+fn a_worker_holding_another_base_model_is_refused_naming_both_hashes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let cookie = cookie_file(tmp.path(), "cookie", "a-long-shared-secret-for-tests");
+    // The worker's cache holds SmolLM2 with one weight byte changed: it loads, but it is not
+    // the coordinator's file.
+    let real = crate::smollm2::gguf_path();
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let copy = cache.join(real.file_name().unwrap());
+    let mut bytes = std::fs::read(&real).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&copy, bytes).unwrap();
+    let cache_arg = cache.to_str().unwrap();
+    let w = worker_at(
+        &format!("127.0.0.1:{}", free_port()),
+        &cookie,
+        1,
+        &["--cache", cache_arg],
+    );
+    let custom = &SMALL[SMALL.find("model:").unwrap()..SMALL.find("lora:").unwrap()];
+    let file = tmp.path().join("real.ron");
+    let text = SMALL.replace(
+        custom,
+        "model: (source: Pretrained(\"smollm2-135m-instruct\")),\n    ",
+    );
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sim"))
+        .arg("run")
+        .arg(&file)
+        .args(["--metrics-addr", "none", "--set", "rounds=1", "--out"])
+        .arg(tmp.path().join("run"))
+        .args(["--workers", &w.addr, "--cookie-file"])
+        .arg(&cookie)
+        .current_dir(crate::util::root())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the run used a worker with another base"
+    );
+    assert!(
+        err.contains(&w.addr) && err.contains("holds another base model"),
+        "{err}"
+    );
+    // A cache that is not a directory is refused before the worker starts.
+    let out = Command::new(env!("CARGO_BIN_EXE_sim"))
+        .args(["worker", "--cookie-file"])
+        .arg(&cookie)
+        .args(["--cache", "/nonexistent/models"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--cache"), "{err}");
+}

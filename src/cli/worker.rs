@@ -24,6 +24,10 @@ pub struct WorkerArgs {
     /// Matmul threads per slot.
     #[arg(long, default_value_t = 1)]
     pub threads_per_slot: usize,
+    /// The model cache to load the base from (default: $FEDSIM_CACHE, else
+    /// ~/.cache/fedsim/models; fill it with `sim fetch-model`).
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
     /// Serve TLS with this PEM certificate (chain); needs --tls-key. The coordinator checks it
     /// against the authority in the scenario's slots.workers.tls.ca.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -43,6 +47,14 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         a.threads_per_slot >= 1,
         "--threads-per-slot is 0; give at least 1"
     );
+    if let Some(dir) = &a.cache {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "--cache {}: not a directory; fill one with `FEDSIM_CACHE={} sim fetch-model …`",
+            dir.display(),
+            dir.display()
+        );
+    }
     let opts = WorkerOptions {
         listen: a.listen,
         cookie: Cookie::from_file(&a.cookie_file)?,

@@ -63,9 +63,7 @@ pub async fn resume(
     let started = Instant::now();
     let (run_dir, marker) = RunDir::reopen(dir)?;
     let summary = Summary::read(dir)?;
-    if summary.status.is_final()
-        && !matches!(summary.status, RunStatus::Interrupted | RunStatus::Failed)
-    {
+    if summary.status.is_final() && !summary.status.resumable() {
         return Err(ResumeError::Finished {
             dir: dir.to_path_buf(),
             status: summary.status,
@@ -91,6 +89,7 @@ pub async fn resume(
     {
         return Err(mismatch("the checkpoint belongs to another scenario".into()).into());
     }
+    super::workers::worker_set(&s)?; // the cookie and TLS files, before the preparation
     let prep = prepare_off_executor(&s, &mut opts, &shutdown).await?;
     let inputs = checkpoint::inputs_fingerprint(&prep);
     let layout = layout_of(&s);

@@ -8,24 +8,24 @@ use super::{checkpoint, Prepared, SimError};
 use crate::cluster::coordinator::{connect, Cluster, Expect, RemoteWorker, WorkerSet};
 use crate::cluster::{tls, ClusterError, Cookie};
 use crate::model::AdapterLayout;
-use crate::scenario::file::WorkersSection;
 use crate::scenario::Scenario;
 use crate::slots::SlotPool;
 use crate::telemetry::Telemetry;
 
-/// Connect to the workers `w` names, set the run up on each, and add their slots to `pool`.
-pub(super) async fn join(
-    s: &Scenario,
-    w: &WorkersSection,
-    prep: &Prepared,
-    layout: &Arc<AdapterLayout>,
-    pool: &mut SlotPool,
-) -> Result<Cluster, SimError> {
+/// The workers, cookie and TLS settings of `s` (None without workers), read now: a missing
+/// or weak cookie, or a bad TLS file, is found before hours of preparation, naming the field.
+///
+/// # Errors
+/// The cookie file or a TLS file cannot be used.
+pub(super) fn worker_set(s: &Scenario) -> Result<Option<WorkerSet>, SimError> {
+    let Some(w) = s.workers() else {
+        return Ok(None);
+    };
     let field = |e: ClusterError, f: &str| ClusterError::Node {
-        what: format!("{} slots.workers.{f}", s.source_path.display()),
+        what: format!("{}: slots.workers.{f}", s.source_path.display()),
         message: e.to_string(),
     };
-    let set = WorkerSet {
+    Ok(Some(WorkerSet {
         addrs: w.addrs.clone(),
         cookie: Cookie::from_file(&w.cookie_file).map_err(|e| field(e, "cookie_file"))?,
         tls: w
@@ -34,7 +34,17 @@ pub(super) async fn join(
             .map(|t| tls::client(&t.ca, &t.server_name))
             .transpose()
             .map_err(|e| field(e, "tls"))?,
-    };
+    }))
+}
+
+/// Connect to the workers of `set`, set the run up on each, and add their slots to `pool`.
+pub(super) async fn join(
+    s: &Scenario,
+    set: &WorkerSet,
+    prep: &Prepared,
+    layout: &Arc<AdapterLayout>,
+    pool: &mut SlotPool,
+) -> Result<Cluster, SimError> {
     let expect = Expect {
         scenario: s.to_ron(),
         model_sha256: prep
@@ -44,7 +54,7 @@ pub(super) async fn join(
             .map(|m| m.sha256.clone()),
         inputs: checkpoint::inputs_fingerprint(prep),
     };
-    let cluster = connect(&set, expect, layout).await?;
+    let cluster = connect(set, expect, layout).await?;
     for worker in &cluster.workers {
         pool.attach_remote(worker.clone() as Arc<dyn crate::slots::Remote>)?;
     }

@@ -38,7 +38,7 @@ fn a_worker_restarted_mid_run_is_set_up_again_and_used() {
     let addr = format!("127.0.0.1:{}", free_port());
     let first = worker_at(&addr, &cookie, 1, &[]);
     let set = ["rounds=4"];
-    let s = remote_only(&set, &[addr.clone()], &cookie, 60.0);
+    let s = remote_only(&set, std::slice::from_ref(&addr), &cookie, 60.0);
     // Killed once round 1 is recorded, and started again on the same address: the run has no
     // other slot, so rounds 2-4 can only run on the restarted process.
     // Held here too, so the restarted process outlives the run's progress callback.
@@ -82,7 +82,8 @@ fn losing_every_worker_stops_the_run_with_status_workers_lost() {
     let tmp = tempfile::tempdir().unwrap();
     let cookie = cookie_file(tmp.path(), "cookie", "a-long-shared-secret-for-tests");
     let w = worker(&cookie, 1);
-    let s = remote_only(&["rounds=6"], &[w.addr.clone()], &cookie, 1.0);
+    let addr = w.addr.clone();
+    let s = remote_only(&["rounds=6"], std::slice::from_ref(&w.addr), &cookie, 1.0);
     let doomed = std::sync::Mutex::new(Some(w));
     let progress: fedsim::sim::ProgressFn = Box::new(move |p| {
         if let fedsim::sim::Progress::Round(r) = p {
@@ -110,6 +111,12 @@ fn losing_every_worker_stops_the_run_with_status_workers_lost() {
     let on_disk: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(on_disk["status"], "workers_lost");
+    // With a worker back, `sim run --resume` finishes it.
+    let _back = worker_at(&addr, &cookie, 1, &[]);
+    let report = crate::util::resume_full(&dir, fedsim::Shutdown::never(), None)
+        .expect("the stopped run resumes");
+    assert_eq!(report.summary.status.as_str(), "completed");
+    assert_eq!(report.summary.rounds_completed, 6);
 }
 
 #[test]
@@ -120,7 +127,7 @@ fn a_stalled_worker_misses_heartbeats_is_lost_and_comes_back() {
     let (stalled, kept) = (worker(&cookie, 1), worker(&cookie, 1));
     let pid = stalled.child.id();
     let addrs = vec![stalled.addr.clone(), kept.addr.clone()];
-    let mut s = remote_only(
+    let s = remote_only(
         &["rounds=30", "strategy.fraction_fit=1.0"],
         &addrs,
         &cookie,
@@ -146,7 +153,6 @@ fn a_stalled_worker_misses_heartbeats_is_lost_and_comes_back() {
         pace: Some(Duration::from_secs(1)),
         ..Default::default()
     };
-    s = s.clone();
     let report = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -187,7 +193,11 @@ fn a_coordinator_that_dies_leaves_its_workers_idle_not_training() {
     let w = worker(&cookie, 1);
     let file = crate::util::small_file(tmp.path());
     // Jobs of 100,000 steps: far longer than the test.
-    let workers = workers_override(&[w.addr.clone()], &cookie, serde_json::json!({}));
+    let workers = workers_override(
+        std::slice::from_ref(&w.addr),
+        &cookie,
+        serde_json::json!({}),
+    );
     let mut coordinator = Command::new(env!("CARGO_BIN_EXE_sim"))
         .arg("run")
         .arg(&file)

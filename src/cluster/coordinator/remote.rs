@@ -204,19 +204,33 @@ impl RemoteWorker {
                 steps,
                 tokens,
                 host_seconds,
-            } if update.0.len() == self.layout.len() => Ok(Trained {
-                result: LocalResult {
-                    update: AdapterSet::new(self.layout.clone(), update.0),
-                    train_loss,
-                    steps,
-                    tokens,
-                },
+            } if update.0.len() == self.layout.len()
+                && train_loss.is_finite()
+                && host_seconds.is_finite()
+                && host_seconds >= 0.0 =>
+            {
+                Ok(Trained {
+                    result: LocalResult {
+                        update: AdapterSet::new(self.layout.clone(), update.0),
+                        train_loss,
+                        steps,
+                        tokens,
+                    },
+                    host_seconds,
+                })
+            }
+            JobRes::Trained { update, .. } if update.0.len() != self.layout.len() => Err(self
+                .lost(format!(
+                    "answered an update of {} values where the run's adapter has {}",
+                    update.0.len(),
+                    self.layout.len()
+                ))),
+            JobRes::Trained {
+                train_loss,
                 host_seconds,
-            }),
-            JobRes::Trained { update, .. } => Err(self.lost(format!(
-                "answered an update of {} values where the run's adapter has {}",
-                update.0.len(),
-                self.layout.len()
+                ..
+            } => Err(self.lost(format!(
+                "answered a loss of {train_loss} after {host_seconds} s: not a finite result"
             ))),
             JobRes::Failed(reason) => Err(TrainError::Remote {
                 worker: self.addr.clone(),
