@@ -12,6 +12,11 @@ def jobs(run):
     return sum(json.loads(l)["completed"] for l in (run / "rounds.jsonl").open())
 
 
+def crashed(run):
+    """Clients whose job did not come back (a worker lost): the bench is void if any."""
+    return sum(json.loads(l)["crashed"] for l in (run / "rounds.jsonl").open())
+
+
 def rss_mib(path):
     values = [int(v) for v in path.read_text().split()] if path.exists() else []
     return max(values) / 1024 if values else float("nan")
@@ -32,6 +37,8 @@ for params in sorted({p.name.split("-")[-1] for p in out.glob("local-*") if p.is
         if not (run / "summary.json").exists():
             continue
         s = json.loads((run / "summary.json").read_text())
+        if crashed(run):
+            sys.exit(f"{run}: {crashed(run)} clients crashed; the measurement is void")
         w = s["workers"]
         done = sum(x["jobs"] for x in w)
         trip_ms = 1e3 * sum(x["busy_seconds"] for x in w) / done

@@ -385,3 +385,27 @@ fn a_worker_holding_another_base_model_is_refused_naming_both_hashes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--cache"), "{err}");
 }
+
+#[test]
+fn synthetic_jobs_over_a_worker_give_the_local_rounds() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let cookie = cookie_file(tmp.path(), "cookie", "a-long-shared-secret-for-tests");
+    let w = worker(&cookie, 1);
+    // The synthetic trainer reports no loss: its answers are not malformed for that.
+    let set = [
+        "trainer=Synthetic(params: 1000)",
+        "data.canaries=0",
+        "clients.count=50",
+        "strategy.fraction_fit=0.2",
+        "rounds=2",
+    ];
+    let local = run(&scenario(SMALL, &set).unwrap(), &tmp.path().join("local"));
+    let mut remote: Vec<&str> = set.to_vec();
+    remote.push("slots.count=0");
+    let dir = tmp.path().join("remote");
+    let report = run_on(&remote, &dir, &[&w], &cookie).expect("the run completes");
+    assert_eq!(report.summary.workers[0].jobs, 20, "{:?}", report.summary.workers);
+    assert!(crash_causes(&dir).is_empty());
+    assert_eq!(round_metrics(&dir), round_metrics(&local.dir));
+}

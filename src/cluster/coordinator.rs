@@ -45,6 +45,10 @@ pub struct Expect {
     pub model_sha256: Option<String>,
     /// The prepared inputs' fingerprint.
     pub inputs: String,
+    /// The run's adapter layout (what updates must look like).
+    pub layout: Arc<AdapterLayout>,
+    /// Whether training answers carry a loss (not with the synthetic trainer).
+    pub loss_expected: bool,
 }
 
 /// The coordinator's node and its workers; dropping it stops the watchers and leaves the
@@ -86,11 +90,7 @@ pub(super) struct Joiner {
 /// # Errors
 /// A worker that cannot be reached, does not authenticate (wrong cookie), refuses the run, or
 /// prepared other inputs than `expect`.
-pub async fn connect(
-    set: &WorkerSet,
-    expect: Expect,
-    layout: &Arc<AdapterLayout>,
-) -> Result<Cluster, ClusterError> {
+pub async fn connect(set: &WorkerSet, expect: Expect) -> Result<Cluster, ClusterError> {
     let local: SocketAddr = ([127, 0, 0, 1], 0).into();
     let server = super::node_server(local, &set.cookie, "fedsim-coordinator".to_string(), None);
     let (node, _) = Actor::spawn(None, server, ())
@@ -122,7 +122,7 @@ pub async fn connect(
     for addr in &set.addrs {
         let (link, slots) = joiner.join(addr).await?;
         tracing::info!(worker = %addr, slots, "worker set up");
-        let worker = Arc::new(RemoteWorker::new(addr, slots, link, layout.clone()));
+        let worker = Arc::new(RemoteWorker::new(addr, slots, link, &joiner.expect));
         let watcher = tokio::spawn(supervise::watch(worker.clone(), joiner.clone()));
         cluster.watchers.push(watcher);
         cluster.workers.push(worker);

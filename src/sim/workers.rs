@@ -53,8 +53,10 @@ pub(super) async fn join(
             .and_then(|l| l.source.as_ref())
             .map(|m| m.sha256.clone()),
         inputs: checkpoint::inputs_fingerprint(prep),
+        layout: layout.clone(),
+        loss_expected: matches!(s.trainer, crate::trainer::TrainerKind::Lora),
     };
-    let cluster = connect(set, expect, layout).await?;
+    let cluster = connect(set, expect).await?;
     for worker in &cluster.workers {
         pool.attach_remote(worker.clone() as Arc<dyn crate::slots::Remote>)?;
     }

@@ -58,6 +58,8 @@ pub struct RemoteWorker {
     pub slots: usize,
     link: RwLock<Link>,
     layout: Arc<AdapterLayout>,
+    /// Whether a training answer must carry a finite loss (the synthetic trainer has none).
+    loss_expected: bool,
     runtime: tokio::runtime::Handle,
     /// Jobs answered, nanoseconds waited, bytes sent, bytes received, jobs in flight,
     /// losses, rejoins.
@@ -79,12 +81,13 @@ const REJOINS: usize = 6;
 const MAX_ROUND_TRIPS: usize = 4096;
 
 impl RemoteWorker {
-    pub(super) fn new(addr: &str, slots: usize, link: Link, layout: Arc<AdapterLayout>) -> Self {
+    pub(super) fn new(addr: &str, slots: usize, link: Link, expect: &super::Expect) -> Self {
         Self {
             addr: addr.to_string(),
             slots,
             link: RwLock::new(link),
-            layout,
+            layout: expect.layout.clone(),
+            loss_expected: expect.loss_expected,
             runtime: tokio::runtime::Handle::current(),
             counters: Default::default(),
             round_trips: Mutex::new(Vec::new()),
@@ -205,7 +208,7 @@ impl RemoteWorker {
                 tokens,
                 host_seconds,
             } if update.0.len() == self.layout.len()
-                && train_loss.is_finite()
+                && (train_loss.is_finite() || !self.loss_expected)
                 && host_seconds.is_finite()
                 && host_seconds >= 0.0 =>
             {
