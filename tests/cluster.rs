@@ -405,7 +405,57 @@ fn synthetic_jobs_over_a_worker_give_the_local_rounds() {
     remote.push("slots.count=0");
     let dir = tmp.path().join("remote");
     let report = run_on(&remote, &dir, &[&w], &cookie).expect("the run completes");
-    assert_eq!(report.summary.workers[0].jobs, 20, "{:?}", report.summary.workers);
+    assert_eq!(
+        report.summary.workers[0].jobs, 20,
+        "{:?}",
+        report.summary.workers
+    );
     assert!(crash_causes(&dir).is_empty());
     assert_eq!(round_metrics(&dir), round_metrics(&local.dir));
+}
+
+#[test]
+fn malformed_worker_answers_are_errors_never_panics() {
+    use fedsim::cluster::coordinator::{read_trained, TrainAnswer};
+    use fedsim::cluster::{F32s, JobRes};
+    let layout = std::sync::Arc::new(fedsim::model::AdapterLayout::flat(6));
+    let answer = |values: usize, loss: f64, secs: f64| JobRes::Trained {
+        update: F32s(vec![0.5; values]),
+        train_loss: loss,
+        steps: 3,
+        tokens: 12,
+        host_seconds: secs,
+    };
+    let malformed =
+        |res: JobRes, loss_expected: bool| match read_trained(res, &layout, loss_expected) {
+            TrainAnswer::Malformed(why) => why,
+            other => panic!("accepted: {other:?}"),
+        };
+    assert!(matches!(
+        read_trained(answer(6, 1.5, 0.2), &layout, true),
+        TrainAnswer::Trained(_)
+    ));
+    // The synthetic trainer reports no loss (NaN); a LoRA worker must.
+    assert!(matches!(
+        read_trained(answer(6, f64::NAN, 0.2), &layout, false),
+        TrainAnswer::Trained(_)
+    ));
+    assert!(malformed(answer(6, f64::NAN, 0.2), true).contains("loss"));
+    assert!(malformed(answer(6, f64::INFINITY, 0.2), false).contains("loss"));
+    assert!(malformed(answer(5, 1.5, 0.2), true).contains("5 values"));
+    assert!(malformed(answer(6, 1.5, -1.0), true).contains("host seconds"));
+    assert!(malformed(answer(6, 1.5, f64::NAN), true).contains("host seconds"));
+    let eval = JobRes::Evaluated(fedsim::messages::EvaluateRes::none(1));
+    assert!(malformed(eval, true).contains("evaluation"));
+    assert!(matches!(
+        read_trained(JobRes::Failed("diverged".into()), &layout, true),
+        TrainAnswer::Failed(_)
+    ));
+    // Bytes that are not an answer, or f32 bytes cut short, fail to decode: errors, as data.
+    for garbage in [&b"\xff\x00garbage"[..], &[0x81, 0xa7][..], &[][..]] {
+        assert!(rmp_serde::from_slice::<JobRes>(garbage).is_err());
+    }
+    let mut cut = rmp_serde::to_vec(&answer(6, 1.5, 0.2)).unwrap();
+    cut.truncate(cut.len() / 2);
+    assert!(rmp_serde::from_slice::<JobRes>(&cut).is_err());
 }

@@ -17,7 +17,7 @@ use ractor::{Actor, ActorRef};
 use super::tls::TlsClient;
 use super::{decode, encode, ClusterError, Cookie, SetupReq, SetupRes, WorkerMsg, WORKER_GROUP};
 use crate::model::AdapterLayout;
-pub use remote::{RemoteWorker, WorkerLive};
+pub use remote::{read_trained, RemoteWorker, TrainAnswer, WorkerLive};
 use supervise::Disconnects;
 
 /// The workers a run uses.

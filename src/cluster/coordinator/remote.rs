@@ -198,50 +198,15 @@ impl RemoteWorker {
         }
     }
 
-    /// A training answer, checked like an upload (the run's adapter shape).
+    /// A training answer, checked like an upload (see [`read_trained`]).
     fn trained(&self, res: JobRes) -> Result<Trained, TrainError> {
-        match res {
-            JobRes::Trained {
-                update,
-                train_loss,
-                steps,
-                tokens,
-                host_seconds,
-            } if update.0.len() == self.layout.len()
-                && (train_loss.is_finite() || !self.loss_expected)
-                && host_seconds.is_finite()
-                && host_seconds >= 0.0 =>
-            {
-                Ok(Trained {
-                    result: LocalResult {
-                        update: AdapterSet::new(self.layout.clone(), update.0),
-                        train_loss,
-                        steps,
-                        tokens,
-                    },
-                    host_seconds,
-                })
-            }
-            JobRes::Trained { update, .. } if update.0.len() != self.layout.len() => Err(self
-                .lost(format!(
-                    "answered an update of {} values where the run's adapter has {}",
-                    update.0.len(),
-                    self.layout.len()
-                ))),
-            JobRes::Trained {
-                train_loss,
-                host_seconds,
-                ..
-            } => Err(self.lost(format!(
-                "answered a loss of {train_loss} after {host_seconds} s: not a finite result"
-            ))),
-            JobRes::Failed(reason) => Err(TrainError::Remote {
+        match read_trained(res, &self.layout, self.loss_expected) {
+            TrainAnswer::Trained(t) => Ok(t),
+            TrainAnswer::Failed(reason) => Err(TrainError::Remote {
                 worker: self.addr.clone(),
                 reason,
             }),
-            JobRes::Evaluated(_) => {
-                Err(self.lost("answered a training job with an evaluation".into()))
-            }
+            TrainAnswer::Malformed(why) => Err(self.lost(why)),
         }
     }
 
@@ -304,4 +269,58 @@ impl crate::slots::Remote for RemoteWorker {
             }
         }
     }
+}
+
+/// How a worker's answer to a training job reads.
+#[derive(Debug)]
+pub enum TrainAnswer {
+    /// A result the run can use.
+    Trained(Trained),
+    /// The worker's own failure (a diverged loss, no examples): the job failed, the worker is
+    /// fine.
+    Failed(String),
+    /// An answer that breaks the protocol: the job fails and the worker is retired.
+    Malformed(String),
+}
+
+/// Check a worker's answer to a training job like an upload: an update of the run's adapter
+/// length, a finite loss where the trainer reports one (`loss_expected`; the synthetic trainer
+/// has none), finite non-negative host seconds. The update's values are checked by the
+/// aggregator, as every upload's are.
+pub fn read_trained(res: JobRes, layout: &Arc<AdapterLayout>, loss_expected: bool) -> TrainAnswer {
+    let (update, train_loss, steps, tokens, host_seconds) = match res {
+        JobRes::Trained {
+            update,
+            train_loss,
+            steps,
+            tokens,
+            host_seconds,
+        } => (update, train_loss, steps, tokens, host_seconds),
+        JobRes::Failed(reason) => return TrainAnswer::Failed(reason),
+        JobRes::Evaluated(_) => {
+            return TrainAnswer::Malformed("answered a training job with an evaluation".into())
+        }
+    };
+    if update.0.len() != layout.len() {
+        return TrainAnswer::Malformed(format!(
+            "answered an update of {} values where the run's adapter has {}",
+            update.0.len(),
+            layout.len()
+        ));
+    }
+    if (loss_expected && !train_loss.is_finite()) || train_loss.is_infinite() {
+        return TrainAnswer::Malformed(format!("answered a loss of {train_loss}"));
+    }
+    if !(host_seconds.is_finite() && host_seconds >= 0.0) {
+        return TrainAnswer::Malformed(format!("answered {host_seconds} host seconds"));
+    }
+    TrainAnswer::Trained(Trained {
+        result: LocalResult {
+            update: AdapterSet::new(layout.clone(), update.0),
+            train_loss,
+            steps,
+            tokens,
+        },
+        host_seconds,
+    })
 }
