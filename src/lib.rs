@@ -34,6 +34,9 @@
 //!   (FedAvgM, FedAdagrad, FedAdam, FedYogi), robust rules (median, trimmed mean, Krum),
 //!   norm-bounded FedAvg — each declaring what it needs and whether it composes with DP.
 //! - [`byzantine`]: Byzantine clients — update and data poisoning, backdoor success.
+//! - [`secagg`]: SecAgg+ secure aggregation — the four phases as client and server state
+//!   machines with real cryptography, summing FedAvg's exact terms in Z/2ᵇ (not yet wired
+//!   into runs).
 //! - [`shutdown`]: stop requests (finish the round, or abandon it) from signals or tests.
 //! - [`sim`]: wires it all, records the run and resumes a stopped one from its last completed
 //!   round; [`report`]: the run directory, its ownership and its checkpoint;
@@ -78,6 +81,7 @@ pub mod privacy;
 pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod secagg;
 pub mod shutdown;
 pub mod sim;
 pub mod slots;

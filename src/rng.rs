@@ -44,4 +44,6 @@ pub mod purpose {
     pub const ATTACK: u64 = 9;
     /// Byzantine clients (who attacks, their random updates).
     pub const BYZANTINE: u64 = 10;
+    /// Secure aggregation (the neighbour graph, the clients' keys and masks in simulation).
+    pub const SECAGG: u64 = 11;
 }

@@ -24,6 +24,7 @@ mod run;
 mod scale_async;
 mod scenario;
 mod schema;
+mod secagg;
 mod signals;
 mod smollm2;
 mod strategy;

@@ -25,6 +25,26 @@ pub struct FoldError {
     pub value: f32,
 }
 
+/// The integer FedAvg folds for value `x` of an update of weight `w`: trunc(x·2⁴⁰)·w — what
+/// a protocol that sums in a ring (secure aggregation) must sum to release FedAvg's mean.
+///
+/// # Errors
+/// `x` not finite, or |x| ≥ 2²³ (FedAvg rejects such an update whole).
+pub fn fixed_term(index: usize, x: f32, w: u64) -> Result<i128, FoldError> {
+    if !(x.is_finite() && x.abs() < LIMIT) {
+        return Err(FoldError { index, value: x });
+    }
+    Ok((x as f64 * SCALE).trunc() as i64 as i128 * w as i128)
+}
+
+/// The mean FedAvg releases from the exact sums of [`fixed_term`]s and their total weight:
+/// each sum rounded once to f64, divided by 2⁴⁰·weight, rounded to f32 — bit for bit
+/// [`FedAvgAccumulator::mean`] over the same updates.
+pub fn mean_of_exact_sums(sums: &[i128], total_weight: u64) -> Vec<f32> {
+    let denom = SCALE * total_weight as f64;
+    sums.iter().map(|&s| (s as f64 / denom) as f32).collect()
+}
+
 /// Streaming, order-independent, example-weighted average of adapter updates.
 ///
 /// Updates are buffered up to [`BATCH`] and folded together, tile by tile over the model (each

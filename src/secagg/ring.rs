@@ -1,0 +1,167 @@
+//! The ring Z/2ᵇ the masked vectors live in, and FedAvg's exact terms in it.
+//!
+//! A client's vector is FedAvg's integer terms trunc(x·2⁴⁰)·w of its update (see
+//! [`crate::strategy::fedavg::fixed_term`]) followed by its weight w, each reduced mod 2ᵇ.
+//! |trunc(x·2⁴⁰)| < 2⁶³ (FedAvg accepts |x| < 2²³ only), so a round whose weights sum to W
+//! has sums below 2⁶³·W in magnitude: with b ≥ 64 + ⌈log₂(W + 1)⌉ no sum wraps, and the sum,
+//! read back as a b-bit two's-complement integer, is FedAvg's exact sum — the mean is FedAvg's
+//! bit for bit. [`Ring::for_weight`] picks that size; [`Ring::check`] refuses a smaller one.
+
+use super::SecAggError;
+use crate::ids::ClientId;
+use crate::strategy::fedavg::{fixed_term, mean_of_exact_sums};
+
+/// Z/2ᵇ, 64 ≤ b ≤ 128, with elements held in `u128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ring {
+    bits: u32,
+}
+
+impl Ring {
+    /// Z/2^`bits`.
+    ///
+    /// # Errors
+    /// `bits` outside 64..=128.
+    pub fn new(bits: u32) -> Result<Self, SecAggError> {
+        if !(64..=128).contains(&bits) {
+            return Err(SecAggError::Params(format!(
+                "ring_bits {bits}: it must be 64..=128"
+            )));
+        }
+        Ok(Self { bits })
+    }
+
+    /// The smallest ring whose sums cannot wrap when the weights sum to at most `weight`.
+    pub fn for_weight(weight: u64) -> Self {
+        Self {
+            bits: Self::bits_needed(weight),
+        }
+    }
+
+    /// 64 + ⌈log₂(weight + 1)⌉: the bits no sum of terms of total weight `weight` outgrows.
+    pub fn bits_needed(weight: u64) -> u32 {
+        64 + (u64::BITS - weight.leading_zeros())
+    }
+
+    /// Refuse a ring in which sums of total weight `weight` could wrap.
+    ///
+    /// # Errors
+    /// The ring is narrower than [`Ring::bits_needed`], naming the bound.
+    pub fn check(&self, weight: u64) -> Result<(), SecAggError> {
+        let need = Self::bits_needed(weight);
+        if self.bits < need {
+            return Err(SecAggError::Params(format!(
+                "ring_bits {} can wrap: weights summing to {weight} need 64 + ⌈log2({weight} + \
+                 1)⌉ = {need} bits (|trunc(x·2^40)| < 2^63 per term); set ring_bits ≥ {need}",
+                self.bits
+            )));
+        }
+        Ok(())
+    }
+
+    /// b.
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+
+    /// Bytes one element takes on the wire: ⌈b / 8⌉.
+    pub fn element_bytes(&self) -> usize {
+        self.bits.div_ceil(8) as usize
+    }
+
+    fn mask(&self) -> u128 {
+        if self.bits == 128 {
+            u128::MAX
+        } else {
+            (1u128 << self.bits) - 1
+        }
+    }
+
+    /// `a + b` in the ring.
+    #[inline]
+    pub fn add(&self, a: u128, b: u128) -> u128 {
+        a.wrapping_add(b) & self.mask()
+    }
+
+    /// `a − b` in the ring.
+    #[inline]
+    pub fn sub(&self, a: u128, b: u128) -> u128 {
+        a.wrapping_sub(b) & self.mask()
+    }
+
+    /// `x` reduced into the ring.
+    #[inline]
+    pub fn reduce(&self, x: u128) -> u128 {
+        x & self.mask()
+    }
+
+    /// An element read as a b-bit two's-complement integer.
+    pub fn signed(&self, x: u128) -> i128 {
+        if self.bits == 128 {
+            x as i128
+        } else if x >> (self.bits - 1) & 1 == 1 {
+            x as i128 - (1i128 << self.bits)
+        } else {
+            x as i128
+        }
+    }
+
+    /// Client `client`'s update `values` with weight `weight`, as ring elements: FedAvg's
+    /// terms, then the weight.
+    ///
+    /// # Errors
+    /// A value FedAvg would reject (not finite, or |x| ≥ 2²³).
+    pub fn encode(
+        &self,
+        client: ClientId,
+        values: &[f32],
+        weight: u64,
+    ) -> Result<Vec<u128>, SecAggError> {
+        let mut out = Vec::with_capacity(values.len() + 1);
+        for (i, &x) in values.iter().enumerate() {
+            let term = fixed_term(i, x, weight)
+                .map_err(|source| SecAggError::Encode { client, source })?;
+            out.push(self.reduce(term as u128));
+        }
+        out.push(self.reduce(weight as u128));
+        Ok(out)
+    }
+
+    /// The mean update of an unmasked sum of encoded vectors (None when the weights sum to 0).
+    pub fn decode_mean(&self, sum: &[u128]) -> Option<Vec<f32>> {
+        let (weight, terms) = sum.split_last()?;
+        let weight = u64::try_from(self.signed(*weight))
+            .ok()
+            .filter(|&w| w > 0)?;
+        let exact: Vec<i128> = terms.iter().map(|&s| self.signed(s)).collect();
+        Some(mean_of_exact_sums(&exact, weight))
+    }
+
+    /// Elements as little-endian bytes, [`Ring::element_bytes`] each.
+    pub fn to_bytes(&self, xs: &[u128]) -> Vec<u8> {
+        let n = self.element_bytes();
+        let mut out = Vec::with_capacity(xs.len() * n);
+        for x in xs {
+            out.extend_from_slice(&x.to_le_bytes()[..n]);
+        }
+        out
+    }
+
+    /// Elements from [`Ring::to_bytes`]'s bytes (None: not a whole number of elements, or an
+    /// element outside the ring).
+    pub fn from_bytes(&self, bytes: &[u8]) -> Option<Vec<u128>> {
+        let n = self.element_bytes();
+        if !bytes.len().is_multiple_of(n) {
+            return None;
+        }
+        bytes
+            .chunks_exact(n)
+            .map(|c| {
+                let mut b = [0u8; 16];
+                b[..n].copy_from_slice(c);
+                let x = u128::from_le_bytes(b);
+                (x == self.reduce(x)).then_some(x)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,278 @@
+//! The server's side of a SecAgg+ round: it routes keys and encrypted shares, sums the masked
+//! vectors in the ring, and removes the masks with the shares the survivors reveal. It never
+//! holds one client's update.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::client::pair_mask_seed;
+use super::crypto::{self, KeyPair};
+use super::graph::Graph;
+use super::messages::{
+    wire_bytes, AdvertiseKeys, KeyDirectory, MaskedInput, ShareInbox, ShareKeys, UnmaskRequest,
+    UnmaskResponse,
+};
+use super::{Params, SecAggError};
+use crate::ids::ClientId;
+
+/// Bytes of each phase, both directions (what the clock and the metrics charge).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseBytes {
+    /// Keys advertised and key directories.
+    pub keys: u64,
+    /// Encrypted shares, up and routed down.
+    pub shares: u64,
+    /// Masked vectors.
+    pub masked: u64,
+    /// Unmasking requests and responses.
+    pub unmask: u64,
+}
+
+/// What a round released: the unmasked sum and who is in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unmasked {
+    /// Σ of the survivors' encoded vectors (FedAvg's exact terms, then the total weight).
+    pub sum: Vec<u128>,
+    /// Clients whose update is in the sum.
+    pub survivors: Vec<ClientId>,
+    /// Clients that shared their keys but sent no masked vector (their masks removed).
+    pub dropped: Vec<ClientId>,
+}
+
+/// The server in one round.
+#[derive(Debug)]
+pub struct SecAggServer {
+    round: u64,
+    params: Params,
+    graph: Graph,
+    /// Elements of an encoded vector (values + 1).
+    len: usize,
+    keys: BTreeMap<ClientId, AdvertiseKeys>,
+    shares: BTreeMap<ClientId, ShareKeys>,
+    sum: Option<Vec<u128>>,
+    survivors: BTreeSet<ClientId>,
+    responses: BTreeMap<ClientId, UnmaskResponse>,
+    /// Bytes so far.
+    pub bytes: PhaseBytes,
+}
+
+impl SecAggServer {
+    /// Round `round` over `graph`'s clients, whose updates have `values` values.
+    ///
+    /// # Errors
+    /// Parameters that cannot work for this many clients.
+    pub fn new(
+        round: u64,
+        params: Params,
+        graph: Graph,
+        values: usize,
+    ) -> Result<Self, SecAggError> {
+        params.check(graph.clients().count())?;
+        Ok(Self {
+            round,
+            params,
+            graph,
+            len: values + 1,
+            keys: BTreeMap::new(),
+            shares: BTreeMap::new(),
+            sum: None,
+            survivors: BTreeSet::new(),
+            responses: BTreeMap::new(),
+            bytes: PhaseBytes::default(),
+        })
+    }
+
+    fn rejected(&self, client: ClientId, why: &str) -> SecAggError {
+        SecAggError::Rejected {
+            client,
+            why: format!("the server rejected its message: {why}"),
+        }
+    }
+
+    /// Phase 0: a client's keys (one per client of the round).
+    ///
+    /// # Errors
+    /// A client not in the round, or keys sent twice.
+    pub fn receive_keys(&mut self, keys: AdvertiseKeys) -> Result<(), SecAggError> {
+        let c = keys.client;
+        if self.graph.of(c).is_empty() || self.keys.contains_key(&c) {
+            return Err(self.rejected(c, "keys from outside the round, or twice"));
+        }
+        self.bytes.keys += wire_bytes(&keys);
+        self.keys.insert(c, keys);
+        Ok(())
+    }
+
+    /// Phase 0 → 1: `client`'s neighbours that advertised keys.
+    pub fn directory_for(&mut self, client: ClientId) -> KeyDirectory {
+        let neighbours: Vec<AdvertiseKeys> = (self.graph.of(client).iter())
+            .filter_map(|n| self.keys.get(n).cloned())
+            .collect();
+        let d = KeyDirectory { neighbours };
+        self.bytes.keys += wire_bytes(&d);
+        d
+    }
+
+    /// Phase 1: a client's encrypted shares.
+    ///
+    /// # Errors
+    /// A client that advertised no keys, shares sent twice, or shares for non-neighbours.
+    pub fn receive_shares(&mut self, shares: ShareKeys) -> Result<(), SecAggError> {
+        let c = shares.client;
+        let fine = self.keys.contains_key(&c)
+            && !self.shares.contains_key(&c)
+            && shares
+                .shares
+                .iter()
+                .all(|e| e.from == c && self.graph.joined(c, e.to));
+        if !fine {
+            return Err(self.rejected(c, "shares from a client without keys, twice, or astray"));
+        }
+        self.bytes.shares += wire_bytes(&shares);
+        self.shares.insert(c, shares);
+        Ok(())
+    }
+
+    /// Phase 1 → 2: the shares addressed to `client`.
+    pub fn inbox_for(&mut self, client: ClientId) -> ShareInbox {
+        let shares = self
+            .shares
+            .values()
+            .flat_map(|s| s.shares.iter().filter(|e| e.to == client).cloned())
+            .collect();
+        let inbox = ShareInbox { shares };
+        self.bytes.shares += wire_bytes(&inbox);
+        inbox
+    }
+
+    /// Phase 2: a masked vector, added into the running sum at once (the server keeps no
+    /// client's vector).
+    ///
+    /// # Errors
+    /// A client that sent no shares, a second vector, or a vector of the wrong length.
+    pub fn receive_masked(&mut self, input: &MaskedInput) -> Result<(), SecAggError> {
+        let c = input.client;
+        let ring = self.params.ring;
+        let v = ring
+            .from_bytes(&input.masked)
+            .filter(|v| v.len() == self.len)
+            .ok_or_else(|| self.rejected(c, "a masked vector of the wrong size"))?;
+        if !self.shares.contains_key(&c) || !self.survivors.insert(c) {
+            return Err(self.rejected(c, "a masked vector without shares, or twice"));
+        }
+        self.bytes.masked += wire_bytes(input);
+        let sum = self.sum.get_or_insert_with(|| vec![0; v.len()]);
+        for (s, x) in sum.iter_mut().zip(v) {
+            *s = ring.add(*s, x);
+        }
+        Ok(())
+    }
+
+    /// Phase 2 → 3: who survived and who dropped after sharing.
+    ///
+    /// # Errors
+    /// Fewer than `threshold` masked vectors arrived (`secagg_threshold`).
+    pub fn unmask_request(&mut self) -> Result<UnmaskRequest, SecAggError> {
+        if self.survivors.len() < self.params.threshold {
+            return Err(SecAggError::Threshold {
+                phase: "masked input",
+                survivors: self.survivors.len(),
+                threshold: self.params.threshold,
+            });
+        }
+        let request = UnmaskRequest {
+            survivors: self.survivors.iter().copied().collect(),
+            dropped: (self.shares.keys())
+                .filter(|c| !self.survivors.contains(c))
+                .copied()
+                .collect(),
+        };
+        self.bytes.unmask += wire_bytes(&request) * self.survivors.len() as u64;
+        Ok(request)
+    }
+
+    /// Phase 3: a survivor's revealed shares.
+    ///
+    /// # Errors
+    /// A response from a client that is not a survivor, or a second one.
+    pub fn receive_unmask(&mut self, response: UnmaskResponse) -> Result<(), SecAggError> {
+        let c = response.client;
+        if !self.survivors.contains(&c) || self.responses.contains_key(&c) {
+            return Err(self.rejected(c, "an unmasking response from a non-survivor, or twice"));
+        }
+        self.bytes.unmask += wire_bytes(&response);
+        self.responses.insert(c, response);
+        Ok(())
+    }
+
+    /// The shares of `owner`'s secret revealed so far (the seed's, or the mask key's).
+    fn revealed(&self, owner: ClientId, key: bool) -> Vec<Vec<u8>> {
+        self.responses
+            .values()
+            .filter_map(|r| {
+                let list = if key { &r.key_shares } else { &r.seed_shares };
+                list.iter()
+                    .find(|(c, _)| *c == owner)
+                    .map(|(_, s)| s.clone())
+            })
+            .collect()
+    }
+
+    fn reconstruct(&self, owner: ClientId, key: bool) -> Result<crypto::Secret, SecAggError> {
+        let shares = self.revealed(owner, key);
+        let what = if key { "mask key" } else { "self-mask seed" };
+        if shares.len() < self.params.threshold {
+            return Err(SecAggError::Threshold {
+                phase: "unmasking",
+                survivors: shares.len(),
+                threshold: self.params.threshold,
+            });
+        }
+        crypto::combine(&shares).ok_or_else(|| SecAggError::Reconstruct {
+            client: owner,
+            what,
+            why: "the shares do not combine".into(),
+        })
+    }
+
+    /// Remove every mask: the survivors' self masks, and the pairwise masks survivors made
+    /// with clients that dropped after sharing.
+    ///
+    /// # Errors
+    /// Fewer than `threshold` shares of a secret came back, or a reconstructed mask key that
+    /// is not the one the client advertised.
+    pub fn finish(&self) -> Result<Unmasked, SecAggError> {
+        let ring = self.params.ring;
+        let mut sum = self.sum.clone().unwrap_or_else(|| vec![0; self.len]);
+        for &i in &self.survivors {
+            let seed = self.reconstruct(i, false)?;
+            crypto::apply_mask(ring, &seed, true, &mut sum);
+        }
+        let dropped: Vec<ClientId> = (self.shares.keys())
+            .filter(|c| !self.survivors.contains(c))
+            .copied()
+            .collect();
+        for &j in &dropped {
+            let pair = KeyPair::from_secret(self.reconstruct(j, true)?);
+            if pair.public != self.keys[&j].mask_pk {
+                return Err(SecAggError::Reconstruct {
+                    client: j,
+                    what: "mask key",
+                    why: "it is not the key the client advertised".into(),
+                });
+            }
+            // Survivors that received j's shares masked with j: undo their pairwise masks.
+            for e in &self.shares[&j].shares {
+                let i = e.to;
+                if self.survivors.contains(&i) {
+                    let seed = pair_mask_seed(self.round, j, i, &pair, &self.keys[&i].mask_pk);
+                    crypto::apply_mask(ring, &seed, i < j, &mut sum);
+                }
+            }
+        }
+        Ok(Unmasked {
+            sum,
+            survivors: self.survivors.iter().copied().collect(),
+            dropped,
+        })
+    }
+}

@@ -1,0 +1,351 @@
+//! SecAgg+ (src/secagg): the unmasked mean is FedAvg's bit for bit, with and without
+//! dropouts; too few survivors fail with `secagg_threshold`; a masked upload says nothing
+//! about its update; t − 1 shares reconstruct nothing; an honest client never reveals both
+//! secrets of one peer, and rejects tampered or replayed shares.
+
+use std::collections::BTreeSet;
+
+use fedsim::ids::ClientId;
+use fedsim::secagg::graph::Graph;
+use fedsim::secagg::messages::{MaskedInput, UnmaskRequest};
+use fedsim::secagg::server::Unmasked;
+use fedsim::secagg::{crypto, Params, Ring, SecAggClient, SecAggError, SecAggServer};
+use fedsim::strategy::FedAvgAccumulator;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+
+/// Who leaves when.
+#[derive(Default, Clone)]
+struct Drops {
+    /// Never send shares (after advertising keys).
+    before_shares: BTreeSet<ClientId>,
+    /// Send shares, then no masked vector.
+    after_shares: BTreeSet<ClientId>,
+    /// Send a masked vector, then no unmasking response.
+    before_unmask: BTreeSet<ClientId>,
+}
+
+/// Updates of `n` clients with `len` values (N(0, 0.01²), a LoRA update's scale) and weights.
+fn updates(n: usize, len: usize, seed: u64) -> Vec<(Vec<f32>, u64)> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, 0.01).unwrap();
+    (0..n)
+        .map(|_| {
+            let v = (0..len).map(|_| normal.sample(&mut rng)).collect();
+            (v, rng.random_range(1..200u64))
+        })
+        .collect()
+}
+
+/// One whole round among clients 0..n (each client's entropy from its id).
+fn round(
+    data: &[(Vec<f32>, u64)],
+    params: Params,
+    drops: &Drops,
+) -> Result<(Unmasked, SecAggServer), SecAggError> {
+    let ids: Vec<ClientId> = (0..data.len()).collect();
+    let graph = Graph::new(&ids, params.neighbours, 7, 3);
+    let mut server = SecAggServer::new(3, params, graph.clone(), data[0].0.len())?;
+    let mut clients: Vec<SecAggClient> = ids
+        .iter()
+        .map(|&c| SecAggClient::new(c, 3, params, graph.of(c), [c as u8 + 1; 32]))
+        .collect();
+    for c in &clients {
+        server.receive_keys(c.advertise())?;
+    }
+    let mut sharers = Vec::new();
+    for c in &ids {
+        let dir = server.directory_for(*c);
+        let shares = clients[*c].share(dir)?;
+        if !drops.before_shares.contains(c) {
+            server.receive_shares(shares)?;
+            sharers.push(*c);
+        }
+    }
+    let mut maskers = Vec::new();
+    for &c in &sharers {
+        let inbox = server.inbox_for(c);
+        let masked = clients[c].mask(inbox, &data[c].0, data[c].1)?;
+        if !drops.after_shares.contains(&c) {
+            server.receive_masked(&masked)?;
+            maskers.push(c);
+        }
+    }
+    let request = server.unmask_request()?;
+    for &c in &maskers {
+        if !drops.before_unmask.contains(&c) {
+            let response = clients[c].unmask(&request)?;
+            server.receive_unmask(response)?;
+        }
+    }
+    let out = server.finish()?;
+    Ok((out, server))
+}
+
+/// FedAvg's mean of `data`'s clients in `keep`.
+fn fedavg(data: &[(Vec<f32>, u64)], keep: &[ClientId]) -> Vec<f32> {
+    let mut acc = FedAvgAccumulator::new(data[0].0.len());
+    for &c in keep {
+        acc.fold(&data[c].0, data[c].1).unwrap();
+    }
+    acc.mean().unwrap()
+}
+
+fn params(neighbours: usize, threshold: usize, bits: u32) -> Params {
+    Params {
+        neighbours,
+        threshold,
+        ring: Ring::new(bits).unwrap(),
+    }
+}
+
+#[test]
+fn the_unmasked_mean_is_fedavgs_bit_for_bit_with_and_without_dropouts() {
+    let data = updates(12, 3000, 1);
+    let weight: u64 = data.iter().map(|d| d.1).sum();
+    let ring = Ring::for_weight(weight);
+    for (k, t) in [(11, 6), (4, 3), (6, 3)] {
+        let p = params(k, t, ring.bits());
+        let (out, _) = round(&data, p, &Drops::default()).unwrap();
+        let all: Vec<ClientId> = (0..12).collect();
+        assert_eq!(out.survivors, all);
+        assert_eq!(
+            ring.decode_mean(&out.sum).unwrap(),
+            fedavg(&data, &all),
+            "k {k} t {t}"
+        );
+    }
+    // Two drop before masking, one after sending its masked vector (its update counts), one
+    // never shares: the mean is FedAvg's over those whose masked vector arrived.
+    let drops = Drops {
+        before_shares: [5].into(),
+        after_shares: [2, 9].into(),
+        before_unmask: [11].into(),
+    };
+    let (out, _) = round(&data, params(6, 3, ring.bits()), &drops).unwrap();
+    let kept: Vec<ClientId> = vec![0, 1, 3, 4, 6, 7, 8, 10, 11];
+    assert_eq!(out.survivors, kept);
+    assert_eq!(out.dropped, vec![2, 9]);
+    assert_eq!(ring.decode_mean(&out.sum).unwrap(), fedavg(&data, &kept));
+}
+
+#[test]
+fn too_few_survivors_fail_the_round_with_secagg_threshold() {
+    let data = updates(6, 100, 2);
+    let drops = Drops {
+        after_shares: [0, 1, 2, 3].into(),
+        ..Default::default()
+    };
+    let err = round(&data, params(5, 3, 96), &drops).unwrap_err();
+    assert!(matches!(err, SecAggError::Threshold { .. }), "{err}");
+    assert!(err.to_string().starts_with("secagg_threshold"), "{err}");
+}
+
+#[test]
+fn a_ring_that_could_wrap_is_refused_with_the_bound() {
+    assert_eq!(Ring::bits_needed(1000), 74);
+    let err = Ring::new(70).unwrap().check(1000).unwrap_err().to_string();
+    assert!(err.contains("74") && err.contains("ring_bits"), "{err}");
+    assert!(Ring::new(63).is_err() && Ring::new(129).is_err());
+    // At the bound, the largest terms FedAvg accepts sum without wrapping.
+    let ring = Ring::new(Ring::bits_needed(6)).unwrap();
+    let big = (1u32 << 23) as f32 - 1.0;
+    let a = ring.encode(0, &[big, -big], 3).unwrap();
+    let b = ring.encode(1, &[big, -big], 3).unwrap();
+    let sum: Vec<u128> = a.iter().zip(&b).map(|(x, y)| ring.add(*x, *y)).collect();
+    assert_eq!(ring.decode_mean(&sum).unwrap(), vec![big, -big]);
+    assert!(ring.encode(0, &[f32::NAN], 1).is_err());
+}
+
+#[test]
+fn a_masked_upload_is_independent_of_its_update() {
+    let len = 100_000;
+    let ring = Ring::new(80).unwrap();
+    // One client's masked vector, from an update with a strong structure (a ramp).
+    let mut data = updates(4, len, 3);
+    data[0].0 = (0..len).map(|i| (i as f32 / len as f32) - 0.5).collect();
+    let ids: Vec<ClientId> = (0..4).collect();
+    let p = params(3, 2, ring.bits());
+    let graph = Graph::new(&ids, 3, 7, 3);
+    let mut server = SecAggServer::new(3, p, graph.clone(), len).unwrap();
+    let mut clients: Vec<SecAggClient> = ids
+        .iter()
+        .map(|&c| SecAggClient::new(c, 3, p, graph.of(c), [c as u8 + 9; 32]))
+        .collect();
+    for c in &clients {
+        server.receive_keys(c.advertise()).unwrap();
+    }
+    for &c in &ids {
+        let dir = server.directory_for(c);
+        server
+            .receive_shares(clients[c].share(dir).unwrap())
+            .unwrap();
+    }
+    let inbox = server.inbox_for(0);
+    let MaskedInput { masked, .. } = clients[0].mask(inbox, &data[0].0, data[0].1).unwrap();
+    let y = ring.from_bytes(&masked).unwrap();
+    // Correlation of the masked elements (as fractions of the ring) with the update.
+    let m: Vec<f64> = y[..len].iter().map(|&e| e as f64 / 2f64.powi(80)).collect();
+    let x: Vec<f64> = data[0].0.iter().map(|&v| v as f64).collect();
+    let r = correlation(&m, &x);
+    assert!(r.abs() < 0.02, "correlation {r}");
+    // Its bytes are uniform: a chi-square test over the 256 byte values (255 degrees of
+    // freedom; 340 is beyond the 0.9999 quantile).
+    let mut counts = [0f64; 256];
+    for &b in &masked {
+        counts[b as usize] += 1.0;
+    }
+    let expected = masked.len() as f64 / 256.0;
+    let chi2: f64 = counts
+        .iter()
+        .map(|c| (c - expected).powi(2) / expected)
+        .sum();
+    assert!(chi2 < 340.0, "chi-square {chi2}");
+}
+
+fn correlation(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}
+
+#[test]
+fn t_shares_reconstruct_the_secret_and_t_minus_one_reconstruct_nothing() {
+    let secret = [42u8; 32];
+    let shares = crypto::split(&secret, 4, 7, [9; 32]);
+    assert_eq!(crypto::combine(&shares[..4]), Some(secret));
+    assert_eq!(crypto::combine(&shares[3..7]), Some(secret));
+    // With 3 shares, every candidate secret byte is equally consistent: the "secret" they
+    // give is not it, and over many sharings its bytes are uniform.
+    let mut agree = 0;
+    for s in 0..200u8 {
+        let shares = crypto::split(&secret, 4, 7, [s; 32]);
+        if let Some(wrong) = crypto::combine(&shares[..3]) {
+            agree += wrong.iter().filter(|&&b| b == 42).count();
+        }
+    }
+    // 200 × 32 bytes, each 42 with probability 1/256: about 25.
+    assert!(agree < 60, "{agree} bytes of 6400 matched the secret");
+}
+
+/// Clients 0..5 through the masking phase, for the tests that probe one client.
+fn masked_round(p: Params) -> (Vec<SecAggClient>, SecAggServer) {
+    let data = updates(5, 50, 4);
+    let ids: Vec<ClientId> = (0..5).collect();
+    let graph = Graph::new(&ids, p.neighbours, 7, 3);
+    let mut server = SecAggServer::new(3, p, graph.clone(), 50).unwrap();
+    let mut clients: Vec<SecAggClient> = ids
+        .iter()
+        .map(|&c| SecAggClient::new(c, 3, p, graph.of(c), [c as u8 + 1; 32]))
+        .collect();
+    for c in &clients {
+        server.receive_keys(c.advertise()).unwrap();
+    }
+    for &c in &ids {
+        let dir = server.directory_for(c);
+        server
+            .receive_shares(clients[c].share(dir).unwrap())
+            .unwrap();
+    }
+    for &c in &ids {
+        let inbox = server.inbox_for(c);
+        let m = clients[c].mask(inbox, &data[c].0, data[c].1).unwrap();
+        server.receive_masked(&m).unwrap();
+    }
+    (clients, server)
+}
+
+#[test]
+fn an_honest_client_never_reveals_both_secrets_of_a_peer_nor_answers_twice() {
+    let (mut clients, _) = masked_round(params(4, 2, 96));
+    let both = UnmaskRequest {
+        survivors: vec![0, 1, 2, 3],
+        dropped: vec![3, 4],
+    };
+    let err = clients[0].unmask(&both).unwrap_err();
+    assert!(matches!(err, SecAggError::Refused { .. }), "{err}");
+    let fine = UnmaskRequest {
+        survivors: vec![0, 1, 2, 3],
+        dropped: vec![4],
+    };
+    let response = clients[1].unmask(&fine).unwrap();
+    assert!(response.key_shares.iter().all(|(c, _)| *c == 4));
+    assert!(response.seed_shares.iter().all(|(c, _)| *c != 4));
+    // A second request (with the lists swapped) would reveal the other secret: refused.
+    let swapped = UnmaskRequest {
+        survivors: vec![0, 1, 2, 4],
+        dropped: vec![3],
+    };
+    assert!(matches!(
+        clients[1].unmask(&swapped).unwrap_err(),
+        SecAggError::Phase { .. }
+    ));
+}
+
+#[test]
+fn tampered_or_replayed_shares_are_rejected() {
+    let p = params(4, 2, 96);
+    let ids: Vec<ClientId> = (0..5).collect();
+    let graph = Graph::new(&ids, 4, 7, 3);
+    let data = updates(5, 20, 5);
+    // Round 3 and round 4 of the same clients: a share from round 3 replayed in round 4.
+    let mut old_round = Vec::new();
+    for round in [3u64, 4] {
+        let mut server = SecAggServer::new(round, p, graph.clone(), 20).unwrap();
+        let mut clients: Vec<SecAggClient> = ids
+            .iter()
+            .map(|&c| SecAggClient::new(c, round, p, graph.of(c), [c as u8 + 1; 32]))
+            .collect();
+        for c in &clients {
+            server.receive_keys(c.advertise()).unwrap();
+        }
+        for &c in &ids {
+            let dir = server.directory_for(c);
+            server
+                .receive_shares(clients[c].share(dir).unwrap())
+                .unwrap();
+        }
+        let mut inbox = server.inbox_for(0);
+        if round == 3 {
+            old_round = inbox.shares.clone();
+            // Tampered: one flipped bit.
+            inbox.shares[0].ciphertext[5] ^= 1;
+            let err = clients[0].mask(inbox, &data[0].0, data[0].1).unwrap_err();
+            assert!(err.to_string().contains("authentication"), "{err}");
+        } else {
+            inbox.shares[0] = old_round[0].clone();
+            let err = clients[0].mask(inbox, &data[0].0, data[0].1).unwrap_err();
+            assert!(err.to_string().contains("authentication"), "{err}");
+            // A share addressed to another client.
+            let mut other = server.inbox_for(1);
+            let stolen = server.inbox_for(2).shares[0].clone();
+            other.shares.push(stolen);
+            let err = clients[1].mask(other, &data[1].0, data[1].1).unwrap_err();
+            assert!(matches!(err, SecAggError::Rejected { .. }), "{err}");
+        }
+    }
+}
+
+#[test]
+fn the_graph_is_k_regular_symmetric_and_complete_when_k_covers_everyone() {
+    let ids: Vec<ClientId> = (0..30).map(|i| i * 3).collect();
+    let g = Graph::new(&ids, 6, 1, 2);
+    for &c in &ids {
+        assert_eq!(g.of(c).len(), 6, "client {c}");
+        for &n in g.of(c) {
+            assert!(g.joined(n, c));
+        }
+    }
+    assert_ne!(
+        g,
+        Graph::new(&ids, 6, 1, 3),
+        "each round draws its own graph"
+    );
+    let full = Graph::new(&ids[..5], 10, 1, 2);
+    assert!(ids[..5].iter().all(|&c| full.of(c).len() == 4));
+    assert!(params(6, 1, 96).check(30).is_err());
+    assert!(params(6, 7, 96).check(30).is_err());
+}
