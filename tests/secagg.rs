@@ -349,3 +349,31 @@ fn the_graph_is_k_regular_symmetric_and_complete_when_k_covers_everyone() {
     assert!(params(6, 1, 96).check(30).is_err());
     assert!(params(6, 7, 96).check(30).is_err());
 }
+
+#[test]
+fn a_mask_is_one_stream_whatever_the_parts_and_threads() {
+    let ring = Ring::new(74).unwrap();
+    let seed = [3u8; 32];
+    // 10,001 elements of 10 bytes: the parts start mid-stream at word offsets.
+    let mut v = vec![0u128; 10_001];
+    crypto::apply_mask(ring, &seed, false, &mut v);
+    let mut one = vec![0u128; 10_001];
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| crypto::apply_mask(ring, &seed, false, &mut one));
+    assert_eq!(v, one);
+    // The same elements as reading the stream from its start, 10 bytes each.
+    let mut prg = <rand_chacha::ChaCha20Rng as SeedableRng>::from_seed(seed);
+    let mut bytes = vec![0u8; 10_001 * 10];
+    rand::RngCore::fill_bytes(&mut prg, &mut bytes);
+    for (i, b) in bytes.chunks_exact(10).enumerate() {
+        let mut le = [0u8; 16];
+        le[..10].copy_from_slice(b);
+        assert_eq!(v[i], ring.reduce(u128::from_le_bytes(le)), "element {i}");
+    }
+    // Subtracting it gives zeros back.
+    crypto::apply_mask(ring, &seed, true, &mut v);
+    assert!(v.iter().all(|&x| x == 0));
+}

@@ -65,23 +65,36 @@ pub fn derive(purpose: &str, round: u64, a: ClientId, b: ClientId, shared: &Secr
     h.finalize().into()
 }
 
+/// Elements per parallel part of a mask: a multiple of 4, so each part starts on a 32-bit
+/// word of the stream whatever the element size.
+const MASK_PART: usize = 4096;
+
 /// Add (`negate` false) or subtract the mask of `seed` to `v`, element by element in `ring`:
-/// the ChaCha20 stream of the seed, 16 bytes an element, reduced into the ring.
+/// the ChaCha20 stream of the seed, [`Ring::element_bytes`] bytes an element (little-endian,
+/// reduced into the ring: uniform, as the bytes hold at least b bits). Parts of the vector
+/// are masked in parallel, each from its own offset in the one stream, so the mask is the same
+/// whatever the thread count.
 pub fn apply_mask(ring: Ring, seed: &Secret, negate: bool, v: &mut [u128]) {
-    let mut prg = rand_chacha::ChaCha20Rng::from_seed(*seed);
-    let mut block = [0u8; 16 * 64];
-    for chunk in v.chunks_mut(64) {
-        let bytes = &mut block[..16 * chunk.len()];
-        prg.fill_bytes(bytes);
-        for (x, b) in chunk.iter_mut().zip(bytes.chunks_exact(16)) {
-            let m = ring.reduce(u128::from_le_bytes(b.try_into().expect("16 bytes")));
-            *x = if negate {
-                ring.sub(*x, m)
-            } else {
-                ring.add(*x, m)
-            };
-        }
-    }
+    use rayon::prelude::*;
+    let eb = ring.element_bytes();
+    v.par_chunks_mut(MASK_PART)
+        .enumerate()
+        .for_each(|(part, chunk)| {
+            let mut prg = rand_chacha::ChaCha20Rng::from_seed(*seed);
+            prg.set_word_pos((part * MASK_PART * eb / 4) as u128);
+            let mut bytes = vec![0u8; chunk.len() * eb];
+            prg.fill_bytes(&mut bytes);
+            for (x, b) in chunk.iter_mut().zip(bytes.chunks_exact(eb)) {
+                let mut le = [0u8; 16];
+                le[..eb].copy_from_slice(b);
+                let m = ring.reduce(u128::from_le_bytes(le));
+                *x = if negate {
+                    ring.sub(*x, m)
+                } else {
+                    ring.add(*x, m)
+                };
+            }
+        });
 }
 
 /// Encrypt and authenticate `plaintext` under `key`, bound to `context` (who, to whom,

@@ -1,0 +1,115 @@
+//! SecAgg+ costs on the 135M adapter (460,800 values): a client's masking (encode, self
+//! mask, one pairwise mask per neighbour), the server's share of a round (sum the masked
+//! vectors, remove the masks, with 10 % dropped after sharing), and the plain fold of the same
+//! updates for reference. Per client: divide by the round's clients.
+//!
+//! Run with: cargo bench --bench secagg
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use fedsim::ids::ClientId;
+use fedsim::secagg::graph::Graph;
+use fedsim::secagg::messages::MaskedInput;
+use fedsim::secagg::{Params, Ring, SecAggClient, SecAggServer};
+use fedsim::strategy::FedAvgAccumulator;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const VALUES: usize = 460_800;
+const CLIENTS: usize = 20;
+const NEIGHBOURS: usize = 8;
+
+/// The clients of a round through phase 1, and the server, ready for phase 2.
+fn set_up(params: Params) -> (Vec<SecAggClient>, SecAggServer, Graph) {
+    let ids: Vec<ClientId> = (0..CLIENTS).collect();
+    let graph = Graph::new(&ids, NEIGHBOURS, 1, 1);
+    let mut server = SecAggServer::new(1, params, graph.clone(), VALUES).unwrap();
+    let mut clients: Vec<SecAggClient> = ids
+        .iter()
+        .map(|&c| SecAggClient::new(c, 1, params, graph.of(c), [c as u8; 32]))
+        .collect();
+    for c in &clients {
+        server.receive_keys(c.advertise()).unwrap();
+    }
+    for &c in &ids {
+        let dir = server.directory_for(c);
+        server
+            .receive_shares(clients[c].share(dir).unwrap())
+            .unwrap();
+    }
+    (clients, server, graph)
+}
+
+fn secagg(c: &mut Criterion) {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let updates: Vec<Vec<f32>> = (0..CLIENTS)
+        .map(|_| {
+            (0..VALUES)
+                .map(|_| rng.random_range(-1e-2f32..1e-2))
+                .collect()
+        })
+        .collect();
+    let weight = 100u64;
+    let params = Params {
+        neighbours: NEIGHBOURS,
+        threshold: NEIGHBOURS / 2,
+        ring: Ring::for_weight(weight * CLIENTS as u64),
+    };
+    let mut group = c.benchmark_group("secagg_460800");
+    group.sample_size(10);
+    group.bench_function("client_mask_k8", |b| {
+        b.iter_batched(
+            || {
+                let (mut clients, mut server, _) = set_up(params);
+                let inbox = server.inbox_for(0);
+                (clients.swap_remove(0), inbox)
+            },
+            |(mut client, inbox)| client.mask(inbox, &updates[0], weight).unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+    // The server's part of a round of 20: 18 masked vectors in, 2 dropped after sharing.
+    let (mut clients, mut server, _) = set_up(params);
+    let masked: Vec<MaskedInput> = (0..CLIENTS)
+        .map(|c| {
+            let inbox = server.inbox_for(c);
+            clients[c].mask(inbox, &updates[c], weight).unwrap()
+        })
+        .collect();
+    group.bench_function("server_round_n20_k8_2dropped", |b| {
+        b.iter_batched(
+            || {
+                let (mut cl, mut sv, _) = set_up(params);
+                for c in 0..CLIENTS {
+                    let inbox = sv.inbox_for(c);
+                    let _ = cl[c].mask(inbox, &updates[c], weight).unwrap();
+                }
+                (cl, sv)
+            },
+            |(mut cl, mut sv)| {
+                for m in masked.iter().skip(2) {
+                    sv.receive_masked(m).unwrap();
+                }
+                let request = sv.unmask_request().unwrap();
+                for (c, client) in cl.iter_mut().enumerate().skip(2) {
+                    sv.receive_unmask(client.unmask(&request).unwrap()).unwrap();
+                    let _ = c;
+                }
+                sv.finish().unwrap()
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("plain_fold_n20", |b| {
+        b.iter(|| {
+            let mut acc = FedAvgAccumulator::new(VALUES);
+            for u in &updates {
+                acc.fold(u, weight).unwrap();
+            }
+            acc.mean().unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, secagg);
+criterion_main!(benches);
