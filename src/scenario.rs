@@ -199,6 +199,11 @@ impl Scenario {
         crate::strategy::Strategy::from_kind(self.file.strategy.kind)
     }
 
+    /// Secure aggregation (`strategy.secure_aggregation`), if on.
+    pub fn secure_aggregation(&self) -> Option<file::SecureAggregation> {
+        self.file.strategy.secure_aggregation
+    }
+
     /// The slot workers on other hosts (`slots.workers`), if any.
     pub fn workers(&self) -> Option<&file::WorkersSection> {
         self.file.slots.workers.as_ref()

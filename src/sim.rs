@@ -26,7 +26,7 @@ use ractor::Actor;
 use tokio::sync::oneshot;
 
 use crate::actors::aggregator::{Aggregator, AggregatorArgs, AggregatorMsg};
-use crate::actors::server::{Resume, Server, ServerArgs, ServerMsg, ServerOutcome};
+use crate::actors::server::{Resume, Server, ServerArgs, ServerConfig, ServerMsg, ServerOutcome};
 use crate::data::DataError;
 use crate::devices::TraceError;
 use crate::messages::RoundSummary;
@@ -62,6 +62,9 @@ pub enum SimError {
     /// Workers on other hosts could not join the run.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// Secure aggregation's settings do not fit the run's data.
+    #[error("strategy.secure_aggregation")]
+    SecAgg(#[source] crate::secagg::SecAggError),
     /// The device trace could not be used.
     #[error(transparent)]
     Trace(#[from] TraceError),
@@ -408,7 +411,10 @@ async fn run_actors(
     let clients = wiring::client_context(s, prep, pool.handle(), aggregator.clone())?;
     let (tx, rx) = oneshot::channel();
     let args = ServerArgs {
-        config: wiring::server_config(s, prep.lora.is_some(), pace),
+        config: ServerConfig {
+            secagg: wiring::secagg_params(s, prep).map_err(SimError::SecAgg)?,
+            ..wiring::server_config(s, prep.lora.is_some(), pace)
+        },
         shards: prep
             .shards
             .iter()

@@ -149,6 +149,7 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
         TrainSection,
         SlotsSection,
         WorkersSection,
+        SecureAggregation,
         TlsSection,
         SlotDevice,
         SlotAssignment,

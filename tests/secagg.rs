@@ -377,3 +377,128 @@ fn a_mask_is_one_stream_whatever_the_parts_and_threads() {
     crypto::apply_mask(ring, &seed, true, &mut v);
     assert!(v.iter().all(|&x| x == 0));
 }
+
+/// SMALL over 4 clients, all sampled, with `set`.
+fn small(set: &[&str]) -> fedsim::Scenario {
+    let mut all = vec![
+        "strategy.fraction_fit=1.0",
+        "strategy.min_fit_clients=4",
+        "rounds=3",
+    ];
+    all.extend_from_slice(set);
+    crate::util::scenario(crate::util::SMALL, &all).unwrap()
+}
+
+const SECURE: &str =
+    "strategy.secure_aggregation=SecAggPlus(neighbours: 3, threshold: 2, ring_bits: None)";
+
+#[test]
+fn a_secure_run_gives_the_plain_runs_adapter_bit_for_bit_even_with_crashes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter = |d: &std::path::Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+    for (name, extra) in [
+        ("clean", None),
+        ("crashes", Some("system.crash_probability=0.3")),
+    ] {
+        let set: Vec<&str> = extra.into_iter().collect();
+        let plain = crate::util::run(&small(&set), &tmp.path().join(format!("{name}-plain")));
+        let mut secure_set = set.clone();
+        secure_set.push(SECURE);
+        let secure = crate::util::run(
+            &small(&secure_set),
+            &tmp.path().join(format!("{name}-secure")),
+        );
+        let skipped = crate::util::round_metrics(&secure.dir)
+            .iter()
+            .filter_map(|r| r["skipped"].as_str().map(String::from))
+            .collect::<Vec<_>>();
+        assert!(skipped.is_empty(), "{name}: {skipped:?}");
+        assert!(
+            adapter(&secure.dir) == adapter(&plain.dir),
+            "{name}: adapters differ"
+        );
+        let (p, s) = (
+            crate::util::round_metrics(&plain.dir),
+            crate::util::round_metrics(&secure.dir),
+        );
+        for (a, b) in p.iter().zip(&s) {
+            assert_eq!(a["completed"], b["completed"], "{name}");
+            assert_eq!(a["crashed"], b["crashed"], "{name}");
+            assert_eq!(a["eval_loss"], b["eval_loss"], "{name}");
+            // The masked vector is ⌈b/8⌉ bytes a value, more than the f32 upload.
+            if a["completed"].as_u64() > Some(0) {
+                assert!(b["bytes_up"].as_u64() > a["bytes_up"].as_u64(), "{a} {b}");
+            }
+        }
+        if name == "crashes" {
+            assert!(
+                p.iter().any(|r| r["crashed"].as_u64() > Some(0)),
+                "no crash to mask"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_secure_round_with_too_few_survivors_is_recorded_with_secagg_threshold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = small(&[
+        "strategy.secure_aggregation=SecAggPlus(neighbours: 3, threshold: 3, ring_bits: None)",
+        "system.crash_probability=0.6",
+        "rounds=4",
+    ]);
+    let report = crate::util::run(&s, &tmp.path().join("run"));
+    let rounds = crate::util::round_metrics(&report.dir);
+    let failed: Vec<&serde_json::Value> = rounds
+        .iter()
+        .filter(|r| {
+            r["skipped"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("secagg_threshold"))
+        })
+        .collect();
+    assert!(!failed.is_empty(), "{rounds:?}");
+    assert_eq!(report.summary.rounds_completed, 4, "the run goes on");
+}
+
+#[test]
+fn secure_aggregation_is_refused_where_the_server_needs_each_update() {
+    let refused = |set: &[&str]| {
+        let mut all = vec!["strategy.min_fit_clients=4", SECURE];
+        all.extend_from_slice(set);
+        let err = crate::util::scenario(crate::util::SMALL, &all).unwrap_err();
+        fedsim::fmt::chain(&err)
+    };
+    let e = refused(&["strategy.kind=Median"]);
+    assert!(
+        e.contains("strategy.secure_aggregation") && e.contains("Median"),
+        "{e}"
+    );
+    let e = refused(&[crate::util::DP]);
+    assert!(e.contains("dp"), "{e}");
+    let bad =
+        "strategy.secure_aggregation=SecAggPlus(neighbours: 3, threshold: 5, ring_bits: None)";
+    let e = fedsim::fmt::chain(&crate::util::scenario(crate::util::SMALL, &[bad]).unwrap_err());
+    assert!(e.contains("threshold"), "{e}");
+    let e = refused(&["strategy.min_fit_clients=2"]);
+    assert!(
+        e.contains("min_fit_clients") && e.contains("at least 3"),
+        "{e}"
+    );
+    // A ring too narrow for the data: refused when the run starts, with the bound.
+    let tmp = tempfile::tempdir().unwrap();
+    let narrow =
+        "strategy.secure_aggregation=SecAggPlus(neighbours: 2, threshold: 2, ring_bits: Some(66))";
+    let s =
+        crate::util::scenario(crate::util::SMALL, &["strategy.min_fit_clients=4", narrow]).unwrap();
+    let err = crate::util::run_full(
+        &s,
+        &tmp.path().join("run"),
+        fedsim::Shutdown::never(),
+        None,
+        None,
+    )
+    .unwrap_err();
+    let e = fedsim::fmt::chain(&err);
+    assert!(e.contains("ring_bits") && e.contains("can wrap"), "{e}");
+}

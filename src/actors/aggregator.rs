@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+mod secure;
+
 use crate::messages::{ClientId, RoundId};
 use crate::model::{AdapterLayout, AdapterSet, PayloadReader};
 use crate::privacy::NoiseSource;
@@ -51,6 +53,11 @@ pub struct Aggregate {
     pub noise_stddev: Option<f64>,
     /// Byzantine updates among those aggregated.
     pub byzantine: usize,
+    /// Why secure aggregation released nothing this round (`secagg_threshold`, …); the
+    /// global adapter is then unchanged.
+    pub secure_failure: Option<crate::secagg::SecAggError>,
+    /// Bytes of the secure aggregation phases (keys, shares, masked vectors, unmasking).
+    pub secure_bytes: Option<crate::secagg::server::PhaseBytes>,
     /// The server optimiser's learning rate, when a server optimiser applies the update (so
     /// an overflow names the right knob).
     pub server_lr: Option<f64>,
@@ -112,6 +119,25 @@ pub enum AggregatorMsg {
         /// Sent by a Byzantine client (the simulator's view, for the deviation metric).
         byzantine: bool,
     },
+    /// Run the keys and shares phases of secure aggregation with the round's clients (before
+    /// they train); answers once their share inboxes are sent.
+    SecAggSetup {
+        /// The round's protocol settings.
+        params: crate::secagg::Params,
+        /// The round's sampled clients.
+        clients: Vec<(ClientId, ActorRef<crate::actors::client::ClientMsg>)>,
+        /// Master seed (the neighbour graph).
+        seed: u64,
+        /// Ok, or why the round cannot be aggregated securely.
+        reply: RpcReplyPort<Result<(), crate::secagg::SecAggError>>,
+    },
+    /// A client's masked vector (secure aggregation).
+    Masked {
+        /// Its masked vector.
+        input: crate::secagg::messages::MaskedInput,
+        /// Held until the vector is summed.
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    },
     /// Fold a held update with this weight.
     Release {
         /// Whose.
@@ -155,6 +181,10 @@ pub struct AggregatorState {
     rejected: Vec<(ClientId, Rejection)>,
     /// Parsed updates waiting for their weight (asynchronous aggregation).
     held: std::collections::HashMap<ClientId, Result<Vec<f32>, Rejection>>,
+    /// The round's secure aggregation, when on.
+    secure: Option<secure::SecureRound>,
+    /// Why this round's secure aggregation cannot release anything.
+    secure_failure: Option<crate::secagg::SecAggError>,
 }
 
 impl Actor for Aggregator {
@@ -189,6 +219,8 @@ impl Actor for Aggregator {
             acc,
             rejected: Vec::new(),
             held: std::collections::HashMap::new(),
+            secure: None,
+            secure_failure: None,
         })
     }
 
@@ -199,16 +231,19 @@ impl Actor for Aggregator {
         st: &mut AggregatorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            AggregatorMsg::Begin { round, dp } => {
-                st.round = round;
-                st.dp = dp;
-                st.acc.reset();
-                if let Some(h) = st.honest.as_mut() {
-                    h.reset();
-                }
-                st.collected.clear();
-                st.byzantine = 0;
-                st.rejected.clear();
+            AggregatorMsg::Begin { round, dp } => st.begin(round, dp),
+            AggregatorMsg::SecAggSetup {
+                params,
+                clients,
+                seed,
+                reply,
+            } => {
+                let answer = st.set_up_secure(params, clients, seed).await;
+                let _ = reply.send(answer);
+            }
+            AggregatorMsg::Masked { input, permit } => {
+                st.masked(&input);
+                drop(permit);
             }
             AggregatorMsg::Fold {
                 client,
@@ -236,7 +271,10 @@ impl Actor for Aggregator {
                 st.held.remove(&client);
             }
             AggregatorMsg::Finish { global, reply } => {
-                let aggregate = st.finish(global);
+                let aggregate = match st.secure.take() {
+                    Some(round) => st.finish_secure(global, round).await,
+                    None => st.finish(global),
+                };
                 let _ = reply.send(aggregate);
             }
             AggregatorMsg::ServerState { reply } => {
@@ -248,6 +286,21 @@ impl Actor for Aggregator {
 }
 
 impl AggregatorState {
+    /// A new round: everything of the last one forgotten.
+    fn begin(&mut self, round: RoundId, dp: Option<DpRound>) {
+        self.round = round;
+        self.dp = dp;
+        self.acc.reset();
+        if let Some(h) = self.honest.as_mut() {
+            h.reset();
+        }
+        self.collected.clear();
+        self.byzantine = 0;
+        self.rejected.clear();
+        self.secure = None;
+        self.secure_failure = None;
+    }
+
     /// Parse and fold (or hold) one upload; a corrupt payload or update is recorded as rejected.
     fn fold_upload(
         &mut self,
@@ -338,11 +391,17 @@ impl AggregatorState {
             rejected: std::mem::take(&mut self.rejected),
             noise_stddev,
             byzantine: self.byzantine,
-            server_lr: match &self.strategy {
-                Strategy::ServerOpt(o) => Some(o.server_lr()),
-                _ => None,
-            },
+            server_lr: self.server_lr(),
             deviation,
+            secure_failure: self.secure_failure.take(),
+            secure_bytes: None,
+        }
+    }
+
+    pub(super) fn server_lr(&self) -> Option<f64> {
+        match &self.strategy {
+            Strategy::ServerOpt(o) => Some(o.server_lr()),
+            _ => None,
         }
     }
 

@@ -11,6 +11,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort}
 use tokio::sync::oneshot;
 
 use super::aggregator::AggregatorMsg;
+
+mod secure;
 use crate::clock::{CostModel, Timeline};
 use crate::faults::FaultModel;
 use crate::messages::{
@@ -69,6 +71,35 @@ pub enum ClientMsg {
     },
     /// Train for the planned round and reply.
     Fit(FitIns),
+    /// Secure aggregation, phase 0: start the round's protocol and answer with its keys.
+    SecAggKeys {
+        /// The round.
+        round: RoundId,
+        /// The protocol's settings.
+        params: crate::secagg::Params,
+        /// Its neighbours in the round's graph.
+        neighbours: Vec<ClientId>,
+        /// Where its keys go.
+        reply: RpcReplyPort<crate::secagg::messages::AdvertiseKeys>,
+    },
+    /// Phase 1: its neighbours' keys; answer with its encrypted shares.
+    SecAggShare {
+        /// The neighbours that advertised keys.
+        directory: crate::secagg::messages::KeyDirectory,
+        /// Where its shares go.
+        reply: RpcReplyPort<Result<crate::secagg::messages::ShareKeys, crate::secagg::SecAggError>>,
+    },
+    /// Phase 1 → 2: the shares its neighbours sent it.
+    SecAggInbox(crate::secagg::messages::ShareInbox),
+    /// Phase 3: reveal shares for unmasking.
+    SecAggUnmask {
+        /// Who survived and who dropped.
+        request: crate::secagg::messages::UnmaskRequest,
+        /// Where the shares go (or why it refuses).
+        reply: RpcReplyPort<
+            Result<crate::secagg::messages::UnmaskResponse, crate::secagg::SecAggError>,
+        >,
+    },
 }
 
 /// Start-up arguments.
@@ -87,6 +118,8 @@ pub struct ClientArgs {
 pub struct ClientState {
     args: ClientArgs,
     planned: Option<(RoundId, Schedule, Timeline)>,
+    /// Secure aggregation's state for the current round.
+    secure: Option<secure::Secure>,
 }
 
 impl Actor for Client {
@@ -102,6 +135,7 @@ impl Actor for Client {
         Ok(ClientState {
             args,
             planned: None,
+            secure: None,
         })
     }
 
@@ -136,8 +170,44 @@ impl Actor for Client {
                     status,
                 });
             }
+            msg => secure_phase(st, msg),
         }
         Ok(())
+    }
+}
+
+/// A secure aggregation phase message (a message out of phase is answered with the error).
+fn secure_phase(st: &mut ClientState, msg: ClientMsg) {
+    let missing = || crate::secagg::SecAggError::Phase {
+        who: "client".into(),
+        message: "a phase message",
+        phase: "none (no secure round started)",
+    };
+    match msg {
+        ClientMsg::SecAggKeys {
+            round,
+            params,
+            neighbours,
+            reply,
+        } => {
+            let s = secure::Secure::new(st.args.id, (round, st.args.ctx.seed), params, &neighbours);
+            let _ = reply.send(s.advertise());
+            st.secure = Some(s);
+        }
+        ClientMsg::SecAggShare { directory, reply } => {
+            let shares = st.secure.as_mut().ok_or_else(missing);
+            let _ = reply.send(shares.and_then(|s| s.share(directory)));
+        }
+        ClientMsg::SecAggInbox(inbox) => {
+            if let Some(s) = st.secure.as_mut() {
+                s.keep(inbox);
+            }
+        }
+        ClientMsg::SecAggUnmask { request, reply } => {
+            let response = st.secure.as_mut().ok_or_else(missing);
+            let _ = reply.send(response.and_then(|s| s.unmask(&request)));
+        }
+        ClientMsg::Plan { .. } | ClientMsg::Fit(_) => {}
     }
 }
 
@@ -187,20 +257,34 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         Err(JobFailure::NotRun(reason)) => return failed(reason.to_string()),
     };
     let (byzantine, update_norm, clipped) = before_upload(a, &ins, &mut out.update);
-    let payload = match out.update.to_safetensors() {
-        Ok(p) => p,
-        Err(e) => return failed(crate::fmt::chain(&e)),
+    let secure = st.secure.as_mut().filter(|s| s.round == ins.round);
+    let (upload, bytes) = match secure {
+        // Secure aggregation: only the masked vector leaves the client.
+        Some(s) => match s.masked(out.update.data(), a.shard.len() as u64) {
+            Ok(input) => {
+                let bytes = input.masked.len() as u64;
+                let permit = Some(permit);
+                (AggregatorMsg::Masked { input, permit }, bytes)
+            }
+            Err(e) => return failed(e.to_string()),
+        },
+        None => match out.update.to_safetensors() {
+            Ok(payload) => {
+                let bytes = payload.len() as u64;
+                let fold = AggregatorMsg::Fold {
+                    client: a.id,
+                    payload,
+                    num_examples: a.shard.len(),
+                    permit: Some(permit),
+                    hold: ctx.hold,
+                    byzantine,
+                };
+                (fold, bytes)
+            }
+            Err(e) => return failed(crate::fmt::chain(&e)),
+        },
     };
-    let bytes = payload.len() as u64;
-    let fold = AggregatorMsg::Fold {
-        client: a.id,
-        payload,
-        num_examples: a.shard.len(),
-        permit: Some(permit),
-        hold: ctx.hold,
-        byzantine,
-    };
-    if ctx.aggregator.send_message(fold).is_err() {
+    if ctx.aggregator.send_message(upload).is_err() {
         return failed("the aggregator is gone".into());
     }
     FitStatus::Completed(Box::new(FitUpdate {

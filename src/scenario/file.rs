@@ -321,6 +321,8 @@ pub struct StrategySection {
     pub min_fit_clients: usize,
     /// Do not start a round with fewer clients available.
     pub min_available_clients: usize,
+    /// Secure aggregation: the server sees only the sum of the updates (None: in the clear).
+    pub secure_aggregation: Option<SecureAggregation>,
 }
 
 impl Default for StrategySection {
@@ -330,8 +332,25 @@ impl Default for StrategySection {
             fraction_fit: 1.0,
             min_fit_clients: 1,
             min_available_clients: 1,
+            secure_aggregation: None,
         }
     }
+}
+
+/// How updates are hidden from the server (scenario `strategy.secure_aggregation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum SecureAggregation {
+    /// SecAgg+ (Bell et al. 2020): pairwise masks with `neighbours` others, secrets shared
+    /// `threshold`-of-`neighbours`; `ring_bits` None picks the smallest ring no sum wraps in.
+    SecAggPlus {
+        /// Neighbours each client masks with (≥ sampled − 1: Bonawitz et al.'s SecAgg).
+        neighbours: usize,
+        /// Shares that reconstruct a secret (2..=neighbours).
+        threshold: usize,
+        /// The ring Z/2^b (64..=128); None: 64 + ⌈log2(training examples + 1)⌉.
+        ring_bits: Option<u32>,
+    },
 }
 
 /// Local training. Like every section with defaults, a partial section takes each missing

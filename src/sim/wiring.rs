@@ -96,7 +96,43 @@ pub(super) fn server_config(
                 full: e.full,
             }),
         rejoin_s: s.workers().map_or(0.0, |w| w.rejoin_s),
+        secagg: None,
     }
+}
+
+/// The run's SecAgg+ settings (`strategy.secure_aggregation`), the ring sized for its data:
+/// `ring_bits` None picks the smallest ring no sum of all training examples' weights wraps
+/// in; a given one narrower than that is refused with the bound.
+///
+/// # Errors
+/// `ring_bits` too small for the training examples.
+pub(super) fn secagg_params(
+    s: &Scenario,
+    prep: &Prepared,
+) -> Result<Option<crate::secagg::Params>, crate::secagg::SecAggError> {
+    use crate::scenario::file::SecureAggregation;
+    let Some(SecureAggregation::SecAggPlus {
+        neighbours,
+        threshold,
+        ring_bits,
+    }) = s.secure_aggregation()
+    else {
+        return Ok(None);
+    };
+    let weight: u64 = prep.shards.iter().map(|sh| sh.len() as u64).sum();
+    let ring = match ring_bits {
+        Some(b) => {
+            let ring = crate::secagg::Ring::new(b)?;
+            ring.check(weight)?;
+            ring
+        }
+        None => crate::secagg::Ring::for_weight(weight),
+    };
+    Ok(Some(crate::secagg::Params {
+        neighbours,
+        threshold,
+        ring,
+    }))
 }
 
 /// What every client actor shares.

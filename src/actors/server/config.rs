@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub pace: Option<Duration>,
     /// When the task (scenario `eval`) is scored, if there is one.
     pub task: Option<TaskSchedule>,
+    /// Secure aggregation (SecAgg+), its ring sized for the run's data; None: in the clear.
+    pub secagg: Option<crate::secagg::Params>,
     /// Wall seconds to wait for a lost worker to come back when no slot can run a job
     /// (`slots.workers.rejoin_s`; 0 without workers).
     pub rejoin_s: f64,

@@ -21,6 +21,37 @@ use crate::rng::{purpose, rng_for};
 use crate::shutdown::StopLevel;
 use crate::stragglers::{decide, Decision, Stragglers};
 
+/// Bytes a client uploads: its update as sent (`plain`), or under secure aggregation its
+/// masked vector, ⌈b/8⌉ bytes a value and one for the weight.
+fn upload_bytes(st: &Core, plain: u64) -> u64 {
+    st.args.config.secagg.map_or(plain, |p| {
+        p.ring.element_bytes() as u64 * (st.global.data().len() as u64 + 1)
+    })
+}
+
+/// Secure aggregation's keys and shares phases with the round's sampled clients, before any
+/// trains (nothing to do without it). `Err(why)`: the round cannot be aggregated securely.
+async fn secure_setup(
+    st: &mut Core,
+    chosen: &[ClientId],
+) -> Result<Result<(), String>, ActorProcessingErr> {
+    let Some(params) = st.args.config.secagg else {
+        return Ok(Ok(()));
+    };
+    let clients = chosen
+        .iter()
+        .filter_map(|c| st.clients.get(c).map(|a| (*c, a.clone())))
+        .collect();
+    let seed = st.args.config.seed;
+    let answer = ractor::call!(st.args.aggregator, |reply| AggregatorMsg::SecAggSetup {
+        params,
+        clients,
+        seed,
+        reply
+    })?;
+    Ok(answer.map_err(|e| e.to_string()))
+}
+
 /// The synchronous driver: one round at a time, every sampled client from the same model.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SyncRounds {
@@ -72,7 +103,8 @@ impl SyncRounds {
         let payload = Arc::new(st.global.to_safetensors()?);
         let bytes = payload.len() as u64;
         st.spawn_clients(me, &chosen).await?;
-        let plans = collect_plans(&st.clients, round, start, bytes, &chosen).await;
+        let up = upload_bytes(st, bytes);
+        let plans = collect_plans(&st.clients, round, start, (bytes, up), &chosen).await;
         let plans_ok: Vec<(ClientId, ClientPlan)> = plans
             .iter()
             .filter_map(|(c, p)| p.as_ref().ok().map(|p| (*c, *p)))
@@ -91,6 +123,10 @@ impl SyncRounds {
         st.args
             .aggregator
             .send_message(AggregatorMsg::Begin { round, dp })?;
+        if let Err(why) = secure_setup(st, &chosen).await? {
+            let closed = short_round(me, st, round, start, available.len(), why, None).await?;
+            return self.next(me, st, closed);
+        }
         dispatch(st, &plans, decided.decisions, &payload);
         if st.current.pending.is_empty() {
             self.close(me, st).await?;
@@ -291,7 +327,7 @@ async fn collect_plans(
     clients: &HashMap<ClientId, ActorRef<ClientMsg>>,
     round: RoundId,
     start: f64,
-    bytes: u64,
+    (down, up): (u64, u64),
     chosen: &[ClientId],
 ) -> Vec<(ClientId, Result<ClientPlan, String>)> {
     let mut waiting = Vec::with_capacity(chosen.len());
@@ -300,8 +336,8 @@ async fn collect_plans(
         let msg = ClientMsg::Plan {
             round,
             start,
-            down_bytes: bytes,
-            up_bytes: bytes,
+            down_bytes: down,
+            up_bytes: up,
             reply: RpcReplyPort::from(tx),
         };
         let sent = match clients.get(&c) {

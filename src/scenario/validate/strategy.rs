@@ -4,6 +4,7 @@
 use super::check::field_path;
 use super::{Check, Range};
 use crate::byzantine::{Attackers, ByzantineAttack};
+use crate::scenario::file::SecureAggregation;
 use crate::scenario::file::{ScenarioFile, StrategyKind};
 use crate::scenario::ScenarioError;
 use crate::stragglers::Stragglers;
@@ -33,7 +34,75 @@ pub(super) fn check_strategy(c: &Check<'_>, file: &ScenarioFile) -> Result<(), S
             ));
         }
     }
-    check_byzantine(c, file)
+    check_byzantine(c, file)?;
+    check_secure(c, file, &strategy)
+}
+
+/// `strategy.secure_aggregation`: its parameters, and what it cannot be combined with (the
+/// server never holds one client's update).
+fn check_secure(
+    c: &Check<'_>,
+    file: &ScenarioFile,
+    strategy: &Strategy,
+) -> Result<(), ScenarioError> {
+    let Some(SecureAggregation::SecAggPlus {
+        neighbours,
+        threshold,
+        ring_bits,
+    }) = file.strategy.secure_aggregation
+    else {
+        return Ok(());
+    };
+    let f = "strategy.secure_aggregation";
+    c.ensure(
+        (2..=255).contains(&neighbours),
+        &format!("{f}.SecAggPlus.neighbours"),
+        format!("is {neighbours}; it must be 2..=255 (a share's index is one byte)"),
+    )?;
+    c.ensure(
+        (2..=neighbours).contains(&threshold),
+        &format!("{f}.SecAggPlus.threshold"),
+        format!("is {threshold}; it must be 2..={neighbours} (the neighbours)"),
+    )?;
+    let min = file.strategy.min_fit_clients;
+    c.ensure(
+        min > threshold,
+        "strategy.min_fit_clients",
+        format!(
+            "is {min}; secure aggregation with threshold {threshold} needs at least {} clients \
+             a round (each must keep {threshold} neighbours); raise min_fit_clients or lower \
+             the threshold",
+            threshold + 1
+        ),
+    )?;
+    if let Some(b) = ring_bits {
+        c.ensure(
+            (64..=128).contains(&b),
+            &format!("{f}.SecAggPlus.ring_bits"),
+            format!("is {b}; it must be 64..=128, or None to size it from the data"),
+        )?;
+    }
+    let clash = if !matches!(
+        strategy,
+        Strategy::FedAvg | Strategy::FedProx(_) | Strategy::ServerOpt(_)
+    ) {
+        Some(format!(
+            "strategy.kind {} needs each update (the server sees only their sum); use FedAvg,              FedProx or a server optimiser",
+            strategy.name()
+        ))
+    } else if file.dp.is_some() {
+        Some("dp: DP with secure aggregation (distributed noise) is not implemented yet".into())
+    } else if file.system.byzantine.is_some() {
+        Some("system.byzantine: its metrics compare individual updates".into())
+    } else if matches!(file.system.stragglers, Stragglers::Async { .. }) {
+        Some("system.stragglers Async: asynchronous rounds have no phases to mask in".into())
+    } else {
+        None
+    };
+    match clash {
+        Some(why) => Err(c.fail(f, format!("cannot be combined with {why}"))),
+        None => Ok(()),
+    }
 }
 
 /// The rule's own parameters, at path `f`.

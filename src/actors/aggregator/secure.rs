@@ -1,0 +1,199 @@
+//! A round under secure aggregation (SecAgg+), the aggregator's side: it runs the keys and
+//! shares phases with the round's client actors before they train, sums the masked vectors
+//! they upload, and unmasks with the survivors' shares when the round closes. It never holds
+//! one client's update.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ractor::ActorRef;
+
+use super::{Aggregate, AggregatorState};
+use crate::model::AdapterSet;
+use crate::strategy::fedavg::add;
+
+use crate::actors::client::ClientMsg;
+use crate::messages::{ClientId, RoundId};
+use crate::secagg::graph::Graph;
+use crate::secagg::messages::MaskedInput;
+use crate::secagg::{Params, SecAggError, SecAggServer};
+
+/// How long a client actor has to answer a phase message (it is idle then: it answers at
+/// once unless it is gone).
+const PHASE_WITHIN_MS: u64 = 60_000;
+
+/// The aggregator's side of one secure round.
+pub(super) struct SecureRound {
+    server: SecAggServer,
+    params: Params,
+    clients: BTreeMap<ClientId, ActorRef<ClientMsg>>,
+}
+
+impl SecureRound {
+    /// Run the keys and shares phases with `clients` (all of the round's sampled clients):
+    /// those that answer both are in the protocol; their share inboxes are on their way.
+    ///
+    /// # Errors
+    /// Too few clients for the parameters, or fewer than `threshold` left after a phase.
+    pub(super) async fn set_up(
+        round: RoundId,
+        params: Params,
+        clients: Vec<(ClientId, ActorRef<ClientMsg>)>,
+        (seed, values): (u64, usize),
+    ) -> Result<Self, SecAggError> {
+        let ids: Vec<ClientId> = clients.iter().map(|(c, _)| *c).collect();
+        let graph = Graph::new(&ids, params.neighbours, seed, round as u64);
+        let mut server = SecAggServer::new(round as u64, params, graph.clone(), values)?;
+        let clients: BTreeMap<ClientId, ActorRef<ClientMsg>> = clients.into_iter().collect();
+        for (&c, actor) in &clients {
+            let neighbours = graph.of(c).to_vec();
+            let keys = ractor::call_t!(
+                actor,
+                |reply| ClientMsg::SecAggKeys {
+                    round,
+                    params,
+                    neighbours,
+                    reply
+                },
+                PHASE_WITHIN_MS
+            );
+            if let Ok(keys) = keys {
+                server.receive_keys(keys)?;
+            }
+        }
+        for (&c, actor) in &clients {
+            let directory = server.directory_for(c);
+            let shares = ractor::call_t!(
+                actor,
+                |reply| ClientMsg::SecAggShare { directory, reply },
+                PHASE_WITHIN_MS
+            );
+            match shares {
+                Ok(Ok(shares)) => server.receive_shares(shares)?,
+                Ok(Err(e)) => tracing::debug!(client = c, error = %e, "left at the shares phase"),
+                Err(_) => {}
+            }
+        }
+        for (&c, actor) in &clients {
+            let inbox = server.inbox_for(c);
+            let _ = actor.send_message(ClientMsg::SecAggInbox(inbox));
+        }
+        Ok(Self {
+            server,
+            params,
+            clients,
+        })
+    }
+
+    /// A client's masked vector, summed at once.
+    ///
+    /// # Errors
+    /// A vector from outside the protocol, twice, or of the wrong size.
+    pub(super) fn masked(&mut self, input: &MaskedInput) -> Result<(), SecAggError> {
+        self.server.receive_masked(input)
+    }
+
+    /// The mean update of the survivors (None when none survived with weight), how many they
+    /// were and their total weight: the unmasking phase with the survivors, then the masks
+    /// removed.
+    ///
+    /// # Errors
+    /// Fewer than `threshold` survivors or shares (`secagg_threshold`), or shares that do
+    /// not reconstruct.
+    pub(super) async fn finish(mut self) -> Result<(Option<Vec<f32>>, usize, u64), SecAggError> {
+        let request = self.server.unmask_request()?;
+        for c in &request.survivors {
+            let Some(actor) = self.clients.get(c) else {
+                continue;
+            };
+            let req = request.clone();
+            let response = ractor::call_t!(
+                actor,
+                |reply| ClientMsg::SecAggUnmask {
+                    request: req,
+                    reply
+                },
+                PHASE_WITHIN_MS
+            );
+            if let Ok(Ok(r)) = response {
+                self.server.receive_unmask(r)?;
+            }
+        }
+        let unmasked = self.server.finish()?;
+        let ring = self.params.ring;
+        let mean = ring.decode_mean(&unmasked.sum);
+        let weight = (unmasked.sum.last())
+            .and_then(|&w| u64::try_from(ring.signed(w)).ok())
+            .unwrap_or(0);
+        Ok((mean, unmasked.survivors.len(), weight))
+    }
+
+    /// Bytes of each phase so far.
+    pub(super) fn bytes(&self) -> crate::secagg::server::PhaseBytes {
+        self.server.bytes
+    }
+}
+
+impl AggregatorState {
+    /// Set the round's secure aggregation up with its clients (keys and shares phases).
+    pub(super) async fn set_up_secure(
+        &mut self,
+        params: Params,
+        clients: Vec<(ClientId, ActorRef<ClientMsg>)>,
+        seed: u64,
+    ) -> Result<(), SecAggError> {
+        let values = self.acc.len();
+        let set_up = SecureRound::set_up(self.round, params, clients, (seed, values)).await;
+        match set_up {
+            Ok(round) => {
+                self.secure = Some(round);
+                Ok(())
+            }
+            Err(e) => {
+                self.secure_failure = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// A client's masked vector (one that does not fit the protocol is logged and left out).
+    pub(super) fn masked(&mut self, input: &MaskedInput) {
+        if let Some(Err(e)) = self.secure.as_mut().map(|s| s.masked(input)) {
+            tracing::warn!(client = input.client, error = %e, "masked vector rejected");
+        }
+    }
+
+    /// Close a secure round: unmask the survivors' sum; the mean goes through the server
+    /// optimiser as FedAvg's would. A round that cannot be unmasked keeps the global adapter
+    /// and says why.
+    pub(super) async fn finish_secure(
+        &mut self,
+        global: Arc<AdapterSet>,
+        round: SecureRound,
+    ) -> Aggregate {
+        let bytes = round.bytes();
+        let (next, folded, examples, failure) = match round.finish().await {
+            Ok((Some(mean), survivors, weight)) => {
+                let step = match self.server.as_mut() {
+                    Some(state) => state.step(&mean),
+                    None => mean,
+                };
+                (Arc::new(add(&global, &step)), survivors, weight, None)
+            }
+            Ok((None, _, _)) => (global, 0, 0, None),
+            Err(e) => (global, 0, 0, Some(e)),
+        };
+        Aggregate {
+            global: next,
+            folded,
+            examples,
+            rejected: std::mem::take(&mut self.rejected),
+            noise_stddev: None,
+            byzantine: 0,
+            server_lr: self.server_lr(),
+            deviation: None,
+            secure_failure: failure.or_else(|| self.secure_failure.take()),
+            secure_bytes: Some(bytes),
+        }
+    }
+}
