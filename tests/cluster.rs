@@ -73,12 +73,17 @@ fn worker(cookie: &Path, slots: usize) -> Worker {
 /// Start `sim worker` on `addr` with `slots` slots and `extra` arguments; wait until it
 /// accepts connections.
 fn worker_at(addr: &str, cookie: &Path, slots: usize, extra: &[&str]) -> Worker {
+    worker_in(&crate::util::root(), addr, cookie, (slots, extra))
+}
+
+/// [`worker_at`], run from `dir` (where the scenario's relative data paths resolve).
+fn worker_in(dir: &Path, addr: &str, cookie: &Path, (slots, extra): (usize, &[&str])) -> Worker {
     let child = Command::new(env!("CARGO_BIN_EXE_sim"))
         .args(["worker", "--listen", addr, "--cookie-file"])
         .arg(cookie)
         .args(["--slots", &slots.to_string()])
         .args(extra)
-        .current_dir(crate::util::root())
+        .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -282,26 +287,7 @@ fn a_worker_that_prepared_other_inputs_is_refused_naming_the_difference() {
         .unwrap();
     }
     let addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_sim"))
-        .args(["worker", "--listen", &addr, "--cookie-file"])
-        .arg(&cookie)
-        .current_dir(&there)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _w = Worker {
-        child,
-        addr: addr.clone(),
-    };
-    let start = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "worker did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _w = worker_in(&there, &addr, &cookie, (1, &[]));
     let out = Command::new(env!("CARGO_BIN_EXE_sim"))
         .args([
             "run",

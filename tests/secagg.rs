@@ -82,6 +82,32 @@ fn round(
     Ok((out, server))
 }
 
+/// Clients 0..n of round `round` through the keys and shares phases (client c's entropy is
+/// `[c + salt; 32]`), and the server, ready for their masked vectors.
+fn shared(
+    n: usize,
+    p: Params,
+    (round, values, salt): (u64, usize, u8),
+) -> (Vec<SecAggClient>, SecAggServer) {
+    let ids: Vec<ClientId> = (0..n).collect();
+    let graph = Graph::new(&ids, p.neighbours, 7, 3);
+    let mut server = SecAggServer::new(round, p, graph.clone(), values).unwrap();
+    let mut clients: Vec<SecAggClient> = ids
+        .iter()
+        .map(|&c| SecAggClient::new(c, round, p, graph.of(c), [c as u8 + salt; 32]))
+        .collect();
+    for c in &clients {
+        server.receive_keys(c.advertise()).unwrap();
+    }
+    for &c in &ids {
+        let dir = server.directory_for(c);
+        server
+            .receive_shares(clients[c].share(dir).unwrap())
+            .unwrap();
+    }
+    (clients, server)
+}
+
 /// FedAvg's mean of `data`'s clients in `keep`.
 fn fedavg(data: &[(Vec<f32>, u64)], keep: &[ClientId]) -> Vec<f32> {
     let mut acc = FedAvgAccumulator::new(data[0].0.len());
@@ -164,23 +190,8 @@ fn a_masked_upload_is_independent_of_its_update() {
     // One client's masked vector, from an update with a strong structure (a ramp).
     let mut data = updates(4, len, 3);
     data[0].0 = (0..len).map(|i| (i as f32 / len as f32) - 0.5).collect();
-    let ids: Vec<ClientId> = (0..4).collect();
     let p = params(3, 2, ring.bits());
-    let graph = Graph::new(&ids, 3, 7, 3);
-    let mut server = SecAggServer::new(3, p, graph.clone(), len).unwrap();
-    let mut clients: Vec<SecAggClient> = ids
-        .iter()
-        .map(|&c| SecAggClient::new(c, 3, p, graph.of(c), [c as u8 + 9; 32]))
-        .collect();
-    for c in &clients {
-        server.receive_keys(c.advertise()).unwrap();
-    }
-    for &c in &ids {
-        let dir = server.directory_for(c);
-        server
-            .receive_shares(clients[c].share(dir).unwrap())
-            .unwrap();
-    }
+    let (mut clients, mut server) = shared(4, p, (3, len, 9));
     let inbox = server.inbox_for(0);
     let MaskedInput { masked, .. } = clients[0].mask(inbox, &data[0].0, data[0].1).unwrap();
     let y = ring.from_bytes(&masked).unwrap();
@@ -234,23 +245,8 @@ fn t_shares_reconstruct_the_secret_and_t_minus_one_reconstruct_nothing() {
 /// Clients 0..5 through the masking phase, for the tests that probe one client.
 fn masked_round(p: Params) -> (Vec<SecAggClient>, SecAggServer) {
     let data = updates(5, 50, 4);
-    let ids: Vec<ClientId> = (0..5).collect();
-    let graph = Graph::new(&ids, p.neighbours, 7, 3);
-    let mut server = SecAggServer::new(3, p, graph.clone(), 50).unwrap();
-    let mut clients: Vec<SecAggClient> = ids
-        .iter()
-        .map(|&c| SecAggClient::new(c, 3, p, graph.of(c), [c as u8 + 1; 32]))
-        .collect();
-    for c in &clients {
-        server.receive_keys(c.advertise()).unwrap();
-    }
-    for &c in &ids {
-        let dir = server.directory_for(c);
-        server
-            .receive_shares(clients[c].share(dir).unwrap())
-            .unwrap();
-    }
-    for &c in &ids {
+    let (mut clients, mut server) = shared(5, p, (3, 50, 1));
+    for c in 0..5 {
         let inbox = server.inbox_for(c);
         let m = clients[c].mask(inbox, &data[c].0, data[c].1).unwrap();
         server.receive_masked(&m).unwrap();
@@ -288,26 +284,11 @@ fn an_honest_client_never_reveals_both_secrets_of_a_peer_nor_answers_twice() {
 #[test]
 fn tampered_or_replayed_shares_are_rejected() {
     let p = params(4, 2, 96);
-    let ids: Vec<ClientId> = (0..5).collect();
-    let graph = Graph::new(&ids, 4, 7, 3);
     let data = updates(5, 20, 5);
     // Round 3 and round 4 of the same clients: a share from round 3 replayed in round 4.
     let mut old_round = Vec::new();
     for round in [3u64, 4] {
-        let mut server = SecAggServer::new(round, p, graph.clone(), 20).unwrap();
-        let mut clients: Vec<SecAggClient> = ids
-            .iter()
-            .map(|&c| SecAggClient::new(c, round, p, graph.of(c), [c as u8 + 1; 32]))
-            .collect();
-        for c in &clients {
-            server.receive_keys(c.advertise()).unwrap();
-        }
-        for &c in &ids {
-            let dir = server.directory_for(c);
-            server
-                .receive_shares(clients[c].share(dir).unwrap())
-                .unwrap();
-        }
+        let (mut clients, mut server) = shared(5, p, (round, 20, 1));
         let mut inbox = server.inbox_for(0);
         if round == 3 {
             old_round = inbox.shares.clone();

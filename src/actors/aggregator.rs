@@ -56,8 +56,6 @@ pub struct Aggregate {
     /// Why secure aggregation released nothing this round (`secagg_threshold`, …); the
     /// global adapter is then unchanged.
     pub secure_failure: Option<crate::secagg::SecAggError>,
-    /// Bytes of the secure aggregation phases (keys, shares, masked vectors, unmasking).
-    pub secure_bytes: Option<crate::secagg::server::PhaseBytes>,
     /// The server optimiser's learning rate, when a server optimiser applies the update (so
     /// an overflow names the right knob).
     pub server_lr: Option<f64>,
@@ -394,7 +392,6 @@ impl AggregatorState {
             server_lr: self.server_lr(),
             deviation,
             secure_failure: self.secure_failure.take(),
-            secure_bytes: None,
         }
     }
 

@@ -127,11 +127,6 @@ impl SecureRound {
             .unwrap_or(0);
         Ok((mean, unmasked.survivors.len(), weight))
     }
-
-    /// Bytes of each phase so far.
-    pub(super) fn bytes(&self) -> crate::secagg::server::PhaseBytes {
-        self.server.bytes
-    }
 }
 
 impl AggregatorState {
@@ -171,7 +166,6 @@ impl AggregatorState {
         global: Arc<AdapterSet>,
         round: SecureRound,
     ) -> Aggregate {
-        let bytes = round.bytes();
         let (next, folded, examples, failure) = match round.finish().await {
             Ok((Some(mean), survivors, weight)) => {
                 let step = match self.server.as_mut() {
@@ -193,7 +187,6 @@ impl AggregatorState {
             server_lr: self.server_lr(),
             deviation: None,
             secure_failure: failure.or_else(|| self.secure_failure.take()),
-            secure_bytes: Some(bytes),
         }
     }
 }

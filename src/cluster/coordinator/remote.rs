@@ -234,7 +234,8 @@ impl crate::slots::Remote for RemoteWorker {
     }
 
     fn alive(&self) -> bool {
-        !self.lost.load(Ordering::SeqCst) && !*self.link().gone.borrow()
+        let link = self.link.read().unwrap_or_else(|p| p.into_inner());
+        !self.lost.load(Ordering::SeqCst) && !*link.gone.borrow()
     }
 
     /// Run `job` on the worker and send its outcome where the job says (blocking: a remote
