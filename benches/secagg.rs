@@ -56,6 +56,21 @@ fn secagg(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("secagg_460800");
     group.sample_size(10);
+    // One mask expansion over an encoded vector: the unit the clock prices masking and
+    // unmasking in (elements per second, criterion's throughput line).
+    group.throughput(criterion::Throughput::Elements(VALUES as u64 + 1));
+    let mut v = vec![0u128; VALUES + 1];
+    group.bench_function("one_mask", |b| {
+        b.iter(|| fedsim::secagg::crypto::apply_mask(params.ring, &[7u8; 32], false, &mut v))
+    });
+    let bytes = params.ring.to_bytes(&v);
+    let mut sum = vec![0u128; VALUES + 1];
+    group.bench_function("sum_one_masked", |b| {
+        b.iter(|| {
+            assert!(params.ring.add_bytes(&mut sum, &bytes));
+        })
+    });
+    group.throughput(criterion::Throughput::Elements(1));
     group.bench_function("client_mask_k8", |b| {
         b.iter_batched(
             || {

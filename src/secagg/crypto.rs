@@ -4,8 +4,9 @@
 //! t-of-n sharing over GF(2⁸) byte by byte (vsss-rs).
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+use chacha20::ChaCha20;
 use chacha20poly1305::ChaCha20Poly1305;
-use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -80,20 +81,11 @@ pub fn apply_mask(ring: Ring, seed: &Secret, negate: bool, v: &mut [u128]) {
     v.par_chunks_mut(MASK_PART)
         .enumerate()
         .for_each(|(part, chunk)| {
-            let mut prg = rand_chacha::ChaCha20Rng::from_seed(*seed);
-            prg.set_word_pos((part * MASK_PART * eb / 4) as u128);
+            let mut prg = ChaCha20::new(seed.into(), &[0u8; 12].into());
+            prg.seek((part * MASK_PART * eb) as u64);
             let mut bytes = vec![0u8; chunk.len() * eb];
-            prg.fill_bytes(&mut bytes);
-            for (x, b) in chunk.iter_mut().zip(bytes.chunks_exact(eb)) {
-                let mut le = [0u8; 16];
-                le[..eb].copy_from_slice(b);
-                let m = ring.reduce(u128::from_le_bytes(le));
-                *x = if negate {
-                    ring.sub(*x, m)
-                } else {
-                    ring.add(*x, m)
-                };
-            }
+            prg.apply_keystream(&mut bytes);
+            ring.add_elements(chunk, &bytes, negate);
         });
 }
 

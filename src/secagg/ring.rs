@@ -137,6 +137,57 @@ impl Ring {
         Some(mean_of_exact_sums(&exact, weight))
     }
 
+    /// Add (`negate` false) or subtract to each of `xs` the element whose little-endian bytes
+    /// are the next [`Ring::element_bytes`] of `bytes` (any bits above b are ignored).
+    pub fn add_elements(&self, xs: &mut [u128], bytes: &[u8], negate: bool) {
+        match self.element_bytes() {
+            8 => self.add_le::<8>(xs, bytes, negate),
+            9 => self.add_le::<9>(xs, bytes, negate),
+            10 => self.add_le::<10>(xs, bytes, negate),
+            11 => self.add_le::<11>(xs, bytes, negate),
+            12 => self.add_le::<12>(xs, bytes, negate),
+            13 => self.add_le::<13>(xs, bytes, negate),
+            14 => self.add_le::<14>(xs, bytes, negate),
+            15 => self.add_le::<15>(xs, bytes, negate),
+            _ => self.add_le::<16>(xs, bytes, negate),
+        }
+    }
+
+    /// [`Ring::add_elements`] for elements of `N` bytes (a constant, so the copy unrolls).
+    fn add_le<const N: usize>(&self, xs: &mut [u128], bytes: &[u8], negate: bool) {
+        let mask = self.mask();
+        let read = |b: &[u8]| {
+            let mut le = [0u8; 16];
+            le[..N].copy_from_slice(b);
+            u128::from_le_bytes(le)
+        };
+        let pairs = xs.iter_mut().zip(bytes.chunks_exact(N));
+        if negate {
+            pairs.for_each(|(x, b)| *x = x.wrapping_sub(read(b)) & mask);
+        } else {
+            pairs.for_each(|(x, b)| *x = x.wrapping_add(read(b)) & mask);
+        }
+    }
+
+    /// Add the vector of [`Ring::to_bytes`]'s `bytes` into `sum`, in parallel parts (false:
+    /// not `sum.len()` elements, or an element outside the ring; `sum` is then unchanged).
+    pub fn add_bytes(&self, sum: &mut [u128], bytes: &[u8]) -> bool {
+        use rayon::prelude::*;
+        let n = self.element_bytes();
+        if bytes.len() != sum.len() * n {
+            return false;
+        }
+        let top = self.bits.div_ceil(8) * 8 - self.bits; // unused high bits of the last byte
+        let in_ring = |c: &[u8]| top == 0 || c[n - 1] >> (8 - top) == 0;
+        if !bytes.par_chunks(n * 4096).all(|p| p.chunks_exact(n).all(in_ring)) {
+            return false;
+        }
+        sum.par_chunks_mut(4096)
+            .zip(bytes.par_chunks(n * 4096))
+            .for_each(|(s, b)| self.add_elements(s, b, false));
+        true
+    }
+
     /// Elements as little-endian bytes, [`Ring::element_bytes`] each.
     pub fn to_bytes(&self, xs: &[u128]) -> Vec<u8> {
         let n = self.element_bytes();

@@ -151,19 +151,16 @@ impl SecAggServer {
     /// A client that sent no shares, a second vector, or a vector of the wrong length.
     pub fn receive_masked(&mut self, input: &MaskedInput) -> Result<(), SecAggError> {
         let c = input.client;
-        let ring = self.params.ring;
-        let v = ring
-            .from_bytes(&input.masked)
-            .filter(|v| v.len() == self.len)
-            .ok_or_else(|| self.rejected(c, "a masked vector of the wrong size"))?;
-        if !self.shares.contains_key(&c) || !self.survivors.insert(c) {
+        if !self.shares.contains_key(&c) || self.survivors.contains(&c) {
             return Err(self.rejected(c, "a masked vector without shares, or twice"));
         }
-        self.bytes.masked += wire_bytes(input);
-        let sum = self.sum.get_or_insert_with(|| vec![0; v.len()]);
-        for (s, x) in sum.iter_mut().zip(v) {
-            *s = ring.add(*s, x);
+        let len = self.len;
+        let sum = self.sum.get_or_insert_with(|| vec![0; len]);
+        if !self.params.ring.add_bytes(sum, &input.masked) {
+            return Err(self.rejected(c, "a masked vector of the wrong size"));
         }
+        self.survivors.insert(c);
+        self.bytes.masked += wire_bytes(input);
         Ok(())
     }
 
