@@ -53,6 +53,7 @@ fn secagg(c: &mut Criterion) {
         neighbours: NEIGHBOURS,
         threshold: NEIGHBOURS / 2,
         ring: Ring::for_weight(weight * CLIENTS as u64),
+        compute: Default::default(),
     };
     let mut group = c.benchmark_group("secagg_460800");
     group.sample_size(10);

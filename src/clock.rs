@@ -70,6 +70,9 @@ pub struct Timeline {
     pub download: f64,
     /// Local training.
     pub compute: f64,
+    /// Masking the update before the upload (secure aggregation; 0 without).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mask: f64,
     /// Uploading the update.
     pub upload: f64,
 }
@@ -88,17 +91,22 @@ impl Timeline {
             start,
             download: transfer_seconds(down_bytes, profile.down_mbps, profile.latency_s),
             compute: flops / profile.flops,
+            mask: 0.0,
             upload: transfer_seconds(up_bytes, profile.up_mbps, profile.latency_s),
         }
     }
 
     /// When the update reaches the server.
     pub fn finish(&self) -> f64 {
-        self.start + self.download + self.compute + self.upload
+        self.start + self.download + self.compute + self.mask + self.upload
     }
 
     /// When the client would crash having done `fraction` of its compute.
     pub fn crash_time(&self, fraction: f64) -> f64 {
         self.start + self.download + fraction * self.compute
     }
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }

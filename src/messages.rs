@@ -247,6 +247,9 @@ pub struct RoundSummary {
     /// Host seconds not spent training clients that were dropped before training (estimated
     /// from this run's host seconds per trained FLOP).
     pub host_seconds_saved: f64,
+    /// What secure aggregation cost the round: each phase's bytes and simulated seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_aggregation: Option<crate::secagg::cost::SecAggCost>,
     /// Why the round aggregated nothing on purpose (too few clients available), if so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,

@@ -360,6 +360,10 @@ pub struct Summary {
     /// busy seconds and bytes each way.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<crate::cluster::WorkerRecord>,
+    /// What secure aggregation cost the run, phase by phase, and the rounds it could not
+    /// unmask (`strategy.secure_aggregation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_aggregation: Option<crate::secagg::cost::SecAggRun>,
 }
 
 fn f32_name() -> String {

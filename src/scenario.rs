@@ -335,6 +335,28 @@ impl Scenario {
                 Err(e) => return Err(fail("model.source.Tiny.vocab_size", &e)),
             }
         }
+        self.check_ring(check.train as u64)?;
         Ok(check)
+    }
+
+    /// A given SecAgg+ `ring_bits` that sums of `train` examples' weights could wrap in.
+    fn check_ring(&self, train: u64) -> Result<(), ScenarioError> {
+        use file::SecureAggregation;
+        let Some(SecureAggregation::SecAggPlus {
+            ring_bits: Some(b), ..
+        }) = self.secure_aggregation()
+        else {
+            return Ok(());
+        };
+        let ring = crate::secagg::Ring::new(b).map_err(|e| ScenarioError::Invalid {
+            path: self.source_path.clone(),
+            field: "strategy.secure_aggregation.SecAggPlus.ring_bits".into(),
+            message: e.to_string(),
+        })?;
+        ring.check(train).map_err(|e| ScenarioError::Invalid {
+            path: self.source_path.clone(),
+            field: "strategy.secure_aggregation.SecAggPlus.ring_bits".into(),
+            message: format!("{e} ({train} training examples)"),
+        })
     }
 }

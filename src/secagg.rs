@@ -18,6 +18,7 @@
 //! as in the semi-honest SecAgg+ setting.
 
 pub mod client;
+pub mod cost;
 pub mod crypto;
 pub mod graph;
 pub mod messages;
@@ -97,7 +98,7 @@ pub enum SecAggError {
 }
 
 /// SecAgg+'s settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Params {
     /// Neighbours each client masks with and shares its secrets among (k; at least the
     /// sampled count − 1 is the complete graph, Bonawitz et al.).
@@ -108,6 +109,8 @@ pub struct Params {
     pub threshold: usize,
     /// The ring Z/2ᵇ the masked vectors live in.
     pub ring: Ring,
+    /// The throughputs its compute is priced with on the virtual clock.
+    pub compute: cost::Compute,
 }
 
 impl Params {

@@ -118,6 +118,13 @@ pub const BYZANTINE_SAMPLED: &str = "fedsim_byzantine_sampled";
 /// L2 distance between the last aggregate and the honest-only one.
 pub const AGG_DEVIATION: &str = "fedsim_aggregate_deviation";
 
+/// Bytes of each secure aggregation phase, both ways, by `phase`.
+pub const SECAGG_BYTES: &str = "fedsim_secure_aggregation_bytes_total";
+/// Simulated seconds each secure aggregation phase added to a round, by `phase`.
+pub const SECAGG_SECONDS: &str = "fedsim_secure_aggregation_seconds";
+/// Secure rounds that released nothing (`secagg_threshold`).
+pub const SECAGG_FAILED: &str = "fedsim_secure_aggregation_failed_rounds_total";
+
 /// A metric's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -184,6 +191,9 @@ pub const DEFS: &[Def] = &[
     def(SERVER_LR, Kind::Gauge, None, "Learning rate of the server optimiser (FedAvgM, FedAdagrad, FedAdam, FedYogi)."),
     def(BYZANTINE_SAMPLED, Kind::Gauge, None, "Byzantine clients among the last round's sampled clients."),
     def(AGG_DEVIATION, Kind::Gauge, None, "L2 distance between the last round's aggregate update and the same rule over the honest updates alone."),
+    def(SECAGG_BYTES, Kind::Counter, Some(Unit::Bytes), "Bytes of each secure aggregation phase (keys, shares, masked, unmask), both directions, by phase."),
+    def(SECAGG_SECONDS, Kind::Histogram, Some(Unit::Seconds), "Simulated seconds each secure aggregation phase took per round, by phase (masked: the mean client's masking compute; unmask: transfers and server compute)."),
+    def(SECAGG_FAILED, Kind::Counter, None, "Secure rounds whose sum could not be unmasked (secagg_threshold)."),
     def(WORKER_UP, Kind::Gauge, None, "Whether each slot worker answers (1) or is lost (0), by worker."),
     def(WORKER_SLOTS, Kind::Gauge, None, "Slots each worker offers."),
     def(WORKER_IN_FLIGHT, Kind::Gauge, None, "Jobs sent to each worker and not answered yet (its busy slots)."),
@@ -405,6 +415,13 @@ impl Telemetry {
             gauge!(BYZANTINE_SAMPLED).set(b.byzantine_sampled as f64);
             gauge!(AGG_DEVIATION).set(b.aggregate_deviation);
         }
+        if let Some(c) = &r.secure_aggregation {
+            for (phase, p) in c.phases() {
+                counter!(SECAGG_BYTES, "phase" => phase).increment(p.up_bytes + p.down_bytes);
+                histogram!(SECAGG_SECONDS, "phase" => phase).record(p.seconds);
+            }
+            counter!(SECAGG_FAILED).increment(u64::from(r.skipped.is_some()));
+        }
     }
 }
 
@@ -425,6 +442,7 @@ fn builder() -> PrometheusBuilder {
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(UPDATE_NORM.into()), &NORM_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ROUND_DURATION.into()), &SIM_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLIENT_PHASE.into()), &SIM_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SECAGG_SECONDS.into()), &SIM_BUCKETS))
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(WORKER_ROUND_TRIP.into()), &TRIP_BUCKETS)
         })

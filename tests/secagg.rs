@@ -122,6 +122,7 @@ fn params(neighbours: usize, threshold: usize, bits: u32) -> Params {
         neighbours,
         threshold,
         ring: Ring::new(bits).unwrap(),
+        compute: Default::default(),
     }
 }
 
@@ -181,6 +182,31 @@ fn a_ring_that_could_wrap_is_refused_with_the_bound() {
     let sum: Vec<u128> = a.iter().zip(&b).map(|(x, y)| ring.add(*x, *y)).collect();
     assert_eq!(ring.decode_mean(&sum).unwrap(), vec![big, -big]);
     assert!(ring.encode(0, &[f32::NAN], 1).is_err());
+    // `sim validate` refuses a given ring its data could wrap, naming the field and the bound
+    // (SMALL trains on 204 examples: 64 + 8 bits).
+    let s = small(&[
+        "strategy.secure_aggregation=SecAggPlus(neighbours: 3, threshold: 2, ring_bits: Some(70))",
+    ]);
+    let err = s.check_data().unwrap_err().to_string();
+    assert!(
+        err.contains("SecAggPlus.ring_bits") && err.contains("ring_bits ≥ 72"),
+        "{err}"
+    );
+    let s = small(&[
+        "strategy.secure_aggregation=SecAggPlus(neighbours: 3, threshold: 2, ring_bits: Some(72))",
+    ]);
+    s.check_data().unwrap();
+    // A masked vector with an element beyond the ring, or of the wrong length, is not added.
+    let ring = Ring::new(70).unwrap();
+    let mut sum = vec![5u128; 3];
+    let mut bytes = ring.to_bytes(&[1, 2, 3]);
+    assert!(!ring.add_bytes(&mut sum, &bytes[..18]));
+    bytes[26] = 0x40; // bit 70 of the third element
+    assert!(!ring.add_bytes(&mut sum, &bytes));
+    assert_eq!(sum, vec![5; 3]);
+    bytes[26] = 0x20; // bit 69: in the ring
+    assert!(ring.add_bytes(&mut sum, &bytes));
+    assert_eq!(sum, vec![6, 7, ring.add(8, 1 << 69)]);
 }
 
 #[test]

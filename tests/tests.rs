@@ -25,6 +25,7 @@ mod scale_async;
 mod scenario;
 mod schema;
 mod secagg;
+mod secagg_cost;
 mod signals;
 mod smollm2;
 mod strategy;

@@ -56,6 +56,8 @@ pub struct Aggregate {
     /// Why secure aggregation released nothing this round (`secagg_threshold`, …); the
     /// global adapter is then unchanged.
     pub secure_failure: Option<crate::secagg::SecAggError>,
+    /// A secure round's unmasking phase, for the clock and the records.
+    pub unmasking: Option<crate::secagg::cost::Unmasking>,
     /// The server optimiser's learning rate, when a server optimiser applies the update (so
     /// an overflow names the right knob).
     pub server_lr: Option<f64>,
@@ -126,8 +128,11 @@ pub enum AggregatorMsg {
         clients: Vec<(ClientId, ActorRef<crate::actors::client::ClientMsg>)>,
         /// Master seed (the neighbour graph).
         seed: u64,
-        /// Ok, or why the round cannot be aggregated securely.
-        reply: RpcReplyPort<Result<(), crate::secagg::SecAggError>>,
+        /// Each client's keys and shares messages, or why the round cannot be aggregated
+        /// securely.
+        reply: RpcReplyPort<
+            Result<Vec<(ClientId, crate::secagg::cost::ClientSetup)>, crate::secagg::SecAggError>,
+        >,
     },
     /// A client's masked vector (secure aggregation).
     Masked {
@@ -392,6 +397,7 @@ impl AggregatorState {
             server_lr: self.server_lr(),
             deviation,
             secure_failure: self.secure_failure.take(),
+            unmasking: None,
         }
     }
 

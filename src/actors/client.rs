@@ -66,6 +66,8 @@ pub enum ClientMsg {
         down_bytes: u64,
         /// Bytes to upload.
         up_bytes: u64,
+        /// Masking compute before the upload (secure aggregation), simulated seconds.
+        mask_s: f64,
         /// Where the plan goes.
         reply: RpcReplyPort<ClientPlan>,
     },
@@ -151,9 +153,10 @@ impl Actor for Client {
                 start,
                 down_bytes,
                 up_bytes,
+                mask_s,
                 reply,
             } => {
-                let plan = plan(st, round, start, down_bytes, up_bytes);
+                let plan = plan(st, round, start, (down_bytes, up_bytes), mask_s);
                 let _ = reply.send(plan);
             }
             ClientMsg::Fit(ins) => {
@@ -211,7 +214,13 @@ fn secure_phase(st: &mut ClientState, msg: ClientMsg) {
     }
 }
 
-fn plan(st: &mut ClientState, round: RoundId, start: f64, down: u64, up: u64) -> ClientPlan {
+fn plan(
+    st: &mut ClientState,
+    round: RoundId,
+    start: f64,
+    (down, up): (u64, u64),
+    mask_s: f64,
+) -> ClientPlan {
     let (a, ctx) = (&st.args, &st.args.ctx);
     let mut rng = rng_for(ctx.seed, &[purpose::TRAIN, round as u64, a.id as u64]);
     let schedule = Schedule::draw(a.shard.len(), &ctx.local, &mut rng);
@@ -222,7 +231,10 @@ fn plan(st: &mut ClientState, round: RoundId, start: f64, down: u64, up: u64) ->
         tokens += n;
     }
     let profile = ctx.faults.fleet().profile(a.id);
-    let timeline = Timeline::of(&profile, start, down, flops, up);
+    let timeline = Timeline {
+        mask: mask_s,
+        ..Timeline::of(&profile, start, down, flops, up)
+    };
     st.planned = Some((round, schedule, timeline));
     ClientPlan {
         timeline,

@@ -15,6 +15,7 @@ mod config;
 mod driver;
 mod outcome;
 mod record;
+mod secure;
 mod snapshot;
 mod state;
 mod synchronous;

@@ -338,7 +338,7 @@ impl Default for StrategySection {
 }
 
 /// How updates are hidden from the server (scenario `strategy.secure_aggregation`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum SecureAggregation {
     /// SecAgg+ (Bell et al. 2020): pairwise masks with `neighbours` others, secrets shared
@@ -350,6 +350,13 @@ pub enum SecureAggregation {
         threshold: usize,
         /// The ring Z/2^b (64..=128); None: 64 + ⌈log2(training examples + 1)⌉.
         ring_bits: Option<u32>,
+        /// A client's mask expansions, ring elements a second, for the virtual clock; None:
+        /// the value `cargo bench --bench secagg` measured (`secagg::cost`).
+        #[serde(default)]
+        client_elements_per_s: Option<f64>,
+        /// The server's, likewise.
+        #[serde(default)]
+        server_elements_per_s: Option<f64>,
     },
 }
 

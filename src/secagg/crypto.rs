@@ -3,9 +3,9 @@
 //! (rand_chacha), ChaCha20-Poly1305 for shares in transit (chacha20poly1305), and Shamir
 //! t-of-n sharing over GF(2⁸) byte by byte (vsss-rs).
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20::ChaCha20;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};

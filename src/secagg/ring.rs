@@ -179,7 +179,10 @@ impl Ring {
         }
         let top = self.bits.div_ceil(8) * 8 - self.bits; // unused high bits of the last byte
         let in_ring = |c: &[u8]| top == 0 || c[n - 1] >> (8 - top) == 0;
-        if !bytes.par_chunks(n * 4096).all(|p| p.chunks_exact(n).all(in_ring)) {
+        if !bytes
+            .par_chunks(n * 4096)
+            .all(|p| p.chunks_exact(n).all(in_ring))
+        {
             return false;
         }
         sum.par_chunks_mut(4096)

@@ -8,24 +8,10 @@ use super::client::pair_mask_seed;
 use super::crypto::{self, KeyPair};
 use super::graph::Graph;
 use super::messages::{
-    wire_bytes, AdvertiseKeys, KeyDirectory, MaskedInput, ShareInbox, ShareKeys, UnmaskRequest,
-    UnmaskResponse,
+    AdvertiseKeys, KeyDirectory, MaskedInput, ShareInbox, ShareKeys, UnmaskRequest, UnmaskResponse,
 };
 use super::{Params, SecAggError};
 use crate::ids::ClientId;
-
-/// Bytes of each phase, both directions (what the clock and the metrics charge).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PhaseBytes {
-    /// Keys advertised and key directories.
-    pub keys: u64,
-    /// Encrypted shares, up and routed down.
-    pub shares: u64,
-    /// Masked vectors.
-    pub masked: u64,
-    /// Unmasking requests and responses.
-    pub unmask: u64,
-}
 
 /// What a round released: the unmasked sum and who is in it.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +22,9 @@ pub struct Unmasked {
     pub survivors: Vec<ClientId>,
     /// Clients that shared their keys but sent no masked vector (their masks removed).
     pub dropped: Vec<ClientId>,
+    /// Masks regenerated and removed: one per survivor, one per (survivor, dropped
+    /// neighbour) pair.
+    pub masks: usize,
 }
 
 /// The server in one round.
@@ -51,8 +40,6 @@ pub struct SecAggServer {
     sum: Option<Vec<u128>>,
     survivors: BTreeSet<ClientId>,
     responses: BTreeMap<ClientId, UnmaskResponse>,
-    /// Bytes so far.
-    pub bytes: PhaseBytes,
 }
 
 impl SecAggServer {
@@ -77,7 +64,6 @@ impl SecAggServer {
             sum: None,
             survivors: BTreeSet::new(),
             responses: BTreeMap::new(),
-            bytes: PhaseBytes::default(),
         })
     }
 
@@ -97,7 +83,6 @@ impl SecAggServer {
         if self.graph.of(c).is_empty() || self.keys.contains_key(&c) {
             return Err(self.rejected(c, "keys from outside the round, or twice"));
         }
-        self.bytes.keys += wire_bytes(&keys);
         self.keys.insert(c, keys);
         Ok(())
     }
@@ -107,9 +92,7 @@ impl SecAggServer {
         let neighbours: Vec<AdvertiseKeys> = (self.graph.of(client).iter())
             .filter_map(|n| self.keys.get(n).cloned())
             .collect();
-        let d = KeyDirectory { neighbours };
-        self.bytes.keys += wire_bytes(&d);
-        d
+        KeyDirectory { neighbours }
     }
 
     /// Phase 1: a client's encrypted shares.
@@ -127,7 +110,6 @@ impl SecAggServer {
         if !fine {
             return Err(self.rejected(c, "shares from a client without keys, twice, or astray"));
         }
-        self.bytes.shares += wire_bytes(&shares);
         self.shares.insert(c, shares);
         Ok(())
     }
@@ -139,9 +121,7 @@ impl SecAggServer {
             .values()
             .flat_map(|s| s.shares.iter().filter(|e| e.to == client).cloned())
             .collect();
-        let inbox = ShareInbox { shares };
-        self.bytes.shares += wire_bytes(&inbox);
-        inbox
+        ShareInbox { shares }
     }
 
     /// Phase 2: a masked vector, added into the running sum at once (the server keeps no
@@ -160,7 +140,6 @@ impl SecAggServer {
             return Err(self.rejected(c, "a masked vector of the wrong size"));
         }
         self.survivors.insert(c);
-        self.bytes.masked += wire_bytes(input);
         Ok(())
     }
 
@@ -176,15 +155,13 @@ impl SecAggServer {
                 threshold: self.params.threshold,
             });
         }
-        let request = UnmaskRequest {
+        Ok(UnmaskRequest {
             survivors: self.survivors.iter().copied().collect(),
             dropped: (self.shares.keys())
                 .filter(|c| !self.survivors.contains(c))
                 .copied()
                 .collect(),
-        };
-        self.bytes.unmask += wire_bytes(&request) * self.survivors.len() as u64;
-        Ok(request)
+        })
     }
 
     /// Phase 3: a survivor's revealed shares.
@@ -196,7 +173,6 @@ impl SecAggServer {
         if !self.survivors.contains(&c) || self.responses.contains_key(&c) {
             return Err(self.rejected(c, "an unmasking response from a non-survivor, or twice"));
         }
-        self.bytes.unmask += wire_bytes(&response);
         self.responses.insert(c, response);
         Ok(())
     }
@@ -240,6 +216,7 @@ impl SecAggServer {
     pub fn finish(&self) -> Result<Unmasked, SecAggError> {
         let ring = self.params.ring;
         let mut sum = self.sum.clone().unwrap_or_else(|| vec![0; self.len]);
+        let mut masks = self.survivors.len();
         for &i in &self.survivors {
             let seed = self.reconstruct(i, false)?;
             crypto::apply_mask(ring, &seed, true, &mut sum);
@@ -263,6 +240,7 @@ impl SecAggServer {
                 if self.survivors.contains(&i) {
                     let seed = pair_mask_seed(self.round, j, i, &pair, &self.keys[&i].mask_pk);
                     crypto::apply_mask(ring, &seed, i < j, &mut sum);
+                    masks += 1;
                 }
             }
         }
@@ -270,6 +248,7 @@ impl SecAggServer {
             sum,
             survivors: self.survivors.iter().copied().collect(),
             dropped,
+            masks,
         })
     }
 }

@@ -60,6 +60,7 @@ impl Book {
             wall_seconds: 0.0,
             peak_rss_bytes: 0,
             workers: Vec::new(),
+            secure_aggregation: None,
         };
         Self { summary, started }
     }
@@ -95,6 +96,11 @@ impl Book {
         m.dropped.crashed += r.crashed;
         m.dropped.deadline += r.missed_deadline;
         m.dropped.failed += r.failed;
+        if let Some(c) = &r.secure_aggregation {
+            let run = m.secure_aggregation.get_or_insert_with(Default::default);
+            run.cost.accumulate(c);
+            run.failed_rounds += usize::from(secure_failed(r));
+        }
         m.wall_seconds = self.started.elapsed().as_secs_f64();
     }
 
@@ -142,6 +148,9 @@ impl Book {
         m.bytes_down_total = down.unwrap_or(u64::MAX);
         m.bytes_up_total = up.unwrap_or(u64::MAX);
         m.tokens_trained = o.rounds.iter().map(|r| r.tokens).sum();
+        m.secure_aggregation = crate::secagg::cost::SecAggRun::of(
+            (o.rounds.iter()).map(|r| (&r.secure_aggregation, secure_failed(r))),
+        );
         m.sim_seconds = last.map_or(0.0, |r| r.sim_start_s + r.sim_duration_s);
         m.dropped = Dropped {
             crashed: o.rounds.iter().map(|r| r.crashed).sum(),
@@ -251,4 +260,9 @@ fn untrustworthy(m: &Summary, bytes_fit: bool) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// Whether a secure round released nothing (its `skipped` reason is the protocol's).
+fn secure_failed(r: &RoundSummary) -> bool {
+    r.secure_aggregation.is_some() && r.skipped.is_some()
 }

@@ -115,6 +115,8 @@ pub(super) fn secagg_params(
         neighbours,
         threshold,
         ring_bits,
+        client_elements_per_s,
+        server_elements_per_s,
     }) = s.secure_aggregation()
     else {
         return Ok(None);
@@ -132,6 +134,12 @@ pub(super) fn secagg_params(
         neighbours,
         threshold,
         ring,
+        compute: crate::secagg::cost::Compute {
+            client_elements_per_s: client_elements_per_s
+                .unwrap_or(crate::secagg::cost::CLIENT_ELEMENTS_PER_S),
+            server_elements_per_s: server_elements_per_s
+                .unwrap_or(crate::secagg::cost::SERVER_ELEMENTS_PER_S),
+        },
     }))
 }
 

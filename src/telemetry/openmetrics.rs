@@ -41,7 +41,7 @@ impl Family {
 }
 
 /// The families of `metrics.om`, in order (the histograms are live-only).
-const FAMILIES: [&str; 27] = [
+const FAMILIES: [&str; 29] = [
     RUN_INFO,
     ROUND,
     ROUNDS_COMPLETED,
@@ -69,6 +69,8 @@ const FAMILIES: [&str; 27] = [
     AGG_DEVIATION,
     EVAL_ACCURACY,
     EVAL_MACRO_F1,
+    SECAGG_BYTES,
+    SECAGG_FAILED,
 ];
 
 /// Render `rounds` as OpenMetrics text (ends with `# EOF`).
@@ -84,6 +86,7 @@ pub fn render(rounds: &[RoundSummary], info: &RunInfo) -> String {
     let (mut done, mut ok, mut failed, mut down, mut up, mut tokens, mut clipped) =
         (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     let (mut dropped, mut saved) = ([0.0f64; 4], 0.0);
+    let mut secure = Secure::default();
     for r in rounds {
         let t = r.finished_at;
         done += 1.0;
@@ -121,6 +124,7 @@ pub fn render(rounds: &[RoundSummary], info: &RunInfo) -> String {
             fams[22].push("", t, lr);
         }
         clipped = optional_families(&mut fams, r, info, t, clipped);
+        secure.push(&mut fams, r, t);
     }
     write_families(&fams)
 }
@@ -189,4 +193,25 @@ fn optional_families(
         fams[15].push("", t, clipped);
     }
     clipped
+}
+
+/// Secure aggregation's cumulative counters.
+#[derive(Default)]
+struct Secure {
+    bytes: [f64; 4],
+    failed: f64,
+}
+
+impl Secure {
+    fn push(&mut self, fams: &mut [Family], r: &RoundSummary, t: f64) {
+        let Some(c) = &r.secure_aggregation else {
+            return;
+        };
+        for (i, (phase, p)) in c.phases().into_iter().enumerate() {
+            self.bytes[i] += (p.up_bytes + p.down_bytes) as f64;
+            fams[27].push(&format!("phase=\"{phase}\""), t, self.bytes[i]);
+        }
+        self.failed += f64::from(u8::from(r.skipped.is_some()));
+        fams[28].push("", t, self.failed);
+    }
 }

@@ -14,13 +14,18 @@ use crate::strategy::fedavg::add;
 
 use crate::actors::client::ClientMsg;
 use crate::messages::{ClientId, RoundId};
+use crate::secagg::cost::{ClientSetup, Unmasking};
 use crate::secagg::graph::Graph;
-use crate::secagg::messages::MaskedInput;
+use crate::secagg::messages::{wire_bytes, MaskedInput};
 use crate::secagg::{Params, SecAggError, SecAggServer};
 
 /// How long a client actor has to answer a phase message (it is idle then: it answers at
 /// once unless it is gone).
 const PHASE_WITHIN_MS: u64 = 60_000;
+
+/// A secure round's release: the survivors' mean update (None when their weights sum to 0),
+/// how many they were, and their total weight.
+pub(super) type Released = (Option<Vec<f32>>, usize, u64);
 
 /// The aggregator's side of one secure round.
 pub(super) struct SecureRound {
@@ -40,11 +45,12 @@ impl SecureRound {
         params: Params,
         clients: Vec<(ClientId, ActorRef<ClientMsg>)>,
         (seed, values): (u64, usize),
-    ) -> Result<Self, SecAggError> {
+    ) -> Result<(Self, Vec<(ClientId, ClientSetup)>), SecAggError> {
         let ids: Vec<ClientId> = clients.iter().map(|(c, _)| *c).collect();
         let graph = Graph::new(&ids, params.neighbours, seed, round as u64);
         let mut server = SecAggServer::new(round as u64, params, graph.clone(), values)?;
         let clients: BTreeMap<ClientId, ActorRef<ClientMsg>> = clients.into_iter().collect();
+        let mut costs: BTreeMap<ClientId, ClientSetup> = BTreeMap::new();
         for (&c, actor) in &clients {
             let neighbours = graph.of(c).to_vec();
             let keys = ractor::call_t!(
@@ -58,31 +64,40 @@ impl SecureRound {
                 PHASE_WITHIN_MS
             );
             if let Ok(keys) = keys {
+                costs.entry(c).or_default().keys_up = wire_bytes(&keys);
                 server.receive_keys(keys)?;
             }
         }
-        for (&c, actor) in &clients {
+        for (&c, cost) in costs.iter_mut() {
+            let actor = &clients[&c];
             let directory = server.directory_for(c);
+            cost.keys_down = wire_bytes(&directory);
             let shares = ractor::call_t!(
                 actor,
                 |reply| ClientMsg::SecAggShare { directory, reply },
                 PHASE_WITHIN_MS
             );
             match shares {
-                Ok(Ok(shares)) => server.receive_shares(shares)?,
+                Ok(Ok(shares)) => {
+                    cost.shares_up = wire_bytes(&shares);
+                    server.receive_shares(shares)?;
+                }
                 Ok(Err(e)) => tracing::debug!(client = c, error = %e, "left at the shares phase"),
                 Err(_) => {}
             }
         }
-        for (&c, actor) in &clients {
+        for (&c, cost) in costs.iter_mut().filter(|(_, k)| k.shares_up > 0) {
             let inbox = server.inbox_for(c);
-            let _ = actor.send_message(ClientMsg::SecAggInbox(inbox));
+            cost.shares_down = wire_bytes(&inbox);
+            cost.masks = 1 + inbox.shares.len();
+            let _ = clients[&c].send_message(ClientMsg::SecAggInbox(inbox));
         }
-        Ok(Self {
+        let round = Self {
             server,
             params,
             clients,
-        })
+        };
+        Ok((round, costs.into_iter().collect()))
     }
 
     /// A client's masked vector, summed at once.
@@ -100,8 +115,15 @@ impl SecureRound {
     /// # Errors
     /// Fewer than `threshold` survivors or shares (`secagg_threshold`), or shares that do
     /// not reconstruct.
-    pub(super) async fn finish(mut self) -> Result<(Option<Vec<f32>>, usize, u64), SecAggError> {
+    pub(super) async fn finish(mut self) -> (Result<Released, SecAggError>, Unmasking) {
+        let mut unmasking = Unmasking::default();
+        let released = self.unmask(&mut unmasking).await;
+        (released, unmasking)
+    }
+
+    async fn unmask(&mut self, unmasking: &mut Unmasking) -> Result<Released, SecAggError> {
         let request = self.server.unmask_request()?;
+        let down = wire_bytes(&request);
         for c in &request.survivors {
             let Some(actor) = self.clients.get(c) else {
                 continue;
@@ -115,11 +137,18 @@ impl SecureRound {
                 },
                 PHASE_WITHIN_MS
             );
-            if let Ok(Ok(r)) = response {
-                self.server.receive_unmask(r)?;
-            }
+            let up = match response {
+                Ok(Ok(r)) => {
+                    let up = wire_bytes(&r);
+                    self.server.receive_unmask(r)?;
+                    up
+                }
+                _ => 0,
+            };
+            unmasking.messages.push((*c, down, up));
         }
         let unmasked = self.server.finish()?;
+        unmasking.masks = unmasked.masks;
         let ring = self.params.ring;
         let mean = ring.decode_mean(&unmasked.sum);
         let weight = (unmasked.sum.last())
@@ -136,13 +165,13 @@ impl AggregatorState {
         params: Params,
         clients: Vec<(ClientId, ActorRef<ClientMsg>)>,
         seed: u64,
-    ) -> Result<(), SecAggError> {
+    ) -> Result<Vec<(ClientId, ClientSetup)>, SecAggError> {
         let values = self.acc.len();
         let set_up = SecureRound::set_up(self.round, params, clients, (seed, values)).await;
         match set_up {
-            Ok(round) => {
+            Ok((round, costs)) => {
                 self.secure = Some(round);
-                Ok(())
+                Ok(costs)
             }
             Err(e) => {
                 self.secure_failure = Some(e.clone());
@@ -166,7 +195,8 @@ impl AggregatorState {
         global: Arc<AdapterSet>,
         round: SecureRound,
     ) -> Aggregate {
-        let (next, folded, examples, failure) = match round.finish().await {
+        let (released, unmasking) = round.finish().await;
+        let (next, folded, examples, failure) = match released {
             Ok((Some(mean), survivors, weight)) => {
                 let step = match self.server.as_mut() {
                     Some(state) => state.step(&mean),
@@ -187,6 +217,7 @@ impl AggregatorState {
             server_lr: self.server_lr(),
             deviation: None,
             secure_failure: failure.or_else(|| self.secure_failure.take()),
+            unmasking: Some(unmasking),
         }
     }
 }

@@ -357,6 +357,7 @@ impl FedBuff {
         // twice in a window must not crash twice by construction): key it by the dispatch count.
         let key = self.state.dispatched;
         let plan = ractor::call!(actor, |reply| ClientMsg::Plan {
+            mask_s: 0.0,
             round: key as usize,
             start: now,
             down_bytes: bytes,
@@ -424,6 +425,7 @@ impl FedBuff {
             };
             let bytes = flight.payload.len() as u64;
             let planned = ractor::call!(actor, |reply| ClientMsg::Plan {
+                mask_s: 0.0,
                 round: flight.key as usize,
                 start: flight.start,
                 down_bytes: bytes,

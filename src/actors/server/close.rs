@@ -41,6 +41,9 @@ pub(super) async fn close_round(
     })?;
     let round = st.current.round;
     st.current.settle();
+    if let Some(u) = &agg.unmasking {
+        super::secure::unmask(st, u);
+    }
     for (client, why) in &agg.rejected {
         tracing::warn!("round {round}: update of client {client} rejected: {why}");
     }

@@ -45,6 +45,8 @@ pub(super) struct RoundState {
     pub staleness: Vec<usize>,
     /// Sampling rate this round is accounted with (DP).
     pub q: f64,
+    /// What secure aggregation cost the round, when it is on.
+    pub secure: Option<crate::secagg::cost::SecAggCost>,
     /// Virtual start and close of the round.
     pub sim_start: f64,
     pub close_at: f64,
@@ -158,6 +160,7 @@ impl RoundState {
         RoundSummary {
             dp: r.dp,
             byzantine: r.byzantine,
+            secure_aggregation: self.secure,
             update_norms: self.norms.clone(),
             phases: self.phases.clone(),
             clients: {

@@ -12,6 +12,7 @@ use super::close::{close_round, short_round, Closed};
 use super::config::ServerMsg;
 use super::outcome::EarlyStop;
 use super::record::RoundState;
+use super::secure;
 use super::state::Core;
 use crate::actors::aggregator::{AggregatorMsg, DpRound};
 use crate::actors::client::ClientMsg;
@@ -20,37 +21,6 @@ use crate::privacy::DpSampling;
 use crate::rng::{purpose, rng_for};
 use crate::shutdown::StopLevel;
 use crate::stragglers::{decide, Decision, Stragglers};
-
-/// Bytes a client uploads: its update as sent (`plain`), or under secure aggregation its
-/// masked vector, ⌈b/8⌉ bytes a value and one for the weight.
-fn upload_bytes(st: &Core, plain: u64) -> u64 {
-    st.args.config.secagg.map_or(plain, |p| {
-        p.ring.element_bytes() as u64 * (st.global.data().len() as u64 + 1)
-    })
-}
-
-/// Secure aggregation's keys and shares phases with the round's sampled clients, before any
-/// trains (nothing to do without it). `Err(why)`: the round cannot be aggregated securely.
-async fn secure_setup(
-    st: &mut Core,
-    chosen: &[ClientId],
-) -> Result<Result<(), String>, ActorProcessingErr> {
-    let Some(params) = st.args.config.secagg else {
-        return Ok(Ok(()));
-    };
-    let clients = chosen
-        .iter()
-        .filter_map(|c| st.clients.get(c).map(|a| (*c, a.clone())))
-        .collect();
-    let seed = st.args.config.seed;
-    let answer = ractor::call!(st.args.aggregator, |reply| AggregatorMsg::SecAggSetup {
-        params,
-        clients,
-        seed,
-        reply
-    })?;
-    Ok(answer.map_err(|e| e.to_string()))
-}
 
 /// The synchronous driver: one round at a time, every sampled client from the same model.
 #[derive(Debug, Clone, Copy)]
@@ -78,33 +48,36 @@ impl SyncRounds {
         }
         let start = st.clock;
         let available = online(st, round, start);
-        let s = st.args.config.sampling;
-        let needed = s.min_available_clients.max(s.min_fit_clients);
-        if available.len() < needed {
-            let why = format!(
-                "{} of {} clients available at t = {start:.1} s, fewer than the {needed} needed \
-                 (strategy.min_available_clients / min_fit_clients)",
-                available.len(),
-                st.alive.len()
-            );
+        if let Some(why) = too_few(st, start, available.len()) {
             let closed = short_round(me, st, round, start, available.len(), why, None).await?;
             return self.next(me, st, closed);
         }
-        let target = s.sample_size(available.len());
+        let target = st.args.config.sampling.sample_size(available.len());
         let extra = match self.stragglers {
             Stragglers::OverSelect { extra } => extra,
             _ => 0,
         };
-        let k = (target + extra).min(available.len());
-        let chosen = sample_clients(st, round, &available, k);
+        let chosen = sample_clients(st, round, &available, target + extra);
         let Some(q) = check_budget(me, st, round, chosen.len(), available.len()) else {
             return Ok(());
         };
         let payload = Arc::new(st.global.to_safetensors()?);
         let bytes = payload.len() as u64;
         st.spawn_clients(me, &chosen).await?;
-        let up = upload_bytes(st, bytes);
-        let plans = collect_plans(&st.clients, round, start, (bytes, up), &chosen).await;
+        let dp = dp_round(st, q, available.len());
+        st.args
+            .aggregator
+            .send_message(AggregatorMsg::Begin { round, dp })?;
+        let setup = match secure::set_up(st, &chosen).await? {
+            Ok(setup) => setup,
+            Err(why) => {
+                let closed = short_round(me, st, round, start, available.len(), why, None).await?;
+                return self.next(me, st, closed);
+            }
+        };
+        let up = secure::upload_bytes(st, bytes);
+        let when = (start + setup.seconds, &setup.mask_s);
+        let plans = collect_plans(&st.clients, round, when, (bytes, up), &chosen).await;
         let plans_ok: Vec<(ClientId, ClientPlan)> = plans
             .iter()
             .filter_map(|(c, p)| p.as_ref().ok().map(|p| (*c, *p)))
@@ -119,14 +92,7 @@ impl SyncRounds {
         cur.unavailable = unavailable;
         cur.bytes_down = bytes * chosen.len() as u64;
         cur.q = q;
-        let dp = dp_round(st, q, available.len());
-        st.args
-            .aggregator
-            .send_message(AggregatorMsg::Begin { round, dp })?;
-        if let Err(why) = secure_setup(st, &chosen).await? {
-            let closed = short_round(me, st, round, start, available.len(), why, None).await?;
-            return self.next(me, st, closed);
-        }
+        cur.secure = setup.cost;
         dispatch(st, &plans, decided.decisions, &payload);
         if st.current.pending.is_empty() {
             self.close(me, st).await?;
@@ -210,6 +176,19 @@ impl SyncRounds {
         }
         Ok(())
     }
+}
+
+/// Why a round with `available` clients online at `start` cannot run, if it cannot.
+fn too_few(st: &Core, start: f64, available: usize) -> Option<String> {
+    let s = st.args.config.sampling;
+    let needed = s.min_available_clients.max(s.min_fit_clients);
+    (available < needed).then(|| {
+        format!(
+            "{available} of {} clients available at t = {start:.1} s, fewer than the {needed} \
+             needed (strategy.min_available_clients / min_fit_clients)",
+            st.alive.len()
+        )
+    })
 }
 
 /// The clients online at `start`.
@@ -326,7 +305,7 @@ fn dp_round(st: &Core, q: f64, available: usize) -> Option<DpRound> {
 async fn collect_plans(
     clients: &HashMap<ClientId, ActorRef<ClientMsg>>,
     round: RoundId,
-    start: f64,
+    (start, mask_s): (f64, &HashMap<ClientId, f64>),
     (down, up): (u64, u64),
     chosen: &[ClientId],
 ) -> Vec<(ClientId, Result<ClientPlan, String>)> {
@@ -338,6 +317,7 @@ async fn collect_plans(
             start,
             down_bytes: down,
             up_bytes: up,
+            mask_s: mask_s.get(&c).copied().unwrap_or(0.0),
             reply: RpcReplyPort::from(tx),
         };
         let sent = match clients.get(&c) {
@@ -362,6 +342,7 @@ async fn collect_plans(
 /// Flower's fixed-size sample of `k` (plus over-selection), or Poisson sampling under
 /// `dp.sampling: Poisson`; sorted.
 fn sample_clients(st: &Core, round: RoundId, available: &[ClientId], k: usize) -> Vec<ClientId> {
+    let k = k.min(available.len());
     let mut rng = rng_for(st.args.config.seed, &[purpose::SAMPLE, round as u64]);
     let poisson = st
         .ledger

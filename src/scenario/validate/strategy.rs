@@ -49,10 +49,13 @@ fn check_secure(
         neighbours,
         threshold,
         ring_bits,
+        client_elements_per_s,
+        server_elements_per_s,
     }) = file.strategy.secure_aggregation
     else {
         return Ok(());
     };
+    check_rates(c, [client_elements_per_s, server_elements_per_s])?;
     let f = "strategy.secure_aggregation";
     c.ensure(
         (2..=255).contains(&neighbours),
@@ -103,6 +106,21 @@ fn check_secure(
         Some(why) => Err(c.fail(f, format!("cannot be combined with {why}"))),
         None => Ok(()),
     }
+}
+
+/// SecAgg+'s compute throughputs, when given: positive and finite.
+fn check_rates(c: &Check<'_>, rates: [Option<f64>; 2]) -> Result<(), ScenarioError> {
+    let fields = ["client_elements_per_s", "server_elements_per_s"];
+    for (v, field) in rates.into_iter().zip(fields) {
+        if let Some(v) = v {
+            c.finite_in(
+                v,
+                Range::open_closed(0.0, f64::MAX),
+                &format!("strategy.secure_aggregation.SecAggPlus.{field}"),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// The rule's own parameters, at path `f`.
