@@ -16,6 +16,21 @@ pub struct FitConfig {
     pub lr: f64,
     /// Client-side DP clipping: clip the update to this L2 norm before upload.
     pub clip_norm: Option<f64>,
+    /// Distributed DP: the noise a client adds to its clipped update before upload.
+    pub noise: Option<ClientNoise>,
+    /// Every client weighs the same (DP: sensitivity C per client), not by its examples.
+    pub uniform_weight: bool,
+}
+
+/// Distributed DP: the Gaussian noise one client adds to each value of its clipped update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClientNoise {
+    /// Its standard deviation: z·C / √min_survivors.
+    pub stddev: f64,
+    /// How its generator is seeded (per round and client).
+    pub source: crate::privacy::NoiseSource,
+    /// The master seed (seeded noise).
+    pub seed: u64,
 }
 
 /// Fit instructions: the global adapter as it goes over the wire, and the config.

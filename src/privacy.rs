@@ -12,7 +12,7 @@ pub mod special;
 pub use accountant::{calibrate_noise, epsilon_after, noise_for_epsilon, Guarantee, RdpAccountant};
 pub use clip::{clip_l2, Clipped};
 pub use ledger::{LedgerSnapshot, PrivacyLedger};
-pub use mechanism::{DpPlan, DpSampling, Mechanism};
+pub use mechanism::{DpPlan, DpSampling, Mechanism, NoiseBy};
 pub use noise::NoiseSource;
 pub use pld::{gaussian_epsilon_exact, pld_epsilon};
 pub use rdp::{FracSeries, SamplingScheme};

@@ -282,6 +282,7 @@ mod adaptive {
             max_epsilon: None,
             sampling: DpSampling::Poisson,
             noise: NoiseSource::Seeded,
+            noise_by: Default::default(),
             series: FracSeries::AbsoluteBound,
             pld: false,
         }

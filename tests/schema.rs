@@ -124,7 +124,7 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
     use fedsim::devices::{DeviceProfile, Dist, Profiles, Tier};
     use fedsim::eval::task::TaskSource;
     use fedsim::model::{BasePrecision, InferenceActivations, LlamaConfig, TargetModule};
-    use fedsim::privacy::{DpSampling, FracSeries, Mechanism, NoiseSource};
+    use fedsim::privacy::{DpSampling, FracSeries, Mechanism, NoiseBy, NoiseSource};
     use fedsim::stragglers::{Staleness, Stragglers};
     use fedsim::trainer::TrainerKind;
 
@@ -169,6 +169,7 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
         FracSeries,
         Mechanism,
         NoiseSource,
+        NoiseBy,
         Staleness,
         Stragglers,
         TrainerKind,

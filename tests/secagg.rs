@@ -481,8 +481,15 @@ fn secure_aggregation_is_refused_where_the_server_needs_each_update() {
         e.contains("strategy.secure_aggregation") && e.contains("Median"),
         "{e}"
     );
-    let e = refused(&[crate::util::DP]);
-    assert!(e.contains("dp"), "{e}");
+    // The server cannot clip what it never sees (DP with client-side clipping is fine).
+    let e = refused(&[
+        crate::util::DP,
+        "dp.mechanism=ServerSideFixed(clip_norm: 0.5, noise_multiplier: 1.0)",
+    ]);
+    assert!(
+        e.contains("dp.mechanism") && e.contains("ClientSideFixed"),
+        "{e}"
+    );
     let bad =
         "strategy.secure_aggregation=SecAggPlus(neighbours: 3, threshold: 5, ring_bits: None)";
     let e = fedsim::fmt::chain(&crate::util::scenario(crate::util::SMALL, &[bad]).unwrap_err());

@@ -26,6 +26,7 @@ mod scenario;
 mod schema;
 mod secagg;
 mod secagg_cost;
+mod secagg_dp;
 mod signals;
 mod smollm2;
 mod strategy;

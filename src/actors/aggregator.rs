@@ -9,14 +9,16 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+mod finish;
 mod secure;
+
+pub use finish::Withheld;
 
 use crate::messages::{ClientId, RoundId};
 use crate::model::{AdapterLayout, AdapterSet, PayloadReader};
 use crate::privacy::NoiseSource;
-use crate::strategy::fedavg::add;
 use crate::strategy::norm_bounded;
-use crate::strategy::{FedAvgAccumulator, Needs, RobustRule, ServerState, Strategy};
+use crate::strategy::{FedAvgAccumulator, Needs, ServerState, Strategy};
 
 /// Aggregator actor.
 pub struct Aggregator;
@@ -53,9 +55,9 @@ pub struct Aggregate {
     pub noise_stddev: Option<f64>,
     /// Byzantine updates among those aggregated.
     pub byzantine: usize,
-    /// Why secure aggregation released nothing this round (`secagg_threshold`, …); the
-    /// global adapter is then unchanged.
-    pub secure_failure: Option<crate::secagg::SecAggError>,
+    /// Why the round released nothing on purpose (`secagg_threshold`, `dp_min_survivors`);
+    /// the global adapter is then unchanged.
+    pub withheld: Option<Withheld>,
     /// A secure round's unmasking phase, for the clock and the records.
     pub unmasking: Option<crate::secagg::cost::Unmasking>,
     /// The server optimiser's learning rate, when a server optimiser applies the update (so
@@ -83,14 +85,28 @@ pub struct AggregatorArgs {
 pub struct DpRound {
     /// Server-side clipping norm (None when clients clip).
     pub server_clip: Option<f64>,
-    /// Std of the noise added to the sum of clipped updates: z·C.
+    /// Std of the noise the server adds to the sum of clipped updates: z·C (0 when the
+    /// clients add it).
     pub sum_stddev: f64,
+    /// Distributed DP: each client's noise std and the fewest updates a round may release.
+    pub client_noise: Option<(f64, usize)>,
     /// Fixed denominator of the average (Poisson: q·N); None: the number aggregated.
     pub denominator: Option<f64>,
     /// Noise seeding.
     pub noise: NoiseSource,
     /// Master seed (for seeded noise).
     pub seed: u64,
+}
+
+impl DpRound {
+    /// Std of the noise on the released average of `updates` updates over `denominator`:
+    /// the server's z·C, or the clients' √updates shares of it.
+    pub fn released_stddev(&self, updates: usize, denominator: f64) -> f64 {
+        match self.client_noise {
+            Some((client, _)) => client * (updates as f64).sqrt() / denominator,
+            None => self.sum_stddev / denominator,
+        }
+    }
 }
 
 /// Messages the aggregator understands.
@@ -187,7 +203,7 @@ pub struct AggregatorState {
     /// The round's secure aggregation, when on.
     secure: Option<secure::SecureRound>,
     /// Why this round's secure aggregation cannot release anything.
-    secure_failure: Option<crate::secagg::SecAggError>,
+    withheld: Option<Withheld>,
 }
 
 impl Actor for Aggregator {
@@ -223,7 +239,7 @@ impl Actor for Aggregator {
             rejected: Vec::new(),
             held: std::collections::HashMap::new(),
             secure: None,
-            secure_failure: None,
+            withheld: None,
         })
     }
 
@@ -301,7 +317,7 @@ impl AggregatorState {
         self.byzantine = 0;
         self.rejected.clear();
         self.secure = None;
-        self.secure_failure = None;
+        self.withheld = None;
     }
 
     /// Parse and fold (or hold) one upload; a corrupt payload or update is recorded as rejected.
@@ -374,130 +390,5 @@ impl AggregatorState {
         if let Err(e) = folded {
             self.rejected.push((client, e));
         }
-    }
-}
-
-impl AggregatorState {
-    /// Close the round with the run's strategy: the new global adapter and what went into it.
-    fn finish(&mut self, global: Arc<AdapterSet>) -> Aggregate {
-        for (client, e) in self.acc.take_rejected() {
-            self.rejected.push((client as ClientId, e.into()));
-        }
-        let (next, folded, examples, noise_stddev, deviation) = match self.strategy {
-            Strategy::Robust(rule) => self.finish_robust(global, rule),
-            _ => self.finish_stream(global),
-        };
-        Aggregate {
-            global: next,
-            folded,
-            examples,
-            rejected: std::mem::take(&mut self.rejected),
-            noise_stddev,
-            byzantine: self.byzantine,
-            server_lr: self.server_lr(),
-            deviation,
-            secure_failure: self.secure_failure.take(),
-            unmasking: None,
-        }
-    }
-
-    pub(super) fn server_lr(&self) -> Option<f64> {
-        match &self.strategy {
-            Strategy::ServerOpt(o) => Some(o.server_lr()),
-            _ => None,
-        }
-    }
-
-    /// FedAvg, norm-bounded FedAvg or a server optimiser over the streaming mean (noised
-    /// under DP).
-    fn finish_stream(&mut self, global: Arc<AdapterSet>) -> Closed {
-        let folded = self.acc.count();
-        let examples = self.acc.total_weight();
-        if folded == 0 && self.dp.is_none() {
-            return (global, 0, examples, None, None);
-        }
-        // The honest-only mean is compared with the exact (un-noised) mean of all updates.
-        let honest = self.honest.as_mut().map(|h| h.mean());
-        let len = self.acc.len();
-        let exact = (self.dp.is_none() || honest.is_some())
-            .then(|| self.acc.mean().unwrap_or_else(|| vec![0.0; len]));
-        let deviation = honest.map(|h| distance(exact.as_deref().unwrap_or(&[]), h.as_deref()));
-        let (delta, noise_stddev) = match self.dp {
-            None => (exact.unwrap_or_default(), None),
-            Some(dp) => {
-                let denom = dp.denominator.unwrap_or(folded as f64);
-                if denom <= 0.0 {
-                    return (global, folded, examples, None, None);
-                }
-                let mut noise = dp.noise.generator(dp.seed, self.round, 0, dp.sum_stddev);
-                let mean = self.acc.noised_mean(denom, &mut noise);
-                (mean, Some(dp.sum_stddev / denom))
-            }
-        };
-        let step = match self.server.as_mut() {
-            Some(state) => state.step(&delta),
-            None => delta,
-        };
-        (
-            Arc::new(add(&global, &step)),
-            folded,
-            examples,
-            noise_stddev,
-            deviation,
-        )
-    }
-
-    /// A robust rule over every update, ordered by client id.
-    fn finish_robust(&mut self, global: Arc<AdapterSet>, rule: RobustRule) -> Closed {
-        let collected = std::mem::take(&mut self.collected);
-        let folded = collected.len();
-        let all: Vec<&[f32]> = collected.values().map(|(u, _)| u.as_slice()).collect();
-        if all.is_empty() {
-            return (global, 0, 0, None, None);
-        }
-        let delta = match rule.apply(&all) {
-            Ok(d) => d,
-            Err(e) => {
-                // A chosen update that FedAvg would refuse: the round keeps the old global.
-                for &c in collected.keys() {
-                    self.rejected.push((c, e.clone().into()));
-                }
-                return (global, 0, 0, None, None);
-            }
-        };
-        let deviation = self.honest.is_some().then(|| {
-            let honest: Vec<&[f32]> = collected
-                .values()
-                .filter(|(_, byz)| !byz)
-                .map(|(u, _)| u.as_slice())
-                .collect();
-            let h = (!honest.is_empty())
-                .then(|| rule.apply(&honest).ok())
-                .flatten();
-            distance(&delta, h.as_deref())
-        });
-        (
-            Arc::new(add(&global, &delta)),
-            folded,
-            folded as u64,
-            None,
-            deviation,
-        )
-    }
-}
-
-/// (new global, updates aggregated, weight behind them, DP noise std, deviation).
-type Closed = (Arc<AdapterSet>, usize, u64, Option<f64>, Option<f64>);
-
-/// L2 distance between two aggregate updates (to zero when the honest side is empty).
-fn distance(a: &[f32], b: Option<&[f32]>) -> f64 {
-    match b {
-        Some(b) => a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-            .sum::<f64>()
-            .sqrt(),
-        None => a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt(),
     }
 }

@@ -272,7 +272,7 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
     let secure = st.secure.as_mut().filter(|s| s.round == ins.round);
     let (upload, bytes) = match secure {
         // Secure aggregation: only the masked vector leaves the client.
-        Some(s) => match s.masked(out.update.data(), a.shard.len() as u64) {
+        Some(s) => match s.masked(out.update.data(), weight(a, &ins)) {
             Ok(input) => {
                 let bytes = input.masked.len() as u64;
                 let permit = Some(permit);
@@ -310,6 +310,15 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         host_seconds,
         timeline,
     }))
+}
+
+/// The client's FedAvg weight: its examples, or 1 when every client weighs the same (DP).
+fn weight(a: &ClientArgs, ins: &FitIns) -> u64 {
+    if ins.config.uniform_weight {
+        1
+    } else {
+        a.shard.len() as u64
+    }
 }
 
 /// Why a training job gave no update.
@@ -362,11 +371,24 @@ fn before_upload(a: &ClientArgs, ins: &FitIns, update: &mut AdapterSet) -> (bool
         }
         _ => (false, false),
     };
-    match ins.config.clip_norm.filter(|_| !corrupted) {
+    let clipped = match ins.config.clip_norm.filter(|_| !corrupted) {
         Some(c) => {
             let r = crate::privacy::clip_l2(update.data_mut(), c);
             (byzantine, r.norm, r.clipped)
         }
         None => (byzantine, update.l2_norm(), false),
+    };
+    if let (Some(n), false) = (ins.config.noise, corrupted) {
+        add_noise(update.data_mut(), n, ins.round, a.id);
+    }
+    clipped
+}
+
+/// Distributed DP: this client's share of the noise, from its own generator (a stream of the
+/// round's noise per client, after the server's two).
+fn add_noise(values: &mut [f32], n: crate::messages::ClientNoise, round: RoundId, id: ClientId) {
+    let mut noise = n.source.generator(n.seed, round, 2 + id as u64, n.stddev);
+    for x in values {
+        *x = (f64::from(*x) + noise.sample()) as f32;
     }
 }

@@ -114,6 +114,44 @@ pub enum DpSampling {
     Fixed,
 }
 
+/// Who adds the Gaussian noise (scenario `dp.noise_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum NoiseBy {
+    /// The server, to the sum of the clipped updates: it sees that sum un-noised (central DP;
+    /// with secure aggregation it still never sees one update).
+    #[default]
+    Server,
+    /// Each client, to its clipped update before it leaves (distributed DP, Kairouz et al.
+    /// 2021): N(0, (z·C)² / `min_survivors`) per value, so the sum of any `min_survivors` or
+    /// more updates carries at least the configured z·C. A round with fewer survivors
+    /// releases nothing. Under secure aggregation the server never sees an un-noised sum.
+    Clients {
+        /// The fewest updates a round may release: the noise is calibrated for them.
+        min_survivors: usize,
+    },
+}
+
+impl NoiseBy {
+    /// The share of the sum's noise std each client adds (None: the server adds it).
+    pub fn client_stddev(self, sum_stddev: f64) -> Option<f64> {
+        match self {
+            NoiseBy::Server => None,
+            NoiseBy::Clients { min_survivors } => {
+                Some(sum_stddev / (min_survivors.max(1) as f64).sqrt())
+            }
+        }
+    }
+
+    /// The fewest updates a round may release (1 when the server adds the noise).
+    pub fn min_survivors(self) -> usize {
+        match self {
+            NoiseBy::Server => 1,
+            NoiseBy::Clients { min_survivors } => min_survivors,
+        }
+    }
+}
+
 /// A validated DP configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DpPlan {
@@ -127,6 +165,8 @@ pub struct DpPlan {
     pub sampling: DpSampling,
     /// Noise generator seeding.
     pub noise: NoiseSource,
+    /// Who adds the noise.
+    pub noise_by: NoiseBy,
     /// Fractional-order series.
     pub series: FracSeries,
     /// Also account with PLD (Poisson sampling only).
@@ -152,7 +192,14 @@ impl DpPlan {
 
     /// What the accountant assumes, in words (for reports).
     pub fn assumption(&self) -> String {
-        match self.sampling {
+        let by = match self.noise_by {
+            NoiseBy::Server => String::new(),
+            NoiseBy::Clients { min_survivors } => format!(
+                "; the noise added by the clients, each N(0, (z·C)²/{min_survivors}), so a round \
+                 of at least {min_survivors} updates carries z·C (rounds with fewer release nothing)"
+            ),
+        };
+        let sampling = match self.sampling {
             DpSampling::Poisson => format!(
                 "RDP accountant, Poisson sampling of clients with q = fraction_fit, add-or-remove-one-client \
                  neighbours, noise multiplier {} (sum sensitivity C); fractional orders by {}",
@@ -166,7 +213,8 @@ impl DpPlan {
                 self.accounted_noise_multiplier(),
                 series_label(self.series)
             ),
-        }
+        };
+        sampling + &by
     }
 }
 

@@ -159,6 +159,9 @@ pub struct DpSection {
     /// Seeding of the noise generator.
     #[serde(default)]
     pub noise: NoiseSource,
+    /// Who adds the noise: `Server` (default) or `Clients(min_survivors: m)`.
+    #[serde(default)]
+    pub noise_by: crate::privacy::NoiseBy,
     /// Fractional-order RDP series.
     #[serde(default)]
     pub series: FracSeries,

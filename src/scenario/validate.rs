@@ -3,7 +3,7 @@
 use crate::model::pretrained::Pretrained;
 use std::path::Path;
 
-use super::file::{ModelSource, ScenarioFile};
+use super::file::{DpSection, ModelSource, ScenarioFile};
 use super::{resources, Sampling, Scenario, ScenarioError};
 use crate::data::{DataPlan, DataSource};
 use crate::fmt::compact;
@@ -364,6 +364,7 @@ fn check_dp(c: &Check<'_>, file: &ScenarioFile) -> Result<Option<DpPlan>, Scenar
         }
         Some(d) => {
             privacy::check_mechanism(c, &d.mechanism, field_path!(file.dp => mechanism))?;
+            privacy::check_noise_by(c, d, file)?;
             c.finite_in(
                 d.delta,
                 Range::open(0.0, 1.0),
@@ -383,25 +384,7 @@ fn check_dp(c: &Check<'_>, file: &ScenarioFile) -> Result<Option<DpPlan>, Scenar
                  (set dp.sampling: Poisson or dp.pld: false)",
             )?;
             if d.pld {
-                c.ensure(
-                    d.delta >= crate::privacy::pld::MIN_DELTA,
-                    field_path!(file.dp => delta),
-                    format!(
-                        "is {} but the PLD accountant resolves delta down to {}; raise dp.delta \
-                         or set dp.pld: false (RDP covers any delta)",
-                        compact(d.delta),
-                        compact(crate::privacy::pld::MIN_DELTA)
-                    ),
-                )?;
-                if let Err(e) = crate::privacy::pld::check_grid(
-                    d.mechanism.noise_multiplier(),
-                    file.strategy.fraction_fit,
-                ) {
-                    return Err(c.fail(
-                        field_path!(file.dp => pld),
-                        format!("is true but {e}; set dp.pld: false"),
-                    ));
-                }
+                check_pld(c, file, d)?;
             }
             Some(DpPlan {
                 pld: d.pld,
@@ -410,12 +393,34 @@ fn check_dp(c: &Check<'_>, file: &ScenarioFile) -> Result<Option<DpPlan>, Scenar
                 max_epsilon: d.max_epsilon,
                 sampling: d.sampling,
                 noise: d.noise,
+                noise_by: d.noise_by,
                 series: d.series,
             })
         }
     };
 
     Ok(dp)
+}
+
+/// `dp.pld`: the PLD accountant's δ resolution and grid.
+fn check_pld(c: &Check<'_>, file: &ScenarioFile, d: &DpSection) -> Result<(), ScenarioError> {
+    c.ensure(
+        d.delta >= crate::privacy::pld::MIN_DELTA,
+        field_path!(file.dp => delta),
+        format!(
+            "is {} but the PLD accountant resolves delta down to {}; raise dp.delta or set \
+             dp.pld: false (RDP covers any delta)",
+            compact(d.delta),
+            compact(crate::privacy::pld::MIN_DELTA)
+        ),
+    )?;
+    crate::privacy::pld::check_grid(d.mechanism.noise_multiplier(), file.strategy.fraction_fit)
+        .map_err(|e| {
+            c.fail(
+                field_path!(file.dp => pld),
+                format!("is true but {e}; set dp.pld: false"),
+            )
+        })
 }
 
 fn data_plan(file: &ScenarioFile) -> DataPlan {

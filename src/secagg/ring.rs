@@ -129,12 +129,18 @@ impl Ring {
 
     /// The mean update of an unmasked sum of encoded vectors (None when the weights sum to 0).
     pub fn decode_mean(&self, sum: &[u128]) -> Option<Vec<f32>> {
-        let (weight, terms) = sum.split_last()?;
-        let weight = u64::try_from(self.signed(*weight))
-            .ok()
-            .filter(|&w| w > 0)?;
-        let exact: Vec<i128> = terms.iter().map(|&s| self.signed(s)).collect();
-        Some(mean_of_exact_sums(&exact, weight))
+        let (exact, weight) = self.decode_sums(sum);
+        (weight > 0).then(|| mean_of_exact_sums(&exact, weight))
+    }
+
+    /// An unmasked sum of encoded vectors as FedAvg's exact sums and their total weight (0
+    /// when the weight is not a positive 64-bit integer).
+    pub fn decode_sums(&self, sum: &[u128]) -> (Vec<i128>, u64) {
+        let Some((weight, terms)) = sum.split_last() else {
+            return (Vec::new(), 0);
+        };
+        let weight = u64::try_from(self.signed(*weight)).unwrap_or(0);
+        (terms.iter().map(|&s| self.signed(s)).collect(), weight)
     }
 
     /// Add (`negate` false) or subtract to each of `xs` the element whose little-endian bytes

@@ -45,6 +45,19 @@ pub fn mean_of_exact_sums(sums: &[i128], total_weight: u64) -> Vec<f32> {
     sums.iter().map(|&s| (s as f64 / denom) as f32).collect()
 }
 
+/// The noised mean DP releases from the exact sums of [`fixed_term`]s (weight 1 each):
+/// (sum / 2⁴⁰ + noise) / `denominator` per value — bit for bit
+/// [`FedAvgAccumulator::noised_mean`] over the same updates and noise.
+pub fn noised_mean_of_exact_sums(
+    sums: &[i128],
+    denominator: f64,
+    noise: &mut crate::privacy::noise::GaussianNoise,
+) -> Vec<f32> {
+    sums.iter()
+        .map(|&s| ((s as f64 / SCALE + noise.sample()) / denominator) as f32)
+        .collect()
+}
+
 /// Streaming, order-independent, example-weighted average of adapter updates.
 ///
 /// Updates are buffered up to [`BATCH`] and folded together, tile by tile over the model (each

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use ractor::ActorRef;
 
-use super::{Aggregate, AggregatorState};
+use super::{Aggregate, AggregatorState, Withheld};
 use crate::model::AdapterSet;
-use crate::strategy::fedavg::add;
+use crate::strategy::fedavg::{add, mean_of_exact_sums, noised_mean_of_exact_sums};
 
 use crate::actors::client::ClientMsg;
 use crate::messages::{ClientId, RoundId};
@@ -23,9 +23,9 @@ use crate::secagg::{Params, SecAggError, SecAggServer};
 /// once unless it is gone).
 const PHASE_WITHIN_MS: u64 = 60_000;
 
-/// A secure round's release: the survivors' mean update (None when their weights sum to 0),
-/// how many they were, and their total weight.
-pub(super) type Released = (Option<Vec<f32>>, usize, u64);
+/// A secure round's release: the survivors' exact FedAvg sums, how many they were, and their
+/// total weight.
+pub(super) type Released = (Vec<i128>, usize, u64);
 
 /// The aggregator's side of one secure round.
 pub(super) struct SecureRound {
@@ -108,9 +108,8 @@ impl SecureRound {
         self.server.receive_masked(input)
     }
 
-    /// The mean update of the survivors (None when none survived with weight), how many they
-    /// were and their total weight: the unmasking phase with the survivors, then the masks
-    /// removed.
+    /// The survivors' exact sums, how many they were and their total weight: the unmasking
+    /// phase with the survivors, then the masks removed.
     ///
     /// # Errors
     /// Fewer than `threshold` survivors or shares (`secagg_threshold`), or shares that do
@@ -149,12 +148,8 @@ impl SecureRound {
         }
         let unmasked = self.server.finish()?;
         unmasking.masks = unmasked.masks;
-        let ring = self.params.ring;
-        let mean = ring.decode_mean(&unmasked.sum);
-        let weight = (unmasked.sum.last())
-            .and_then(|&w| u64::try_from(ring.signed(w)).ok())
-            .unwrap_or(0);
-        Ok((mean, unmasked.survivors.len(), weight))
+        let (sums, weight) = self.params.ring.decode_sums(&unmasked.sum);
+        Ok((sums, unmasked.survivors.len(), weight))
     }
 }
 
@@ -174,7 +169,7 @@ impl AggregatorState {
                 Ok(costs)
             }
             Err(e) => {
-                self.secure_failure = Some(e.clone());
+                self.withheld = Some(e.clone().into());
                 Err(e)
             }
         }
@@ -188,36 +183,68 @@ impl AggregatorState {
     }
 
     /// Close a secure round: unmask the survivors' sum; the mean goes through the server
-    /// optimiser as FedAvg's would. A round that cannot be unmasked keeps the global adapter
-    /// and says why.
+    /// optimiser as FedAvg's would. A round that cannot be unmasked, or that has fewer
+    /// updates than the clients' DP noise is calibrated for, keeps the global adapter and
+    /// says why.
     pub(super) async fn finish_secure(
         &mut self,
         global: Arc<AdapterSet>,
         round: SecureRound,
     ) -> Aggregate {
         let (released, unmasking) = round.finish().await;
-        let (next, folded, examples, failure) = match released {
-            Ok((Some(mean), survivors, weight)) => {
+        let released = released
+            .map_err(Withheld::from)
+            .and_then(|(sums, n, weight)| {
+                let (mean, noise) = self.secure_mean(&sums, n, weight)?;
+                Ok((mean, n, weight, noise))
+            });
+        let (next, folded, examples, noise_stddev, withheld) = match released {
+            Ok((Some(mean), survivors, weight, noise)) => {
                 let step = match self.server.as_mut() {
                     Some(state) => state.step(&mean),
                     None => mean,
                 };
-                (Arc::new(add(&global, &step)), survivors, weight, None)
+                let next = Arc::new(add(&global, &step));
+                (next, survivors, weight, noise, None)
             }
-            Ok((None, _, _)) => (global, 0, 0, None),
-            Err(e) => (global, 0, 0, Some(e)),
+            Ok((None, ..)) => (global, 0, 0, None, None),
+            Err(w) => (global, 0, 0, None, Some(w)),
         };
         Aggregate {
             global: next,
             folded,
             examples,
             rejected: std::mem::take(&mut self.rejected),
-            noise_stddev: None,
+            noise_stddev,
             byzantine: 0,
             server_lr: self.server_lr(),
             deviation: None,
-            secure_failure: failure.or_else(|| self.secure_failure.take()),
+            withheld: withheld.or_else(|| self.withheld.take()),
             unmasking: Some(unmasking),
         }
+    }
+
+    /// The mean of a secure round's exact sums: FedAvg's (over the total weight), or under DP
+    /// the noised mean over the round's denominator (noise from the server, or none here when
+    /// the clients added it), with the std of the noise on it.
+    fn secure_mean(
+        &self,
+        sums: &[i128],
+        updates: usize,
+        weight: u64,
+    ) -> Result<(Option<Vec<f32>>, Option<f64>), Withheld> {
+        let Some(dp) = self.dp else {
+            return Ok(((weight > 0).then(|| mean_of_exact_sums(sums, weight)), None));
+        };
+        if let Some(w) = self.too_few_for_noise(updates) {
+            return Err(w);
+        }
+        let denom = dp.denominator.unwrap_or(updates as f64);
+        if denom <= 0.0 {
+            return Ok((None, None));
+        }
+        let mut noise = dp.noise.generator(dp.seed, self.round, 0, dp.sum_stddev);
+        let mean = noised_mean_of_exact_sums(sums, denom, &mut noise);
+        Ok((Some(mean), Some(dp.released_stddev(updates, denom))))
     }
 }

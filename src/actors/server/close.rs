@@ -87,8 +87,8 @@ pub(super) async fn close_round(
         eval_perplexity: eval.perplexity,
         dp,
         host_per_token: st.host_per_token(),
-        // A secure round that could not be unmasked (`secagg_threshold`, …) says why.
-        skipped: agg.secure_failure.as_ref().map(ToString::to_string),
+        // A round that released nothing on purpose (`secagg_threshold`, …) says why.
+        skipped: agg.withheld.as_ref().map(ToString::to_string),
         byzantine: byzantine_round(st, &agg),
         task,
     };

@@ -212,9 +212,12 @@ impl AsyncState {
                     start: f.start,
                     payload,
                     global,
+                    // Asynchronous rounds run without DP (validation refuses it).
                     config: FitConfig {
                         lr: f.lr,
                         clip_norm: f.clip_norm,
+                        noise: None,
+                        uniform_weight: false,
                     },
                 })
             })

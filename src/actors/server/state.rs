@@ -84,13 +84,22 @@ impl Core {
     /// How this round's clients train: its learning rate and, when clients clip for DP, the
     /// clip in force.
     pub(super) fn fit_config(&self) -> FitConfig {
+        let ledger = self.ledger.as_ref();
         FitConfig {
             lr: self.current.lr,
-            clip_norm: self
-                .ledger
-                .as_ref()
+            clip_norm: ledger
                 .filter(|l| l.plan().mechanism.clips_on_client())
                 .map(PrivacyLedger::clip),
+            noise: ledger.and_then(|l| {
+                let plan = l.plan();
+                let stddev = plan.noise_by.client_stddev(l.sum_stddev())?;
+                Some(crate::messages::ClientNoise {
+                    stddev,
+                    source: plan.noise,
+                    seed: self.args.config.seed,
+                })
+            }),
+            uniform_weight: ledger.is_some(),
         }
     }
 

@@ -290,7 +290,12 @@ fn dp_round(st: &Core, q: f64, available: usize) -> Option<DpRound> {
         let plan = l.plan();
         DpRound {
             server_clip: (!plan.mechanism.clips_on_client()).then_some(l.clip()),
-            sum_stddev: l.sum_stddev(),
+            sum_stddev: match plan.noise_by {
+                crate::privacy::NoiseBy::Server => l.sum_stddev(),
+                crate::privacy::NoiseBy::Clients { .. } => 0.0,
+            },
+            client_noise: (plan.noise_by.client_stddev(l.sum_stddev()))
+                .map(|s| (s, plan.noise_by.min_survivors())),
             denominator: match plan.sampling {
                 DpSampling::Poisson => Some(q * available as f64),
                 DpSampling::Fixed => None,

@@ -2,7 +2,8 @@
 
 use super::{Check, Range};
 use crate::fmt::compact;
-use crate::privacy::Mechanism;
+use crate::privacy::{Mechanism, NoiseBy};
+use crate::scenario::file::{DpSection, ScenarioFile};
 use crate::scenario::ScenarioError;
 
 /// Smallest noise multiplier a scenario may use.
@@ -63,4 +64,40 @@ pub(super) fn check_mechanism(c: &Check<'_>, m: &Mechanism, f: &str) -> Result<(
             )
         }
     }
+}
+
+/// `dp.noise_by`: clients can add the noise only where they clip (`ClientSideFixed`), and
+/// for at least one survivor; under secure aggregation the server clips nothing and counts
+/// nothing per client, so only `ClientSideFixed` applies there at all.
+pub(super) fn check_noise_by(
+    c: &Check<'_>,
+    d: &DpSection,
+    file: &ScenarioFile,
+) -> Result<(), ScenarioError> {
+    let client_side = matches!(d.mechanism, Mechanism::ClientSideFixed { .. });
+    if let NoiseBy::Clients { min_survivors } = d.noise_by {
+        c.ensure(
+            client_side,
+            "dp.noise_by",
+            format!(
+                "is Clients but dp.mechanism is {}; clients add noise to updates they clip \
+                 themselves: use ClientSideFixed",
+                d.mechanism.name()
+            ),
+        )?;
+        c.ensure(
+            min_survivors >= 1,
+            "dp.noise_by.Clients.min_survivors",
+            "is 0; it must be at least 1 (the noise is calibrated for that many updates)",
+        )?;
+    }
+    c.ensure(
+        client_side || file.strategy.secure_aggregation.is_none(),
+        "dp.mechanism",
+        format!(
+            "is {} but strategy.secure_aggregation is on: the server never sees one update, so \
+             it can neither clip one nor count the clipped ones; use ClientSideFixed",
+            d.mechanism.name()
+        ),
+    )
 }

@@ -93,8 +93,6 @@ fn check_secure(
             "strategy.kind {} needs each update (the server sees only their sum); use FedAvg,              FedProx or a server optimiser",
             strategy.name()
         ))
-    } else if file.dp.is_some() {
-        Some("dp: DP with secure aggregation (distributed noise) is not implemented yet".into())
     } else if file.system.byzantine.is_some() {
         Some("system.byzantine: its metrics compare individual updates".into())
     } else if matches!(file.system.stragglers, Stragglers::Async { .. }) {

@@ -1,0 +1,154 @@
+//! DP with secure aggregation: noise from the server on the unmasked sum, or from the clients
+//! (distributed DP) — the same released model as the plain DP run, the noise at its stated
+//! scale, rounds below the calibrated minimum withheld, and what cannot be combined refused.
+
+use crate::util::{round_metrics, run, scenario, DP, SMALL};
+
+const SECURE: &str =
+    "strategy.secure_aggregation=SecAggPlus(neighbours: 3, threshold: 2, ring_bits: None)";
+
+fn small(set: &[&str]) -> fedsim::Scenario {
+    let mut all = vec![
+        "strategy.fraction_fit=1.0",
+        "strategy.min_fit_clients=4",
+        "rounds=3",
+        DP,
+    ];
+    all.extend_from_slice(set);
+    scenario(SMALL, &all).unwrap()
+}
+
+fn adapter(dir: &std::path::Path) -> Vec<u8> {
+    std::fs::read(dir.join("adapter_model.safetensors")).unwrap()
+}
+
+#[test]
+fn dp_under_secure_aggregation_releases_the_plain_dp_runs_model_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, by) in [
+        ("server", "dp.noise_by=Server"),
+        ("clients", "dp.noise_by=Clients(min_survivors: 2)"),
+    ] {
+        let set = [by, "system.crash_probability=0.3"];
+        let plain = run(&small(&set), &tmp.path().join(format!("{name}-plain")));
+        let secure = run(
+            &small(&[by, "system.crash_probability=0.3", SECURE]),
+            &tmp.path().join(format!("{name}-secure")),
+        );
+        assert!(
+            adapter(&plain.dir) == adapter(&secure.dir),
+            "{name}: adapters differ"
+        );
+        let (p, s) = (round_metrics(&plain.dir), round_metrics(&secure.dir));
+        assert!(
+            p.iter().all(|r| r["dp_epsilon"].as_f64().is_some()),
+            "{name}: no ε"
+        );
+        for (p, s) in p.iter().zip(&s) {
+            assert_eq!(p["dp_epsilon"], s["dp_epsilon"], "{name}");
+            assert_eq!(p["dp_noise_stddev"], s["dp_noise_stddev"], "{name}");
+            assert_eq!(p["completed"], s["completed"], "{name}");
+        }
+    }
+}
+
+/// The B matrices of a saved adapter (zero before training: PEFT's initialisation).
+fn lora_b(dir: &std::path::Path) -> Vec<f32> {
+    let bytes = adapter(dir);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        if name.contains("lora_B") {
+            out.extend(
+                view.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn the_clients_noise_sums_to_the_stated_std_on_the_release() {
+    // z = 200, C = 0.5: the released B matrices (zero before round 1) are noise, the clipped
+    // updates (norm ≤ 0.5 over thousands of values) negligible beside it. Each of the 4
+    // clients adds N(0, (z·C)² / 2); the mean over q·N = 4 has std z·C·√4 / (√2 · 4).
+    let tmp = tempfile::tempdir().unwrap();
+    let z = r#"dp.mechanism=ClientSideFixed(clip_norm: 0.5, noise_multiplier: 200.0)"#;
+    let s = small(&[
+        z,
+        "dp.noise_by=Clients(min_survivors: 2)",
+        SECURE,
+        "rounds=1",
+    ]);
+    let done = run(&s, tmp.path());
+    let b = lora_b(&done.dir);
+    let n = b.len() as f64;
+    let mean = b.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+    let sd = (b
+        .iter()
+        .map(|&x| (f64::from(x) - mean).powi(2))
+        .sum::<f64>()
+        / (n - 1.0))
+        .sqrt();
+    let stated = 200.0 * 0.5 * 2.0 / (2f64.sqrt() * 4.0);
+    let r = &round_metrics(&done.dir)[0];
+    let reported = r["dp_noise_stddev"].as_f64().unwrap();
+    assert!(
+        (reported - stated).abs() < 1e-9,
+        "reported {reported}, stated {stated}"
+    );
+    // The sample std of n Gaussian values is within 4 standard errors (σ/√(2n)) of σ.
+    let se = stated / (2.0 * n).sqrt();
+    assert!(
+        (sd - stated).abs() < 4.0 * se,
+        "std {sd} vs {stated} ± {se} over {n} values"
+    );
+    assert!(mean.abs() < 4.0 * stated / n.sqrt(), "mean {mean}");
+}
+
+#[test]
+fn a_round_with_fewer_updates_than_the_noise_is_calibrated_for_releases_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, secure) in [("plain", None), ("secure", Some(SECURE))] {
+        let mut set = vec!["dp.noise_by=Clients(min_survivors: 5)", "rounds=2"];
+        set.extend(secure);
+        let done = run(&small(&set), &tmp.path().join(name));
+        for r in round_metrics(&done.dir) {
+            let why = r["skipped"].as_str().unwrap_or_default();
+            assert!(
+                why.starts_with("dp_min_survivors: 4 updates"),
+                "{name}: {why}"
+            );
+            assert_eq!(r["completed"], 0, "{name}");
+        }
+    }
+}
+
+#[test]
+fn what_distributed_noise_and_secure_aggregation_cannot_do_is_refused_by_name() {
+    let adaptive = r#"dp.mechanism=Adaptive(initial_clip: 0.5, target_quantile: 0.5, clip_lr: 0.2, noise_multiplier: 1.0, count_stddev: 1.0)"#;
+    let server = r#"dp.mechanism=ServerSideFixed(clip_norm: 0.5, noise_multiplier: 1.0)"#;
+    for (set, field) in [
+        (
+            vec![adaptive, "dp.noise_by=Clients(min_survivors: 2)"],
+            "dp.noise_by",
+        ),
+        (
+            vec!["dp.noise_by=Clients(min_survivors: 0)"],
+            "min_survivors",
+        ),
+        (vec![server, SECURE], "dp.mechanism"),
+        (vec![adaptive, SECURE], "dp.mechanism"),
+    ] {
+        let mut all = vec![
+            "strategy.fraction_fit=1.0",
+            "strategy.min_fit_clients=4",
+            DP,
+        ];
+        all.extend(set.iter().copied());
+        let err = scenario(SMALL, &all).unwrap_err().to_string();
+        assert!(err.contains(field), "{set:?}: {err}");
+    }
+}
