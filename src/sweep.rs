@@ -198,6 +198,23 @@ fn backdoor_cell(rows: &[SweepRow]) -> Option<Vec<String>> {
     })
 }
 
+/// The withheld column, when a run used secure aggregation: its rounds that released
+/// nothing (`secagg_threshold`, `dp_min_survivors`) of those it ran.
+fn withheld_cell(rows: &[SweepRow]) -> Option<Vec<String>> {
+    rows.iter()
+        .any(|r| r.summary.secure_aggregation.is_some())
+        .then(|| {
+            rows.iter()
+                .map(|r| {
+                    let s = &r.summary;
+                    s.secure_aggregation.map_or("-".into(), |a| {
+                        format!("{}/{}", a.failed_rounds, s.rounds_completed)
+                    })
+                })
+                .collect()
+        })
+}
+
 /// The task columns, when a run scored a task: final accuracy [95 % interval], macro-F1,
 /// and time-to-accuracy (simulated seconds and MB up, or "never").
 fn task_cells(rows: &[SweepRow]) -> Option<Vec<[String; 4]>> {
@@ -229,6 +246,7 @@ const TASK_COLUMNS: [&str; 4] = ["accuracy [95% CI]", "macro-F1", "TTA sim (s)",
 /// The sweep as an aligned text table (losses in nats per response token).
 pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
     let backdoor = backdoor_cell(rows);
+    let withheld = withheld_cell(rows);
     let task = task_cells(rows);
     let heads: Vec<String> = varied
         .iter()
@@ -236,6 +254,7 @@ pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
         .chain(COLUMNS.iter().map(|c| c.to_string()))
         .chain(task.iter().flat_map(|_| TASK_COLUMNS.map(String::from)))
         .chain(backdoor.as_ref().map(|_| "backdoor".to_string()))
+        .chain(withheld.as_ref().map(|_| "withheld".to_string()))
         .collect();
     let body: Vec<Vec<String>> = rows
         .iter()
@@ -247,6 +266,7 @@ pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
                 .chain(cells(&r.summary))
                 .chain(task.iter().flat_map(|t| t[i].clone()))
                 .chain(backdoor.as_ref().map(|b| b[i].clone()))
+                .chain(withheld.as_ref().map(|w| w[i].clone()))
                 .collect()
         })
         .collect();
@@ -279,6 +299,13 @@ pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
             ""
         }
     );
+    if withheld.is_some() {
+        let _ = writeln!(
+            out,
+            "withheld = secure rounds that released nothing (secagg_threshold, dp_min_survivors) \
+             / rounds run"
+        );
+    }
     out
 }
 

@@ -159,3 +159,45 @@ fn a_secure_runs_timelines_bytes_and_metrics_follow_its_phases() {
     }
     assert!(om.contains("fedsim_secure_aggregation_failed_rounds_total 0"));
 }
+
+#[test]
+fn a_sweep_counts_the_secure_rounds_that_released_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scen = crate::util::small_file(tmp.path());
+    let out = tmp.path().join("sweep");
+    // Half the clients crash: with t = 3 of k = 3 any crash withholds the round.
+    let (ok, stdout, err) = crate::util::sim(&[
+        "sweep",
+        scen.to_str().unwrap(),
+        "--set",
+        SECURE,
+        "--set",
+        "strategy.fraction_fit=1.0",
+        "--set",
+        "strategy.min_fit_clients=4",
+        "--set",
+        "rounds=3",
+        "--set",
+        "system.crash_probability=0.5",
+        "--vary",
+        "strategy.secure_aggregation.SecAggPlus.threshold=2,3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("withheld = secure rounds that released nothing"));
+    let csv = std::fs::read_to_string(out.join("sweep.csv")).unwrap();
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("completed")).collect();
+    let mut withheld_any = 0;
+    for (row, line) in rows.iter().zip(csv.lines().skip(1)) {
+        let dir = std::path::Path::new(line.rsplit(',').next().unwrap());
+        let skipped = round_metrics(dir)
+            .iter()
+            .filter(|r| r["skipped"].as_str().is_some_and(|w| w.starts_with("secagg_threshold")))
+            .count();
+        withheld_any += skipped;
+        assert!(row.trim_end().ends_with(&format!("{skipped}/3")), "{stdout}");
+    }
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(withheld_any > 0, "no round withheld: the column was not exercised\n{stdout}");
+}
