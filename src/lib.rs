@@ -35,8 +35,9 @@
 //!   norm-bounded FedAvg — each declaring what it needs and whether it composes with DP.
 //! - [`byzantine`]: Byzantine clients — update and data poisoning, backdoor success.
 //! - [`secagg`]: SecAgg+ secure aggregation — the four phases as client and server state
-//!   machines with real cryptography, summing FedAvg's exact terms in Z/2ᵇ (not yet wired
-//!   into runs).
+//!   machines with real cryptography, summing FedAvg's exact terms in Z/2ᵇ.
+//! - [`he`]: homomorphic aggregation — the same exact terms packed into BFV ciphertexts that
+//!   the server adds and key holders decrypt only as a sum.
 //! - [`shutdown`]: stop requests (finish the round, or abandon it) from signals or tests.
 //! - [`sim`]: wires it all, records the run and resumes a stopped one from its last completed
 //!   round; [`report`]: the run directory, its ownership and its checkpoint;
@@ -71,6 +72,7 @@ pub mod eval;
 pub mod faults;
 pub mod fmt;
 pub mod hash;
+pub mod he;
 pub mod host;
 pub mod html_report;
 pub mod ids;

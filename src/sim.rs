@@ -65,6 +65,9 @@ pub enum SimError {
     /// Secure aggregation's settings do not fit the run's data.
     #[error("strategy.secure_aggregation")]
     SecAgg(#[source] crate::secagg::SecAggError),
+    /// Homomorphic aggregation's settings do not fit the run.
+    #[error("strategy.secure_aggregation")]
+    He(#[source] crate::he::HeError),
     /// The device trace could not be used.
     #[error(transparent)]
     Trace(#[from] TraceError),
@@ -412,7 +415,7 @@ async fn run_actors(
     let (tx, rx) = oneshot::channel();
     let args = ServerArgs {
         config: ServerConfig {
-            secagg: wiring::secagg_params(s, prep).map_err(SimError::SecAgg)?,
+            secure: wiring::secure_params(s, prep)?,
             ..wiring::server_config(s, prep.lora.is_some(), pace)
         },
         shards: prep

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 mod finish;
+mod homomorphic;
 mod secure;
 
 pub use finish::Withheld;
@@ -60,6 +61,8 @@ pub struct Aggregate {
     pub withheld: Option<Withheld>,
     /// A secure round's unmasking phase, for the clock and the records.
     pub unmasking: Option<crate::secagg::cost::Unmasking>,
+    /// A homomorphic round's decryption, for the clock and the records.
+    pub decryption: Option<crate::he::cost::Decryption>,
     /// The server optimiser's learning rate, when a server optimiser applies the update (so
     /// an overflow names the right knob).
     pub server_lr: Option<f64>,
@@ -150,6 +153,25 @@ pub enum AggregatorMsg {
             Result<Vec<(ClientId, crate::secagg::cost::ClientSetup)>, crate::secagg::SecAggError>,
         >,
     },
+    /// Make the round's homomorphic keys and send each of the round's clients the public
+    /// key (before they train).
+    HeSetup {
+        /// The run's settings.
+        params: crate::he::Params,
+        /// The round's sampled clients.
+        clients: Vec<(ClientId, ActorRef<crate::actors::client::ClientMsg>)>,
+        /// Master seed (the round's keys).
+        seed: u64,
+        /// Sizes for the clock, or why the round cannot be aggregated.
+        reply: RpcReplyPort<Result<crate::he::cost::Setup, crate::he::HeError>>,
+    },
+    /// A client's encrypted update (homomorphic encryption).
+    Encrypted {
+        /// Its ciphertexts.
+        input: crate::he::EncryptedInput,
+        /// Held until they are added.
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    },
     /// A client's masked vector (secure aggregation).
     Masked {
         /// Its masked vector.
@@ -202,6 +224,8 @@ pub struct AggregatorState {
     held: std::collections::HashMap<ClientId, Result<Vec<f32>, Rejection>>,
     /// The round's secure aggregation, when on.
     secure: Option<secure::SecureRound>,
+    /// The round's homomorphic aggregation, when on.
+    he: Option<homomorphic::HeRound>,
     /// Why this round's secure aggregation cannot release anything.
     withheld: Option<Withheld>,
 }
@@ -239,6 +263,7 @@ impl Actor for Aggregator {
             rejected: Vec::new(),
             held: std::collections::HashMap::new(),
             secure: None,
+            he: None,
             withheld: None,
         })
     }
@@ -259,6 +284,18 @@ impl Actor for Aggregator {
             } => {
                 let answer = st.set_up_secure(params, clients, seed).await;
                 let _ = reply.send(answer);
+            }
+            AggregatorMsg::HeSetup {
+                params,
+                clients,
+                seed,
+                reply,
+            } => {
+                let _ = reply.send(st.set_up_he(params, clients, seed));
+            }
+            AggregatorMsg::Encrypted { input, permit } => {
+                st.encrypted(input);
+                drop(permit);
             }
             AggregatorMsg::Masked { input, permit } => {
                 st.masked(&input);
@@ -290,9 +327,10 @@ impl Actor for Aggregator {
                 st.held.remove(&client);
             }
             AggregatorMsg::Finish { global, reply } => {
-                let aggregate = match st.secure.take() {
-                    Some(round) => st.finish_secure(global, round).await,
-                    None => st.finish(global),
+                let aggregate = match (st.secure.take(), st.he.take()) {
+                    (Some(round), _) => st.finish_secure(global, round).await,
+                    (None, Some(round)) => st.finish_he(global, round).await,
+                    (None, None) => st.finish(global),
                 };
                 let _ = reply.send(aggregate);
             }
@@ -317,6 +355,7 @@ impl AggregatorState {
         self.byzantine = 0;
         self.rejected.clear();
         self.secure = None;
+        self.he = None;
         self.withheld = None;
     }
 

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use super::aggregator::AggregatorMsg;
 
+mod homomorphic;
 mod secure;
 use crate::clock::{CostModel, Timeline};
 use crate::faults::FaultModel;
@@ -84,6 +85,17 @@ pub enum ClientMsg {
         /// Where its keys go.
         reply: RpcReplyPort<crate::secagg::messages::AdvertiseKeys>,
     },
+    /// Homomorphic encryption: the round's public key, to encrypt its update with.
+    HeKey {
+        /// The round.
+        round: RoundId,
+        /// The run's settings.
+        params: crate::he::Params,
+        /// The public key.
+        encryptor: crate::he::Encryptor,
+        /// Bytes one ciphertext takes on the wire.
+        ciphertext_bytes: u64,
+    },
     /// Phase 1: its neighbours' keys; answer with its encrypted shares.
     SecAggShare {
         /// The neighbours that advertised keys.
@@ -122,6 +134,8 @@ pub struct ClientState {
     planned: Option<(RoundId, Schedule, Timeline)>,
     /// Secure aggregation's state for the current round.
     secure: Option<secure::Secure>,
+    /// Homomorphic encryption's key for the current round.
+    he: Option<homomorphic::HeKey>,
 }
 
 impl Actor for Client {
@@ -138,6 +152,7 @@ impl Actor for Client {
             args,
             planned: None,
             secure: None,
+            he: None,
         })
     }
 
@@ -200,6 +215,19 @@ fn secure_phase(st: &mut ClientState, msg: ClientMsg) {
         ClientMsg::SecAggShare { directory, reply } => {
             let shares = st.secure.as_mut().ok_or_else(missing);
             let _ = reply.send(shares.and_then(|s| s.share(directory)));
+        }
+        ClientMsg::HeKey {
+            round,
+            params,
+            encryptor,
+            ciphertext_bytes,
+        } => {
+            st.he = Some(homomorphic::HeKey {
+                round,
+                params,
+                encryptor,
+                ciphertext_bytes,
+            });
         }
         ClientMsg::SecAggInbox(inbox) => {
             if let Some(s) = st.secure.as_mut() {
@@ -270,9 +298,21 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
     };
     let (byzantine, update_norm, clipped) = before_upload(a, &ins, &mut out.update);
     let secure = st.secure.as_mut().filter(|s| s.round == ins.round);
-    let (upload, bytes) = match secure {
+    let he = st.he.take().filter(|k| k.round == ins.round);
+    let (upload, bytes) = match (secure, he) {
+        // Homomorphic encryption: only the ciphertexts leave the client.
+        (None, Some(key)) => {
+            let values = out.update.data().to_vec();
+            match key.encrypt(a.id, ctx.seed, values, weight(a, &ins)).await {
+                Ok((input, bytes)) => {
+                    let permit = Some(permit);
+                    (AggregatorMsg::Encrypted { input, permit }, bytes)
+                }
+                Err(e) => return failed(e.to_string()),
+            }
+        }
         // Secure aggregation: only the masked vector leaves the client.
-        Some(s) => match s.masked(out.update.data(), weight(a, &ins)) {
+        (Some(s), _) => match s.masked(out.update.data(), weight(a, &ins)) {
             Ok(input) => {
                 let bytes = input.masked.len() as u64;
                 let permit = Some(permit);
@@ -280,7 +320,7 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
             }
             Err(e) => return failed(e.to_string()),
         },
-        None => match out.update.to_safetensors() {
+        (None, None) => match out.update.to_safetensors() {
             Ok(payload) => {
                 let bytes = payload.len() as u64;
                 let fold = AggregatorMsg::Fold {

@@ -20,7 +20,7 @@ mod snapshot;
 mod state;
 mod synchronous;
 
-pub use config::{RoundSink, ServerArgs, ServerConfig, ServerMsg, TaskSchedule};
+pub use config::{Protection, RoundSink, ServerArgs, ServerConfig, ServerMsg, TaskSchedule};
 pub use outcome::{EarlyStop, EvalFailure, RunFailure, ServerOutcome};
 pub use snapshot::{AsyncSnapshot, FlightSnapshot, Resume, ServerSnapshot};
 

@@ -136,6 +136,15 @@ pub struct SecAggCost {
     pub server_compute_s: f64,
     /// Masks the server regenerated: one per survivor, one per (survivor, dropped neighbour).
     pub masks_regenerated: usize,
+    /// Homomorphic encryption: bytes between the server and the key holders (their key
+    /// shares, the sums to decrypt, their decryption shares); not timed, not in the clients'
+    /// bytes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub key_holder_bytes: u64,
+}
+
+fn is_zero(x: &u64) -> bool {
+    *x == 0
 }
 
 impl SecAggCost {
@@ -165,6 +174,7 @@ impl SecAggCost {
         self.unmask.add(&other.unmask);
         self.server_compute_s += other.server_compute_s;
         self.masks_regenerated += other.masks_regenerated;
+        self.key_holder_bytes += other.key_holder_bytes;
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{Prepared, SimError};
 use crate::actors::aggregator::AggregatorMsg;
 use crate::actors::client::ClientContext;
-use crate::actors::server::{ServerConfig, TaskSchedule};
+use crate::actors::server::{Protection, ServerConfig, TaskSchedule};
 use crate::clock::CostModel;
 use crate::devices::Fleet;
 use crate::faults::FaultModel;
@@ -96,51 +96,70 @@ pub(super) fn server_config(
                 full: e.full,
             }),
         rejoin_s: s.workers().map_or(0.0, |w| w.rejoin_s),
-        secagg: None,
+        secure: None,
     }
 }
 
-/// The run's SecAgg+ settings (`strategy.secure_aggregation`), the ring sized for its data:
-/// `ring_bits` None picks the smallest ring no sum of all training examples' weights wraps
-/// in; a given one narrower than that is refused with the bound.
+/// The run's secure aggregation (`strategy.secure_aggregation`), its ring sized for its
+/// data: `ring_bits` None picks the smallest ring no sum of all training examples' weights
+/// wraps in; a given one narrower than that is refused with the bound.
 ///
 /// # Errors
-/// `ring_bits` too small for the training examples.
-pub(super) fn secagg_params(
-    s: &Scenario,
-    prep: &Prepared,
-) -> Result<Option<crate::secagg::Params>, crate::secagg::SecAggError> {
-    use crate::scenario::file::SecureAggregation;
-    let Some(SecureAggregation::SecAggPlus {
-        neighbours,
-        threshold,
-        ring_bits,
-        client_elements_per_s,
-        server_elements_per_s,
-    }) = s.secure_aggregation()
-    else {
-        return Ok(None);
-    };
+/// `ring_bits` too small for the training examples; homomorphic settings that do not fit.
+pub(super) fn secure_params(s: &Scenario, prep: &Prepared) -> Result<Option<Protection>, SimError> {
+    use crate::scenario::file::{HeScheme, SecureAggregation};
     let weight: u64 = prep.shards.iter().map(|sh| sh.len() as u64).sum();
-    let ring = match ring_bits {
-        Some(b) => {
-            let ring = crate::secagg::Ring::new(b)?;
-            ring.check(weight)?;
-            ring
+    match s.secure_aggregation() {
+        None => Ok(None),
+        Some(SecureAggregation::SecAggPlus {
+            neighbours,
+            threshold,
+            ring_bits,
+            client_elements_per_s,
+            server_elements_per_s,
+        }) => {
+            let ring = match ring_bits {
+                Some(b) => {
+                    let ring = crate::secagg::Ring::new(b).map_err(SimError::SecAgg)?;
+                    ring.check(weight).map_err(SimError::SecAgg)?;
+                    ring
+                }
+                None => crate::secagg::Ring::for_weight(weight),
+            };
+            use crate::secagg::cost::{CLIENT_ELEMENTS_PER_S, SERVER_ELEMENTS_PER_S};
+            Ok(Some(Protection::SecAggPlus(crate::secagg::Params {
+                neighbours,
+                threshold,
+                ring,
+                compute: crate::secagg::cost::Compute {
+                    client_elements_per_s: client_elements_per_s.unwrap_or(CLIENT_ELEMENTS_PER_S),
+                    server_elements_per_s: server_elements_per_s.unwrap_or(SERVER_ELEMENTS_PER_S),
+                },
+            })))
         }
-        None => crate::secagg::Ring::for_weight(weight),
-    };
-    Ok(Some(crate::secagg::Params {
-        neighbours,
-        threshold,
-        ring,
-        compute: crate::secagg::cost::Compute {
-            client_elements_per_s: client_elements_per_s
-                .unwrap_or(crate::secagg::cost::CLIENT_ELEMENTS_PER_S),
-            server_elements_per_s: server_elements_per_s
-                .unwrap_or(crate::secagg::cost::SERVER_ELEMENTS_PER_S),
-        },
-    }))
+        Some(SecureAggregation::HomomorphicEncryption {
+            scheme: HeScheme::Bfv { degree },
+            key_holders,
+            client_elements_per_s,
+            server_elements_per_s,
+            decrypt_elements_per_s,
+        }) => {
+            use crate::he::cost::{self, Compute};
+            let compute = Compute {
+                client_elements_per_s: client_elements_per_s
+                    .unwrap_or(cost::CLIENT_COEFFICIENTS_PER_S),
+                server_elements_per_s: server_elements_per_s
+                    .unwrap_or(cost::SERVER_COEFFICIENTS_PER_S),
+                decrypt_elements_per_s: decrypt_elements_per_s
+                    .unwrap_or(cost::DECRYPT_COEFFICIENTS_PER_S),
+            };
+            let ring = crate::secagg::Ring::for_weight(weight);
+            let clients = prep.shards.len();
+            let params = crate::he::Params::new(degree, key_holders, ring, clients, compute)
+                .map_err(SimError::He)?;
+            Ok(Some(Protection::Homomorphic(params)))
+        }
+    }
 }
 
 /// What every client actor shares.

@@ -16,6 +16,9 @@ pub enum Withheld {
     /// Secure aggregation could not unmask the sum (`secagg_threshold`, …).
     #[error(transparent)]
     SecAgg(#[from] crate::secagg::SecAggError),
+    /// The encrypted sum could not be decrypted (`he_too_few`, `he_decrypt`, …).
+    #[error(transparent)]
+    He(#[from] crate::he::HeError),
     /// Fewer updates than the clients' noise is calibrated for: their sum would carry less
     /// than the configured noise.
     #[error(
@@ -51,6 +54,7 @@ impl AggregatorState {
             deviation,
             withheld: self.withheld.take(),
             unmasking: None,
+            decryption: None,
         }
     }
 

@@ -182,22 +182,30 @@ impl AggregatorState {
         }
     }
 
-    /// Close a secure round: unmask the survivors' sum; the mean goes through the server
-    /// optimiser as FedAvg's would. A round that cannot be unmasked, or that has fewer
-    /// updates than the clients' DP noise is calibrated for, keeps the global adapter and
-    /// says why.
+    /// Close a secure round: unmask the survivors' sum and release its mean.
     pub(super) async fn finish_secure(
         &mut self,
         global: Arc<AdapterSet>,
         round: SecureRound,
     ) -> Aggregate {
         let (released, unmasking) = round.finish().await;
-        let released = released
-            .map_err(Withheld::from)
-            .and_then(|(sums, n, weight)| {
-                let (mean, noise) = self.secure_mean(&sums, n, weight)?;
-                Ok((mean, n, weight, noise))
-            });
+        let mut aggregate = self.release(global, released.map_err(Withheld::from));
+        aggregate.unmasking = Some(unmasking);
+        aggregate
+    }
+
+    /// Release a protected round's exact sums: the mean goes through the server optimiser as
+    /// FedAvg's would. A round that cannot be unmasked or decrypted, or that has fewer updates
+    /// than the clients' DP noise is calibrated for, keeps the global adapter and says why.
+    pub(super) fn release(
+        &mut self,
+        global: Arc<AdapterSet>,
+        released: Result<Released, Withheld>,
+    ) -> Aggregate {
+        let released = released.and_then(|(sums, n, weight)| {
+            let (mean, noise) = self.secure_mean(&sums, n, weight)?;
+            Ok((mean, n, weight, noise))
+        });
         let (next, folded, examples, noise_stddev, withheld) = match released {
             Ok((Some(mean), survivors, weight, noise)) => {
                 let step = match self.server.as_mut() {
@@ -220,7 +228,8 @@ impl AggregatorState {
             server_lr: self.server_lr(),
             deviation: None,
             withheld: withheld.or_else(|| self.withheld.take()),
-            unmasking: Some(unmasking),
+            unmasking: None,
+            decryption: None,
         }
     }
 

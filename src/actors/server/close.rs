@@ -44,6 +44,9 @@ pub(super) async fn close_round(
     if let Some(u) = &agg.unmasking {
         super::secure::unmask(st, u);
     }
+    if let Some(d) = &agg.decryption {
+        super::secure::decrypt(st, d);
+    }
     for (client, why) in &agg.rejected {
         tracing::warn!("round {round}: update of client {client} rejected: {why}");
     }

@@ -44,11 +44,21 @@ pub struct ServerConfig {
     pub pace: Option<Duration>,
     /// When the task (scenario `eval`) is scored, if there is one.
     pub task: Option<TaskSchedule>,
-    /// Secure aggregation (SecAgg+), its ring sized for the run's data; None: in the clear.
-    pub secagg: Option<crate::secagg::Params>,
+    /// How updates are hidden from the server (SecAgg+ or homomorphic encryption), sized
+    /// for the run's data; None: in the clear.
+    pub secure: Option<Protection>,
     /// Wall seconds to wait for a lost worker to come back when no slot can run a job
     /// (`slots.workers.rejoin_s`; 0 without workers).
     pub rejoin_s: f64,
+}
+
+/// How updates are hidden from the server (scenario `strategy.secure_aggregation`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Protection {
+    /// SecAgg+: masked in a ring, unmasked with the survivors' shares.
+    SecAggPlus(crate::secagg::Params),
+    /// Encrypted under BFV, added as ciphertexts, the sum decrypted by the key holders.
+    Homomorphic(crate::he::Params),
 }
 
 /// When a run's task is scored: its subset every `every` rounds and after the last; the whole

@@ -1,49 +1,46 @@
-//! Secure aggregation on the server's side of a synchronous round, and what it costs on the
-//! virtual clock (see [`crate::secagg::cost`]): the keys and shares phases run before
-//! training and delay it; each client's masking is compute on its timeline; the unmasking
-//! phase runs after the round's last upload and delays the close.
+//! Secure aggregation on the server's side of a synchronous round — SecAgg+ or homomorphic
+//! encryption — and what it costs on the virtual clock (see [`crate::secagg::cost`] and
+//! [`crate::he::cost`]): the set-up phases run before training and delay it; each client's
+//! masking or encryption is compute on its timeline; the unmasking or decryption after the
+//! round's last upload delays the close.
 
 use std::collections::HashMap;
 
 use ractor::ActorProcessingErr;
 
+use super::config::Protection;
 use super::state::Core;
 use crate::actors::aggregator::AggregatorMsg;
+use crate::he::cost::Decryption;
 use crate::messages::ClientId;
-use crate::secagg::cost::{self, SecAggCost, Unmasking};
-
-/// Bytes a client uploads: its update as sent (`plain`), or under secure aggregation its
-/// masked vector, ⌈b/8⌉ bytes a value and one for the weight.
-pub(super) fn upload_bytes(st: &Core, plain: u64) -> u64 {
-    st.args.config.secagg.map_or(plain, |p| {
-        p.ring.element_bytes() as u64 * elements(st) as u64
-    })
-}
+use crate::secagg::cost::{self, ClientSetup, SecAggCost, Unmasking};
 
 /// Ring elements of a masked vector: the adapter's values and the weight.
 fn elements(st: &Core) -> usize {
     st.global.data().len() + 1
 }
 
-/// The keys and shares phases as they went: how long they delay training, each client's
-/// masking compute, and the cost record so far.
+/// The set-up phases as they went: how long they delay training, what each client uploads,
+/// each client's masking or encryption compute, and the cost record so far.
 #[derive(Debug, Default)]
 pub(super) struct SecureSetup {
     /// Simulated seconds before training can start.
     pub(super) seconds: f64,
-    /// Each client's masking compute, simulated seconds.
+    /// Bytes a client uploads in place of its update (None: its update as sent).
+    pub(super) upload: Option<u64>,
+    /// Each client's masking or encryption compute, simulated seconds.
     pub(super) mask_s: HashMap<ClientId, f64>,
-    /// Keys, shares and masking so far (None without secure aggregation).
+    /// Set-up and masking so far (None without secure aggregation).
     pub(super) cost: Option<SecAggCost>,
 }
 
-/// Secure aggregation's keys and shares phases with the round's sampled clients, before any
-/// trains (nothing to do without it). `Err(why)`: the round cannot be aggregated securely.
+/// The round's set-up phases with its sampled clients, before any trains (nothing to do in
+/// the clear). `Err(why)`: the round cannot be aggregated securely.
 pub(super) async fn set_up(
     st: &mut Core,
     chosen: &[ClientId],
 ) -> Result<Result<SecureSetup, String>, ActorProcessingErr> {
-    let Some(params) = st.args.config.secagg else {
+    let Some(protection) = st.args.config.secure else {
         return Ok(Ok(SecureSetup::default()));
     };
     let clients = chosen
@@ -51,15 +48,35 @@ pub(super) async fn set_up(
         .filter_map(|c| st.clients.get(c).map(|a| (*c, a.clone())))
         .collect();
     let seed = st.args.config.seed;
-    let answer = ractor::call!(st.args.aggregator, |reply| AggregatorMsg::SecAggSetup {
-        params,
-        clients,
-        seed,
-        reply
-    })?;
-    let setups = match answer {
-        Ok(s) => s,
-        Err(e) => return Ok(Err(e.to_string())),
+    let setups = match protection {
+        Protection::SecAggPlus(params) => {
+            let answer = ractor::call!(st.args.aggregator, |reply| AggregatorMsg::SecAggSetup {
+                params,
+                clients,
+                seed,
+                reply
+            })?;
+            answer.map_err(|e| e.to_string())
+        }
+        Protection::Homomorphic(params) => {
+            let answer = ractor::call!(st.args.aggregator, |reply| AggregatorMsg::HeSetup {
+                params,
+                clients,
+                seed,
+                reply
+            })?;
+            return Ok(answer
+                .map(|s| he_setup(st, chosen, s))
+                .map_err(|e| e.to_string()));
+        }
+    };
+    Ok(setups.map(|s| secagg_setup(st, &s)))
+}
+
+/// SecAgg+'s keys and shares phases, priced.
+fn secagg_setup(st: &Core, setups: &[(ClientId, ClientSetup)]) -> SecureSetup {
+    let Some(Protection::SecAggPlus(params)) = st.args.config.secure else {
+        return SecureSetup::default();
     };
     let fleet = st.args.clients.faults.fleet();
     let profiled: Vec<_> = (setups.iter())
@@ -70,27 +87,67 @@ pub(super) async fn set_up(
     let mask_s: HashMap<ClientId, f64> = (setups.iter())
         .map(|(c, s)| (*c, cost::mask_seconds(s.masks, n, &params.compute)))
         .collect();
-    let masking = mask_s.values().sum::<f64>() / mask_s.len().max(1) as f64;
     let record = SecAggCost {
         keys,
         shares,
         masked: cost::Phase {
-            seconds: masking,
+            seconds: mean(&mask_s),
             ..cost::Phase::default()
         },
         ..SecAggCost::default()
     };
-    Ok(Ok(SecureSetup {
+    SecureSetup {
         seconds: keys.seconds + shares.seconds,
+        upload: Some(params.ring.element_bytes() as u64 * n as u64),
         mask_s,
         cost: Some(record),
-    }))
+    }
+}
+
+/// Homomorphic encryption's key distribution (each client downloads the public key),
+/// priced, and each client's encryption.
+fn he_setup(st: &Core, chosen: &[ClientId], setup: crate::he::cost::Setup) -> SecureSetup {
+    let Some(Protection::Homomorphic(params)) = st.args.config.secure else {
+        return SecureSetup::default();
+    };
+    let fleet = st.args.clients.faults.fleet();
+    let profiled: Vec<_> = (chosen.iter())
+        .map(|c| {
+            let keys = ClientSetup {
+                keys_down: setup.public_key_bytes,
+                ..ClientSetup::default()
+            };
+            (fleet.profile(*c), keys)
+        })
+        .collect();
+    let (keys, _) = cost::setup(&profiled);
+    let encrypt = crate::he::cost::encrypt_seconds(setup.ciphertexts, params.degree, &params.compute);
+    let mask_s: HashMap<ClientId, f64> = chosen.iter().map(|c| (*c, encrypt)).collect();
+    let record = SecAggCost {
+        keys,
+        masked: cost::Phase {
+            seconds: encrypt,
+            ..cost::Phase::default()
+        },
+        key_holder_bytes: setup.holder_bytes,
+        ..SecAggCost::default()
+    };
+    SecureSetup {
+        seconds: keys.seconds,
+        upload: Some(setup.ciphertexts as u64 * setup.ciphertext_bytes),
+        mask_s,
+        cost: Some(record),
+    }
+}
+
+fn mean(per_client: &HashMap<ClientId, f64>) -> f64 {
+    per_client.values().sum::<f64>() / per_client.len().max(1) as f64
 }
 
 /// The unmasking phase after the round's last upload: its transfers and the server's
 /// compute delay the close; the round's record and byte counts take its messages.
 pub(super) fn unmask(st: &mut Core, unmasking: &Unmasking) {
-    let Some(params) = st.args.config.secagg else {
+    let Some(Protection::SecAggPlus(params)) = st.args.config.secure else {
         return;
     };
     let fleet = st.args.clients.faults.fleet();
@@ -117,4 +174,28 @@ pub(super) fn unmask(st: &mut Core, unmasking: &Unmasking) {
         .fold((0, 0), |(u, d), p| (u + p.up_bytes, d + p.down_bytes));
     cur.bytes_up += up;
     cur.bytes_down += down;
+}
+
+/// The decryption after the round's last upload: the server's last addition and the key
+/// holders' decryption delay the close; the public keys count in the round's downloads.
+pub(super) fn decrypt(st: &mut Core, decryption: &Decryption) {
+    let Some(Protection::Homomorphic(params)) = st.args.config.secure else {
+        return;
+    };
+    let server = crate::he::cost::decrypt_seconds(
+        decryption.ciphertexts,
+        decryption.degree,
+        &params.compute,
+    );
+    let cur = &mut st.current;
+    cur.close_at += server;
+    let record = cur.secure.get_or_insert_with(SecAggCost::default);
+    record.masked.up_bytes = cur.bytes_up;
+    record.unmask = cost::Phase {
+        seconds: server,
+        ..cost::Phase::default()
+    };
+    record.server_compute_s = server;
+    record.key_holder_bytes += decryption.holder_bytes;
+    cur.bytes_down += record.keys.down_bytes;
 }

@@ -4,7 +4,7 @@
 use super::check::field_path;
 use super::{Check, Range};
 use crate::byzantine::{Attackers, ByzantineAttack};
-use crate::scenario::file::SecureAggregation;
+use crate::scenario::file::{HeScheme, SecureAggregation};
 use crate::scenario::file::{ScenarioFile, StrategyKind};
 use crate::scenario::ScenarioError;
 use crate::stragglers::Stragglers;
@@ -45,26 +45,75 @@ fn check_secure(
     file: &ScenarioFile,
     strategy: &Strategy,
 ) -> Result<(), ScenarioError> {
-    let Some(SecureAggregation::SecAggPlus {
-        neighbours,
-        threshold,
-        ring_bits,
-        client_elements_per_s,
-        server_elements_per_s,
-    }) = file.strategy.secure_aggregation
-    else {
-        return Ok(());
+    match file.strategy.secure_aggregation {
+        None => return Ok(()),
+        Some(SecureAggregation::SecAggPlus {
+            neighbours,
+            threshold,
+            ring_bits,
+            client_elements_per_s,
+            server_elements_per_s,
+        }) => {
+            let rates = [client_elements_per_s, server_elements_per_s, None];
+            check_rates(c, "SecAggPlus", rates)?;
+            check_secagg_plus(c, file, (neighbours, threshold, ring_bits))?;
+        }
+        Some(SecureAggregation::HomomorphicEncryption {
+            scheme,
+            key_holders,
+            client_elements_per_s,
+            server_elements_per_s,
+            decrypt_elements_per_s,
+        }) => {
+            let rates = [
+                client_elements_per_s,
+                server_elements_per_s,
+                decrypt_elements_per_s,
+            ];
+            check_rates(c, "HomomorphicEncryption", rates)?;
+            check_he(c, file, scheme, key_holders)?;
+        }
+    }
+    let clash = if !matches!(
+        strategy,
+        Strategy::FedAvg | Strategy::FedProx(_) | Strategy::ServerOpt(_)
+    ) {
+        Some(format!(
+            "strategy.kind {} needs each update (the server sees only their sum); use FedAvg, \
+             FedProx or a server optimiser",
+            strategy.name()
+        ))
+    } else if file.system.byzantine.is_some() {
+        Some("system.byzantine: its metrics compare individual updates".into())
+    } else if matches!(file.system.stragglers, Stragglers::Async { .. }) {
+        Some("system.stragglers Async: asynchronous rounds have no phases to mask in".into())
+    } else {
+        None
     };
-    check_rates(c, [client_elements_per_s, server_elements_per_s])?;
-    let f = "strategy.secure_aggregation";
+    match clash {
+        Some(why) => Err(c.fail(
+            "strategy.secure_aggregation",
+            format!("cannot be combined with {why}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// SecAgg+'s neighbours, threshold and ring.
+fn check_secagg_plus(
+    c: &Check<'_>,
+    file: &ScenarioFile,
+    (neighbours, threshold, ring_bits): (usize, usize, Option<u32>),
+) -> Result<(), ScenarioError> {
+    let f = "strategy.secure_aggregation.SecAggPlus";
     c.ensure(
         (2..=255).contains(&neighbours),
-        &format!("{f}.SecAggPlus.neighbours"),
+        &format!("{f}.neighbours"),
         format!("is {neighbours}; it must be 2..=255 (a share's index is one byte)"),
     )?;
     c.ensure(
         (2..=neighbours).contains(&threshold),
-        &format!("{f}.SecAggPlus.threshold"),
+        &format!("{f}.threshold"),
         format!("is {threshold}; it must be 2..={neighbours} (the neighbours)"),
     )?;
     let min = file.strategy.min_fit_clients;
@@ -81,40 +130,69 @@ fn check_secure(
     if let Some(b) = ring_bits {
         c.ensure(
             (64..=128).contains(&b),
-            &format!("{f}.SecAggPlus.ring_bits"),
+            &format!("{f}.ring_bits"),
             format!("is {b}; it must be 64..=128, or None to size it from the data"),
         )?;
     }
-    let clash = if !matches!(
-        strategy,
-        Strategy::FedAvg | Strategy::FedProx(_) | Strategy::ServerOpt(_)
-    ) {
-        Some(format!(
-            "strategy.kind {} needs each update (the server sees only their sum); use FedAvg,              FedProx or a server optimiser",
-            strategy.name()
-        ))
-    } else if file.system.byzantine.is_some() {
-        Some("system.byzantine: its metrics compare individual updates".into())
-    } else if matches!(file.system.stragglers, Stragglers::Async { .. }) {
-        Some("system.stragglers Async: asynchronous rounds have no phases to mask in".into())
-    } else {
-        None
-    };
-    match clash {
-        Some(why) => Err(c.fail(f, format!("cannot be combined with {why}"))),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
-/// SecAgg+'s compute throughputs, when given: positive and finite.
-fn check_rates(c: &Check<'_>, rates: [Option<f64>; 2]) -> Result<(), ScenarioError> {
-    let fields = ["client_elements_per_s", "server_elements_per_s"];
+/// Homomorphic encryption's scheme, key holders and packing.
+fn check_he(
+    c: &Check<'_>,
+    file: &ScenarioFile,
+    scheme: HeScheme,
+    key_holders: usize,
+) -> Result<(), ScenarioError> {
+    let f = "strategy.secure_aggregation.HomomorphicEncryption";
+    let HeScheme::Bfv { degree } = scheme;
+    if let Err(e) = crate::he::keys::Scheme::of(degree) {
+        return Err(c.fail(&format!("{f}.scheme.Bfv.degree"), e.to_string()));
+    }
+    c.ensure(
+        (1..=16).contains(&key_holders),
+        &format!("{f}.key_holders"),
+        format!("is {key_holders}; it must be 1..=16"),
+    )?;
+    let min = file.strategy.min_fit_clients;
+    c.ensure(
+        min >= 2,
+        "strategy.min_fit_clients",
+        format!(
+            "is {min}; homomorphic aggregation needs at least 2 clients a round (the key \
+             holders decrypt no sum of one update)"
+        ),
+    )?;
+    let widest = crate::secagg::Ring::for_weight(u64::MAX);
+    if let Err(e) = crate::he::Params::new(
+        degree,
+        key_holders,
+        widest,
+        file.clients.count,
+        crate::he::cost::Compute::default(),
+    ) {
+        return Err(c.fail("clients.count", e.to_string()));
+    }
+    Ok(())
+}
+
+/// Secure aggregation's compute throughputs, when given: positive and finite.
+fn check_rates(
+    c: &Check<'_>,
+    variant: &str,
+    rates: [Option<f64>; 3],
+) -> Result<(), ScenarioError> {
+    let fields = [
+        "client_elements_per_s",
+        "server_elements_per_s",
+        "decrypt_elements_per_s",
+    ];
     for (v, field) in rates.into_iter().zip(fields) {
         if let Some(v) = v {
             c.finite_in(
                 v,
                 Range::open_closed(0.0, f64::MAX),
-                &format!("strategy.secure_aggregation.SecAggPlus.{field}"),
+                &format!("strategy.secure_aggregation.{variant}.{field}"),
             )?;
         }
     }
