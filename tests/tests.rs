@@ -24,6 +24,7 @@ mod run;
 mod scale_async;
 mod scenario;
 mod schema;
+mod he;
 mod secagg;
 mod secagg_cost;
 mod secagg_dp;
