@@ -69,7 +69,10 @@ fn limbs_shrink_with_the_clients_and_too_many_are_refused() {
     // A coefficient above what the survivors' limbs can sum to is a decryption failure.
     let err = p.unpack(&[1 << 47, 0], 1, 1).unwrap_err();
     assert!(err.to_string().starts_with("he_decrypt"), "{err}");
-    assert!(p.unpack(&[0, 0, 5], 1, 2).is_err(), "padding must decrypt to 0");
+    assert!(
+        p.unpack(&[0, 0, 5], 1, 2).is_err(),
+        "padding must decrypt to 0"
+    );
     assert!(matches!(
         Params::new(1000, 1, ring, 10, Default::default()),
         Err(HeError::Degree { degree: 1000 })
@@ -114,10 +117,20 @@ fn encrypted_sums_decrypt_to_the_ring_sums_with_one_or_several_key_holders() {
         let (mut authority, key_bytes) = KeyAuthority::generate(&params, [9; 32]).unwrap();
         assert!(key_bytes > 0);
         let sum = encrypt_all(&params, &authority, &vectors);
-        assert_eq!(sum.len(), 2, "2 limbs × (n/2 + 3) elements: one ciphertext and a padded one");
+        assert_eq!(
+            sum.len(),
+            2,
+            "2 limbs × (n/2 + 3) elements: one ciphertext and a padded one"
+        );
         let (coefficients, _) = authority.decrypt(sum.into_ciphertexts()).unwrap();
-        let got = params.packing.unpack(&coefficients, elements, clients).unwrap();
-        assert_eq!(got, expect, "degree {degree}, {holders} holders, {clients} clients");
+        let got = params
+            .packing
+            .unpack(&coefficients, elements, clients)
+            .unwrap();
+        assert_eq!(
+            got, expect,
+            "degree {degree}, {holders} holders, {clients} clients"
+        );
     }
 }
 
@@ -188,7 +201,10 @@ fn an_encrypted_run_gives_the_plain_runs_adapter_bit_for_bit_and_prices_its_phas
         let keys = f(&sa["keys"], "seconds");
         let encrypt = (ciphertexts * 4096) as f64 / fedsim::he::cost::CLIENT_COEFFICIENTS_PER_S;
         for c in &mine {
-            assert!((f(c, "start") - (f(r, "sim_start_s") + keys)).abs() < 1e-9, "{c}");
+            assert!(
+                (f(c, "start") - (f(r, "sim_start_s") + keys)).abs() < 1e-9,
+                "{c}"
+            );
             assert!((f(c, "mask") - encrypt).abs() < 1e-12, "{c}");
         }
         // The last upload's addition and the decryption delay the close.
@@ -200,9 +216,15 @@ fn an_encrypted_run_gives_the_plain_runs_adapter_bit_for_bit_and_prices_its_phas
         let end = f(r, "sim_start_s") + f(r, "sim_duration_s");
         assert!((end - (last + decrypt)).abs() < 1e-9, "round {round}");
         assert!(sa["key_holder_bytes"].as_u64().unwrap() > 0);
-        assert_eq!(sa["keys"]["down_bytes"].as_u64().unwrap() % mine.len() as u64, 0);
+        assert_eq!(
+            sa["keys"]["down_bytes"].as_u64().unwrap() % mine.len() as u64,
+            0
+        );
     }
-    assert!(crashed > 0, "no client crashed: the dropout path was not exercised");
+    assert!(
+        crashed > 0,
+        "no client crashed: the dropout path was not exercised"
+    );
 }
 
 #[test]
@@ -211,7 +233,10 @@ fn encrypted_dp_releases_the_plain_dp_runs_model_and_a_round_of_one_upload_is_wi
     let by = "dp.noise_by=Clients(min_survivors: 2)";
     let plain = run(&small(&[DP, by]), &tmp.path().join("plain"));
     let he = run(&small(&[DP, by, HE]), &tmp.path().join("he"));
-    assert!(adapter(&plain.dir) == adapter(&he.dir), "DP adapters differ");
+    assert!(
+        adapter(&plain.dir) == adapter(&he.dir),
+        "DP adapters differ"
+    );
     // Two clients of which one crashes every round leave sums of one upload.
     let s = scenario(
         SMALL,
@@ -228,7 +253,11 @@ fn encrypted_dp_releases_the_plain_dp_runs_model_and_a_round_of_one_upload_is_wi
     let done = run(&s, &tmp.path().join("few"));
     let rounds = round_metrics(&done.dir);
     let withheld: Vec<_> = (rounds.iter())
-        .filter(|r| r["skipped"].as_str().is_some_and(|w| w.starts_with("he_too_few")))
+        .filter(|r| {
+            r["skipped"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("he_too_few"))
+        })
         .collect();
     assert!(!withheld.is_empty(), "no round of one upload: {rounds:?}");
     for r in withheld {

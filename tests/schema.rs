@@ -150,6 +150,7 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
         SlotsSection,
         WorkersSection,
         SecureAggregation,
+        HeScheme,
         TlsSection,
         SlotDevice,
         SlotAssignment,

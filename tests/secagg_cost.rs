@@ -193,11 +193,21 @@ fn a_sweep_counts_the_secure_rounds_that_released_nothing() {
         let dir = std::path::Path::new(line.rsplit(',').next().unwrap());
         let skipped = round_metrics(dir)
             .iter()
-            .filter(|r| r["skipped"].as_str().is_some_and(|w| w.starts_with("secagg_threshold")))
+            .filter(|r| {
+                r["skipped"]
+                    .as_str()
+                    .is_some_and(|w| w.starts_with("secagg_threshold"))
+            })
             .count();
         withheld_any += skipped;
-        assert!(row.trim_end().ends_with(&format!("{skipped}/3")), "{stdout}");
+        assert!(
+            row.trim_end().ends_with(&format!("{skipped}/3")),
+            "{stdout}"
+        );
     }
     assert_eq!(rows.len(), 2, "{stdout}");
-    assert!(withheld_any > 0, "no round withheld: the column was not exercised\n{stdout}");
+    assert!(
+        withheld_any > 0,
+        "no round withheld: the column was not exercised\n{stdout}"
+    );
 }

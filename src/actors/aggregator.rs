@@ -314,15 +314,7 @@ impl Actor for Aggregator {
                 // The permit goes here: the update is folded, or buffered (at most a batch).
                 drop(permit);
             }
-            AggregatorMsg::Release { client, weight } => match st.held.remove(&client) {
-                Some(Ok(buf)) => {
-                    if let Err(e) = st.acc.fold_owned(buf, weight) {
-                        st.rejected.push((client, e.into()));
-                    }
-                }
-                Some(Err(e)) => st.rejected.push((client, e)),
-                None => st.rejected.push((client, Rejection::NotHeld)),
-            },
+            AggregatorMsg::Release { client, weight } => st.release_held(client, weight),
             AggregatorMsg::Discard { client } => {
                 st.held.remove(&client);
             }
@@ -357,6 +349,19 @@ impl AggregatorState {
         self.secure = None;
         self.he = None;
         self.withheld = None;
+    }
+
+    /// Fold a held update with the weight the server gave it.
+    fn release_held(&mut self, client: ClientId, weight: u64) {
+        match self.held.remove(&client) {
+            Some(Ok(buf)) => {
+                if let Err(e) = self.acc.fold_owned(buf, weight) {
+                    self.rejected.push((client, e.into()));
+                }
+            }
+            Some(Err(e)) => self.rejected.push((client, e)),
+            None => self.rejected.push((client, Rejection::NotHeld)),
+        }
     }
 
     /// Parse and fold (or hold) one upload; a corrupt payload or update is recorded as rejected.

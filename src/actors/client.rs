@@ -297,45 +297,11 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         Err(JobFailure::NotRun(reason)) => return failed(reason.to_string()),
     };
     let (byzantine, update_norm, clipped) = before_upload(a, &ins, &mut out.update);
-    let secure = st.secure.as_mut().filter(|s| s.round == ins.round);
-    let he = st.he.take().filter(|k| k.round == ins.round);
-    let (upload, bytes) = match (secure, he) {
-        // Homomorphic encryption: only the ciphertexts leave the client.
-        (None, Some(key)) => {
-            let values = out.update.data().to_vec();
-            match key.encrypt(a.id, ctx.seed, values, weight(a, &ins)).await {
-                Ok((input, bytes)) => {
-                    let permit = Some(permit);
-                    (AggregatorMsg::Encrypted { input, permit }, bytes)
-                }
-                Err(e) => return failed(e.to_string()),
-            }
-        }
-        // Secure aggregation: only the masked vector leaves the client.
-        (Some(s), _) => match s.masked(out.update.data(), weight(a, &ins)) {
-            Ok(input) => {
-                let bytes = input.masked.len() as u64;
-                let permit = Some(permit);
-                (AggregatorMsg::Masked { input, permit }, bytes)
-            }
-            Err(e) => return failed(e.to_string()),
-        },
-        (None, None) => match out.update.to_safetensors() {
-            Ok(payload) => {
-                let bytes = payload.len() as u64;
-                let fold = AggregatorMsg::Fold {
-                    client: a.id,
-                    payload,
-                    num_examples: a.shard.len(),
-                    permit: Some(permit),
-                    hold: ctx.hold,
-                    byzantine,
-                };
-                (fold, bytes)
-            }
-            Err(e) => return failed(crate::fmt::chain(&e)),
-        },
+    let (upload, bytes) = match upload(st, &ins, &out.update, byzantine, permit).await {
+        Ok(u) => u,
+        Err(reason) => return failed(reason),
     };
+    let (a, ctx) = (&st.args, &st.args.ctx);
     if ctx.aggregator.send_message(upload).is_err() {
         return failed("the aggregator is gone".into());
     }
@@ -350,6 +316,47 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         host_seconds,
         timeline,
     }))
+}
+
+/// What the client sends the aggregator and its bytes on the wire: its update, or under
+/// secure aggregation only its masked vector or its ciphertexts.
+async fn upload(
+    st: &mut ClientState,
+    ins: &FitIns,
+    update: &AdapterSet,
+    byzantine: bool,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(AggregatorMsg, u64), String> {
+    let (a, ctx) = (&st.args, &st.args.ctx);
+    let secure = st.secure.as_mut().filter(|s| s.round == ins.round);
+    let he = st.he.take().filter(|k| k.round == ins.round);
+    let permit = Some(permit);
+    match (secure, he) {
+        (None, Some(key)) => {
+            let values = update.data().to_vec();
+            let (input, bytes) = (key.encrypt(a.id, ctx.seed, values, weight(a, ins)).await)
+                .map_err(|e| e.to_string())?;
+            Ok((AggregatorMsg::Encrypted { input, permit }, bytes))
+        }
+        (Some(s), _) => {
+            let input = (s.masked(update.data(), weight(a, ins))).map_err(|e| e.to_string())?;
+            let bytes = input.masked.len() as u64;
+            Ok((AggregatorMsg::Masked { input, permit }, bytes))
+        }
+        (None, None) => {
+            let payload = update.to_safetensors().map_err(|e| crate::fmt::chain(&e))?;
+            let bytes = payload.len() as u64;
+            let fold = AggregatorMsg::Fold {
+                client: a.id,
+                payload,
+                num_examples: a.shard.len(),
+                permit,
+                hold: ctx.hold,
+                byzantine,
+            };
+            Ok((fold, bytes))
+        }
+    }
 }
 
 /// The client's FedAvg weight: its examples, or 1 when every client weighs the same (DP).

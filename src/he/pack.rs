@@ -94,8 +94,8 @@ impl Packing {
     ) -> Result<Vec<u128>, HeError> {
         let bound = survivors as u64 * ((1u64 << self.limb_bits) - 1);
         let used = self.coefficients(elements);
-        if let Some((index, &value)) = (sums.iter().enumerate())
-            .find(|&(i, &v)| v > if i < used { bound } else { 0 })
+        if let Some((index, &value)) =
+            (sums.iter().enumerate()).find(|&(i, &v)| v > if i < used { bound } else { 0 })
         {
             return Err(HeError::Decrypt {
                 index,

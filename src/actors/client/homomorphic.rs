@@ -29,7 +29,10 @@ impl HeKey {
     ) -> Result<(EncryptedInput, u64), HeError> {
         let mut entropy = [0u8; 32];
         rand::RngCore::fill_bytes(
-            &mut rng_for(seed, &[purpose::SECAGG, self.round as u64, client as u64, 2]),
+            &mut rng_for(
+                seed,
+                &[purpose::SECAGG, self.round as u64, client as u64, 2],
+            ),
             &mut entropy,
         );
         let (params, encryptor, round) = (self.params, self.encryptor.clone(), self.round);

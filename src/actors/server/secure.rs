@@ -121,7 +121,8 @@ fn he_setup(st: &Core, chosen: &[ClientId], setup: crate::he::cost::Setup) -> Se
         })
         .collect();
     let (keys, _) = cost::setup(&profiled);
-    let encrypt = crate::he::cost::encrypt_seconds(setup.ciphertexts, params.degree, &params.compute);
+    let encrypt =
+        crate::he::cost::encrypt_seconds(setup.ciphertexts, params.degree, &params.compute);
     let mask_s: HashMap<ClientId, f64> = chosen.iter().map(|c| (*c, encrypt)).collect();
     let record = SecAggCost {
         keys,

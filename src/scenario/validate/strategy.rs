@@ -177,11 +177,7 @@ fn check_he(
 }
 
 /// Secure aggregation's compute throughputs, when given: positive and finite.
-fn check_rates(
-    c: &Check<'_>,
-    variant: &str,
-    rates: [Option<f64>; 3],
-) -> Result<(), ScenarioError> {
+fn check_rates(c: &Check<'_>, variant: &str, rates: [Option<f64>; 3]) -> Result<(), ScenarioError> {
     let fields = [
         "client_elements_per_s",
         "server_elements_per_s",
