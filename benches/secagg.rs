@@ -3,6 +3,8 @@
 //! vectors, remove the masks, with 10 % dropped after sharing), and the plain fold of the same
 //! updates for reference. Per client: divide by the round's clients.
 //!
+//! Homomorphic aggregation's units likewise (`he_*`).
+//!
 //! Run with: cargo bench --bench secagg
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -127,5 +129,52 @@ fn secagg(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, secagg);
+/// Homomorphic aggregation (BFV, n = 8192, 3 key holders) per coefficient: a client's
+/// encryption, the server's parse-and-add of one uploaded ciphertext, one key holder's
+/// decryption share with the shares combined — the units `he::cost` prices — and one
+/// client's whole upload of the 135M adapter.
+fn he(c: &mut Criterion) {
+    use fedsim::he::{KeyAuthority, Params as HeParams};
+    use fhe_traits::{DeserializeParametrized, Serialize};
+    let ring = Ring::for_weight(100 * CLIENTS as u64);
+    let params = HeParams::new(8192, 3, ring, 1000, Default::default()).unwrap();
+    let (mut authority, _) = KeyAuthority::generate(&params, [3; 32]).unwrap();
+    let encryptor = authority.encryptor();
+    let coefficients: Vec<u64> = (0..8192u64).map(|i| i * 7919 % (1 << 40)).collect();
+    let mut group = c.benchmark_group("he_bfv8192");
+    group.sample_size(10);
+    group.throughput(criterion::Throughput::Elements(8192));
+    group.bench_function("he_encrypt", |b| {
+        b.iter(|| encryptor.encrypt(&coefficients, [5; 32]).unwrap())
+    });
+    let ct = encryptor.encrypt(&coefficients, [5; 32]).unwrap().remove(0);
+    let bytes = ct.to_bytes();
+    let bfv = authority.parameters().clone();
+    let mut sum = authority.zero();
+    group.bench_function("he_add", |b| {
+        b.iter(|| {
+            let parsed = fhe::bfv::Ciphertext::from_bytes(&bytes, &bfv).unwrap();
+            sum += &parsed;
+        })
+    });
+    // Three holders decrypt in parallel: one holder's share is a third of the three shares'
+    // time; the combination runs once.
+    group.bench_function("he_decrypt_3_holders", |b| {
+        b.iter(|| authority.decrypt(vec![ct.clone()]).unwrap())
+    });
+    group.throughput(criterion::Throughput::Elements(1));
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let update: Vec<f32> = (0..VALUES).map(|_| rng.random_range(-1e-2f32..1e-2)).collect();
+    group.bench_function("he_client_upload_460800", |b| {
+        b.iter(|| {
+            let elements = ring.encode(0, &update, 100).unwrap();
+            encryptor
+                .encrypt(&params.packing.pack(&elements), [6; 32])
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, secagg, he);
 criterion_main!(benches);

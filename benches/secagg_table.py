@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Secure aggregation side by side: fedsim in the clear vs fedsim's SecAgg+ vs Flower's
-SecAggPlusWorkflow, on the 135M adapter's 460,800 values, N clients all sampled, a share of them
+"""Secure aggregation side by side: fedsim in the clear vs fedsim's SecAgg+ vs fedsim's
+homomorphic aggregation (BFV, n = 8192, 3 key holders) vs Flower's SecAggPlusWorkflow, on the 135M adapter's 460,800 values, N clients all sampled, a share of them
 dropping after the keys are shared (fedsim: `system.crash_probability`; Flower: the client's fit
 raises). Runs each cell once, the two systems alternating, and prints a Markdown table with the
 host's condition (CPU model, cores, the other processes' CPU share) and one JSON line per run.
@@ -32,7 +32,11 @@ def measure(cmd):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def fedsim(sim, n, dropout, secure, rounds, k, t):
+HE = "HomomorphicEncryption(scheme: Bfv(degree: 8192), key_holders: 3)"
+LABEL = {"plain": "fedsim plain", "secagg": "fedsim SecAgg+", "he": "fedsim HE (BFV, 3 key holders)"}
+
+
+def fedsim(sim, n, dropout, mode, rounds, k, t):
     out = tempfile.mkdtemp(prefix="secagg_table_")
     cmd = [sim, "run", os.path.join(ROOT, "scenarios/bench_flower.ron"), "-q",
            "--metrics-addr", "none", "--out", out,
@@ -40,9 +44,11 @@ def fedsim(sim, n, dropout, secure, rounds, k, t):
            "--set", f"strategy.min_fit_clients={min(n, t + 1)}",
            "--set", f"strategy.min_available_clients={n}",
            "--set", f"rounds={rounds}", "--set", f"system.crash_probability={dropout}"]
-    if secure:
+    if mode == "secagg":
         cmd += ["--set", f"strategy.secure_aggregation=SecAggPlus(neighbours: {k}, "
                          f"threshold: {t}, ring_bits: None)"]
+    elif mode == "he":
+        cmd += ["--set", f"strategy.secure_aggregation={HE}"]
     m = measure(cmd)
     rounds_log = [json.loads(l) for l in open(os.path.join(out, "rounds.jsonl"))]
     completed = sum(r["completed"] for r in rounds_log)
@@ -53,7 +59,7 @@ def fedsim(sim, n, dropout, secure, rounds, k, t):
     up = sum(r["bytes_up"] for r in rounds_log)
     released = sum(1 for r in rounds_log if r["completed"] > 0 and "skipped" not in r)
     return {
-        "system": "fedsim " + ("SecAgg+" if secure else "plain"), "N": n, "dropout": dropout,
+        "system": LABEL[mode], "N": n, "dropout": dropout,
         "bytes_up_per_client": round(up / max(1, uploaded)),
         "sim_round_s": round(sum(r["sim_duration_s"] for r in rounds_log) / len(rounds_log), 2),
         "host_round_s": round(sum(r["wall_seconds"] for r in rounds_log[1:] or rounds_log)
@@ -103,18 +109,18 @@ def main():
                     help="the dropouts Flower runs (default: --dropout)")
     ap.add_argument("-k", type=int, default=8, help="neighbours (Flower: num_shares = k + 1)")
     ap.add_argument("-t", type=int, default=4, help="threshold")
+    ap.add_argument("--modes", nargs="+", default=["plain", "secagg", "he"],
+                    help="fedsim's modes: plain, secagg, he")
     args = ap.parse_args()
     rows = []
     for n in args.N:
         for d in args.dropout:
-            for run in (lambda: fedsim(args.sim, n, d, False, args.rounds, args.k, args.t),
-                        lambda: fedsim(args.sim, n, d, True, args.rounds, args.k, args.t),
-                        (lambda: flower(args.flower_python, n, d,
-                                        args.flower_rounds or args.rounds, args.k, args.t))
-                        if args.flower_python and d in (args.flower_dropout or args.dropout)
-                        else None):
-                if run is None:
-                    continue
+            runs = [(lambda m=m: fedsim(args.sim, n, d, m, args.rounds, args.k, args.t))
+                    for m in args.modes]
+            if args.flower_python and d in (args.flower_dropout or args.dropout):
+                runs.append(lambda: flower(args.flower_python, n, d,
+                                           args.flower_rounds or args.rounds, args.k, args.t))
+            for run in runs:
                 row = run()
                 print(json.dumps(row), flush=True)
                 rows.append(row)

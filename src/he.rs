@@ -121,6 +121,9 @@ pub enum Rejection {
     /// An upload for another round, or without a key this round.
     #[error("not part of this round")]
     Stranger,
+    /// Ciphertexts made under other parameters than the round's key.
+    #[error("encrypted under other parameters")]
+    Parameters,
 }
 
 /// Homomorphic aggregation's settings.

@@ -85,7 +85,7 @@ fn limbs_shrink_with_the_clients_and_too_many_are_refused() {
 
 fn encrypt_all(params: &Params, authority: &KeyAuthority, vectors: &[Vec<u128>]) -> EncryptedSum {
     let n = params.ciphertexts(vectors[0].len());
-    let mut sum = EncryptedSum::new(1, 0..vectors.len(), authority.zero(), n);
+    let mut sum = EncryptedSum::new(1, 0..vectors.len(), authority, n);
     for (c, v) in vectors.iter().enumerate() {
         let ciphertexts = (authority.encryptor())
             .encrypt(&params.packing.pack(v), [c as u8; 32])
@@ -94,6 +94,7 @@ fn encrypt_all(params: &Params, authority: &KeyAuthority, vectors: &[Vec<u128>])
             client: c,
             round: 1,
             ciphertexts,
+            parameters: authority.parameters().clone(),
         };
         sum.add(&input).unwrap();
     }
@@ -135,22 +136,31 @@ fn encrypted_sums_decrypt_to_the_ring_sums_with_one_or_several_key_holders() {
 }
 
 #[test]
-fn the_server_refuses_strangers_second_uploads_and_short_vectors() {
+fn the_server_refuses_strangers_second_uploads_short_vectors_and_foreign_keys() {
     let params = params(4096, 1, 72, 4);
     let (authority, _) = KeyAuthority::generate(&params, [1; 32]).unwrap();
+    let (other, _) = KeyAuthority::generate(&params, [2; 32]).unwrap();
     let zero = authority.zero();
-    let mut sum = EncryptedSum::new(5, [0, 1], zero.clone(), 2);
+    let mut sum = EncryptedSum::new(5, [0, 1], &authority, 2);
     let upload = |client, round, n| EncryptedInput {
         client,
         round,
         ciphertexts: vec![zero.clone(); n],
+        parameters: authority.parameters().clone(),
     };
     sum.add(&upload(0, 5, 2)).unwrap();
+    let foreign = EncryptedInput {
+        client: 1,
+        round: 5,
+        ciphertexts: vec![other.zero(); 2],
+        parameters: other.parameters().clone(),
+    };
     for (input, why) in [
         (upload(0, 5, 2), "a second upload"),
         (upload(2, 5, 2), "not part of this round"),
         (upload(1, 4, 2), "not part of this round"),
         (upload(1, 5, 1), "1 ciphertexts, expected 2"),
+        (foreign, "encrypted under other parameters"),
     ] {
         let err = sum.add(&input).unwrap_err();
         assert!(err.to_string().contains(why), "{err}");

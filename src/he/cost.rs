@@ -13,16 +13,19 @@
 //! coefficient from `cargo bench --bench secagg` (`he_*`): the defaults below, or the
 //! scenario's `client_elements_per_s` / `server_elements_per_s` / `decrypt_elements_per_s`.
 
-/// Coefficients a second a client encrypts (public-key BFV encryption, n = 8192, q ≈ 2¹²⁰):
-/// `he_encrypt` on the 2-core reference host, 2026-12-03.
-pub const CLIENT_COEFFICIENTS_PER_S: f64 = 1.87e6;
+/// Coefficients a second a client encodes, packs and encrypts (public-key BFV, n = 8192,
+/// q ≈ 2¹²⁰): `he_client_upload_460800` on the 2-core reference host, 2026-12-03 — 113
+/// ciphertexts (925,696 coefficients) in 336 ms.
+pub const CLIENT_COEFFICIENTS_PER_S: f64 = 2.75e6;
 
 /// Coefficients a second the server takes uploads in at (parse a ciphertext, add it):
-/// `he_add` on the same host.
-pub const SERVER_COEFFICIENTS_PER_S: f64 = 5.0e6;
+/// `he_add` on the same host (1.56 ms a ciphertext).
+pub const SERVER_COEFFICIENTS_PER_S: f64 = 5.25e6;
 
-/// Coefficients a second a key holder decrypts at (its decryption share, then the shares
-/// combined): `he_decrypt` on the same host.
+/// Coefficients a second the key holders decrypt at, working in parallel (one holder's
+/// decryption share, then the shares combined): from `he_decrypt_3_holders` on the same host
+/// (5.9 ms a ciphertext for three shares and their combination; about 3 ms with the holders
+/// in parallel).
 pub const DECRYPT_COEFFICIENTS_PER_S: f64 = 2.7e6;
 
 /// The compute throughputs homomorphic aggregation is priced with.

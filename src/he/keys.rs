@@ -121,6 +121,12 @@ impl KeyAuthority {
         self.ciphertext_bytes
     }
 
+    /// The scheme's parameters (the library adds only ciphertexts made under the same
+    /// parameters object).
+    pub fn parameters(&self) -> &Arc<BfvParameters> {
+        &self.bfv
+    }
+
     /// A zero ciphertext to add uploads into.
     pub fn zero(&self) -> Ciphertext {
         Ciphertext::zero(&self.bfv)
@@ -164,6 +170,11 @@ impl std::fmt::Debug for Encryptor {
 }
 
 impl Encryptor {
+    /// The parameters its ciphertexts are made under.
+    pub fn parameters(&self) -> &Arc<BfvParameters> {
+        &self.bfv
+    }
+
     /// Encrypt `coefficients`, a degree's worth a ciphertext (the last padded with zeros).
     ///
     /// # Errors

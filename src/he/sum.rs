@@ -2,8 +2,9 @@
 //! ciphertexts once, and refuses what does not belong to the round.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use fhe::bfv::Ciphertext;
+use fhe::bfv::{BfvParameters, Ciphertext};
 
 use super::{HeError, Rejection};
 use crate::ids::{ClientId, RoundId};
@@ -17,27 +18,33 @@ pub struct EncryptedInput {
     pub round: RoundId,
     /// Its packed vector, a degree's worth of coefficients each.
     pub ciphertexts: Vec<Ciphertext>,
+    /// The parameters they were made under ([`super::Encryptor::parameters`]).
+    pub parameters: Arc<BfvParameters>,
 }
 
 /// A round's sum of encrypted uploads.
 #[derive(Debug)]
 pub struct EncryptedSum {
     round: RoundId,
+    parameters: Arc<BfvParameters>,
     invited: BTreeSet<ClientId>,
     uploaded: BTreeSet<ClientId>,
     sum: Vec<Ciphertext>,
 }
 
 impl EncryptedSum {
-    /// An empty sum of `ciphertexts` ciphertexts (each `zero`) for `invited` clients.
+    /// An empty sum of `ciphertexts` ciphertexts under `authority`'s key for `invited`
+    /// clients.
     pub fn new(
         round: RoundId,
         invited: impl IntoIterator<Item = ClientId>,
-        zero: Ciphertext,
+        authority: &super::KeyAuthority,
         ciphertexts: usize,
     ) -> Self {
+        let zero = authority.zero();
         Self {
             round,
+            parameters: authority.parameters().clone(),
             invited: invited.into_iter().collect(),
             uploaded: BTreeSet::new(),
             sum: vec![zero; ciphertexts],
@@ -54,6 +61,11 @@ impl EncryptedSum {
         let reject = |why| HeError::Rejected { client, why };
         if input.round != self.round || !self.invited.contains(&client) {
             return Err(reject(Rejection::Stranger));
+        }
+        // The library adds only ciphertexts made under the same parameters object (it
+        // asserts so); a fresh encryption under them is always at level 0.
+        if !Arc::ptr_eq(&input.parameters, &self.parameters) {
+            return Err(reject(Rejection::Parameters));
         }
         if self.uploaded.contains(&client) {
             return Err(reject(Rejection::Twice));

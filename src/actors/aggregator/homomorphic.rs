@@ -56,7 +56,7 @@ impl HeRound {
             });
         }
         let invited = clients.iter().map(|(c, _)| *c);
-        let sum = EncryptedSum::new(round, invited, authority.zero(), setup.ciphertexts);
+        let sum = EncryptedSum::new(round, invited, &authority, setup.ciphertexts);
         let round = Self {
             params,
             authority,

@@ -45,6 +45,7 @@ impl HeKey {
                 client,
                 round,
                 ciphertexts,
+                parameters: encryptor.parameters().clone(),
             })
         };
         match tokio::task::spawn_blocking(job).await {
