@@ -191,6 +191,7 @@ pub fn finance_sources_load_with_their_documented_counts() {
 }
 
 pub fn shipped_finance_scenarios_validate() {
+    gguf_path(); // the scenarios name the cached SmolLM2: fetched first, whatever ran before
     let root = crate::util::root();
     for name in [
         "finance_fpb",
