@@ -164,7 +164,9 @@ fn he(c: &mut Criterion) {
     });
     group.throughput(criterion::Throughput::Elements(1));
     let mut rng = ChaCha8Rng::seed_from_u64(2);
-    let update: Vec<f32> = (0..VALUES).map(|_| rng.random_range(-1e-2f32..1e-2)).collect();
+    let update: Vec<f32> = (0..VALUES)
+        .map(|_| rng.random_range(-1e-2f32..1e-2))
+        .collect();
     group.bench_function("he_client_upload_460800", |b| {
         b.iter(|| {
             let elements = ring.encode(0, &update, 100).unwrap();

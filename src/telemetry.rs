@@ -191,7 +191,7 @@ pub const DEFS: &[Def] = &[
     def(SERVER_LR, Kind::Gauge, None, "Learning rate of the server optimiser (FedAvgM, FedAdagrad, FedAdam, FedYogi)."),
     def(BYZANTINE_SAMPLED, Kind::Gauge, None, "Byzantine clients among the last round's sampled clients."),
     def(AGG_DEVIATION, Kind::Gauge, None, "L2 distance between the last round's aggregate update and the same rule over the honest updates alone."),
-    def(SECAGG_BYTES, Kind::Counter, Some(Unit::Bytes), "Bytes of each secure aggregation phase (keys, shares, masked, unmask), both directions, by phase."),
+    def(SECAGG_BYTES, Kind::Counter, Some(Unit::Bytes), "Bytes of each secure aggregation phase (keys, shares, masked, unmask; key_holders: between the server and the key holders under homomorphic encryption), both directions, by phase."),
     def(SECAGG_SECONDS, Kind::Histogram, Some(Unit::Seconds), "Simulated seconds each secure aggregation phase took per round, by phase (masked: the mean client's masking compute; unmask: transfers and server compute)."),
     def(SECAGG_FAILED, Kind::Counter, None, "Secure rounds whose sum could not be unmasked (secagg_threshold)."),
     def(WORKER_UP, Kind::Gauge, None, "Whether each slot worker answers (1) or is lost (0), by worker."),
@@ -419,6 +419,9 @@ impl Telemetry {
             for (phase, p) in c.phases() {
                 counter!(SECAGG_BYTES, "phase" => phase).increment(p.up_bytes + p.down_bytes);
                 histogram!(SECAGG_SECONDS, "phase" => phase).record(p.seconds);
+            }
+            if c.key_holder_bytes > 0 {
+                counter!(SECAGG_BYTES, "phase" => "key_holders").increment(c.key_holder_bytes);
             }
             counter!(SECAGG_FAILED).increment(u64::from(r.skipped.is_some()));
         }

@@ -234,7 +234,39 @@ fn an_encrypted_run_gives_the_plain_runs_adapter_bit_for_bit_and_prices_its_phas
     assert!(
         crashed > 0,
         "no client crashed: the dropout path was not exercised"
+    ); // metrics.om: the key holders' bytes beside the phases.
+    let om = std::fs::read_to_string(he.dir.join("metrics.om")).unwrap();
+    let holders: u64 = (rounds.iter())
+        .map(|r| {
+            r["secure_aggregation"]["key_holder_bytes"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    let line = format!("fedsim_secure_aggregation_bytes_total{{phase=\"key_holders\"}} {holders}");
+    assert!(om.contains(&line), "{line} missing from metrics.om");
+}
+
+#[test]
+fn sim_validate_states_what_each_client_uploads_encrypted() {
+    let (ok, stdout, err) = crate::util::sim(&["validate", "scenarios/homomorphic_encryption.ron"]);
+    assert!(ok, "{err}");
+    let s = fedsim::Scenario::load(
+        &crate::util::root().join("scenarios/homomorphic_encryption.ron"),
+        &[],
+    )
+    .unwrap();
+    let values = s.lora.trainable_parameters(&s.model);
+    let train = s.check_data().unwrap().train as u64;
+    let p = Params::new(8192, 3, Ring::for_weight(train), 10, Default::default()).unwrap();
+    let (public, ciphertext) = fedsim::he::keys::sizes(&p).unwrap();
+    let n = p.ciphertexts(values + 1);
+    let want = format!(
+        "{n} ciphertexts, {} B a client upload (plain f32: {} B); a {public}-B public key down",
+        n as u64 * ciphertext,
+        4 * values
     );
+    assert!(stdout.contains(&want), "{want}\nnot in\n{stdout}");
 }
 
 #[test]

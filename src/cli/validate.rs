@@ -28,12 +28,14 @@ pub fn validate(path: &Path, set: &[String]) -> anyhow::Result<()> {
             s.sampling.sample_size(s.data.clients)
         )
     };
+    let values = match s.trainer {
+        fedsim::trainer::TrainerKind::Lora => s.lora.trainable_parameters(&s.model),
+        fedsim::trainer::TrainerKind::Synthetic { params } => params,
+    };
     let trained = match s.trainer {
-        fedsim::trainer::TrainerKind::Lora => {
-            format!("{} LoRA parameters", s.lora.trainable_parameters(&s.model))
-        }
-        fedsim::trainer::TrainerKind::Synthetic { params } => {
-            format!("synthetic updates of {params} values")
+        fedsim::trainer::TrainerKind::Lora => format!("{values} LoRA parameters"),
+        fedsim::trainer::TrainerKind::Synthetic { .. } => {
+            format!("synthetic updates of {values} values")
         }
     };
     outln!(
@@ -56,7 +58,56 @@ pub fn validate(path: &Path, set: &[String]) -> anyhow::Result<()> {
             data.removed
         )?;
     }
+    secure(&s, values, data.train as u64)?;
     resources(&s)
+}
+
+/// What secure aggregation makes each client upload, beside the plain f32 update.
+fn secure(s: &Scenario, values: usize, train: u64) -> anyhow::Result<()> {
+    use fedsim::scenario::file::{HeScheme, SecureAggregation};
+    let ring = fedsim::secagg::Ring::for_weight(train);
+    let plain = 4 * values as u64;
+    match s.secure_aggregation() {
+        None => {}
+        Some(SecureAggregation::SecAggPlus {
+            neighbours,
+            threshold,
+            ring_bits,
+            ..
+        }) => {
+            let bits = ring_bits.unwrap_or(ring.bits());
+            let up = bits.div_ceil(8) as u64 * (values as u64 + 1);
+            outln!(
+                "secure aggregation: SecAgg+ with {neighbours} neighbours, threshold \
+                 {threshold}, a {bits}-bit ring: {up} B a client upload (plain f32: {plain} B), \
+                 plus its keys and shares"
+            )?;
+        }
+        Some(SecureAggregation::HomomorphicEncryption {
+            scheme: HeScheme::Bfv { degree },
+            key_holders,
+            ..
+        }) => {
+            let he = fedsim::he::Params::new(
+                degree,
+                key_holders,
+                ring,
+                s.data.clients,
+                Default::default(),
+            )?;
+            let (public, ciphertext) = fedsim::he::keys::sizes(&he)?;
+            let n = he.ciphertexts(values + 1);
+            outln!(
+                "secure aggregation: BFV with n = {degree}, {key_holders} key holder(s), {} limbs \
+                 of {} bits an element: {n} ciphertexts, {} B a client upload (plain f32: \
+                 {plain} B); a {public}-B public key down",
+                he.packing.limbs(),
+                he.packing.limb_bits(),
+                n as u64 * ciphertext
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// The task evaluation, the base's footprint and the memory estimate.

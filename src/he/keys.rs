@@ -154,6 +154,16 @@ impl KeyAuthority {
     }
 }
 
+/// Bytes of the public key and of one ciphertext under `params` (from a throwaway key).
+///
+/// # Errors
+/// The library failed.
+pub fn sizes(params: &Params) -> Result<(u64, u64), HeError> {
+    let (authority, _) = KeyAuthority::generate(params, [0; 32])?;
+    let encryptor = authority.encryptor();
+    Ok((encryptor.public_key_bytes(), authority.ciphertext_bytes()))
+}
+
 /// A client's side: the public key and the parameters.
 #[derive(Clone)]
 pub struct Encryptor {

@@ -198,7 +198,8 @@ fn optional_families(
 /// Secure aggregation's cumulative counters.
 #[derive(Default)]
 struct Secure {
-    bytes: [f64; 4],
+    /// keys, shares, masked, unmask, key_holders.
+    bytes: [f64; 5],
     failed: f64,
 }
 
@@ -210,6 +211,10 @@ impl Secure {
         for (i, (phase, p)) in c.phases().into_iter().enumerate() {
             self.bytes[i] += (p.up_bytes + p.down_bytes) as f64;
             fams[27].push(&format!("phase=\"{phase}\""), t, self.bytes[i]);
+        }
+        self.bytes[4] += c.key_holder_bytes as f64;
+        if self.bytes[4] > 0.0 {
+            fams[27].push("phase=\"key_holders\"", t, self.bytes[4]);
         }
         self.failed += f64::from(u8::from(r.skipped.is_some()));
         fams[28].push("", t, self.failed);
