@@ -328,7 +328,7 @@ async fn upload(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(AggregatorMsg, u64), String> {
     let (a, ctx) = (&st.args, &st.args.ctx);
-    let secure = st.secure.as_mut().filter(|s| s.round == ins.round);
+    let secure = st.secure.take_if(|s| s.round == ins.round);
     let he = st.he.take().filter(|k| k.round == ins.round);
     let permit = Some(permit);
     match (secure, he) {
@@ -339,7 +339,10 @@ async fn upload(
             Ok((AggregatorMsg::Encrypted { input, permit }, bytes))
         }
         (Some(s), _) => {
-            let input = (s.masked(update.data(), weight(a, ins))).map_err(|e| e.to_string())?;
+            let values = update.data().to_vec();
+            let (s, input) = s.masked_off_executor(values, weight(a, ins)).await;
+            st.secure = Some(s); // kept for the unmasking phase
+            let input = input.map_err(|e| e.to_string())?;
             let bytes = input.masked.len() as u64;
             Ok((AggregatorMsg::Masked { input, permit }, bytes))
         }

@@ -67,6 +67,23 @@ impl Secure {
         self.client.mask(inbox, values, weight)
     }
 
+    /// Phase 2 off the actors' executor (masking is a few mask expansions of the whole
+    /// vector): the state back, and its masked update.
+    pub(super) async fn masked_off_executor(
+        mut self,
+        values: Vec<f32>,
+        weight: u64,
+    ) -> (Self, Result<MaskedInput, SecAggError>) {
+        let job = move || {
+            let input = self.masked(&values, weight);
+            (self, input)
+        };
+        match tokio::task::spawn_blocking(job).await {
+            Ok(done) => done,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+
     /// Phase 3: the shares the server asks for, if an honest client may reveal them.
     pub(super) fn unmask(
         &mut self,
