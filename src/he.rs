@@ -87,6 +87,10 @@ pub enum HeError {
         /// Uploads summed.
         survivors: usize,
     },
+    /// The decryption task stopped before it finished (a panic in the library): the round
+    /// releases nothing and the run goes on.
+    #[error("he_aborted: the decryption stopped before it finished")]
+    Aborted,
     /// Fewer than two uploads: the key holders do not decrypt a "sum" that is one update.
     #[error(
         "he_too_few: {uploads} encrypted updates; the key holders decrypt only sums of at least \

@@ -90,7 +90,10 @@ impl HeRound {
         let (coefficients, bytes) = match decrypted {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => return (Err(e), decryption),
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
+            Err(join) => {
+                tracing::error!(error = %join, "the key holders' decryption stopped");
+                return (Err(HeError::Aborted), decryption);
+            }
         };
         // The sums go to the holders, and each sends back one polynomial per ciphertext.
         decryption.holder_bytes = bytes * 3;
