@@ -133,7 +133,8 @@ impl KeyAuthority {
     }
 
     /// Decrypt summed ciphertexts: every holder's decryption share of each, combined. Returns
-    /// the coefficients and the bytes of the holders' shares.
+    /// the coefficients and the bytes exchanged with the holders (the sums down, their shares
+    /// up).
     ///
     /// # Errors
     /// The library failed.
@@ -146,7 +147,8 @@ impl KeyAuthority {
             let shares = (self.secrets.iter())
                 .map(|s| DecryptionShare::new(s, &sum, &mut self.rng))
                 .collect::<Result<Vec<_>, _>>()?;
-            bytes += half * shares.len() as u64;
+            // The sum goes down to each holder; each sends back one polynomial.
+            bytes += (self.ciphertext_bytes + half) * shares.len() as u64;
             let plain: Plaintext = shares.into_iter().aggregate()?;
             out.extend(Vec::<u64>::try_decode(&plain, Encoding::poly())?);
         }

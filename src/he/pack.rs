@@ -16,7 +16,6 @@ pub struct Packing {
     ring: Ring,
     limb_bits: u32,
     limbs: u32,
-    max_clients: usize,
 }
 
 /// ⌈log₂ n⌉ (0 for n ≤ 1).
@@ -45,7 +44,6 @@ impl Packing {
             ring,
             limb_bits,
             limbs: ring.bits().div_ceil(limb_bits),
-            max_clients,
         })
     }
 
@@ -57,11 +55,6 @@ impl Packing {
     /// Limbs an element takes (L).
     pub fn limbs(&self) -> u32 {
         self.limbs
-    }
-
-    /// The most vectors whose sums cannot wrap.
-    pub fn max_clients(&self) -> usize {
-        self.max_clients
     }
 
     /// Coefficients `elements` ring elements take.

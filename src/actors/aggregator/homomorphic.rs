@@ -95,8 +95,7 @@ impl HeRound {
                 return (Err(HeError::Aborted), decryption);
             }
         };
-        // The sums go to the holders, and each sends back one polynomial per ciphertext.
-        decryption.holder_bytes = bytes * 3;
+        decryption.holder_bytes = bytes;
         let released = params
             .packing
             .unpack(&coefficients, elements, uploads)
