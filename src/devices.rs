@@ -186,6 +186,10 @@ pub struct Fleet {
     profiles: Vec<DeviceProfile>,
     windows: Option<Vec<Windows>>,
     tiers: Option<Vec<u16>>,
+    /// Tiers the profiles name (0 without tiers).
+    tier_count: usize,
+    /// Each client's region (a trace's `region` column).
+    regions: Option<Vec<u16>>,
 }
 
 impl Fleet {
@@ -200,6 +204,8 @@ impl Fleet {
                 profiles: vec![*d; clients],
                 windows: None,
                 tiers: None,
+                tier_count: 0,
+                regions: None,
             },
             Profiles::Drawn {
                 flops,
@@ -220,6 +226,8 @@ impl Fleet {
                     .collect(),
                 windows: None,
                 tiers: None,
+                tier_count: 0,
+                regions: None,
             },
             Profiles::Tiers(tiers) => {
                 let idx: Vec<u16> = (0..clients)
@@ -239,14 +247,18 @@ impl Fleet {
                     profiles: idx.iter().map(|&i| tiers[i as usize].profile).collect(),
                     windows: None,
                     tiers: Some(idx),
+                    tier_count: tiers.len(),
+                    regions: None,
                 }
             }
             Profiles::Trace { path } => {
                 let rows = read_trace(path, clients)?;
                 Fleet {
                     profiles: rows.iter().map(|r| r.profile).collect(),
+                    regions: rows.iter().map(|r| r.region).collect(),
                     windows: Some(rows.into_iter().map(|r| r.windows).collect()),
                     tiers: None,
+                    tier_count: 0,
                 }
             }
         })
@@ -269,6 +281,16 @@ impl Fleet {
     /// The tier index of each client, when profiles come from tiers.
     pub fn tiers(&self) -> Option<&[u16]> {
         self.tiers.as_deref()
+    }
+
+    /// Tiers the profiles name (0 without tiers).
+    pub fn tier_count(&self) -> usize {
+        self.tier_count
+    }
+
+    /// Each client's region, when the trace has a `region` column.
+    pub fn regions(&self) -> Option<&[u16]> {
+        self.regions.as_deref()
     }
 
     /// Number of clients.

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 mod attacks;
 mod task;
+mod tiers;
 
 use crate::chart::{bars, lines, Axes, Series};
 use crate::report::{ReportError, Summary};
@@ -117,7 +118,13 @@ impl Run {
     }
 
     fn dropped(&self) -> Series {
-        let keys = ["unavailable", "crashed", "missed_deadline", "failed"];
+        let keys = [
+            "unavailable",
+            "crashed",
+            "missed_deadline",
+            "failed",
+            "edge_lost",
+        ];
         let points = self
             .rounds
             .iter()
@@ -208,6 +215,7 @@ pub fn render(dirs: &[PathBuf]) -> Result<String, HtmlReportError> {
     partitions(&mut page, &runs)?;
     loss_charts(&mut page, &runs)?;
     system_charts(&mut page, &runs)?;
+    tiers::section(&mut page, &runs)?;
     for sweep in &sweeps {
         sweep_section(&mut page, sweep)?;
     }

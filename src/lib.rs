@@ -38,6 +38,8 @@
 //!   machines with real cryptography, summing FedAvg's exact terms in Z/2ᵇ.
 //! - [`he`]: homomorphic aggregation — the same exact terms packed into BFV ciphertexts that
 //!   the server adds and key holders decrypt only as a sum.
+//! - [`topology`]: flat, or hierarchical — clients under edge aggregators that forward exact
+//!   partial sums to the cloud over a WAN (edge assignment, edge faults).
 //! - [`shutdown`]: stop requests (finish the round, or abandon it) from signals or tests.
 //! - [`sim`]: wires it all, records the run and resumes a stopped one from its last completed
 //!   round; [`report`]: the run directory, its ownership and its checkpoint;
@@ -93,6 +95,7 @@ pub mod study;
 pub mod sweep;
 pub mod telemetry;
 pub mod tokenizer;
+pub mod topology;
 pub mod train;
 pub mod trainer;
 

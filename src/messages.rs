@@ -94,6 +94,12 @@ pub enum FitStatus {
         /// Why.
         reason: String,
     },
+    /// Its edge aggregator was offline for the round (hierarchical topology): it did not
+    /// train.
+    EdgeLost {
+        /// The edge.
+        edge: usize,
+    },
 }
 
 /// Why a client crashed.
@@ -143,6 +149,8 @@ pub enum DropReason {
     Deadline,
     /// Training or the upload failed.
     Failed,
+    /// Its edge aggregator was lost (hierarchical topology).
+    EdgeLost,
 }
 
 impl FitStatus {
@@ -153,6 +161,7 @@ impl FitStatus {
             FitStatus::Crashed { .. } => Some(DropReason::Crashed),
             FitStatus::MissedDeadline { .. } => Some(DropReason::Deadline),
             FitStatus::Failed { .. } => Some(DropReason::Failed),
+            FitStatus::EdgeLost { .. } => Some(DropReason::EdgeLost),
         }
     }
 }
@@ -265,6 +274,13 @@ pub struct RoundSummary {
     /// What secure aggregation cost the round: each phase's bytes and simulated seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure_aggregation: Option<crate::secagg::cost::SecAggCost>,
+    /// Sampled clients whose edge aggregator was lost (hierarchical topology: offline,
+    /// crashed or late; their updates, if any, never reached the cloud).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub edge_lost: usize,
+    /// A hierarchical round's edges and bytes per tier (topology `Hierarchical`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hierarchy: Option<crate::topology::HierarchyRound>,
     /// Why the round aggregated nothing on purpose (too few clients available), if so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
@@ -375,6 +391,8 @@ pub enum ClientStatus {
     MissedDeadline,
     /// Training or the upload failed.
     Failed,
+    /// Its edge aggregator was offline for the round.
+    EdgeLost,
 }
 
 impl FitStatus {
@@ -385,6 +403,7 @@ impl FitStatus {
             FitStatus::Crashed { .. } => ClientStatus::Crashed,
             FitStatus::MissedDeadline { .. } => ClientStatus::MissedDeadline,
             FitStatus::Failed { .. } => ClientStatus::Failed,
+            FitStatus::EdgeLost { .. } => ClientStatus::EdgeLost,
         }
     }
 }
@@ -419,4 +438,8 @@ pub struct DpRoundMetrics {
     /// may use; `dp_clipped_fraction` is the simulator's exact, non-private view).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dp_noised_unclipped_fraction: Option<f64>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }

@@ -364,6 +364,9 @@ pub struct Summary {
     /// unmask (`strategy.secure_aggregation`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure_aggregation: Option<crate::secagg::cost::SecAggRun>,
+    /// Bytes per tier and edges lost over the run (topology `Hierarchical`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hierarchy: Option<crate::topology::HierarchyTotals>,
 }
 
 fn f32_name() -> String {
@@ -379,6 +382,9 @@ pub struct Dropped {
     pub deadline: usize,
     /// Training or upload failed.
     pub failed: usize,
+    /// Their edge aggregator was lost (hierarchical topology).
+    #[serde(default)]
+    pub edge_lost: usize,
 }
 
 /// What the run's privacy amounts to.

@@ -46,4 +46,6 @@ pub mod purpose {
     pub const BYZANTINE: u64 = 10;
     /// Secure aggregation (the neighbour graph, the clients' keys and masks in simulation).
     pub const SECAGG: u64 = 11;
+    /// Edge aggregators (the seeded assignment, edge availability and crashes).
+    pub const EDGE: u64 = 12;
 }

@@ -122,6 +122,8 @@ pub struct Scenario {
     pub system: file::SystemSection,
     /// Estimated peak memory of a run.
     pub memory: resources::MemoryEstimate,
+    /// Flat, or clients under edge aggregators (checked: the assignment resolves).
+    pub topology: crate::topology::Topology,
     /// Task accuracy during the run (the `eval` section, checked).
     pub task_eval: Option<file::EvalSection>,
     /// Things that will work but not as well as they could (printed by `validate` and `run`).

@@ -71,6 +71,9 @@ pub enum SimError {
     /// The device trace could not be used.
     #[error(transparent)]
     Trace(#[from] TraceError),
+    /// The hierarchical topology cannot be set up for the run.
+    #[error("topology")]
+    Topology(#[source] crate::topology::TopologyError),
     /// An actor could not start or answer.
     #[error("actor system: {0}")]
     Actor(String),
@@ -402,6 +405,8 @@ async fn run_actors(
         .map(|(c, t)| workers::sample(c, t));
     let pace = observers.pace;
     let sink = round_sink(recorder, observers, pool.busy());
+    let hierarchy = wiring::hierarchy(s, prep)?;
+    let (edges, edge_handles) = wiring::spawn_edges(s, &layout, hierarchy.as_deref()).await?;
     let agg_args = AggregatorArgs {
         layout,
         strategy: s.strategy(),
@@ -411,11 +416,13 @@ async fn run_actors(
     let (aggregator, agg_handle) = Actor::spawn(None, Aggregator, agg_args)
         .await
         .map_err(|e| actor_err(&e))?;
-    let clients = wiring::client_context(s, prep, pool.handle(), aggregator.clone())?;
+    let routes = wiring::edge_routes(hierarchy.as_deref(), &edges);
+    let clients = wiring::client_context(s, prep, pool.handle(), aggregator.clone(), routes)?;
     let (tx, rx) = oneshot::channel();
     let args = ServerArgs {
         config: ServerConfig {
             secure: wiring::secure_params(s, prep)?,
+            hierarchy,
             ..wiring::server_config(s, prep.lora.is_some(), pace)
         },
         shards: prep
@@ -425,6 +432,7 @@ async fn run_actors(
             .collect(),
         slots: pool.handle(),
         aggregator: aggregator.clone(),
+        edges: edges.clone(),
         clients,
         initial,
         sink,
@@ -437,6 +445,10 @@ async fn run_actors(
     save_server_state(&aggregator, &dir).await?;
     aggregator.stop(None);
     let _ = agg_handle.await;
+    for (edge, handle) in edges.iter().zip(edge_handles) {
+        edge.stop(None);
+        let _ = handle.await;
+    }
     let busy = release_slots(pool, &shutdown).await?;
     let workers = cluster.map(|c| c.records()).unwrap_or_default();
     Ok((outcome?, busy, workers))

@@ -215,6 +215,24 @@ fn withheld_cell(rows: &[SweepRow]) -> Option<Vec<String>> {
         })
 }
 
+/// The WAN column, when a run was hierarchical: MB that crossed the wide-area link, both
+/// ways — edges ↔ cloud, or for a flat run every client ↔ the server.
+fn wan_cell(rows: &[SweepRow]) -> Option<Vec<String>> {
+    rows.iter().any(|r| r.summary.hierarchy.is_some()).then(|| {
+        rows.iter()
+            .map(|r| {
+                let s = &r.summary;
+                let bytes = s
+                    .hierarchy
+                    .map_or(s.bytes_down_total.saturating_add(s.bytes_up_total), |h| {
+                        h.wan_bytes_down + h.wan_bytes_up
+                    });
+                format!("{:.3}", bytes as f64 / 1e6)
+            })
+            .collect()
+    })
+}
+
 /// The task columns, when a run scored a task: final accuracy [95 % interval], macro-F1,
 /// and time-to-accuracy (simulated seconds and MB up, or "never").
 fn task_cells(rows: &[SweepRow]) -> Option<Vec<[String; 4]>> {
@@ -247,6 +265,7 @@ const TASK_COLUMNS: [&str; 4] = ["accuracy [95% CI]", "macro-F1", "TTA sim (s)",
 pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
     let backdoor = backdoor_cell(rows);
     let withheld = withheld_cell(rows);
+    let wan = wan_cell(rows);
     let task = task_cells(rows);
     let heads: Vec<String> = varied
         .iter()
@@ -255,6 +274,7 @@ pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
         .chain(task.iter().flat_map(|_| TASK_COLUMNS.map(String::from)))
         .chain(backdoor.as_ref().map(|_| "backdoor".to_string()))
         .chain(withheld.as_ref().map(|_| "withheld".to_string()))
+        .chain(wan.as_ref().map(|_| "WAN MB".to_string()))
         .collect();
     let body: Vec<Vec<String>> = rows
         .iter()
@@ -267,6 +287,7 @@ pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
                 .chain(task.iter().flat_map(|t| t[i].clone()))
                 .chain(backdoor.as_ref().map(|b| b[i].clone()))
                 .chain(withheld.as_ref().map(|w| w[i].clone()))
+                .chain(wan.as_ref().map(|w| w[i].clone()))
                 .collect()
         })
         .collect();
@@ -288,25 +309,42 @@ pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
             .collect();
         let _ = writeln!(out, "{}", line.join("  "));
     }
+    footnotes(
+        &mut out,
+        backdoor.is_some(),
+        withheld.is_some(),
+        wan.is_some(),
+    );
+    out
+}
+
+/// The lines under the table: units, and what each optional column means.
+fn footnotes(out: &mut String, backdoor: bool, withheld: bool, wan: bool) {
     let _ = writeln!(
         out,
         "final loss in nats per response token on the held-out split; sim = simulated seconds; \
          crashed / deadline / failed = sampled clients without an update; MB = 10^6 bytes{}",
-        if backdoor.is_some() {
+        if backdoor {
             "; backdoor = share of held-out questions answered with the target, with the \
              trigger / without it"
         } else {
             ""
         }
     );
-    if withheld.is_some() {
+    if withheld {
         let _ = writeln!(
             out,
             "withheld = secure rounds that released nothing (secagg_threshold, dp_min_survivors) \
              / rounds run"
         );
     }
-    out
+    if wan {
+        let _ = writeln!(
+            out,
+            "WAN MB = bytes over the wide-area link, both ways: edges <-> cloud (hierarchical), \
+             every client <-> the server (flat)"
+        );
+    }
 }
 
 /// The sweep as CSV (one header row, one row per run, plus the run directory).

@@ -118,6 +118,14 @@ pub const BYZANTINE_SAMPLED: &str = "fedsim_byzantine_sampled";
 /// L2 distance between the last aggregate and the honest-only one.
 pub const AGG_DEVIATION: &str = "fedsim_aggregate_deviation";
 
+/// Bytes per tier of a hierarchical federation, by `tier` (client_edge, edge_cloud) and
+/// `direction`.
+pub const TIER_BYTES: &str = "fedsim_tier_bytes_total";
+/// Simulated seconds of each tier per cloud round, by `tier` (edge: the edge rounds;
+/// edge_cloud: the WAN legs).
+pub const TIER_SECONDS: &str = "fedsim_tier_seconds";
+/// Edge-rounds whose contribution was lost (offline, crashed or late edges).
+pub const EDGES_LOST: &str = "fedsim_edges_lost_total";
 /// Bytes of each secure aggregation phase, both ways, by `phase`.
 pub const SECAGG_BYTES: &str = "fedsim_secure_aggregation_bytes_total";
 /// Simulated seconds each secure aggregation phase added to a round, by `phase`.
@@ -182,7 +190,7 @@ pub const DEFS: &[Def] = &[
     def(DP_CLIPPED_RATIO, Kind::Gauge, None, "Share of the last round's updates that were clipped."),
     def(RUN_INFO, Kind::Gauge, None, "Constant 1, labelled with the scenario, strategy, model and DP mechanism."),
     def(CLIENTS_AVAILABLE, Kind::Gauge, None, "Clients online when the last round started."),
-    def(DROPOUTS, Kind::Counter, None, "Clients without an update, by reason: unavailable (offline at the round's start), crashed, deadline (straggler dropped), failed."),
+    def(DROPOUTS, Kind::Counter, None, "Clients without an update, by reason: unavailable (offline at the round's start), crashed, deadline (straggler dropped), failed, edge_lost (their edge aggregator offline, crashed or late)."),
     def(ROUND_DURATION, Kind::Histogram, Some(Unit::Seconds), "Simulated duration of each round on the virtual clock."),
     def(CLIENT_PHASE, Kind::Histogram, Some(Unit::Seconds), "Simulated seconds of each trained client's download, compute and upload."),
     def(SIM_TIME, Kind::Gauge, Some(Unit::Seconds), "The virtual clock at the end of the last round."),
@@ -191,6 +199,9 @@ pub const DEFS: &[Def] = &[
     def(SERVER_LR, Kind::Gauge, None, "Learning rate of the server optimiser (FedAvgM, FedAdagrad, FedAdam, FedYogi)."),
     def(BYZANTINE_SAMPLED, Kind::Gauge, None, "Byzantine clients among the last round's sampled clients."),
     def(AGG_DEVIATION, Kind::Gauge, None, "L2 distance between the last round's aggregate update and the same rule over the honest updates alone."),
+    def(TIER_BYTES, Kind::Counter, Some(Unit::Bytes), "Bytes per tier of a hierarchical federation (tier client_edge: clients and their edge aggregators; edge_cloud: edges and the cloud, the WAN), by direction."),
+    def(TIER_SECONDS, Kind::Histogram, Some(Unit::Seconds), "Simulated seconds per cloud round of each tier (edge: the slowest edge's edge rounds; edge_cloud: the WAN legs)."),
+    def(EDGES_LOST, Kind::Counter, None, "Edges whose round contribution was lost: offline, crashed before forwarding, or late (hierarchical topology)."),
     def(SECAGG_BYTES, Kind::Counter, Some(Unit::Bytes), "Bytes of each secure aggregation phase (keys, shares, masked, unmask; key_holders: between the server and the key holders under homomorphic encryption), both directions, by phase."),
     def(SECAGG_SECONDS, Kind::Histogram, Some(Unit::Seconds), "Simulated seconds each secure aggregation phase took per round, by phase (masked: the mean client's masking compute; unmask: transfers and server compute)."),
     def(SECAGG_FAILED, Kind::Counter, None, "Secure rounds whose sum could not be unmasked (secagg_threshold)."),
@@ -415,6 +426,20 @@ impl Telemetry {
             gauge!(BYZANTINE_SAMPLED).set(b.byzantine_sampled as f64);
             gauge!(AGG_DEVIATION).set(b.aggregate_deviation);
         }
+        if let Some(h) = &r.hierarchy {
+            let tiers = [
+                ("client_edge", "down", h.lan_bytes_down),
+                ("client_edge", "up", h.lan_bytes_up),
+                ("edge_cloud", "down", h.wan_bytes_down),
+                ("edge_cloud", "up", h.wan_bytes_up),
+            ];
+            for (tier, direction, n) in tiers {
+                counter!(TIER_BYTES, "tier" => tier, "direction" => direction).increment(n);
+            }
+            histogram!(TIER_SECONDS, "tier" => "edge").record(h.edge_s);
+            histogram!(TIER_SECONDS, "tier" => "edge_cloud").record(h.wan_s);
+            counter!(EDGES_LOST).increment(h.edges_lost as u64);
+        }
         if let Some(c) = &r.secure_aggregation {
             for (phase, p) in c.phases() {
                 counter!(SECAGG_BYTES, "phase" => phase).increment(p.up_bytes + p.down_bytes);
@@ -428,13 +453,17 @@ impl Telemetry {
     }
 }
 
+/// Reasons a client has no update (labels of the dropouts counter).
+pub const DROP_REASONS: usize = 5;
+
 /// A round's clients without an update, by reason label (every reason, zeros included, so
 /// the series exist from round 1).
-pub fn dropouts(r: &RoundSummary) -> [(&'static str, usize); 4] {
+pub fn dropouts(r: &RoundSummary) -> [(&'static str, usize); DROP_REASONS] {
     [
         ("unavailable", r.unavailable),
         ("crashed", r.crashed),
         ("deadline", r.missed_deadline),
+        ("edge_lost", r.edge_lost),
         ("failed", r.failed),
     ]
 }
@@ -446,6 +475,7 @@ fn builder() -> PrometheusBuilder {
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ROUND_DURATION.into()), &SIM_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLIENT_PHASE.into()), &SIM_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SECAGG_SECONDS.into()), &SIM_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TIER_SECONDS.into()), &SIM_BUCKETS))
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(WORKER_ROUND_TRIP.into()), &TRIP_BUCKETS)
         })

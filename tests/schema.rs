@@ -126,6 +126,7 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
     use fedsim::model::{BasePrecision, InferenceActivations, LlamaConfig, TargetModule};
     use fedsim::privacy::{DpSampling, FracSeries, Mechanism, NoiseBy, NoiseSource};
     use fedsim::stragglers::{Staleness, Stragglers};
+    use fedsim::topology::{Assignment, Link, Topology};
     use fedsim::trainer::TrainerKind;
 
     let mut tracer = Tracer::new(TracerConfig::default());
@@ -173,6 +174,9 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
         NoiseBy,
         Staleness,
         Stragglers,
+        Topology,
+        Assignment,
+        Link,
         TrainerKind,
         EvalSection,
         TaskSource,

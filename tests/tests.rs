@@ -13,6 +13,7 @@ mod fedavg;
 mod finite;
 mod fuzz;
 mod he;
+mod hierarchy;
 mod inputs;
 mod model;
 mod ops;

@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+mod edge;
 mod finish;
 mod homomorphic;
 mod secure;
 
+pub use edge::EdgePartial;
 pub use finish::Withheld;
 
 use crate::messages::{ClientId, RoundId};
@@ -196,6 +198,20 @@ pub enum AggregatorMsg {
         /// Where it goes.
         reply: RpcReplyPort<Option<ServerState>>,
     },
+    /// Close an edge's last edge round into its exact partial sums (hierarchical topology):
+    /// the updates relative to `base` (the edge's model), plus the drift `base − global`.
+    Partial {
+        /// The edge's model the last edge round trained from.
+        base: Arc<AdapterSet>,
+        /// The cloud's global adapter.
+        global: Arc<AdapterSet>,
+        /// The weight of the drift when no update arrived in the last edge round.
+        fallback_weight: u64,
+        /// Where the partial goes.
+        reply: RpcReplyPort<EdgePartial>,
+    },
+    /// An edge's partial sums, added into the cloud round (the cloud's aggregator).
+    Merge(EdgePartial),
     /// Close the round: `global + weighted mean update`.
     Finish {
         /// The global adapter the updates are relative to.
@@ -228,6 +244,8 @@ pub struct AggregatorState {
     he: Option<homomorphic::HeRound>,
     /// Why this round's secure aggregation cannot release anything.
     withheld: Option<Withheld>,
+    /// The edges' partial sums merged so far (the cloud's aggregator, hierarchical topology).
+    merged: Option<edge::Merged>,
 }
 
 impl Actor for Aggregator {
@@ -265,6 +283,7 @@ impl Actor for Aggregator {
             secure: None,
             he: None,
             withheld: None,
+            merged: None,
         })
     }
 
@@ -318,11 +337,13 @@ impl Actor for Aggregator {
             AggregatorMsg::Discard { client } => {
                 st.held.remove(&client);
             }
+            msg @ (AggregatorMsg::Partial { .. } | AggregatorMsg::Merge(_)) => st.edge_msg(msg),
             AggregatorMsg::Finish { global, reply } => {
-                let aggregate = match (st.secure.take(), st.he.take()) {
-                    (Some(round), _) => st.finish_secure(global, round).await,
-                    (None, Some(round)) => st.finish_he(global, round).await,
-                    (None, None) => st.finish(global),
+                let aggregate = match (st.secure.take(), st.he.take(), st.merged.take()) {
+                    (Some(round), _, _) => st.finish_secure(global, round).await,
+                    (None, Some(round), _) => st.finish_he(global, round).await,
+                    (None, None, Some(merged)) => st.finish_merged(global, merged),
+                    (None, None, None) => st.finish(global),
                 };
                 let _ = reply.send(aggregate);
             }
@@ -349,6 +370,7 @@ impl AggregatorState {
         self.secure = None;
         self.he = None;
         self.withheld = None;
+        self.merged = None;
     }
 
     /// Fold a held update with the weight the server gave it.

@@ -35,8 +35,10 @@ pub struct ClientContext {
     pub pinned: bool,
     /// Updates are held by the aggregator until released with a weight (Async).
     pub hold: bool,
-    /// Where updates go.
+    /// Where updates go (flat topology).
     pub aggregator: ActorRef<AggregatorMsg>,
+    /// Under a hierarchy: each client's edge and the edge aggregators (updates go there).
+    pub edges: Option<EdgeRoutes>,
     /// FLOPs per trained sequence.
     pub cost: CostModel,
     /// Token length of every training example.
@@ -51,6 +53,24 @@ pub struct ClientContext {
     /// its slot job and the aggregator drops it after folding, so memory stays bounded however
     /// many clients a round has.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// Which edge aggregator each client uploads to (topology `Hierarchical`).
+pub struct EdgeRoutes {
+    /// Edge of each client.
+    pub edge_of: Arc<[u16]>,
+    /// The edges' aggregators, by edge id.
+    pub aggregators: Vec<ActorRef<AggregatorMsg>>,
+}
+
+impl ClientContext {
+    /// Where client `c`'s updates go: its edge's aggregator, or the aggregator.
+    pub fn aggregator_of(&self, c: ClientId) -> &ActorRef<AggregatorMsg> {
+        match &self.edges {
+            Some(e) => &e.aggregators[e.edge_of[c] as usize],
+            None => &self.aggregator,
+        }
+    }
 }
 
 /// Messages a client understands.
@@ -302,7 +322,7 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         Err(reason) => return failed(reason),
     };
     let (a, ctx) = (&st.args, &st.args.ctx);
-    if ctx.aggregator.send_message(upload).is_err() {
+    if ctx.aggregator_of(a.id).send_message(upload).is_err() {
         return failed("the aggregator is gone".into());
     }
     FitStatus::Completed(Box::new(FitUpdate {

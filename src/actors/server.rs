@@ -6,13 +6,16 @@
 //! recorded as crashed and is not sampled again.
 //!
 //! The actor forwards each message to its round driver ([`driver`]): synchronous rounds
-//! ([`synchronous`]) or buffered asynchronous aggregation ([`asynchronous`]). What both share
+//! ([`synchronous`]), buffered asynchronous aggregation ([`asynchronous`]), or edge rounds
+//! under edge aggregators then a cloud round ([`hierarchical`]). What both share
 //! is in [`state`]; closing a round in [`close`]; a round's tallies in [`record`].
 
 mod asynchronous;
 mod close;
 mod config;
 mod driver;
+mod edges;
+mod hierarchical;
 mod outcome;
 mod record;
 mod secure;

@@ -7,7 +7,9 @@
 //! ```
 //!
 //! `windows` lists `start-end` intervals in virtual seconds, separated by `;`, when the client
-//! is online; empty means always. Every client 0..N−1 appears exactly once. A bad row is an
+//! is online; empty means always. An optional 7th column `region` (an integer 0..edges) places
+//! the client under an edge aggregator (`topology: Hierarchical(assignment: ByRegion, …)`).
+//! Every client 0..N−1 appears exactly once. A bad row is an
 //! error naming the file, line and column.
 
 use std::path::{Path, PathBuf};
@@ -61,7 +63,12 @@ pub struct TraceRow {
     pub profile: DeviceProfile,
     /// Its availability windows.
     pub windows: Windows,
+    /// Its region, when the trace has a `region` column.
+    pub region: Option<u16>,
 }
+
+/// The optional column after `windows`.
+const REGION: &str = "region";
 
 const HEADER: [&str; 6] = [
     "client",
@@ -101,16 +108,21 @@ pub fn read_trace(path: &Path, clients: usize) -> Result<Vec<TraceRow>, TraceErr
         )
     })?;
     let names: Vec<&str> = header.split(',').map(str::trim).collect();
-    if names != HEADER {
+    let regions = names.len() == HEADER.len() + 1 && names.last() == Some(&REGION);
+    let known = names.get(..HEADER.len()) == Some(&HEADER[..]);
+    if !known || !(names.len() == HEADER.len() || regions) {
         return Err(err(
             hl + 1,
             1,
-            format!("header is {header:?}; expected {}", HEADER.join(",")),
+            format!(
+                "header is {header:?}; expected {} (optionally followed by ,{REGION})",
+                HEADER.join(",")
+            ),
         ));
     }
     let mut rows: Vec<Option<TraceRow>> = vec![None; clients];
     for (i, line) in lines {
-        let row = parse_row(line, clients).map_err(|(col, m)| err(i + 1, col, m))?;
+        let row = parse_row(line, clients, regions).map_err(|(col, m)| err(i + 1, col, m))?;
         let c = row.client;
         if rows[c].is_some() {
             return Err(err(i + 1, 1, format!("client {c} appears twice")));
@@ -133,21 +145,22 @@ pub fn read_trace(path: &Path, clients: usize) -> Result<Vec<TraceRow>, TraceErr
 }
 
 /// Parse one row; errors carry the 1-based column of the field.
-fn parse_row(line: &str, clients: usize) -> Result<TraceRow, (usize, String)> {
+fn parse_row(line: &str, clients: usize, regions: bool) -> Result<TraceRow, (usize, String)> {
     let mut fields = Vec::new();
     let mut col = 1;
     for f in line.split(',') {
         fields.push((col, f.trim()));
         col += f.chars().count() + 1;
     }
-    if fields.len() != HEADER.len() {
+    let width = HEADER.len() + usize::from(regions);
+    if fields.len() != width {
         return Err((
             1,
             format!(
-                "{} fields; expected {} ({})",
+                "{} fields; expected {width} ({}{})",
                 fields.len(),
-                HEADER.len(),
-                HEADER.join(",")
+                HEADER.join(","),
+                if regions { ",region" } else { "" }
             ),
         ));
     }
@@ -185,10 +198,22 @@ fn parse_row(line: &str, clients: usize) -> Result<TraceRow, (usize, String)> {
     };
     let (cw, w) = fields[5];
     let windows = parse_windows(cw, w)?;
+    let region = regions.then(|| parse_region(fields[6])).transpose()?;
     Ok(TraceRow {
         client,
         profile,
         windows: windows.into(),
+        region,
+    })
+}
+
+/// The region field (at column `cr`): an edge index.
+fn parse_region((cr, r): (usize, &str)) -> Result<u16, (usize, String)> {
+    r.parse::<u16>().map_err(|_| {
+        (
+            cr,
+            format!("region {r:?} is not an integer in 0..65536 (an edge index)"),
+        )
     })
 }
 

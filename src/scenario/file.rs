@@ -62,6 +62,9 @@ pub struct ScenarioFile {
     /// Task accuracy during the run (classification by constrained scoring), if any.
     #[serde(default)]
     pub eval: Option<EvalSection>,
+    /// Flat, or clients under edge aggregators (`Hierarchical(edges: 3, …)`).
+    #[serde(default)]
+    pub topology: crate::topology::Topology,
 }
 
 /// Task evaluation during a run: a classification task scored on a fixed stratified subset

@@ -20,6 +20,7 @@ mod privacy;
 mod slots;
 mod strategy;
 mod system;
+mod topology;
 
 use check::{field_path, Check, Range};
 
@@ -46,6 +47,7 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
     let dp = check_dp(&c, &file)?;
     strategy::check_strategy(&c, &file)?;
     data::check_eval(&c, &file)?;
+    topology::check_topology(&c, &file)?;
     let (d, s, t, sl) = (&file.data, &file.strategy, &file.train, &file.slots);
     Ok(Scenario {
         dp,
@@ -84,17 +86,23 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         base_precision: file.model.base_precision,
         base_footprint,
         inference_activations: file.model.inference_activations,
-        prompt: match (file.model.prompt, file.data.source.is_labelled()) {
-            (super::file::PromptFormat::Auto, true) => super::file::PromptFormat::FinGpt,
-            (p, _) => p,
-        },
+        prompt: prompt_format(&file),
         trainer: file.trainer,
         task_eval: file.eval.clone(),
         client_resources: sl.client_resources,
         slot_assignment: sl.assignment,
         system: file.system.clone(),
+        topology: file.topology,
         file,
     })
+}
+
+/// The prompt format: `Auto` is FinGPT's for labelled data.
+fn prompt_format(file: &ScenarioFile) -> super::file::PromptFormat {
+    match (file.model.prompt, file.data.source.is_labelled()) {
+        (super::file::PromptFormat::Auto, true) => super::file::PromptFormat::FinGpt,
+        (p, _) => p,
+    }
 }
 
 fn check_identity(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> {

@@ -2,6 +2,7 @@
 //! every round (atomically), so a killed run leaves a directory that says it is incomplete and
 //! how far it got; rewritten with the final status at the end.
 
+use crate::topology::HierarchyTotals;
 use std::time::Instant;
 
 use super::prepare::Prepared;
@@ -61,6 +62,7 @@ impl Book {
             peak_rss_bytes: 0,
             workers: Vec::new(),
             secure_aggregation: None,
+            hierarchy: None,
         };
         Self { summary, started }
     }
@@ -96,6 +98,10 @@ impl Book {
         m.dropped.crashed += r.crashed;
         m.dropped.deadline += r.missed_deadline;
         m.dropped.failed += r.failed;
+        m.dropped.edge_lost += r.edge_lost;
+        if let Some(h) = &r.hierarchy {
+            m.hierarchy.get_or_insert_with(Default::default).add(h);
+        }
         if let Some(c) = &r.secure_aggregation {
             let run = m.secure_aggregation.get_or_insert_with(Default::default);
             run.cost.accumulate(c);
@@ -152,11 +158,8 @@ impl Book {
             (o.rounds.iter()).map(|r| (&r.secure_aggregation, secure_failed(r))),
         );
         m.sim_seconds = last.map_or(0.0, |r| r.sim_start_s + r.sim_duration_s);
-        m.dropped = Dropped {
-            crashed: o.rounds.iter().map(|r| r.crashed).sum(),
-            deadline: o.rounds.iter().map(|r| r.missed_deadline).sum(),
-            failed: o.rounds.iter().map(|r| r.failed).sum(),
-        };
+        m.dropped = dropped(&o.rounds);
+        m.hierarchy = HierarchyTotals::of(o.rounds.iter().map(|r| &r.hierarchy));
         m.slot_busy_seconds = busy;
         m.dp = s.dp.as_ref().map(|plan| DpSummary {
             mechanism: plan.mechanism.name().to_string(),
@@ -265,4 +268,14 @@ fn untrustworthy(m: &Summary, bytes_fit: bool) -> Option<&'static str> {
 /// Whether a secure round released nothing (its `skipped` reason is the protocol's).
 fn secure_failed(r: &RoundSummary) -> bool {
     r.secure_aggregation.is_some() && r.skipped.is_some()
+}
+
+/// Clients without an update over `rounds`, by reason.
+fn dropped(rounds: &[RoundSummary]) -> Dropped {
+    Dropped {
+        crashed: rounds.iter().map(|r| r.crashed).sum(),
+        deadline: rounds.iter().map(|r| r.missed_deadline).sum(),
+        failed: rounds.iter().map(|r| r.failed).sum(),
+        edge_lost: rounds.iter().map(|r| r.edge_lost).sum(),
+    }
 }

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use super::{Prepared, SimError};
-use crate::actors::aggregator::AggregatorMsg;
+use ractor::{Actor, ActorRef};
+use tokio::task::JoinHandle;
+
+use crate::actors::aggregator::{Aggregator, AggregatorArgs, AggregatorMsg};
 use crate::actors::client::ClientContext;
 use crate::actors::server::{Protection, ServerConfig, TaskSchedule};
 use crate::clock::CostModel;
@@ -16,6 +19,8 @@ use crate::scenario::file::SlotAssignment;
 use crate::scenario::Scenario;
 use crate::slots::{SlotContext, SlotHandle, SlotPool};
 use crate::stragglers::Stragglers;
+use crate::strategy::Strategy;
+use crate::topology::Hierarchy;
 use crate::train::LoraTrainer;
 use crate::trainer::LocalTrainer;
 
@@ -97,6 +102,7 @@ pub(super) fn server_config(
             }),
         rejoin_s: s.workers().map_or(0.0, |w| w.rejoin_s),
         secure: None,
+        hierarchy: None,
     }
 }
 
@@ -171,6 +177,7 @@ pub(super) fn client_context(
     prep: &Prepared,
     slots: SlotHandle,
     aggregator: ractor::ActorRef<AggregatorMsg>,
+    edges: Option<crate::actors::client::EdgeRoutes>,
 ) -> Result<Arc<ClientContext>, SimError> {
     let sys = &s.system;
     let fleet = Arc::new(Fleet::assign(&sys.profiles, prep.shards.len(), s.seed)?);
@@ -179,6 +186,7 @@ pub(super) fn client_context(
         pinned: s.slot_assignment == SlotAssignment::Pinned,
         hold: matches!(sys.stragglers, Stragglers::Async { .. }),
         aggregator,
+        edges,
         cost: CostModel::lora(&s.model, &s.lora),
         lengths: Arc::new(prep.lengths(s.max_seq_len)),
         local: s.local.clone(),
@@ -203,3 +211,55 @@ pub(super) fn client_context(
 const UPDATES_IN_FLIGHT_PER_SLOT: usize = 2;
 /// And beyond the slots' share.
 const UPDATES_IN_FLIGHT_SPARE: usize = 2;
+
+/// The run's edge aggregators' plan (topology `Hierarchical`), resolved against its fleet.
+///
+/// # Errors
+/// An assignment the profiles cannot support (validation checks it first).
+pub(super) fn hierarchy(s: &Scenario, prep: &Prepared) -> Result<Option<Arc<Hierarchy>>, SimError> {
+    let fleet = Fleet::assign(&s.system.profiles, prep.shards.len(), s.seed)?;
+    let plan = Hierarchy::resolve(&s.topology, &fleet, s.seed).map_err(SimError::Topology)?;
+    Ok(plan.map(Arc::new))
+}
+
+/// Edge aggregators spawned for `plan`, by edge id, with their join handles. An edge folds
+/// with the run's rule — FedAvg under a server optimiser, whose step is the cloud's.
+///
+/// # Errors
+/// An actor that cannot start.
+pub(super) async fn spawn_edges(
+    s: &Scenario,
+    layout: &Arc<AdapterLayout>,
+    plan: Option<&Hierarchy>,
+) -> Result<(Vec<ActorRef<AggregatorMsg>>, Vec<JoinHandle<()>>), SimError> {
+    let (mut refs, mut handles) = (Vec::new(), Vec::new());
+    let strategy = match s.strategy() {
+        Strategy::ServerOpt(_) => Strategy::FedAvg,
+        other => other,
+    };
+    for _ in 0..plan.map_or(0, |p| p.edges) {
+        let args = AggregatorArgs {
+            layout: layout.clone(),
+            strategy: strategy.clone(),
+            byzantine: false,
+            server_state: None,
+        };
+        let (r, h) = Actor::spawn(None, Aggregator, args)
+            .await
+            .map_err(|e| SimError::Actor(format!("edge aggregator: {e}")))?;
+        refs.push(r);
+        handles.push(h);
+    }
+    Ok((refs, handles))
+}
+
+/// Client → edge routes for `plan`'s edges.
+pub(super) fn edge_routes(
+    plan: Option<&Hierarchy>,
+    edges: &[ActorRef<AggregatorMsg>],
+) -> Option<crate::actors::client::EdgeRoutes> {
+    plan.map(|p| crate::actors::client::EdgeRoutes {
+        edge_of: p.edge_of.clone(),
+        aggregators: edges.to_vec(),
+    })
+}

@@ -47,6 +47,19 @@ impl Sums {
         }
     }
 
+    /// The exact integer sums.
+    pub fn exact(&self) -> Vec<i128> {
+        if self.wide.is_empty() {
+            self.fast.iter().map(|&f| f as i128).collect()
+        } else {
+            self.wide
+                .iter()
+                .zip(&self.fast)
+                .map(|(&w, &f)| w + f as i64 as i128)
+                .collect()
+        }
+    }
+
     /// The exact integer sums, each rounded once to f64.
     pub fn rounded(&self) -> Vec<f64> {
         if self.wide.is_empty() {

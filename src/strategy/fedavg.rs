@@ -355,6 +355,15 @@ impl FedAvgAccumulator {
         Some(self.sums.divided(SCALE * self.total_weight as f64))
     }
 
+    /// The exact integer sums Σ trunc(x·2⁴⁰)·w of the updates folded (what is buffered
+    /// folded first): what an edge aggregator forwards, so that [`mean_of_exact_sums`] over
+    /// every edge's sums added is [`FedAvgAccumulator::mean`] over all their updates, bit for
+    /// bit.
+    pub fn exact_sums(&mut self) -> Vec<i128> {
+        self.flush();
+        self.sums.exact()
+    }
+
     /// `global + mean update` (the new global adapter); `global` unchanged if nothing arrived.
     pub fn apply_to(&mut self, global: &AdapterSet) -> AdapterSet {
         match self.mean() {

@@ -41,7 +41,7 @@ impl Family {
 }
 
 /// The families of `metrics.om`, in order (the histograms are live-only).
-const FAMILIES: [&str; 29] = [
+const FAMILIES: [&str; 31] = [
     RUN_INFO,
     ROUND,
     ROUNDS_COMPLETED,
@@ -71,6 +71,8 @@ const FAMILIES: [&str; 29] = [
     EVAL_MACRO_F1,
     SECAGG_BYTES,
     SECAGG_FAILED,
+    TIER_BYTES,
+    EDGES_LOST,
 ];
 
 /// Render `rounds` as OpenMetrics text (ends with `# EOF`).
@@ -85,8 +87,9 @@ pub fn render(rounds: &[RoundSummary], info: &RunInfo) -> String {
     );
     let (mut done, mut ok, mut failed, mut down, mut up, mut tokens, mut clipped) =
         (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    let (mut dropped, mut saved) = ([0.0f64; 4], 0.0);
+    let (mut dropped, mut saved) = ([0.0f64; super::DROP_REASONS], 0.0);
     let mut secure = Secure::default();
+    let mut tiers = Tiers::default();
     for r in rounds {
         let t = r.finished_at;
         done += 1.0;
@@ -125,6 +128,7 @@ pub fn render(rounds: &[RoundSummary], info: &RunInfo) -> String {
         }
         clipped = optional_families(&mut fams, r, info, t, clipped);
         secure.push(&mut fams, r, t);
+        tiers.push(&mut fams, r, t);
     }
     write_families(&fams)
 }
@@ -201,6 +205,40 @@ struct Secure {
     /// keys, shares, masked, unmask, key_holders.
     bytes: [f64; 5],
     failed: f64,
+}
+
+/// Running totals of a hierarchical run's tiers.
+#[derive(Default)]
+struct Tiers {
+    /// client_edge down, up; edge_cloud down, up.
+    bytes: [f64; 4],
+    lost: f64,
+}
+
+impl Tiers {
+    fn push(&mut self, fams: &mut [Family], r: &RoundSummary, t: f64) {
+        let Some(h) = &r.hierarchy else {
+            return;
+        };
+        let add = [
+            h.lan_bytes_down,
+            h.lan_bytes_up,
+            h.wan_bytes_down,
+            h.wan_bytes_up,
+        ];
+        let labels = [
+            "tier=\"client_edge\",direction=\"down\"",
+            "tier=\"client_edge\",direction=\"up\"",
+            "tier=\"edge_cloud\",direction=\"down\"",
+            "tier=\"edge_cloud\",direction=\"up\"",
+        ];
+        for (i, n) in add.into_iter().enumerate() {
+            self.bytes[i] += n as f64;
+            fams[29].push(labels[i], t, self.bytes[i]);
+        }
+        self.lost += h.edges_lost as f64;
+        fams[30].push("", t, self.lost);
+    }
 }
 
 impl Secure {

@@ -140,11 +140,13 @@ pub fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     let sim_addr = format!("127.0.0.1:{}", free_port());
     // A second run, under secure aggregation, so its panels have data.
     let secure_addr = format!("127.0.0.1:{}", free_port());
+    // A third, under edge aggregators, so the hierarchy's panels have data.
+    let hier_addr = format!("127.0.0.1:{}", free_port());
     let prom_addr = format!("127.0.0.1:{}", free_port());
     let cfg = tmp.path().join("prometheus.yml");
     std::fs::write(
         &cfg,
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fedsim\n    static_configs:\n      - targets: [\"{sim_addr}\", \"{secure_addr}\"]\n"),
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fedsim\n    static_configs:\n      - targets: [\"{sim_addr}\", \"{secure_addr}\", \"{hier_addr}\"]\n"),
     )
     .unwrap();
     let _prom = Reaper(
@@ -233,11 +235,27 @@ pub fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
             .spawn()
             .unwrap(),
     );
-    // Wait for both runs to finish and Prometheus to have scraped their final values twice.
+    let _hier = Reaper(
+        Command::new(env!("CARGO_BIN_EXE_sim"))
+            .args(["run", scen.to_str().unwrap(), "-q", "--linger", "60"])
+            .args(["--metrics-addr", &hier_addr])
+            .args(["--out", tmp.path().join("hier").to_str().unwrap()])
+            .args(["--set", "rounds=3", "--set", "strategy.fraction_fit=1.0"])
+            .args([
+                "--set",
+                "topology=Hierarchical(edges: 2, assignment: Seeded, edge_rounds: 2, \
+                 wan: (up_mbps: 10.0, down_mbps: 10.0, latency_s: 0.1), edge_availability: 0.6)",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Wait for the runs to finish and Prometheus to have scraped their final values twice.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
     loop {
         let (_, out) = promql(&prom_addr, "count(fedsim_rounds_completed_total == 3)");
-        if out.contains("=> 2 @") {
+        if out.contains("=> 3 @") {
             break;
         }
         assert!(

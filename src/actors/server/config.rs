@@ -47,6 +47,8 @@ pub struct ServerConfig {
     /// How updates are hidden from the server (SecAgg+ or homomorphic encryption), sized
     /// for the run's data; None: in the clear.
     pub secure: Option<Protection>,
+    /// Edge aggregators between clients and the cloud (topology `Hierarchical`); None: flat.
+    pub hierarchy: Option<Arc<crate::topology::Hierarchy>>,
     /// Wall seconds to wait for a lost worker to come back when no slot can run a job
     /// (`slots.workers.rejoin_s`; 0 without workers).
     pub rejoin_s: f64,
@@ -105,8 +107,10 @@ pub struct ServerArgs {
     pub shards: Vec<Arc<[u32]>>,
     /// Slot pool.
     pub slots: SlotHandle,
-    /// The aggregator.
+    /// The aggregator (the cloud's, under a hierarchy).
     pub aggregator: ActorRef<AggregatorMsg>,
+    /// The edge aggregators, by edge id (empty when flat).
+    pub edges: Vec<ActorRef<AggregatorMsg>>,
     /// What the clients share (slots, aggregator, cost model, faults).
     pub clients: Arc<ClientContext>,
     /// The adapter before round 1.

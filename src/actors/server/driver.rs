@@ -9,6 +9,7 @@ use ractor::{ActorProcessingErr, ActorRef};
 
 use super::asynchronous::FedBuff;
 use super::config::{ServerConfig, ServerMsg};
+use super::hierarchical::HierRounds;
 use super::snapshot::AsyncSnapshot;
 use super::state::Core;
 use super::synchronous::SyncRounds;
@@ -22,11 +23,17 @@ pub(super) enum RoundDriver {
     Sync(SyncRounds),
     /// Buffered asynchronous aggregation under `Async`.
     Async(FedBuff),
+    /// Edge rounds under edge aggregators, then a cloud round (topology `Hierarchical`).
+    Hier(HierRounds),
 }
 
 impl RoundDriver {
     /// The driver `config.stragglers` selects.
     pub(super) fn new(config: &ServerConfig) -> Self {
+        if let Some(plan) = &config.hierarchy {
+            let d = HierRounds::new(plan.clone(), config.stragglers, config.deadline_s);
+            return RoundDriver::Hier(d);
+        }
         match config.stragglers {
             Stragglers::Async {
                 buffer,
@@ -54,6 +61,7 @@ impl RoundDriver {
         match self {
             RoundDriver::Sync(d) => d.begin(me, st).await,
             RoundDriver::Async(d) => d.begin(me, st).await,
+            RoundDriver::Hier(d) => d.begin(me, st).await,
         }
     }
 
@@ -67,6 +75,7 @@ impl RoundDriver {
         match self {
             RoundDriver::Sync(d) => d.on_fit(me, st, res).await,
             RoundDriver::Async(d) => d.on_fit(me, st, res).await,
+            RoundDriver::Hier(d) => d.on_fit(me, st, res).await,
         }
     }
 
@@ -81,6 +90,7 @@ impl RoundDriver {
         match self {
             RoundDriver::Sync(d) => d.on_crash(me, st, client, why).await,
             RoundDriver::Async(d) => d.on_crash(me, st, client, why).await,
+            RoundDriver::Hier(d) => d.on_crash(me, st, client, why).await,
         }
     }
 

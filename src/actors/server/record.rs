@@ -47,6 +47,8 @@ pub(super) struct RoundState {
     pub q: f64,
     /// What secure aggregation cost the round, when it is on.
     pub secure: Option<crate::secagg::cost::SecAggCost>,
+    /// A hierarchical round's edges and tiers.
+    pub hierarchy: Option<crate::topology::HierarchyRound>,
     /// Virtual start and close of the round.
     pub sim_start: f64,
     pub close_at: f64,
@@ -161,6 +163,7 @@ impl RoundState {
             dp: r.dp,
             byzantine: r.byzantine,
             secure_aggregation: self.secure,
+            hierarchy: self.hierarchy.clone(),
             update_norms: self.norms.clone(),
             phases: self.phases.clone(),
             clients: {
@@ -172,6 +175,7 @@ impl RoundState {
             sampled: self.sampled,
             completed: r.folded,
             failed: self.dropped(DropReason::Failed) + r.rejected,
+            edge_lost: self.dropped(DropReason::EdgeLost),
             available: self.available,
             unavailable: self.unavailable,
             crashed: self.dropped(DropReason::Crashed),

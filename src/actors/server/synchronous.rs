@@ -93,7 +93,8 @@ impl SyncRounds {
         cur.bytes_down = bytes * chosen.len() as u64;
         cur.q = q;
         cur.secure = setup.cost;
-        dispatch(st, &plans, decided.decisions, &payload);
+        let model = Model::of(round, payload, st.global.clone());
+        dispatch(st, &plans, decided.decisions, &model);
         if st.current.pending.is_empty() {
             self.close(me, st).await?;
         }
@@ -179,7 +180,7 @@ impl SyncRounds {
 }
 
 /// Why a round with `available` clients online at `start` cannot run, if it cannot.
-fn too_few(st: &Core, start: f64, available: usize) -> Option<String> {
+pub(super) fn too_few(st: &Core, start: f64, available: usize) -> Option<String> {
     let s = st.args.config.sampling;
     let needed = s.min_available_clients.max(s.min_fit_clients);
     (available < needed).then(|| {
@@ -192,19 +193,43 @@ fn too_few(st: &Core, start: f64, available: usize) -> Option<String> {
 }
 
 /// The clients online at `start`.
-fn online(st: &Core, round: RoundId, start: f64) -> Vec<ClientId> {
+pub(super) fn online(st: &Core, round: RoundId, start: f64) -> Vec<ClientId> {
     let faults = &st.args.clients.faults;
     (0..st.alive.len())
         .filter(|&c| st.alive[c] && faults.available(round, c, start))
         .collect()
 }
 
+/// What clients train from: the round their `FitIns` names, the model and its bytes.
+pub(super) struct Model {
+    /// The round (a training round under a hierarchy).
+    pub(super) round: RoundId,
+    /// The model serialised as safetensors (what the download carries).
+    pub(super) payload: Arc<Vec<u8>>,
+    /// The same model, decoded.
+    pub(super) global: Arc<crate::model::AdapterSet>,
+}
+
+impl Model {
+    pub(super) fn of(
+        round: RoundId,
+        payload: Arc<Vec<u8>>,
+        global: Arc<crate::model::AdapterSet>,
+    ) -> Self {
+        Model {
+            round,
+            payload,
+            global,
+        }
+    }
+}
+
 /// Record the clients that will not train, send `FitIns` to those that will.
-fn dispatch(
+pub(super) fn dispatch(
     st: &mut Core,
     plans: &[(ClientId, Result<ClientPlan, String>)],
     decisions: Vec<(ClientId, Decision)>,
-    payload: &Arc<Vec<u8>>,
+    model: &Model,
 ) {
     // Clients whose plan could not be had: their actor is gone.
     for (c, p) in plans {
@@ -238,9 +263,9 @@ fn dispatch(
                 }
                 st.current.pending.insert(c);
                 let ins = FitIns {
-                    round: st.current.round,
-                    payload: payload.clone(),
-                    global: st.global.clone(),
+                    round: model.round,
+                    payload: model.payload.clone(),
+                    global: model.global.clone(),
                     config: st.fit_config(),
                 };
                 let sent = st
@@ -307,7 +332,7 @@ fn dp_round(st: &Core, q: f64, available: usize) -> Option<DpRound> {
 }
 
 /// Ask every sampled client for its plan, all at once.
-async fn collect_plans(
+pub(super) async fn collect_plans(
     clients: &HashMap<ClientId, ActorRef<ClientMsg>>,
     round: RoundId,
     (start, mask_s): (f64, &HashMap<ClientId, f64>),
@@ -346,7 +371,12 @@ async fn collect_plans(
 
 /// Flower's fixed-size sample of `k` (plus over-selection), or Poisson sampling under
 /// `dp.sampling: Poisson`; sorted.
-fn sample_clients(st: &Core, round: RoundId, available: &[ClientId], k: usize) -> Vec<ClientId> {
+pub(super) fn sample_clients(
+    st: &Core,
+    round: RoundId,
+    available: &[ClientId],
+    k: usize,
+) -> Vec<ClientId> {
     let k = k.min(available.len());
     let mut rng = rng_for(st.args.config.seed, &[purpose::SAMPLE, round as u64]);
     let poisson = st
