@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Flat vs hierarchical, from a `sim sweep` directory: per run, the final held-out loss, the
+"""Flat vs hierarchical, from run directories: per run, the final held-out loss, the
 simulated time and the WAN bytes of the whole run, and the simulated time and WAN bytes until
 the held-out loss first reached a target.
 
@@ -7,11 +7,10 @@ WAN bytes are what crossed the wide-area link, both ways: edges <-> cloud in a h
 (`hierarchy.wan_bytes_*` in rounds.jsonl), every client <-> the server in a flat run
 (`bytes_down` + `bytes_up`).
 
-Usage:  scripts/hierarchy_study.py SWEEP_DIR --target-loss LOSS
+Usage:  scripts/hierarchy_study.py --target-loss LOSS RUN_DIR...
 """
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
@@ -44,17 +43,10 @@ def study(run_dir, target):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sweep")
+    p.add_argument("runs", nargs="+")
     p.add_argument("--target-loss", type=float, required=True)
     a = p.parse_args()
-    sweep = Path(a.sweep)
-    with open(sweep / "sweep.csv") as f:
-        rows = list(csv.DictReader(f))
-    varied = [k for k in rows[0] if k not in ("dir",)][: len(rows[0]) - 11]
-    table = []
-    for row in rows:
-        label = " ".join(row[k] for k in varied)
-        table.append({"run": label, **study(Path(row["dir"]), a.target_loss)})
+    table = [{"run": Path(d).name, **study(Path(d), a.target_loss)} for d in a.runs]
     heads = list(table[0])
     widths = [max(len(h), *(len(t[h]) for t in table)) for h in heads]
     print("  ".join(h.rjust(w) for h, w in zip(heads, widths)))

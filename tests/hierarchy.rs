@@ -301,3 +301,20 @@ fn assignments_follow_tiers_and_trace_regions_and_bad_ones_are_refused_by_name()
         "{err}"
     );
 }
+
+#[test]
+fn validate_states_the_edges_and_the_shipped_scenario_runs_hierarchically() {
+    let (ok, out, err) = crate::util::sim(&["validate", "scenarios/hierarchical.ron"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("topology: hierarchical, 3 edges of [20, 20, 20] clients, 2 edge round(s)"),
+        "{out}"
+    );
+    let (ok, _, err) = crate::util::sim(&[
+        "validate",
+        "scenarios/hierarchical.ron",
+        "--set",
+        "topology.Hierarchical.edges=61",
+    ]);
+    assert!(!ok && err.contains("topology.Hierarchical.edges"), "{err}");
+}

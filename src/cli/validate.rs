@@ -59,7 +59,28 @@ pub fn validate(path: &Path, set: &[String]) -> anyhow::Result<()> {
         )?;
     }
     secure(&s, values, data.train as u64)?;
+    topology(&s)?;
     resources(&s)
+}
+
+/// The edges of a hierarchical topology: how many clients each holds, E, the WAN.
+fn topology(s: &Scenario) -> anyhow::Result<()> {
+    let fleet = fedsim::devices::Fleet::assign(&s.system.profiles, s.data.clients, s.seed)?;
+    let Some(h) = fedsim::topology::Hierarchy::resolve(&s.topology, &fleet, s.seed)? else {
+        return Ok(());
+    };
+    let all: Vec<usize> = (0..s.data.clients).collect();
+    let sizes: Vec<String> = h.group(&all).iter().map(|g| g.len().to_string()).collect();
+    outln!(
+        "topology: hierarchical, {} edges of [{}] clients, {} edge round(s) per cloud round; \
+         WAN {} Mbit/s up, {} down, {} s latency",
+        h.edges,
+        sizes.join(", "),
+        h.edge_rounds,
+        h.wan.up_mbps,
+        h.wan.down_mbps,
+        h.wan.latency_s
+    )
 }
 
 /// What secure aggregation makes each client upload, beside the plain f32 update.
