@@ -346,8 +346,10 @@ pub struct ByzantineRound {
     /// Attackers' updates among those aggregated.
     pub byzantine_aggregated: usize,
     /// L2 distance between the aggregate update and the same rule over the honest updates
-    /// alone (the simulator's view, before DP noise and server optimiser steps).
-    pub aggregate_deviation: f64,
+    /// alone (the simulator's view, before DP noise and server optimiser steps); absent under
+    /// a hierarchy, where the edges aggregate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate_deviation: Option<f64>,
 }
 
 /// One sampled client's round: a line of `clients.jsonl`.

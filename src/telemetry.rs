@@ -424,7 +424,9 @@ impl Telemetry {
         gauge!(HOST_SAVED).increment(r.host_seconds_saved);
         if let Some(b) = &r.byzantine {
             gauge!(BYZANTINE_SAMPLED).set(b.byzantine_sampled as f64);
-            gauge!(AGG_DEVIATION).set(b.aggregate_deviation);
+            if let Some(d) = b.aggregate_deviation {
+                gauge!(AGG_DEVIATION).set(d);
+            }
         }
         if let Some(h) = &r.hierarchy {
             let tiers = [

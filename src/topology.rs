@@ -65,7 +65,37 @@ pub enum Topology {
         /// clients' work is lost).
         #[serde(default)]
         edge_crash_probability: f64,
+        /// Where client-level DP noise is added (with a `dp` section): at the cloud, or at
+        /// every edge in every edge round.
+        #[serde(default)]
+        noise_at: NoiseAt,
     },
+}
+
+/// Where a hierarchy adds client-level DP noise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum NoiseAt {
+    /// The cloud noises the sum of every edge's clipped updates (trusts the edges and the
+    /// cloud; E = 1 only: with more, clients train on un-noised edge models).
+    #[default]
+    Root,
+    /// Each edge noises its sum in every edge round (trusts only the edges): the cloud and
+    /// the clients see noised models; a round composes E Gaussian mechanisms.
+    Edges,
+}
+
+/// Gaussian mechanisms a sampled client goes through per cloud round: E when the edges add
+/// the noise, else 1.
+pub fn dp_compositions(topology: &Topology) -> usize {
+    match *topology {
+        Topology::Hierarchical {
+            edge_rounds,
+            noise_at: NoiseAt::Edges,
+            ..
+        } => edge_rounds,
+        _ => 1,
+    }
 }
 
 /// How clients are assigned to edges.
@@ -153,6 +183,8 @@ pub struct Hierarchy {
     pub edge_availability: f64,
     /// P(crash before forwarding) per cloud round.
     pub edge_crash_probability: f64,
+    /// Where DP noise goes (with a `dp` section).
+    pub noise_at: NoiseAt,
     seed: u64,
 }
 
@@ -186,6 +218,7 @@ impl Hierarchy {
             edge_deadline_s,
             edge_availability,
             edge_crash_probability,
+            noise_at,
         } = *topology
         else {
             return Ok(None);
@@ -199,6 +232,7 @@ impl Hierarchy {
             edge_deadline_s,
             edge_availability,
             edge_crash_probability,
+            noise_at,
             seed,
         }))
     }
@@ -230,6 +264,11 @@ impl Hierarchy {
         } else {
             EdgeFate::Up
         }
+    }
+
+    /// The seed of edge `edge`'s DP noise (each edge draws its own).
+    pub fn noise_seed(&self, edge: EdgeId) -> u64 {
+        derive(self.seed, &[purpose::EDGE, 3, edge as u64])
     }
 
     /// The index clients see for edge round `e` (1-based) of cloud round `round`: their

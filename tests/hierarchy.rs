@@ -284,22 +284,6 @@ fn assignments_follow_tiers_and_trace_regions_and_bad_ones_are_refused_by_name()
     );
     let err = scenario(SMALL, &[&hier(2, 0, "")]).unwrap_err().to_string();
     assert!(err.contains("topology.Hierarchical.edge_rounds"), "{err}");
-    let dp = crate::util::DP;
-    let err = scenario(SMALL, &[&hier(2, 1, ""), dp])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("`dp`") && err.contains("topology Hierarchical"),
-        "{err}"
-    );
-    let robust = "strategy.kind=Median";
-    let err = scenario(SMALL, &[&hier(2, 1, ""), robust])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("strategy.kind") && err.contains("robust rule at the edge"),
-        "{err}"
-    );
 }
 
 #[test]
@@ -317,4 +301,142 @@ fn validate_states_the_edges_and_the_shipped_scenario_runs_hierarchically() {
         "topology.Hierarchical.edges=61",
     ]);
     assert!(!ok && err.contains("topology.Hierarchical.edges"), "{err}");
+}
+
+#[test]
+fn dp_at_the_root_is_flat_dp_bit_for_bit_and_at_the_edges_charges_e_compositions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dp = crate::util::DP; // ClientSideFixed, C = 0.5, z = 1
+    let flat = run(&small(&[dp]), &tmp.path().join("flat"));
+    let root = run(&small(&[dp, &hier(3, 1, "")]), &tmp.path().join("root"));
+    assert!(adapter(&flat.dir) == adapter(&root.dir), "adapters differ");
+    let (fr, rr) = (round_metrics(&flat.dir), round_metrics(&root.dir));
+    for (a, b) in fr.iter().zip(&rr) {
+        for k in [
+            "dp_epsilon",
+            "dp_noise_stddev",
+            "dp_sampling_rate",
+            "eval_loss",
+        ] {
+            assert_eq!(a[k], b[k], "{k}");
+        }
+    }
+    // Noise at the edges, E = 2: each edge noises each edge round; the accountant charges
+    // one Gaussian with z/√2 per round — a flat run with z = 1/√2 spends the same ε.
+    let edges = hier(3, 2, ", noise_at: Edges");
+    let fixed = "dp.sampling=Fixed";
+    let he = run(&small(&[dp, fixed, &edges]), &tmp.path().join("edges"));
+    let z = 1.0 / 2f64.sqrt();
+    let same = format!(
+        r#"dp={{"mechanism":{{"ClientSideFixed":{{"clip_norm":0.5,"noise_multiplier":{z}}}}},"delta":1e-5}}"#
+    );
+    let reference = run(&small(&[&same, fixed]), &tmp.path().join("reference"));
+    let (er, refr) = (round_metrics(&he.dir), round_metrics(&reference.dir));
+    for (a, b) in er.iter().zip(&refr) {
+        let (x, y) = (f(a, "dp_epsilon"), f(b, "dp_epsilon"));
+        assert!((x - y).abs() <= 1e-9 * y, "{x} vs {y}");
+        // σ on the average: √(edges forwarded) · z·C / updates in the last edge rounds.
+        let h = &a["hierarchy"];
+        let forwarded = (h["edges"].as_array().unwrap().iter())
+            .filter(|e| e["status"] == "forwarded")
+            .count() as f64;
+        let weight: f64 = (h["edges"].as_array().unwrap().iter())
+            .map(|e| f(e, "weight"))
+            .sum();
+        let sd = forwarded.sqrt() * 1.0 * 0.5 / weight;
+        assert!((f(a, "dp_noise_stddev") - sd).abs() < 1e-12, "{a}");
+    }
+    assert!(adapter(&he.dir) != adapter(&root.dir));
+    // What cannot be accounted is refused by name.
+    let err = scenario(SMALL, &[dp, &hier(3, 2, "")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("topology.Hierarchical.noise_at") && err.contains("un-noised edge models"),
+        "{err}"
+    );
+    let poisson = "dp.sampling=Poisson";
+    let err = scenario(SMALL, &[dp, poisson, &edges])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`dp.sampling`") && err.contains("use dp.sampling: Fixed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_robust_rule_runs_at_each_edge_against_byzantine_clients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let byz = "system.byzantine=Some((clients: Listed([0]), attack: Scale(50.0)))";
+    let h = hier(2, 2, "");
+    let median = run(
+        &small(&[byz, &h, "strategy.kind=Median"]),
+        &tmp.path().join("median"),
+    );
+    let mean = run(&small(&[byz, &h]), &tmp.path().join("mean"));
+    let (m, a) = (round_metrics(&median.dir), round_metrics(&mean.dir));
+    let loss = |r: &[Value]| f(r.last().unwrap(), "eval_loss");
+    // The median at the attacker's edge holds it off; FedAvg there does not.
+    assert!(
+        loss(&m) < loss(&a),
+        "median {} vs mean {}",
+        loss(&m),
+        loss(&a)
+    );
+    assert!(loss(&m) < f(&m[0], "eval_loss") + 1.0);
+    // The deviation from the honest aggregate is not computed under a hierarchy.
+    assert!(m[0].get("aggregate_deviation").is_none(), "{}", m[0]);
+    assert_eq!(m[0]["byzantine_sampled"], 1);
+    assert_eq!(m[0]["byzantine_aggregated"], 1);
+    let two = run(
+        &small(&[byz, &h, "strategy.kind=Median", "slots.count=2"]),
+        &tmp.path().join("two"),
+    );
+    assert!(adapter(&median.dir) == adapter(&two.dir));
+}
+
+#[test]
+fn secagg_at_each_edge_releases_the_plain_hierarchys_adapter_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = hier(2, 2, "");
+    let base = ["strategy.min_fit_clients=3", h.as_str()];
+    let plain = run(&small(&base), &tmp.path().join("plain"));
+    let secagg =
+        "strategy.secure_aggregation=SecAggPlus(neighbours: 2, threshold: 2, ring_bits: None)";
+    let secure = run(
+        &small(&[base[0], base[1], secagg]),
+        &tmp.path().join("secure"),
+    );
+    assert!(
+        adapter(&plain.dir) == adapter(&secure.dir),
+        "adapters differ"
+    );
+    let (pr, sr) = (round_metrics(&plain.dir), round_metrics(&secure.dir));
+    for (p, s) in pr.iter().zip(&sr) {
+        assert_eq!(p["eval_loss"], s["eval_loss"]);
+        // The WAN carries the same partials; the edges' LAN carries the protocol too.
+        assert_eq!(
+            p["hierarchy"]["wan_bytes_up"],
+            s["hierarchy"]["wan_bytes_up"]
+        );
+        assert!(s["bytes_up"].as_u64() > p["bytes_up"].as_u64());
+        let sa = &s["secure_aggregation"];
+        for phase in ["keys", "shares", "unmask"] {
+            assert!(sa[phase]["up_bytes"].as_u64().unwrap() > 0, "{phase}: {sa}");
+        }
+        // Keys, shares and unmasking lengthen each edge round.
+        let spans = |r: &Value| -> f64 {
+            (r["hierarchy"]["edges"].as_array().unwrap().iter())
+                .flat_map(|e| e["edge_rounds_s"].as_array().unwrap().clone())
+                .map(|x| x.as_f64().unwrap())
+                .sum()
+        };
+        assert!(spans(s) > spans(p));
+    }
+    let he = "strategy.secure_aggregation=HomomorphicEncryption(scheme: Bfv(degree: 4096))";
+    let err = scenario(SMALL, &[base[0], base[1], he])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("HomomorphicEncryption at the edge"), "{err}");
 }

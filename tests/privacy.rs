@@ -285,6 +285,7 @@ mod adaptive {
             noise_by: Default::default(),
             series: FracSeries::AbsoluteBound,
             pld: false,
+            compositions: 1,
         }
     }
 

@@ -126,7 +126,7 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
     use fedsim::model::{BasePrecision, InferenceActivations, LlamaConfig, TargetModule};
     use fedsim::privacy::{DpSampling, FracSeries, Mechanism, NoiseBy, NoiseSource};
     use fedsim::stragglers::{Staleness, Stragglers};
-    use fedsim::topology::{Assignment, Link, Topology};
+    use fedsim::topology::{Assignment, Link, NoiseAt, Topology};
     use fedsim::trainer::TrainerKind;
 
     let mut tracer = Tracer::new(TracerConfig::default());
@@ -177,6 +177,7 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
         Topology,
         Assignment,
         Link,
+        NoiseAt,
         TrainerKind,
         EvalSection,
         TaskSource,

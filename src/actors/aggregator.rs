@@ -337,7 +337,9 @@ impl Actor for Aggregator {
             AggregatorMsg::Discard { client } => {
                 st.held.remove(&client);
             }
-            msg @ (AggregatorMsg::Partial { .. } | AggregatorMsg::Merge(_)) => st.edge_msg(msg),
+            msg @ (AggregatorMsg::Partial { .. } | AggregatorMsg::Merge(_)) => {
+                st.edge_msg(msg).await
+            }
             AggregatorMsg::Finish { global, reply } => {
                 let aggregate = match (st.secure.take(), st.he.take(), st.merged.take()) {
                     (Some(round), _, _) => st.finish_secure(global, round).await,

@@ -171,6 +171,11 @@ pub struct DpPlan {
     pub series: FracSeries,
     /// Also account with PLD (Poisson sampling only).
     pub pld: bool,
+    /// Gaussian mechanisms a sampled client goes through per round, each with sensitivity C
+    /// and noise z·C: 1, or E under a hierarchy whose edges noise each of their E edge
+    /// rounds. Their composition is one Gaussian mechanism with noise multiplier z/√E, which
+    /// is what the accountant charges per round.
+    pub compositions: usize,
 }
 
 impl DpPlan {
@@ -184,9 +189,10 @@ impl DpPlan {
 
     /// Noise multiplier relative to the sensitivity under the accounted neighbouring relation.
     pub fn accounted_noise_multiplier(&self) -> f64 {
+        let z = self.mechanism.noise_multiplier() / (self.compositions.max(1) as f64).sqrt();
         match self.sampling {
-            DpSampling::Poisson => self.mechanism.noise_multiplier(),
-            DpSampling::Fixed => self.mechanism.noise_multiplier() / 2.0,
+            DpSampling::Poisson => z,
+            DpSampling::Fixed => z / 2.0,
         }
     }
 
@@ -214,7 +220,16 @@ impl DpPlan {
                 series_label(self.series)
             ),
         };
-        sampling + &by
+        let edges = if self.compositions > 1 {
+            format!(
+                "; each round composes {} noised edge rounds (sensitivity C, noise z·C each): one \
+                 Gaussian mechanism with noise multiplier z/√{}",
+                self.compositions, self.compositions
+            )
+        } else {
+            String::new()
+        };
+        sampling + &by + &edges
     }
 }
 

@@ -403,6 +403,7 @@ fn check_dp(c: &Check<'_>, file: &ScenarioFile) -> Result<Option<DpPlan>, Scenar
                 noise: d.noise,
                 noise_by: d.noise_by,
                 series: d.series,
+                compositions: crate::topology::dp_compositions(&file.topology),
             })
         }
     };

@@ -112,7 +112,8 @@ pub struct Phase {
 }
 
 impl Phase {
-    fn add(&mut self, other: &Phase) {
+    /// Add another phase's bytes and seconds.
+    pub fn add(&mut self, other: &Phase) {
         self.up_bytes += other.up_bytes;
         self.down_bytes += other.down_bytes;
         self.seconds += other.seconds;

@@ -37,6 +37,11 @@ pub fn fixed_term(index: usize, x: f32, w: u64) -> Result<i128, FoldError> {
     Ok((x as f64 * SCALE).trunc() as i64 as i128 * w as i128)
 }
 
+/// A noise value on the fold's grid, trunc(x·2⁴⁰) (DP noise added to exact sums).
+pub fn fixed_noise(x: f64) -> i128 {
+    (x * SCALE).trunc() as i128
+}
+
 /// The mean FedAvg releases from the exact sums of [`fixed_term`]s and their total weight:
 /// each sum rounded once to f64, divided by 2⁴⁰·weight, rounded to f32 — bit for bit
 /// [`FedAvgAccumulator::mean`] over the same updates.

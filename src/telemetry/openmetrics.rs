@@ -182,7 +182,9 @@ fn optional_families(
     }
     if let Some(b) = &r.byzantine {
         fams[23].push("", t, b.byzantine_sampled as f64);
-        fams[24].push("", t, b.aggregate_deviation);
+        if let Some(d) = b.aggregate_deviation {
+            fams[24].push("", t, d);
+        }
     }
     if let Some(dp) = &r.dp {
         fams[10].push("accountant=\"rdp\"", t, dp.dp_epsilon);

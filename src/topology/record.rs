@@ -17,6 +17,9 @@ pub enum EdgeStatus {
     Crashed,
     /// Its partial would reach the cloud after `system.deadline_s` (`Drop`): left out.
     Late,
+    /// Its last edge round released nothing (secure aggregation at the edge could not
+    /// unmask: `secagg_threshold`, …); its `reason` says why.
+    Withheld,
 }
 
 impl EdgeStatus {
@@ -39,6 +42,9 @@ pub struct EdgeRound {
     pub weight: u64,
     /// What became of it.
     pub status: EdgeStatus,
+    /// Why it released nothing (status `withheld`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// When the cloud's model reached it (virtual seconds).
     pub start_s: f64,
     /// How long each of its edge rounds took (virtual seconds).

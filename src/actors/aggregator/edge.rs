@@ -4,10 +4,13 @@
 
 use std::sync::Arc;
 
-use super::{Aggregate, AggregatorMsg, AggregatorState, Rejection};
+use super::{Aggregate, AggregatorMsg, AggregatorState, Rejection, Withheld};
 use crate::messages::ClientId;
 use crate::model::AdapterSet;
-use crate::strategy::fedavg::{add, fixed_term, mean_of_exact_sums};
+use crate::strategy::fedavg::{
+    add, fixed_noise, fixed_term, mean_of_exact_sums, noised_mean_of_exact_sums,
+};
+use crate::strategy::Strategy;
 
 /// What an edge forwards to the cloud after its last edge round.
 #[derive(Debug)]
@@ -21,6 +24,14 @@ pub struct EdgePartial {
     pub folded: usize,
     /// Updates the edge refused, with why.
     pub rejected: Vec<(ClientId, Rejection)>,
+    /// Variance of the DP noise the edge added to its sums (0 without noise at the edges).
+    pub noise_variance: f64,
+    /// Secure aggregation at the edge: its last edge round's unmasking phase.
+    pub unmasking: Option<crate::secagg::cost::Unmasking>,
+    /// Why the edge's last edge round released nothing (`secagg_threshold`, …).
+    pub withheld: Option<Withheld>,
+    /// Byzantine updates among those of the last edge round (the simulator's view).
+    pub byzantine: usize,
 }
 
 impl EdgePartial {
@@ -50,11 +61,13 @@ pub(super) struct Merged {
     weight: u64,
     folded: usize,
     rejected: Vec<(ClientId, Rejection)>,
+    noise_variance: f64,
+    byzantine: usize,
 }
 
 impl AggregatorState {
     /// A hierarchical round's message: close an edge into its partial, or merge one.
-    pub(super) fn edge_msg(&mut self, msg: AggregatorMsg) {
+    pub(super) async fn edge_msg(&mut self, msg: AggregatorMsg) {
         match msg {
             AggregatorMsg::Partial {
                 base,
@@ -62,7 +75,16 @@ impl AggregatorState {
                 fallback_weight,
                 reply,
             } => {
-                let _ = reply.send(self.partial(&base, &global, fallback_weight));
+                let robust = matches!(self.strategy, Strategy::Robust(_));
+                let partial = match (self.secure.take(), robust) {
+                    (Some(round), _) => {
+                        self.secure_partial(round, &base, &global, fallback_weight)
+                            .await
+                    }
+                    (None, true) => self.robust_partial(base, &global, fallback_weight),
+                    (None, false) => self.partial(&base, &global, fallback_weight),
+                };
+                let _ = reply.send(partial);
             }
             AggregatorMsg::Merge(partial) => self.merge(partial),
             _ => {}
@@ -82,10 +104,46 @@ impl AggregatorState {
         for (client, e) in self.acc.take_rejected() {
             rejected.push((client as ClientId, e.into()));
         }
-        let mut sums = self.acc.exact_sums();
-        let folded = self.acc.count();
-        let mut weight = self.acc.total_weight();
-        if !std::ptr::eq(base, global) && base.data() != global.data() {
+        let released = (
+            self.acc.exact_sums(),
+            self.acc.count(),
+            self.acc.total_weight(),
+        );
+        self.complete_partial(released, rejected, (base, global, fallback_weight))
+    }
+
+    /// Secure aggregation at the edge: the survivors' unmasked exact sums, completed as
+    /// [`AggregatorState::partial`]'s; a round that cannot be unmasked forwards nothing.
+    async fn secure_partial(
+        &mut self,
+        round: super::secure::SecureRound,
+        base: &AdapterSet,
+        global: &AdapterSet,
+        fallback_weight: u64,
+    ) -> EdgePartial {
+        let (released, unmasking) = round.finish().await;
+        let rejected = std::mem::take(&mut self.rejected);
+        let mut p = match released {
+            Ok(r) => self.complete_partial(r, rejected, (base, global, fallback_weight)),
+            Err(e) => {
+                let mut p = EdgePartial::empty(global.data().len(), rejected);
+                p.withheld = Some(e.into());
+                p
+            }
+        };
+        p.unmasking = Some(unmasking);
+        p
+    }
+
+    /// The partial from an edge round's exact sums, updates and weight: the drift added,
+    /// then the edge's DP noise when it adds it.
+    fn complete_partial(
+        &self,
+        (mut sums, folded, mut weight): super::secure::Released,
+        rejected: Vec<(ClientId, Rejection)>,
+        (base, global, fallback_weight): (&AdapterSet, &AdapterSet, u64),
+    ) -> EdgePartial {
+        if base.data() != global.data() {
             let w = if weight == 0 { fallback_weight } else { weight };
             let drift = base.data().iter().zip(global.data()).map(|(b, g)| b - g);
             for (i, (s, d)) in sums.iter_mut().zip(drift).enumerate() {
@@ -97,12 +155,75 @@ impl AggregatorState {
             }
             weight = w;
         }
+        let noise_variance = self.noise_partial(&mut sums);
         EdgePartial {
             sums,
             weight,
             folded,
             rejected,
+            noise_variance,
+            unmasking: None,
+            withheld: None,
+            byzantine: self.byzantine,
         }
+    }
+
+    /// A robust rule at the edge: its aggregate over the last edge round's updates (robust
+    /// rules are unweighted), forwarded with the edge's drift as the exact terms of
+    /// (edge model − global) at weight = the updates aggregated — the cloud then averages the
+    /// edges' robust aggregates weighted by their update counts.
+    fn robust_partial(
+        &mut self,
+        base: Arc<AdapterSet>,
+        global: &AdapterSet,
+        fallback_weight: u64,
+    ) -> EdgePartial {
+        let agg = self.finish(base);
+        let w = if agg.folded == 0 {
+            fallback_weight
+        } else {
+            agg.folded as u64
+        };
+        let total = agg
+            .global
+            .data()
+            .iter()
+            .zip(global.data())
+            .map(|(e, g)| e - g);
+        let mut sums = Vec::with_capacity(global.data().len());
+        for (i, d) in total.enumerate() {
+            match fixed_term(i, d, w) {
+                Ok(t) => sums.push(t),
+                Err(_) => return EdgePartial::empty(global.data().len(), agg.rejected),
+            }
+        }
+        EdgePartial {
+            sums,
+            weight: if agg.folded == 0 && agg.global.data() == global.data() {
+                0
+            } else {
+                w
+            },
+            folded: agg.folded,
+            rejected: agg.rejected,
+            noise_variance: 0.0,
+            unmasking: None,
+            withheld: None,
+            byzantine: agg.byzantine,
+        }
+    }
+
+    /// DP noise at the edge: N(0, (z·C)²) per value added to the exact sums (on the fold's
+    /// grid); returns its variance (0 when the edge adds none).
+    fn noise_partial(&self, sums: &mut [i128]) -> f64 {
+        let Some(dp) = self.dp.filter(|d| d.sum_stddev > 0.0) else {
+            return 0.0;
+        };
+        let mut noise = dp.noise.generator(dp.seed, self.round, 0, dp.sum_stddev);
+        for s in sums.iter_mut() {
+            *s += fixed_noise(noise.sample());
+        }
+        dp.sum_stddev * dp.sum_stddev
     }
 
     /// Add an edge's partial to the cloud round's sum (exact, so in any order).
@@ -117,28 +238,46 @@ impl AggregatorState {
         m.weight += p.weight;
         m.folded += p.folded;
         m.rejected.extend(p.rejected);
+        m.noise_variance += p.noise_variance;
+        m.byzantine += p.byzantine;
     }
 
-    /// Close a cloud round from the edges' partials: the mean of the summed exact sums, then
-    /// the server optimiser's step when there is one.
+    /// Close a cloud round from the edges' partials: the mean of the summed exact sums —
+    /// noised here under DP with the noise at the root, already noised by the edges otherwise
+    /// — then the server optimiser's step when there is one.
     pub(super) fn finish_merged(&mut self, global: Arc<AdapterSet>, m: Merged) -> Aggregate {
-        let next = if m.weight == 0 {
-            global
-        } else {
-            let delta = mean_of_exact_sums(&m.sums, m.weight);
-            let step = match self.server.as_mut() {
-                Some(state) => state.step(&delta),
-                None => delta,
-            };
-            Arc::new(add(&global, &step))
+        let (delta, noise_stddev) = match self.dp {
+            None if m.weight == 0 => (None, None),
+            None => (Some(mean_of_exact_sums(&m.sums, m.weight)), None),
+            Some(dp) => {
+                let denom = dp.denominator.unwrap_or(m.weight as f64);
+                if denom <= 0.0 {
+                    (None, None)
+                } else {
+                    let mut noise = dp.noise.generator(dp.seed, self.round, 0, dp.sum_stddev);
+                    let mean = noised_mean_of_exact_sums(&m.sums, denom, &mut noise);
+                    let variance = m.noise_variance + dp.sum_stddev * dp.sum_stddev;
+                    (Some(mean), Some(variance.sqrt() / denom))
+                }
+            }
+        };
+        let next = match delta {
+            None => global,
+            Some(delta) => {
+                let step = match self.server.as_mut() {
+                    Some(state) => state.step(&delta),
+                    None => delta,
+                };
+                Arc::new(add(&global, &step))
+            }
         };
         Aggregate {
             global: next,
             folded: m.folded,
             examples: m.weight,
             rejected: m.rejected,
-            noise_stddev: None,
-            byzantine: 0,
+            noise_stddev,
+            byzantine: m.byzantine,
             withheld: None,
             unmasking: None,
             decryption: None,
@@ -155,6 +294,10 @@ impl EdgePartial {
             weight: 0,
             folded: 0,
             rejected,
+            noise_variance: 0.0,
+            unmasking: None,
+            withheld: None,
+            byzantine: 0,
         }
     }
 }

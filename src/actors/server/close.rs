@@ -42,7 +42,7 @@ pub(super) async fn close_round(
     let round = st.current.round;
     st.current.settle();
     if let Some(u) = &agg.unmasking {
-        super::secure::unmask(st, u);
+        let _ = super::secure::unmask(st, u);
     }
     if let Some(d) = &agg.decryption {
         super::secure::decrypt(st, d);
@@ -112,14 +112,18 @@ fn covers(e: &crate::messages::EvaluateRes, scope: TaskScope) -> bool {
 fn byzantine_round(st: &Core, agg: &Aggregate) -> Option<crate::messages::ByzantineRound> {
     let b = st.args.clients.faults.byzantine.as_ref()?;
     Some(crate::messages::ByzantineRound {
-        byzantine_sampled: st
-            .current
-            .records
-            .iter()
+        // Distinct clients: under a hierarchy a client has a record per edge round.
+        byzantine_sampled: (st.current.records.iter())
             .filter(|r| b.is_attacker(r.client))
-            .count(),
+            .map(|r| r.client)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
         byzantine_aggregated: agg.byzantine,
-        aggregate_deviation: agg.deviation.unwrap_or(0.0),
+        // Not computed under a hierarchy (the edges aggregate): absent from rounds.jsonl.
+        aggregate_deviation: match (agg.deviation, &st.current.hierarchy) {
+            (None, Some(_)) => None,
+            (d, _) => Some(d.unwrap_or(0.0)),
+        },
     })
 }
 

@@ -14,12 +14,12 @@ use super::config::ServerMsg;
 use super::edges::{CloudRound, EdgeRun};
 use super::record::RoundState;
 use super::state::Core;
-use super::synchronous::{online, sample_clients, too_few};
-use crate::actors::aggregator::AggregatorMsg;
+use super::synchronous::{check_budget, dp_round, online, sample_clients, too_few};
+use crate::actors::aggregator::{AggregatorMsg, DpRound};
 use crate::messages::{FitRes, FitStatus};
 use crate::shutdown::StopLevel;
 use crate::stragglers::Stragglers;
-use crate::topology::{EdgeFate, Hierarchy};
+use crate::topology::{EdgeFate, Hierarchy, NoiseAt};
 
 /// The hierarchical driver.
 pub(super) struct HierRounds {
@@ -70,10 +70,13 @@ impl HierRounds {
         }
         let target = st.args.config.sampling.sample_size(available.len());
         let chosen = sample_clients(st, round, &available, target);
+        let Some(q) = check_budget(me, st, round, chosen.len(), available.len()) else {
+            return Ok(());
+        };
         st.spawn_clients(me, &chosen).await?;
-        st.args
-            .aggregator
-            .send_message(AggregatorMsg::Begin { round, dp: None })?;
+        let (root_dp, edge_dp) = dp_levels(st, self.plan.noise_at, q, available.len());
+        let begin = AggregatorMsg::Begin { round, dp: root_dp };
+        st.args.aggregator.send_message(begin)?;
         let global_bytes = st.global.to_safetensors()?.len() as u64;
         let reach = start + self.plan.wan.down_s(global_bytes);
         st.current = RoundState::open(round, st.args.config.lr(round), start, start);
@@ -82,7 +85,8 @@ impl HierRounds {
         cur.sampled = chosen.len();
         cur.available = available.len();
         cur.unavailable = unavailable;
-        let mut cloud = CloudRound::new(round);
+        cur.q = q;
+        let mut cloud = CloudRound::new(round, edge_dp);
         for (edge, clients) in self.plan.group(&chosen).into_iter().enumerate() {
             if clients.is_empty() {
                 continue;
@@ -193,8 +197,12 @@ impl HierRounds {
             .iter_mut()
             .filter(|r| r.fate != EdgeFate::Unavailable)
         {
+            let dp = (cloud.edge_dp).map(|d| DpRound {
+                seed: self.plan.noise_seed(run.edge),
+                ..d
+            });
             let aggregator = &st.args.edges[run.edge];
-            aggregator.send_message(AggregatorMsg::Begin { round: t, dp: None })?;
+            aggregator.send_message(AggregatorMsg::Begin { round: t, dp })?;
             let bytes = run
                 .start_edge_round(st, t, (self.stragglers, deadline))
                 .await?;
@@ -215,5 +223,39 @@ impl HierRounds {
             me.send_message(ServerMsg::BeginRound)?;
         }
         Ok(())
+    }
+}
+
+/// Under DP, how the cloud's and the edges' aggregators noise: with the noise at the root
+/// the edges clip and the cloud noises the sum of every edge's sums (flat DP's release, bit
+/// for bit); with the noise at the edges each edge noises every edge round and the cloud adds
+/// none. (cloud, edge template — each edge gets its own noise seed.)
+fn dp_levels(
+    st: &Core,
+    noise_at: NoiseAt,
+    q: f64,
+    available: usize,
+) -> (Option<DpRound>, Option<DpRound>) {
+    let Some(flat) = dp_round(st, q, available) else {
+        return (None, None);
+    };
+    let edge = DpRound {
+        sum_stddev: 0.0,
+        denominator: None,
+        ..flat
+    };
+    match noise_at {
+        NoiseAt::Root => (Some(flat), Some(edge)),
+        NoiseAt::Edges => (
+            Some(DpRound {
+                sum_stddev: 0.0,
+                server_clip: None,
+                ..flat
+            }),
+            Some(DpRound {
+                sum_stddev: flat.sum_stddev,
+                ..edge
+            }),
+        ),
     }
 }

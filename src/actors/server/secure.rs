@@ -40,6 +40,16 @@ pub(super) async fn set_up(
     st: &mut Core,
     chosen: &[ClientId],
 ) -> Result<Result<SecureSetup, String>, ActorProcessingErr> {
+    let aggregator = st.args.aggregator.clone();
+    set_up_at(st, &aggregator, chosen).await
+}
+
+/// [`set_up`] run by `aggregator` (an edge's, under a hierarchy) with `chosen`.
+pub(super) async fn set_up_at(
+    st: &mut Core,
+    aggregator: &ractor::ActorRef<AggregatorMsg>,
+    chosen: &[ClientId],
+) -> Result<Result<SecureSetup, String>, ActorProcessingErr> {
     let Some(protection) = st.args.config.secure else {
         return Ok(Ok(SecureSetup::default()));
     };
@@ -50,7 +60,7 @@ pub(super) async fn set_up(
     let seed = st.args.config.seed;
     let setups = match protection {
         Protection::SecAggPlus(params) => {
-            let answer = ractor::call!(st.args.aggregator, |reply| AggregatorMsg::SecAggSetup {
+            let answer = ractor::call!(aggregator, |reply| AggregatorMsg::SecAggSetup {
                 params,
                 clients,
                 seed,
@@ -59,7 +69,7 @@ pub(super) async fn set_up(
             answer.map_err(|e| e.to_string())
         }
         Protection::Homomorphic(params) => {
-            let answer = ractor::call!(st.args.aggregator, |reply| AggregatorMsg::HeSetup {
+            let answer = ractor::call!(aggregator, |reply| AggregatorMsg::HeSetup {
                 params,
                 clients,
                 seed,
@@ -146,10 +156,11 @@ fn mean(per_client: &HashMap<ClientId, f64>) -> f64 {
 }
 
 /// The unmasking phase after the round's last upload: its transfers and the server's
-/// compute delay the close; the round's record and byte counts take its messages.
-pub(super) fn unmask(st: &mut Core, unmasking: &Unmasking) {
+/// compute delay the close; the round's record and byte counts take its messages. Returns
+/// the seconds it added.
+pub(super) fn unmask(st: &mut Core, unmasking: &Unmasking) -> f64 {
     let Some(Protection::SecAggPlus(params)) = st.args.config.secure else {
-        return;
+        return 0.0;
     };
     let fleet = st.args.clients.faults.fleet();
     let survivors: Vec<_> = (unmasking.messages.iter())
@@ -175,6 +186,7 @@ pub(super) fn unmask(st: &mut Core, unmasking: &Unmasking) {
         .fold((0, 0), |(u, d), p| (u + p.up_bytes, d + p.down_bytes));
     cur.bytes_up += up;
     cur.bytes_down += down;
+    phase.seconds
 }
 
 /// The decryption after the round's last upload: the server's last addition and the key
@@ -199,4 +211,44 @@ pub(super) fn decrypt(st: &mut Core, decryption: &Decryption) {
     record.server_compute_s = server;
     record.key_holder_bytes += decryption.holder_bytes;
     cur.bytes_down += record.keys.down_bytes;
+}
+
+/// An edge's set-up under a hierarchy: its messages count in the round's traffic now, its
+/// cost adds to the round's record (summed over edges and edge rounds).
+pub(super) fn edge_setup_cost(st: &mut Core, setup: &SecureSetup) -> u64 {
+    let Some(c) = &setup.cost else {
+        return 0;
+    };
+    let cur = &mut st.current;
+    let up = c.keys.up_bytes + c.shares.up_bytes;
+    cur.bytes_up += up;
+    cur.bytes_down += c.keys.down_bytes + c.shares.down_bytes;
+    cur.secure
+        .get_or_insert_with(SecAggCost::default)
+        .accumulate(c);
+    up
+}
+
+/// An edge's unmasking phase under a hierarchy: its messages count in the round's traffic,
+/// its cost adds to the round's record; returns (seconds it delays the edge round, bytes up).
+pub(super) fn edge_unmask(st: &mut Core, unmasking: &Unmasking) -> (f64, u64) {
+    let Some(Protection::SecAggPlus(params)) = st.args.config.secure else {
+        return (0.0, 0);
+    };
+    let fleet = st.args.clients.faults.fleet();
+    let survivors: Vec<_> = (unmasking.messages.iter())
+        .map(|(c, down, up)| (fleet.profile(*c), *down, *up))
+        .collect();
+    if survivors.is_empty() {
+        return (0.0, 0);
+    }
+    let (phase, server) = cost::unmask(&survivors, unmasking.masks, elements(st), &params.compute);
+    let cur = &mut st.current;
+    cur.bytes_up += phase.up_bytes;
+    cur.bytes_down += phase.down_bytes;
+    let record = cur.secure.get_or_insert_with(SecAggCost::default);
+    record.unmask.add(&phase);
+    record.server_compute_s += server;
+    record.masks_regenerated += unmasking.masks;
+    (phase.seconds, phase.up_bytes)
 }

@@ -283,7 +283,7 @@ pub(super) fn dispatch(
 
 /// The sampling rate this round is accounted with, or `None` when the privacy budget stops the
 /// run before it (the run is then finished).
-fn check_budget(
+pub(super) fn check_budget(
     me: &ActorRef<ServerMsg>,
     st: &mut Core,
     round: RoundId,
@@ -310,7 +310,7 @@ fn check_budget(
     Some(q)
 }
 
-fn dp_round(st: &Core, q: f64, available: usize) -> Option<DpRound> {
+pub(super) fn dp_round(st: &Core, q: f64, available: usize) -> Option<DpRound> {
     st.ledger.as_ref().map(|l| {
         let plan = l.plan();
         DpRound {

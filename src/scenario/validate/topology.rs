@@ -4,11 +4,11 @@
 
 use super::{Check, Range};
 use crate::devices::{Bounds, Fleet};
-use crate::scenario::file::ScenarioFile;
+use crate::privacy::{DpSampling, Mechanism, NoiseBy};
+use crate::scenario::file::{ScenarioFile, SecureAggregation};
 use crate::scenario::ScenarioError;
 use crate::stragglers::Stragglers;
-use crate::strategy::{Needs, Strategy};
-use crate::topology::{Hierarchy, Topology};
+use crate::topology::{Hierarchy, NoiseAt, Topology};
 
 /// Most edge rounds per cloud round.
 const MAX_EDGE_ROUNDS: usize = 1000;
@@ -90,26 +90,64 @@ fn check_combinations(c: &Check<'_>, file: &ScenarioFile) -> Result<(), Scenario
         }
         Stragglers::Wait | Stragglers::Drop => {}
     }
-    if file.dp.is_some() {
-        return Err(refuse(
-            "dp",
-            "client-level DP (noise at the edge or the root)",
-        ));
-    }
-    if file.strategy.secure_aggregation.is_some() {
+    check_dp(c, file)?;
+    if let Some(SecureAggregation::HomomorphicEncryption { .. }) = file.strategy.secure_aggregation
+    {
         return Err(refuse(
             "strategy.secure_aggregation",
-            "secure aggregation at the edge",
+            "HomomorphicEncryption at the edge (SecAggPlus runs at each edge)",
         ));
     }
-    if file.system.byzantine.is_some() {
-        return Err(refuse("system.byzantine", "Byzantine clients"));
+    Ok(())
+}
+
+/// Client-level DP under a hierarchy: noise at the root only with one edge round (with more,
+/// clients train on un-noised edge models, so the released model's sensitivity to one client
+/// is not bounded by the clip); noise at the edges with fixed-size sampling (each edge
+/// divides by its own count); neither with adaptive clipping or client-added noise.
+fn check_dp(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> {
+    let (
+        Some(dp),
+        Topology::Hierarchical {
+            edge_rounds,
+            noise_at,
+            ..
+        },
+    ) = (&file.dp, file.topology)
+    else {
+        return Ok(());
+    };
+    let f = "topology.Hierarchical.noise_at";
+    if noise_at == NoiseAt::Root && edge_rounds > 1 {
+        return Err(c.fail(
+            f,
+            format!(
+                "is Root but edge_rounds is {edge_rounds}: clients of the later edge rounds train \
+                 on un-noised edge models, so one client's influence on the released model is \
+                 not bounded by the clip; use noise_at: Edges (every edge round noised) or \
+                 edge_rounds: 1"
+            ),
+        ));
     }
-    let strategy = Strategy::from_kind(file.strategy.kind);
-    if strategy.needs() == Needs::AllUpdates {
-        return Err(refuse(
-            "strategy.kind",
-            &format!("{} (a robust rule at the edge)", strategy.name()),
+    if noise_at == NoiseAt::Edges && dp.sampling != DpSampling::Fixed {
+        return Err(c.fail(
+            "dp.sampling",
+            "is Poisson but topology.Hierarchical.noise_at is Edges, where each edge averages \
+             over its own updates; use dp.sampling: Fixed",
+        ));
+    }
+    if let Mechanism::Adaptive { .. } = dp.mechanism {
+        return Err(c.fail(
+            "dp.mechanism",
+            "Adaptive clipping cannot be combined with topology Hierarchical yet; use \
+             ServerSideFixed or ClientSideFixed",
+        ));
+    }
+    if dp.noise_by != NoiseBy::Server {
+        return Err(c.fail(
+            "dp.noise_by",
+            "Clients (distributed noise) cannot be combined with topology Hierarchical; the \
+             edges or the cloud add the noise (topology.Hierarchical.noise_at)",
         ));
     }
     Ok(())
