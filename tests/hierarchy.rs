@@ -440,3 +440,33 @@ fn secagg_at_each_edge_releases_the_plain_hierarchys_adapter_bit_for_bit() {
         .to_string();
     assert!(err.contains("HomomorphicEncryption at the edge"), "{err}");
 }
+
+#[test]
+fn over_selection_keeps_each_edges_share_of_the_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = hier(2, 2, "");
+    // 6 clients, a target of 4 plus 2 over-selected: each edge of 3 keeps its first 2.
+    let s = small(&[
+        &h,
+        "strategy.fraction_fit=0.67",
+        "system.stragglers=OverSelect(extra: 2)",
+        "system.profiles=Drawn(flops: LogNormal(median: 1e9, sigma: 0.5), up_mbps: Fixed(10.0), \
+         down_mbps: Fixed(20.0), latency_s: Fixed(0.05))",
+    ]);
+    let r = run(&s, &tmp.path().join("over"));
+    let clients = clients_log(&r.dir);
+    for r in round_metrics(&r.dir) {
+        assert_eq!(r["sampled"], 6);
+        let mine: Vec<&Value> = clients
+            .iter()
+            .filter(|c| c["round"] == r["round"])
+            .collect();
+        let done = mine.iter().filter(|c| c["status"] == "completed").count();
+        let dropped = mine
+            .iter()
+            .filter(|c| c["status"] == "missed_deadline")
+            .count();
+        // 2 edges × 2 edge rounds × (2 kept, 1 dropped).
+        assert_eq!((done, dropped), (8, 4), "{r}");
+    }
+}

@@ -18,6 +18,8 @@ use crate::topology::{EdgeFate, EdgeRound, EdgeStatus, Hierarchy, HierarchyRound
 pub(super) struct EdgeRun {
     pub(super) edge: usize,
     clients: Vec<ClientId>,
+    /// Updates an edge round keeps under `OverSelect` (its share of the round's target).
+    target: usize,
     pub(super) fate: EdgeFate,
     /// The edge's model: the cloud's global, then after each edge round its mean.
     model: Arc<AdapterSet>,
@@ -38,15 +40,15 @@ pub(super) struct EdgeRun {
 
 impl EdgeRun {
     pub(super) fn new(
-        edge: usize,
-        clients: Vec<ClientId>,
-        fate: EdgeFate,
+        (edge, fate): (usize, EdgeFate),
+        (clients, target): (Vec<ClientId>, usize),
         model: Arc<AdapterSet>,
         reach: f64,
     ) -> Self {
         EdgeRun {
             edge,
             clients,
+            target,
             fate,
             model,
             start_s: reach,
@@ -81,8 +83,7 @@ impl EdgeRun {
             .iter()
             .filter_map(|(c, p)| p.as_ref().ok().map(|p| (*c, *p)))
             .collect();
-        let target = self.clients.len();
-        let decided = decide(stragglers, self.clock, deadline, target, &plans_ok);
+        let decided = decide(stragglers, self.clock, deadline, self.target, &plans_ok);
         self.close_at = decided.close_at;
         let model = Model::of(t, payload, self.model.clone());
         dispatch(st, &plans, decided.decisions, &model);

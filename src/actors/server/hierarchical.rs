@@ -69,7 +69,11 @@ impl HierRounds {
             return self.next(me, st, closed);
         }
         let target = st.args.config.sampling.sample_size(available.len());
-        let chosen = sample_clients(st, round, &available, target);
+        let extra = match self.stragglers {
+            Stragglers::OverSelect { extra } => extra,
+            _ => 0,
+        };
+        let chosen = sample_clients(st, round, &available, target + extra);
         let Some(q) = check_budget(me, st, round, chosen.len(), available.len()) else {
             return Ok(());
         };
@@ -100,9 +104,12 @@ impl HierRounds {
                 cloud.wan_bytes_down += global_bytes;
                 cloud.wan_down_s = cloud.wan_down_s.max(reach - start);
             }
-            cloud
-                .edges
-                .push(EdgeRun::new(edge, clients, fate, st.global.clone(), reach));
+            // Over-selection keeps each edge's share of the target (at least one).
+            let keep = (clients.len() * target)
+                .div_ceil(chosen.len().max(1))
+                .max(1);
+            let run = EdgeRun::new((edge, fate), (clients, keep), st.global.clone(), reach);
+            cloud.edges.push(run);
         }
         self.round = Some(cloud);
         self.start_edge_round(st).await?;

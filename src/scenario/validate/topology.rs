@@ -82,13 +82,7 @@ fn check_combinations(c: &Check<'_>, file: &ScenarioFile) -> Result<(), Scenario
                 "Async (buffered asynchronous aggregation)",
             ))
         }
-        Stragglers::OverSelect { .. } => {
-            return Err(refuse(
-                "system.stragglers",
-                "OverSelect (the first finishers of the whole sample)",
-            ))
-        }
-        Stragglers::Wait | Stragglers::Drop => {}
+        Stragglers::Wait | Stragglers::Drop | Stragglers::OverSelect { .. } => {}
     }
     check_dp(c, file)?;
     if let Some(SecureAggregation::HomomorphicEncryption { .. }) = file.strategy.secure_aggregation
