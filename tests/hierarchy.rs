@@ -470,3 +470,35 @@ fn over_selection_keeps_each_edges_share_of_the_target() {
         assert_eq!((done, dropped), (8, 4), "{r}");
     }
 }
+
+#[test]
+fn the_report_charts_wan_bytes_and_a_sweep_adds_the_wan_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scen = crate::util::small_file(tmp.path());
+    let out = tmp.path().join("sweep");
+    let vary = format!("topology=Flat,Hierarchical(edges: 2, assignment: Seeded, {WAN})");
+    let (ok, _, err) = crate::util::sim(&[
+        "sweep",
+        scen.to_str().unwrap(),
+        "--vary",
+        &vary,
+        "--set",
+        "rounds=2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let table = std::fs::read_to_string(out.join("sweep.txt")).unwrap();
+    assert!(
+        table.contains("WAN MB") && table.contains("edges <-> cloud"),
+        "{table}"
+    );
+    let runs: Vec<std::path::PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("summary.json").is_file())
+        .collect();
+    assert_eq!(runs.len(), 2);
+    let html = fedsim::html_report::render(&runs).unwrap();
+    assert!(html.contains("WAN bytes per round"), "no WAN chart");
+}

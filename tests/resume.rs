@@ -110,6 +110,23 @@ fn dp_and_a_server_optimiser_resume_bit_identical() {
 }
 
 #[test]
+fn a_hierarchical_run_with_edge_noise_resumes_bit_identical() {
+    // Edge rounds, edge faults and edge-level DP: nothing of the hierarchy outlives a round.
+    stop_resume_compare(
+        &[
+            "rounds=4",
+            "clients.count=6",
+            DP,
+            "dp.sampling=Fixed",
+            "dp.max_epsilon=None",
+            "topology=Hierarchical(edges: 2, assignment: Seeded, edge_rounds: 2, wan: (up_mbps: \
+             5.0, down_mbps: 10.0, latency_s: 0.1), edge_availability: 0.8, noise_at: Edges)",
+        ],
+        2,
+    );
+}
+
+#[test]
 fn asynchronous_aggregation_resumes_with_its_clients_in_flight() {
     // Clients still training at the stop train again from the model they started from.
     stop_resume_compare(

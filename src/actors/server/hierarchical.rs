@@ -25,7 +25,8 @@ use crate::topology::{EdgeFate, Hierarchy, NoiseAt};
 pub(super) struct HierRounds {
     /// The resolved topology.
     plan: Arc<Hierarchy>,
-    /// `Wait` or `Drop`, applied to each edge's clients (and to late edges under `Drop`).
+    /// `Wait`, `Drop` or `OverSelect`, applied to each edge's clients (and to late edges
+    /// under `Drop`).
     stragglers: Stragglers,
     /// The cloud round's deadline (`system.deadline_s`).
     deadline_s: Option<f64>,
