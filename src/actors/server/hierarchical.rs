@@ -9,15 +9,14 @@ use std::sync::Arc;
 
 use ractor::{ActorProcessingErr, ActorRef};
 
-use super::close::{close_round, short_round, Closed};
+use super::close::{close_round, Closed};
 use super::config::ServerMsg;
 use super::edges::{CloudRound, EdgeRun};
 use super::record::RoundState;
 use super::state::Core;
-use super::synchronous::{check_budget, dp_round, online, sample_clients, too_few};
+use super::synchronous::{dp_round, open_round, Opened, Opening};
 use crate::actors::aggregator::{AggregatorMsg, DpRound};
 use crate::messages::{FitRes, FitStatus};
-use crate::shutdown::StopLevel;
 use crate::stragglers::Stragglers;
 use crate::topology::{EdgeFate, Hierarchy, NoiseAt};
 
@@ -55,28 +54,17 @@ impl HierRounds {
         me: &ActorRef<ServerMsg>,
         st: &mut Core,
     ) -> Result<(), ActorProcessingErr> {
-        let round = st.summaries.len() + 1;
-        if round > st.args.config.rounds || st.args.shutdown.level() >= StopLevel::FinishRound {
-            st.finish(me, None);
-            return Ok(());
-        }
-        if st.slots_gone(me, round).await {
-            return Ok(());
-        }
-        let start = st.clock;
-        let available = online(st, round, start);
-        if let Some(why) = too_few(st, start, available.len()) {
-            let closed = short_round(me, st, round, start, available.len(), why, None).await?;
-            return self.next(me, st, closed);
-        }
-        let target = st.args.config.sampling.sample_size(available.len());
-        let extra = match self.stragglers {
-            Stragglers::OverSelect { extra } => extra,
-            _ => 0,
-        };
-        let chosen = sample_clients(st, round, &available, target + extra);
-        let Some(q) = check_budget(me, st, round, chosen.len(), available.len()) else {
-            return Ok(());
+        let Opened {
+            round,
+            start,
+            available,
+            target,
+            chosen,
+            q,
+        } = match open_round(me, st, self.stragglers).await? {
+            Opening::Sampled(o) => o,
+            Opening::Short(closed) => return self.next(me, st, closed),
+            Opening::Ended => return Ok(()),
         };
         st.spawn_clients(me, &chosen).await?;
         let (root_dp, edge_dp) = dp_levels(st, self.plan.noise_at, q, available.len());

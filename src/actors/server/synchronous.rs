@@ -38,28 +38,17 @@ impl SyncRounds {
         me: &ActorRef<ServerMsg>,
         st: &mut Core,
     ) -> Result<(), ActorProcessingErr> {
-        let round = st.summaries.len() + 1;
-        if round > st.args.config.rounds || st.args.shutdown.level() >= StopLevel::FinishRound {
-            st.finish(me, None);
-            return Ok(());
-        }
-        if st.slots_gone(me, round).await {
-            return Ok(());
-        }
-        let start = st.clock;
-        let available = online(st, round, start);
-        if let Some(why) = too_few(st, start, available.len()) {
-            let closed = short_round(me, st, round, start, available.len(), why, None).await?;
-            return self.next(me, st, closed);
-        }
-        let target = st.args.config.sampling.sample_size(available.len());
-        let extra = match self.stragglers {
-            Stragglers::OverSelect { extra } => extra,
-            _ => 0,
-        };
-        let chosen = sample_clients(st, round, &available, target + extra);
-        let Some(q) = check_budget(me, st, round, chosen.len(), available.len()) else {
-            return Ok(());
+        let Opened {
+            round,
+            start,
+            available,
+            target,
+            chosen,
+            q,
+        } = match open_round(me, st, self.stragglers).await? {
+            Opening::Sampled(o) => o,
+            Opening::Short(closed) => return self.next(me, st, closed),
+            Opening::Ended => return Ok(()),
         };
         let payload = Arc::new(st.global.to_safetensors()?);
         let bytes = payload.len() as u64;
@@ -179,8 +168,74 @@ impl SyncRounds {
     }
 }
 
+/// How a synchronous or hierarchical round opens.
+pub(super) enum Opening {
+    /// The run ended (its last round, a stop request, no slot left, the privacy budget).
+    Ended,
+    /// Too few clients were online: the round was recorded as short.
+    Short(Closed),
+    /// Clients were sampled.
+    Sampled(Opened),
+}
+
+/// A round whose clients were sampled.
+pub(super) struct Opened {
+    pub(super) round: RoundId,
+    /// Its virtual start.
+    pub(super) start: f64,
+    /// The clients online at the start.
+    pub(super) available: Vec<ClientId>,
+    /// The updates the round wants (before over-selection).
+    pub(super) target: usize,
+    /// The sampled clients (the target plus any over-selected), sorted.
+    pub(super) chosen: Vec<ClientId>,
+    /// The sampling rate it is accounted with (DP; 0 without).
+    pub(super) q: f64,
+}
+
+/// Open the next round: finish the run after the last round or on a stop request, record a
+/// short round when too few clients are online, else sample (over-selecting under
+/// `stragglers`) and check the privacy budget.
+pub(super) async fn open_round(
+    me: &ActorRef<ServerMsg>,
+    st: &mut Core,
+    stragglers: Stragglers,
+) -> Result<Opening, ActorProcessingErr> {
+    let round = st.summaries.len() + 1;
+    if round > st.args.config.rounds || st.args.shutdown.level() >= StopLevel::FinishRound {
+        st.finish(me, None);
+        return Ok(Opening::Ended);
+    }
+    if st.slots_gone(me, round).await {
+        return Ok(Opening::Ended);
+    }
+    let start = st.clock;
+    let available = online(st, round, start);
+    if let Some(why) = too_few(st, start, available.len()) {
+        let closed = short_round(me, st, round, start, available.len(), why, None).await?;
+        return Ok(Opening::Short(closed));
+    }
+    let target = st.args.config.sampling.sample_size(available.len());
+    let extra = match stragglers {
+        Stragglers::OverSelect { extra } => extra,
+        _ => 0,
+    };
+    let chosen = sample_clients(st, round, &available, target + extra);
+    let Some(q) = check_budget(me, st, round, chosen.len(), available.len()) else {
+        return Ok(Opening::Ended);
+    };
+    Ok(Opening::Sampled(Opened {
+        round,
+        start,
+        available,
+        target,
+        chosen,
+        q,
+    }))
+}
+
 /// Why a round with `available` clients online at `start` cannot run, if it cannot.
-pub(super) fn too_few(st: &Core, start: f64, available: usize) -> Option<String> {
+fn too_few(st: &Core, start: f64, available: usize) -> Option<String> {
     let s = st.args.config.sampling;
     let needed = s.min_available_clients.max(s.min_fit_clients);
     (available < needed).then(|| {
@@ -193,7 +248,7 @@ pub(super) fn too_few(st: &Core, start: f64, available: usize) -> Option<String>
 }
 
 /// The clients online at `start`.
-pub(super) fn online(st: &Core, round: RoundId, start: f64) -> Vec<ClientId> {
+fn online(st: &Core, round: RoundId, start: f64) -> Vec<ClientId> {
     let faults = &st.args.clients.faults;
     (0..st.alive.len())
         .filter(|&c| st.alive[c] && faults.available(round, c, start))
@@ -283,7 +338,7 @@ pub(super) fn dispatch(
 
 /// The sampling rate this round is accounted with, or `None` when the privacy budget stops the
 /// run before it (the run is then finished).
-pub(super) fn check_budget(
+fn check_budget(
     me: &ActorRef<ServerMsg>,
     st: &mut Core,
     round: RoundId,
@@ -371,12 +426,7 @@ pub(super) async fn collect_plans(
 
 /// Flower's fixed-size sample of `k` (plus over-selection), or Poisson sampling under
 /// `dp.sampling: Poisson`; sorted.
-pub(super) fn sample_clients(
-    st: &Core,
-    round: RoundId,
-    available: &[ClientId],
-    k: usize,
-) -> Vec<ClientId> {
+fn sample_clients(st: &Core, round: RoundId, available: &[ClientId], k: usize) -> Vec<ClientId> {
     let k = k.min(available.len());
     let mut rng = rng_for(st.args.config.seed, &[purpose::SAMPLE, round as u64]);
     let poisson = st
