@@ -38,6 +38,9 @@
 //!   machines with real cryptography, summing FedAvg's exact terms in Z/2ᵇ.
 //! - [`he`]: homomorphic aggregation — the same exact terms packed into BFV ciphertexts that
 //!   the server adds and key holders decrypt only as a sum.
+//! - [`compress`]: update compression before upload — fp16, 8/4-bit block quantisation
+//!   (power-of-two scales, optional stochastic rounding), top-k with error feedback — decoding
+//!   onto the exact fold's grid, clipped after decoding under DP.
 //! - [`topology`]: flat, or hierarchical — clients under edge aggregators that forward exact
 //!   partial sums to the cloud over a WAN (edge assignment, edge faults).
 //! - [`shutdown`]: stop requests (finish the round, or abandon it) from signals or tests.
@@ -68,6 +71,7 @@ pub mod clock;
 pub mod cluster;
 pub mod comm;
 pub mod compare;
+pub mod compress;
 pub mod data;
 pub mod devices;
 pub mod eval;

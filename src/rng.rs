@@ -48,4 +48,6 @@ pub mod purpose {
     pub const SECAGG: u64 = 11;
     /// Edge aggregators (the seeded assignment, edge availability and crashes).
     pub const EDGE: u64 = 12;
+    /// Update compression (stochastic rounding).
+    pub const COMPRESS: u64 = 13;
 }

@@ -6,6 +6,7 @@ mod attack;
 mod cli;
 mod cluster;
 mod comm;
+mod compress;
 mod data;
 mod docs;
 mod eval;
