@@ -31,6 +31,7 @@ pub use wire::Message;
 
 /// What a client does to its update before upload.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum Compression {
     /// The update as `f32` (4 bytes per value).
     #[default]
@@ -87,6 +88,37 @@ impl Compression {
                 ..
             }
         )
+    }
+}
+
+/// The run's compression as `summary.json` records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompressionRecord {
+    /// [`Compression::label`].
+    pub codec: String,
+    /// Bytes of one compressed upload.
+    pub bytes_per_upload: u64,
+    /// Bytes of the same update uncompressed (f32 safetensors).
+    pub plain_bytes_per_upload: u64,
+    /// plain / compressed.
+    pub ratio: f64,
+}
+
+impl CompressionRecord {
+    /// The record of `compression` on `layout` (None without compression).
+    pub fn of(compression: Compression, layout: Arc<AdapterLayout>) -> Option<Self> {
+        if compression == Compression::None {
+            return None;
+        }
+        let zeros = crate::model::AdapterSet::new(layout.clone(), vec![0.0; layout.len()]);
+        let plain = zeros.to_safetensors().map_or(0, |b| b.len() as u64);
+        let bytes = Codec::new(compression, layout).encoded_len();
+        Some(Self {
+            codec: compression.label(),
+            bytes_per_upload: bytes,
+            plain_bytes_per_upload: plain,
+            ratio: plain as f64 / bytes.max(1) as f64,
+        })
     }
 }
 

@@ -367,6 +367,9 @@ pub struct Summary {
     /// Bytes per tier and edges lost over the run (topology `Hierarchical`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hierarchy: Option<crate::topology::HierarchyTotals>,
+    /// The uploads' codec and its bytes against f32 (`compression`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<crate::compress::CompressionRecord>,
 }
 
 fn f32_name() -> String {

@@ -124,6 +124,8 @@ pub struct Scenario {
     pub memory: resources::MemoryEstimate,
     /// Flat, or clients under edge aggregators (checked: the assignment resolves).
     pub topology: crate::topology::Topology,
+    /// What a client does to its update before upload (checked).
+    pub compression: crate::compress::Compression,
     /// Task accuracy during the run (the `eval` section, checked).
     pub task_eval: Option<file::EvalSection>,
     /// Things that will work but not as well as they could (printed by `validate` and `run`).

@@ -25,7 +25,7 @@ use std::time::Instant;
 use ractor::Actor;
 use tokio::sync::oneshot;
 
-use crate::actors::aggregator::{Aggregator, AggregatorArgs, AggregatorMsg};
+use crate::actors::aggregator::AggregatorMsg;
 use crate::actors::server::{Resume, Server, ServerArgs, ServerConfig, ServerMsg, ServerOutcome};
 use crate::data::DataError;
 use crate::devices::TraceError;
@@ -407,22 +407,19 @@ async fn run_actors(
     let sink = round_sink(recorder, observers, pool.busy());
     let hierarchy = wiring::hierarchy(s, prep)?;
     let (edges, edge_handles) = wiring::spawn_edges(s, &layout, hierarchy.as_deref()).await?;
-    let agg_args = AggregatorArgs {
-        layout,
-        strategy: s.strategy(),
-        byzantine: s.system.byzantine.is_some(),
-        server_state: resume.as_ref().and_then(|r| r.snapshot.optimizer.clone()),
-    };
-    let (aggregator, agg_handle) = Actor::spawn(None, Aggregator, agg_args)
-        .await
-        .map_err(|e| actor_err(&e))?;
+    let compressing = wiring::compressing(s, &layout, resume.as_ref());
+    let upload_bytes = compressing.0.as_ref().map(|c| c.encoded_len());
+    let (aggregator, agg_handle) =
+        wiring::spawn_aggregator(s, layout, compressing.0.clone(), resume.as_ref()).await?;
     let routes = wiring::edge_routes(hierarchy.as_deref(), &edges);
-    let clients = wiring::client_context(s, prep, pool.handle(), aggregator.clone(), routes)?;
+    let clients =
+        wiring::client_context(s, prep, pool.handle(), aggregator.clone(), routes, compressing)?;
     let (tx, rx) = oneshot::channel();
     let args = ServerArgs {
         config: ServerConfig {
             secure: wiring::secure_params(s, prep)?,
             hierarchy,
+            upload_bytes,
             ..wiring::server_config(s, prep.lora.is_some(), pace)
         },
         shards: prep

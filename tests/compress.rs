@@ -288,3 +288,149 @@ fn edit_header(payload: &[u8], f: impl Fn(&str) -> String) -> Vec<u8> {
     out[8..8 + n].copy_from_slice(edited.as_bytes());
     out
 }
+
+mod runs {
+    //! Compressed uploads in whole runs: bytes on the wire and the clock, loss, determinism,
+    //! DP, what cannot be combined.
+
+    use fedsim::report::Summary;
+
+    use crate::util::{round_metrics, run, scenario, DP, SMALL};
+
+    fn small(set: &[&str]) -> fedsim::Scenario {
+        let mut all = vec!["rounds=3", "strategy.fraction_fit=1.0"];
+        all.extend_from_slice(set);
+        scenario(SMALL, &all).unwrap()
+    }
+
+    fn adapter(dir: &std::path::Path) -> Vec<u8> {
+        std::fs::read(dir.join("adapter_model.safetensors")).unwrap()
+    }
+
+    #[test]
+    fn every_codec_lowers_the_loss_and_uploads_its_encoded_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let plain = run(&small(&[]), &tmp.path().join("none"));
+        let plain_up = round_metrics(&plain.dir)[0]["bytes_up"].as_u64().unwrap() / 4;
+        for (i, c) in [
+            "Fp16",
+            "Quantize(bits: 8)",
+            "Quantize(bits: 4, stochastic_rounding: true)",
+            "TopK(fraction: 0.05, error_feedback: true)",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let set = format!("compression={c}");
+            let s = small(&[&set]);
+            let r = run(&s, &tmp.path().join(i.to_string()));
+            let sum = Summary::read(&r.dir).unwrap();
+            let rec = sum.compression.clone().expect("summary records the codec");
+            assert!(rec.bytes_per_upload < plain_up, "{c}: {rec:?} vs {plain_up}");
+            for m in round_metrics(&r.dir) {
+                let completed = m["completed"].as_u64().unwrap();
+                assert_eq!(m["bytes_up"].as_u64(), Some(completed * rec.bytes_per_upload), "{c}");
+            }
+            assert!(
+                sum.final_eval_loss < sum.pretrained_eval_loss,
+                "{c}: {} → {}",
+                sum.pretrained_eval_loss,
+                sum.final_eval_loss
+            );
+        }
+    }
+
+    #[test]
+    fn compressed_uploads_take_less_time_on_the_clock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let slow = "system.profiles=Fixed((flops: 1e12, up_mbps: 0.5, down_mbps: 100.0, latency_s: 0.0))";
+        let a = run(&small(&[slow]), &tmp.path().join("a"));
+        let b = run(&small(&[slow, "compression=Quantize(bits: 4)"]), &tmp.path().join("b"));
+        let upload = |d: &std::path::Path| {
+            let log = crate::system::clients_log(d);
+            let m = &round_metrics(d)[0];
+            let bytes = m["bytes_up"].as_f64().unwrap() / m["completed"].as_f64().unwrap();
+            (log[0]["upload"].as_f64().unwrap(), bytes)
+        };
+        let ((ta, ba), (tb, bb)) = (upload(&a.dir), upload(&b.dir));
+        // Seconds = bytes · 8 / 0.5 Mbit/s, for both.
+        assert!((ta - ba * 8.0 / 0.5e6).abs() < 1e-9, "{ta} s for {ba} B");
+        assert!((tb - bb * 8.0 / 0.5e6).abs() < 1e-9, "{tb} s for {bb} B");
+        assert!(tb < ta / 6.0, "4-bit upload {tb} s vs f32 {ta} s");
+    }
+
+    #[test]
+    fn compressed_runs_are_deterministic_across_slot_counts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = "compression=TopK(fraction: 0.02, error_feedback: true)";
+        let sr = "compression=Quantize(bits: 4, stochastic_rounding: true)";
+        for (i, codec) in [c, sr].iter().enumerate() {
+            let one = run(&small(&[codec, "slots.count=1"]), &tmp.path().join(format!("{i}a")));
+            let two = run(&small(&[codec, "slots.count=2"]), &tmp.path().join(format!("{i}b")));
+            assert!(adapter(&one.dir) == adapter(&two.dir), "{codec}: adapters differ");
+            assert_eq!(round_metrics(&one.dir), round_metrics(&two.dir));
+        }
+    }
+
+    #[test]
+    fn error_feedback_changes_what_top_k_delivers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_with = |ef: bool, name: &str| {
+            let set = format!("compression=TopK(fraction: 0.01, error_feedback: {ef})");
+            let r = run(&small(&[&set, "rounds=4"]), &tmp.path().join(name));
+            (adapter(&r.dir), Summary::read(&r.dir).unwrap().final_eval_loss)
+        };
+        let (with, loss_with) = run_with(true, "ef");
+        let (without, loss_without) = run_with(false, "no");
+        assert!(with != without, "the residual must reach later rounds");
+        assert!(loss_with.is_finite() && loss_without.is_finite());
+    }
+
+    #[test]
+    fn client_side_dp_with_compression_clips_after_decoding_and_accounts_the_same() {
+        let tmp = tempfile::tempdir().unwrap();
+        let no_cap = "dp.max_epsilon=None";
+        let a = run(&small(&[DP, no_cap]), &tmp.path().join("a"));
+        let codec = "compression=Quantize(bits: 4, stochastic_rounding: true)";
+        let b = run(&small(&[DP, no_cap, codec]), &tmp.path().join("b"));
+        let eps = |d: &std::path::Path| serde_json::to_string(&Summary::read(d).unwrap().dp).unwrap();
+        assert_eq!(eps(&a.dir), eps(&b.dir), "the accountant does not depend on the codec");
+        for m in round_metrics(&b.dir) {
+            assert!(m["completed"].as_u64().unwrap() > 0);
+        }
+    }
+
+    #[test]
+    fn compression_refuses_what_it_cannot_combine_with_by_name() {
+        let cases: [(&[&str], &str); 6] = [
+            (&["compression=Quantize(bits: 5)"], "compression.Quantize.bits"),
+            (&["compression=TopK(fraction: 0.0)"], "compression.TopK.fraction"),
+            (&["compression=TopK(fraction: 1.5)"], "compression.TopK.fraction"),
+            (
+                &[
+                    "compression=Fp16",
+                    "strategy.fraction_fit=1.0",
+                    "strategy.min_fit_clients=3",
+                    "strategy.secure_aggregation=SecAggPlus(neighbours: 3, threshold: 2)",
+                ],
+                "uniformly random",
+            ),
+            (
+                &["compression=Fp16", DP, "dp.noise_by=Clients(min_survivors: 2)"],
+                "dp.noise_by",
+            ),
+            (
+                &[
+                    "compression=TopK(fraction: 0.1, error_feedback: true)",
+                    "system.stragglers=Async(buffer: 2, concurrency: 2)",
+                ],
+                "compression.TopK.error_feedback",
+            ),
+        ];
+        for (set, needle) in cases {
+            let err = scenario(SMALL, set).unwrap_err().to_string();
+            assert!(err.contains(needle), "{set:?}: {err}");
+            assert!(err.contains("test.ron"), "names the file: {err}");
+        }
+    }
+}

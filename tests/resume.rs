@@ -127,6 +127,20 @@ fn a_hierarchical_run_with_edge_noise_resumes_bit_identical() {
 }
 
 #[test]
+fn error_feedback_residuals_resume_bit_identical() {
+    // Each client's residual is saved with the checkpoint: a resumed client adds what its
+    // earlier rounds did not send, as the uninterrupted run does.
+    stop_resume_compare(
+        &[
+            "rounds=4",
+            "strategy.fraction_fit=1.0",
+            "compression=TopK(fraction: 0.02, error_feedback: true)",
+        ],
+        2,
+    );
+}
+
+#[test]
 fn asynchronous_aggregation_resumes_with_its_clients_in_flight() {
     // Clients still training at the stop train again from the model they started from.
     stop_resume_compare(

@@ -119,6 +119,7 @@ macro_rules! schema {
 #[test]
 fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
     use fedsim::byzantine::{Attackers, ByzantineAttack};
+    use fedsim::compress::Compression;
     use fedsim::data::labelled::TableFormat;
     use fedsim::data::{DataSource, Partition};
     use fedsim::devices::{DeviceProfile, Dist, Profiles, Tier};
@@ -182,6 +183,7 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
         EvalSection,
         TaskSource,
         TableFormat,
+        Compression,
     );
     // Unchecked: `#[serde(alias)]` fields confuse the tracer's field list (ModelSection's
     // `preset`), not the deserialisation the test exercised; only the names are used.

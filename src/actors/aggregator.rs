@@ -32,6 +32,9 @@ pub enum Rejection {
     /// The payload is not a safetensors buffer of the run's layout.
     #[error(transparent)]
     Payload(#[from] crate::model::ModelError),
+    /// The compressed message is not the run's codec on its layout.
+    #[error(transparent)]
+    Compressed(#[from] crate::compress::CompressError),
     /// A value is NaN or infinite (checked as it is folded, or before a robust rule sees it).
     #[error(transparent)]
     Fold(#[from] crate::strategy::FoldError),
@@ -83,6 +86,8 @@ pub struct AggregatorArgs {
     pub byzantine: bool,
     /// The server optimiser's state a resumed run continues from (None: fresh).
     pub server_state: Option<ServerState>,
+    /// How uploads are compressed (`compression`); None: f32 safetensors.
+    pub codec: Option<crate::compress::Codec>,
 }
 
 /// How a DP round is aggregated.
@@ -224,6 +229,8 @@ pub enum AggregatorMsg {
 /// State: the payload reader and the current round's accumulator.
 pub struct AggregatorState {
     reader: PayloadReader,
+    /// The uploads' codec, when compressed.
+    codec: Option<crate::compress::Codec>,
     round: RoundId,
     dp: Option<DpRound>,
     strategy: Strategy,
@@ -264,6 +271,7 @@ impl Actor for Aggregator {
         let len: usize = segments.iter().sum();
         Ok(AggregatorState {
             reader: PayloadReader::new(layout),
+            codec: args.codec,
             round: 0,
             dp: None,
             server: match (&args.strategy, args.server_state) {
@@ -389,6 +397,15 @@ impl AggregatorState {
     }
 
     /// Parse and fold (or hold) one upload; a corrupt payload or update is recorded as rejected.
+    /// An upload's values into `buf`: decoded with the run's codec, or read from f32
+    /// safetensors.
+    fn read_update(&mut self, payload: &[u8], buf: &mut [f32]) -> Result<(), Rejection> {
+        match &self.codec {
+            Some(codec) => Ok(codec.decode_into(payload, buf)?),
+            None => Ok(self.reader.read_into(payload, buf)?),
+        }
+    }
+
     fn fold_upload(
         &mut self,
         client: ClientId,
@@ -405,7 +422,7 @@ impl AggregatorState {
         };
         if self.strategy.needs() == Needs::AllUpdates {
             let mut buf = vec![0f32; self.acc.len()];
-            match self.reader.read_into(&payload, &mut buf) {
+            match self.read_update(&payload, &mut buf) {
                 // As FedAvg refuses them: a value that is not finite poisons a median too.
                 Ok(()) if buf.iter().any(|x| !x.is_finite()) => {
                     self.rejected.push((client, Rejection::NonFinite));
@@ -422,13 +439,11 @@ impl AggregatorState {
             _ => self.dp.and_then(|dp| dp.server_clip),
         };
         let track_honest = self.honest.is_some() && !byzantine;
-        let folded = if hold || server_clip.is_some() || track_honest {
-            // Values needed as a buffer of their own: held for a later weight, or clipped.
+        let folded = if hold || server_clip.is_some() || track_honest || self.codec.is_some() {
+            // Values needed as a buffer of their own: held for a later weight, clipped, or
+            // decoded.
             let mut buf = self.acc.take_buffer();
-            let parsed = self
-                .reader
-                .read_into(&payload, &mut buf)
-                .map_err(Rejection::from);
+            let parsed = self.read_update(&payload, &mut buf);
             if hold {
                 self.held.insert(client, parsed.map(|()| buf));
                 return;

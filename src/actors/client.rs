@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use super::aggregator::AggregatorMsg;
 
+mod compressed;
 mod homomorphic;
 mod secure;
 use crate::clock::{CostModel, Timeline};
@@ -53,6 +54,10 @@ pub struct ClientContext {
     /// its slot job and the aggregator drops it after folding, so memory stays bounded however
     /// many clients a round has.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// How updates are compressed before upload (`compression`); None: f32 safetensors.
+    pub codec: Option<crate::compress::Codec>,
+    /// Error feedback's per-client residuals (`TopK(error_feedback: true)`).
+    pub residuals: Option<Arc<crate::compress::Residuals>>,
 }
 
 /// Which edge aggregator each client uploads to (topology `Hierarchical`).
@@ -316,8 +321,9 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         Err(JobFailure::Train(e)) => return failed(crate::fmt::chain(&e)),
         Err(JobFailure::NotRun(reason)) => return failed(reason.to_string()),
     };
-    let (byzantine, update_norm, clipped) = before_upload(a, &ins, &mut out.update);
-    let (upload, bytes) = match upload(st, &ins, &out.update, byzantine, permit).await {
+    let prepared = before_upload(a, &ins, &mut out.update);
+    let (update_norm, clipped) = (prepared.norm, prepared.clipped);
+    let (upload, bytes) = match upload(st, &ins, &out.update, prepared, permit).await {
         Ok(u) => u,
         Err(reason) => return failed(reason),
     };
@@ -344,9 +350,10 @@ async fn upload(
     st: &mut ClientState,
     ins: &FitIns,
     update: &AdapterSet,
-    byzantine: bool,
+    prepared: Prepared,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(AggregatorMsg, u64), String> {
+    let byzantine = prepared.byzantine;
     let (a, ctx) = (&st.args, &st.args.ctx);
     let secure = st.secure.take_if(|s| s.round == ins.round);
     let he = st.he.take().filter(|k| k.round == ins.round);
@@ -367,7 +374,10 @@ async fn upload(
             Ok((AggregatorMsg::Masked { input, permit }, bytes))
         }
         (None, None) => {
-            let payload = update.to_safetensors().map_err(|e| crate::fmt::chain(&e))?;
+            let payload = match &ctx.codec {
+                Some(codec) => compressed::encode(a, ins, codec, update, prepared)?,
+                None => update.to_safetensors().map_err(|e| crate::fmt::chain(&e))?,
+            };
             let bytes = payload.len() as u64;
             let fold = AggregatorMsg::Fold {
                 client: a.id,
@@ -426,11 +436,23 @@ async fn train(a: &ClientArgs, ins: &FitIns, schedule: Schedule) -> Result<Train
     trained.map_err(JobFailure::Train)
 }
 
+/// What [`before_upload`] did.
+#[derive(Debug, Clone, Copy)]
+struct Prepared {
+    /// The client is Byzantine.
+    byzantine: bool,
+    /// Its update was replaced by a corrupted one (it follows no protocol from here).
+    corrupted: bool,
+    /// The update's norm before clipping.
+    norm: f64,
+    /// Whether clipping scaled it down.
+    clipped: bool,
+}
+
 /// What happens to an update before it leaves the client: a Byzantine client sends its
 /// corrupted update instead and follows no protocol (no clip) — data poisoners trained on
-/// their poisoned shard and follow it from here; under client-side DP it is clipped. Returns
-/// (Byzantine, the norm before clipping, clipped).
-fn before_upload(a: &ClientArgs, ins: &FitIns, update: &mut AdapterSet) -> (bool, f64, bool) {
+/// their poisoned shard and follow it from here; under client-side DP it is clipped.
+fn before_upload(a: &ClientArgs, ins: &FitIns, update: &mut AdapterSet) -> Prepared {
     let (byzantine, corrupted) = match &a.ctx.faults.byzantine {
         Some(b) if b.is_attacker(a.id) => {
             let corrupt = b.attack().poisons_updates();
@@ -441,17 +463,22 @@ fn before_upload(a: &ClientArgs, ins: &FitIns, update: &mut AdapterSet) -> (bool
         }
         _ => (false, false),
     };
-    let clipped = match ins.config.clip_norm.filter(|_| !corrupted) {
+    let (norm, clipped) = match ins.config.clip_norm.filter(|_| !corrupted) {
         Some(c) => {
             let r = crate::privacy::clip_l2(update.data_mut(), c);
-            (byzantine, r.norm, r.clipped)
+            (r.norm, r.clipped)
         }
-        None => (byzantine, update.l2_norm(), false),
+        None => (update.l2_norm(), false),
     };
     if let (Some(n), false) = (ins.config.noise, corrupted) {
         add_noise(update.data_mut(), n, ins.round, a.id);
     }
-    clipped
+    Prepared {
+        byzantine,
+        corrupted,
+        norm,
+        clipped,
+    }
 }
 
 /// Distributed DP: this client's share of the noise, from its own generator (a stream of the

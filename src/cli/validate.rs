@@ -60,7 +60,28 @@ pub fn validate(path: &Path, set: &[String]) -> anyhow::Result<()> {
     }
     secure(&s, values, data.train as u64)?;
     topology(&s)?;
+    compression(&s)?;
     resources(&s)
+}
+
+/// What each upload weighs under `compression`, against the plain f32 update.
+fn compression(s: &Scenario) -> anyhow::Result<()> {
+    let layout = std::sync::Arc::new(s.trainer.layout(&s.model, &s.lora));
+    let Some(r) = fedsim::compress::CompressionRecord::of(s.compression, layout) else {
+        return Ok(());
+    };
+    outln!(
+        "compression: {}, {} B per upload instead of {} B ({:.1}× fewer){}",
+        r.codec,
+        r.bytes_per_upload,
+        r.plain_bytes_per_upload,
+        r.ratio,
+        if s.compression.error_feedback() {
+            "; each client keeps a residual the size of its update"
+        } else {
+            ""
+        }
+    )
 }
 
 /// The edges of a hierarchical topology: how many clients each holds, E, the WAN.

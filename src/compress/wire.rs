@@ -1,6 +1,7 @@
 //! The encoded update as it travels: a safetensors buffer. Half precision keeps PEFT's tensor
-//! names (as `F16`); quantised tensors are `<name>.q` (`I8`, or `U8` nibbles at 4 bits) with
-//! `<name>.exp` (`I8`, one exponent per block); top-k is `indices` (`U32`) and `values`
+//! names (as `F16`); a quantised update is one `q` tensor over the flat update in layout order
+//! (`I8`, or `U8` nibbles at 4 bits, low nibble first) with `exp` (`I8`, one exponent per
+//! block; blocks never cross an adapter tensor); top-k is `indices` (`U32`) and `values`
 //! (`F32`). The metadata names the codec and carries the clip scale as the 16 hex digits of
 //! an `f64`, so every message of a run has the same length.
 
@@ -214,23 +215,13 @@ impl Message {
             Message::F32(v) => per_tensor(&|r| le(&v[r], |x| x.to_le_bytes()), Dtype::F32),
             Message::Fp16(b) => per_tensor(&|r| le(&b[r], |x| x.to_le_bytes()), Dtype::F16),
             Message::Quantized { bits, q, exps } => {
-                let mut out = Vec::with_capacity(2 * layout.tensors().len());
-                let mut first_block = 0;
-                for t in layout.tensors() {
-                    let qs = &q[t.offset..t.offset + t.numel()];
-                    let (dtype, bytes) = if *bits == 8 {
-                        (Dtype::I8, qs.iter().map(|&x| x as u8).collect())
-                    } else {
-                        (Dtype::U8, pack_nibbles(qs))
-                    };
-                    let blocks = t.numel().div_ceil(BLOCK);
-                    let e = &exps[first_block..first_block + blocks];
-                    first_block += blocks;
-                    out.push((format!("{}.q", t.peft_name()), dtype, bytes));
-                    let e = e.iter().map(|&x| x as u8).collect();
-                    out.push((format!("{}.exp", t.peft_name()), Dtype::I8, e));
-                }
-                out
+                let (dtype, bytes) = if *bits == 8 {
+                    (Dtype::I8, q.iter().map(|&x| x as u8).collect())
+                } else {
+                    (Dtype::U8, pack_nibbles(q))
+                };
+                let e = exps.iter().map(|&x| x as u8).collect();
+                vec![("q".into(), dtype, bytes), ("exp".into(), Dtype::I8, e)]
             }
             Message::Sparse { indices, values } => vec![
                 ("indices".into(), Dtype::U32, le(indices, |x| x.to_le_bytes())),
@@ -292,8 +283,7 @@ fn parse(
         }
     };
     let expected = match &message {
-        Message::Quantized { .. } => 2 * layout.tensors().len(),
-        Message::Sparse { .. } => 2,
+        Message::Quantized { .. } | Message::Sparse { .. } => 2,
         _ => layout.tensors().len(),
     };
     if count != expected {
@@ -309,22 +299,16 @@ fn parse_quantized(
     layout: &AdapterLayout,
     tensor: &TensorOf<'_, '_>,
 ) -> Result<Message, CompressError> {
-    let (mut q, mut exps) = (Vec::with_capacity(layout.len()), Vec::new());
-    let mut nibbles = Vec::new();
-    for t in layout.tensors() {
-        let name = t.peft_name();
-        let n = t.numel();
-        if bits == 8 {
-            let b = tensor(&format!("{name}.q"), Dtype::I8, n)?;
-            q.extend(b.iter().map(|&x| x as i8));
-        } else {
-            let b = tensor(&format!("{name}.q"), Dtype::U8, n.div_ceil(2))?;
-            unpack_nibbles(b, n, &mut nibbles);
-            q.extend_from_slice(&nibbles);
-        }
-        let e = tensor(&format!("{name}.exp"), Dtype::I8, n.div_ceil(BLOCK))?;
-        exps.extend(e.iter().map(|&x| x as i8));
-    }
+    let n = layout.len();
+    let q = if bits == 8 {
+        tensor("q", Dtype::I8, n)?.iter().map(|&x| x as i8).collect()
+    } else {
+        let mut q = Vec::with_capacity(n);
+        unpack_nibbles(tensor("q", Dtype::U8, n.div_ceil(2))?, n, &mut q);
+        q
+    };
+    let blocks: usize = layout.tensors().iter().map(|t| t.numel().div_ceil(BLOCK)).sum();
+    let exps = tensor("exp", Dtype::I8, blocks)?.iter().map(|&x| x as i8).collect();
     let limit = super::quantize::qmax(bits) as i8;
     if q.iter().any(|&x| x < -limit || x > limit) {
         return Err(CompressError::Malformed {

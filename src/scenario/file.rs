@@ -65,6 +65,10 @@ pub struct ScenarioFile {
     /// Flat, or clients under edge aggregators (`Hierarchical(edges: 3, …)`).
     #[serde(default)]
     pub topology: crate::topology::Topology,
+    /// What a client does to its update before upload: `None`, `Fp16`,
+    /// `Quantize(bits: 8, stochastic_rounding: true)`, `TopK(fraction: 0.01, error_feedback: true)`.
+    #[serde(default)]
+    pub compression: crate::compress::Compression,
 }
 
 /// Task evaluation during a run: a classification task scored on a fixed stratified subset

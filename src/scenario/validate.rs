@@ -20,6 +20,7 @@ mod privacy;
 mod slots;
 mod strategy;
 mod system;
+mod compression;
 mod topology;
 
 use check::{field_path, Check, Range};
@@ -45,9 +46,7 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         &base_footprint,
     )?;
     let dp = check_dp(&c, &file)?;
-    strategy::check_strategy(&c, &file)?;
-    data::check_eval(&c, &file)?;
-    topology::check_topology(&c, &file)?;
+    check_federation(&c, &file)?;
     let (d, s, t, sl) = (&file.data, &file.strategy, &file.train, &file.slots);
     Ok(Scenario {
         dp,
@@ -93,8 +92,17 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         slot_assignment: sl.assignment,
         system: file.system.clone(),
         topology: file.topology,
+        compression: file.compression,
         file,
     })
+}
+
+/// The strategy, the task evaluation, the topology and the uploads' compression.
+fn check_federation(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> {
+    strategy::check_strategy(c, file)?;
+    data::check_eval(c, file)?;
+    topology::check_topology(c, file)?;
+    compression::check_compression(c, file)
 }
 
 /// The prompt format: `Auto` is FinGPT's for labelled data.

@@ -63,6 +63,10 @@ impl Book {
             workers: Vec::new(),
             secure_aggregation: None,
             hierarchy: None,
+            compression: crate::compress::CompressionRecord::of(
+                s.compression,
+                std::sync::Arc::new(s.trainer.layout(&s.model, &s.lora)),
+            ),
         };
         Self { summary, started }
     }

@@ -103,6 +103,7 @@ pub(super) fn server_config(
         rejoin_s: s.workers().map_or(0.0, |w| w.rejoin_s),
         secure: None,
         hierarchy: None,
+        upload_bytes: None,
     }
 }
 
@@ -178,6 +179,7 @@ pub(super) fn client_context(
     slots: SlotHandle,
     aggregator: ractor::ActorRef<AggregatorMsg>,
     edges: Option<crate::actors::client::EdgeRoutes>,
+    (codec, residuals): Compressing,
 ) -> Result<Arc<ClientContext>, SimError> {
     let sys = &s.system;
     let fleet = Arc::new(Fleet::assign(&sys.profiles, prep.shards.len(), s.seed)?);
@@ -203,7 +205,60 @@ pub(super) fn client_context(
             fleet,
         )
         .with_byzantine(s.byzantine()),
+        codec,
+        residuals,
     }))
+}
+
+/// The clients' codec and error feedback's residuals.
+pub(super) type Compressing = (
+    Option<crate::compress::Codec>,
+    Option<Arc<crate::compress::Residuals>>,
+);
+
+/// The codec of the run's `compression` on `layout` (None: uploads are f32 safetensors).
+pub(super) fn codec(
+    s: &Scenario,
+    layout: &Arc<AdapterLayout>,
+) -> Option<crate::compress::Codec> {
+    (s.compression != crate::compress::Compression::None)
+        .then(|| crate::compress::Codec::new(s.compression, layout.clone()))
+}
+
+/// The clients' codec and error feedback's residuals (restored from a resumed run's
+/// checkpoint).
+pub(super) fn compressing(
+    s: &Scenario,
+    layout: &Arc<AdapterLayout>,
+    resume: Option<&crate::actors::server::Resume>,
+) -> Compressing {
+    let residuals = s.compression.error_feedback().then(|| {
+        let saved = resume.map(|r| r.snapshot.residuals.clone());
+        Arc::new(crate::compress::Residuals::restored(saved.unwrap_or_default()))
+    });
+    (codec(s, layout), residuals)
+}
+
+/// The run's (flat, or the cloud's) aggregator, continuing a resumed run's server optimiser.
+///
+/// # Errors
+/// The actor cannot start.
+pub(super) async fn spawn_aggregator(
+    s: &Scenario,
+    layout: Arc<AdapterLayout>,
+    codec: Option<crate::compress::Codec>,
+    resume: Option<&crate::actors::server::Resume>,
+) -> Result<(ActorRef<AggregatorMsg>, JoinHandle<()>), SimError> {
+    let args = AggregatorArgs {
+        codec,
+        layout,
+        strategy: s.strategy(),
+        byzantine: s.system.byzantine.is_some(),
+        server_state: resume.and_then(|r| r.snapshot.optimizer.clone()),
+    };
+    Actor::spawn(None, Aggregator, args)
+        .await
+        .map_err(|e| SimError::Actor(e.to_string()))
 }
 
 /// Uploaded updates held at once, per slot, before they are folded (bounds the memory of
@@ -243,6 +298,7 @@ pub(super) async fn spawn_edges(
             strategy: strategy.clone(),
             byzantine: false,
             server_state: None,
+            codec: codec(s, layout),
         };
         let (r, h) = Actor::spawn(None, Aggregator, args)
             .await

@@ -348,6 +348,7 @@ impl FedBuff {
     ) -> Result<(), ActorProcessingErr> {
         let payload = self.payload(st)?;
         let bytes = payload.len() as u64;
+        let up = st.upload_bytes(bytes);
         st.spawn_clients(me, &[c]).await?;
         let Some(actor) = st.clients.get(&c).cloned() else {
             return Ok(());
@@ -361,7 +362,7 @@ impl FedBuff {
             round: key as usize,
             start: now,
             down_bytes: bytes,
-            up_bytes: bytes,
+            up_bytes: up,
             reply,
         });
         st.current.sampled += 1;
@@ -424,12 +425,13 @@ impl FedBuff {
                 continue;
             };
             let bytes = flight.payload.len() as u64;
+            let up = st.upload_bytes(bytes);
             let planned = ractor::call!(actor, |reply| ClientMsg::Plan {
                 mask_s: 0.0,
                 round: flight.key as usize,
                 start: flight.start,
                 down_bytes: bytes,
-                up_bytes: bytes,
+                up_bytes: up,
                 reply,
             });
             if let Err(e) = planned {

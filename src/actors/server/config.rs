@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub secure: Option<Protection>,
     /// Edge aggregators between clients and the cloud (topology `Hierarchical`); None: flat.
     pub hierarchy: Option<Arc<crate::topology::Hierarchy>>,
+    /// Bytes of every compressed upload (`compression`); None: an upload is the size of the
+    /// global adapter's download.
+    pub upload_bytes: Option<u64>,
     /// Wall seconds to wait for a lost worker to come back when no slot can run a job
     /// (`slots.workers.rejoin_s`; 0 without workers).
     pub rejoin_s: f64,

@@ -76,7 +76,7 @@ impl EdgeRun {
         let Some(setup) = self.set_up_secure(st).await? else {
             return Ok(0);
         };
-        let up = setup.upload.unwrap_or(bytes);
+        let up = setup.upload.unwrap_or(st.upload_bytes(bytes));
         let when = (self.clock + setup.seconds, &setup.mask_s);
         let plans = collect_plans(&st.clients, t, when, (bytes, up), &self.clients).await;
         let plans_ok: Vec<(ClientId, ClientPlan)> = plans

@@ -43,6 +43,9 @@ pub struct ServerSnapshot {
     pub dead: Vec<ClientId>,
     /// Asynchronous aggregation's clients in flight, under `Stragglers::Async`.
     pub asyn: Option<AsyncSnapshot>,
+    /// Error feedback's residuals by client (compression `TopK(error_feedback: true)`).
+    #[serde(default)]
+    pub residuals: Vec<(ClientId, Vec<f32>)>,
 }
 
 /// What a resumed server starts from: its snapshot and the rounds recorded before it.
@@ -63,6 +66,7 @@ pub(super) async fn take(
 ) -> Result<ServerSnapshot, ActorProcessingErr> {
     let aggregator = st.args.aggregator.clone();
     let optimizer = call!(aggregator, |reply| AggregatorMsg::ServerState { reply })?;
+    let residuals = residuals(st);
     Ok(ServerSnapshot {
         rounds_done,
         global: st.global.data().to_vec(),
@@ -74,6 +78,7 @@ pub(super) async fn take(
         last_eval: st.last_eval.clone(),
         dead: (0..st.alive.len()).filter(|&c| !st.alive[c]).collect(),
         asyn: in_flight,
+        residuals,
     })
 }
 
@@ -102,6 +107,12 @@ pub(super) fn restore(st: &mut Core, resume: Resume) -> Option<AsyncSnapshot> {
     st.summaries = rounds;
     st.resumed = true;
     s.asyn
+}
+
+/// Error feedback's residuals now (every client that finished a round has kept its own).
+fn residuals(st: &Core) -> Vec<(ClientId, Vec<f32>)> {
+    let store = st.args.clients.residuals.as_ref();
+    store.map_or_else(Vec::new, |r| r.snapshot())
 }
 
 /// The clients in flight at a round boundary, with the models they train from.

@@ -143,6 +143,12 @@ impl Core {
     }
 
     /// Spawn (linked, supervised) the actors of `chosen` clients that have none.
+    /// Bytes of one client's upload when the download is `download` bytes: the codec's
+    /// message size under `compression`, else the same adapter back.
+    pub(super) fn upload_bytes(&self, download: u64) -> u64 {
+        self.args.config.upload_bytes.unwrap_or(download)
+    }
+
     pub(super) async fn spawn_clients(
         &mut self,
         me: &ActorRef<ServerMsg>,

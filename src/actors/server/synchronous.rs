@@ -64,7 +64,7 @@ impl SyncRounds {
                 return self.next(me, st, closed);
             }
         };
-        let up = setup.upload.unwrap_or(bytes);
+        let up = setup.upload.unwrap_or(st.upload_bytes(bytes));
         let when = (start + setup.seconds, &setup.mask_s);
         let plans = collect_plans(&st.clients, round, when, (bytes, up), &chosen).await;
         let plans_ok: Vec<(ClientId, ClientPlan)> = plans
