@@ -44,7 +44,15 @@ impl CostModel {
             .iter()
             .map(|&m| {
                 let (o, i) = model.projection_shape(m);
-                (lora.r * (o + i)) as f64
+                match lora.method {
+                    // One multiply per scaled value forward, two backward: 3 FLOPs against
+                    // the 6 per adapter value below.
+                    crate::model::AdapterMethod::Ia3 { .. } if lora.method.scales_input(m) => {
+                        i as f64 / 2.0
+                    }
+                    crate::model::AdapterMethod::Ia3 { .. } => o as f64 / 2.0,
+                    crate::model::AdapterMethod::Lora => (lora.r * (o + i)) as f64,
+                }
             })
             .sum();
         Self {

@@ -25,10 +25,10 @@ mod qmatmul;
 pub mod reference;
 pub mod weight;
 
-pub use adapter::{AdapterLayout, AdapterSet, PayloadReader};
+pub use adapter::{AdapterLayout, AdapterSet, PayloadReader, TensorKind};
 pub use config::LlamaConfig;
 pub use llama::{BaseModel, LossInput};
-pub use lora::{LoraConfig, LoraVars};
+pub use lora::{AdapterMethod, LoraConfig, LoraVars};
 pub use q8dot::InferenceActivations;
 pub use weight::{BasePrecision, FrozenWeight};
 

@@ -67,6 +67,7 @@ fn fedavg_applies_the_mean_update_to_the_global_adapter() {
         alpha: 4.0,
         dropout: 0.0,
         target_modules: vec![TargetModule::QProj],
+        method: Default::default(),
     };
     let layout = Arc::new(AdapterLayout::new(&cfg, &lora));
     let global = AdapterSet::new(layout.clone(), vec![1.0; layout.len()]);

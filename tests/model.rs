@@ -36,6 +36,7 @@ fn all_modules() -> LoraConfig {
         alpha: 8.0,
         dropout: 0.1,
         target_modules: TargetModule::ALL.to_vec(),
+        method: Default::default(),
     }
 }
 
@@ -183,6 +184,7 @@ fn adapter_round_trips_through_safetensors_with_peft_names() {
     let cfg = small_cfg();
     let lora = LoraConfig {
         target_modules: vec![TargetModule::QProj, TargetModule::VProj],
+        method: Default::default(),
         ..all_modules()
     };
     let adapter = random_adapter(&cfg, &lora, 11);

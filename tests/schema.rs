@@ -184,6 +184,8 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
         TaskSource,
         TableFormat,
         Compression,
+        AdapterSection,
+        Ia3Section,
     );
     // Unchecked: `#[serde(alias)]` fields confuse the tracer's field list (ModelSection's
     // `preset`), not the deserialisation the test exercised; only the names are used.

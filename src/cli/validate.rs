@@ -33,7 +33,9 @@ pub fn validate(path: &Path, set: &[String]) -> anyhow::Result<()> {
         fedsim::trainer::TrainerKind::Synthetic { params } => params,
     };
     let trained = match s.trainer {
-        fedsim::trainer::TrainerKind::Lora => format!("{values} LoRA parameters"),
+        fedsim::trainer::TrainerKind::Lora => {
+            format!("{values} {} parameters", s.lora.method_name())
+        }
         fedsim::trainer::TrainerKind::Synthetic { .. } => {
             format!("synthetic updates of {values} values")
         }

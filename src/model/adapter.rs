@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use super::{LlamaConfig, LoraConfig, ModelError, TargetModule};
+use super::{AdapterMethod, LlamaConfig, LoraConfig, ModelError, TargetModule};
 
 /// One A or B matrix inside the flat vector.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,8 +19,8 @@ pub struct AdapterTensor {
     pub layer: usize,
     /// Adapted projection.
     pub module: TargetModule,
-    /// `true` for A (r × in), `false` for B (out × r).
-    pub is_a: bool,
+    /// LoRA's A (r × in) or B (out × r), or an IA³ vector (out × 1, or 1 × in).
+    pub kind: TensorKind,
     /// (rows, cols).
     pub shape: (usize, usize),
     /// Start in the flat vector.
@@ -35,12 +35,24 @@ impl AdapterTensor {
 
     /// PEFT's key for this tensor.
     pub fn peft_name(&self) -> String {
-        format!(
-            "base_model.model.{}.lora_{}.weight",
-            self.module.hf_path(self.layer),
-            if self.is_a { "A" } else { "B" }
-        )
+        let path = self.module.hf_path(self.layer);
+        match self.kind {
+            TensorKind::LoraA => format!("base_model.model.{path}.lora_A.weight"),
+            TensorKind::LoraB => format!("base_model.model.{path}.lora_B.weight"),
+            TensorKind::Ia3 => format!("base_model.model.{path}.ia3_l"),
+        }
     }
+}
+
+/// What an adapter tensor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorKind {
+    /// LoRA's A (r × in).
+    LoraA,
+    /// LoRA's B (out × r).
+    LoraB,
+    /// IA³'s learned vector.
+    Ia3,
 }
 
 /// Names, shapes and offsets of every adapter tensor, in canonical order (layer, module, A, B).
@@ -62,11 +74,21 @@ impl AdapterLayout {
         for layer in 0..cfg.num_hidden_layers {
             for &module in &modules {
                 let (out, inp) = cfg.projection_shape(module);
-                for (is_a, shape) in [(true, (lora.r, inp)), (false, (out, lora.r))] {
+                let parts = match lora.method {
+                    AdapterMethod::Lora => vec![
+                        (TensorKind::LoraA, (lora.r, inp)),
+                        (TensorKind::LoraB, (out, lora.r)),
+                    ],
+                    AdapterMethod::Ia3 { .. } if lora.method.scales_input(module) => {
+                        vec![(TensorKind::Ia3, (1, inp))]
+                    }
+                    AdapterMethod::Ia3 { .. } => vec![(TensorKind::Ia3, (out, 1))],
+                };
+                for (kind, shape) in parts {
                     tensors.push(AdapterTensor {
                         layer,
                         module,
-                        is_a,
+                        kind,
                         shape,
                         offset,
                     });
@@ -88,7 +110,7 @@ impl AdapterLayout {
             tensors: vec![AdapterTensor {
                 layer: 0,
                 module: TargetModule::QProj,
-                is_a: true,
+                kind: TensorKind::LoraA,
                 shape: (1, n),
                 offset: 0,
             }],

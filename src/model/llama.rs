@@ -185,12 +185,16 @@ impl BaseModel {
             let mut proj = Vec::with_capacity(7);
             for m in TargetModule::ALL {
                 let w = &b.proj[m.index()];
-                proj.push(match lora.get(i, m) {
-                    Some((a, bm)) => {
+                proj.push(match (lora.get(i, m), lora.ia3(i, m)) {
+                    (Some((a, bm)), _) => {
                         let delta = (bm.matmul(a)? * lora.scale())?;
                         FrozenWeight::F32((w.to_tensor(&self.device)? + delta)?)
                     }
-                    None => w.clone(),
+                    // W (out, in) scaled by row (l: out × 1) or by column (l: 1 × in).
+                    (None, Some((l, _))) => {
+                        FrozenWeight::F32(w.to_tensor(&self.device)?.broadcast_mul(l)?)
+                    }
+                    (None, None) => w.clone(),
                 });
             }
             blocks.push(Block {
@@ -368,6 +372,14 @@ impl BaseModel {
         dropout: Option<&mut DropoutRng>,
     ) -> candle_core::Result<Tensor> {
         let w = &self.blocks[layer].proj[module.index()];
+        if let Some((l, scales_input)) = lora.and_then(|l| l.ia3(layer, module)) {
+            // IA³: (x ⊙ l) Wᵀ for a feed-forward module, (x Wᵀ) ⊙ lᵀ otherwise.
+            return if scales_input {
+                frozen_matmul(&x.broadcast_mul(l)?, w)
+            } else {
+                frozen_matmul(x, w)?.broadcast_mul(&l.t()?)
+            };
+        }
         let y = frozen_matmul(x, w)?;
         match lora.and_then(|l| l.get(layer, module).map(|ab| (l, ab))) {
             None => Ok(y),

@@ -9,7 +9,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{AdapterLayout, AdapterSet, LlamaConfig, ModelError, TargetModule};
+use super::{AdapterLayout, AdapterSet, LlamaConfig, ModelError, TargetModule, TensorKind};
 
 /// LoRA hyper-parameters (PEFT's `LoraConfig` names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,6 +23,45 @@ pub struct LoraConfig {
     pub dropout: f64,
     /// Projections that get an adapter, in canonical order.
     pub target_modules: Vec<TargetModule>,
+    /// LoRA, or IA³ (then `r`, `alpha` and `dropout` are unused).
+    #[serde(default)]
+    pub method: AdapterMethod,
+}
+
+/// Which parameter-efficient method the adapter is.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum AdapterMethod {
+    /// LoRA: `y = x Wᵀ + (α/r) · x Aᵀ Bᵀ`.
+    #[default]
+    Lora,
+    /// IA³ (Liu et al. 2022): a learned vector `l` per adapted projection, initialised to
+    /// ones — `y = (x Wᵀ) ⊙ l` (l: out × 1), or for a feed-forward module `y = (x ⊙ l) Wᵀ`
+    /// (l: 1 × in), as PEFT's `IA3Config` does.
+    Ia3 {
+        /// The target modules whose input (not output) is scaled, canonical order.
+        feedforward_modules: Vec<TargetModule>,
+    },
+}
+
+impl AdapterMethod {
+    /// PEFT's `peft_type`.
+    pub fn peft_type(&self) -> &'static str {
+        match self {
+            AdapterMethod::Lora => "LORA",
+            AdapterMethod::Ia3 { .. } => "IA3",
+        }
+    }
+
+    /// Whether `module`'s input is scaled (IA³ feed-forward module).
+    pub fn scales_input(&self, module: TargetModule) -> bool {
+        match self {
+            AdapterMethod::Lora => false,
+            AdapterMethod::Ia3 {
+                feedforward_modules,
+            } => feedforward_modules.contains(&module),
+        }
+    }
 }
 
 impl LoraConfig {
@@ -34,6 +73,49 @@ impl LoraConfig {
             alpha,
             dropout: 0.0,
             target_modules: vec![TargetModule::QProj, TargetModule::VProj],
+            method: AdapterMethod::Lora,
+        }
+    }
+
+    /// IA³ on `target_modules`, scaling the input of `feedforward_modules` (PEFT's default for
+    /// Llama: k_proj, v_proj, down_proj with down_proj feed-forward).
+    pub fn ia3(target_modules: Vec<TargetModule>, feedforward_modules: Vec<TargetModule>) -> Self {
+        Self {
+            r: 1,
+            alpha: 1.0,
+            dropout: 0.0,
+            target_modules,
+            method: AdapterMethod::Ia3 {
+                feedforward_modules,
+            },
+        }
+    }
+
+    /// The method's name: `LoRA` or `IA³`.
+    pub fn method_name(&self) -> &'static str {
+        match self.method {
+            AdapterMethod::Lora => "LoRA",
+            AdapterMethod::Ia3 { .. } => "IA³",
+        }
+    }
+
+    /// One line: the method, its settings and its target modules.
+    pub fn describe(&self) -> String {
+        let names = |m: &[TargetModule]| m.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ");
+        match &self.method {
+            AdapterMethod::Lora => format!(
+                "LoRA r={} alpha={} on [{}]",
+                self.r,
+                self.alpha,
+                names(&self.target_modules)
+            ),
+            AdapterMethod::Ia3 {
+                feedforward_modules,
+            } => format!(
+                "IA³ on [{}] (input scaled: [{}])",
+                names(&self.target_modules),
+                names(feedforward_modules)
+            ),
         }
     }
 
@@ -47,16 +129,22 @@ impl LoraConfig {
         AdapterLayout::new(cfg, self).len()
     }
 
-    /// The global adapter before round 1: A Kaiming-uniform from `rng`, B zero.
+    /// The global adapter before round 1: LoRA's A Kaiming-uniform from `rng` and B zero;
+    /// IA³'s vectors all ones (both leave the base model unchanged).
     pub fn init_adapter(&self, cfg: &LlamaConfig, rng: &mut ChaCha8Rng) -> AdapterSet {
         let layout = std::sync::Arc::new(AdapterLayout::new(cfg, self));
         let mut data = vec![0f32; layout.len()];
         for t in layout.tensors() {
-            if t.is_a {
-                let bound = 1.0 / (t.shape.1 as f32).sqrt();
-                for v in &mut data[t.offset..t.offset + t.numel()] {
-                    *v = rng.random_range(-bound..bound);
+            let values = &mut data[t.offset..t.offset + t.numel()];
+            match t.kind {
+                TensorKind::LoraA => {
+                    let bound = 1.0 / (t.shape.1 as f32).sqrt();
+                    for v in values {
+                        *v = rng.random_range(-bound..bound);
+                    }
                 }
+                TensorKind::LoraB => {}
+                TensorKind::Ia3 => values.fill(1.0),
             }
         }
         AdapterSet::new(layout, data)
@@ -70,10 +158,12 @@ pub struct LoraVars {
     /// The same values as plain tensors when the adapter is only evaluated ([`LoraVars::fixed`]):
     /// no graph is recorded, so a forward frees each activation once it is used.
     fixed: Vec<Tensor>,
-    /// Per layer, per [`TargetModule::index`]: position of A in `vars` (B follows it).
+    /// Per layer, per [`TargetModule::index`]: position of A in `vars` (B follows it), or of
+    /// the IA³ vector.
     index: Vec<[Option<usize>; 7]>,
     scale: f64,
     dropout: f64,
+    method: AdapterMethod,
 }
 
 impl LoraVars {
@@ -110,7 +200,7 @@ impl LoraVars {
         for (i, t) in layout.tensors().iter().enumerate() {
             let slice = &adapter.data()[t.offset..t.offset + t.numel()];
             fixed.push(Tensor::from_slice(slice, t.shape, device)?);
-            if t.is_a {
+            if t.kind != TensorKind::LoraB {
                 index[t.layer][t.module.index()] = Some(i);
             }
         }
@@ -121,6 +211,7 @@ impl LoraVars {
             index,
             scale: lora.scale(),
             dropout: lora.dropout,
+            method: lora.method.clone(),
         })
     }
 
@@ -147,12 +238,24 @@ impl LoraVars {
         self.dropout
     }
 
-    /// A and B for `module` of `layer`, if adapted.
+    /// LoRA's A and B for `module` of `layer`, if adapted (None under IA³).
     pub fn get(&self, layer: usize, module: TargetModule) -> Option<(&Tensor, &Tensor)> {
+        if self.method != AdapterMethod::Lora {
+            return None;
+        }
         self.index
             .get(layer)
             .and_then(|l| l[module.index()])
             .map(|i| (self.tensor(i), self.tensor(i + 1)))
+    }
+
+    /// IA³'s vector for `module` of `layer` and whether it scales the input, if adapted.
+    pub fn ia3(&self, layer: usize, module: TargetModule) -> Option<(&Tensor, bool)> {
+        if self.method == AdapterMethod::Lora {
+            return None;
+        }
+        let i = self.index.get(layer).and_then(|l| l[module.index()])?;
+        Some((self.tensor(i), self.method.scales_input(module)))
     }
 
     /// Copy the current values back into a flat adapter.

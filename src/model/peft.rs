@@ -8,7 +8,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{AdapterLayout, AdapterSet, LlamaConfig, LoraConfig, ModelError, TargetModule};
+use super::{
+    AdapterLayout, AdapterMethod, AdapterSet, LlamaConfig, LoraConfig, ModelError, TargetModule,
+};
 
 /// The fields of `adapter_config.json` fedsim reads; the options it cannot honour are read
 /// so they can be refused.
@@ -98,54 +100,10 @@ pub fn load_peft(dir: &Path, cfg: &LlamaConfig) -> Result<(AdapterSet, LoraConfi
     let config_path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&config_path)
         .map_err(|e| file_error(&config_path, e.to_string()))?;
-    let peft: PeftConfig = serde_json::from_str(&text)
-        .map_err(|e| file_error(&config_path, format!("not a PEFT LoRA config: {e}")))?;
-    if let Some(why) = peft.unsupported() {
-        return Err(file_error(
-            &config_path,
-            format!("{why}: fedsim applies plain LoRA only"),
-        ));
-    }
-    let names = match peft.target_modules {
-        TargetModules::List(v) => v,
-        TargetModules::One(s) => vec![s],
-    };
-    let mut target_modules = names
-        .iter()
-        .map(|n| {
-            TargetModule::ALL
-                .into_iter()
-                .find(|m| m.name() == n)
-                .ok_or_else(|| {
-                    file_error(
-                        &config_path,
-                        format!("target module {n:?} is not one of q/k/v/o/gate/up/down_proj"),
-                    )
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    target_modules.sort();
-    target_modules.dedup();
-    if !peft.lora_alpha.is_finite() || !(0.0..1.0).contains(&peft.lora_dropout) {
-        return Err(file_error(
-            &config_path,
-            format!(
-                "lora_alpha {} must be finite and lora_dropout {} in [0, 1)",
-                peft.lora_alpha, peft.lora_dropout
-            ),
-        ));
-    }
-    if peft.r == 0 || target_modules.is_empty() {
-        return Err(file_error(
-            &config_path,
-            "r is 0 or no target modules".into(),
-        ));
-    }
-    let lora = LoraConfig {
-        r: peft.r,
-        alpha: peft.lora_alpha,
-        dropout: peft.lora_dropout,
-        target_modules,
+    let lora = if peft_type(&text) == Some("IA3") {
+        ia3_config(&text, &config_path)?
+    } else {
+        lora_config(&text, &config_path)?
     };
     let weights = dir.join("adapter_model.safetensors");
     let bytes = std::fs::read(&weights).map_err(|e| file_error(&weights, e.to_string()))?;
@@ -154,6 +112,110 @@ pub fn load_peft(dir: &Path, cfg: &LlamaConfig) -> Result<(AdapterSet, LoraConfi
         .map_err(|e| file_error(&weights, crate::fmt::chain(&e)))?;
     adapter.check_finite().map_err(|e| e.in_file(&weights))?;
     Ok((adapter, lora))
+}
+
+/// The `peft_type` of an adapter config, if it is JSON with one.
+fn peft_type(text: &str) -> Option<&'static str> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    match v.get("peft_type")?.as_str()? {
+        "IA3" => Some("IA3"),
+        "LORA" => Some("LORA"),
+        _ => None,
+    }
+}
+
+/// PEFT names → our target modules, canonical order.
+fn modules(names: TargetModules, config_path: &Path) -> Result<Vec<TargetModule>, ModelError> {
+    let names = match names {
+        TargetModules::List(v) => v,
+        TargetModules::One(s) => vec![s],
+    };
+    let mut out = names
+        .iter()
+        .map(|n| {
+            TargetModule::ALL
+                .into_iter()
+                .find(|m| m.name() == n)
+                .ok_or_else(|| {
+                    file_error(
+                        config_path,
+                        format!("target module {n:?} is not one of q/k/v/o/gate/up/down_proj"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The fields of an IA³ `adapter_config.json` fedsim reads.
+#[derive(Debug, Deserialize)]
+struct Ia3Config {
+    target_modules: TargetModules,
+    feedforward_modules: Option<TargetModules>,
+    #[serde(default)]
+    fan_in_fan_out: bool,
+    #[serde(default)]
+    modules_to_save: Option<Vec<String>>,
+}
+
+fn ia3_config(text: &str, config_path: &Path) -> Result<LoraConfig, ModelError> {
+    let ia3: Ia3Config = serde_json::from_str(text)
+        .map_err(|e| file_error(config_path, format!("not a PEFT IA3 config: {e}")))?;
+    if ia3.fan_in_fan_out || ia3.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(file_error(
+            config_path,
+            "fan_in_fan_out or modules_to_save is set: fedsim applies plain IA3 only".into(),
+        ));
+    }
+    let targets = modules(ia3.target_modules, config_path)?;
+    let ff = match ia3.feedforward_modules {
+        Some(f) => modules(f, config_path)?,
+        None => Vec::new(),
+    };
+    if targets.is_empty() || ff.iter().any(|m| !targets.contains(m)) {
+        return Err(file_error(
+            config_path,
+            "no target modules, or a feedforward module that is not a target".into(),
+        ));
+    }
+    Ok(LoraConfig::ia3(targets, ff))
+}
+
+fn lora_config(text: &str, config_path: &Path) -> Result<LoraConfig, ModelError> {
+    let peft: PeftConfig = serde_json::from_str(text)
+        .map_err(|e| file_error(config_path, format!("not a PEFT LoRA config: {e}")))?;
+    if let Some(why) = peft.unsupported() {
+        return Err(file_error(
+            config_path,
+            format!("{why}: fedsim applies plain LoRA only"),
+        ));
+    }
+    let target_modules = modules(peft.target_modules, config_path)?;
+    if !peft.lora_alpha.is_finite() || !(0.0..1.0).contains(&peft.lora_dropout) {
+        return Err(file_error(
+            config_path,
+            format!(
+                "lora_alpha {} must be finite and lora_dropout {} in [0, 1)",
+                peft.lora_alpha, peft.lora_dropout
+            ),
+        ));
+    }
+    if peft.r == 0 || target_modules.is_empty() {
+        return Err(file_error(
+            config_path,
+            "r is 0 or no target modules".into(),
+        ));
+    }
+    let lora = LoraConfig {
+        r: peft.r,
+        alpha: peft.lora_alpha,
+        dropout: peft.lora_dropout,
+        target_modules,
+        method: Default::default(),
+    };
+    Ok(lora)
 }
 
 impl AdapterSet {
@@ -175,10 +237,40 @@ impl AdapterSet {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let weights = dir.join("adapter_model.safetensors");
         std::fs::write(&weights, self.to_safetensors()?).map_err(|e| io(&weights, e))?;
-        let mut targets: Vec<&str> = lora.target_modules.iter().map(|m| m.name()).collect();
-        targets.sort();
-        targets.dedup();
-        let config = json!({
+        let config = peft_config(lora, base_model);
+        let path = dir.join("adapter_config.json");
+        let text = serde_json::to_string_pretty(&config).expect("json value serialises");
+        std::fs::write(&path, text).map_err(|e| io(&path, e))
+    }
+}
+
+/// `adapter_config.json` as PEFT's `save_pretrained` writes it for `lora`'s method.
+fn peft_config(lora: &LoraConfig, base_model: &str) -> serde_json::Value {
+    let names = |m: &[TargetModule]| {
+        let mut v: Vec<&str> = m.iter().map(|m| m.name()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let targets = names(&lora.target_modules);
+    if let AdapterMethod::Ia3 {
+        feedforward_modules,
+    } = &lora.method
+    {
+        return json!({
+            "peft_type": "IA3",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model,
+            "target_modules": targets,
+            "feedforward_modules": names(feedforward_modules),
+            "fan_in_fan_out": false,
+            "inference_mode": true,
+            "init_ia3_weights": true,
+            "modules_to_save": null,
+            "revision": null
+        });
+    }
+    json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
             "base_model_name_or_path": base_model,
@@ -198,9 +290,5 @@ impl AdapterSet {
             "use_rslora": false,
             "use_dora": false,
             "revision": null
-        });
-        let path = dir.join("adapter_config.json");
-        let text = serde_json::to_string_pretty(&config).expect("json value serialises");
-        std::fs::write(&path, text).map_err(|e| io(&path, e))
-    }
+    })
 }

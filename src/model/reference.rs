@@ -49,6 +49,7 @@ impl Fixture {
             alpha: 8.0,
             dropout: 0.0,
             target_modules: TargetModule::ALL.to_vec(),
+            method: Default::default(),
         };
         let model = BaseModel::random(&cfg, 1234, &Device::Cpu)?;
         let mut rng = ChaCha8Rng::seed_from_u64(5678);

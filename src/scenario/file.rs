@@ -30,9 +30,13 @@ pub struct ScenarioFile {
     /// Base model.
     #[serde(default)]
     pub model: ModelSection,
-    /// LoRA adapter.
+    /// LoRA adapter (the same as `adapter: Lora(…)`).
     #[serde(default)]
     pub lora: LoraSection,
+    /// The adapter's method: `Lora(r: 8, …)` or `Ia3(target_modules: [...],
+    /// feedforward_modules: [...])`; when absent, the `lora` section.
+    #[serde(default)]
+    pub adapter: Option<AdapterSection>,
     /// Data set and how it is prepared.
     pub data: DataSection,
     /// How training records are split over clients.
@@ -280,6 +284,36 @@ impl Default for LoraSection {
             alpha: 16.0,
             dropout: 0.05,
             target_modules: vec!["q_proj".into(), "v_proj".into()],
+        }
+    }
+}
+
+/// The adapter's method (`adapter:`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum AdapterSection {
+    /// LoRA, as the `lora` section.
+    Lora(LoraSection),
+    /// IA³: a learned vector per adapted projection (PEFT's `IA3Config`).
+    Ia3(Ia3Section),
+}
+
+/// IA³ hyper-parameters (PEFT's `IA3Config` names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ia3Section {
+    /// Adapted projections by PEFT name (PEFT's default for Llama: k_proj, v_proj, down_proj).
+    pub target_modules: Vec<String>,
+    /// Those whose input is scaled rather than their output (a subset of `target_modules`;
+    /// PEFT's default for Llama: down_proj).
+    pub feedforward_modules: Vec<String>,
+}
+
+impl Default for Ia3Section {
+    fn default() -> Self {
+        Self {
+            target_modules: vec!["k_proj".into(), "v_proj".into(), "down_proj".into()],
+            feedforward_modules: vec!["down_proj".into()],
         }
     }
 }

@@ -306,6 +306,9 @@ fn check_resources(
     let (d, t, sl, n) = (&file.data, &file.train, &file.slots, file.clients.count);
     system::check_system(c, (&file.system, field_path!(file.system)), n, file.seed)?;
     let mut warnings = Vec::new();
+    if file.adapter.is_some() && file.lora != super::file::LoraSection::default() {
+        warnings.push("the lora section is ignored: adapter is set and takes its place".into());
+    }
     let synthetic = match file.trainer {
         TrainerKind::Lora => None,
         TrainerKind::Synthetic { params } => {

@@ -35,14 +35,11 @@ fn lora_lines(s: &Scenario, prep: &Prepared, l: &LoraData, clients: usize) -> Ve
     let base_params = s.model.num_parameters();
     let trainable = s.lora.trainable_parameters(&s.model);
     let pct = 100.0 * trainable as f64 / (base_params + trainable) as f64;
-    let targets: Vec<&str> = s.lora.target_modules.iter().map(|m| m.name()).collect();
     vec![
         format!(
-            "model {}: {base_params} base parameters (frozen), LoRA r={} alpha={} on [{}]",
+            "model {}: {base_params} base parameters (frozen), {}",
             s.model_name,
-            s.lora.r,
-            s.lora.alpha,
-            targets.join(", ")
+            s.lora.describe()
         ),
         format!(
             "trainable params: {trainable} || all params: {} || trainable%: {pct:.4}",

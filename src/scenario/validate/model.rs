@@ -1,9 +1,8 @@
-//! Checks of the model shape and the LoRA adapter.
+//! Checks of the model shape and the adapter (LoRA or IA³).
 
-use super::check::field_path;
 use super::{Check, Range};
 use crate::model::{LlamaConfig, LoraConfig, TargetModule};
-use crate::scenario::file::ScenarioFile;
+use crate::scenario::file::{AdapterSection, LoraSection, ScenarioFile};
 use crate::scenario::ScenarioError;
 
 /// A custom model shape, at path `f`.
@@ -76,29 +75,69 @@ pub(super) fn check_llama(c: &Check<'_>, cfg: &LlamaConfig, f: &str) -> Result<(
     )
 }
 
+/// The adapter: `adapter: Lora(…) | Ia3(…)`, or the `lora` section.
 pub(super) fn check_lora(
     c: &Check<'_>,
     file: &ScenarioFile,
     model: &LlamaConfig,
 ) -> Result<LoraConfig, ScenarioError> {
-    let l = &file.lora;
-    c.ensure(!l.target_modules.is_empty(), field_path!(file.lora.target_modules), "is empty; name at least one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj")?;
+    match &file.adapter {
+        None => check_lora_section(c, &file.lora, "lora", model),
+        Some(AdapterSection::Lora(l)) => check_lora_section(c, l, "adapter.Lora", model),
+        Some(AdapterSection::Ia3(s)) => {
+            let f = "adapter.Ia3";
+            let targets = modules(c, &s.target_modules, &format!("{f}.target_modules"))?;
+            let ff_field = format!("{f}.feedforward_modules");
+            let ff = if s.feedforward_modules.is_empty() {
+                Vec::new()
+            } else {
+                modules(c, &s.feedforward_modules, &ff_field)?
+            };
+            if let Some(m) = ff.iter().find(|m| !targets.contains(m)) {
+                return Err(c.fail(
+                    &ff_field,
+                    format!("names {:?}, which is not in target_modules", m.name()),
+                ));
+            }
+            Ok(LoraConfig::ia3(targets, ff))
+        }
+    }
+}
+
+/// Module names → modules (canonical order), each known and named once.
+fn modules(
+    c: &Check<'_>,
+    names: &[String],
+    field: &str,
+) -> Result<Vec<TargetModule>, ScenarioError> {
+    const ALLOWED: &str = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj";
+    c.ensure(
+        !names.is_empty(),
+        field,
+        format!("is empty; name at least one of {ALLOWED}"),
+    )?;
     let mut targets = Vec::new();
-    for m in &l.target_modules {
+    for m in names {
         let t = TargetModule::from_name(m).ok_or_else(|| {
             c.fail(
-                field_path!(file.lora.target_modules),
-                format!("names unknown module {m:?}; allowed: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"),
+                field,
+                format!("names unknown module {m:?}; allowed: {ALLOWED}"),
             )
         })?;
-        c.ensure(
-            !targets.contains(&t),
-            field_path!(file.lora.target_modules),
-            format!("names {m:?} twice"),
-        )?;
+        c.ensure(!targets.contains(&t), field, format!("names {m:?} twice"))?;
         targets.push(t);
     }
     targets.sort();
+    Ok(targets)
+}
+
+fn check_lora_section(
+    c: &Check<'_>,
+    l: &LoraSection,
+    f: &str,
+    model: &LlamaConfig,
+) -> Result<LoraConfig, ScenarioError> {
+    let targets = modules(c, &l.target_modules, &format!("{f}.target_modules"))?;
     let max_r = targets
         .iter()
         .map(|&t| {
@@ -109,26 +148,19 @@ pub(super) fn check_lora(
         .unwrap_or(1);
     c.ensure(
         (1..=max_r).contains(&l.r),
-        field_path!(file.lora.r),
+        &format!("{f}.r"),
         format!(
             "is {}; it must be 1..={max_r} (the smallest adapted projection's width)",
             l.r
         ),
     )?;
-    c.finite_in(
-        l.alpha,
-        Range::open_closed(0.0, 1e6),
-        field_path!(file.lora.alpha),
-    )?;
-    c.finite_in(
-        l.dropout,
-        Range::closed_open(0.0, 1.0),
-        field_path!(file.lora.dropout),
-    )?;
+    c.finite_in(l.alpha, Range::open_closed(0.0, 1e6), &format!("{f}.alpha"))?;
+    c.finite_in(l.dropout, Range::closed_open(0.0, 1.0), &format!("{f}.dropout"))?;
     Ok(LoraConfig {
         r: l.r,
         alpha: l.alpha,
         dropout: l.dropout,
         target_modules: targets,
+        method: Default::default(),
     })
 }
