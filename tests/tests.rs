@@ -19,6 +19,7 @@ mod inputs;
 mod model;
 mod ops;
 mod ownership;
+mod peft_methods;
 mod precision;
 mod privacy;
 mod property;

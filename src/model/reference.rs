@@ -66,6 +66,32 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// The same base with an IA³ adapter on every projection, the inputs of up_proj and
+    /// down_proj scaled (feed-forward), each vector 1 + U(−0.3, 0.3) (so it changes the
+    /// logits): the fixture of `tests/reference/make_ia3_reference.py`.
+    ///
+    /// # Errors
+    /// Fails on a candle error.
+    pub fn build_ia3() -> Result<Self, ModelError> {
+        let base = Self::build()?;
+        let lora = LoraConfig::ia3(
+            TargetModule::ALL.to_vec(),
+            vec![TargetModule::UpProj, TargetModule::DownProj],
+        );
+        let mut rng = ChaCha8Rng::seed_from_u64(91011);
+        let mut adapter = lora.init_adapter(&base.cfg, &mut rng);
+        for v in adapter.data_mut() {
+            *v += rng.random_range(-0.3f32..0.3);
+        }
+        Ok(Self {
+            lora,
+            adapter,
+            ..base
+        })
+    }
+}
+
 /// The adapter the SmolLM2 PEFT parity check uses: rank 8 on q_proj and v_proj, A and B drawn
 /// from a fixed seed (B non-zero, so it changes the logits).
 pub fn smollm2_adapter(cfg: &LlamaConfig) -> (LoraConfig, AdapterSet) {

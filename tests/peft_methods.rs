@@ -1,0 +1,207 @@
+//! Beyond LoRA: IA³ against Hugging Face transformers + PEFT (`tests/reference/
+//! make_ia3_reference.py` on the fixture `examples/export_reference --ia3` writes) — logits,
+//! the gradient of the loss, one AdamW step, a greedy continuation — and the round trip
+//! through PEFT's adapter directory; federated IA³ runs lower the loss.
+
+use candle_core::Device;
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use fedsim::model::generate::{generate, Budget, Sampling};
+use fedsim::model::reference::{Fixture, INPUT_IDS};
+use fedsim::model::LoraVars;
+use fedsim::tokenizer::TokenizedExample;
+use fedsim::train::make_batch;
+use serde_json::Value;
+
+fn reference() -> Value {
+    let path = crate::util::root().join("tests/reference/ia3_reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn worst(ours: &[f32], theirs: &Value) -> f32 {
+    let theirs = theirs.as_array().unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    ours.iter()
+        .zip(theirs)
+        .map(|(a, b)| (a - b.as_f64().unwrap() as f32).abs())
+        .fold(0f32, f32::max)
+}
+
+fn flat3(t: &candle_core::Tensor, slice: usize) -> Vec<f32> {
+    t.narrow(2, 0, slice).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn flat_json(v: &Value) -> Value {
+    fn walk(v: &Value, out: &mut Vec<Value>) {
+        match v {
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            x => out.push(x.clone()),
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut out);
+    Value::Array(out)
+}
+
+fn batch() -> fedsim::model::LossInput {
+    let examples: Vec<TokenizedExample> = INPUT_IDS
+        .iter()
+        .map(|ids| TokenizedExample {
+            ids: ids.to_vec(),
+            prompt_len: 1,
+        })
+        .collect();
+    let refs: Vec<&TokenizedExample> = examples.iter().collect();
+    make_batch(&refs, 0, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn ia3_matches_peft_in_logits_gradients_a_step_and_generation() {
+    let r = reference();
+    let slice = r["vocab_slice"].as_u64().unwrap() as usize;
+    let f = Fixture::build_ia3().unwrap();
+    let input = batch();
+    let base = f.model.forward(&input.input_ids, &input.mask, None).unwrap();
+    let d = worst(&flat3(&base, slice), &flat_json(&r["base_logits"]));
+    assert!(d < 1e-5, "base logits differ by {d}");
+    let fixed = LoraVars::fixed(&f.adapter, &f.lora, &Device::Cpu).unwrap();
+    let ours = f.model.forward(&input.input_ids, &input.mask, Some(&fixed)).unwrap();
+    let d = worst(&flat3(&ours, slice), &flat_json(&r["peft_logits"]));
+    eprintln!("IA³ logits: max abs difference {d:e}");
+    assert!(d < 1e-5, "IA³ logits differ by {d}");
+    // The merged model (what generation and scoring use) gives the same logits.
+    let merged = f.model.merged(&fixed).unwrap();
+    let m = merged.forward(&input.input_ids, &input.mask, None).unwrap();
+    let d = worst(&flat3(&m, slice), &flat_json(&r["peft_logits"]));
+    assert!(d < 1e-4, "merged IA³ logits differ by {d}");
+
+    // The mean loss, its gradient and one AdamW step.
+    let vars = LoraVars::from_adapter(&f.adapter, &f.lora, &Device::Cpu).unwrap();
+    let (nll, n) = f.model.loss_sum(&input, Some(&vars), None).unwrap();
+    let loss = (nll / n as f64).unwrap();
+    let value = loss.to_scalar::<f32>().unwrap();
+    let theirs = r["loss"].as_f64().unwrap() as f32;
+    assert!((value - theirs).abs() < 1e-5, "loss {value} vs {theirs}");
+    let grads = loss.backward().unwrap();
+    let layout = f.adapter.layout().clone();
+    let mut worst_grad = 0f32;
+    for (t, var) in layout.tensors().iter().zip(vars.vars()) {
+        let g: Vec<f32> = grads.get(var).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let theirs = &r["grads"][t.peft_name()];
+        let scale = theirs.as_array().unwrap().iter().map(|x| x.as_f64().unwrap().abs()).fold(0.0, f64::max);
+        worst_grad = worst_grad.max(worst(&g, theirs) / scale.max(1e-6) as f32);
+    }
+    eprintln!("IA³ gradients: worst difference {worst_grad:e} of the tensor's largest");
+    assert!(worst_grad < 1e-3, "gradients differ by {worst_grad} (relative)");
+    let params = ParamsAdamW {
+        lr: r["lr"].as_f64().unwrap(),
+        ..Default::default()
+    };
+    let mut opt = AdamW::new(vars.vars().to_vec(), params).unwrap();
+    opt.step(&grads).unwrap();
+    let stepped = vars.to_adapter().unwrap();
+    for t in layout.tensors() {
+        let ours = &stepped.data()[t.offset..t.offset + t.numel()];
+        let d = worst(ours, &r["stepped"][t.peft_name()]);
+        assert!(d < 1e-6, "{}: stepped values differ by {d}", t.peft_name());
+    }
+
+    // Greedy generation with the KV cache from the merged model.
+    let prompt: Vec<u32> = r["greedy_prompt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let g = generate(&merged, &prompt, Budget::up_to(8), Sampling::Greedy, &[]).unwrap();
+    let theirs: Vec<u32> = r["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(g.ids, theirs, "greedy continuation");
+}
+
+#[test]
+fn an_ia3_adapter_round_trips_through_peft_format() {
+    let f = Fixture::build_ia3().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    f.adapter.save_peft(dir.path(), &f.lora, "base_model").unwrap();
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["peft_type"], "IA3");
+    assert_eq!(config["feedforward_modules"], serde_json::json!(["down_proj", "up_proj"]));
+    let (back, lora) = fedsim::model::peft::load_peft(dir.path(), &f.cfg).unwrap();
+    assert_eq!(lora, f.lora);
+    assert_eq!(back.data(), f.adapter.data());
+    // A feed-forward module outside the targets is refused, naming the file.
+    let bad = config.to_string().replace("\"up_proj\"]", "\"up_proj\",\"gate_proj\"]");
+    let bad = bad.replacen("\"gate_proj\",", "", 1);
+    std::fs::write(dir.path().join("adapter_config.json"), bad).unwrap();
+    let err = fedsim::model::peft::load_peft(dir.path(), &f.cfg).unwrap_err().to_string();
+    assert!(err.contains("adapter_config.json"), "{err}");
+}
+
+#[test]
+fn an_untrained_ia3_adapter_leaves_the_base_unchanged() {
+    let f = Fixture::build_ia3().unwrap();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+    let ones = f.lora.init_adapter(&f.cfg, &mut rng);
+    assert!(ones.data().iter().all(|&v| v == 1.0));
+    let input = batch();
+    let vars = LoraVars::fixed(&ones, &f.lora, &Device::Cpu).unwrap();
+    let a = f.model.forward(&input.input_ids, &input.mask, None).unwrap();
+    let b = f.model.forward(&input.input_ids, &input.mask, Some(&vars)).unwrap();
+    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(d, 0.0);
+}
+
+#[test]
+fn federated_ia3_lowers_the_loss_with_every_strategy_family() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, extra) in [
+        "strategy.kind=FedAvg",
+        "strategy.kind=FedAdam(server_lr: 0.01)",
+        "strategy.kind=Median",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let s = crate::util::scenario(
+            crate::util::SMALL,
+            &["adapter=Ia3()", "train.lr_max=3e-2", "rounds=3", extra],
+        )
+        .unwrap();
+        assert_eq!(s.lora.method_name(), "IA³");
+        let r = crate::util::run(&s, &tmp.path().join(i.to_string()));
+        let sum = fedsim::report::Summary::read(&r.dir).unwrap();
+        assert!(
+            sum.final_eval_loss < sum.pretrained_eval_loss,
+            "{extra}: {} → {}",
+            sum.pretrained_eval_loss,
+            sum.final_eval_loss
+        );
+        // k_proj, v_proj (outputs) and down_proj (input) per layer.
+        let cfg = &s.model;
+        let (_, kin) = cfg.projection_shape(fedsim::model::TargetModule::DownProj);
+        let kv = cfg.num_key_value_heads * cfg.head_dim();
+        assert_eq!(sum.trainable_parameters, cfg.num_hidden_layers * (2 * kv + kin));
+    }
+}
+
+#[test]
+fn ia3_settings_are_checked_by_name() {
+    let err = crate::util::scenario(
+        crate::util::SMALL,
+        &["adapter=Ia3(target_modules: [\"k_proj\"], feedforward_modules: [\"down_proj\"])"],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("adapter.Ia3.feedforward_modules"), "{err}");
+    let err = crate::util::scenario(crate::util::SMALL, &["adapter=Ia3(target_modules: [\"x_proj\"])"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("adapter.Ia3.target_modules") && err.contains("x_proj"), "{err}");
+}

@@ -1,0 +1,82 @@
+"""Score, step and generate from fedsim's IA³ fixture with Hugging Face transformers + PEFT.
+
+    cargo run --release --example export_reference -- --ia3 /tmp/ia3_fixture
+    python3 tests/reference/make_ia3_reference.py /tmp/ia3_fixture > tests/reference/ia3_reference.json
+
+The fixture is a small random Llama base (HF layout) and an IA³ adapter on every projection
+(up_proj and down_proj as feed-forward modules), written by fedsim in PEFT's format and loaded
+here with `PeftModel.from_pretrained`. Recorded: logits without and with the adapter (and with
+right padding), the gradient of the mean next-token loss over both sequences with respect to
+every `ia3_l`, those vectors after one `torch.optim.AdamW` step (lr 1e-2, PyTorch's defaults
+otherwise, as candle's), and a greedy continuation. The test
+`model::ia3_matches_peft_in_logits_gradients_a_step_and_generation` compares. Needs torch,
+transformers, peft (versions are recorded).
+"""
+import json
+import sys
+
+import peft
+import torch
+import transformers
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+INPUT_IDS = [
+    [1, 17, 250, 3, 99, 42, 42, 7, 180, 299, 0, 64],
+    [5, 6, 7, 8, 9, 10, 200, 201, 202, 13, 14, 2],
+]
+VOCAB_SLICE = 64
+LR = 1e-2
+
+d = sys.argv[1]
+torch.manual_seed(0)
+base = AutoModelForCausalLM.from_pretrained(f"{d}/base_model", dtype=torch.float32)
+base.eval()
+ids = torch.tensor(INPUT_IDS)
+with torch.no_grad():
+    base_logits = base(ids).logits
+model = PeftModel.from_pretrained(base, d, is_trainable=True)
+model.eval()  # no dropout anywhere
+with torch.no_grad():
+    peft_logits = model(ids).logits
+    padded = torch.tensor([INPUT_IDS[0], INPUT_IDS[1][:7] + [0] * 5])
+    mask = torch.tensor([[1] * 12, [1] * 7 + [0] * 5])
+    padded_logits = model(padded, attention_mask=mask).logits
+    greedy = model.generate(
+        input_ids=ids[:1, :6], attention_mask=torch.ones(1, 6, dtype=torch.long),
+        max_new_tokens=8, do_sample=False, pad_token_id=0,
+    )[0, 6:].tolist()
+
+# The mean next-token loss over every position of both sequences (fedsim's prompt length 1).
+params = {n: p for n, p in model.named_parameters() if "ia3_l" in n}
+logits = model(ids).logits
+loss = torch.nn.functional.cross_entropy(
+    logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
+)
+opt = torch.optim.AdamW(params.values(), lr=LR)
+opt.zero_grad()
+loss.backward()
+grads = {n: p.grad.flatten().tolist() for n, p in params.items()}
+opt.step()
+stepped = {n: p.detach().flatten().tolist() for n, p in params.items()}
+
+
+def key(name):
+    """PEFT's parameter name → the key in adapter_model.safetensors."""
+    return name.replace(".default", "")
+
+
+print(json.dumps({
+    "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+    "input_ids": INPUT_IDS,
+    "vocab_slice": VOCAB_SLICE,
+    "lr": LR,
+    "loss": loss.item(),
+    "base_logits": base_logits[:, :, :VOCAB_SLICE].tolist(),
+    "peft_logits": peft_logits[:, :, :VOCAB_SLICE].tolist(),
+    "padded_second_row_first7": padded_logits[1, :7, :VOCAB_SLICE].tolist(),
+    "grads": {key(n): g for n, g in grads.items()},
+    "stepped": {key(n): v for n, v in stepped.items()},
+    "greedy_prompt": INPUT_IDS[0][:6],
+    "greedy": greedy,
+}))
