@@ -444,15 +444,33 @@ fn a_hugging_face_directory_loads_as_the_same_model() {
 
 #[test]
 fn peft_adapter_matches_transformers_and_peft() {
-    use fedsim::model::{peft, reference, LoraVars};
-    let text = std::fs::read_to_string(
-        crate::util::root().join("tests/reference/smollm2_peft_reference.json"),
-    )
-    .unwrap();
+    adapter_matches_peft(
+        "smollm2_peft_reference.json",
+        fedsim::model::reference::smollm2_adapter,
+    );
+}
+
+#[test]
+fn ia3_adapter_matches_transformers_and_peft() {
+    adapter_matches_peft(
+        "smollm2_ia3_reference.json",
+        fedsim::model::reference::smollm2_ia3_adapter,
+    );
+}
+
+/// The seeded adapter `make`, through PEFT's directory format, against transformers + PEFT's
+/// top-10 logits in `tests/reference/{file}` — applied in the forward and merged.
+fn adapter_matches_peft(
+    file: &str,
+    make: fn(&fedsim::model::LlamaConfig) -> (fedsim::model::LoraConfig, fedsim::model::AdapterSet),
+) {
+    use fedsim::model::{peft, LoraVars};
+    let text =
+        std::fs::read_to_string(crate::util::root().join("tests/reference").join(file)).unwrap();
     let theirs: serde_json::Value = serde_json::from_str(&text).unwrap();
     let cfg = model().config().clone();
     // Through the PEFT directory format, as PEFT itself read it.
-    let (lora, adapter) = reference::smollm2_adapter(&cfg);
+    let (lora, adapter) = make(&cfg);
     let dir = tempfile::tempdir().unwrap();
     adapter.save_peft(dir.path(), &lora, "smollm2").unwrap();
     let (loaded, lora_back) = peft::load_peft(dir.path(), &cfg).unwrap();
@@ -472,7 +490,10 @@ fn peft_adapter_matches_transformers_and_peft() {
             worst = worst.max(check_top10(&logits, &want["positions"], false, &what));
         }
     }
-    eprintln!("with the adapter: max |fedsim - transformers + PEFT| = {worst:.2e}");
+    eprintln!(
+        "{} adapter: max |fedsim - transformers + PEFT| = {worst:.2e}",
+        lora.method_name()
+    );
 }
 
 #[test]

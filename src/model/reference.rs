@@ -103,3 +103,19 @@ pub fn smollm2_adapter(cfg: &LlamaConfig) -> (LoraConfig, AdapterSet) {
     }
     (lora, adapter)
 }
+
+/// The IA³ adapter of the SmolLM2 PEFT parity check: PEFT's default targets for Llama (k_proj,
+/// v_proj, down_proj, down_proj scaled at its input), each vector 1 + U(−0.2, 0.2) from a fixed
+/// seed.
+pub fn smollm2_ia3_adapter(cfg: &LlamaConfig) -> (LoraConfig, AdapterSet) {
+    let lora = LoraConfig::ia3(
+        vec![TargetModule::KProj, TargetModule::VProj, TargetModule::DownProj],
+        vec![TargetModule::DownProj],
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(1357);
+    let mut adapter = lora.init_adapter(cfg, &mut rng);
+    for v in adapter.data_mut() {
+        *v += rng.random_range(-0.2f32..0.2);
+    }
+    (lora, adapter)
+}
