@@ -51,7 +51,9 @@ impl CostModel {
                         i as f64 / 2.0
                     }
                     crate::model::AdapterMethod::Ia3 { .. } => o as f64 / 2.0,
-                    crate::model::AdapterMethod::Lora => (lora.r * (o + i)) as f64,
+                    crate::model::AdapterMethod::Lora | crate::model::AdapterMethod::Dora => {
+                        (lora.r * (o + i)) as f64
+                    }
                 }
             })
             .sum();

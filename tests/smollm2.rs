@@ -451,6 +451,13 @@ fn peft_adapter_matches_transformers_and_peft() {
 }
 
 #[test]
+fn dora_adapter_matches_transformers_and_peft() {
+    adapter_matches_peft("smollm2_dora_reference.json", |_| {
+        fedsim::model::reference::smollm2_dora_adapter(model()).unwrap()
+    });
+}
+
+#[test]
 fn ia3_adapter_matches_transformers_and_peft() {
     adapter_matches_peft(
         "smollm2_ia3_reference.json",

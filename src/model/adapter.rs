@@ -40,6 +40,15 @@ impl AdapterTensor {
             TensorKind::LoraA => format!("base_model.model.{path}.lora_A.weight"),
             TensorKind::LoraB => format!("base_model.model.{path}.lora_B.weight"),
             TensorKind::Ia3 => format!("base_model.model.{path}.ia3_l"),
+            TensorKind::Magnitude => format!("base_model.model.{path}.lora_magnitude_vector"),
+        }
+    }
+
+    /// Its shape as PEFT stores it: DoRA's magnitude is one-dimensional.
+    pub fn dims(&self) -> Vec<usize> {
+        match self.kind {
+            TensorKind::Magnitude => vec![self.shape.0],
+            _ => vec![self.shape.0, self.shape.1],
         }
     }
 }
@@ -53,6 +62,8 @@ pub enum TensorKind {
     LoraB,
     /// IA³'s learned vector.
     Ia3,
+    /// DoRA's magnitude: one per output row (out × 1, stored as PEFT's (out,)).
+    Magnitude,
 }
 
 /// Names, shapes and offsets of every adapter tensor, in canonical order (layer, module, A, B).
@@ -78,6 +89,11 @@ impl AdapterLayout {
                     AdapterMethod::Lora => vec![
                         (TensorKind::LoraA, (lora.r, inp)),
                         (TensorKind::LoraB, (out, lora.r)),
+                    ],
+                    AdapterMethod::Dora => vec![
+                        (TensorKind::LoraA, (lora.r, inp)),
+                        (TensorKind::LoraB, (out, lora.r)),
+                        (TensorKind::Magnitude, (out, 1)),
                     ],
                     AdapterMethod::Ia3 { .. } if lora.method.scales_input(module) => {
                         vec![(TensorKind::Ia3, (1, inp))]
@@ -230,7 +246,7 @@ impl AdapterSet {
             .iter()
             .zip(&bytes)
             .map(|(t, b)| {
-                TensorView::new(Dtype::F32, vec![t.shape.0, t.shape.1], b)
+                TensorView::new(Dtype::F32, t.dims(), b)
                     .map(|v| (t.peft_name(), v))
             })
             .collect::<Result<Vec<_>, _>>()
@@ -337,7 +353,7 @@ fn tensor_starts(layout: &AdapterLayout, bytes: &[u8]) -> Result<Vec<usize>, Mod
             let view = st
                 .tensor(&name)
                 .map_err(|_| ModelError::Layout(format!("tensor {name} is missing")))?;
-            if view.dtype() != Dtype::F32 || view.shape() != [t.shape.0, t.shape.1] {
+            if view.dtype() != Dtype::F32 || view.shape() != t.dims() {
                 return Err(ModelError::Layout(format!(
                     "tensor {name} is {:?} {:?}, expected F32 {:?}",
                     view.dtype(),

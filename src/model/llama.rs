@@ -173,6 +173,15 @@ impl BaseModel {
         &self.blocks[layer].proj[module.index()]
     }
 
+    /// The L2 norm of each row of `module`'s weight in `layer` (DoRA's initial magnitudes).
+    ///
+    /// # Errors
+    /// Fails on a candle error.
+    pub fn row_norms(&self, layer: usize, module: TargetModule) -> Result<Vec<f32>, ModelError> {
+        let w = self.projection(layer, module).to_tensor(&self.device)?;
+        Ok(w.sqr()?.sum(1)?.sqrt()?.to_vec1()?)
+    }
+
     /// A copy of this model with `W + (α/r)·B·A` merged into every adapted projection (an
     /// adapted packed projection becomes f32: the sum has no exact packed form; the others
     /// stay shared).
@@ -188,7 +197,15 @@ impl BaseModel {
                 proj.push(match (lora.get(i, m), lora.ia3(i, m)) {
                     (Some((a, bm)), _) => {
                         let delta = (bm.matmul(a)? * lora.scale())?;
-                        FrozenWeight::F32((w.to_tensor(&self.device)? + delta)?)
+                        let sum = (w.to_tensor(&self.device)? + delta)?;
+                        // DoRA: each row rescaled to its magnitude.
+                        FrozenWeight::F32(match lora.magnitude(i, m) {
+                            Some(mag) => {
+                                let norm = sum.sqr()?.sum_keepdim(1)?.sqrt()?;
+                                sum.broadcast_mul(&(mag / norm)?)?
+                            }
+                            None => sum,
+                        })
                     }
                     // W (out, in) scaled by row (l: out × 1) or by column (l: 1 × in).
                     (None, Some((l, _))) => {
@@ -380,6 +397,9 @@ impl BaseModel {
                 frozen_matmul(x, w)?.broadcast_mul(&l.t()?)
             };
         }
+        if let Some(l) = lora.filter(|l| l.magnitude(layer, module).is_some()) {
+            return self.dora(layer, module, x, l, dropout);
+        }
         let y = frozen_matmul(x, w)?;
         match lora.and_then(|l| l.get(layer, module).map(|ab| (l, ab))) {
             None => Ok(y),
@@ -395,5 +415,48 @@ impl BaseModel {
                 y + (delta * l.scale())?
             }
         }
+    }
+
+    /// DoRA as PEFT computes it: `x Wᵀ + (s − 1) ⊙ drop(x) Wᵀ + s ⊙ (α/r) · drop(x) Aᵀ Bᵀ` with
+    /// `s = m / ‖W + (α/r)·B·A‖` per output row, the norm not differentiated (without dropout,
+    /// `s ⊙ (x Wᵀ + (α/r) · x Aᵀ Bᵀ)`).
+    fn dora(
+        &self,
+        layer: usize,
+        module: TargetModule,
+        x: &Tensor,
+        l: &LoraVars,
+        dropout: Option<&mut DropoutRng>,
+    ) -> candle_core::Result<Tensor> {
+        let w = &self.blocks[layer].proj[module.index()];
+        let (a, bm) = l.get(layer, module).expect("DoRA has A and B");
+        let mag = l.magnitude(layer, module).expect("checked by the caller");
+        let dense = w.to_tensor(&self.device).map_err(candle_err)?;
+        let norm = (dense + (bm.detach().matmul(&a.detach())? * l.scale())?)?
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?;
+        let s = (mag / norm)?.t()?; // (1, out)
+        let base = frozen_matmul(x, w)?;
+        let dropped = match dropout {
+            Some(d) if l.dropout() > 0.0 => Some(d.apply(x, l.dropout()).map_err(candle_err)?),
+            _ => None,
+        };
+        let xin = dropped.as_ref().unwrap_or(x);
+        let lora = (xin.matmul(&a.t()?)?.matmul(&bm.t()?)? * l.scale())?;
+        match &dropped {
+            None => (base + lora)?.broadcast_mul(&s),
+            Some(xd) => {
+                let base_d = frozen_matmul(xd, w)?;
+                base + base_d.broadcast_mul(&(&s - 1.0)?)? + lora.broadcast_mul(&s)?
+            }
+        }
+    }
+}
+
+fn candle_err(e: ModelError) -> candle_core::Error {
+    match e {
+        ModelError::Candle(c) => c,
+        other => candle_core::Error::Msg(other.to_string()),
     }
 }

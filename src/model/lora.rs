@@ -35,6 +35,10 @@ pub enum AdapterMethod {
     /// LoRA: `y = x Wᵀ + (α/r) · x Aᵀ Bᵀ`.
     #[default]
     Lora,
+    /// DoRA (Liu et al. 2024): LoRA's update with each output row's magnitude learned apart,
+    /// `y = (m / ‖W + (α/r)·B·A‖) ⊙ (x Wᵀ + (α/r) · x Aᵀ Bᵀ)` (row norms, not differentiated, as
+    /// PEFT's `use_dora`); m starts at the base's row norms.
+    Dora,
     /// IA³ (Liu et al. 2022): a learned vector `l` per adapted projection, initialised to
     /// ones — `y = (x Wᵀ) ⊙ l` (l: out × 1), or for a feed-forward module `y = (x ⊙ l) Wᵀ`
     /// (l: 1 × in), as PEFT's `IA3Config` does.
@@ -48,7 +52,7 @@ impl AdapterMethod {
     /// PEFT's `peft_type`.
     pub fn peft_type(&self) -> &'static str {
         match self {
-            AdapterMethod::Lora => "LORA",
+            AdapterMethod::Lora | AdapterMethod::Dora => "LORA",
             AdapterMethod::Ia3 { .. } => "IA3",
         }
     }
@@ -56,7 +60,7 @@ impl AdapterMethod {
     /// Whether `module`'s input is scaled (IA³ feed-forward module).
     pub fn scales_input(&self, module: TargetModule) -> bool {
         match self {
-            AdapterMethod::Lora => false,
+            AdapterMethod::Lora | AdapterMethod::Dora => false,
             AdapterMethod::Ia3 {
                 feedforward_modules,
             } => feedforward_modules.contains(&module),
@@ -95,6 +99,7 @@ impl LoraConfig {
     pub fn method_name(&self) -> &'static str {
         match self.method {
             AdapterMethod::Lora => "LoRA",
+            AdapterMethod::Dora => "DoRA",
             AdapterMethod::Ia3 { .. } => "IA³",
         }
     }
@@ -103,8 +108,9 @@ impl LoraConfig {
     pub fn describe(&self) -> String {
         let names = |m: &[TargetModule]| m.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ");
         match &self.method {
-            AdapterMethod::Lora => format!(
-                "LoRA r={} alpha={} on [{}]",
+            AdapterMethod::Lora | AdapterMethod::Dora => format!(
+                "{} r={} alpha={} on [{}]",
+                self.method_name(),
                 self.r,
                 self.alpha,
                 names(&self.target_modules)
@@ -129,6 +135,27 @@ impl LoraConfig {
         AdapterLayout::new(cfg, self).len()
     }
 
+    /// The global adapter before round 1 for `model`: [`LoraConfig::init_adapter`], with
+    /// DoRA's magnitudes set to the base's row norms ‖W‖ (so the adapter starts as the base).
+    ///
+    /// # Errors
+    /// Fails when a packed weight cannot be read.
+    pub fn init_adapter_for(
+        &self,
+        model: &super::BaseModel,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<AdapterSet, ModelError> {
+        let mut adapter = self.init_adapter(model.config(), rng);
+        let layout = adapter.layout().clone();
+        for t in layout.tensors() {
+            if t.kind == TensorKind::Magnitude {
+                let norms = model.row_norms(t.layer, t.module)?;
+                adapter.data_mut()[t.offset..t.offset + t.numel()].copy_from_slice(&norms);
+            }
+        }
+        Ok(adapter)
+    }
+
     /// The global adapter before round 1: LoRA's A Kaiming-uniform from `rng` and B zero;
     /// IA³'s vectors all ones (both leave the base model unchanged).
     pub fn init_adapter(&self, cfg: &LlamaConfig, rng: &mut ChaCha8Rng) -> AdapterSet {
@@ -145,6 +172,8 @@ impl LoraConfig {
                 }
                 TensorKind::LoraB => {}
                 TensorKind::Ia3 => values.fill(1.0),
+                // The base's row norms (LoraConfig::init_adapter_for); 1 without a base.
+                TensorKind::Magnitude => values.fill(1.0),
             }
         }
         AdapterSet::new(layout, data)
@@ -200,7 +229,7 @@ impl LoraVars {
         for (i, t) in layout.tensors().iter().enumerate() {
             let slice = &adapter.data()[t.offset..t.offset + t.numel()];
             fixed.push(Tensor::from_slice(slice, t.shape, device)?);
-            if t.kind != TensorKind::LoraB {
+            if matches!(t.kind, TensorKind::LoraA | TensorKind::Ia3) {
                 index[t.layer][t.module.index()] = Some(i);
             }
         }
@@ -238,9 +267,9 @@ impl LoraVars {
         self.dropout
     }
 
-    /// LoRA's A and B for `module` of `layer`, if adapted (None under IA³).
+    /// LoRA's (or DoRA's) A and B for `module` of `layer`, if adapted (None under IA³).
     pub fn get(&self, layer: usize, module: TargetModule) -> Option<(&Tensor, &Tensor)> {
-        if self.method != AdapterMethod::Lora {
+        if let AdapterMethod::Ia3 { .. } = self.method {
             return None;
         }
         self.index
@@ -249,11 +278,20 @@ impl LoraVars {
             .map(|i| (self.tensor(i), self.tensor(i + 1)))
     }
 
-    /// IA³'s vector for `module` of `layer` and whether it scales the input, if adapted.
-    pub fn ia3(&self, layer: usize, module: TargetModule) -> Option<(&Tensor, bool)> {
-        if self.method == AdapterMethod::Lora {
+    /// DoRA's magnitude (out × 1) for `module` of `layer`, if adapted with DoRA.
+    pub fn magnitude(&self, layer: usize, module: TargetModule) -> Option<&Tensor> {
+        if self.method != AdapterMethod::Dora {
             return None;
         }
+        let i = self.index.get(layer).and_then(|l| l[module.index()])?;
+        Some(self.tensor(i + 2))
+    }
+
+    /// IA³'s vector for `module` of `layer` and whether it scales the input, if adapted.
+    pub fn ia3(&self, layer: usize, module: TargetModule) -> Option<(&Tensor, bool)> {
+        let AdapterMethod::Ia3 { .. } = self.method else {
+            return None;
+        };
         let i = self.index.get(layer).and_then(|l| l[module.index()])?;
         Some((self.tensor(i), self.method.scales_input(module)))
     }

@@ -57,7 +57,6 @@ impl PeftConfig {
                 "peft_type is not LORA",
             ),
             (self.use_rslora, "use_rslora is true"),
-            (self.use_dora, "use_dora is true"),
             (self.fan_in_fan_out, "fan_in_fan_out is true"),
             (
                 self.bias.as_deref().is_some_and(|b| b != "none"),
@@ -189,7 +188,7 @@ fn lora_config(text: &str, config_path: &Path) -> Result<LoraConfig, ModelError>
     if let Some(why) = peft.unsupported() {
         return Err(file_error(
             config_path,
-            format!("{why}: fedsim applies plain LoRA only"),
+            format!("{why}: fedsim applies plain LoRA, DoRA and IA3 only"),
         ));
     }
     let target_modules = modules(peft.target_modules, config_path)?;
@@ -213,7 +212,11 @@ fn lora_config(text: &str, config_path: &Path) -> Result<LoraConfig, ModelError>
         alpha: peft.lora_alpha,
         dropout: peft.lora_dropout,
         target_modules,
-        method: Default::default(),
+        method: if peft.use_dora {
+            AdapterMethod::Dora
+        } else {
+            AdapterMethod::Lora
+        },
     };
     Ok(lora)
 }
@@ -288,7 +291,7 @@ fn peft_config(lora: &LoraConfig, base_model: &str) -> serde_json::Value {
             "rank_pattern": {},
             "alpha_pattern": {},
             "use_rslora": false,
-            "use_dora": false,
+            "use_dora": lora.method == AdapterMethod::Dora,
             "revision": null
     })
 }

@@ -6,7 +6,10 @@ use candle_core::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{AdapterSet, BaseModel, LlamaConfig, LoraConfig, ModelError, TargetModule};
+use super::{
+    AdapterMethod, AdapterSet, BaseModel, LlamaConfig, LoraConfig, ModelError, TargetModule,
+    TensorKind,
+};
 
 /// A small GQA model with an untied head, and an adapter on every projection.
 pub struct Fixture {
@@ -69,7 +72,7 @@ impl Fixture {
 impl Fixture {
     /// The same base with an IA³ adapter on every projection, the inputs of up_proj and
     /// down_proj scaled (feed-forward), each vector 1 + U(−0.3, 0.3) (so it changes the
-    /// logits): the fixture of `tests/reference/make_ia3_reference.py`.
+    /// logits): the fixture of `tests/reference/make_method_reference.py` (`ia3_reference.json`).
     ///
     /// # Errors
     /// Fails on a candle error.
@@ -92,6 +95,38 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// The same base with a DoRA adapter (r 4, alpha 8, every projection): A and B as the LoRA
+    /// fixture's, each magnitude the base's row norm times 1 + U(−0.2, 0.2) — the fixture of
+    /// `tests/reference/make_method_reference.py` (`dora_reference.json`).
+    ///
+    /// # Errors
+    /// Fails on a candle error.
+    pub fn build_dora() -> Result<Self, ModelError> {
+        let base = Self::build()?;
+        let lora = LoraConfig {
+            method: AdapterMethod::Dora,
+            ..base.lora.clone()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(121314);
+        let mut adapter = lora.init_adapter_for(&base.model, &mut rng)?;
+        let layout = adapter.layout().clone();
+        for t in layout.tensors() {
+            for v in &mut adapter.data_mut()[t.offset..t.offset + t.numel()] {
+                match t.kind {
+                    TensorKind::Magnitude => *v *= 1.0 + rng.random_range(-0.2f32..0.2),
+                    _ => *v = rng.random_range(-0.1f32..0.1),
+                }
+            }
+        }
+        Ok(Self {
+            lora,
+            adapter,
+            ..base
+        })
+    }
+}
+
 /// The adapter the SmolLM2 PEFT parity check uses: rank 8 on q_proj and v_proj, A and B drawn
 /// from a fixed seed (B non-zero, so it changes the logits).
 pub fn smollm2_adapter(cfg: &LlamaConfig) -> (LoraConfig, AdapterSet) {
@@ -102,6 +137,32 @@ pub fn smollm2_adapter(cfg: &LlamaConfig) -> (LoraConfig, AdapterSet) {
         *v = rng.random_range(-0.03f32..0.03);
     }
     (lora, adapter)
+}
+
+/// The DoRA adapter of the SmolLM2 PEFT parity check: the LoRA adapter's A and B with each
+/// magnitude the base's row norm times 1 + U(−0.1, 0.1) from a fixed seed.
+///
+/// # Errors
+/// Fails when the base's weights cannot be read.
+pub fn smollm2_dora_adapter(model: &BaseModel) -> Result<(LoraConfig, AdapterSet), ModelError> {
+    let (lora, plain) = smollm2_adapter(model.config());
+    let lora = LoraConfig {
+        method: AdapterMethod::Dora,
+        ..lora
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(3579);
+    let mut adapter = lora.init_adapter_for(model, &mut rng)?;
+    let layout = adapter.layout().clone();
+    let mut from_plain = plain.data().iter();
+    for t in layout.tensors() {
+        for v in &mut adapter.data_mut()[t.offset..t.offset + t.numel()] {
+            match t.kind {
+                TensorKind::Magnitude => *v *= 1.0 + rng.random_range(-0.1f32..0.1),
+                _ => *v = *from_plain.next().expect("the LoRA adapter's values"),
+            }
+        }
+    }
+    Ok((lora, adapter))
 }
 
 /// The IA³ adapter of the SmolLM2 PEFT parity check: PEFT's default targets for Llama (k_proj,

@@ -33,7 +33,7 @@ pub struct ScenarioFile {
     /// LoRA adapter (the same as `adapter: Lora(…)`).
     #[serde(default)]
     pub lora: LoraSection,
-    /// The adapter's method: `Lora(r: 8, …)` or `Ia3(target_modules: [...],
+    /// The adapter's method: `Lora(r: 8, …)`, `Dora(r: 8, …)` or `Ia3(target_modules: [...],
     /// feedforward_modules: [...])`; when absent, the `lora` section.
     #[serde(default)]
     pub adapter: Option<AdapterSection>,
@@ -294,6 +294,9 @@ impl Default for LoraSection {
 pub enum AdapterSection {
     /// LoRA, as the `lora` section.
     Lora(LoraSection),
+    /// DoRA: LoRA with a learned magnitude per output row (PEFT's `use_dora`), the `lora`
+    /// section's fields.
+    Dora(LoraSection),
     /// IA³: a learned vector per adapted projection (PEFT's `IA3Config`).
     Ia3(Ia3Section),
 }

@@ -33,7 +33,7 @@ pub(super) fn slot_pool(
     prep: &Prepared,
     layout: &Arc<AdapterLayout>,
 ) -> Result<(Arc<AdapterSet>, SlotPool), SimError> {
-    let (initial, ctx) = slot_context(s, prep, layout);
+    let (initial, ctx) = slot_context(s, prep, layout)?;
     let pool = SlotPool::start(ctx, s.slots, s.threads_per_slot, s.client_resources)?;
     Ok((initial, pool))
 }
@@ -44,11 +44,12 @@ pub(crate) fn slot_context(
     s: &Scenario,
     prep: &Prepared,
     layout: &Arc<AdapterLayout>,
-) -> (Arc<AdapterSet>, Arc<SlotContext>) {
+) -> Result<(Arc<AdapterSet>, Arc<SlotContext>), SimError> {
     let (initial, trainer) = match &prep.lora {
         Some(l) => (
             s.lora
-                .init_adapter(&s.model, &mut rng_for(s.seed, &[purpose::ADAPTER])),
+                .init_adapter_for(&l.model, &mut rng_for(s.seed, &[purpose::ADAPTER]))
+                .map_err(SimError::Model)?,
             LocalTrainer::Lora {
                 trainer: LoraTrainer {
                     model: l.model.clone(),
@@ -72,7 +73,7 @@ pub(crate) fn slot_context(
         layout: layout.clone(),
         trainer,
     });
-    (Arc::new(initial), ctx)
+    Ok((Arc::new(initial), ctx))
 }
 
 /// The server's settings.

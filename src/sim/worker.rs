@@ -247,7 +247,8 @@ fn prepare(text: &str, slots: usize, threads: usize) -> Result<(Serving, SetupRe
         .map_err(|e| crate::fmt::chain(&e))?;
     let prep = super::prepare(&s).map_err(|e| crate::fmt::chain(&e))?;
     let layout = super::layout_of(&s);
-    let (_, ctx) = super::wiring::slot_context(&s, &prep, &layout);
+    let (_, ctx) =
+        super::wiring::slot_context(&s, &prep, &layout).map_err(|e| crate::fmt::chain(&e))?;
     let pool =
         SlotPool::start(ctx.clone(), slots, threads, 1).map_err(|e| crate::fmt::chain(&e))?;
     let res = SetupRes::Ready {

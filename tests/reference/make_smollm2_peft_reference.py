@@ -13,6 +13,15 @@
         "fedsim::model::reference::smollm2_ia3_adapter (IA3 on k/v/down_proj, seed 1357)" \
         > tests/reference/smollm2_ia3_reference.json
 
+    # The DoRA adapter (its magnitudes come from the GGUF's weights):
+    cargo run --release --example export_reference -- --smollm2-dora \
+        ~/.cache/fedsim/models/SmolLM2-135M-Instruct.Q4_1.gguf /tmp/smollm2_dora
+    python3 tests/reference/make_smollm2_peft_reference.py \
+        ~/.cache/fedsim/models/SmolLM2-135M-Instruct.Q4_1.gguf /tmp/smollm2_dora \
+        ../shared/testdata/smollm2_reference.json \
+        "fedsim::model::reference::smollm2_dora_adapter (DoRA r 8 on q/v_proj, seed 3579)" \
+        > tests/reference/smollm2_dora_reference.json
+
 The base is the Hugging Face model transformers makes from the same GGUF (dequantised to
 float32); the adapter is loaded with `PeftModel.from_pretrained`. For each case of the shared
 reference (its token ids and positions) it records the top-10 next-token ids and logits with

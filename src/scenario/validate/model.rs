@@ -84,6 +84,10 @@ pub(super) fn check_lora(
     match &file.adapter {
         None => check_lora_section(c, &file.lora, "lora", model),
         Some(AdapterSection::Lora(l)) => check_lora_section(c, l, "adapter.Lora", model),
+        Some(AdapterSection::Dora(l)) => Ok(LoraConfig {
+            method: crate::model::AdapterMethod::Dora,
+            ..check_lora_section(c, l, "adapter.Dora", model)?
+        }),
         Some(AdapterSection::Ia3(s)) => {
             let f = "adapter.Ia3";
             let targets = modules(c, &s.target_modules, &format!("{f}.target_modules"))?;

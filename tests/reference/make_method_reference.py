@@ -1,16 +1,18 @@
-"""Score, step and generate from fedsim's IA³ fixture with Hugging Face transformers + PEFT.
+"""Score, step and generate from a fedsim adapter fixture with Hugging Face transformers + PEFT.
 
     cargo run --release --example export_reference -- --ia3 /tmp/ia3_fixture
-    python3 tests/reference/make_ia3_reference.py /tmp/ia3_fixture > tests/reference/ia3_reference.json
+    python3 tests/reference/make_method_reference.py /tmp/ia3_fixture > tests/reference/ia3_reference.json
+    cargo run --release --example export_reference -- --dora /tmp/dora_fixture
+    python3 tests/reference/make_method_reference.py /tmp/dora_fixture > tests/reference/dora_reference.json
 
-The fixture is a small random Llama base (HF layout) and an IA³ adapter on every projection
-(up_proj and down_proj as feed-forward modules), written by fedsim in PEFT's format and loaded
-here with `PeftModel.from_pretrained`. Recorded: logits without and with the adapter (and with
-right padding), the gradient of the mean next-token loss over both sequences with respect to
-every `ia3_l`, those vectors after one `torch.optim.AdamW` step (lr 1e-2, PyTorch's defaults
-otherwise, as candle's), and a greedy continuation. The test
-`model::ia3_matches_peft_in_logits_gradients_a_step_and_generation` compares. Needs torch,
-transformers, peft (versions are recorded).
+Each fixture is a small random Llama base (HF layout) and an adapter of one method (IA³ on every
+projection with up_proj and down_proj as feed-forward modules; DoRA r 4 on every projection),
+written by fedsim in PEFT's format and loaded here with `PeftModel.from_pretrained`. Recorded:
+logits without and with the adapter (and with right padding), the gradient of the mean
+next-token loss over both sequences with respect to every trainable tensor, those tensors after
+one `torch.optim.AdamW` step (lr 1e-2, PyTorch's defaults otherwise, as candle's), and a greedy
+continuation. The tests in `tests/peft_methods.rs` compare. Needs torch, transformers, peft
+(versions are recorded).
 """
 import json
 import sys
@@ -48,7 +50,7 @@ with torch.no_grad():
     )[0, 6:].tolist()
 
 # The mean next-token loss over every position of both sequences (fedsim's prompt length 1).
-params = {n: p for n, p in model.named_parameters() if "ia3_l" in n}
+params = {n: p for n, p in model.named_parameters() if p.requires_grad}
 logits = model(ids).logits
 loss = torch.nn.functional.cross_entropy(
     logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
@@ -63,6 +65,7 @@ stepped = {n: p.detach().flatten().tolist() for n, p in params.items()}
 
 def key(name):
     """PEFT's parameter name → the key in adapter_model.safetensors."""
+    name = name.replace("lora_magnitude_vector.default.weight", "lora_magnitude_vector")
     return name.replace(".default", "")
 
 
