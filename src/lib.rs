@@ -14,7 +14,7 @@
 //! - [`tokenizer`]: byte-level BPE trained on the corpus (the `tiny` model's tokenizer), a
 //!   pretrained model's tokenizer from GGUF metadata, chat templates.
 //! - [`model`]: our Llama forward (all positions, differentiable, fused CPU ops with their own
-//!   backward), LoRA, flat adapters in PEFT's format, GGUF and Hugging Face loading, the frozen
+//!   backward), LoRA, DoRA and IA³ (`adapter:`), flat adapters in PEFT's format, GGUF and Hugging Face loading, the frozen
 //!   base in bf16 or GGUF blocks dequantised inside the matmuls (`model.base_precision`), the
 //!   model cache (`sim fetch-model`), KV-cache generation (optionally with 8-bit activations
 //!   against a Q8_0/Q4_1 base, `model.inference_activations`).

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Parameter-efficient methods and update compression, from run directories: per run, the
+method and codec, trainable values, bytes of one client's upload, the final held-out loss, the
+round, simulated time and upload bytes until the held-out loss first reached a target, and —
+where `sim attack` has written attack.json into the run — the loss attack's membership AUC
+(± 1.96 standard errors) and the canaries' mean exposure.
+
+Usage:  scripts/method_study.py --target-loss LOSS RUN_DIR...
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+
+def method(run_dir):
+    """The adapter's method, from the effective scenario the run recorded."""
+    text = (run_dir / "scenario.ron").read_text()
+    for name in ("Dora", "Ia3"):
+        if f"{name}(" in text.split("adapter:", 1)[-1].split("data:", 1)[0]:
+            return {"Dora": "DoRA", "Ia3": "IA³"}[name]
+    return "LoRA"
+
+
+def attack(run_dir):
+    path = run_dir / "attack.json"
+    if not path.exists():
+        return "-", "-"
+    a = json.loads(path.read_text())
+    loss = next(s for s in a["membership"]["scores"] if s["score"] == "loss")["roc"]
+    exposures = [c["run"]["exposure"] for c in a["canaries"]]
+    auc = f"{loss['auc']:.3f} ± {1.96 * loss['auc_se']:.3f}"
+    return auc, f"{sum(exposures) / len(exposures):.2f}"
+
+
+def study(run_dir, target):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rounds = [json.loads(l) for l in (run_dir / "rounds.jsonl").read_text().splitlines() if l]
+    codec = summary.get("compression") or {}
+    up, reached = 0, None
+    for r in rounds:
+        up += r["bytes_up"]
+        end = r["sim_start_s"] + r["sim_duration_s"]
+        if reached is None and r["eval_loss"] <= target:
+            reached = (r["round"], end, up)
+    last = rounds[-1]
+    per_upload = codec.get("bytes_per_upload") or last["bytes_up"] // max(last["completed"], 1)
+    auc, exposure = attack(run_dir)
+    return {
+        "method": method(run_dir),
+        "codec": codec.get("codec", "none"),
+        "trainable": str(summary["trainable_parameters"]),
+        "B/upload": str(per_upload),
+        "final loss": f"{last['eval_loss']:.4f}",
+        "to target: round": str(reached[0]) if reached else "never",
+        "sim (s)": f"{reached[1]:.1f}" if reached else "-",
+        "MB up": f"{reached[2] / 1e6:.3f}" if reached else "-",
+        "member AUC": auc,
+        "exposure": exposure,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--target-loss", type=float, required=True)
+    p.add_argument("runs", nargs="+", type=Path)
+    args = p.parse_args()
+    rows = [study(r, args.target_loss) for r in args.runs]
+    cols = list(rows[0])
+    width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
+    print("  ".join(c.rjust(width[c]) for c in cols))
+    for r in rows:
+        print("  ".join(r[c].rjust(width[c]) for c in cols))
+    print(
+        f"target: held-out loss ≤ {args.target_loss} nats/token; sim = simulated seconds and "
+        "MB up = upload bytes (10^6) until it was first reached; member AUC: the loss attack's "
+        "ROC AUC ± 1.96 s.e. (0.5 = chance); exposure: canaries' mean exposure, bits"
+    )
+
+
+if __name__ == "__main__":
+    main()
