@@ -65,7 +65,9 @@ def main():
     p.add_argument("--target-loss", type=float, required=True)
     p.add_argument("runs", nargs="+", type=Path)
     args = p.parse_args()
-    rows = [study(r, args.target_loss) for r in args.runs]
+    # Run directories only (a sweep directory also holds sweep.csv and sweep.txt).
+    runs = [r for r in args.runs if (r / "summary.json").exists()]
+    rows = [study(r, args.target_loss) for r in runs]
     cols = list(rows[0])
     width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
     print("  ".join(c.rjust(width[c]) for c in cols))

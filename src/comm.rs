@@ -26,6 +26,9 @@ pub struct CommInput {
     /// Bytes of one adapter message as sent (its safetensors header included), if known;
     /// else trainable × bytes per parameter.
     pub adapter_message_bytes: Option<u64>,
+    /// Bytes of one upload when the scenario compresses them (`compression`); None: the
+    /// adapter message both ways.
+    pub upload_message_bytes: Option<u64>,
     /// Messages: downloads and uploads.
     pub messages: Messages,
     /// Link speed, Mbit/s (10⁶ bit/s).
@@ -168,9 +171,11 @@ impl CommInput {
                 rounds,
                 clients_per_round,
             } => {
-                let m = mul("messages", rounds, clients_per_round)
-                    .and_then(|m| mul("messages", m, 2))?;
-                (m, mul("adapter bytes in all", m, adapter)?)
+                let each = mul("messages", rounds, clients_per_round)?;
+                let up = self.upload_message_bytes.unwrap_or(adapter);
+                let both = add("adapter bytes in all", adapter, up)?;
+                let m = mul("messages", each, 2)?;
+                (m, mul("adapter bytes in all", each, both)?)
             }
             Messages::Sent {
                 downloads,
@@ -205,6 +210,7 @@ impl CommInput {
     /// An unreadable summary or adapter.
     pub fn from_run(dir: &Path, bandwidth_mbps: f64) -> Result<Self, CommError> {
         let s = Summary::read(dir)?;
+        let upload = s.compression.as_ref().map(|c| c.bytes_per_upload);
         let path = dir.join("adapter_model.safetensors");
         let size = std::fs::metadata(&path)
             .map_err(|source| CommError::Adapter {
@@ -217,9 +223,10 @@ impl CommInput {
             trainable_params: s.trainable_parameters as u64,
             bytes_per_param: 4,
             adapter_message_bytes: Some(size),
+            upload_message_bytes: upload,
             messages: Messages::Sent {
                 downloads: s.bytes_down_total / size.max(1),
-                uploads: s.bytes_up_total / size.max(1),
+                uploads: s.bytes_up_total / upload.unwrap_or(size).max(1),
                 bytes_down: s.bytes_down_total,
                 bytes_up: s.bytes_up_total,
             },
@@ -266,6 +273,9 @@ impl fmt::Display for CommReport {
         )?;
         writeln!(f, "  full model  {}", sizes(self.full_message_bytes))?;
         writeln!(f, "  adapter     {}", sizes(self.adapter_message_bytes))?;
+        if let Some(up) = i.upload_message_bytes {
+            writeln!(f, "  upload      {} (compressed)", sizes(up))?;
+        }
         writeln!(
             f,
             "seconds per message at {} Mbit/s (10^6 bit/s): full model {:.2} s, adapter {:.2} s",

@@ -12,6 +12,7 @@ fn the_course_communication_figures_are_reproduced() {
         trainable_params: 196_608,
         bytes_per_param: 4,
         adapter_message_bytes: None,
+        upload_message_bytes: None,
         messages: Messages::Planned {
             rounds: 2,
             clients_per_round: 4,
@@ -110,4 +111,22 @@ fn a_run_directory_reports_the_bytes_it_sent_and_its_base_generates() {
         "{planned}"
     );
     assert!(planned.contains(&fedsim::fmt::thousands(size)), "{planned}");
+}
+
+#[test]
+fn compressed_uploads_count_at_their_encoded_size() {
+    // scenarios/compressed_updates.ron: 10 rounds x 5 clients, top-1 % uploads.
+    let (ok, out, err) = crate::util::sim(&["comm", "scenarios/compressed_updates.ron"]);
+    assert!(ok, "{err}");
+    let bytes = |label: &str| -> u64 {
+        let line = out.lines().find(|l| l.trim_start().starts_with(label)).unwrap();
+        let n = line.split_whitespace().nth(1).unwrap().replace(',', "");
+        n.parse().unwrap_or_else(|_| panic!("{line}"))
+    };
+    let (down, up) = (bytes("adapter"), bytes("upload"));
+    assert!(up * 40 < down, "top-1 % upload {up} B vs adapter {down} B");
+    let total = 10 * 5 * (down + up);
+    let shown = out.lines().find(|l| l.starts_with("total:")).unwrap();
+    let mb = format!("{:.2} MB", total as f64 / 1e6);
+    assert!(shown.contains(&mb) || shown.contains(&format!("{total}")), "{shown} vs {total} B ({mb})\n{out}");
 }

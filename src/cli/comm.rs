@@ -50,6 +50,11 @@ pub fn comm(a: CommArgs) -> anyhow::Result<()> {
                 bytes_per_param: 4,
                 // The real payload: safetensors, header included.
                 adapter_message_bytes: Some(adapter.to_safetensors()?.len() as u64),
+                upload_message_bytes: fedsim::compress::CompressionRecord::of(
+                    s.compression,
+                    std::sync::Arc::new(layout.clone()),
+                )
+                .map(|c| c.bytes_per_upload),
                 messages: Messages::Planned {
                     rounds: s.rounds as u64,
                     clients_per_round: s.sampling.sample_size(clients) as u64,
@@ -66,6 +71,7 @@ pub fn comm(a: CommArgs) -> anyhow::Result<()> {
                 trainable_params: need(a.trainable_params, "--trainable-params")?,
                 bytes_per_param: a.bytes_per_param,
                 adapter_message_bytes: None,
+                upload_message_bytes: None,
                 messages: Messages::Planned {
                     rounds: need(a.rounds, "--rounds")?,
                     clients_per_round: need(a.clients_per_round, "--clients-per-round")?,
