@@ -373,6 +373,24 @@ mod runs {
     }
 
     #[test]
+    fn a_hierarchy_with_one_edge_round_compresses_as_flat_does() {
+        // Clients encode before uploading to their edge; the edges decode, so E = 1 stays
+        // flat FedAvg bit for bit with compressed uploads too.
+        let tmp = tempfile::tempdir().unwrap();
+        let c = "compression=TopK(fraction: 0.05, error_feedback: true)";
+        let flat = run(&small(&[c, "clients.count=6"]), &tmp.path().join("flat"));
+        let h = "topology=Hierarchical(edges: 2, assignment: Seeded, edge_rounds: 1, wan: \
+                 (up_mbps: 10.0, down_mbps: 20.0, latency_s: 0.1))";
+        let hier = run(&small(&[c, "clients.count=6", h]), &tmp.path().join("hier"));
+        assert!(adapter(&flat.dir) == adapter(&hier.dir), "adapters differ");
+        let (a, b) = (round_metrics(&flat.dir), round_metrics(&hier.dir));
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x["bytes_up"], y["hierarchy"]["lan_bytes_up"]);
+            assert_eq!(x["eval_loss"], y["eval_loss"]);
+        }
+    }
+
+    #[test]
     fn error_feedback_changes_what_top_k_delivers() {
         let tmp = tempfile::tempdir().unwrap();
         let run_with = |ef: bool, name: &str| {
