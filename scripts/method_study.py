@@ -3,7 +3,7 @@
 method and codec, trainable values, bytes of one client's upload, the final held-out loss, the
 round, simulated time and upload bytes until the held-out loss first reached a target, and —
 where `sim attack` has written attack.json into the run — the loss attack's membership AUC
-(± 1.96 standard errors) and the canaries' mean exposure.
+(± 1.96 standard errors) and the mean exposure of the canaries whose client trained.
 
 Usage:  scripts/method_study.py --target-loss LOSS RUN_DIR...
 """
@@ -28,9 +28,11 @@ def attack(run_dir):
         return "-", "-"
     a = json.loads(path.read_text())
     loss = next(s for s in a["membership"]["scores"] if s["score"] == "loss")["roc"]
-    exposures = [c["run"]["exposure"] for c in a["canaries"]]
+    # As `sim attack` reports it: over the canaries whose client trained in the run.
+    exposures = [c["run"]["exposure"] for c in a["canaries"] if c["seen"]]
     auc = f"{loss['auc']:.3f} ± {1.96 * loss['auc_se']:.3f}"
-    return auc, f"{sum(exposures) / len(exposures):.2f}"
+    mean = f"{sum(exposures) / len(exposures):.2f}" if exposures else "-"
+    return auc, mean
 
 
 def study(run_dir, target):
@@ -76,7 +78,8 @@ def main():
     print(
         f"target: held-out loss ≤ {args.target_loss} nats/token; sim = simulated seconds and "
         "MB up = upload bytes (10^6) until it was first reached; member AUC: the loss attack's "
-        "ROC AUC ± 1.96 s.e. (0.5 = chance); exposure: canaries' mean exposure, bits"
+        "ROC AUC ± 1.96 s.e. (0.5 = chance); exposure: mean exposure of the canaries whose client "
+        "trained, bits"
     )
 
 
