@@ -1,4 +1,5 @@
-//! The causal LM: our own Llama forward in candle and LoRA adapters on its projections.
+//! The causal LM: our own Llama forward in candle and adapters on its projections (LoRA, DoRA,
+//! IA³).
 //!
 //! candle-transformers' `llama` returns only the last position and hides its layers, and
 //! candle's fused `rms_norm` / `softmax_last_dim` / `rope` have no backward, so training needs

@@ -396,7 +396,6 @@ impl AggregatorState {
         }
     }
 
-    /// Parse and fold (or hold) one upload; a corrupt payload or update is recorded as rejected.
     /// An upload's values into `buf`: decoded with the run's codec, or read from f32
     /// safetensors.
     fn read_update(&mut self, payload: &[u8], buf: &mut [f32]) -> Result<(), Rejection> {
@@ -406,6 +405,7 @@ impl AggregatorState {
         }
     }
 
+    /// Parse and fold (or hold) one upload; a corrupt payload or update is recorded as rejected.
     fn fold_upload(
         &mut self,
         client: ClientId,

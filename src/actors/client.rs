@@ -375,7 +375,8 @@ async fn upload(
         }
         (None, None) => {
             let payload = match &ctx.codec {
-                Some(codec) => compressed::encode(a, ins, codec, update, prepared)?,
+                Some(codec) => compressed::encode(a, ins, codec, update, prepared)
+                    .map_err(|e| crate::fmt::chain(&e))?,
                 None => update.to_safetensors().map_err(|e| crate::fmt::chain(&e))?,
             };
             let bytes = payload.len() as u64;

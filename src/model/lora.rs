@@ -3,6 +3,10 @@
 //! A is Kaiming-uniform initialised as PEFT does (`kaiming_uniform_(a = √5)`, i.e. U(±1/√in)),
 //! B starts at zero so an untrained adapter leaves the base model unchanged. Only A and B are
 //! trainable, and only they travel between server and clients.
+//!
+//! The same configuration also describes the other methods ([`AdapterMethod`]): DoRA (LoRA
+//! plus a magnitude per output row, starting at the base's row norms) and IA³ (a vector per
+//! projection, starting at ones); their forward is in `llama.rs`, their keys in `adapter.rs`.
 
 use candle_core::{Device, Tensor, Var};
 use rand::Rng;
@@ -180,7 +184,8 @@ impl LoraConfig {
     }
 }
 
-/// The trainable A/B variables of one adapter on one device, in layout order.
+/// The trainable tensors of one adapter on one device, in layout order: LoRA's A and B (and
+/// DoRA's magnitudes), or IA³'s vectors.
 pub struct LoraVars {
     layout: std::sync::Arc<AdapterLayout>,
     vars: Vec<Var>,

@@ -14,7 +14,7 @@ pub(super) fn encode(
     codec: &crate::compress::Codec,
     update: &AdapterSet,
     prepared: Prepared,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, crate::compress::CompressError> {
     let ctx = &a.ctx;
     let mut values = update.data().to_vec();
     let residuals = ctx.residuals.as_ref().filter(|_| !prepared.corrupted);
@@ -27,9 +27,7 @@ pub(super) fn encode(
         client: a.id,
     };
     let clip = ins.config.clip_norm.filter(|_| !prepared.corrupted);
-    let encoded = codec
-        .encode(&values, who, clip)
-        .map_err(|e| crate::fmt::chain(&e))?;
+    let encoded = codec.encode(&values, who, clip)?;
     if let Some(r) = residuals {
         r.keep(a.id, &values, &encoded.decoded);
     }
