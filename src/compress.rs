@@ -214,20 +214,11 @@ impl Codec {
         let message = Message::encode(self.compression, &self.layout, values, who);
         let mut decoded = vec![0f32; values.len()];
         message.decode_into(&self.layout, 1.0, &mut decoded);
-        let scale = match clip {
-            Some(c) => {
-                let norm = l2(&decoded);
-                if norm > c {
-                    c / norm
-                } else {
-                    1.0
-                }
-            }
-            None => 1.0,
+        // Clipping the decoded vector is the scale the aggregator will apply.
+        let scale = match clip.map(|c| (c, crate::privacy::clip_l2(&mut decoded, c))) {
+            Some((c, r)) if r.clipped => c / r.norm,
+            _ => 1.0,
         };
-        if scale != 1.0 {
-            apply_scale(&mut decoded, scale);
-        }
         let payload = message.to_bytes(&self.layout, scale)?;
         Ok(Encoded {
             payload,
@@ -264,15 +255,6 @@ impl Codec {
             .to_bytes(&self.layout, 1.0)
             .map_or(0, |b| b.len() as u64)
     }
-}
-
-/// L2 norm, as [`crate::privacy::clip_l2`] computes it.
-fn l2(values: &[f32]) -> f64 {
-    values
-        .iter()
-        .map(|&v| f64::from(v) * f64::from(v))
-        .sum::<f64>()
-        .sqrt()
 }
 
 /// Multiply by `scale` as [`crate::privacy::clip_l2`] does.

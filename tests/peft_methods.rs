@@ -42,6 +42,10 @@ fn flat_json(v: &Value) -> Value {
     Value::Array(out)
 }
 
+fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
 fn batch() -> fedsim::model::LossInput {
     let examples: Vec<TokenizedExample> = INPUT_IDS
         .iter()
@@ -119,19 +123,9 @@ fn matches_peft(f: Fixture, file: &str) {
     }
 
     // Greedy generation with the KV cache from the merged model.
-    let prompt: Vec<u32> = r["greedy_prompt"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
+    let prompt = u32s(&r["greedy_prompt"]);
     let g = generate(&merged, &prompt, Budget::up_to(8), Sampling::Greedy, &[]).unwrap();
-    let theirs: Vec<u32> = r["greedy"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
+    let theirs = u32s(&r["greedy"]);
     assert_eq!(g.ids, theirs, "greedy continuation");
 }
 
