@@ -10,6 +10,9 @@
 //!   again backward;
 //! - LoRA: forward 2·R·n with R = Σ r·(in + out) over adapted projections and layers; backward
 //!   (input and weight gradients) twice that.
+//! - Prompt tuning's v virtual tokens lengthen the sequence to n + v (base and attention);
+//!   prefix tuning's add v keys to every query's attention, 4·L·H·2·n·v more; the gradient of
+//!   the prompt or prefix itself is a by-product of the input and attention backward.
 
 use serde::Serialize;
 
@@ -26,6 +29,10 @@ pub struct CostModel {
     attn: f64,
     /// Σ r·(in + out) over adapted projections and layers.
     lora: f64,
+    /// Prompt tuning's virtual tokens (they join the sequence).
+    prompt: usize,
+    /// Prefix tuning's virtual tokens (they join every layer's keys).
+    prefix: usize,
 }
 
 impl CostModel {
@@ -39,6 +46,7 @@ impl CostModel {
                 (o * i) as f64
             })
             .sum();
+        use crate::model::AdapterMethod as M;
         let adapted: f64 = lora
             .target_modules
             .iter()
@@ -47,27 +55,39 @@ impl CostModel {
                 match lora.method {
                     // One multiply per scaled value forward, two backward: 3 FLOPs against
                     // the 6 per adapter value below.
-                    crate::model::AdapterMethod::Ia3 { .. } if lora.method.scales_input(m) => {
-                        i as f64 / 2.0
-                    }
-                    crate::model::AdapterMethod::Ia3 { .. } => o as f64 / 2.0,
-                    crate::model::AdapterMethod::Lora | crate::model::AdapterMethod::Dora => {
-                        (lora.r * (o + i)) as f64
-                    }
+                    M::Ia3 { .. } if lora.method.scales_input(m) => i as f64 / 2.0,
+                    M::Ia3 { .. } => o as f64 / 2.0,
+                    M::Lora | M::Dora => (lora.r * (o + i)) as f64,
+                    M::PromptTuning { .. } | M::PrefixTuning { .. } => 0.0,
                 }
             })
             .sum();
+        let v = lora.method.virtual_tokens();
         Self {
             base_weights: l * proj + (model.vocab_size * model.hidden_size) as f64,
             attn: l * model.hidden_size as f64,
             lora: l * adapted,
+            prompt: if matches!(lora.method, M::PromptTuning { .. }) {
+                v
+            } else {
+                0
+            },
+            prefix: if matches!(lora.method, M::PrefixTuning { .. }) {
+                v
+            } else {
+                0
+            },
         }
     }
 
     /// FLOPs of training on one sequence of `n` tokens.
     pub fn sequence_flops(&self, n: usize) -> f64 {
-        let n = n as f64;
-        4.0 * self.base_weights * n + 4.0 * self.attn * n * n + 6.0 * self.lora * n
+        let t = (n + self.prompt) as f64;
+        let (n, v) = (n as f64, self.prefix as f64);
+        4.0 * self.base_weights * t
+            + 4.0 * self.attn * t * t
+            + 8.0 * self.attn * n * v
+            + 6.0 * self.lora * n
     }
 }
 

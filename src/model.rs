@@ -1,5 +1,5 @@
 //! The causal LM: our own Llama forward in candle and adapters on its projections (LoRA, DoRA,
-//! IA³).
+//! IA³) or before its input (prompt and prefix tuning).
 //!
 //! candle-transformers' `llama` returns only the last position and hides its layers, and
 //! candle's fused `rms_norm` / `softmax_last_dim` / `rope` have no backward, so training needs
@@ -8,6 +8,7 @@
 pub mod adapter;
 mod attention;
 pub mod config;
+mod dora;
 pub mod fetch;
 mod footprint;
 mod frozen;
@@ -21,6 +22,7 @@ mod named;
 pub mod ops;
 pub mod peft;
 pub mod pretrained;
+pub mod prompt;
 pub mod q8dot;
 mod qmatmul;
 pub mod reference;
@@ -29,7 +31,7 @@ pub mod weight;
 pub use adapter::{AdapterLayout, AdapterSet, PayloadReader, TensorKind};
 pub use config::LlamaConfig;
 pub use llama::{BaseModel, LossInput};
-pub use lora::{AdapterMethod, LoraConfig, LoraVars};
+pub use lora::{AdapterMethod, LoraConfig, LoraVars, PromptInit};
 pub use q8dot::InferenceActivations;
 pub use weight::{BasePrecision, FrozenWeight};
 
@@ -48,6 +50,12 @@ pub enum ModelError {
         path: std::path::PathBuf,
         /// What went wrong.
         message: String,
+    },
+    /// Prompt tuning's `Text` init whose text has no tokens.
+    #[error("prompt tuning's init text {text:?} has no tokens; give a text with words in it, or init: Random or SampleVocab")]
+    EmptyPromptText {
+        /// The text.
+        text: String,
     },
     /// A serialised adapter does not match the expected layout.
     #[error("adapter does not match the model: {0}")]

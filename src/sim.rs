@@ -328,7 +328,7 @@ fn finish_run(
     if prep.lora.is_some() {
         outcome
             .global
-            .save_peft(dir.path(), &s.lora, &s.model_name)
+            .save_peft(dir.path(), &s.lora, &s.model, &s.model_name)
             .map_err(|e| failed(crate::fmt::chain(&e)))?;
     }
     let mut summary = book.finish(s, &outcome, busy);
@@ -412,8 +412,14 @@ async fn run_actors(
     let (aggregator, agg_handle) =
         wiring::spawn_aggregator(s, layout, compressing.0.clone(), resume.as_ref()).await?;
     let routes = wiring::edge_routes(hierarchy.as_deref(), &edges);
-    let clients =
-        wiring::client_context(s, prep, pool.handle(), aggregator.clone(), routes, compressing)?;
+    let clients = wiring::client_context(
+        s,
+        prep,
+        pool.handle(),
+        aggregator.clone(),
+        routes,
+        compressing,
+    )?;
     let (tx, rx) = oneshot::channel();
     let args = ServerArgs {
         config: ServerConfig {

@@ -119,7 +119,10 @@ fn compressed_uploads_count_at_their_encoded_size() {
     let (ok, out, err) = crate::util::sim(&["comm", "scenarios/compressed_updates.ron"]);
     assert!(ok, "{err}");
     let bytes = |label: &str| -> u64 {
-        let line = out.lines().find(|l| l.trim_start().starts_with(label)).unwrap();
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap();
         let n = line.split_whitespace().nth(1).unwrap().replace(',', "");
         n.parse().unwrap_or_else(|_| panic!("{line}"))
     };
@@ -128,5 +131,8 @@ fn compressed_uploads_count_at_their_encoded_size() {
     let total = 10 * 5 * (down + up);
     let shown = out.lines().find(|l| l.starts_with("total:")).unwrap();
     let mb = format!("{:.2} MB", total as f64 / 1e6);
-    assert!(shown.contains(&mb) || shown.contains(&format!("{total}")), "{shown} vs {total} B ({mb})\n{out}");
+    assert!(
+        shown.contains(&mb) || shown.contains(&format!("{total}")),
+        "{shown} vs {total} B ({mb})\n{out}"
+    );
 }

@@ -11,7 +11,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn layout() -> Arc<AdapterLayout> {
-    Arc::new(AdapterLayout::new(&LlamaConfig::tiny(512), &LoraConfig::qv(8, 16.0)))
+    Arc::new(AdapterLayout::new(
+        &LlamaConfig::tiny(512),
+        &LoraConfig::qv(8, 16.0),
+    ))
 }
 
 fn who(round: usize, client: usize) -> EncodeFor {
@@ -45,7 +48,10 @@ fn roundtrip(c: Compression, x: &[f32]) -> (Vec<f32>, usize) {
     let e = codec.encode(x, who(1, 0), None).unwrap();
     let mut d = vec![0f32; x.len()];
     codec.decode_into(&e.payload, &mut d).unwrap();
-    let same = d.iter().zip(&e.decoded).all(|(a, b)| a.to_bits() == b.to_bits());
+    let same = d
+        .iter()
+        .zip(&e.decoded)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
     assert!(same, "the aggregator decodes what the client computed");
     assert_eq!(e.payload.len() as u64, codec.encoded_len(), "planned bytes");
     (d, e.payload.len())
@@ -78,13 +84,19 @@ fn block_quantisation_error_is_within_the_blocks_step() {
                 // The step 2ᵉ is below 2·max/qmax; nearest errs by ≤ step/2, stochastic < step.
                 let bound = if sr { 2.0 * max / qmax } else { max / qmax };
                 for (a, b) in xb.iter().zip(db) {
-                    assert!((a - b).abs() <= bound * 1.000001, "q{bits} sr {sr}: {a} → {b}");
+                    assert!(
+                        (a - b).abs() <= bound * 1.000001,
+                        "q{bits} sr {sr}: {a} → {b}"
+                    );
                 }
             }
         }
         // Bytes: bits/8 per value + one exponent per block, plus the container's header.
         let payload = x.len() * bits as usize / 8 + x.len() / 32;
-        assert!(bytes >= payload && bytes < payload + 8192, "q{bits}: {bytes}");
+        assert!(
+            bytes >= payload && bytes < payload + 8192,
+            "q{bits}: {bytes}"
+        );
     }
 }
 
@@ -121,8 +133,14 @@ fn stochastic_rounding_is_unbiased_and_nearest_is_not() {
     let z = (mean - 0.3) / (sd / (trials as f64).sqrt());
     assert!(z.abs() < 4.0, "mean {mean}, sd {sd}, z {z}");
     assert!(sd > 0.005, "stochastic rounding must vary: sd {sd}");
-    let nearest = Codec::new(q(8, false), l).encode(&x, who(1, 0), None).unwrap();
-    assert_eq!(nearest.decoded[1] as f64, 19.0 / 64.0, "nearest: 19 steps, biased by 0.2 step");
+    let nearest = Codec::new(q(8, false), l)
+        .encode(&x, who(1, 0), None)
+        .unwrap();
+    assert_eq!(
+        nearest.decoded[1] as f64,
+        19.0 / 64.0,
+        "nearest: 19 steps, biased by 0.2 step"
+    );
 }
 
 #[test]
@@ -146,7 +164,10 @@ fn top_k_keeps_the_largest_values_and_counts_its_bytes() {
     for &i in &kept {
         assert_eq!(d[i], x[i], "kept values travel unchanged");
     }
-    assert!(bytes >= 8 * k && bytes < 8 * k + 512, "{bytes} bytes for k = {k}");
+    assert!(
+        bytes >= 8 * k && bytes < 8 * k + 512,
+        "{bytes} bytes for k = {k}"
+    );
 }
 
 #[test]
@@ -165,7 +186,9 @@ fn error_feedback_residuals_carry_exactly_what_was_not_sent() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let (mut sent, mut meant) = (vec![0f32; n], vec![0f32; n]);
     for round in 1..=6 {
-        let x: Vec<f32> = (0..n).map(|_| rng.random_range(-64i32..64) as f32 / 256.0).collect();
+        let x: Vec<f32> = (0..n)
+            .map(|_| rng.random_range(-64i32..64) as f32 / 256.0)
+            .collect();
         meant.iter_mut().zip(&x).for_each(|(m, v)| *m += v);
         let mut y = x.clone();
         residuals.add_to(3, &mut y);
@@ -200,15 +223,26 @@ fn clipping_after_decoding_bounds_what_the_aggregator_folds() {
         codec.decode_into(&e.payload, &mut d).unwrap();
         assert!(norm(&d) <= c * (1.0 + 1e-6), "{comp:?}: {} > {c}", norm(&d));
         if norm(&unclipped.decoded) > c {
-            assert!(e.scale < 1.0, "{comp:?}: a decoded norm past C sets the scale");
+            assert!(
+                e.scale < 1.0,
+                "{comp:?}: a decoded norm past C sets the scale"
+            );
         }
         assert_eq!(d, e.decoded);
     }
     // 4-bit stochastic rounding of a clipped update does exceed C (the case this exists for).
     let codec = Codec::new(q(4, true), l);
     let e = codec.encode(&x, who(2, 1), None).unwrap();
-    let n: f64 = e.decoded.iter().map(|&a| f64::from(a).powi(2)).sum::<f64>().sqrt();
-    assert!(n > c, "q4-sr decoded norm {n} within C: the test shows nothing");
+    let n: f64 = e
+        .decoded
+        .iter()
+        .map(|&a| f64::from(a).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!(
+        n > c,
+        "q4-sr decoded norm {n} within C: the test shows nothing"
+    );
 }
 
 #[test]
@@ -216,7 +250,12 @@ fn compressed_updates_fold_exactly_in_any_order() {
     let l = layout();
     let codec = Codec::new(q(8, true), l.clone());
     let decoded: Vec<Vec<f32>> = (0..5)
-        .map(|c| codec.encode(&update(l.len(), 10 + c as u64), who(1, c), None).unwrap().decoded)
+        .map(|c| {
+            codec
+                .encode(&update(l.len(), 10 + c as u64), who(1, c), None)
+                .unwrap()
+                .decoded
+        })
         .collect();
     let mean = |order: &[usize]| {
         let mut acc = FedAvgAccumulator::new(l.len());
@@ -236,7 +275,10 @@ fn malformed_or_foreign_messages_are_refused() {
     let fp16 = Codec::new(Compression::Fp16, l.clone());
     let mut out = vec![0f32; l.len()];
     let e = fp16.encode(&x, who(1, 0), None).unwrap();
-    let err = q8.decode_into(&e.payload, &mut out).unwrap_err().to_string();
+    let err = q8
+        .decode_into(&e.payload, &mut out)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("another codec"), "{err}");
     // A scale above 1 would inflate an update past the clip bound.
     let one = format!("{:016x}", 1f64.to_bits());
@@ -326,10 +368,17 @@ mod runs {
             let r = run(&s, &tmp.path().join(i.to_string()));
             let sum = Summary::read(&r.dir).unwrap();
             let rec = sum.compression.clone().expect("summary records the codec");
-            assert!(rec.bytes_per_upload < plain_up, "{c}: {rec:?} vs {plain_up}");
+            assert!(
+                rec.bytes_per_upload < plain_up,
+                "{c}: {rec:?} vs {plain_up}"
+            );
             for m in round_metrics(&r.dir) {
                 let completed = m["completed"].as_u64().unwrap();
-                assert_eq!(m["bytes_up"].as_u64(), Some(completed * rec.bytes_per_upload), "{c}");
+                assert_eq!(
+                    m["bytes_up"].as_u64(),
+                    Some(completed * rec.bytes_per_upload),
+                    "{c}"
+                );
             }
             assert!(
                 sum.final_eval_loss < sum.pretrained_eval_loss,
@@ -343,9 +392,13 @@ mod runs {
     #[test]
     fn compressed_uploads_take_less_time_on_the_clock() {
         let tmp = tempfile::tempdir().unwrap();
-        let slow = "system.profiles=Fixed((flops: 1e12, up_mbps: 0.5, down_mbps: 100.0, latency_s: 0.0))";
+        let slow =
+            "system.profiles=Fixed((flops: 1e12, up_mbps: 0.5, down_mbps: 100.0, latency_s: 0.0))";
         let a = run(&small(&[slow]), &tmp.path().join("a"));
-        let b = run(&small(&[slow, "compression=Quantize(bits: 4)"]), &tmp.path().join("b"));
+        let b = run(
+            &small(&[slow, "compression=Quantize(bits: 4)"]),
+            &tmp.path().join("b"),
+        );
         let upload = |d: &std::path::Path| {
             let log = crate::system::clients_log(d);
             let m = &round_metrics(d)[0];
@@ -365,9 +418,18 @@ mod runs {
         let c = "compression=TopK(fraction: 0.02, error_feedback: true)";
         let sr = "compression=Quantize(bits: 4, stochastic_rounding: true)";
         for (i, codec) in [c, sr].iter().enumerate() {
-            let one = run(&small(&[codec, "slots.count=1"]), &tmp.path().join(format!("{i}a")));
-            let two = run(&small(&[codec, "slots.count=2"]), &tmp.path().join(format!("{i}b")));
-            assert!(adapter(&one.dir) == adapter(&two.dir), "{codec}: adapters differ");
+            let one = run(
+                &small(&[codec, "slots.count=1"]),
+                &tmp.path().join(format!("{i}a")),
+            );
+            let two = run(
+                &small(&[codec, "slots.count=2"]),
+                &tmp.path().join(format!("{i}b")),
+            );
+            assert!(
+                adapter(&one.dir) == adapter(&two.dir),
+                "{codec}: adapters differ"
+            );
             assert_eq!(round_metrics(&one.dir), round_metrics(&two.dir));
         }
     }
@@ -396,7 +458,10 @@ mod runs {
         let run_with = |ef: bool, name: &str| {
             let set = format!("compression=TopK(fraction: 0.01, error_feedback: {ef})");
             let r = run(&small(&[&set, "rounds=4"]), &tmp.path().join(name));
-            (adapter(&r.dir), Summary::read(&r.dir).unwrap().final_eval_loss)
+            (
+                adapter(&r.dir),
+                Summary::read(&r.dir).unwrap().final_eval_loss,
+            )
         };
         let (with, loss_with) = run_with(true, "ef");
         let (without, loss_without) = run_with(false, "no");
@@ -411,8 +476,13 @@ mod runs {
         let a = run(&small(&[DP, no_cap]), &tmp.path().join("a"));
         let codec = "compression=Quantize(bits: 4, stochastic_rounding: true)";
         let b = run(&small(&[DP, no_cap, codec]), &tmp.path().join("b"));
-        let eps = |d: &std::path::Path| serde_json::to_string(&Summary::read(d).unwrap().dp).unwrap();
-        assert_eq!(eps(&a.dir), eps(&b.dir), "the accountant does not depend on the codec");
+        let eps =
+            |d: &std::path::Path| serde_json::to_string(&Summary::read(d).unwrap().dp).unwrap();
+        assert_eq!(
+            eps(&a.dir),
+            eps(&b.dir),
+            "the accountant does not depend on the codec"
+        );
         for m in round_metrics(&b.dir) {
             assert!(m["completed"].as_u64().unwrap() > 0);
         }
@@ -421,9 +491,18 @@ mod runs {
     #[test]
     fn compression_refuses_what_it_cannot_combine_with_by_name() {
         let cases: [(&[&str], &str); 6] = [
-            (&["compression=Quantize(bits: 5)"], "compression.Quantize.bits"),
-            (&["compression=TopK(fraction: 0.0)"], "compression.TopK.fraction"),
-            (&["compression=TopK(fraction: 1.5)"], "compression.TopK.fraction"),
+            (
+                &["compression=Quantize(bits: 5)"],
+                "compression.Quantize.bits",
+            ),
+            (
+                &["compression=TopK(fraction: 0.0)"],
+                "compression.TopK.fraction",
+            ),
+            (
+                &["compression=TopK(fraction: 1.5)"],
+                "compression.TopK.fraction",
+            ),
             (
                 &[
                     "compression=Fp16",
@@ -434,7 +513,11 @@ mod runs {
                 "uniformly random",
             ),
             (
-                &["compression=Fp16", DP, "dp.noise_by=Clients(min_survivors: 2)"],
+                &[
+                    "compression=Fp16",
+                    DP,
+                    "dp.noise_by=Clients(min_survivors: 2)",
+                ],
                 "dp.noise_by",
             ),
             (

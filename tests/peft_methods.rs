@@ -12,12 +12,12 @@ use fedsim::tokenizer::TokenizedExample;
 use fedsim::train::make_batch;
 use serde_json::Value;
 
-fn reference(file: &str) -> Value {
+pub(crate) fn reference(file: &str) -> Value {
     let path = crate::util::root().join("tests/reference").join(file);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn worst(ours: &[f32], theirs: &Value) -> f32 {
+pub(crate) fn worst(ours: &[f32], theirs: &Value) -> f32 {
     let theirs = theirs.as_array().unwrap();
     assert_eq!(ours.len(), theirs.len());
     ours.iter()
@@ -27,7 +27,12 @@ fn worst(ours: &[f32], theirs: &Value) -> f32 {
 }
 
 fn flat3(t: &candle_core::Tensor, slice: usize) -> Vec<f32> {
-    t.narrow(2, 0, slice).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.narrow(2, 0, slice)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn flat_json(v: &Value) -> Value {
@@ -43,11 +48,20 @@ fn flat_json(v: &Value) -> Value {
 }
 
 fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
-fn batch() -> fedsim::model::LossInput {
-    let examples: Vec<TokenizedExample> = INPUT_IDS
+pub(crate) fn batch() -> fedsim::model::LossInput {
+    batch_of(&[&INPUT_IDS[0], &INPUT_IDS[1]])
+}
+
+/// The loss input of `rows`, right-padded with id 0.
+fn batch_of(rows: &[&[u32]]) -> fedsim::model::LossInput {
+    let examples: Vec<TokenizedExample> = rows
         .iter()
         .map(|ids| TokenizedExample {
             ids: ids.to_vec(),
@@ -69,16 +83,22 @@ fn dora_matches_peft_in_logits_gradients_a_step_and_generation() {
 }
 
 /// The fixture `f` against PEFT's figures in `tests/reference/{file}`.
-fn matches_peft(f: Fixture, file: &str) {
+pub(crate) fn matches_peft(f: Fixture, file: &str) {
     let r = reference(file);
     let slice = r["vocab_slice"].as_u64().unwrap() as usize;
     let method = f.lora.method_name();
     let input = batch();
-    let base = f.model.forward(&input.input_ids, &input.mask, None).unwrap();
+    let base = f
+        .model
+        .forward(&input.input_ids, &input.mask, None)
+        .unwrap();
     let d = worst(&flat3(&base, slice), &flat_json(&r["base_logits"]));
     assert!(d < 1e-5, "base logits differ by {d}");
     let fixed = LoraVars::fixed(&f.adapter, &f.lora, &Device::Cpu).unwrap();
-    let ours = f.model.forward(&input.input_ids, &input.mask, Some(&fixed)).unwrap();
+    let ours = f
+        .model
+        .forward(&input.input_ids, &input.mask, Some(&fixed))
+        .unwrap();
     let d = worst(&flat3(&ours, slice), &flat_json(&r["peft_logits"]));
     eprintln!("{method} logits: max abs difference {d:e}");
     assert!(d < 1e-5, "{method} logits differ by {d}");
@@ -87,6 +107,18 @@ fn matches_peft(f: Fixture, file: &str) {
     let m = merged.forward(&input.input_ids, &input.mask, None).unwrap();
     let d = worst(&flat3(&m, slice), &flat_json(&r["peft_logits"]));
     assert!(d < 1e-4, "merged {method} logits differ by {d}");
+    // A right-padded row: its first 7 positions as PEFT gives them under an attention mask.
+    let padded = batch_of(&[&INPUT_IDS[0], &INPUT_IDS[1][..7]]);
+    let p = f
+        .model
+        .forward(&padded.input_ids, &padded.mask, Some(&fixed))
+        .unwrap();
+    let row = p.narrow(0, 1, 1).unwrap().narrow(1, 0, 7).unwrap();
+    let d = worst(
+        &flat3(&row, slice),
+        &flat_json(&r["padded_second_row_first7"]),
+    );
+    assert!(d < 1e-5, "padded {method} logits differ by {d}");
 
     // The mean loss, its gradient and one AdamW step.
     let vars = LoraVars::from_adapter(&f.adapter, &f.lora, &Device::Cpu).unwrap();
@@ -99,13 +131,27 @@ fn matches_peft(f: Fixture, file: &str) {
     let layout = f.adapter.layout().clone();
     let mut worst_grad = 0f32;
     for (t, var) in layout.tensors().iter().zip(vars.vars()) {
-        let g: Vec<f32> = grads.get(var).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f32> = grads
+            .get(var)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let theirs = &r["grads"][t.peft_name()];
-        let scale = theirs.as_array().unwrap().iter().map(|x| x.as_f64().unwrap().abs()).fold(0.0, f64::max);
+        let scale = theirs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap().abs())
+            .fold(0.0, f64::max);
         worst_grad = worst_grad.max(worst(&g, theirs) / scale.max(1e-6) as f32);
     }
     eprintln!("{method} gradients: worst difference {worst_grad:e} of the tensor's largest");
-    assert!(worst_grad < 1e-3, "gradients differ by {worst_grad} (relative)");
+    assert!(
+        worst_grad < 1e-3,
+        "gradients differ by {worst_grad} (relative)"
+    );
     let lr = r["lr"].as_f64().unwrap();
     let params = ParamsAdamW {
         lr,
@@ -119,7 +165,11 @@ fn matches_peft(f: Fixture, file: &str) {
         // Adam's first step is lr·g/(|g| + ε): where |g| is near ε, the gradients' f32
         // rounding (≈1e-6 of the largest, above) moves the step by a share of lr.
         let d = worst(ours, &r["stepped"][t.peft_name()]);
-        assert!(d < 1e-3 * lr as f32, "{}: stepped values differ by {d}", t.peft_name());
+        assert!(
+            d < 1e-3 * lr as f32,
+            "{}: stepped values differ by {d}",
+            t.peft_name()
+        );
     }
 
     // Greedy generation with the KV cache from the merged model.
@@ -133,21 +183,30 @@ fn matches_peft(f: Fixture, file: &str) {
 fn an_ia3_adapter_round_trips_through_peft_format() {
     let f = Fixture::build_ia3().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    f.adapter.save_peft(dir.path(), &f.lora, "base_model").unwrap();
+    f.adapter
+        .save_peft(dir.path(), &f.lora, &f.cfg, "base_model")
+        .unwrap();
     let config: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(config["peft_type"], "IA3");
-    assert_eq!(config["feedforward_modules"], serde_json::json!(["down_proj", "up_proj"]));
+    assert_eq!(
+        config["feedforward_modules"],
+        serde_json::json!(["down_proj", "up_proj"])
+    );
     let (back, lora) = fedsim::model::peft::load_peft(dir.path(), &f.cfg).unwrap();
     assert_eq!(lora, f.lora);
     assert_eq!(back.data(), f.adapter.data());
     // A feed-forward module outside the targets is refused, naming the file.
-    let bad = config.to_string().replace("\"up_proj\"]", "\"up_proj\",\"gate_proj\"]");
+    let bad = config
+        .to_string()
+        .replace("\"up_proj\"]", "\"up_proj\",\"gate_proj\"]");
     let bad = bad.replacen("\"gate_proj\",", "", 1);
     std::fs::write(dir.path().join("adapter_config.json"), bad).unwrap();
-    let err = fedsim::model::peft::load_peft(dir.path(), &f.cfg).unwrap_err().to_string();
+    let err = fedsim::model::peft::load_peft(dir.path(), &f.cfg)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("adapter_config.json"), "{err}");
 }
 
@@ -159,9 +218,22 @@ fn an_untrained_ia3_adapter_leaves_the_base_unchanged() {
     assert!(ones.data().iter().all(|&v| v == 1.0));
     let input = batch();
     let vars = LoraVars::fixed(&ones, &f.lora, &Device::Cpu).unwrap();
-    let a = f.model.forward(&input.input_ids, &input.mask, None).unwrap();
-    let b = f.model.forward(&input.input_ids, &input.mask, Some(&vars)).unwrap();
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let a = f
+        .model
+        .forward(&input.input_ids, &input.mask, None)
+        .unwrap();
+    let b = f
+        .model
+        .forward(&input.input_ids, &input.mask, Some(&vars))
+        .unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(d, 0.0);
 }
 
@@ -169,7 +241,9 @@ fn an_untrained_ia3_adapter_leaves_the_base_unchanged() {
 fn a_dora_adapter_round_trips_through_peft_format_and_starts_as_the_base() {
     let f = Fixture::build_dora().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    f.adapter.save_peft(dir.path(), &f.lora, "base_model").unwrap();
+    f.adapter
+        .save_peft(dir.path(), &f.lora, &f.cfg, "base_model")
+        .unwrap();
     let (back, lora) = fedsim::model::peft::load_peft(dir.path(), &f.cfg).unwrap();
     assert_eq!(lora, f.lora);
     assert_eq!(back.data(), f.adapter.data());
@@ -178,10 +252,26 @@ fn a_dora_adapter_round_trips_through_peft_format_and_starts_as_the_base() {
     let init = f.lora.init_adapter_for(&f.model, &mut rng).unwrap();
     let input = batch();
     let vars = LoraVars::fixed(&init, &f.lora, &Device::Cpu).unwrap();
-    let a = f.model.forward(&input.input_ids, &input.mask, None).unwrap();
-    let b = f.model.forward(&input.input_ids, &input.mask, Some(&vars)).unwrap();
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!(d < 1e-5, "an untrained DoRA adapter moves the logits by {d}");
+    let a = f
+        .model
+        .forward(&input.input_ids, &input.mask, None)
+        .unwrap();
+    let b = f
+        .model
+        .forward(&input.input_ids, &input.mask, Some(&vars))
+        .unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        d < 1e-5,
+        "an untrained DoRA adapter moves the logits by {d}"
+    );
 }
 
 #[test]
@@ -189,7 +279,10 @@ fn federated_dora_lowers_the_loss() {
     let tmp = tempfile::tempdir().unwrap();
     let s = crate::util::scenario(
         crate::util::SMALL,
-        &["adapter=Dora(r: 4, alpha: 8.0, target_modules: [\"q_proj\", \"v_proj\"])", "rounds=3"],
+        &[
+            "adapter=Dora(r: 4, alpha: 8.0, target_modules: [\"q_proj\", \"v_proj\"])",
+            "rounds=3",
+        ],
     )
     .unwrap();
     assert_eq!(s.lora.method_name(), "DoRA");
@@ -198,10 +291,16 @@ fn federated_dora_lowers_the_loss() {
     assert!(sum.final_eval_loss < sum.pretrained_eval_loss);
     // A, B and one magnitude per output row, per adapted module and layer.
     let lora = s.lora.trainable_parameters(&s.model);
-    let plain = fedsim::model::LoraConfig { method: Default::default(), ..s.lora.clone() };
+    let plain = fedsim::model::LoraConfig {
+        method: Default::default(),
+        ..s.lora.clone()
+    };
     let h = s.model.hidden_size;
     let kv = s.model.num_key_value_heads * s.model.head_dim();
-    assert_eq!(lora, plain.trainable_parameters(&s.model) + s.model.num_hidden_layers * (h + kv));
+    assert_eq!(
+        lora,
+        plain.trainable_parameters(&s.model) + s.model.num_hidden_layers * (h + kv)
+    );
     let config = std::fs::read_to_string(r.dir.join("adapter_config.json")).unwrap();
     assert!(config.contains("\"use_dora\": true"), "{config}");
 }
@@ -235,7 +334,10 @@ fn federated_ia3_lowers_the_loss_with_every_strategy_family() {
         let cfg = &s.model;
         let (_, kin) = cfg.projection_shape(fedsim::model::TargetModule::DownProj);
         let kv = cfg.num_key_value_heads * cfg.head_dim();
-        assert_eq!(sum.trainable_parameters, cfg.num_hidden_layers * (2 * kv + kin));
+        assert_eq!(
+            sum.trainable_parameters,
+            cfg.num_hidden_layers * (2 * kv + kin)
+        );
     }
 }
 
@@ -248,8 +350,14 @@ fn ia3_settings_are_checked_by_name() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("adapter.Ia3.feedforward_modules"), "{err}");
-    let err = crate::util::scenario(crate::util::SMALL, &["adapter=Ia3(target_modules: [\"x_proj\"])"])
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("adapter.Ia3.target_modules") && err.contains("x_proj"), "{err}");
+    let err = crate::util::scenario(
+        crate::util::SMALL,
+        &["adapter=Ia3(target_modules: [\"x_proj\"])"],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("adapter.Ia3.target_modules") && err.contains("x_proj"),
+        "{err}"
+    );
 }

@@ -479,7 +479,9 @@ fn adapter_matches_peft(
     // Through the PEFT directory format, as PEFT itself read it.
     let (lora, adapter) = make(&cfg);
     let dir = tempfile::tempdir().unwrap();
-    adapter.save_peft(dir.path(), &lora, "smollm2").unwrap();
+    adapter
+        .save_peft(dir.path(), &lora, &cfg, "smollm2")
+        .unwrap();
     let (loaded, lora_back) = peft::load_peft(dir.path(), &cfg).unwrap();
     assert_eq!((loaded.data(), &lora_back), (adapter.data(), &lora));
     let vars = LoraVars::from_adapter(&loaded, &lora, &Device::Cpu).unwrap();

@@ -38,3 +38,4 @@ mod structure;
 mod system;
 mod task;
 mod task_run;
+mod virtual_tokens;

@@ -51,12 +51,7 @@ fn pow2(e: i32) -> f64 {
 
 /// Quantise one block to `bits`: its exponent, and its integers into `q`. With `rng`, each
 /// value rounds up with probability equal to its fractional part (unbiased).
-pub fn quantize_block(
-    block: &[f32],
-    bits: u8,
-    rng: Option<&mut ChaCha8Rng>,
-    q: &mut [i8],
-) -> i8 {
+pub fn quantize_block(block: &[f32], bits: u8, rng: Option<&mut ChaCha8Rng>, q: &mut [i8]) -> i8 {
     let qm = qmax(bits);
     let e = exponent(block, qm);
     if e == NON_FINITE {

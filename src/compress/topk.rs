@@ -11,7 +11,11 @@ pub(super) fn kept(fraction: f64, n: usize) -> usize {
 pub(super) fn select(values: &[f32], k: usize) -> Vec<u32> {
     let key = |i: u32| {
         let v = values[i as usize];
-        let m = if v.is_finite() { v.abs() } else { f32::INFINITY };
+        let m = if v.is_finite() {
+            v.abs()
+        } else {
+            f32::INFINITY
+        };
         (std::cmp::Reverse(m.to_bits()), i)
     };
     let mut idx: Vec<u32> = (0..values.len() as u32).collect();

@@ -60,7 +60,10 @@ impl Message {
                 stochastic_rounding,
             } => {
                 let mut rng = stochastic_rounding.then(|| {
-                    rng_for(who.seed, &[purpose::COMPRESS, who.round as u64, who.client as u64])
+                    rng_for(
+                        who.seed,
+                        &[purpose::COMPRESS, who.round as u64, who.client as u64],
+                    )
                 });
                 let mut q = vec![0i8; values.len()];
                 let mut exps = Vec::with_capacity(values.len() / BLOCK + layout.tensors().len());
@@ -96,7 +99,10 @@ impl Message {
                 let mut e = exps.iter();
                 for t in layout.tensors() {
                     let range = t.offset..t.offset + t.numel();
-                    for (qb, ob) in q[range.clone()].chunks(BLOCK).zip(out[range].chunks_mut(BLOCK)) {
+                    for (qb, ob) in q[range.clone()]
+                        .chunks(BLOCK)
+                        .zip(out[range].chunks_mut(BLOCK))
+                    {
                         dequantize_block(qb, *e.next().expect("one exponent per block"), ob);
                     }
                 }
@@ -177,18 +183,17 @@ impl Message {
         let message = parse(compression, layout, &tensor, st.len())?;
         Ok((message, scale))
     }
-
 }
 
 /// The metadata name of a codec.
 fn name_of(compression: Compression) -> &'static str {
-        match compression {
-            Compression::None => "f32",
-            Compression::Fp16 => "fp16",
-            Compression::Quantize { bits: 8, .. } => "q8",
-            Compression::Quantize { .. } => "q4",
-            Compression::TopK { .. } => "topk",
-        }
+    match compression {
+        Compression::None => "f32",
+        Compression::Fp16 => "fp16",
+        Compression::Quantize { bits: 8, .. } => "q8",
+        Compression::Quantize { .. } => "q4",
+        Compression::TopK { .. } => "topk",
+    }
 }
 
 impl Message {
@@ -224,7 +229,11 @@ impl Message {
                 vec![("q".into(), dtype, bytes), ("exp".into(), Dtype::I8, e)]
             }
             Message::Sparse { indices, values } => vec![
-                ("indices".into(), Dtype::U32, le(indices, |x| x.to_le_bytes())),
+                (
+                    "indices".into(),
+                    Dtype::U32,
+                    le(indices, |x| x.to_le_bytes()),
+                ),
                 ("values".into(), Dtype::F32, le(values, |x| x.to_le_bytes())),
             ],
         }
@@ -301,14 +310,24 @@ fn parse_quantized(
 ) -> Result<Message, CompressError> {
     let n = layout.len();
     let q = if bits == 8 {
-        tensor("q", Dtype::I8, n)?.iter().map(|&x| x as i8).collect()
+        tensor("q", Dtype::I8, n)?
+            .iter()
+            .map(|&x| x as i8)
+            .collect()
     } else {
         let mut q = Vec::with_capacity(n);
         unpack_nibbles(tensor("q", Dtype::U8, n.div_ceil(2))?, n, &mut q);
         q
     };
-    let blocks: usize = layout.tensors().iter().map(|t| t.numel().div_ceil(BLOCK)).sum();
-    let exps = tensor("exp", Dtype::I8, blocks)?.iter().map(|&x| x as i8).collect();
+    let blocks: usize = layout
+        .tensors()
+        .iter()
+        .map(|t| t.numel().div_ceil(BLOCK))
+        .sum();
+    let exps = tensor("exp", Dtype::I8, blocks)?
+        .iter()
+        .map(|&x| x as i8)
+        .collect();
     let limit = super::quantize::qmax(bits) as i8;
     if q.iter().any(|&x| x < -limit || x > limit) {
         return Err(CompressError::Malformed {

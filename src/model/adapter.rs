@@ -37,6 +37,7 @@ impl AdapterTensor {
     pub fn peft_name(&self) -> String {
         let path = self.module.hf_path(self.layer);
         match self.kind {
+            TensorKind::Prompt => "prompt_embeddings".to_string(),
             TensorKind::LoraA => format!("base_model.model.{path}.lora_A.weight"),
             TensorKind::LoraB => format!("base_model.model.{path}.lora_B.weight"),
             TensorKind::Ia3 => format!("base_model.model.{path}.ia3_l"),
@@ -64,6 +65,10 @@ pub enum TensorKind {
     Ia3,
     /// DoRA's magnitude: one per output row (out × 1, stored as PEFT's (out,)).
     Magnitude,
+    /// Prompt tuning's embeddings (n × hidden) or prefix tuning's keys and values
+    /// (n × layers·2·kv_heads·head_dim): one tensor for the whole model, PEFT's
+    /// `prompt_embeddings` (its `layer` and `module` fields are 0 and q_proj, unused).
+    Prompt,
 }
 
 /// Names, shapes and offsets of every adapter tensor, in canonical order (layer, module, A, B).
@@ -77,6 +82,25 @@ pub struct AdapterLayout {
 impl AdapterLayout {
     /// Layout of a LoRA adapter `lora` on a model shaped like `cfg`.
     pub fn new(cfg: &LlamaConfig, lora: &LoraConfig) -> Self {
+        let width = match lora.method {
+            AdapterMethod::PromptTuning { .. } => Some(cfg.hidden_size),
+            AdapterMethod::PrefixTuning { .. } => Some(super::prompt::prefix_width(cfg)),
+            _ => None,
+        };
+        if let Some(width) = width {
+            let n = lora.method.virtual_tokens();
+            return Self {
+                tensors: vec![AdapterTensor {
+                    layer: 0,
+                    module: TargetModule::QProj,
+                    kind: TensorKind::Prompt,
+                    shape: (n, width),
+                    offset: 0,
+                }],
+                len: n * width,
+                num_layers: cfg.num_hidden_layers,
+            };
+        }
         let mut modules = lora.target_modules.clone();
         modules.sort();
         modules.dedup();
@@ -99,6 +123,10 @@ impl AdapterLayout {
                         vec![(TensorKind::Ia3, (1, inp))]
                     }
                     AdapterMethod::Ia3 { .. } => vec![(TensorKind::Ia3, (out, 1))],
+                    // Laid out above.
+                    AdapterMethod::PromptTuning { .. } | AdapterMethod::PrefixTuning { .. } => {
+                        Vec::new()
+                    }
                 };
                 for (kind, shape) in parts {
                     tensors.push(AdapterTensor {
@@ -245,10 +273,7 @@ impl AdapterSet {
             .tensors()
             .iter()
             .zip(&bytes)
-            .map(|(t, b)| {
-                TensorView::new(Dtype::F32, t.dims(), b)
-                    .map(|v| (t.peft_name(), v))
-            })
+            .map(|(t, b)| TensorView::new(Dtype::F32, t.dims(), b).map(|v| (t.peft_name(), v)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ModelError::Layout(e.to_string()))?;
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);

@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::ops::{decode_matmul, decode_matmuls, rms_norm, rope, swiglu};
+use super::prompt::{prefix_kv, VirtualTokens};
 use super::weight::FrozenWeight;
 use super::{BaseModel, ModelError, TargetModule};
 
@@ -69,6 +70,32 @@ struct KvCache {
     len: usize,
 }
 
+impl KvCache {
+    /// The cache before the first real token: empty, or holding a merged prefix tuning
+    /// adapter's keys and values, or the prompt tuning embeddings already read (a virtual row
+    /// never attends to a later one, so reading them first changes nothing).
+    fn start(model: &BaseModel) -> Result<Self, ModelError> {
+        let mut cache = Self {
+            layers: vec![None; model.cfg.num_hidden_layers],
+            len: 0,
+        };
+        match &model.virtual_tokens {
+            None => {}
+            Some(VirtualTokens::Prompt(p)) => {
+                forward(model, &mut cache, p.clone())?;
+            }
+            Some(VirtualTokens::Prefix(p)) => {
+                for (layer, slot) in cache.layers.iter_mut().enumerate() {
+                    let (k, v) = prefix_kv(p, &model.cfg, layer)?;
+                    *slot = Some((k.unsqueeze(0)?, v.unsqueeze(0)?));
+                }
+                cache.len = p.dim(0)?;
+            }
+        }
+        Ok(cache)
+    }
+}
+
 /// How many tokens to generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
@@ -124,9 +151,10 @@ fn generate_here(
     stop_ids: &[u32],
 ) -> Result<Generation, ModelError> {
     let context = model.cfg.max_position_embeddings;
-    if prompt.is_empty() || prompt.len() >= context {
+    let virtual_tokens = model.virtual_tokens.as_ref().map_or(0, VirtualTokens::len);
+    if prompt.is_empty() || virtual_tokens + prompt.len() >= context {
         return Err(ModelError::Prompt {
-            tokens: prompt.len(),
+            tokens: virtual_tokens + prompt.len(),
             context,
         });
     }
@@ -134,11 +162,9 @@ fn generate_here(
         Sampling::Greedy => None,
         Sampling::Random { seed, .. } => Some(ChaCha8Rng::seed_from_u64(seed)),
     };
-    let mut cache = KvCache {
-        layers: vec![None; model.cfg.num_hidden_layers],
-        len: 0,
-    };
+    // The prefill: the virtual tokens (if any) and the prompt.
     let start = Instant::now();
+    let mut cache = KvCache::start(model)?;
     let mut logits = step(model, &mut cache, prompt)?;
     let prefill_seconds = start.elapsed().as_secs_f64();
     let start = Instant::now();
@@ -186,16 +212,14 @@ fn continuation_logprobs_here(
 ) -> Result<Vec<f64>, ModelError> {
     let context = model.cfg.max_position_embeddings;
     let longest = continuations.iter().map(Vec::len).max().unwrap_or(0);
-    if prompt.is_empty() || prompt.len() + longest > context {
+    let virtual_tokens = model.virtual_tokens.as_ref().map_or(0, VirtualTokens::len);
+    if prompt.is_empty() || virtual_tokens + prompt.len() + longest > context {
         return Err(ModelError::Prompt {
-            tokens: prompt.len() + longest,
+            tokens: virtual_tokens + prompt.len() + longest,
             context,
         });
     }
-    let mut cache = KvCache {
-        layers: vec![None; model.cfg.num_hidden_layers],
-        len: 0,
-    };
+    let mut cache = KvCache::start(model)?;
     let first = log_probs(&step(model, &mut cache, prompt)?)?;
     continuations
         .iter()
@@ -225,10 +249,16 @@ fn log_probs(logits: &Tensor) -> Result<Vec<f64>, ModelError> {
 /// Run `tokens` (at positions cache.len..) through the model, extending the cache; the
 /// logits (vocab) of the last one.
 fn step(model: &BaseModel, cache: &mut KvCache, tokens: &[u32]) -> Result<Tensor, ModelError> {
+    let ids = Tensor::from_vec(tokens.to_vec(), tokens.len(), model.device())?;
+    forward(model, cache, model.embed_tokens.embed(&ids)?)
+}
+
+/// Run input embeddings `x` (n, hidden) at positions cache.len.. through the model, extending
+/// the cache; the logits (vocab) of the last row.
+fn forward(model: &BaseModel, cache: &mut KvCache, mut x: Tensor) -> Result<Tensor, ModelError> {
     let cfg = &model.cfg;
-    let (n, pos) = (tokens.len(), cache.len);
+    let (n, pos) = (x.dim(0)?, cache.len);
     let device = model.device();
-    let ids = Tensor::from_vec(tokens.to_vec(), n, device)?;
     let cos = model.cos.narrow(0, pos, n)?;
     let sin = model.sin.narrow(0, pos, n)?;
     let mask = causal_mask(
@@ -237,7 +267,6 @@ fn step(model: &BaseModel, cache: &mut KvCache, tokens: &[u32]) -> Result<Tensor
         cfg.num_attention_heads / cfg.num_key_value_heads,
         device,
     )?;
-    let mut x = model.embed_tokens.embed(&ids)?;
     for (layer, block) in model.blocks.iter().enumerate() {
         let h = rms_norm(&x, &block.input_layernorm, cfg.rms_norm_eps)?;
         let proj = |ms: &[TargetModule], t: &Tensor| {

@@ -2,7 +2,8 @@
 //!
 //! RMSNorm, rotate-half RoPE, grouped-query attention with a causal + padding mask, SwiGLU MLP,
 //! tied or untied LM head. Base weights are plain (frozen) tensors shared by every slot through
-//! an `Arc<BaseModel>`; LoRA A/B come in as [`LoraVars`] per call.
+//! an `Arc<BaseModel>`; the adapter (LoRA's A/B, DoRA, IA³, a prompt or prefix) comes in as
+//! [`LoraVars`] per call.
 
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
@@ -13,6 +14,7 @@ use super::attention::Attention;
 use super::frozen::HeadNll;
 use super::lora::DropoutRng;
 use super::ops::{frozen_matmul, log_softmax, rms_norm, rope, softmax, swiglu};
+use super::prompt::{self, VirtualTokens};
 use super::q8dot::InferenceActivations;
 use super::qmatmul::PackedHeadNll;
 use super::weight::{FrozenWeight, WeightRole};
@@ -48,6 +50,8 @@ pub struct BaseModel {
     pub(super) device: Device,
     /// What KV-cache inference feeds a Q8_0/Q4_1 weight.
     pub(super) inference: InferenceActivations,
+    /// A merged prompt or prefix tuning adapter: used when a forward gets no adapter of its own.
+    pub(super) virtual_tokens: Option<VirtualTokens>,
 }
 
 /// A batch prepared for the loss: token ids, mask and the positions whose next token counts.
@@ -143,6 +147,7 @@ impl BaseModel {
             lm_head,
             device: device.clone(),
             inference: InferenceActivations::F32,
+            virtual_tokens: None,
         })
     }
 
@@ -182,9 +187,20 @@ impl BaseModel {
         Ok(w.sqr()?.sum(1)?.sqrt()?.to_vec1()?)
     }
 
+    /// The input embeddings of `ids`, row after row.
+    ///
+    /// # Errors
+    /// Fails on a candle error or an id past the vocabulary.
+    pub fn embedding_rows(&self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let ids = Tensor::from_slice(ids, ids.len(), &self.device)?;
+        Ok(self.embed_tokens.embed(&ids)?.flatten_all()?.to_vec1()?)
+    }
+
     /// A copy of this model with `W + (α/r)·B·A` merged into every adapted projection (an
     /// adapted packed projection becomes f32: the sum has no exact packed form; the others
-    /// stay shared).
+    /// stay shared); IA³'s vectors and DoRA's magnitudes likewise. A prompt or prefix tuning
+    /// adapter cannot be folded into weights: the copy carries it, and every forward and KV
+    /// cache of the copy starts from it.
     ///
     /// # Errors
     /// Fails on a candle error.
@@ -220,7 +236,7 @@ impl BaseModel {
                 proj,
             });
         }
-        Ok(Self::assemble(
+        let mut merged = Self::assemble(
             self.cfg.clone(),
             self.embed_tokens.clone(),
             blocks,
@@ -228,7 +244,17 @@ impl BaseModel {
             self.lm_head.clone(),
             &self.device,
         )?
-        .with_inference_activations(self.inference))
+        .with_inference_activations(self.inference);
+        merged.virtual_tokens = lora
+            .virtual_tokens()
+            .or_else(|| self.virtual_tokens.clone());
+        Ok(merged)
+    }
+
+    /// The prompt or prefix a forward with `lora` uses: the adapter's, or the merged one.
+    pub(super) fn virtual_tokens_of(&self, lora: Option<&LoraVars>) -> Option<VirtualTokens> {
+        lora.and_then(LoraVars::virtual_tokens)
+            .or_else(|| self.virtual_tokens.clone())
     }
 
     /// Final hidden states (batch·seq, hidden) after the last norm.
@@ -244,12 +270,27 @@ impl BaseModel {
     ) -> Result<Tensor, ModelError> {
         let (b, s) = input_ids.dims2()?;
         let cfg = &self.cfg;
-        let cos = self.cos.narrow(0, 0, s)?;
-        let sin = self.sin.narrow(0, 0, s)?;
-        // (b, 1, s, s) → (b, 1, rep·s, s) for grouped query heads.
+        let mut x = self.embed_tokens.embed(input_ids)?;
+        // Virtual tokens: a prompt lengthens the sequence; a prefix the keys. Either way the
+        // real tokens sit at positions n.. (see prompt.rs).
+        let virtual_tokens = self.virtual_tokens_of(lora);
+        let (mask, rows, first) = match &virtual_tokens {
+            None => (mask.clone(), s, 0),
+            Some(VirtualTokens::Prompt(p)) => {
+                let n = p.dim(0)?;
+                x = prompt::prepend_prompt(p, &x, (b, s))?;
+                (prompt::prompt_mask(mask, n)?, n + s, 0)
+            }
+            Some(VirtualTokens::Prefix(p)) => {
+                let n = p.dim(0)?;
+                (prompt::prefix_mask(mask, n)?, s, n)
+            }
+        };
+        let cos = self.cos.narrow(0, first, rows)?;
+        let sin = self.sin.narrow(0, first, rows)?;
+        // (b, 1, rows, keys) → (b, 1, rep·rows, keys) for grouped query heads.
         let rep = cfg.num_attention_heads / cfg.num_key_value_heads;
         let mask = &mask.repeat((1, 1, rep, 1))?;
-        let mut x = self.embed_tokens.embed(input_ids)?;
         for (layer, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &block.input_layernorm, cfg.rms_norm_eps)?;
             let mut lin = |m: TargetModule, input: &Tensor| {
@@ -258,7 +299,11 @@ impl BaseModel {
             let q = lin(TargetModule::QProj, &h)?;
             let k = lin(TargetModule::KProj, &h)?;
             let v = lin(TargetModule::VProj, &h)?;
-            let attn = self.attention(&q, &k, &v, mask, &cos, &sin, b, s)?;
+            let prefix = match &virtual_tokens {
+                Some(VirtualTokens::Prefix(p)) => Some(prompt::prefix_kv(p, cfg, layer)?),
+                _ => None,
+            };
+            let attn = self.attention([&q, &k, &v], mask, (&cos, &sin), (b, rows), prefix)?;
             let o = lin(TargetModule::OProj, &attn)?;
             x = (x + o)?;
             let h = rms_norm(&x, &block.post_attention_layernorm, cfg.rms_norm_eps)?;
@@ -267,6 +312,9 @@ impl BaseModel {
             let act = swiglu(&gate, &up)?;
             let down = lin(TargetModule::DownProj, &act)?;
             x = (x + down)?;
+        }
+        if rows > s {
+            x = prompt::drop_prompt(&x, rows - s, (b, s))?;
         }
         rms_norm(&x, &self.norm, cfg.rms_norm_eps)
     }
@@ -334,17 +382,15 @@ impl BaseModel {
         Ok((nll.sum_all()?, batch.targets.dims1()?))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Attention of `s` rows over themselves, after `prefix`'s keys and values (each
+    /// (kv_heads, n, head_dim)) when there is one.
     fn attention(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        [q, k, v]: [&Tensor; 3],
         mask: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        b: usize,
-        s: usize,
+        (cos, sin): (&Tensor, &Tensor),
+        (b, s): (usize, usize),
+        prefix: Option<(Tensor, Tensor)>,
     ) -> Result<Tensor, ModelError> {
         let cfg = &self.cfg;
         let (nh, nkv, hd) = (
@@ -364,8 +410,14 @@ impl BaseModel {
             rep * s,
             hd,
         ))?;
-        let k = rope(&heads(k, nkv)?, cos, sin)?;
-        let v = heads(v, nkv)?;
+        let mut k = rope(&heads(k, nkv)?, cos, sin)?;
+        let mut v = heads(v, nkv)?;
+        if let Some((pk, pv)) = prefix {
+            let n = pk.dim(1)?;
+            let front = |t: &Tensor| t.unsqueeze(0)?.broadcast_as((b, nkv, n, hd))?.contiguous();
+            k = Tensor::cat(&[&front(&pk)?, &k], 2)?;
+            v = Tensor::cat(&[&front(&pv)?, &v], 2)?;
+        }
         let out = if q.device().is_cpu() && q.dtype() == DType::F32 {
             // One op: the scores and probabilities are recomputed in the backward, not kept.
             q.apply_op3(&k, &v, Attention::new(mask))?
@@ -405,58 +457,12 @@ impl BaseModel {
             None => Ok(y),
             Some((l, (a, bm))) => {
                 let xin = match dropout {
-                    Some(d) => d.apply(x, l.dropout()).map_err(|e| match e {
-                        ModelError::Candle(c) => c,
-                        other => candle_core::Error::Msg(other.to_string()),
-                    })?,
+                    Some(d) => d.apply(x, l.dropout()).map_err(super::dora::candle_err)?,
                     None => x.clone(),
                 };
                 let delta = xin.matmul(&a.t()?)?.matmul(&bm.t()?)?;
                 y + (delta * l.scale())?
             }
         }
-    }
-
-    /// DoRA as PEFT computes it: `x Wᵀ + (s − 1) ⊙ drop(x) Wᵀ + s ⊙ (α/r) · drop(x) Aᵀ Bᵀ` with
-    /// `s = m / ‖W + (α/r)·B·A‖` per output row, the norm not differentiated (without dropout,
-    /// `s ⊙ (x Wᵀ + (α/r) · x Aᵀ Bᵀ)`).
-    fn dora(
-        &self,
-        layer: usize,
-        module: TargetModule,
-        x: &Tensor,
-        l: &LoraVars,
-        dropout: Option<&mut DropoutRng>,
-    ) -> candle_core::Result<Tensor> {
-        let w = &self.blocks[layer].proj[module.index()];
-        let (a, bm) = l.get(layer, module).expect("DoRA has A and B");
-        let mag = l.magnitude(layer, module).expect("checked by the caller");
-        let dense = w.to_tensor(&self.device).map_err(candle_err)?;
-        let norm = (dense + (bm.detach().matmul(&a.detach())? * l.scale())?)?
-            .sqr()?
-            .sum_keepdim(1)?
-            .sqrt()?;
-        let s = (mag / norm)?.t()?; // (1, out)
-        let base = frozen_matmul(x, w)?;
-        let dropped = match dropout {
-            Some(d) if l.dropout() > 0.0 => Some(d.apply(x, l.dropout()).map_err(candle_err)?),
-            _ => None,
-        };
-        let xin = dropped.as_ref().unwrap_or(x);
-        let lora = (xin.matmul(&a.t()?)?.matmul(&bm.t()?)? * l.scale())?;
-        match &dropped {
-            None => (base + lora)?.broadcast_mul(&s),
-            Some(xd) => {
-                let base_d = frozen_matmul(xd, w)?;
-                base + base_d.broadcast_mul(&(&s - 1.0)?)? + lora.broadcast_mul(&s)?
-            }
-        }
-    }
-}
-
-fn candle_err(e: ModelError) -> candle_core::Error {
-    match e {
-        ModelError::Candle(c) => c,
-        other => candle_core::Error::Msg(other.to_string()),
     }
 }

@@ -50,6 +50,44 @@ pub enum AdapterMethod {
         /// The target modules whose input (not output) is scaled, canonical order.
         feedforward_modules: Vec<TargetModule>,
     },
+    /// Prompt tuning (Lester et al. 2021): `num_virtual_tokens` learned input embeddings in
+    /// front of every sequence (PEFT's `PromptTuningConfig`; see `prompt.rs`).
+    PromptTuning {
+        /// n, the number of virtual tokens.
+        num_virtual_tokens: usize,
+        /// How the embeddings start.
+        init: PromptInit,
+    },
+    /// Prefix tuning (Li & Liang 2021): `num_virtual_tokens` learned keys and values in front
+    /// of every layer's (PEFT's `PrefixTuningConfig` without the projection MLP).
+    PrefixTuning {
+        /// n, the number of virtual tokens.
+        num_virtual_tokens: usize,
+    },
+}
+
+/// How prompt tuning's embeddings start (PEFT's `prompt_tuning_init`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum PromptInit {
+    /// N(0, 1) values, as PEFT's `RANDOM` (torch's `nn.Embedding` initialisation).
+    #[default]
+    Random,
+    /// The base's embeddings of tokens drawn uniformly from the vocabulary (`SAMPLE_VOCAB`).
+    SampleVocab,
+    /// The base's embeddings of this text's tokens, repeated or cut to n (`TEXT`).
+    Text(String),
+}
+
+impl PromptInit {
+    /// PEFT's `prompt_tuning_init` name.
+    pub fn peft_name(&self) -> &'static str {
+        match self {
+            PromptInit::Random => "RANDOM",
+            PromptInit::SampleVocab => "SAMPLE_VOCAB",
+            PromptInit::Text(_) => "TEXT",
+        }
+    }
 }
 
 impl AdapterMethod {
@@ -58,16 +96,29 @@ impl AdapterMethod {
         match self {
             AdapterMethod::Lora | AdapterMethod::Dora => "LORA",
             AdapterMethod::Ia3 { .. } => "IA3",
+            AdapterMethod::PromptTuning { .. } => "PROMPT_TUNING",
+            AdapterMethod::PrefixTuning { .. } => "PREFIX_TUNING",
         }
     }
 
     /// Whether `module`'s input is scaled (IA³ feed-forward module).
     pub fn scales_input(&self, module: TargetModule) -> bool {
         match self {
-            AdapterMethod::Lora | AdapterMethod::Dora => false,
             AdapterMethod::Ia3 {
                 feedforward_modules,
             } => feedforward_modules.contains(&module),
+            _ => false,
+        }
+    }
+
+    /// n for prompt and prefix tuning, 0 for the methods on projections.
+    pub fn virtual_tokens(&self) -> usize {
+        match self {
+            AdapterMethod::PromptTuning {
+                num_virtual_tokens, ..
+            }
+            | AdapterMethod::PrefixTuning { num_virtual_tokens } => *num_virtual_tokens,
+            _ => 0,
         }
     }
 }
@@ -99,12 +150,37 @@ impl LoraConfig {
         }
     }
 
-    /// The method's name: `LoRA` or `IA³`.
+    /// Prompt tuning with `num_virtual_tokens` embeddings starting as `init`.
+    pub fn prompt_tuning(num_virtual_tokens: usize, init: PromptInit) -> Self {
+        Self::virtual_tokens(AdapterMethod::PromptTuning {
+            num_virtual_tokens,
+            init,
+        })
+    }
+
+    /// Prefix tuning with `num_virtual_tokens` keys and values per layer.
+    pub fn prefix_tuning(num_virtual_tokens: usize) -> Self {
+        Self::virtual_tokens(AdapterMethod::PrefixTuning { num_virtual_tokens })
+    }
+
+    fn virtual_tokens(method: AdapterMethod) -> Self {
+        Self {
+            r: 1,
+            alpha: 1.0,
+            dropout: 0.0,
+            target_modules: Vec::new(),
+            method,
+        }
+    }
+
+    /// The method's name: `LoRA`, `DoRA`, `IA³`, `prompt tuning` or `prefix tuning`.
     pub fn method_name(&self) -> &'static str {
         match self.method {
             AdapterMethod::Lora => "LoRA",
             AdapterMethod::Dora => "DoRA",
             AdapterMethod::Ia3 { .. } => "IA³",
+            AdapterMethod::PromptTuning { .. } => "prompt tuning",
+            AdapterMethod::PrefixTuning { .. } => "prefix tuning",
         }
     }
 
@@ -126,6 +202,16 @@ impl LoraConfig {
                 names(&self.target_modules),
                 names(feedforward_modules)
             ),
+            AdapterMethod::PromptTuning {
+                num_virtual_tokens,
+                init,
+            } => format!(
+                "prompt tuning, {num_virtual_tokens} virtual tokens (init {})",
+                init.peft_name()
+            ),
+            AdapterMethod::PrefixTuning { num_virtual_tokens } => {
+                format!("prefix tuning, {num_virtual_tokens} virtual tokens per layer")
+            }
         }
     }
 
@@ -149,19 +235,45 @@ impl LoraConfig {
         model: &super::BaseModel,
         rng: &mut ChaCha8Rng,
     ) -> Result<AdapterSet, ModelError> {
+        self.init_adapter_with_text(model, &[], rng)
+    }
+
+    /// [`LoraConfig::init_adapter_for`], with prompt tuning's embeddings taken from the base:
+    /// those of `text_ids` (the tokens of [`PromptInit::Text`], repeated or cut to n) or of
+    /// tokens drawn from `rng` ([`PromptInit::SampleVocab`]).
+    ///
+    /// # Errors
+    /// Fails when a packed weight cannot be read, or a text init has no tokens.
+    pub fn init_adapter_with_text(
+        &self,
+        model: &super::BaseModel,
+        text_ids: &[u32],
+        rng: &mut ChaCha8Rng,
+    ) -> Result<AdapterSet, ModelError> {
         let mut adapter = self.init_adapter(model.config(), rng);
         let layout = adapter.layout().clone();
         for t in layout.tensors() {
-            if t.kind == TensorKind::Magnitude {
-                let norms = model.row_norms(t.layer, t.module)?;
-                adapter.data_mut()[t.offset..t.offset + t.numel()].copy_from_slice(&norms);
-            }
+            let values = match t.kind {
+                TensorKind::Magnitude => model.row_norms(t.layer, t.module)?,
+                TensorKind::Prompt => match &self.method {
+                    AdapterMethod::PromptTuning { init, .. } => {
+                        match super::prompt::init_ids(init, t.shape.0, text_ids, model, rng)? {
+                            Some(ids) => model.embedding_rows(&ids)?,
+                            None => continue,
+                        }
+                    }
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            adapter.data_mut()[t.offset..t.offset + t.numel()].copy_from_slice(&values);
         }
         Ok(adapter)
     }
 
     /// The global adapter before round 1: LoRA's A Kaiming-uniform from `rng` and B zero;
-    /// IA³'s vectors all ones (both leave the base model unchanged).
+    /// IA³'s vectors all ones (both leave the base model unchanged); prompt and prefix
+    /// tuning's embeddings N(0, 1).
     pub fn init_adapter(&self, cfg: &LlamaConfig, rng: &mut ChaCha8Rng) -> AdapterSet {
         let layout = std::sync::Arc::new(AdapterLayout::new(cfg, self));
         let mut data = vec![0f32; layout.len()];
@@ -178,6 +290,14 @@ impl LoraConfig {
                 TensorKind::Ia3 => values.fill(1.0),
                 // The base's row norms (LoraConfig::init_adapter_for); 1 without a base.
                 TensorKind::Magnitude => values.fill(1.0),
+                // N(0, 1), as torch's nn.Embedding (PEFT's RANDOM, and prefix tuning's only
+                // initialisation); from the base's embeddings by init_adapter_for otherwise.
+                TensorKind::Prompt => {
+                    let normal = rand_distr::StandardNormal;
+                    for v in values {
+                        *v = rand_distr::Distribution::<f32>::sample(&normal, rng);
+                    }
+                }
             }
         }
         AdapterSet::new(layout, data)
@@ -185,7 +305,7 @@ impl LoraConfig {
 }
 
 /// The trainable tensors of one adapter on one device, in layout order: LoRA's A and B (and
-/// DoRA's magnitudes), or IA³'s vectors.
+/// DoRA's magnitudes), IA³'s vectors, or prompt / prefix tuning's one tensor.
 pub struct LoraVars {
     layout: std::sync::Arc<AdapterLayout>,
     vars: Vec<Var>,
@@ -195,6 +315,8 @@ pub struct LoraVars {
     /// Per layer, per [`TargetModule::index`]: position of A in `vars` (B follows it), or of
     /// the IA³ vector.
     index: Vec<[Option<usize>; 7]>,
+    /// Position of prompt or prefix tuning's tensor.
+    virtual_index: Option<usize>,
     scale: f64,
     dropout: f64,
     method: AdapterMethod,
@@ -231,11 +353,14 @@ impl LoraVars {
         let layout = adapter.layout().clone();
         let mut fixed = Vec::with_capacity(layout.tensors().len());
         let mut index = vec![[None; 7]; layout.num_layers()];
+        let mut virtual_index = None;
         for (i, t) in layout.tensors().iter().enumerate() {
             let slice = &adapter.data()[t.offset..t.offset + t.numel()];
             fixed.push(Tensor::from_slice(slice, t.shape, device)?);
-            if matches!(t.kind, TensorKind::LoraA | TensorKind::Ia3) {
-                index[t.layer][t.module.index()] = Some(i);
+            match t.kind {
+                TensorKind::LoraA | TensorKind::Ia3 => index[t.layer][t.module.index()] = Some(i),
+                TensorKind::Prompt => virtual_index = Some(i),
+                TensorKind::LoraB | TensorKind::Magnitude => {}
             }
         }
         Ok(Self {
@@ -243,6 +368,7 @@ impl LoraVars {
             vars: Vec::new(),
             fixed,
             index,
+            virtual_index,
             scale: lora.scale(),
             dropout: lora.dropout,
             method: lora.method.clone(),
@@ -299,6 +425,17 @@ impl LoraVars {
         };
         let i = self.index.get(layer).and_then(|l| l[module.index()])?;
         Some((self.tensor(i), self.method.scales_input(module)))
+    }
+
+    /// Prompt or prefix tuning's tensor (the variable itself when training, so the gradient
+    /// reaches it).
+    pub fn virtual_tokens(&self) -> Option<super::prompt::VirtualTokens> {
+        let t = self.tensor(self.virtual_index?).clone();
+        match self.method {
+            AdapterMethod::PromptTuning { .. } => Some(super::prompt::VirtualTokens::Prompt(t)),
+            AdapterMethod::PrefixTuning { .. } => Some(super::prompt::VirtualTokens::Prefix(t)),
+            _ => None,
+        }
     }
 
     /// Copy the current values back into a flat adapter.

@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    AdapterLayout, AdapterMethod, AdapterSet, LlamaConfig, LoraConfig, ModelError, TargetModule,
+    AdapterLayout, AdapterMethod, AdapterSet, LlamaConfig, LoraConfig, ModelError, PromptInit,
+    TargetModule,
 };
 
 /// The fields of `adapter_config.json` fedsim reads; the options it cannot honour are read
@@ -99,10 +100,12 @@ pub fn load_peft(dir: &Path, cfg: &LlamaConfig) -> Result<(AdapterSet, LoraConfi
     let config_path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&config_path)
         .map_err(|e| file_error(&config_path, e.to_string()))?;
-    let lora = if peft_type(&text) == Some("IA3") {
-        ia3_config(&text, &config_path)?
-    } else {
-        lora_config(&text, &config_path)?
+    let lora = match peft_type(&text) {
+        Some("IA3") => ia3_config(&text, &config_path)?,
+        Some(kind @ ("PROMPT_TUNING" | "PREFIX_TUNING")) => {
+            virtual_tokens_config(&text, kind, cfg, &config_path)?
+        }
+        _ => lora_config(&text, &config_path)?,
     };
     let weights = dir.join("adapter_model.safetensors");
     let bytes = std::fs::read(&weights).map_err(|e| file_error(&weights, e.to_string()))?;
@@ -119,6 +122,8 @@ fn peft_type(text: &str) -> Option<&'static str> {
     match v.get("peft_type")?.as_str()? {
         "IA3" => Some("IA3"),
         "LORA" => Some("LORA"),
+        "PROMPT_TUNING" => Some("PROMPT_TUNING"),
+        "PREFIX_TUNING" => Some("PREFIX_TUNING"),
         _ => None,
     }
 }
@@ -182,13 +187,87 @@ fn ia3_config(text: &str, config_path: &Path) -> Result<LoraConfig, ModelError> 
     Ok(LoraConfig::ia3(targets, ff))
 }
 
+/// The fields of a prompt or prefix tuning `adapter_config.json` fedsim reads.
+#[derive(Debug, Deserialize)]
+struct VirtualTokensConfig {
+    num_virtual_tokens: usize,
+    token_dim: Option<usize>,
+    num_layers: Option<usize>,
+    #[serde(default = "one")]
+    num_transformer_submodules: usize,
+    #[serde(default)]
+    prefix_projection: bool,
+    #[serde(default)]
+    prompt_tuning_init: Option<String>,
+    #[serde(default)]
+    prompt_tuning_init_text: Option<String>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn virtual_tokens_config(
+    text: &str,
+    kind: &str,
+    cfg: &LlamaConfig,
+    config_path: &Path,
+) -> Result<LoraConfig, ModelError> {
+    let c: VirtualTokensConfig = serde_json::from_str(text)
+        .map_err(|e| file_error(config_path, format!("not a PEFT {kind} config: {e}")))?;
+    let width = if kind == "PROMPT_TUNING" {
+        cfg.hidden_size
+    } else {
+        cfg.num_key_value_heads * cfg.head_dim()
+    };
+    let problem = [
+        (
+            c.num_virtual_tokens == 0,
+            "num_virtual_tokens is 0".to_string(),
+        ),
+        (
+            c.num_transformer_submodules != 1,
+            "num_transformer_submodules is not 1 (an encoder-decoder adapter)".into(),
+        ),
+        (
+            c.prefix_projection,
+            "prefix_projection is true: fedsim applies prefix tuning without the MLP".into(),
+        ),
+        (
+            c.token_dim.is_some_and(|d| d != width),
+            format!("token_dim {:?} is not the model's {width}", c.token_dim),
+        ),
+        (
+            c.num_layers.is_some_and(|l| l != cfg.num_hidden_layers),
+            format!(
+                "num_layers {:?} is not the model's {}",
+                c.num_layers, cfg.num_hidden_layers
+            ),
+        ),
+    ]
+    .into_iter()
+    .find(|(bad, _)| *bad);
+    if let Some((_, why)) = problem {
+        return Err(file_error(config_path, why));
+    }
+    if kind == "PREFIX_TUNING" {
+        return Ok(LoraConfig::prefix_tuning(c.num_virtual_tokens));
+    }
+    let init = match c.prompt_tuning_init.as_deref() {
+        Some("SAMPLE_VOCAB") => PromptInit::SampleVocab,
+        Some("TEXT") => PromptInit::Text(c.prompt_tuning_init_text.unwrap_or_default()),
+        _ => PromptInit::Random,
+    };
+    Ok(LoraConfig::prompt_tuning(c.num_virtual_tokens, init))
+}
+
 fn lora_config(text: &str, config_path: &Path) -> Result<LoraConfig, ModelError> {
     let peft: PeftConfig = serde_json::from_str(text)
         .map_err(|e| file_error(config_path, format!("not a PEFT LoRA config: {e}")))?;
     if let Some(why) = peft.unsupported() {
         return Err(file_error(
             config_path,
-            format!("{why}: fedsim applies plain LoRA, DoRA and IA3 only"),
+            format!("{why}: fedsim applies plain LoRA, DoRA, IA3, prompt and prefix tuning only"),
         ));
     }
     let target_modules = modules(peft.target_modules, config_path)?;
@@ -223,7 +302,8 @@ fn lora_config(text: &str, config_path: &Path) -> Result<LoraConfig, ModelError>
 
 impl AdapterSet {
     /// Write `adapter_model.safetensors` and `adapter_config.json` into `dir`, as PEFT's
-    /// `save_pretrained` does, so `PeftModel.from_pretrained(base, dir)` loads it.
+    /// `save_pretrained` does, so `PeftModel.from_pretrained(base, dir)` loads it (`cfg`: the
+    /// model it adapts).
     ///
     /// # Errors
     /// An I/O error, reported with the path.
@@ -231,6 +311,7 @@ impl AdapterSet {
         &self,
         dir: &Path,
         lora: &LoraConfig,
+        cfg: &LlamaConfig,
         base_model: &str,
     ) -> Result<(), ModelError> {
         let io = |path: &Path, e: std::io::Error| ModelError::File {
@@ -240,15 +321,63 @@ impl AdapterSet {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let weights = dir.join("adapter_model.safetensors");
         std::fs::write(&weights, self.to_safetensors()?).map_err(|e| io(&weights, e))?;
-        let config = peft_config(lora, base_model);
+        let config = peft_config(lora, cfg, base_model);
         let path = dir.join("adapter_config.json");
         let text = serde_json::to_string_pretty(&config).expect("json value serialises");
         std::fs::write(&path, text).map_err(|e| io(&path, e))
     }
 }
 
+/// `adapter_config.json` for prompt or prefix tuning (None for the other methods). Prefix
+/// tuning's `token_dim` and `num_attention_heads` are the KV heads', as PEFT sets them for
+/// grouped-query attention.
+fn virtual_tokens_json(
+    lora: &LoraConfig,
+    cfg: &LlamaConfig,
+    base_model: &str,
+) -> Option<serde_json::Value> {
+    let common = json!({
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "num_virtual_tokens": lora.method.virtual_tokens(),
+        "num_transformer_submodules": 1,
+        "num_layers": cfg.num_hidden_layers,
+        "inference_mode": true,
+        "revision": null
+    });
+    let mut config = match &lora.method {
+        AdapterMethod::PromptTuning { init, .. } => json!({
+            "peft_type": "PROMPT_TUNING",
+            "token_dim": cfg.hidden_size,
+            "num_attention_heads": cfg.num_attention_heads,
+            "prompt_tuning_init": init.peft_name(),
+            "prompt_tuning_init_text": match init {
+                PromptInit::Text(t) => Some(t.as_str()),
+                _ => None,
+            },
+            "tokenizer_name_or_path": matches!(init, PromptInit::Text(_)).then_some(base_model),
+        }),
+        AdapterMethod::PrefixTuning { .. } => {
+            let kv = cfg.num_key_value_heads * cfg.head_dim();
+            json!({
+                "peft_type": "PREFIX_TUNING",
+                "token_dim": kv,
+                "num_attention_heads": cfg.num_key_value_heads,
+                "encoder_hidden_size": kv,
+                "prefix_projection": false,
+            })
+        }
+        _ => return None,
+    };
+    let map = config.as_object_mut().expect("an object");
+    for (k, v) in common.as_object().expect("an object") {
+        map.insert(k.clone(), v.clone());
+    }
+    Some(config)
+}
+
 /// `adapter_config.json` as PEFT's `save_pretrained` writes it for `lora`'s method.
-fn peft_config(lora: &LoraConfig, base_model: &str) -> serde_json::Value {
+fn peft_config(lora: &LoraConfig, cfg: &LlamaConfig, base_model: &str) -> serde_json::Value {
     let names = |m: &[TargetModule]| {
         let mut v: Vec<&str> = m.iter().map(|m| m.name()).collect();
         v.sort();
@@ -256,6 +385,9 @@ fn peft_config(lora: &LoraConfig, base_model: &str) -> serde_json::Value {
         v
     };
     let targets = names(&lora.target_modules);
+    if let Some(config) = virtual_tokens_json(lora, cfg, base_model) {
+        return config;
+    }
     if let AdapterMethod::Ia3 {
         feedforward_modules,
     } = &lora.method

@@ -7,8 +7,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::{
-    AdapterMethod, AdapterSet, BaseModel, LlamaConfig, LoraConfig, ModelError, TargetModule,
-    TensorKind,
+    AdapterMethod, AdapterSet, BaseModel, LlamaConfig, LoraConfig, ModelError, PromptInit,
+    TargetModule, TensorKind,
 };
 
 /// A small GQA model with an untied head, and an adapter on every projection.
@@ -170,7 +170,11 @@ pub fn smollm2_dora_adapter(model: &BaseModel) -> Result<(LoraConfig, AdapterSet
 /// seed.
 pub fn smollm2_ia3_adapter(cfg: &LlamaConfig) -> (LoraConfig, AdapterSet) {
     let lora = LoraConfig::ia3(
-        vec![TargetModule::KProj, TargetModule::VProj, TargetModule::DownProj],
+        vec![
+            TargetModule::KProj,
+            TargetModule::VProj,
+            TargetModule::DownProj,
+        ],
         vec![TargetModule::DownProj],
     );
     let mut rng = ChaCha8Rng::seed_from_u64(1357);
@@ -178,5 +182,59 @@ pub fn smollm2_ia3_adapter(cfg: &LlamaConfig) -> (LoraConfig, AdapterSet) {
     for v in adapter.data_mut() {
         *v += rng.random_range(-0.2f32..0.2);
     }
+    (lora, adapter)
+}
+
+impl Fixture {
+    /// The same base with prompt tuning: 5 virtual tokens, each value 0.5·N(0, 1) from a fixed
+    /// seed — the fixture of `tests/reference/make_method_reference.py`
+    /// (`prompt_reference.json`).
+    ///
+    /// # Errors
+    /// Fails on a candle error.
+    pub fn build_prompt() -> Result<Self, ModelError> {
+        Self::build_virtual(
+            LoraConfig::prompt_tuning(5, PromptInit::Random),
+            0.5,
+            161718,
+        )
+    }
+
+    /// The same base with prefix tuning: 4 virtual keys and values per layer, each value
+    /// N(0, 1) from a fixed seed (`prefix_reference.json`).
+    ///
+    /// # Errors
+    /// Fails on a candle error.
+    pub fn build_prefix() -> Result<Self, ModelError> {
+        Self::build_virtual(LoraConfig::prefix_tuning(4), 1.0, 192021)
+    }
+
+    fn build_virtual(lora: LoraConfig, scale: f32, seed: u64) -> Result<Self, ModelError> {
+        let base = Self::build()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut adapter = lora.init_adapter(&base.cfg, &mut rng);
+        adapter.data_mut().iter_mut().for_each(|v| *v *= scale);
+        Ok(Self {
+            lora,
+            adapter,
+            ..base
+        })
+    }
+}
+
+/// The prompt tuning adapter of the SmolLM2 PEFT parity check: 8 virtual tokens, each value
+/// 0.1·N(0, 1) from a fixed seed.
+pub fn smollm2_prompt_adapter(cfg: &LlamaConfig) -> (LoraConfig, AdapterSet) {
+    let lora = LoraConfig::prompt_tuning(8, PromptInit::Random);
+    let mut adapter = lora.init_adapter(cfg, &mut ChaCha8Rng::seed_from_u64(2223));
+    adapter.data_mut().iter_mut().for_each(|v| *v *= 0.1);
+    (lora, adapter)
+}
+
+/// The prefix tuning adapter of the SmolLM2 PEFT parity check: 8 virtual keys and values per
+/// layer, each value N(0, 1) from a fixed seed.
+pub fn smollm2_prefix_adapter(cfg: &LlamaConfig) -> (LoraConfig, AdapterSet) {
+    let lora = LoraConfig::prefix_tuning(8);
+    let adapter = lora.init_adapter(cfg, &mut ChaCha8Rng::seed_from_u64(2425));
     (lora, adapter)
 }

@@ -299,6 +299,48 @@ pub enum AdapterSection {
     Dora(LoraSection),
     /// IA³: a learned vector per adapted projection (PEFT's `IA3Config`).
     Ia3(Ia3Section),
+    /// Prompt tuning: learned input embeddings in front of every sequence (PEFT's
+    /// `PromptTuningConfig`).
+    PromptTuning(PromptTuningSection),
+    /// Prefix tuning: learned keys and values in front of every layer's (PEFT's
+    /// `PrefixTuningConfig`, without the projection MLP).
+    PrefixTuning(PrefixTuningSection),
+}
+
+/// Prompt tuning hyper-parameters (PEFT's `PromptTuningConfig` names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PromptTuningSection {
+    /// Virtual tokens in front of every sequence.
+    pub num_virtual_tokens: usize,
+    /// How they start: `Random` (N(0, 1), PEFT's default), `SampleVocab` (embeddings of
+    /// random vocabulary tokens) or `Text("…")` (embeddings of the text's tokens).
+    pub init: crate::model::PromptInit,
+}
+
+impl Default for PromptTuningSection {
+    fn default() -> Self {
+        Self {
+            num_virtual_tokens: 20,
+            init: crate::model::PromptInit::Random,
+        }
+    }
+}
+
+/// Prefix tuning hyper-parameters (PEFT's `PrefixTuningConfig` names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrefixTuningSection {
+    /// Virtual keys and values in front of every layer's.
+    pub num_virtual_tokens: usize,
+}
+
+impl Default for PrefixTuningSection {
+    fn default() -> Self {
+        Self {
+            num_virtual_tokens: 20,
+        }
+    }
 }
 
 /// IA³ hyper-parameters (PEFT's `IA3Config` names).

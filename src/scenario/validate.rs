@@ -14,13 +14,13 @@ use crate::train::LocalTraining;
 use crate::trainer::TrainerKind;
 
 mod check;
+mod compression;
 mod data;
 mod model;
 mod privacy;
 mod slots;
 mod strategy;
 mod system;
-mod compression;
 mod topology;
 
 use check::{field_path, Check, Range};

@@ -13,13 +13,14 @@ use crate::actors::server::{Protection, ServerConfig, TaskSchedule};
 use crate::clock::CostModel;
 use crate::devices::Fleet;
 use crate::faults::FaultModel;
-use crate::model::{AdapterLayout, AdapterSet};
+use crate::model::{AdapterLayout, AdapterMethod, AdapterSet, PromptInit};
 use crate::rng::{purpose, rng_for};
 use crate::scenario::file::SlotAssignment;
 use crate::scenario::Scenario;
 use crate::slots::{SlotContext, SlotHandle, SlotPool};
 use crate::stragglers::Stragglers;
 use crate::strategy::Strategy;
+use crate::tokenizer::TextTokenizer;
 use crate::topology::Hierarchy;
 use crate::train::LoraTrainer;
 use crate::trainer::LocalTrainer;
@@ -47,9 +48,11 @@ pub(crate) fn slot_context(
 ) -> Result<(Arc<AdapterSet>, Arc<SlotContext>), SimError> {
     let (initial, trainer) = match &prep.lora {
         Some(l) => (
-            s.lora
-                .init_adapter_for(&l.model, &mut rng_for(s.seed, &[purpose::ADAPTER]))
-                .map_err(SimError::Model)?,
+            s.lora.init_adapter_with_text(
+                &l.model,
+                &prompt_text_ids(s, &l.tokenizer)?,
+                &mut rng_for(s.seed, &[purpose::ADAPTER]),
+            )?,
             LocalTrainer::Lora {
                 trainer: LoraTrainer {
                     model: l.model.clone(),
@@ -74,6 +77,17 @@ pub(crate) fn slot_context(
         trainer,
     });
     Ok((Arc::new(initial), ctx))
+}
+
+/// The tokens of prompt tuning's `Text` init (none for every other adapter).
+fn prompt_text_ids(s: &Scenario, tokenizer: &TextTokenizer) -> Result<Vec<u32>, SimError> {
+    match &s.lora.method {
+        AdapterMethod::PromptTuning {
+            init: PromptInit::Text(text),
+            ..
+        } => Ok(tokenizer.encode(text)?),
+        _ => Ok(Vec::new()),
+    }
 }
 
 /// The server's settings.
@@ -218,10 +232,7 @@ pub(super) type Compressing = (
 );
 
 /// The codec of the run's `compression` on `layout` (None: uploads are f32 safetensors).
-pub(super) fn codec(
-    s: &Scenario,
-    layout: &Arc<AdapterLayout>,
-) -> Option<crate::compress::Codec> {
+pub(super) fn codec(s: &Scenario, layout: &Arc<AdapterLayout>) -> Option<crate::compress::Codec> {
     (s.compression != crate::compress::Compression::None)
         .then(|| crate::compress::Codec::new(s.compression, layout.clone()))
 }
@@ -235,7 +246,9 @@ pub(super) fn compressing(
 ) -> Compressing {
     let residuals = s.compression.error_feedback().then(|| {
         let saved = resume.map(|r| r.snapshot.residuals.clone());
-        Arc::new(crate::compress::Residuals::restored(saved.unwrap_or_default()))
+        Arc::new(crate::compress::Residuals::restored(
+            saved.unwrap_or_default(),
+        ))
     });
     (codec(s, layout), residuals)
 }

@@ -75,7 +75,8 @@ pub(super) fn check_llama(c: &Check<'_>, cfg: &LlamaConfig, f: &str) -> Result<(
     )
 }
 
-/// The adapter: `adapter: Lora(…) | Ia3(…)`, or the `lora` section.
+/// The adapter: `adapter: Lora(…) | Dora(…) | Ia3(…) | PromptTuning(…) | PrefixTuning(…)`, or
+/// the `lora` section.
 pub(super) fn check_lora(
     c: &Check<'_>,
     file: &ScenarioFile,
@@ -105,7 +106,49 @@ pub(super) fn check_lora(
             }
             Ok(LoraConfig::ia3(targets, ff))
         }
+        Some(AdapterSection::PromptTuning(p)) => {
+            let f = "adapter.PromptTuning";
+            check_virtual_tokens(c, file, p.num_virtual_tokens, f, model)?;
+            if let crate::model::PromptInit::Text(text) = &p.init {
+                c.ensure(
+                    !text.trim().is_empty(),
+                    &format!("{f}.init"),
+                    "is Text(\"\"); give the text whose tokens start the prompt, or Random / SampleVocab",
+                )?;
+            }
+            Ok(LoraConfig::prompt_tuning(
+                p.num_virtual_tokens,
+                p.init.clone(),
+            ))
+        }
+        Some(AdapterSection::PrefixTuning(p)) => {
+            let f = "adapter.PrefixTuning";
+            check_virtual_tokens(c, file, p.num_virtual_tokens, f, model)?;
+            Ok(LoraConfig::prefix_tuning(p.num_virtual_tokens))
+        }
     }
+}
+
+/// n virtual tokens: at least one, and room for them and `data.max_seq_len` tokens in the
+/// model's context.
+fn check_virtual_tokens(
+    c: &Check<'_>,
+    file: &ScenarioFile,
+    n: usize,
+    f: &str,
+    model: &LlamaConfig,
+) -> Result<(), ScenarioError> {
+    let room = model
+        .max_position_embeddings
+        .saturating_sub(file.data.max_seq_len);
+    c.ensure(
+        (1..=room).contains(&n),
+        &format!("{f}.num_virtual_tokens"),
+        format!(
+            "is {n}; it must be 1..={room}: the virtual tokens and data.max_seq_len ({}) share the model's {} positions",
+            file.data.max_seq_len, model.max_position_embeddings
+        ),
+    )
 }
 
 /// Module names → modules (canonical order), each known and named once.
@@ -159,7 +202,11 @@ fn check_lora_section(
         ),
     )?;
     c.finite_in(l.alpha, Range::open_closed(0.0, 1e6), &format!("{f}.alpha"))?;
-    c.finite_in(l.dropout, Range::closed_open(0.0, 1.0), &format!("{f}.dropout"))?;
+    c.finite_in(
+        l.dropout,
+        Range::closed_open(0.0, 1.0),
+        &format!("{f}.dropout"),
+    )?;
     Ok(LoraConfig {
         r: l.r,
         alpha: l.alpha,
