@@ -465,8 +465,25 @@ fn ia3_adapter_matches_transformers_and_peft() {
     );
 }
 
+#[test]
+fn prompt_tuning_adapter_matches_transformers_and_peft() {
+    adapter_matches_peft(
+        "smollm2_prompt_reference.json",
+        fedsim::model::reference::smollm2_prompt_adapter,
+    );
+}
+
+#[test]
+fn prefix_tuning_adapter_matches_transformers_and_peft() {
+    adapter_matches_peft(
+        "smollm2_prefix_reference.json",
+        fedsim::model::reference::smollm2_prefix_adapter,
+    );
+}
+
 /// The seeded adapter `make`, through PEFT's directory format, against transformers + PEFT's
-/// top-10 logits in `tests/reference/{file}` — applied in the forward and merged.
+/// top-10 logits in `tests/reference/{file}` — applied in the forward and merged — and, where
+/// the file has one, its greedy continuation (from the merged model's KV cache).
 fn adapter_matches_peft(
     file: &str,
     make: fn(&fedsim::model::LlamaConfig) -> (fedsim::model::LoraConfig, fedsim::model::AdapterSet),
@@ -503,6 +520,12 @@ fn adapter_matches_peft(
         "{} adapter: max |fedsim - transformers + PEFT| = {worst:.2e}",
         lora.method_name()
     );
+    if let Some(greedy) = theirs.get("greedy") {
+        use fedsim::model::generate::{generate, Budget, Sampling};
+        let prompt = ids(&greedy["prompt"]);
+        let g = generate(&merged, &prompt, Budget::up_to(8), Sampling::Greedy, &[]).unwrap();
+        assert_eq!(g.ids, ids(&greedy["ids"]), "{} greedy continuation", lora.method_name());
+    }
 }
 
 #[test]
