@@ -124,7 +124,7 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
     use fedsim::data::{DataSource, Partition};
     use fedsim::devices::{DeviceProfile, Dist, Profiles, Tier};
     use fedsim::eval::task::TaskSource;
-    use fedsim::model::{BasePrecision, InferenceActivations, LlamaConfig, TargetModule};
+    use fedsim::model::{BasePrecision, InferenceActivations, LlamaConfig, PromptInit, TargetModule};
     use fedsim::privacy::{DpSampling, FracSeries, Mechanism, NoiseBy, NoiseSource};
     use fedsim::stragglers::{Staleness, Stragglers};
     use fedsim::topology::{Assignment, Link, NoiseAt, Topology};
@@ -186,6 +186,9 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
         Compression,
         AdapterSection,
         Ia3Section,
+        PromptTuningSection,
+        PrefixTuningSection,
+        PromptInit,
     );
     // Unchecked: `#[serde(alias)]` fields confuse the tracer's field list (ModelSection's
     // `preset`), not the deserialisation the test exercised; only the names are used.

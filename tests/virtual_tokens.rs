@@ -221,3 +221,22 @@ fn virtual_token_settings_are_checked_by_name() {
     .to_string();
     assert!(err.contains("adapter.PromptTuning.init"), "{err}");
 }
+
+#[test]
+fn the_memory_estimate_counts_virtual_tokens_and_error_feedback_residuals() {
+    let plain = crate::util::scenario(crate::util::SMALL, &[]).unwrap();
+    let prompt = crate::util::scenario(
+        crate::util::SMALL,
+        &["adapter=PromptTuning(num_virtual_tokens: 16)"],
+    )
+    .unwrap();
+    assert!(prompt.memory.training > plain.memory.training);
+    assert_eq!(plain.memory.client_state, 0.0);
+    let ef = crate::util::scenario(
+        crate::util::SMALL,
+        &["compression=TopK(fraction: 0.1, error_feedback: true)"],
+    )
+    .unwrap();
+    let values = ef.lora.trainable_parameters(&ef.model) as f64;
+    assert_eq!(ef.memory.client_state, 4.0 * ef.data.clients as f64 * values);
+}

@@ -6,7 +6,9 @@
 //! expanded to f32; plus the f32 copy a generated base writes to `base_model/`), the RoPE
 //! tables, per
 //! slot the activations a training step keeps for backward (including the logits over the
-//! vocabulary), the evaluation batch, and the data set in memory.
+//! vocabulary; prompt or prefix tuning's virtual tokens counted as sequence), the evaluation
+//! batch, the data set in memory, the updates a robust rule holds, and error feedback's
+//! per-client residuals.
 
 use crate::data::DataSource;
 use crate::model::weight::Footprint;
@@ -25,12 +27,14 @@ pub struct MemoryEstimate {
     pub data: f64,
     /// Every update of a round, kept for a robust rule (0 for streaming strategies).
     pub aggregation: f64,
+    /// Per-client state kept between rounds: error feedback's residuals (one update each).
+    pub client_state: f64,
 }
 
 impl MemoryEstimate {
     /// Sum of the parts.
     pub fn total(&self) -> f64 {
-        self.model + self.training + self.evaluation + self.data + self.aggregation
+        self.model + self.training + self.evaluation + self.data + self.aggregation + self.client_state
     }
 
     /// Bytes of the largest part.
@@ -41,6 +45,7 @@ impl MemoryEstimate {
             self.evaluation,
             self.data,
             self.aggregation,
+            self.client_state,
         ]
         .into_iter()
         .fold(0.0, f64::max)
@@ -66,6 +71,11 @@ impl MemoryEstimate {
                 "strategy.kind",
                 "every update of a round, kept for a robust rule (clients sampled × adapter)",
             ),
+            (
+                self.client_state,
+                "compression",
+                "error feedback's residuals (clients × adapter)",
+            ),
         ];
         parts
             .iter()
@@ -88,6 +98,10 @@ pub struct Shape<'a> {
     pub eval_batch_size: usize,
     /// Tokens per example.
     pub max_seq_len: usize,
+    /// Prompt or prefix tuning's virtual tokens (they lengthen every sequence or its keys).
+    pub virtual_tokens: usize,
+    /// Clients keeping an error-feedback residual (0 without) and the values of each.
+    pub residuals: (usize, usize),
     /// Slots training at once.
     pub slots: usize,
     /// Where the records come from.
@@ -108,6 +122,7 @@ const RECORD_BYTES: f64 = 1536.0;
 pub fn estimate(s: &Shape<'_>) -> MemoryEstimate {
     let f = |v: usize| v as f64;
     let aggregation = 4.0 * f(s.held_updates.0) * f(s.held_updates.1);
+    let client_state = 4.0 * f(s.residuals.0) * f(s.residuals.1);
     if let Some(n) = s.synthetic {
         // Global, its payload and the new global (f32 each), the exact i128 accumulator; per
         // slot an update and its payload; topic ids and shard indices per record.
@@ -124,6 +139,7 @@ pub fn estimate(s: &Shape<'_>) -> MemoryEstimate {
             evaluation: 0.0,
             data: 6.0 * records,
             aggregation,
+            client_state,
         };
     }
     let m = s.model;
@@ -142,7 +158,7 @@ pub fn estimate(s: &Shape<'_>) -> MemoryEstimate {
         false => 4.0 * v * h,
     };
     let model = f(s.base.bytes()) + 4.0 * rope + transient;
-    let t = f(s.max_seq_len);
+    let t = f(s.max_seq_len + s.virtual_tokens);
     // Saved for backward per layer and token: ~10 residual-width tensors, 4 MLP-width ones and
     // the attention probabilities (heads × T); logits, softmax and their gradient over the vocab.
     let act = |b: f64, backward: bool| {
@@ -171,6 +187,7 @@ pub fn estimate(s: &Shape<'_>) -> MemoryEstimate {
         evaluation,
         data,
         aggregation,
+        client_state,
     }
 }
 

@@ -42,7 +42,7 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         &file,
         &model,
         (threads, cores),
-        lora.trainable_parameters(&model),
+        (lora.trainable_parameters(&model), lora.method.virtual_tokens()),
         &base_footprint,
     )?;
     let dp = check_dp(&c, &file)?;
@@ -300,7 +300,7 @@ fn check_resources(
     file: &ScenarioFile,
     model: &LlamaConfig,
     (threads, cores): (usize, usize),
-    adapter_values: usize,
+    (adapter_values, virtual_tokens): (usize, usize),
     base: &Footprint,
 ) -> Result<(resources::MemoryEstimate, Vec<String>), ScenarioError> {
     let (d, t, sl, n) = (&file.data, &file.train, &file.slots, file.clients.count);
@@ -339,6 +339,11 @@ fn check_resources(
         batch_size: t.batch_size,
         eval_batch_size: t.eval_batch_size,
         max_seq_len: d.max_seq_len,
+        virtual_tokens,
+        residuals: match file.compression.error_feedback() {
+            true => (file.clients.count, adapter_values),
+            false => (0, 0),
+        },
         slots: sl.count,
         source: &d.source,
         canary_copies: d.canaries.saturating_mul(d.canary_repeats),
