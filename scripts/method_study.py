@@ -5,7 +5,12 @@ round, simulated time and upload bytes until the held-out loss first reached a t
 where `sim attack` has written attack.json into the run — the loss attack's membership AUC
 (± 1.96 standard errors) and the mean exposure of the canaries whose client trained.
 
-Usage:  scripts/method_study.py --target-loss LOSS RUN_DIR...
+With --accuracy (runs with a scenario `eval` task), the target is the task's
+`eval.target_accuracy` on its subset instead, and the final loss column gives way to the task
+accuracy on the whole split with its Wilson 95 % interval (the pretrained control's below the
+table).
+
+Usage:  scripts/method_study.py (--target-loss LOSS | --accuracy) RUN_DIR...
 """
 
 import argparse
@@ -16,9 +21,10 @@ from pathlib import Path
 def method(run_dir):
     """The adapter's method, from the effective scenario the run recorded."""
     text = (run_dir / "scenario.ron").read_text()
-    for name in ("Dora", "Ia3"):
+    names = {"Dora": "DoRA", "Ia3": "IA³", "PromptTuning": "prompt", "PrefixTuning": "prefix"}
+    for name, shown in names.items():
         if f"{name}(" in text.split("adapter:", 1)[-1].split("data:", 1)[0]:
-            return {"Dora": "DoRA", "Ia3": "IA³"}[name]
+            return shown
     return "LoRA"
 
 
@@ -39,12 +45,16 @@ def study(run_dir, target):
     summary = json.loads((run_dir / "summary.json").read_text())
     rounds = [json.loads(l) for l in (run_dir / "rounds.jsonl").read_text().splitlines() if l]
     codec = summary.get("compression") or {}
+    task = summary.get("task_eval")
     up, reached = 0, None
     for r in rounds:
         up += r["bytes_up"]
         end = r["sim_start_s"] + r["sim_duration_s"]
-        if reached is None and r["eval_loss"] <= target:
+        if reached is None and target is not None and r["eval_loss"] <= target:
             reached = (r["round"], end, up)
+    if target is None:
+        t = task["time_to_accuracy"]
+        reached = (t["round"], t["sim_seconds"], t["bytes_up"]) if t["round"] is not None else None
     last = rounds[-1]
     per_upload = codec.get("bytes_per_upload") or last["bytes_up"] // max(last["completed"], 1)
     auc, exposure = attack(run_dir)
@@ -53,7 +63,8 @@ def study(run_dir, target):
         "codec": codec.get("codec", "none"),
         "trainable": str(summary["trainable_parameters"]),
         "B/upload": str(per_upload),
-        "final loss": f"{last['eval_loss']:.4f}",
+        **({"accuracy": f"{task['accuracy']:.3f} [{task['ci95'][0]:.3f}, {task['ci95'][1]:.3f}]"}
+           if target is None else {"final loss": f"{last['eval_loss']:.4f}"}),
         "to target: round": str(reached[0]) if reached else "never",
         "sim (s)": f"{reached[1]:.1f}" if reached else "-",
         "MB up": f"{reached[2] / 1e6:.3f}" if reached else "-",
@@ -64,19 +75,29 @@ def study(run_dir, target):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--target-loss", type=float, required=True)
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--target-loss", type=float)
+    how.add_argument("--accuracy", action="store_true")
     p.add_argument("runs", nargs="+", type=Path)
     args = p.parse_args()
     # Run directories only (a sweep directory also holds sweep.csv and sweep.txt).
     runs = [r for r in args.runs if (r / "summary.json").exists()]
-    rows = [study(r, args.target_loss) for r in runs]
+    rows = [study(r, None if args.accuracy else args.target_loss) for r in runs]
     cols = list(rows[0])
     width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
     print("  ".join(c.rjust(width[c]) for c in cols))
     for r in rows:
         print("  ".join(r[c].rjust(width[c]) for c in cols))
+    if args.accuracy:
+        task = json.loads((runs[0] / "summary.json").read_text())["task_eval"]
+        target = (f"target: {task['task']} subset accuracy ≥ {task['time_to_accuracy']['target']} "
+                  f"({task['subset_items']} items); accuracy: the whole split ({task['items']} "
+                  f"items), Wilson 95 % interval; pretrained control "
+                  f"{task['pretrained_accuracy']:.3f}, majority class {task['majority']:.3f}")
+    else:
+        target = f"target: held-out loss ≤ {args.target_loss} nats/token"
     print(
-        f"target: held-out loss ≤ {args.target_loss} nats/token; sim = simulated seconds and "
+        f"{target}; sim = simulated seconds and "
         "MB up = upload bytes (10^6) until it was first reached; member AUC: the loss attack's "
         "ROC AUC ± 1.96 s.e. (0.5 = chance); exposure: mean exposure of the canaries whose client "
         "trained, bits"

@@ -13,6 +13,8 @@
 //! - Prompt tuning's v virtual tokens lengthen the sequence to n + v (base and attention);
 //!   prefix tuning's add v keys to every query's attention, 4·L·H·2·n·v more; the gradient of
 //!   the prompt or prefix itself is a by-product of the input and attention backward.
+//! - DoRA, once per step and not per token: each adapted weight's row norms ‖W + (α/r)·B A‖,
+//!   (2r + 3)·out·in (the product B A, the sum, squares and row sums), not differentiated.
 
 use serde::Serialize;
 
@@ -33,6 +35,8 @@ pub struct CostModel {
     prompt: usize,
     /// Prefix tuning's virtual tokens (they join every layer's keys).
     prefix: usize,
+    /// FLOPs paid once per optimiser step (DoRA's row norms).
+    per_step: f64,
 }
 
 impl CostModel {
@@ -63,7 +67,19 @@ impl CostModel {
             })
             .sum();
         let v = lora.method.virtual_tokens();
+        let per_step = match lora.method {
+            M::Dora => lora
+                .target_modules
+                .iter()
+                .map(|&m| {
+                    let (o, i) = model.projection_shape(m);
+                    ((2 * lora.r + 3) * o * i) as f64
+                })
+                .sum::<f64>(),
+            _ => 0.0,
+        };
         Self {
+            per_step: l * per_step,
             base_weights: l * proj + (model.vocab_size * model.hidden_size) as f64,
             attn: l * model.hidden_size as f64,
             lora: l * adapted,
@@ -78,6 +94,11 @@ impl CostModel {
                 0
             },
         }
+    }
+
+    /// FLOPs paid once per optimiser step, whatever the batch (DoRA's row norms; 0 otherwise).
+    pub fn step_flops(&self) -> f64 {
+        self.per_step
     }
 
     /// FLOPs of training on one sequence of `n` tokens.

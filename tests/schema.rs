@@ -124,7 +124,9 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
     use fedsim::data::{DataSource, Partition};
     use fedsim::devices::{DeviceProfile, Dist, Profiles, Tier};
     use fedsim::eval::task::TaskSource;
-    use fedsim::model::{BasePrecision, InferenceActivations, LlamaConfig, PromptInit, TargetModule};
+    use fedsim::model::{
+        BasePrecision, InferenceActivations, LlamaConfig, PromptInit, TargetModule,
+    };
     use fedsim::privacy::{DpSampling, FracSeries, Mechanism, NoiseBy, NoiseSource};
     use fedsim::stragglers::{Staleness, Stragglers};
     use fedsim::topology::{Assignment, Link, NoiseAt, Topology};

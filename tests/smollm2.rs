@@ -524,7 +524,12 @@ fn adapter_matches_peft(
         use fedsim::model::generate::{generate, Budget, Sampling};
         let prompt = ids(&greedy["prompt"]);
         let g = generate(&merged, &prompt, Budget::up_to(8), Sampling::Greedy, &[]).unwrap();
-        assert_eq!(g.ids, ids(&greedy["ids"]), "{} greedy continuation", lora.method_name());
+        assert_eq!(
+            g.ids,
+            ids(&greedy["ids"]),
+            "{} greedy continuation",
+            lora.method_name()
+        );
     }
 }
 

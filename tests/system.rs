@@ -424,6 +424,26 @@ fn flops_and_transfers_match_hand_computed_values() {
     // A 3-token sequence: 4·1232·3 + 4·(2·8)·9 + 6·112·3 = 14784 + 576 + 2016.
     let cost = CostModel::lora(&cfg, &lora);
     assert_eq!(cost.sequence_flops(3), 14784.0 + 576.0 + 2016.0);
+    assert_eq!(cost.step_flops(), 0.0);
+    // Prompt tuning's 2 virtual tokens: a 5-token sequence through the base, no adapter
+    // matmuls: 4·1232·5 + 4·16·25. Prefix tuning's 2: 3 tokens attending to 2 more keys each,
+    // 4·1232·3 + 4·16·9 + 8·16·3·2.
+    let prompt = CostModel::lora(&cfg, &LoraConfig::prompt_tuning(2, Default::default()));
+    assert_eq!(
+        prompt.sequence_flops(3),
+        4.0 * 1232.0 * 5.0 + 4.0 * 16.0 * 25.0
+    );
+    let prefix = CostModel::lora(&cfg, &LoraConfig::prefix_tuning(2));
+    assert_eq!(prefix.sequence_flops(3), 14784.0 + 576.0 + 8.0 * 16.0 * 6.0);
+    // DoRA: LoRA's per token, and once per step the row norms of q (8·8) and v (4·8):
+    // (2·2 + 3)·(64 + 32) per layer, ×2 layers.
+    let dora = fedsim::model::LoraConfig {
+        method: fedsim::model::AdapterMethod::Dora,
+        ..lora.clone()
+    };
+    let dora = CostModel::lora(&cfg, &dora);
+    assert_eq!(dora.sequence_flops(3), cost.sequence_flops(3));
+    assert_eq!(dora.step_flops(), 2.0 * 7.0 * 96.0);
     let p = DeviceProfile {
         flops: 1e3,
         up_mbps: 8.0,

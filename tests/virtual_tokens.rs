@@ -238,5 +238,8 @@ fn the_memory_estimate_counts_virtual_tokens_and_error_feedback_residuals() {
     )
     .unwrap();
     let values = ef.lora.trainable_parameters(&ef.model) as f64;
-    assert_eq!(ef.memory.client_state, 4.0 * ef.data.clients as f64 * values);
+    assert_eq!(
+        ef.memory.client_state,
+        4.0 * ef.data.clients as f64 * values
+    );
 }

@@ -277,7 +277,10 @@ fn plan(
     let (a, ctx) = (&st.args, &st.args.ctx);
     let mut rng = rng_for(ctx.seed, &[purpose::TRAIN, round as u64, a.id as u64]);
     let schedule = Schedule::draw(a.shard.len(), &ctx.local, &mut rng);
-    let (mut flops, mut tokens) = (0.0, 0usize);
+    let (mut flops, mut tokens) = (
+        schedule.batches.len() as f64 * ctx.cost.step_flops(),
+        0usize,
+    );
     for i in schedule.picks() {
         let n = ctx.lengths[a.shard[i] as usize] as usize;
         flops += ctx.cost.sequence_flops(n);

@@ -34,7 +34,12 @@ pub struct MemoryEstimate {
 impl MemoryEstimate {
     /// Sum of the parts.
     pub fn total(&self) -> f64 {
-        self.model + self.training + self.evaluation + self.data + self.aggregation + self.client_state
+        self.model
+            + self.training
+            + self.evaluation
+            + self.data
+            + self.aggregation
+            + self.client_state
     }
 
     /// Bytes of the largest part.

@@ -42,7 +42,10 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         &file,
         &model,
         (threads, cores),
-        (lora.trainable_parameters(&model), lora.method.virtual_tokens()),
+        (
+            lora.trainable_parameters(&model),
+            lora.method.virtual_tokens(),
+        ),
         &base_footprint,
     )?;
     let dp = check_dp(&c, &file)?;
