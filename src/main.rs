@@ -50,7 +50,7 @@ enum Command {
         /// Model name (smollm2-135m-instruct).
         name: String,
     },
-    /// Answer a prompt with a model (and optionally a LoRA adapter); prints the answer and
+    /// Answer a prompt with a model (and optionally an adapter); prints the answer and
     /// tokens/s.
     Generate(cli::generate::GenerateArgs),
     /// Evaluate a model (and an adapter): PubMedQA accuracy, answers to prompts, a run's

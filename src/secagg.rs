@@ -36,7 +36,7 @@ pub use server::SecAggServer;
 pub enum SecAggError {
     /// The protocol's settings cannot work.
     #[error("secure aggregation: {0}")]
-    Params(String),
+    Params(ParamsError),
     /// An update cannot be encoded (FedAvg would reject it too).
     #[error("client {client}: {source}")]
     Encode {
@@ -62,10 +62,10 @@ pub enum SecAggError {
     /// authentication.
     #[error("client {client}: rejected a message: {why}")]
     Rejected {
-        /// Who rejected it.
+        /// Who rejected it (the sender, when the server did).
         client: ClientId,
         /// Why.
-        why: String,
+        why: Rejection,
     },
     /// An honest client refuses an unmasking request that would reveal a peer's update.
     #[error("client {client}: refused to unmask: {why}")]
@@ -73,7 +73,7 @@ pub enum SecAggError {
         /// The client.
         client: ClientId,
         /// Why.
-        why: String,
+        why: Refusal,
     },
     /// A secret could not be reconstructed from the shares that came back.
     #[error("cannot reconstruct client {client}'s {what}: {why}")]
@@ -83,18 +83,146 @@ pub enum SecAggError {
         /// Which secret.
         what: &'static str,
         /// Why.
-        why: String,
+        why: ReconstructFault,
     },
     /// A message arrived in the wrong phase.
     #[error("{who}: {message} arrived in the {phase} phase")]
     Phase {
         /// Who got it.
-        who: String,
+        who: Party,
         /// Which message.
         message: &'static str,
         /// The phase it was in.
         phase: &'static str,
     },
+}
+
+/// Settings SecAgg+ cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamsError {
+    /// A round of fewer than 2 clients.
+    #[error("{clients} clients: secure aggregation needs at least 2")]
+    TooFewClients {
+        /// Clients in the round.
+        clients: usize,
+    },
+    /// More neighbours than a share's one-byte index can name.
+    #[error("{neighbours} neighbours: at most 255 (a share's index is one byte)")]
+    TooManyNeighbours {
+        /// Neighbours each client would have.
+        neighbours: usize,
+    },
+    /// A threshold outside 2..=neighbours.
+    #[error("threshold {threshold} with {neighbours} neighbours: it must be 2..={neighbours}")]
+    Threshold {
+        /// `threshold`.
+        threshold: usize,
+        /// Neighbours each client has.
+        neighbours: usize,
+    },
+    /// A ring size outside 64..=128 bits.
+    #[error("ring_bits {bits}: it must be 64..=128")]
+    RingBits {
+        /// `ring_bits`.
+        bits: u32,
+    },
+    /// A ring in which the round's sums could wrap.
+    #[error(
+        "ring_bits {bits} can wrap: weights summing to {weight} need 64 + ⌈log2({weight} + 1)⌉ \
+         = {need} bits (|trunc(x·2^40)| < 2^63 per term); set ring_bits ≥ {need}"
+    )]
+    RingWraps {
+        /// `ring_bits`.
+        bits: u32,
+        /// The weights' sum.
+        weight: u64,
+        /// The bits it needs.
+        need: u32,
+    },
+}
+
+/// Why a party rejected a protocol message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// A key directory that lists someone who is not the client's neighbour.
+    #[error("keys of {0}, not a neighbour")]
+    NotNeighbour(ClientId),
+    /// Shares addressed to another client.
+    #[error("shares addressed to {0}")]
+    Misaddressed(ClientId),
+    /// Shares from a client outside the directory.
+    #[error("shares from {0}, not in its directory")]
+    UnknownSender(ClientId),
+    /// Shares whose authentication fails.
+    #[error(
+        "shares from {0} fail authentication (tampered, or replayed from another round or pair)"
+    )]
+    Unauthentic(ClientId),
+    /// A second share pair from one sender.
+    #[error("a second share pair from {0}")]
+    DuplicateShares(ClientId),
+    /// Keys from outside the round, or sent twice (the server).
+    #[error("the server rejected its message: keys from outside the round, or twice")]
+    Keys,
+    /// Shares from a client without keys, sent twice, or astray (the server).
+    #[error(
+        "the server rejected its message: shares from a client without keys, twice, or astray"
+    )]
+    Shares,
+    /// A masked vector without shares, or sent twice (the server).
+    #[error("the server rejected its message: a masked vector without shares, or twice")]
+    Masked,
+    /// A masked vector of the wrong size (the server).
+    #[error("the server rejected its message: a masked vector of the wrong size")]
+    MaskedSize,
+    /// An unmasking response from a non-survivor, or sent twice (the server).
+    #[error(
+        "the server rejected its message: an unmasking response from a non-survivor, or twice"
+    )]
+    Unmasking,
+}
+
+/// Why an honest client refuses an unmasking request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A client on both lists: revealing both its shares would unmask its update.
+    #[error(
+        "client {0} is listed both as a survivor and as dropped: revealing both its shares \
+         would unmask its update"
+    )]
+    BothLists(ClientId),
+    /// The request leaves out this client, which sent its masked input.
+    #[error("it sent its masked input but is not listed")]
+    NotListed,
+}
+
+/// Why a secret could not be recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReconstructFault {
+    /// The shares do not combine into a secret.
+    #[error("the shares do not combine")]
+    NoCombine,
+    /// A reconstructed mask key that is not the one the client advertised.
+    #[error("it is not the key the client advertised")]
+    NotAdvertised,
+}
+
+/// Who got an out-of-phase message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    /// This client.
+    Client(ClientId),
+    /// A client actor with no secure round under way.
+    AnyClient,
+}
+
+impl std::fmt::Display for Party {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Party::Client(id) => write!(f, "client {id}"),
+            Party::AnyClient => f.write_str("client"),
+        }
+    }
 }
 
 /// SecAgg+'s settings.
@@ -122,20 +250,18 @@ impl Params {
     pub fn check(&self, clients: usize) -> Result<(), SecAggError> {
         let k = self.neighbours.min(clients.saturating_sub(1));
         if clients < 2 {
-            return Err(SecAggError::Params(format!(
-                "{clients} clients: secure aggregation needs at least 2"
-            )));
+            return Err(SecAggError::Params(ParamsError::TooFewClients { clients }));
         }
         if k > 255 {
-            return Err(SecAggError::Params(format!(
-                "{k} neighbours: at most 255 (a share's index is one byte)"
-            )));
+            return Err(SecAggError::Params(ParamsError::TooManyNeighbours {
+                neighbours: k,
+            }));
         }
         if self.threshold < 2 || self.threshold > k {
-            return Err(SecAggError::Params(format!(
-                "threshold {} with {k} neighbours: it must be 2..={k}",
-                self.threshold
-            )));
+            return Err(SecAggError::Params(ParamsError::Threshold {
+                threshold: self.threshold,
+                neighbours: k,
+            }));
         }
         Ok(())
     }

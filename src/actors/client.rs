@@ -222,7 +222,7 @@ impl Actor for Client {
 /// A secure aggregation phase message (a message out of phase is answered with the error).
 fn secure_phase(st: &mut ClientState, msg: ClientMsg) {
     let missing = || crate::secagg::SecAggError::Phase {
-        who: "client".into(),
+        who: crate::secagg::Party::AnyClient,
         message: "a phase message",
         phase: "none (no secure round started)",
     };

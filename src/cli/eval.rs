@@ -22,7 +22,8 @@ pub struct EvalArgs {
     /// A run directory: its pretrained base (model.json), its adapter, its held-out loss.
     #[arg(long)]
     pub run: Option<PathBuf>,
-    /// A LoRA adapter directory (PEFT format) to evaluate beside the pretrained model.
+    /// An adapter directory (PEFT format: LoRA, DoRA, IA³, prompt or prefix tuning) to evaluate
+    /// beside the pretrained model.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// PubMedQA's ori_pqal.json.

@@ -1,4 +1,4 @@
-//! `sim generate`: answer a prompt with a GGUF model, optionally with a LoRA adapter merged in.
+//! `sim generate`: answer a prompt with a GGUF model, optionally with an adapter merged in.
 
 use std::path::PathBuf;
 
@@ -18,7 +18,8 @@ pub struct GenerateArgs {
     /// `sim fetch-model` (smollm2-135m-instruct).
     #[arg(long)]
     pub model: String,
-    /// A LoRA adapter to merge in: a run directory or any PEFT adapter directory.
+    /// An adapter to merge in (LoRA, DoRA, IA³, prompt or prefix tuning): a run directory or any
+    /// PEFT adapter directory.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Most new tokens.

@@ -9,7 +9,7 @@ use super::messages::{
     AdvertiseKeys, EncryptedShares, KeyDirectory, MaskedInput, ShareInbox, ShareKeys,
     UnmaskRequest, UnmaskResponse,
 };
-use super::{Params, SecAggError};
+use super::{Params, Party, Refusal, Rejection, SecAggError};
 use crate::ids::ClientId;
 
 /// Where a client is in the round.
@@ -84,14 +84,14 @@ impl SecAggClient {
             Ok(())
         } else {
             Err(SecAggError::Phase {
-                who: format!("client {}", self.id),
+                who: Party::Client(self.id),
                 message,
                 phase: self.phase.name(),
             })
         }
     }
 
-    fn rejected(&self, why: String) -> SecAggError {
+    fn rejected(&self, why: Rejection) -> SecAggError {
         SecAggError::Rejected {
             client: self.id,
             why,
@@ -132,7 +132,7 @@ impl SecAggClient {
         self.expect(Phase::Keys, "the key directory")?;
         for keys in directory.neighbours {
             if keys.client == self.id || self.neighbours.binary_search(&keys.client).is_err() {
-                return Err(self.rejected(format!("keys of {}, not a neighbour", keys.client)));
+                return Err(self.rejected(Rejection::NotNeighbour(keys.client)));
             }
             self.directory.insert(keys.client, keys);
         }
@@ -177,21 +177,14 @@ impl SecAggClient {
     /// Open one share pair addressed to this client.
     fn open(&self, e: &EncryptedShares) -> Result<(Vec<u8>, Vec<u8>), SecAggError> {
         if e.to != self.id {
-            return Err(self.rejected(format!("shares addressed to {}", e.to)));
+            return Err(self.rejected(Rejection::Misaddressed(e.to)));
         }
-        let peer = self.directory.get(&e.from).ok_or_else(|| {
-            self.rejected(format!("shares from {}, not in its directory", e.from))
-        })?;
+        let peer = (self.directory.get(&e.from))
+            .ok_or_else(|| self.rejected(Rejection::UnknownSender(e.from)))?;
         let key = self.share_key(e.from, self.id, &peer.cipher_pk);
         let plain = crypto::open(&key, &self.share_context(e.from, self.id), &e.ciphertext)
             .filter(|p| p.len() == 2 * SHARE)
-            .ok_or_else(|| {
-                self.rejected(format!(
-                    "shares from {} fail authentication (tampered, or replayed from another \
-                     round or pair)",
-                    e.from
-                ))
-            })?;
+            .ok_or_else(|| self.rejected(Rejection::Unauthentic(e.from)))?;
         Ok((plain[..SHARE].to_vec(), plain[SHARE..].to_vec()))
     }
 
@@ -211,7 +204,7 @@ impl SecAggClient {
         for e in &inbox.shares {
             let pair = self.open(e)?;
             if self.held.insert(e.from, pair).is_some() {
-                return Err(self.rejected(format!("a second share pair from {}", e.from)));
+                return Err(self.rejected(Rejection::DuplicateShares(e.from)));
             }
         }
         if self.held.len() < self.params.threshold {
@@ -249,7 +242,7 @@ impl SecAggClient {
     /// survivors, names fewer than `threshold` survivors, or comes a second time.
     pub fn unmask(&mut self, request: &UnmaskRequest) -> Result<UnmaskResponse, SecAggError> {
         self.expect(Phase::Masking, "an unmasking request")?;
-        let refuse = |why: String| SecAggError::Refused {
+        let refuse = |why: Refusal| SecAggError::Refused {
             client: self.id,
             why,
         };
@@ -258,13 +251,10 @@ impl SecAggClient {
             .iter()
             .find(|c| request.dropped.contains(c))
         {
-            return Err(refuse(format!(
-                "client {both} is listed both as a survivor and as dropped: revealing both \
-                 its shares would unmask its update"
-            )));
+            return Err(refuse(Refusal::BothLists(*both)));
         }
         if !request.survivors.contains(&self.id) {
-            return Err(refuse("it sent its masked input but is not listed".into()));
+            return Err(refuse(Refusal::NotListed));
         }
         if request.survivors.len() < self.params.threshold {
             return Err(SecAggError::Threshold {

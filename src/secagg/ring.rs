@@ -7,7 +7,7 @@
 //! read back as a b-bit two's-complement integer, is FedAvg's exact sum — the mean is FedAvg's
 //! bit for bit. [`Ring::for_weight`] picks that size; [`Ring::check`] refuses a smaller one.
 
-use super::SecAggError;
+use super::{ParamsError, SecAggError};
 use crate::ids::ClientId;
 use crate::strategy::fedavg::{fixed_term, mean_of_exact_sums};
 
@@ -24,9 +24,7 @@ impl Ring {
     /// `bits` outside 64..=128.
     pub fn new(bits: u32) -> Result<Self, SecAggError> {
         if !(64..=128).contains(&bits) {
-            return Err(SecAggError::Params(format!(
-                "ring_bits {bits}: it must be 64..=128"
-            )));
+            return Err(SecAggError::Params(ParamsError::RingBits { bits }));
         }
         Ok(Self { bits })
     }
@@ -50,11 +48,11 @@ impl Ring {
     pub fn check(&self, weight: u64) -> Result<(), SecAggError> {
         let need = Self::bits_needed(weight);
         if self.bits < need {
-            return Err(SecAggError::Params(format!(
-                "ring_bits {} can wrap: weights summing to {weight} need 64 + ⌈log2({weight} + \
-                 1)⌉ = {need} bits (|trunc(x·2^40)| < 2^63 per term); set ring_bits ≥ {need}",
-                self.bits
-            )));
+            return Err(SecAggError::Params(ParamsError::RingWraps {
+                bits: self.bits,
+                weight,
+                need,
+            }));
         }
         Ok(())
     }

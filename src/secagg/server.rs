@@ -10,7 +10,7 @@ use super::graph::Graph;
 use super::messages::{
     AdvertiseKeys, KeyDirectory, MaskedInput, ShareInbox, ShareKeys, UnmaskRequest, UnmaskResponse,
 };
-use super::{Params, SecAggError};
+use super::{Params, ReconstructFault, Rejection, SecAggError};
 use crate::ids::ClientId;
 
 /// What a round released: the unmasked sum and who is in it.
@@ -67,11 +67,8 @@ impl SecAggServer {
         })
     }
 
-    fn rejected(&self, client: ClientId, why: &str) -> SecAggError {
-        SecAggError::Rejected {
-            client,
-            why: format!("the server rejected its message: {why}"),
-        }
+    fn rejected(&self, client: ClientId, why: Rejection) -> SecAggError {
+        SecAggError::Rejected { client, why }
     }
 
     /// Phase 0: a client's keys (one per client of the round).
@@ -81,7 +78,7 @@ impl SecAggServer {
     pub fn receive_keys(&mut self, keys: AdvertiseKeys) -> Result<(), SecAggError> {
         let c = keys.client;
         if self.graph.of(c).is_empty() || self.keys.contains_key(&c) {
-            return Err(self.rejected(c, "keys from outside the round, or twice"));
+            return Err(self.rejected(c, Rejection::Keys));
         }
         self.keys.insert(c, keys);
         Ok(())
@@ -108,7 +105,7 @@ impl SecAggServer {
                 .iter()
                 .all(|e| e.from == c && self.graph.joined(c, e.to));
         if !fine {
-            return Err(self.rejected(c, "shares from a client without keys, twice, or astray"));
+            return Err(self.rejected(c, Rejection::Shares));
         }
         self.shares.insert(c, shares);
         Ok(())
@@ -132,12 +129,12 @@ impl SecAggServer {
     pub fn receive_masked(&mut self, input: &MaskedInput) -> Result<(), SecAggError> {
         let c = input.client;
         if !self.shares.contains_key(&c) || self.survivors.contains(&c) {
-            return Err(self.rejected(c, "a masked vector without shares, or twice"));
+            return Err(self.rejected(c, Rejection::Masked));
         }
         let len = self.len;
         let sum = self.sum.get_or_insert_with(|| vec![0; len]);
         if !self.params.ring.add_bytes(sum, &input.masked) {
-            return Err(self.rejected(c, "a masked vector of the wrong size"));
+            return Err(self.rejected(c, Rejection::MaskedSize));
         }
         self.survivors.insert(c);
         Ok(())
@@ -171,7 +168,7 @@ impl SecAggServer {
     pub fn receive_unmask(&mut self, response: UnmaskResponse) -> Result<(), SecAggError> {
         let c = response.client;
         if !self.survivors.contains(&c) || self.responses.contains_key(&c) {
-            return Err(self.rejected(c, "an unmasking response from a non-survivor, or twice"));
+            return Err(self.rejected(c, Rejection::Unmasking));
         }
         self.responses.insert(c, response);
         Ok(())
@@ -203,7 +200,7 @@ impl SecAggServer {
         crypto::combine(&shares).ok_or_else(|| SecAggError::Reconstruct {
             client: owner,
             what,
-            why: "the shares do not combine".into(),
+            why: ReconstructFault::NoCombine,
         })
     }
 
@@ -231,7 +228,7 @@ impl SecAggServer {
                 return Err(SecAggError::Reconstruct {
                     client: j,
                     what: "mask key",
-                    why: "it is not the key the client advertised".into(),
+                    why: ReconstructFault::NotAdvertised,
                 });
             }
             // Survivors that received j's shares masked with j: undo their pairwise masks.

@@ -60,7 +60,7 @@ impl Secure {
         weight: u64,
     ) -> Result<MaskedInput, SecAggError> {
         let inbox = self.inbox.take().ok_or_else(|| SecAggError::Phase {
-            who: "client".into(),
+            who: crate::secagg::Party::AnyClient,
             message: "its update (no share inbox arrived)",
             phase: "shares",
         })?;

@@ -105,7 +105,9 @@ impl EdgeRun {
             }
             Err(why) => {
                 tracing::warn!("edge {}: {why}", self.edge);
-                let status = FitStatus::Failed { reason: why };
+                let status = FitStatus::Failed {
+                    reason: why.to_string(),
+                };
                 for &c in &self.clients {
                     st.current.count(c, &status, None);
                 }

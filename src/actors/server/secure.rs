@@ -34,12 +34,23 @@ pub(super) struct SecureSetup {
     pub(super) cost: Option<SecAggCost>,
 }
 
+/// Why a round cannot be aggregated securely (recorded as the round's reason).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SetupError {
+    /// SecAgg+ cannot run the round (too few clients for the threshold, say).
+    #[error(transparent)]
+    SecAgg(#[from] crate::secagg::SecAggError),
+    /// Homomorphic encryption cannot run the round.
+    #[error(transparent)]
+    He(#[from] crate::he::HeError),
+}
+
 /// The round's set-up phases with its sampled clients, before any trains (nothing to do in
 /// the clear). `Err(why)`: the round cannot be aggregated securely.
 pub(super) async fn set_up(
     st: &mut Core,
     chosen: &[ClientId],
-) -> Result<Result<SecureSetup, String>, ActorProcessingErr> {
+) -> Result<Result<SecureSetup, SetupError>, ActorProcessingErr> {
     let aggregator = st.args.aggregator.clone();
     set_up_at(st, &aggregator, chosen).await
 }
@@ -49,7 +60,7 @@ pub(super) async fn set_up_at(
     st: &mut Core,
     aggregator: &ractor::ActorRef<AggregatorMsg>,
     chosen: &[ClientId],
-) -> Result<Result<SecureSetup, String>, ActorProcessingErr> {
+) -> Result<Result<SecureSetup, SetupError>, ActorProcessingErr> {
     let Some(protection) = st.args.config.secure else {
         return Ok(Ok(SecureSetup::default()));
     };
@@ -66,7 +77,7 @@ pub(super) async fn set_up_at(
                 seed,
                 reply
             })?;
-            answer.map_err(|e| e.to_string())
+            answer.map_err(SetupError::from)
         }
         Protection::Homomorphic(params) => {
             let answer = ractor::call!(aggregator, |reply| AggregatorMsg::HeSetup {
@@ -77,7 +88,7 @@ pub(super) async fn set_up_at(
             })?;
             return Ok(answer
                 .map(|s| he_setup(st, chosen, s))
-                .map_err(|e| e.to_string()));
+                .map_err(SetupError::from));
         }
     };
     Ok(setups.map(|s| secagg_setup(st, &s)))

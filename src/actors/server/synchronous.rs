@@ -60,6 +60,7 @@ impl SyncRounds {
         let setup = match secure::set_up(st, &chosen).await? {
             Ok(setup) => setup,
             Err(why) => {
+                let why = why.to_string();
                 let closed = short_round(me, st, round, start, available.len(), why, None).await?;
                 return self.next(me, st, closed);
             }
