@@ -197,7 +197,7 @@ impl SecAggServer {
                 threshold: self.params.threshold,
             });
         }
-        crypto::combine(&shares).ok_or_else(|| SecAggError::Reconstruct {
+        crypto::combine(&shares).ok_or(SecAggError::Reconstruct {
             client: owner,
             what,
             why: ReconstructFault::NoCombine,
