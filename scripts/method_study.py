@@ -91,8 +91,9 @@ def main():
     if args.accuracy:
         task = json.loads((runs[0] / "summary.json").read_text())["task_eval"]
         target = (f"target: {task['task']} subset accuracy ≥ {task['time_to_accuracy']['target']} "
-                  f"({task['subset_items']} items); accuracy: the whole split ({task['items']} "
-                  f"items), Wilson 95 % interval; pretrained control "
+                  f"({task['subset_items']} items); accuracy: after the last round on "
+                  f"{'the whole split' if task['items'] > task['subset_items'] else 'the subset'} "
+                  f"({task['items']} items), Wilson 95 % interval; pretrained control "
                   f"{task['pretrained_accuracy']:.3f}, majority class {task['majority']:.3f}")
     else:
         target = f"target: held-out loss ≤ {args.target_loss} nats/token"
