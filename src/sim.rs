@@ -11,6 +11,7 @@ mod recorder;
 mod resume;
 mod setup;
 mod summary;
+mod teardown;
 pub(crate) mod wiring;
 pub mod worker;
 mod workers;
@@ -25,7 +26,6 @@ use std::time::Instant;
 use ractor::Actor;
 use tokio::sync::oneshot;
 
-use crate::actors::aggregator::AggregatorMsg;
 use crate::actors::server::{Resume, Server, ServerArgs, ServerConfig, ServerMsg, ServerOutcome};
 use crate::data::DataError;
 use crate::devices::TraceError;
@@ -445,14 +445,9 @@ async fn run_actors(
         resume,
     };
     let outcome = serve(args, rx, &shutdown).await;
-    save_server_state(&aggregator, &dir).await?;
-    aggregator.stop(None);
-    let _ = agg_handle.await;
-    for (edge, handle) in edges.iter().zip(edge_handles) {
-        edge.stop(None);
-        let _ = handle.await;
-    }
-    let busy = release_slots(pool, &shutdown).await?;
+    teardown::save_server_state(&aggregator, &dir).await?;
+    teardown::stop_aggregators((aggregator, agg_handle), edges.iter().zip(edge_handles)).await;
+    let busy = teardown::release_slots(pool, &shutdown).await?;
     let workers = cluster.map(|c| c.records()).unwrap_or_default();
     Ok((outcome?, busy, workers))
 }
@@ -487,36 +482,4 @@ async fn serve(
     let _ = server_handle.await;
     abandon.abort();
     outcome
-}
-
-/// The server optimiser's state persists across rounds: it is saved with the run.
-async fn save_server_state(
-    aggregator: &ractor::ActorRef<AggregatorMsg>,
-    dir: &RunDir,
-) -> Result<(), SimError> {
-    if let Ok(Some(state)) = ractor::call!(aggregator, |reply| AggregatorMsg::ServerState { reply })
-    {
-        let bytes = state
-            .to_safetensors()
-            .map_err(|e| ModelError::Layout(e.to_string()))?;
-        dir.write_bytes("server_state.safetensors", &bytes)?;
-    }
-    Ok(())
-}
-
-/// The slots' busy seconds, and the pool closed: after its jobs, or at once after a second
-/// stop request (jobs in flight are dropped; their threads end with the process).
-async fn release_slots(
-    pool: crate::slots::SlotPool,
-    shutdown: &Shutdown,
-) -> Result<Vec<f64>, SimError> {
-    let busy = pool.busy_seconds();
-    if shutdown.level() == StopLevel::Abandon {
-        pool.abandon();
-    } else {
-        tokio::task::spawn_blocking(move || pool.shutdown())
-            .await
-            .map_err(|e| actor_err(&e))?;
-    }
-    Ok(busy)
 }

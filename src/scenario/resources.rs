@@ -123,29 +123,35 @@ pub struct Shape<'a> {
 /// Text, topic and token ids of one generated (or canary) record: about 1.5 KB.
 const RECORD_BYTES: f64 = 1536.0;
 
+/// Peak memory of the synthetic trainer (no model, no text) with updates of `n` values.
+fn synthetic(s: &Shape<'_>, n: usize, aggregation: f64, client_state: f64) -> MemoryEstimate {
+    let f = |v: usize| v as f64;
+    // Global, its payload and the new global (f32 each), the exact i128 accumulator; per
+    // slot an update and its payload; topic ids and shard indices per record.
+    let records = match s.source {
+        DataSource::Synthetic { records } => f(*records),
+        other => other
+            .path()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0.0, |md| md.len() as f64),
+    };
+    MemoryEstimate {
+        model: f(n) * (3.0 * 4.0 + 16.0),
+        training: f(s.slots) * f(n) * 8.0,
+        evaluation: 0.0,
+        data: 6.0 * records,
+        aggregation,
+        client_state,
+    }
+}
+
 /// Estimate peak memory.
 pub fn estimate(s: &Shape<'_>) -> MemoryEstimate {
     let f = |v: usize| v as f64;
     let aggregation = 4.0 * f(s.held_updates.0) * f(s.held_updates.1);
     let client_state = 4.0 * f(s.residuals.0) * f(s.residuals.1);
     if let Some(n) = s.synthetic {
-        // Global, its payload and the new global (f32 each), the exact i128 accumulator; per
-        // slot an update and its payload; topic ids and shard indices per record.
-        let records = match s.source {
-            DataSource::Synthetic { records } => f(*records),
-            other => other
-                .path()
-                .and_then(|p| std::fs::metadata(p).ok())
-                .map_or(0.0, |md| md.len() as f64),
-        };
-        return MemoryEstimate {
-            model: f(n) * (3.0 * 4.0 + 16.0),
-            training: f(s.slots) * f(n) * 8.0,
-            evaluation: 0.0,
-            data: 6.0 * records,
-            aggregation,
-            client_state,
-        };
+        return synthetic(s, n, aggregation, client_state);
     }
     let m = s.model;
     let (h, i, l, v) = (

@@ -37,17 +37,8 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
     check_clients(&c, &file)?;
     check_train(&c, &file)?;
     let (threads, cores) = slots::check_slots(&c, &file)?;
-    let (memory, warnings) = check_resources(
-        &c,
-        &file,
-        &model,
-        (threads, cores),
-        (
-            lora.trainable_parameters(&model),
-            lora.method.virtual_tokens(),
-        ),
-        &base_footprint,
-    )?;
+    let (memory, warnings) =
+        check_resources(&c, &file, &model, (threads, cores), &lora, &base_footprint)?;
     let dp = check_dp(&c, &file)?;
     check_federation(&c, &file)?;
     let (d, s, t, sl) = (&file.data, &file.strategy, &file.train, &file.slots);
@@ -298,21 +289,9 @@ fn check_train(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> 
     Ok(())
 }
 
-fn check_resources(
-    c: &Check<'_>,
-    file: &ScenarioFile,
-    model: &LlamaConfig,
-    (threads, cores): (usize, usize),
-    (adapter_values, virtual_tokens): (usize, usize),
-    base: &Footprint,
-) -> Result<(resources::MemoryEstimate, Vec<String>), ScenarioError> {
-    let (d, t, sl, n) = (&file.data, &file.train, &file.slots, file.clients.count);
-    system::check_system(c, (&file.system, field_path!(file.system)), n, file.seed)?;
-    let mut warnings = Vec::new();
-    if file.adapter.is_some() && file.lora != super::file::LoraSection::default() {
-        warnings.push("the lora section is ignored: adapter is set and takes its place".into());
-    }
-    let synthetic = match file.trainer {
+/// The synthetic trainer's update size (None for the LoRA trainer), checked.
+fn check_synthetic(c: &Check<'_>, file: &ScenarioFile) -> Result<Option<usize>, ScenarioError> {
+    Ok(match file.trainer {
         TrainerKind::Lora => None,
         TrainerKind::Synthetic { params } => {
             c.ensure(
@@ -321,16 +300,34 @@ fn check_resources(
                 format!("is {params}; it must be 1..=100000000"),
             )?;
             c.ensure(
-                d.canaries == 0,
+                file.data.canaries == 0,
                 field_path!(file.data.canaries),
                 format!(
                     "is {} but the synthetic trainer reads no text; set 0, or use trainer: Lora",
-                    d.canaries
+                    file.data.canaries
                 ),
             )?;
             Some(params)
         }
-    };
+    })
+}
+
+fn check_resources(
+    c: &Check<'_>,
+    file: &ScenarioFile,
+    model: &LlamaConfig,
+    (threads, cores): (usize, usize),
+    lora: &crate::model::LoraConfig,
+    base: &Footprint,
+) -> Result<(resources::MemoryEstimate, Vec<String>), ScenarioError> {
+    let (d, t, sl, n) = (&file.data, &file.train, &file.slots, file.clients.count);
+    let adapter_values = lora.trainable_parameters(model);
+    system::check_system(c, (&file.system, field_path!(file.system)), n, file.seed)?;
+    let mut warnings = Vec::new();
+    if file.adapter.is_some() && file.lora != super::file::LoraSection::default() {
+        warnings.push("the lora section is ignored: adapter is set and takes its place".into());
+    }
+    let synthetic = check_synthetic(c, file)?;
     let memory = resources::estimate(&resources::Shape {
         synthetic,
         model,
@@ -342,7 +339,7 @@ fn check_resources(
         batch_size: t.batch_size,
         eval_batch_size: t.eval_batch_size,
         max_seq_len: d.max_seq_len,
-        virtual_tokens,
+        virtual_tokens: lora.method.virtual_tokens(),
         residuals: match file.compression.error_feedback() {
             true => (file.clients.count, adapter_values),
             false => (0, 0),
