@@ -210,31 +210,26 @@ fn an_ia3_adapter_round_trips_through_peft_format() {
     assert!(err.contains("adapter_config.json"), "{err}");
 }
 
+/// How far `adapter` moves the fixture base's logits on the reference batch (largest |Δ|).
+fn logit_shift(f: &Fixture, adapter: &fedsim::model::AdapterSet) -> f32 {
+    let input = batch();
+    let vars = LoraVars::fixed(adapter, &f.lora, &Device::Cpu).unwrap();
+    let a = f
+        .model
+        .forward(&input.input_ids, &input.mask, None)
+        .unwrap();
+    let b = f.model.forward(&input.input_ids, &input.mask, Some(&vars));
+    let b = b.unwrap();
+    crate::model::max_abs_diff(&a, &b)
+}
+
 #[test]
 fn an_untrained_ia3_adapter_leaves_the_base_unchanged() {
     let f = Fixture::build_ia3().unwrap();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
     let ones = f.lora.init_adapter(&f.cfg, &mut rng);
     assert!(ones.data().iter().all(|&v| v == 1.0));
-    let input = batch();
-    let vars = LoraVars::fixed(&ones, &f.lora, &Device::Cpu).unwrap();
-    let a = f
-        .model
-        .forward(&input.input_ids, &input.mask, None)
-        .unwrap();
-    let b = f
-        .model
-        .forward(&input.input_ids, &input.mask, Some(&vars))
-        .unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(d, 0.0);
+    assert_eq!(logit_shift(&f, &ones), 0.0);
 }
 
 #[test]
@@ -250,24 +245,7 @@ fn a_dora_adapter_round_trips_through_peft_format_and_starts_as_the_base() {
     // B = 0 and m = ‖W‖: the base model, up to the norm's rounding.
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
     let init = f.lora.init_adapter_for(&f.model, &mut rng).unwrap();
-    let input = batch();
-    let vars = LoraVars::fixed(&init, &f.lora, &Device::Cpu).unwrap();
-    let a = f
-        .model
-        .forward(&input.input_ids, &input.mask, None)
-        .unwrap();
-    let b = f
-        .model
-        .forward(&input.input_ids, &input.mask, Some(&vars))
-        .unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = logit_shift(&f, &init);
     assert!(
         d < 1e-5,
         "an untrained DoRA adapter moves the logits by {d}"
@@ -343,19 +321,11 @@ fn federated_ia3_lowers_the_loss_with_every_strategy_family() {
 
 #[test]
 fn ia3_settings_are_checked_by_name() {
-    let err = crate::util::scenario(
-        crate::util::SMALL,
-        &["adapter=Ia3(target_modules: [\"k_proj\"], feedforward_modules: [\"down_proj\"])"],
-    )
-    .unwrap_err()
-    .to_string();
+    let err = crate::util::scenario_err(&[
+        "adapter=Ia3(target_modules: [\"k_proj\"], feedforward_modules: [\"down_proj\"])",
+    ]);
     assert!(err.contains("adapter.Ia3.feedforward_modules"), "{err}");
-    let err = crate::util::scenario(
-        crate::util::SMALL,
-        &["adapter=Ia3(target_modules: [\"x_proj\"])"],
-    )
-    .unwrap_err()
-    .to_string();
+    let err = crate::util::scenario_err(&["adapter=Ia3(target_modules: [\"x_proj\"])"]);
     assert!(
         err.contains("adapter.Ia3.target_modules") && err.contains("x_proj"),
         "{err}"

@@ -80,6 +80,14 @@ pub fn scenario(text: &str, set: &[&str]) -> Result<Scenario, fedsim::ScenarioEr
     Scenario::from_ron(text, Path::new("test.ron"), &set)
 }
 
+/// The error `SMALL` with `set` applied is refused with, as printed.
+pub fn scenario_err(set: &[&str]) -> String {
+    match scenario(SMALL, set) {
+        Ok(_) => panic!("{set:?} was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// Run a scenario to the end into `out`.
 pub fn run(s: &Scenario, out: &Path) -> RunReport {
     run_until(s, out, fedsim::Shutdown::never())

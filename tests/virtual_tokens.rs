@@ -161,11 +161,8 @@ fn federated_prompt_and_prefix_tuning_lower_the_loss() {
     .into_iter()
     .enumerate()
     {
-        let s = crate::util::scenario(
-            crate::util::SMALL,
-            &[adapter, extra, "train.lr_max=3e-2", "rounds=3"],
-        )
-        .unwrap();
+        let set = [adapter, extra, "train.lr_max=3e-2", "rounds=3"];
+        let s = crate::util::scenario(crate::util::SMALL, &set).unwrap();
         let r = crate::util::run(&s, &tmp.path().join(i.to_string()));
         let sum = fedsim::report::Summary::read(&r.dir).unwrap();
         assert!(
@@ -193,32 +190,17 @@ fn federated_prompt_and_prefix_tuning_lower_the_loss() {
 
 #[test]
 fn virtual_token_settings_are_checked_by_name() {
-    let err = crate::util::scenario(
-        crate::util::SMALL,
-        &["adapter=PromptTuning(num_virtual_tokens: 0)"],
-    )
-    .unwrap_err()
-    .to_string();
+    let err = crate::util::scenario_err(&["adapter=PromptTuning(num_virtual_tokens: 0)"]);
     assert!(
         err.contains("adapter.PromptTuning.num_virtual_tokens"),
         "{err}"
     );
-    let err = crate::util::scenario(
-        crate::util::SMALL,
-        &["adapter=PrefixTuning(num_virtual_tokens: 100000)"],
-    )
-    .unwrap_err()
-    .to_string();
+    let err = crate::util::scenario_err(&["adapter=PrefixTuning(num_virtual_tokens: 100000)"]);
     assert!(
         err.contains("adapter.PrefixTuning.num_virtual_tokens") && err.contains("max_seq_len"),
         "{err}"
     );
-    let err = crate::util::scenario(
-        crate::util::SMALL,
-        &["adapter=PromptTuning(init: Text(\"  \"))"],
-    )
-    .unwrap_err()
-    .to_string();
+    let err = crate::util::scenario_err(&["adapter=PromptTuning(init: Text(\"  \"))"]);
     assert!(err.contains("adapter.PromptTuning.init"), "{err}");
 }
 

@@ -250,11 +250,17 @@ fn log_probs(logits: &Tensor) -> Result<Vec<f64>, ModelError> {
 /// logits (vocab) of the last one.
 fn step(model: &BaseModel, cache: &mut KvCache, tokens: &[u32]) -> Result<Tensor, ModelError> {
     let ids = Tensor::from_vec(tokens.to_vec(), tokens.len(), model.device())?;
-    forward(model, cache, model.embed_tokens.embed(&ids)?)
+    let x = forward(model, cache, model.embed_tokens.embed(&ids)?)?;
+    let last = rms_norm(
+        &x.narrow(0, x.dim(0)? - 1, 1)?,
+        &model.norm,
+        model.cfg.rms_norm_eps,
+    )?;
+    Ok(decode_matmul(&last, model.head(), model.inference)?.squeeze(0)?)
 }
 
-/// Run input embeddings `x` (n, hidden) at positions cache.len.. through the model, extending
-/// the cache; the logits (vocab) of the last row.
+/// Run input embeddings `x` (n, hidden) at positions cache.len.. through the decoder blocks,
+/// extending the cache; the last block's output (n, hidden), before the final norm.
 fn forward(model: &BaseModel, cache: &mut KvCache, mut x: Tensor) -> Result<Tensor, ModelError> {
     let cfg = &model.cfg;
     let (n, pos) = (x.dim(0)?, cache.len);
@@ -292,8 +298,7 @@ fn forward(model: &BaseModel, cache: &mut KvCache, mut x: Tensor) -> Result<Tens
         x = (x + decode_matmul(&act, &block.proj[DownProj.index()], model.inference)?)?;
     }
     cache.len += n;
-    let last = rms_norm(&x.narrow(0, n - 1, 1)?, &model.norm, cfg.rms_norm_eps)?;
-    Ok(decode_matmul(&last, model.head(), model.inference)?.squeeze(0)?)
+    Ok(x)
 }
 
 /// Additive mask for `n` new queries at positions pos.. over pos + n keys, rows grouped as

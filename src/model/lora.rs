@@ -254,19 +254,15 @@ impl LoraConfig {
         let layout = adapter.layout().clone();
         for t in layout.tensors() {
             let values = match t.kind {
-                TensorKind::Magnitude => model.row_norms(t.layer, t.module)?,
-                TensorKind::Prompt => match &self.method {
-                    AdapterMethod::PromptTuning { init, .. } => {
-                        match super::prompt::init_ids(init, t.shape.0, text_ids, model, rng)? {
-                            Some(ids) => model.embedding_rows(&ids)?,
-                            None => continue,
-                        }
-                    }
-                    _ => continue,
-                },
-                _ => continue,
+                TensorKind::Magnitude => Some(model.row_norms(t.layer, t.module)?),
+                TensorKind::Prompt => {
+                    super::prompt::init_rows(&self.method, t.shape.0, text_ids, model, rng)?
+                }
+                _ => None,
             };
-            adapter.data_mut()[t.offset..t.offset + t.numel()].copy_from_slice(&values);
+            if let Some(values) = values {
+                adapter.data_mut()[t.offset..t.offset + t.numel()].copy_from_slice(&values);
+            }
         }
         Ok(adapter)
     }

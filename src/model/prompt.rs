@@ -19,7 +19,7 @@ use candle_core::{DType, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{BaseModel, LlamaConfig, ModelError, PromptInit};
+use super::{AdapterMethod, BaseModel, LlamaConfig, ModelError, PromptInit};
 
 /// A trained prompt or prefix, on the model's device.
 #[derive(Clone)]
@@ -134,30 +134,34 @@ pub fn prefix_mask(mask: &Tensor, n: usize) -> candle_core::Result<Tensor> {
     Tensor::cat(&[&open, mask], 3)
 }
 
-/// The tokens whose base embeddings start prompt tuning's n rows: None for [`PromptInit::Random`]
-/// (the N(0, 1) values stay), n uniform draws from the vocabulary for `SampleVocab`, and
-/// `text_ids` repeated or cut to n for `Text` (PEFT's `TEXT` init).
+/// Prompt tuning's n starting rows taken from the base's embeddings: None for
+/// [`PromptInit::Random`] (the N(0, 1) values stay) and for every other method; the embeddings
+/// of n uniform draws from the vocabulary for `SampleVocab`, of `text_ids` repeated or cut to n
+/// for `Text` (PEFT's `TEXT` init).
 ///
 /// # Errors
-/// [`ModelError::EmptyPromptText`] when a text init has no tokens.
-pub(super) fn init_ids(
-    init: &PromptInit,
+/// [`ModelError::EmptyPromptText`] when a text init has no tokens; a packed embedding that
+/// cannot be read.
+pub(super) fn init_rows(
+    method: &AdapterMethod,
     n: usize,
     text_ids: &[u32],
     model: &BaseModel,
     rng: &mut ChaCha8Rng,
-) -> Result<Option<Vec<u32>>, ModelError> {
-    Ok(match init {
-        PromptInit::Random => None,
+) -> Result<Option<Vec<f32>>, ModelError> {
+    let AdapterMethod::PromptTuning { init, .. } = method else {
+        return Ok(None);
+    };
+    let ids: Vec<u32> = match init {
+        PromptInit::Random => return Ok(None),
         PromptInit::SampleVocab => {
             let vocab = model.config().vocab_size as u32;
-            Some((0..n).map(|_| rng.random_range(0..vocab)).collect())
+            (0..n).map(|_| rng.random_range(0..vocab)).collect()
         }
-        PromptInit::Text(text) => {
-            if text_ids.is_empty() {
-                return Err(ModelError::EmptyPromptText { text: text.clone() });
-            }
-            Some(text_ids.iter().copied().cycle().take(n).collect())
+        PromptInit::Text(text) if text_ids.is_empty() => {
+            return Err(ModelError::EmptyPromptText { text: text.clone() })
         }
-    })
+        PromptInit::Text(_) => text_ids.iter().copied().cycle().take(n).collect(),
+    };
+    Ok(Some(model.embedding_rows(&ids)?))
 }
