@@ -25,8 +25,12 @@ use crate::network::transfer_seconds;
 /// What a trained token costs on a given model and adapter.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CostModel {
-    /// Frozen matmul weights per token (projections of all layers, plus the LM head).
+    /// Frozen projection weights per token (all layers).
     base_weights: f64,
+    /// The LM head's weights (vocab × hidden).
+    head: f64,
+    /// Decoder layers (the per-layer share of the layer terms).
+    layers: usize,
     /// L·H: attention cost per token pair.
     attn: f64,
     /// Σ r·(in + out) over adapted projections and layers.
@@ -80,7 +84,9 @@ impl CostModel {
         };
         Self {
             per_step: l * per_step,
-            base_weights: l * proj + (model.vocab_size * model.hidden_size) as f64,
+            base_weights: l * proj,
+            head: (model.vocab_size * model.hidden_size) as f64,
+            layers: model.num_hidden_layers,
             attn: l * model.hidden_size as f64,
             lora: l * adapted,
             prompt: if matches!(lora.method, M::PromptTuning { .. }) {
@@ -103,12 +109,28 @@ impl CostModel {
 
     /// FLOPs of training on one sequence of `n` tokens.
     pub fn sequence_flops(&self, n: usize) -> f64 {
+        self.block_flops(n) + self.head_flops(n)
+    }
+
+    /// The decoder blocks' share of [`Self::sequence_flops`] (all layers; each layer costs the
+    /// same, so k layers cost k/L of it).
+    pub fn block_flops(&self, n: usize) -> f64 {
         let t = (n + self.prompt) as f64;
         let (n, v) = (n as f64, self.prefix as f64);
         4.0 * self.base_weights * t
             + 4.0 * self.attn * t * t
             + 8.0 * self.attn * n * v
             + 6.0 * self.lora * n
+    }
+
+    /// The LM head's share of [`Self::sequence_flops`].
+    pub fn head_flops(&self, n: usize) -> f64 {
+        4.0 * self.head * (n + self.prompt) as f64
+    }
+
+    /// Decoder layers of the model priced.
+    pub fn layers(&self) -> usize {
+        self.layers
     }
 }
 
@@ -121,6 +143,12 @@ pub struct Timeline {
     pub download: f64,
     /// Local training.
     pub compute: f64,
+    /// Split learning: the server's half of every step (0 without).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub server: f64,
+    /// Split learning: every step's activation and gradient messages (0 without).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub exchange: f64,
     /// Masking the update before the upload (secure aggregation; 0 without).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub mask: f64,
@@ -142,6 +170,8 @@ impl Timeline {
             start,
             download: transfer_seconds(down_bytes, profile.down_mbps, profile.latency_s),
             compute: flops / profile.flops,
+            server: 0.0,
+            exchange: 0.0,
             mask: 0.0,
             upload: transfer_seconds(up_bytes, profile.up_mbps, profile.latency_s),
         }
@@ -149,12 +179,18 @@ impl Timeline {
 
     /// When the update reaches the server.
     pub fn finish(&self) -> f64 {
-        self.start + self.download + self.compute + self.mask + self.upload
+        self.start + self.download + self.training() + self.mask + self.upload
     }
 
-    /// When the client would crash having done `fraction` of its compute.
+    /// Local training: the client's compute, and under split learning the server's half and
+    /// the messages of every step.
+    pub fn training(&self) -> f64 {
+        self.compute + self.server + self.exchange
+    }
+
+    /// When the client would crash having done `fraction` of its training.
     pub fn crash_time(&self, fraction: f64) -> f64 {
-        self.start + self.download + fraction * self.compute
+        self.start + self.download + fraction * self.training()
     }
 }
 

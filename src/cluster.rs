@@ -234,6 +234,9 @@ pub enum JobRes {
         tokens: usize,
         /// Host seconds the worker's slot spent.
         host_seconds: f64,
+        /// Split learning's messages (None otherwise).
+        #[serde(default)]
+        split: Option<crate::split::SplitTraffic>,
     },
     /// Evaluation finished.
     Evaluated(EvaluateRes),

@@ -26,7 +26,7 @@ mod quantize;
 mod topk;
 mod wire;
 
-pub use quantize::{dequantize_block, quantize_block, BLOCK};
+pub use quantize::{dequantize_block, from_f16, quantize_block, to_f16, BLOCK};
 pub use wire::Message;
 
 /// What a client does to its update before upload.

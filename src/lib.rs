@@ -64,6 +64,7 @@
 
 pub mod actors;
 pub mod attack;
+pub mod batch;
 pub mod bytes;
 pub mod byzantine;
 pub mod chart;
@@ -93,6 +94,7 @@ pub mod secagg;
 pub mod shutdown;
 pub mod sim;
 pub mod slots;
+pub mod split;
 pub mod stragglers;
 pub mod strategy;
 pub mod study;

@@ -187,6 +187,8 @@ pub struct FitUpdate {
     pub host_seconds: f64,
     /// The client's round on the virtual clock.
     pub timeline: Timeline,
+    /// Split learning: the activation and gradient messages it sent and received.
+    pub split: Option<crate::split::SplitTraffic>,
 }
 
 /// Server-side evaluation request: the adapter to evaluate (`None`: the bare base model).
@@ -281,6 +283,10 @@ pub struct RoundSummary {
     /// A hierarchical round's edges and bytes per tier (topology `Hierarchical`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hierarchy: Option<crate::topology::HierarchyRound>,
+    /// Split learning: the round's activation and gradient messages, summed over the clients
+    /// that completed (topology `Split`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<crate::split::SplitTraffic>,
     /// Why the round aggregated nothing on purpose (too few clients available), if so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,

@@ -26,6 +26,7 @@ pub mod prompt;
 pub mod q8dot;
 mod qmatmul;
 pub mod reference;
+pub mod stages;
 pub mod weight;
 
 pub use adapter::{AdapterLayout, AdapterSet, PayloadReader, TensorKind};

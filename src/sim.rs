@@ -395,14 +395,8 @@ async fn run_actors(
 ) -> Result<(ServerOutcome, Vec<f64>, Vec<crate::cluster::WorkerRecord>), SimError> {
     let dir = recorder.dir.clone();
     let (initial, mut pool) = wiring::slot_pool(s, prep, &layout)?;
-    let cluster = match workers::worker_set(s)? {
-        Some(set) => Some(workers::join(s, &set, prep, &layout, &mut pool).await?),
-        None => None,
-    };
-    let _sampler = cluster
-        .as_ref()
-        .zip(observers.telemetry.clone())
-        .map(|(c, t)| workers::sample(c, t));
+    let telemetry = observers.telemetry.clone();
+    let (cluster, _sampler) = workers::start(s, prep, &layout, &mut pool, telemetry).await?;
     let pace = observers.pace;
     let sink = round_sink(recorder, observers, pool.busy());
     let hierarchy = wiring::hierarchy(s, prep)?;
@@ -415,17 +409,19 @@ async fn run_actors(
     let clients = wiring::client_context(
         s,
         prep,
-        pool.handle(),
+        (pool.handle(), &initial),
         aggregator.clone(),
         routes,
         compressing,
     )?;
+    let split_bytes = clients.split.as_ref().map(|p| p.adapter_bytes);
     let (tx, rx) = oneshot::channel();
     let args = ServerArgs {
         config: ServerConfig {
             secure: wiring::secure_params(s, prep)?,
             hierarchy,
-            upload_bytes,
+            upload_bytes: upload_bytes.or(split_bytes),
+            download_bytes: split_bytes,
             ..wiring::server_config(s, prep.lora.is_some(), pace)
         },
         shards: prep

@@ -1,5 +1,6 @@
-//! Who a client talks to: the server directly (`Flat`), or a regional edge aggregator that
-//! talks to the cloud (`Hierarchical`, HierFAVG — Liu et al. 2020).
+//! Who a client talks to: the server directly (`Flat`), a regional edge aggregator that
+//! talks to the cloud (`Hierarchical`, HierFAVG — Liu et al. 2020), or the server every step
+//! with the model split between them (`Split`, [`crate::split`]).
 //!
 //! In a hierarchical cloud round the sampled clients are grouped by edge; each edge runs
 //! `edge_rounds` E local aggregations (its clients train from the edge's model, upload to the
@@ -24,6 +25,7 @@ use crate::devices::Fleet;
 use crate::ids::{ClientId, RoundId};
 use crate::network::transfer_seconds;
 use crate::rng::{derive, purpose, rng_for};
+use crate::split::{CutCompression, SplitConfig, SplitMode};
 
 /// Edge ids (0..edges).
 pub type EdgeId = usize;
@@ -70,6 +72,50 @@ pub enum Topology {
         #[serde(default)]
         noise_at: NoiseAt,
     },
+    /// Split fine-tuning: clients run the embedding and the first `cut_layer` blocks, the
+    /// server the rest; activations and gradients travel every step (see [`crate::split`]).
+    Split {
+        /// Decoder blocks on the client (0: only the embedding), below the model's layers.
+        cut_layer: usize,
+        /// SplitFed (the server keeps the head and sees the labels) or UShaped.
+        #[serde(default)]
+        mode: SplitMode,
+        /// How the activations are encoded.
+        #[serde(default)]
+        activation_compression: CutCompression,
+        /// How the gradients are encoded.
+        #[serde(default)]
+        gradient_compression: CutCompression,
+        /// The server's training throughput, FLOP/s.
+        #[serde(default = "default_server_flops")]
+        server_flops: f64,
+    },
+}
+
+fn default_server_flops() -> f64 {
+    crate::split::DEFAULT_SERVER_FLOPS
+}
+
+impl Topology {
+    /// The split settings of a `Split` topology.
+    pub fn split(&self) -> Option<SplitConfig> {
+        match *self {
+            Topology::Split {
+                cut_layer,
+                mode,
+                activation_compression,
+                gradient_compression,
+                server_flops,
+            } => Some(SplitConfig {
+                cut_layer,
+                mode,
+                activation_compression,
+                gradient_compression,
+                server_flops,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Where a hierarchy adds client-level DP noise.

@@ -6,14 +6,15 @@
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+pub use crate::batch::{make_batch, padding_mask, target_range};
 use crate::model::lora::DropoutRng;
-use crate::model::{AdapterSet, BaseModel, LoraConfig, LoraVars, LossInput, ModelError};
+use crate::model::{AdapterSet, BaseModel, LoraConfig, LoraVars, ModelError};
 use crate::tokenizer::TokenizedExample;
 
 /// Errors of local training.
@@ -45,6 +46,9 @@ pub enum TrainError {
     /// The job was stopped before its end (its run was abandoned, or its coordinator left).
     #[error("cancelled at step {0}: the run that asked for it is gone")]
     Cancelled(usize),
+    /// A split step failed (a malformed message, or the model).
+    #[error(transparent)]
+    Split(#[from] crate::split::SplitError),
     /// The job failed on a remote worker.
     #[error("on worker {worker}: {reason}")]
     Remote {
@@ -102,43 +106,21 @@ pub struct LocalResult {
     pub steps: usize,
     /// Tokens processed (prompt and response, padding excluded).
     pub tokens: usize,
+    /// Split learning: the activation and gradient messages sent (None otherwise).
+    pub split: Option<crate::split::SplitTraffic>,
 }
 
-/// Build the loss input for a batch of examples, right-padded with `pad`.
-///
-/// # Errors
-/// On a candle error.
-pub fn make_batch(
-    examples: &[&TokenizedExample],
-    pad: u32,
-    device: &Device,
-) -> Result<LossInput, ModelError> {
-    let b = examples.len();
-    let s = examples.iter().map(|e| e.ids.len()).max().unwrap_or(1);
-    let mut ids = vec![pad; b * s];
-    let mut mask = vec![-1e9f32; b * s * s];
-    let mut positions = Vec::new();
-    let mut targets = Vec::new();
-    for (bi, e) in examples.iter().enumerate() {
-        let len = e.ids.len();
-        ids[bi * s..bi * s + len].copy_from_slice(&e.ids);
-        for i in 0..s {
-            for j in 0..=i.min(len - 1) {
-                mask[(bi * s + i) * s + j] = 0.0;
-            }
-        }
-        for t in e.prompt_len.saturating_sub(1)..len - 1 {
-            positions.push((bi * s + t) as u32);
-            targets.push(e.ids[t + 1]);
-        }
+/// A split step's gradients with FedProx's proximal term's added (its graph touches every
+/// variable, on both sides of the cut).
+fn with_proximal(
+    mut grads: candle_core::backprop::GradStore,
+    prox: Option<Tensor>,
+    vars: &LoraVars,
+) -> Result<candle_core::backprop::GradStore, TrainError> {
+    if let Some(prox) = prox {
+        crate::split::step::merge_grads(&mut grads, prox.backward()?, vars)?;
     }
-    let n = targets.len();
-    Ok(LossInput {
-        input_ids: Tensor::from_vec(ids, (b, s), device)?,
-        mask: Tensor::from_vec(mask, (b, 1, s, s), device)?,
-        positions: Tensor::from_vec(positions, n, device)?,
-        targets: Tensor::from_vec(targets, n, device)?,
-    })
+    Ok(grads)
 }
 
 /// The batches a client trains on in a round, drawn before training so that its token count —
@@ -203,6 +185,9 @@ pub struct LoraTrainer {
     pub lora: LoraConfig,
     /// Padding token id.
     pub pad: u32,
+    /// Split learning: each step runs as a client half and a server half joined by encoded
+    /// messages (topology `Split`); None trains the whole model in one graph.
+    pub split: Option<crate::split::SplitConfig>,
 }
 
 impl LoraTrainer {
@@ -223,12 +208,10 @@ impl LoraTrainer {
             weight_decay,
             proximal_mu,
         } = rule;
-        let (model, lora, pad) = (&*self.model, &self.lora, self.pad);
         if examples.is_empty() {
             return Err(TrainError::NoExamples);
         }
-        let device = model.device();
-        let vars = LoraVars::from_adapter(global, lora, device)?;
+        let vars = LoraVars::from_adapter(global, &self.lora, self.model.device())?;
         let params = ParamsAdamW {
             lr,
             weight_decay,
@@ -244,6 +227,7 @@ impl LoraTrainer {
         let mut dropout = DropoutRng::new(ChaCha8Rng::seed_from_u64(schedule.dropout_seed));
         let steps = schedule.batches.len();
         let (mut loss_sum, mut tokens) = (0.0f64, 0usize);
+        let mut traffic = crate::split::SplitTraffic::default();
         for (step, picks) in schedule.batches.iter().enumerate() {
             if cancel.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(TrainError::Cancelled(step));
@@ -251,21 +235,16 @@ impl LoraTrainer {
             let batch: Vec<&TokenizedExample> =
                 picks.iter().map(|&i| examples[i as usize]).collect();
             tokens += batch.iter().map(|e| e.ids.len()).sum::<usize>();
-            let input = make_batch(&batch, pad, device)?;
-            let (nll, n) = model.loss_sum(&input, Some(&vars), Some(&mut dropout))?;
-            let loss = (nll / n as f64)?;
-            let value = loss.to_scalar::<f32>()?;
+            let prox = (!anchors.is_empty())
+                .then(|| {
+                    crate::strategy::fedprox::proximal_term(vars.vars(), &anchors, proximal_mu)
+                })
+                .transpose()?;
+            let value = self.step(&batch, (&vars, &mut opt, prox), &mut dropout, &mut traffic)?;
             if !value.is_finite() {
                 return Err(TrainError::Diverged(value, step));
             }
             loss_sum += value as f64;
-            if anchors.is_empty() {
-                opt.backward_step(&loss)?;
-            } else {
-                let prox =
-                    crate::strategy::fedprox::proximal_term(vars.vars(), &anchors, proximal_mu)?;
-                opt.backward_step(&(loss + prox)?)?;
-            }
         }
         let local = vars.to_adapter()?;
         Ok(LocalResult {
@@ -273,7 +252,40 @@ impl LoraTrainer {
             train_loss: loss_sum / steps.max(1) as f64,
             steps,
             tokens,
+            split: self.split.map(|_| traffic),
         })
+    }
+
+    /// One optimiser step on `batch` (the proximal term added when there is one): in one graph,
+    /// or split at the cut. Returns the mean loss; a non-finite loss takes no step.
+    fn step(
+        &self,
+        batch: &[&TokenizedExample],
+        (vars, opt, prox): (&LoraVars, &mut AdamW, Option<Tensor>),
+        dropout: &mut DropoutRng,
+        traffic: &mut crate::split::SplitTraffic,
+    ) -> Result<f32, TrainError> {
+        let model = &*self.model;
+        match &self.split {
+            None => {
+                let input = make_batch(batch, self.pad, model.device())?;
+                let (nll, n) = model.loss_sum(&input, Some(vars), Some(dropout))?;
+                let loss = (nll / n as f64)?;
+                let value = loss.to_scalar::<f32>()?;
+                if value.is_finite() {
+                    opt.backward_step(&prox.map_or(Ok(loss.clone()), |p| loss + p)?)?;
+                }
+                Ok(value)
+            }
+            Some(cfg) => {
+                let out = crate::split::step::step(model, cfg, (batch, self.pad), vars, dropout)?;
+                out.messages.iter().for_each(|m| traffic.add(m));
+                if out.loss.is_finite() {
+                    opt.step(&with_proximal(out.grads, prox, vars)?)?;
+                }
+                Ok(out.loss)
+            }
+        }
     }
 
     /// `task`'s confusion matrices for `scope` with `adapter` applied (or the bare base).

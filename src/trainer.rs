@@ -141,5 +141,6 @@ fn synthetic_update(
         train_loss: f64::NAN,
         steps: schedule.batches.len(),
         tokens: schedule.picks().count() * seq_len,
+        split: None,
     }
 }

@@ -411,6 +411,7 @@ fn malformed_worker_answers_are_errors_never_panics() {
         steps: 3,
         tokens: 12,
         host_seconds: secs,
+        split: None,
     };
     let malformed =
         |res: JobRes, loss_expected: bool| match read_trained(res, &layout, loss_expected) {

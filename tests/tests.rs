@@ -33,6 +33,7 @@ mod secagg_cost;
 mod secagg_dp;
 mod signals;
 mod smollm2;
+mod split;
 mod strategy;
 mod structure;
 mod system;

@@ -58,6 +58,8 @@ pub struct ClientContext {
     pub codec: Option<crate::compress::Codec>,
     /// Error feedback's per-client residuals (`TopK(error_feedback: true)`).
     pub residuals: Option<Arc<crate::compress::Residuals>>,
+    /// Split learning: what prices each step (topology `Split`).
+    pub split: Option<crate::split::cost::SplitPlan>,
 }
 
 /// Which edge aggregator each client uploads to (topology `Hierarchical`).
@@ -287,10 +289,20 @@ fn plan(
         tokens += n;
     }
     let profile = ctx.faults.fleet().profile(a.id);
-    let timeline = Timeline {
+    let mut timeline = Timeline {
         mask: mask_s,
         ..Timeline::of(&profile, start, down, flops, up)
     };
+    if let Some(split) = &ctx.split {
+        let seqs = |b: &Vec<u32>| -> Vec<(usize, usize)> {
+            let e = b.iter().map(|&i| a.shard[i as usize] as usize);
+            e.map(|e| (ctx.lengths[e] as usize, split.targets[e] as usize))
+                .collect()
+        };
+        let c = split.round(&ctx.cost, &profile, schedule.batches.iter().map(seqs));
+        (timeline.compute, timeline.server, timeline.exchange) =
+            (c.client_s, c.server_s, c.exchange_s);
+    }
     st.planned = Some((round, schedule, timeline));
     ClientPlan {
         timeline,
@@ -344,6 +356,7 @@ async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
         tokens: out.tokens,
         host_seconds,
         timeline,
+        split: out.split,
     }))
 }
 
@@ -382,7 +395,11 @@ async fn upload(
                     .map_err(|e| crate::fmt::chain(&e))?,
                 None => update.to_safetensors().map_err(|e| crate::fmt::chain(&e))?,
             };
-            let bytes = payload.len() as u64;
+            // Split: only the client-side half travels (the server keeps the rest).
+            let bytes = ctx
+                .split
+                .as_ref()
+                .map_or(payload.len() as u64, |s| s.adapter_bytes);
             let fold = AggregatorMsg::Fold {
                 client: a.id,
                 payload,

@@ -91,7 +91,7 @@ pub fn dequantize_block(q: &[i8], e: i8, out: &mut [f32]) {
 
 /// Half precision, rounded to nearest even; magnitudes beyond 65504 saturate (an update that
 /// large has diverged, and stays refused only if it is not finite).
-pub(super) fn to_f16(x: f32) -> u16 {
+pub fn to_f16(x: f32) -> u16 {
     if x.is_finite() {
         f16::from_f32(x.clamp(-65504.0, 65504.0)).to_bits()
     } else {
@@ -100,7 +100,7 @@ pub(super) fn to_f16(x: f32) -> u16 {
 }
 
 /// Back from half precision (exact).
-pub(super) fn from_f16(bits: u16) -> f32 {
+pub fn from_f16(bits: u16) -> f32 {
     f16::from_bits(bits).to_f32()
 }
 

@@ -257,9 +257,19 @@ impl AdapterSet {
     /// # Errors
     /// Fails only on an internal safetensors error.
     pub fn to_safetensors(&self) -> Result<Vec<u8>, ModelError> {
-        let bytes: Vec<Vec<u8>> = self
-            .layout
-            .tensors()
+        self.to_safetensors_where(|_| true)
+    }
+
+    /// The tensors `keep` selects as a safetensors buffer (split learning's client-side half).
+    ///
+    /// # Errors
+    /// A layout inconsistent with the data (never, for a set built by this crate).
+    pub fn to_safetensors_where(
+        &self,
+        keep: impl Fn(&AdapterTensor) -> bool,
+    ) -> Result<Vec<u8>, ModelError> {
+        let kept: Vec<&AdapterTensor> = self.layout.tensors().iter().filter(|t| keep(t)).collect();
+        let bytes: Vec<Vec<u8>> = kept
             .iter()
             .map(|t| {
                 self.data[t.offset..t.offset + t.numel()]
@@ -268,9 +278,7 @@ impl AdapterSet {
                     .collect()
             })
             .collect();
-        let views = self
-            .layout
-            .tensors()
+        let views = kept
             .iter()
             .zip(&bytes)
             .map(|(t, b)| TensorView::new(Dtype::F32, t.dims(), b).map(|v| (t.peft_name(), v)))

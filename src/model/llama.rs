@@ -11,12 +11,10 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use super::attention::Attention;
-use super::frozen::HeadNll;
 use super::lora::DropoutRng;
-use super::ops::{frozen_matmul, log_softmax, rms_norm, rope, softmax, swiglu};
-use super::prompt::{self, VirtualTokens};
+use super::ops::{frozen_matmul, rope, softmax};
+use super::prompt::VirtualTokens;
 use super::q8dot::InferenceActivations;
-use super::qmatmul::PackedHeadNll;
 use super::weight::{FrozenWeight, WeightRole};
 use super::{LlamaConfig, LoraVars, ModelError, TargetModule};
 
@@ -266,57 +264,13 @@ impl BaseModel {
         input_ids: &Tensor,
         mask: &Tensor,
         lora: Option<&LoraVars>,
-        mut dropout: Option<&mut DropoutRng>,
+        dropout: Option<&mut DropoutRng>,
     ) -> Result<Tensor, ModelError> {
-        let (b, s) = input_ids.dims2()?;
-        let cfg = &self.cfg;
-        let mut x = self.embed_tokens.embed(input_ids)?;
-        // Virtual tokens: a prompt lengthens the sequence; a prefix the keys. Either way the
-        // real tokens sit at positions n.. (see prompt.rs).
-        let virtual_tokens = self.virtual_tokens_of(lora);
-        let (mask, rows, first) = match &virtual_tokens {
-            None => (mask.clone(), s, 0),
-            Some(VirtualTokens::Prompt(p)) => {
-                let n = p.dim(0)?;
-                x = prompt::prepend_prompt(p, &x, (b, s))?;
-                (prompt::prompt_mask(mask, n)?, n + s, 0)
-            }
-            Some(VirtualTokens::Prefix(p)) => {
-                let n = p.dim(0)?;
-                (prompt::prefix_mask(mask, n)?, s, n)
-            }
-        };
-        let cos = self.cos.narrow(0, first, rows)?;
-        let sin = self.sin.narrow(0, first, rows)?;
-        // (b, 1, rows, keys) → (b, 1, rep·rows, keys) for grouped query heads.
-        let rep = cfg.num_attention_heads / cfg.num_key_value_heads;
-        let mask = &mask.repeat((1, 1, rep, 1))?;
-        for (layer, block) in self.blocks.iter().enumerate() {
-            let h = rms_norm(&x, &block.input_layernorm, cfg.rms_norm_eps)?;
-            let mut lin = |m: TargetModule, input: &Tensor| {
-                self.linear(layer, m, input, lora, dropout.as_deref_mut())
-            };
-            let q = lin(TargetModule::QProj, &h)?;
-            let k = lin(TargetModule::KProj, &h)?;
-            let v = lin(TargetModule::VProj, &h)?;
-            let prefix = match &virtual_tokens {
-                Some(VirtualTokens::Prefix(p)) => Some(prompt::prefix_kv(p, cfg, layer)?),
-                _ => None,
-            };
-            let attn = self.attention([&q, &k, &v], mask, (&cos, &sin), (b, rows), prefix)?;
-            let o = lin(TargetModule::OProj, &attn)?;
-            x = (x + o)?;
-            let h = rms_norm(&x, &block.post_attention_layernorm, cfg.rms_norm_eps)?;
-            let gate = lin(TargetModule::GateProj, &h)?;
-            let up = lin(TargetModule::UpProj, &h)?;
-            let act = swiglu(&gate, &up)?;
-            let down = lin(TargetModule::DownProj, &act)?;
-            x = (x + down)?;
-        }
-        if rows > s {
-            x = prompt::drop_prompt(&x, rows - s, (b, s))?;
-        }
-        rms_norm(&x, &self.norm, cfg.rms_norm_eps)
+        let pass = self.pass(mask, input_ids.dims2()?, lora)?;
+        let x = self.embed(input_ids, &pass)?;
+        let layers = 0..self.blocks.len();
+        let x = self.blocks(x, &pass, layers, lora, dropout)?;
+        self.finish(x, &pass)
     }
 
     /// Logits (rows, vocab) for hidden states (rows, hidden).
@@ -361,30 +315,13 @@ impl BaseModel {
         dropout: Option<&mut DropoutRng>,
     ) -> Result<(Tensor, usize), ModelError> {
         let hidden = self.hidden_states(&batch.input_ids, &batch.mask, lora, dropout)?;
-        let picked = hidden.index_select(&batch.positions, 0)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let nll = match head {
-            // Logits in chunks of rows, no gradient for the frozen head.
-            FrozenWeight::F32(w) if picked.device().is_cpu() => {
-                picked.apply_op1(HeadNll::new(w, &batch.targets))?
-            }
-            // The vocabulary in tiles, dequantised on the fly.
-            FrozenWeight::Packed(w) => picked
-                .contiguous()?
-                .apply_op1(PackedHeadNll::new(w, &batch.targets)?)?,
-            FrozenWeight::F32(_) => {
-                let logp = log_softmax(&self.logits(&picked)?)?;
-                logp.gather(&batch.targets.unsqueeze(1)?, 1)?
-                    .neg()?
-                    .squeeze(1)?
-            }
-        };
-        Ok((nll.sum_all()?, batch.targets.dims1()?))
+        let nll = self.head_nll(&hidden, &batch.positions, &batch.targets)?;
+        Ok((nll, batch.targets.dims1()?))
     }
 
     /// Attention of `s` rows over themselves, after `prefix`'s keys and values (each
     /// (kv_heads, n, head_dim)) when there is one.
-    fn attention(
+    pub(super) fn attention(
         &self,
         [q, k, v]: [&Tensor; 3],
         mask: &Tensor,
@@ -432,7 +369,7 @@ impl BaseModel {
             .reshape((b * s, nh * hd))?)
     }
 
-    fn linear(
+    pub(super) fn linear(
         &self,
         layer: usize,
         module: TargetModule,

@@ -19,6 +19,7 @@ mod data;
 mod model;
 mod privacy;
 mod slots;
+mod split;
 mod strategy;
 mod system;
 mod topology;
@@ -41,6 +42,7 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         check_resources(&c, &file, &model, (threads, cores), &lora, &base_footprint)?;
     let dp = check_dp(&c, &file)?;
     check_federation(&c, &file)?;
+    split::check_split(&c, &file, &model, &lora.method)?;
     let (d, s, t, sl) = (&file.data, &file.strategy, &file.train, &file.slots);
     Ok(Scenario {
         dp,

@@ -58,6 +58,7 @@ pub(crate) fn slot_context(
                     model: l.model.clone(),
                     lora: s.lora.clone(),
                     pad: l.tokenizer.eos_id(),
+                    split: s.topology.split(),
                 },
                 train: l.train.clone(),
                 eval: l.eval.clone(),
@@ -119,6 +120,7 @@ pub(super) fn server_config(
         secure: None,
         hierarchy: None,
         upload_bytes: None,
+        download_bytes: None,
     }
 }
 
@@ -191,7 +193,7 @@ pub(super) fn secure_params(s: &Scenario, prep: &Prepared) -> Result<Option<Prot
 pub(super) fn client_context(
     s: &Scenario,
     prep: &Prepared,
-    slots: SlotHandle,
+    (slots, initial): (SlotHandle, &AdapterSet),
     aggregator: ractor::ActorRef<AggregatorMsg>,
     edges: Option<crate::actors::client::EdgeRoutes>,
     (codec, residuals): Compressing,
@@ -222,7 +224,24 @@ pub(super) fn client_context(
         .with_byzantine(s.byzantine()),
         codec,
         residuals,
+        split: split_plan(s, prep, initial)?,
     }))
+}
+
+/// What prices a split run's steps (topology `Split`; None otherwise).
+///
+/// # Errors
+/// A layout inconsistent with its data (never, for a set built by this crate).
+fn split_plan(
+    s: &Scenario,
+    prep: &Prepared,
+    initial: &AdapterSet,
+) -> Result<Option<crate::split::cost::SplitPlan>, SimError> {
+    let (Some(config), Some(l)) = (s.topology.split(), &prep.lora) else {
+        return Ok(None);
+    };
+    let plan = crate::split::cost::SplitPlan::new(config, s.model.hidden_size, initial, &l.train)?;
+    Ok(Some(plan))
 }
 
 /// The clients' codec and error feedback's residuals.

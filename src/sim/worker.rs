@@ -388,6 +388,7 @@ fn train_job(
                 steps: t.result.steps,
                 tokens: t.result.tokens,
                 host_seconds: t.host_seconds,
+                split: t.result.split,
             },
             Ok(Err(e)) => JobRes::Failed(crate::fmt::chain(&e)),
             Err(_) => dropped(),

@@ -74,6 +74,26 @@ pub(super) struct Sampler {
 }
 
 /// Start sampling `cluster`'s workers into `telemetry`.
+/// The run's workers joined to `pool` (none without `slots.workers`), and the sampler of
+/// their metrics when telemetry is on.
+///
+/// # Errors
+/// Workers that cannot be reached or refuse the run.
+pub(super) async fn start(
+    s: &Scenario,
+    prep: &Prepared,
+    layout: &Arc<AdapterLayout>,
+    pool: &mut SlotPool,
+    telemetry: Option<Telemetry>,
+) -> Result<(Option<Cluster>, Option<Sampler>), SimError> {
+    let cluster = match worker_set(s)? {
+        Some(set) => Some(join(s, &set, prep, layout, pool).await?),
+        None => None,
+    };
+    let sampler = cluster.as_ref().zip(telemetry).map(|(c, t)| sample(c, t));
+    Ok((cluster, sampler))
+}
+
 pub(super) fn sample(cluster: &Cluster, telemetry: Telemetry) -> Sampler {
     let workers = cluster.workers.clone();
     let (w, t) = (workers.clone(), telemetry.clone());

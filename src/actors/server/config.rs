@@ -52,6 +52,9 @@ pub struct ServerConfig {
     /// Bytes of every compressed upload (`compression`); None: an upload is the size of the
     /// global adapter's download.
     pub upload_bytes: Option<u64>,
+    /// Bytes a client downloads each round (split learning: the client-side half of the
+    /// adapter); None: the serialised global adapter.
+    pub download_bytes: Option<u64>,
     /// Wall seconds to wait for a lost worker to come back when no slot can run a job
     /// (`slots.workers.rejoin_s`; 0 without workers).
     pub rejoin_s: f64,

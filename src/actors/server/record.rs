@@ -49,6 +49,8 @@ pub(super) struct RoundState {
     pub secure: Option<crate::secagg::cost::SecAggCost>,
     /// A hierarchical round's edges and tiers.
     pub hierarchy: Option<crate::topology::HierarchyRound>,
+    /// Split learning's messages of the completed clients.
+    pub split: Option<crate::split::SplitTraffic>,
     /// Virtual start and close of the round.
     pub sim_start: f64,
     pub close_at: f64,
@@ -104,13 +106,16 @@ impl RoundState {
                 self.examples += u.num_examples;
                 self.bytes_up += u.bytes;
                 self.tokens += u.tokens;
+                if let Some(s) = u.split {
+                    self.split = Some(self.split.unwrap_or_default().plus(s));
+                }
                 let t = &u.timeline;
                 self.updates.push(UpdateStats {
                     client,
                     loss: u.train_loss,
                     examples: u.num_examples,
                     norm: u.update_norm,
-                    phases: [t.download, t.compute, t.upload],
+                    phases: [t.download, t.training(), t.upload],
                 });
             }
             FitStatus::MissedDeadline { late_by } => {
@@ -152,18 +157,13 @@ impl RoundState {
     pub fn summary(&self, r: RoundFacts) -> RoundSummary {
         let n = self.phases.len().max(1) as f64;
         let mean = |k: usize| self.phases.iter().map(|p| p[k]).sum::<f64>() / n;
-        let p90 = |k: usize| {
-            let mut v: Vec<f64> = self.phases.iter().map(|p| p[k]).collect();
-            v.sort_by(f64::total_cmp);
-            v.get(((v.len() as f64 - 1.0) * 0.9).round().max(0.0) as usize)
-                .copied()
-                .unwrap_or(0.0)
-        };
+        let p90 = |k: usize| p90(self.phases.iter().map(|p| p[k]).collect());
         RoundSummary {
             dp: r.dp,
             byzantine: r.byzantine,
             secure_aggregation: self.secure,
             hierarchy: self.hierarchy.clone(),
+            split: self.split,
             update_norms: self.norms.clone(),
             phases: self.phases.clone(),
             clients: {
@@ -219,6 +219,14 @@ impl RoundState {
                 .map_or(0.0, |d| d.as_secs_f64()),
         }
     }
+}
+
+/// The 90th percentile (nearest rank) of `v`; 0 when empty.
+fn p90(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(((v.len() as f64 - 1.0) * 0.9).round().max(0.0) as usize)
+        .copied()
+        .unwrap_or(0.0)
 }
 
 /// What a completed update contributes to the round's statistics.

@@ -51,7 +51,7 @@ impl SyncRounds {
             Opening::Ended => return Ok(()),
         };
         let payload = Arc::new(st.global.to_safetensors()?);
-        let bytes = payload.len() as u64;
+        let bytes = (st.args.config.download_bytes).unwrap_or(payload.len() as u64);
         st.spawn_clients(me, &chosen).await?;
         let dp = dp_round(st, q, available.len());
         st.args

@@ -289,14 +289,15 @@ pub enum TrainAnswer {
 /// has none), finite non-negative host seconds. The update's values are checked by the
 /// aggregator, as every upload's are.
 pub fn read_trained(res: JobRes, layout: &Arc<AdapterLayout>, loss_expected: bool) -> TrainAnswer {
-    let (update, train_loss, steps, tokens, host_seconds) = match res {
+    let (update, train_loss, steps, tokens, host_seconds, split) = match res {
         JobRes::Trained {
             update,
             train_loss,
             steps,
             tokens,
             host_seconds,
-        } => (update, train_loss, steps, tokens, host_seconds),
+            split,
+        } => (update, train_loss, steps, tokens, host_seconds, split),
         JobRes::Failed(reason) => return TrainAnswer::Failed(reason),
         JobRes::Evaluated(_) => {
             return TrainAnswer::Malformed("answered a training job with an evaluation".into())
@@ -321,6 +322,7 @@ pub fn read_trained(res: JobRes, layout: &Arc<AdapterLayout>, loss_expected: boo
             train_loss,
             steps,
             tokens,
+            split,
         },
         host_seconds,
     })
