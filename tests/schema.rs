@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_reflection::{Samples, Tracer, TracerConfig};
 
 use fedsim::scenario::file::*;
+use fedsim::split::{CutCompression, SplitMode};
 
 const TYPO: &str = "zz_typo";
 
@@ -191,6 +192,8 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
         PromptTuningSection,
         PrefixTuningSection,
         PromptInit,
+        SplitMode,
+        CutCompression,
     );
     // Unchecked: `#[serde(alias)]` fields confuse the tracer's field list (ModelSection's
     // `preset`), not the deserialisation the test exercised; only the names are used.

@@ -205,3 +205,117 @@ fn every_message_is_its_encoded_size_and_the_clocks_prediction() {
         }
     }
 }
+
+fn small(set: &[&str]) -> fedsim::Scenario {
+    let mut all = vec!["rounds=2"];
+    all.extend_from_slice(set);
+    crate::util::scenario(crate::util::SMALL, &all).unwrap()
+}
+
+fn adapter(dir: &std::path::Path) -> Vec<u8> {
+    std::fs::read(dir.join("adapter_model.safetensors")).unwrap()
+}
+
+#[test]
+fn an_uncompressed_split_run_is_the_flat_run_bit_for_bit_and_records_its_traffic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let flat = crate::util::run(&small(&[]), &tmp.path().join("flat"));
+    for (name, mode) in [("splitfed", "SplitFed"), ("ushaped", "UShaped")] {
+        let set = format!("topology=Split(cut_layer: 1, mode: {mode}, server_flops: 1e12)");
+        let s = small(&[&set]);
+        let r = crate::util::run(&s, &tmp.path().join(name));
+        assert!(
+            adapter(&flat.dir) == adapter(&r.dir),
+            "{mode}: adapters differ"
+        );
+        let (fr, sr) = (
+            crate::util::round_metrics(&flat.dir),
+            crate::util::round_metrics(&r.dir),
+        );
+        for (a, b) in fr.iter().zip(&sr) {
+            assert_eq!(a["eval_loss"], b["eval_loss"]);
+            let split = &b["split"];
+            let completed = b["completed"].as_u64().unwrap();
+            // 8 steps per client: 3 (SplitFed) or 4 (U-shaped) messages each.
+            let per_step = if mode == "SplitFed" { 3 } else { 4 };
+            assert_eq!(
+                split["messages"].as_u64(),
+                Some(completed * 8 * per_step),
+                "{b}"
+            );
+            assert!(
+                split["up_bytes"].as_u64().unwrap()
+                    > 100 * b["bytes_up"].as_u64().unwrap() / completed
+            );
+            // Only the client side of the adapter travels: layer 0 of 2, half the tensors.
+            assert!(b["bytes_up"].as_u64() < a["bytes_up"].as_u64(), "{a} {b}");
+            assert!(b["bytes_down"].as_u64() < a["bytes_down"].as_u64());
+            assert!(
+                b["sim_duration_s"].as_f64() > a["sim_duration_s"].as_f64(),
+                "{a} {b}"
+            );
+        }
+        assert!(a_flat_round_has_no_split(&fr));
+        // Each trained client's timeline has the server's half and the messages.
+        for c in crate::system::clients_log(&r.dir) {
+            if c["status"] == "completed" {
+                let t = &c;
+                assert!(
+                    t["server"].as_f64().unwrap() > 0.0 && t["exchange"].as_f64().unwrap() > 0.0,
+                    "{c}"
+                );
+            }
+        }
+    }
+}
+
+fn a_flat_round_has_no_split(rounds: &[serde_json::Value]) -> bool {
+    rounds.iter().all(|r| r.get("split").is_none())
+}
+
+#[test]
+fn a_compressed_split_run_is_deterministic_across_slot_counts_and_lowers_the_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let set = "topology=Split(cut_layer: 1, activation_compression: Int8, gradient_compression: TopK(fraction: 0.25))";
+    let one = crate::util::run(&small(&[set, "rounds=3"]), &tmp.path().join("one"));
+    let two = crate::util::run(
+        &small(&[set, "rounds=3", "slots.count=2"]),
+        &tmp.path().join("two"),
+    );
+    assert!(adapter(&one.dir) == adapter(&two.dir));
+    let rounds = crate::util::round_metrics(&one.dir);
+    assert_eq!(rounds, crate::util::round_metrics(&two.dir));
+    let first = one.summary.pretrained_eval_loss;
+    let last = rounds.last().unwrap()["eval_loss"].as_f64().unwrap();
+    assert!(last < first, "{first} → {last}");
+}
+
+#[test]
+fn split_settings_are_checked_by_name() {
+    let err = |set: &str| crate::util::scenario_err(&[set]);
+    let e = err("topology=Split(cut_layer: 2)");
+    assert!(
+        e.contains("topology.Split.cut_layer") && e.contains("0..=1"),
+        "{e}"
+    );
+    let e = err("topology=Split(cut_layer: 1, activation_compression: TopK(fraction: 0.0))");
+    assert!(
+        e.contains("topology.Split.activation_compression.TopK.fraction"),
+        "{e}"
+    );
+    let e = err("topology=Split(cut_layer: 1, server_flops: 0.0)");
+    assert!(e.contains("topology.Split.server_flops"), "{e}");
+    let split = "topology=Split(cut_layer: 1)";
+    for (set, field) in [
+        (crate::util::DP, "dp"),
+        ("trainer=Synthetic(params: 100)", "trainer"),
+        ("adapter=PromptTuning()", "adapter"),
+        ("compression=Fp16", "compression"),
+    ] {
+        let e = crate::util::scenario_err(&[split, set, "data.canaries=0"]);
+        assert!(
+            e.contains(field) && e.contains("topology Split"),
+            "{set}: {e}"
+        );
+    }
+}
