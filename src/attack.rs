@@ -13,6 +13,7 @@
 pub mod canaries;
 pub mod exposure;
 pub mod extraction;
+pub mod inversion;
 pub mod membership;
 pub mod patterns;
 pub mod roc;
@@ -83,12 +84,21 @@ pub enum AttackError {
     /// The scoring threads could not start.
     #[error("cannot start the scoring slots")]
     Slots(#[source] rayon::ThreadPoolBuildError),
+    /// Computing the server's view of a split run.
+    #[error(transparent)]
+    Split(#[from] crate::split::SplitError),
     /// The ROC chart could not be drawn.
     #[error("drawing the ROC chart: {0}")]
     Chart(String),
     /// A stop was requested (a signal) before the attacks finished: nothing was written.
     #[error("stopped before the attacks finished; attack.json was not written")]
     Stopped(#[from] Stopped),
+}
+
+impl From<candle_core::Error> for AttackError {
+    fn from(e: candle_core::Error) -> Self {
+        AttackError::Model(ModelError::Candle(e))
+    }
 }
 
 /// Receives `(stage, done, total)` as the attacks progress — at least once per batch of
@@ -184,6 +194,9 @@ pub struct AttackReport {
     pub extraction: extraction::Extraction,
     /// Extraction from the pretrained base (the control).
     pub extraction_pretrained: extraction::Extraction,
+    /// Activation inversion by the server, for a split run (topology `Split`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inversion: Option<inversion::Inversion>,
     /// Wall-clock seconds the attacks took.
     pub seconds: f64,
 }
@@ -210,6 +223,13 @@ pub fn attack(
     let extraction = extractor.run(&t, &t.tuned, plan.samples, stage, &mut *progress)?;
     let stage = "extraction: pretrained";
     let extraction_pretrained = extractor.run(&t, &t.base, plan.samples, stage, &mut *progress)?;
+    let inversion = match t.scenario.topology.split() {
+        Some(cfg) => {
+            progress("inversion of the cut's activations", 0, 1)?;
+            Some(inversion::attack(&t, &cfg, &split.members, plan.batch)?)
+        }
+        None => None,
+    };
     let kind = match (&t.summary.dp, t.scenario.data.clients) {
         (Some(_), _) => RunKind::FederatedDp,
         (None, 1) => RunKind::Centralised,
@@ -228,6 +248,7 @@ pub fn attack(
         prompts: extractor.prompts,
         extraction,
         extraction_pretrained,
+        inversion,
         seconds: started.elapsed().as_secs_f64(),
     };
     let out = RunDir::existing(dir);

@@ -319,3 +319,61 @@ fn split_settings_are_checked_by_name() {
         );
     }
 }
+
+#[test]
+fn the_inversion_recovers_every_token_from_uncompressed_embeddings_at_cut_0() {
+    use fedsim::attack::inversion::invert;
+    let f = Fixture::build().unwrap();
+    // Public text (the decoder's fit) and private text (scored) share no sequence.
+    let public: Vec<TokenizedExample> = (0..40)
+        .map(|i| TokenizedExample {
+            ids: (0..12)
+                .map(|t| ((t * 31 + i * 17) % 297 + 3) as u32)
+                .collect(),
+            prompt_len: 4,
+        })
+        .collect();
+    let private = examples();
+    let inv = |cut, act| {
+        let c = config(cut, SplitMode::SplitFed, act, CutCompression::None);
+        invert(&f.model, &c, (&public, &private), (0, 8)).unwrap()
+    };
+    let exact = inv(0, CutCompression::None);
+    let tokens: usize = private.iter().map(|e| e.ids.len()).sum();
+    assert_eq!(exact.nearest.tokens, tokens as u64);
+    assert_eq!(exact.nearest.rate, 1.0, "{exact:?}");
+    assert!(exact.learned.rate > 0.9, "{exact:?}");
+    assert!(exact.floor.rate < 0.1, "{exact:?}");
+    assert_eq!(exact.fit_tokens, 40 * 12);
+    // Through one random block and an 8-bit codec, less comes back — but more than the floor.
+    let deep = inv(1, CutCompression::Int8);
+    println!("cut 0: {exact:?}\ncut 1 int8: {deep:?}");
+    assert!(deep.learned.rate > deep.floor.rate, "{deep:?}");
+    assert!(deep.nearest.rate <= 1.0 && deep.learned.interval[0] <= deep.learned.rate);
+}
+
+#[test]
+fn sim_attack_reports_the_servers_inversion_beside_the_adapter_attacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = small(&["topology=Split(cut_layer: 0, mode: UShaped)"]);
+    let r = crate::util::run(&s, &tmp.path().join("split"));
+    let mut plan = fedsim::attack::AttackPlan::default();
+    plan.members = 30;
+    plan.candidates.sampled = 100;
+    plan.candidates.enumerate_up_to = 100;
+    plan.samples.per_prompt = 1;
+    plan.samples.max_tokens = 8;
+    let report = fedsim::attack::attack(&r.dir, plan, &mut |_, _, _| Ok(())).unwrap();
+    let inv = report.inversion.as_ref().expect("a split run is inverted");
+    // Cut 0, no codec: the activations are the embeddings of the private text.
+    assert_eq!((inv.cut_layer, inv.nearest.rate), (0, 1.0), "{inv:?}");
+    assert!(inv.nearest.tokens > 100);
+    let text = fedsim::attack::table::details(&report);
+    assert!(
+        text.contains("inversion of the cut's activations"),
+        "{text}"
+    );
+    // attack.json carries it; a flat run's has none.
+    let json = std::fs::read_to_string(r.dir.join("attack.json")).unwrap();
+    assert!(json.contains("\"inversion\""));
+}

@@ -202,7 +202,35 @@ pub fn details(r: &AttackReport) -> String {
             e.by_client
         );
     }
+    if let Some(inv) = &r.inversion {
+        inversion_lines(&mut out, inv);
+    }
     out
+}
+
+/// A split run: the share of private tokens the server recovers from the cut's activations.
+fn inversion_lines(out: &mut String, inv: &super::inversion::Inversion) {
+    let _ = writeln!(
+        out,
+        "  inversion of the cut's activations (server's view, cut {}, {}; decoder fitted on {} \
+         held-out tokens):",
+        inv.cut_layer, inv.codec, inv.fit_tokens
+    );
+    for (name, x) in [
+        ("nearest token", &inv.nearest),
+        ("learned decoder", &inv.learned),
+        ("  response only", &inv.learned_response),
+        ("floor (top token)", &inv.floor),
+    ] {
+        let _ = writeln!(
+            out,
+            "    {name:<18} {:>6.1} % of {} tokens [{:.1}, {:.1}]",
+            100.0 * x.rate,
+            x.tokens,
+            100.0 * x.interval[0],
+            100.0 * x.interval[1]
+        );
+    }
 }
 
 /// The canaries' table: each canary's exposure under the run's and the pretrained model.
