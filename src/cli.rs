@@ -5,6 +5,7 @@ pub mod comm;
 pub mod eval;
 pub mod eval_task;
 pub mod generate;
+pub mod invert;
 pub mod out;
 pub mod privacy;
 pub mod progress;

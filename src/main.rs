@@ -70,6 +70,10 @@ enum Command {
     /// What fine-tuning leaked: membership inference, canary exposure and extraction on run
     /// directories; writes attack.json and roc.svg into each, prints one comparison table.
     Attack(cli::attack::AttackArgs),
+    /// What a split run's server learns from the cut's activations: the share of the
+    /// clients' private tokens it recovers (nearest token, learned decoder); writes
+    /// inversion.json into each run.
+    Invert(cli::invert::InvertArgs),
     /// A study: train each arm of a study file (centralised, federated, federated + DP on the
     /// same data and seed), attack each (unless `attacks: false`), print the comparison table.
     Study(cli::study::StudyArgs),
@@ -167,6 +171,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval(args) => cli::eval::eval(args),
         Command::Attack(args) => cli::attack::attack(args),
+        Command::Invert(args) => cli::invert::invert(args),
         Command::Study(args) => cli::study::study(args),
         Command::FetchModel { name } => {
             let model = fedsim::model::fetch::known(&name)?;

@@ -146,6 +146,31 @@ pub fn attack(
     invert(&t.tuned, split, (&public, &private), (t.pad(), batch))
 }
 
+/// `sim invert`: the inversion attack alone on the split run in `dir`, scored on up to
+/// `members` member texts; writes `inversion.json` there.
+///
+/// # Errors
+/// A directory that is not a split run, or a model, tokenizer or I/O failure.
+pub fn invert_run(
+    dir: &std::path::Path,
+    members: usize,
+    batch: usize,
+) -> Result<Inversion, AttackError> {
+    let t = super::Target::open(dir)?;
+    let Some(split) = t.scenario.topology.split() else {
+        return Err(AttackError::Run {
+            path: dir.join("scenario.ron"),
+            message: "is not a split run (topology Split): no activations reached the server; \
+                      `sim attack` measures what its adapters leak"
+                .into(),
+        });
+    };
+    let chosen = super::membership::split(&t, members)?;
+    let inversion = attack(&t, &split, &chosen.members, batch)?;
+    crate::report::RunDir::existing(dir).write_json("inversion.json", &inversion)?;
+    Ok(inversion)
+}
+
 /// Invert the cut's activations of `private` with `model` (the run's merged model), the
 /// decoder fitted on `public`.
 ///

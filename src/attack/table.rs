@@ -209,7 +209,7 @@ pub fn details(r: &AttackReport) -> String {
 }
 
 /// A split run: the share of private tokens the server recovers from the cut's activations.
-fn inversion_lines(out: &mut String, inv: &super::inversion::Inversion) {
+pub fn inversion_lines(out: &mut String, inv: &super::inversion::Inversion) {
     let _ = writeln!(
         out,
         "  inversion of the cut's activations (server's view, cut {}, {}; decoder fitted on {} \
