@@ -42,7 +42,10 @@
 //!   (power-of-two scales, optional stochastic rounding), top-k with error feedback — decoding
 //!   onto the exact fold's grid, clipped after decoding under DP.
 //! - [`topology`]: flat, or hierarchical — clients under edge aggregators that forward exact
-//!   partial sums to the cloud over a WAN (edge assignment, edge faults).
+//!   partial sums to the cloud over a WAN (edge assignment, edge faults) — or split.
+//! - [`split`]: split fine-tuning — the model cut between client and server, a step as two
+//!   graphs joined by encoded activations and gradients, their codecs and their cost on the
+//!   clock; [`batch`]: a batch of tokenised examples as the model takes it.
 //! - [`shutdown`]: stop requests (finish the round, or abandon it) from signals or tests.
 //! - [`sim`]: wires it all, records the run and resumes a stopped one from its last completed
 //!   round; [`report`]: the run directory, its ownership and its checkpoint;
@@ -53,7 +56,8 @@
 //! - [`eval`]: PubMedQA accuracy (log-likelihood and generation) and answers to prompts
 //!   (`sim eval`).
 //! - [`attack`]: what fine-tuning leaked (`sim attack`) — membership inference against the
-//!   pretrained control, canary exposure, extraction; [`study`]: privacy studies over arms
+//!   pretrained control, canary exposure, extraction, and a split run's activation inversion
+//!   (`sim invert`); [`study`]: privacy studies over arms
 //!   trained on the same data (`sim study`).
 //! - [`telemetry`]: Prometheus metric names, buckets and the per-run recorder.
 //! - [`rng`]: seed derivation, so results never depend on slot count or timing.

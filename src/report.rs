@@ -367,6 +367,9 @@ pub struct Summary {
     /// Bytes per tier and edges lost over the run (topology `Hierarchical`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hierarchy: Option<crate::topology::HierarchyTotals>,
+    /// Split learning's activation and gradient messages over the run (topology `Split`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<crate::split::SplitTraffic>,
     /// The uploads' codec and its bytes against f32 (`compression`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<crate::compress::CompressionRecord>,

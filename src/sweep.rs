@@ -217,6 +217,20 @@ fn withheld_cell(rows: &[SweepRow]) -> Option<Vec<String>> {
 
 /// The WAN column, when a run was hierarchical: MB that crossed the wide-area link, both
 /// ways — edges ↔ cloud, or for a flat run every client ↔ the server.
+/// Split learning's activations and gradients, both ways, when a run split the model.
+fn cut_cell(rows: &[SweepRow]) -> Option<Vec<String>> {
+    rows.iter().any(|r| r.summary.split.is_some()).then(|| {
+        let mb = |t: crate::split::SplitTraffic| (t.up_bytes + t.down_bytes) as f64 / 1e6;
+        rows.iter()
+            .map(|r| {
+                r.summary
+                    .split
+                    .map_or("-".into(), |t| format!("{:.1}", mb(t)))
+            })
+            .collect()
+    })
+}
+
 fn wan_cell(rows: &[SweepRow]) -> Option<Vec<String>> {
     rows.iter().any(|r| r.summary.hierarchy.is_some()).then(|| {
         rows.iter()
@@ -266,6 +280,7 @@ pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
     let backdoor = backdoor_cell(rows);
     let withheld = withheld_cell(rows);
     let wan = wan_cell(rows);
+    let cut = cut_cell(rows);
     let task = task_cells(rows);
     let heads: Vec<String> = varied
         .iter()
@@ -275,6 +290,7 @@ pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
         .chain(backdoor.as_ref().map(|_| "backdoor".to_string()))
         .chain(withheld.as_ref().map(|_| "withheld".to_string()))
         .chain(wan.as_ref().map(|_| "WAN MB".to_string()))
+        .chain(cut.as_ref().map(|_| "cut MB".to_string()))
         .collect();
     let body: Vec<Vec<String>> = rows
         .iter()
@@ -288,6 +304,7 @@ pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
                 .chain(backdoor.as_ref().map(|b| b[i].clone()))
                 .chain(withheld.as_ref().map(|w| w[i].clone()))
                 .chain(wan.as_ref().map(|w| w[i].clone()))
+                .chain(cut.as_ref().map(|c| c[i].clone()))
                 .collect()
         })
         .collect();
@@ -309,17 +326,18 @@ pub fn table(varied: &[Vary], rows: &[SweepRow]) -> String {
             .collect();
         let _ = writeln!(out, "{}", line.join("  "));
     }
-    footnotes(
-        &mut out,
+    let optional = [
         backdoor.is_some(),
         withheld.is_some(),
         wan.is_some(),
-    );
+        cut.is_some(),
+    ];
+    footnotes(&mut out, optional);
     out
 }
 
 /// The lines under the table: units, and what each optional column means.
-fn footnotes(out: &mut String, backdoor: bool, withheld: bool, wan: bool) {
+fn footnotes(out: &mut String, [backdoor, withheld, wan, cut]: [bool; 4]) {
     let _ = writeln!(
         out,
         "final loss in nats per response token on the held-out split; sim = simulated seconds; \
@@ -343,6 +361,14 @@ fn footnotes(out: &mut String, backdoor: bool, withheld: bool, wan: bool) {
             out,
             "WAN MB = bytes over the wide-area link, both ways: edges <-> cloud (hierarchical), \
              every client <-> the server (flat)"
+        );
+    }
+    if cut {
+        let _ = writeln!(
+            out,
+            "cut MB = split learning's messages, both ways: activations (and labels) up, \
+             gradients down, every step of every client; MB up counts only the client-side \
+             adapter"
         );
     }
 }

@@ -130,6 +130,9 @@ pub const EDGES_LOST: &str = "fedsim_edges_lost_total";
 pub const SECAGG_BYTES: &str = "fedsim_secure_aggregation_bytes_total";
 /// Simulated seconds each secure aggregation phase added to a round, by `phase`.
 pub const SECAGG_SECONDS: &str = "fedsim_secure_aggregation_seconds";
+/// Split learning's messages, by `direction` (up: activations, labels and U-shaped's top
+/// gradients; down: gradients and U-shaped's top activations).
+pub const SPLIT_BYTES: &str = "fedsim_split_bytes_total";
 /// Secure rounds that released nothing (`secagg_threshold`).
 pub const SECAGG_FAILED: &str = "fedsim_secure_aggregation_failed_rounds_total";
 
@@ -204,6 +207,7 @@ pub const DEFS: &[Def] = &[
     def(EDGES_LOST, Kind::Counter, None, "Edges whose round contribution was lost: offline, crashed before forwarding, or late (hierarchical topology)."),
     def(SECAGG_BYTES, Kind::Counter, Some(Unit::Bytes), "Bytes of each secure aggregation phase (keys, shares, masked, unmask; key_holders: between the server and the key holders under homomorphic encryption), both directions, by phase."),
     def(SECAGG_SECONDS, Kind::Histogram, Some(Unit::Seconds), "Simulated seconds each secure aggregation phase took per round, by phase (masked: the mean client's masking compute; unmask: transfers and server compute)."),
+    def(SPLIT_BYTES, Kind::Counter, Some(Unit::Bytes), "Split learning: bytes of the cut's messages, every step of every client, by direction (up: activations, labels, U-shaped's top gradients; down: gradients, U-shaped's top activations)."),
     def(SECAGG_FAILED, Kind::Counter, None, "Secure rounds whose sum could not be unmasked (secagg_threshold)."),
     def(WORKER_UP, Kind::Gauge, None, "Whether each slot worker answers (1) or is lost (0), by worker."),
     def(WORKER_SLOTS, Kind::Gauge, None, "Slots each worker offers."),
@@ -441,6 +445,10 @@ impl Telemetry {
             histogram!(TIER_SECONDS, "tier" => "edge").record(h.edge_s);
             histogram!(TIER_SECONDS, "tier" => "edge_cloud").record(h.wan_s);
             counter!(EDGES_LOST).increment(h.edges_lost as u64);
+        }
+        if let Some(s) = &r.split {
+            counter!(SPLIT_BYTES, "direction" => "up").increment(s.up_bytes);
+            counter!(SPLIT_BYTES, "direction" => "down").increment(s.down_bytes);
         }
         if let Some(c) = &r.secure_aggregation {
             for (phase, p) in c.phases() {

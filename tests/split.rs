@@ -305,6 +305,19 @@ fn split_settings_are_checked_by_name() {
     );
     let e = err("topology=Split(cut_layer: 1, server_flops: 0.0)");
     assert!(e.contains("topology.Split.server_flops"), "{e}");
+    // `None` selects the codec's None variant on the command line too (JSON's null cannot).
+    let s = small(&[
+        "topology=Split(cut_layer: 1, activation_compression: None, gradient_compression: Int8)",
+    ]);
+    let c = s.topology.split().unwrap();
+    assert_eq!(
+        (c.activation_compression, c.gradient_compression, c.mode),
+        (
+            CutCompression::None,
+            CutCompression::Int8,
+            SplitMode::SplitFed
+        )
+    );
     let split = "topology=Split(cut_layer: 1)";
     for (set, field) in [
         (crate::util::DP, "dp"),

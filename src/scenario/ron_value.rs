@@ -119,12 +119,15 @@ impl Parser<'_> {
     }
 
     /// After `(`: named fields → object; one value → itself; several → array; none → null.
+    /// A field set to `None` is left out, so it takes its default: `None` for an `Option`,
+    /// and the `None` variant of an enum whose default it is (a codec's `None`), which JSON's
+    /// null could not select.
     fn body(&mut self) -> Option<Value> {
         let save = self.i;
         if let Some(name) = self.ident() {
             if self.eat(b':') {
                 let mut m = Map::new();
-                m.insert(name, self.value()?);
+                insert_field(&mut m, name, self.value()?);
                 while self.eat(b',') {
                     if self.eat(b')') {
                         return Some(Value::Object(m));
@@ -133,7 +136,7 @@ impl Parser<'_> {
                     if !self.eat(b':') {
                         return None;
                     }
-                    m.insert(k, self.value()?);
+                    insert_field(&mut m, k, self.value()?);
                 }
                 return self.eat(b')').then_some(Value::Object(m));
             }
@@ -231,5 +234,12 @@ impl Parser<'_> {
                 _ => out.push(c),
             }
         }
+    }
+}
+
+/// A struct field of a `--set` value; `None` fields are left out (see [`Parser::body`]).
+fn insert_field(m: &mut Map<String, Value>, key: String, v: Value) {
+    if !v.is_null() {
+        m.insert(key, v);
     }
 }

@@ -2,6 +2,7 @@
 //! every round (atomically), so a killed run leaves a directory that says it is incomplete and
 //! how far it got; rewritten with the final status at the end.
 
+use crate::split::SplitTraffic;
 use crate::topology::HierarchyTotals;
 use std::time::Instant;
 
@@ -63,6 +64,7 @@ impl Book {
             workers: Vec::new(),
             secure_aggregation: None,
             hierarchy: None,
+            split: None,
             compression: crate::compress::CompressionRecord::of(
                 s.compression,
                 std::sync::Arc::new(s.trainer.layout(&s.model, &s.lora)),
@@ -96,6 +98,9 @@ impl Book {
         m.final_eval_perplexity = r.eval_perplexity;
         m.bytes_down_total += r.bytes_down;
         m.bytes_up_total += r.bytes_up;
+        if let Some(t) = r.split {
+            m.split = Some(m.split.unwrap_or_default().plus(t));
+        }
         m.tokens_trained += r.tokens;
         m.slot_busy_seconds = busy;
         m.sim_seconds = r.sim_start_s + r.sim_duration_s;
@@ -125,19 +130,7 @@ impl Book {
     /// The final summary from the server's outcome.
     pub(super) fn finish(mut self, s: &Scenario, o: &ServerOutcome, busy: Vec<f64>) -> Summary {
         let m = &mut self.summary;
-        m.status = if o.error.is_some() {
-            RunStatus::Failed
-        } else if let Some(stop) = &o.stop {
-            match stop {
-                EarlyStop::Budget { .. } => RunStatus::BudgetExhausted,
-                EarlyStop::TooFewClients { .. } => RunStatus::TooFewClients,
-                EarlyStop::WorkersLost { .. } => RunStatus::WorkersLost,
-            }
-        } else if o.interrupted {
-            RunStatus::Interrupted
-        } else {
-            RunStatus::Completed
-        };
+        m.status = status_of(o);
         m.error = o.error.as_ref().map(|e| crate::fmt::chain(e));
         m.stop_reason = o.stop.as_ref().map(ToString::to_string);
         if let Some(b) = &o.baseline {
@@ -164,6 +157,11 @@ impl Book {
         m.sim_seconds = last.map_or(0.0, |r| r.sim_start_s + r.sim_duration_s);
         m.dropped = dropped(&o.rounds);
         m.hierarchy = HierarchyTotals::of(o.rounds.iter().map(|r| &r.hierarchy));
+        m.split = o
+            .rounds
+            .iter()
+            .filter_map(|r| r.split)
+            .reduce(SplitTraffic::plus);
         m.slot_busy_seconds = busy;
         m.dp = s.dp.as_ref().map(|plan| DpSummary {
             mechanism: plan.mechanism.name().to_string(),
@@ -281,5 +279,22 @@ fn dropped(rounds: &[RoundSummary]) -> Dropped {
         deadline: rounds.iter().map(|r| r.missed_deadline).sum(),
         failed: rounds.iter().map(|r| r.failed).sum(),
         edge_lost: rounds.iter().map(|r| r.edge_lost).sum(),
+    }
+}
+
+/// How the run ended, from the server's outcome.
+fn status_of(o: &ServerOutcome) -> RunStatus {
+    if o.error.is_some() {
+        RunStatus::Failed
+    } else if let Some(stop) = &o.stop {
+        match stop {
+            EarlyStop::Budget { .. } => RunStatus::BudgetExhausted,
+            EarlyStop::TooFewClients { .. } => RunStatus::TooFewClients,
+            EarlyStop::WorkersLost { .. } => RunStatus::WorkersLost,
+        }
+    } else if o.interrupted {
+        RunStatus::Interrupted
+    } else {
+        RunStatus::Completed
     }
 }

@@ -41,7 +41,7 @@ impl Family {
 }
 
 /// The families of `metrics.om`, in order (the histograms are live-only).
-const FAMILIES: [&str; 31] = [
+const FAMILIES: [&str; 32] = [
     RUN_INFO,
     ROUND,
     ROUNDS_COMPLETED,
@@ -73,6 +73,7 @@ const FAMILIES: [&str; 31] = [
     SECAGG_FAILED,
     TIER_BYTES,
     EDGES_LOST,
+    SPLIT_BYTES,
 ];
 
 /// Render `rounds` as OpenMetrics text (ends with `# EOF`).
@@ -90,6 +91,7 @@ pub fn render(rounds: &[RoundSummary], info: &RunInfo) -> String {
     let (mut dropped, mut saved) = ([0.0f64; super::DROP_REASONS], 0.0);
     let mut secure = Secure::default();
     let mut tiers = Tiers::default();
+    let mut split = [0.0f64; 2];
     for r in rounds {
         let t = r.finished_at;
         done += 1.0;
@@ -129,6 +131,12 @@ pub fn render(rounds: &[RoundSummary], info: &RunInfo) -> String {
         clipped = optional_families(&mut fams, r, info, t, clipped);
         secure.push(&mut fams, r, t);
         tiers.push(&mut fams, r, t);
+        if let Some(s) = &r.split {
+            split[0] += s.up_bytes as f64;
+            split[1] += s.down_bytes as f64;
+            fams[31].push("direction=\"up\"", t, split[0]);
+            fams[31].push("direction=\"down\"", t, split[1]);
+        }
     }
     write_families(&fams)
 }

@@ -142,11 +142,13 @@ pub fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     let secure_addr = format!("127.0.0.1:{}", free_port());
     // A third, under edge aggregators, so the hierarchy's panels have data.
     let hier_addr = format!("127.0.0.1:{}", free_port());
+    // A fourth, split at a cut, so the split panel has data.
+    let split_addr = format!("127.0.0.1:{}", free_port());
     let prom_addr = format!("127.0.0.1:{}", free_port());
     let cfg = tmp.path().join("prometheus.yml");
     std::fs::write(
         &cfg,
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fedsim\n    static_configs:\n      - targets: [\"{sim_addr}\", \"{secure_addr}\", \"{hier_addr}\"]\n"),
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fedsim\n    static_configs:\n      - targets: [\"{sim_addr}\", \"{secure_addr}\", \"{hier_addr}\", \"{split_addr}\"]\n"),
     )
     .unwrap();
     let _prom = Reaper(
@@ -251,11 +253,26 @@ pub fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
             .spawn()
             .unwrap(),
     );
+    let _split = Reaper(
+        Command::new(env!("CARGO_BIN_EXE_sim"))
+            .args(["run", scen.to_str().unwrap(), "-q", "--linger", "60"])
+            .args(["--metrics-addr", &split_addr])
+            .args(["--out", tmp.path().join("split").to_str().unwrap()])
+            .args(["--set", "rounds=3"])
+            .args([
+                "--set",
+                "topology=Split(cut_layer: 1, mode: UShaped, activation_compression: Int8)",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Wait for the runs to finish and Prometheus to have scraped their final values twice.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
     loop {
         let (_, out) = promql(&prom_addr, "count(fedsim_rounds_completed_total == 3)");
-        if out.contains("=> 3 @") {
+        if out.contains("=> 4 @") {
             break;
         }
         assert!(
