@@ -62,8 +62,39 @@ pub fn validate(path: &Path, set: &[String]) -> anyhow::Result<()> {
     }
     secure(&s, values, data.train as u64)?;
     topology(&s)?;
+    split(&s)?;
     compression(&s)?;
     resources(&s)
+}
+
+/// Where a split run cuts the model and what a full step sends each way.
+fn split(s: &Scenario) -> anyhow::Result<()> {
+    let Some(c) = s.topology.split() else {
+        return Ok(());
+    };
+    let layout = std::sync::Arc::new(s.trainer.layout(&s.model, &s.lora));
+    let global = fedsim::model::AdapterSet::new(layout.clone(), vec![0.0; layout.len()]);
+    let plan = fedsim::split::cost::SplitPlan::new(c, s.model.hidden_size, &global, &[])?;
+    let (b, n) = (s.local.batch_size, s.max_seq_len);
+    let (mut up, mut down) = (0, 0);
+    for m in plan.step_messages(&vec![(n, n); b]) {
+        match m.direction {
+            fedsim::split::Direction::Up => up += m.bytes,
+            fedsim::split::Direction::Down => down += m.bytes,
+        }
+    }
+    outln!(
+        "topology: split after block {} of {} ({:?}), activations {}, gradients {}; a step of \
+         {b} × {n} tokens sends at most {:.2} MB up and {:.2} MB down; the client-side adapter is {} B",
+        c.cut_layer,
+        s.model.num_hidden_layers,
+        c.mode,
+        c.activation_compression.label(),
+        c.gradient_compression.label(),
+        up as f64 / 1e6,
+        down as f64 / 1e6,
+        plan.adapter_bytes
+    )
 }
 
 /// What each upload weighs under `compression`, against the plain f32 update.
