@@ -18,17 +18,23 @@ from pathlib import Path
 def topology(run_dir):
     """(mode, cut, codec) from the effective scenario the run recorded."""
     text = (run_dir / "scenario.ron").read_text()
-    m = re.search(r"topology:\s*Split\((.*?)\),\s*\n", text, re.S)
-    if not m:
+    start = text.find("topology: Split(")
+    if start < 0:
         return "flat", "-", "-"
-    body = m.group(1)
+    body = text[start:text.index("\n    ),", start)]
     cut = re.search(r"cut_layer:\s*(\d+)", body).group(1)
     mode = "U-shaped" if "UShaped" in body else "SplitFed"
-    act = re.search(r"activation_compression:\s*(None|Fp16|Int8|TopK\(\s*fraction:\s*[0-9.e-]+\s*\))", body)
-    codec = act.group(1) if act else "None"
-    f = re.search(r"fraction:\s*([0-9.e-]+)", codec)
-    codec = f"top{float(f.group(1)) * 100:g}%" if f else codec.lower()
-    return mode, cut, codec
+
+    def codec(field):
+        m = re.search(field + r":\s*(r#None|None|Fp16|Int8|TopK\(\s*fraction:\s*([0-9.e-]+),?\s*\))", body)
+        if not m:
+            return "none"
+        if m.group(2):
+            return f"top{float(m.group(2)) * 100:g}%"
+        return m.group(1).replace("r#", "").lower()
+
+    act, grad = codec("activation_compression"), codec("gradient_compression")
+    return mode, cut, act if act == grad else f"{act}/{grad}"
 
 
 def rate(r):
@@ -68,7 +74,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path)
     args = p.parse_args()
-    runs = [r for r in args.runs if (r / "summary.json").exists()]
+    # Finished runs only (a run in progress has a summary without its task accuracy).
+    runs = [r for r in args.runs if (r / "summary.json").exists()
+            and json.loads((r / "summary.json").read_text())["status"] == "completed"]
     rows = [row(r) for r in runs]
     cols = list(rows[0])
     width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}

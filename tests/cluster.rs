@@ -183,6 +183,33 @@ fn runs_over_one_two_and_three_workers_equal_the_local_run_bit_for_bit() {
 }
 
 #[test]
+fn a_split_run_over_a_worker_equals_the_local_split_run_with_its_traffic() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let cookie = cookie_file(tmp.path(), "cookie", "a-long-shared-secret-for-tests");
+    let split = "topology=Split(cut_layer: 1, mode: UShaped, activation_compression: Int8)";
+    let set = ["rounds=2", split];
+    let local = run(&scenario(SMALL, &set).unwrap(), &tmp.path().join("local"));
+    let w = worker(&cookie, 1);
+    let dir = tmp.path().join("remote");
+    // No local slot: every job runs on the worker.
+    let remote = ["rounds=2", split, "slots.count=0"];
+    let report = run_on(&remote, &dir, &[&w], &cookie).expect("the run over a worker succeeds");
+    assert!(report.summary.workers[0].jobs > 0);
+    let adapter = |d: &Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(adapter(&dir), adapter(&local.dir));
+    let rounds = round_metrics(&dir);
+    assert_eq!(rounds, round_metrics(&local.dir));
+    // The worker's answers carried the cut's traffic.
+    assert!(
+        rounds
+            .iter()
+            .all(|r| r["split"]["messages"].as_u64() > Some(0)),
+        "{rounds:?}"
+    );
+}
+
+#[test]
 fn a_worker_with_another_cookie_is_refused_and_a_short_cookie_is_an_error() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
