@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::step::label_bytes;
+use super::step::{label_bytes, lengths_bytes};
 use super::{Direction, MessageKind, SentMessage, SplitConfig, SplitMode, SplitTraffic};
 use crate::clock::CostModel;
 use crate::devices::DeviceProfile;
@@ -85,7 +85,7 @@ impl SplitPlan {
         let mut out = vec![m(
             MessageKind::Activations,
             Direction::Up,
-            4 + 4 * seqs.len() as u64 + act,
+            lengths_bytes(seqs.len()) + act,
         )];
         match c.mode {
             SplitMode::SplitFed => {

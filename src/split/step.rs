@@ -83,9 +83,9 @@ impl RealRows {
         Ok(zeros.index_add(&self.index, &real, 0)?)
     }
 
-    /// Bytes of the sequence lengths sent with the activations (a u32 count, a u32 each).
+    /// Bytes of the sequence lengths sent with the activations.
     pub fn header_bytes(&self) -> u64 {
-        4 + 4 * self.lengths.len() as u64
+        lengths_bytes(self.lengths.len())
     }
 }
 
@@ -95,6 +95,12 @@ fn sent(kind: MessageKind, direction: Direction, bytes: u64) -> SentMessage {
         direction,
         bytes,
     }
+}
+
+/// Bytes of the sequence lengths of `sequences` sent with the activations: a u32 count, a
+/// u32 each.
+pub fn lengths_bytes(sequences: usize) -> u64 {
+    4 + 4 * sequences as u64
 }
 
 /// Bytes of the labels message: a u32 count, then (u32 position, u32 token) per target.
@@ -178,12 +184,11 @@ pub fn step(
         }
     };
     // The gradient at the cut goes down; the client back-propagates it.
-    let g = server
-        .remove(cut.as_tensor())
-        .ok_or(SplitError::NoCutGradient)?;
-    let down = real.encode(&g, cfg.gradient_compression)?;
-    messages.push(sent(MessageKind::Gradients, Direction::Down, down.len()));
-    let g = real.decode(&down, device)?;
+    let (codec, hop) = (
+        (&real, cfg.gradient_compression),
+        (MessageKind::Gradients, Direction::Down),
+    );
+    let g = hand_back(&mut server, &cut, codec, hop, &mut messages)?;
     let mut grads = (h * g)?.sum_all()?.backward()?;
     merge_grads(&mut grads, server, vars)?;
     Ok(StepResult {
@@ -191,6 +196,24 @@ pub fn step(
         grads,
         messages,
     })
+}
+
+/// The gradient at a message boundary, sent back the other way: taken from `grads` for the
+/// variable `at` (what the receiving side decoded), encoded with `codec`, recorded as
+/// `(kind, direction)`, and returned as the sender decodes it (padding rows zero).
+fn hand_back(
+    grads: &mut GradStore,
+    at: &Var,
+    (real, codec): (&RealRows, CutCompression),
+    (kind, direction): (MessageKind, Direction),
+    messages: &mut Vec<SentMessage>,
+) -> Result<Tensor, SplitError> {
+    let g = grads
+        .remove(at.as_tensor())
+        .ok_or(SplitError::NoCutGradient)?;
+    let msg = real.encode(&g, codec)?;
+    messages.push(sent(kind, direction, msg.len()));
+    real.decode(&msg, at.device())
 }
 
 /// Add `from`'s gradients of `vars` into `into` (a variable on one side only is moved).
@@ -237,12 +260,14 @@ fn u_shaped_top(
     let nll = model.head_nll(&hidden, &input.positions, &input.targets)?;
     let loss = (nll / input.targets.dims1()? as f64)?;
     let mut client = loss.backward()?;
-    let g = client
-        .remove(at_client.as_tensor())
-        .ok_or(SplitError::NoCutGradient)?;
-    let up = real.encode(&g, cfg.gradient_compression)?;
-    messages.push(sent(MessageKind::TopGradients, Direction::Up, up.len()));
-    let g = real.decode(&up, device)?;
+    let hop = (MessageKind::TopGradients, Direction::Up);
+    let g = hand_back(
+        &mut client,
+        &at_client,
+        (real, cfg.gradient_compression),
+        hop,
+        messages,
+    )?;
     let grads = (top * g)?.sum_all()?.backward()?;
     Ok((loss.to_scalar::<f32>()?, grads))
 }

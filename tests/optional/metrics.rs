@@ -220,53 +220,41 @@ pub fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
             .spawn()
             .unwrap(),
     );
-    let _secure = Reaper(
-        Command::new(env!("CARGO_BIN_EXE_sim"))
-            .args(["run", scen.to_str().unwrap(), "-q", "--linger", "60"])
-            .args(["--metrics-addr", &secure_addr])
-            .args(["--out", tmp.path().join("secure").to_str().unwrap()])
-            .args(["--set", "rounds=3", "--set", "strategy.min_fit_clients=4"])
-            .args(["--set", "strategy.fraction_fit=1.0"])
-            .args(["--set", "system.crash_probability=0.3"])
-            .args([
-                "--set",
-                "strategy.secure_aggregation=SecAggPlus(neighbours: 3, threshold: 2, ring_bits: None)",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+    let background = |name: &str, addr: &str, sets: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sim"));
+        cmd.args(["run", scen.to_str().unwrap(), "-q", "--linger", "60"])
+            .args(["--metrics-addr", addr])
+            .args(["--out", tmp.path().join(name).to_str().unwrap()])
+            .args(["--set", "rounds=3"]);
+        for set in sets {
+            cmd.args(["--set", set]);
+        }
+        let null = std::process::Stdio::null;
+        Reaper(cmd.stdout(null()).stderr(null()).spawn().unwrap())
+    };
+    let _secure = background(
+        "secure",
+        &secure_addr,
+        &[
+            "strategy.min_fit_clients=4",
+            "strategy.fraction_fit=1.0",
+            "system.crash_probability=0.3",
+            "strategy.secure_aggregation=SecAggPlus(neighbours: 3, threshold: 2, ring_bits: None)",
+        ],
     );
-    let _hier = Reaper(
-        Command::new(env!("CARGO_BIN_EXE_sim"))
-            .args(["run", scen.to_str().unwrap(), "-q", "--linger", "60"])
-            .args(["--metrics-addr", &hier_addr])
-            .args(["--out", tmp.path().join("hier").to_str().unwrap()])
-            .args(["--set", "rounds=3", "--set", "strategy.fraction_fit=1.0"])
-            .args([
-                "--set",
-                "topology=Hierarchical(edges: 2, assignment: Seeded, edge_rounds: 2, \
-                 wan: (up_mbps: 10.0, down_mbps: 10.0, latency_s: 0.1), edge_availability: 0.6)",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _hier = background(
+        "hier",
+        &hier_addr,
+        &[
+            "strategy.fraction_fit=1.0",
+            "topology=Hierarchical(edges: 2, assignment: Seeded, edge_rounds: 2, \
+             wan: (up_mbps: 10.0, down_mbps: 10.0, latency_s: 0.1), edge_availability: 0.6)",
+        ],
     );
-    let _split = Reaper(
-        Command::new(env!("CARGO_BIN_EXE_sim"))
-            .args(["run", scen.to_str().unwrap(), "-q", "--linger", "60"])
-            .args(["--metrics-addr", &split_addr])
-            .args(["--out", tmp.path().join("split").to_str().unwrap()])
-            .args(["--set", "rounds=3"])
-            .args([
-                "--set",
-                "topology=Split(cut_layer: 1, mode: UShaped, activation_compression: Int8)",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _split = background(
+        "split",
+        &split_addr,
+        &["topology=Split(cut_layer: 1, mode: UShaped, activation_compression: Int8)"],
     );
     // Wait for the runs to finish and Prometheus to have scraped their final values twice.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
