@@ -1,7 +1,8 @@
 //! SecAgg+ costs on the 135M adapter (460,800 values): a client's masking (encode, self
 //! mask, one pairwise mask per neighbour), the server's share of a round (sum the masked
 //! vectors, remove the masks, with 10 % dropped after sharing), and the plain fold of the same
-//! updates for reference. Per client: divide by the round's clients.
+//! updates for reference, and distributed DP's discrete Gaussian shares on one upload. Per
+//! client: divide by the round's clients.
 //!
 //! Homomorphic aggregation's units likewise (`he_*`).
 //!
@@ -116,6 +117,16 @@ fn secagg(c: &mut Criterion) {
             },
             BatchSize::PerIteration,
         )
+    });
+    // Distributed DP's discrete Gaussian shares on one encoded upload (z = 1, C = 1, m = 10:
+    // σ ≈ 3.5·10¹¹ fixed-point steps), drawn exactly.
+    let share = fedsim::privacy::discrete::DistributedNoise::new(1.0, 1.0, 10)
+        .unwrap()
+        .share;
+    group.bench_function("ddg_shares", |b| {
+        let mut noise = fedsim::privacy::NoiseSource::Seeded.discrete(1, 1, 2, share);
+        let mut v = vec![0u128; VALUES + 1];
+        b.iter(|| params.ring.add_noise(&mut v, &mut noise))
     });
     group.bench_function("plain_fold_n20", |b| {
         b.iter(|| {

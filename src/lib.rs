@@ -62,8 +62,8 @@
 //! - [`telemetry`]: Prometheus metric names, buckets and the per-run recorder.
 //! - [`rng`]: seed derivation, so results never depend on slot count or timing.
 //! - [`fmt`]: compact numbers and error chains for messages; [`bytes`]: f32 vectors as bytes in
-//!   serde formats; [`ids`] (client and round ids) and [`hash`] (FNV-1a fingerprints): leaves
-//!   every layer may import.
+//!   serde formats; [`ids`] (client and round ids), [`hash`] (FNV-1a fingerprints) and
+//!   [`fixed`] (the fixed-point grid of exact sums): leaves every layer may import.
 //! - [`host`]: process-wide allocator settings that `sim run` applies for LoRA training.
 
 pub mod actors;
@@ -81,6 +81,7 @@ pub mod data;
 pub mod devices;
 pub mod eval;
 pub mod faults;
+pub mod fixed;
 pub mod fmt;
 pub mod hash;
 pub mod he;

@@ -22,15 +22,27 @@ pub struct FitConfig {
     pub uniform_weight: bool,
 }
 
-/// Distributed DP: the Gaussian noise one client adds to each value of its clipped update.
+/// Distributed DP: the noise one client adds to its clipped update.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClientNoise {
-    /// Its standard deviation: z·C / √min_survivors.
-    pub stddev: f64,
+    /// Its distribution.
+    pub share: NoiseShare,
     /// How its generator is seeded (per round and client).
     pub source: crate::privacy::NoiseSource,
     /// The master seed (seeded noise).
     pub seed: u64,
+}
+
+/// One client's share of distributed noise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NoiseShare {
+    /// N(0, σ²) on each f32 value before upload, σ = z·C / √min_survivors.
+    Gaussian {
+        /// σ.
+        stddev: f64,
+    },
+    /// N_Z(0, σ²) on each fixed-point term inside secure aggregation's ring.
+    Discrete(crate::privacy::discrete::DiscreteGaussian),
 }
 
 /// Fit instructions: the global adapter as it goes over the wire, and the config.

@@ -2,6 +2,7 @@
 
 pub mod accountant;
 pub mod clip;
+pub mod discrete;
 pub mod ledger;
 pub mod mechanism;
 pub mod noise;
@@ -9,10 +10,12 @@ pub mod pld;
 pub mod rdp;
 pub mod special;
 
-pub use accountant::{calibrate_noise, epsilon_after, noise_for_epsilon, Guarantee, RdpAccountant};
+pub use accountant::{
+    calibrate_noise, ddg_epsilon_after, epsilon_after, noise_for_epsilon, Guarantee, RdpAccountant,
+};
 pub use clip::{clip_l2, Clipped};
 pub use ledger::{LedgerSnapshot, PrivacyLedger};
-pub use mechanism::{DpPlan, DpSampling, Mechanism, NoiseBy};
+pub use mechanism::{DpPlan, DpSampling, Mechanism, NoiseBy, NoiseDistribution};
 pub use noise::NoiseSource;
 pub use pld::{gaussian_epsilon_exact, pld_epsilon};
 pub use rdp::{FracSeries, SamplingScheme};

@@ -128,7 +128,9 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
     use fedsim::model::{
         BasePrecision, InferenceActivations, LlamaConfig, PromptInit, TargetModule,
     };
-    use fedsim::privacy::{DpSampling, FracSeries, Mechanism, NoiseBy, NoiseSource};
+    use fedsim::privacy::{
+        DpSampling, FracSeries, Mechanism, NoiseBy, NoiseDistribution, NoiseSource,
+    };
     use fedsim::stragglers::{Staleness, Stragglers};
     use fedsim::topology::{Assignment, Link, NoiseAt, Topology};
     use fedsim::trainer::TrainerKind;
@@ -176,6 +178,7 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
         Mechanism,
         NoiseSource,
         NoiseBy,
+        NoiseDistribution,
         Staleness,
         Stragglers,
         Topology,

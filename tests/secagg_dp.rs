@@ -152,3 +152,118 @@ fn what_distributed_noise_and_secure_aggregation_cannot_do_is_refused_by_name() 
         assert!(err.contains(field), "{set:?}: {err}");
     }
 }
+
+const DISCRETE: &str = "dp.noise_by=Clients(min_survivors: 2, distribution: DiscreteGaussian)";
+const HE: &str = "strategy.secure_aggregation=HomomorphicEncryption(scheme: Bfv(degree: 4096), \
+                  key_holders: 2)";
+
+#[test]
+fn discrete_gaussian_shares_release_one_model_under_secagg_and_he() {
+    // The same integer shares, summed in SecAgg+'s ring or under BFV: the same adapter bit
+    // for bit, with crashes; ε is the DDG's, above the Gaussian's at the same z.
+    let tmp = tempfile::tempdir().unwrap();
+    let crash = "system.crash_probability=0.3";
+    let masked = run(
+        &small(&[DISCRETE, SECURE, crash]),
+        &tmp.path().join("masked"),
+    );
+    let encrypted = run(
+        &small(&[DISCRETE, HE, crash]),
+        &tmp.path().join("encrypted"),
+    );
+    let gaussian = run(
+        &small(&["dp.noise_by=Clients(min_survivors: 2)", SECURE, crash]),
+        &tmp.path().join("gaussian"),
+    );
+    assert!(
+        adapter(&masked.dir) == adapter(&encrypted.dir),
+        "adapters differ"
+    );
+    // The shares are priced on each client's timeline: one draw per value.
+    let bytes = adapter(&masked.dir);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let values: usize = st.tensors().iter().map(|(_, v)| v.data().len() / 4).sum();
+    let (dm, gm) = (
+        crate::system::clients_log(&masked.dir),
+        crate::system::clients_log(&gaussian.dir),
+    );
+    for (d, g) in dm.iter().zip(&gm) {
+        let extra = d["mask"].as_f64().unwrap() - g["mask"].as_f64().unwrap();
+        let want = values as f64 / fedsim::privacy::discrete::SHARES_PER_S;
+        assert!((extra - want).abs() < 1e-9, "{extra} vs {want}");
+    }
+    assert!(
+        adapter(&masked.dir) != adapter(&gaussian.dir),
+        "no discrete noise"
+    );
+    let (m, e, g) = (
+        round_metrics(&masked.dir),
+        round_metrics(&encrypted.dir),
+        round_metrics(&gaussian.dir),
+    );
+    assert!(m.iter().any(|r| r["completed"].as_u64() > Some(0)));
+    for ((m, e), g) in m.iter().zip(&e).zip(&g) {
+        assert_eq!(m["dp_epsilon"], e["dp_epsilon"]);
+        assert_eq!(m["completed"], e["completed"]);
+        let (d, c) = (
+            m["dp_epsilon"].as_f64().unwrap(),
+            g["dp_epsilon"].as_f64().unwrap(),
+        );
+        assert!(d >= c, "DDG ε {d} below the Gaussian's {c}");
+    }
+}
+
+#[test]
+fn the_discrete_shares_sum_to_their_std_on_the_release() {
+    // As the Gaussian test above: z = 200, C = 0.5, 4 clients, m = 2. Each share is
+    // N_Z(0, σ²) in steps of 2⁻⁴⁰ with σ = z·C·(1 + 2⁻²³)·2⁴⁰/√2 (rounded up to t·u).
+    let tmp = tempfile::tempdir().unwrap();
+    let z = r#"dp.mechanism=ClientSideFixed(clip_norm: 0.5, noise_multiplier: 200.0)"#;
+    let done = run(&small(&[z, DISCRETE, SECURE, "rounds=1"]), tmp.path());
+    let b = lora_b(&done.dir);
+    let n = b.len() as f64;
+    let mean = b.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+    let sd = (b
+        .iter()
+        .map(|&x| (f64::from(x) - mean).powi(2))
+        .sum::<f64>()
+        / (n - 1.0))
+        .sqrt();
+    let share = fedsim::privacy::discrete::DistributedNoise::new(200.0, 0.5, 2)
+        .unwrap()
+        .share;
+    let stated = share.std() / 2f64.powi(40) * 2.0 / 4.0;
+    let reported = round_metrics(&done.dir)[0]["dp_noise_stddev"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (reported - stated).abs() < 1e-12 * stated,
+        "reported {reported}, stated {stated}"
+    );
+    let se = stated / (2.0 * n).sqrt();
+    assert!(
+        (sd - stated).abs() < 4.0 * se,
+        "std {sd} vs {stated} ± {se} over {n} values"
+    );
+    assert!(mean.abs() < 4.0 * stated / n.sqrt(), "mean {mean}");
+}
+
+#[test]
+fn what_the_discrete_gaussian_cannot_do_is_refused_by_name() {
+    let tiny = r#"dp.mechanism=ClientSideFixed(clip_norm: 1e-9, noise_multiplier: 1e-4)"#;
+    for (set, field) in [
+        (vec![DISCRETE], "dp.noise_by.Clients.distribution"),
+        (vec![DISCRETE, SECURE, "dp.sampling=Fixed"], "dp.sampling"),
+        (vec![DISCRETE, SECURE, "dp.pld=true"], "dp.pld"),
+        (vec![DISCRETE, SECURE, tiny], "dp.mechanism"),
+    ] {
+        let mut all = vec![
+            "strategy.fraction_fit=1.0",
+            "strategy.min_fit_clients=4",
+            DP,
+        ];
+        all.extend(set.iter().copied());
+        let err = scenario(SMALL, &all).unwrap_err().to_string();
+        assert!(err.contains(field), "{set:?}: {err}");
+    }
+}

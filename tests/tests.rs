@@ -8,6 +8,7 @@ mod cluster;
 mod comm;
 mod compress;
 mod data;
+mod ddg;
 mod docs;
 mod eval;
 mod fedavg;

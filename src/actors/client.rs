@@ -14,6 +14,7 @@ use super::aggregator::AggregatorMsg;
 
 mod compressed;
 mod homomorphic;
+mod noise;
 mod secure;
 use crate::clock::{CostModel, Timeline};
 use crate::faults::FaultModel;
@@ -377,13 +378,16 @@ async fn upload(
     match (secure, he) {
         (None, Some(key)) => {
             let values = update.data().to_vec();
-            let (input, bytes) = (key.encrypt(a.id, ctx.seed, values, weight(a, ins)).await)
+            let noise = noise::discrete(ins.config.noise, ins.round, a.id);
+            let (input, bytes) = (key.encrypt(a.id, ctx.seed, (values, noise), weight(a, ins)))
+                .await
                 .map_err(|e| e.to_string())?;
             Ok((AggregatorMsg::Encrypted { input, permit }, bytes))
         }
         (Some(s), _) => {
             let values = update.data().to_vec();
-            let (s, input) = s.masked_off_executor(values, weight(a, ins)).await;
+            let noise = noise::discrete(ins.config.noise, ins.round, a.id);
+            let (s, input) = s.masked_off_executor(values, noise, weight(a, ins)).await;
             st.secure = Some(s); // kept for the unmasking phase
             let input = input.map_err(|e| e.to_string())?;
             let bytes = input.masked.len() as u64;
@@ -492,21 +496,12 @@ fn before_upload(a: &ClientArgs, ins: &FitIns, update: &mut AdapterSet) -> Prepa
         None => (update.l2_norm(), false),
     };
     if let (Some(n), false) = (ins.config.noise, corrupted) {
-        add_noise(update.data_mut(), n, ins.round, a.id);
+        noise::add_gaussian(update.data_mut(), n, ins.round, a.id);
     }
     Prepared {
         byzantine,
         corrupted,
         norm,
         clipped,
-    }
-}
-
-/// Distributed DP: this client's share of the noise, from its own generator (a stream of the
-/// round's noise per client, after the server's two).
-fn add_noise(values: &mut [f32], n: crate::messages::ClientNoise, round: RoundId, id: ClientId) {
-    let mut noise = n.source.generator(n.seed, round, 2 + id as u64, n.stddev);
-    for x in values {
-        *x = (f64::from(*x) + noise.sample()) as f32;
     }
 }

@@ -56,6 +56,10 @@ pub enum Accountant {
     Rdp,
     /// Privacy loss distributions (connect-the-dots, as dp_accounting): tighter; Poisson only.
     Pld,
+    /// The distributed discrete Gaussian (Kairouz et al. 2021, Eq. 17 with τ = 0) under Zhu &
+    /// Wang's Poisson-subsampling bound: what `distribution: DiscreteGaussian` runs are
+    /// charged; Poisson only.
+    Ddg,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -83,6 +87,11 @@ pub fn privacy(what: PrivacyCommand) -> anyhow::Result<()> {
         (Accountant::Pld, _) => {
             "PLD accountant (connect-the-dots, discretisation 1e-4)".to_string()
         }
+        (Accountant::Ddg, _) => format!(
+            "distributed discrete Gaussian (Kairouz et al. 2021, tau = 0), RDP at integer order {} \
+             under Zhu & Wang's Poisson-subsampling bound",
+            g.order.ceil().max(2.0)
+        ),
         (Accountant::Rdp, s) => format!(
             "RDP accountant, optimal order {}, fractional orders by {}",
             g.order,
@@ -96,8 +105,8 @@ pub fn privacy(what: PrivacyCommand) -> anyhow::Result<()> {
         let v = serde_json::json!({
             "epsilon": g.epsilon,
             "delta": g.delta,
-            "accountant": match c.accountant { Accountant::Rdp => "rdp", Accountant::Pld => "pld" },
-            "order": if c.accountant == Accountant::Rdp { Some(g.order) } else { None },
+            "accountant": match c.accountant { Accountant::Rdp => "rdp", Accountant::Pld => "pld", Accountant::Ddg => "ddg" },
+            "order": if c.accountant == Accountant::Pld { None } else { Some(g.order) },
             "noise_multiplier": z,
             "sampling_rate": c.sampling_rate,
             "rounds": c.rounds,
@@ -130,7 +139,7 @@ fn account(
     c: &PrivacyArgs,
 ) -> anyhow::Result<(f64, fedsim::privacy::Guarantee)> {
     use fedsim::privacy::{
-        calibrate_noise, epsilon_after, pld_epsilon, FracSeries, SamplingScheme,
+        calibrate_noise, ddg_epsilon_after, epsilon_after, pld_epsilon, FracSeries, SamplingScheme,
     };
     let scheme = match c.sampling {
         Sampling::Poisson => SamplingScheme::Poisson,
@@ -140,12 +149,13 @@ fn account(
         Series::Bound => FracSeries::AbsoluteBound,
         Series::Exact => FracSeries::Exact,
     };
-    if c.accountant == Accountant::Pld && scheme != SamplingScheme::Poisson {
-        anyhow::bail!("--accountant pld supports --sampling poisson only; use --accountant rdp for fixed-size sampling");
+    if c.accountant != Accountant::Rdp && scheme != SamplingScheme::Poisson {
+        anyhow::bail!("--accountant pld and ddg support --sampling poisson only; use --accountant rdp for fixed-size sampling");
     }
     let epsilon_of = |z: f64| match c.accountant {
         Accountant::Rdp => epsilon_after(z, c.sampling_rate, c.rounds, c.delta, scheme, series),
         Accountant::Pld => pld_epsilon(z, c.sampling_rate, c.rounds, c.delta),
+        Accountant::Ddg => ddg_epsilon_after(z, c.sampling_rate, c.rounds, c.delta),
     };
     Ok(match what {
         PrivacyCommand::Epsilon {

@@ -67,6 +67,14 @@ impl RdpAccountant {
         Ok(())
     }
 
+    /// Compose `count` steps of a mechanism whose RDP at order α is `step(α)` (the
+    /// distributed discrete Gaussian's bound, say).
+    pub fn compose_curve(&mut self, step: impl Fn(f64) -> f64, count: usize) {
+        for (r, &a) in self.rdp.iter_mut().zip(&self.orders) {
+            *r += count as f64 * step(a);
+        }
+    }
+
     /// The tightest (ε, δ) over the orders.
     ///
     /// # Errors
@@ -149,6 +157,34 @@ pub fn epsilon_after(
     check_rounds(rounds)?;
     let mut acc = RdpAccountant::new(scheme, series);
     acc.compose(q, z, rounds)?;
+    let g = acc.epsilon(delta)?;
+    if !g.epsilon.is_finite() {
+        return Err(PrivacyError::Overflow { z });
+    }
+    Ok(g)
+}
+
+/// ε after `rounds` rounds of the distributed discrete Gaussian whose sum of the fewest
+/// shares carries noise multiplier `z` (s = 1/z, τ = 0: shares of σ ≥ 10 fixed-point steps),
+/// Poisson-sampled at `q`, at `delta`.
+///
+/// # Errors
+/// As [`epsilon_after`].
+pub fn ddg_epsilon_after(
+    z: f64,
+    q: f64,
+    rounds: usize,
+    delta: f64,
+) -> Result<Guarantee, PrivacyError> {
+    check_noise(z)?;
+    check_rate(q, false)?;
+    check_delta(delta)?;
+    check_rounds(rounds)?;
+    let mut acc = RdpAccountant::new(SamplingScheme::Poisson, FracSeries::AbsoluteBound);
+    acc.compose_curve(
+        |a| super::discrete::rdp_poisson_ddg(q, a, 1.0 / z, 0.0, 0.0),
+        rounds,
+    );
     let g = acc.epsilon(delta)?;
     if !g.epsilon.is_finite() {
         return Err(PrivacyError::Overflow { z });

@@ -82,6 +82,15 @@ impl PrivacyLedger {
         self.plan.mechanism.value_noise_multiplier() * self.clip
     }
 
+    /// Distributed DP: the std of each client's share, in the update's units (a discrete
+    /// share's σ over the 2⁴⁰ fixed-point steps); None when the server adds the noise.
+    pub fn client_stddev(&self) -> Option<f64> {
+        match self.plan.distributed_noise() {
+            Some(n) => Some(n.share.std() / crate::fixed::STEPS_PER_UNIT),
+            None => self.plan.noise_by.client_stddev(self.sum_stddev()),
+        }
+    }
+
     /// Std of the noise on the unclipped count (adaptive clipping), else 0.
     pub fn count_stddev(&self) -> f64 {
         match self.plan.mechanism {
@@ -102,16 +111,26 @@ impl PrivacyLedger {
     /// ε if one more round at rate `q` were run.
     pub fn peek(&self, q: f64) -> Guarantee {
         let mut next = self.accountant.clone();
-        next.compose(q, self.plan.accounted_noise_multiplier(), 1)
-            .expect("rate and noise are validated");
+        self.charge(&mut next, q);
         next.epsilon(self.plan.delta).expect("delta is validated")
+    }
+
+    /// One round at rate `q` into `accountant`: the subsampled Gaussian, or the distributed
+    /// discrete Gaussian's own bound.
+    fn charge(&self, accountant: &mut RdpAccountant, q: f64) {
+        match self.plan.distributed_noise() {
+            Some(n) => accountant.compose_curve(|a| n.rdp(q, a), 1),
+            None => accountant
+                .compose(q, self.plan.accounted_noise_multiplier(), 1)
+                .expect("rate and noise are validated"),
+        }
     }
 
     /// Record one round at rate `q`; returns ε after it.
     pub fn record(&mut self, q: f64) -> Guarantee {
-        self.accountant
-            .compose(q, self.plan.accounted_noise_multiplier(), 1)
-            .expect("rate and noise are validated");
+        let mut accountant = self.accountant.clone();
+        self.charge(&mut accountant, q);
+        self.accountant = accountant;
         let g = self
             .accountant
             .epsilon(self.plan.delta)
@@ -126,7 +145,7 @@ impl PrivacyLedger {
     /// ε by the PLD accountant after the rounds recorded so far, when `dp.pld` is on
     /// (Poisson sampling, so every round has the same q).
     pub fn pld_epsilon(&self) -> Option<f64> {
-        if !self.plan.pld || self.rounds == 0 {
+        if !self.plan.pld || self.rounds == 0 || self.plan.distributed_noise().is_some() {
             return None;
         }
         let z = self.plan.accounted_noise_multiplier();

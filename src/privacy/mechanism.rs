@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::discrete::DistributedNoise;
 use super::{FracSeries, NoiseSource, SamplingScheme};
 
 /// Where clipping happens (scenario `dp.mechanism`).
@@ -129,7 +130,25 @@ pub enum NoiseBy {
     Clients {
         /// The fewest updates a round may release: the noise is calibrated for them.
         min_survivors: usize,
+        /// The shares' distribution (default `Gaussian`).
+        #[serde(default)]
+        distribution: NoiseDistribution,
     },
+}
+
+/// What each client's share of distributed noise is (scenario
+/// `dp.noise_by.Clients.distribution`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum NoiseDistribution {
+    /// N(0, (z·C)²/m) drawn in f64 and added to each value of the f32 update before upload
+    /// (and before secure aggregation's fixed-point encoding).
+    #[default]
+    Gaussian,
+    /// The distributed discrete Gaussian (Kairouz et al. 2021): N_Z(0, σ²) in fixed-point
+    /// steps of 2⁻⁴⁰ added to each encoded term inside secure aggregation's ring, σ =
+    /// z·C·(1 + 2⁻²³)·2⁴⁰/√m; accounted by the DDG's own RDP bound. Needs secure aggregation.
+    DiscreteGaussian,
 }
 
 impl NoiseBy {
@@ -137,7 +156,7 @@ impl NoiseBy {
     pub fn client_stddev(self, sum_stddev: f64) -> Option<f64> {
         match self {
             NoiseBy::Server => None,
-            NoiseBy::Clients { min_survivors } => {
+            NoiseBy::Clients { min_survivors, .. } => {
                 Some(sum_stddev / (min_survivors.max(1) as f64).sqrt())
             }
         }
@@ -147,7 +166,7 @@ impl NoiseBy {
     pub fn min_survivors(self) -> usize {
         match self {
             NoiseBy::Server => 1,
-            NoiseBy::Clients { min_survivors } => min_survivors,
+            NoiseBy::Clients { min_survivors, .. } => min_survivors,
         }
     }
 }
@@ -187,6 +206,23 @@ impl DpPlan {
         }
     }
 
+    /// The distributed discrete Gaussian the clients add (`dp.noise_by: Clients(distribution:
+    /// DiscreteGaussian)`), or None. Validation has checked it can be built.
+    pub fn distributed_noise(&self) -> Option<DistributedNoise> {
+        match self.noise_by {
+            NoiseBy::Clients {
+                min_survivors,
+                distribution: NoiseDistribution::DiscreteGaussian,
+            } => DistributedNoise::new(
+                self.mechanism.noise_multiplier(),
+                self.mechanism.initial_clip(),
+                min_survivors,
+            )
+            .ok(),
+            _ => None,
+        }
+    }
+
     /// Noise multiplier relative to the sensitivity under the accounted neighbouring relation.
     pub fn accounted_noise_multiplier(&self) -> f64 {
         let z = self.mechanism.noise_multiplier() / (self.compositions.max(1) as f64).sqrt();
@@ -198,9 +234,12 @@ impl DpPlan {
 
     /// What the accountant assumes, in words (for reports).
     pub fn assumption(&self) -> String {
+        if let Some(n) = self.distributed_noise() {
+            return n.assumption(self.mechanism.noise_multiplier());
+        }
         let by = match self.noise_by {
             NoiseBy::Server => String::new(),
-            NoiseBy::Clients { min_survivors } => format!(
+            NoiseBy::Clients { min_survivors, .. } => format!(
                 "; the noise added by the clients, each N(0, (z·C)²/{min_survivors}), so a round \
                  of at least {min_survivors} updates carries z·C (rounds with fewer release nothing)"
             ),

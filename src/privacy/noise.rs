@@ -1,4 +1,4 @@
-//! Gaussian noise for the aggregate, drawn in f64.
+//! Gaussian noise for the aggregate, drawn in f64, and the clients' discrete Gaussian shares.
 //!
 //! `Seeded` (the default) derives the generator from the scenario seed and the round, so runs
 //! are reproducible — and anyone who knows the seed can subtract the noise: fine for a
@@ -10,6 +10,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
+use super::discrete::DiscreteGaussian;
 use crate::rng::derive;
 
 /// Where the noise generator's seed comes from.
@@ -27,16 +28,33 @@ impl NoiseSource {
     /// A generator of N(0, std²) for `round`; `stream` separates independent draws of one
     /// round (0: the update sum, 1: the adaptive-clipping count).
     pub fn generator(self, seed: u64, round: usize, stream: u64, std: f64) -> GaussianNoise {
-        let rng = match self {
+        GaussianNoise {
+            rng: self.rng(seed, round, stream),
+            normal: Normal::new(0.0, std.max(0.0)).expect("std >= 0 is valid"),
+        }
+    }
+
+    /// A stream of `share` draws for `round` (the same seeding as [`NoiseSource::generator`]).
+    pub fn discrete(
+        self,
+        seed: u64,
+        round: usize,
+        stream: u64,
+        share: DiscreteGaussian,
+    ) -> DiscreteNoise {
+        DiscreteNoise {
+            rng: self.rng(seed, round, stream),
+            share,
+        }
+    }
+
+    fn rng(self, seed: u64, round: usize, stream: u64) -> ChaCha20Rng {
+        match self {
             NoiseSource::Seeded => ChaCha20Rng::seed_from_u64(derive(
                 seed,
                 &[crate::rng::purpose::NOISE, round as u64, stream],
             )),
             NoiseSource::Os => ChaCha20Rng::from_os_rng(),
-        };
-        GaussianNoise {
-            rng,
-            normal: Normal::new(0.0, std.max(0.0)).expect("std >= 0 is valid"),
         }
     }
 
@@ -59,5 +77,18 @@ impl GaussianNoise {
     /// One draw.
     pub fn sample(&mut self) -> f64 {
         self.normal.sample(&mut self.rng)
+    }
+}
+
+/// A stream of discrete Gaussian draws (one client's shares of distributed noise).
+pub struct DiscreteNoise {
+    rng: ChaCha20Rng,
+    share: DiscreteGaussian,
+}
+
+impl DiscreteNoise {
+    /// One draw, in fixed-point steps.
+    pub fn sample(&mut self) -> i64 {
+        self.share.sample(&mut self.rng)
     }
 }

@@ -11,6 +11,7 @@ use super::messages::{
 };
 use super::{Params, Party, Refusal, Rejection, SecAggError};
 use crate::ids::ClientId;
+use crate::privacy::noise::DiscreteNoise;
 
 /// Where a client is in the round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +201,21 @@ impl SecAggClient {
         values: &[f32],
         weight: u64,
     ) -> Result<MaskedInput, SecAggError> {
+        self.mask_noised(inbox, values, weight, None)
+    }
+
+    /// [`SecAggClient::mask`], with `noise` (distributed DP's discrete Gaussian shares) added
+    /// to the encoded terms before masking.
+    ///
+    /// # Errors
+    /// As [`SecAggClient::mask`].
+    pub fn mask_noised(
+        &mut self,
+        inbox: ShareInbox,
+        values: &[f32],
+        weight: u64,
+        noise: Option<&mut DiscreteNoise>,
+    ) -> Result<MaskedInput, SecAggError> {
         self.expect(Phase::Shares, "the share inbox")?;
         for e in &inbox.shares {
             let pair = self.open(e)?;
@@ -216,6 +232,9 @@ impl SecAggClient {
         }
         let ring = self.params.ring;
         let mut v = ring.encode(self.id, values, weight)?;
+        if let Some(noise) = noise {
+            ring.add_noise(&mut v, noise);
+        }
         crypto::apply_mask(ring, &self.self_seed, false, &mut v);
         for &j in self.held.keys() {
             let seed = pair_mask_seed(

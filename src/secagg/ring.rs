@@ -125,6 +125,19 @@ impl Ring {
         Ok(out)
     }
 
+    /// Add one draw of `noise` (fixed-point steps) to each of FedAvg's terms in `elements`,
+    /// every element but the trailing weight: the distributed discrete Gaussian.
+    pub fn add_noise(
+        &self,
+        elements: &mut [u128],
+        noise: &mut crate::privacy::noise::DiscreteNoise,
+    ) {
+        let terms = elements.len().saturating_sub(1);
+        for x in &mut elements[..terms] {
+            *x = self.add(*x, i128::from(noise.sample()) as u128);
+        }
+    }
+
     /// The mean update of an unmasked sum of encoded vectors (None when the weights sum to 0).
     pub fn decode_mean(&self, sum: &[u128]) -> Option<Vec<f32>> {
         let (exact, weight) = self.decode_sums(sum);

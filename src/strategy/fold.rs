@@ -8,7 +8,7 @@
 //! batching, arrival order or thread count.
 
 /// The fixed-point grid: values are truncated to multiples of 2⁻⁴⁰.
-pub(super) const SCALE: f64 = (1u64 << 40) as f64;
+pub(super) const SCALE: f64 = crate::fixed::STEPS_PER_UNIT;
 /// f64 holds every integer below this exactly.
 pub(super) const F64_EXACT: f64 = (1u64 << 53) as f64;
 /// Values must be finite and below this in magnitude (so |x·2⁴⁰| < 2⁶³).

@@ -3,6 +3,7 @@
 
 use crate::he::{EncryptedInput, Encryptor, HeError, Params};
 use crate::ids::{ClientId, RoundId};
+use crate::privacy::noise::DiscreteNoise;
 use crate::rng::{purpose, rng_for};
 
 /// The round's key as the aggregator sent it.
@@ -18,13 +19,14 @@ pub(super) struct HeKey {
 impl HeKey {
     /// Client `client`'s update `values` with weight `weight`, encrypted: FedAvg's exact terms
     /// in the ring, packed into limbs, under the round's public key (randomness from the run's
-    /// `seed`: reproducible in a simulation; a deployment draws it from the OS). Returns the
-    /// upload and its bytes on the wire.
+    /// `seed`: reproducible in a simulation; a deployment draws it from the OS), with
+    /// distributed DP's discrete shares added to the terms first, if any. Returns the upload
+    /// and its bytes on the wire.
     pub(super) async fn encrypt(
         &self,
         client: ClientId,
         seed: u64,
-        values: Vec<f32>,
+        (values, mut noise): (Vec<f32>, Option<DiscreteNoise>),
         weight: u64,
     ) -> Result<(EncryptedInput, u64), HeError> {
         let mut entropy = [0u8; 32];
@@ -37,9 +39,12 @@ impl HeKey {
         );
         let (params, encryptor, round) = (self.params, self.encryptor.clone(), self.round);
         let job = move || {
-            let elements = (params.ring)
+            let mut elements = (params.ring)
                 .encode(client, &values, weight)
                 .map_err(HeError::Encode)?;
+            if let Some(noise) = noise.as_mut() {
+                params.ring.add_noise(&mut elements, noise);
+            }
             let ciphertexts = encryptor.encrypt(&params.packing.pack(&elements), entropy)?;
             Ok(EncryptedInput {
                 client,

@@ -3,6 +3,7 @@
 //! its masked upload after training, the shares it reveals when the round closes.
 
 use crate::ids::{ClientId, RoundId};
+use crate::privacy::noise::DiscreteNoise;
 use crate::rng::{purpose, rng_for};
 use crate::secagg::messages::{
     AdvertiseKeys, KeyDirectory, MaskedInput, ShareInbox, ShareKeys, UnmaskRequest, UnmaskResponse,
@@ -53,10 +54,11 @@ impl Secure {
         self.inbox = Some(inbox);
     }
 
-    /// Phase 2: its masked update.
+    /// Phase 2: its masked update (with distributed DP's discrete shares, if any).
     pub(super) fn masked(
         &mut self,
         values: &[f32],
+        noise: Option<&mut DiscreteNoise>,
         weight: u64,
     ) -> Result<MaskedInput, SecAggError> {
         let inbox = self.inbox.take().ok_or_else(|| SecAggError::Phase {
@@ -64,7 +66,7 @@ impl Secure {
             message: "its update (no share inbox arrived)",
             phase: "shares",
         })?;
-        self.client.mask(inbox, values, weight)
+        self.client.mask_noised(inbox, values, weight, noise)
     }
 
     /// Phase 2 off the actors' executor (masking is a few mask expansions of the whole
@@ -72,10 +74,11 @@ impl Secure {
     pub(super) async fn masked_off_executor(
         mut self,
         values: Vec<f32>,
+        mut noise: Option<DiscreteNoise>,
         weight: u64,
     ) -> (Self, Result<MaskedInput, SecAggError>) {
         let job = move || {
-            let input = self.masked(&values, weight);
+            let input = self.masked(&values, noise.as_mut(), weight);
             (self, input)
         };
         match tokio::task::spawn_blocking(job).await {

@@ -13,11 +13,23 @@ use super::state::Core;
 use crate::actors::aggregator::AggregatorMsg;
 use crate::he::cost::Decryption;
 use crate::messages::ClientId;
+use crate::privacy::discrete::SHARES_PER_S;
 use crate::secagg::cost::{self, ClientSetup, SecAggCost, Unmasking};
 
 /// Ring elements of a masked vector: the adapter's values and the weight.
 fn elements(st: &Core) -> usize {
     st.global.data().len() + 1
+}
+
+/// A client's drawing of distributed DP's discrete Gaussian shares, one per value, when the
+/// run adds them (simulated seconds, at the measured [`SHARES_PER_S`]).
+fn noise_seconds(st: &Core) -> f64 {
+    let discrete = (st.ledger.as_ref()).is_some_and(|l| l.plan().distributed_noise().is_some());
+    if discrete {
+        st.global.data().len() as f64 / SHARES_PER_S
+    } else {
+        0.0
+    }
 }
 
 /// The set-up phases as they went: how long they delay training, what each client uploads,
@@ -105,8 +117,9 @@ fn secagg_setup(st: &Core, setups: &[(ClientId, ClientSetup)]) -> SecureSetup {
         .collect();
     let (keys, shares) = cost::setup(&profiled);
     let n = elements(st);
+    let noise = noise_seconds(st);
     let mask_s: HashMap<ClientId, f64> = (setups.iter())
-        .map(|(c, s)| (*c, cost::mask_seconds(s.masks, n, &params.compute)))
+        .map(|(c, s)| (*c, cost::mask_seconds(s.masks, n, &params.compute) + noise))
         .collect();
     let record = SecAggCost {
         keys,
@@ -143,7 +156,8 @@ fn he_setup(st: &Core, chosen: &[ClientId], setup: crate::he::cost::Setup) -> Se
         .collect();
     let (keys, _) = cost::setup(&profiled);
     let encrypt =
-        crate::he::cost::encrypt_seconds(setup.ciphertexts, params.degree, &params.compute);
+        crate::he::cost::encrypt_seconds(setup.ciphertexts, params.degree, &params.compute)
+            + noise_seconds(st);
     let mask_s: HashMap<ClientId, f64> = chosen.iter().map(|c| (*c, encrypt)).collect();
     let record = SecAggCost {
         keys,

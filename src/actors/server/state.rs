@@ -13,7 +13,9 @@ use super::config::{ServerArgs, ServerMsg};
 use super::outcome::{EarlyStop, EvalFailure, RunFailure, ServerOutcome};
 use super::record::RoundState;
 use crate::actors::client::{Client, ClientArgs, ClientMsg};
-use crate::messages::{ClientId, EvaluateIns, EvaluateRes, FitConfig, RoundId, RoundSummary};
+use crate::messages::{
+    ClientId, EvaluateIns, EvaluateRes, FitConfig, NoiseShare, RoundId, RoundSummary,
+};
 use crate::model::AdapterSet;
 use crate::privacy::PrivacyLedger;
 use crate::slots::Job;
@@ -93,8 +95,12 @@ impl Core {
             noise: ledger.and_then(|l| {
                 let plan = l.plan();
                 let stddev = plan.noise_by.client_stddev(l.sum_stddev())?;
+                let share = match plan.distributed_noise() {
+                    Some(n) => NoiseShare::Discrete(n.share),
+                    None => NoiseShare::Gaussian { stddev },
+                };
                 Some(crate::messages::ClientNoise {
-                    stddev,
+                    share,
                     source: plan.noise,
                     seed: self.args.config.seed,
                 })

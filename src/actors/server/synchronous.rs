@@ -375,7 +375,8 @@ pub(super) fn dp_round(st: &Core, q: f64, available: usize) -> Option<DpRound> {
                 crate::privacy::NoiseBy::Server => l.sum_stddev(),
                 crate::privacy::NoiseBy::Clients { .. } => 0.0,
             },
-            client_noise: (plan.noise_by.client_stddev(l.sum_stddev()))
+            client_noise: l
+                .client_stddev()
                 .map(|s| (s, plan.noise_by.min_survivors())),
             denominator: match plan.sampling {
                 DpSampling::Poisson => Some(q * available as f64),

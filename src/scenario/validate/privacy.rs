@@ -2,7 +2,8 @@
 
 use super::{Check, Range};
 use crate::fmt::compact;
-use crate::privacy::{Mechanism, NoiseBy};
+use crate::privacy::discrete::{DistributedNoise, MIN_STD};
+use crate::privacy::{DpSampling, Mechanism, NoiseBy, NoiseDistribution};
 use crate::scenario::file::{DpSection, ScenarioFile};
 use crate::scenario::ScenarioError;
 
@@ -75,7 +76,11 @@ pub(super) fn check_noise_by(
     file: &ScenarioFile,
 ) -> Result<(), ScenarioError> {
     let client_side = matches!(d.mechanism, Mechanism::ClientSideFixed { .. });
-    if let NoiseBy::Clients { min_survivors } = d.noise_by {
+    if let NoiseBy::Clients {
+        min_survivors,
+        distribution,
+    } = d.noise_by
+    {
         c.ensure(
             client_side,
             "dp.noise_by",
@@ -90,6 +95,9 @@ pub(super) fn check_noise_by(
             "dp.noise_by.Clients.min_survivors",
             "is 0; it must be at least 1 (the noise is calibrated for that many updates)",
         )?;
+        if distribution == NoiseDistribution::DiscreteGaussian {
+            check_discrete(c, d, file, min_survivors)?;
+        }
     }
     c.ensure(
         client_side || file.strategy.secure_aggregation.is_none(),
@@ -100,4 +108,51 @@ pub(super) fn check_noise_by(
             d.mechanism.name()
         ),
     )
+}
+
+/// `dp.noise_by: Clients(distribution: DiscreteGaussian)`: the shares live in secure
+/// aggregation's ring, the DDG accountant covers Poisson sampling and RDP, and a share's std
+/// must lie where the sampler and the bound hold.
+fn check_discrete(
+    c: &Check<'_>,
+    d: &DpSection,
+    file: &ScenarioFile,
+    min_survivors: usize,
+) -> Result<(), ScenarioError> {
+    c.ensure(
+        file.strategy.secure_aggregation.is_some(),
+        "dp.noise_by.Clients.distribution",
+        "is DiscreteGaussian but strategy.secure_aggregation is None: the discrete shares are \
+         added to the fixed-point terms inside secure aggregation's ring; set \
+         strategy.secure_aggregation or use distribution: Gaussian",
+    )?;
+    c.ensure(
+        d.sampling == DpSampling::Poisson,
+        "dp.sampling",
+        "is Fixed but dp.noise_by's distribution is DiscreteGaussian, whose accountant covers \
+         Poisson sampling only (Zhu & Wang's bound); set dp.sampling: Poisson",
+    )?;
+    c.ensure(
+        !d.pld,
+        "dp.pld",
+        "is true but dp.noise_by's distribution is DiscreteGaussian; the PLD accountant models \
+         the continuous Gaussian: set dp.pld: false (the DDG has its own RDP bound)",
+    )?;
+    let (z, clip) = (d.mechanism.noise_multiplier(), d.mechanism.initial_clip());
+    DistributedNoise::new(z, clip, min_survivors)
+        .map(|_| ())
+        .map_err(|_| {
+            let steps = z * clip * crate::fixed::STEPS_PER_UNIT / (min_survivors as f64).sqrt();
+            c.fail(
+                "dp.mechanism",
+                format!(
+                    "gives each client's discrete share a std z·C·2⁴⁰/√m = {} fixed-point steps; \
+                     the exact sampler and the DDG bound need {} to 2⁵⁰ (z·C/√m between \
+                     about {} and 1024): change noise_multiplier, clip_norm or min_survivors",
+                    compact(steps),
+                    compact(MIN_STD),
+                    compact(MIN_STD / crate::fixed::STEPS_PER_UNIT),
+                ),
+            )
+        })
 }
