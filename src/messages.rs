@@ -9,6 +9,9 @@ use crate::model::AdapterSet;
 
 pub use crate::ids::{ClientId, RoundId};
 
+mod failure;
+pub use failure::{FailureKind, FitFailure, SetupError, UploadFailure};
+
 /// What a client is told to do in a round.
 #[derive(Debug, Clone)]
 pub struct FitConfig {
@@ -101,10 +104,10 @@ pub enum FitStatus {
         /// How late it would have been, virtual seconds.
         late_by: f64,
     },
-    /// Training failed (diverged, no data).
+    /// Training or its upload failed (diverged, no data, …).
     Failed {
         /// Why.
-        reason: String,
+        reason: FitFailure,
     },
     /// Its edge aggregator was offline for the round (hierarchical topology): it did not
     /// train.
@@ -394,6 +397,12 @@ pub struct ClientRecord {
     /// Why it crashed (`simulated`, `panicked`, `worker_lost`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crash_cause: Option<CrashKind>,
+    /// Why its fit failed, by kind (`training`, `upload`, …) and in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_kind: Option<FailureKind>,
+    /// The failure's message (its error chain).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
     /// Tokens it trained on (or would have).
     pub tokens: usize,
 }

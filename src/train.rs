@@ -296,9 +296,9 @@ impl LoraTrainer {
         &self,
         adapter: Option<&AdapterSet>,
         task: &crate::eval::classify::RunTask,
-        scope: crate::messages::TaskScope,
+        scope: crate::eval::classify::TaskScope,
         batch_size: usize,
-    ) -> Result<Option<crate::messages::TaskConfusions>, TrainError> {
+    ) -> Result<Option<crate::eval::classify::TaskConfusions>, TrainError> {
         let vars = adapter
             .map(|a| LoraVars::fixed(a, &self.lora, self.model.device()))
             .transpose()?;

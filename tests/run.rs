@@ -384,3 +384,42 @@ fn compare_warns_when_runs_are_not_comparable() {
     let mixed = fedsim::compare::table(&[a.dir, tmp.path().to_path_buf()]).unwrap();
     assert!(mixed.contains("not a fedsim run directory"), "{mixed}");
 }
+
+#[test]
+fn a_failed_fit_is_recorded_with_its_kind_and_its_error_chain() {
+    use fedsim::messages::{ClientRecord, ClientStatus, FailureKind, FitFailure, UploadFailure};
+    use std::sync::Arc;
+    let diverged = FitFailure::Training(Arc::new(fedsim::train::TrainError::Diverged(f32::NAN, 3)));
+    assert_eq!(diverged.kind(), FailureKind::Training);
+    assert!(diverged
+        .to_string()
+        .contains("training diverged: loss is NaN at step 3"));
+    let compress = FitFailure::Upload(UploadFailure::Serialise(Arc::new(
+        fedsim::model::ModelError::Layout("bad header".into()),
+    )));
+    assert_eq!(compress.kind(), FailureKind::Upload);
+    assert!(
+        compress.to_string().starts_with("serialising its update: ")
+            && compress.to_string().contains("bad header"),
+        "{compress}"
+    );
+    assert_eq!(diverged, diverged.clone());
+    assert_ne!(diverged, FitFailure::AggregatorGone);
+    let record = ClientRecord {
+        round: 2,
+        client: 5,
+        status: ClientStatus::Failed,
+        timeline: Default::default(),
+        finish: 0.0,
+        late_by: None,
+        crashed_at: None,
+        crash_cause: None,
+        failure_kind: Some(diverged.kind()),
+        failure: Some(diverged.to_string()),
+        tokens: 0,
+    };
+    let line: serde_json::Value = serde_json::to_value(&record).unwrap();
+    assert_eq!(line["status"], "failed");
+    assert_eq!(line["failure_kind"], "training");
+    assert!(line["failure"].as_str().unwrap().contains("diverged"));
+}

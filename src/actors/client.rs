@@ -19,7 +19,8 @@ mod secure;
 use crate::clock::{CostModel, Timeline};
 use crate::faults::FaultModel;
 use crate::messages::{
-    ClientId, ClientPlan, CrashCause, FitIns, FitRes, FitStatus, FitUpdate, RoundId,
+    ClientId, ClientPlan, CrashCause, FitFailure, FitIns, FitRes, FitStatus, FitUpdate, RoundId,
+    UploadFailure,
 };
 use crate::model::AdapterSet;
 use crate::rng::{purpose, rng_for};
@@ -313,39 +314,44 @@ fn plan(
 }
 
 async fn fit(st: &mut ClientState, ins: FitIns) -> FitStatus {
-    let failed = |reason: String| FitStatus::Failed { reason };
+    let failed = |reason: FitFailure| FitStatus::Failed { reason };
     let (schedule, timeline) = match st.planned.take() {
         Some((r, s, t)) if r == ins.round => (s, t),
-        _ => return failed(format!("round {}: fit without a plan", ins.round)),
+        _ => return failed(FitFailure::NoPlan(ins.round)),
     };
     let (a, ctx) = (&st.args, &st.args.ctx);
     let Ok(permit) = ctx.in_flight.clone().acquire_owned().await else {
-        return failed("the run is shutting down".into());
+        return failed(FitFailure::ShuttingDown);
     };
     let Trained {
         result: mut out,
         host_seconds,
     } = match train(a, &ins, schedule).await {
         Ok(t) => t,
-        Err(JobFailure::Train(TrainError::WorkerLost { worker, message })) => {
-            tracing::warn!(client = a.id, %worker, %message, "worker lost mid-job");
-            return FitStatus::Crashed {
-                at: timeline.start + timeline.download,
-                cause: CrashCause::WorkerLost { worker },
-            };
+        Err(e) => {
+            if let FitFailure::Training(t) = &e {
+                if let TrainError::WorkerLost { worker, message } = t.as_ref() {
+                    tracing::warn!(client = a.id, %worker, %message, "worker lost mid-job");
+                    return FitStatus::Crashed {
+                        at: timeline.start + timeline.download,
+                        cause: CrashCause::WorkerLost {
+                            worker: worker.clone(),
+                        },
+                    };
+                }
+            }
+            return failed(e);
         }
-        Err(JobFailure::Train(e)) => return failed(crate::fmt::chain(&e)),
-        Err(JobFailure::NotRun(reason)) => return failed(reason.to_string()),
     };
     let prepared = before_upload(a, &ins, &mut out.update);
     let (update_norm, clipped) = (prepared.norm, prepared.clipped);
     let (upload, bytes) = match upload(st, &ins, &out.update, prepared, permit).await {
         Ok(u) => u,
-        Err(reason) => return failed(reason),
+        Err(reason) => return failed(FitFailure::Upload(reason)),
     };
     let (a, ctx) = (&st.args, &st.args.ctx);
     if ctx.aggregator_of(a.id).send_message(upload).is_err() {
-        return failed("the aggregator is gone".into());
+        return failed(FitFailure::AggregatorGone);
     }
     FitStatus::Completed(Box::new(FitUpdate {
         bytes,
@@ -369,7 +375,7 @@ async fn upload(
     update: &AdapterSet,
     prepared: Prepared,
     permit: tokio::sync::OwnedSemaphorePermit,
-) -> Result<(AggregatorMsg, u64), String> {
+) -> Result<(AggregatorMsg, u64), UploadFailure> {
     let byzantine = prepared.byzantine;
     let (a, ctx) = (&st.args, &st.args.ctx);
     let secure = st.secure.take_if(|s| s.round == ins.round);
@@ -381,7 +387,7 @@ async fn upload(
             let noise = noise::discrete(ins.config.noise, ins.round, a.id);
             let (input, bytes) = (key.encrypt(a.id, ctx.seed, (values, noise), weight(a, ins)))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| UploadFailure::Encrypt(Arc::new(e)))?;
             Ok((AggregatorMsg::Encrypted { input, permit }, bytes))
         }
         (Some(s), _) => {
@@ -389,15 +395,17 @@ async fn upload(
             let noise = noise::discrete(ins.config.noise, ins.round, a.id);
             let (s, input) = s.masked_off_executor(values, noise, weight(a, ins)).await;
             st.secure = Some(s); // kept for the unmasking phase
-            let input = input.map_err(|e| e.to_string())?;
+            let input = input.map_err(|e| UploadFailure::Mask(Arc::new(e)))?;
             let bytes = input.masked.len() as u64;
             Ok((AggregatorMsg::Masked { input, permit }, bytes))
         }
         (None, None) => {
             let payload = match &ctx.codec {
                 Some(codec) => compressed::encode(a, ins, codec, update, prepared)
-                    .map_err(|e| crate::fmt::chain(&e))?,
-                None => update.to_safetensors().map_err(|e| crate::fmt::chain(&e))?,
+                    .map_err(|e| UploadFailure::Compress(Arc::new(e)))?,
+                None => {
+                    (update.to_safetensors()).map_err(|e| UploadFailure::Serialise(Arc::new(e)))?
+                }
             };
             // Split: only the client-side half travels (the server keeps the rest).
             let bytes = ctx
@@ -426,16 +434,8 @@ fn weight(a: &ClientArgs, ins: &FitIns) -> u64 {
     }
 }
 
-/// Why a training job gave no update.
-enum JobFailure {
-    /// It ran and failed (a lost worker among the reasons).
-    Train(TrainError),
-    /// It never ran.
-    NotRun(&'static str),
-}
-
 /// Train the client's shard from the round's global adapter on a slot (its own, when pinned).
-async fn train(a: &ClientArgs, ins: &FitIns, schedule: Schedule) -> Result<Trained, JobFailure> {
+async fn train(a: &ClientArgs, ins: &FitIns, schedule: Schedule) -> Result<Trained, FitFailure> {
     let ctx = &a.ctx;
     let (tx, rx) = oneshot::channel();
     let job = Job::Train {
@@ -454,11 +454,9 @@ async fn train(a: &ClientArgs, ins: &FitIns, schedule: Schedule) -> Result<Train
     } else {
         ctx.slots.submit(job)
     };
-    submitted.map_err(|_| JobFailure::NotRun("the slot pool is closed"))?;
-    let trained: Result<Trained, TrainError> = rx
-        .await
-        .map_err(|_| JobFailure::NotRun("the slot dropped the job"))?;
-    trained.map_err(JobFailure::Train)
+    submitted.map_err(|_| FitFailure::SlotsClosed)?;
+    let trained: Result<Trained, TrainError> = rx.await.map_err(|_| FitFailure::JobDropped)?;
+    trained.map_err(|e| FitFailure::Training(Arc::new(e)))
 }
 
 /// What [`before_upload`] did.

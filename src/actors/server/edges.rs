@@ -106,7 +106,7 @@ impl EdgeRun {
             Err(why) => {
                 tracing::warn!("edge {}: {why}", self.edge);
                 let status = FitStatus::Failed {
-                    reason: why.to_string(),
+                    reason: crate::messages::FitFailure::EdgeSetup(std::sync::Arc::new(why)),
                 };
                 for &c in &self.clients {
                     st.current.count(c, &status, None);

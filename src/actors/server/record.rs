@@ -94,6 +94,14 @@ impl RoundState {
                 FitStatus::Crashed { cause, .. } => Some(cause.kind()),
                 _ => None,
             },
+            failure_kind: match status {
+                FitStatus::Failed { reason } => Some(reason.kind()),
+                _ => None,
+            },
+            failure: match status {
+                FitStatus::Failed { reason } => Some(reason.to_string()),
+                _ => None,
+            },
             tokens,
         });
         self.tally(client, status);

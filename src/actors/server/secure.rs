@@ -46,16 +46,7 @@ pub(super) struct SecureSetup {
     pub(super) cost: Option<SecAggCost>,
 }
 
-/// Why a round cannot be aggregated securely (recorded as the round's reason).
-#[derive(Debug, thiserror::Error)]
-pub(super) enum SetupError {
-    /// SecAgg+ cannot run the round (too few clients for the threshold, say).
-    #[error(transparent)]
-    SecAgg(#[from] crate::secagg::SecAggError),
-    /// Homomorphic encryption cannot run the round.
-    #[error(transparent)]
-    He(#[from] crate::he::HeError),
-}
+pub(super) use crate::messages::SetupError;
 
 /// The round's set-up phases with its sampled clients, before any trains (nothing to do in
 /// the clear). `Err(why)`: the round cannot be aggregated securely.
