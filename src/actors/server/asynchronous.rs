@@ -193,7 +193,7 @@ impl FedBuff {
         let round = self.state.version + 1;
         self.state.version = round;
         let now = self.state.now;
-        let why = format!("no client online and idle at t = {now:.1} s (asynchronous aggregation)");
+        let why = super::outcome::ShortReason::NoneIdle { at: now };
         let in_flight = Some(self.state.snapshot());
         let closed = short_round(me, st, round, now, 0, why, in_flight).await?;
         self.state.now = st.clock;

@@ -166,7 +166,7 @@ pub(super) async fn short_round(
     round: RoundId,
     start: f64,
     available: usize,
-    why: String,
+    why: super::outcome::ShortReason,
     in_flight: Option<AsyncSnapshot>,
 ) -> Result<Closed, ActorProcessingErr> {
     let config = &st.args.config;
@@ -189,7 +189,7 @@ pub(super) async fn short_round(
         eval_perplexity: eval.perplexity,
         dp,
         host_per_token: st.host_per_token(),
-        skipped: Some(why.clone()),
+        skipped: Some(why.to_string()),
         byzantine: None,
         task: None,
     };

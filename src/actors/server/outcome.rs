@@ -73,8 +73,45 @@ pub enum EarlyStop {
         /// The round.
         round: RoundId,
         /// Who was missing (also the round's `skipped` record).
-        why: String,
+        why: ShortReason,
     },
+}
+
+/// Why a round ran short of clients: its `skipped` record, and under `system.short_round:
+/// Stop` why the run stopped.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ShortReason {
+    /// Fewer clients online than the strategy needs.
+    #[error(
+        "{available} of {alive} clients available at t = {at:.1} s, fewer than the {needed} \
+         needed (strategy.min_available_clients / min_fit_clients)"
+    )]
+    TooFewAvailable {
+        /// Clients online.
+        available: usize,
+        /// Clients alive.
+        alive: usize,
+        /// Clients needed.
+        needed: usize,
+        /// When, simulated seconds.
+        at: f64,
+    },
+    /// Secure aggregation cannot run the round with the sampled clients.
+    #[error(transparent)]
+    SecureSetup(std::sync::Arc<crate::messages::SetupError>),
+    /// Asynchronous aggregation found no client online and idle.
+    #[error("no client online and idle at t = {at:.1} s (asynchronous aggregation)")]
+    NoneIdle {
+        /// When, simulated seconds.
+        at: f64,
+    },
+}
+
+/// Two reasons are equal when they say the same.
+impl PartialEq for ShortReason {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
 }
 
 /// An evaluation on the held-out split that did not happen.

@@ -11,6 +11,7 @@ use rand::Rng;
 use super::close::{close_round, short_round, Closed};
 use super::config::ServerMsg;
 use super::outcome::EarlyStop;
+use super::outcome::ShortReason;
 use super::record::RoundState;
 use super::secure;
 use super::state::Core;
@@ -60,7 +61,7 @@ impl SyncRounds {
         let setup = match secure::set_up(st, &chosen).await? {
             Ok(setup) => setup,
             Err(why) => {
-                let why = why.to_string();
+                let why = ShortReason::SecureSetup(Arc::new(why));
                 let closed = short_round(me, st, round, start, available.len(), why, None).await?;
                 return self.next(me, st, closed);
             }
@@ -236,15 +237,14 @@ pub(super) async fn open_round(
 }
 
 /// Why a round with `available` clients online at `start` cannot run, if it cannot.
-fn too_few(st: &Core, start: f64, available: usize) -> Option<String> {
+fn too_few(st: &Core, start: f64, available: usize) -> Option<ShortReason> {
     let s = st.args.config.sampling;
     let needed = s.min_available_clients.max(s.min_fit_clients);
-    (available < needed).then(|| {
-        format!(
-            "{available} of {} clients available at t = {start:.1} s, fewer than the {needed} \
-             needed (strategy.min_available_clients / min_fit_clients)",
-            st.alive.len()
-        )
+    (available < needed).then(|| ShortReason::TooFewAvailable {
+        available,
+        alive: st.alive.len(),
+        needed,
+        at: start,
     })
 }
 
