@@ -78,15 +78,17 @@ const MASK_PART: usize = 4096;
 pub fn apply_mask(ring: Ring, seed: &Secret, negate: bool, v: &mut [u128]) {
     use rayon::prelude::*;
     let eb = ring.element_bytes();
-    v.par_chunks_mut(MASK_PART)
-        .enumerate()
-        .for_each(|(part, chunk)| {
-            let mut prg = ChaCha20::new(seed.into(), &[0u8; 12].into());
-            prg.seek((part * MASK_PART * eb) as u64);
-            let mut bytes = vec![0u8; chunk.len() * eb];
-            prg.apply_keystream(&mut bytes);
-            ring.add_elements(chunk, &bytes, negate);
-        });
+    crate::strategy::fedavg::pool().install(|| {
+        v.par_chunks_mut(MASK_PART)
+            .enumerate()
+            .for_each(|(part, chunk)| {
+                let mut prg = ChaCha20::new(seed.into(), &[0u8; 12].into());
+                prg.seek((part * MASK_PART * eb) as u64);
+                let mut bytes = vec![0u8; chunk.len() * eb];
+                prg.apply_keystream(&mut bytes);
+                ring.add_elements(chunk, &bytes, negate);
+            })
+    });
 }
 
 /// Encrypt and authenticate `plaintext` under `key`, bound to `context` (who, to whom,

@@ -186,7 +186,8 @@ impl Ring {
         }
     }
 
-    /// Add the vector of [`Ring::to_bytes`]'s `bytes` into `sum`, in parallel parts (false:
+    /// Add the vector of [`Ring::to_bytes`]'s `bytes` into `sum`, in parallel parts on the
+    /// fold's pool (false:
     /// not `sum.len()` elements, or an element outside the ring; `sum` is then unchanged).
     pub fn add_bytes(&self, sum: &mut [u128], bytes: &[u8]) -> bool {
         use rayon::prelude::*;
@@ -196,16 +197,18 @@ impl Ring {
         }
         let top = self.bits.div_ceil(8) * 8 - self.bits; // unused high bits of the last byte
         let in_ring = |c: &[u8]| top == 0 || c[n - 1] >> (8 - top) == 0;
-        if !bytes
-            .par_chunks(n * 4096)
-            .all(|p| p.chunks_exact(n).all(in_ring))
-        {
-            return false;
-        }
-        sum.par_chunks_mut(4096)
-            .zip(bytes.par_chunks(n * 4096))
-            .for_each(|(s, b)| self.add_elements(s, b, false));
-        true
+        crate::strategy::fedavg::pool().install(|| {
+            if !bytes
+                .par_chunks(n * 4096)
+                .all(|p| p.chunks_exact(n).all(in_ring))
+            {
+                return false;
+            }
+            sum.par_chunks_mut(4096)
+                .zip(bytes.par_chunks(n * 4096))
+                .for_each(|(s, b)| self.add_elements(s, b, false));
+            true
+        })
     }
 
     /// Elements as little-endian bytes, [`Ring::element_bytes`] each.

@@ -143,8 +143,10 @@ impl Update for Borrowed<'_> {
 /// Updates folded together in one pass over the accumulator.
 pub const BATCH: usize = 8;
 
-/// The pool the folds run on: one thread per core, its own (not the slots', not rayon's global).
-fn pool() -> &'static rayon::ThreadPool {
+/// The pool the folds run on: one thread per core, its own (not the slots', not rayon's
+/// global, which `sim` sizes for one job's matmuls). Secure aggregation's mask expansions and
+/// masked sums run on it too.
+pub(crate) fn pool() -> &'static rayon::ThreadPool {
     static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
