@@ -219,3 +219,40 @@ fn pace_slows_rounds_without_changing_results() {
     .concat());
     assert!(!ok && err.contains("--pace"), "{err}");
 }
+
+#[test]
+fn validate_prints_the_dp_plan_and_the_epsilon_it_will_charge() {
+    // dp_budget.ron's z was calibrated for ε = 8 after its 10 rounds at q = 0.1.
+    let (ok, out, err) = sim(&["validate", "scenarios/dp_budget.ron"]);
+    assert!(ok, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("privacy: "))
+        .unwrap_or_default();
+    assert!(
+        line.contains("ε = 8.0000 if all 10 rounds run at δ = 1e-5, q = 0.1"),
+        "{out}"
+    );
+    let ddg = "dp=Some((mechanism: ClientSideFixed(clip_norm: 0.5, noise_multiplier: 1.0), \
+               noise_by: Clients(min_survivors: 4, distribution: DiscreteGaussian)))";
+    let (ok, out, err) = sim(&["validate", "scenarios/secure_aggregation.ron", "--set", ddg]);
+    assert!(ok, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("privacy: "))
+        .unwrap_or_default();
+    assert!(
+        line.contains("discrete Gaussian shares of σ = 2.7488e11 fixed-point steps"),
+        "{out}"
+    );
+    let (_, out, _) = sim(&[
+        "validate",
+        "scenarios/dp_budget.ron",
+        "--set",
+        "dp.max_epsilon=Some(5.0)",
+    ]);
+    assert!(
+        out.contains("then dp.max_epsilon stops the run before round"),
+        "{out}"
+    );
+}

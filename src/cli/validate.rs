@@ -61,10 +61,62 @@ pub fn validate(path: &Path, set: &[String]) -> anyhow::Result<()> {
         )?;
     }
     secure(&s, values, data.train as u64)?;
+    privacy(&s)?;
     topology(&s)?;
     split(&s)?;
     compression(&s)?;
     resources(&s)
+}
+
+/// The DP plan and what the accountant will charge: ε if every round runs with every client
+/// available (or where `dp.max_epsilon` stops the run).
+fn privacy(s: &Scenario) -> anyhow::Result<()> {
+    use fedsim::privacy::{DpSampling, NoiseBy, PrivacyLedger};
+    let Some(plan) = s.dp.clone() else {
+        return Ok(());
+    };
+    let clients = s.data.clients.max(1);
+    let q = match plan.sampling {
+        DpSampling::Poisson => s.sampling.fraction_fit,
+        DpSampling::Fixed => s.sampling.sample_size(clients) as f64 / clients as f64,
+    };
+    let by = match (plan.noise_by, plan.distributed_noise()) {
+        (NoiseBy::Server, _) => "the server".to_string(),
+        (NoiseBy::Clients { min_survivors, .. }, None) => {
+            format!("the clients (Gaussian shares, rounds of at least {min_survivors})")
+        }
+        (_, Some(n)) => format!(
+            "the clients (discrete Gaussian shares of σ = {:.4e} fixed-point steps, rounds of at \
+             least {})",
+            n.share.std(),
+            n.min_survivors
+        ),
+    };
+    let (delta, max) = (plan.delta, plan.max_epsilon);
+    let mut ledger = PrivacyLedger::new(plan.clone());
+    let (mut spent, mut stop) = (None, None);
+    for round in 1..=s.rounds {
+        if max.is_some_and(|m| ledger.peek(q).epsilon > m) {
+            stop = Some(round);
+            break;
+        }
+        spent = Some(ledger.record(q).epsilon);
+    }
+    let charged = match (spent, stop) {
+        (Some(e), None) => format!("ε = {e:.4} if all {} rounds run", s.rounds),
+        (Some(e), Some(r)) => {
+            format!("ε = {e:.4}, then dp.max_epsilon stops the run before round {r}")
+        }
+        (None, _) => "dp.max_epsilon stops the run before round 1".to_string(),
+    };
+    outln!(
+        "privacy: {}, C = {}, z = {}, noise added by {by}; {charged} at δ = {delta:e}, q = {}",
+        plan.mechanism.name(),
+        fedsim::fmt::compact(plan.mechanism.initial_clip()),
+        fedsim::fmt::compact(plan.mechanism.noise_multiplier()),
+        fedsim::fmt::compact(q),
+    )?;
+    Ok(())
 }
 
 /// Where a split run cuts the model and what a full step sends each way.
