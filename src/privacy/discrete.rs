@@ -83,7 +83,7 @@ impl DiscreteGaussian {
     }
 }
 
-/// Bernoulli(n / d), d > 0 (a 64-bit draw when d fits: most of them, and 3× faster).
+/// Bernoulli(n / d), d > 0 (a 64-bit draw when d fits, as most do: cheaper than 128 bits).
 fn bernoulli<R: Rng + ?Sized>(rng: &mut R, n: u128, d: u128) -> bool {
     match u64::try_from(d) {
         Ok(d) => u128::from(rng.random_range(0..d)) < n,
