@@ -225,10 +225,7 @@ fn validate_prints_the_dp_plan_and_the_epsilon_it_will_charge() {
     // dp_budget.ron's z was calibrated for ε = 8 after its 10 rounds at q = 0.1.
     let (ok, out, err) = sim(&["validate", "scenarios/dp_budget.ron"]);
     assert!(ok, "{err}");
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("privacy: "))
-        .unwrap_or_default();
+    let line = privacy_line(&out);
     assert!(
         line.contains("ε = 8.0000 if all 10 rounds run at δ = 1e-5, q = 0.1"),
         "{out}"
@@ -237,10 +234,7 @@ fn validate_prints_the_dp_plan_and_the_epsilon_it_will_charge() {
                noise_by: Clients(min_survivors: 4, distribution: DiscreteGaussian)))";
     let (ok, out, err) = sim(&["validate", "scenarios/secure_aggregation.ron", "--set", ddg]);
     assert!(ok, "{err}");
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("privacy: "))
-        .unwrap_or_default();
+    let line = privacy_line(&out);
     assert!(
         line.contains("discrete Gaussian shares of σ = 2.7488e11 fixed-point steps"),
         "{out}"
@@ -255,4 +249,11 @@ fn validate_prints_the_dp_plan_and_the_epsilon_it_will_charge() {
         out.contains("then dp.max_epsilon stops the run before round"),
         "{out}"
     );
+}
+
+/// `sim validate`'s `privacy:` line ("" when there is none).
+fn privacy_line(out: &str) -> &str {
+    out.lines()
+        .find(|l| l.starts_with("privacy: "))
+        .unwrap_or_default()
 }

@@ -69,6 +69,39 @@ fn lora_b(dir: &std::path::Path) -> Vec<f32> {
     out
 }
 
+/// The released values `b` are noise of std `stated`: their sample std within 4 standard
+/// errors (σ/√(2n)) of it, their mean within 4 of 0.
+fn assert_noise_std(b: &[f32], stated: f64) {
+    let n = b.len() as f64;
+    let mean = b.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+    let sd = (b
+        .iter()
+        .map(|&x| (f64::from(x) - mean).powi(2))
+        .sum::<f64>()
+        / (n - 1.0))
+        .sqrt();
+    let se = stated / (2.0 * n).sqrt();
+    assert!(
+        (sd - stated).abs() < 4.0 * se,
+        "std {sd} vs {stated} ± {se} over {n} values"
+    );
+    assert!(mean.abs() < 4.0 * stated / n.sqrt(), "mean {mean}");
+}
+
+/// Each of `cases`, added to a full-participation DP scenario, is refused naming its field.
+fn assert_refused(cases: &[(Vec<&str>, &str)]) {
+    for (set, field) in cases {
+        let mut all = vec![
+            "strategy.fraction_fit=1.0",
+            "strategy.min_fit_clients=4",
+            DP,
+        ];
+        all.extend(set.iter().copied());
+        let err = scenario(SMALL, &all).unwrap_err().to_string();
+        assert!(err.contains(field), "{set:?}: {err}");
+    }
+}
+
 #[test]
 fn the_clients_noise_sums_to_the_stated_std_on_the_release() {
     // z = 200, C = 0.5: the released B matrices (zero before round 1) are noise, the clipped
@@ -83,15 +116,6 @@ fn the_clients_noise_sums_to_the_stated_std_on_the_release() {
         "rounds=1",
     ]);
     let done = run(&s, tmp.path());
-    let b = lora_b(&done.dir);
-    let n = b.len() as f64;
-    let mean = b.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
-    let sd = (b
-        .iter()
-        .map(|&x| (f64::from(x) - mean).powi(2))
-        .sum::<f64>()
-        / (n - 1.0))
-        .sqrt();
     let stated = 200.0 * 0.5 * 2.0 / (2f64.sqrt() * 4.0);
     let r = &round_metrics(&done.dir)[0];
     let reported = r["dp_noise_stddev"].as_f64().unwrap();
@@ -99,13 +123,7 @@ fn the_clients_noise_sums_to_the_stated_std_on_the_release() {
         (reported - stated).abs() < 1e-9,
         "reported {reported}, stated {stated}"
     );
-    // The sample std of n Gaussian values is within 4 standard errors (σ/√(2n)) of σ.
-    let se = stated / (2.0 * n).sqrt();
-    assert!(
-        (sd - stated).abs() < 4.0 * se,
-        "std {sd} vs {stated} ± {se} over {n} values"
-    );
-    assert!(mean.abs() < 4.0 * stated / n.sqrt(), "mean {mean}");
+    assert_noise_std(&lora_b(&done.dir), stated);
 }
 
 #[test]
@@ -130,7 +148,7 @@ fn a_round_with_fewer_updates_than_the_noise_is_calibrated_for_releases_nothing(
 fn what_distributed_noise_and_secure_aggregation_cannot_do_is_refused_by_name() {
     let adaptive = r#"dp.mechanism=Adaptive(initial_clip: 0.5, target_quantile: 0.5, clip_lr: 0.2, noise_multiplier: 1.0, count_stddev: 1.0)"#;
     let server = r#"dp.mechanism=ServerSideFixed(clip_norm: 0.5, noise_multiplier: 1.0)"#;
-    for (set, field) in [
+    assert_refused(&[
         (
             vec![adaptive, "dp.noise_by=Clients(min_survivors: 2)"],
             "dp.noise_by",
@@ -141,16 +159,7 @@ fn what_distributed_noise_and_secure_aggregation_cannot_do_is_refused_by_name() 
         ),
         (vec![server, SECURE], "dp.mechanism"),
         (vec![adaptive, SECURE], "dp.mechanism"),
-    ] {
-        let mut all = vec![
-            "strategy.fraction_fit=1.0",
-            "strategy.min_fit_clients=4",
-            DP,
-        ];
-        all.extend(set.iter().copied());
-        let err = scenario(SMALL, &all).unwrap_err().to_string();
-        assert!(err.contains(field), "{set:?}: {err}");
-    }
+    ]);
 }
 
 const DISCRETE: &str = "dp.noise_by=Clients(min_survivors: 2, distribution: DiscreteGaussian)";
@@ -220,15 +229,6 @@ fn the_discrete_shares_sum_to_their_std_on_the_release() {
     let tmp = tempfile::tempdir().unwrap();
     let z = r#"dp.mechanism=ClientSideFixed(clip_norm: 0.5, noise_multiplier: 200.0)"#;
     let done = run(&small(&[z, DISCRETE, SECURE, "rounds=1"]), tmp.path());
-    let b = lora_b(&done.dir);
-    let n = b.len() as f64;
-    let mean = b.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
-    let sd = (b
-        .iter()
-        .map(|&x| (f64::from(x) - mean).powi(2))
-        .sum::<f64>()
-        / (n - 1.0))
-        .sqrt();
     let share = fedsim::privacy::discrete::DistributedNoise::new(200.0, 0.5, 2)
         .unwrap()
         .share;
@@ -240,30 +240,16 @@ fn the_discrete_shares_sum_to_their_std_on_the_release() {
         (reported - stated).abs() < 1e-12 * stated,
         "reported {reported}, stated {stated}"
     );
-    let se = stated / (2.0 * n).sqrt();
-    assert!(
-        (sd - stated).abs() < 4.0 * se,
-        "std {sd} vs {stated} ± {se} over {n} values"
-    );
-    assert!(mean.abs() < 4.0 * stated / n.sqrt(), "mean {mean}");
+    assert_noise_std(&lora_b(&done.dir), stated);
 }
 
 #[test]
 fn what_the_discrete_gaussian_cannot_do_is_refused_by_name() {
     let tiny = r#"dp.mechanism=ClientSideFixed(clip_norm: 1e-9, noise_multiplier: 1e-4)"#;
-    for (set, field) in [
+    assert_refused(&[
         (vec![DISCRETE], "dp.noise_by.Clients.distribution"),
         (vec![DISCRETE, SECURE, "dp.sampling=Fixed"], "dp.sampling"),
         (vec![DISCRETE, SECURE, "dp.pld=true"], "dp.pld"),
         (vec![DISCRETE, SECURE, tiny], "dp.mechanism"),
-    ] {
-        let mut all = vec![
-            "strategy.fraction_fit=1.0",
-            "strategy.min_fit_clients=4",
-            DP,
-        ];
-        all.extend(set.iter().copied());
-        let err = scenario(SMALL, &all).unwrap_err().to_string();
-        assert!(err.contains(field), "{set:?}: {err}");
-    }
+    ]);
 }

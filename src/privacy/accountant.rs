@@ -151,17 +151,10 @@ pub fn epsilon_after(
     scheme: SamplingScheme,
     series: FracSeries,
 ) -> Result<Guarantee, PrivacyError> {
-    check_noise(z)?;
-    check_rate(q, false)?;
-    check_delta(delta)?;
-    check_rounds(rounds)?;
+    check_after(z, q, rounds, delta)?;
     let mut acc = RdpAccountant::new(scheme, series);
     acc.compose(q, z, rounds)?;
-    let g = acc.epsilon(delta)?;
-    if !g.epsilon.is_finite() {
-        return Err(PrivacyError::Overflow { z });
-    }
-    Ok(g)
+    finite(acc.epsilon(delta)?, z)
 }
 
 /// ε after `rounds` rounds of the distributed discrete Gaussian whose sum of the fewest
@@ -176,20 +169,30 @@ pub fn ddg_epsilon_after(
     rounds: usize,
     delta: f64,
 ) -> Result<Guarantee, PrivacyError> {
-    check_noise(z)?;
-    check_rate(q, false)?;
-    check_delta(delta)?;
-    check_rounds(rounds)?;
+    check_after(z, q, rounds, delta)?;
     let mut acc = RdpAccountant::new(SamplingScheme::Poisson, FracSeries::AbsoluteBound);
     acc.compose_curve(
         |a| super::discrete::rdp_poisson_ddg(q, a, 1.0 / z, 0.0, 0.0),
         rounds,
     );
-    let g = acc.epsilon(delta)?;
-    if !g.epsilon.is_finite() {
-        return Err(PrivacyError::Overflow { z });
+    finite(acc.epsilon(delta)?, z)
+}
+
+/// The checks of an ε-after-T-rounds question.
+fn check_after(z: f64, q: f64, rounds: usize, delta: f64) -> Result<(), PrivacyError> {
+    check_noise(z)?;
+    check_rate(q, false)?;
+    check_delta(delta)?;
+    check_rounds(rounds)
+}
+
+/// `g`, unless its ε overflowed (noise multiplier `z` too small).
+fn finite(g: Guarantee, z: f64) -> Result<Guarantee, PrivacyError> {
+    if g.epsilon.is_finite() {
+        Ok(g)
+    } else {
+        Err(PrivacyError::Overflow { z })
     }
-    Ok(g)
 }
 
 /// The smallest noise multiplier whose ε after `rounds` rounds at `delta` is at most

@@ -111,26 +111,13 @@ impl PrivacyLedger {
     /// ε if one more round at rate `q` were run.
     pub fn peek(&self, q: f64) -> Guarantee {
         let mut next = self.accountant.clone();
-        self.charge(&mut next, q);
+        charge(&self.plan, &mut next, q);
         next.epsilon(self.plan.delta).expect("delta is validated")
-    }
-
-    /// One round at rate `q` into `accountant`: the subsampled Gaussian, or the distributed
-    /// discrete Gaussian's own bound.
-    fn charge(&self, accountant: &mut RdpAccountant, q: f64) {
-        match self.plan.distributed_noise() {
-            Some(n) => accountant.compose_curve(|a| n.rdp(q, a), 1),
-            None => accountant
-                .compose(q, self.plan.accounted_noise_multiplier(), 1)
-                .expect("rate and noise are validated"),
-        }
     }
 
     /// Record one round at rate `q`; returns ε after it.
     pub fn record(&mut self, q: f64) -> Guarantee {
-        let mut accountant = self.accountant.clone();
-        self.charge(&mut accountant, q);
-        self.accountant = accountant;
+        charge(&self.plan, &mut self.accountant, q);
         let g = self
             .accountant
             .epsilon(self.plan.delta)
@@ -181,5 +168,16 @@ impl PrivacyLedger {
         let b = (centred + noise.sample()) / m + 0.5;
         self.clip *= (-clip_lr * (b - target_quantile)).exp();
         Some(b)
+    }
+}
+
+/// One round of `plan` at rate `q` into `accountant`: the subsampled Gaussian, or the
+/// distributed discrete Gaussian's own bound.
+fn charge(plan: &DpPlan, accountant: &mut RdpAccountant, q: f64) {
+    match plan.distributed_noise() {
+        Some(n) => accountant.compose_curve(|a| n.rdp(q, a), 1),
+        None => accountant
+            .compose(q, plan.accounted_noise_multiplier(), 1)
+            .expect("rate and noise are validated"),
     }
 }
