@@ -21,9 +21,9 @@ const VALUES: usize = 460_800;
 const CLIENTS: usize = 20;
 const NEIGHBOURS: usize = 8;
 
-/// The clients of a round through phase 1, and the server, ready for phase 2.
-fn set_up(params: Params) -> (Vec<SecAggClient>, SecAggServer, Graph) {
-    let ids: Vec<ClientId> = (0..CLIENTS).collect();
+/// The `n` clients of a round through phase 1, and the server, ready for phase 2.
+fn set_up(params: Params, n: usize) -> (Vec<SecAggClient>, SecAggServer, Graph) {
+    let ids: Vec<ClientId> = (0..n).collect();
     let graph = Graph::new(&ids, NEIGHBOURS, 1, 1);
     let mut server = SecAggServer::new(1, params, graph.clone(), VALUES).unwrap();
     let mut clients: Vec<SecAggClient> = ids
@@ -55,7 +55,7 @@ fn secagg(c: &mut Criterion) {
     let params = Params {
         neighbours: NEIGHBOURS,
         threshold: NEIGHBOURS / 2,
-        ring: Ring::for_weight(weight * CLIENTS as u64),
+        ring: Ring::for_weight(weight * 100),
         compute: Default::default(),
     };
     let mut group = c.benchmark_group("secagg_460800");
@@ -78,7 +78,7 @@ fn secagg(c: &mut Criterion) {
     group.bench_function("client_mask_k8", |b| {
         b.iter_batched(
             || {
-                let (mut clients, mut server, _) = set_up(params);
+                let (mut clients, mut server, _) = set_up(params, CLIENTS);
                 let inbox = server.inbox_for(0);
                 (clients.swap_remove(0), inbox)
             },
@@ -86,38 +86,11 @@ fn secagg(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
-    // The server's part of a round of 20: 18 masked vectors in, 2 dropped after sharing.
-    let (mut clients, mut server, _) = set_up(params);
-    let masked: Vec<MaskedInput> = (0..CLIENTS)
-        .map(|c| {
-            let inbox = server.inbox_for(c);
-            clients[c].mask(inbox, &updates[c], weight).unwrap()
-        })
-        .collect();
-    group.bench_function("server_round_n20_k8_2dropped", |b| {
-        b.iter_batched(
-            || {
-                let (mut cl, mut sv, _) = set_up(params);
-                for c in 0..CLIENTS {
-                    let inbox = sv.inbox_for(c);
-                    let _ = cl[c].mask(inbox, &updates[c], weight).unwrap();
-                }
-                (cl, sv)
-            },
-            |(mut cl, mut sv)| {
-                for m in masked.iter().skip(2) {
-                    sv.receive_masked(m).unwrap();
-                }
-                let request = sv.unmask_request().unwrap();
-                for (c, client) in cl.iter_mut().enumerate().skip(2) {
-                    sv.receive_unmask(client.unmask(&request).unwrap()).unwrap();
-                    let _ = c;
-                }
-                sv.finish().unwrap()
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    // The server's part of a round of 20 with 2 dropped after sharing, and of 100 with none
+    // dropped and with 10 dropped (the N): masked vectors in, unmasking, masks removed.
+    for (n, dropped) in [(20, 2), (100, 0), (100, 10)] {
+        server_round(&mut group, params, &updates, n, dropped);
+    }
     // Distributed DP's discrete Gaussian shares on one encoded upload (z = 1, C = 1, m = 10:
     // σ ≈ 3.5·10¹¹ fixed-point steps), drawn exactly.
     let share = fedsim::privacy::discrete::DistributedNoise::new(1.0, 1.0, 10)
@@ -128,16 +101,65 @@ fn secagg(c: &mut Criterion) {
         let mut v = vec![0u128; VALUES + 1];
         b.iter(|| params.ring.add_noise(&mut v, &mut noise))
     });
-    group.bench_function("plain_fold_n20", |b| {
-        b.iter(|| {
-            let mut acc = FedAvgAccumulator::new(VALUES);
-            for u in &updates {
-                acc.fold(u, weight).unwrap();
-            }
-            acc.mean().unwrap()
-        })
-    });
+    for n in [20, 100] {
+        group.bench_function(format!("plain_fold_n{n}"), |b| {
+            b.iter(|| {
+                let mut acc = FedAvgAccumulator::new(VALUES);
+                for u in updates.iter().cycle().take(n) {
+                    acc.fold(u, weight).unwrap();
+                }
+                acc.mean().unwrap()
+            })
+        });
+    }
     group.finish();
+}
+
+/// The server's part of a round of `n` clients of which the first `dropped` drop after
+/// sharing (updates reused cyclically): sum the masked vectors, unmask, remove the masks.
+fn server_round(
+    group: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+    params: Params,
+    updates: &[Vec<f32>],
+    n: usize,
+    dropped: usize,
+) {
+    let weight = 100u64;
+    let (mut clients, mut server, _) = set_up(params, n);
+    let masked: Vec<MaskedInput> = (0..n)
+        .map(|c| {
+            let inbox = server.inbox_for(c);
+            let u = &updates[c % updates.len()];
+            clients[c].mask(inbox, u, weight).unwrap()
+        })
+        .collect();
+    // One pass of the protocol gives the survivors' unmasking responses; each sample then
+    // replays the server's part from its state after the shares phase.
+    let mut sv = server.clone();
+    for m in masked.iter().skip(dropped) {
+        sv.receive_masked(m).unwrap();
+    }
+    let request = sv.unmask_request().unwrap();
+    let responses: Vec<_> = (clients.iter_mut().skip(dropped))
+        .map(|c| c.unmask(&request).unwrap())
+        .collect();
+    let name = format!("server_round_n{n}_k{NEIGHBOURS}_{dropped}dropped");
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            || (server.clone(), responses.clone()),
+            |(mut sv, responses)| {
+                for m in masked.iter().skip(dropped) {
+                    sv.receive_masked(m).unwrap();
+                }
+                sv.unmask_request().unwrap();
+                for r in responses {
+                    sv.receive_unmask(r).unwrap();
+                }
+                sv.finish().unwrap()
+            },
+            BatchSize::PerIteration,
+        )
+    });
 }
 
 /// Homomorphic aggregation (BFV, n = 8192, 3 key holders) per coefficient: a client's

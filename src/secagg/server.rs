@@ -28,7 +28,7 @@ pub struct Unmasked {
 }
 
 /// The server in one round.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SecAggServer {
     round: u64,
     params: Params,
