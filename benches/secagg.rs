@@ -65,15 +65,29 @@ fn secagg(c: &mut Criterion) {
     group.throughput(criterion::Throughput::Elements(VALUES as u64 + 1));
     let mut v = vec![0u128; VALUES + 1];
     group.bench_function("one_mask", |b| {
-        b.iter(|| fedsim::secagg::crypto::apply_mask(params.ring, &[7u8; 32], false, &mut v))
+        b.iter(|| fedsim::secagg::mask::apply_mask(params.ring, &[7u8; 32], false, &mut v))
     });
+    // The unmasking of 100 survivors: their self masks regenerated in one pass over the sum.
+    let streams: Vec<_> = (0..100u8)
+        .map(|i| (fedsim::secagg::mask::MaskStream::new(&[i; 32]), true))
+        .collect();
+    group.throughput(criterion::Throughput::Elements(100 * (VALUES as u64 + 1)));
+    group.bench_function("masks_100", |b| {
+        b.iter(|| fedsim::secagg::mask::apply_masks(params.ring, &streams, &mut v))
+    });
+    group.throughput(criterion::Throughput::Elements(VALUES as u64 + 1));
     let bytes = params.ring.to_bytes(&v);
     let mut sum = vec![0u128; VALUES + 1];
     group.bench_function("sum_one_masked", |b| {
-        b.iter(|| {
-            assert!(params.ring.add_bytes(&mut sum, &bytes));
-        })
+        b.iter(|| assert_eq!(params.ring.add_uploads(&mut sum, &[&bytes]), [true]))
     });
+    // A batch of 8, as the server sums them (the unit: one upload).
+    let batch = vec![bytes.as_slice(); 8];
+    group.throughput(criterion::Throughput::Elements(8 * (VALUES as u64 + 1)));
+    group.bench_function("sum_8_masked", |b| {
+        b.iter(|| assert_eq!(params.ring.add_uploads(&mut sum, &batch), [true; 8]))
+    });
+    group.throughput(criterion::Throughput::Elements(VALUES as u64 + 1));
     group.throughput(criterion::Throughput::Elements(1));
     group.bench_function("client_mask_k8", |b| {
         b.iter_batched(
@@ -102,17 +116,33 @@ fn secagg(c: &mut Criterion) {
         b.iter(|| params.ring.add_noise(&mut v, &mut noise))
     });
     for n in [20, 100] {
-        group.bench_function(format!("plain_fold_n{n}"), |b| {
-            b.iter(|| {
-                let mut acc = FedAvgAccumulator::new(VALUES);
-                for u in updates.iter().cycle().take(n) {
-                    acc.fold(u, weight).unwrap();
-                }
-                acc.mean().unwrap()
-            })
-        });
+        plain_fold(&mut group, &updates, n);
     }
     group.finish();
+}
+
+/// The plain fold of `n` updates (reused cyclically), each handed over as a fresh buffer as a
+/// message brings it, into an accumulator kept from round to round (as the aggregator's is),
+/// and the mean.
+fn plain_fold(
+    group: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+    updates: &[Vec<f32>],
+    n: usize,
+) {
+    let mut acc = FedAvgAccumulator::new(VALUES);
+    group.bench_function(format!("plain_fold_n{n}"), |b| {
+        b.iter_batched(
+            || updates.iter().cycle().take(n).cloned().collect::<Vec<_>>(),
+            |fresh| {
+                acc.reset();
+                for u in fresh {
+                    acc.fold_owned(u, 100).unwrap();
+                }
+                acc.mean().unwrap()
+            },
+            BatchSize::PerIteration,
+        )
+    });
 }
 
 /// The server's part of a round of `n` clients of which the first `dropped` drop after
@@ -137,25 +167,32 @@ fn server_round(
     // replays the server's part from its state after the shares phase.
     let mut sv = server.clone();
     for m in masked.iter().skip(dropped) {
-        sv.receive_masked(m).unwrap();
+        sv.receive_masked(m.clone()).unwrap();
     }
     let request = sv.unmask_request().unwrap();
     let responses: Vec<_> = (clients.iter_mut().skip(dropped))
         .map(|c| c.unmask(&request).unwrap())
         .collect();
+    // Each masked vector is a fresh buffer, as a message brings it; the sum's buffer is kept
+    // from round to round (as the aggregator keeps it); the round ends with the mean.
     let name = format!("server_round_n{n}_k{NEIGHBOURS}_{dropped}dropped");
+    let mut spare = Vec::new();
     group.bench_function(name, |b| {
         b.iter_batched(
-            || (server.clone(), responses.clone()),
-            |(mut sv, responses)| {
-                for m in masked.iter().skip(dropped) {
+            || (server.clone(), masked.clone(), responses.clone()),
+            |(mut sv, masked, responses)| {
+                sv.reuse(std::mem::take(&mut spare));
+                for m in masked.into_iter().skip(dropped) {
                     sv.receive_masked(m).unwrap();
                 }
                 sv.unmask_request().unwrap();
                 for r in responses {
                     sv.receive_unmask(r).unwrap();
                 }
-                sv.finish().unwrap()
+                let out = sv.finish().unwrap();
+                let mean = params.ring.decode_mean(&out.sum).unwrap();
+                spare = out.sum;
+                mean
             },
             BatchSize::PerIteration,
         )

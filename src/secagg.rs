@@ -7,8 +7,10 @@
 //! - [`ring`]: FedAvg's exact fixed-point terms in Z/2ᵇ, sized so no sum wraps: the unmasked
 //!   mean is FedAvg's, bit for bit.
 //! - [`graph`]: each client's neighbours (a random k-regular ring lattice, seeded per round).
-//! - [`crypto`]: X25519 key agreement, the ChaCha20 mask generator, ChaCha20-Poly1305 for
-//!   shares in transit, Shamir t-of-k sharing over GF(2⁸) (vsss-rs).
+//! - [`crypto`]: X25519 key agreement, ChaCha20-Poly1305 for shares in transit, Shamir t-of-k
+//!   sharing over GF(2⁸) (vsss-rs).
+//! - [`mask`]: the masks — AES-256-CTR streams expanded into ring elements, many summed in
+//!   one pass over a vector.
 //! - [`client`] and [`server`]: the four phases — keys, shares, masked inputs, unmasking — as
 //!   state machines that exchange only the [`messages`] types, so each side sees what it
 //!   would see on a network.
@@ -21,6 +23,7 @@ pub mod client;
 pub mod cost;
 pub mod crypto;
 pub mod graph;
+pub mod mask;
 pub mod messages;
 pub mod ring;
 pub mod server;
@@ -175,6 +178,9 @@ pub enum Rejection {
     /// A masked vector of the wrong size (the server).
     #[error("the server rejected its message: a masked vector of the wrong size")]
     MaskedSize,
+    /// A masked vector with an element outside the ring (the server, when it sums it).
+    #[error("the server rejected its message: a masked vector with an element outside the ring")]
+    MaskedRange,
     /// An unmasking response from a non-survivor, or sent twice (the server).
     #[error(
         "the server rejected its message: an unmasking response from a non-survivor, or twice"

@@ -67,7 +67,7 @@ fn round(
         let inbox = server.inbox_for(c);
         let masked = clients[c].mask(inbox, &data[c].0, data[c].1)?;
         if !drops.after_shares.contains(&c) {
-            server.receive_masked(&masked)?;
+            server.receive_masked(masked)?;
             maskers.push(c);
         }
     }
@@ -196,17 +196,19 @@ fn a_ring_that_could_wrap_is_refused_with_the_bound() {
         "strategy.secure_aggregation=SecAggPlus(neighbours: 3, threshold: 2, ring_bits: Some(72))",
     ]);
     s.check_data().unwrap();
-    // A masked vector with an element beyond the ring, or of the wrong length, is not added.
+    // A masked vector with an element beyond the ring is found as it is added (and taken
+    // back out by negating it); the wrong length is refused on arrival (see below).
     let ring = Ring::new(70).unwrap();
     let mut sum = vec![5u128; 3];
     let mut bytes = ring.to_bytes(&[1, 2, 3]);
-    assert!(!ring.add_bytes(&mut sum, &bytes[..18]));
     bytes[26] = 0x40; // bit 70 of the third element
-    assert!(!ring.add_bytes(&mut sum, &bytes));
+    assert_eq!(ring.add_uploads(&mut sum, &[&bytes]), [false]);
+    ring.add_elements(&mut sum, &bytes, true);
     assert_eq!(sum, vec![5; 3]);
     bytes[26] = 0x20; // bit 69: in the ring
-    assert!(ring.add_bytes(&mut sum, &bytes));
-    assert_eq!(sum, vec![6, 7, ring.add(8, 1 << 69)]);
+    assert_eq!(ring.add_uploads(&mut sum, &[&bytes, &bytes]), [true, true]);
+    // 5 + 2·(3 + 2⁶⁹) = 11 + 2⁷⁰ ≡ 11.
+    assert_eq!(sum, vec![7, 9, 11]);
 }
 
 #[test]
@@ -275,7 +277,7 @@ fn masked_round(p: Params) -> (Vec<SecAggClient>, SecAggServer) {
     for c in 0..5 {
         let inbox = server.inbox_for(c);
         let m = clients[c].mask(inbox, &data[c].0, data[c].1).unwrap();
-        server.receive_masked(&m).unwrap();
+        server.receive_masked(m).unwrap();
     }
     (clients, server)
 }
@@ -359,30 +361,110 @@ fn the_graph_is_k_regular_symmetric_and_complete_when_k_covers_everyone() {
 
 #[test]
 fn a_mask_is_one_stream_whatever_the_parts_and_threads() {
-    let ring = Ring::new(74).unwrap();
+    use fedsim::secagg::mask::{apply_mask, apply_masks, high_bytes, MaskStream, MASK_PART};
+    // 10,001 elements: parts of MASK_PART, the last shorter and ending mid-block; rings whose
+    // high words are 0, 2, 4 and 8 bytes.
+    let len = 10_001;
     let seed = [3u8; 32];
-    // 10,001 elements of 10 bytes: the parts start mid-stream at word offsets.
-    let mut v = vec![0u128; 10_001];
-    crypto::apply_mask(ring, &seed, false, &mut v);
-    let mut one = vec![0u128; 10_001];
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap()
-        .install(|| crypto::apply_mask(ring, &seed, false, &mut one));
-    assert_eq!(v, one);
-    // The same elements as reading the stream from its start, 10 bytes each.
-    let mut prg = <rand_chacha::ChaCha20Rng as SeedableRng>::from_seed(seed);
-    let mut bytes = vec![0u8; 10_001 * 10];
-    rand::RngCore::fill_bytes(&mut prg, &mut bytes);
-    for (i, b) in bytes.chunks_exact(10).enumerate() {
-        let mut le = [0u8; 16];
-        le[..10].copy_from_slice(b);
-        assert_eq!(v[i], ring.reduce(u128::from_le_bytes(le)), "element {i}");
+    for bits in [64, 74, 90, 120] {
+        let ring = Ring::new(bits).unwrap();
+        let mut v = vec![0u128; len];
+        apply_mask(ring, &seed, false, &mut v);
+        let mut one = vec![0u128; len];
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| apply_mask(ring, &seed, false, &mut one));
+        assert_eq!(v, one, "{bits} bits");
+        // The elements the layout describes, read from RustCrypto's CTR mode over AES-256
+        // from a zero IV: per part, the low words, then the high words.
+        use ctr::cipher::{KeyIvInit, StreamCipher};
+        let mut prg = ctr::Ctr128BE::<aes::Aes256>::new(&seed.into(), &[0u8; 16].into());
+        let h = high_bytes(ring);
+        let mut bytes = vec![0u8; len * (8 + h)];
+        prg.apply_keystream(&mut bytes);
+        for (p, part) in bytes.chunks(MASK_PART * (8 + h)).enumerate() {
+            let n = part.len() / (8 + h);
+            let (lows, highs) = part.split_at(8 * n);
+            for j in 0..n {
+                let mut le = [0u8; 16];
+                le[..8].copy_from_slice(&lows[8 * j..8 * j + 8]);
+                le[8..8 + h].copy_from_slice(&highs[h * j..h * j + h]);
+                let want = ring.reduce(u128::from_le_bytes(le));
+                assert_eq!(
+                    v[p * MASK_PART + j],
+                    want,
+                    "{bits} bits, element {j} of part {p}"
+                );
+            }
+        }
+        // Subtracting it gives zeros back; masks applied together equal masks one by one.
+        apply_mask(ring, &seed, true, &mut v);
+        assert!(v.iter().all(|&x| x == 0));
+        let (a, b) = ([5u8; 32], [6u8; 32]);
+        let together = [(MaskStream::new(&a), false), (MaskStream::new(&b), true)];
+        apply_masks(ring, &together, &mut v);
+        apply_mask(ring, &a, false, &mut one);
+        apply_mask(ring, &b, true, &mut one);
+        apply_mask(ring, &seed, true, &mut one);
+        assert_eq!(v, one, "{bits} bits");
     }
-    // Subtracting it gives zeros back.
-    crypto::apply_mask(ring, &seed, true, &mut v);
-    assert!(v.iter().all(|&x| x == 0));
+}
+
+#[test]
+fn the_mask_stream_is_openssl_aes_256_ctr() {
+    // `head -c 48 /dev/zero | openssl enc -aes-256-ctr -K 0303…03 -iv 00…00 | xxd -p`
+    // (OpenSSL 3.0.19): the generator Google's SecAgg uses, EVP_aes_256_ctr from a zero IV.
+    let openssl = "91c08762876dccf9ba204a33768fa5fe2bbfb57d366375a8c02ebb604d6c\
+                   074a612486dea963a39d967b8ffca87c4135";
+    let stream = fedsim::secagg::mask::MaskStream::new(&[3u8; 32]);
+    let mut out = [0u8; 48];
+    stream.fill(0, &mut out);
+    let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, openssl.replace(' ', ""));
+    // From an offset, and with a tail shorter than a block.
+    let mut part = [0u8; 21];
+    stream.fill(16, &mut part);
+    assert_eq!(part[..], out[16..37]);
+}
+
+#[test]
+fn a_masked_vector_outside_the_ring_is_left_out_as_dropped() {
+    // 94 bits in 12 bytes: the top 2 bits of an element's last byte lie outside the ring.
+    // Ten clients: client 2's vector is summed in the first batch of 8, client 9's when the
+    // server asks for unmasking.
+    let p = params(4, 2, 94);
+    let data = updates(10, 50, 5);
+    let (mut clients, mut server) = shared(10, p, (3, 50, 1));
+    for c in 0..10 {
+        let inbox = server.inbox_for(c);
+        let mut m = clients[c].mask(inbox, &data[c].0, data[c].1).unwrap();
+        if c == 2 || c == 9 {
+            let last = m.masked.len() - 1;
+            m.masked[last] |= 0x80;
+        }
+        if c == 5 {
+            // A short vector is refused on arrival; the client may still send its own.
+            let short = MaskedInput {
+                client: 5,
+                masked: m.masked[..12 * 50].to_vec(),
+            };
+            let err = server.receive_masked(short).unwrap_err().to_string();
+            assert!(err.contains("wrong size"), "{err}");
+        }
+        server.receive_masked(m).unwrap();
+    }
+    let request = server.unmask_request().unwrap();
+    assert_eq!(request.dropped, vec![2, 9]);
+    for c in request.survivors.clone() {
+        let response = clients[c].unmask(&request).unwrap();
+        server.receive_unmask(response).unwrap();
+    }
+    let out = server.finish().unwrap();
+    let keep = [0, 1, 3, 4, 5, 6, 7, 8];
+    assert_eq!(out.survivors, keep);
+    assert_eq!(p.ring.decode_mean(&out.sum).unwrap(), fedavg(&data, &keep));
 }
 
 /// SMALL over 4 clients, all sampled, with `set`.

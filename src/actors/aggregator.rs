@@ -325,7 +325,7 @@ impl Actor for Aggregator {
                 drop(permit);
             }
             AggregatorMsg::Masked { input, permit } => {
-                st.masked(&input);
+                st.masked(input);
                 drop(permit);
             }
             AggregatorMsg::Fold {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::crypto::{self, KeyPair, Secret};
+use super::mask::{self, MaskStream};
 use super::messages::{
     AdvertiseKeys, EncryptedShares, KeyDirectory, MaskedInput, ShareInbox, ShareKeys,
     UnmaskRequest, UnmaskResponse,
@@ -235,17 +236,13 @@ impl SecAggClient {
         if let Some(noise) = noise {
             ring.add_noise(&mut v, noise);
         }
-        crypto::apply_mask(ring, &self.self_seed, false, &mut v);
+        let mut masks = vec![(MaskStream::new(&self.self_seed), false)];
         for &j in self.held.keys() {
-            let seed = pair_mask_seed(
-                self.round,
-                self.id,
-                j,
-                &self.mask,
-                &self.directory[&j].mask_pk,
-            );
-            crypto::apply_mask(ring, &seed, self.id > j, &mut v);
+            let pk = &self.directory[&j].mask_pk;
+            let seed = pair_mask_seed(self.round, self.id, j, &self.mask, pk);
+            masks.push((MaskStream::new(&seed), self.id > j));
         }
+        mask::apply_masks(ring, &masks, &mut v);
         self.phase = Phase::Masking;
         Ok(MaskedInput {
             client: self.id,

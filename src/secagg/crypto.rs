@@ -1,16 +1,13 @@
 //! The primitives, each from a well-kept crate: X25519 key agreement (x25519-dalek), key
-//! derivation by SHA-256 with the protocol's context, masks from the ChaCha20 stream
-//! (rand_chacha), ChaCha20-Poly1305 for shares in transit (chacha20poly1305), and Shamir
-//! t-of-n sharing over GF(2⁸) byte by byte (vsss-rs).
+//! derivation by SHA-256 with the protocol's context, ChaCha20-Poly1305 for shares in transit
+//! (chacha20poly1305), and Shamir t-of-n sharing over GF(2⁸) byte by byte (vsss-rs). The
+//! masks' generator is in [`super::mask`].
 
-use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
-use chacha20::ChaCha20;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use super::Ring;
 use crate::ids::ClientId;
 
 /// A 32-byte secret (a key, a seed).
@@ -64,31 +61,6 @@ pub fn derive(purpose: &str, round: u64, a: ClientId, b: ClientId, shared: &Secr
     h.update(hi.to_le_bytes());
     h.update(shared);
     h.finalize().into()
-}
-
-/// Elements per parallel part of a mask: a multiple of 4, so each part starts on a 32-bit
-/// word of the stream whatever the element size.
-const MASK_PART: usize = 4096;
-
-/// Add (`negate` false) or subtract the mask of `seed` to `v`, element by element in `ring`:
-/// the ChaCha20 stream of the seed, [`Ring::element_bytes`] bytes an element (little-endian,
-/// reduced into the ring: uniform, as the bytes hold at least b bits). Parts of the vector
-/// are masked in parallel, each from its own offset in the one stream, so the mask is the same
-/// whatever the thread count.
-pub fn apply_mask(ring: Ring, seed: &Secret, negate: bool, v: &mut [u128]) {
-    use rayon::prelude::*;
-    let eb = ring.element_bytes();
-    crate::strategy::fedavg::pool().install(|| {
-        v.par_chunks_mut(MASK_PART)
-            .enumerate()
-            .for_each(|(part, chunk)| {
-                let mut prg = ChaCha20::new(seed.into(), &[0u8; 12].into());
-                prg.seek((part * MASK_PART * eb) as u64);
-                let mut bytes = vec![0u8; chunk.len() * eb];
-                prg.apply_keystream(&mut bytes);
-                ring.add_elements(chunk, &bytes, negate);
-            })
-    });
 }
 
 /// Encrypt and authenticate `plaintext` under `key`, bound to `context` (who, to whom,

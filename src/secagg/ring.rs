@@ -155,8 +155,9 @@ impl Ring {
     }
 
     /// Add (`negate` false) or subtract to each of `xs` the element whose little-endian bytes
-    /// are the next [`Ring::element_bytes`] of `bytes` (any bits above b are ignored).
-    pub fn add_elements(&self, xs: &mut [u128], bytes: &[u8], negate: bool) {
+    /// are the next [`Ring::element_bytes`] of `bytes`, reduced into the ring. Returns whether
+    /// every element was already in it (no bit set above b).
+    pub fn add_elements(&self, xs: &mut [u128], bytes: &[u8], negate: bool) -> bool {
         match self.element_bytes() {
             8 => self.add_le::<8>(xs, bytes, negate),
             9 => self.add_le::<9>(xs, bytes, negate),
@@ -171,43 +172,56 @@ impl Ring {
     }
 
     /// [`Ring::add_elements`] for elements of `N` bytes (a constant, so the copy unrolls).
-    fn add_le<const N: usize>(&self, xs: &mut [u128], bytes: &[u8], negate: bool) {
+    fn add_le<const N: usize>(&self, xs: &mut [u128], bytes: &[u8], negate: bool) -> bool {
         let mask = self.mask();
         let read = |b: &[u8]| {
             let mut le = [0u8; 16];
             le[..N].copy_from_slice(b);
             u128::from_le_bytes(le)
         };
+        let mut above = 0u128;
         let pairs = xs.iter_mut().zip(bytes.chunks_exact(N));
         if negate {
-            pairs.for_each(|(x, b)| *x = x.wrapping_sub(read(b)) & mask);
+            pairs.for_each(|(x, b)| {
+                let e = read(b);
+                above |= e;
+                *x = x.wrapping_sub(e) & mask;
+            });
         } else {
-            pairs.for_each(|(x, b)| *x = x.wrapping_add(read(b)) & mask);
+            pairs.for_each(|(x, b)| {
+                let e = read(b);
+                above |= e;
+                *x = x.wrapping_add(e) & mask;
+            });
         }
+        above & !mask == 0
     }
 
-    /// Add the vector of [`Ring::to_bytes`]'s `bytes` into `sum`, in parallel parts on the
-    /// fold's pool (false:
-    /// not `sum.len()` elements, or an element outside the ring; `sum` is then unchanged).
-    pub fn add_bytes(&self, sum: &mut [u128], bytes: &[u8]) -> bool {
+    /// Add each of `uploads` — [`Ring::to_bytes`]'s bytes of `sum.len()` elements each — into
+    /// `sum`, part by part in parallel on the fold's pool, each part of the sum staying in
+    /// cache while every upload is added to it. Returns, per upload, whether all its elements
+    /// were in the ring (a caller that refuses the others takes them back out with
+    /// [`Ring::add_elements`], negated: the sum is then as if they never came).
+    ///
+    /// # Panics
+    /// An upload of another length (the caller checks it on arrival).
+    pub fn add_uploads(&self, sum: &mut [u128], uploads: &[&[u8]]) -> Vec<bool> {
         use rayon::prelude::*;
+        const PART: usize = 1024;
         let n = self.element_bytes();
-        if bytes.len() != sum.len() * n {
-            return false;
-        }
-        let top = self.bits.div_ceil(8) * 8 - self.bits; // unused high bits of the last byte
-        let in_ring = |c: &[u8]| top == 0 || c[n - 1] >> (8 - top) == 0;
+        assert!(uploads.iter().all(|u| u.len() == sum.len() * n));
+        let all = |a: Vec<bool>, b: Vec<bool>| a.iter().zip(b).map(|(x, y)| *x && y).collect();
         crate::strategy::fedavg::pool().install(|| {
-            if !bytes
-                .par_chunks(n * 4096)
-                .all(|p| p.chunks_exact(n).all(in_ring))
-            {
-                return false;
-            }
-            sum.par_chunks_mut(4096)
-                .zip(bytes.par_chunks(n * 4096))
-                .for_each(|(s, b)| self.add_elements(s, b, false));
-            true
+            sum.par_chunks_mut(PART)
+                .enumerate()
+                .map(|(part, s)| {
+                    let (lo, hi) = (part * PART * n, (part * PART + s.len()) * n);
+                    uploads
+                        .iter()
+                        .map(|u| self.add_elements(s, &u[lo..hi], false))
+                        .collect::<Vec<bool>>()
+                })
+                .reduce(|| vec![true; uploads.len()], all)
         })
     }
 

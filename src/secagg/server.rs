@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::client::pair_mask_seed;
 use super::crypto::{self, KeyPair};
 use super::graph::Graph;
+use super::mask::{self, MaskStream};
 use super::messages::{
     AdvertiseKeys, KeyDirectory, MaskedInput, ShareInbox, ShareKeys, UnmaskRequest, UnmaskResponse,
 };
@@ -27,6 +28,9 @@ pub struct Unmasked {
     pub masks: usize,
 }
 
+/// Masked vectors summed together in one pass over the sum.
+const BATCH: usize = 8;
+
 /// The server in one round.
 #[derive(Debug, Clone)]
 pub struct SecAggServer {
@@ -38,6 +42,8 @@ pub struct SecAggServer {
     keys: BTreeMap<ClientId, AdvertiseKeys>,
     shares: BTreeMap<ClientId, ShareKeys>,
     sum: Option<Vec<u128>>,
+    /// Masked vectors waiting to be summed together (up to [`BATCH`]).
+    pending: Vec<MaskedInput>,
     survivors: BTreeSet<ClientId>,
     responses: BTreeMap<ClientId, UnmaskResponse>,
 }
@@ -62,9 +68,21 @@ impl SecAggServer {
             keys: BTreeMap::new(),
             shares: BTreeMap::new(),
             sum: None,
+            pending: Vec::new(),
             survivors: BTreeSet::new(),
             responses: BTreeMap::new(),
         })
+    }
+
+    /// Sum into `buffer` (a spent [`Unmasked::sum`], zeroed here) rather than a fresh
+    /// allocation: a round's first touch of megabytes of new pages costs more than its
+    /// additions (one shorter than the vector is left unused).
+    pub fn reuse(&mut self, mut buffer: Vec<u128>) {
+        if buffer.capacity() >= self.len && self.sum.is_none() {
+            buffer.clear();
+            buffer.resize(self.len, 0);
+            self.sum = Some(buffer);
+        }
     }
 
     fn rejected(&self, client: ClientId, why: Rejection) -> SecAggError {
@@ -121,23 +139,49 @@ impl SecAggServer {
         ShareInbox { shares }
     }
 
-    /// Phase 2: a masked vector, added into the running sum at once (the server keeps no
-    /// client's vector).
+    /// Phase 2: a masked vector, summed with the next ones in one pass over the running sum
+    /// (the server keeps no client's vector past its batch of [`BATCH`], and never unmasked).
     ///
     /// # Errors
-    /// A client that sent no shares, a second vector, or a vector of the wrong length.
-    pub fn receive_masked(&mut self, input: &MaskedInput) -> Result<(), SecAggError> {
+    /// A client that sent no shares, a second vector, or a vector of the wrong length. A
+    /// vector with an element outside the ring is found when its batch is summed: it is taken
+    /// back out and its sender counted as dropped (logged).
+    pub fn receive_masked(&mut self, input: MaskedInput) -> Result<(), SecAggError> {
         let c = input.client;
         if !self.shares.contains_key(&c) || self.survivors.contains(&c) {
             return Err(self.rejected(c, Rejection::Masked));
         }
-        let len = self.len;
-        let sum = self.sum.get_or_insert_with(|| vec![0; len]);
-        if !self.params.ring.add_bytes(sum, &input.masked) {
+        if input.masked.len() != self.len * self.params.ring.element_bytes() {
             return Err(self.rejected(c, Rejection::MaskedSize));
         }
         self.survivors.insert(c);
+        self.pending.push(input);
+        if self.pending.len() == BATCH {
+            self.sum_pending();
+        }
         Ok(())
+    }
+
+    /// Sum the waiting masked vectors; take back out any with an element outside the ring.
+    fn sum_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let (ring, len) = (self.params.ring, self.len);
+        let pending = std::mem::take(&mut self.pending);
+        let sum = self.sum.get_or_insert_with(|| vec![0; len]);
+        let uploads: Vec<&[u8]> = pending.iter().map(|m| m.masked.as_slice()).collect();
+        let in_ring = ring.add_uploads(sum, &uploads);
+        for (m, ok) in pending.iter().zip(in_ring) {
+            if !ok {
+                if let Some(sum) = self.sum.as_mut() {
+                    ring.add_elements(sum, &m.masked, true);
+                }
+                self.survivors.remove(&m.client);
+                let e = self.rejected(m.client, Rejection::MaskedRange);
+                tracing::warn!(client = m.client, error = %e, "masked vector rejected");
+            }
+        }
     }
 
     /// Phase 2 → 3: who survived and who dropped after sharing.
@@ -145,6 +189,7 @@ impl SecAggServer {
     /// # Errors
     /// Fewer than `threshold` masked vectors arrived (`secagg_threshold`).
     pub fn unmask_request(&mut self) -> Result<UnmaskRequest, SecAggError> {
+        self.sum_pending();
         if self.survivors.len() < self.params.threshold {
             return Err(SecAggError::Threshold {
                 phase: "masked input",
@@ -205,18 +250,19 @@ impl SecAggServer {
     }
 
     /// Remove every mask: the survivors' self masks, and the pairwise masks survivors made
-    /// with clients that dropped after sharing.
+    /// with clients that dropped after sharing — all regenerated together, part by part of
+    /// the sum ([`mask::apply_masks`]). The sum is handed over: a second call releases an
+    /// empty one.
     ///
     /// # Errors
     /// Fewer than `threshold` shares of a secret came back, or a reconstructed mask key that
     /// is not the one the client advertised.
-    pub fn finish(&self) -> Result<Unmasked, SecAggError> {
-        let ring = self.params.ring;
-        let mut sum = self.sum.clone().unwrap_or_else(|| vec![0; self.len]);
-        let mut masks = self.survivors.len();
+    pub fn finish(&mut self) -> Result<Unmasked, SecAggError> {
+        self.sum_pending();
+        let mut masks = Vec::new();
         for &i in &self.survivors {
             let seed = self.reconstruct(i, false)?;
-            crypto::apply_mask(ring, &seed, true, &mut sum);
+            masks.push((MaskStream::new(&seed), true));
         }
         let dropped: Vec<ClientId> = (self.shares.keys())
             .filter(|c| !self.survivors.contains(c))
@@ -236,16 +282,17 @@ impl SecAggServer {
                 let i = e.to;
                 if self.survivors.contains(&i) {
                     let seed = pair_mask_seed(self.round, j, i, &pair, &self.keys[&i].mask_pk);
-                    crypto::apply_mask(ring, &seed, i < j, &mut sum);
-                    masks += 1;
+                    masks.push((MaskStream::new(&seed), i < j));
                 }
             }
         }
+        let mut sum = self.sum.take().unwrap_or_else(|| vec![0; self.len]);
+        mask::apply_masks(self.params.ring, &masks, &mut sum);
         Ok(Unmasked {
             sum,
             survivors: self.survivors.iter().copied().collect(),
             dropped,
-            masks,
+            masks: masks.len(),
         })
     }
 }

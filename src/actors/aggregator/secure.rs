@@ -100,11 +100,11 @@ impl SecureRound {
         Ok((round, costs.into_iter().collect()))
     }
 
-    /// A client's masked vector, summed at once.
+    /// A client's masked vector, summed with its batch.
     ///
     /// # Errors
     /// A vector from outside the protocol, twice, or of the wrong size.
-    pub(super) fn masked(&mut self, input: &MaskedInput) -> Result<(), SecAggError> {
+    pub(super) fn masked(&mut self, input: MaskedInput) -> Result<(), SecAggError> {
         self.server.receive_masked(input)
     }
 
@@ -176,9 +176,10 @@ impl AggregatorState {
     }
 
     /// A client's masked vector (one that does not fit the protocol is logged and left out).
-    pub(super) fn masked(&mut self, input: &MaskedInput) {
+    pub(super) fn masked(&mut self, input: MaskedInput) {
+        let client = input.client;
         if let Some(Err(e)) = self.secure.as_mut().map(|s| s.masked(input)) {
-            tracing::warn!(client = input.client, error = %e, "masked vector rejected");
+            tracing::warn!(client, error = %e, "masked vector rejected");
         }
     }
 
