@@ -11,6 +11,7 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use fedsim::ids::ClientId;
 use fedsim::secagg::graph::Graph;
+use fedsim::secagg::lanes::Lanes;
 use fedsim::secagg::messages::MaskedInput;
 use fedsim::secagg::{Params, Ring, SecAggClient, SecAggServer};
 use fedsim::strategy::FedAvgAccumulator;
@@ -63,7 +64,7 @@ fn secagg(c: &mut Criterion) {
     // One mask expansion over an encoded vector: the unit the clock prices masking and
     // unmasking in (elements per second, criterion's throughput line).
     group.throughput(criterion::Throughput::Elements(VALUES as u64 + 1));
-    let mut v = vec![0u128; VALUES + 1];
+    let mut v = Lanes::zeros(VALUES + 1);
     group.bench_function("one_mask", |b| {
         b.iter(|| fedsim::secagg::mask::apply_mask(params.ring, &[7u8; 32], false, &mut v))
     });
@@ -76,18 +77,17 @@ fn secagg(c: &mut Criterion) {
         b.iter(|| fedsim::secagg::mask::apply_masks(params.ring, &streams, &mut v))
     });
     group.throughput(criterion::Throughput::Elements(VALUES as u64 + 1));
-    let bytes = params.ring.to_bytes(&v);
-    let mut sum = vec![0u128; VALUES + 1];
+    let bytes = v.to_bytes(params.ring);
+    let mut sum = Lanes::zeros(VALUES + 1);
     group.bench_function("sum_one_masked", |b| {
-        b.iter(|| assert_eq!(params.ring.add_uploads(&mut sum, &[&bytes]), [true]))
+        b.iter(|| assert_eq!(sum.add_uploads(params.ring, &[&bytes], false), [true]))
     });
     // A batch of 8, as the server sums them (the unit: one upload).
     let batch = vec![bytes.as_slice(); 8];
     group.throughput(criterion::Throughput::Elements(8 * (VALUES as u64 + 1)));
     group.bench_function("sum_8_masked", |b| {
-        b.iter(|| assert_eq!(params.ring.add_uploads(&mut sum, &batch), [true; 8]))
+        b.iter(|| assert_eq!(sum.add_uploads(params.ring, &batch, false), [true; 8]))
     });
-    group.throughput(criterion::Throughput::Elements(VALUES as u64 + 1));
     group.throughput(criterion::Throughput::Elements(1));
     group.bench_function("client_mask_k8", |b| {
         b.iter_batched(
@@ -176,12 +176,14 @@ fn server_round(
     // Each masked vector is a fresh buffer, as a message brings it; the sum's buffer is kept
     // from round to round (as the aggregator keeps it); the round ends with the mean.
     let name = format!("server_round_n{n}_k{NEIGHBOURS}_{dropped}dropped");
-    let mut spare = Vec::new();
+    let mut spare = None;
     group.bench_function(name, |b| {
         b.iter_batched(
             || (server.clone(), masked.clone(), responses.clone()),
             |(mut sv, masked, responses)| {
-                sv.reuse(std::mem::take(&mut spare));
+                if let Some(lanes) = spare.take() {
+                    sv.reuse(lanes);
+                }
                 for m in masked.into_iter().skip(dropped) {
                     sv.receive_masked(m).unwrap();
                 }
@@ -190,8 +192,8 @@ fn server_round(
                     sv.receive_unmask(r).unwrap();
                 }
                 let out = sv.finish().unwrap();
-                let mean = params.ring.decode_mean(&out.sum).unwrap();
-                spare = out.sum;
+                let mean = out.sum.decode_mean(params.ring).unwrap();
+                spare = Some(out.sum);
                 mean
             },
             BatchSize::PerIteration,

@@ -9,8 +9,10 @@
 //! - [`graph`]: each client's neighbours (a random k-regular ring lattice, seeded per round).
 //! - [`crypto`]: X25519 key agreement, ChaCha20-Poly1305 for shares in transit, Shamir t-of-k
 //!   sharing over GF(2⁸) (vsss-rs).
-//! - [`mask`]: the masks — AES-256-CTR streams expanded into ring elements, many summed in
-//!   one pass over a vector.
+//! - [`lanes`]: ring elements as a low and a high 64-bit lane — the wire layout of a masked
+//!   vector and the server's running sum, added with vectorised carries.
+//! - [`mask`]: the masks — AES-256-CTR streams drawn in that layout, many added in one pass
+//!   over a vector.
 //! - [`client`] and [`server`]: the four phases — keys, shares, masked inputs, unmasking — as
 //!   state machines that exchange only the [`messages`] types, so each side sees what it
 //!   would see on a network.
@@ -23,6 +25,7 @@ pub mod client;
 pub mod cost;
 pub mod crypto;
 pub mod graph;
+pub mod lanes;
 pub mod mask;
 pub mod messages;
 pub mod ring;

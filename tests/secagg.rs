@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use fedsim::ids::ClientId;
 use fedsim::secagg::graph::Graph;
+use fedsim::secagg::lanes::{Lanes, PART};
 use fedsim::secagg::messages::{MaskedInput, UnmaskRequest};
 use fedsim::secagg::server::Unmasked;
 use fedsim::secagg::{crypto, Params, Ring, SecAggClient, SecAggError, SecAggServer};
@@ -137,7 +138,7 @@ fn the_unmasked_mean_is_fedavgs_bit_for_bit_with_and_without_dropouts() {
         let all: Vec<ClientId> = (0..12).collect();
         assert_eq!(out.survivors, all);
         assert_eq!(
-            ring.decode_mean(&out.sum).unwrap(),
+            out.sum.decode_mean(ring).unwrap(),
             fedavg(&data, &all),
             "k {k} t {t}"
         );
@@ -153,7 +154,7 @@ fn the_unmasked_mean_is_fedavgs_bit_for_bit_with_and_without_dropouts() {
     let kept: Vec<ClientId> = vec![0, 1, 3, 4, 6, 7, 8, 10, 11];
     assert_eq!(out.survivors, kept);
     assert_eq!(out.dropped, vec![2, 9]);
-    assert_eq!(ring.decode_mean(&out.sum).unwrap(), fedavg(&data, &kept));
+    assert_eq!(out.sum.decode_mean(ring).unwrap(), fedavg(&data, &kept));
 }
 
 #[test]
@@ -199,16 +200,25 @@ fn a_ring_that_could_wrap_is_refused_with_the_bound() {
     // A masked vector with an element beyond the ring is found as it is added (and taken
     // back out by negating it); the wrong length is refused on arrival (see below).
     let ring = Ring::new(70).unwrap();
-    let mut sum = vec![5u128; 3];
-    let mut bytes = ring.to_bytes(&[1, 2, 3]);
+    let mut sum = Lanes::from_elements(&[5, 5, 5]);
+    let mut bytes = Lanes::from_elements(&[1, 2, 3]).to_bytes(ring);
+    // 9 bytes an element: the three low words, then the three high bytes.
     bytes[26] = 0x40; // bit 70 of the third element
-    assert_eq!(ring.add_uploads(&mut sum, &[&bytes]), [false]);
-    ring.add_elements(&mut sum, &bytes, true);
-    assert_eq!(sum, vec![5; 3]);
+    assert_eq!(sum.add_uploads(ring, &[&bytes], false), [false]);
+    assert!(Lanes::from_bytes(ring, &bytes).is_none());
+    sum.add_uploads(ring, &[&bytes], true);
+    assert_eq!(sum.elements(ring), vec![5; 3]);
     bytes[26] = 0x20; // bit 69: in the ring
-    assert_eq!(ring.add_uploads(&mut sum, &[&bytes, &bytes]), [true, true]);
+    assert_eq!(
+        sum.add_uploads(ring, &[&bytes, &bytes], false),
+        [true, true]
+    );
     // 5 + 2·(3 + 2⁶⁹) = 11 + 2⁷⁰ ≡ 11.
-    assert_eq!(sum, vec![7, 9, 11]);
+    assert_eq!(sum.elements(ring), vec![7, 9, 11]);
+    assert_eq!(
+        Lanes::from_bytes(ring, &bytes).unwrap().elements(ring),
+        [1, 2, 3 + (1 << 69)]
+    );
 }
 
 #[test]
@@ -222,7 +232,7 @@ fn a_masked_upload_is_independent_of_its_update() {
     let (mut clients, mut server) = shared(4, p, (3, len, 9));
     let inbox = server.inbox_for(0);
     let MaskedInput { masked, .. } = clients[0].mask(inbox, &data[0].0, data[0].1).unwrap();
-    let y = ring.from_bytes(&masked).unwrap();
+    let y = Lanes::from_bytes(ring, &masked).unwrap().elements(ring);
     // Correlation of the masked elements (as fractions of the ring) with the update.
     let m: Vec<f64> = y[..len].iter().map(|&e| e as f64 / 2f64.powi(80)).collect();
     let x: Vec<f64> = data[0].0.iter().map(|&v| v as f64).collect();
@@ -361,16 +371,16 @@ fn the_graph_is_k_regular_symmetric_and_complete_when_k_covers_everyone() {
 
 #[test]
 fn a_mask_is_one_stream_whatever_the_parts_and_threads() {
-    use fedsim::secagg::mask::{apply_mask, apply_masks, high_bytes, MaskStream, MASK_PART};
-    // 10,001 elements: parts of MASK_PART, the last shorter and ending mid-block; rings whose
-    // high words are 0, 2, 4 and 8 bytes.
+    use fedsim::secagg::mask::{apply_mask, apply_masks, MaskStream};
+    // 10,001 elements: parts of PART, the last shorter and ending mid-block; rings whose
+    // high words are 0, 2, 3 and 8 bytes.
     let len = 10_001;
     let seed = [3u8; 32];
-    for bits in [64, 74, 90, 120] {
+    for bits in [64, 74, 90, 128] {
         let ring = Ring::new(bits).unwrap();
-        let mut v = vec![0u128; len];
+        let mut v = Lanes::zeros(len);
         apply_mask(ring, &seed, false, &mut v);
-        let mut one = vec![0u128; len];
+        let mut one = Lanes::zeros(len);
         rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
@@ -381,34 +391,38 @@ fn a_mask_is_one_stream_whatever_the_parts_and_threads() {
         // from a zero IV: per part, the low words, then the high words.
         use ctr::cipher::{KeyIvInit, StreamCipher};
         let mut prg = ctr::Ctr128BE::<aes::Aes256>::new(&seed.into(), &[0u8; 16].into());
-        let h = high_bytes(ring);
-        let mut bytes = vec![0u8; len * (8 + h)];
+        let w = ring.element_bytes();
+        let mut bytes = vec![0u8; len * w];
         prg.apply_keystream(&mut bytes);
-        for (p, part) in bytes.chunks(MASK_PART * (8 + h)).enumerate() {
-            let n = part.len() / (8 + h);
+        let got = v.elements(ring);
+        for (p, part) in bytes.chunks(PART * w).enumerate() {
+            let n = part.len() / w;
             let (lows, highs) = part.split_at(8 * n);
             for j in 0..n {
                 let mut le = [0u8; 16];
                 le[..8].copy_from_slice(&lows[8 * j..8 * j + 8]);
-                le[8..8 + h].copy_from_slice(&highs[h * j..h * j + h]);
+                le[8..w].copy_from_slice(&highs[(w - 8) * j..(w - 8) * (j + 1)]);
                 let want = ring.reduce(u128::from_le_bytes(le));
                 assert_eq!(
-                    v[p * MASK_PART + j],
+                    got[p * PART + j],
                     want,
                     "{bits} bits, element {j} of part {p}"
                 );
             }
         }
+        // Its wire bytes (every low word, then every high word) read back the same.
+        let wire = v.to_bytes(ring);
+        assert_eq!(Lanes::from_bytes(ring, &wire).unwrap().elements(ring), got);
         // Subtracting it gives zeros back; masks applied together equal masks one by one.
         apply_mask(ring, &seed, true, &mut v);
-        assert!(v.iter().all(|&x| x == 0));
+        assert!(v.elements(ring).iter().all(|&x| x == 0));
         let (a, b) = ([5u8; 32], [6u8; 32]);
         let together = [(MaskStream::new(&a), false), (MaskStream::new(&b), true)];
         apply_masks(ring, &together, &mut v);
         apply_mask(ring, &a, false, &mut one);
         apply_mask(ring, &b, true, &mut one);
         apply_mask(ring, &seed, true, &mut one);
-        assert_eq!(v, one, "{bits} bits");
+        assert_eq!(v.elements(ring), one.elements(ring), "{bits} bits");
     }
 }
 
@@ -464,7 +478,7 @@ fn a_masked_vector_outside_the_ring_is_left_out_as_dropped() {
     let out = server.finish().unwrap();
     let keep = [0, 1, 3, 4, 5, 6, 7, 8];
     assert_eq!(out.survivors, keep);
-    assert_eq!(p.ring.decode_mean(&out.sum).unwrap(), fedavg(&data, &keep));
+    assert_eq!(out.sum.decode_mean(p.ring).unwrap(), fedavg(&data, &keep));
 }
 
 /// SMALL over 4 clients, all sampled, with `set`.

@@ -247,6 +247,8 @@ pub struct AggregatorState {
     held: std::collections::HashMap<ClientId, Result<Vec<f32>, Rejection>>,
     /// The round's secure aggregation, when on.
     secure: Option<secure::SecureRound>,
+    /// The last secure round's sum buffer, reused by the next.
+    secure_spare: Option<crate::secagg::lanes::Lanes>,
     /// The round's homomorphic aggregation, when on.
     he: Option<homomorphic::HeRound>,
     /// Why this round's secure aggregation cannot release anything.
@@ -289,6 +291,7 @@ impl Actor for Aggregator {
             rejected: Vec::new(),
             held: std::collections::HashMap::new(),
             secure: None,
+            secure_spare: None,
             he: None,
             withheld: None,
             merged: None,

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::crypto::{self, KeyPair, Secret};
+use super::lanes::Lanes;
 use super::mask::{self, MaskStream};
 use super::messages::{
     AdvertiseKeys, EncryptedShares, KeyDirectory, MaskedInput, ShareInbox, ShareKeys,
@@ -242,11 +243,12 @@ impl SecAggClient {
             let seed = pair_mask_seed(self.round, self.id, j, &self.mask, pk);
             masks.push((MaskStream::new(&seed), self.id > j));
         }
-        mask::apply_masks(ring, &masks, &mut v);
+        let mut lanes = Lanes::from_elements(&v);
+        mask::apply_masks(ring, &masks, &mut lanes);
         self.phase = Phase::Masking;
         Ok(MaskedInput {
             client: self.id,
-            masked: ring.to_bytes(&v),
+            masked: lanes.to_bytes(ring),
         })
     }
 

@@ -147,109 +147,16 @@ impl Ring {
     /// An unmasked sum of encoded vectors as FedAvg's exact sums and their total weight (0
     /// when the weight is not a positive 64-bit integer).
     pub fn decode_sums(&self, sum: &[u128]) -> (Vec<i128>, u64) {
-        let Some((weight, terms)) = sum.split_last() else {
+        self.decode(sum.len(), |i| sum[i])
+    }
+
+    /// [`Ring::decode_sums`] of the `len` elements `element(i)` gives.
+    pub(crate) fn decode(&self, len: usize, element: impl Fn(usize) -> u128) -> (Vec<i128>, u64) {
+        let Some(last) = len.checked_sub(1) else {
             return (Vec::new(), 0);
         };
-        let weight = u64::try_from(self.signed(*weight)).unwrap_or(0);
-        (terms.iter().map(|&s| self.signed(s)).collect(), weight)
-    }
-
-    /// Add (`negate` false) or subtract to each of `xs` the element whose little-endian bytes
-    /// are the next [`Ring::element_bytes`] of `bytes`, reduced into the ring. Returns whether
-    /// every element was already in it (no bit set above b).
-    pub fn add_elements(&self, xs: &mut [u128], bytes: &[u8], negate: bool) -> bool {
-        match self.element_bytes() {
-            8 => self.add_le::<8>(xs, bytes, negate),
-            9 => self.add_le::<9>(xs, bytes, negate),
-            10 => self.add_le::<10>(xs, bytes, negate),
-            11 => self.add_le::<11>(xs, bytes, negate),
-            12 => self.add_le::<12>(xs, bytes, negate),
-            13 => self.add_le::<13>(xs, bytes, negate),
-            14 => self.add_le::<14>(xs, bytes, negate),
-            15 => self.add_le::<15>(xs, bytes, negate),
-            _ => self.add_le::<16>(xs, bytes, negate),
-        }
-    }
-
-    /// [`Ring::add_elements`] for elements of `N` bytes (a constant, so the copy unrolls).
-    fn add_le<const N: usize>(&self, xs: &mut [u128], bytes: &[u8], negate: bool) -> bool {
-        let mask = self.mask();
-        let read = |b: &[u8]| {
-            let mut le = [0u8; 16];
-            le[..N].copy_from_slice(b);
-            u128::from_le_bytes(le)
-        };
-        let mut above = 0u128;
-        let pairs = xs.iter_mut().zip(bytes.chunks_exact(N));
-        if negate {
-            pairs.for_each(|(x, b)| {
-                let e = read(b);
-                above |= e;
-                *x = x.wrapping_sub(e) & mask;
-            });
-        } else {
-            pairs.for_each(|(x, b)| {
-                let e = read(b);
-                above |= e;
-                *x = x.wrapping_add(e) & mask;
-            });
-        }
-        above & !mask == 0
-    }
-
-    /// Add each of `uploads` — [`Ring::to_bytes`]'s bytes of `sum.len()` elements each — into
-    /// `sum`, part by part in parallel on the fold's pool, each part of the sum staying in
-    /// cache while every upload is added to it. Returns, per upload, whether all its elements
-    /// were in the ring (a caller that refuses the others takes them back out with
-    /// [`Ring::add_elements`], negated: the sum is then as if they never came).
-    ///
-    /// # Panics
-    /// An upload of another length (the caller checks it on arrival).
-    pub fn add_uploads(&self, sum: &mut [u128], uploads: &[&[u8]]) -> Vec<bool> {
-        use rayon::prelude::*;
-        const PART: usize = 1024;
-        let n = self.element_bytes();
-        assert!(uploads.iter().all(|u| u.len() == sum.len() * n));
-        let all = |a: Vec<bool>, b: Vec<bool>| a.iter().zip(b).map(|(x, y)| *x && y).collect();
-        crate::strategy::fedavg::pool().install(|| {
-            sum.par_chunks_mut(PART)
-                .enumerate()
-                .map(|(part, s)| {
-                    let (lo, hi) = (part * PART * n, (part * PART + s.len()) * n);
-                    uploads
-                        .iter()
-                        .map(|u| self.add_elements(s, &u[lo..hi], false))
-                        .collect::<Vec<bool>>()
-                })
-                .reduce(|| vec![true; uploads.len()], all)
-        })
-    }
-
-    /// Elements as little-endian bytes, [`Ring::element_bytes`] each.
-    pub fn to_bytes(&self, xs: &[u128]) -> Vec<u8> {
-        let n = self.element_bytes();
-        let mut out = Vec::with_capacity(xs.len() * n);
-        for x in xs {
-            out.extend_from_slice(&x.to_le_bytes()[..n]);
-        }
-        out
-    }
-
-    /// Elements from [`Ring::to_bytes`]'s bytes (None: not a whole number of elements, or an
-    /// element outside the ring).
-    pub fn from_bytes(&self, bytes: &[u8]) -> Option<Vec<u128>> {
-        let n = self.element_bytes();
-        if !bytes.len().is_multiple_of(n) {
-            return None;
-        }
-        bytes
-            .chunks_exact(n)
-            .map(|c| {
-                let mut b = [0u8; 16];
-                b[..n].copy_from_slice(c);
-                let x = u128::from_le_bytes(b);
-                (x == self.reduce(x)).then_some(x)
-            })
-            .collect()
+        let weight = u64::try_from(self.signed(element(last))).unwrap_or(0);
+        let sums = (0..last).map(|i| self.signed(element(i))).collect();
+        (sums, weight)
     }
 }

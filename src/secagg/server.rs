@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::client::pair_mask_seed;
 use super::crypto::{self, KeyPair};
 use super::graph::Graph;
+use super::lanes::Lanes;
 use super::mask::{self, MaskStream};
 use super::messages::{
     AdvertiseKeys, KeyDirectory, MaskedInput, ShareInbox, ShareKeys, UnmaskRequest, UnmaskResponse,
@@ -15,10 +16,10 @@ use super::{Params, ReconstructFault, Rejection, SecAggError};
 use crate::ids::ClientId;
 
 /// What a round released: the unmasked sum and who is in it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unmasked {
     /// Σ of the survivors' encoded vectors (FedAvg's exact terms, then the total weight).
-    pub sum: Vec<u128>,
+    pub sum: Lanes,
     /// Clients whose update is in the sum.
     pub survivors: Vec<ClientId>,
     /// Clients that shared their keys but sent no masked vector (their masks removed).
@@ -41,7 +42,7 @@ pub struct SecAggServer {
     len: usize,
     keys: BTreeMap<ClientId, AdvertiseKeys>,
     shares: BTreeMap<ClientId, ShareKeys>,
-    sum: Option<Vec<u128>>,
+    sum: Option<Lanes>,
     /// Masked vectors waiting to be summed together (up to [`BATCH`]).
     pending: Vec<MaskedInput>,
     survivors: BTreeSet<ClientId>,
@@ -74,14 +75,13 @@ impl SecAggServer {
         })
     }
 
-    /// Sum into `buffer` (a spent [`Unmasked::sum`], zeroed here) rather than a fresh
-    /// allocation: a round's first touch of megabytes of new pages costs more than its
-    /// additions (one shorter than the vector is left unused).
-    pub fn reuse(&mut self, mut buffer: Vec<u128>) {
-        if buffer.capacity() >= self.len && self.sum.is_none() {
-            buffer.clear();
-            buffer.resize(self.len, 0);
-            self.sum = Some(buffer);
+    /// Sum into `spare` (a released [`Unmasked::sum`], zeroed here) rather than fresh lanes:
+    /// a round's first touch of megabytes of new pages costs more than its additions. One of
+    /// another length is dropped.
+    pub fn reuse(&mut self, mut spare: Lanes) {
+        if spare.len() == self.len && self.sum.is_none() {
+            spare.zero();
+            self.sum = Some(spare);
         }
     }
 
@@ -169,16 +169,17 @@ impl SecAggServer {
         }
         let (ring, len) = (self.params.ring, self.len);
         let pending = std::mem::take(&mut self.pending);
-        let sum = self.sum.get_or_insert_with(|| vec![0; len]);
+        let sum = self.sum.get_or_insert_with(|| Lanes::zeros(len));
         let uploads: Vec<&[u8]> = pending.iter().map(|m| m.masked.as_slice()).collect();
-        let in_ring = ring.add_uploads(sum, &uploads);
+        let in_ring = sum.add_uploads(ring, &uploads, false);
         for (m, ok) in pending.iter().zip(in_ring) {
             if !ok {
-                if let Some(sum) = self.sum.as_mut() {
-                    ring.add_elements(sum, &m.masked, true);
-                }
+                sum.add_uploads(ring, &[&m.masked], true);
                 self.survivors.remove(&m.client);
-                let e = self.rejected(m.client, Rejection::MaskedRange);
+                let e = SecAggError::Rejected {
+                    client: m.client,
+                    why: Rejection::MaskedRange,
+                };
                 tracing::warn!(client = m.client, error = %e, "masked vector rejected");
             }
         }
@@ -242,7 +243,9 @@ impl SecAggServer {
                 threshold: self.params.threshold,
             });
         }
-        crypto::combine(&shares).ok_or(SecAggError::Reconstruct {
+        // Any `threshold` shares determine the secret: interpolate from that many.
+        let enough = &shares[..self.params.threshold];
+        crypto::combine(enough).ok_or(SecAggError::Reconstruct {
             client: owner,
             what,
             why: ReconstructFault::NoCombine,
@@ -286,7 +289,7 @@ impl SecAggServer {
                 }
             }
         }
-        let mut sum = self.sum.take().unwrap_or_else(|| vec![0; self.len]);
+        let mut sum = self.sum.take().unwrap_or_else(|| Lanes::zeros(self.len));
         mask::apply_masks(self.params.ring, &masks, &mut sum);
         Ok(Unmasked {
             sum,

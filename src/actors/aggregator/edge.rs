@@ -116,12 +116,13 @@ impl AggregatorState {
     /// [`AggregatorState::partial`]'s; a round that cannot be unmasked forwards nothing.
     async fn secure_partial(
         &mut self,
-        round: super::secure::SecureRound,
+        mut round: super::secure::SecureRound,
         base: &AdapterSet,
         global: &AdapterSet,
         fallback_weight: u64,
     ) -> EdgePartial {
         let (released, unmasking) = round.finish().await;
+        self.secure_spare = round.into_spare();
         let rejected = std::mem::take(&mut self.rejected);
         let mut p = match released {
             Ok(r) => self.complete_partial(r, rejected, (base, global, fallback_weight)),

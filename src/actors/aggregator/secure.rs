@@ -16,6 +16,7 @@ use crate::actors::client::ClientMsg;
 use crate::messages::{ClientId, RoundId};
 use crate::secagg::cost::{ClientSetup, Unmasking};
 use crate::secagg::graph::Graph;
+use crate::secagg::lanes::Lanes;
 use crate::secagg::messages::{wire_bytes, MaskedInput};
 use crate::secagg::{Params, SecAggError, SecAggServer};
 
@@ -32,6 +33,8 @@ pub(super) struct SecureRound {
     server: SecAggServer,
     params: Params,
     clients: BTreeMap<ClientId, ActorRef<ClientMsg>>,
+    /// The unmasked sum's buffer once released, for the next round to sum into.
+    spare: Option<Lanes>,
 }
 
 impl SecureRound {
@@ -96,6 +99,7 @@ impl SecureRound {
             server,
             params,
             clients,
+            spare: None,
         };
         Ok((round, costs.into_iter().collect()))
     }
@@ -114,10 +118,16 @@ impl SecureRound {
     /// # Errors
     /// Fewer than `threshold` survivors or shares (`secagg_threshold`), or shares that do
     /// not reconstruct.
-    pub(super) async fn finish(mut self) -> (Result<Released, SecAggError>, Unmasking) {
+    pub(super) async fn finish(&mut self) -> (Result<Released, SecAggError>, Unmasking) {
         let mut unmasking = Unmasking::default();
         let released = self.unmask(&mut unmasking).await;
         (released, unmasking)
+    }
+
+    /// The released sum's buffer (after [`SecureRound::finish`]), to sum the next round into:
+    /// a fresh one would cost its first touch of megabytes of pages every round.
+    pub(super) fn into_spare(self) -> Option<Lanes> {
+        self.spare
     }
 
     async fn unmask(&mut self, unmasking: &mut Unmasking) -> Result<Released, SecAggError> {
@@ -148,7 +158,8 @@ impl SecureRound {
         }
         let unmasked = self.server.finish()?;
         unmasking.masks = unmasked.masks;
-        let (sums, weight) = self.params.ring.decode_sums(&unmasked.sum);
+        let (sums, weight) = unmasked.sum.decode_sums(self.params.ring);
+        self.spare = Some(unmasked.sum);
         Ok((sums, unmasked.survivors.len(), weight))
     }
 }
@@ -164,7 +175,10 @@ impl AggregatorState {
         let values = self.acc.len();
         let set_up = SecureRound::set_up(self.round, params, clients, (seed, values)).await;
         match set_up {
-            Ok((round, costs)) => {
+            Ok((mut round, costs)) => {
+                if let Some(spare) = self.secure_spare.take() {
+                    round.server.reuse(spare);
+                }
                 self.secure = Some(round);
                 Ok(costs)
             }
@@ -187,9 +201,10 @@ impl AggregatorState {
     pub(super) async fn finish_secure(
         &mut self,
         global: Arc<AdapterSet>,
-        round: SecureRound,
+        mut round: SecureRound,
     ) -> Aggregate {
         let (released, unmasking) = round.finish().await;
+        self.secure_spare = round.into_spare();
         let mut aggregate = self.release(global, released.map_err(Withheld::from));
         aggregate.unmasking = Some(unmasking);
         aggregate

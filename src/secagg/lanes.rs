@@ -1,0 +1,244 @@
+//! Ring elements in lanes: the low 64 bits of each element in one array, the bits above in
+//! another, so that sums run as vectorised 64-bit additions with a carry. The masked vectors
+//! travel in this layout (every low word, then every high word), the masks are drawn in it
+//! part by part, and the server's running sum is kept in it.
+//!
+//! Lanes hold sums exact mod 2¹²⁸ (the high lane wraps); an element is reduced into the ring
+//! when it is read, which is exact because 2ᵇ divides 2¹²⁸.
+
+use rayon::prelude::*;
+
+use super::Ring;
+
+/// Elements per part: the unit of a mask's stream and of parallel work.
+/// A multiple of 16 (a part's stream starts on a block); a part's 16 KiB of lanes stay in a
+/// core's L1 cache while every upload or mask of a batch is added to it.
+pub const PART: usize = 1024;
+
+/// Bytes of an element's high word on the wire and in a mask's stream: ⌈b/8⌉ − 8.
+pub fn high_bytes(ring: Ring) -> usize {
+    ring.element_bytes() - 8
+}
+
+/// Elements as a low and a high lane, exact mod 2¹²⁸.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lanes {
+    lo: Vec<u64>,
+    hi: Vec<u64>,
+}
+
+impl Lanes {
+    /// `len` zeros.
+    pub fn zeros(len: usize) -> Self {
+        Self {
+            lo: vec![0; len],
+            hi: vec![0; len],
+        }
+    }
+
+    /// Set every element to zero (the allocation kept).
+    pub fn zero(&mut self) {
+        self.lo.fill(0);
+        self.hi.fill(0);
+    }
+
+    /// `xs` in lanes.
+    pub fn from_elements(xs: &[u128]) -> Self {
+        Self {
+            lo: xs.iter().map(|&x| x as u64).collect(),
+            hi: xs.iter().map(|&x| (x >> 64) as u64).collect(),
+        }
+    }
+
+    /// Elements held.
+    pub fn len(&self) -> usize {
+        self.lo.len()
+    }
+
+    /// Whether no elements are held.
+    pub fn is_empty(&self) -> bool {
+        self.lo.is_empty()
+    }
+
+    /// Element `i`, reduced into `ring`.
+    pub fn element(&self, i: usize, ring: Ring) -> u128 {
+        ring.reduce(u128::from(self.lo[i]) | u128::from(self.hi[i]) << 64)
+    }
+
+    /// The elements, reduced into `ring`.
+    pub fn elements(&self, ring: Ring) -> Vec<u128> {
+        (0..self.len()).map(|i| self.element(i, ring)).collect()
+    }
+
+    /// An unmasked sum of encoded vectors as FedAvg's exact sums and their total weight
+    /// ([`Ring::decode_sums`], read from the lanes).
+    pub fn decode_sums(&self, ring: Ring) -> (Vec<i128>, u64) {
+        ring.decode(self.len(), |i| self.element(i, ring))
+    }
+
+    /// The mean update of an unmasked sum (None when the weights sum to 0).
+    pub fn decode_mean(&self, ring: Ring) -> Option<Vec<f32>> {
+        let (exact, weight) = self.decode_sums(ring);
+        (weight > 0).then(|| crate::strategy::fedavg::mean_of_exact_sums(&exact, weight))
+    }
+
+    /// The elements reduced into `ring` as wire bytes: every low word (8 little-endian bytes
+    /// each), then every high word ([`high_bytes`] each).
+    pub fn to_bytes(&self, ring: Ring) -> Vec<u8> {
+        let h = high_bytes(ring);
+        let top = (ring.reduce(u128::MAX) >> 64) as u64;
+        let mut out = Vec::with_capacity(self.len() * (8 + h));
+        self.lo
+            .iter()
+            .for_each(|w| out.extend_from_slice(&w.to_le_bytes()));
+        (self.hi.iter()).for_each(|w| out.extend_from_slice(&(w & top).to_le_bytes()[..h]));
+        out
+    }
+
+    /// Elements from [`Lanes::to_bytes`]'s bytes (None: not a whole number of elements, or an
+    /// element outside the ring).
+    pub fn from_bytes(ring: Ring, bytes: &[u8]) -> Option<Self> {
+        let w = ring.element_bytes();
+        if !bytes.len().is_multiple_of(w) {
+            return None;
+        }
+        let mut lanes = Self::zeros(bytes.len() / w);
+        (lanes.add_uploads(ring, &[bytes], false) == [true]).then_some(lanes)
+    }
+
+    /// Add (`negate` false) or subtract each of `uploads` — wire bytes of [`Lanes::len`]
+    /// elements in `ring` — part by part in parallel on the fold's pool. Returns, per upload,
+    /// whether all its elements were in the ring (no bit set above b); one that was not can
+    /// be taken back out by subtracting it: the lanes are then as if it never came.
+    ///
+    /// # Panics
+    /// An upload of another length (callers check it on arrival).
+    pub fn add_uploads(&mut self, ring: Ring, uploads: &[&[u8]], negate: bool) -> Vec<bool> {
+        let w = ring.element_bytes();
+        assert!(uploads.iter().all(|u| u.len() == self.len() * w));
+        let above_ring = |high: u64| match ring.bits() - 64 {
+            64 => false,
+            b => high >> b != 0,
+        };
+        let all = |a: Vec<bool>, b: Vec<bool>| a.iter().zip(b).map(|(x, y)| *x && y).collect();
+        let (len, h) = (self.len(), w - 8);
+        crate::strategy::fedavg::pool().install(|| {
+            self.par_parts()
+                .map(|(part, lo, hi)| {
+                    let (a, b) = (part * PART, part * PART + lo.len());
+                    let in_ring = |u: &&[u8]| {
+                        let (l, h) = (&u[8 * a..8 * b], &u[8 * len + h * a..8 * len + h * b]);
+                        !above_ring(add_words(w - 8, negate, lo, hi, l, h))
+                    };
+                    uploads.iter().map(in_ring).collect::<Vec<bool>>()
+                })
+                .reduce(|| vec![true; uploads.len()], all)
+        })
+    }
+
+    /// The parts, in parallel: (index, low lane, high lane).
+    pub(crate) fn par_parts(
+        &mut self,
+    ) -> impl IndexedParallelIterator<Item = (usize, &mut [u64], &mut [u64])> {
+        let parts = self
+            .lo
+            .par_chunks_mut(PART)
+            .zip(self.hi.par_chunks_mut(PART));
+        parts.enumerate().map(|(i, (lo, hi))| (i, lo, hi))
+    }
+}
+
+/// Add (or subtract) words to the lanes: low words `l` (8 bytes each) and high words `h`
+/// (`hb` bytes each), the low lane's carry (or borrow) into the high lane. Returns the OR of
+/// the high words (for a range check).
+pub(crate) fn add_words(
+    hb: usize,
+    negate: bool,
+    lo: &mut [u64],
+    hi: &mut [u64],
+    l: &[u8],
+    h: &[u8],
+) -> u64 {
+    match hb {
+        0 => words::<0>(negate, lo, hi, l, h),
+        1 => words::<1>(negate, lo, hi, l, h),
+        2 => words::<2>(negate, lo, hi, l, h),
+        3 => words::<3>(negate, lo, hi, l, h),
+        4 => words::<4>(negate, lo, hi, l, h),
+        5 => words::<5>(negate, lo, hi, l, h),
+        6 => words::<6>(negate, lo, hi, l, h),
+        7 => words::<7>(negate, lo, hi, l, h),
+        _ => words::<8>(negate, lo, hi, l, h),
+    }
+}
+
+fn words<const H: usize>(negate: bool, lo: &mut [u64], hi: &mut [u64], l: &[u8], h: &[u8]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked above.
+        return unsafe {
+            match negate {
+                false => words_avx2::<H, false>(lo, hi, l, h),
+                true => words_avx2::<H, true>(lo, hi, l, h),
+            }
+        };
+    }
+    match negate {
+        false => words_body::<H, false>(lo, hi, l, h),
+        true => words_body::<H, true>(lo, hi, l, h),
+    }
+}
+
+/// [`words_body`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn words_avx2<const H: usize, const NEG: bool>(
+    lo: &mut [u64],
+    hi: &mut [u64],
+    l: &[u8],
+    h: &[u8],
+) -> u64 {
+    words_body::<H, NEG>(lo, hi, l, h)
+}
+
+#[inline(always)]
+fn words_body<const H: usize, const NEG: bool>(
+    lo: &mut [u64],
+    hi: &mut [u64],
+    l: &[u8],
+    h: &[u8],
+) -> u64 {
+    let low = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let high = |b: &[u8]| {
+        let mut le = [0u8; 8];
+        le[..H].copy_from_slice(b);
+        u64::from_le_bytes(le)
+    };
+    let step = |acc: &mut u64, top: &mut u64, x: u64, y: u64| {
+        let (s, c) = if NEG {
+            acc.overflowing_sub(x)
+        } else {
+            acc.overflowing_add(x)
+        };
+        *acc = s;
+        *top = if NEG {
+            top.wrapping_sub(y).wrapping_sub(u64::from(c))
+        } else {
+            top.wrapping_add(y).wrapping_add(u64::from(c))
+        };
+    };
+    let lanes = lo.iter_mut().zip(hi.iter_mut());
+    if H == 0 {
+        for ((acc, top), b) in lanes.zip(l.chunks_exact(8)) {
+            step(acc, top, low(b), 0);
+        }
+        return 0;
+    }
+    let mut above = 0;
+    for ((acc, top), (b, c)) in lanes.zip(l.chunks_exact(8).zip(h.chunks_exact(H.max(1)))) {
+        let y = high(c);
+        above |= y;
+        step(acc, top, low(b), y);
+    }
+    above
+}
