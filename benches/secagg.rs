@@ -68,14 +68,20 @@ fn secagg(c: &mut Criterion) {
     group.bench_function("one_mask", |b| {
         b.iter(|| fedsim::secagg::mask::apply_mask(params.ring, &[7u8; 32], false, &mut v))
     });
-    // The unmasking of 100 survivors: their self masks regenerated in one pass over the sum.
     let streams: Vec<_> = (0..100u8)
         .map(|i| (fedsim::secagg::mask::MaskStream::new(&[i; 32]), true))
         .collect();
-    group.throughput(criterion::Throughput::Elements(100 * (VALUES as u64 + 1)));
-    group.bench_function("masks_100", |b| {
-        b.iter(|| fedsim::secagg::mask::apply_masks(params.ring, &streams, &mut v))
-    });
+    // A client with k = 8 (its self mask and 8 pairwise masks, in one pass) and a server
+    // removing 100 self masks: the throughputs the clock prices masking and unmasking with.
+    for masks in [9, 100] {
+        group.throughput(criterion::Throughput::Elements(
+            masks as u64 * (VALUES as u64 + 1),
+        ));
+        group.bench_function(format!("masks_{masks}"), |b| {
+            let streams = &streams[..masks];
+            b.iter(|| fedsim::secagg::mask::apply_masks(params.ring, streams, &mut v))
+        });
+    }
     group.throughput(criterion::Throughput::Elements(VALUES as u64 + 1));
     let bytes = v.to_bytes(params.ring);
     let mut sum = Lanes::zeros(VALUES + 1);

@@ -427,6 +427,22 @@ fn a_mask_is_one_stream_whatever_the_parts_and_threads() {
 }
 
 #[test]
+fn lanes_encode_as_the_ring_does_and_travel_intact() {
+    let ring = Ring::new(78).unwrap();
+    let data = updates(1, 3_000, 8);
+    let (values, weight) = (&data[0].0, data[0].1);
+    let lanes = Lanes::encode(0, values, weight).unwrap();
+    let elements = ring.encode(0, values, weight).unwrap();
+    assert_eq!(lanes.elements(ring), elements);
+    let back = Lanes::from_bytes(ring, &lanes.to_bytes(ring)).unwrap();
+    assert_eq!(back.elements(ring), elements);
+    // Negative terms (the high lane all ones) read back as FedAvg's exact sums.
+    let (sums, w) = back.decode_sums(ring);
+    assert_eq!((sums, w), ring.decode_sums(&elements));
+    assert!(Lanes::encode(0, &[f32::NAN], 1).is_err());
+}
+
+#[test]
 fn the_mask_stream_is_openssl_aes_256_ctr() {
     // `head -c 48 /dev/zero | openssl enc -aes-256-ctr -K 0303…03 -iv 00…00 | xxd -p`
     // (OpenSSL 3.0.19): the generator Google's SecAgg uses, EVP_aes_256_ctr from a zero IV.

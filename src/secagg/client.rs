@@ -233,9 +233,9 @@ impl SecAggClient {
             });
         }
         let ring = self.params.ring;
-        let mut v = ring.encode(self.id, values, weight)?;
+        let mut lanes = Lanes::encode(self.id, values, weight)?;
         if let Some(noise) = noise {
-            ring.add_noise(&mut v, noise);
+            lanes.add_noise(noise);
         }
         let mut masks = vec![(MaskStream::new(&self.self_seed), false)];
         for &j in self.held.keys() {
@@ -243,7 +243,6 @@ impl SecAggClient {
             let seed = pair_mask_seed(self.round, self.id, j, &self.mask, pk);
             masks.push((MaskStream::new(&seed), self.id > j));
         }
-        let mut lanes = Lanes::from_elements(&v);
         mask::apply_masks(ring, &masks, &mut lanes);
         self.phase = Phase::Masking;
         Ok(MaskedInput {

@@ -8,7 +8,9 @@
 
 use rayon::prelude::*;
 
-use super::Ring;
+use super::{Ring, SecAggError};
+use crate::ids::ClientId;
+use crate::strategy::fedavg::fixed_term;
 
 /// Elements per part: the unit of a mask's stream and of parallel work.
 /// A multiple of 16 (a part's stream starts on a block); a part's 16 KiB of lanes stay in a
@@ -40,6 +42,42 @@ impl Lanes {
     pub fn zero(&mut self) {
         self.lo.fill(0);
         self.hi.fill(0);
+    }
+
+    /// Client `client`'s update `values` with weight `weight` as lanes: FedAvg's terms, then
+    /// the weight ([`Ring::encode`]'s elements, without the 128-bit vector in between).
+    ///
+    /// # Errors
+    /// A value FedAvg would reject (not finite, or |x| ≥ 2²³).
+    pub fn encode(client: ClientId, values: &[f32], weight: u64) -> Result<Self, SecAggError> {
+        let mut lanes = Self {
+            lo: Vec::with_capacity(values.len() + 1),
+            hi: Vec::with_capacity(values.len() + 1),
+        };
+        for (i, &x) in values.iter().enumerate() {
+            let term = fixed_term(i, x, weight)
+                .map_err(|source| SecAggError::Encode { client, source })?;
+            lanes.lo.push(term as u64);
+            lanes.hi.push((term >> 64) as u64);
+        }
+        lanes.lo.push(weight);
+        lanes.hi.push(0);
+        Ok(lanes)
+    }
+
+    /// Add one draw of `noise` (fixed-point steps) to every element but the trailing weight:
+    /// distributed DP's discrete Gaussian shares ([`Ring::add_noise`] in lanes).
+    pub fn add_noise(&mut self, noise: &mut crate::privacy::noise::DiscreteNoise) {
+        let terms = self.len().saturating_sub(1);
+        let lanes = self.lo[..terms].iter_mut().zip(&mut self.hi[..terms]);
+        for (lo, hi) in lanes {
+            let z = i128::from(noise.sample()) as u128;
+            let (sum, carry) = lo.overflowing_add(z as u64);
+            *lo = sum;
+            *hi = hi
+                .wrapping_add((z >> 64) as u64)
+                .wrapping_add(u64::from(carry));
+        }
     }
 
     /// `xs` in lanes.
@@ -87,11 +125,14 @@ impl Lanes {
     pub fn to_bytes(&self, ring: Ring) -> Vec<u8> {
         let h = high_bytes(ring);
         let top = (ring.reduce(u128::MAX) >> 64) as u64;
-        let mut out = Vec::with_capacity(self.len() * (8 + h));
-        self.lo
-            .iter()
-            .for_each(|w| out.extend_from_slice(&w.to_le_bytes()));
-        (self.hi.iter()).for_each(|w| out.extend_from_slice(&(w & top).to_le_bytes()[..h]));
+        let mut out = vec![0u8; self.len() * (8 + h)];
+        let (low, high) = out.split_at_mut(8 * self.len());
+        for (b, w) in low.chunks_exact_mut(8).zip(&self.lo) {
+            b.copy_from_slice(&w.to_le_bytes());
+        }
+        for (b, w) in high.chunks_exact_mut(h.max(1)).zip(&self.hi) {
+            b.copy_from_slice(&(w & top).to_le_bytes()[..h]);
+        }
         out
     }
 
