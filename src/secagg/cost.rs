@@ -13,8 +13,9 @@
 //!   answer, and the server regenerates and removes the masks (server compute).
 //!
 //! Compute is priced per ring element of one mask expansion, from throughputs measured by
-//! `cargo bench --bench secagg` (`one_mask`, `sum_one_masked`): the defaults below, or the
-//! scenario's `client_elements_per_s` / `server_elements_per_s`.
+//! `cargo bench --bench secagg` (`masks_9`: a client's self mask and 8 pairwise masks;
+//! `masks_100`: a server removing 100): the defaults below, or the scenario's
+//! `client_elements_per_s` / `server_elements_per_s`.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,13 +23,13 @@ use crate::devices::DeviceProfile;
 use crate::ids::ClientId;
 use crate::network::transfer_seconds;
 
-/// Ring elements a second one client masks with (one mask expansion, ChaCha20 at 10 bytes an
-/// element): `one_mask` on the 2-core reference host, 2026-12-03 (266 M elements/s).
-pub const CLIENT_ELEMENTS_PER_S: f64 = 2.66e8;
+/// Ring elements a second one client masks with (AES-256-CTR at 10 bytes an element, added
+/// in lanes): `masks_9` on the 2-core reference host, 2026-12-04 (1.29 G elements/s).
+pub const CLIENT_ELEMENTS_PER_S: f64 = 1.29e9;
 
-/// Ring elements a second the server regenerates and removes masks at: the same operation as
-/// the client's, on the same reference host.
-pub const SERVER_ELEMENTS_PER_S: f64 = 2.66e8;
+/// Ring elements a second the server regenerates and removes masks at: `masks_100` in the
+/// same sitting (1.37 G elements/s).
+pub const SERVER_ELEMENTS_PER_S: f64 = 1.37e9;
 
 /// The compute throughputs secure aggregation is priced with.
 #[derive(Debug, Clone, Copy, PartialEq)]

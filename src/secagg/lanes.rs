@@ -22,7 +22,8 @@ pub fn high_bytes(ring: Ring) -> usize {
     ring.element_bytes() - 8
 }
 
-/// Elements as a low and a high lane, exact mod 2¹²⁸.
+/// Elements as a low and a high lane, exact mod 2¹²⁸. Equality is of the lanes as held
+/// (compare [`Lanes::elements`] for equality in a ring).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lanes {
     lo: Vec<u64>,
