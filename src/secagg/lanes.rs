@@ -8,9 +8,10 @@
 
 use rayon::prelude::*;
 
+use super::ring::encode_each;
 use super::{Ring, SecAggError};
 use crate::ids::ClientId;
-use crate::strategy::fedavg::fixed_term;
+use crate::strategy::fedavg::mean_of_exact_sums;
 
 /// Elements per part: the unit of a mask's stream and of parallel work.
 /// A multiple of 16 (a part's stream starts on a block); a part's 16 KiB of lanes stay in a
@@ -55,14 +56,10 @@ impl Lanes {
             lo: Vec::with_capacity(values.len() + 1),
             hi: Vec::with_capacity(values.len() + 1),
         };
-        for (i, &x) in values.iter().enumerate() {
-            let term = fixed_term(i, x, weight)
-                .map_err(|source| SecAggError::Encode { client, source })?;
+        encode_each(client, values, weight, |term| {
             lanes.lo.push(term as u64);
             lanes.hi.push((term >> 64) as u64);
-        }
-        lanes.lo.push(weight);
-        lanes.hi.push(0);
+        })?;
         Ok(lanes)
     }
 
@@ -118,7 +115,7 @@ impl Lanes {
     /// The mean update of an unmasked sum (None when the weights sum to 0).
     pub fn decode_mean(&self, ring: Ring) -> Option<Vec<f32>> {
         let (exact, weight) = self.decode_sums(ring);
-        (weight > 0).then(|| crate::strategy::fedavg::mean_of_exact_sums(&exact, weight))
+        (weight > 0).then(|| mean_of_exact_sums(&exact, weight))
     }
 
     /// The elements reduced into `ring` as wire bytes: every low word (8 little-endian bytes
@@ -163,14 +160,14 @@ impl Lanes {
             b => high >> b != 0,
         };
         let all = |a: Vec<bool>, b: Vec<bool>| a.iter().zip(b).map(|(x, y)| *x && y).collect();
-        let (len, h) = (self.len(), w - 8);
+        let (len, hb) = (self.len(), w - 8);
         crate::strategy::fedavg::pool().install(|| {
             self.par_parts()
                 .map(|(part, lo, hi)| {
                     let (a, b) = (part * PART, part * PART + lo.len());
                     let in_ring = |u: &&[u8]| {
-                        let (l, h) = (&u[8 * a..8 * b], &u[8 * len + h * a..8 * len + h * b]);
-                        !above_ring(add_words(w - 8, negate, lo, hi, l, h))
+                        let (l, h) = (&u[8 * a..8 * b], &u[8 * len + hb * a..8 * len + hb * b]);
+                        !above_ring(add_words(hb, negate, lo, hi, l, h))
                     };
                     uploads.iter().map(in_ring).collect::<Vec<bool>>()
                 })

@@ -116,12 +116,9 @@ impl Ring {
         weight: u64,
     ) -> Result<Vec<u128>, SecAggError> {
         let mut out = Vec::with_capacity(values.len() + 1);
-        for (i, &x) in values.iter().enumerate() {
-            let term = fixed_term(i, x, weight)
-                .map_err(|source| SecAggError::Encode { client, source })?;
-            out.push(self.reduce(term as u128));
-        }
-        out.push(self.reduce(weight as u128));
+        encode_each(client, values, weight, |term| {
+            out.push(self.reduce(term as u128))
+        })?;
         Ok(out)
     }
 
@@ -159,4 +156,22 @@ impl Ring {
         let sums = (0..last).map(|i| self.signed(element(i))).collect();
         (sums, weight)
     }
+}
+
+/// Hand FedAvg's terms of client `client`'s update `values` (weight `weight`) to `push`, then
+/// the weight: the encoding [`Ring::encode`] and [`super::lanes::Lanes::encode`] store.
+///
+/// # Errors
+/// A value FedAvg would reject (not finite, or |x| ≥ 2²³); the terms before it were pushed.
+pub(crate) fn encode_each(
+    client: ClientId,
+    values: &[f32],
+    weight: u64,
+    mut push: impl FnMut(i128),
+) -> Result<(), SecAggError> {
+    for (i, &x) in values.iter().enumerate() {
+        push(fixed_term(i, x, weight).map_err(|source| SecAggError::Encode { client, source })?);
+    }
+    push(i128::from(weight));
+    Ok(())
 }
