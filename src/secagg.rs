@@ -12,7 +12,7 @@
 //! - [`lanes`]: ring elements as a low and a high 64-bit lane — the wire layout of a masked
 //!   vector and the server's running sum, added with vectorised carries.
 //! - [`mask`]: the masks — AES-256-CTR streams drawn in that layout, many added in one pass
-//!   over a vector.
+//!   over a vector; [`vaes`] draws them with AVX-512's VAES where the CPU has it.
 //! - [`client`] and [`server`]: the four phases — keys, shares, masked inputs, unmasking — as
 //!   state machines that exchange only the [`messages`] types, so each side sees what it
 //!   would see on a network.
@@ -30,6 +30,7 @@ pub mod mask;
 pub mod messages;
 pub mod ring;
 pub mod server;
+mod vaes;
 
 use crate::ids::ClientId;
 

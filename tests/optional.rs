@@ -16,6 +16,8 @@ mod smollm2;
 #[allow(dead_code)]
 #[path = "util.rs"]
 mod util;
+#[path = "optional/vaes.rs"]
+mod vaes;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -30,6 +32,9 @@ enum Need {
     Program(&'static str),
     /// A file at this path.
     File(&'static str),
+    /// CPU instructions (`is_x86_feature_detected!` names): no installation provides them,
+    /// so where they are missing the test is ignored, under CI too.
+    Cpu(&'static [&'static str]),
 }
 
 impl Need {
@@ -48,15 +53,33 @@ impl Need {
                 .then(|| format!("{name} not installed (apt-get install prometheus)")),
             Need::File(path) => (!std::path::Path::new(path).exists())
                 .then(|| format!("{path} not installed (apt-get install chromium)")),
+            Need::Cpu(features) => {
+                let lacking: Vec<_> = features.iter().filter(|f| !cpu_has(f)).collect();
+                (!lacking.is_empty()).then(|| format!("this CPU lacks {lacking:?}"))
+            }
         }
     }
+}
+
+/// Whether the CPU has the x86 feature `name`.
+fn cpu_has(name: &str) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    match name {
+        "avx512f" => return std::is_x86_feature_detected!("avx512f"),
+        "avx512bw" => return std::is_x86_feature_detected!("avx512bw"),
+        "vaes" => return std::is_x86_feature_detected!("vaes"),
+        "aes" => return std::is_x86_feature_detected!("aes"),
+        _ => {}
+    }
+    let _ = name;
+    false
 }
 
 /// A trial of `test` that runs when `need` is met, is ignored (saying why) when it is not, and
 /// fails under CI when it is not.
 fn trial(name: &str, need: Need, test: fn()) -> Trial {
     let missing = need.missing();
-    let under_ci = std::env::var_os("CI").is_some();
+    let under_ci = std::env::var_os("CI").is_some() && !matches!(need, Need::Cpu(_));
     match missing {
         Some(why) if !under_ci => {
             eprintln!("ignored {name}: {why}");
@@ -128,6 +151,11 @@ fn main() {
             "metrics::every_dashboard_panel_returns_data_from_a_real_prometheus",
             Need::Program("prometheus"),
             metrics::every_dashboard_panel_returns_data_from_a_real_prometheus,
+        ),
+        trial(
+            "secagg::the_vaes_mask_stream_is_the_aes_crates",
+            Need::Cpu(&["avx512f", "avx512bw", "vaes", "aes"]),
+            vaes::the_vaes_mask_stream_is_the_aes_crates,
         ),
         trial(
             "data::medalpaca_loads_5942_records",

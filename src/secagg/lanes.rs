@@ -146,7 +146,10 @@ impl Lanes {
     }
 
     /// Add (`negate` false) or subtract each of `uploads` — wire bytes of [`Lanes::len`]
-    /// elements in `ring` — part by part in parallel on the fold's pool. Returns, per upload,
+    /// elements in `ring` — in parallel on the fold's pool, in two chunks a thread: each
+    /// upload streams through a chunk of the sum (a megabyte or two, in L2) in long runs the
+    /// prefetcher follows (L1-sized parts, jumping between uploads every 8 KB, summed 100
+    /// uploads 1.5× slower). Returns, per upload,
     /// whether all its elements were in the ring (no bit set above b); one that was not can
     /// be taken back out by subtracting it: the lanes are then as if it never came.
     ///
@@ -161,10 +164,14 @@ impl Lanes {
         };
         let all = |a: Vec<bool>, b: Vec<bool>| a.iter().zip(b).map(|(x, y)| *x && y).collect();
         let (len, hb) = (self.len(), w - 8);
-        crate::strategy::fedavg::pool().install(|| {
-            self.par_parts()
+        let pool = crate::strategy::fedavg::pool();
+        let chunk = (len.div_ceil(2 * pool.current_num_threads()))
+            .next_multiple_of(PART)
+            .max(PART);
+        pool.install(|| {
+            self.par_chunks(chunk)
                 .map(|(part, lo, hi)| {
-                    let (a, b) = (part * PART, part * PART + lo.len());
+                    let (a, b) = (part * chunk, part * chunk + lo.len());
                     let in_ring = |u: &&[u8]| {
                         let (l, h) = (&u[8 * a..8 * b], &u[8 * len + hb * a..8 * len + hb * b]);
                         !above_ring(add_words(hb, negate, lo, hi, l, h))
@@ -175,15 +182,23 @@ impl Lanes {
         })
     }
 
-    /// The parts, in parallel: (index, low lane, high lane).
+    /// The parts ([`PART`] elements), in parallel: (index, low lane, high lane).
     pub(crate) fn par_parts(
         &mut self,
     ) -> impl IndexedParallelIterator<Item = (usize, &mut [u64], &mut [u64])> {
-        let parts = self
+        self.par_chunks(PART)
+    }
+
+    /// Chunks of `size` elements, in parallel: (index, low lane, high lane).
+    fn par_chunks(
+        &mut self,
+        size: usize,
+    ) -> impl IndexedParallelIterator<Item = (usize, &mut [u64], &mut [u64])> {
+        let chunks = self
             .lo
-            .par_chunks_mut(PART)
-            .zip(self.hi.par_chunks_mut(PART));
-        parts.enumerate().map(|(i, (lo, hi))| (i, lo, hi))
+            .par_chunks_mut(size)
+            .zip(self.hi.par_chunks_mut(size));
+        chunks.enumerate().map(|(i, (lo, hi))| (i, lo, hi))
     }
 }
 

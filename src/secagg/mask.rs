@@ -16,14 +16,19 @@ use rayon::prelude::*;
 
 use super::crypto::Secret;
 use super::lanes::{add_words, Lanes, PART};
+use super::vaes::RoundKeys;
 use super::Ring;
 
 /// The mask stream of one seed: AES-256 in counter mode, the key the 32-byte seed, the 128-bit
 /// big-endian counter from zero — OpenSSL's `EVP_aes_256_ctr` with a zero IV, the generator of
 /// Google's production SecAgg (`fcp/secagg/shared/aes_ctr_prng.cc`). Any block can be made
-/// directly, so parts of a vector are masked in parallel from their own offsets.
+/// directly, so parts of a vector are masked in parallel from their own offsets. Drawn with
+/// VAES where the CPU has it ([`super::vaes`]), with the `aes` crate elsewhere.
 #[derive(Clone)]
-pub struct MaskStream(Aes256);
+pub struct MaskStream {
+    aes: Aes256,
+    vaes: Option<RoundKeys>,
+}
 
 /// One 16-byte block of a stream (a counter before encryption, key stream after).
 pub type Block = Array<u8, U16>;
@@ -31,40 +36,55 @@ pub type Block = Array<u8, U16>;
 impl MaskStream {
     /// The stream of `seed`.
     pub fn new(seed: &Secret) -> Self {
-        Self(Aes256::new(seed.into()))
+        Self {
+            aes: Aes256::new(seed.into()),
+            vaes: RoundKeys::new(seed),
+        }
     }
 
-    /// The stream's blocks at `counters` (see [`counters`]), into `out` (as many).
-    ///
-    /// # Panics
-    /// `out` of another length than `counters`.
-    pub fn keystream(&self, counters: &[Block], out: &mut [Block]) {
-        (self.0.encrypt_blocks_b2b(counters, out)).expect("as many blocks out as counters");
+    /// The stream of `seed` drawn by the `aes` crate only, whatever the CPU (the reference
+    /// the VAES loop is tested against).
+    pub fn portable(seed: &Secret) -> Self {
+        Self {
+            aes: Aes256::new(seed.into()),
+            vaes: None,
+        }
+    }
+
+    /// Whether this stream is drawn with VAES.
+    pub fn is_vaes(&self) -> bool {
+        self.vaes.is_some()
+    }
+
+    /// The stream's blocks `first..first + out.len()` into `out`.
+    pub fn keystream(&self, first: u64, out: &mut [Block]) {
+        if let Some(keys) = &self.vaes {
+            if keys.keystream(first, out) {
+                return;
+            }
+        }
+        let first = u128::from(first);
+        for (i, block) in out.iter_mut().enumerate() {
+            *block = Array::from((first + i as u128).to_be_bytes());
+        }
+        self.aes.encrypt_blocks(out);
     }
 
     /// The stream's bytes from byte `offset` (a multiple of 16) on, into `out`.
     pub fn fill(&self, offset: usize, out: &mut [u8]) {
-        let mut at = Vec::new();
-        counters(offset, out.len(), &mut at);
-        let mut stream = vec![Block::default(); at.len()];
-        self.keystream(&at, &mut stream);
+        debug_assert!(offset.is_multiple_of(16), "a stream is read from a block");
+        let mut stream = vec![Block::default(); out.len().div_ceil(16)];
+        self.keystream((offset / 16) as u64, &mut stream);
         out.copy_from_slice(&Block::slice_as_flattened(&stream)[..out.len()]);
     }
 }
 
-/// Into `out`, the counter blocks of a stream's bytes `offset..offset + len` (`offset` a
-/// multiple of 16; the last block may reach past the end): the same for every stream, so a
-/// part's counters are written once for all its masks.
-pub fn counters(offset: usize, len: usize, out: &mut Vec<Block>) {
-    debug_assert!(offset.is_multiple_of(16), "a part starts on a block");
-    let first = (offset / 16) as u128;
-    out.clear();
-    out.extend((first..first + len.div_ceil(16) as u128).map(|i| Array::from(i.to_be_bytes())));
-}
-
 impl std::fmt::Debug for MaskStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MaskStream(AES-256-CTR)")
+        match self.vaes {
+            Some(_) => f.write_str("MaskStream(AES-256-CTR, VAES)"),
+            None => f.write_str("MaskStream(AES-256-CTR, aes crate)"),
+        }
     }
 }
 
@@ -74,20 +94,20 @@ pub fn apply_mask(ring: Ring, seed: &Secret, negate: bool, v: &mut Lanes) {
 }
 
 /// Add (`negate` false) or subtract each of `masks` to `v` in `ring`. Parts of the vector run
-/// in parallel on the fold's pool; each part's counters are written once for all the masks.
+/// in parallel on the fold's pool. A part's stream buffer is drawn once a mask and stays in L1.
 /// Every part reads its own offsets of the streams, and the lanes' additions are exact, so
 /// the result is the same whatever the thread count.
 pub fn apply_masks(ring: Ring, masks: &[(MaskStream, bool)], v: &mut Lanes) {
     let w = ring.element_bytes();
-    let blocks = (PART * w).div_ceil(16);
-    let scratch = || (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
+    let scratch = || Vec::with_capacity((PART * w).div_ceil(16));
     crate::strategy::fedavg::pool().install(|| {
         v.par_parts()
-            .for_each_init(scratch, |(at, stream), (part, lo, hi)| {
-                counters(part * PART * w, lo.len() * w, at);
-                stream.resize(at.len(), Block::default());
+            .for_each_init(scratch, |stream: &mut Vec<Block>, (part, lo, hi)| {
+                // A part starts on a block: PART·w is a multiple of 16.
+                let first = (part * PART * w / 16) as u64;
+                stream.resize((lo.len() * w).div_ceil(16), Block::default());
                 for (mask, negate) in masks {
-                    mask.keystream(at, stream);
+                    mask.keystream(first, stream);
                     let bytes = &Block::slice_as_flattened(stream)[..lo.len() * w];
                     let (l, h) = bytes.split_at(8 * lo.len());
                     add_words(w - 8, *negate, lo, hi, l, h);
