@@ -6,7 +6,8 @@
 //!
 //! Homomorphic aggregation's units likewise (`he_*`).
 //!
-//! Run with: cargo bench --bench secagg
+//! Run with: cargo bench --bench secagg (glibc's allocator set as `sim run` sets it for LoRA
+//! training, for every group: see `secagg`).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use fedsim::ids::ClientId;
@@ -44,6 +45,11 @@ fn set_up(params: Params, n: usize) -> (Vec<SecAggClient>, SecAggServer, Graph) 
 }
 
 fn secagg(c: &mut Criterion) {
+    // The allocator as `sim run` sets it for LoRA training — the runs whose adapters SecAgg+
+    // protects: freed uploads stay in the heap. With glibc's defaults the heap top is trimmed
+    // whenever the freed uploads pile up at its end (26 ms of a round of 100 with 10 dropped,
+    // then the mean's pages faulted in again), at whichever free happens to end the pile.
+    fedsim::host::tune_allocator_for_training();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let updates: Vec<Vec<f32>> = (0..CLIENTS)
         .map(|_| {

@@ -298,3 +298,41 @@ fn uploads_fold_from_their_safetensors_bytes() {
     assert!(reader.starts(&wrong).is_err());
     assert!(reader.starts(&wrong[..wrong.len() - 4]).is_err());
 }
+
+#[test]
+fn the_mean_of_exact_sums_rounds_as_a_128_bit_conversion_does() {
+    // The mean converts sums that fit in 64 bits with the 64-bit instruction: the same
+    // correctly rounded f64 as `i128 as f64`, at the edges of that range and beyond it.
+    use fedsim::strategy::fedavg::mean_of_exact_sums;
+    let edges = [
+        0i128,
+        1,
+        -1,
+        (1 << 53) + 1,
+        -(1 << 53) - 1,
+        i64::MAX as i128,
+        i64::MIN as i128,
+        i64::MAX as i128 + 1,
+        i64::MIN as i128 - 1,
+        (1i128 << 100) + 12345,
+        -(1i128 << 100) - 12345,
+        i128::MAX,
+        i128::MIN + 1,
+    ];
+    let mut x = 0x9e37_79b9_7f4a_7c15u128;
+    let random = (0..10_000).map(|_| {
+        x = x.wrapping_mul(0x2545_f491_4f6c_dd1d).wrapping_add(1);
+        (x as i128) >> (x % 90) as u32
+    });
+    let sums: Vec<i128> = edges.into_iter().chain(random).collect();
+    for weight in [1u64, 3, 100, 1 << 20] {
+        let denom = fedsim::fixed::STEPS_PER_UNIT * weight as f64;
+        let want: Vec<u32> = (sums.iter())
+            .map(|&s| ((s as f64 / denom) as f32).to_bits())
+            .collect();
+        let got: Vec<u32> = (mean_of_exact_sums(&sums, weight).iter())
+            .map(|m| m.to_bits())
+            .collect();
+        assert_eq!(got, want, "weight {weight}");
+    }
+}

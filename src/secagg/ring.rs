@@ -148,12 +148,22 @@ impl Ring {
     }
 
     /// [`Ring::decode_sums`] of the `len` elements `element(i)` gives.
-    pub(crate) fn decode(&self, len: usize, element: impl Fn(usize) -> u128) -> (Vec<i128>, u64) {
+    pub(crate) fn decode(
+        &self,
+        len: usize,
+        element: impl Fn(usize) -> u128 + Sync,
+    ) -> (Vec<i128>, u64) {
         let Some(last) = len.checked_sub(1) else {
             return (Vec::new(), 0);
         };
         let weight = u64::try_from(self.signed(element(last))).unwrap_or(0);
-        let sums = (0..last).map(|i| self.signed(element(i))).collect();
+        let sums = crate::strategy::fedavg::pool().install(|| {
+            use rayon::prelude::*;
+            (0..last)
+                .into_par_iter()
+                .map(|i| self.signed(element(i)))
+                .collect()
+        });
         (sums, weight)
     }
 }
