@@ -23,13 +23,14 @@ use crate::devices::DeviceProfile;
 use crate::ids::ClientId;
 use crate::network::transfer_seconds;
 
-/// Ring elements a second one client masks with (AES-256-CTR at 10 bytes an element, added
-/// in lanes): `masks_9` on the 2-core reference host, 2026-12-04 (1.29 G elements/s).
-pub const CLIENT_ELEMENTS_PER_S: f64 = 1.29e9;
+/// Ring elements a second one client masks with (AES-256-CTR at 10 bytes an element, drawn
+/// with VAES, added in lanes): `masks_9` on the 2-core reference host, 2026-12-04
+/// (1.96 G elements/s).
+pub const CLIENT_ELEMENTS_PER_S: f64 = 1.96e9;
 
 /// Ring elements a second the server regenerates and removes masks at: `masks_100` in the
-/// same sitting (1.37 G elements/s).
-pub const SERVER_ELEMENTS_PER_S: f64 = 1.37e9;
+/// same sitting (1.89 G elements/s).
+pub const SERVER_ELEMENTS_PER_S: f64 = 1.89e9;
 
 /// The compute throughputs secure aggregation is priced with.
 #[derive(Debug, Clone, Copy, PartialEq)]
