@@ -118,8 +118,8 @@ fn blocks(rk: &[[u8; 16]; 15], first: u64, out: &mut [Block]) {
     let reverse = _mm512_broadcast_i32x4(_mm_set_epi8(
         0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
     ));
-    let f = first as i64;
-    let mut counter = _mm512_set_epi64(0, f + 3, 0, f + 2, 0, f + 1, 0, f);
+    let f = |i: u64| first.wrapping_add(i) as i64;
+    let mut counter = _mm512_set_epi64(0, f(3), 0, f(2), 0, f(1), 0, f(0));
     let four = _mm512_set_epi64(0, 4, 0, 4, 0, 4, 0, 4);
     // Written out (no closures or array maps): the loop's registers stay registers.
     macro_rules! next {
