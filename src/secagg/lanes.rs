@@ -147,9 +147,9 @@ impl Lanes {
 
     /// Add (`negate` false) or subtract each of `uploads` — wire bytes of [`Lanes::len`]
     /// elements in `ring` — in parallel on the fold's pool, in two chunks a thread: each
-    /// upload streams through a chunk of the sum (a megabyte or two, in L2) in long runs the
-    /// prefetcher follows (L1-sized parts, jumping between uploads every 8 KB, summed 100
-    /// uploads 1.5× slower). Returns, per upload,
+    /// upload streams through a chunk of the sum in long runs the prefetcher follows
+    /// (L1-sized parts, jumping between uploads every 8 KB, summed 100 uploads of 460,801
+    /// elements 1.5× slower on a 2-core AMD EPYC). Returns, per upload,
     /// whether all its elements were in the ring (no bit set above b); one that was not can
     /// be taken back out by subtracting it: the lanes are then as if it never came.
     ///
