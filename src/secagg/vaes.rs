@@ -21,9 +21,10 @@ impl RoundKeys {
     /// The round keys of `key`, or None where the CPU lacks the instructions.
     pub(crate) fn new(key: &[u8; 32]) -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
-        if ["avx512f", "avx512bw", "vaes", "aes"]
-            .iter()
-            .all(|f| detected(f))
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("vaes")
+            && std::is_x86_feature_detected!("aes")
         {
             // SAFETY: the CPU has AES-NI, checked above.
             return Some(Self(unsafe { expand(key) }));
@@ -44,17 +45,6 @@ impl RoundKeys {
             blocks(&self.0, first, out)
         };
         true
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn detected(feature: &str) -> bool {
-    match feature {
-        "avx512f" => std::is_x86_feature_detected!("avx512f"),
-        "avx512bw" => std::is_x86_feature_detected!("avx512bw"),
-        "vaes" => std::is_x86_feature_detected!("vaes"),
-        "aes" => std::is_x86_feature_detected!("aes"),
-        _ => false,
     }
 }
 
