@@ -4,6 +4,9 @@
 //! updates for reference, and distributed DP's discrete Gaussian shares on one upload. Per
 //! client: divide by the round's clients.
 //!
+//! Rows ending `_b55` repeat the masks and rounds with a value bound of 1 (`value_bound:
+//! Some(1.0)`): a 55-bit ring, 7 bytes an element instead of 10.
+//!
 //! Homomorphic aggregation's units likewise (`he_*`).
 //!
 //! Run with: cargo bench --bench secagg (glibc's allocator set as `sim run` sets it for LoRA
@@ -70,7 +73,7 @@ fn secagg(c: &mut Criterion) {
     // One mask expansion over an encoded vector: the unit the clock prices masking and
     // unmasking in (elements per second, criterion's throughput line).
     group.throughput(criterion::Throughput::Elements(VALUES as u64 + 1));
-    let mut v = Lanes::zeros(VALUES + 1);
+    let mut v = Lanes::zeros(params.ring, VALUES + 1);
     group.bench_function("one_mask", |b| {
         b.iter(|| fedsim::secagg::mask::apply_mask(params.ring, &[7u8; 32], false, &mut v))
     });
@@ -90,7 +93,7 @@ fn secagg(c: &mut Criterion) {
     }
     group.throughput(criterion::Throughput::Elements(VALUES as u64 + 1));
     let bytes = v.to_bytes(params.ring);
-    let mut sum = Lanes::zeros(VALUES + 1);
+    let mut sum = Lanes::zeros(params.ring, VALUES + 1);
     group.bench_function("sum_one_masked", |b| {
         b.iter(|| assert_eq!(sum.add_uploads(params.ring, &[&bytes], false), [true]))
     });
@@ -115,8 +118,9 @@ fn secagg(c: &mut Criterion) {
     // The server's part of a round of 20 with 2 dropped after sharing, and of 100 with none
     // dropped and with 10 dropped (the N): masked vectors in, unmasking, masks removed.
     for (n, dropped) in [(20, 2), (100, 0), (100, 10)] {
-        server_round(&mut group, params, &updates, n, dropped);
+        server_round(&mut group, (params, ""), &updates, n, dropped);
     }
+    bounded(&mut group, params, &updates, &streams);
     // Distributed DP's discrete Gaussian shares on one encoded upload (z = 1, C = 1, m = 10:
     // σ ≈ 3.5·10¹¹ fixed-point steps), drawn exactly.
     let share = fedsim::privacy::discrete::DistributedNoise::new(1.0, 1.0, 10)
@@ -131,6 +135,44 @@ fn secagg(c: &mut Criterion) {
         plain_fold(&mut group, &updates, n);
     }
     group.finish();
+}
+
+/// The masks and rounds again in the ring a value bound of 1 allows for weights summing to
+/// 10,000 (55 bits: 7 bytes an element).
+fn bounded(
+    group: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+    params: Params,
+    updates: &[Vec<f32>],
+    streams: &[(fedsim::secagg::mask::MaskStream, bool)],
+) {
+    let ring = Ring::sized(100 * 100, Some(1.0)).unwrap();
+    assert_eq!(ring.bits(), 55);
+    let params = Params { ring, ..params };
+    let mut v = Lanes::zeros(ring, VALUES + 1);
+    for masks in [9, 100] {
+        group.throughput(criterion::Throughput::Elements(
+            masks as u64 * (VALUES as u64 + 1),
+        ));
+        group.bench_function(format!("masks_{masks}_b55"), |b| {
+            let streams = &streams[..masks];
+            b.iter(|| fedsim::secagg::mask::apply_masks(ring, streams, &mut v))
+        });
+    }
+    group.throughput(criterion::Throughput::Elements(1));
+    group.bench_function("client_mask_k8_b55", |b| {
+        b.iter_batched(
+            || {
+                let (mut clients, mut server, _) = set_up(params, CLIENTS);
+                let inbox = server.inbox_for(0);
+                (clients.swap_remove(0), inbox)
+            },
+            |(mut client, inbox)| client.mask(inbox, &updates[0], 100).unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+    for (n, dropped) in [(100, 0), (100, 10)] {
+        server_round(group, (params, "_b55"), updates, n, dropped);
+    }
 }
 
 /// The plain fold of `n` updates (reused cyclically), each handed over as a fresh buffer as a
@@ -161,7 +203,7 @@ fn plain_fold(
 /// sharing (updates reused cyclically): sum the masked vectors, unmask, remove the masks.
 fn server_round(
     group: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
-    params: Params,
+    (params, tag): (Params, &str),
     updates: &[Vec<f32>],
     n: usize,
     dropped: usize,
@@ -187,7 +229,7 @@ fn server_round(
         .collect();
     // Each masked vector is a fresh buffer, as a message brings it; the sum's buffer is kept
     // from round to round (as the aggregator keeps it); the round ends with the mean.
-    let name = format!("server_round_n{n}_k{NEIGHBOURS}_{dropped}dropped");
+    let name = format!("server_round_n{n}_k{NEIGHBOURS}_{dropped}dropped{tag}");
     let mut spare = None;
     group.bench_function(name, |b| {
         b.iter_batched(

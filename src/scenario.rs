@@ -208,6 +208,67 @@ impl Scenario {
         self.file.strategy.secure_aggregation
     }
 
+    /// The bound on update values SecAgg+'s ring is sized for: `value_bound` when given;
+    /// else, when clients clip (`dp` with `ClientSideFixed`) and the server adds the noise,
+    /// the clip norm C with 2⁻²⁰ to spare (a clipped f32 value exceeds C by at most its
+    /// rounding, 2⁻²⁴ relative); else None (any value FedAvg accepts).
+    pub fn secagg_value_bound(&self) -> Option<f32> {
+        let Some(file::SecureAggregation::SecAggPlus { value_bound, .. }) =
+            self.secure_aggregation()
+        else {
+            return None;
+        };
+        if value_bound.is_some() {
+            return value_bound;
+        }
+        let dp = self.file.dp.as_ref()?;
+        match (&dp.mechanism, &dp.noise_by) {
+            (
+                crate::privacy::Mechanism::ClientSideFixed { clip_norm, .. },
+                crate::privacy::NoiseBy::Server,
+            ) => {
+                let bound = (*clip_norm * (1.0 + 2f64.powi(-20))) as f32;
+                (bound.is_finite() && bound > 0.0 && bound < (1u32 << 23) as f32).then_some(bound)
+            }
+            _ => None,
+        }
+    }
+
+    /// SecAgg+'s ring for `train` training examples' weights: `ring_bits` and the value
+    /// bound ([`Scenario::secagg_value_bound`]) checked, or the smallest that fits; None
+    /// without SecAgg+.
+    ///
+    /// # Errors
+    /// A given `ring_bits` in which sums could wrap, naming the bits they need.
+    pub fn secagg_ring(&self, train: u64) -> Result<Option<crate::secagg::Ring>, ScenarioError> {
+        use file::SecureAggregation;
+        let Some(SecureAggregation::SecAggPlus { ring_bits, .. }) = self.secure_aggregation()
+        else {
+            return Ok(None);
+        };
+        let invalid = |field: &str, message: String| ScenarioError::Invalid {
+            path: self.source_path.clone(),
+            field: format!("strategy.secure_aggregation.SecAggPlus.{field}"),
+            message,
+        };
+        let bound = self.secagg_value_bound();
+        let sized = crate::secagg::Ring::sized(train, bound)
+            .map_err(|e| invalid("value_bound", e.to_string()))?;
+        let Some(b) = ring_bits else {
+            return Ok(Some(sized));
+        };
+        let mut ring =
+            crate::secagg::Ring::new(b).map_err(|e| invalid("ring_bits", e.to_string()))?;
+        if let Some(bound) = bound {
+            ring = ring
+                .with_value_bound(bound)
+                .map_err(|e| invalid("value_bound", e.to_string()))?;
+        }
+        ring.check(train)
+            .map_err(|e| invalid("ring_bits", format!("{e} ({train} training examples)")))?;
+        Ok(Some(ring))
+    }
+
     /// The slot workers on other hosts (`slots.workers`), if any.
     pub fn workers(&self) -> Option<&file::WorkersSection> {
         self.file.slots.workers.as_ref()
@@ -339,28 +400,7 @@ impl Scenario {
                 Err(e) => return Err(fail("model.source.Tiny.vocab_size", &e)),
             }
         }
-        self.check_ring(check.train as u64)?;
+        self.secagg_ring(check.train as u64)?;
         Ok(check)
-    }
-
-    /// A given SecAgg+ `ring_bits` that sums of `train` examples' weights could wrap in.
-    fn check_ring(&self, train: u64) -> Result<(), ScenarioError> {
-        use file::SecureAggregation;
-        let Some(SecureAggregation::SecAggPlus {
-            ring_bits: Some(b), ..
-        }) = self.secure_aggregation()
-        else {
-            return Ok(());
-        };
-        let ring = crate::secagg::Ring::new(b).map_err(|e| ScenarioError::Invalid {
-            path: self.source_path.clone(),
-            field: "strategy.secure_aggregation.SecAggPlus.ring_bits".into(),
-            message: e.to_string(),
-        })?;
-        ring.check(train).map_err(|e| ScenarioError::Invalid {
-            path: self.source_path.clone(),
-            field: "strategy.secure_aggregation.SecAggPlus.ring_bits".into(),
-            message: format!("{e} ({train} training examples)"),
-        })
     }
 }

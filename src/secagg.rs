@@ -52,6 +52,23 @@ pub enum SecAggError {
         /// Which value.
         source: crate::strategy::FoldError,
     },
+    /// A value past the ring's declared bound: the client refuses to upload rather than let
+    /// the sum wrap.
+    #[error(
+        "client {client}: value {value} at index {index} is past value_bound ±{bound}; \
+         the update is not uploaded (raise strategy.secure_aggregation.SecAggPlus.value_bound, \
+         or clip updates with dp)"
+    )]
+    PastBound {
+        /// The client.
+        client: ClientId,
+        /// The value's index in the update.
+        index: usize,
+        /// The value.
+        value: f32,
+        /// The bound (⌊B·2⁴⁰⌋/2⁴⁰).
+        bound: f64,
+    },
     /// Fewer than `threshold` clients are left to finish the round.
     #[error(
         "secagg_threshold: {survivors} clients left at the {phase} phase, fewer than the \
@@ -105,7 +122,7 @@ pub enum SecAggError {
 }
 
 /// Settings SecAgg+ cannot run with.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ParamsError {
     /// A round of fewer than 2 clients.
     #[error("{clients} clients: secure aggregation needs at least 2")]
@@ -127,16 +144,30 @@ pub enum ParamsError {
         /// Neighbours each client has.
         neighbours: usize,
     },
-    /// A ring size outside 64..=128 bits.
-    #[error("ring_bits {bits}: it must be 64..=128")]
+    /// A ring size outside 1..=128 bits.
+    #[error("ring_bits {bits}: it must be 1..=128")]
     RingBits {
         /// `ring_bits`.
         bits: u32,
     },
+    /// A value bound that bounds nothing FedAvg accepts.
+    #[error("value_bound {bound}: it must be finite, above 0 and below 2^23 (8388608)")]
+    ValueBound {
+        /// `value_bound`.
+        bound: f32,
+    },
     /// A ring in which the round's sums could wrap.
     #[error(
-        "ring_bits {bits} can wrap: weights summing to {weight} need 64 + ⌈log2({weight} + 1)⌉ \
-         = {need} bits (|trunc(x·2^40)| < 2^63 per term); set ring_bits ≥ {need}"
+        "ring_bits {bits} can wrap: weights summing to {weight} with {} need {need} bits; set \
+         ring_bits ≥ {need}{}",
+        match bound {
+            Some(b) => format!("values within ±{b} (|trunc(x·2^40)| ≤ {})", (b * 2f64.powi(40))),
+            None => "any value (|trunc(x·2^40)| < 2^63)".to_string(),
+        },
+        match bound {
+            Some(_) => ", or lower value_bound",
+            None => ", or declare a value_bound",
+        }
     )]
     RingWraps {
         /// `ring_bits`.
@@ -145,6 +176,8 @@ pub enum ParamsError {
         weight: u64,
         /// The bits it needs.
         need: u32,
+        /// The declared bound on values (None: any value FedAvg accepts).
+        bound: Option<f64>,
     },
 }
 

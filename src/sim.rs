@@ -65,6 +65,9 @@ pub enum SimError {
     /// Secure aggregation's settings do not fit the run's data.
     #[error("strategy.secure_aggregation")]
     SecAgg(#[source] crate::secagg::SecAggError),
+    /// The scenario does not fit the data it was given (a SecAgg+ ring too narrow for it).
+    #[error(transparent)]
+    Scenario(#[from] crate::scenario::ScenarioError),
     /// Homomorphic aggregation's settings do not fit the run.
     #[error("strategy.secure_aggregation")]
     He(#[source] crate::he::HeError),

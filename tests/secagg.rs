@@ -17,17 +17,17 @@ use rand_distr::{Distribution, Normal};
 
 /// Who leaves when.
 #[derive(Default, Clone)]
-struct Drops {
+pub(crate) struct Drops {
     /// Never send shares (after advertising keys).
-    before_shares: BTreeSet<ClientId>,
+    pub(crate) before_shares: BTreeSet<ClientId>,
     /// Send shares, then no masked vector.
-    after_shares: BTreeSet<ClientId>,
+    pub(crate) after_shares: BTreeSet<ClientId>,
     /// Send a masked vector, then no unmasking response.
-    before_unmask: BTreeSet<ClientId>,
+    pub(crate) before_unmask: BTreeSet<ClientId>,
 }
 
 /// Updates of `n` clients with `len` values (N(0, 0.01²), a LoRA update's scale) and weights.
-fn updates(n: usize, len: usize, seed: u64) -> Vec<(Vec<f32>, u64)> {
+pub(crate) fn updates(n: usize, len: usize, seed: u64) -> Vec<(Vec<f32>, u64)> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let normal = Normal::new(0.0f32, 0.01).unwrap();
     (0..n)
@@ -39,7 +39,7 @@ fn updates(n: usize, len: usize, seed: u64) -> Vec<(Vec<f32>, u64)> {
 }
 
 /// One whole round among clients 0..n (each client's entropy from its id).
-fn round(
+pub(crate) fn round(
     data: &[(Vec<f32>, u64)],
     params: Params,
     drops: &Drops,
@@ -110,7 +110,7 @@ fn shared(
 }
 
 /// FedAvg's mean of `data`'s clients in `keep`.
-fn fedavg(data: &[(Vec<f32>, u64)], keep: &[ClientId]) -> Vec<f32> {
+pub(crate) fn fedavg(data: &[(Vec<f32>, u64)], keep: &[ClientId]) -> Vec<f32> {
     let mut acc = FedAvgAccumulator::new(data[0].0.len());
     for &c in keep {
         acc.fold(&data[c].0, data[c].1).unwrap();
@@ -171,12 +171,12 @@ fn too_few_survivors_fail_the_round_with_secagg_threshold() {
 
 #[test]
 fn a_ring_that_could_wrap_is_refused_with_the_bound() {
-    assert_eq!(Ring::bits_needed(1000), 74);
+    assert_eq!(Ring::new(100).unwrap().bits_needed(1000), 74);
     let err = Ring::new(70).unwrap().check(1000).unwrap_err().to_string();
     assert!(err.contains("74") && err.contains("ring_bits"), "{err}");
-    assert!(Ring::new(63).is_err() && Ring::new(129).is_err());
+    assert!(Ring::new(0).is_err() && Ring::new(129).is_err());
     // At the bound, the largest terms FedAvg accepts sum without wrapping.
-    let ring = Ring::new(Ring::bits_needed(6)).unwrap();
+    let ring = Ring::for_weight(6);
     let big = (1u32 << 23) as f32 - 1.0;
     let a = ring.encode(0, &[big, -big], 3).unwrap();
     let b = ring.encode(1, &[big, -big], 3).unwrap();
@@ -200,8 +200,8 @@ fn a_ring_that_could_wrap_is_refused_with_the_bound() {
     // A masked vector with an element beyond the ring is found as it is added (and taken
     // back out by negating it); the wrong length is refused on arrival (see below).
     let ring = Ring::new(70).unwrap();
-    let mut sum = Lanes::from_elements(&[5, 5, 5]);
-    let mut bytes = Lanes::from_elements(&[1, 2, 3]).to_bytes(ring);
+    let mut sum = Lanes::from_elements(ring, &[5, 5, 5]);
+    let mut bytes = Lanes::from_elements(ring, &[1, 2, 3]).to_bytes(ring);
     // 9 bytes an element: the three low words, then the three high bytes.
     bytes[26] = 0x40; // bit 70 of the third element
     assert_eq!(sum.add_uploads(ring, &[&bytes], false), [false]);
@@ -372,15 +372,16 @@ fn the_graph_is_k_regular_symmetric_and_complete_when_k_covers_everyone() {
 #[test]
 fn a_mask_is_one_stream_whatever_the_parts_and_threads() {
     use fedsim::secagg::mask::{apply_mask, apply_masks, MaskStream};
-    // 10,001 elements: parts of PART, the last shorter and ending mid-block; rings whose
-    // high words are 0, 2, 3 and 8 bytes.
+    // 10,001 elements: parts of PART, the last shorter and ending mid-block; narrow rings of
+    // 1, 5, 7 and 8 bytes an element (no high words), wide ones whose high words are 2, 3
+    // and 8 bytes.
     let len = 10_001;
     let seed = [3u8; 32];
-    for bits in [64, 74, 90, 128] {
+    for bits in [3, 40, 55, 64, 74, 90, 128] {
         let ring = Ring::new(bits).unwrap();
-        let mut v = Lanes::zeros(len);
+        let mut v = Lanes::zeros(ring, len);
         apply_mask(ring, &seed, false, &mut v);
-        let mut one = Lanes::zeros(len);
+        let mut one = Lanes::zeros(ring, len);
         rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
@@ -397,11 +398,12 @@ fn a_mask_is_one_stream_whatever_the_parts_and_threads() {
         let got = v.elements(ring);
         for (p, part) in bytes.chunks(PART * w).enumerate() {
             let n = part.len() / w;
-            let (lows, highs) = part.split_at(8 * n);
+            let lb = w.min(8);
+            let (lows, highs) = part.split_at(lb * n);
             for j in 0..n {
                 let mut le = [0u8; 16];
-                le[..8].copy_from_slice(&lows[8 * j..8 * j + 8]);
-                le[8..w].copy_from_slice(&highs[(w - 8) * j..(w - 8) * (j + 1)]);
+                le[..lb].copy_from_slice(&lows[lb * j..lb * (j + 1)]);
+                le[8..w.max(8)].copy_from_slice(&highs[(w - lb) * j..(w - lb) * (j + 1)]);
                 let want = ring.reduce(u128::from_le_bytes(le));
                 assert_eq!(
                     got[p * PART + j],
@@ -431,7 +433,7 @@ fn lanes_encode_as_the_ring_does_and_travel_intact() {
     let ring = Ring::new(78).unwrap();
     let data = updates(1, 3_000, 8);
     let (values, weight) = (&data[0].0, data[0].1);
-    let lanes = Lanes::encode(0, values, weight).unwrap();
+    let lanes = Lanes::encode(ring, 0, values, weight).unwrap();
     let elements = ring.encode(0, values, weight).unwrap();
     assert_eq!(lanes.elements(ring), elements);
     let back = Lanes::from_bytes(ring, &lanes.to_bytes(ring)).unwrap();
@@ -439,7 +441,7 @@ fn lanes_encode_as_the_ring_does_and_travel_intact() {
     // Negative terms (the high lane all ones) read back as FedAvg's exact sums.
     let (sums, w) = back.decode_sums(ring);
     assert_eq!((sums, w), ring.decode_sums(&elements));
-    assert!(Lanes::encode(0, &[f32::NAN], 1).is_err());
+    assert!(Lanes::encode(ring, 0, &[f32::NAN], 1).is_err());
 }
 
 #[test]
@@ -504,7 +506,7 @@ fn a_masked_vector_outside_the_ring_is_left_out_as_dropped() {
 }
 
 /// SMALL over 4 clients, all sampled, with `set`.
-fn small(set: &[&str]) -> fedsim::Scenario {
+pub(crate) fn small(set: &[&str]) -> fedsim::Scenario {
     let mut all = vec![
         "strategy.fraction_fit=1.0",
         "strategy.min_fit_clients=4",
@@ -514,7 +516,7 @@ fn small(set: &[&str]) -> fedsim::Scenario {
     crate::util::scenario(crate::util::SMALL, &all).unwrap()
 }
 
-const SECURE: &str =
+pub(crate) const SECURE: &str =
     "strategy.secure_aggregation=SecAggPlus(neighbours: 3, threshold: 2, ring_bits: None)";
 
 #[test]

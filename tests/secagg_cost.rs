@@ -51,14 +51,18 @@ fn each_phase_lasts_its_slowest_client_and_the_server_compute_follows_the_throug
         server_elements_per_s: 2e6,
     };
     // 3 masks of 1,000 elements at 1e6 a second.
-    assert!((cost::mask_seconds(3, 1000, &compute) - 0.003).abs() < 1e-15);
+    assert!((cost::mask_seconds(3, 1000.0, &compute) - 0.003).abs() < 1e-15);
     // Unmasking: the slow survivor's 0.1 + 8·16/16e6 down and 0.1 + 8·80/8e6 up, then
     // (5 masks + the last sum) · 1,000 elements at 2e6 a second.
-    let (phase, server) = cost::unmask(&[(fast, 16, 80), (slow, 16, 80)], 5, 1000, &compute);
+    let (phase, server) = cost::unmask(&[(fast, 16, 80), (slow, 16, 80)], 5, 1000.0, &compute);
     assert!((server - 0.003).abs() < 1e-15);
     let expect = 0.1 + 8e-6 + 0.1 + 8e-5 + 0.003;
     assert!((phase.seconds - expect).abs() < 1e-12, "{phase:?}");
     assert_eq!((phase.up_bytes, phase.down_bytes), (160, 32));
+    // A 56-bit ring's 7-byte elements cost 0.7 of the measured 10-byte ones; 80 bits, 1.
+    let ring = |b| fedsim::secagg::Ring::new(b).unwrap();
+    assert_eq!(cost::reference_elements(1000, ring(56)), 700.0);
+    assert_eq!(cost::reference_elements(1000, ring(80)), 1000.0);
 }
 
 fn secure_phase(r: &Value, phase: &str, k: &str) -> f64 {
@@ -76,7 +80,11 @@ fn a_secure_runs_timelines_bytes_and_metrics_follow_its_phases() {
         "system.crash_probability=0.3",
     ];
     let s = scenario(SMALL, &set).unwrap();
-    let elements = s.lora.trainable_parameters(&s.model) + 1;
+    let n = s.lora.trainable_parameters(&s.model) + 1;
+    // The ring's elements priced as elements of the measured 10-byte width (72 bits here).
+    let ring = (s.secagg_ring(s.check_data().unwrap().train as u64).unwrap()).unwrap();
+    assert_eq!(ring.element_bytes(), 9);
+    let elements = cost::reference_elements(n, ring);
     let done = run(&s, tmp.path());
     let rounds = round_metrics(&done.dir);
     let clients = clients_log(&done.dir);
@@ -96,7 +104,7 @@ fn a_secure_runs_timelines_bytes_and_metrics_follow_its_phases() {
         for c in &mine {
             assert!((f(c, "start") - (start + setup)).abs() < 1e-9, "{c}");
             let mask = f(c, "mask");
-            assert!((mask - 4.0 * elements as f64 / rate).abs() < 1e-12, "{c}");
+            assert!((mask - 4.0 * elements / rate).abs() < 1e-12, "{c}");
         }
         // The server regenerates each survivor's self mask and, for each client that dropped
         // after sharing, its pairwise mask with each survivor.
@@ -107,7 +115,7 @@ fn a_secure_runs_timelines_bytes_and_metrics_follow_its_phases() {
             .unwrap() as usize;
         assert_eq!(masks, survivors + dropped * survivors, "round {round}");
         let server = f(&r["secure_aggregation"], "server_compute_s");
-        let expect = (masks + 1) as f64 * elements as f64 / cost::SERVER_ELEMENTS_PER_S;
+        let expect = (masks + 1) as f64 * elements / cost::SERVER_ELEMENTS_PER_S;
         assert!((server - expect).abs() < 1e-12);
         // The unmasking phase follows the last upload.
         let last = completed.iter().map(|c| f(c, "finish")).fold(0.0, f64::max);
@@ -125,10 +133,7 @@ fn a_secure_runs_timelines_bytes_and_metrics_follow_its_phases() {
             .map(|p| secure_phase(r, p, "up_bytes") as u64)
             .sum();
         assert_eq!(r["bytes_up"].as_u64().unwrap(), masked + protocol_up);
-        assert!(
-            masked as usize >= survivors * elements * 9,
-            "9+ bytes an element"
-        );
+        assert!(masked as usize >= survivors * n * 9, "9+ bytes an element");
     }
     assert!(
         crashed_any,

@@ -30,6 +30,7 @@ mod scale_async;
 mod scenario;
 mod schema;
 mod secagg;
+mod secagg_bound;
 mod secagg_cost;
 mod secagg_dp;
 mod signals;

@@ -199,15 +199,19 @@ fn secure(s: &Scenario, values: usize, train: u64) -> anyhow::Result<()> {
         Some(SecureAggregation::SecAggPlus {
             neighbours,
             threshold,
-            ring_bits,
             ..
         }) => {
-            let bits = ring_bits.unwrap_or(ring.bits());
-            let up = bits.div_ceil(8) as u64 * (values as u64 + 1);
+            let ring = s.secagg_ring(train)?.unwrap_or(ring);
+            let bits = ring.bits();
+            let up = ring.element_bytes() as u64 * (values as u64 + 1);
+            let bound = match ring.value_bound() {
+                Some(b) => format!("values within ±{b}"),
+                None => "any value".to_string(),
+            };
             outln!(
                 "secure aggregation: SecAgg+ with {neighbours} neighbours, threshold \
-                 {threshold}, a {bits}-bit ring: {up} B a client upload (plain f32: {plain} B), \
-                 plus its keys and shares"
+                 {threshold}, a {bits}-bit ring ({bound}): {up} B a client upload (plain f32: \
+                 {plain} B), plus its keys and shares"
             )?;
         }
         Some(SecureAggregation::HomomorphicEncryption {

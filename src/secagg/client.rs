@@ -233,7 +233,7 @@ impl SecAggClient {
             });
         }
         let ring = self.params.ring;
-        let mut lanes = Lanes::encode(self.id, values, weight)?;
+        let mut lanes = Lanes::encode(ring, self.id, values, weight)?;
         if let Some(noise) = noise {
             lanes.add_noise(noise);
         }

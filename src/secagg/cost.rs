@@ -12,7 +12,8 @@
 //! - **unmask**: after the round's last upload, the server asks the survivors for shares, they
 //!   answer, and the server regenerates and removes the masks (server compute).
 //!
-//! Compute is priced per ring element of one mask expansion, from throughputs measured by
+//! Compute is priced per ring element of one mask expansion (of 10 bytes: a narrower ring's
+//! elements cost their share, [`reference_elements`]), from throughputs measured by
 //! `cargo bench --bench secagg` (`masks_9`: a client's self mask and 8 pairwise masks;
 //! `masks_100`: a server removing 100): the defaults below, or the scenario's
 //! `client_elements_per_s` / `server_elements_per_s`.
@@ -205,19 +206,29 @@ pub fn setup(clients: &[(DeviceProfile, ClientSetup)]) -> (Phase, Phase) {
     (exchange(&keys), exchange(&shares))
 }
 
-/// A client's masking compute: `masks` expansions over `elements` ring elements.
-pub fn mask_seconds(masks: usize, elements: usize, compute: &Compute) -> f64 {
-    (masks * elements) as f64 / compute.client_elements_per_s
+/// Bytes an element of the ring the default throughputs were measured in takes (80 bits).
+pub const REFERENCE_ELEMENT_BYTES: usize = 10;
+
+/// What `elements` elements of `ring` cost in elements of the measured 10-byte width: masks
+/// are drawn and added a byte at a time, so a 7-byte element costs 0.7 of one
+/// (`cargo bench --bench secagg` measures both widths).
+pub fn reference_elements(elements: usize, ring: crate::secagg::Ring) -> f64 {
+    (elements * ring.element_bytes()) as f64 / REFERENCE_ELEMENT_BYTES as f64
+}
+
+/// A client's masking compute: `masks` expansions over `elements` (reference) ring elements.
+pub fn mask_seconds(masks: usize, elements: f64, compute: &Compute) -> f64 {
+    masks as f64 * elements / compute.client_elements_per_s
 }
 
 /// The unmasking phase: each survivor gets the request (down) and sends its shares (up), the
-/// server waits for all, then regenerates `masks` masks of `elements` elements. The server's
+/// server waits for all, then regenerates `masks` masks of `elements` (reference) elements. The server's
 /// compute also counts summing the last masked vector in (the others were summed while later
 /// uploads were still on their way).
 pub fn unmask(
     survivors: &[(DeviceProfile, u64, u64)],
     masks: usize,
-    elements: usize,
+    elements: f64,
     compute: &Compute,
 ) -> (Phase, f64) {
     let slowest = (survivors.iter())
@@ -226,7 +237,7 @@ pub fn unmask(
                 + transfer_seconds(*up, p.up_mbps, p.latency_s)
         })
         .fold(0.0, f64::max);
-    let server = ((masks + 1) * elements) as f64 / compute.server_elements_per_s;
+    let server = (masks + 1) as f64 * elements / compute.server_elements_per_s;
     let phase = Phase {
         up_bytes: survivors.iter().map(|s| s.2).sum(),
         down_bytes: survivors.iter().map(|s| s.1).sum(),

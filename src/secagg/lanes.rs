@@ -1,11 +1,16 @@
 //! Ring elements in lanes: the low 64 bits of each element in one array, the bits above in
 //! another, so that sums run as vectorised 64-bit additions with a carry. The masked vectors
 //! travel in this layout (every low word, then every high word), the masks are drawn in it
-//! part by part, and the server's running sum is kept in it.
+//! part by part, and the server's running sum is kept in it. A narrow ring (b ≤ 64) has no
+//! high lane: its elements travel as ⌈b/8⌉-byte words and add without carries.
 //!
-//! Lanes hold sums exact mod 2¹²⁸ (the high lane wraps); an element is reduced into the ring
-//! when it is read, which is exact because 2ᵇ divides 2¹²⁸.
+//! Lanes hold sums exact mod 2¹²⁸ (mod 2⁶⁴ when narrow: the high lane, or the only one,
+//! wraps); an element is reduced into the ring when it is read, which is exact because 2ᵇ
+//! divides 2¹²⁸ (2⁶⁴).
 
+mod narrow;
+
+use rayon::iter::Either;
 use rayon::prelude::*;
 
 use super::ring::encode_each;
@@ -18,25 +23,37 @@ use crate::strategy::fedavg::mean_of_exact_sums;
 /// core's L1 cache while every upload or mask of a batch is added to it.
 pub const PART: usize = 1024;
 
-/// Bytes of an element's high word on the wire and in a mask's stream: ⌈b/8⌉ − 8.
-pub fn high_bytes(ring: Ring) -> usize {
-    ring.element_bytes() - 8
+/// Bytes of an element's low word on the wire and in a mask's stream: 8, or ⌈b/8⌉ when the
+/// ring is narrow.
+pub fn low_bytes(ring: Ring) -> usize {
+    ring.element_bytes().min(8)
 }
 
-/// Elements as a low and a high lane, exact mod 2¹²⁸. Equality is of the lanes as held
-/// (compare [`Lanes::elements`] for equality in a ring).
+/// Bytes of an element's high word on the wire and in a mask's stream: ⌈b/8⌉ − 8 (0 when
+/// the ring is narrow).
+pub fn high_bytes(ring: Ring) -> usize {
+    ring.element_bytes().saturating_sub(8)
+}
+
+/// Elements as a low and a high lane (no high lane for a narrow ring), exact mod 2¹²⁸.
+/// Equality is of the lanes as held (compare [`Lanes::elements`] for equality in a ring).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lanes {
     lo: Vec<u64>,
+    /// Empty for a narrow ring, else as long as `lo`.
     hi: Vec<u64>,
 }
 
 impl Lanes {
-    /// `len` zeros.
-    pub fn zeros(len: usize) -> Self {
+    /// `len` zeros of `ring`.
+    pub fn zeros(ring: Ring, len: usize) -> Self {
         Self {
             lo: vec![0; len],
-            hi: vec![0; len],
+            hi: if ring.is_narrow() {
+                Vec::new()
+            } else {
+                vec![0; len]
+            },
         }
     }
 
@@ -46,19 +63,34 @@ impl Lanes {
         self.hi.fill(0);
     }
 
-    /// Client `client`'s update `values` with weight `weight` as lanes: FedAvg's terms, then
-    /// the weight ([`Ring::encode`]'s elements, without the 128-bit vector in between).
+    /// Whether these lanes have the shape of `ring`'s (a high lane exactly when it is wide).
+    pub fn fits(&self, ring: Ring) -> bool {
+        self.hi.len() == if ring.is_narrow() { 0 } else { self.lo.len() }
+    }
+
+    /// Client `client`'s update `values` with weight `weight` as lanes of `ring`: FedAvg's
+    /// terms, then the weight ([`Ring::encode`]'s elements, without the 128-bit vector in
+    /// between).
     ///
     /// # Errors
-    /// A value FedAvg would reject (not finite, or |x| ≥ 2²³).
-    pub fn encode(client: ClientId, values: &[f32], weight: u64) -> Result<Self, SecAggError> {
+    /// A value FedAvg would reject (not finite, or |x| ≥ 2²³), or one past the ring's value
+    /// bound.
+    pub fn encode(
+        ring: Ring,
+        client: ClientId,
+        values: &[f32],
+        weight: u64,
+    ) -> Result<Self, SecAggError> {
+        let wide = !ring.is_narrow();
         let mut lanes = Self {
             lo: Vec::with_capacity(values.len() + 1),
-            hi: Vec::with_capacity(values.len() + 1),
+            hi: Vec::with_capacity(if wide { values.len() + 1 } else { 0 }),
         };
-        encode_each(client, values, weight, |term| {
+        encode_each(ring, client, values, weight, |term| {
             lanes.lo.push(term as u64);
-            lanes.hi.push((term >> 64) as u64);
+            if wide {
+                lanes.hi.push((term >> 64) as u64);
+            }
         })?;
         Ok(lanes)
     }
@@ -67,6 +99,12 @@ impl Lanes {
     /// distributed DP's discrete Gaussian shares ([`Ring::add_noise`] in lanes).
     pub fn add_noise(&mut self, noise: &mut crate::privacy::noise::DiscreteNoise) {
         let terms = self.len().saturating_sub(1);
+        if self.hi.is_empty() {
+            for lo in &mut self.lo[..terms] {
+                *lo = lo.wrapping_add(noise.sample() as u64);
+            }
+            return;
+        }
         let lanes = self.lo[..terms].iter_mut().zip(&mut self.hi[..terms]);
         for (lo, hi) in lanes {
             let z = i128::from(noise.sample()) as u128;
@@ -78,11 +116,14 @@ impl Lanes {
         }
     }
 
-    /// `xs` in lanes.
-    pub fn from_elements(xs: &[u128]) -> Self {
+    /// `xs`, elements of `ring`, in lanes.
+    pub fn from_elements(ring: Ring, xs: &[u128]) -> Self {
         Self {
             lo: xs.iter().map(|&x| x as u64).collect(),
-            hi: xs.iter().map(|&x| (x >> 64) as u64).collect(),
+            hi: match ring.is_narrow() {
+                true => Vec::new(),
+                false => xs.iter().map(|&x| (x >> 64) as u64).collect(),
+            },
         }
     }
 
@@ -98,7 +139,8 @@ impl Lanes {
 
     /// Element `i`, reduced into `ring`.
     pub fn element(&self, i: usize, ring: Ring) -> u128 {
-        ring.reduce(u128::from(self.lo[i]) | u128::from(self.hi[i]) << 64)
+        let hi = self.hi.get(i).copied().unwrap_or(0);
+        ring.reduce(u128::from(self.lo[i]) | u128::from(hi) << 64)
     }
 
     /// The elements, reduced into `ring`.
@@ -118,18 +160,20 @@ impl Lanes {
         (weight > 0).then(|| mean_of_exact_sums(&exact, weight))
     }
 
-    /// The elements reduced into `ring` as wire bytes: every low word (8 little-endian bytes
-    /// each), then every high word ([`high_bytes`] each).
+    /// The elements reduced into `ring` as wire bytes: every low word ([`low_bytes`]
+    /// little-endian bytes each), then every high word ([`high_bytes`] each).
     pub fn to_bytes(&self, ring: Ring) -> Vec<u8> {
-        let h = high_bytes(ring);
-        let top = (ring.reduce(u128::MAX) >> 64) as u64;
-        let mut out = vec![0u8; self.len() * (8 + h)];
-        let (low, high) = out.split_at_mut(8 * self.len());
-        for (b, w) in low.chunks_exact_mut(8).zip(&self.lo) {
-            b.copy_from_slice(&w.to_le_bytes());
+        debug_assert!(self.fits(ring), "lanes of another ring's shape");
+        let (lb, hb) = (low_bytes(ring), high_bytes(ring));
+        let mask = ring.reduce(u128::MAX);
+        let (low_mask, top) = (mask as u64, (mask >> 64) as u64);
+        let mut out = vec![0u8; self.len() * (lb + hb)];
+        let (low, high) = out.split_at_mut(lb * self.len());
+        for (b, w) in low.chunks_exact_mut(lb).zip(&self.lo) {
+            b.copy_from_slice(&(w & low_mask).to_le_bytes()[..lb]);
         }
-        for (b, w) in high.chunks_exact_mut(h.max(1)).zip(&self.hi) {
-            b.copy_from_slice(&(w & top).to_le_bytes()[..h]);
+        for (b, w) in high.chunks_exact_mut(hb.max(1)).zip(&self.hi) {
+            b.copy_from_slice(&(w & top).to_le_bytes()[..hb]);
         }
         out
     }
@@ -141,7 +185,7 @@ impl Lanes {
         if !bytes.len().is_multiple_of(w) {
             return None;
         }
-        let mut lanes = Self::zeros(bytes.len() / w);
+        let mut lanes = Self::zeros(ring, bytes.len() / w);
         (lanes.add_uploads(ring, &[bytes], false) == [true]).then_some(lanes)
     }
 
@@ -154,16 +198,14 @@ impl Lanes {
     /// be taken back out by subtracting it: the lanes are then as if it never came.
     ///
     /// # Panics
-    /// An upload of another length (callers check it on arrival).
+    /// An upload of another length (callers check it on arrival), or lanes of another
+    /// ring's shape.
     pub fn add_uploads(&mut self, ring: Ring, uploads: &[&[u8]], negate: bool) -> Vec<bool> {
-        let w = ring.element_bytes();
-        assert!(uploads.iter().all(|u| u.len() == self.len() * w));
-        let above_ring = |high: u64| match ring.bits() - 64 {
-            64 => false,
-            b => high >> b != 0,
-        };
+        let (lb, hb) = (low_bytes(ring), high_bytes(ring));
+        assert!(uploads.iter().all(|u| u.len() == self.len() * (lb + hb)));
+        assert!(self.fits(ring), "lanes of another ring's shape");
         let all = |a: Vec<bool>, b: Vec<bool>| a.iter().zip(b).map(|(x, y)| *x && y).collect();
-        let (len, hb) = (self.len(), w - 8);
+        let len = self.len();
         let pool = crate::strategy::fedavg::pool();
         let chunk = (len.div_ceil(2 * pool.current_num_threads()))
             .next_multiple_of(PART)
@@ -173,8 +215,9 @@ impl Lanes {
                 .map(|(part, lo, hi)| {
                     let (a, b) = (part * chunk, part * chunk + lo.len());
                     let in_ring = |u: &&[u8]| {
-                        let (l, h) = (&u[8 * a..8 * b], &u[8 * len + hb * a..8 * len + hb * b]);
-                        !above_ring(add_words(hb, negate, lo, hi, l, h))
+                        let l = &u[lb * a..lb * b];
+                        let h = &u[lb * len + hb * a..lb * len + hb * b];
+                        !ring.above(add_words(ring, negate, lo, hi, l, h))
                     };
                     uploads.iter().map(in_ring).collect::<Vec<bool>>()
                 })
@@ -182,7 +225,8 @@ impl Lanes {
         })
     }
 
-    /// The parts ([`PART`] elements), in parallel: (index, low lane, high lane).
+    /// The parts ([`PART`] elements), in parallel: (index, low lane, high lane — empty when
+    /// the ring is narrow).
     pub(crate) fn par_parts(
         &mut self,
     ) -> impl IndexedParallelIterator<Item = (usize, &mut [u64], &mut [u64])> {
@@ -194,35 +238,39 @@ impl Lanes {
         &mut self,
         size: usize,
     ) -> impl IndexedParallelIterator<Item = (usize, &mut [u64], &mut [u64])> {
-        let chunks = self
-            .lo
-            .par_chunks_mut(size)
-            .zip(self.hi.par_chunks_mut(size));
+        let chunks = if self.hi.is_empty() {
+            let none = |lo| (lo, <&mut [u64]>::default());
+            Either::Left(self.lo.par_chunks_mut(size).map(none))
+        } else {
+            let lanes = self.lo.par_chunks_mut(size);
+            Either::Right(lanes.zip(self.hi.par_chunks_mut(size)))
+        };
         chunks.enumerate().map(|(i, (lo, hi))| (i, lo, hi))
     }
 }
 
-/// Add (or subtract) words to the lanes: low words `l` (8 bytes each) and high words `h`
-/// (`hb` bytes each), the low lane's carry (or borrow) into the high lane. Returns the OR of
-/// the high words (for a range check).
+/// Add (or subtract) words of `ring`'s elements to the lanes: low words `l` ([`low_bytes`]
+/// each) and high words `h` ([`high_bytes`] each), the low lane's carry (or borrow) into the
+/// high lane when the ring is wide. Returns the OR of the top words (the high words, or the
+/// low ones when the ring is narrow) for [`Ring::above`].
 pub(crate) fn add_words(
-    hb: usize,
+    ring: Ring,
     negate: bool,
     lo: &mut [u64],
     hi: &mut [u64],
     l: &[u8],
     h: &[u8],
 ) -> u64 {
-    match hb {
-        0 => words::<0>(negate, lo, hi, l, h),
-        1 => words::<1>(negate, lo, hi, l, h),
-        2 => words::<2>(negate, lo, hi, l, h),
-        3 => words::<3>(negate, lo, hi, l, h),
-        4 => words::<4>(negate, lo, hi, l, h),
-        5 => words::<5>(negate, lo, hi, l, h),
-        6 => words::<6>(negate, lo, hi, l, h),
-        7 => words::<7>(negate, lo, hi, l, h),
-        _ => words::<8>(negate, lo, hi, l, h),
+    match (ring.is_narrow(), ring.element_bytes()) {
+        (true, w) => narrow::add(w, negate, lo, l),
+        (false, 9) => words::<1>(negate, lo, hi, l, h),
+        (false, 10) => words::<2>(negate, lo, hi, l, h),
+        (false, 11) => words::<3>(negate, lo, hi, l, h),
+        (false, 12) => words::<4>(negate, lo, hi, l, h),
+        (false, 13) => words::<5>(negate, lo, hi, l, h),
+        (false, 14) => words::<6>(negate, lo, hi, l, h),
+        (false, 15) => words::<7>(negate, lo, hi, l, h),
+        (false, _) => words::<8>(negate, lo, hi, l, h),
     }
 }
 
@@ -282,14 +330,8 @@ fn words_body<const H: usize, const NEG: bool>(
         };
     };
     let lanes = lo.iter_mut().zip(hi.iter_mut());
-    if H == 0 {
-        for ((acc, top), b) in lanes.zip(l.chunks_exact(8)) {
-            step(acc, top, low(b), 0);
-        }
-        return 0;
-    }
     let mut above = 0;
-    for ((acc, top), (b, c)) in lanes.zip(l.chunks_exact(8).zip(h.chunks_exact(H.max(1)))) {
+    for ((acc, top), (b, c)) in lanes.zip(l.chunks_exact(8).zip(h.chunks_exact(H))) {
         let y = high(c);
         above |= y;
         step(acc, top, low(b), y);

@@ -4,8 +4,9 @@
 //!
 //! Part p of a mask covers elements p·P .. p·P + P' (P = [`PART`], P' ≤ P at the end) and
 //! takes its stream's bytes from p·P·w on, w = ⌈b/8⌉ bytes an element: first P' little-endian
-//! 64-bit low words, then P' little-endian high words of w − 8 bytes. Element i is lo_i + 2⁶⁴·hi_i reduced into the ring: uniform, as the words
-//! hold at least b bits.
+//! 64-bit low words, then P' little-endian high words of w − 8 bytes (a narrow ring, b ≤ 64:
+//! P' words of w bytes, no high words). Element i is lo_i + 2⁶⁴·hi_i reduced into the ring:
+//! uniform, as the words hold at least b bits.
 
 use aes::cipher::array::Array;
 use aes::cipher::consts::U16;
@@ -15,7 +16,7 @@ use aes::Aes256;
 use rayon::prelude::*;
 
 use super::crypto::Secret;
-use super::lanes::{add_words, Lanes, PART};
+use super::lanes::{add_words, low_bytes, Lanes, PART};
 use super::vaes::RoundKeys;
 use super::Ring;
 
@@ -98,6 +99,7 @@ pub fn apply_mask(ring: Ring, seed: &Secret, negate: bool, v: &mut Lanes) {
 /// Every part reads its own offsets of the streams, and the lanes' additions are exact, so
 /// the result is the same whatever the thread count.
 pub fn apply_masks(ring: Ring, masks: &[(MaskStream, bool)], v: &mut Lanes) {
+    assert!(v.fits(ring), "lanes of another ring's shape");
     let w = ring.element_bytes();
     let scratch = || Vec::with_capacity((PART * w).div_ceil(16));
     crate::strategy::fedavg::pool().install(|| {
@@ -109,8 +111,8 @@ pub fn apply_masks(ring: Ring, masks: &[(MaskStream, bool)], v: &mut Lanes) {
                 for (mask, negate) in masks {
                     mask.keystream(first, stream);
                     let bytes = &Block::slice_as_flattened(stream)[..lo.len() * w];
-                    let (l, h) = bytes.split_at(8 * lo.len());
-                    add_words(w - 8, *negate, lo, hi, l, h);
+                    let (l, h) = bytes.split_at(low_bytes(ring) * lo.len());
+                    add_words(ring, *negate, lo, hi, l, h);
                 }
             })
     });

@@ -77,9 +77,10 @@ impl SecAggServer {
 
     /// Sum into `spare` (a released [`Unmasked::sum`], zeroed here) rather than fresh lanes:
     /// a round's first touch of megabytes of new pages costs more than its additions. One of
-    /// another length is dropped.
+    /// another length or ring is dropped.
     pub fn reuse(&mut self, mut spare: Lanes) {
-        if spare.len() == self.len && self.sum.is_none() {
+        let fits = spare.len() == self.len && spare.fits(self.params.ring);
+        if fits && self.sum.is_none() {
             spare.zero();
             self.sum = Some(spare);
         }
@@ -169,7 +170,7 @@ impl SecAggServer {
         }
         let (ring, len) = (self.params.ring, self.len);
         let pending = std::mem::take(&mut self.pending);
-        let sum = self.sum.get_or_insert_with(|| Lanes::zeros(len));
+        let sum = self.sum.get_or_insert_with(|| Lanes::zeros(ring, len));
         let uploads: Vec<&[u8]> = pending.iter().map(|m| m.masked.as_slice()).collect();
         let in_ring = sum.add_uploads(ring, &uploads, false);
         for (m, ok) in pending.iter().zip(in_ring) {
@@ -289,7 +290,10 @@ impl SecAggServer {
                 }
             }
         }
-        let mut sum = self.sum.take().unwrap_or_else(|| Lanes::zeros(self.len));
+        let mut sum = self
+            .sum
+            .take()
+            .unwrap_or_else(|| Lanes::zeros(self.params.ring, self.len));
         mask::apply_masks(self.params.ring, &masks, &mut sum);
         Ok(Unmasked {
             sum,

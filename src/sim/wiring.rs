@@ -125,8 +125,9 @@ pub(super) fn server_config(
 }
 
 /// The run's secure aggregation (`strategy.secure_aggregation`), its ring sized for its
-/// data: `ring_bits` None picks the smallest ring no sum of all training examples' weights
-/// wraps in; a given one narrower than that is refused with the bound.
+/// data ([`Scenario::secagg_ring`]): `ring_bits` None picks the smallest ring no sum of all
+/// training examples' weights wraps in (under the value bound, if any); a given one narrower
+/// than that is refused with the bound.
 ///
 /// # Errors
 /// `ring_bits` too small for the training examples; homomorphic settings that do not fit.
@@ -138,17 +139,12 @@ pub(super) fn secure_params(s: &Scenario, prep: &Prepared) -> Result<Option<Prot
         Some(SecureAggregation::SecAggPlus {
             neighbours,
             threshold,
-            ring_bits,
             client_elements_per_s,
             server_elements_per_s,
+            ..
         }) => {
-            let ring = match ring_bits {
-                Some(b) => {
-                    let ring = crate::secagg::Ring::new(b).map_err(SimError::SecAgg)?;
-                    ring.check(weight).map_err(SimError::SecAgg)?;
-                    ring
-                }
-                None => crate::secagg::Ring::for_weight(weight),
+            let Some(ring) = s.secagg_ring(weight)? else {
+                return Ok(None); // not reached: SecAgg+ always has a ring
             };
             use crate::secagg::cost::{CLIENT_ELEMENTS_PER_S, SERVER_ELEMENTS_PER_S};
             Ok(Some(Protection::SecAggPlus(crate::secagg::Params {

@@ -17,8 +17,10 @@ use crate::privacy::discrete::SHARES_PER_S;
 use crate::secagg::cost::{self, ClientSetup, SecAggCost, Unmasking};
 
 /// Ring elements of a masked vector: the adapter's values and the weight.
-fn elements(st: &Core) -> usize {
-    st.global.data().len() + 1
+/// A masked vector's elements (the values and the weight), in elements of the width the
+/// compute rates were measured at.
+fn elements(st: &Core, ring: crate::secagg::Ring) -> f64 {
+    cost::reference_elements(st.global.data().len() + 1, ring)
 }
 
 /// A client's drawing of distributed DP's discrete Gaussian shares, one per value, when the
@@ -107,7 +109,7 @@ fn secagg_setup(st: &Core, setups: &[(ClientId, ClientSetup)]) -> SecureSetup {
         .map(|(c, s)| (fleet.profile(*c), *s))
         .collect();
     let (keys, shares) = cost::setup(&profiled);
-    let n = elements(st);
+    let n = elements(st, params.ring);
     let noise = noise_seconds(st);
     let mask_s: HashMap<ClientId, f64> = (setups.iter())
         .map(|(c, s)| (*c, cost::mask_seconds(s.masks, n, &params.compute) + noise))
@@ -185,7 +187,12 @@ pub(super) fn unmask(st: &mut Core, unmasking: &Unmasking) -> f64 {
     let (phase, server) = if survivors.is_empty() {
         (cost::Phase::default(), 0.0)
     } else {
-        cost::unmask(&survivors, unmasking.masks, elements(st), &params.compute)
+        cost::unmask(
+            &survivors,
+            unmasking.masks,
+            elements(st, params.ring),
+            &params.compute,
+        )
     };
     let cur = &mut st.current;
     cur.close_at += phase.seconds;
@@ -258,7 +265,12 @@ pub(super) fn edge_unmask(st: &mut Core, unmasking: &Unmasking) -> (f64, u64) {
     if survivors.is_empty() {
         return (0.0, 0);
     }
-    let (phase, server) = cost::unmask(&survivors, unmasking.masks, elements(st), &params.compute);
+    let (phase, server) = cost::unmask(
+        &survivors,
+        unmasking.masks,
+        elements(st, params.ring),
+        &params.compute,
+    );
     let cur = &mut st.current;
     cur.bytes_up += phase.up_bytes;
     cur.bytes_down += phase.down_bytes;

@@ -28,8 +28,17 @@ pub enum SecureAggregation {
         neighbours: usize,
         /// Shares that reconstruct a secret (2..=neighbours).
         threshold: usize,
-        /// The ring Z/2^b (64..=128); None: 64 + ⌈log2(training examples + 1)⌉.
+        /// The ring Z/2^b (1..=128); None: the smallest no sum of the training examples'
+        /// weights wraps in — 64 + ⌈log2(examples + 1)⌉ bits for any value, fewer under a
+        /// value bound.
         ring_bits: Option<u32>,
+        /// A bound B on every value of an update, |x| ≤ B: the ring needs only
+        /// 1 + ⌈log2(⌊B·2^40⌋·examples + 1)⌉ bits (52 for B = 1 and 1,080 examples: 7 bytes a
+        /// value uploaded instead of 10); a client with a value past it uploads nothing that
+        /// round (a failed upload). None: the DP clip when `dp` clips on clients and the
+        /// server adds the noise, else no bound.
+        #[serde(default)]
+        value_bound: Option<f32>,
         /// A client's mask expansions, ring elements a second, for the virtual clock; None:
         /// the value `cargo bench --bench secagg` measured (`secagg::cost`).
         #[serde(default)]

@@ -51,12 +51,14 @@ fn check_secure(
             neighbours,
             threshold,
             ring_bits,
+            value_bound,
             client_elements_per_s,
             server_elements_per_s,
         }) => {
             let rates = [client_elements_per_s, server_elements_per_s, None];
             check_rates(c, "SecAggPlus", rates)?;
             check_secagg_plus(c, file, (neighbours, threshold, ring_bits))?;
+            check_value_bound(c, file, value_bound)?;
         }
         Some(SecureAggregation::HomomorphicEncryption {
             scheme,
@@ -129,12 +131,39 @@ fn check_secagg_plus(
     )?;
     if let Some(b) = ring_bits {
         c.ensure(
-            (64..=128).contains(&b),
+            (1..=128).contains(&b),
             &format!("{f}.ring_bits"),
-            format!("is {b}; it must be 64..=128, or None to size it from the data"),
+            format!("is {b}; it must be 1..=128, or None to size it from the data"),
         )?;
     }
     Ok(())
+}
+
+/// SecAgg+'s `value_bound`: a bound FedAvg's values can keep, and none on values that carry
+/// clients' noise (unbounded: a sum could wrap).
+fn check_value_bound(
+    c: &Check<'_>,
+    file: &ScenarioFile,
+    value_bound: Option<f32>,
+) -> Result<(), ScenarioError> {
+    let Some(b) = value_bound else {
+        return Ok(());
+    };
+    let f = "strategy.secure_aggregation.SecAggPlus.value_bound";
+    c.finite_in(f64::from(b), Range::open(0.0, f64::from(1u32 << 23)), f)?;
+    let noised = file
+        .dp
+        .as_ref()
+        .is_some_and(|dp| matches!(dp.noise_by, crate::privacy::NoiseBy::Clients { .. }));
+    c.ensure(
+        !noised,
+        f,
+        format!(
+            "is Some({b}), but dp.noise_by Clients adds unbounded noise to each value before \
+             masking, so no bound holds and a sum could wrap; use value_bound: None (the ring \
+             is then sized for any value), or dp.noise_by: Server"
+        ),
+    )
 }
 
 /// Homomorphic encryption's scheme, key holders and packing.
