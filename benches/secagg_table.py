@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Secure aggregation side by side: fedsim in the clear vs fedsim's SecAgg+ vs fedsim's
+"""Secure aggregation side by side: fedsim in the clear vs fedsim's SecAgg+ (any value, and
+under a value bound of 1: a ring of 56 bits or fewer) vs fedsim's
 homomorphic aggregation (BFV, n = 8192, 3 key holders) vs Flower's SecAggPlusWorkflow, on the 135M adapter's 460,800 values, N clients all sampled, a share of them
 dropping after the keys are shared (fedsim: `system.crash_probability`; Flower: the client's fit
 raises). Runs each cell once, the two systems alternating, and prints a Markdown table with the
@@ -33,7 +34,8 @@ def measure(cmd):
 
 
 HE = "HomomorphicEncryption(scheme: Bfv(degree: 8192), key_holders: 3)"
-LABEL = {"plain": "fedsim plain", "secagg": "fedsim SecAgg+", "he": "fedsim HE (BFV, 3 key holders)"}
+LABEL = {"plain": "fedsim plain", "secagg": "fedsim SecAgg+",
+         "secagg-bound": "fedsim SecAgg+, value_bound 1", "he": "fedsim HE (BFV, 3 key holders)"}
 
 
 def fedsim(sim, n, dropout, mode, rounds, k, t):
@@ -44,9 +46,11 @@ def fedsim(sim, n, dropout, mode, rounds, k, t):
            "--set", f"strategy.min_fit_clients={min(n, t + 1)}",
            "--set", f"strategy.min_available_clients={n}",
            "--set", f"rounds={rounds}", "--set", f"system.crash_probability={dropout}"]
-    if mode == "secagg":
+    if mode in ("secagg", "secagg-bound"):
+        # The bound: the synthetic updates lie within ±1e-3, so every client keeps |x| ≤ 1.
+        bound = "Some(1.0)" if mode == "secagg-bound" else "None"
         cmd += ["--set", f"strategy.secure_aggregation=SecAggPlus(neighbours: {k}, "
-                         f"threshold: {t}, ring_bits: None)"]
+                         f"threshold: {t}, ring_bits: None, value_bound: {bound})"]
     elif mode == "he":
         cmd += ["--set", f"strategy.secure_aggregation={HE}"]
     m = measure(cmd)
@@ -109,8 +113,8 @@ def main():
                     help="the dropouts Flower runs (default: --dropout)")
     ap.add_argument("-k", type=int, default=8, help="neighbours (Flower: num_shares = k + 1)")
     ap.add_argument("-t", type=int, default=4, help="threshold")
-    ap.add_argument("--modes", nargs="+", default=["plain", "secagg", "he"],
-                    help="fedsim's modes: plain, secagg, he")
+    ap.add_argument("--modes", nargs="+", default=["plain", "secagg", "secagg-bound", "he"],
+                    help="fedsim's modes: plain, secagg, secagg-bound (value_bound: Some(1.0)), he")
     args = ap.parse_args()
     rows = []
     for n in args.N:

@@ -151,7 +151,21 @@ impl Lanes {
     /// An unmasked sum of encoded vectors as FedAvg's exact sums and their total weight
     /// ([`Ring::decode_sums`], read from the lanes).
     pub fn decode_sums(&self, ring: Ring) -> (Vec<i128>, u64) {
-        ring.decode(self.len(), |i| self.element(i, ring))
+        if !(self.hi.is_empty() && ring.is_narrow()) {
+            return ring.decode(self.len(), |i| self.element(i, ring));
+        }
+        // One word an element: its low b bits, sign-extended.
+        let shift = 64 - ring.bits();
+        let signed = |x: u64| i128::from(((x << shift) as i64) >> shift);
+        let Some((&last, terms)) = self.lo.split_last() else {
+            return (Vec::new(), 0);
+        };
+        let weight = u64::try_from(signed(last)).unwrap_or(0);
+        let pool = crate::strategy::fedavg::pool();
+        (
+            pool.install(|| terms.par_iter().map(|&x| signed(x)).collect()),
+            weight,
+        )
     }
 
     /// The mean update of an unmasked sum (None when the weights sum to 0).

@@ -46,10 +46,14 @@ pub fn fixed_noise(x: f64) -> i128 {
 /// each sum rounded once to f64, divided by 2⁴⁰·weight, rounded to f32 — bit for bit
 /// [`FedAvgAccumulator::mean`] over the same updates.
 pub fn mean_of_exact_sums(sums: &[i128], total_weight: u64) -> Vec<f32> {
+    use rayon::prelude::*;
     let denom = SCALE * total_weight as f64;
-    sums.iter()
-        .map(|&s| (exact_to_f64(s) / denom) as f32)
-        .collect()
+    // Element by element on the fold's pool: the same values whatever the thread count.
+    pool().install(|| {
+        sums.par_iter()
+            .map(|&s| (exact_to_f64(s) / denom) as f32)
+            .collect()
+    })
 }
 
 /// `s as f64` (rounded to nearest, ties to even), through the hardware's 64-bit conversion
