@@ -212,7 +212,7 @@ impl Scenario {
     /// else, when clients clip (`dp` with `ClientSideFixed`) and the server adds the noise,
     /// the clip norm C with 2⁻²⁰ to spare (a clipped f32 value exceeds C by at most its
     /// rounding, 2⁻²⁴ relative); else None (any value FedAvg accepts).
-    pub fn secagg_value_bound(&self) -> Option<f32> {
+    pub fn secagg_value_bound(&self) -> Option<f64> {
         let Some(file::SecureAggregation::SecAggPlus { value_bound, .. }) =
             self.secure_aggregation()
         else {
@@ -227,8 +227,8 @@ impl Scenario {
                 crate::privacy::Mechanism::ClientSideFixed { clip_norm, .. },
                 crate::privacy::NoiseBy::Server,
             ) => {
-                let bound = (*clip_norm * (1.0 + 2f64.powi(-20))) as f32;
-                (bound.is_finite() && bound > 0.0 && bound < (1u32 << 23) as f32).then_some(bound)
+                let bound = *clip_norm * (1.0 + 2f64.powi(-20));
+                (bound.is_finite() && bound > 0.0 && bound < f64::from(1u32 << 23)).then_some(bound)
             }
             _ => None,
         }

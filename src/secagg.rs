@@ -154,7 +154,7 @@ pub enum ParamsError {
     #[error("value_bound {bound}: it must be finite, above 0 and below 2^23 (8388608)")]
     ValueBound {
         /// `value_bound`.
-        bound: f32,
+        bound: f64,
     },
     /// A ring in which the round's sums could wrap.
     #[error(

@@ -232,7 +232,13 @@ fn validate_prints_the_dp_plan_and_the_epsilon_it_will_charge() {
     );
     let ddg = "dp=Some((mechanism: ClientSideFixed(clip_norm: 0.5, noise_multiplier: 1.0), \
                noise_by: Clients(min_survivors: 4, distribution: DiscreteGaussian)))";
-    let (ok, out, err) = sim(&["validate", "scenarios/secure_aggregation.ron", "--set", ddg]);
+    // The scenario's value bound cannot hold with the clients' noise: refused, then dropped.
+    let (ok, _, err) = sim(&["validate", "scenarios/secure_aggregation.ron", "--set", ddg]);
+    assert!(!ok && err.contains("SecAggPlus.value_bound"), "{err}");
+    let unbounded = "strategy.secure_aggregation.SecAggPlus.value_bound=None";
+    let args = ["--set", ddg, "--set", unbounded];
+    let (ok, out, err) =
+        sim(&[&["validate", "scenarios/secure_aggregation.ron"][..], &args].concat());
     assert!(ok, "{err}");
     let line = privacy_line(&out);
     assert!(

@@ -45,7 +45,7 @@ fn at_the_bound_sums_fit_and_one_bit_less_wraps() {
     // and would indeed have wrapped.
     let (b, weights) = (0.75f32, [7u64, 5, 3]);
     let w: u64 = weights.iter().sum();
-    let ring = Ring::sized(w, Some(b)).unwrap();
+    let ring = Ring::sized(w, Some(b.into())).unwrap();
     let data: Vec<(Vec<f32>, u64)> = weights.iter().map(|&k| (vec![b, -b, 0.5], k)).collect();
     let sum_in = |ring: Ring| {
         let encoded: Vec<Vec<u128>> = (data.iter().enumerate())
@@ -61,7 +61,7 @@ fn at_the_bound_sums_fit_and_one_bit_less_wraps() {
     assert_eq!(sum_in(ring).unwrap(), vec![b, -b, 0.5]);
     let less = Ring::new(ring.bits() - 1)
         .unwrap()
-        .with_value_bound(b)
+        .with_value_bound(b.into())
         .unwrap();
     let err = less.check(w).unwrap_err().to_string();
     assert!(
@@ -70,7 +70,7 @@ fn at_the_bound_sums_fit_and_one_bit_less_wraps() {
     );
     assert_ne!(sum_in(less), Some(vec![b, -b, 0.5]), "it wraps");
     // Bounds that bound nothing FedAvg accepts are refused.
-    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY, 8_388_608.0] {
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 8_388_608.0] {
         assert!(ring.with_value_bound(bad).is_err(), "{bad}");
     }
 }
@@ -78,8 +78,8 @@ fn at_the_bound_sums_fit_and_one_bit_less_wraps() {
 #[test]
 fn a_client_past_the_bound_refuses_to_upload() {
     let mut data = updates(6, 500, 5);
-    data[3].0[17] = 0.2;
-    let ring = Ring::sized(1000, Some(0.1)).unwrap();
+    data[3].0[17] = -0.2;
+    let ring = Ring::sized(1000, Some(0.125)).unwrap();
     let err = round(&data, params(ring), &Drops::default()).unwrap_err();
     assert!(
         matches!(
@@ -93,10 +93,15 @@ fn a_client_past_the_bound_refuses_to_upload() {
         "{err}"
     );
     let e = err.to_string();
-    assert!(e.contains("value_bound") && e.contains("0.2"), "{e}");
-    // The same value at the bound is taken.
-    data[3].0[17] = 0.1;
+    assert!(
+        e.contains("value_bound ±0.125") && e.contains("-0.2"),
+        "{e}"
+    );
+    // A value at the bound is taken; the f32 just above it is not (the bound is exact).
+    data[3].0[17] = -0.125;
     round(&data, params(ring), &Drops::default()).unwrap();
+    data[3].0[17] = f32::from_bits(0.125f32.to_bits() + 1);
+    assert!(round(&data, params(ring), &Drops::default()).is_err());
 }
 
 #[test]
@@ -165,7 +170,7 @@ fn the_dp_clip_bounds_the_ring_and_what_no_bound_holds_is_refused() {
     let s = dp(&[SECURE, "dp.noise_by=Server"]).unwrap();
     let bound = s.secagg_value_bound().unwrap();
     assert!(
-        bound > 0.5 && f64::from(bound) < 0.5 * (1.0 + 2f64.powi(-19)),
+        bound > 0.5 && bound < 0.5 * (1.0 + 2f64.powi(-19)),
         "{bound}"
     );
     let ring = s.secagg_ring(204).unwrap().unwrap();
@@ -197,4 +202,40 @@ fn the_dp_clip_bounds_the_ring_and_what_no_bound_holds_is_refused() {
         e.contains("SecAggPlus.ring_bits") && e.contains("ring_bits ≥ 49"),
         "{e}"
     );
+}
+
+/// The narrow ring's addition — the VBMI loop where the CPU has it, and the word-at-a-time
+/// loop — against plain u64 arithmetic for every width, both signs and lengths around the
+/// 8-word step.
+#[test]
+fn narrow_words_add_as_u64_arithmetic_at_every_width() {
+    use fedsim::secagg::lanes::narrow::{add, add_portable};
+    let bytes: Vec<u8> = (0..8 * 1003).map(|i| (i * 151 + 7) as u8).collect();
+    for w in 1..=8 {
+        for len in [0, 1, 7, 8, 9, 16, 63, 1003] {
+            let l = &bytes[..len * w];
+            let word = |i: usize| {
+                let mut le = [0u8; 8];
+                le[..w].copy_from_slice(&l[i * w..(i + 1) * w]);
+                u64::from_le_bytes(le)
+            };
+            let start: Vec<u64> = (0..len as u64)
+                .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                .collect();
+            let or = (0..len).fold(0, |o, i| o | word(i));
+            for negate in [false, true] {
+                let want: Vec<u64> = (0..len)
+                    .map(|i| match negate {
+                        false => start[i].wrapping_add(word(i)),
+                        true => start[i].wrapping_sub(word(i)),
+                    })
+                    .collect();
+                let (mut fast, mut slow) = (start.clone(), start.clone());
+                assert_eq!(add(w, negate, &mut fast, l), or, "w {w} len {len}");
+                assert_eq!(add_portable(w, negate, &mut slow, l), or);
+                assert_eq!(fast, want, "w {w} len {len} negate {negate}");
+                assert_eq!(slow, want, "w {w} len {len} negate {negate}");
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@
 //! wraps); an element is reduced into the ring when it is read, which is exact because 2ᵇ
 //! divides 2¹²⁸ (2⁶⁴).
 
-mod narrow;
+pub mod narrow;
 
 use rayon::iter::Either;
 use rayon::prelude::*;

@@ -48,11 +48,11 @@ impl Ring {
     ///
     /// # Errors
     /// `bound` not finite, not above 0, or not below 2²³ (FedAvg's own limit).
-    pub fn with_value_bound(self, bound: f32) -> Result<Self, SecAggError> {
-        if !(bound.is_finite() && bound > 0.0 && bound < (1u32 << 23) as f32) {
+    pub fn with_value_bound(self, bound: f64) -> Result<Self, SecAggError> {
+        if !(bound.is_finite() && bound > 0.0 && bound < f64::from(1u32 << 23)) {
             return Err(SecAggError::Params(ParamsError::ValueBound { bound }));
         }
-        let max_term = (f64::from(bound) * SCALE).floor() as u64;
+        let max_term = (bound * SCALE).floor() as u64;
         Ok(Self { max_term, ..self })
     }
 
@@ -70,7 +70,7 @@ impl Ring {
     ///
     /// # Errors
     /// A bound [`Ring::with_value_bound`] refuses.
-    pub fn sized(weight: u64, value_bound: Option<f32>) -> Result<Self, SecAggError> {
+    pub fn sized(weight: u64, value_bound: Option<f64>) -> Result<Self, SecAggError> {
         let widest = Self::for_weight(weight);
         let Some(bound) = value_bound else {
             return Ok(widest);

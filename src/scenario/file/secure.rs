@@ -38,7 +38,7 @@ pub enum SecureAggregation {
         /// round (a failed upload). None: the DP clip when `dp` clips on clients and the
         /// server adds the noise, else no bound.
         #[serde(default)]
-        value_bound: Option<f32>,
+        value_bound: Option<f64>,
         /// A client's mask expansions, ring elements a second, for the virtual clock; None:
         /// the value `cargo bench --bench secagg` measured (`secagg::cost`).
         #[serde(default)]

@@ -144,13 +144,13 @@ fn check_secagg_plus(
 fn check_value_bound(
     c: &Check<'_>,
     file: &ScenarioFile,
-    value_bound: Option<f32>,
+    value_bound: Option<f64>,
 ) -> Result<(), ScenarioError> {
     let Some(b) = value_bound else {
         return Ok(());
     };
     let f = "strategy.secure_aggregation.SecAggPlus.value_bound";
-    c.finite_in(f64::from(b), Range::open(0.0, f64::from(1u32 << 23)), f)?;
+    c.finite_in(b, Range::open(0.0, f64::from(1u32 << 23)), f)?;
     let noised = file
         .dp
         .as_ref()
@@ -159,7 +159,7 @@ fn check_value_bound(
         !noised,
         f,
         format!(
-            "is Some({b}), but dp.noise_by Clients adds unbounded noise to each value before \
+            "is Some({b:?}), but dp.noise_by Clients adds unbounded noise to each value before \
              masking, so no bound holds and a sum could wrap; use value_bound: None (the ring \
              is then sized for any value), or dp.noise_by: Server"
         ),
