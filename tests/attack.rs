@@ -521,3 +521,20 @@ fn a_stop_is_heard_at_every_attack_stage_and_nothing_is_written() {
         );
     }
 }
+
+#[test]
+fn cholesky_solves_a_known_system() {
+    // A = [[4, 2], [2, 3]], X = [[1, -1], [2, 0.5]] → B = A X.
+    let a = vec![4.0, 2.0, 2.0, 3.0];
+    let x = [1.0, -1.0, 2.0, 0.5];
+    let b = vec![
+        4.0 * x[0] + 2.0 * x[2],
+        4.0 * x[1] + 2.0 * x[3],
+        2.0 * x[0] + 3.0 * x[2],
+        2.0 * x[1] + 3.0 * x[3],
+    ];
+    let got = fedsim::attack::inversion::cholesky_solve(a, b, 2, 2);
+    for (g, w) in got.iter().zip(x) {
+        assert!((g - w).abs() < 1e-12, "{got:?}");
+    }
+}

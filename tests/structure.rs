@@ -1,6 +1,6 @@
 //! The code's shape, checked: the library mutates no process-wide state (only the `sim`
-//! binary's `main` sets an environment variable, before any thread starts), and no source
-//! file outgrows one concept.
+//! binary's `main` sets an environment variable, before any thread starts), no test hides
+//! where `cargo test` never runs it, and no source file outgrows one concept.
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +44,19 @@ fn only_main_sets_environment_variables() {
             );
         }
     }
+}
+
+#[test]
+fn no_test_hides_in_the_library() {
+    // Cargo.toml builds no test harness for the library or the binary (`test = false`): a
+    // `#[cfg(test)]` module there would compile under `cargo test --lib` only and never run
+    // under README's command. Tests live in tests/.
+    let hidden: Vec<String> = library_sources()
+        .into_iter()
+        .filter(|(_, t)| t.lines().any(|l| l.trim_start().starts_with("#[cfg(test)]")))
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    assert!(hidden.is_empty(), "move these tests to tests/: {hidden:?}");
 }
 
 #[test]

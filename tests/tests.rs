@@ -36,6 +36,7 @@ mod secagg_dp;
 mod signals;
 mod smollm2;
 mod split;
+mod split_codec;
 mod strategy;
 mod structure;
 mod system;
