@@ -55,9 +55,10 @@ pub enum SecAggError {
     /// A value past the ring's declared bound: the client refuses to upload rather than let
     /// the sum wrap.
     #[error(
-        "client {client}: value {value} at index {index} is past value_bound ±{bound}; \
+        "client {client}: value {value} at index {index} is past value_bound ±{}; \
          the update is not uploaded (raise strategy.secure_aggregation.SecAggPlus.value_bound, \
-         or clip updates with dp)"
+         or clip updates with dp)",
+        crate::fmt::compact(*bound)
     )]
     PastBound {
         /// The client.
@@ -66,7 +67,7 @@ pub enum SecAggError {
         index: usize,
         /// The value.
         value: f32,
-        /// The bound (⌊B·2⁴⁰⌋/2⁴⁰).
+        /// The declared bound B.
         bound: f64,
     },
     /// Fewer than `threshold` clients are left to finish the round.
@@ -151,7 +152,10 @@ pub enum ParamsError {
         bits: u32,
     },
     /// A value bound that bounds nothing FedAvg accepts.
-    #[error("value_bound {bound}: it must be finite, above 0 and below 2^23 (8388608)")]
+    #[error(
+        "value_bound {}: it must be finite, above 0 and below 2^23 (8388608)",
+        crate::fmt::compact(*bound)
+    )]
     ValueBound {
         /// `value_bound`.
         bound: f64,
@@ -161,7 +165,7 @@ pub enum ParamsError {
         "ring_bits {bits} can wrap: weights summing to {weight} with {} need {need} bits; set \
          ring_bits ≥ {need}{}",
         match bound {
-            Some(b) => format!("values within ±{b} (|trunc(x·2^40)| ≤ {})", (b * 2f64.powi(40))),
+            Some(b) => format!("values within ±{}", crate::fmt::compact(*b)),
             None => "any value (|trunc(x·2^40)| < 2^63)".to_string(),
         },
         match bound {

@@ -53,7 +53,10 @@ fn no_test_hides_in_the_library() {
     // under README's command. Tests live in tests/.
     let hidden: Vec<String> = library_sources()
         .into_iter()
-        .filter(|(_, t)| t.lines().any(|l| l.trim_start().starts_with("#[cfg(test)]")))
+        .filter(|(_, t)| {
+            t.lines()
+                .any(|l| l.trim_start().starts_with("#[cfg(test)]"))
+        })
         .map(|(p, _)| p.display().to_string())
         .collect();
     assert!(hidden.is_empty(), "move these tests to tests/: {hidden:?}");

@@ -26,6 +26,8 @@ pub struct Ring {
     bits: u32,
     /// T: every encoded |trunc(x·2⁴⁰)| is at most this.
     max_term: u64,
+    /// The declared bound B it was made from (its f64 bits), for messages.
+    declared: Option<u64>,
 }
 
 impl Ring {
@@ -40,6 +42,7 @@ impl Ring {
         Ok(Self {
             bits,
             max_term: UNBOUNDED_TERM,
+            declared: None,
         })
     }
 
@@ -53,7 +56,12 @@ impl Ring {
             return Err(SecAggError::Params(ParamsError::ValueBound { bound }));
         }
         let max_term = (bound * SCALE).floor() as u64;
-        Ok(Self { max_term, ..self })
+        let declared = Some(bound.to_bits());
+        Ok(Self {
+            max_term,
+            declared,
+            ..self
+        })
     }
 
     /// The smallest ring whose sums cannot wrap when the weights sum to at most `weight`
@@ -62,6 +70,7 @@ impl Ring {
         Self {
             bits: need(UNBOUNDED_TERM, weight),
             max_term: UNBOUNDED_TERM,
+            declared: None,
         }
     }
 
@@ -88,9 +97,9 @@ impl Ring {
         need(self.max_term, weight)
     }
 
-    /// The declared bound on values, if any: ⌊B·2⁴⁰⌋/2⁴⁰.
+    /// The declared bound B on values, if any (values are held to ⌊B·2⁴⁰⌋ steps of 2⁻⁴⁰).
     pub fn value_bound(&self) -> Option<f64> {
-        (self.max_term != UNBOUNDED_TERM).then(|| self.max_term as f64 / SCALE)
+        self.declared.map(f64::from_bits)
     }
 
     /// Refuse a ring in which sums of total weight `weight` could wrap.
@@ -258,16 +267,17 @@ pub(crate) fn encode_each(
     weight: u64,
     mut push: impl FnMut(i128),
 ) -> Result<(), SecAggError> {
-    let bounded = ring.max_term != UNBOUNDED_TERM;
+    let past = |x: f32| (f64::from(x) * SCALE).trunc().abs() > ring.max_term as f64;
     for (index, &x) in values.iter().enumerate() {
         let term = fixed_term(index, x, weight)
             .map_err(|source| SecAggError::Encode { client, source })?;
-        if bounded && (f64::from(x) * SCALE).trunc().abs() > ring.max_term as f64 {
+        if let Some(bound) = ring.value_bound().filter(|_| past(x)) {
+            let value = x;
             return Err(SecAggError::PastBound {
                 client,
                 index,
-                value: x,
-                bound: ring.max_term as f64 / SCALE,
+                value,
+                bound,
             });
         }
         push(term);
