@@ -103,18 +103,7 @@ fn secagg(c: &mut Criterion) {
     group.bench_function("sum_8_masked", |b| {
         b.iter(|| assert_eq!(sum.add_uploads(params.ring, &batch, false), [true; 8]))
     });
-    group.throughput(criterion::Throughput::Elements(1));
-    group.bench_function("client_mask_k8", |b| {
-        b.iter_batched(
-            || {
-                let (mut clients, mut server, _) = set_up(params, CLIENTS);
-                let inbox = server.inbox_for(0);
-                (clients.swap_remove(0), inbox)
-            },
-            |(mut client, inbox)| client.mask(inbox, &updates[0], weight).unwrap(),
-            BatchSize::PerIteration,
-        )
-    });
+    client_mask(&mut group, (params, ""), &updates[0]);
     // The server's part of a round of 20 with 2 dropped after sharing, and of 100 with none
     // dropped and with 10 dropped (the N): masked vectors in, unmasking, masks removed.
     for (n, dropped) in [(20, 2), (100, 0), (100, 10)] {
@@ -158,21 +147,31 @@ fn bounded(
             b.iter(|| fedsim::secagg::mask::apply_masks(ring, streams, &mut v))
         });
     }
+    client_mask(group, (params, "_b55"), &updates[0]);
+    for (n, dropped) in [(100, 0), (100, 10)] {
+        server_round(group, (params, "_b55"), updates, n, dropped);
+    }
+}
+
+/// One client's masking with k = 8 (encode, its self mask and 8 pairwise masks, wire bytes)
+/// of `update` with weight 100.
+fn client_mask(
+    group: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+    (params, tag): (Params, &str),
+    update: &[f32],
+) {
     group.throughput(criterion::Throughput::Elements(1));
-    group.bench_function("client_mask_k8_b55", |b| {
+    group.bench_function(format!("client_mask_k{NEIGHBOURS}{tag}"), |b| {
         b.iter_batched(
             || {
                 let (mut clients, mut server, _) = set_up(params, CLIENTS);
                 let inbox = server.inbox_for(0);
                 (clients.swap_remove(0), inbox)
             },
-            |(mut client, inbox)| client.mask(inbox, &updates[0], 100).unwrap(),
+            |(mut client, inbox)| client.mask(inbox, update, 100).unwrap(),
             BatchSize::PerIteration,
         )
     });
-    for (n, dropped) in [(100, 0), (100, 10)] {
-        server_round(group, (params, "_b55"), updates, n, dropped);
-    }
 }
 
 /// The plain fold of `n` updates (reused cyclically), each handed over as a fresh buffer as a
