@@ -19,6 +19,8 @@ use rand_chacha::ChaCha8Rng;
 fn bench_config(c: &mut Criterion, name: &str, cfg: LlamaConfig, samples: usize, threads: usize) {
     // candle sizes matmul parallelism from this variable on every call (see src/slots.rs).
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    // As `sim` sets it (src/main.rs): candle's element-wise workers spin briefly.
+    std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
     let name = format!("{name}_{threads}thr");
     let device = Device::Cpu;
     let model = BaseModel::random(&cfg, 1, &device).expect("model");

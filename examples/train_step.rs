@@ -4,16 +4,17 @@
 //! The criterion bench `train_step` times the same step; this adds the memory figure.
 //!
 //! Run with: RAYON_NUM_THREADS=2 cargo run --release --example train_step [STEPS [PRECISION
-//! [MODEL]]] — PRECISION is a `model.base_precision` (F32, Bf16, Q8_0, Q4_1, Stored); MODEL a
-//! GGUF file or known name (`smollm2-135m-instruct`), read straight into that precision, or
-//! `random` (the default: random f32 weights of the same shape, then converted).
+//! [MODEL [COMPUTE]]]] — PRECISION is a `model.base_precision` (F32, Bf16, Q8_0, Q4_1,
+//! Stored); MODEL a GGUF file or known name (`smollm2-135m-instruct`), read straight into that
+//! precision, or `random` (the default: random f32 weights of the same shape, then converted);
+//! COMPUTE a `model.compute_dtype` (F32, the default, or Bf16).
 
 use std::time::Instant;
 
 use candle_core::Device;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use fedsim::model::pretrained::Pretrained;
-use fedsim::model::{BaseModel, BasePrecision, LlamaConfig, LoraConfig, LoraVars};
+use fedsim::model::{BaseModel, BasePrecision, ComputeDtype, LlamaConfig, LoraConfig, LoraVars};
 use fedsim::tokenizer::TokenizedExample;
 use fedsim::train::make_batch;
 use rand::{Rng, SeedableRng};
@@ -29,6 +30,11 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As `sim` does (src/main.rs): candle's element-wise workers spin briefly, not 25,000
+    // rounds, so they leave the cores to the next matmul.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
+    }
     fedsim::host::tune_allocator_for_training();
     let steps: usize = std::env::args().nth(1).map_or(Ok(10), |s| s.parse())?;
     let precision: BasePrecision = match std::env::args().nth(2) {
@@ -41,8 +47,18 @@ fn main() -> anyhow::Result<()> {
             .with_precision(precision)?,
         Some(spec) => Pretrained::open_gguf(spec)?.load_as(&device, precision)?,
     };
+    let compute: ComputeDtype = match std::env::args().nth(4) {
+        Some(c) => c.parse()?,
+        None => ComputeDtype::F32,
+    };
+    let model = model.with_compute_dtype(compute);
     let cfg = model.config().clone();
-    println!("base {}: {}", precision.name(), model.footprint());
+    println!(
+        "base {}, compute {}: {}",
+        precision.name(),
+        compute.name(),
+        model.footprint()
+    );
     let lora = LoraConfig::qv(8, 16.0);
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let vars = LoraVars::from_adapter(&lora.init_adapter(&cfg, &mut rng), &lora, &device)?;

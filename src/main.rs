@@ -92,14 +92,21 @@ fn main() -> ExitCode {
     }
     // candle sizes each matmul's parallelism from RAYON_NUM_THREADS on every call (when it is
     // unset, re-reading /proc/cpuinfo each time: a third of a generated token's time). It is
-    // set here, once, before any thread starts — the one place in fedsim that sets a
-    // process-wide variable — to the threads one job of this command computes with; a value
+    // set here, once, before any thread starts — the one place in fedsim that sets
+    // process-wide variables — to the threads one job of this command computes with; a value
     // the user set is kept.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var(
             "RAYON_NUM_THREADS",
             matmul_threads(&cli.command).to_string(),
         );
+    }
+    // candle's element-wise ops run on its own worker threads, which spin 25,000 rounds after
+    // each op before sleeping; on the slot's cores that spinning takes turns from the matmuls
+    // of the next op (about 7 % of a SmolLM2 step on 2 cores). A short spin, set here for
+    // the same reason as above; a value the user set is kept.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
     }
     // `sim worker --cache DIR`: the model cache the library reads ($FEDSIM_CACHE), set here
     // for the same reason, before any thread starts.

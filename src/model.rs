@@ -7,6 +7,7 @@
 
 pub mod adapter;
 mod attention;
+pub mod bf16mm;
 pub mod config;
 mod dora;
 pub mod fetch;
@@ -30,6 +31,7 @@ pub mod stages;
 pub mod weight;
 
 pub use adapter::{AdapterLayout, AdapterSet, PayloadReader, TensorKind};
+pub use bf16mm::ComputeDtype;
 pub use config::LlamaConfig;
 pub use llama::{BaseModel, LossInput};
 pub use lora::{AdapterMethod, LoraConfig, LoraVars, PromptInit};

@@ -292,6 +292,9 @@ pub struct Summary {
     /// (`model.inference_activations`: F32 or Int8).
     #[serde(default = "f32_name")]
     pub inference_activations: String,
+    /// What training's matmuls against a packed base multiplied in (`model.compute_dtype`).
+    #[serde(default = "f32_name")]
+    pub compute_dtype: String,
     /// Bytes the frozen base's weights took in that precision (one copy, shared by slots).
     #[serde(default)]
     pub base_bytes: u64,

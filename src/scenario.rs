@@ -109,6 +109,8 @@ pub struct Scenario {
     pub base_footprint: crate::model::weight::Footprint,
     /// What KV-cache inference feeds a Q8_0/Q4_1 base (`model.inference_activations`).
     pub inference_activations: crate::model::InferenceActivations,
+    /// What training's matmuls against a packed base multiply in (`model.compute_dtype`).
+    pub compute_dtype: crate::model::ComputeDtype,
     /// How records are written for the model.
     pub prompt: file::PromptFormat,
     /// The local trainer: LoRA, or seeded synthetic updates.

@@ -126,7 +126,7 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
     use fedsim::devices::{DeviceProfile, Dist, Profiles, Tier};
     use fedsim::eval::task::TaskSource;
     use fedsim::model::{
-        BasePrecision, InferenceActivations, LlamaConfig, PromptInit, TargetModule,
+        BasePrecision, ComputeDtype, InferenceActivations, LlamaConfig, PromptInit, TargetModule,
     };
     use fedsim::privacy::{
         DpSampling, FracSeries, Mechanism, NoiseBy, NoiseDistribution, NoiseSource,
@@ -173,6 +173,7 @@ fn every_struct_and_variant_of_the_scenario_refuses_unknown_fields() {
         TargetModule,
         BasePrecision,
         InferenceActivations,
+        ComputeDtype,
         DpSampling,
         FracSeries,
         Mechanism,

@@ -3,6 +3,7 @@
 mod util;
 
 mod attack;
+mod bf16_compute;
 mod cli;
 mod cluster;
 mod comm;

@@ -80,7 +80,8 @@ impl Target {
         tracing::debug!(run = %dir.display(), "loading the base model and the adapter");
         let base = source
             .load_as(&Device::Cpu, scenario.base_precision)?
-            .with_inference_activations(scenario.inference_activations);
+            .with_inference_activations(scenario.inference_activations)
+            .with_compute_dtype(scenario.compute_dtype);
         let base_path = source.path().to_path_buf();
         let (adapter, lora) =
             peft::load_peft(dir, base.config()).map_err(|e| match e.is_non_finite() {

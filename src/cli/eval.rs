@@ -65,6 +65,10 @@ pub struct EvalArgs {
     /// blocks, as llama.cpp: about twice as fast, logits slightly off).
     #[arg(long, default_value = "F32")]
     pub inference_activations: fedsim::model::InferenceActivations,
+    /// What a packed base's batched matmuls (the held-out loss, the constrained scoring of a
+    /// task) multiply in: F32 or Bf16 (scenario `model.compute_dtype`).
+    #[arg(long, default_value = "F32")]
+    pub compute_dtype: fedsim::model::ComputeDtype,
     /// Where eval.json goes (default: the run directory with --run, else ./eval.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -175,10 +179,17 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
 /// The pretrained model, and with the adapter (`--adapter`, or the run's) merged in.
 fn models(a: &EvalArgs, source: &Pretrained) -> anyhow::Result<Vec<(String, BaseModel)>> {
     let adapter = a.adapter.clone().or_else(|| a.run.clone());
+    anyhow::ensure!(
+        a.compute_dtype == fedsim::model::ComputeDtype::F32
+            || a.base_precision != fedsim::model::BasePrecision::F32,
+        "--compute-dtype Bf16 multiplies against a packed base: add --base-precision Q8_0 \
+         (or Bf16, Q4_1), or drop --compute-dtype"
+    );
     let base = super::generate::with_activations(
         source.load_as(&Device::Cpu, a.base_precision)?,
         a.inference_activations,
-    )?;
+    )?
+    .with_compute_dtype(a.compute_dtype);
     let mut models: Vec<(String, BaseModel)> = Vec::new();
     if let Some(dir) = &adapter {
         let (ad, lora) = peft::load_peft(dir, base.config())?;

@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use super::attention::Attention;
+use super::bf16mm::ComputeDtype;
 use super::lora::DropoutRng;
 use super::ops::{frozen_matmul, rope, softmax};
 use super::prompt::VirtualTokens;
@@ -153,6 +154,19 @@ impl BaseModel {
     /// and Q4_1 weights `activations` (`model.inference_activations`; f32 by default).
     pub fn with_inference_activations(mut self, activations: InferenceActivations) -> Self {
         self.inference = activations;
+        self
+    }
+
+    /// This model with the packed weights' training matmuls multiplying in `compute`
+    /// (`model.compute_dtype`; f32 by default); f32 weights are left as they are.
+    pub fn with_compute_dtype(mut self, compute: ComputeDtype) -> Self {
+        self.embed_tokens = self.embed_tokens.computing_in(compute);
+        self.lm_head = self.lm_head.map(|w| w.computing_in(compute));
+        for block in &mut self.blocks {
+            for w in &mut block.proj {
+                *w = w.computing_in(compute);
+            }
+        }
         self
     }
 

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::bf16mm::{self, Bf16Rows, ComputeDtype};
 use super::q8dot::Q8Row;
 use super::weight::Packed;
 
@@ -83,6 +84,9 @@ pub fn forward(w: &Packed, x: &[f32], m: usize, out: &mut [f32]) {
     if m <= GEMV_ROWS {
         return gemv(w, x, m, out);
     }
+    if w.compute() == ComputeDtype::Bf16 {
+        return bf16mm::x_wt(w, 0..n, &Bf16Rows::from_f32(x, k), out);
+    }
     let t = tile_rows(w);
     let mut tile = vec![0f32; t.min(n) * k];
     for n0 in (0..n).step_by(t) {
@@ -107,6 +111,10 @@ pub fn forward(w: &Packed, x: &[f32], m: usize, out: &mut [f32]) {
 pub fn backward(w: &Packed, g: &[f32], m: usize) -> Vec<f32> {
     let (n, k) = (w.rows(), w.cols());
     let mut gx = vec![0f32; m * k];
+    if w.compute() == ComputeDtype::Bf16 {
+        bf16mm::g_w(w, 0..n, &Bf16Rows::from_f32(g, n), &mut gx, false);
+        return gx;
+    }
     let t = tile_rows(w);
     let mut tile = vec![0f32; t.min(n) * k];
     for n0 in (0..n).step_by(t) {
@@ -263,11 +271,18 @@ impl PackedHeadNll {
     }
 
     /// Logits of every row against vocabulary rows `v0..v0 + rows` (rows × rows_v).
-    fn tile_logits(&self, hidden: &[f32], n: usize, v0: usize, tile: &mut [f32]) -> Vec<f32> {
+    fn tile_logits(&self, hidden: &Hidden, n: usize, v0: usize, tile: &mut [f32]) -> Vec<f32> {
         let h = self.w.cols();
         let rows_v = tile.len() / h;
-        dequantise(&self.w, v0, tile);
         let mut logits = vec![0f32; n * rows_v];
+        let hidden = match hidden {
+            Hidden::Bf16(a) => {
+                bf16mm::x_wt(&self.w, v0..v0 + rows_v, a, &mut logits);
+                return logits;
+            }
+            Hidden::F32(x) => x,
+        };
+        dequantise(&self.w, v0, tile);
         // SAFETY: logits is n × rows_v; hidden n × h; the tile read as (h × rows_v).
         unsafe {
             gemm_into(
@@ -282,6 +297,21 @@ impl PackedHeadNll {
     }
 }
 
+/// The head's input as its matmuls take it.
+enum Hidden<'a> {
+    F32(&'a [f32]),
+    Bf16(Bf16Rows),
+}
+
+impl<'a> Hidden<'a> {
+    fn new(w: &Packed, x: &'a [f32]) -> Self {
+        match w.compute() {
+            ComputeDtype::F32 => Self::F32(x),
+            ComputeDtype::Bf16 => Self::Bf16(Bf16Rows::from_f32(x, w.cols())),
+        }
+    }
+}
+
 impl CustomOp1 for PackedHeadNll {
     fn name(&self) -> &'static str {
         "packed-head-nll"
@@ -289,14 +319,14 @@ impl CustomOp1 for PackedHeadNll {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, h) = l.shape().dims2()?;
-        let hidden = values(s, l, self.name())?;
+        let hidden = Hidden::new(&self.w, values(s, l, self.name())?);
         let vocab = self.w.rows();
         let (mut max, mut sum) = (vec![f32::NEG_INFINITY; n], vec![0f32; n]);
         let mut picked = vec![0f32; n];
         let mut tile = vec![0f32; VOCAB_TILE.min(vocab) * h];
         for v0 in (0..vocab).step_by(VOCAB_TILE) {
             let rows_v = VOCAB_TILE.min(vocab - v0);
-            let logits = self.tile_logits(hidden, n, v0, &mut tile[..rows_v * h]);
+            let logits = self.tile_logits(&hidden, n, v0, &mut tile[..rows_v * h]);
             for (r, row) in logits.chunks_exact(rows_v).enumerate() {
                 let t = self.targets[r] as usize;
                 if (v0..v0 + rows_v).contains(&t) {
@@ -324,10 +354,11 @@ impl CustomOp1 for PackedHeadNll {
         }
         let vocab = self.w.rows();
         let mut gx = vec![0f32; n * h];
+        let input = Hidden::new(&self.w, &hv);
         let mut tile = vec![0f32; VOCAB_TILE.min(vocab) * h];
         for v0 in (0..vocab).step_by(VOCAB_TILE) {
             let rows_v = VOCAB_TILE.min(vocab - v0);
-            let mut logits = self.tile_logits(&hv, n, v0, &mut tile[..rows_v * h]);
+            let mut logits = self.tile_logits(&input, n, v0, &mut tile[..rows_v * h]);
             for (r, row) in logits.chunks_exact_mut(rows_v).enumerate() {
                 let t = self.targets[r] as usize;
                 for z in row.iter_mut() {
@@ -336,6 +367,11 @@ impl CustomOp1 for PackedHeadNll {
                 if (v0..v0 + rows_v).contains(&t) {
                     row[t - v0] -= gv[r];
                 }
+            }
+            if self.w.compute() == ComputeDtype::Bf16 {
+                let p = Bf16Rows::from_f32(&logits, rows_v);
+                bf16mm::g_w(&self.w, v0..v0 + rows_v, &p, &mut gx, v0 > 0);
+                continue;
             }
             // SAFETY: gx is n × h; logits n × rows_v; the tile rows_v × h.
             unsafe {

@@ -16,6 +16,7 @@ use candle_core::quantized::{GgmlDType, GgmlType, QTensor};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::bf16mm::ComputeDtype;
 pub use super::footprint::{Footprint, FormatShare};
 use super::q8dot::Q8Row;
 use super::ModelError;
@@ -217,7 +218,9 @@ pub struct Packed {
     rows: usize,
     cols: usize,
     format: GgmlDType,
-    data: Box<dyn Rows>,
+    data: Arc<dyn Rows>,
+    /// What training's matmuls multiply in (`model.compute_dtype`).
+    compute: ComputeDtype,
 }
 
 impl Packed {
@@ -229,6 +232,16 @@ impl Packed {
     /// Values per row.
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// How its values are held.
+    pub fn format(&self) -> GgmlDType {
+        self.format
+    }
+
+    /// What training's matmuls against it multiply in.
+    pub fn compute(&self) -> ComputeDtype {
+        self.compute
     }
 
     /// Σ x·row `r`, `buf` a scratch row (`cols` values).
@@ -317,8 +330,22 @@ impl FrozenWeight {
             rows,
             cols,
             format,
-            data,
+            data: Arc::from(data),
+            compute: ComputeDtype::F32,
         }))
+    }
+
+    /// The same values (shared), a packed weight's training matmuls multiplying in `compute`
+    /// (`model.compute_dtype`); an f32 weight is returned as it is.
+    pub fn computing_in(&self, compute: ComputeDtype) -> Self {
+        match self {
+            Self::F32(_) => self.clone(),
+            Self::Packed(p) => Self::Packed(Arc::new(Packed {
+                data: Arc::clone(&p.data),
+                compute,
+                ..**p
+            })),
+        }
     }
 
     /// (rows, cols).
@@ -398,7 +425,8 @@ impl FrozenWeight {
                 let idx = Tensor::from_vec(idx, order.len(), t.device())?;
                 Self::F32(t.index_select(&idx, 0)?.contiguous()?)
             }
-            Self::Packed(p) => Self::packed(p.rows, p.cols, p.format, p.data.permuted(order)),
+            Self::Packed(p) => Self::packed(p.rows, p.cols, p.format, p.data.permuted(order))
+                .computing_in(p.compute),
         })
     }
 }

@@ -217,6 +217,11 @@ pub struct ModelSection {
     /// forward's numbers) or `Int8` (8-bit blocks as llama.cpp: about twice the tokens per
     /// second, logits slightly off). Training and the held-out loss are always f32.
     pub inference_activations: crate::model::InferenceActivations,
+    /// What training's matmuls against a packed base multiply in: `F32` (default, as
+    /// transformers + PEFT) or `Bf16` (QLoRA's compute dtype: activations and weight values
+    /// rounded to bfloat16, sums in f32; about twice the multiply rate on a CPU with AVX-512
+    /// BF16). Needs a packed `base_precision`.
+    pub compute_dtype: crate::model::ComputeDtype,
 }
 
 impl Default for ModelSection {
@@ -226,6 +231,7 @@ impl Default for ModelSection {
             prompt: PromptFormat::Auto,
             base_precision: crate::model::BasePrecision::F32,
             inference_activations: crate::model::InferenceActivations::F32,
+            compute_dtype: crate::model::ComputeDtype::F32,
         }
     }
 }

@@ -8,7 +8,7 @@ use super::{resources, Sampling, Scenario, ScenarioError};
 use crate::data::{DataPlan, DataSource};
 use crate::fmt::compact;
 use crate::model::weight::Footprint;
-use crate::model::{InferenceActivations, LlamaConfig};
+use crate::model::{ComputeDtype, InferenceActivations, LlamaConfig};
 use crate::privacy::{DpPlan, DpSampling};
 use crate::train::LocalTraining;
 use crate::trainer::TrainerKind;
@@ -81,6 +81,7 @@ pub(super) fn validate(file: ScenarioFile, path: &Path) -> Result<Scenario, Scen
         base_precision: file.model.base_precision,
         base_footprint,
         inference_activations: file.model.inference_activations,
+        compute_dtype: file.model.compute_dtype,
         prompt: prompt_format(&file),
         trainer: file.trainer,
         task_eval: file.eval.clone(),
@@ -188,6 +189,17 @@ fn check_model(
         }
     };
 
+    check_compute(c, file, &footprint)?;
+    Ok((model, model_name, footprint))
+}
+
+/// `model.inference_activations` and `model.compute_dtype` against what the base holds.
+fn check_compute(
+    c: &Check<'_>,
+    file: &ScenarioFile,
+    footprint: &Footprint,
+) -> Result<(), ScenarioError> {
+    let precision = file.model.base_precision;
     let int8_weights = ["Q8_0", "Q4_1"]
         .iter()
         .any(|f| footprint.formats.contains_key(*f));
@@ -202,7 +214,18 @@ fn check_model(
             precision.name()
         ),
     )?;
-    Ok((model, model_name, footprint))
+    let packed = footprint.formats.keys().any(|f| f != "F32");
+    c.ensure(
+        file.model.compute_dtype != ComputeDtype::Bf16 || packed,
+        field_path!(file.model.compute_dtype),
+        format!(
+            "is Bf16, but the base holds no packed weight (model.base_precision {}: \
+             {footprint}); bf16 matmuls run against a packed base: set model.base_precision: \
+             Bf16, Q8_0 or Q4_1, or remove this field",
+            precision.name()
+        ),
+    )?;
+    Ok(())
 }
 
 fn check_clients(c: &Check<'_>, file: &ScenarioFile) -> Result<(), ScenarioError> {

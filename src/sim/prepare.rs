@@ -240,14 +240,16 @@ fn base_model(
             let seed = derive(s.seed, &[purpose::MODEL]);
             let model = BaseModel::random(&s.model, seed, &candle_core::Device::Cpu)?
                 .with_precision(s.base_precision)?
-                .with_inference_activations(s.inference_activations);
+                .with_inference_activations(s.inference_activations)
+                .with_compute_dtype(s.compute_dtype);
             (model, None)
         }
         Base::Pretrained(p) => {
             progress("reading the pretrained weights", 0, 1)?;
             let model = p
                 .load_as(&candle_core::Device::Cpu, s.base_precision)?
-                .with_inference_activations(s.inference_activations);
+                .with_inference_activations(s.inference_activations)
+                .with_compute_dtype(s.compute_dtype);
             progress("reading the pretrained weights", 1, 1)?;
             let source = ModelRecord {
                 source: s.model_name.clone(),

@@ -36,6 +36,7 @@ impl Book {
             base_parameters: base,
             base_precision: s.base_precision.name().to_string(),
             inference_activations: s.inference_activations.name().to_string(),
+            compute_dtype: s.compute_dtype.name().to_string(),
             base_bytes: s.base_footprint.bytes() as u64,
             trainable_parameters: trainable,
             trainable_percent: 100.0 * trainable as f64 / (base + trainable) as f64,
