@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bf16mm::{self, Bf16Rows, ComputeDtype};
+use super::fused::exp_or_zero;
 use super::q8dot::Q8Row;
 use super::weight::Packed;
 
@@ -333,8 +334,8 @@ impl CustomOp1 for PackedHeadNll {
                     picked[r] = row[t - v0];
                 }
                 let m = row.iter().copied().fold(max[r], f32::max);
-                sum[r] =
-                    sum[r] * (max[r] - m).exp() + row.iter().map(|&z| (z - m).exp()).sum::<f32>();
+                sum[r] = sum[r] * exp_or_zero(max[r] - m)
+                    + row.iter().map(|&z| exp_or_zero(z - m)).sum::<f32>();
                 max[r] = m;
             }
         }
@@ -362,7 +363,7 @@ impl CustomOp1 for PackedHeadNll {
             for (r, row) in logits.chunks_exact_mut(rows_v).enumerate() {
                 let t = self.targets[r] as usize;
                 for z in row.iter_mut() {
-                    *z = (*z - lse[r]).exp() * gv[r];
+                    *z = exp_or_zero(*z - lse[r]) * gv[r];
                 }
                 if (v0..v0 + rows_v).contains(&t) {
                     row[t - v0] -= gv[r];
