@@ -20,7 +20,8 @@
 # Python with torch, transformers, peft and gguf, and LLAMA_CPP_DIR holding
 # node_modules/node-llama-cpp (npm install node-llama-cpp). REPEATS (default 1) rounds per
 # condition; THREADS (default 2); CONDITIONS (default all four, in this order); PRECISIONS
-# (default F32 Bf16 Q8_0 Q4_1) and STEPS (timed steps after 2 warm-up ones, default 5) for the
+# (default F32 Bf16 Q8_0 Q4_1 Q8_0:Bf16 Q4_1:Bf16, PRECISION[:COMPUTE], COMPUTE a
+# model.compute_dtype) and STEPS (timed steps after 2 warm-up ones, default 5) for the
 # training step; GENERATIONS (default F32 Q8_0 Q4_1 Q8_0:Int8 Q4_1:Int8, PRECISION[:ACTIVATIONS])
 # for generation.
 set -euo pipefail
@@ -44,7 +45,7 @@ record() { # condition, what, json
 {
     echo "cpu: $(lscpu | sed -n 's/^Model name: *//p')"
     echo "simd: $(grep -o -w -E 'avx2|fma|f16c|avx512f|avx512_vnni|avx512_bf16|amx_tile|amx_int8|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
-    echo "kernels: fedsim packed rows AVX2+FMA+F16C when detected (else portable), 8-bit activation rows AVX2 (maddubs) when detected, gemm crate AVX-512 (x86-v4) when detected; threads $THREADS of $(nproc) cores ($((THREADS > $(nproc) - 1 ? $(nproc) - 1 : THREADS)) when pinned)"
+    echo "kernels: fedsim bf16 matmuls (compute Bf16) AVX-512 BF16 vdpbf16ps when detected (else portable); fedsim packed rows AVX2+FMA+F16C when detected (else portable), 8-bit activation rows AVX2 (maddubs) when detected, gemm crate AVX-512 (x86-v4) when detected; threads $THREADS of $(nproc) cores ($((THREADS > $(nproc) - 1 ? $(nproc) - 1 : THREADS)) when pinned)"
 } | tee "$OUT/host.txt"
 
 load_pid=""
@@ -68,8 +69,10 @@ for condition in ${CONDITIONS:-quiet load quiet-pinned load-pinned}; do
         *) PIN=""; T=$THREADS ;;
     esac
     for _ in $(seq "$REPEATS"); do
-        for p in ${PRECISIONS:-F32 Bf16 Q8_0 Q4_1}; do
-            record "$condition" "fedsim step $p" "$(RAYON_NUM_THREADS=$T M $PIN "$TARGET/examples/train_step" "${STEPS:-5}" "$p" "$GGUF")"
+        for s in ${PRECISIONS:-F32 Bf16 Q8_0 Q4_1 Q8_0:Bf16 Q4_1:Bf16}; do
+            p=${s%%:*}; c=F32; [ "$s" != "$p" ] && c=${s#*:}
+            what="fedsim step $p"; [ "$c" != F32 ] && what="$what, $c matmuls"
+            record "$condition" "$what" "$(RAYON_NUM_THREADS=$T M $PIN "$TARGET/examples/train_step" "${STEPS:-5}" "$p" "$GGUF" "$c")"
         done
         record "$condition" "pytorch step+generation" "$(SMOLLM2_GGUF=$GGUF M $PIN "$TORCH_PY" ../shared/bench/torch_lora.py --phase gguf --threads "$T")"
         for g in ${GENERATIONS:-F32 Q8_0 Q4_1 Q8_0:Int8 Q4_1:Int8}; do
