@@ -164,6 +164,7 @@ fn a_packed_op_in_bf16_stays_near_the_f32_path_forward_and_backward() {
             r > 0.0 && r < 4e-3,
             "{format:?}: forward relative difference {r}"
         );
+        eprintln!("{format:?}: forward Σ|bf16 − f32| / Σ|f32| = {r:.1e}");
         let up = Tensor::from_vec(seeded(37, 96, 4.0), (37, 96), &Device::Cpu).unwrap();
         let gb = (yb * &up).unwrap().sum_all().unwrap().backward().unwrap();
         let gf = (yf * &up).unwrap().sum_all().unwrap().backward().unwrap();
@@ -172,6 +173,7 @@ fn a_packed_op_in_bf16_stays_near_the_f32_path_forward_and_backward() {
             r > 0.0 && r < 4e-3,
             "{format:?}: input gradient relative difference {r}"
         );
+        eprintln!("{format:?}: input gradient Σ|bf16 − f32| / Σ|f32| = {r:.1e}");
     }
 }
 
@@ -208,6 +210,10 @@ fn a_short_federated_run_in_bf16_learns_near_f32_and_is_deterministic_across_slo
     assert_ne!(
         s.final_eval_loss, f32.summary.final_eval_loss,
         "bf16 changed nothing"
+    );
+    eprintln!(
+        "held-out loss {:.4} -> {:.4} (f32 matmuls: {:.4})",
+        s.pretrained_eval_loss, s.final_eval_loss, f32.summary.final_eval_loss
     );
     let adapter = |d: &std::path::Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
     assert_eq!(round_metrics(&one.dir), round_metrics(&two.dir));
