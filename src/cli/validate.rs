@@ -257,7 +257,15 @@ fn resources(s: &Scenario) -> anyhow::Result<()> {
         )?;
     }
     if matches!(s.trainer, fedsim::trainer::TrainerKind::Lora) {
-        outln!("base: {} — {}", s.base_precision.name(), s.base_footprint)?;
+        let matmuls = match s.compute_dtype {
+            fedsim::model::ComputeDtype::F32 => "",
+            fedsim::model::ComputeDtype::Bf16 => "; training's matmuls in bf16 (compute_dtype)",
+        };
+        outln!(
+            "base: {} — {}{matmuls}",
+            s.base_precision.name(),
+            s.base_footprint
+        )?;
     }
     outln!(
         "memory: about {} estimated at peak{}",
