@@ -328,16 +328,22 @@ impl CustomOp1 for PackedHeadNll {
         for v0 in (0..vocab).step_by(VOCAB_TILE) {
             let rows_v = VOCAB_TILE.min(vocab - v0);
             let logits = self.tile_logits(&hidden, n, v0, &mut tile[..rows_v * h]);
-            for (r, row) in logits.chunks_exact(rows_v).enumerate() {
-                let t = self.targets[r] as usize;
-                if (v0..v0 + rows_v).contains(&t) {
-                    picked[r] = row[t - v0];
-                }
-                let m = row.iter().copied().fold(max[r], f32::max);
-                sum[r] = sum[r] * exp_or_zero(max[r] - m)
-                    + row.iter().map(|&z| exp_or_zero(z - m)).sum::<f32>();
-                max[r] = m;
-            }
+            // Rows in parallel: each row's running max and sum are its own.
+            logits
+                .par_chunks_exact(rows_v)
+                .zip(picked.par_iter_mut())
+                .zip(max.par_iter_mut().zip(sum.par_iter_mut()))
+                .zip(self.targets.par_iter())
+                .for_each(|(((row, picked), (max, sum)), &t)| {
+                    let t = t as usize;
+                    if (v0..v0 + rows_v).contains(&t) {
+                        *picked = row[t - v0];
+                    }
+                    let m = row.iter().copied().fold(*max, f32::max);
+                    *sum = *sum * exp_or_zero(*max - m)
+                        + row.iter().map(|&z| exp_or_zero(z - m)).sum::<f32>();
+                    *max = m;
+                });
         }
         let lse: Vec<f32> = sum.iter().zip(&max).map(|(s, m)| s.ln() + m).collect();
         let nll = lse.iter().zip(&picked).map(|(l, p)| l - p).collect();
@@ -360,15 +366,18 @@ impl CustomOp1 for PackedHeadNll {
         for v0 in (0..vocab).step_by(VOCAB_TILE) {
             let rows_v = VOCAB_TILE.min(vocab - v0);
             let mut logits = self.tile_logits(&input, n, v0, &mut tile[..rows_v * h]);
-            for (r, row) in logits.chunks_exact_mut(rows_v).enumerate() {
-                let t = self.targets[r] as usize;
-                for z in row.iter_mut() {
-                    *z = exp_or_zero(*z - lse[r]) * gv[r];
-                }
-                if (v0..v0 + rows_v).contains(&t) {
-                    row[t - v0] -= gv[r];
-                }
-            }
+            logits
+                .par_chunks_exact_mut(rows_v)
+                .zip(self.targets.par_iter().zip(lse.par_iter().zip(gv.par_iter())))
+                .for_each(|(row, (&t, (&lse, &g)))| {
+                    for z in row.iter_mut() {
+                        *z = exp_or_zero(*z - lse) * g;
+                    }
+                    let t = t as usize;
+                    if (v0..v0 + rows_v).contains(&t) {
+                        row[t - v0] -= g;
+                    }
+                });
             if self.w.compute() == ComputeDtype::Bf16 {
                 let p = Bf16Rows::from_f32(&logits, rows_v);
                 bf16mm::g_w(&self.w, v0..v0 + rows_v, &p, &mut gx, v0 > 0);
