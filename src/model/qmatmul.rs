@@ -111,7 +111,7 @@ pub fn forward(w: &Packed, x: &[f32], m: usize, out: &mut [f32]) {
 /// `gx (m, k) = g (m, n) · W` for W (n, k).
 pub fn backward(w: &Packed, g: &[f32], m: usize) -> Vec<f32> {
     let (n, k) = (w.rows(), w.cols());
-    let mut gx = vec![0f32; m * k];
+    let mut gx = zeros(m * k);
     if w.compute() == ComputeDtype::Bf16 {
         bf16mm::g_w(w, 0..n, &Bf16Rows::from_f32(g, n), &mut gx, false);
         return gx;
@@ -204,6 +204,23 @@ fn by_weight_row(
     }
 }
 
+/// `n` zeros, written in parallel: a serial memset of a few MB would hold up the other threads.
+fn zeros(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(0f32, n));
+    v
+}
+
+/// `f` of `t`'s f32 values: borrowed when `t` is contiguous on the CPU, else a copy.
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    if let (candle_core::Storage::Cpu(s), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+        return Ok(f(&s.as_slice::<f32>()?[a..b]));
+    }
+    drop(storage);
+    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
+}
+
 /// The f32 values of a contiguous CPU tensor argument.
 fn values<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     match l.contiguous_offsets() {
@@ -237,15 +254,14 @@ impl CustomOp1 for PackedLinear {
             )
         }
         let x = values(s, l, self.name())?;
-        let mut out = vec![0f32; m * self.w.rows()];
+        let mut out = zeros(m * self.w.rows());
         forward(&self.w, x, m, &mut out);
         Ok((CpuStorage::F32(out), Shape::from((m, self.w.rows()))))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         let m = g.dim(0)?;
-        let gv = g.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let gx = backward(&self.w, &gv, m);
+        let gx = with_values(g, |gv| backward(&self.w, gv, m))?;
         Ok(Some(Tensor::from_vec(gx, x.shape(), x.device())?))
     }
 }
@@ -271,18 +287,23 @@ impl PackedHeadNll {
         })
     }
 
-    /// Logits of every row against vocabulary rows `v0..v0 + rows` (rows × rows_v).
-    fn tile_logits(&self, hidden: &Hidden, n: usize, v0: usize, tile: &mut [f32]) -> Vec<f32> {
+    /// Logits of every row against vocabulary rows `v0..v0 + rows_v` into `logits` (n ×
+    /// rows_v, every value written); `tile` holds W's rows dequantised (f32 matmuls only).
+    fn tile_logits(
+        &self,
+        hidden: &Hidden,
+        (v0, rows_v): (usize, usize),
+        tile: &mut Vec<f32>,
+        logits: &mut [f32],
+    ) {
         let h = self.w.cols();
-        let rows_v = tile.len() / h;
-        let mut logits = vec![0f32; n * rows_v];
+        let n = logits.len() / rows_v;
         let hidden = match hidden {
-            Hidden::Bf16(a) => {
-                bf16mm::x_wt(&self.w, v0..v0 + rows_v, a, &mut logits);
-                return logits;
-            }
+            Hidden::Bf16(a) => return bf16mm::x_wt(&self.w, v0..v0 + rows_v, a, logits),
             Hidden::F32(x) => x,
         };
+        tile.resize(rows_v * h, 0.0);
+        let tile = &mut tile[..rows_v * h];
         dequantise(&self.w, v0, tile);
         // SAFETY: logits is n × rows_v; hidden n × h; the tile read as (h × rows_v).
         unsafe {
@@ -294,7 +315,6 @@ impl PackedHeadNll {
                 (tile.as_ptr(), h as isize, 1),
             );
         }
-        logits
     }
 }
 
@@ -319,15 +339,16 @@ impl CustomOp1 for PackedHeadNll {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, h) = l.shape().dims2()?;
+        let (n, _) = l.shape().dims2()?;
         let hidden = Hidden::new(&self.w, values(s, l, self.name())?);
         let vocab = self.w.rows();
         let (mut max, mut sum) = (vec![f32::NEG_INFINITY; n], vec![0f32; n]);
         let mut picked = vec![0f32; n];
-        let mut tile = vec![0f32; VOCAB_TILE.min(vocab) * h];
+        let (mut tile, mut buf) = (Vec::new(), zeros(n * VOCAB_TILE.min(vocab)));
         for v0 in (0..vocab).step_by(VOCAB_TILE) {
             let rows_v = VOCAB_TILE.min(vocab - v0);
-            let logits = self.tile_logits(&hidden, n, v0, &mut tile[..rows_v * h]);
+            let logits = &mut buf[..n * rows_v];
+            self.tile_logits(&hidden, (v0, rows_v), &mut tile, logits);
             // Rows in parallel: each row's running max and sum are its own.
             logits
                 .par_chunks_exact(rows_v)
@@ -353,22 +374,27 @@ impl CustomOp1 for PackedHeadNll {
 
     fn bwd(&self, hidden: &Tensor, _nll: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (n, h) = hidden.dims2()?;
-        let hv = hidden.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let hv = with_values(hidden, <[f32]>::to_vec)?;
         let gv = grad.to_vec1::<f32>()?;
         let lse = self.lse.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if lse.len() != n {
             candle_core::bail!("packed-head-nll: backward before forward")
         }
         let vocab = self.w.rows();
-        let mut gx = vec![0f32; n * h];
+        let mut gx = zeros(n * h);
         let input = Hidden::new(&self.w, &hv);
-        let mut tile = vec![0f32; VOCAB_TILE.min(vocab) * h];
+        let (mut tile, mut buf) = (Vec::new(), zeros(n * VOCAB_TILE.min(vocab)));
         for v0 in (0..vocab).step_by(VOCAB_TILE) {
             let rows_v = VOCAB_TILE.min(vocab - v0);
-            let mut logits = self.tile_logits(&input, n, v0, &mut tile[..rows_v * h]);
+            let logits = &mut buf[..n * rows_v];
+            self.tile_logits(&input, (v0, rows_v), &mut tile, logits);
             logits
                 .par_chunks_exact_mut(rows_v)
-                .zip(self.targets.par_iter().zip(lse.par_iter().zip(gv.par_iter())))
+                .zip(
+                    self.targets
+                        .par_iter()
+                        .zip(lse.par_iter().zip(gv.par_iter())),
+                )
                 .for_each(|(row, (&t, (&lse, &g)))| {
                     for z in row.iter_mut() {
                         *z = exp_or_zero(*z - lse) * g;
