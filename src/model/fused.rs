@@ -99,7 +99,7 @@ const EXP_UNDERFLOW: f32 = f32::from_bits(0xc2cf_f1b4);
 /// e^x as expf gives it, bit for bit, without its slow paths: the argument is clamped into
 /// the range before the call (LLVM may call exp before a branch, so a branch alone would not
 /// do), and the result outside it set directly.
-fn exp_in_range(x: f32) -> f32 {
+pub(super) fn exp_in_range(x: f32) -> f32 {
     let e = x.clamp(EXP_UNDERFLOW, EXP_OVERFLOW).exp();
     if x > EXP_OVERFLOW {
         f32::INFINITY
@@ -113,11 +113,6 @@ fn exp_in_range(x: f32) -> f32 {
 /// σ(g) = 1 / (1 + e^−g).
 fn sigmoid(g: f32) -> f32 {
     1.0 / (1.0 + exp_in_range(-g))
-}
-
-/// e^d for d ≤ 0 (a masked score, a logit below the maximum): 0 where expf underflows.
-pub(super) fn exp_or_zero(d: f32) -> f32 {
-    exp_in_range(d)
 }
 
 impl CustomOp2 for SwiGlu {
@@ -192,7 +187,7 @@ impl CustomOp1 for Softmax {
                     // expf is exactly 0 below about −103.97; masked entries (−1e9) would take
                     // its slow underflow path, so they are set directly (bit-identical).
                     let d = v - max;
-                    *o = exp_or_zero(d);
+                    *o = exp_in_range(d);
                 }
                 let sum: f32 = out.iter().sum();
                 out.iter_mut().for_each(|p| *p /= sum);

@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bf16mm::{self, Bf16Rows, ComputeDtype};
-use super::fused::exp_or_zero;
+use super::fused::exp_in_range;
 use super::q8dot::Q8Row;
 use super::weight::Packed;
 
@@ -361,8 +361,8 @@ impl CustomOp1 for PackedHeadNll {
                         *picked = row[t - v0];
                     }
                     let m = row.iter().copied().fold(*max, f32::max);
-                    *sum = *sum * exp_or_zero(*max - m)
-                        + row.iter().map(|&z| exp_or_zero(z - m)).sum::<f32>();
+                    *sum = *sum * exp_in_range(*max - m)
+                        + row.iter().map(|&z| exp_in_range(z - m)).sum::<f32>();
                     *max = m;
                 });
         }
@@ -397,7 +397,7 @@ impl CustomOp1 for PackedHeadNll {
                 )
                 .for_each(|(row, (&t, (&lse, &g)))| {
                     for z in row.iter_mut() {
-                        *z = exp_or_zero(*z - lse) * g;
+                        *z = exp_in_range(*z - lse) * g;
                     }
                     let t = t as usize;
                     if (v0..v0 + rows_v).contains(&t) {
